@@ -1,0 +1,274 @@
+"""vlbench's command line: headless commands over the same engine the workbench drives.
+
+Every bad input ends the command with one line naming the input and the fix (exit 2);
+`--debug` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from vlbench.errors import UserError
+
+RECIPE_FLAGS = {  # flag dest -> Recipe field (flags left unset do not override a --recipe file)
+    "alpha": "alpha", "tokens": "tokens", "layer": "layer", "vl_text": "vl_text",
+    "max_image_tokens": "max_image_tokens", "seed": "seed", "steps": "steps", "width": "width",
+    "height": "height", "guidance": "guidance", "negative_prompt": "negative_prompt",
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, not usage + error
+        raise UserError(f"{message} (see {self.prog} --help)")
+
+
+def _model_flags(p: argparse.ArgumentParser) -> None:
+    from vlbench.engine.models import DEFAULT_VL, DEFAULT_ZIMAGE
+
+    g = p.add_argument_group("models")
+    g.add_argument("--zimage", metavar="ID_OR_DIR", help=f"Z-Image pipeline (default {DEFAULT_ZIMAGE})")
+    g.add_argument("--vl", metavar="ID_OR_DIR", help=f"Qwen3-VL model (default {DEFAULT_VL})")
+    g.add_argument("--tiny", action="store_true",
+                   help="use the built-in tiny RANDOM-WEIGHT models (no download; images are noise)")
+    g.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available, else cpu)")
+    g.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], help="default: bf16 on GPU, fp32 on CPU")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+def _recipe_flags(p: argparse.ArgumentParser) -> None:
+    from vlbench.engine.recipe import TOKEN_SELECTIONS
+
+    g = p.add_argument_group("recipe (defaults: see `vlbench embed --help`; flags override --recipe)")
+    g.add_argument("--recipe", metavar="FILE.toml", help="read the recipe from a TOML file")
+    g.add_argument("--alpha", type=float, help="0 = pure Qwen3-4B, 1 = pure VL selection (default 1)")
+    g.add_argument("--tokens", choices=list(TOKEN_SELECTIONS), help="VL token selection (default full)")
+    g.add_argument("--layer", type=int, help="hidden layer, as transformers indexes output_hidden_states (default -2)")
+    g.add_argument("--vl-text", help="what the VL reads: prompt (default), none, or any other text verbatim")
+    g.add_argument("--max-image-tokens", type=int, help="cap the reference's image tokens below the caption budget")
+    g.add_argument("--seed", type=int, help="default 0")
+    g.add_argument("--steps", type=int, help="default 9 (Turbo)")
+    g.add_argument("--width", type=int, help="default 1024, multiple of 16")
+    g.add_argument("--height", type=int, help="default 1024, multiple of 16")
+    g.add_argument("--guidance", type=float, help="default 0 (Turbo)")
+    g.add_argument("--negative-prompt", help="used when --guidance > 0 (default empty)")
+
+
+def _inputs_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--image", action="append", default=[], metavar="REF",
+                   help="reference image; repeat for several (each gets its own vision block)")
+    p.add_argument("--prompt", required=True, help="the prompt")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="vlbench", description="Condition Z-Image-Turbo on Qwen3-VL hidden states.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
+
+    p = sub.add_parser("embed", help="write the exact conditioning tensor Z-Image would receive")
+    _inputs_flags(p)
+    _recipe_flags(p)
+    p.add_argument("--out", required=True, metavar="COND.safetensors", help="output tensor (+ COND.json sidecar)")
+    _model_flags(p)
+
+    p = sub.add_parser("generate", help="generate one image")
+    _inputs_flags(p)
+    _recipe_flags(p)
+    p.add_argument("--out", required=True, metavar="OUT.png", help="output PNG (recipe, seed, versions in metadata)")
+    _model_flags(p)
+
+    p = sub.add_parser("demo", help="an end-to-end run on the tiny random models (what the README's first command does)")
+    p.add_argument("--out", default="vlbench-demo", help="output folder (default ./vlbench-demo)")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    return parser
+
+
+def recipe_from_args(args: argparse.Namespace):
+    from vlbench.engine.recipe import Recipe, load_recipe
+
+    overrides = {field: getattr(args, dest) for dest, field in RECIPE_FLAGS.items() if getattr(args, dest) is not None}
+    if args.recipe:
+        return load_recipe(args.recipe, overrides)
+    return Recipe(**overrides)
+
+
+def spec_from_args(args: argparse.Namespace):
+    from vlbench.engine.models import ModelSpec
+
+    if args.tiny:
+        if args.zimage or args.vl:
+            raise UserError("--tiny: cannot be combined with --zimage or --vl; drop one")
+        from vlbench.engine.tiny import ensure_tiny_models
+
+        tiny = ensure_tiny_models()
+        return ModelSpec(zimage=str(tiny.zimage), vl=str(tiny.vl), device=args.device, dtype=args.dtype)
+    defaults = ModelSpec()
+    return ModelSpec(zimage=args.zimage or defaults.zimage, vl=args.vl or defaults.vl,
+                     device=args.device, dtype=args.dtype)
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def _open_references(paths: list[str]):
+    from vlbench.engine.engine import Reference
+
+    return [Reference.open(p) for p in paths]
+
+
+def _check_out(path: str, suffix: str, flag: str = "--out") -> Path:
+    out = Path(path)
+    if out.suffix.lower() != suffix:
+        raise UserError(f"{flag} {path}: must end in {suffix}")
+    if out.parent and not out.parent.exists():
+        raise UserError(f"{flag} {path}: folder {out.parent} does not exist; create it first")
+    return out
+
+
+def _engine(args, console):
+    from vlbench.engine.engine import Engine
+    from vlbench.engine.models import Models
+
+    models = Models(spec_from_args(args), on_status=lambda s: console.print(f"[dim]{s}[/dim]"))
+    if args.tiny:
+        console.print("[yellow]--tiny: built-in RANDOM-WEIGHT models; the images are noise[/yellow]")
+    return Engine(models)
+
+
+def cmd_embed(args) -> int:
+    from safetensors.torch import save_file
+
+    from vlbench.engine.engine import environment
+    from vlbench.engine.generate import check_caption
+
+    out = _check_out(args.out, ".safetensors")
+    recipe = recipe_from_args(args)
+    refs = _open_references(args.image)
+    console = _console()
+    engine = _engine(args, console)
+    cond = engine.condition(recipe, args.prompt, refs)
+    check_caption(cond.embeds.shape[0], engine.models.caption_budget)
+    tensor = cond.embeds.detach().to("cpu").contiguous()
+    save_file({"prompt_embeds": tensor}, str(out), metadata={"format": "vlbench-conditioning-1"})
+    sidecar = {
+        "recipe": recipe.to_dict(), "prompt": args.prompt, "images": [r.path for r in refs],
+        "image_sha256": [r.sha256 for r in refs], "dtype": str(tensor.dtype).removeprefix("torch."),
+        "shape": list(tensor.shape), "caption_budget": engine.models.caption_budget,
+        "conditioning": cond.describe(), "timings": cond.timings, "environment": environment(engine.models),
+    }
+    side = out.with_suffix(".json")
+    side.write_text(json.dumps(sidecar, indent=1) + "\n")
+    console.print(f"wrote {out} [{tensor.shape[0]}×{tensor.shape[1]}] and {side}")
+    return 0
+
+
+def cmd_generate(args) -> int:
+    from rich.progress import Progress
+
+    from vlbench.engine.engine import environment
+    from vlbench.engine.generate import save_png
+
+    out = _check_out(args.out, ".png")
+    recipe = recipe_from_args(args)
+    refs = _open_references(args.image)
+    console = _console()
+    engine = _engine(args, console)
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("generating", total=recipe.steps)
+        result = engine.run(recipe, args.prompt, refs, on_step=lambda i, n: progress.update(task, completed=i))
+    meta = {
+        "recipe": recipe.to_dict(), "prompt": args.prompt, "images": [r.path for r in refs],
+        "seed": recipe.seed, "timings": dict(result.timings, **{f"load_{k}": v for k, v in engine.models.load_seconds.items()}),
+        "peak_memory_bytes": result.peak_memory_bytes, "environment": environment(engine.models),
+        "conditioning": {k: v for k, v in result.conditioning.describe().items() if k != "rows"},
+    }
+    save_png(result.image, out, meta)
+    console.print(f"wrote {out} ({recipe.width}×{recipe.height}, seed {recipe.seed}, "
+                  f"{result.conditioning.embeds.shape[0]} caption tokens, {result.timings['generation']:.2f} s)")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    """Build the tiny models, make a reference, embed and generate: every path end to end, no download."""
+    from PIL import Image
+    from safetensors.torch import save_file
+
+    from vlbench.engine.engine import Engine, Reference
+    from vlbench.engine.generate import save_png
+    from vlbench.engine.models import Models, ModelSpec
+    from vlbench.engine.recipe import Recipe
+    from vlbench.engine.tiny import ensure_tiny_models
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ref = out / "reference.png"
+    if not ref.exists():
+        Image.linear_gradient("L").resize((192, 128)).convert("RGB").save(ref)
+    console = _console()
+    console.print("[bold]vlbench demo[/bold] on the built-in tiny RANDOM-WEIGHT models (images are noise)")
+    tiny = ensure_tiny_models()
+    engine = Engine(Models(ModelSpec(zimage=str(tiny.zimage), vl=str(tiny.vl)),
+                           on_status=lambda s: console.print(f"[dim]{s}[/dim]")))
+    refs = [Reference.open(ref)]
+    prompt = "Homer Simpson eating spaghetti"
+    for tokens in ("full", "image", "text"):
+        recipe = Recipe(tokens=tokens, width=128, height=128, steps=4)
+        result = engine.run(recipe, prompt, refs)
+        path = save_png(result.image, out / f"demo-{tokens}.png", {"recipe": recipe.to_dict(), "prompt": prompt})
+        console.print(f"--tokens {tokens:6}: {result.conditioning.embeds.shape[0]:3} caption tokens -> {path}")
+    cond = engine.condition(Recipe(tokens="text"), prompt, refs)
+    save_file({"prompt_embeds": cond.embeds.contiguous()}, str(out / "demo-text.safetensors"))
+    console.print(f"one VL forward served all three selections (forwards: {engine.vl_forwards})")
+    console.print(f"outputs in {out}/ — with real weights: vlbench generate --image REF --prompt TEXT --out out.png")
+    return 0
+
+
+COMMANDS = {"embed": cmd_embed, "generate": cmd_generate, "demo": cmd_demo}
+
+
+def _quiet_libraries() -> None:
+    """Our own status lines replace the libraries' per-load progress bars."""
+    import diffusers
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+    diffusers.utils.logging.set_verbosity_error()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("VLBENCH_DEBUG") == "1"
+    try:
+        if any(a in COMMANDS for a in argv) or not argv:
+            _quiet_libraries()
+        args = build_parser().parse_args(argv)
+        command = args.command or "demo"
+        if command == "demo" and args.command is None:
+            args = build_parser().parse_args(["demo"])
+        return COMMANDS[command](args)
+    except UserError as exc:
+        if debug:
+            raise
+        print(f"vlbench: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("vlbench: interrupted", file=sys.stderr)
+        return 130
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

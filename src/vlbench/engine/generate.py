@@ -1,0 +1,79 @@
+"""Generation through diffusers' Z-Image pipeline with precomputed `prompt_embeds`.
+
+The sampler is diffusers' own; we pass embeddings, a CPU generator (so a seed reproduces on any
+device) and a step callback for progress.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from vlbench.errors import CaptionTooLong
+
+
+def check_caption(length: int, budget: int) -> None:
+    """Refuse a caption the DiT cannot take: on a GPU it would be a device-side assert that kills CUDA."""
+    if length > budget:
+        raise CaptionTooLong(
+            f"conditioning: {length} tokens, over the DiT's caption budget of {budget}; "
+            "select fewer tokens (e.g. --tokens text), lower --max-image-tokens, or pool the image tokens"
+        )
+    if length < 1:
+        raise CaptionTooLong("conditioning: the sequence is empty; select some tokens")
+
+
+@torch.inference_mode()
+def generate(pipe, embeds: torch.Tensor, *, seed: int, steps: int, width: int, height: int, guidance: float,
+             negative_embeds: torch.Tensor | None = None, budget: int,
+             on_step: Callable[[int, int], None] | None = None, output_type: str = "pil"):
+    """One image from `embeds` ([L, D]) with diffusers' ZImagePipeline. Returns a PIL image."""
+    check_caption(embeds.shape[0], budget)
+    if negative_embeds is not None:
+        check_caption(negative_embeds.shape[0], budget)
+    dtype = pipe.transformer.dtype
+    device = pipe._execution_device
+    kwargs = {}
+    if on_step is not None:
+        def callback(_pipe, i, _t, tensors):
+            on_step(i + 1, steps)
+            return tensors
+
+        kwargs["callback_on_step_end"] = callback
+    result = pipe(
+        prompt_embeds=[embeds.to(device=device, dtype=dtype)],
+        negative_prompt_embeds=[negative_embeds.to(device=device, dtype=dtype)] if guidance > 0 else None,
+        guidance_scale=guidance,
+        num_inference_steps=steps,
+        width=width,
+        height=height,
+        generator=torch.Generator("cpu").manual_seed(seed),
+        output_type=output_type,
+        **kwargs,
+    )
+    return result.images[0]
+
+
+def save_png(image, path: str | Path, metadata: dict) -> Path:
+    """Write a PNG with `metadata` as JSON in its text chunk, atomically (never a half-written file)."""
+    from PIL.PngImagePlugin import PngInfo
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    info = PngInfo()
+    info.add_text("vlbench", json.dumps(metadata, sort_keys=True, default=str))
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    image.save(tmp, format="PNG", pnginfo=info)
+    os.replace(tmp, path)
+    return path
+
+
+def read_png_metadata(path: str | Path) -> dict:
+    from PIL import Image
+
+    with Image.open(path) as img:
+        return json.loads(img.text.get("vlbench", "{}"))

@@ -1,0 +1,61 @@
+"""Shared fixtures: the tiny random models, built once per test session into a temp cache."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_dirs(tmp_path_factory):
+    """(vl_dir, zimage_dir) of the tiny models; also exported so `--tiny` in CLI tests finds the same build."""
+    from vlbench.engine.tiny import ensure_tiny_models
+
+    root = Path(os.environ.get("VLBENCH_TEST_CACHE") or tmp_path_factory.mktemp("cache"))
+    os.environ["VLBENCH_CACHE_DIR"] = str(root)
+    models = ensure_tiny_models(root / "tiny")
+    return models
+
+
+@pytest.fixture(scope="session")
+def tiny_spec(tiny_dirs):
+    from vlbench.engine.models import ModelSpec
+
+    return ModelSpec(zimage=str(tiny_dirs.zimage), vl=str(tiny_dirs.vl), device="cpu", dtype="fp32")
+
+
+@pytest.fixture(scope="session")
+def engine(tiny_spec):
+    """One Engine for the session: models load once, as in a real sweep."""
+    from vlbench.engine.engine import Engine
+    from vlbench.engine.models import Models
+
+    return Engine(Models(tiny_spec))
+
+
+@pytest.fixture(autouse=True)
+def _isolated_data_dir(tmp_path, monkeypatch):
+    """Every test gets its own data dir: no test writes to the user's real store."""
+    monkeypatch.setenv("VLBENCH_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("VLBENCH_CONFIG_DIR", str(tmp_path / "config"))
+
+
+def make_image(path: Path, size=(96, 64), color=(200, 40, 40), pattern: bool = True) -> Path:
+    from PIL import Image
+
+    img = Image.new("RGB", size, color)
+    if pattern:  # a little structure so different images give different hidden states
+        for x in range(0, size[0], 8):
+            for y in range(0, size[1], 8):
+                if (x // 8 + y // 8) % 2:
+                    img.putpixel((x, y), (x * 2 % 256, y * 3 % 256, 90))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path)
+    return path
+
+
+@pytest.fixture
+def ref_image(tmp_path) -> Path:
+    return make_image(tmp_path / "ref.png")
