@@ -16,13 +16,6 @@ from typing import Any, Sequence
 
 from vlbench.errors import UserError
 
-RECIPE_FLAGS = {  # flag dest -> Recipe field (flags left unset do not override a --recipe file)
-    "alpha": "alpha", "tokens": "tokens", "layer": "layer", "vl_text": "vl_text",
-    "max_image_tokens": "max_image_tokens", "seed": "seed", "steps": "steps", "width": "width",
-    "height": "height", "guidance": "guidance", "negative_prompt": "negative_prompt",
-}
-
-
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, not usage + error
         raise UserError(f"{message} (see {self.prog} --help)")
@@ -41,22 +34,82 @@ def _model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
-def _recipe_flags(p: argparse.ArgumentParser) -> None:
-    from vlbench.engine.recipe import TOKEN_SELECTIONS
+# Help for each Recipe field; the flags themselves are made from the dataclass, so a new field
+# gets its flag (`--field-name`) and its TOML key (`field_name`) without a second list of defaults.
+RECIPE_HELP = {
+    "alpha": "0 = pure Qwen3-4B (Z-Image's own text path), 1 = pure VL (default 1)",
+    "tokens": "VL token selection (default full)",
+    "layer": "hidden layer, indexed as transformers' output_hidden_states (-1 = after the final norm; default -2)",
+    "vl_text": "what the VL reads: prompt (default), none, or any other text verbatim",
+    "max_image_tokens": "cap the reference's image tokens below the caption budget",
+    "image_layer": "layer for image-role positions (default: --layer)",
+    "text_layer": "layer for text positions (default: --layer)",
+    "intra_ratio": "mix image and text tokens of one extraction: 0 = all text, 1 = all image  [vl_intra_blend_ratio]",
+    "dual": "two extractions, a style pass and a content pass, mixed at --dual-ratio",
+    "style_vl_text": "style pass VL text (default none)", "style_tokens": "style pass selection (default image)",
+    "style_layer": "style pass layer (default --layer)", "content_vl_text": "content pass VL text (default prompt)",
+    "content_tokens": "content pass selection (default text)", "content_layer": "content pass layer (default --layer)",
+    "dual_ratio": "0 = all content, 1 = all style (default 0.5)",
+    "length_policy": "how sequences of different lengths mix (default pool)",
+    "curve": "per-token ratio from alpha/intra_ratio at the first token to *_end at the last (default constant)",
+    "alpha_end": "alpha at the last token (with --curve)", "intra_ratio_end": "intra_ratio at the last token (with --curve)",
+    "normalization": "match VL statistics to Qwen3-4B's (needs vlbench calibrate; default none)",
+    "calibration": "calibration stats file (default: the one vlbench calibrate wrote for these models)",
+    "multi_image": "several --image: joint = one extraction, separate = one each mixed by --image-weights",
+    "image_weights": "one weight per --image, comma-separated (with --multi-image separate)",
+    "strength": "img2img from the first reference: 0 keeps it, 1 ignores it (default: txt2img)",
+    "seed": "default 0", "steps": "default 9 (Turbo)", "width": "default 1024, multiple of 16",
+    "height": "default 1024, multiple of 16", "guidance": "default 0 (Turbo)",
+    "negative_prompt": "used when --guidance > 0 (default empty)",
+}
 
-    g = p.add_argument_group("recipe (defaults: see `vlbench embed --help`; flags override --recipe)")
+
+def _recipe_field_types():
+    import typing
+
+    from vlbench.engine.recipe import Recipe
+
+    return typing.get_type_hints(Recipe)
+
+
+def _recipe_flags(p: argparse.ArgumentParser) -> None:
+    from dataclasses import fields
+
+    from vlbench.engine import recipe as R
+
+    choices = {"tokens": R.TOKEN_SELECTIONS, "style_tokens": R.TOKEN_SELECTIONS,
+               "content_tokens": R.TOKEN_SELECTIONS, "length_policy": R.LENGTH_POLICIES,
+               "normalization": R.NORMALIZATIONS, "curve": R.CURVES, "multi_image": R.MULTI_IMAGE}
+    hints = _recipe_field_types()
+    g = p.add_argument_group("recipe (flags override --recipe; TOML keys are the same names with _)")
     g.add_argument("--recipe", metavar="FILE.toml", help="read the recipe from a TOML file")
-    g.add_argument("--alpha", type=float, help="0 = pure Qwen3-4B, 1 = pure VL selection (default 1)")
-    g.add_argument("--tokens", choices=list(TOKEN_SELECTIONS), help="VL token selection (default full)")
-    g.add_argument("--layer", type=int, help="hidden layer, as transformers indexes output_hidden_states (default -2)")
-    g.add_argument("--vl-text", help="what the VL reads: prompt (default), none, or any other text verbatim")
-    g.add_argument("--max-image-tokens", type=int, help="cap the reference's image tokens below the caption budget")
-    g.add_argument("--seed", type=int, help="default 0")
-    g.add_argument("--steps", type=int, help="default 9 (Turbo)")
-    g.add_argument("--width", type=int, help="default 1024, multiple of 16")
-    g.add_argument("--height", type=int, help="default 1024, multiple of 16")
-    g.add_argument("--guidance", type=float, help="default 0 (Turbo)")
-    g.add_argument("--negative-prompt", help="used when --guidance > 0 (default empty)")
+    for f in fields(R.Recipe):
+        flag = "--" + f.name.replace("_", "-")
+        hint = hints[f.name]
+        kwargs: dict[str, Any] = {"dest": f.name, "help": RECIPE_HELP.get(f.name), "default": None}
+        if hint is bool:
+            kwargs.update(action="store_const", const=True)
+        elif f.name == "image_weights":
+            kwargs.update(type=_float_list, metavar="W1,W2")
+        else:
+            base = next((t for t in (int, float, str) if t == hint or t in typing_args(hint)), str)
+            kwargs.update(type=base)
+            if f.name in choices:
+                kwargs["choices"] = list(choices[f.name])
+        g.add_argument(flag, **kwargs)
+
+
+def typing_args(hint) -> tuple:
+    import typing
+
+    return typing.get_args(hint)
+
+
+def _float_list(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from None
 
 
 def _inputs_flags(p: argparse.ArgumentParser) -> None:
@@ -89,9 +142,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def recipe_from_args(args: argparse.Namespace):
+    from dataclasses import fields
+
     from vlbench.engine.recipe import Recipe, load_recipe
 
-    overrides = {field: getattr(args, dest) for dest, field in RECIPE_FLAGS.items() if getattr(args, dest) is not None}
+    overrides = {f.name: getattr(args, f.name) for f in fields(Recipe) if getattr(args, f.name, None) is not None}
     if args.recipe:
         return load_recipe(args.recipe, overrides)
     return Recipe(**overrides)

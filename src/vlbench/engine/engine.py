@@ -15,8 +15,10 @@ from typing import Any, Callable
 
 import torch
 
+from vlbench.engine.cache import ExtractionCache, extraction_key
 from vlbench.engine.encode import TextEncoding, encode_text
-from vlbench.engine.extract import Extraction, extract, load_image
+from vlbench.engine import blend
+from vlbench.engine.extract import IMAGE, VISION_END, VISION_START, Extraction, extract, load_image
 from vlbench.engine.generate import check_caption, generate
 from vlbench.engine.models import Models
 from vlbench.engine.recipe import IMAGE_SELECTIONS, Recipe
@@ -43,18 +45,21 @@ class Conditioning:
     """The exact tensor Z-Image receives, and where each of its rows came from."""
 
     embeds: torch.Tensor  # [L, D]
-    rows: list[dict]  # per row: source ("vl" | "qwen3" | "mix"), role, position(s) and weight(s)
-    extraction: Extraction | None = None
+    rows: list[dict]  # per row: source ("vl" | "qwen3") or the mix it came from, position(s), layer, weight(s)
+    extractions: list[Extraction] = field(default_factory=list)  # dual recipes: [content, style]
     text: TextEncoding | None = None
     timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def extraction(self) -> Extraction | None:
+        return self.extractions[0] if self.extractions else None
 
     def describe(self) -> dict:
         """JSON-ready account of the conditioning (the embed sidecar and every run record carry it)."""
         out: dict[str, Any] = {"length": int(self.embeds.shape[0]), "width": int(self.embeds.shape[1]),
                                "rows": self.rows}
-        if self.extraction is not None:
-            ex = self.extraction
-            out["vl"] = {
+        for name, ex in zip(("vl", "vl_style"), self.extractions):
+            out[name] = {
                 "input_ids": ex.input_ids,
                 "decoded": ex.decoded,
                 "roles": ex.roles,
@@ -77,21 +82,95 @@ class Result:
     peak_memory_bytes: int | None
 
 
+IMAGE_ROLES = frozenset({IMAGE, VISION_START, VISION_END})
+
+
+@dataclass
+class _Seq:
+    """A conditioning sequence under construction: rows and where each came from."""
+
+    embeds: torch.Tensor  # [L, D]
+    rows: list[dict]
+
+    @property
+    def length(self) -> int:
+        return int(self.embeds.shape[0])
+
+
+def _tag(seq: _Seq, name: str) -> _Seq:
+    return _Seq(seq.embeds, [dict(r, pass_=name) for r in seq.rows])
+
+
+def _mix(base: _Seq, other: _Seq, ratio, policy: str, knob: str) -> _Seq:
+    """blend.mix_sequences with provenance: which rows of base and other each output row holds."""
+    if other.embeds.device != base.embeds.device or other.embeds.dtype != base.embeds.dtype:
+        other = _Seq(other.embeds.to(base.embeds.device, base.embeds.dtype), other.rows)
+    embeds, info = blend.mix_sequences(base.embeds, other.embeds, ratio, policy)
+    r = ratio if isinstance(ratio, float) else None
+    if policy == "concat":
+        kb, ko = info["base_kept"], info["other_kept"]
+        rows = [{"mix": knob, "policy": policy, "from": "base", "pooled": [base.length, kb], "first": base.rows[0]}
+                for _ in range(kb)]
+        rows += [{"mix": knob, "policy": policy, "from": "other", "pooled": [other.length, ko], "first": other.rows[0]}
+                 for _ in range(ko)]
+        return _Seq(embeds, rows)
+    n_base, n_other = base.length, other.length
+    rows = []
+    for j, b in enumerate(base.rows):
+        lo, hi = j * n_other // n_base, max(j * n_other // n_base + 1, -(-(j + 1) * n_other // n_base))
+        w = r if r is not None else float(ratio[j])
+        if policy == "truncate":
+            lo, hi = (j, j + 1) if j < n_other else (0, 0)
+        rows.append({"mix": knob, "policy": policy, "weight_other": w, "base": b,
+                     "other_positions": [other.rows[k].get("position") for k in (lo, min(hi, n_other) - 1)]
+                     if hi > lo else []})
+    return _Seq(embeds, rows)
+
+
+def _first(value, default):
+    return default if value is None else value
+
+
+def _weighted(seqs: list[_Seq], weights, policy: str) -> _Seq:
+    """Weighted average of several references' sequences, each mapped onto the first one's length."""
+    base = seqs[0]
+    total = float(sum(weights))
+    acc = torch.zeros_like(base.embeds, dtype=torch.float32)
+    for seq, w in zip(seqs, weights):
+        mapped = blend.map_length(seq.embeds.to(base.embeds.device), base.length, policy, base=base.embeds)
+        acc += (w / total) * mapped.float()
+    rows = [dict(r, image_weights=[w / total for w in weights]) for r in base.rows]
+    return _Seq(acc.to(base.embeds.dtype), rows)
+
+
 class Engine:
-    def __init__(self, models: Models):
+    def __init__(self, models: Models, cache_dir: str | Path | None = None):
+        """`cache_dir`: keep extractions on disk there too (content-addressed, verified on read)."""
         self.models = models
+        self.disk_cache = ExtractionCache(cache_dir) if cache_dir is not None else None
         self._extractions: dict[tuple, Extraction] = {}
         self._texts: dict[str, TextEncoding] = {}
         self.vl_forwards = 0  # distinct VL forwards run (the cache serves the rest)
+        self._img2img = None
 
     # ---- building blocks, each cached ----
     def extraction(self, refs: list[Reference], text: str | None, max_image_tokens: int | None) -> Extraction:
         budget = self.models.caption_budget
         key = (tuple(r.sha256 for r in refs), text, budget, max_image_tokens, self.models.spec.vl)
-        if key not in self._extractions:
-            self._extractions[key] = extract(self.models.vl, [r.image for r in refs], text, budget, max_image_tokens)
+        if key in self._extractions:
+            return self._extractions[key]
+        vl = self.models.vl
+        disk_key = ex = None
+        if self.disk_cache is not None:
+            disk_key = extraction_key(vl, [r.sha256 for r in refs], text, budget, max_image_tokens)
+            ex = self.disk_cache.get(disk_key, vl.device)
+        if ex is None:
+            ex = extract(vl, [r.image for r in refs], text, budget, max_image_tokens)
             self.vl_forwards += 1
-        return self._extractions[key]
+            if self.disk_cache is not None:
+                self.disk_cache.put(disk_key, ex)
+        self._extractions[key] = ex
+        return ex
 
     def text_encoding(self, prompt: str, what: str = "--prompt") -> TextEncoding:
         if prompt not in self._texts:
@@ -100,45 +179,130 @@ class Engine:
 
     # ---- recipe -> conditioning ----
     def condition(self, recipe: Recipe, prompt: str, refs: list[Reference]) -> Conditioning:
+        """Build the exact [L, D] tensor the DiT receives, from as few model forwards as the cache allows."""
         if not isinstance(prompt, str):
             raise UserError("--prompt: must be text")
-        if recipe.tokens in IMAGE_SELECTIONS and recipe.uses_vl and not refs:
-            raise UserError(f"tokens {recipe.tokens}: needs a reference image; pass --image or choose --tokens text")
+        self._check_inputs(recipe, refs)
         timings: dict[str, float] = {}
-        extraction = text = None
-        if recipe.uses_vl:
-            start = time.perf_counter()
-            extraction = self.extraction(refs, recipe.resolve_vl_text(prompt), recipe.max_image_tokens)
-            extraction.check_layer(recipe.layer)
-            positions = extraction.positions(recipe.tokens)
-            vl = extraction.select(recipe.tokens, recipe.layer)
-            timings["extraction"] = time.perf_counter() - start
-        if recipe.uses_text_encoder and recipe.alpha < 1:
-            start = time.perf_counter()
-            text = self.text_encoding(prompt)
-            timings["text_encoding"] = time.perf_counter() - start
-
+        vl = qwen3 = None
+        extractions: list[Extraction] = []
         start = time.perf_counter()
-        if recipe.alpha == 1:
-            embeds = vl
-            rows = [{"source": "vl", "role": extraction.roles[p], "position": p, "layer": recipe.layer}
-                    for p in positions]
-        elif recipe.alpha == 0:
-            embeds = text.embeds
-            rows = [{"source": "qwen3", "position": i, "layer": -2} for i in range(embeds.shape[0])]
+        if recipe.uses_vl:
+            vl, extractions = self._vl_sequence(recipe, prompt, refs)
+            timings["extraction"] = time.perf_counter() - start
+            if recipe.normalization != "none":
+                vl = self._normalize(vl, recipe)
+        text = None
+        if recipe.uses_qwen3:
+            t0 = time.perf_counter()
+            text = self.text_encoding(prompt)
+            qwen3 = _Seq(text.embeds, [{"source": "qwen3", "position": i, "layer": -2}
+                                       for i in range(text.embeds.shape[0])])
+            timings["text_encoding"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        if qwen3 is None:
+            out = vl
+        elif vl is None:
+            out = qwen3
         else:
-            vl_ids = [extraction.input_ids[p] for p in positions]
-            if vl_ids != text.input_ids:
-                raise UserError(
-                    f"alpha {recipe.alpha}: the VL text tokens ({len(vl_ids)}) do not match Qwen3-4B's tokens "
-                    f"({len(text.input_ids)}) one for one, so a position-wise mix is not defined; use alpha 0 or 1"
-                )
-            q = text.embeds.to(vl.device, torch.float32)
-            embeds = ((1 - recipe.alpha) * q + recipe.alpha * vl.float()).to(vl.dtype)
-            rows = [{"source": "mix", "role": extraction.roles[p], "position": p, "layer": recipe.layer,
-                     "weights": {"vl": recipe.alpha, "qwen3": 1 - recipe.alpha}} for p in positions]
-        timings["blend"] = time.perf_counter() - start
-        return Conditioning(embeds=embeds, rows=rows, extraction=extraction, text=text, timings=timings)
+            ratio = self._ratio(recipe.alpha, recipe.alpha_end, recipe.curve, qwen3.length)
+            out = _mix(qwen3, vl, ratio, recipe.length_policy, "alpha")
+        timings["blend"] = time.perf_counter() - t0
+        return Conditioning(embeds=out.embeds, rows=out.rows, extractions=extractions, text=text, timings=timings)
+
+    def _check_inputs(self, recipe: Recipe, refs: list[Reference]) -> None:
+        if recipe.dual:
+            selections = [recipe.style_tokens, recipe.content_tokens]
+        elif recipe.intra_ratio is not None:
+            selections = ["image"]
+        else:
+            selections = [recipe.tokens]
+        needs_image = recipe.uses_vl and any(t in IMAGE_SELECTIONS for t in selections)
+        if needs_image and not refs:
+            raise UserError("--image: this recipe selects image tokens but no reference image was given")
+        if recipe.strength is not None and not refs:
+            raise UserError("strength: img2img starts from the first reference; pass --image")
+        if recipe.image_weights is not None and len(recipe.image_weights) != len(refs):
+            raise UserError(f"image_weights: {len(recipe.image_weights)} weights for {len(refs)} references; "
+                            "give one weight per --image")
+
+    def _select(self, ex: Extraction, tokens: str, recipe: Recipe, layer: int | None = None) -> "_Seq":
+        """Rows of one selection; image-role rows from image_layer, text rows from text_layer (one forward)."""
+        positions = ex.positions(tokens)
+        if layer is not None:
+            layers = [ex.check_layer(layer)] * len(positions)
+        else:
+            img_layer = ex.check_layer(recipe.layer_for(True), "image_layer" if recipe.image_layer is not None else "layer")
+            txt_layer = ex.check_layer(recipe.layer_for(False), "text_layer" if recipe.text_layer is not None else "layer")
+            layers = [img_layer if ex.roles[p] in IMAGE_ROLES else txt_layer for p in positions]
+        hs = ex.hidden_states
+        embeds = hs[torch.tensor(layers, device=hs.device), torch.tensor(positions, device=hs.device)]
+        rows = [{"source": "vl", "role": ex.roles[p], "position": p, "layer": l} for p, l in zip(positions, layers)]
+        return _Seq(embeds, rows)
+
+    def _vl_sequence(self, recipe: Recipe, prompt: str, refs: list[Reference]) -> tuple["_Seq", list[Extraction]]:
+        policy = recipe.length_policy
+        if recipe.dual:
+            style_ex = self.extraction(refs, recipe.resolve_vl_text(prompt, recipe.style_vl_text), recipe.max_image_tokens)
+            content_ex = self.extraction(refs, recipe.resolve_vl_text(prompt, recipe.content_vl_text),
+                                         recipe.max_image_tokens)
+            style = self._select(style_ex, recipe.style_tokens, recipe, _first(recipe.style_layer, recipe.layer))
+            content = self._select(content_ex, recipe.content_tokens, recipe, _first(recipe.content_layer, recipe.layer))
+            mixed = _mix(_tag(content, "content"), _tag(style, "style"), recipe.dual_ratio, policy, "dual_ratio")
+            return mixed, [content_ex, style_ex]
+        text = recipe.resolve_vl_text(prompt)
+        if recipe.multi_image == "separate" and len(refs) > 1:
+            pairs = [self._single(recipe, text, [r]) for r in refs]
+            weights = recipe.image_weights or tuple(1.0 for _ in refs)
+            return _weighted([seq for seq, _ in pairs], weights, policy), [ex for _, ex in pairs]
+        seq, ex = self._single(recipe, text, refs)
+        return seq, [ex]
+
+    def _single(self, recipe: Recipe, text: str | None, refs: list[Reference]) -> tuple["_Seq", Extraction]:
+        ex = self.extraction(refs, text, recipe.max_image_tokens)
+        if recipe.intra_ratio is None:
+            return self._select(ex, recipe.tokens, recipe), ex
+        text_seq = self._select(ex, "text", recipe)
+        image_seq = self._select(ex, "image", recipe)
+        ratio = self._ratio(recipe.intra_ratio, recipe.intra_ratio_end, recipe.curve, text_seq.length)
+        return _mix(text_seq, image_seq, ratio, recipe.length_policy, "intra_ratio"), ex
+
+    @staticmethod
+    def _ratio(start: float, end: float | None, curve: str, length: int):
+        if end is None or curve == "constant":
+            return float(start)
+        return blend.ratio_curve(length, start, end, curve)
+
+    def _normalize(self, seq: "_Seq", recipe: Recipe) -> "_Seq":
+        from vlbench.engine.calibrate import load_stats
+
+        stats = load_stats(recipe.calibration, self.models)
+        x = seq.embeds.float()
+        sinks = set(blend.sink_positions(x))
+        keep = [i for i in range(x.shape[0]) if i not in sinks]
+        if not keep:
+            return seq
+        idx = torch.tensor(keep, device=x.device)
+        rows = x.index_select(0, idx)
+        ref = stats.get("qwen3", -2, "text", x.device)
+        if recipe.normalization == "global":
+            rows = blend.normalize_global(rows, ref["rms"])
+        else:  # per-dim: text rows onto Qwen3-4B's stats from the VL's own text statistics, image rows from theirs
+            is_image = torch.tensor([seq.rows[i].get("role") in IMAGE_ROLES for i in keep], device=x.device)
+            out = rows.clone()
+            if (~is_image).any():
+                layer = recipe.layer_for(False)
+                src = stats.get("vl", layer, "text", x.device)
+                out[~is_image] = blend.normalize_per_dim(rows[~is_image], src["mean"], src["std"],
+                                                         ref["mean"], ref["std"])
+            if is_image.any():
+                mean, std = blend.dim_stats(rows[is_image])
+                out[is_image] = blend.normalize_per_dim(rows[is_image], mean, std, ref["mean"], ref["std"])
+            rows = out
+        x = x.index_copy(0, idx, rows)
+        return _Seq(x.to(seq.embeds.dtype), [dict(r, normalized=recipe.normalization) if i in keep else
+                                              dict(r, normalized="sink, untouched")
+                                              for i, r in enumerate(seq.rows)])
 
     def negative(self, recipe: Recipe) -> torch.Tensor | None:
         if recipe.guidance <= 0:
@@ -153,14 +317,32 @@ class Engine:
             torch.cuda.reset_peak_memory_stats(self.models.device)
         cond = self.condition(recipe, prompt, refs)
         negative = self.negative(recipe)
-        check_caption(cond.embeds.shape[0], self.models.caption_budget)
+        budget = self.models.caption_budget
+        check_caption(cond.embeds.shape[0], budget)
         start = time.perf_counter()
-        image = generate(self.models.pipe, cond.embeds, seed=recipe.seed, steps=recipe.steps, width=recipe.width,
-                         height=recipe.height, guidance=recipe.guidance, negative_embeds=negative,
-                         budget=self.models.caption_budget, on_step=on_step)
+        common = dict(seed=recipe.seed, steps=recipe.steps, width=recipe.width, height=recipe.height,
+                      guidance=recipe.guidance, negative_embeds=negative, budget=budget, on_step=on_step)
+        if recipe.strength is None:
+            image = generate(self.models.pipe, cond.embeds, **common)
+        else:
+            image = generate(self.img2img_pipe, cond.embeds, init_image=refs[0].image, strength=recipe.strength,
+                             **common)
         timings = dict(cond.timings, generation=time.perf_counter() - start)
         peak = int(torch.cuda.max_memory_allocated(self.models.device)) if cuda else None
         return Result(image=image, conditioning=cond, timings=timings, peak_memory_bytes=peak)
+
+    @property
+    def img2img_pipe(self):
+        """diffusers' Z-Image img2img pipeline over the same loaded components (no second copy)."""
+        if self._img2img is None:
+            from diffusers import ZImageImg2ImgPipeline
+
+            pipe = self.models.pipe
+            self._img2img = ZImageImg2ImgPipeline(
+                scheduler=pipe.scheduler, vae=pipe.vae, text_encoder=pipe.text_encoder,
+                tokenizer=pipe.tokenizer, transformer=pipe.transformer)
+            self._img2img.set_progress_bar_config(disable=True)
+        return self._img2img
 
 
 def environment(models: Models | None = None) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from pathlib import Path
 from typing import Callable
 
@@ -30,17 +31,23 @@ def check_caption(length: int, budget: int) -> None:
 @torch.inference_mode()
 def generate(pipe, embeds: torch.Tensor, *, seed: int, steps: int, width: int, height: int, guidance: float,
              negative_embeds: torch.Tensor | None = None, budget: int,
-             on_step: Callable[[int, int], None] | None = None, output_type: str = "pil"):
-    """One image from `embeds` ([L, D]) with diffusers' ZImagePipeline. Returns a PIL image."""
+             on_step: Callable[[int, int], None] | None = None, output_type: str = "pil",
+             init_image=None, strength: float | None = None):
+    """One image from `embeds` ([L, D]) with diffusers' Z-Image pipeline (txt2img, or img2img when
+    `pipe` is a ZImageImg2ImgPipeline and `init_image`/`strength` are given). Returns a PIL image."""
     check_caption(embeds.shape[0], budget)
     if negative_embeds is not None:
         check_caption(negative_embeds.shape[0], budget)
     dtype = pipe.transformer.dtype
     device = pipe._execution_device
     kwargs = {}
+    if init_image is not None:
+        # diffusers' own resize to the output size; the pipeline's processor does the rest
+        kwargs["image"] = pipe.image_processor.resize(init_image, height=height, width=width)
+        kwargs["strength"] = strength
     if on_step is not None:
         def callback(_pipe, i, _t, tensors):
-            on_step(i + 1, steps)
+            on_step(i + 1, _pipe.num_timesteps)  # img2img runs fewer steps than `steps`
             return tensors
 
         kwargs["callback_on_step_end"] = callback
@@ -66,9 +73,13 @@ def save_png(image, path: str | Path, metadata: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     info = PngInfo()
     info.add_text("vlbench", json.dumps(metadata, sort_keys=True, default=str))
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    image.save(tmp, format="PNG", pnginfo=info)
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")  # unique per writer thread
+    try:
+        image.save(tmp, format="PNG", pnginfo=info)
+        os.replace(tmp, path)
+    except BaseException:  # a failed save (disk full, Ctrl-C) leaves neither a partial PNG nor a temp file
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 

@@ -11,7 +11,7 @@ import dataclasses
 import json
 import math
 import tomllib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,24 @@ IMAGE_SELECTIONS = ("image", "image-markers")
 VL_TEXT_PROMPT = "prompt"
 VL_TEXT_NONE = "none"
 
+# How two sequences of different lengths are mixed (see blend.py and docs/intra_vl_blending.md).
+LENGTH_POLICIES = {
+    "pool": "antialiased average pooling of the other sequence onto the base length (a real average)",
+    "resample": "linear interpolation onto the base length, antialiased when shrinking",
+    "truncate": "first rows only: keeps the TOP-LEFT image patches; legacy, to reproduce earlier results",
+    "concat": "keep both, one after the other; the ratio sets how many (pooled) tokens each keeps",
+}
+NORMALIZATIONS = {
+    "none": "the VL hidden states as they are",
+    "global": "scale the VL sequence to Qwen3-4B's RMS (from vlbench calibrate)",
+    "per-dim": "per-dimension z-score of the VL sequence onto Qwen3-4B's statistics (from vlbench calibrate)",
+}
+CURVES = ("constant", "linear", "ease-in", "ease-out")
+MULTI_IMAGE = {
+    "joint": "one extraction over all references (one vision block each)",
+    "separate": "one extraction per reference, mixed with image_weights",
+}
+
 
 @dataclass(frozen=True)
 class Recipe:
@@ -42,6 +60,33 @@ class Recipe:
     layer: int = -2  # index into output_hidden_states, as transformers counts (-1 = after final norm)
     vl_text: str = VL_TEXT_PROMPT  # "prompt", "none", or a verbatim string
     max_image_tokens: int | None = None  # lower the image-token budget below the caption budget
+    # per-token-type layers (None: use `layer`)
+    image_layer: int | None = None  # for image-role positions (image pads and vision markers)
+    text_layer: int | None = None  # for template and VL-text positions
+    # intra-VL blend: image tokens vs text tokens of the same extraction (0 = all text, 1 = all image)
+    intra_ratio: float | None = None
+    # dual extraction: a style pass and a content pass, mixed at dual_ratio (0 = all content, 1 = all style)
+    dual: bool = False
+    style_vl_text: str = VL_TEXT_NONE
+    style_tokens: str = "image"
+    style_layer: int | None = None
+    content_vl_text: str = VL_TEXT_PROMPT
+    content_tokens: str = "text"
+    content_layer: int | None = None
+    dual_ratio: float = 0.5
+    # how sequences of different lengths mix; per-token ratio curves
+    length_policy: str = "pool"
+    curve: str = "constant"  # ratio along the sequence: from alpha/intra_ratio to alpha_end/intra_ratio_end
+    alpha_end: float | None = None
+    intra_ratio_end: float | None = None
+    # VL statistics matched to Qwen3-4B's (reference statistics from `vlbench calibrate`)
+    normalization: str = "none"
+    calibration: str | None = None  # stats file; None: the default location for the Z-Image model
+    # several references
+    multi_image: str = "joint"
+    image_weights: tuple[float, ...] | None = None
+    # img2img from the first reference (None: txt2img)
+    strength: float | None = None
     # generation (Turbo's defaults)
     seed: int = 0
     steps: int = 9
@@ -51,6 +96,8 @@ class Recipe:
     negative_prompt: str = ""
 
     def __post_init__(self) -> None:
+        if isinstance(self.image_weights, list):  # TOML/JSON give lists; keep the recipe hashable
+            object.__setattr__(self, "image_weights", tuple(self.image_weights))
         self.validate()
 
     # ---- validation: every message names the field and what is allowed ----
@@ -74,33 +121,84 @@ class Recipe:
             raise UserError(f"guidance: {self.guidance!r} must be a number >= 0 (Turbo uses 0)")
         if not isinstance(self.negative_prompt, str):
             raise UserError("negative_prompt: must be a string")
-        if 0 < self.alpha < 1 and not (self.tokens == "text" and self.vl_text == VL_TEXT_PROMPT):
-            raise UserError(
-                f"alpha {self.alpha}: a blend with Qwen3-4B needs sequences that match token for token "
-                "(--tokens text with --vl-text prompt); other combinations need a length policy, "
-                "which the conditioning-recipes work adds"
-            )
+        for name in ("image_layer", "text_layer", "style_layer", "content_layer"):
+            if getattr(self, name) is not None:
+                _check_int(name, getattr(self, name))
+        for name in ("intra_ratio", "alpha_end", "intra_ratio_end", "strength"):
+            if getattr(self, name) is not None:
+                _check_unit(name, getattr(self, name))
+        _check_unit("dual_ratio", self.dual_ratio)
+        _check_choice("length_policy", self.length_policy, LENGTH_POLICIES)
+        _check_choice("normalization", self.normalization, NORMALIZATIONS)
+        _check_choice("curve", self.curve, CURVES)
+        _check_choice("multi_image", self.multi_image, MULTI_IMAGE)
+        _check_choice("style_tokens", self.style_tokens, TOKEN_SELECTIONS)
+        _check_choice("content_tokens", self.content_tokens, TOKEN_SELECTIONS)
+        if not isinstance(self.dual, bool):
+            raise UserError(f"dual: {self.dual!r} must be true or false")
+        for name in ("style_vl_text", "content_vl_text"):
+            if not isinstance(getattr(self, name), str):
+                raise UserError(f"{name}: must be a string ('prompt', 'none' or the text itself)")
+        if self.calibration is not None and not isinstance(self.calibration, str):
+            raise UserError("calibration: must be a path")
+        # Combinations that would silently ignore a setting are errors.
+        if self.intra_ratio is not None and self.tokens != "full":
+            raise UserError(f"intra_ratio: mixes the image and text selections itself; drop tokens={self.tokens!r}")
+        if self.intra_ratio is not None and self.dual:
+            raise UserError("intra_ratio and dual: choose one (dual mixes its own two passes at dual_ratio)")
+        if self.dual and self.tokens != "full":
+            raise UserError(f"dual: each pass has its own selection (style_tokens, content_tokens); drop tokens={self.tokens!r}")
+        if self.intra_ratio_end is not None and self.intra_ratio is None:
+            raise UserError("intra_ratio_end: set intra_ratio too (the curve runs from intra_ratio to intra_ratio_end)")
+        if self.curve == "constant" and (self.alpha_end is not None or self.intra_ratio_end is not None):
+            raise UserError("curve: is 'constant' but an *_end ratio is set; choose linear, ease-in or ease-out")
+        if self.curve != "constant" and self.alpha_end is None and self.intra_ratio_end is None:
+            raise UserError(f"curve: {self.curve!r} needs alpha_end or intra_ratio_end (the ratio at the last token)")
+        if self.curve != "constant" and self.length_policy == "concat":
+            raise UserError("curve: per-token ratios need a position-wise length_policy (pool, resample, truncate), not concat")
+        if self.image_weights is not None:
+            if self.multi_image != "separate":
+                raise UserError("image_weights: need multi_image = 'separate' (one extraction per reference)")
+            if not self.image_weights or any(isinstance(w, bool) or not isinstance(w, (int, float)) or w < 0
+                                             for w in self.image_weights) or sum(self.image_weights) <= 0:
+                raise UserError("image_weights: must be numbers >= 0 with a positive sum, one per --image")
+        if self.multi_image == "separate" and self.length_policy == "concat":
+            raise UserError("multi_image 'separate': mixes references position by position; use length_policy pool, resample or truncate")
 
     # ---- derived ----
     @property
     def uses_vl(self) -> bool:
-        return self.alpha > 0
+        return self.alpha > 0 or (self.alpha_end or 0) > 0
+
+    @property
+    def uses_qwen3(self) -> bool:
+        """Qwen3-4B's encoding of the prompt is part of the conditioning."""
+        return self.alpha < 1 or (self.alpha_end is not None and self.alpha_end < 1)
 
     @property
     def uses_text_encoder(self) -> bool:
         """Qwen3-4B is needed for alpha < 1 and for the negative prompt of guided runs."""
-        return self.alpha < 1 or self.guidance > 0
+        return self.uses_qwen3 or self.guidance > 0
 
-    def resolve_vl_text(self, prompt: str) -> str | None:
-        if self.vl_text == VL_TEXT_PROMPT:
+    def resolve_vl_text(self, prompt: str, value: str | None = None) -> str | None:
+        """The text the VL reads for `vl_text` (or another *_vl_text value)."""
+        value = self.vl_text if value is None else value
+        if value == VL_TEXT_PROMPT:
             return prompt
-        if self.vl_text == VL_TEXT_NONE:
+        if value == VL_TEXT_NONE:
             return None
-        return self.vl_text
+        return value
+
+    def layer_for(self, role_is_image: bool) -> int:
+        chosen = self.image_layer if role_is_image else self.text_layer
+        return self.layer if chosen is None else chosen
 
     # ---- serialisation ----
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        if out["image_weights"] is not None:
+            out["image_weights"] = list(out["image_weights"])
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "recipe") -> "Recipe":
@@ -156,12 +254,19 @@ def _toml_value(value: Any) -> str:
         return repr(value)
     if isinstance(value, str):
         return json.dumps(value, ensure_ascii=False)  # a JSON string is a valid TOML basic string
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     raise TypeError(f"cannot write {type(value).__name__} to TOML")
 
 
 def _check_unit(name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0.0 <= value <= 1.0):
         raise UserError(f"{name}: {value!r} must be a number in [0, 1]")
+
+
+def _check_choice(name: str, value: Any, choices) -> None:
+    if value not in choices:
+        raise UserError(f"{name}: unknown value {value!r}; choose one of {', '.join(choices)}")
 
 
 def _check_int(name: str, value: Any, lo: int | None = None, hi: int | None = None) -> None:

@@ -1,0 +1,358 @@
+"""Blending conditioning sequences: pure tensor functions, no I/O, no models.
+
+A sequence is a 2-D `[L, D]` tensor of hidden states, one row per token position. Functions compute
+in float32 and return the dtype of their first (base) input; bad arguments raise a one-line ValueError.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+# How two sequences of different lengths are combined (DESIGN §4: never an implicit truncation).
+LENGTH_POLICIES = ("truncate", "pool", "resample", "concat")
+NORMALIZATIONS = ("none", "global", "per-dim")
+
+# Per-token ratio profiles for ratio_curve: t in [0, 1] -> weight of `end` in [0, 1].
+_EASINGS = {
+    "constant": lambda t: torch.zeros_like(t),
+    "linear": lambda t: t,
+    "ease-in": lambda t: t * t,
+    "ease-out": lambda t: 1 - (1 - t) ** 2,
+}
+RATIO_SHAPES = tuple(_EASINGS)
+
+
+# ---- argument checks ----
+
+
+def _check_seq(x, name: str = "x") -> None:
+    if not isinstance(x, torch.Tensor) or x.ndim != 2:
+        got = f"shape {list(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"{name} must be a 2-D [L, D] tensor, got {got}")
+    if not x.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor, got {x.dtype}")
+    if x.shape[0] < 1:
+        raise ValueError(f"{name} has no rows; a sequence needs at least one token")
+
+
+def _check_same_width(base: torch.Tensor, other: torch.Tensor) -> None:
+    if base.shape[1] != other.shape[1]:
+        raise ValueError(f"widths differ: base has D={base.shape[1]}, other has D={other.shape[1]}")
+
+
+def _check_length(length) -> None:
+    if isinstance(length, bool) or not isinstance(length, int) or length < 1:
+        raise ValueError(f"length must be a positive integer, got {length!r}")
+
+
+def _number(value, name: str) -> float:
+    """A finite Python number or 0-d tensor as a float."""
+    if isinstance(value, torch.Tensor):
+        if value.ndim != 0:
+            raise ValueError(f"{name} must be a scalar, got a tensor of shape {list(value.shape)}")
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _scalar_ratio(ratio) -> float:
+    r = _number(ratio, "ratio")
+    if not 0.0 <= r <= 1.0:
+        raise ValueError(f"ratio must be in [0, 1], got {r!r}")
+    return r
+
+
+def _ratio_weight(ratio, length: int, device: torch.device) -> float | torch.Tensor:
+    """A float, or a [L] tensor of per-position ratios as a float32 [L, 1] column."""
+    if not isinstance(ratio, torch.Tensor) or ratio.ndim == 0:
+        return _scalar_ratio(ratio)
+    if ratio.shape != (length,):
+        raise ValueError(f"per-position ratio must have shape [{length}], got {list(ratio.shape)}")
+    weight = ratio.to(device=device, dtype=torch.float32)
+    if not bool(((weight >= 0) & (weight <= 1)).all()):
+        raise ValueError("per-position ratio values must all be in [0, 1]")
+    return weight[:, None]
+
+
+# ---- position-wise mix ----
+
+
+def mix(base: torch.Tensor, other: torch.Tensor, ratio: float | torch.Tensor) -> torch.Tensor:
+    """Position-wise linear mix `(1 - r) * base + r * other`.
+
+    base, other: [L, D]; ratio: a float or a [L] tensor of per-position ratios, all in [0, 1].
+    Returns [L, D] in base's dtype. torch.lerp is exact at both ends: ratio 0 gives base and ratio 1
+    gives other bit for bit (other cast to base's dtype), and it is continuous in between.
+    """
+    _check_seq(base, "base")
+    _check_seq(other, "other")
+    if other.shape != base.shape:
+        raise ValueError(
+            f"mix needs equal shapes, got base {list(base.shape)} and other {list(other.shape)}; "
+            "map other onto base's length first (map_length)"
+        )
+    weight = _ratio_weight(ratio, base.shape[0], base.device)
+    return torch.lerp(base.float(), other.float(), weight).to(base.dtype)
+
+
+# ---- length maps: [N, D] -> [length, D] ----
+
+
+def _area_weights(n: int, length: int, device: torch.device) -> torch.Tensor:
+    """[length, n] area-overlap weights; row j averages input over [j*n/length, (j+1)*n/length).
+
+    In units of 1/length of an input row, input row i spans [i*length, (i+1)*length) and output
+    row j spans [j*n, (j+1)*n): integer endpoints, so the overlaps are exact. Each output window
+    is n units long, hence weight = overlap / n and every row of weights sums to 1.
+    """
+    i = torch.arange(n, device=device)[None, :]
+    j = torch.arange(length, device=device)[:, None]
+    lo = torch.maximum(j * n, i * length)
+    hi = torch.minimum((j + 1) * n, (i + 1) * length)
+    return (hi - lo).clamp(min=0).to(torch.float32) / n
+
+
+def pool(x: torch.Tensor, length: int) -> torch.Tensor:
+    """Antialiased area pooling of the rows onto `length` rows.
+
+    x: [N, D] -> [length, D]. Output row j is the overlap-weighted mean of x over the fractional
+    window [j*N/length, (j+1)*N/length): shrinking averages every input row (1041 -> 13 averages
+    ~80 rows each), growing gives each output a piece of one or two inputs. Constants pool to
+    themselves, the mean over rows is preserved, and length == N returns x itself.
+    """
+    _check_seq(x)
+    _check_length(length)
+    n = x.shape[0]
+    if length == n:
+        return x
+    weights = _area_weights(n, length, x.device)  # dense is fine for the lengths we meet (<= 4096)
+    return (weights @ x.float()).to(x.dtype)
+
+
+def resample(x: torch.Tensor, length: int) -> torch.Tensor:
+    """Linear interpolation of the rows onto `length` positions (align_corners=False), antialiased.
+
+    x: [N, D] -> [length, D]. Growing interpolates between neighbouring rows; shrinking widens the
+    triangle filter to the shrink factor (antialias=True), so every input row contributes: a
+    smooth relative of `pool`, never a sampling of neighbour pairs. length == N returns x itself.
+    """
+    _check_seq(x)
+    _check_length(length)
+    if length == x.shape[0]:
+        return x
+    grid = x.float().T[None, :, None, :]  # [1, D, 1, N]: token positions become the image width
+    out = F.interpolate(grid, size=(1, length), mode="bilinear", align_corners=False, antialias=True)
+    return out[0, :, 0, :].T.contiguous().to(x.dtype)
+
+
+def truncate(x: torch.Tensor, length: int, fill: torch.Tensor | None = None) -> torch.Tensor:
+    """The first `length` rows of x; rows past x's end are taken from `fill`.
+
+    x: [N, D], fill: [length, D] (the base; needed only when N < length) -> [length, D], x's dtype.
+    Legacy policy, kept to reproduce earlier results: on a VL sequence (image first) it keeps the
+    template and the top-left image patches and drops the rest of the image (DESIGN §4). Where
+    fill supplies the rows, a mix with the base stays exactly the base.
+    """
+    _check_seq(x)
+    _check_length(length)
+    n = x.shape[0]
+    if n >= length:
+        return x[:length]
+    if fill is None:
+        raise ValueError(f"truncate: x has {n} rows, fewer than length {length}; pass fill (the base) for the rest")
+    _check_seq(fill, "fill")
+    if fill.shape != (length, x.shape[1]):
+        raise ValueError(f"fill must have shape [{length}, {x.shape[1]}], got {list(fill.shape)}")
+    return torch.cat([x, fill[n:].to(x.dtype)])
+
+
+def map_length(
+    other: torch.Tensor, length: int, policy: str, base: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Map `other` [N, D] onto `length` rows with a position-wise policy -> [length, D].
+
+    policy: "truncate" (uses base [length, D] as fill when N < length), "pool" or "resample".
+    """
+    if policy == "truncate":
+        return truncate(other, length, base)
+    if policy == "pool":
+        return pool(other, length)
+    if policy == "resample":
+        return resample(other, length)
+    if policy == "concat":
+        raise ValueError("length policy 'concat' is not a position-wise map; use concat() or mix_sequences()")
+    raise ValueError(f"unknown length policy {policy!r}; choose one of {', '.join(LENGTH_POLICIES)}")
+
+
+# ---- concatenation with a token budget ----
+
+
+def concat_counts(base_len: int, other_len: int, ratio: float | torch.Tensor) -> tuple[int, int]:
+    """Rows kept by `concat`: (round((1-r) * base_len), round(r * other_len)), rounding halves up.
+
+    Both counts are monotone in r (base's falls, other's rises) and never both zero.
+    """
+    _check_length(base_len)
+    _check_length(other_len)
+    r = _scalar_ratio(ratio)
+    return math.floor((1 - r) * base_len + 0.5), math.floor(r * other_len + 0.5)
+
+
+def concat(base: torch.Tensor, other: torch.Tensor, ratio: float | torch.Tensor) -> torch.Tensor:
+    """Both sequences one after the other, each pooled to a token budget set by the ratio.
+
+    base: [Lb, D], other: [Lo, D], ratio: a scalar in [0, 1] -> [kb + ko, D] = [pool(base, kb);
+    pool(other, ko)] with (kb, ko) = concat_counts(Lb, Lo, r), in base's dtype. The DiT sees the
+    ratio as a share of caption tokens (extra tokens are native "more caption", DESIGN §3). r = 0
+    gives base and r = 1 gives other exactly, unpooled. Token counts are integers, so the output is
+    only piecewise constant in r: it changes in steps, not continuously.
+    """
+    _check_seq(base, "base")
+    _check_seq(other, "other")
+    _check_same_width(base, other)
+    kb, ko = concat_counts(base.shape[0], other.shape[0], ratio)
+    parts = [pool(base, kb)] if kb else []
+    if ko:
+        parts.append(pool(other, ko).to(base.dtype))
+    return torch.cat(parts)
+
+
+# ---- the general mix ----
+
+
+def mix_sequences(
+    base: torch.Tensor, other: torch.Tensor, ratio: float | torch.Tensor, policy: str
+) -> tuple[torch.Tensor, dict]:
+    """Mix two sequences of possibly different lengths under a named length policy.
+
+    base: [Lb, D], other: [Lo, D]. Position-wise policies ("truncate", "pool", "resample") map
+    other onto Lb rows and `mix` -> [Lb, D]; ratio may be a float or a [Lb] tensor, and ratio 0
+    gives base, ratio 1 gives map_length(other) exactly. "concat" -> `concat`, scalar ratio only.
+    Returns (sequence in base's dtype, info): info records policy, base_len, other_len, out_len
+    and, for concat, base_kept and other_kept.
+    """
+    if policy not in LENGTH_POLICIES:
+        raise ValueError(f"unknown length policy {policy!r}; choose one of {', '.join(LENGTH_POLICIES)}")
+    _check_seq(base, "base")
+    _check_seq(other, "other")
+    _check_same_width(base, other)
+    info = {"policy": policy, "base_len": base.shape[0], "other_len": other.shape[0]}
+    if policy == "concat":
+        out = concat(base, other, ratio)
+        info["base_kept"], info["other_kept"] = concat_counts(base.shape[0], other.shape[0], ratio)
+    else:
+        out = mix(base, map_length(other, base.shape[0], policy, base=base), ratio)
+    info["out_len"] = out.shape[0]
+    return out, info
+
+
+def ratio_curve(length: int, start: float, end: float, shape: str) -> torch.Tensor:
+    """Per-token ratios from `start` at the first position to `end` at the last -> float32 [length].
+
+    shape: "constant" (all start), "linear", "ease-in" (t**2) or "ease-out" (1 - (1-t)**2), with
+    t = position / (length - 1). Values are clamped to [0, 1]; length 1 gives [start].
+    """
+    _check_length(length)
+    if shape not in _EASINGS:
+        raise ValueError(f"unknown ratio shape {shape!r}; choose one of {', '.join(RATIO_SHAPES)}")
+    t = torch.arange(length, dtype=torch.float32) / max(length - 1, 1)
+    ends = torch.full_like(t, _number(start, "start")), torch.full_like(t, _number(end, "end"))
+    return torch.lerp(*ends, _EASINGS[shape](t)).clamp(0.0, 1.0)  # lerp: exact start and end
+
+
+# ---- statistics and normalisation ----
+
+
+def dim_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-dimension (mean [D], std [D]) over the rows of x [L, D]; population std, float32."""
+    _check_seq(x)
+    xf = x.float()
+    return xf.mean(0), xf.std(0, correction=0)
+
+
+def rms(x: torch.Tensor) -> torch.Tensor:
+    """Root mean square over every entry of x [L, D] -> 0-d float32 tensor."""
+    _check_seq(x)
+    return x.float().square().mean().sqrt()
+
+
+def normalize_global(x: torch.Tensor, target_rms: float | torch.Tensor) -> torch.Tensor:
+    """Scale x [L, D] so its RMS is `target_rms` -> [L, D], x's dtype. Zero RMS returns x unchanged.
+
+    A whole-sequence scale is invisible to the DiT (RMSNorm first, DESIGN §3); it matters only
+    before a position-wise mix with another sequence.
+    """
+    _check_seq(x)
+    target = _number(target_rms, "target_rms")
+    if target < 0:
+        raise ValueError(f"target_rms must be >= 0, got {target!r}")
+    current = rms(x)
+    if current == 0:
+        return x
+    return (x.float() * (target / current)).to(x.dtype)
+
+
+def normalize_per_dim(
+    x: torch.Tensor,
+    src_mean: torch.Tensor,
+    src_std: torch.Tensor,
+    ref_mean: torch.Tensor,
+    ref_std: torch.Tensor,
+    eps: float = 1e-6,
+) -> torch.Tensor:
+    """Move x [L, D] from source to reference per-dimension statistics (all [D]) -> [L, D], x's dtype.
+
+    (x - src_mean) / (src_std + eps) * ref_std + ref_mean; with x's own stats on both sides it is
+    the identity up to eps.
+    """
+    _check_seq(x)
+    stats = {"src_mean": src_mean, "src_std": src_std, "ref_mean": ref_mean, "ref_std": ref_std}
+    for name, stat in stats.items():
+        if not isinstance(stat, torch.Tensor) or stat.shape != (x.shape[1],):
+            got = list(stat.shape) if isinstance(stat, torch.Tensor) else type(stat).__name__
+            raise ValueError(f"{name} must be a [{x.shape[1]}] tensor, got {got}")
+    if (eps := _number(eps, "eps")) <= 0:
+        raise ValueError(f"eps must be > 0, got {eps!r}")
+    src_mean, src_std, ref_mean, ref_std = (stat.to(x.device, torch.float32) for stat in stats.values())
+    return ((x.float() - src_mean) / (src_std + eps) * ref_std + ref_mean).to(x.dtype)
+
+
+def sink_positions(x: torch.Tensor, factor: float = 20.0) -> list[int]:
+    """Rows of x [L, D] carrying massive activations (attention sinks), in increasing order.
+
+    A row is a sink when its max |value| exceeds `factor` times the median over rows of that max.
+    Qwen3's first token has a few dims hundreds of times larger than any ordinary token's; keep such
+    rows out of statistics (dim_stats, outlier_dims) or they dominate them (DESIGN §4).
+    """
+    _check_seq(x)
+    if (factor := _number(factor, "factor")) <= 0:
+        raise ValueError(f"factor must be > 0, got {factor!r}")
+    peak = x.float().abs().amax(1)  # [L]
+    return torch.nonzero(peak > factor * peak.median()).flatten().tolist()
+
+
+def outlier_dims(x: torch.Tensor, ref_std: torch.Tensor, ratio: float = 8.0) -> dict[str, list[int]]:
+    """Dimensions whose std over the rows of x [L, D] is off from ref_std [D] by more than `ratio`.
+
+    Returns {"too_large": dims with std > ratio * ref_std, "too_small": dims with std < ref_std / ratio}.
+    Both directions matter: VL image tokens are far *smaller* than Qwen3-4B's in dims 4 and 396
+    (DESIGN §4). Drop sink rows (sink_positions) from x first.
+    """
+    _check_seq(x)
+    if x.shape[0] < 2:
+        raise ValueError("outlier_dims needs at least 2 rows of x to estimate a std")
+    if not isinstance(ref_std, torch.Tensor) or ref_std.shape != (x.shape[1],):
+        got = list(ref_std.shape) if isinstance(ref_std, torch.Tensor) else type(ref_std).__name__
+        raise ValueError(f"ref_std must be a [{x.shape[1]}] tensor, got {got}")
+    if (ratio := _number(ratio, "ratio")) <= 1:
+        raise ValueError(f"ratio must be > 1, got {ratio!r}")
+    std = x.float().std(0, correction=0)
+    ref = ref_std.to(x.device, torch.float32)
+    return {
+        "too_large": torch.nonzero(std > ratio * ref).flatten().tolist(),
+        "too_small": torch.nonzero(std < ref / ratio).flatten().tolist(),
+    }

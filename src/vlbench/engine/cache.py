@@ -1,0 +1,84 @@
+"""On-disk extraction cache: every hidden state of one VL forward, as safetensors, content-addressed.
+
+The key covers what determines the forward: the VL model (source and config), the reference
+images' bytes, the VL text, the chat template, the caption budget and image-token cap (which fix
+the resize) and the dtype. A checksum of the tensor is verified on read; a damaged entry is
+dropped and recomputed, never trusted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from vlbench.engine.extract import Extraction
+
+FORMAT = "vlbench-extraction-1"
+
+
+def extraction_key(vl, image_shas: list[str], text: str | None, budget: int, max_image_tokens: int | None) -> str:
+    parts = {
+        "format": FORMAT,
+        "model": vl.source,
+        "config": hashlib.sha256(vl.model.config.to_json_string().encode()).hexdigest(),
+        "template": hashlib.sha256((vl.processor.chat_template or "").encode()).hexdigest(),
+        "images": image_shas,
+        "text": text,
+        "budget": budget,
+        "max_image_tokens": max_image_tokens,
+        "dtype": str(vl.dtype),
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def _checksum(t: torch.Tensor) -> str:
+    return hashlib.sha256(t.contiguous().view(torch.uint8).numpy().tobytes()).hexdigest()
+
+
+class ExtractionCache:
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.hits = self.misses = self.rejected = 0
+
+    def _path(self, key: str) -> Path:
+        return self.root / key[:2] / f"{key}.safetensors"
+
+    def get(self, key: str, device) -> Extraction | None:
+        from safetensors import safe_open
+
+        path = self._path(key)
+        if not path.exists():
+            self.misses += 1
+            return None
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = json.loads(f.metadata()["vlbench"])
+                hidden = f.get_tensor("hidden_states")
+            if meta["format"] != FORMAT or meta["key"] != key or _checksum(hidden) != meta["checksum"]:
+                raise ValueError("checksum or key mismatch")
+        except Exception:
+            self.rejected += 1
+            path.unlink(missing_ok=True)
+            return None
+        self.hits += 1
+        fields = meta["extraction"]
+        fields["image_sizes"] = [tuple(s) for s in fields["image_sizes"]]
+        fields["source_sizes"] = [tuple(s) for s in fields["source_sizes"]]
+        return Extraction(hidden_states=hidden.to(device), **fields)
+
+    def put(self, key: str, ex: Extraction) -> None:
+        from safetensors.torch import save_file
+
+        hidden = ex.hidden_states.detach().to("cpu").contiguous()
+        fields = {k: getattr(ex, k) for k in ("input_ids", "roles", "decoded", "vl_text", "image_sizes",
+                                               "source_sizes", "image_token_counts")}
+        meta = {"format": FORMAT, "key": key, "checksum": _checksum(hidden), "extraction": fields}
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        save_file({"hidden_states": hidden}, str(tmp), metadata={"vlbench": json.dumps(meta)})
+        os.replace(tmp, path)  # readers never see a half-written entry

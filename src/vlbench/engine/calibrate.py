@@ -1,0 +1,164 @@
+"""Reference statistics for normalisation, from the user's own models (never a hard-coded constant).
+
+`calibrate` encodes a prompt set with Qwen3-4B (Z-Image's text path, every layer) and with Qwen3-VL
+(text only, every layer) and stores per layer and per token role the per-dimension mean and std
+and the RMS. Attention-sink positions (massive activations) are detected per layer and kept in
+a role of their own, so they do not swamp the statistics of ordinary tokens (DESIGN §4).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+
+from vlbench.engine import blend
+from vlbench.engine.encode import template_ids
+from vlbench.engine.extract import _SENTINEL
+from vlbench.errors import UserError
+
+ROLES = ("text", "template", "prompt", "sink")  # "text" = template + prompt, sinks excluded
+FORMAT = "vlbench-calibration-1"
+
+
+class _Acc:
+    """Running per-dimension sums in float64, so a large prompt set is exact enough."""
+
+    def __init__(self):
+        self.n = 0
+        self.sum = None
+        self.sumsq = None
+
+    def add(self, rows: torch.Tensor) -> None:
+        if rows.shape[0] == 0:
+            return
+        rows = rows.double().cpu()
+        s, q = rows.sum(0), (rows * rows).sum(0)
+        self.sum = s if self.sum is None else self.sum + s
+        self.sumsq = q if self.sumsq is None else self.sumsq + q
+        self.n += rows.shape[0]
+
+    def finish(self) -> dict[str, torch.Tensor]:
+        mean = self.sum / self.n
+        var = (self.sumsq / self.n - mean * mean).clamp_min(0)
+        return {"mean": mean.float(), "std": var.sqrt().float(),
+                "rms": (self.sumsq.sum() / (self.n * mean.numel())).sqrt().float().reshape(1),
+                "count": torch.tensor([self.n], dtype=torch.int64)}
+
+
+def _role_rows(hidden: torch.Tensor, roles: list[str]) -> dict[str, torch.Tensor]:
+    """Split one layer's rows [L, D] by role, sinks apart."""
+    sinks = set(blend.sink_positions(hidden.float()))
+    out = {}
+    for role in ROLES:
+        if role == "sink":
+            keep = sorted(sinks)
+        elif role == "text":
+            keep = [i for i, r in enumerate(roles) if r in ("template", "prompt") and i not in sinks]
+        else:
+            keep = [i for i, r in enumerate(roles) if r == role and i not in sinks]
+        out[role] = hidden[keep]
+    return out
+
+
+def qwen3_hidden_states(pipe, prompt: str) -> tuple[torch.Tensor, list[str]]:
+    """Every hidden layer of Qwen3-4B for `prompt` in Z-Image's template, and a role per position."""
+    tok = pipe.tokenizer
+    ids, text = template_ids(tok, prompt)
+    enc = tok(text, return_offsets_mapping=True)
+    _, marked = template_ids(tok, _SENTINEL)
+    start = marked.index(_SENTINEL)  # where the prompt begins in the template
+    roles = ["prompt" if (a < start + len(prompt) and b > start) else "template" for a, b in enc["offset_mapping"]]
+    input_ids = torch.tensor([ids], device=pipe.text_encoder.device)
+    with torch.inference_mode():
+        out = pipe.text_encoder(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
+                                output_hidden_states=True)
+    return torch.stack([h[0] for h in out.hidden_states]), roles
+
+
+def calibrate(engine, prompts: list[str], on_progress=None) -> tuple[dict[str, torch.Tensor], dict]:
+    """Statistics of both models over `prompts`. Returns (tensors, metadata) as stored on disk."""
+    if not prompts:
+        raise UserError("--prompts-file: no prompts to calibrate on")
+    accs: dict[tuple[str, int, str], _Acc] = {}
+    layers: dict[str, int] = {}
+    for i, prompt in enumerate(prompts):
+        qwen3, q_roles = qwen3_hidden_states(engine.models.text_pipe, prompt)
+        ex = engine.extraction([], prompt, None)
+        for model, hidden, roles in (("qwen3", qwen3, q_roles), ("vl", ex.hidden_states, ex.roles)):
+            layers[model] = hidden.shape[0]
+            for layer in range(hidden.shape[0]):
+                for role, rows in _role_rows(hidden[layer], roles).items():
+                    accs.setdefault((model, layer, role), _Acc()).add(rows)
+        if on_progress:
+            on_progress(i + 1, len(prompts))
+    tensors = {}
+    for (model, layer, role), acc in accs.items():
+        if acc.n:
+            for name, value in acc.finish().items():
+                tensors[f"{model}.{layer}.{role}.{name}"] = value
+    meta = {"format": FORMAT, "prompts": len(prompts), "layers": layers,
+            "zimage": engine.models.spec.zimage, "vl": engine.models.spec.vl}
+    return tensors, meta
+
+
+def default_path(models) -> Path:
+    from vlbench.paths import data_dir
+
+    key = hashlib.sha256(f"{models.spec.zimage}|{models.spec.vl}".encode()).hexdigest()[:16]
+    return data_dir() / "calibration" / f"{key}.safetensors"
+
+
+def save_stats(tensors: dict, meta: dict, path: str | Path) -> Path:
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path), metadata={"vlbench": json.dumps(meta)})
+    return path
+
+
+class Stats:
+    """Calibration statistics: `get(model, layer, role)` -> {"mean", "std", "rms"} at that layer."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor], meta: dict, path: Path):
+        self.tensors, self.meta, self.path = tensors, meta, path
+
+    def get(self, model: str, layer: int, role: str, device=None) -> dict[str, torch.Tensor]:
+        n = self.meta["layers"].get(model)
+        if n is None:
+            raise UserError(f"calibration {self.path}: has no statistics for {model}; re-run vlbench calibrate")
+        index = layer % n if -n <= layer < n else None
+        key = f"{model}.{index}.{role}"
+        if index is None or f"{key}.mean" not in self.tensors:
+            raise UserError(f"calibration {self.path}: no {role} statistics for {model} layer {layer}")
+        out = {name: self.tensors[f"{key}.{name}"].to(device) for name in ("mean", "std", "rms")}
+        out["rms"] = out["rms"].reshape(())
+        return out
+
+
+_loaded: dict[str, Stats] = {}
+
+
+def load_stats(path: str | Path | None, models) -> Stats:
+    """The stats file named by a recipe, or the default one for these models; a clear error if missing."""
+    from safetensors import safe_open
+
+    path = Path(path) if path else default_path(models)
+    if str(path) in _loaded:
+        return _loaded[str(path)]
+    if not path.exists():
+        raise UserError(f"calibration {path}: not found; run `vlbench calibrate` with the same models first "
+                        "(or set normalization = 'none')")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads((f.metadata() or {}).get("vlbench", "{}"))
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as exc:  # a damaged file of any kind
+        raise UserError(f"calibration {path}: unreadable ({exc}); re-run vlbench calibrate") from None
+    if meta.get("format") != FORMAT:
+        raise UserError(f"calibration {path}: not a vlbench calibration file")
+    _loaded[str(path)] = stats = Stats(tensors, meta, path)
+    return stats
