@@ -135,6 +135,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="OUT.png", help="output PNG (recipe, seed, versions in metadata)")
     _model_flags(p)
 
+    p = sub.add_parser("calibrate", help="reference statistics of Qwen3-4B and Qwen3-VL for normalisation")
+    p.add_argument("--prompts-file", default=None, metavar="F",
+                   help="one prompt per line (default: the set shipped with vlbench, examples/calibration_prompts.txt)")
+    p.add_argument("--out", default=None, metavar="STATS.safetensors",
+                   help="where to write (default: the location recipes look in for these models)")
+    _model_flags(p)
+
+    p = sub.add_parser("inspect", help="summarise a conditioning tensor written by vlbench embed")
+    p.add_argument("path", metavar="COND.safetensors")
+    p.add_argument("--calibration", metavar="STATS.safetensors", help="compare with these statistics")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+
     p = sub.add_parser("demo", help="an end-to-end run on the tiny random models (what the README's first command does)")
     p.add_argument("--out", default="vlbench-demo", help="output folder (default ./vlbench-demo)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -188,6 +200,11 @@ def _check_out(path: str, suffix: str, flag: str = "--out") -> Path:
     return out
 
 
+def _warn(console, warnings: list[str]) -> None:
+    for w in warnings:
+        console.print(f"[yellow]warning: {w}[/yellow]")
+
+
 def _engine(args, console):
     from vlbench.engine.engine import Engine
     from vlbench.engine.models import Models
@@ -210,6 +227,7 @@ def cmd_embed(args) -> int:
     console = _console()
     engine = _engine(args, console)
     cond = engine.condition(recipe, args.prompt, refs)
+    _warn(console, cond.warnings)
     check_caption(cond.embeds.shape[0], engine.models.caption_budget)
     tensor = cond.embeds.detach().to("cpu").contiguous()
     save_file({"prompt_embeds": tensor}, str(out), metadata={"format": "vlbench-conditioning-1"})
@@ -238,7 +256,8 @@ def cmd_generate(args) -> int:
     engine = _engine(args, console)
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("generating", total=recipe.steps)
-        result = engine.run(recipe, args.prompt, refs, on_step=lambda i, n: progress.update(task, completed=i))
+        result = engine.run(recipe, args.prompt, refs, on_step=lambda i, n: progress.update(task, completed=i, total=n))
+    _warn(console, result.conditioning.warnings)
     meta = {
         "recipe": recipe.to_dict(), "prompt": args.prompt, "images": [r.path for r in refs],
         "seed": recipe.seed, "timings": dict(result.timings, **{f"load_{k}": v for k, v in engine.models.load_seconds.items()}),
@@ -286,7 +305,89 @@ def cmd_demo(args) -> int:
     return 0
 
 
-COMMANDS = {"embed": cmd_embed, "generate": cmd_generate, "demo": cmd_demo}
+def _read_prompts(path: str | None) -> list[str]:
+    if path is None:
+        shipped = Path(__file__).resolve().parent / "data" / "calibration_prompts.txt"
+        path = str(shipped)
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"--prompts-file {path}: cannot read it ({exc.__class__.__name__})") from None
+    prompts = [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+    if not prompts:
+        raise UserError(f"--prompts-file {path}: has no prompts (one per line; # starts a comment)")
+    return prompts
+
+
+def cmd_calibrate(args) -> int:
+    from rich.progress import Progress
+
+    from vlbench.engine.calibrate import calibrate, default_path, save_stats
+
+    prompts = _read_prompts(args.prompts_file)
+    console = _console()
+    engine = _engine(args, console)
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("calibrating", total=len(prompts))
+        tensors, meta = calibrate(engine, prompts, on_progress=lambda i, n: progress.update(task, completed=i))
+    out = save_stats(tensors, meta, args.out or default_path(engine.models))
+    console.print(f"wrote {out}: statistics of {len(prompts)} prompts, "
+                  f"{meta['layers']['qwen3']} Qwen3-4B and {meta['layers']['vl']} Qwen3-VL hidden layers")
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from vlbench.engine import blend
+
+    path = Path(args.path)
+    if not path.exists():
+        raise UserError(f"{path}: no such file")
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise UserError(f"{path}: not a safetensors file ({exc})") from None
+    if "prompt_embeds" not in tensors:
+        raise UserError(f"{path}: has no 'prompt_embeds' tensor; is it from vlbench embed?")
+    x = tensors["prompt_embeds"].float()
+    side = path.with_suffix(".json")
+    meta = json.loads(side.read_text()) if side.exists() else {}
+    rows = meta.get("conditioning", {}).get("rows", [])
+    roles = [r.get("role") or (r.get("base") or {}).get("role") or r.get("mix") or r.get("source") for r in rows]
+    console = Console()
+    console.print(f"[bold]{path}[/bold]  {x.shape[0]} tokens × {x.shape[1]}  ({tensors['prompt_embeds'].dtype})")
+    if meta:
+        console.print(f"recipe: {json.dumps({k: v for k, v in meta['recipe'].items() if v is not None})}")
+    table = Table("rows", "count", "RMS", "min", "max", "mean |x|")
+    groups: dict[str, list[int]] = {"all": list(range(x.shape[0]))}
+    for i, role in enumerate(roles):
+        groups.setdefault(str(role), []).append(i)
+    sinks = blend.sink_positions(x)
+    if sinks:
+        groups["attention sinks"] = sinks
+    for name, idx in groups.items():
+        part = x[idx]
+        table.add_row(name, str(len(idx)), f"{float(blend.rms(part)):.3f}", f"{float(part.min()):.3f}",
+                      f"{float(part.max()):.3f}", f"{float(part.abs().mean()):.3f}")
+    console.print(table)
+    if args.calibration:
+        from vlbench.engine.calibrate import load_stats
+
+        stats = load_stats(args.calibration, None)
+        ref = stats.get("qwen3", -2, "text")
+        keep = [i for i in range(x.shape[0]) if i not in set(sinks)] or list(range(x.shape[0]))
+        odd = blend.outlier_dims(x[keep], ref["std"]) if len(keep) > 1 else {"too_large": [], "too_small": []}
+        console.print(f"vs Qwen3-4B layer -2 text tokens: RMS ratio {float(blend.rms(x[keep]) / ref['rms']):.3f}; "
+                      f"dims with std > 8× reference: {odd['too_large'][:10]}; < 1/8×: {odd['too_small'][:10]}")
+    return 0
+
+
+COMMANDS = {"embed": cmd_embed, "generate": cmd_generate, "calibrate": cmd_calibrate, "inspect": cmd_inspect,
+            "demo": cmd_demo}
 
 
 def _quiet_libraries() -> None:

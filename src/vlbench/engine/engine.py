@@ -49,6 +49,7 @@ class Conditioning:
     extractions: list[Extraction] = field(default_factory=list)  # dual recipes: [content, style]
     text: TextEncoding | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def extraction(self) -> Extraction | None:
@@ -57,7 +58,7 @@ class Conditioning:
     def describe(self) -> dict:
         """JSON-ready account of the conditioning (the embed sidecar and every run record carry it)."""
         out: dict[str, Any] = {"length": int(self.embeds.shape[0]), "width": int(self.embeds.shape[1]),
-                               "rows": self.rows}
+                               "rows": self.rows, "warnings": self.warnings}
         for name, ex in zip(("vl", "vl_style"), self.extractions):
             out[name] = {
                 "input_ids": ex.input_ids,
@@ -208,7 +209,13 @@ class Engine:
             ratio = self._ratio(recipe.alpha, recipe.alpha_end, recipe.curve, qwen3.length)
             out = _mix(qwen3, vl, ratio, recipe.length_policy, "alpha")
         timings["blend"] = time.perf_counter() - t0
-        return Conditioning(embeds=out.embeds, rows=out.rows, extractions=extractions, text=text, timings=timings)
+        warnings = []
+        mixes = recipe.dual or recipe.intra_ratio is not None or (vl is not None and qwen3 is not None)
+        if recipe.length_policy == "truncate" and mixes:
+            warnings.append("length_policy truncate keeps only the first rows of the longer sequence: for image "
+                            "tokens, the TOP-LEFT patches of the reference (legacy; use pool)")
+        return Conditioning(embeds=out.embeds, rows=out.rows, extractions=extractions, text=text, timings=timings,
+                            warnings=warnings)
 
     def _check_inputs(self, recipe: Recipe, refs: list[Reference]) -> None:
         if recipe.dual:
