@@ -150,6 +150,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="an end-to-end run on the tiny random models (what the README's first command does)")
     p.add_argument("--out", default="vlbench-demo", help="output folder (default ./vlbench-demo)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
+
+    from vlbench.experiments.cli import add_parsers
+
+    add_parsers(sub)
     return parser
 
 
@@ -182,7 +186,7 @@ def spec_from_args(args: argparse.Namespace):
 def _console():
     from rich.console import Console
 
-    return Console(stderr=True)
+    return Console(stderr=True, soft_wrap=True)  # status lines carry paths: never wrap them
 
 
 def _open_references(paths: list[str]):
@@ -388,6 +392,15 @@ def cmd_inspect(args) -> int:
 
 COMMANDS = {"embed": cmd_embed, "generate": cmd_generate, "calibrate": cmd_calibrate, "inspect": cmd_inspect,
             "demo": cmd_demo}
+
+
+def _experiment_commands() -> None:
+    from vlbench.experiments.cli import cmd_experiments, cmd_run
+
+    COMMANDS.update(run=cmd_run, experiments=cmd_experiments)
+
+
+_experiment_commands()
 
 
 def _quiet_libraries() -> None:

@@ -2,8 +2,8 @@
 
 The key covers what determines the forward: the VL model (source and config), the reference
 images' bytes, the VL text, the chat template, the caption budget and image-token cap (which fix
-the resize) and the dtype. A checksum of the tensor is verified on read; a damaged entry is
-dropped and recomputed, never trusted.
+the resize) and the dtype. A checksum of the tensor and of the token ids and roles stored beside
+it is verified on read; a damaged entry is dropped and recomputed, never trusted.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 
 from vlbench.engine.extract import Extraction
 
-FORMAT = "vlbench-extraction-1"
+FORMAT = "vlbench-extraction-2"  # 2: the checksum covers the stored fields too
 
 
 def extraction_key(vl, image_shas: list[str], text: str | None, budget: int, max_image_tokens: int | None) -> str:
@@ -35,8 +35,10 @@ def extraction_key(vl, image_shas: list[str], text: str | None, budget: int, max
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
-def _checksum(t: torch.Tensor) -> str:
-    return hashlib.sha256(t.contiguous().view(torch.uint8).numpy().tobytes()).hexdigest()
+def _checksum(t: torch.Tensor, fields: dict) -> str:
+    digest = hashlib.sha256(t.contiguous().view(torch.uint8).numpy().tobytes())
+    digest.update(json.dumps(fields, sort_keys=True).encode())  # a changed token id or role still parses
+    return digest.hexdigest()
 
 
 class ExtractionCache:
@@ -58,8 +60,10 @@ class ExtractionCache:
             with safe_open(str(path), framework="pt") as f:
                 meta = json.loads(f.metadata()["vlbench"])
                 hidden = f.get_tensor("hidden_states")
-            if meta["format"] != FORMAT or meta["key"] != key or _checksum(hidden) != meta["checksum"]:
-                raise ValueError("checksum or key mismatch")
+            if meta["format"] != FORMAT or meta["key"] != key:
+                raise ValueError("key mismatch")
+            if _checksum(hidden, meta["extraction"]) != meta["checksum"]:
+                raise ValueError("checksum mismatch")
         except Exception:
             self.rejected += 1
             path.unlink(missing_ok=True)
@@ -76,7 +80,7 @@ class ExtractionCache:
         hidden = ex.hidden_states.detach().to("cpu").contiguous()
         fields = {k: getattr(ex, k) for k in ("input_ids", "roles", "decoded", "vl_text", "image_sizes",
                                                "source_sizes", "image_token_counts")}
-        meta = {"format": FORMAT, "key": key, "checksum": _checksum(hidden), "extraction": fields}
+        meta = {"format": FORMAT, "key": key, "checksum": _checksum(hidden, fields), "extraction": fields}
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")

@@ -117,6 +117,7 @@ def save_stats(tensors: dict, meta: dict, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(path), metadata={"vlbench": json.dumps(meta)})
+    _loaded.pop(str(path), None)  # a re-calibration in this process must not keep serving the old stats
     return path
 
 
@@ -139,7 +140,7 @@ class Stats:
         return out
 
 
-_loaded: dict[str, Stats] = {}
+_loaded: dict[str, tuple[tuple[int, int], Stats]] = {}  # path -> ((mtime_ns, size) when read, stats)
 
 
 def load_stats(path: str | Path | None, models) -> Stats:
@@ -147,11 +148,13 @@ def load_stats(path: str | Path | None, models) -> Stats:
     from safetensors import safe_open
 
     path = Path(path) if path else default_path(models)
-    if str(path) in _loaded:
-        return _loaded[str(path)]
     if not path.exists():
         raise UserError(f"calibration {path}: not found; run `vlbench calibrate` with the same models first "
                         "(or set normalization = 'none')")
+    stat = path.stat()
+    version = (stat.st_mtime_ns, stat.st_size)  # rewritten by another process: read it again
+    if str(path) in _loaded and _loaded[str(path)][0] == version:
+        return _loaded[str(path)][1]
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = json.loads((f.metadata() or {}).get("vlbench", "{}"))
@@ -160,5 +163,6 @@ def load_stats(path: str | Path | None, models) -> Stats:
         raise UserError(f"calibration {path}: unreadable ({exc}); re-run vlbench calibrate") from None
     if meta.get("format") != FORMAT:
         raise UserError(f"calibration {path}: not a vlbench calibration file")
-    _loaded[str(path)] = stats = Stats(tensors, meta, path)
+    stats = Stats(tensors, meta, path)
+    _loaded[str(path)] = (version, stats)
     return stats

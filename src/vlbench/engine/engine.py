@@ -173,6 +173,13 @@ class Engine:
         self._extractions[key] = ex
         return ex
 
+    def release_extraction_by_sha(self, shas: tuple[str, ...], text: str | None) -> int:
+        """Drop in-memory extractions of these inputs (a sweep is done with them); returns how many."""
+        keys = [k for k in self._extractions if k[0] == shas and k[1] == text]
+        for k in keys:
+            del self._extractions[k]
+        return len(keys)
+
     def text_encoding(self, prompt: str, what: str = "--prompt") -> TextEncoding:
         if prompt not in self._texts:
             self._texts[prompt] = encode_text(self.models.text_pipe, prompt, what)
@@ -191,8 +198,6 @@ class Engine:
         if recipe.uses_vl:
             vl, extractions = self._vl_sequence(recipe, prompt, refs)
             timings["extraction"] = time.perf_counter() - start
-            if recipe.normalization != "none":
-                vl = self._normalize(vl, recipe)
         text = None
         if recipe.uses_qwen3:
             t0 = time.perf_counter()
@@ -245,7 +250,8 @@ class Engine:
         hs = ex.hidden_states
         embeds = hs[torch.tensor(layers, device=hs.device), torch.tensor(positions, device=hs.device)]
         rows = [{"source": "vl", "role": ex.roles[p], "position": p, "layer": l} for p, l in zip(positions, layers)]
-        return _Seq(embeds, rows)
+        seq = _Seq(embeds, rows)
+        return seq if recipe.normalization == "none" else self._normalize(seq, recipe)
 
     def _vl_sequence(self, recipe: Recipe, prompt: str, refs: list[Reference]) -> tuple["_Seq", list[Extraction]]:
         policy = recipe.length_policy
@@ -281,35 +287,36 @@ class Engine:
         return blend.ratio_curve(length, start, end, curve)
 
     def _normalize(self, seq: "_Seq", recipe: Recipe) -> "_Seq":
+        """Match one VL selection's statistics to Qwen3-4B's layer -2 text tokens (sinks untouched).
+
+        Runs on selections, before any mix, so every row still knows its role and layer.
+        """
         from vlbench.engine.calibrate import load_stats
 
         stats = load_stats(recipe.calibration, self.models)
         x = seq.embeds.float()
         sinks = set(blend.sink_positions(x))
-        keep = [i for i in range(x.shape[0]) if i not in sinks]
-        if not keep:
-            return seq
-        idx = torch.tensor(keep, device=x.device)
-        rows = x.index_select(0, idx)
         ref = stats.get("qwen3", -2, "text", x.device)
-        if recipe.normalization == "global":
-            rows = blend.normalize_global(rows, ref["rms"])
-        else:  # per-dim: text rows onto Qwen3-4B's stats from the VL's own text statistics, image rows from theirs
-            is_image = torch.tensor([seq.rows[i].get("role") in IMAGE_ROLES for i in keep], device=x.device)
-            out = rows.clone()
-            if (~is_image).any():
-                layer = recipe.layer_for(False)
+        groups: dict[tuple[bool, int], list[int]] = {}
+        for i, row in enumerate(seq.rows):
+            if i not in sinks:  # global: one scale for the whole selection; per-dim: per role and layer
+                key = (False, 0) if recipe.normalization == "global" else (row["role"] in IMAGE_ROLES, row["layer"])
+                groups.setdefault(key, []).append(i)
+        out = x.clone()
+        for (is_image, layer), keep in groups.items():
+            idx = torch.tensor(keep, device=x.device)
+            rows = x.index_select(0, idx)
+            if recipe.normalization == "global":
+                rows = blend.normalize_global(rows, ref["rms"])
+            elif is_image:  # image rows: from their own statistics (hundreds of rows)
+                mean, std = blend.dim_stats(rows)
+                rows = blend.normalize_per_dim(rows, mean, std, ref["mean"], ref["std"])
+            else:  # text rows: from the VL's calibrated text statistics at this layer
                 src = stats.get("vl", layer, "text", x.device)
-                out[~is_image] = blend.normalize_per_dim(rows[~is_image], src["mean"], src["std"],
-                                                         ref["mean"], ref["std"])
-            if is_image.any():
-                mean, std = blend.dim_stats(rows[is_image])
-                out[is_image] = blend.normalize_per_dim(rows[is_image], mean, std, ref["mean"], ref["std"])
-            rows = out
-        x = x.index_copy(0, idx, rows)
-        return _Seq(x.to(seq.embeds.dtype), [dict(r, normalized=recipe.normalization) if i in keep else
-                                              dict(r, normalized="sink, untouched")
-                                              for i, r in enumerate(seq.rows)])
+                rows = blend.normalize_per_dim(rows, src["mean"], src["std"], ref["mean"], ref["std"])
+            out.index_copy_(0, idx, rows)
+        return _Seq(out.to(seq.embeds.dtype), [dict(r, normalized="sink, untouched" if i in sinks else
+                                                     recipe.normalization) for i, r in enumerate(seq.rows)])
 
     def negative(self, recipe: Recipe) -> torch.Tensor | None:
         if recipe.guidance <= 0:

@@ -93,6 +93,8 @@ def load_image(path: str | Path):
             return img.convert("RGB")
     except UnidentifiedImageError:
         raise UserError(f"--image {path}: not an image PIL can read (PNG, JPEG, WebP …)") from None
+    except Image.DecompressionBombError as exc:  # not an OSError: it would escape as a traceback
+        raise UserError(f"--image {path}: too many pixels to open safely ({exc.args[0].split(',')[0]})") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise UserError(f"--image {path}: the image is damaged or truncated ({exc})") from None
 
@@ -155,6 +157,12 @@ def extract(vl, images: list, text: str | None, budget: int, max_image_tokens: i
         raise UserError("nothing to extract: no reference image and no VL text (--vl-text none); give --image or a text")
     if text is not None and _SENTINEL in text:
         raise UserError("--vl-text: contains a reserved marker character")
+    if text is not None:  # the tokenizer parses special tokens in text: these would forge a vision block
+        vision_ids = [processor.vision_start_token_id, processor.vision_end_token_id, processor.image_token_id,
+                      getattr(processor, "video_token_id", None)]
+        for token in tokenizer.convert_ids_to_tokens([i for i in vision_ids if i is not None]):
+            if token in text:
+                raise UserError(f"--prompt/--vl-text: contains {token}, a Qwen3-VL vision token; remove it")
     rendered = processor.apply_chat_template(_messages(len(images), text), add_generation_prompt=True, tokenize=False)
 
     # Fit the references into the caption budget: text tokens are fixed, images take what is left.
@@ -168,6 +176,12 @@ def extract(vl, images: list, text: str | None, budget: int, max_image_tokens: i
         if max_image_tokens is not None:
             available = min(available, max_image_tokens)
         sizes = [img.size for img in images]
+        for w, h in sizes:  # the processor refuses extreme aspect ratios (a ValueError deep inside it)
+            try:
+                image_token_count(processor.image_processor, w, h)
+            except ValueError as exc:
+                raise UserError(f"--image: a {w}×{h} reference cannot be read by Qwen3-VL's processor ({exc}); "
+                                "crop or pad it") from None
         try:
             size = fit_size(processor.image_processor, sizes, available)
         except ValueError:

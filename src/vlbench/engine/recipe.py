@@ -75,7 +75,7 @@ class Recipe:
     content_layer: int | None = None
     dual_ratio: float = 0.5
     # how sequences of different lengths mix; per-token ratio curves
-    length_policy: str = "pool"
+    length_policy: str = "concat"
     curve: str = "constant"  # ratio along the sequence: from alpha/intra_ratio to alpha_end/intra_ratio_end
     alpha_end: float | None = None
     intra_ratio_end: float | None = None
@@ -96,8 +96,13 @@ class Recipe:
     negative_prompt: str = ""
 
     def __post_init__(self) -> None:
-        if isinstance(self.image_weights, list):  # TOML/JSON give lists; keep the recipe hashable
-            object.__setattr__(self, "image_weights", tuple(self.image_weights))
+        if isinstance(self.image_weights, (list, tuple)):  # TOML/JSON give lists; keep the recipe hashable
+            object.__setattr__(self, "image_weights", tuple(
+                float(w) if isinstance(w, int) and not isinstance(w, bool) else w for w in self.image_weights))
+        for name in _FLOAT_FIELDS:  # `alpha = 1` in TOML is the same recipe as `alpha = 1.0`
+            value = getattr(self, name)
+            if isinstance(value, int) and not isinstance(value, bool):
+                object.__setattr__(self, name, float(value))
         self.validate()
 
     # ---- validation: every message names the field and what is allowed ----
@@ -172,8 +177,13 @@ class Recipe:
 
     @property
     def uses_qwen3(self) -> bool:
-        """Qwen3-4B's encoding of the prompt is part of the conditioning."""
-        return self.alpha < 1 or (self.alpha_end is not None and self.alpha_end < 1)
+        """Qwen3-4B's encoding of the prompt is part of the conditioning.
+
+        Under a position-wise policy it is also the base whose length the VL is mapped onto, even at
+        alpha 1, so alpha 1 stays continuous with alpha 0.999; under concat, alpha 1 is the VL alone.
+        """
+        mixes = self.alpha < 1 or (self.alpha_end is not None and self.alpha_end < 1)
+        return mixes or (self.uses_vl and self.length_policy != "concat")
 
     @property
     def uses_text_encoder(self) -> bool:
@@ -225,6 +235,9 @@ class Recipe:
         return "\n".join(lines) + "\n"
 
 
+_FLOAT_FIELDS = ("alpha", "intra_ratio", "dual_ratio", "alpha_end", "intra_ratio_end", "strength", "guidance")
+
+
 def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Recipe:
     """Read a TOML recipe; `overrides` (e.g. CLI flags the user set) win over the file."""
     path = Path(path)
@@ -253,7 +266,8 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, (int, float)):
         return repr(value)
     if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)  # a JSON string is a valid TOML basic string
+        # a JSON string is a valid TOML basic string, once DEL (allowed raw in JSON, not in TOML) is escaped
+        return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     raise TypeError(f"cannot write {type(value).__name__} to TOML")

@@ -1,0 +1,141 @@
+"""results.jsonl: one JSON object per image, appended (flushed and fsynced) as each finishes.
+
+The log is the run's ledger: a resumed run skips every job whose row says done and whose PNG is
+there. Reading it tolerates a run killed mid-write: an unreadable line (the last one, typically) is
+dropped and the file rewritten cleanly before anything is appended.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+STATUSES = ("done", "failed")
+TIMING_KEYS = ("extraction", "blend", "generation", "model_load")
+
+# field -> allowed JSON types (None allows null). Every row has every field.
+ROW_SCHEMA: dict[str, tuple] = {
+    "key": (str,),  # the job key: config name + recipe + prompt + seed + reference sha256
+    "experiment": (str,),
+    "name": (str,),  # the config's name
+    "config_index": (int,),  # its position in the type file
+    "recipe": (dict,),  # Recipe.to_dict(), complete
+    "prompt": (str,),
+    "seed": (int,),
+    "reference": (str,),  # the reference's path as given
+    "reference_sha256": (str,),
+    "image": (str, None),  # PNG path relative to the output folder; null when failed
+    "status": (str,),
+    "error": (str, None),
+    "timings": (dict,),  # seconds: extraction, blend, generation, model_load (+ text_encoding when used)
+    "peak_vram_bytes": (int, None),  # torch.cuda.max_memory_allocated during the job; null off GPU
+    "caption_tokens": (int, None),
+    "vl_forwards": (int,),  # VL forwards this job ran (0 when the extraction cache served it)
+    "finished_at": (str,),
+}
+
+
+def validate_row(row: Any) -> list[str]:
+    """Problems with one results row ([] when it is valid)."""
+    if not isinstance(row, dict):
+        return [f"row is a {type(row).__name__}, not an object"]
+    problems = []
+    for key, types in ROW_SCHEMA.items():
+        if key not in row:
+            problems.append(f"{key}: missing")
+            continue
+        value = row[key]
+        allowed = tuple(t for t in types if t is not None)
+        if value is None:
+            if None not in types:
+                problems.append(f"{key}: null")
+        elif isinstance(value, bool) or not isinstance(value, allowed):
+            problems.append(f"{key}: {type(value).__name__}, expected {' or '.join(t.__name__ for t in allowed)}")
+    if problems:
+        return problems
+    if row["status"] not in STATUSES:
+        problems.append(f"status: {row['status']!r} not one of {', '.join(STATUSES)}")
+    for key, value in row["timings"].items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            problems.append(f"timings.{key}: {value!r} is not a duration")
+    if row["status"] == "done":
+        problems += [f"timings.{k}: missing" for k in TIMING_KEYS if k not in row["timings"]]
+        if row["image"] is None:
+            problems.append("image: null on a done row")
+    elif row["error"] is None:
+        problems.append("error: null on a failed row")
+    return problems
+
+
+class ResultsLog:
+    """The append-only results file of one output folder."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def read(self) -> tuple[list[dict], int]:
+        """(valid rows, number of unreadable lines dropped)."""
+        if not self.path.exists():
+            return [], 0
+        rows, bad = [], 0
+        with open(self.path, "rb") as f:
+            for line in f:
+                text = line.strip()
+                if not text:
+                    continue
+                try:
+                    row = json.loads(text)
+                except (json.JSONDecodeError, UnicodeDecodeError):
+                    bad += 1
+                    continue
+                if validate_row(row):
+                    bad += 1
+                    continue
+                rows.append(row)
+        return rows, bad
+
+    def needs_newline(self) -> bool:
+        if not self.path.exists() or self.path.stat().st_size == 0:
+            return False
+        with open(self.path, "rb") as f:
+            f.seek(-1, os.SEEK_END)
+            return f.read(1) != b"\n"
+
+    def rewrite(self, rows: list[dict]) -> None:
+        """Replace the file with `rows`, atomically (a kill leaves the old file or the new one)."""
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            for row in rows:
+                f.write(_line(row))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+
+    def append(self, row: dict) -> None:
+        problems = validate_row(row)
+        if problems:  # a bug in the runner, not a user error
+            raise ValueError(f"results row for {row.get('name')!r} is invalid: {'; '.join(problems)}")
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(_line(row))
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def _line(row: dict) -> str:
+    return json.dumps(row, ensure_ascii=False, sort_keys=False, default=str) + "\n"
+
+
+def reference_copy(reference: str, sha256: str) -> str:
+    """Where the run keeps its copy of a reference, relative to the output folder (the folder travels whole)."""
+    path = Path(reference)
+    return f"references/{path.stem}-{sha256[:8]}{path.suffix.lower() or '.png'}"
+
+
+def latest_by_key(rows: list[dict]) -> dict[str, dict]:
+    """The last row of each job key (a redone job's newer row wins)."""
+    out: dict[str, dict] = {}
+    for row in rows:
+        out[row["key"]] = row
+    return out

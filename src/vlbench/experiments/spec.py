@@ -1,0 +1,197 @@
+"""Experiment types as data: a TOML file names a question and the configs that answer it.
+
+A type file has `name`, optional `description` and `question`, a `[base]` table of Recipe fields
+shared by every config, and `[[configs]]`, each a `name`, optional `quick = false` (dropped by
+--quick) and Recipe fields. Parsing checks the file's shape; `recipes()` builds the Recipes (and so
+checks every key and value against Recipe). Every error is one line naming the file and the key.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from vlbench.errors import UserError
+
+TYPES_DIR = Path(__file__).parent / "types"
+TOP_KEYS = ("name", "description", "question", "base", "configs")
+CONFIG_META = ("name", "quick")  # config keys that are not Recipe fields
+GENERATION = ("seed", "steps", "width", "height")  # the run's settings override these
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=-]*$")  # config names become file names
+
+
+@dataclass(frozen=True)
+class Config:
+    """One named config of a type: its own Recipe fields (over the type's base)."""
+
+    name: str
+    fields: dict[str, Any]
+    quick: bool = True  # kept by --quick
+
+    def describe(self) -> str:
+        return " ".join(f"{k}={_show(v)}" for k, v in self.fields.items())
+
+
+@dataclass(frozen=True)
+class NamedRecipe:
+    name: str
+    index: int  # position in the type file (grids and reports keep this order)
+    recipe: Any  # vlbench.engine.recipe.Recipe
+
+
+@dataclass(frozen=True)
+class ExperimentType:
+    name: str
+    description: str
+    question: str
+    base: dict[str, Any]
+    configs: tuple[Config, ...]
+    path: Path
+    source: str  # the file's text, recorded with every run
+
+    def selected(self, quick: bool = False) -> list[Config]:
+        return [c for c in self.configs if c.quick or not quick]
+
+    def recipes(self, quick: bool = False, overrides: dict[str, Any] | None = None) -> list[NamedRecipe]:
+        """Each config as a Recipe: base, then the config's fields, then `overrides` (the run's settings)."""
+        from vlbench.engine.recipe import Recipe
+
+        known = {f.name for f in fields(Recipe)}
+        where = self.path
+        for key in self.base:
+            if key not in known:
+                raise UserError(f"{where}: [base]: unknown key {key!r}; a Recipe field is expected "
+                                f"(known: {', '.join(sorted(known))})")
+        out = []
+        for index, config in enumerate(self.configs):
+            for key in config.fields:
+                if key not in known:
+                    raise UserError(f"{where}: config {config.name!r}: unknown key {key!r}; a Recipe field is "
+                                    f"expected (known: {', '.join(sorted(known))})")
+            if quick and not config.quick:
+                continue
+            data = {**self.base, **config.fields, **(overrides or {})}
+            try:
+                recipe = Recipe.from_dict(data, source=f"{where}: config {config.name!r}")
+            except UserError as exc:
+                message = str(exc)
+                if not message.startswith(str(where)):
+                    message = f"{where}: config {config.name!r}: {message}"
+                raise UserError(message) from None
+            except TypeError as exc:  # a value of the wrong type reaching the dataclass
+                raise UserError(f"{where}: config {config.name!r}: {exc}") from None
+            out.append(NamedRecipe(config.name, index, recipe))
+        return out
+
+    def varying(self) -> dict[str, list]:
+        """Recipe fields whose value differs between configs (the fields a config sets)."""
+        keys = {k for c in self.configs for k in c.fields}
+        out = {}
+        for key in sorted(keys):
+            values = [c.fields.get(key, self.base.get(key)) for c in self.configs]
+            if len({repr(v) for v in values}) > 1:
+                out[key] = values
+        return out
+
+
+# ---- finding types ----
+def builtin_types() -> list[Path]:
+    return sorted(TYPES_DIR.glob("*.toml"))
+
+
+def builtin_names() -> list[str]:
+    return [p.stem for p in builtin_types()]
+
+
+def resolve(name_or_path: str) -> Path:
+    """A built-in type's name, or a path to a type file."""
+    candidate = Path(name_or_path).expanduser()
+    looks_like_path = name_or_path.endswith(".toml") or "/" in name_or_path or "\\" in name_or_path
+    if looks_like_path or candidate.is_file():
+        if not candidate.is_file():
+            raise UserError(f"--experiment {name_or_path}: no such file")
+        return candidate
+    path = TYPES_DIR / f"{name_or_path}.toml"
+    if not path.is_file():
+        raise UserError(f"--experiment {name_or_path}: unknown type; choose one of {', '.join(builtin_names())} "
+                        "or give the path of a type file (see `vlbench experiments`)")
+    return path
+
+
+def load_type(name_or_path: str | Path) -> ExperimentType:
+    """Read and check a type file's shape (keys, names, duplicates). Recipes are built by `recipes()`."""
+    path = resolve(str(name_or_path)) if not isinstance(name_or_path, Path) else name_or_path
+    try:
+        source = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: cannot read it ({exc.__class__.__name__})") from None
+    try:
+        data = tomllib.loads(source)
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"{path}: not valid TOML ({exc})") from None
+    return parse_type(data, path, source)
+
+
+def parse_type(data: dict, path: Path, source: str = "") -> ExperimentType:
+    for key in data:
+        if key not in TOP_KEYS:
+            raise UserError(f"{path}: unknown key {key!r}; a type file has {', '.join(TOP_KEYS)}")
+    name = data.get("name")
+    if not isinstance(name, str) or not name.strip():
+        raise UserError(f"{path}: name: missing; add name = \"...\" at the top")
+    for key in ("description", "question"):
+        if not isinstance(data.get(key, ""), str):
+            raise UserError(f"{path}: {key}: must be a string")
+    base = data.get("base", {})
+    if not isinstance(base, dict):
+        raise UserError(f"{path}: base: must be a table ([base])")
+    for key, value in base.items():
+        _check_value(path, "[base]", key, value)
+    raw = data.get("configs")
+    if not isinstance(raw, list) or not raw:
+        raise UserError(f"{path}: configs: missing; add at least one [[configs]] table with a name")
+    configs: list[Config] = []
+    seen: set[str] = set()
+    for i, item in enumerate(raw, 1):
+        if not isinstance(item, dict):
+            raise UserError(f"{path}: configs: entry {i} must be a table ([[configs]])")
+        cname = item.get("name")
+        if not isinstance(cname, str) or not cname:
+            raise UserError(f"{path}: configs[{i}]: name: missing; every [[configs]] needs a name")
+        if not _NAME.match(cname):
+            raise UserError(f"{path}: config {cname!r}: name: use letters, digits and . _ + = - only "
+                            "(it becomes part of file names)")
+        if cname in seen:
+            raise UserError(f"{path}: config {cname!r}: name: duplicate config name; names must be unique")
+        seen.add(cname)
+        quick = item.get("quick", True)
+        if not isinstance(quick, bool):
+            raise UserError(f"{path}: config {cname!r}: quick: {quick!r} must be true or false")
+        own = {k: v for k, v in item.items() if k not in CONFIG_META}
+        for key, value in own.items():
+            _check_value(path, f"config {cname!r}", key, value)
+        configs.append(Config(cname, own, quick))
+    return ExperimentType(name=name.strip(), description=data.get("description", "").strip(),
+                          question=data.get("question", "").strip(), base=dict(base), configs=tuple(configs),
+                          path=path, source=source)
+
+
+def _check_value(path: Path, where: str, key: str, value: Any) -> None:
+    scalar = (str, int, float, bool)
+    if isinstance(value, scalar) or (isinstance(value, list) and all(isinstance(v, scalar) for v in value)):
+        return
+    raise UserError(f"{path}: {where}: {key}: {_show(value)} is not a value a Recipe field takes "
+                    "(a string, number, boolean or list of them)")
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, str):
+        return repr(value) if (" " in value or not value) else value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)

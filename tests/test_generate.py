@@ -1,0 +1,221 @@
+"""Generation, specified against diffusers' ZImagePipeline called directly on the same tiny model.
+
+The Engine must add nothing of its own between the conditioning tensor and the image: the same
+embeddings and seed through `ZImagePipeline(...)` give the same pixels, and `alpha 0` is exactly
+Z-Image's own text path.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from vlbench.engine.engine import Engine, Reference
+from vlbench.engine.generate import check_caption, generate, read_png_metadata, save_png
+from vlbench.engine.recipe import Recipe
+from vlbench.errors import CaptionTooLong
+
+PROMPT = "A watercolor painting of a lighthouse on a rocky coast"
+SIZE = dict(width=64, height=64, steps=2)
+
+
+@pytest.fixture(scope="module")
+def ref_pipe(tiny_dirs):
+    """Z-Image loaded by diffusers alone, with its own Qwen3 text encoder."""
+    from diffusers import ZImagePipeline
+
+    pipe = ZImagePipeline.from_pretrained(tiny_dirs.zimage, torch_dtype=torch.float32).to("cpu")
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="module")
+def refs(tmp_path_factory):
+    from conftest import make_image
+
+    return [Reference.open(make_image(tmp_path_factory.mktemp("gen") / "ref.png", size=(96, 64)))]
+
+
+def diffusers_image(pipe, *, seed, steps=2, width=64, height=64, guidance=0.0, **kwargs):
+    with torch.no_grad():
+        out = pipe(generator=torch.Generator("cpu").manual_seed(seed), num_inference_steps=steps, height=height,
+                   width=width, guidance_scale=guidance, **kwargs)
+    return np.asarray(out.images[0])
+
+
+def px(image):
+    return np.asarray(image)
+
+
+# ---------------------------------------------------------------- alpha 0 = Z-Image's own text path
+def test_alpha_0_conditioning_is_exactly_zimage_encode_prompt(engine, ref_pipe):
+    cond = engine.condition(Recipe(alpha=0), PROMPT, [])
+    with torch.no_grad():
+        expected = ref_pipe.encode_prompt(PROMPT, device="cpu", do_classifier_free_guidance=False)[0][0]
+    assert cond.embeds.shape == expected.shape
+    assert torch.equal(cond.embeds, expected)
+    assert cond.extraction is None  # the VL model plays no part
+    assert all(row["source"] == "qwen3" and row["layer"] == -2 for row in cond.rows)
+
+
+def test_alpha_0_generation_equals_zimage_pipeline_called_with_the_prompt(engine, ref_pipe):
+    result = engine.run(Recipe(alpha=0, seed=7, **SIZE), PROMPT, [])
+    expected = diffusers_image(ref_pipe, seed=7, prompt=PROMPT)
+    assert result.image.size == (64, 64)
+    np.testing.assert_array_equal(px(result.image), expected)
+
+
+# ---------------------------------------------------------------- VL conditioning -> diffusers' own sampler
+@pytest.mark.parametrize("tokens", ["full", "text"])
+def test_generation_equals_zimage_pipeline_with_the_same_prompt_embeds_and_seed(engine, ref_pipe, refs, tokens):
+    result = engine.run(Recipe(tokens=tokens, seed=3, **SIZE), PROMPT, refs)
+    embeds = result.conditioning.embeds
+    expected = diffusers_image(ref_pipe, seed=3, prompt_embeds=[embeds.clone()])
+    np.testing.assert_array_equal(px(result.image), expected)
+
+
+def test_non_square_size_is_width_by_height(engine, ref_pipe, refs):
+    result = engine.run(Recipe(seed=1, width=96, height=64, steps=2), PROMPT, refs)
+    assert result.image.size == (96, 64)
+    expected = diffusers_image(ref_pipe, seed=1, width=96, height=64, prompt_embeds=[result.conditioning.embeds])
+    np.testing.assert_array_equal(px(result.image), expected)
+
+
+def test_same_seed_and_recipe_reproduce_image_and_conditioning_bit_for_bit(engine, refs):
+    recipe = Recipe(seed=11, **SIZE)
+    first = engine.run(recipe, PROMPT, refs)
+    again = Engine(engine.models).run(recipe, PROMPT, refs)  # fresh caches: a new VL forward
+    assert torch.equal(first.conditioning.embeds, again.conditioning.embeds)
+    np.testing.assert_array_equal(px(first.image), px(again.image))
+
+
+def test_different_seed_gives_a_different_image(engine, refs):
+    a = engine.run(Recipe(seed=1, **SIZE), PROMPT, refs)
+    b = engine.run(Recipe(seed=2, **SIZE), PROMPT, refs)
+    assert torch.equal(a.conditioning.embeds, b.conditioning.embeds)
+    assert not np.array_equal(px(a.image), px(b.image))
+
+
+def test_different_conditioning_gives_a_different_image(engine, refs):
+    a = engine.run(Recipe(tokens="full", **SIZE), PROMPT, refs)
+    b = engine.run(Recipe(tokens="image", **SIZE), PROMPT, refs)
+    assert not np.array_equal(px(a.image), px(b.image))
+
+
+def test_on_step_reports_every_step(engine, refs):
+    seen = []
+    engine.run(Recipe(steps=3, width=64, height=64), PROMPT, refs, on_step=lambda i, n: seen.append((i, n)))
+    assert seen == [(1, 3), (2, 3), (3, 3)]
+
+
+# ---------------------------------------------------------------- guidance > 0 uses the negative prompt
+def test_guidance_uses_the_negative_prompt_as_diffusers_does(engine, ref_pipe, refs):
+    images = []
+    for negative in ("", "blurry, low quality"):
+        recipe = Recipe(guidance=2.5, negative_prompt=negative, seed=5, **SIZE)
+        result = engine.run(recipe, PROMPT, refs)
+        with torch.no_grad():
+            neg = ref_pipe.encode_prompt(negative, device="cpu", do_classifier_free_guidance=False)[0]
+        assert torch.equal(engine.negative(recipe), neg[0])
+        expected = diffusers_image(ref_pipe, seed=5, guidance=2.5, prompt_embeds=[result.conditioning.embeds],
+                                   negative_prompt_embeds=neg)
+        np.testing.assert_array_equal(px(result.image), expected)
+        images.append(px(result.image))
+    assert not np.array_equal(*images)  # the negative prompt matters
+    assert engine.negative(Recipe(guidance=0, negative_prompt="blurry")) is None  # and is unused without guidance
+
+
+def test_alpha_0_guided_equals_zimage_pipeline_with_prompt_and_negative_prompt(engine, ref_pipe):
+    result = engine.run(Recipe(alpha=0, guidance=3.0, negative_prompt="dark", seed=2, **SIZE), PROMPT, [])
+    expected = diffusers_image(ref_pipe, seed=2, guidance=3.0, prompt=PROMPT, negative_prompt="dark")
+    np.testing.assert_array_equal(px(result.image), expected)
+
+
+# ---------------------------------------------------------------- caption budget: refused before the DiT runs
+@pytest.fixture
+def dit_calls(engine):
+    calls = []
+    handle = engine.models.pipe.transformer.register_forward_pre_hook(lambda *a: calls.append(1))
+    yield calls
+    handle.remove()
+
+
+def test_caption_budget_is_read_from_the_dit_config(engine):
+    assert engine.models.caption_budget == engine.models.pipe.transformer.config.axes_lens[0] - 32
+
+
+def test_caption_over_budget_raises_before_the_dit_runs(engine, dit_calls):
+    pipe, budget = engine.models.pipe, engine.models.caption_budget
+    width = engine.models.caption_width
+    with pytest.raises(CaptionTooLong, match=f"{budget + 1} tokens.*{budget}"):
+        generate(pipe, torch.zeros(budget + 1, width), seed=0, steps=2, width=64, height=64, guidance=0.0,
+                 budget=budget)
+    assert dit_calls == []
+    with pytest.raises(CaptionTooLong):  # the negative prompt is a caption too
+        generate(pipe, torch.zeros(4, width), seed=0, steps=2, width=64, height=64, guidance=2.0,
+                 negative_embeds=torch.zeros(budget + 1, width), budget=budget)
+    assert dit_calls == []
+    with pytest.raises(CaptionTooLong, match="empty"):
+        generate(pipe, torch.zeros(0, width), seed=0, steps=2, width=64, height=64, guidance=0.0, budget=budget)
+    assert dit_calls == []
+
+
+def test_caption_of_exactly_the_budget_runs(engine, dit_calls):
+    pipe, budget = engine.models.pipe, engine.models.caption_budget
+    image = generate(pipe, torch.randn(budget, engine.models.caption_width, generator=torch.Generator().manual_seed(0)),
+                     seed=0, steps=1, width=32, height=32, guidance=0.0, budget=budget)
+    assert image.size == (32, 32)
+    assert dit_calls
+
+
+def test_check_caption_bounds():
+    check_caption(1, 1)
+    check_caption(1504, 1504)
+    with pytest.raises(CaptionTooLong):
+        check_caption(1505, 1504)
+    with pytest.raises(CaptionTooLong):
+        check_caption(0, 1504)
+
+
+# ---------------------------------------------------------------- PNG output
+def test_png_metadata_round_trips_and_the_save_is_atomic(tmp_path):
+    from PIL import Image
+
+    image = Image.new("RGB", (32, 16), (10, 200, 30))
+    meta = {"recipe": Recipe().to_dict(), "prompt": "ünïcode \"quoted\"\nnew line", "seed": 2**40,
+            "environment": {"torch": torch.__version__}, "timings": {"generation": 0.25}}
+    out = save_png(image, tmp_path / "sub" / "out.png", meta)
+    assert out == tmp_path / "sub" / "out.png"
+    assert read_png_metadata(out) == meta
+    assert [p.name for p in (tmp_path / "sub").iterdir()] == ["out.png"]
+    with Image.open(out) as back:
+        np.testing.assert_array_equal(np.asarray(back.convert("RGB")), np.asarray(image))
+    # Overwriting replaces the file whole.
+    save_png(Image.new("RGB", (8, 8)), out, {"seed": 1})
+    assert read_png_metadata(out) == {"seed": 1}
+    assert [p.name for p in (tmp_path / "sub").iterdir()] == ["out.png"]
+
+
+def test_a_failed_save_leaves_neither_a_partial_png_nor_a_temp_file(tmp_path):
+    from PIL import Image
+
+    class Exploding:
+        def save(self, fp, *args, **kwargs):
+            with open(fp, "wb") as f:
+                f.write(b"\x89PNG half")
+            raise OSError("disk full")
+
+    out = tmp_path / "out.png"
+    save_png(Image.new("RGB", (8, 8)), out, {"seed": 0})
+    with pytest.raises(OSError, match="disk full"):
+        save_png(Exploding(), out, {"seed": 1})
+    assert read_png_metadata(out) == {"seed": 0}  # the earlier file is intact
+    assert [p.name for p in tmp_path.iterdir()] == ["out.png"]
+
+
+def test_png_without_vlbench_metadata_reads_as_empty(tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "plain.png")
+    assert read_png_metadata(tmp_path / "plain.png") == {}
