@@ -12,8 +12,6 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
-
 from vlbench import paths
 from vlbench.engine.generate import read_png_metadata
 from vlbench.store import Store
@@ -245,6 +243,34 @@ def test_pause_stops_claiming_and_resume_continues(tiny_spec, engine, ref_image)
     assert worker.wait_idle(60)
     worker.stop()
     assert [store.get(i).status for i in ids] == ["done", "done"]
+    assert [e.paused for e in events.of(WorkerPaused)] == [True, False]
+    store.close()
+
+
+def test_pause_during_a_job_is_reported_at_once_and_the_job_finishes(tiny_spec, engine, ref_image):
+    store = Store()
+    first = store.enqueue("p", [str(ref_image)], dict(RECIPE, steps=3))
+    second = store.enqueue("p", [str(ref_image)], RECIPE)
+    worker = None
+
+    def react(event):
+        if isinstance(event, JobProgress) and event.run_id == first and event.step == 1:
+            worker.pause()
+
+    events = Events(react)
+    worker = make_worker(tiny_spec, engine, events, poll_s=0.05)
+    worker.start()
+    deadline = time.monotonic() + 60
+    while not events.of(JobDone) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.3)
+    kinds = [type(e).__name__ for e in events.items]
+    assert kinds.index("WorkerPaused") < kinds.index("JobDone")  # not held back until the job ends
+    assert store.get(first).status == "done" and store.get(second).status == "pending"
+    worker.resume()
+    assert worker.wait_idle(60)
+    worker.stop()
+    assert store.get(second).status == "done"
     assert [e.paused for e in events.of(WorkerPaused)] == [True, False]
     store.close()
 

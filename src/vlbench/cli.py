@@ -22,7 +22,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _model_flags(p: argparse.ArgumentParser) -> None:
-    from vlbench.engine.models import DEFAULT_VL, DEFAULT_ZIMAGE
+    from vlbench.engine.recipe import DEFAULT_VL, DEFAULT_ZIMAGE  # not models.py: no torch before first paint
 
     g = p.add_argument_group("models")
     g.add_argument("--zimage", metavar="ID_OR_DIR", help=f"Z-Image pipeline (default {DEFAULT_ZIMAGE})")
@@ -152,8 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="show tracebacks")
 
     from vlbench.experiments.cli import add_parsers
+    from vlbench.tui.launch import add_parser as add_tui_parser
 
     add_parsers(sub)
+    add_tui_parser(sub)
     return parser
 
 
@@ -396,8 +398,9 @@ COMMANDS = {"embed": cmd_embed, "generate": cmd_generate, "calibrate": cmd_calib
 
 def _experiment_commands() -> None:
     from vlbench.experiments.cli import cmd_experiments, cmd_run
+    from vlbench.tui.launch import run_tui
 
-    COMMANDS.update(run=cmd_run, experiments=cmd_experiments)
+    COMMANDS.update(run=cmd_run, experiments=cmd_experiments, tui=run_tui)
 
 
 _experiment_commands()
@@ -418,13 +421,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("VLBENCH_DEBUG") == "1"
     try:
-        if any(a in COMMANDS for a in argv) or not argv:
-            _quiet_libraries()
+        if not argv or argv[0].startswith("-") and not {"-h", "--help"} & set(argv):
+            argv = ["tui", *argv]  # `vlbench [--tiny ...]` opens the workbench
         args = build_parser().parse_args(argv)
-        command = args.command or "demo"
-        if command == "demo" and args.command is None:
-            args = build_parser().parse_args(["demo"])
-        return COMMANDS[command](args)
+        if args.command != "tui":  # the workbench paints before torch is imported
+            _quiet_libraries()
+        return COMMANDS[args.command](args)
     except UserError as exc:
         if debug:
             raise

@@ -2,7 +2,8 @@
 
 The TUI imports this module on its UI thread, so nothing here imports torch, transformers or
 diffusers at import time: the engine is imported and built inside the thread. Events are passed
-to `on_event` from the worker thread. No exception ever leaves the loop: a bad job fails with a
+to `on_event` from the worker thread, except WorkerPaused, which pause()/resume() post at once
+from the caller's thread (so `on_event` must be safe to call from any thread). No exception ever leaves the loop: a bad job fails with a
 one-line reason (tracebacks of bugs go to the log) and the next job runs.
 """
 
@@ -112,6 +113,7 @@ class Worker:
         self._reported_loads: set[str] = set()
         self._environment: dict | None = None
         self._free_memory = False
+        self._reported_paused = False
 
     # ---- control (any thread) ----
     def start(self) -> None:
@@ -129,12 +131,14 @@ class Worker:
             self._thread.join(timeout)
 
     def pause(self) -> None:
-        """Stop claiming new jobs; the current one finishes."""
+        """Stop claiming new jobs; the current one finishes. WorkerPaused(True) is posted at once."""
         self._paused.set()
+        self._report_paused()
         self._wake.set()
 
     def resume(self) -> None:
         self._paused.clear()
+        self._report_paused()
         self.wake()
 
     @property
@@ -172,6 +176,15 @@ class Worker:
         except Exception:  # a UI that is shutting down must not take the worker with it
             log.exception("on_event raised for %r", event)
 
+    def _report_paused(self) -> None:
+        """Post WorkerPaused when the paused state differs from the last one posted (any thread)."""
+        with self._lock:
+            paused = self._paused.is_set()
+            if paused == self._reported_paused:
+                return
+            self._reported_paused = paused
+        self._emit(WorkerPaused(paused))
+
     def _main(self) -> None:
         handler = _attach_log_file()
         store = None
@@ -194,15 +207,11 @@ class Worker:
                 handler.close()
 
     def _loop(self, store: Store) -> None:
-        reported_paused = False
         idle_reported = False
         while not self._stop.is_set():
             try:
-                paused = self._paused.is_set()
-                if paused != reported_paused:
-                    self._emit(WorkerPaused(paused))
-                    reported_paused = paused
-                if paused:
+                self._report_paused()
+                if self._paused.is_set():
                     self._wake.wait(self.poll_s)
                     self._wake.clear()
                     continue
@@ -382,6 +391,7 @@ class Worker:
         if "device-side assert" in reason or "CUDA error" in reason:
             # A device-side assert poisons this process's CUDA context: every later job would fail too.
             self._paused.set()
+            self._report_paused()
             self._emit(ModelStatus("GPU error: CUDA is unusable in this process until vlbench restarts; "
                                    f"the queue is paused (details in {paths.log_path()})"))
             reason += " (CUDA context lost: restart vlbench)"

@@ -13,10 +13,9 @@ from typing import Any, Callable
 
 import torch
 
+from vlbench.engine.recipe import DEFAULT_VL, DEFAULT_ZIMAGE
 from vlbench.errors import UserError
 
-DEFAULT_ZIMAGE = "Tongyi-MAI/Z-Image-Turbo"
-DEFAULT_VL = "Qwen/Qwen3-VL-4B-Instruct"
 # Z-Image pads captions to a multiple of 32 inside the first RoPE axis: budget = axes_lens[0] - 32.
 CAPTION_PAD = 32
 DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
@@ -70,6 +69,13 @@ class VLModel:
         return self.model.config.text_config.num_hidden_layers
 
 
+def _check_not_file(flag: str, source: str) -> None:
+    """A file is neither a model directory nor a hub id (the hub client would try the network with it)."""
+    if Path(source).is_file():
+        raise UserError(f"{flag} {source}: is a file; give a model directory or a hub id, "
+                        "or --tiny for the built-in random models")
+
+
 def _load_error(flag: str, source: str, exc: BaseException) -> UserError:
     reason = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
     if len(reason) > 160:
@@ -104,6 +110,7 @@ class Models:
 
             self._status(f"loading Qwen3-VL from {self.spec.vl}")
             start = time.perf_counter()
+            _check_not_file("--vl", self.spec.vl)
             try:
                 processor = AutoProcessor.from_pretrained(self.spec.vl)
                 model = AutoModelForImageTextToText.from_pretrained(self.spec.vl, dtype=self.dtype)
@@ -125,6 +132,7 @@ class Models:
 
             self._status(f"loading Z-Image from {self.spec.zimage}")
             start = time.perf_counter()
+            _check_not_file("--zimage", self.spec.zimage)
             try:
                 pipe = ZImagePipeline.from_pretrained(
                     self.spec.zimage, text_encoder=None, tokenizer=None, dtype=self.dtype

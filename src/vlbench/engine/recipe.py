@@ -27,6 +27,10 @@ TOKEN_SELECTIONS = {
 }
 IMAGE_SELECTIONS = ("image", "image-markers")
 
+# Where models come from unless the user says otherwise (hub ids or local directories).
+DEFAULT_ZIMAGE = "Tongyi-MAI/Z-Image-Turbo"
+DEFAULT_VL = "Qwen/Qwen3-VL-4B-Instruct"
+
 # What the VL model reads as text: the prompt, nothing, or any other string verbatim.
 VL_TEXT_PROMPT = "prompt"
 VL_TEXT_NONE = "none"
