@@ -1,0 +1,507 @@
+"""The vlbench workbench: five panes over one run store and one background worker.
+
+Inputs and Parameters describe a run; F5 queues it (one run per seed) into the SQLite store; the
+worker thread (vlbench.worker) takes runs from the store and posts its events back as messages;
+Queue, Preview and History read the store. The UI thread never imports torch: the engine is
+built on the worker thread, after the first screen is painted.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Callable
+
+from textual.app import App, ComposeResult
+from textual.containers import Horizontal, Vertical
+from textual.widgets import Footer, Header, TextArea
+
+from vlbench import paths
+from vlbench.config import Settings
+from vlbench.engine.recipe import IMAGE_SELECTIONS, Recipe, load_recipe, save_recipe
+from vlbench.errors import UserError
+from vlbench.store import Store
+from vlbench.tui import experiments, keys
+from vlbench.tui.commands import VlbenchCommands
+from vlbench.tui.messages import InputsChanged, OpenRun, RecipeChanged, RunHighlighted, StoreChanged, WorkerEvent
+from vlbench.tui.models import ModelChoice
+from vlbench.tui.recipe_fields import parse_seeds
+from vlbench.tui.screens.ask import Ask
+from vlbench.tui.screens.confirm import Confirm
+from vlbench.tui.screens.experiment import ChooseExperiment
+from vlbench.tui.screens.file_picker import FilePicker
+from vlbench.tui.screens.help import HelpScreen
+from vlbench.tui.screens.run_details import RunDetails
+from vlbench.tui.suggest import IMAGE_SUFFIXES, RECIPE_SUFFIXES
+from vlbench.tui.themes import DEFAULT_THEME, load_themes
+from vlbench.tui.widgets.history import HistoryPane
+from vlbench.tui.widgets.inputs import InputsPane
+from vlbench.tui.widgets.parameters import ParametersPane
+from vlbench.tui.widgets.preview import PreviewPane
+from vlbench.tui.widgets.queue import QueuePane
+
+log = logging.getLogger("vlbench.tui")
+# App commands that act on the main screen; disabled while a dialog is open.
+_FORM_ACTIONS = {c.action for c in keys.APP} - {"help"}
+
+
+class VlbenchApp(App[int]):
+    CSS_PATH = Path(__file__).with_name("vlbench.tcss")  # absolute: subclasses elsewhere find it too
+    TITLE = "vlbench"
+    COMMANDS = App.COMMANDS | {VlbenchCommands}
+    BINDINGS = keys.bindings(keys.APP)
+
+    def __init__(self, settings: Settings | None = None, models: ModelChoice | None = None, *,
+                 store_path: Path | str | None = None, outputs_dir: Path | str | None = None,
+                 start_worker: bool = True, engine_factory: Callable[[Callable[[str], None]], Any] | None = None):
+        super().__init__()
+        self.settings = settings or Settings()
+        self.models = models or ModelChoice.resolve(self.settings.models)
+        self.store = Store(store_path)
+        self.outputs_dir = outputs_dir
+        self.start_worker = start_worker
+        self.engine_factory = engine_factory  # tests may inject one; default: self.models.build_engine
+        self.job_worker = None  # vlbench.worker.Worker, started after the first paint
+        self.paused = False
+        self.recipe: Recipe | None = None
+        self.recipe_error: str | None = None
+        self.seeds: list[int] = []
+        self.selected_run: int | None = None
+        self.marked_run: int | None = None
+        self.show_reference = False
+        self.comparing = False
+        self.experiment_types: list | None = None  # loaded on first use
+        self.sub_title = self.models.describe()
+        themes, self.theme_problems = load_themes()
+        for theme in themes:
+            self.register_theme(theme)
+        wanted = self.settings.ui.theme or DEFAULT_THEME
+        if wanted in self.available_themes:
+            self.theme = wanted
+        else:
+            self.theme_problems.append(f"theme {wanted!r}: not found; using {self.theme}")
+        if self.settings.keys:
+            self.set_keymap(self.settings.keys)
+
+    # ---- layout ----
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with Horizontal(id="main"):
+            with Vertical(id="left"):
+                yield InputsPane(id="inputs")
+                yield ParametersPane(self.settings.recipe, id="parameters")
+            with Vertical(id="right"):
+                with Horizontal(id="top"):
+                    yield PreviewPane(self.settings.ui.preview, id="preview")
+                    yield QueuePane(id="queue")
+                yield HistoryPane(id="history")
+        yield Footer()
+
+    @property
+    def inputs(self) -> InputsPane:
+        return self.query_one(InputsPane)
+
+    @property
+    def parameters(self) -> ParametersPane:
+        return self.query_one(ParametersPane)
+
+    @property
+    def queue_pane(self) -> QueuePane:
+        return self.query_one(QueuePane)
+
+    @property
+    def history(self) -> HistoryPane:
+        return self.query_one(HistoryPane)
+
+    @property
+    def preview(self) -> PreviewPane:
+        return self.query_one(PreviewPane)
+
+    def on_mount(self) -> None:
+        recovered = self.store.recover()
+        if recovered:
+            self.notify(f"{recovered} run(s) left running by an earlier session are queued again")
+        for problem in self.theme_problems:
+            self.notify(problem, severity="warning")
+        self.queue_pane.reload()
+        self.history.reload()
+        self.query_one("#prompt", TextArea).focus()
+        if self.start_worker:
+            self.call_after_refresh(self.start_job_worker)  # after the first paint: torch loads on its thread
+        else:
+            self.queue_pane.set_status("worker not started")
+
+    # ---- the worker ----
+    def start_job_worker(self) -> None:
+        from vlbench.worker import ModelStatus, Worker
+
+        factory = self.engine_factory or self.models.build_engine
+
+        def post(event: object) -> None:  # called on the worker thread
+            self.post_message(WorkerEvent(event))
+
+        def engine_factory():
+            return factory(lambda text: post(ModelStatus(text)))
+
+        self.job_worker = Worker(None, store_path=self.store.path, outputs_dir=self.outputs_dir, on_event=post,
+                                 engine_factory=engine_factory, recover=False)
+        self.job_worker.start()
+        self.queue_pane.set_status(f"worker ready · models load with the first run ({self.models.describe()})")
+
+    def stop_job_worker(self, timeout: float = 3.0) -> None:
+        if self.job_worker is not None:
+            self.job_worker.stop(timeout)
+            self.job_worker = None
+
+    def on_unmount(self) -> None:
+        # Messages already queued may still read the store, so it is closed by whoever ran the app (close()).
+        self.stop_job_worker()
+
+    def close(self) -> None:
+        """After the app has exited: release the store's connections."""
+        self.stop_job_worker()
+        self.store.close()
+
+    def on_worker_event(self, message: WorkerEvent) -> None:
+        event = message.event
+        kind = type(event).__name__
+        queue = self.queue_pane
+        if kind == "ModelStatus":
+            queue.set_status(event.text)
+            log.info("model status: %s", event.text)
+        elif kind == "JobStarted":
+            queue.job_started(event.run_id, event.total_steps)
+            self.store_changed(event.run_id)
+        elif kind == "JobProgress":
+            queue.job_progress(event.run_id, event.step, event.total, event.eta_s)
+        elif kind == "JobDone":
+            queue.job_ended()
+            self.store_changed(event.run_id)
+            if not self.comparing:
+                self.selected_run = event.run_id
+                self.update_preview()
+        elif kind == "JobFailed":
+            queue.job_ended()
+            self.notify(f"run {event.run_id} failed: {event.reason}", severity="error", timeout=8)
+            self.store_changed(event.run_id)
+        elif kind == "JobCancelled":
+            queue.job_ended()
+            self.store_changed(event.run_id)
+        elif kind == "WorkerPaused":
+            self.show_paused(event.paused)
+        elif kind == "WorkerIdle":
+            queue.job_ended()
+
+    def show_paused(self, paused: bool) -> None:
+        self.paused = paused
+        self.queue_pane.border_title = "Queue (paused — F8 resumes)" if paused else "Queue"
+
+    # ---- the store ----
+    def store_changed(self, run_id: int | None = None, wake: bool = False) -> None:
+        self.post_message(StoreChanged(run_id))
+        if wake and self.job_worker is not None:
+            self.job_worker.wake()
+
+    def on_store_changed(self, message: StoreChanged) -> None:
+        self.queue_pane.reload()
+        self.history.reload()
+        if message.run_id is not None and message.run_id in (self.selected_run, self.marked_run):
+            self.update_preview()
+
+    # ---- state from the panes ----
+    def on_recipe_changed(self, message: RecipeChanged) -> None:
+        self.recipe, self.recipe_error, self.seeds = message.recipe, message.error, message.seeds
+
+    def on_inputs_changed(self, message: InputsChanged) -> None:
+        self.parameters.set_external("vl_text", message.vl_text)
+
+    def on_run_highlighted(self, message: RunHighlighted) -> None:
+        self.selected_run = message.run_id
+        self.update_preview()
+
+    def on_open_run(self, message: OpenRun) -> None:
+        run = self.store.get(message.run_id)
+        if run is None:
+            return
+
+        def chosen(what: str | None) -> None:
+            if what == "requeue":
+                self.requeue(run.id)
+            elif what == "load":
+                self.load_run(run.id)
+
+        self.push_screen(RunDetails(run), chosen)
+
+    def update_preview(self) -> None:
+        run = self.store.get(self.selected_run) if self.selected_run is not None else None
+        other = None
+        if self.comparing and self.marked_run is not None and self.marked_run != self.selected_run:
+            other = self.store.get(self.marked_run)
+        self.preview.show(run, reference=self.show_reference and other is None, other=other)
+
+    # ---- queueing ----
+    def _runs_for(self) -> tuple[str, list[str], Recipe] | None:
+        """Prompt, references and recipe of the form, or None after telling the user what is missing."""
+        recipe = self.parameters.validate()  # read the form now: a change may still be on its way as a message
+        if recipe is None:
+            self.notify(f"cannot queue: {self.parameters.error}", severity="error")
+            return None
+        prompt, refs = self.inputs.prompt, self.inputs.references
+        if not prompt and not refs:
+            self.notify("cannot queue: type a prompt (Inputs) or add a reference image", severity="error")
+            self.query_one("#prompt", TextArea).focus()
+            return None
+        if recipe.tokens in IMAGE_SELECTIONS and not refs:
+            self.notify(f"cannot queue: tokens {recipe.tokens!r} needs a reference image (F2 adds one)",
+                        severity="error")
+            return None
+        return prompt, refs, recipe
+
+    def queue_runs(self, seeds: list[int] | None = None) -> list[int]:
+        """One run per seed (default: the seed field's seeds) of the form's prompt, references and recipe."""
+        form = self._runs_for()
+        if form is None:
+            return []
+        prompt, refs, recipe = form
+        seeds = seeds or self.parameters.seeds
+        items = [dict(prompt=prompt, images=refs, recipe=recipe.replace(seed=seed).to_dict(), source="tui")
+                 for seed in seeds]
+        ids = self.store.enqueue_many(items)
+        self.notify(f"queued run {ids[0]}" if len(ids) == 1 else f"queued {len(ids)} runs ({ids[0]}–{ids[-1]})")
+        self.store_changed(ids[0], wake=True)
+        return ids
+
+    def action_queue(self) -> None:
+        self.queue_runs()
+
+    def action_queue_seeds(self) -> None:
+        current = ", ".join(str(s) for s in self.seeds) if len(self.seeds) > 1 else \
+            (f"{self.seeds[0]}-{self.seeds[0] + 7}" if self.seeds else "0-7")
+
+        def answered(text: str | None) -> None:
+            if text:
+                self.queue_runs(parse_seeds(text))
+
+        self.push_screen(Ask("Queue the current recipe over these seeds:", current,
+                             "e.g. 1,2,3 or 0-7 · Enter queues · Esc cancels", parse_seeds), answered)
+
+    def _experiment_types(self) -> list:
+        if self.experiment_types is None:
+            self.experiment_types = experiments.types()
+        return self.experiment_types
+
+    def action_queue_experiment(self) -> None:
+        types = self._experiment_types()
+        if not types:
+            self.notify("no experiment types are available in this installation", severity="warning")
+            return
+
+        def chosen(choice: tuple[str, bool] | None) -> None:
+            if choice is not None:
+                self.queue_experiment(*choice)
+
+        self.push_screen(ChooseExperiment(types), chosen)
+
+    def queue_experiment(self, name: str, quick: bool = False) -> list[int]:
+        experiment = next((t for t in self._experiment_types() if t.name == name), None)
+        form = self._runs_for()
+        if experiment is None or form is None:
+            return []
+        prompt, refs, recipe = form
+        try:
+            runs = experiments.expand(experiment, quick, recipe.to_dict(), self.parameters.seeds)
+        except UserError as exc:
+            self.notify(str(exc), severity="error")
+            return []
+        ids = self.store.enqueue_many([dict(prompt=prompt, images=refs, recipe=r, name=config, experiment=name,
+                                            source="tui") for config, r in runs])
+        self.notify(f"queued {len(ids)} runs of {name}" + (" (quick)" if quick else ""))
+        if ids:
+            self.store_changed(ids[0], wake=True)
+        return ids
+
+    def check_action(self, action: str, parameters: tuple) -> bool | None:
+        if len(self.screen_stack) > 1 and action in _FORM_ACTIONS:
+            return False  # a dialog is open: its keys only
+        if action == "queue_experiment":
+            return bool(self._experiment_types())
+        return True
+
+    # ---- run operations (panes, details and palette call these) ----
+    def requeue(self, run_id: int) -> None:
+        try:
+            new_id = self.store.requeue(run_id)
+        except KeyError:
+            self.notify(f"run {run_id}: no longer in the store", severity="error")
+            return
+        self.notify(f"queued run {new_id} (same as {run_id})")
+        self.store_changed(new_id, wake=True)
+
+    def load_run(self, run_id: int) -> None:
+        run = self.store.get(run_id)
+        if run is None:
+            return
+        try:
+            recipe = Recipe.from_dict(run.recipe, source=f"run {run_id}")
+        except (UserError, TypeError) as exc:
+            self.notify(f"run {run_id}: its recipe no longer loads ({exc})", severity="error")
+            return
+        self.parameters.set_recipe(recipe, [run.seed])
+        self.inputs.prompt = run.prompt
+        self.inputs.references = run.images
+        self.inputs.vl_text = recipe.vl_text
+        self.notify(f"loaded run {run_id} into the form")
+
+    def delete_run(self, run_id: int) -> None:
+        def answered(yes: bool | None) -> None:
+            if yes:
+                if self.store.delete(run_id, delete_output=True):
+                    self.notify(f"deleted run {run_id}")
+                    self.store_changed(run_id)
+                else:
+                    self.notify(f"run {run_id}: a running run cannot be deleted (cancel it first)",
+                                severity="warning")
+
+        self.push_screen(Confirm(f"Delete run {run_id} and its image?"), answered)
+
+    def cancel_run(self, run_id: int) -> None:
+        if not self.store.cancel(run_id):
+            self.notify(f"run {run_id}: only pending or running runs can be cancelled", severity="warning")
+            return
+        if self.job_worker is not None and self.job_worker.current_run_id == run_id:
+            self.job_worker.cancel_current()
+        self.store_changed(run_id)
+
+    def mark_run(self, run_id: int) -> None:
+        self.marked_run = run_id
+        self.notify(f"marked run {run_id}: select another run and press F4 to compare")
+
+    # ---- app actions (keys.APP) ----
+    def action_help(self) -> None:
+        self.push_screen(HelpScreen(self.settings.keys, str(self.settings.path or "config.toml")))
+
+    def action_cancel_running(self) -> None:
+        current = self.job_worker.current_run_id if self.job_worker is not None else None
+        if current is None:
+            self.notify("no run is running")
+            return
+        self.cancel_run(current)
+
+    def action_pause(self) -> None:
+        if self.job_worker is None:
+            return
+        if self.job_worker.paused:
+            self.job_worker.resume()
+            self.notify("worker resumed")
+        else:
+            self.job_worker.pause()
+            self.notify("worker paused: the running job finishes, nothing new starts")
+        self.show_paused(self.job_worker.paused)
+
+    def action_toggle_reference(self) -> None:
+        self.show_reference = not self.show_reference
+        self.comparing = False
+        self.update_preview()
+
+    def action_compare(self) -> None:
+        if self.marked_run is None:
+            self.notify("mark a run first (m in Queue or History), then select another", severity="warning")
+            return
+        self.comparing = not self.comparing
+        self.update_preview()
+
+    def action_add_reference(self) -> None:
+        refs = self.inputs.references
+        start = Path(refs[-1]).parent if refs else Path.cwd()
+
+        def picked(path: str | None) -> None:
+            if path:
+                self.inputs.add_reference(path)
+
+        self.push_screen(FilePicker("Add a reference image", start=start, suffixes=IMAGE_SUFFIXES), picked)
+
+    def action_open_recipe(self) -> None:
+        def picked(path: str | None) -> None:
+            if not path:
+                return
+            try:
+                recipe = load_recipe(path)
+            except UserError as exc:
+                self.notify(str(exc), severity="error")
+                return
+            self.parameters.set_recipe(recipe)
+            self.inputs.vl_text = recipe.vl_text
+            self.notify(f"loaded {path}")
+
+        self.push_screen(FilePicker("Open a recipe (TOML)", suffixes=RECIPE_SUFFIXES), picked)
+
+    def action_save_recipe(self) -> None:
+        recipe = self.parameters.validate()
+        if recipe is None:
+            self.notify(f"cannot save: {self.parameters.error}", severity="error")
+            return
+
+        def write(path: Path) -> None:
+            try:
+                save_recipe(recipe, path)
+            except OSError as exc:
+                self.notify(f"{path}: cannot write ({exc.strerror})", severity="error")
+                return
+            self.notify(f"saved {path}")
+
+        def picked(text: str | None) -> None:
+            if not text:
+                return
+            path = Path(text).expanduser()
+            if path.suffix != ".toml":
+                path = path.with_suffix(".toml")
+            if path.exists():
+                self.push_screen(Confirm(f"{path} exists. Overwrite it?"), lambda yes: write(path) if yes else None)
+            else:
+                write(path)
+
+        self.push_screen(FilePicker("Save the recipe as (TOML)", start=Path.cwd() / "recipe.toml",
+                                    suffixes=RECIPE_SUFFIXES, save=True), picked)
+
+    def action_next_theme(self) -> None:
+        names = sorted(self.available_themes)
+        self.theme = names[(names.index(self.theme) + 1) % len(names)] if self.theme in names else names[0]
+        self.notify(f"theme: {self.theme}", timeout=2)
+
+    def action_focus_pane(self, name: str) -> None:
+        targets = {"inputs": "#prompt", "parameters": "#param-form Input", "queue": "#queue-table",
+                   "preview": "#preview", "history": "#history-table"}
+        self.query(targets[name]).first().focus()
+
+    # ---- the command palette ----
+    def palette_commands(self) -> list[tuple[str, str, Callable[[], Any]]]:
+        out: list[tuple[str, str, Callable[[], Any]]] = []
+        for c in keys.APP:
+            if c.action == "queue_experiment" and not self._experiment_types():
+                continue
+            out.append((c.title.rstrip("…"), f"{c.help} · {keys.display_keys(c.keys)}",
+                        lambda a=c.action: self.run_action(a)))
+        for pane, commands, where in ((self.queue_pane, keys.QUEUE, "Queue"),
+                                      (self.history, keys.HISTORY, "History")):
+            for c in commands:
+                out.append((f"{where}: {c.title}", f"{c.help} · {keys.display_keys(c.keys)}",
+                            lambda a=c.action, p=pane: self.run_action(a, p)))
+        for t in self._experiment_types():
+            out.append((f"Queue experiment: {t.name}", t.description,
+                        lambda n=t.name: self.queue_experiment(n)))
+        for name in sorted(self.available_themes):
+            out.append((f"Theme: {name}", "switch the workbench's colours",
+                        lambda n=name: setattr(self, "theme", n)))
+        return out
+
+    def notify(self, message: str, *, title: str = "", severity="information", timeout: float | None = None,
+               markup: bool = True) -> None:
+        """Notifications quote paths, prompts and errors: never read them as markup."""
+        super().notify(message, title=title, severity=severity, timeout=timeout, markup=False)
+
+    # ---- crashes: the traceback goes to the log file, the terminal is restored by Textual ----
+    def _handle_exception(self, error: Exception) -> None:
+        from vlbench.tui.launch import log_crash
+
+        log_crash(error)
+        super()._handle_exception(error)

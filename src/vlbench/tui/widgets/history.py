@@ -1,0 +1,197 @@
+"""The History pane: past runs from the store, newest first, read a page at a time.
+
+The table never holds the whole store: it loads PAGE rows and the next page when the cursor comes
+within MARGIN rows of the end, so 100 000 runs open as fast as 100. Filtering (text, status) and
+sorting are the store's (indexed SQL); the title counts the matches.
+"""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.timer import Timer
+from textual.widgets import DataTable, Input, Label, Select
+
+from vlbench.store import SORTS, STATUSES, RunRow
+from vlbench.tui import keys
+from vlbench.tui.format import prompt_line, recipe_summary, run_label, size, status_text, when
+from vlbench.tui.messages import OpenRun, RunHighlighted
+
+PAGE = 200
+MARGIN = 40
+STATUS_CHOICES = [("all", "all"), *[(s, s) for s in STATUSES]]
+SORT_KEYS = tuple(SORTS)
+
+
+class HistoryTable(DataTable):
+    # A table of rows: Home and End go to the first and last run (DataTable's scroll sideways).
+    BINDINGS = [Binding("home", "scroll_top", "First", show=False), Binding("end", "scroll_bottom", "Last", show=False)]
+
+
+class HistoryPane(Vertical):
+    BORDER_TITLE = "History"
+    BINDINGS = keys.bindings(keys.HISTORY)
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.text = ""
+        self.status = "all"
+        self.sort = "created_at"
+        self.descending = True
+        self.loaded = 0
+        self.exhausted = False
+        self._filter_timer: Timer | None = None
+
+    def compose(self) -> ComposeResult:
+        with Horizontal(id="history-bar"):
+            yield Input(placeholder="filter: prompt, name or experiment  (/)", id="history-filter", compact=True)
+            yield Select(STATUS_CHOICES, value="all", allow_blank=False, id="history-status", compact=True)
+            yield Label("", id="history-sort")
+        yield HistoryTable(id="history-table", cursor_type="row")
+
+    def on_mount(self) -> None:
+        table = self.query_one(HistoryTable)
+        for label, key, width in [("#", "id", 6), ("time", "time", 11), ("status", "status", 9),
+                                  ("experiment/config", "run", 24), ("prompt", "prompt", 28),
+                                  ("recipe", "recipe", 30), ("seed", "seed", 6), ("steps", "steps", 5),
+                                  ("size", "size", 9)]:
+            table.add_column(label, key=key, width=width)
+        self._show_sort()
+
+    @property
+    def table(self) -> HistoryTable:
+        return self.query_one(HistoryTable)
+
+    @property
+    def selected_id(self) -> int | None:
+        table = self.table
+        if table.row_count == 0:
+            return None
+        key = table.coordinate_to_cell_key((table.cursor_row, 0)).row_key
+        return int(key.value) if key.value is not None else None
+
+    # ---- paging ----
+    def _query(self, offset: int, limit: int) -> list[RunRow]:
+        return self.app.store.history(offset=offset, limit=limit, text=self.text or None,
+                                      status=None if self.status == "all" else self.status,
+                                      sort=self.sort, descending=self.descending)
+
+    def reload(self, keep_cursor: bool = True) -> None:
+        """Re-read from the top: as many rows as were loaded (at least a page), cursor kept on its run."""
+        table = self.table
+        keep = self.selected_id if keep_cursor else None
+        row_index = table.cursor_row
+        want = max(PAGE, min(self.loaded, 5 * PAGE))
+        rows = self._query(0, want)
+        table.clear()
+        self.loaded = 0
+        self._add(rows)
+        self.exhausted = len(rows) < want
+        if keep is not None and str(keep) in table.rows:
+            table.move_cursor(row=table.get_row_index(str(keep)), animate=False)
+        elif table.row_count:
+            table.move_cursor(row=min(row_index, table.row_count - 1) if keep_cursor else 0, animate=False)
+        self._count()
+
+    def load_more(self) -> None:
+        if self.exhausted:
+            return
+        rows = self._query(self.loaded, PAGE)
+        self._add(rows)
+        self.exhausted = len(rows) < PAGE
+
+    def _add(self, rows: list[RunRow]) -> None:
+        table = self.table
+        for row in rows:
+            key = str(row.id)
+            if key in table.rows:  # a run that moved between pages while new ones were added
+                continue
+            # User text goes in as Text: a DataTable reads plain strings as markup.
+            table.add_row(key, when(row.created_at), status_text(row.status), Text(run_label(row)),
+                          Text(prompt_line(row.prompt, 40)), Text(recipe_summary(row.recipe)), str(row.seed),
+                          str(row.recipe.get("steps", "")), size(row.recipe), key=key)
+        self.loaded += len(rows)
+
+    def _count(self) -> None:
+        total = self.app.store.count(text=self.text or None, status=None if self.status == "all" else self.status)
+        self.border_subtitle = f"{total:,} run{'s' if total != 1 else ''}"
+
+    def _show_sort(self) -> None:
+        self.query_one("#history-sort", Label).update(f"sort: {self.sort} {'↓' if self.descending else '↑'}")
+
+    # ---- actions (bindings in keys.HISTORY; also in the palette) ----
+    def action_focus_filter(self) -> None:
+        self.query_one("#history-filter", Input).focus()
+
+    def action_cycle_status(self) -> None:
+        values = [v for _, v in STATUS_CHOICES]
+        self.query_one("#history-status", Select).value = values[(values.index(self.status) + 1) % len(values)]
+
+    def action_cycle_sort(self) -> None:
+        self.sort = SORT_KEYS[(SORT_KEYS.index(self.sort) + 1) % len(SORT_KEYS)]
+        self._show_sort()
+        self.reload(keep_cursor=False)
+
+    def action_flip_order(self) -> None:
+        self.descending = not self.descending
+        self._show_sort()
+        self.reload(keep_cursor=False)
+
+    def action_requeue(self) -> None:
+        if self.selected_id is not None:
+            self.app.requeue(self.selected_id)
+
+    def action_load(self) -> None:
+        if self.selected_id is not None:
+            self.app.load_run(self.selected_id)
+
+    def action_mark(self) -> None:
+        if self.selected_id is not None:
+            self.app.mark_run(self.selected_id)
+
+    def action_delete(self) -> None:
+        if self.selected_id is not None:
+            self.app.delete_run(self.selected_id)
+
+    # ---- events ----
+    @on(Input.Changed, "#history-filter")
+    def _filter(self, event: Input.Changed) -> None:
+        event.stop()
+        self.text = event.value.strip()
+        if self._filter_timer is not None:
+            self._filter_timer.stop()
+        self._filter_timer = self.set_timer(0.15, lambda: self.reload(keep_cursor=False))
+
+    @on(Input.Submitted, "#history-filter")
+    def _filter_done(self, event: Input.Submitted) -> None:
+        event.stop()
+        self.table.focus()
+
+    @on(Select.Changed, "#history-status")
+    def _status(self, event: Select.Changed) -> None:
+        event.stop()
+        if event.value != self.status:
+            self.status = str(event.value)
+            self.reload(keep_cursor=False)
+
+    @on(DataTable.RowHighlighted, "#history-table")
+    def _highlighted(self, event: DataTable.RowHighlighted) -> None:
+        event.stop()
+        if event.cursor_row >= self.table.row_count - MARGIN:
+            self.load_more()
+        # Only the user's own moves pick what the Preview shows, not a reload after a store change.
+        if event.row_key.value is not None and event.data_table.has_focus:
+            self.post_message(RunHighlighted(int(event.row_key.value), "history"))
+
+    def on_descendant_focus(self, event) -> None:
+        if event.widget is self.table and self.selected_id is not None:
+            self.post_message(RunHighlighted(self.selected_id, "history"))
+
+    @on(DataTable.RowSelected, "#history-table")
+    def _selected(self, event: DataTable.RowSelected) -> None:
+        event.stop()
+        if event.row_key.value is not None:
+            self.post_message(OpenRun(int(event.row_key.value)))

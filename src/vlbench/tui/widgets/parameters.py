@@ -1,0 +1,178 @@
+"""The Parameters pane: one row per Recipe field, built from the dataclass, validated as you type.
+
+Validation is the Recipe's own: every change builds a Recipe from the form; a field whose text
+does not parse, or that the Recipe's UserError names, gets the `-invalid` class and the message
+shows at the foot of the pane. While anything is invalid `recipe` is None and nothing can be queued.
+The seed field takes several seeds ("1,2,3" or "0-7"): the recipe carries the first.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.text import Text
+from textual import events, on
+from textual.app import ComposeResult
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.widget import Widget
+from textual.widgets import Input, Label, Select, Static
+
+from vlbench.engine.recipe import Recipe
+from vlbench.errors import UserError
+from vlbench.tui.messages import RecipeChanged
+from vlbench.tui.recipe_fields import (
+    INPUTS_FIELDS, FieldSpec, field_of_error, format_value, parse_seeds, parse_value, recipe_fields,
+)
+from vlbench.tui.widgets.vl_text import VLTextField
+
+
+class FieldRow(Horizontal):
+    """A field's name and its editor; `-invalid` while the value is rejected."""
+
+    def __init__(self, spec: FieldSpec, editor: Widget) -> None:
+        super().__init__(classes="field-row", id=f"row-{spec.name}")
+        self.spec = spec
+        self.editor = editor
+
+    def compose(self) -> ComposeResult:
+        yield Label(self.spec.name, classes="field-name")
+        yield self.editor
+
+
+class ParametersPane(Vertical):
+    BORDER_TITLE = "Parameters"
+
+    def __init__(self, defaults: dict[str, Any] | None = None, **kwargs) -> None:
+        super().__init__(**kwargs)
+        base = Recipe(**(defaults or {}))
+        self.defaults = base
+        self.external: dict[str, Any] = {"vl_text": base.vl_text}  # fields edited in other panes
+        self.recipe: Recipe | None = base
+        self.seeds: list[int] = [base.seed]
+        self.error: str | None = None
+        self._rows: dict[str, FieldRow] = {}
+
+    def compose(self) -> ComposeResult:
+        section = None
+        with VerticalScroll(id="param-form"):
+            for spec in recipe_fields():
+                if spec.name in INPUTS_FIELDS:
+                    continue
+                if spec.section and spec.section != section:
+                    section = spec.section
+                    yield Label(Text(section), classes="section")
+                row = FieldRow(spec, self._editor(spec, getattr(self.defaults, spec.name)))
+                if spec.help:
+                    row.tooltip = Text(spec.help)
+                self._rows[spec.name] = row
+                yield row
+        yield Static("", id="param-help")
+        yield Static("", id="param-error")
+
+    def _editor(self, spec: FieldSpec, value: Any) -> Widget:
+        wid = f"p-{spec.name}"
+        if spec.kind == "choice":
+            options = [(name, name) for name in spec.choices]
+            return Select(options, value=value if value is not None else Select.NULL, allow_blank=spec.optional,
+                          id=wid, compact=True)
+        if spec.kind == "bool":  # a Select reads as true/false in any terminal, like the TOML it becomes
+            return Select([("false", False), ("true", True)], value=bool(value), allow_blank=False, id=wid,
+                          compact=True)
+        if spec.kind == "vl_text":
+            return VLTextField(value, id=wid)
+        placeholder = "not set" if spec.optional else ("e.g. 1,2,3 or 0-7" if spec.kind == "seeds" else "")
+        return Input(format_value(spec, value), placeholder=placeholder, id=wid, compact=True)
+
+    # ---- reading and writing the form ----
+    def _raw(self, spec: FieldSpec) -> Any:
+        editor = self._rows[spec.name].editor
+        if isinstance(editor, Select):
+            return None if editor.value is Select.NULL else editor.value
+        if isinstance(editor, VLTextField):
+            return editor.value
+        return editor.value  # Input
+
+    def set_recipe(self, recipe: Recipe, seeds: list[int] | None = None) -> None:
+        """Show a recipe (loaded from a file, or a past run's) in the form."""
+        for name, row in self._rows.items():
+            spec, editor, value = row.spec, row.editor, getattr(recipe, name)
+            if isinstance(editor, Select):
+                editor.value = value if value is not None else Select.NULL
+            elif isinstance(editor, VLTextField):
+                editor.value = value
+            elif spec.kind == "seeds":
+                editor.value = ", ".join(str(s) for s in (seeds or [recipe.seed]))
+            else:
+                editor.value = format_value(spec, value)
+        for name in self.external:
+            self.external[name] = getattr(recipe, name)
+        self.validate()
+
+    def set_external(self, name: str, value: Any) -> None:
+        self.external[name] = value
+        self.validate()
+
+    def validate(self) -> Recipe | None:
+        """Build the Recipe from the form; mark what is wrong. Returns the recipe or None."""
+        values: dict[str, Any] = dict(self.external)
+        bad: dict[str, str] = {}
+        seeds: list[int] = []
+        for name, row in self._rows.items():
+            spec = row.spec
+            raw = self._raw(spec)
+            try:
+                if spec.kind == "seeds":
+                    seeds = parse_seeds(str(raw))
+                    values[name] = seeds[0]
+                    for seed in seeds[1:]:
+                        if seed > 2**63 - 1:
+                            raise UserError(f"seed: {seed} must be <= {2**63 - 1}")
+                elif isinstance(raw, str):
+                    values[name] = parse_value(spec, raw)
+                else:
+                    values[name] = raw
+            except UserError as exc:
+                bad[name] = str(exc)
+        recipe = None
+        if not bad:
+            try:
+                recipe = Recipe(**values)
+            except UserError as exc:
+                name = field_of_error(str(exc)) or ""
+                bad[name] = str(exc)
+            except TypeError as exc:  # a value of the wrong type reached the dataclass
+                bad[""] = str(exc)
+        for name, row in self._rows.items():
+            row.set_class(name in bad, "-invalid")
+            row.editor.set_class(name in bad, "-invalid")
+        self.error = next(iter(bad.values()), None)
+        self.recipe = recipe
+        self.seeds = seeds if recipe is not None else []
+        error = self.query_one("#param-error", Static)
+        error.update(Text(f"✗ {self.error}" if self.error else ""))
+        error.set_class(self.error is None, "-hidden")
+        self.post_message(RecipeChanged(recipe, self.error, self.seeds))
+        return recipe
+
+    # ---- events ----
+    def on_mount(self) -> None:
+        self.validate()
+
+    @on(Input.Changed)
+    @on(Select.Changed)
+    @on(VLTextField.Changed)
+    def _changed(self, event) -> None:
+        event.stop()
+        self.validate()
+
+    def on_descendant_focus(self, event: events.DescendantFocus) -> None:
+        row = next((n for n in event.widget.ancestors_with_self if isinstance(n, FieldRow)), None)
+        help_line = self.query_one("#param-help", Static)
+        if row is not None:
+            spec = row.spec
+            text = spec.help
+            if spec.kind == "choice" and spec.choice_help:
+                current = self._raw(spec)
+                if current in spec.choices and spec.choice_help[spec.choices.index(current)]:
+                    text = f"{current}: {spec.choice_help[spec.choices.index(current)]}"
+            help_line.update(Text(f"{spec.name}: {text}" if text else spec.name))
