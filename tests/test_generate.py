@@ -169,6 +169,36 @@ def test_caption_of_exactly_the_budget_runs(engine, dit_calls):
     assert dit_calls
 
 
+def _prompt_of(engine, n_tokens: int) -> str:
+    """A prompt whose Z-Image template is exactly n_tokens long."""
+    from vlbench.engine.encode import template_ids
+
+    tok = engine.models.text_pipe.tokenizer
+    for extra in range(n_tokens):  # " fox" is one token; the first word may take a few
+        prompt = "fox" + " fox" * (n_tokens - len(template_ids(tok, "")[0]) - 1 - extra)
+        if len(template_ids(tok, prompt)[0]) == n_tokens:
+            return prompt
+    raise AssertionError(f"no prompt of {n_tokens} tokens")
+
+
+def test_alpha_0_prompt_over_the_caption_budget_is_refused_before_the_dit(engine, dit_calls):
+    budget = engine.models.caption_budget
+    prompt = _prompt_of(engine, budget + 1)
+    with pytest.raises(CaptionTooLong, match=f"{budget + 1} tokens"):
+        engine.run(Recipe(alpha=0, **SIZE), prompt, [])
+    assert dit_calls == []
+
+
+def test_alpha_0_prompt_over_zimages_text_limit_is_refused_not_truncated(engine):
+    from vlbench.engine.encode import MAX_SEQUENCE_LENGTH
+    from vlbench.errors import UserError
+
+    prompt = _prompt_of(engine, MAX_SEQUENCE_LENGTH + 1)
+    with pytest.raises(UserError, match=f"{MAX_SEQUENCE_LENGTH + 1} tokens.*{MAX_SEQUENCE_LENGTH}"):
+        engine.condition(Recipe(alpha=0), prompt, [])
+    assert engine.condition(Recipe(alpha=0), _prompt_of(engine, 40), []).embeds.shape[0] == 40
+
+
 def test_check_caption_bounds():
     check_caption(1, 1)
     check_caption(1504, 1504)

@@ -33,6 +33,9 @@ def template_ids(tokenizer, prompt: str) -> tuple[list[int], str]:
 @torch.inference_mode()
 def encode_text(pipe, prompt: str, what: str = "--prompt") -> TextEncoding:
     """Qwen3-4B hidden_states[-2] of the prompt in Z-Image's chat template, exactly as Z-Image encodes it."""
+    from vlbench.engine.extract import check_text
+
+    check_text(prompt, what)
     ids, text = template_ids(pipe.tokenizer, prompt)
     if len(ids) > MAX_SEQUENCE_LENGTH:
         raise UserError(f"{what}: {len(ids)} tokens in Z-Image's template, over its {MAX_SEQUENCE_LENGTH}-token "

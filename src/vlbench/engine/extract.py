@@ -99,6 +99,15 @@ def load_image(path: str | Path):
         raise UserError(f"--image {path}: the image is damaged or truncated ({exc})") from None
 
 
+def check_text(text: str, what: str) -> None:
+    """Refuse text the tokenizers cannot take: undecodable argv bytes arrive as lone surrogates."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise UserError(f"{what}: is not valid UTF-8 (an undecodable byte at character {exc.start}); "
+                        "check the terminal's or the file's encoding") from None
+
+
 def _messages(num_images: int, text: str | None) -> list[dict]:
     content: list[dict] = [{"type": "image"} for _ in range(num_images)]
     if text is not None:
@@ -155,6 +164,8 @@ def extract(vl, images: list, text: str | None, budget: int, max_image_tokens: i
     processor, tokenizer = vl.processor, vl.processor.tokenizer
     if not images and text is None:
         raise UserError("nothing to extract: no reference image and no VL text (--vl-text none); give --image or a text")
+    if text is not None:
+        check_text(text, "--prompt/--vl-text")
     if text is not None and _SENTINEL in text:
         raise UserError("--vl-text: contains a reserved marker character")
     if text is not None:  # the tokenizer parses special tokens in text: these would forge a vision block
