@@ -8,7 +8,10 @@ built on the worker thread, after the first screen is painted.
 
 from __future__ import annotations
 
+import gc
 import logging
+import sys
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -16,7 +19,6 @@ from textual.app import App, ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Footer, Header, TextArea
 
-from vlbench import paths
 from vlbench.config import Settings
 from vlbench.engine.recipe import IMAGE_SELECTIONS, Recipe, load_recipe, save_recipe
 from vlbench.errors import UserError
@@ -31,6 +33,7 @@ from vlbench.tui.screens.confirm import Confirm
 from vlbench.tui.screens.experiment import ChooseExperiment
 from vlbench.tui.screens.file_picker import FilePicker
 from vlbench.tui.screens.help import HelpScreen
+from vlbench.tui.screens.jump import PANES, JumpScreen
 from vlbench.tui.screens.run_details import RunDetails
 from vlbench.tui.suggest import IMAGE_SUFFIXES, RECIPE_SUFFIXES
 from vlbench.tui.themes import DEFAULT_THEME, load_themes
@@ -41,6 +44,10 @@ from vlbench.tui.widgets.preview import PreviewPane
 from vlbench.tui.widgets.queue import QueuePane
 
 log = logging.getLogger("vlbench.tui")
+REFRESH_S = 0.2  # worker-driven table refreshes are gathered over this long
+SWITCH_INTERVAL_S = 0.001
+FOLLOW_S = 0.5  # the Preview shows the latest result at most this often
+PREVIEW_S = 0.15  # the Preview follows the Queue/History cursor once it rests this long
 # App commands that act on the main screen; disabled while a dialog is open.
 _FORM_ACTIONS = {c.action for c in keys.APP} - {"help"}
 
@@ -71,57 +78,58 @@ class VlbenchApp(App[int]):
         self.show_reference = False
         self.comparing = False
         self.experiment_types: list | None = None  # loaded on first use
+        self._changed_runs: set[int] = set()  # runs the worker moved on, shown at the next refresh
+        self._show_latest = False
+        self._refresh_timer = None
+        self._preview_timer = None
+        self._heap_frozen = False
+        self._preview_shown = 0.0  # when the Preview last followed a finished run
         self.sub_title = self.models.describe()
-        themes, self.theme_problems = load_themes()
+        themes, self.startup_problems = load_themes()
         for theme in themes:
             self.register_theme(theme)
         wanted = self.settings.ui.theme or DEFAULT_THEME
         if wanted in self.available_themes:
             self.theme = wanted
         else:
-            self.theme_problems.append(f"theme {wanted!r}: not found; using {self.theme}")
+            self.startup_problems.append(f"theme {wanted!r}: not found; using {self.theme}")
         if self.settings.keys:
+            known = {c.id for c in keys.APP + keys.QUEUE + keys.HISTORY}
+            for unknown in sorted(set(self.settings.keys) - known):
+                self.startup_problems.append(f"config [keys] {unknown}: no such command id (F1 lists them)")
             self.set_keymap(self.settings.keys)
 
     # ---- layout ----
     def compose(self) -> ComposeResult:
+        # The panes are kept as attributes: worker events reach them many times a second, and a DOM
+        # query per event costs more than the update itself.
+        self.inputs = InputsPane(id="inputs")
+        self.parameters = ParametersPane(self.settings.recipe, id="parameters")
+        self.preview = PreviewPane(self.settings.ui.preview, id="preview")
+        self.queue_pane = QueuePane(id="queue")
+        self.history = HistoryPane(id="history")
         yield Header()
         with Horizontal(id="main"):
             with Vertical(id="left"):
-                yield InputsPane(id="inputs")
-                yield ParametersPane(self.settings.recipe, id="parameters")
+                yield self.inputs
+                yield self.parameters
             with Vertical(id="right"):
                 with Horizontal(id="top"):
-                    yield PreviewPane(self.settings.ui.preview, id="preview")
-                    yield QueuePane(id="queue")
-                yield HistoryPane(id="history")
+                    yield self.preview
+                    yield self.queue_pane
+                yield self.history
         yield Footer()
 
     @property
-    def inputs(self) -> InputsPane:
-        return self.query_one(InputsPane)
-
-    @property
-    def parameters(self) -> ParametersPane:
-        return self.query_one(ParametersPane)
-
-    @property
-    def queue_pane(self) -> QueuePane:
-        return self.query_one(QueuePane)
-
-    @property
-    def history(self) -> HistoryPane:
-        return self.query_one(HistoryPane)
-
-    @property
-    def preview(self) -> PreviewPane:
-        return self.query_one(PreviewPane)
+    def showing(self) -> bool:
+        """The main screen is up (False while the app shuts down, when late events must be dropped)."""
+        return self.is_running and self.queue_pane.is_attached
 
     def on_mount(self) -> None:
         recovered = self.store.recover()
         if recovered:
             self.notify(f"{recovered} run(s) left running by an earlier session are queued again")
-        for problem in self.theme_problems:
+        for problem in self.startup_problems:
             self.notify(problem, severity="warning")
         self.queue_pane.reload()
         self.history.reload()
@@ -143,6 +151,10 @@ class VlbenchApp(App[int]):
         def engine_factory():
             return factory(lambda text: post(ModelStatus(text)))
 
+        # The worker thread runs Python (the pipeline's loop, tiny models' small ops) between the native
+        # kernels; a thread waiting for the GIL gets it after the switch interval (5 ms by default), and a
+        # key press takes several such waits. 1 ms keeps keys quick while the worker computes.
+        sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL_S))
         self.job_worker = Worker(None, store_path=self.store.path, outputs_dir=self.outputs_dir, on_event=post,
                                  engine_factory=engine_factory, recover=False)
         self.job_worker.start()
@@ -165,28 +177,31 @@ class VlbenchApp(App[int]):
     def on_worker_event(self, message: WorkerEvent) -> None:
         event = message.event
         kind = type(event).__name__
+        if not self.showing:  # the app is closing; events still in flight have nowhere to go
+            return
         queue = self.queue_pane
         if kind == "ModelStatus":
             queue.set_status(event.text)
             log.info("model status: %s", event.text)
         elif kind == "JobStarted":
             queue.job_started(event.run_id, event.total_steps)
-            self.store_changed(event.run_id)
+            self.runs_changed(event.run_id)
         elif kind == "JobProgress":
             queue.job_progress(event.run_id, event.step, event.total, event.eta_s)
         elif kind == "JobDone":
-            queue.job_ended()
-            self.store_changed(event.run_id)
+            if not self._heap_frozen:
+                # The loaded libraries leave millions of long-lived objects; a full garbage collection
+                # would walk them all while holding the GIL (a visible pause). Exempt them from now on.
+                gc.freeze()
+                self._heap_frozen = True
             if not self.comparing:
-                self.selected_run = event.run_id
-                self.update_preview()
+                self.selected_run = event.run_id  # the Preview follows the latest result
+            self.runs_changed(event.run_id, show=True)
         elif kind == "JobFailed":
-            queue.job_ended()
             self.notify(f"run {event.run_id} failed: {event.reason}", severity="error", timeout=8)
-            self.store_changed(event.run_id)
+            self.runs_changed(event.run_id)
         elif kind == "JobCancelled":
-            queue.job_ended()
-            self.store_changed(event.run_id)
+            self.runs_changed(event.run_id)
         elif kind == "WorkerPaused":
             self.show_paused(event.paused)
         elif kind == "WorkerIdle":
@@ -198,6 +213,7 @@ class VlbenchApp(App[int]):
 
     # ---- the store ----
     def store_changed(self, run_id: int | None = None, wake: bool = False) -> None:
+        """The user queued, moved, removed or deleted runs: re-read the store now."""
         self.post_message(StoreChanged(run_id))
         if wake and self.job_worker is not None:
             self.job_worker.wake()
@@ -208,6 +224,30 @@ class VlbenchApp(App[int]):
         if message.run_id is not None and message.run_id in (self.selected_run, self.marked_run):
             self.update_preview()
 
+    def runs_changed(self, run_id: int, show: bool = False) -> None:
+        """The worker moved a run to another state. Tiny models finish several runs a second, so these
+        refreshes are gathered and applied at most every REFRESH_S: keys stay fast while a queue drains."""
+        self._changed_runs.add(run_id)
+        self._show_latest = self._show_latest or show
+        if self._refresh_timer is None:
+            self._refresh_timer = self.set_timer(REFRESH_S, self._apply_run_changes)
+
+    def _apply_run_changes(self) -> None:
+        changed, self._changed_runs = self._changed_runs, set()
+        self._refresh_timer = None
+        if not self.showing:
+            return
+        self.queue_pane.reload()
+        self.history.refresh_runs(changed)
+        if self._show_latest or changed & {self.selected_run, self.marked_run}:
+            # A new image costs a layout and a full render: while a fast queue drains, at most every FOLLOW_S.
+            now = time.monotonic()
+            if now - self._preview_shown >= FOLLOW_S:
+                self._preview_shown, self._show_latest = now, False
+                self.update_preview()
+            elif self._refresh_timer is None:
+                self._refresh_timer = self.set_timer(FOLLOW_S - (now - self._preview_shown), self._apply_run_changes)
+
     # ---- state from the panes ----
     def on_recipe_changed(self, message: RecipeChanged) -> None:
         self.recipe, self.recipe_error, self.seeds = message.recipe, message.error, message.seeds
@@ -216,8 +256,11 @@ class VlbenchApp(App[int]):
         self.parameters.set_external("vl_text", message.vl_text)
 
     def on_run_highlighted(self, message: RunHighlighted) -> None:
+        # The cursor moves at key-repeat speed; the image follows once it rests (PREVIEW_S).
         self.selected_run = message.run_id
-        self.update_preview()
+        if self._preview_timer is not None:
+            self._preview_timer.stop()
+        self._preview_timer = self.set_timer(PREVIEW_S, self.update_preview)
 
     def on_open_run(self, message: OpenRun) -> None:
         run = self.store.get(message.run_id)
@@ -233,6 +276,9 @@ class VlbenchApp(App[int]):
         self.push_screen(RunDetails(run), chosen)
 
     def update_preview(self) -> None:
+        self._preview_timer = None
+        if not self.showing:
+            return
         run = self.store.get(self.selected_run) if self.selected_run is not None else None
         other = None
         if self.comparing and self.marked_run is not None and self.marked_run != self.selected_run:
@@ -323,8 +369,8 @@ class VlbenchApp(App[int]):
     def check_action(self, action: str, parameters: tuple) -> bool | None:
         if len(self.screen_stack) > 1 and action in _FORM_ACTIONS:
             return False  # a dialog is open: its keys only
-        if action == "queue_experiment":
-            return bool(self._experiment_types())
+        if action == "queue_experiment":  # hidden without vlbench.experiments (not imported before it is used)
+            return bool(self.experiment_types) if self.experiment_types is not None else experiments.available()
         return True
 
     # ---- run operations (panes, details and palette call these) ----
@@ -468,6 +514,9 @@ class VlbenchApp(App[int]):
         self.theme = names[(names.index(self.theme) + 1) % len(names)] if self.theme in names else names[0]
         self.notify(f"theme: {self.theme}", timeout=2)
 
+    def action_jump(self) -> None:
+        self.push_screen(JumpScreen(), lambda pane: self.action_focus_pane(pane) if pane else None)
+
     def action_focus_pane(self, name: str) -> None:
         targets = {"inputs": "#prompt", "parameters": "#param-form Input", "queue": "#queue-table",
                    "preview": "#preview", "history": "#history-table"}
@@ -486,6 +535,8 @@ class VlbenchApp(App[int]):
             for c in commands:
                 out.append((f"{where}: {c.title}", f"{c.help} · {keys.display_keys(c.keys)}",
                             lambda a=c.action, p=pane: self.run_action(a, p)))
+        for _, _, pane, title in PANES:
+            out.append((f"Go to {title}", f"focus the {title} pane", lambda p=pane: self.action_focus_pane(p)))
         for t in self._experiment_types():
             out.append((f"Queue experiment: {t.name}", t.description,
                         lambda n=t.name: self.queue_experiment(n)))

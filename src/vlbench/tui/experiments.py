@@ -1,11 +1,14 @@
-"""The experiment types the workbench can queue, through vlbench.experiments when it is there.
+"""The experiment types the workbench can queue, from vlbench.experiments.
 
-`list_types()` gives objects with name, description and expand(quick) -> [(config, recipe dict)].
-Without the package (or with an older one) `types()` returns [] and the app hides the command.
+Each type has a name, a description and expand(quick) -> [(config name, recipe dict)]. The package's
+`list_types()` provides them; without it, its spec module's built-in types are adapted. Without the
+package at all, `types()` is [] and the app hides the command. Nothing here is imported before the
+first paint: `available()` only looks the package up.
 """
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Any
 
 from vlbench.errors import UserError
@@ -14,15 +17,46 @@ from vlbench.errors import UserError
 GENERATION = ("seed", "steps", "width", "height")
 
 
+def available() -> bool:
+    try:
+        return importlib.util.find_spec("vlbench.experiments") is not None
+    except ImportError:
+        return False
+
+
 def types() -> list[Any]:
     try:
         from vlbench.experiments import list_types
     except ImportError:
-        return []
+        list_types = _builtin_types
     try:
         return list(list_types())
-    except UserError:
+    except (ImportError, UserError):
         return []
+
+
+class _SpecType:
+    """A vlbench.experiments.spec.ExperimentType seen through the list_types() interface."""
+
+    def __init__(self, spec) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.description = spec.description
+
+    def expand(self, quick: bool) -> list[tuple[str, dict]]:
+        return [(named.name, named.recipe.to_dict()) for named in self.spec.recipes(quick)]
+
+
+def _builtin_types() -> list[_SpecType]:
+    from vlbench.experiments.spec import builtin_names, load_type
+
+    out = []
+    for name in builtin_names():
+        try:
+            out.append(_SpecType(load_type(name)))
+        except UserError:  # a broken type file is the CLI's to report; the others stay usable
+            continue
+    return out
 
 
 def expand(experiment: Any, quick: bool, current: dict[str, Any], seeds: list[int]) -> list[tuple[str, dict]]:
@@ -30,7 +64,7 @@ def expand(experiment: Any, quick: bool, current: dict[str, Any], seeds: list[in
     from vlbench.engine.recipe import Recipe
 
     try:
-        from vlbench.experiments import GENERATION as generation
+        from vlbench.experiments.spec import GENERATION as generation
     except ImportError:
         generation = GENERATION
     out = []

@@ -47,14 +47,7 @@ APP = [
     Command("save_recipe", "ctrl+s", "save_recipe", "Save recipe", "save the Parameters as a recipe TOML file",
             show=False),
     Command("next_theme", "ctrl+t", "next_theme", "Theme", "switch to the next theme", show=False),
-    Command("focus_inputs", "alt+1", "focus_pane('inputs')", "Go to Inputs", "focus the Inputs pane", show=False),
-    Command("focus_parameters", "alt+2", "focus_pane('parameters')", "Go to Parameters", "focus the Parameters pane",
-            show=False),
-    Command("focus_queue", "alt+3", "focus_pane('queue')", "Go to Queue", "focus the Queue pane", show=False),
-    Command("focus_preview", "alt+4", "focus_pane('preview')", "Go to Preview", "focus the Preview pane",
-            show=False),
-    Command("focus_history", "alt+5", "focus_pane('history')", "Go to History", "focus the History pane",
-            show=False),
+    Command("jump", "ctrl+g", "jump", "Jump", "jump to a pane: then 1-5 or i, p, q, v, h", priority=True),
 ]
 
 QUEUE = [

@@ -8,8 +8,10 @@ set), runs the app and, if it crashes, leaves the terminal clean and names the l
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
+import threading
 import traceback
 
 from vlbench.errors import UserError
@@ -49,8 +51,18 @@ def log_crash(error: BaseException) -> None:
         pass
 
 
+def _ask_the_terminal_early() -> threading.Thread:
+    """textual-image asks the terminal what it can draw when it is imported (up to 0.1 s per question a
+    terminal leaves unanswered); asking on a thread overlaps that wait with importing the app."""
+    thread = threading.Thread(target=importlib.import_module, args=("textual_image.widget",),
+                              name="terminal-query", daemon=True)
+    thread.start()
+    return thread
+
+
 def run_tui(args: argparse.Namespace) -> int:
     """Run the workbench until the user quits; the exit code (0, or 1 after a crash)."""
+    query = _ask_the_terminal_early()
     from vlbench.config import load_settings
     from vlbench.paths import log_path
     from vlbench.tui.models import ModelChoice
@@ -60,7 +72,9 @@ def run_tui(args: argparse.Namespace) -> int:
     models = ModelChoice.resolve(settings.models, tiny=getattr(args, "tiny", False),
                                  zimage=getattr(args, "zimage", None), vl=getattr(args, "vl", None),
                                  device=getattr(args, "device", None), dtype=getattr(args, "dtype", None))
-    from vlbench.tui.app import VlbenchApp  # textual-image queries the terminal here, before the app starts
+    from vlbench.tui.app import VlbenchApp
+
+    query.join()  # before Textual takes over the terminal
 
     app = None
     try:

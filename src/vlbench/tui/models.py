@@ -45,6 +45,7 @@ class ModelChoice:
 
         _quiet_libraries()
         device, dtype = self.device or None, self.dtype or None
+        _leave_a_core_for_the_ui(device)
         if self.tiny:
             from vlbench.engine.tiny import ensure_tiny_models
 
@@ -56,6 +57,17 @@ class ModelChoice:
             spec = ModelSpec(zimage=self.zimage or defaults.zimage, vl=self.vl or defaults.vl, device=device,
                              dtype=dtype)
         return Engine(Models(spec, on_status=on_status))
+
+
+def _leave_a_core_for_the_ui(device: str | None) -> None:
+    """On the CPU, torch's intra-op threads take every core and keys would wait behind them."""
+    import os
+
+    import torch
+
+    on_cpu = device == "cpu" or (device is None and not torch.cuda.is_available())
+    if on_cpu and (os.cpu_count() or 1) > 1:
+        torch.set_num_threads(max(1, min(torch.get_num_threads(), (os.cpu_count() or 2) - 1)))
 
 
 def _quiet_libraries() -> None:

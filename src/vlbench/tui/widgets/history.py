@@ -13,12 +13,13 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.timer import Timer
-from textual.widgets import DataTable, Input, Label, Select
+from textual.widgets import DataTable, Input, Label
 
 from vlbench.store import SORTS, STATUSES, RunRow
 from vlbench.tui import keys
 from vlbench.tui.format import prompt_line, recipe_summary, run_label, size, status_text, when
 from vlbench.tui.messages import OpenRun, RunHighlighted
+from vlbench.tui.widgets.choice import ChoiceField
 
 PAGE = 200
 MARGIN = 40
@@ -48,7 +49,7 @@ class HistoryPane(Vertical):
     def compose(self) -> ComposeResult:
         with Horizontal(id="history-bar"):
             yield Input(placeholder="filter: prompt, name or experiment  (/)", id="history-filter", compact=True)
-            yield Select(STATUS_CHOICES, value="all", allow_blank=False, id="history-status", compact=True)
+            yield ChoiceField(STATUS_CHOICES, "all", id="history-status")
             yield Label("", id="history-sort")
         yield HistoryTable(id="history-table", cursor_type="row")
 
@@ -84,7 +85,7 @@ class HistoryPane(Vertical):
         table = self.table
         keep = self.selected_id if keep_cursor else None
         row_index = table.cursor_row
-        want = max(PAGE, min(self.loaded, 5 * PAGE))
+        want = max(PAGE, min(self.loaded, 5 * PAGE)) if keep_cursor else PAGE  # a new filter starts at the top
         rows = self._query(0, want)
         table.clear()
         self.loaded = 0
@@ -95,6 +96,21 @@ class HistoryPane(Vertical):
         elif table.row_count:
             table.move_cursor(row=min(row_index, table.row_count - 1) if keep_cursor else 0, animate=False)
         self._count()
+
+    def refresh_runs(self, run_ids: set[int]) -> None:
+        """The worker moved runs to another state (it never adds runs): update the rows loaded in place.
+
+        Only a view that filters or sorts by state changes shape, and is read again.
+        """
+        table = self.table
+        if self.status != "all" or self.sort in ("finished_at", "status"):
+            self.reload()
+            return
+        for run_id in run_ids:
+            if str(run_id) in table.rows:  # a run further down than the pages loaded shows when reached
+                row = self.app.store.get(run_id)
+                if row is not None:
+                    table.update_cell(str(run_id), "status", status_text(row.status))
 
     def load_more(self) -> None:
         if self.exhausted:
@@ -117,7 +133,9 @@ class HistoryPane(Vertical):
 
     def _count(self) -> None:
         total = self.app.store.count(text=self.text or None, status=None if self.status == "all" else self.status)
-        self.border_subtitle = f"{total:,} run{'s' if total != 1 else ''}"
+        subtitle = f"{total:,} run{'s' if total != 1 else ''}"
+        if subtitle != self.border_subtitle:
+            self.border_subtitle = subtitle
 
     def _show_sort(self) -> None:
         self.query_one("#history-sort", Label).update(f"sort: {self.sort} {'↓' if self.descending else '↑'}")
@@ -128,7 +146,7 @@ class HistoryPane(Vertical):
 
     def action_cycle_status(self) -> None:
         values = [v for _, v in STATUS_CHOICES]
-        self.query_one("#history-status", Select).value = values[(values.index(self.status) + 1) % len(values)]
+        self.query_one("#history-status", ChoiceField).value = values[(values.index(self.status) + 1) % len(values)]
 
     def action_cycle_sort(self) -> None:
         self.sort = SORT_KEYS[(SORT_KEYS.index(self.sort) + 1) % len(SORT_KEYS)]
@@ -170,8 +188,8 @@ class HistoryPane(Vertical):
         event.stop()
         self.table.focus()
 
-    @on(Select.Changed, "#history-status")
-    def _status(self, event: Select.Changed) -> None:
+    @on(ChoiceField.Changed, "#history-status")
+    def _status(self, event: ChoiceField.Changed) -> None:
         event.stop()
         if event.value != self.status:
             self.status = str(event.value)

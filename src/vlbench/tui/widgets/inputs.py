@@ -13,11 +13,12 @@ from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
-from textual.widgets import Input, Label, OptionList, Select, TextArea
+from textual.widgets import Input, Label, OptionList, TextArea
 
 from vlbench.engine.recipe import VL_TEXT_NONE, VL_TEXT_PROMPT
 from vlbench.tui.messages import InputsChanged
 from vlbench.tui.suggest import IMAGE_SUFFIXES, PathSuggester
+from vlbench.tui.widgets.choice import ChoiceField
 
 VL_MODES = [("the prompt", VL_TEXT_PROMPT), ("none (image only)", VL_TEXT_NONE), ("custom text", "custom")]
 
@@ -43,7 +44,7 @@ class InputsPane(Vertical):
         yield TextArea(id="prompt", soft_wrap=True, show_line_numbers=False, compact=True)
         yield Label("VL text", classes="field-label")
         with Horizontal(id="vl-row"):
-            yield Select(VL_MODES, value=VL_TEXT_PROMPT, allow_blank=False, id="vl-mode", compact=True)
+            yield ChoiceField(VL_MODES, VL_TEXT_PROMPT, id="vl-mode")
             yield Input(placeholder="text the VL reads", id="vl-custom", disabled=True, compact=True)
 
     # ---- values ----
@@ -73,7 +74,7 @@ class InputsPane(Vertical):
 
     @property
     def vl_text(self) -> str:
-        mode = self.query_one("#vl-mode", Select).value
+        mode = self.query_one("#vl-mode", ChoiceField).value
         if mode == "custom":
             return self.query_one("#vl-custom", Input).value
         return str(mode)
@@ -81,7 +82,7 @@ class InputsPane(Vertical):
     @vl_text.setter
     def vl_text(self, value: str) -> None:
         custom = value not in (VL_TEXT_PROMPT, VL_TEXT_NONE)
-        self.query_one("#vl-mode", Select).value = "custom" if custom else value
+        self.query_one("#vl-mode", ChoiceField).value = "custom" if custom else value
         if custom:
             self.query_one("#vl-custom", Input).value = value
 
@@ -110,11 +111,11 @@ class InputsPane(Vertical):
     def _typed(self, event: Input.Changed) -> None:
         event.input.remove_class("-invalid")
 
-    @on(Select.Changed, "#vl-mode")
-    def _mode(self, event: Select.Changed) -> None:
+    @on(ChoiceField.Changed, "#vl-mode")
+    def _mode(self, event: ChoiceField.Changed) -> None:
         custom = self.query_one("#vl-custom", Input)
         custom.disabled = event.value != "custom"
-        if event.value == "custom" and self.is_mounted and self.app.focused is event.select:
+        if event.value == "custom" and self.app.focused is event.control:
             custom.focus()
         self.post_message(InputsChanged(self.vl_text))
 

@@ -15,7 +15,7 @@ from textual import events, on
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widget import Widget
-from textual.widgets import Input, Label, Select, Static
+from textual.widgets import Input, Label, Static
 
 from vlbench.engine.recipe import Recipe
 from vlbench.errors import UserError
@@ -23,6 +23,7 @@ from vlbench.tui.messages import RecipeChanged
 from vlbench.tui.recipe_fields import (
     INPUTS_FIELDS, FieldSpec, field_of_error, format_value, parse_seeds, parse_value, recipe_fields,
 )
+from vlbench.tui.widgets.choice import BLANK, ChoiceField
 from vlbench.tui.widgets.vl_text import VLTextField
 
 
@@ -51,6 +52,8 @@ class ParametersPane(Vertical):
         self.seeds: list[int] = [base.seed]
         self.error: str | None = None
         self._rows: dict[str, FieldRow] = {}
+        self._invalid: set[str] = set()
+        self._shown_error: str | None = ""
 
     def compose(self) -> ComposeResult:
         section = None
@@ -72,22 +75,20 @@ class ParametersPane(Vertical):
     def _editor(self, spec: FieldSpec, value: Any) -> Widget:
         wid = f"p-{spec.name}"
         if spec.kind == "choice":
-            options = [(name, name) for name in spec.choices]
-            return Select(options, value=value if value is not None else Select.NULL, allow_blank=spec.optional,
-                          id=wid, compact=True)
-        if spec.kind == "bool":  # a Select reads as true/false in any terminal, like the TOML it becomes
-            return Select([("false", False), ("true", True)], value=bool(value), allow_blank=False, id=wid,
-                          compact=True)
+            return ChoiceField([(name, name) for name in spec.choices], value, allow_blank=spec.optional, id=wid)
+        if spec.kind == "bool":  # reads as true/false in any terminal, like the TOML it becomes
+            return ChoiceField([("false", False), ("true", True)], bool(value), id=wid)
         if spec.kind == "vl_text":
             return VLTextField(value, id=wid)
         placeholder = "not set" if spec.optional else ("e.g. 1,2,3 or 0-7" if spec.kind == "seeds" else "")
-        return Input(format_value(spec, value), placeholder=placeholder, id=wid, compact=True)
+        # validate_on=[]: the Recipe validates; Input's own (validator-less) checks would reset -invalid.
+        return Input(format_value(spec, value), placeholder=placeholder, id=wid, compact=True, validate_on=[])
 
     # ---- reading and writing the form ----
     def _raw(self, spec: FieldSpec) -> Any:
         editor = self._rows[spec.name].editor
-        if isinstance(editor, Select):
-            return None if editor.value is Select.NULL else editor.value
+        if isinstance(editor, ChoiceField):
+            return None if editor.value is BLANK else editor.value
         if isinstance(editor, VLTextField):
             return editor.value
         return editor.value  # Input
@@ -96,8 +97,8 @@ class ParametersPane(Vertical):
         """Show a recipe (loaded from a file, or a past run's) in the form."""
         for name, row in self._rows.items():
             spec, editor, value = row.spec, row.editor, getattr(recipe, name)
-            if isinstance(editor, Select):
-                editor.value = value if value is not None else Select.NULL
+            if isinstance(editor, ChoiceField):
+                editor.value = value if value is not None else BLANK
             elif isinstance(editor, VLTextField):
                 editor.value = value
             elif spec.kind == "seeds":
@@ -142,15 +143,19 @@ class ParametersPane(Vertical):
                 bad[name] = str(exc)
             except TypeError as exc:  # a value of the wrong type reached the dataclass
                 bad[""] = str(exc)
-        for name, row in self._rows.items():
-            row.set_class(name in bad, "-invalid")
-            row.editor.set_class(name in bad, "-invalid")
+        for name in self._invalid.symmetric_difference(bad):  # only what changed: restyling is not free
+            if name in self._rows:
+                self._rows[name].set_class(name in bad, "-invalid")
+                self._rows[name].editor.set_class(name in bad, "-invalid")
+        self._invalid = set(bad)
         self.error = next(iter(bad.values()), None)
         self.recipe = recipe
         self.seeds = seeds if recipe is not None else []
-        error = self.query_one("#param-error", Static)
-        error.update(Text(f"✗ {self.error}" if self.error else ""))
-        error.set_class(self.error is None, "-hidden")
+        if self.error != self._shown_error:
+            self._shown_error = self.error
+            error = self.query_one("#param-error", Static)
+            error.update(Text(f"✗ {self.error}" if self.error else ""))
+            error.set_class(self.error is None, "-hidden")
         self.post_message(RecipeChanged(recipe, self.error, self.seeds))
         return recipe
 
@@ -159,7 +164,7 @@ class ParametersPane(Vertical):
         self.validate()
 
     @on(Input.Changed)
-    @on(Select.Changed)
+    @on(ChoiceField.Changed)
     @on(VLTextField.Changed)
     def _changed(self, event) -> None:
         event.stop()
@@ -175,4 +180,5 @@ class ParametersPane(Vertical):
                 current = self._raw(spec)
                 if current in spec.choices and spec.choice_help[spec.choices.index(current)]:
                     text = f"{current}: {spec.choice_help[spec.choices.index(current)]}"
-            help_line.update(Text(f"{spec.name}: {text}" if text else spec.name))
+            default = format_value(spec, spec.default) or ("not set" if spec.optional else "empty")
+            help_line.update(Text(f"{spec.name}: {text} · default {default}" if text else spec.name))

@@ -19,31 +19,92 @@ from textual_image import widget as image_widgets
 from vlbench.store import RunRow
 from vlbench.tui.format import prompt_line, recipe_summary, run_label
 
+
+
+def _steady(image_class: type[Widget]) -> type[Widget]:
+    """The image widget, re-laid out only when the new image's size differs from the old one's.
+
+    textual-image lays the screen out again for every new image (its size may change); in a sweep
+    every result has the same size, and a layout of the whole screen is the costliest thing a
+    finished run does to the UI. So `show` skips it when the pixel size is unchanged.
+    """
+
+    class Steady(image_class, Renderable=image_class._Renderable):
+        _same_size = False
+
+        def show(self, path: str | None) -> None:
+            size = _pixel_size(path)
+            self._same_size = size is not None and size == (self._image_width, self._image_height)
+            try:
+                self.image = path
+            finally:
+                self._same_size = False
+
+        def refresh(self, *regions, repaint: bool = True, layout: bool = False, recompose: bool = False):
+            return super().refresh(*regions, repaint=repaint, layout=layout and not self._same_size,
+                                   recompose=recompose)
+
+    Steady.__name__ = f"Steady{image_class.__name__}"
+    return Steady
+
+
+def _pixel_size(path: str | None) -> tuple[int, int] | None:
+    if not path:
+        return None
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:  # reads the header only
+            return im.size
+    except OSError:
+        return None
+
+
 IMAGE_CLASSES = {
-    "auto": image_widgets.Image,
-    "halfcell": image_widgets.HalfcellImage,
-    "unicode": image_widgets.UnicodeImage,
-    "sixel": image_widgets.SixelImage,
-    "tgp": image_widgets.TGPImage,
+    "auto": _steady(image_widgets.Image),
+    "halfcell": _steady(image_widgets.HalfcellImage),
+    "unicode": _steady(image_widgets.UnicodeImage),
+    "sixel": _steady(image_widgets.SixelImage),
+    "tgp": _steady(image_widgets.TGPImage),
 }
 
 
 class Picture(Vertical):
-    """One image with its caption, or a line saying why there is none."""
+    """One image with its caption (when beside another), or a line saying why there is none.
 
-    def __init__(self, caption: str, path: str | None, image_class: type[Widget], missing: str) -> None:
+    Updated in place (`set`): a new image replaces the old one's pixels, no widgets are re-mounted.
+    """
+
+    def __init__(self, image_class: type[Widget]) -> None:
         super().__init__(classes="picture")
-        self.caption = caption
-        self.path = path
         self.image_class = image_class
-        self.missing = missing
+        self._state: tuple = ("", None, "")  # caption, image path, why there is no image
 
     def compose(self) -> ComposeResult:
-        yield Label(Text(self.caption), classes="picture-caption")
-        if self.path and Path(self.path).is_file():
-            yield self.image_class(self.path, classes="picture-image")
-        else:
-            yield Static(Text(self.missing), classes="picture-missing")
+        yield Label("", classes="picture-caption")
+        yield self.image_class(None, classes="picture-image")
+        yield Static("", classes="picture-missing")
+
+    def set(self, caption: str, path: str | None, missing: str) -> None:
+        """Show another image; only what differs is touched (each change here costs a screen layout)."""
+        exists = bool(path) and Path(path).is_file()
+        state = (caption, path if exists else None, "" if exists else missing)
+        if state == self._state:
+            return
+        old_caption, old_path, old_missing = self._state
+        self._state = state
+        label = self.query_one(".picture-caption", Label)
+        if caption != old_caption:
+            label.update(Text(caption))
+        label.display = bool(caption)
+        image = self.query_one(".picture-image")
+        if state[1] != old_path:
+            image.show(state[1])
+        image.display = exists
+        note = self.query_one(".picture-missing", Static)
+        if state[2] != old_missing:
+            note.update(Text(state[2]))
+        note.display = not exists
 
 
 class PreviewPane(Vertical):
@@ -52,12 +113,19 @@ class PreviewPane(Vertical):
 
     def __init__(self, preview_method: str = "auto", **kwargs) -> None:
         super().__init__(**kwargs)
-        self.image_class = IMAGE_CLASSES.get(preview_method, image_widgets.Image)
+        self.image_class = IMAGE_CLASSES.get(preview_method, IMAGE_CLASSES["auto"])
         self.shown: tuple = ()  # what is on screen, so identical updates do not re-render images
+        self._caption_lines = 1
 
     def compose(self) -> ComposeResult:
         yield Static("No run yet. Type a prompt, then F5 queues it.", id="preview-caption")
-        yield Horizontal(id="preview-images")
+        with Horizontal(id="preview-images"):
+            yield Picture(self.image_class)
+            yield Picture(self.image_class)
+
+    def on_mount(self) -> None:
+        for picture in self.query(Picture):
+            picture.display = False
 
     def show(self, run: RunRow | None, *, reference: bool = False, other: RunRow | None = None) -> None:
         """Show `run`; with `reference`, its first reference beside it; with `other`, that run beside it."""
@@ -66,22 +134,29 @@ class PreviewPane(Vertical):
             return
         self.shown = key
         caption = self.query_one("#preview-caption", Static)
-        box = self.query_one("#preview-images", Horizontal)
-        box.remove_children()
+        left, right = self.query(Picture)
         if run is None:
             caption.update("No run selected.")
+            self._caption_lines = 1
+            left.display = right.display = False
             return
-        caption.update(Text(_caption(run, other)))
-        pictures = []
+        text = _caption(run, other)
+        lines = text.count("\n") + 1
+        caption.update(Text(text), layout=lines != self._caption_lines)  # same height: repaint only
+        self._caption_lines = lines
+        beside = None
         if other is not None:
-            pictures.append(Picture(f"#{other.id} (marked) {_label(other)}", other.output_path,
-                                    self.image_class, _missing(other)))
+            beside = (f"#{other.id} (marked) {_label(other)}", other.output_path, _missing(other))
         elif reference:
             ref = run.images[0] if run.images else None
-            pictures.append(Picture(f"reference {Path(ref).name if ref else ''}", ref, self.image_class,
-                                    "no reference image (text only run)" if not ref else f"{ref}: missing"))
-        pictures.append(Picture(f"#{run.id} {_label(run)}", run.output_path, self.image_class, _missing(run)))
-        box.mount_all(pictures)
+            beside = (f"reference {Path(ref).name if ref else ''}", ref,
+                      "no reference image (text only run)" if not ref else f"{ref}: missing")
+        if beside is not None:
+            left.set(*beside)
+        # Alone, the caption above says it all; beside another, each picture names its run.
+        right.set(f"#{run.id} {_label(run)}" if beside else "", run.output_path, _missing(run))
+        left.display = beside is not None
+        right.display = True
 
 
 def _label(run: RunRow) -> str:

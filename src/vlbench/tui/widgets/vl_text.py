@@ -6,8 +6,9 @@ from textual import on
 from textual.app import ComposeResult
 from textual.containers import Horizontal
 from textual.message import Message
-from textual.widgets import Input, Select
+from textual.widgets import Input
 
+from vlbench.tui.widgets.choice import ChoiceField
 from vlbench.engine.recipe import VL_TEXT_NONE, VL_TEXT_PROMPT
 
 MODES = [("prompt", VL_TEXT_PROMPT), ("none", VL_TEXT_NONE), ("custom", "custom")]
@@ -29,23 +30,24 @@ class VLTextField(Horizontal):
 
     def compose(self) -> ComposeResult:
         custom = self._initial not in (VL_TEXT_PROMPT, VL_TEXT_NONE)
-        yield Select(MODES, value="custom" if custom else self._initial, allow_blank=False, compact=True)
-        yield Input(self._initial if custom else "", placeholder="text", disabled=not custom, compact=True)
+        yield ChoiceField(MODES, "custom" if custom else self._initial)
+        yield Input(self._initial if custom else "", placeholder="text", disabled=not custom, compact=True,
+                    validate_on=[])
 
     @property
     def value(self) -> str:
-        mode = self.query_one(Select).value
+        mode = self.query_one(ChoiceField).value
         return self.query_one(Input).value if mode == "custom" else str(mode)
 
     @value.setter
     def value(self, value: str) -> None:
         custom = value not in (VL_TEXT_PROMPT, VL_TEXT_NONE)
-        self.query_one(Select).value = "custom" if custom else value
+        self.query_one(ChoiceField).value = "custom" if custom else value
         if custom:
             self.query_one(Input).value = value
 
-    @on(Select.Changed)
-    def _mode(self, event: Select.Changed) -> None:
+    @on(ChoiceField.Changed)
+    def _mode(self, event: ChoiceField.Changed) -> None:
         event.stop()
         self.query_one(Input).disabled = event.value != "custom"
         self.post_message(self.Changed(self))
