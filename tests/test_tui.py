@@ -556,9 +556,9 @@ def test_help_lists_every_binding_and_the_palette_every_command():
 
 def test_a_crash_is_written_to_the_log(tmp_path):
     from vlbench.paths import log_path
-    from vlbench.tui.launch import _log_to_file
+    from vlbench.logs import attach_log_file
 
-    handler = _log_to_file()
+    handler = attach_log_file()
 
     async def go():
         app = make_app()

@@ -10,7 +10,6 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -312,17 +311,9 @@ def cmd_demo(args) -> int:
 
 
 def _read_prompts(path: str | None) -> list[str]:
-    if path is None:
-        shipped = Path(__file__).resolve().parent / "data" / "calibration_prompts.txt"
-        path = str(shipped)
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"--prompts-file {path}: cannot read it ({exc.__class__.__name__})") from None
-    prompts = [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
-    if not prompts:
-        raise UserError(f"--prompts-file {path}: has no prompts (one per line; # starts a comment)")
-    return prompts
+    from vlbench.experiments.cli import read_prompts
+
+    return read_prompts(path or str(Path(__file__).resolve().parent / "data" / "calibration_prompts.txt"))
 
 
 def cmd_calibrate(args) -> int:

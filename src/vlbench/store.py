@@ -520,6 +520,11 @@ def owner_alive(token: str | None) -> bool:
         if fields and fields[0] in ("Z", "X"):  # zombie: killed, not yet reaped
             return False
         return start == "?" or (len(fields) > 19 and fields[19] == start)
+    return pid_alive(pid)
+
+
+def pid_alive(pid: int) -> bool:
+    """Does a process with this pid exist on this host?"""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

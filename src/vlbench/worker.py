@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from vlbench import paths
-from vlbench.store import RunRow, Store, one_line
+from vlbench.logs import attach_log_file
+from vlbench.store import RunRow, Store, one_line, pid_alive
 
 log = logging.getLogger("vlbench.worker")
 
@@ -186,7 +187,7 @@ class Worker:
         self._emit(WorkerPaused(paused))
 
     def _main(self) -> None:
-        handler = _attach_log_file()
+        handler = attach_log_file()
         store = None
         try:
             store = Store(self.store_path)
@@ -479,21 +480,6 @@ def _runs(items: list) -> list[list]:
     return out
 
 
-def _attach_log_file() -> logging.Handler | None:
-    """Send vlbench's logs to paths.log_path() unless something already does; returns the handler we added."""
-    path = paths.log_path()
-    logger = logging.getLogger("vlbench")
-    for h in [*logger.handlers, *logging.getLogger().handlers]:
-        if isinstance(h, logging.FileHandler) and Path(h.baseFilename) == path:
-            return None
-    handler = logging.FileHandler(path, encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(threadName)s] %(message)s"))
-    logger.addHandler(handler)
-    if logger.level == logging.NOTSET:
-        logger.setLevel(logging.INFO)
-    return handler
-
-
 _TEMP = re.compile(r"^\..+\.(\d+)\.tmp$")  # save_png's ".{name}.{pid}.tmp"
 
 
@@ -503,15 +489,7 @@ def _remove_stale_temp_files(outputs_dir: Path) -> None:
         return
     for path in outputs_dir.glob(".*.tmp"):
         match = _TEMP.match(path.name)
-        if match and int(match.group(1)) != os.getpid() and not _pid_alive(int(match.group(1))):
+        if match and int(match.group(1)) != os.getpid() and not pid_alive(int(match.group(1))):
             path.unlink(missing_ok=True)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -15,6 +15,7 @@ import threading
 import traceback
 
 from vlbench.errors import UserError
+from vlbench.logs import attach_log_file
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -24,22 +25,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                               description="The interactive workbench: Inputs, Parameters, Queue, Preview, History.")
     _model_flags(p)
     return p
-
-
-def _log_to_file() -> logging.Handler | None:
-    from vlbench.paths import log_path
-
-    logger = logging.getLogger("vlbench")
-    path = log_path()
-    for handler in logger.handlers:
-        if isinstance(handler, logging.FileHandler) and handler.baseFilename == str(path):
-            return None
-    handler = logging.FileHandler(path, encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(threadName)s] %(message)s"))
-    logger.addHandler(handler)
-    if logger.level == logging.NOTSET:
-        logger.setLevel(logging.INFO)
-    return handler
 
 
 def log_crash(error: BaseException) -> None:
@@ -67,7 +52,7 @@ def run_tui(args: argparse.Namespace) -> int:
     from vlbench.paths import log_path
     from vlbench.tui.models import ModelChoice
 
-    _log_to_file()
+    attach_log_file()
     settings = load_settings()
     models = ModelChoice.resolve(settings.models, tiny=getattr(args, "tiny", False),
                                  zimage=getattr(args, "zimage", None), vl=getattr(args, "vl", None),

@@ -1,0 +1,23 @@
+"""The log file: tracebacks and worker events go to `paths.log_path()`; users see one-line messages."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from vlbench import paths
+
+
+def attach_log_file() -> logging.Handler | None:
+    """Send vlbench's logs to paths.log_path() unless something already does; returns the handler added."""
+    path = paths.log_path()
+    logger = logging.getLogger("vlbench")
+    for h in [*logger.handlers, *logging.getLogger().handlers]:
+        if isinstance(h, logging.FileHandler) and Path(h.baseFilename) == path:
+            return None
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(threadName)s] %(message)s"))
+    logger.addHandler(handler)
+    if logger.level == logging.NOTSET:
+        logger.setLevel(logging.INFO)
+    return handler
