@@ -130,6 +130,13 @@ class Recipe:
             raise UserError(f"guidance: {self.guidance!r} must be a number >= 0 (Turbo uses 0)")
         if not isinstance(self.negative_prompt, str):
             raise UserError("negative_prompt: must be a string")
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, str):
+                try:
+                    value.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise UserError(f"{f.name}: contains bytes that are not valid UTF-8; retype it") from None
         for name in ("image_layer", "text_layer", "style_layer", "content_layer"):
             if getattr(self, name) is not None:
                 _check_int(name, getattr(self, name))
@@ -253,11 +260,15 @@ def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Re
         raise UserError(f"--recipe {path}: cannot read it ({exc.__class__.__name__})") from None
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"--recipe {path}: not valid TOML ({exc})") from None
-    data.update(overrides or {})
+    source = f"--recipe {path}"
     try:
-        return Recipe.from_dict(data, source=f"--recipe {path}")
+        Recipe.from_dict(data, source=source)  # the file alone: its bad values are named with the file
     except TypeError as exc:  # wrong value types reach the dataclass constructor
-        raise UserError(f"--recipe {path}: {exc}") from None
+        raise UserError(f"{source}: {exc}") from None
+    except UserError as exc:
+        if not set(overrides or {}) & set(data):  # a flag that overrides the bad key fixes it
+            raise UserError(f"{source}: {exc}") if not str(exc).startswith(source) else exc from None
+    return Recipe.from_dict({**data, **(overrides or {})}, source=source)
 
 
 def save_recipe(recipe: Recipe, path: str | Path) -> None:
