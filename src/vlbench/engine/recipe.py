@@ -136,7 +136,8 @@ class Recipe:
                 try:
                     value.encode("utf-8")
                 except UnicodeEncodeError:
-                    raise UserError(f"{f.name}: contains bytes that are not valid UTF-8; retype it") from None
+                    flag = "--" + f.name.replace("_", "-")
+                    raise UserError(f"{f.name} ({flag}): contains bytes that are not valid UTF-8; retype it") from None
         for name in ("image_layer", "text_layer", "style_layer", "content_layer"):
             if getattr(self, name) is not None:
                 _check_int(name, getattr(self, name))
