@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""vlbench's own GPU benchmark (issue 7, first cut: measure, don't optimise).
+"""vlbench's own GPU benchmark (issue 7).
 
 Builds Z-Image-Turbo (6.15B DiT + Flux-shaped VAE + Qwen3-4B) and Qwen3-VL-4B at their published
 sizes with random bf16 weights directly on the GPU, saves them as real repo layouts (safetensors +
@@ -14,6 +14,9 @@ measures through the project's own code paths (`Models` / `Engine` / the experim
   sweep      vl_layer_by_token (10 recipes) × 2 seeds through run_experiment -> Engine.run in a fresh
              Models, wall vs Σ generation + the load it did; VL forwards counted
   memory     resident after load, peak during each generation
+  compile    eager vs --compile per image; graphs built per caption length (32, 77, 200, 605, 64)
+  firstuse   where the first VL forward / generation of a process spends its extra seconds
+  offload    peak memory per --offload policy, cpu / sequential under 24 / 16 GiB memory-fraction caps
 
 Writes every figure to OUT/gpu_bench.json (after each section, so a killed run keeps what it has)
 and prints a table last. `--tiny-smoke` runs the same code on CPU with tiny models (64², 2 steps).
@@ -515,6 +518,219 @@ def generation_section(args, models, ref):
     save_json()
 
 
+# ---------------------------------------------------------------- compile: eager vs regional torch.compile
+COMPILE_LENGTHS = [32, 77, 200, 605, 64]
+
+
+def _recompile_log() -> list[str]:
+    """Capture dynamo's recompile reasons (torch._logging's `recompiles` artifact) into a list."""
+    import logging
+
+    import torch._dynamo.guards  # noqa: F401 — creates the artifact logger
+
+    torch._logging.set_logs(recompiles=True)
+    lines: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            lines.append(record.getMessage()[:600])
+
+    for name in list(logging.Logger.manager.loggerDict):
+        if name.endswith("__recompiles"):
+            logging.getLogger(name).addHandler(Keep())
+    return lines
+
+
+def compile_section(args, models):
+    """Per-image time eager vs `--compile` (the project's Models.compile_dit), and graphs built per caption length."""
+    import numpy as np
+
+    from vlbench.engine import models as models_mod
+    from vlbench.engine.generate import generate
+
+    K = R.setdefault("compile", {})
+    pipe = models.pipe
+    width, budget = models.caption_width, models.caption_budget
+    lengths = COMPILE_LENGTHS if budget >= 605 else [32, 77, 200, 150, 64]  # tiny smoke: budget 224
+    short, long_ = 32, lengths[3]
+    K["caption_lengths"] = lengths
+    gen_kw = dict(seed=0, steps=args.steps, width=args.size, height=args.size, guidance=0.0, budget=budget)
+    g = torch.Generator("cpu").manual_seed(1234)
+    embs = {L: (torch.randn(L, width, generator=g) * 0.5).to(models.device, models.dtype) for L in lengths}
+    reps = max(2, min(3, args.reps))
+    backend = {"backend": args.compile_backend} if args.compile_backend else {}
+
+    def run(L):
+        return generate(pipe, embs[L], **gen_kw)
+
+    eager_img = {}
+    for L in (short, long_):
+        run(L)  # warm-up
+        ts = []
+        for _ in range(reps):
+            t, img = timed(lambda: run(L))
+            ts.append(t)
+        eager_img[L] = np.asarray(img)
+        K[f"eager_{L}_s"] = stats(ts)
+    log(f"eager: {short} -> {K[f'eager_{short}_s']['median']:.3f}s, {long_} -> {K[f'eager_{long_}_s']['median']:.3f}s")
+    save_json()
+    reasons = _recompile_log()
+    variants = [v for v in args.compile_variants.split(",") if v]
+    for vi, variant in enumerate(variants):
+        if vi > 0 and elapsed() > args.budget_s * 0.45:
+            K[variant] = {"skipped": f"out of time at {elapsed():.0f}s"}
+            continue
+        options = {"dynamic": True} if variant == "dynamic" else {"dynamic": None} if variant == "auto" else {}
+        options.update(backend)
+        V = K.setdefault(variant, {"options": {**models_mod.COMPILE_OPTIONS, **options}})
+        models.uncompile_dit()  # also torch._dynamo.reset(): every variant starts from no graphs
+        reasons.clear()
+        g0 = models_mod.compiled_graphs()
+        t0 = time.perf_counter()
+        models.compile_dit(**options)
+        V["compile_call_s"] = time.perf_counter() - t0
+        per_len = []
+        for L in lengths:
+            before, n_reasons = models_mod.compiled_graphs(), len(reasons)
+            t, img = timed(lambda: run(L))
+            per_len.append({"caption_tokens": L, "padded": -(-L // 32) * 32, "first_call_s": t,
+                            "new_graphs": models_mod.compiled_graphs() - before,
+                            "recompiles_logged": len(reasons) - n_reasons})
+            if L in eager_img:
+                a = np.asarray(img).astype(np.int16)
+                V[f"max_abs_pixel_diff_vs_eager_{L}"] = int(np.abs(a - eager_img[L]).max())
+                V[f"mean_abs_pixel_diff_vs_eager_{L}"] = float(np.abs(a - eager_img[L]).mean())
+            log(f"compile {variant}: caption {L}: first call {t:.2f}s, new graphs {per_len[-1]['new_graphs']}")
+            save_json()
+        V["per_length"] = per_len
+        V["graphs_total"] = models_mod.compiled_graphs() - g0
+        V["graphs_after_first_two_lengths"] = sum(p["new_graphs"] for p in per_len[2:])
+        V["recompile_reasons"] = reasons[:12]
+        for L in (short, long_):
+            ts = [timed(lambda: run(L))[0] for _ in range(reps)]
+            V[f"compiled_{L}_s"] = stats(ts)
+            V[f"speedup_{L}"] = K[f"eager_{L}_s"]["median"] / V[f"compiled_{L}_s"]["median"]
+        V["graphs_during_timed_reps"] = models_mod.compiled_graphs() - g0 - V["graphs_total"]
+        log(f"compile {variant}: {short} -> {V[f'compiled_{short}_s']['median']:.3f}s ({V[f'speedup_{short}']:.2f}x), "
+            f"{long_} -> {V[f'compiled_{long_}_s']['median']:.3f}s ({V[f'speedup_{long_}']:.2f}x), "
+            f"graphs {V['graphs_total']}")
+        save_json()
+    models.uncompile_dit()
+    torch._logging.set_logs()
+
+
+# ---------------------------------------------------------------- first use of the VL in a process
+def firstuse_section(args, spec, ref):
+    """Where the first extraction's extra seconds go: a fresh Models, then prepare (CPU), the vision tower alone,
+    the full forward (twice), extract, and the first generations, each synchronised. The CUDA kernels it warms
+    stay warm for the rest of the process (the sweep that follows)."""
+    from vlbench.engine import extract as ex_mod
+    from vlbench.engine.generate import generate
+    from vlbench.engine.models import Models
+
+    F = R.setdefault("first_use_in_process", {})
+    models = Models(spec)
+    t, _ = timed(lambda: models.pipe)
+    F["load_zimage_s"] = t
+    t, vl = timed(lambda: models.vl)
+    F["load_vl_s"] = t
+    budget = models.caption_budget
+    t, prep = timed(lambda: ex_mod.prepare(vl, [ref.image], PROMPT, budget))
+    F["prepare_first_s"] = t
+    F["prepare_second_s"] = timed(lambda: ex_mod.prepare(vl, [ref.image], PROMPT, budget))[0]
+    inputs = ex_mod._to_device(vl, prep.inputs)
+    with torch.inference_mode():
+        try:
+            F["vision_tower_first_s"] = timed(lambda: vl.model.model.visual(inputs["pixel_values"],
+                                                                            grid_thw=inputs["image_grid_thw"]))[0]
+            F["vision_tower_second_s"] = timed(lambda: vl.model.model.visual(inputs["pixel_values"],
+                                                                             grid_thw=inputs["image_grid_thw"]))[0]
+        except Exception as exc:  # noqa: BLE001
+            F["vision_tower_error"] = repr(exc)[:300]
+    F["forward_first_s"] = timed(lambda: ex_mod.forward(vl, prep))[0]
+    F["forward_second_s"] = timed(lambda: ex_mod.forward(vl, prep))[0]
+    t, ex = timed(lambda: ex_mod.extract(vl, [ref.image], PROMPT, budget))
+    F["extract_after_warm_s"] = t
+    emb = ex.hidden_states[-2]
+    kw = dict(seed=0, steps=args.steps, width=args.size, height=args.size, guidance=0.0, budget=budget)
+    F["generate_first_s"] = timed(lambda: generate(models.pipe, emb, **kw))[0]
+    F["generate_second_s"] = timed(lambda: generate(models.pipe, emb, **kw))[0]
+    del models, vl, prep, inputs, ex, emb
+    free_cuda()
+    log(f"first use: {json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in F.items()})}")
+    save_json()
+
+
+# ---------------------------------------------------------------- offload policies under memory caps
+def offload_section(args, spec, ref):
+    """Peak GPU memory of a recipe that uses all three models (alpha 0.5: Qwen3-4B + Qwen3-VL, 768² reference),
+    from an empty GPU through load, both encoders and generation, per policy; cpu and sequential run under
+    torch.cuda.set_per_process_memory_fraction caps (24 and 16 GiB)."""
+    from dataclasses import replace
+
+    O = R.setdefault("offload", {})
+    total = torch.cuda.get_device_properties(0).total_memory
+    O["card_total_GiB"] = gib(total)
+    plan = [("none", None, args.steps), ("cpu", 24, args.steps), ("sequential", 16, args.offload_steps)]
+    need_s = {"none": 25, "cpu": 30, "sequential": 45}  # about what each takes on an H200 (page cache warm)
+    for policy, cap_gib, steps in plan:
+        if elapsed() + need_s[policy] > args.budget_s:
+            O[policy] = {"skipped": f"out of time at {elapsed():.0f}s"}
+            continue
+        P = O.setdefault(policy, {"cap_GiB": cap_gib, "steps": steps})
+        free_cuda()
+        P["allocated_before_GiB"] = gib(torch.cuda.memory_allocated())
+        if cap_gib is not None:
+            torch.cuda.set_per_process_memory_fraction(cap_gib * 2**30 / total)
+        torch.cuda.reset_peak_memory_stats()
+        try:
+            _offload_runs(P, replace(spec, offload=policy), ref, steps, args.size)
+            P["ok_under_cap"] = True if cap_gib is not None else None
+        except Exception:  # noqa: BLE001
+            P["error"] = traceback.format_exc()[-2500:]
+            P["ok_under_cap"] = False if cap_gib is not None else None
+            log(f"offload {policy}: ERROR {P['error'][-400:]}")
+        finally:
+            free_cuda()
+            torch.cuda.set_per_process_memory_fraction(1.0)
+        P["allocated_after_GiB"] = gib(torch.cuda.memory_allocated())
+        log(f"offload {policy} (cap {cap_gib} GiB, {steps} steps): peak {P.get('peak_GiB')} GiB, "
+            f"first {P.get('first_run_s', 0):.1f}s, second {P.get('second_run_s', 0):.2f}s, moves {P.get('moves')}")
+        save_json()
+
+
+def _offload_runs(P: dict, spec, ref, steps: int, size: int) -> None:
+    from vlbench.engine.engine import Engine
+    from vlbench.engine.models import Models
+    from vlbench.engine.recipe import Recipe
+
+    recipe = Recipe(alpha=0.5, tokens="full", width=size, height=size, steps=steps, guidance=0.0)
+    models = Models(spec)
+    engine = Engine(models)
+    t, res = timed(lambda: engine.run(recipe, PROMPT, [ref]))
+    P["first_run_s"] = t  # loads, both encoders, generation
+    P["first_run_timings"] = res.timings
+    P["caption_tokens"] = int(res.conditioning.embeds.shape[0])
+    P["peak_first_run_GiB"] = gib(torch.cuda.max_memory_allocated())
+    P["peak_reserved_first_run_GiB"] = gib(torch.cuda.max_memory_reserved())
+    torch.cuda.reset_peak_memory_stats()
+    t, res = timed(lambda: engine.run(recipe.replace(seed=1), PROMPT, [ref]))
+    P["second_run_s"] = t  # conditioning cached: generation (+ placement checks)
+    P["second_run_timings"] = res.timings
+    P["peak_second_run_GiB"] = gib(torch.cuda.max_memory_allocated())
+    n_moves = len(models.moves)
+    t, res = timed(lambda: engine.run(recipe, PROMPT + " At dusk.", [ref]))
+    P["third_run_new_prompt_s"] = t  # both encoders again: the offload policies move them back and forth
+    P["third_run_timings"] = res.timings
+    P["third_run_moves"] = [list(m) for m in models.moves[n_moves:]]
+    P["peak_second_run_GiB"] = max(P["peak_second_run_GiB"], gib(torch.cuda.max_memory_allocated()))
+    P["resident_after_GiB"] = gib(torch.cuda.memory_allocated())
+    P["load_seconds"] = dict(models.load_seconds)
+    P["moves"] = [list(m) for m in models.moves]
+    P["placement"] = models.placement()
+    P["peak_GiB"] = max(P["peak_first_run_GiB"], P["peak_second_run_GiB"])
+
+
 # ---------------------------------------------------------------- sweep through the experiment runner
 def sweep_section(args, spec, ref, workdir: Path):
     from vlbench.engine.engine import Engine
@@ -758,8 +974,44 @@ def table() -> None:
         ("first-use: proc / VL fwd / png s", " | ".join(
             "/".join(f"{x:.3f}" for x in F.get(k, [])) for k in ("processor_calls_s", "vl_forward_calls_s",
                                                                   "save_png_1024_noise_s"))),
-        ("errors", ", ".join(R["errors"]) or "none"),
     ]
+    K, O = R.get("compile", {}), R.get("offload", {})
+    lengths = K.get("caption_lengths") or COMPILE_LENGTHS
+    short, long_ = 32, lengths[3]
+    if K:
+        rows.append((f"eager s/img caption {short} / {long_}", f"{f(med(K, f'eager_{short}_s'))} / {f(med(K, f'eager_{long_}_s'))}"))
+    for variant in ("dynamic", "auto"):
+        V = K.get(variant) or {}
+        if "per_length" in V:
+            rows.append((f"compiled[{variant}] s/img {short} / {long_}",
+                         f"{f(med(V, f'compiled_{short}_s'))} / {f(med(V, f'compiled_{long_}_s'))} "
+                         f"(x{f(V.get(f'speedup_{short}'), 2)} / x{f(V.get(f'speedup_{long_}'), 2)})"))
+            rows.append((f"  graphs per length {lengths}", " ".join(str(p["new_graphs"]) for p in V["per_length"])
+                         + f" (after first two: {V.get('graphs_after_first_two_lengths')})"))
+            rows.append(("  first call s per length", " ".join(f"{p['first_call_s']:.1f}" for p in V["per_length"])))
+        elif V:
+            rows.append((f"compiled[{variant}]", str(V.get("skipped") or V)[:80]))
+    for policy in ("none", "cpu", "sequential"):
+        P = O.get(policy) if isinstance(O, dict) else None
+        if P:
+            rows.append((f"offload {policy} (cap {P.get('cap_GiB')} GiB) peak GiB",
+                         f"{P.get('peak_GiB')} ok={P.get('ok_under_cap')} first {f(P.get('first_run_s'), 1)}s "
+                         f"second {f(P.get('second_run_s'), 2)}s ({P.get('steps')} steps)"
+                         + (" ERROR" if P.get("error") else "") + (f" {P['skipped']}" if P.get("skipped") else "")))
+    FU = R.get("first_use_in_process") or {}
+    if FU:
+        rows.append(("in-process first use: prep/vis/fwd s", " / ".join(
+            f"{FU.get(a, 0):.3f}>{FU.get(b, 0):.3f}" for a, b in (("prepare_first_s", "prepare_second_s"),
+                                                                  ("vision_tower_first_s", "vision_tower_second_s"),
+                                                                  ("forward_first_s", "forward_second_s")))))
+        rows.append(("  generate first > second s", f"{FU.get('generate_first_s', 0):.3f} > "
+                                                     f"{FU.get('generate_second_s', 0):.3f}"))
+    for policy in ("cpu", "sequential"):
+        P = O.get(policy) if isinstance(O, dict) else None
+        if P and "third_run_moves" in P:
+            rows.append((f"  {policy}: new prompt run s / moves", f"{f(P.get('third_run_new_prompt_s'), 2)} "
+                         + str([(m[0], m[1], round(m[2], 2)) for m in P["third_run_moves"]])))
+    rows.append(("errors", ", ".join(R["errors"]) or "none"))
     w = max(len(a) for a, _ in rows)
     print("\n" + "=" * 72)
     for a, b in rows:
@@ -780,8 +1032,14 @@ def main() -> int:
     p.add_argument("--skip-te-save", action="store_true", help="keep Qwen3-4B in memory instead of saving it")
     p.add_argument("--skip-sweep", action="store_true")
     p.add_argument("--sections", default="load,generation,sweep",
-                   help="comma list of load, generation, sweep, cli_sweep, cli_sweep_warm, probe (models are always built and "
-                        "saved)")
+                   help="comma list of load, generation, compile, firstuse, offload, sweep, cli_sweep, cli_sweep_warm, probe "
+                        "(models are always built and saved)")
+    p.add_argument("--compile-variants", default="dynamic,auto",
+                   help="compile section: dynamic = the project's --compile (dynamic=True), auto = dynamo's automatic "
+                        "dynamic shapes (dynamic=None); later variants are skipped when short of time")
+    p.add_argument("--compile-backend", default=None, help="torch.compile backend (default inductor; the smoke uses "
+                   "eager: dynamo's graphs and recompiles without code generation)")
+    p.add_argument("--offload-steps", type=int, default=2, help="steps for the sequential-offload run (slow)")
     p.add_argument("--probe-child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     OUT = Path(args.out)
@@ -793,6 +1051,7 @@ def main() -> int:
         device, args.size, args.steps, ref_px = "cpu", 64, 2, 192
         args.reps = args.reps or 2
         args.reps_pt = 1
+        args.compile_backend = args.compile_backend or "eager"
     else:
         if not torch.cuda.is_available():
             print("no CUDA GPU: use --tiny-smoke", file=sys.stderr)
@@ -808,7 +1067,8 @@ def main() -> int:
     R["sections"] = sorted(sections)
     R["mode"] = "tiny-smoke" if args.tiny_smoke else "full-size random bf16"
     R["settings"] = {"size": args.size, "steps": args.steps, "guidance": 0.0, "reference_px": ref_px,
-                     "reps": args.reps, "prompt": PROMPT, "compile": False}
+                     "reps": args.reps, "prompt": PROMPT,
+                     "compile_in_other_sections": False}
     environment(device)
     save_json()
 
@@ -847,10 +1107,24 @@ def main() -> int:
             generation_section(args, models, ref)
         except Exception:  # noqa: BLE001
             error("generation")
+    if "compile" in sections:
+        try:
+            if models is None:
+                from vlbench.engine.models import Models
+
+                models = Models(spec)
+            compile_section(args, models)
+        except Exception:  # noqa: BLE001
+            error("compile")
     if models is not None and hasattr(args, "_te_in_memory"):
         del args._te_in_memory
     del models
     free_cuda()
+    if "firstuse" in sections:
+        try:
+            firstuse_section(args, spec, ref)
+        except Exception:  # noqa: BLE001
+            error("firstuse")
     if "sweep" in sections:
         if args.skip_sweep or elapsed() > args.budget_s - 60:
             R["sweep"] = {"skipped": "--skip-sweep" if args.skip_sweep else f"out of time at {elapsed():.0f}s"}
@@ -859,6 +1133,14 @@ def main() -> int:
                 sweep_section(args, spec, ref, workdir)
             except Exception:  # noqa: BLE001
                 error("sweep")
+    if "offload" in sections:
+        if args.tiny_smoke:
+            R["offload"] = {"skipped": "needs CUDA (memory caps); on CPU the policies change nothing"}
+        else:
+            try:
+                offload_section(args, spec, ref)
+            except Exception:  # noqa: BLE001
+                error("offload")
     for name, fn in (("cli_sweep", lambda: cli_sweep_section(args, zdir, vldir, ref_path, workdir)),
                      ("cli_sweep_warm", lambda: cli_sweep_section(args, zdir, vldir, ref_path, workdir, cold=False)),
                      ("probe", lambda: probe_section(args, workdir, ref_path))):

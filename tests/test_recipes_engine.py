@@ -345,15 +345,16 @@ def test_a_sweep_of_layers_selections_ratios_and_policies_costs_one_forward_per_
     assert engine.vl_forwards == 5 and len(vl_calls) == 5
 
 
-def test_a_dual_recipe_costs_two_forwards_and_nothing_when_run_again(fresh_models, vl_calls, refs):
+def test_a_dual_recipe_costs_two_inputs_in_one_batched_call_and_nothing_when_run_again(fresh_models, vl_calls, refs):
     engine = Engine(fresh_models)
     recipe = Recipe(dual=True, style_vl_text="none", style_tokens="image", style_layer=-4,
                     content_vl_text="prompt", content_tokens="text", content_layer=-3, dual_ratio=0.5)
     first = engine.condition(recipe, PROMPT, [refs["a"]])
-    assert engine.vl_forwards == 2 and len(vl_calls) == 2
+    # two distinct inputs, run as ONE batched model call (CPU always batches)
+    assert engine.vl_forwards == 2 and engine.vl_batched_calls == 1 and len(vl_calls) == 1
     again = engine.condition(recipe.replace(dual_ratio=0.8, length_policy="concat"), PROMPT, [refs["a"]])
     engine.condition(recipe, PROMPT, [refs["a"]])
-    assert engine.vl_forwards == 2 and len(vl_calls) == 2
+    assert engine.vl_forwards == 2 and len(vl_calls) == 1
     assert not torch.equal(first.embeds[: again.embeds.shape[0]], again.embeds[: first.embeds.shape[0]])
 
 

@@ -30,6 +30,12 @@ def _model_flags(p: argparse.ArgumentParser) -> None:
                    help="use the built-in tiny RANDOM-WEIGHT models (no download; images are noise)")
     g.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available, else cpu)")
     g.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], help="default: bf16 on GPU, fp32 on CPU")
+    g.add_argument("--offload", choices=["none", "cpu", "sequential"], default="none",
+                   help="GPU placement: none = all resident (default); cpu = only the model in use on the GPU "
+                        "(the encoders wait in host memory); sequential = layer-by-layer from host memory "
+                        "(smallest, slowest). No effect with --device cpu")
+    g.add_argument("--compile", action="store_true",
+                   help="torch.compile the DiT's repeated blocks (first image slower; no recompile per caption length)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
@@ -178,10 +184,15 @@ def spec_from_args(args: argparse.Namespace):
         from vlbench.engine.tiny import ensure_tiny_models
 
         tiny = ensure_tiny_models()
-        return ModelSpec(zimage=str(tiny.zimage), vl=str(tiny.vl), device=args.device, dtype=args.dtype)
+        return ModelSpec(zimage=str(tiny.zimage), vl=str(tiny.vl), device=args.device, dtype=args.dtype,
+                         **_placement(args))
     defaults = ModelSpec()
     return ModelSpec(zimage=args.zimage or defaults.zimage, vl=args.vl or defaults.vl,
-                     device=args.device, dtype=args.dtype)
+                     device=args.device, dtype=args.dtype, **_placement(args))
+
+
+def _placement(args: argparse.Namespace) -> dict:
+    return {"offload": getattr(args, "offload", None) or "none", "compile": bool(getattr(args, "compile", False))}
 
 
 def _console():
@@ -388,10 +399,10 @@ COMMANDS = {"embed": cmd_embed, "generate": cmd_generate, "calibrate": cmd_calib
 
 
 def _experiment_commands() -> None:
-    from vlbench.experiments.cli import cmd_experiments, cmd_run
+    from vlbench.experiments.cli import cmd_diagnose, cmd_experiments, cmd_run, cmd_score
     from vlbench.tui.launch import run_tui
 
-    COMMANDS.update(run=cmd_run, experiments=cmd_experiments, tui=run_tui)
+    COMMANDS.update(run=cmd_run, experiments=cmd_experiments, tui=run_tui, score=cmd_score, diagnose=cmd_diagnose)
 
 
 _experiment_commands()

@@ -1,7 +1,10 @@
-"""report.html for an output folder: the grid, every image with its recipe, and the efficiency table.
+"""report.html for an output folder: the grid, metrics, embedding diagnostics, every image with its
+recipe, and the efficiency table.
 
-One self-contained HTML file (inline CSS, no scripts, no network); images are linked by paths
-relative to the folder (grid.png, images/…, references/…), so the folder must travel whole.
+One self-contained HTML file (inline CSS, a few lines of inline script to sort tables, no network);
+images are linked by paths relative to the folder (grid.png, metrics.png, diagnostics-*.png,
+images/…, references/…), so the folder must travel whole. Metric values come from scores.jsonl
+(`vlbench score`), diagnostics from diagnostics.json (written after `vlbench run`).
 """
 
 from __future__ import annotations
@@ -22,7 +25,30 @@ th { background: #f3f3f3; text-align: left; } td.num { text-align: right; font-v
 .card img { max-width: 100%; image-rendering: pixelated; } .failed { background: #fbeaea; color: #a11; }
 pre { font-size: 11px; white-space: pre-wrap; background: #f7f7f7; padding: 6px; }
 .grid img { max-width: 100%; } .dim { color: #777; }
+table.sortable th { cursor: pointer; user-select: none; } table.sortable th[data-dir=asc]::after { content: " ▲"; }
+table.sortable th[data-dir=desc]::after { content: " ▼"; } .plot img { max-width: 100%; }
 """
+
+# Click a header to sort by it; numbers compare as numbers (cells carry their raw value in data-v),
+# empty cells go last.
+SORT_JS = """
+document.querySelectorAll('table.sortable th').forEach(function (th) {
+  th.addEventListener('click', function () {
+    var table = th.closest('table'), body = table.tBodies[0], i = th.cellIndex;
+    var dir = th.dataset.dir === 'desc' ? 'asc' : 'desc';
+    table.querySelectorAll('th').forEach(function (h) { delete h.dataset.dir; });
+    th.dataset.dir = dir;
+    function key(row) { var c = row.cells[i], v = c.dataset.v !== undefined ? c.dataset.v : c.textContent;
+      var n = parseFloat(v); return isNaN(n) ? [v === '' || v === '—' ? 2 : 1, v] : [0, n]; }
+    Array.from(body.rows).map(function (r) { return [key(r), r]; }).sort(function (a, b) {
+      if (a[0][0] !== b[0][0]) return a[0][0] - b[0][0];
+      var c = a[0][0] === 0 ? a[0][1] - b[0][1] : String(a[0][1]).localeCompare(b[0][1]);
+      return dir === 'asc' ? c : -c;
+    }).forEach(function (p) { body.appendChild(p[1]); });
+  });
+});
+"""
+METRICS_PLOT = "metrics.png"
 
 
 def _e(value: Any) -> str:
@@ -73,9 +99,172 @@ def efficiency(rows: list[dict], info: dict) -> dict:
     }
 
 
+# ---- metrics (scores.jsonl) ----
+def with_metrics(out_dir: str | Path, rows: list[dict]) -> tuple[list[dict], dict[str, set]]:
+    """Rows with `metrics` filled from scores.jsonl (for the image on record), and the models each metric used."""
+    from vlbench.metrics.score import load_scores
+
+    scores = load_scores(out_dir)
+    models: dict[str, set] = {}
+    merged = []
+    for r in rows:
+        metrics = dict(r.get("metrics") or {})
+        score = scores.get(r["key"])
+        if score is not None and r["status"] == "done" and score["image"] == r["image"]:
+            metrics.update(score["metrics"])
+            for name, source in score["models"].items():
+                models.setdefault(name, set()).add(str(source))
+        merged.append(dict(r, metrics=metrics))
+    return merged, models
+
+
+def metric_names(rows: list[dict]) -> list[str]:
+    from vlbench.metrics import METRICS
+
+    present = {k for r in rows for k in (r.get("metrics") or {})}
+    return [m for m in METRICS if m in present]
+
+
+def metric_means(rows: list[dict], names: list[str]) -> dict[str, dict]:
+    """config -> {"images": n scored, metric: mean over its images}, in config order."""
+    out: dict[str, dict] = {}
+    for r in rows:
+        if not r.get("metrics"):
+            continue
+        c = out.setdefault(r["name"], {"images": 0, **{m: [] for m in names}})
+        c["images"] += 1
+        for m in names:
+            if m in r["metrics"]:
+                c[m].append(r["metrics"][m])
+    return {name: {k: (mean(v) if v else None) if isinstance(v, list) else v for k, v in c.items()}
+            for name, c in out.items()}
+
+
+def plot_axes(names: list[str]) -> tuple[str, str] | None:
+    """(reference similarity, prompt adherence) metrics for the plot: DINOv2 / SigLIP when scored."""
+    x = next((m for m in ("dino", "clip_i") if m in names), None)
+    y = next((m for m in ("siglip", "clip_t") if m in names), None)
+    return (x, y) if x and y else None
+
+
+def plot_metrics(rows: list[dict], path: str | Path) -> Path | None:
+    """Prompt adherence against reference similarity, one labelled point per config (its mean); None if
+    the folder lacks either kind of metric."""
+    from matplotlib.figure import Figure
+
+    from vlbench.metrics import METRICS
+
+    names = metric_names(rows)
+    axes = plot_axes(names)
+    if axes is None:
+        return None
+    x, y = axes
+    means = {k: v for k, v in metric_means(rows, names).items() if v.get(x) is not None and v.get(y) is not None}
+    if not means:
+        return None
+    fig = Figure(figsize=(7, 5.5), layout="constrained")
+    ax = fig.subplots()
+    for r in rows:  # each image, faint, behind its config's mean
+        m = r.get("metrics") or {}
+        if x in m and y in m:
+            ax.scatter(m[x], m[y], s=8, color="0.75", zorder=1)
+    for name, c in means.items():
+        ax.scatter(c[x], c[y], s=30, zorder=2)
+        ax.annotate(name, (c[x], c[y]), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set(xlabel=f"reference similarity: {METRICS[x].label} (mean per config)",
+           ylabel=f"prompt adherence: {METRICS[y].label} (mean per config)",
+           title="prompt adherence vs reference similarity (grey: single images)")
+    ax.grid(alpha=0.3)
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    os.replace(tmp, path)
+    return path
+
+
+def _num_cell(value) -> str:
+    from vlbench.metrics import format_value
+
+    raw = "" if value is None else repr(float(value))
+    return f"<td class='num' data-v='{raw}'>{format_value(value)}</td>"
+
+
+def _metrics_section(out: Path, rows: list[dict], models: dict[str, set]) -> list[str]:
+    from vlbench.metrics import METRICS
+
+    names = metric_names(rows)
+    if not names:
+        return ["<h2>Metrics</h2><p class='dim'>Not scored yet: <code>vlbench score "
+                f"{_e(out)}</code> (or <code>vlbench run … --metrics</code>).</p>"]
+    parts = ["<h2>Metrics</h2><p class='dim'>Click a column heading to sort. "]
+    parts.append(" · ".join(f"<b>{_e(METRICS[m].label)}</b>: {_e(METRICS[m].description)} "
+                            f"[{_e(', '.join(sorted(models.get(m, {'?'}))))}]" for m in names) + "</p>")
+    if (out / METRICS_PLOT).exists() and plot_axes(names):
+        parts.append(f"<p class='plot'><a href='{METRICS_PLOT}'><img src='{METRICS_PLOT}' "
+                     "alt='prompt adherence vs reference similarity'></a></p>")
+    head = "".join(f"<th>{_e(METRICS[m].label)}</th>" for m in names)
+    parts.append(f"<h3>Per config (mean)</h3><table class='sortable'><thead><tr><th>config</th><th>images</th>{head}"
+                 "</tr></thead><tbody>")
+    for name, c in metric_means(rows, names).items():
+        parts.append(f"<tr><td>{_e(name)}</td><td class='num'>{c['images']}</td>"
+                     + "".join(_num_cell(c.get(m)) for m in names) + "</tr>")
+    parts.append(f"</tbody></table><details><summary>Per image</summary><table class='sortable'><thead><tr>"
+                 f"<th>config</th><th>reference</th><th>prompt</th><th>seed</th>{head}<th>image</th></tr></thead><tbody>")
+    for r in rows:
+        if not r.get("metrics"):
+            continue
+        parts.append(f"<tr><td>{_e(r['name'])}</td><td>{_e(Path(r['reference']).name)}</td><td>{_e(r['prompt'])}</td>"
+                     f"<td class='num'>{r['seed']}</td>" + "".join(_num_cell(r["metrics"].get(m)) for m in names)
+                     + f"<td><a href='{_e(r['image'])}'>{_e(Path(r['image']).name)}</a></td></tr>")
+    parts.append("</tbody></table></details>")
+    return parts
+
+
+# ---- embedding diagnostics (diagnostics.json) ----
+def _diagnostics_section(out: Path, rows: list[dict]) -> list[str]:
+    if not (out / "diagnostics.json").is_file():  # before importing diagnose (it imports torch)
+        return []
+    from vlbench.diagnose import MAX_RUN_DIAGNOSES, ZIMAGE_LAYER, read_diagnostics, table_rows
+
+    entries = read_diagnostics(out)
+    if not entries:
+        return []
+    parts = ["<h2>Embedding diagnostics</h2><p class='dim'>Qwen3-VL's hidden states per layer and token role, "
+             f"against Qwen3-4B's encoding of the same prompt at layer {ZIMAGE_LAYER} (what Z-Image's DiT was "
+             "trained on). RMS over the role's rows (attention sinks apart); std ratio: the median over dimensions "
+             "of the role's per-dimension std over Qwen3-4B's, with the dimensions beyond 8× either way (count: "
+             f"most extreme, as dim ×ratio); cos: position-aligned text tokens vs Qwen3-4B layer {ZIMAGE_LAYER} "
+             "(cos same layer: vs Qwen3-4B's same layer). Columns per normalisation mode.</p>"]
+    pairs = {(r["reference_sha256"], r["prompt"]) for r in rows}
+    if len(pairs) > len(entries) and len(entries) >= MAX_RUN_DIAGNOSES:
+        parts.append(f"<p class='dim'>Diagnosed the first {len(entries)} of {len(pairs)} (reference, prompt) "
+                     "pairs; <code>vlbench diagnose</code> does any other.</p>")
+    for diag in entries:
+        refs = ", ".join(Path(p).name for p in diag.get("references", [])) or "no image"
+        parts.append(f"<h3>{_e(refs)} · {_e(diag.get('prompt', ''))}</h3>")
+        if diag.get("error"):
+            parts.append(f"<p class='failed'>{_e(diag['error'])}</p>")
+            continue
+        for note in diag.get("notes", []):
+            parts.append(f"<p class='dim'>note: {_e(note)}</p>")
+        if diag.get("plot") and (out / diag["plot"]).exists():
+            parts.append(f"<p class='plot'><a href='{_e(diag['plot'])}'><img src='{_e(diag['plot'])}' "
+                         "alt='per-layer diagnostics'></a></p>")
+        table = table_rows(diag)
+        if table:
+            parts.append("<table class='sortable'><thead><tr>" + "".join(f"<th>{_e(k)}</th>" for k in table[0])
+                         + "</tr></thead><tbody>")
+            for cells in table:
+                parts.append("<tr>" + "".join(f"<td>{_e(v)}</td>" for v in cells.values()) + "</tr>")
+            parts.append("</tbody></table>")
+    return parts
+
+
 def render_report(out_dir: str | Path, rows: list[dict], info: dict) -> str:
     out = Path(out_dir)
     rows = sorted(rows, key=lambda r: (r.get("config_index", 0), r["reference"], r["prompt"], r["seed"]))
+    rows, metric_models = with_metrics(out, rows)
+    names = metric_names(rows)
     title = info.get("experiment") or "vlbench run"
     eff = efficiency(rows, info)
     vary = _varying(rows)
@@ -96,6 +285,9 @@ def render_report(out_dir: str | Path, rows: list[dict], info: dict) -> str:
         parts.append("<p class='grid'><a href='grid.png'><img src='grid.png' alt='comparison grid'></a></p>")
     else:
         parts.append("<p class='dim'>No images yet.</p>")
+
+    parts += _metrics_section(out, rows, metric_models)
+    parts += _diagnostics_section(out, rows)
 
     parts.append("<h2>Efficiency</h2><table><tr><th>what</th><th>value</th></tr>")
     for part, secs in eff["model_load_seconds"].items():
@@ -131,6 +323,11 @@ def render_report(out_dir: str | Path, rows: list[dict], info: dict) -> str:
             t = r["timings"]
             parts.append(f"<div class='dim'>{r['caption_tokens']} caption tokens · generation "
                          f"{_secs(t.get('generation'))} · extraction {_secs(t.get('extraction'))}</div>")
+            if r.get("metrics"):
+                from vlbench.metrics import METRICS, format_value
+
+                parts.append("<div>" + " · ".join(f"{_e(METRICS[m].label)} {format_value(r['metrics'][m])}"
+                                                  for m in names if m in r["metrics"]) + "</div>")
         parts.append(f"<details><summary>recipe</summary><pre>{_e(json.dumps(r['recipe'], indent=1))}</pre></details>")
         parts.append("</div>")
     parts.append("</div>")
@@ -146,12 +343,15 @@ def render_report(out_dir: str | Path, rows: list[dict], info: dict) -> str:
     if info.get("type_source"):
         parts.append(f"<h2>Type file</h2><p class='dim'>{_e(info.get('type_file', ''))}</p>"
                      f"<pre>{_e(info['type_source'])}</pre>")
-    parts.append("</body></html>\n")
+    parts.append(f"<script>{SORT_JS}</script></body></html>\n")
     return "".join(parts)
 
 
 def write_report(out_dir: str | Path, rows: list[dict], info: dict) -> Path:
     out = Path(out_dir)
+    scored, _ = with_metrics(out, rows)
+    if metric_names(scored):
+        plot_metrics(scored, out / METRICS_PLOT)
     path = out / "report.html"
     tmp = out / f".report.html.{os.getpid()}.tmp"
     tmp.write_text(render_report(out, rows, info), encoding="utf-8")

@@ -18,7 +18,8 @@ import torch
 from vlbench.engine.cache import ExtractionCache, extraction_key
 from vlbench.engine.encode import TextEncoding, encode_text
 from vlbench.engine import blend
-from vlbench.engine.extract import IMAGE, VISION_END, VISION_START, Extraction, extract, load_image
+from vlbench.engine.extract import (IMAGE, VISION_END, VISION_START, Extraction, batch_memory_bytes, forward,
+                                    forward_batch, load_image, prepare)
 from vlbench.engine.generate import check_caption, generate
 from vlbench.engine.models import Models
 from vlbench.engine.recipe import IMAGE_SELECTIONS, Recipe
@@ -151,27 +152,77 @@ class Engine:
         self.disk_cache = ExtractionCache(cache_dir) if cache_dir is not None else None
         self._extractions: dict[tuple, Extraction] = {}
         self._texts: dict[str, TextEncoding] = {}
-        self.vl_forwards = 0  # distinct VL forwards run (the cache serves the rest)
+        self.vl_forwards = 0  # distinct (images, VL text) inputs run through the VL model (the cache serves the rest)
+        self.vl_batched_calls = 0  # actual VL model calls: a batched call over several inputs counts once
+        self.batch_dual = True  # a dual recipe's two uncached passes run as one batched call when they fit
         self._img2img = None
 
     # ---- building blocks, each cached ----
     def extraction(self, refs: list[Reference], text: str | None, max_image_tokens: int | None) -> Extraction:
+        return self.extractions([(refs, text, max_image_tokens)])[0]
+
+    def extractions(self, requests: list[tuple[list[Reference], str | None, int | None]],
+                    batch: bool = True) -> list[Extraction]:
+        """One Extraction per (refs, VL text, max_image_tokens), each distinct input forwarded at most once.
+
+        Inputs served by neither cache (memory, then disk) run together as ONE batched model call when
+        `batch` and the batch fits in device memory (`_batch_fits`), else one call each; results are
+        cached exactly as single runs are. `vl_forwards` counts the inputs forwarded, `vl_batched_calls`
+        the model calls made.
+        """
         budget = self.models.caption_budget
-        key = (tuple(r.sha256 for r in refs), text, budget, max_image_tokens, self.models.spec.vl)
-        if key in self._extractions:
-            return self._extractions[key]
-        vl = self.models.vl
-        disk_key = ex = None
-        if self.disk_cache is not None:
-            disk_key = extraction_key(vl, [r.sha256 for r in refs], text, budget, max_image_tokens)
-            ex = self.disk_cache.get(disk_key, vl.device)
-        if ex is None:
-            ex = extract(vl, [r.image for r in refs], text, budget, max_image_tokens)
-            self.vl_forwards += 1
+        keys = [(tuple(r.sha256 for r in refs), text, budget, mit, self.models.spec.vl)
+                for refs, text, mit in requests]
+        missing: list[tuple] = []  # (key, disk key, request) of each distinct uncached input, in request order
+        for key, request in zip(keys, requests):
+            if key in self._extractions or any(key == m[0] for m in missing):
+                continue
+            refs, text, mit = request
+            disk_key = ex = None
             if self.disk_cache is not None:
-                self.disk_cache.put(disk_key, ex)
-        self._extractions[key] = ex
-        return ex
+                vl = self.models.vl
+                disk_key = extraction_key(vl, [r.sha256 for r in refs], text, budget, mit)
+                ex = self.disk_cache.get(disk_key, vl.device)
+            if ex is not None:
+                self._extractions[key] = ex
+            else:
+                missing.append((key, disk_key, request))
+        if missing:
+            vl = self.models.vl
+            preps = [prepare(vl, [r.image for r in refs], text, budget, mit) for _, _, (refs, text, mit) in missing]
+            for (key, disk_key, _), ex in zip(missing, self._forward(preps, batch)):
+                self.vl_forwards += 1
+                if self.disk_cache is not None:
+                    self.disk_cache.put(disk_key, ex)
+                self._extractions[key] = ex
+        return [self._extractions[key] for key in keys]
+
+    def _forward(self, preps: list, batch: bool) -> list[Extraction]:
+        """Run prepared inputs: one batched call when allowed and it fits, else one call each."""
+        vl = self.models.vl
+        if batch and len(preps) > 1 and self._batch_fits(preps):
+            try:
+                out = forward_batch(vl, preps)
+                self.vl_batched_calls += 1
+                return out
+            except torch.OutOfMemoryError:  # the estimate was short: recoverable, unlike a device assert
+                if vl.device.type == "cuda":
+                    torch.cuda.empty_cache()
+        out = []
+        for prep in preps:
+            out.append(forward(vl, prep))
+            self.vl_batched_calls += 1
+        return out
+
+    def _batch_fits(self, preps: list) -> bool:
+        """On CUDA: the batched forward's estimated activations fit in free memory (the allocator's cached
+        blocks included). Elsewhere: always (host memory; the tensors are small beside the weights)."""
+        vl = self.models.vl
+        if vl.device.type != "cuda":
+            return True
+        free, _ = torch.cuda.mem_get_info(vl.device)
+        free += torch.cuda.memory_reserved(vl.device) - torch.cuda.memory_allocated(vl.device)
+        return batch_memory_bytes(vl, preps) <= free
 
     def release_extraction_by_sha(self, shas: tuple[str, ...], text: str | None) -> int:
         """Drop in-memory extractions of these inputs (a sweep is done with them); returns how many."""
@@ -256,9 +307,10 @@ class Engine:
     def _vl_sequence(self, recipe: Recipe, prompt: str, refs: list[Reference]) -> tuple["_Seq", list[Extraction]]:
         policy = recipe.length_policy
         if recipe.dual:
-            style_ex = self.extraction(refs, recipe.resolve_vl_text(prompt, recipe.style_vl_text), recipe.max_image_tokens)
-            content_ex = self.extraction(refs, recipe.resolve_vl_text(prompt, recipe.content_vl_text),
-                                         recipe.max_image_tokens)
+            style_ex, content_ex = self.extractions(  # two passes, one batched model call when neither is cached
+                [(refs, recipe.resolve_vl_text(prompt, recipe.style_vl_text), recipe.max_image_tokens),
+                 (refs, recipe.resolve_vl_text(prompt, recipe.content_vl_text), recipe.max_image_tokens)],
+                batch=self.batch_dual)
             style = self._select(style_ex, recipe.style_tokens, recipe, _first(recipe.style_layer, recipe.layer))
             content = self._select(content_ex, recipe.content_tokens, recipe, _first(recipe.content_layer, recipe.layer))
             mixed = _mix(_tag(content, "content"), _tag(style, "style"), recipe.dual_ratio, policy, "dual_ratio")
@@ -333,6 +385,7 @@ class Engine:
         negative = self.negative(recipe)
         budget = self.models.caption_budget
         check_caption(cond.embeds.shape[0], budget)
+        self.models.prepare_generation()  # --offload cpu: the encoders leave the GPU before the DiT runs
         start = time.perf_counter()
         common = dict(seed=recipe.seed, steps=recipe.steps, width=recipe.width, height=recipe.height,
                       guidance=recipe.guidance, negative_embeds=negative, budget=budget, on_step=on_step)

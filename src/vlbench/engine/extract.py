@@ -2,6 +2,10 @@
 
 An Extraction keeps every hidden layer and a role for every position, so any token selection
 at any layer is a slice of it: a layer or selection sweep costs one forward per (images, text).
+
+`prepare` does everything before the model (validation, chat template, budget fit, processor,
+roles); `forward` runs one prepared input, `forward_batch` several in ONE right-padded model call
+(a dual recipe's two passes), each result equal to its unbatched forward up to float summation order.
 """
 
 from __future__ import annotations
@@ -154,15 +158,25 @@ def fit_size(image_processor, sizes: list[tuple[int, int]], available: int) -> d
     return size_for(lo)
 
 
-@torch.inference_mode()
-def extract(vl, images: list, text: str | None, budget: int, max_image_tokens: int | None = None) -> Extraction:
-    """Run Qwen3-VL once over `images` (PIL, RGB) then `text`, through the model's own chat template.
+@dataclass
+class Prepared:
+    """One (images, text) input, rendered, fitted to the budget and run through the processor: ready to forward."""
 
-    `budget` is the longest sequence the DiT will accept; references are downscaled (by the
-    processor, aspect ratio kept) only when image + text tokens would not fit in it.
-    """
-    processor, tokenizer = vl.processor, vl.processor.tokenizer
-    if not images and text is None:
+    inputs: dict  # the processor's tensors for this input alone (batch of 1, on the CPU)
+    input_ids: list[int]
+    roles: list[str]
+    text: str | None
+    source_sizes: list[tuple[int, int]]
+
+    @property
+    def length(self) -> int:
+        return len(self.input_ids)
+
+
+def _render(processor, num_images: int, text: str | None) -> str:
+    """Validate the VL text and render it, after the images, through the model's own chat template."""
+    tokenizer = processor.tokenizer
+    if not num_images and text is None:
         raise UserError("nothing to extract: no reference image and no VL text (--vl-text none); give --image or a text")
     if text is not None:
         check_text(text, "--prompt/--vl-text")
@@ -174,31 +188,39 @@ def extract(vl, images: list, text: str | None, budget: int, max_image_tokens: i
         for token in tokenizer.convert_ids_to_tokens([i for i in vision_ids if i is not None]):
             if token in text:
                 raise UserError(f"--prompt/--vl-text: contains {token}, a Qwen3-VL vision token; remove it")
-    rendered = processor.apply_chat_template(_messages(len(images), text), add_generation_prompt=True, tokenize=False)
+    return processor.apply_chat_template(_messages(num_images, text), add_generation_prompt=True, tokenize=False)
 
-    # Fit the references into the caption budget: text tokens are fixed, images take what is left.
-    text_tokens = len(tokenizer(rendered, add_special_tokens=False)["input_ids"]) - len(images)
+
+def _fit(processor, rendered: str, images: list, budget: int, max_image_tokens: int | None) -> dict | None:
+    """The processor `size` for these images: text tokens are fixed, images take what is left of the budget."""
+    text_tokens = len(processor.tokenizer(rendered, add_special_tokens=False)["input_ids"]) - len(images)
     if text_tokens > budget:
         raise UserError(f"--prompt/--vl-text: the VL input is {text_tokens} tokens, over the caption budget of "
                         f"{budget}; shorten the text")
-    size = None
-    if images:
-        available = budget - text_tokens
-        if max_image_tokens is not None:
-            available = min(available, max_image_tokens)
-        sizes = [img.size for img in images]
-        for w, h in sizes:  # the processor refuses extreme aspect ratios (a ValueError deep inside it)
-            try:
-                image_token_count(processor.image_processor, w, h)
-            except ValueError as exc:
-                raise UserError(f"--image: a {w}×{h} reference cannot be read by Qwen3-VL's processor ({exc}); "
-                                "crop or pad it") from None
+    if not images:
+        return None
+    available = budget - text_tokens
+    if max_image_tokens is not None:
+        available = min(available, max_image_tokens)
+    sizes = [img.size for img in images]
+    for w, h in sizes:  # the processor refuses extreme aspect ratios (a ValueError deep inside it)
         try:
-            size = fit_size(processor.image_processor, sizes, available)
-        except ValueError:
-            raise UserError(f"--image: {len(images)} reference(s) cannot fit in {available} image tokens "
-                            f"(caption budget {budget}, text {text_tokens}); shorten the text or use fewer images") from None
+            image_token_count(processor.image_processor, w, h)
+        except ValueError as exc:
+            raise UserError(f"--image: a {w}×{h} reference cannot be read by Qwen3-VL's processor ({exc}); "
+                            "crop or pad it") from None
+    try:
+        return fit_size(processor.image_processor, sizes, available)
+    except ValueError:
+        raise UserError(f"--image: {len(images)} reference(s) cannot fit in {available} image tokens "
+                        f"(caption budget {budget}, text {text_tokens}); shorten the text or use fewer images") from None
 
+
+def prepare(vl, images: list, text: str | None, budget: int, max_image_tokens: int | None = None) -> Prepared:
+    """Everything before the forward: validation, chat template, budget fit, processor, roles (CPU only)."""
+    processor = vl.processor
+    rendered = _render(processor, len(images), text)
+    size = _fit(processor, rendered, images, budget, max_image_tokens)
     kwargs = {"images": images} if images else {}
     if size is not None:
         kwargs["size"] = size
@@ -206,25 +228,138 @@ def extract(vl, images: list, text: str | None, budget: int, max_image_tokens: i
     offsets = inputs.pop("offset_mapping")[0].tolist()
     input_ids = inputs["input_ids"][0].tolist()
     roles = _roles(processor, input_ids, offsets, rendered, text, len(images))
+    return Prepared(dict(inputs), input_ids, roles, text, [img.size for img in images])
 
+
+def _to_device(vl, inputs: dict) -> dict:
     inputs = {k: v.to(vl.device) for k, v in inputs.items()}
     if "pixel_values" in inputs:
         inputs["pixel_values"] = inputs["pixel_values"].to(vl.dtype)
-    out = vl.model.model(**inputs, output_hidden_states=True, use_cache=False, return_dict=True)
-    hidden = torch.stack([h[0] for h in out.hidden_states])  # [layers + 1, L, D]
+    return inputs
 
-    patch = processor.image_processor.patch_size
-    grid = inputs["image_grid_thw"].tolist() if "image_grid_thw" in inputs else []
+
+def _finish(vl, prep: Prepared, hidden: torch.Tensor, grid: list) -> Extraction:
+    processor = vl.processor
+    patch, merge = processor.image_processor.patch_size, processor.image_processor.merge_size
     return Extraction(
         hidden_states=hidden,
-        input_ids=input_ids,
-        roles=roles,
-        decoded=tokenizer.decode(input_ids, skip_special_tokens=False),
-        vl_text=text,
+        input_ids=prep.input_ids,
+        roles=prep.roles,
+        decoded=processor.tokenizer.decode(prep.input_ids, skip_special_tokens=False),
+        vl_text=prep.text,
         image_sizes=[(w * patch, h * patch) for (_, h, w) in grid],
-        source_sizes=[img.size for img in images],
-        image_token_counts=[t * h * w // processor.image_processor.merge_size**2 for (t, h, w) in grid],
+        source_sizes=prep.source_sizes,
+        image_token_counts=[t * h * w // merge**2 for (t, h, w) in grid],
     )
+
+
+def _grid(prep: Prepared) -> list:
+    return prep.inputs["image_grid_thw"].tolist() if "image_grid_thw" in prep.inputs else []
+
+
+@torch.inference_mode()
+def forward(vl, prep: Prepared) -> Extraction:
+    """One model call over one prepared input."""
+    out = vl.model.model(**_to_device(vl, prep.inputs), output_hidden_states=True, use_cache=False, return_dict=True)
+    hidden = torch.stack([h[0] for h in out.hidden_states])  # [layers + 1, L, D]
+    return _finish(vl, prep, hidden, _grid(prep))
+
+
+# Sequence-shaped processor outputs and the value a padded position gets; everything else is per image.
+_PADDED = {"input_ids": None, "attention_mask": 0, "mm_token_type_ids": 0}  # None: the tokenizer's pad id
+_PER_IMAGE = ("pixel_values", "image_grid_thw")
+
+
+def collate(vl, preps: list[Prepared]) -> dict:
+    """The batch of several prepared inputs, padded on the RIGHT, images concatenated in item order.
+
+    Right padding leaves every real position where an unbatched forward has it: the causal mask
+    never lets a real token see a later pad, and the 3-D mrope positions are computed from the
+    attention mask (image inputs) or are 0, 1, 2, … from the left (text-only batches) — left padding
+    would shift the latter. The result equals `processor(text=[…], images=[…], padding=True,
+    padding_side="right")` when every item uses the same image `size`; collating per-item processor
+    outputs also lets each item keep its own budget fit.
+    """
+    pad_id = vl.processor.tokenizer.pad_token_id
+    pad_id = 0 if pad_id is None else pad_id
+    longest = max(p.length for p in preps)
+    keys = set().union(*(p.inputs for p in preps))
+    unknown = keys - set(_PADDED) - set(_PER_IMAGE)
+    if unknown:
+        raise RuntimeError(f"cannot batch processor outputs {sorted(unknown)}")
+    batch: dict = {}
+    for key, fill in _PADDED.items():
+        if key not in keys:
+            continue
+        fill = pad_id if fill is None else fill
+        rows = []
+        for p in preps:
+            row = p.inputs[key]
+            if row.shape != (1, p.length):
+                raise RuntimeError(f"{key}: expected shape (1, {p.length}), got {tuple(row.shape)}")
+            rows.append(torch.nn.functional.pad(row, (0, longest - p.length), value=fill))
+        batch[key] = torch.cat(rows)
+    for key in _PER_IMAGE:
+        parts = [p.inputs[key] for p in preps if key in p.inputs]
+        if parts:
+            batch[key] = torch.cat(parts)
+    return batch
+
+
+@torch.inference_mode()
+def forward_batch(vl, preps: list[Prepared]) -> list[Extraction]:
+    """One model call over several prepared inputs; each result as its own unbatched forward gives it."""
+    if len(preps) == 1:
+        return [forward(vl, preps[0])]
+    out = vl.model.model(**_to_device(vl, collate(vl, preps)), output_hidden_states=True, use_cache=False,
+                         return_dict=True)
+    results = []
+    for i, prep in enumerate(preps):  # each item's own copy: the batched tensors are freed on return
+        hidden = torch.stack([h[i, :prep.length] for h in out.hidden_states])  # [layers + 1, L_i, D]
+        results.append(_finish(vl, prep, hidden, _grid(prep)))
+    return results
+
+
+def batch_memory_bytes(vl, preps: list[Prepared]) -> int:
+    """Device memory a batched forward over `preps` may need on top of the weights (an upper estimate).
+
+    The hidden states of every layer for the padded batch, plus each item's stacked copy, plus the
+    largest per-layer transients (MLP intermediates, attention scores should SDPA fall back to the
+    math kernel), plus the vision tower's activations and a fixed margin.
+    """
+    text, vision = vl.model.config.text_config, vl.model.config.vision_config
+    itemsize = torch.empty((), dtype=vl.dtype).element_size()
+    batch, longest, total = len(preps), max(p.length for p in preps), sum(p.length for p in preps)
+    layers, width = text.num_hidden_layers + 1, text.hidden_size
+    hidden = layers * width * (batch * longest + total) * itemsize
+    mlp = 4 * batch * longest * text.intermediate_size * itemsize
+    scores = 2 * batch * text.num_attention_heads * longest * longest * 4  # fp32 softmax in the worst case
+    patches = [int(t * h * w) for p in preps for (t, h, w) in _grid(p)]
+    vis = sum(8 * n * vision.hidden_size * 4 for n in patches)  # attention is per image: the largest one's scores
+    vis += max((2 * vision.num_heads * n * n * 4 for n in patches), default=0)
+    return hidden + mlp + scores + vis + (256 << 20)
+
+
+@torch.inference_mode()
+def extract(vl, images: list, text: str | None, budget: int, max_image_tokens: int | None = None) -> Extraction:
+    """Run Qwen3-VL once over `images` (PIL, RGB) then `text`, through the model's own chat template.
+
+    `budget` is the longest sequence the DiT will accept; references are downscaled (by the
+    processor, aspect ratio kept) only when image + text tokens would not fit in it.
+    """
+    return forward(vl, prepare(vl, images, text, budget, max_image_tokens))
+
+
+@torch.inference_mode()
+def extract_batch(vl, items: list[tuple[list, str | None]], budget: int,
+                  max_image_tokens: int | None = None) -> list[Extraction]:
+    """`extract` over several (images, text) items in ONE model call (right-padded batch).
+
+    Each item is rendered, fitted to the budget and tokenised exactly as `extract` would do it
+    alone; each result has that item's own ids, roles and sizes, and its hidden states equal the
+    unbatched ones up to float summation order (padding changes the attention kernels' reductions).
+    """
+    return forward_batch(vl, [prepare(vl, images, text, budget, max_image_tokens) for images, text in items])
 
 
 def _roles(processor, input_ids, offsets, rendered, text, num_images) -> list[str]:

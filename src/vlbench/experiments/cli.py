@@ -1,10 +1,11 @@
-"""`vlbench run --experiment …` and `vlbench experiments`: the experiment commands.
+"""`vlbench run --experiment …`, `vlbench experiments`, `vlbench score` and `vlbench diagnose`.
 
-`add_parsers(subparsers)` adds both to vlbench's parser; each sets `func` to its handler.
+`add_parsers(subparsers)` adds them to vlbench's parser; each sets `func` to its handler.
 """
 
 from __future__ import annotations
 
+import re
 import signal
 import tomllib
 from pathlib import Path
@@ -36,14 +37,213 @@ def add_parsers(subparsers) -> None:
     p.add_argument("--height", type=int, help="default 1024, multiple of 16")
     p.add_argument("--limit", type=int, metavar="N", help="generate at most N images now; re-run to continue")
     p.add_argument("--no-store", action="store_true", help="do not record the images in the run history")
+    g = _metric_flags(p, in_run=True)
+    g.add_argument("--metrics-batch-size", type=int, default=16, metavar="N", help="images per metric batch (16)")
+    p.add_argument("--no-diagnostics", action="store_true",
+                   help="skip the report's embedding diagnostics (they load Qwen3-VL and Qwen3-4B if the run did not)")
     _model_flags(p)
+    from vlbench.executors import add_executor_flags
+
+    add_executor_flags(p)  # --executor local|ray, --ray-address, --ray-actors
     p.set_defaults(func=cmd_run)
+
+    p = subparsers.add_parser(
+        "score", help="score a run folder's images: prompt adherence and reference similarity",
+        description="Score every image of a vlbench run folder (results.jsonl) with image metrics. Values go to "
+                    "scores.jsonl in the folder, the run history and report.html. Batched and resumable: "
+                    "re-running skips every image already scored with the same models.")
+    p.add_argument("dir", metavar="DIR", help="the --output-dir of a vlbench run")
+    _metric_flags(p, in_run=False)
+    p.add_argument("--batch-size", type=int, default=16, metavar="N", help="images per batch (default 16)")
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available, else cpu)")
+    p.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], help="metric models' dtype (default fp32)")
+    p.add_argument("--tiny", action="store_true",
+                   help="use built-in tiny RANDOM-WEIGHT metric models (no download; the scores mean nothing)")
+    p.add_argument("--no-store", action="store_true", help="do not write the scores into the run history")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.set_defaults(func=cmd_score)
+
+    p = subparsers.add_parser(
+        "diagnose", help="compare Qwen3-VL hidden states with Qwen3-4B's, per layer and token role",
+        description="Per VL layer and token role (image, markers, text, prompt, attention sinks): RMS, per-dimension "
+                    "std ratio against Qwen3-4B's encoding of the same prompt (layer -2), cosine of position-aligned "
+                    "text tokens, and the same after each normalisation mode (global and per-dim need vlbench "
+                    "calibrate).")
+    p.add_argument("--image", action="append", default=[], metavar="REF",
+                   help="reference image; repeat for several (default: none, text only)")
+    p.add_argument("--prompt", required=True, help="the prompt")
+    p.add_argument("--layers", nargs="+", default=None, metavar="L",
+                   help="VL layers for the table, e.g. -1,-2,-5 (default -1,-2,-5; 'all' for every layer)")
+    p.add_argument("--calibration", metavar="STATS.safetensors",
+                   help="calibration stats for the normalisation columns (default: vlbench calibrate's for these models)")
+    p.add_argument("--out", metavar="DIR", help="also write DIR/diagnostics.json and a per-layer plot PNG")
+    _model_flags(p)
+    # "-1,-2,-5" is a value, not an option (argparse alone only takes "-1" for a negative number)
+    p._negative_number_matcher = re.compile(r"^-\d+(,-?\d+)*,?$|^-\d*\.\d+$")
+    p.set_defaults(func=cmd_diagnose)
 
     p = subparsers.add_parser("experiments", help="list the experiment types and their configs",
                               description="List the built-in experiment types, or check type files given by path.")
     p.add_argument("types", nargs="*", metavar="NAME_OR_PATH", help="only these types (names or type files)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     p.set_defaults(func=cmd_experiments)
+
+
+def _metric_flags(p, in_run: bool):
+    from vlbench.metrics import DEFAULT_METRICS, DEFAULT_MODELS, METRICS
+
+    g = p.add_argument_group("metrics")
+    names = ",".join(METRICS)
+    if in_run:
+        g.add_argument("--metrics", nargs="?", const=",".join(DEFAULT_METRICS), default=None, metavar="LIST",
+                       help=f"score the images when the run ends: some of {names} "
+                            f"(no list: {','.join(DEFAULT_METRICS)})")
+    else:
+        g.add_argument("--metrics", default=None, metavar="LIST",
+                       help=f"comma-separated, from {names} (default {','.join(DEFAULT_METRICS)})")
+    g.add_argument("--siglip", metavar="ID_OR_DIR", help=f"SigLIP 2 model (default {DEFAULT_MODELS['siglip']})")
+    g.add_argument("--clip", metavar="ID_OR_DIR", help=f"CLIP model for clip_t, clip_i (default {DEFAULT_MODELS['clip']})")
+    g.add_argument("--dino", metavar="ID_OR_DIR", help=f"DINOv2 model (default {DEFAULT_MODELS['dino']})")
+    return g
+
+
+def _metric_sources(args) -> dict[str, str]:
+    """The model of each metric family: the flags, or the tiny random ones with --tiny."""
+    given = {k: getattr(args, k) for k in ("siglip", "clip", "dino") if getattr(args, k)}
+    if args.tiny:
+        if given:
+            raise UserError(f"--tiny: cannot be combined with --{next(iter(given))}; drop one")
+        from vlbench.metrics.tiny import ensure_tiny_metric_models
+
+        return ensure_tiny_metric_models().sources()
+    return given
+
+
+def _score(out: Path, metrics, sources: dict, device, dtype, batch_size: int, store, console) -> None:
+    """The scoring pass with its progress and summary lines (run --metrics and score share it)."""
+    from vlbench.metrics.models import MetricModels
+    from vlbench.metrics.score import SCORES, score_folder
+
+    models = MetricModels(sources, device=device, dtype=dtype, on_status=lambda t: console.print(f"[dim]{t}[/dim]"))
+    try:
+        summary = score_folder(out, metrics, models, batch_size=batch_size, store=store, console=console)
+    except KeyboardInterrupt:
+        console.print(f"[yellow]scoring interrupted; scored images are kept in {out / SCORES}. "
+                      "Re-run to resume.[/yellow]")
+        raise
+    for line in summary.warnings:
+        console.print(f"[yellow]warning: {_escape(line)}[/yellow]")
+    console.print(f"scored {summary.scored} images ({summary.values} values: {', '.join(metrics)}), "
+                  f"{summary.skipped} already scored; {summary.stored} run-history rows updated → {out / SCORES}")
+
+
+def _rewrite_report(out: Path) -> None:
+    import json
+
+    from vlbench.experiments.results import ResultsLog, latest_by_key
+    from vlbench.report import write_report
+
+    rows, _ = ResultsLog(out / "results.jsonl").read()
+    try:
+        info = json.loads((out / "run.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        info = {}
+    write_report(out, list(latest_by_key(rows).values()), info)
+
+
+def _metric_dtype(name: str | None):
+    import torch
+
+    from vlbench.engine.models import DTYPES
+
+    return torch.float32 if name is None else DTYPES[name]
+
+
+def _open_store(console):
+    try:
+        from vlbench.store import Store
+
+        return Store()
+    except Exception as exc:  # noqa: BLE001 — the output folder is the run's primary record
+        console.print(f"[yellow]run store unavailable ({exc.__class__.__name__}: {exc}); "
+                      "results are recorded in the output folder only[/yellow]")
+        return None
+
+
+# ---- vlbench score ----
+def cmd_score(args) -> int:
+    from vlbench.engine.models import ModelSpec
+    from vlbench.metrics import check_available, parse_metrics
+
+    out = Path(args.dir)
+    if not out.is_dir():
+        raise UserError(f"{out}: no such folder; give the --output-dir of a vlbench run")
+    if not (out / "results.jsonl").is_file():
+        raise UserError(f"{out}: no results.jsonl here; give the --output-dir of a vlbench run")
+    metrics = parse_metrics(args.metrics)
+    check_available(metrics)
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size {args.batch_size}: must be >= 1")
+    sources = _metric_sources(args)
+    device = ModelSpec(device=args.device).resolved_device()
+    console = _console()
+    if args.tiny:
+        console.print("[yellow]--tiny: built-in RANDOM-WEIGHT metric models; the scores mean nothing[/yellow]")
+    store = None if args.no_store else _open_store(console)
+    try:
+        _score(out, metrics, sources, device, _metric_dtype(args.dtype), args.batch_size, store, console)
+    finally:
+        if store is not None:
+            store.close()
+    _rewrite_report(out)
+    console.print(f"wrote {out / 'report.html'}")
+    return 0
+
+
+# ---- vlbench diagnose ----
+def parse_layers(values: list[str] | None) -> tuple[int, ...] | None:
+    """['-1,-2', '-5'] -> (-1, -2, -5); None -> the default layers; ['all'] -> None (every layer)."""
+    from vlbench.diagnose import DEFAULT_LAYERS
+
+    if values is None:
+        return DEFAULT_LAYERS
+    parts = [p.strip() for v in values for p in v.split(",") if p.strip()]
+    if parts == ["all"]:
+        return None
+    try:
+        layers = tuple(dict.fromkeys(int(p) for p in parts))
+    except ValueError:
+        raise UserError(f"--layers {' '.join(values)}: expected whole numbers separated by commas, e.g. -1,-2,-5") from None
+    if not layers:
+        raise UserError("--layers: give at least one layer, e.g. -1,-2,-5")
+    return layers
+
+
+def cmd_diagnose(args) -> int:
+    from rich.console import Console
+
+    from vlbench.cli import _engine, _open_references
+    from vlbench.diagnose import diagnose, entry_id, plot, print_diagnostics, write_diagnostics
+
+    layers = parse_layers(args.layers)
+    if args.calibration and not Path(args.calibration).is_file():
+        raise UserError(f"--calibration {args.calibration}: no such file")
+    out = Path(args.out) if args.out else None
+    if out is not None and out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: is a file; give a folder")
+    refs = _open_references(args.image)
+    console = _console()
+    engine = _engine(args, console)
+    diag = diagnose(engine, refs, args.prompt, layers, args.calibration)
+    print_diagnostics(diag, Console())
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        diag["id"] = entry_id(diag["reference_sha256"], args.prompt)
+        diag["plot"] = f"diagnostics-{diag['id']}.png"
+        plot(diag, out / diag["plot"])
+        path = write_diagnostics(out, [diag])
+        console.print(f"wrote {path} and {out / diag['plot']}")
+    return 0
 
 
 # ---- vlbench experiments ----
@@ -167,27 +367,37 @@ def cmd_run(args) -> int:
     out = Path(args.output_dir)
     if out.exists() and not out.is_dir():
         raise UserError(f"--output-dir {out}: is a file; give a folder")
+    metrics = None
+    if args.metrics is not None:
+        from vlbench.metrics import check_available, parse_metrics
+
+        metrics = parse_metrics(args.metrics)
+        check_available(metrics)
+        if args.metrics_batch_size < 1:
+            raise UserError(f"--metrics-batch-size {args.metrics_batch_size}: must be >= 1")
+    elif any(getattr(args, k) for k in ("siglip", "clip", "dino")):
+        raise UserError("--siglip/--clip/--dino: choose the metric models only with --metrics")
 
     console = _console()
-    store = None
-    if not args.no_store:
-        try:
-            from vlbench.store import Store
+    from vlbench.executors import start_executor
 
-            store = Store()
-        except Exception as exc:  # noqa: BLE001 — the output folder is the run's primary record
-            console.print(f"[yellow]run store unavailable ({exc.__class__.__name__}: {exc}); "
-                          "images are recorded in the output folder only[/yellow]")
-    engine = _engine(args, console)  # the same Engine factory as generate: one Engine, models load lazily, once
+    # local: the same Engine factory as generate (one Engine, models load lazily, once); ray: the actors hold the models
+    engine, executor = start_executor(args, console)
+    store = None if args.no_store else _open_store(console)
     parameters = {"experiment": args.experiment, "images": args.image, "prompts": prompts, "seeds": seeds,
                   "quick": args.quick, "overrides": overrides, "limit": args.limit, "output_dir": str(out)}
+    if executor is not None:
+        parameters["executor"] = executor.describe()
     n = len(recipes) * len(refs) * len(prompts) * len(seeds or [None])
     console.print(f"[bold]{experiment.name}[/bold]: {len(recipes)} configs × {len(refs)} references × "
                   f"{len(prompts)} prompts × {len(seeds or [None])} seeds = {n} images → {out}/")
     previous = signal.signal(signal.SIGTERM, _sigterm) if _main_thread() else None
     try:
         summary = run_experiment(engine, experiment, recipes, refs, prompts, out, seeds=seeds, limit=args.limit,
-                                 parameters=parameters, store=store, console=console)
+                                 parameters=parameters, store=store, console=console, executor=executor)
+        if executor is not None:
+            executor.close()  # the GPUs are free before diagnostics or metrics load models here
+        _after_run(args, engine, out, recipes, refs, prompts, metrics, store, console)
     except KeyboardInterrupt:
         console.print(f"[yellow]interrupted; finished images are kept. Re-run the same command to resume.[/yellow] "
                       f"Report so far: {out / 'report.html'}")
@@ -195,6 +405,8 @@ def cmd_run(args) -> int:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+        if executor is not None:
+            executor.close()
         if store is not None:
             store.close()
     left = summary.jobs - summary.skipped - summary.done - summary.failed
@@ -205,6 +417,24 @@ def cmd_run(args) -> int:
         console.print(f"[red]failed: {_escape(line)}[/red]")
     console.print(f"wrote {out / 'grid.png'}, {out / 'report.html'} and {out / 'results.jsonl'}")
     return 1 if summary.failed else 0
+
+
+def _after_run(args, engine, out: Path, recipes, refs, prompts, metrics, store, console) -> None:
+    """The report's embedding diagnostics, then (with --metrics) the scoring pass; then the report again."""
+    if not args.no_diagnostics:
+        from vlbench.diagnose import diagnose_run, recipe_layers
+
+        calibration = next((n.recipe.calibration for n in recipes if n.recipe.calibration), None)
+        try:
+            diagnose_run(engine, out, refs, prompts, recipe_layers([n.recipe for n in recipes]), calibration)
+        except UserError as exc:
+            console.print(f"[yellow]embedding diagnostics skipped: {_escape(str(exc))}[/yellow]")
+    if metrics:
+        sources = _metric_sources(args)
+        _score(out, metrics, sources, engine.models.device, _metric_dtype(None), args.metrics_batch_size, store,
+               console)
+    if metrics or not args.no_diagnostics:
+        _rewrite_report(out)
 
 
 def _sigterm(signum, frame):  # `kill` finishes like Ctrl-C: the report is written, the folder stays resumable

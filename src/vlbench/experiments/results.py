@@ -35,6 +35,9 @@ ROW_SCHEMA: dict[str, tuple] = {
     "vl_forwards": (int,),  # VL forwards this job ran (0 when the extraction cache served it)
     "finished_at": (str,),
 }
+# Optional fields: absent from rows the runner writes. "metrics": {metric name: number}, as in scores.jsonl
+# (vlbench score writes its values there, beside this file, and never rewrites this one).
+OPTIONAL_SCHEMA: dict[str, tuple] = {"metrics": (dict,)}
 
 
 def validate_row(row: Any) -> list[str]:
@@ -53,6 +56,12 @@ def validate_row(row: Any) -> list[str]:
                 problems.append(f"{key}: null")
         elif isinstance(value, bool) or not isinstance(value, allowed):
             problems.append(f"{key}: {type(value).__name__}, expected {' or '.join(t.__name__ for t in allowed)}")
+    for key, types in OPTIONAL_SCHEMA.items():
+        if key in row and not isinstance(row[key], types):
+            problems.append(f"{key}: {type(row[key]).__name__}, expected {' or '.join(t.__name__ for t in types)}")
+    if isinstance(row.get("metrics"), dict):
+        problems += [f"metrics.{k}: {v!r} is not a number" for k, v in row["metrics"].items()
+                     if isinstance(v, bool) or not isinstance(v, (int, float))]
     if problems:
         return problems
     if row["status"] not in STATUSES:

@@ -3,7 +3,10 @@
 Jobs are ordered so that all jobs reading the same (reference, VL text) extraction run back to
 back: the Engine's in-memory cache serves them from one VL forward, and an extraction is dropped
 after its last job. Each image is written (tmp file, then os.replace) BEFORE its results row is
-appended, so a row marked done always has its PNG; a killed run loses at most the job in flight.
+appended, so a row marked done always has its PNG; a killed run loses at most the jobs in flight.
+
+PNGs are written on a background thread while the next image generates (one write in flight): a
+job's row is appended, on the runner's thread and in job order, only once its PNG is on disk.
 """
 
 from __future__ import annotations
@@ -122,10 +125,12 @@ class Summary:
 def run_experiment(engine, experiment: ExperimentType, recipes: list[NamedRecipe], references: list,
                    prompts: list[str], out_dir: str | Path, *, seeds: list[int] | None = None,
                    limit: int | None = None, parameters: dict | None = None, store=None, console=None,
-                   on_job_done: Callable[[Job, dict], None] | None = None) -> Summary:
+                   on_job_done: Callable[[Job, dict], None] | None = None, executor=None) -> Summary:
     """Run (or resume) `experiment` into `out_dir`; returns what happened. Writes grid and report at the end.
 
     `on_job_done(job, row)` is called after each results row is written (tests interrupt from it).
+    `executor` runs the pending jobs instead of the in-process loop (`_execute`), called with the same arguments
+    (vlbench.executors.ray_executor: Ray actors, one per GPU); planning, resume and run.json stay here.
     `store` (a vlbench.store.Store) records each finished image in the run history.
     """
     out = Path(out_dir)
@@ -144,8 +149,8 @@ def run_experiment(engine, experiment: ExperimentType, recipes: list[NamedRecipe
         invocation = _start_invocation(out, experiment, engine, parameters, summary)
         forwards0 = engine.vl_forwards
         try:
-            _execute(engine, experiment, pending, out, log, summary, store, console, on_job_done,
-                     already=summary.skipped)
+            (executor or _execute)(engine, experiment, pending, out, log, summary, store, console, on_job_done,
+                                   already=summary.skipped)
         except KeyboardInterrupt:
             summary.interrupted = True
             raise
@@ -161,7 +166,6 @@ def run_experiment(engine, experiment: ExperimentType, recipes: list[NamedRecipe
 def _execute(engine, experiment, jobs: list[Job], out: Path, log: ResultsLog, summary: Summary, store, console,
              on_job_done, already: int) -> None:
     from vlbench.engine.engine import environment
-    from vlbench.engine.generate import save_png
 
     last_use: dict[tuple, int] = {}
     for i, job in enumerate(jobs):
@@ -170,50 +174,124 @@ def _execute(engine, experiment, jobs: list[Job], out: Path, log: ResultsLog, su
     env = environment(engine.models)
     recorder = _StoreRecorder(store, console)
     progress = _Progress(console, total=summary.jobs, completed=already)
-    with progress:
-        for i, job in enumerate(jobs):
-            progress.start(job)
-            started_at = time.time()
-            load0 = sum(engine.models.load_seconds.values())
-            forwards0 = engine.vl_forwards
-            row = {"key": job.key, "experiment": experiment.name, "name": job.name, "config_index": job.config_index,
-                   "recipe": job.recipe.to_dict(), "prompt": job.prompt, "seed": job.recipe.seed,
-                   "reference": job.reference.path, "reference_sha256": job.reference.sha256, "image": None,
-                   "status": "failed", "error": None, "timings": {}, "peak_vram_bytes": None,
-                   "caption_tokens": None, "vl_forwards": 0, "finished_at": ""}
+    writer = _PngWriter()
+    pending: _Pending | None = None  # the previous job: its PNG may still be being written
+
+    def finish(p: "_Pending", callbacks: bool = True) -> None:
+        """The job's PNG is on disk (or it failed): append its row, then tell the store and the caller."""
+        p.wait()
+        p.row["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        log.append(p.row)  # after the PNG: a done row always has its image
+        if p.row["status"] == "done":
+            recorder.record(p.job, p.row, out, env, p.cond, p.started_at)
+        progress.advance(p.row)
+        if callbacks and on_job_done is not None:
+            on_job_done(p.job, p.row)
+
+    try:
+        with progress:
+            for i, job in enumerate(jobs):
+                progress.start(job)
+                current = _run_job(engine, experiment, job, out, summary, env, progress, writer)
+                for ex in job.extractions:  # free an extraction after its last job (they hold every layer)
+                    if last_use[ex] == i:
+                        _release_extraction(engine, *ex)
+                previous, pending = pending, None
+                if previous is not None:
+                    finish(previous)  # its PNG was written while this job generated
+                pending = current.submit(writer)
+            if pending is not None:
+                last, pending = pending, None
+                finish(last)
+    except BaseException:
+        # Interrupted (Ctrl-C in a generation, or a caller's callback): the previous job's PNG is written or
+        # being written: wait for it and keep its row; the callbacks are not run again on the way out.
+        if pending is not None:
             try:
-                result = engine.run(job.recipe, job.prompt, [job.reference], on_step=progress.step)
-            except Exception as exc:  # noqa: BLE001 — one bad config must not end a long run
-                row["error"] = _one_line(exc)
-                if not isinstance(exc, UserError):
-                    _log_traceback(job, exc)
-                summary.failed += 1
-                summary.failures.append(f"{job.name} ({Path(job.reference.path).name}, seed {job.recipe.seed}): "
-                                        f"{row['error']}")
-            else:
-                cond = {k: v for k, v in result.conditioning.describe().items() if k != "rows"}
-                meta = {"experiment": experiment.name, "name": job.name, "key": job.key,
+                finish(pending, callbacks=False)
+            except BaseException:  # noqa: BLE001 — its PNG failed: no row, the job is redone on resume
+                pass
+        raise
+    finally:
+        writer.close()
+
+
+@dataclass
+class _Pending:
+    """One finished generation: its row, and the PNG write that must end before the row is appended."""
+
+    job: Job
+    row: dict
+    started_at: float
+    cond: dict | None = None
+    image: Any = None
+    meta: dict | None = None
+    path: Path | None = None
+    future: Any = None
+
+    def submit(self, writer: "_PngWriter") -> "_Pending":
+        if self.image is not None:
+            from vlbench.engine.generate import save_png
+
+            self.future = writer.submit(save_png, self.image, self.path, self.meta)
+            self.image = None  # the writer holds it until written; at most one image waits
+        return self
+
+    def wait(self) -> None:
+        if self.future is not None:
+            self.future.result()  # a failed write (disk full) ends the run as it did on the main thread
+
+
+class _PngWriter:
+    """One background thread that writes PNGs (tmp + os.replace), one at a time, in submission order."""
+
+    def __init__(self):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vlbench-png")
+
+    def submit(self, fn, *args):
+        return self._pool.submit(fn, *args)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)  # never return with a write still running
+
+
+def _run_job(engine, experiment, job: Job, out: Path, summary: Summary, env: dict, progress, writer) -> _Pending:
+    started_at = time.time()
+    load0 = sum(engine.models.load_seconds.values())
+    forwards0 = engine.vl_forwards
+    row = {"key": job.key, "experiment": experiment.name, "name": job.name, "config_index": job.config_index,
+           "recipe": job.recipe.to_dict(), "prompt": job.prompt, "seed": job.recipe.seed,
+           "reference": job.reference.path, "reference_sha256": job.reference.sha256, "image": None,
+           "status": "failed", "error": None, "timings": {}, "peak_vram_bytes": None,
+           "caption_tokens": None, "vl_forwards": 0, "finished_at": ""}
+    pending = _Pending(job, row, started_at)
+    try:
+        result = engine.run(job.recipe, job.prompt, [job.reference], on_step=progress.step)
+    except Exception as exc:  # noqa: BLE001 — one bad config must not end a long run
+        row["error"] = _one_line(exc)
+        if not isinstance(exc, UserError):
+            _log_traceback(job, exc)
+        summary.failed += 1
+        summary.failures.append(f"{job.name} ({Path(job.reference.path).name}, seed {job.recipe.seed}): "
+                                f"{row['error']}")
+    else:
+        cond = {k: v for k, v in result.conditioning.describe().items() if k != "rows"}
+        pending.cond = cond
+        pending.meta = {"experiment": experiment.name, "name": job.name, "key": job.key,
                         "recipe": job.recipe.to_dict(), "prompt": job.prompt, "seed": job.recipe.seed,
                         "reference": job.reference.path, "reference_sha256": job.reference.sha256,
                         "conditioning": cond, "environment": env}
-                save_png(result.image, out / job.image, meta)  # tmp + os.replace: whole or absent
-                timings = {"extraction": 0.0, "blend": 0.0, **result.timings}
-                row.update(status="done", image=job.image, timings=timings,
-                           peak_vram_bytes=result.peak_memory_bytes,
-                           caption_tokens=int(result.conditioning.embeds.shape[0]))
-                summary.done += 1
-            row["timings"]["model_load"] = sum(engine.models.load_seconds.values()) - load0
-            row["vl_forwards"] = engine.vl_forwards - forwards0
-            row["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-            log.append(row)  # after the PNG: a done row always has its image
-            if row["status"] == "done":
-                recorder.record(job, row, out, env, cond, started_at)
-            progress.advance(row)
-            for ex in job.extractions:  # free an extraction after its last job (they hold every layer)
-                if last_use[ex] == i:
-                    _release_extraction(engine, *ex)
-            if on_job_done is not None:
-                on_job_done(job, row)
+        pending.image, pending.path = result.image, out / job.image  # tmp + os.replace: whole or absent
+        timings = {"extraction": 0.0, "blend": 0.0, **result.timings}
+        row.update(status="done", image=job.image, timings=timings,
+                   peak_vram_bytes=result.peak_memory_bytes,
+                   caption_tokens=int(result.conditioning.embeds.shape[0]))
+        summary.done += 1
+    row["timings"]["model_load"] = sum(engine.models.load_seconds.values()) - load0
+    row["vl_forwards"] = engine.vl_forwards - forwards0
+    return pending
 
 
 def _release_extraction(engine, sha: str, text: str | None) -> None:
@@ -247,7 +325,8 @@ def _copy_references(references: list, out: Path) -> None:
 def _models_of(engine) -> dict:
     spec = engine.models.spec
     return {"zimage": spec.zimage, "vl": spec.vl, "device": str(engine.models.device),
-            "dtype": str(engine.models.dtype).removeprefix("torch.")}
+            "dtype": str(engine.models.dtype).removeprefix("torch."),
+            "offload": getattr(engine.models, "offload", "none"), "compile": bool(getattr(spec, "compile", False))}
 
 
 def _read_info(out: Path) -> dict | None:

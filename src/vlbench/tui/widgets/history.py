@@ -2,7 +2,8 @@
 
 The table never holds the whole store: it loads PAGE rows and the next page when the cursor comes
 within MARGIN rows of the end, so 100 000 runs open as fast as 100. Filtering (text, status) and
-sorting are the store's (indexed SQL); the title counts the matches.
+sorting are the store's (indexed SQL); the title counts the matches. Metric columns (from `vlbench
+score`) appear once a loaded run has metrics, and the sort key then cycles through them too.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from textual.containers import Horizontal, Vertical
 from textual.timer import Timer
 from textual.widgets import DataTable, Input, Label
 
-from vlbench.store import SORTS, STATUSES, RunRow
+from vlbench.metrics import METRICS, format_value
+from vlbench.store import METRIC_SORT_PREFIX, SORTS, STATUSES, RunRow
 from vlbench.tui import keys
 from vlbench.tui.format import prompt_line, recipe_summary, run_label, size, status_text, when
 from vlbench.tui.messages import OpenRun, RunHighlighted
@@ -44,6 +46,7 @@ class HistoryPane(Vertical):
         self.descending = True
         self.loaded = 0
         self.exhausted = False
+        self.metric_columns: list[str] = []  # metric names shown, in METRICS order
         self._filter_timer: Timer | None = None
 
     def compose(self) -> ComposeResult:
@@ -121,6 +124,7 @@ class HistoryPane(Vertical):
 
     def _add(self, rows: list[RunRow]) -> None:
         table = self.table
+        self._metric_columns(rows)
         for row in rows:
             key = str(row.id)
             if key in table.rows:  # a run that moved between pages while new ones were added
@@ -128,8 +132,19 @@ class HistoryPane(Vertical):
             # User text goes in as Text: a DataTable reads plain strings as markup.
             table.add_row(key, when(row.created_at), status_text(row.status), Text(run_label(row)),
                           Text(prompt_line(row.prompt, 40)), Text(recipe_summary(row.recipe)), str(row.seed),
-                          str(row.recipe.get("steps", "")), size(row.recipe), key=key)
+                          str(row.recipe.get("steps", "")), size(row.recipe),
+                          *(Text(format_value(row.metrics.get(m)), justify="right") for m in self.metric_columns),
+                          key=key)
         self.loaded += len(rows)
+
+    def _metric_columns(self, rows: list[RunRow]) -> None:
+        """Add a column for each metric a run about to be shown has (columns are never taken away)."""
+        present = {m for row in rows for m in row.metrics if m in METRICS}
+        for name in [m for m in METRICS if m in present and m not in self.metric_columns]:
+            self.table.add_column(METRICS[name].label, key=f"metric-{name}", width=max(7, len(METRICS[name].label)),
+                                  default=Text("—", justify="right"))
+            self.metric_columns.append(name)
+        self.metric_columns.sort(key=list(METRICS).index)
 
     def _count(self) -> None:
         total = self.app.store.count(text=self.text or None, status=None if self.status == "all" else self.status)
@@ -138,7 +153,13 @@ class HistoryPane(Vertical):
             self.border_subtitle = subtitle
 
     def _show_sort(self) -> None:
-        self.query_one("#history-sort", Label).update(f"sort: {self.sort} {'↓' if self.descending else '↑'}")
+        name = self.sort.removeprefix(METRIC_SORT_PREFIX)
+        self.query_one("#history-sort", Label).update(f"sort: {name} {'↓' if self.descending else '↑'}")
+
+    @property
+    def sort_keys(self) -> tuple[str, ...]:
+        """The store's sorts, then one per metric column shown (runs without the metric sort last)."""
+        return SORT_KEYS + tuple(METRIC_SORT_PREFIX + m for m in self.metric_columns)
 
     # ---- actions (bindings in keys.HISTORY; also in the palette) ----
     def action_focus_filter(self) -> None:
@@ -149,7 +170,8 @@ class HistoryPane(Vertical):
         self.query_one("#history-status", ChoiceField).value = values[(values.index(self.status) + 1) % len(values)]
 
     def action_cycle_sort(self) -> None:
-        self.sort = SORT_KEYS[(SORT_KEYS.index(self.sort) + 1) % len(SORT_KEYS)]
+        keys = self.sort_keys
+        self.sort = keys[(keys.index(self.sort) + 1) % len(keys)] if self.sort in keys else keys[0]
         self._show_sort()
         self.reload(keep_cursor=False)
 

@@ -16,6 +16,7 @@ from textual.widget import Widget
 from textual.widgets import Label, Static
 from textual_image import widget as image_widgets
 
+from vlbench.metrics import METRICS, format_value
 from vlbench.store import RunRow
 from vlbench.tui.format import prompt_line, recipe_summary, run_label
 
@@ -165,7 +166,14 @@ def _label(run: RunRow) -> str:
 
 
 def _state(run: RunRow | None) -> tuple:
-    return (run.id, run.status, run.output_path) if run is not None else ()
+    if run is None:
+        return ()
+    return (run.id, run.status, run.output_path, tuple(sorted((k, str(v)) for k, v in run.metrics.items())))
+
+
+def scores_line(run: RunRow) -> str:
+    """The run's metric values (vlbench score), e.g. 'SigLIP 0.214 · DINOv2 0.631'; '' when unscored."""
+    return " · ".join(f"{METRICS[m].label} {format_value(run.metrics[m])}" for m in METRICS if m in run.metrics)
 
 
 def _missing(run: RunRow) -> str:
@@ -179,8 +187,9 @@ def _missing(run: RunRow) -> str:
 def _caption(run: RunRow, other: RunRow | None) -> str:
     def one(r: RunRow) -> str:
         took = f" · {r.duration:.1f} s" if r.duration is not None else ""
+        scores = scores_line(r)
         return (f"#{r.id} {r.status}{took} · seed {r.seed} · {recipe_summary(r.recipe, 50)}\n"
-                f"{prompt_line(r.prompt, 100)}")
+                f"{prompt_line(r.prompt, 100)}" + (f"\nscores: {scores}" if scores else ""))
     if other is not None:
         return f"left: {one(other)}\nright: {one(run)}"
     return one(run)

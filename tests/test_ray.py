@@ -1,0 +1,268 @@
+"""Issue 8: experiment sweeps on Ray actors (CPU, tiny models, 2 actors), against the local executor.
+
+One local Ray instance and one pair of actors serve the module; the fault tests make those actors die
+(the executor replaces them). The dispatcher's bookkeeping is tested on its own, without Ray.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from conftest import make_image
+from vlbench.errors import UserError
+from vlbench.executors.dispatch import Dispatcher
+
+SMALL = {"steps": 2, "width": 64, "height": 64}
+PROMPT = "a red square"
+SEEDS = [1, 2]
+VOLATILE = ("timings", "finished_at", "peak_vram_bytes", "vl_forwards")  # differ between runs by nature
+pytestmark = pytest.mark.xdist_group("ray")  # with -n: every test here on one worker, so one Ray instance
+
+
+# ---- the dispatcher (no Ray) ----
+@dataclass(frozen=True)
+class _J:
+    key: str
+    extractions: tuple
+    prompt: str = "p"
+
+
+def _jobs(groups: dict[str, int]) -> list[_J]:
+    return [_J(f"{g}{i}", ((g, "t"),)) for g, n in groups.items() for i in range(n)]
+
+
+def _drain(d: Dispatcher, order: list) -> dict:
+    got: dict = {}
+    for slot in order:
+        job = d.next_for(slot, set(order))
+        if job is not None:
+            got.setdefault(slot, []).append(job.key)
+    return got
+
+
+def test_dispatch_keeps_groups_on_their_actor_and_steals_only_when_nothing_is_fresh():
+    d = Dispatcher(_jobs({"a": 4, "b": 4}))
+    got = _drain(d, [0, 1] * 4)
+    assert got == {0: ["a0", "a1", "a2", "a3"], 1: ["b0", "b1", "b2", "b3"]} and d.stolen == 0
+    d = Dispatcher(_jobs({"a": 6}))  # one group, two actors: the second steals from the far end, then shares it
+    got = _drain(d, [0, 1] * 3)
+    assert sorted(got[0] + got[1]) == [f"a{i}" for i in range(6)] and len(got[0]) == len(got[1]) == 3
+    assert got[1][0] == "a5" and d.stolen == 1
+
+
+def test_dispatch_releases_an_extraction_after_the_last_queued_job_that_reads_it():
+    d = Dispatcher(_jobs({"a": 2, "b": 1}))
+    first = d.next_for(0)
+    assert d.release_after(first, 0) == []
+    second = d.next_for(0)
+    assert second.key == "a1" and d.release_after(second, 0) == [("a", "t")]
+    assert d.next_for(0).key == "b0"
+
+
+def test_dispatch_retries_a_lost_job_on_another_actor_then_gives_up():
+    d = Dispatcher(_jobs({"a": 3}), max_attempts=2)
+    job = d.next_for(0, {0, 1})
+    assert d.lost(job, 0) is True
+    assert d.next_for(0, {0, 1}).key != job.key  # slot 0 lost it: slot 1 takes it first
+    assert d.next_for(1, {0, 1}).key == job.key
+    assert d.lost(job, 1) is False and d.attempts[job.key] == 2  # out of attempts: the caller writes it failed
+    assert d.pending() == 1
+
+
+def test_dispatch_retries_on_the_same_slot_when_it_is_the_only_one():
+    d = Dispatcher(_jobs({"a": 1}))
+    job = d.next_for(0, {0})
+    assert d.lost(job, 0) and d.next_for(0, {0}) is job
+
+
+# ---- on Ray ----
+@pytest.fixture(scope="module")
+def ray_session(tiny_dirs):
+    ray = pytest.importorskip("ray")
+    # 4 logical CPUs: the module's two actors, and two more for the command-line test
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def executor(ray_session, tiny_spec):
+    import torch
+
+    from vlbench.executors.ray_executor import RayExecutor
+
+    # as many torch threads as this process: CPU floats depend on the thread count, and images are compared bit for bit
+    ex = RayExecutor.start(tiny_spec, actors=2, threads=torch.get_num_threads(), max_restarts=6)
+    yield ex
+    ex.close()
+
+
+@pytest.fixture(scope="module")
+def sweep(engine, tmp_path_factory):
+    """vl_layer_by_token --quick × seeds 1,2 (8 jobs), run once with the local executor."""
+    from vlbench.engine.engine import Engine, Reference
+    from vlbench.experiments.runner import plan, run_experiment
+    from vlbench.experiments.spec import load_type
+
+    root = tmp_path_factory.mktemp("ray")
+    experiment = load_type("vl_layer_by_token")
+    recipes = experiment.recipes(quick=True, overrides=SMALL)
+    ref = Reference.open(make_image(root / "ref.png"))
+    local = root / "local"
+    summary = run_experiment(Engine(engine.models), experiment, recipes, [ref], [PROMPT], local, seeds=SEEDS)
+    assert (summary.done, summary.failed) == (8, 0)
+    jobs = plan(recipes, [ref], [PROMPT], SEEDS)
+    return {"experiment": experiment, "recipes": recipes, "ref": ref, "local": local, "jobs": jobs, "root": root}
+
+
+def _run_on_ray(sweep, executor, tiny_spec, out, **kw):
+    from vlbench.executors.ray_executor import head_engine
+    from vlbench.experiments.runner import run_experiment
+
+    return run_experiment(head_engine(tiny_spec), sweep["experiment"], sweep["recipes"], [sweep["ref"]], [PROMPT],
+                          out, seeds=SEEDS, executor=executor, **kw)
+
+
+def _rows(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+
+
+def _stable(rows: list[dict]) -> dict:
+    return {r["key"]: {k: v for k, v in r.items() if k not in VOLATILE} for r in rows}
+
+
+def _same_images(a: Path, b: Path, rows: list[dict]) -> None:
+    for row in rows:
+        if row["status"] == "done":
+            assert (a / row["image"]).read_bytes() == (b / row["image"]).read_bytes(), row["name"]
+
+
+def test_ray_gives_the_local_rows_and_byte_identical_pngs(sweep, executor, tiny_spec, tmp_path):
+    from vlbench.store import Store
+
+    out = tmp_path / "ray"
+    with Store(tmp_path / "runs.sqlite3") as store:
+        summary = _run_on_ray(sweep, executor, tiny_spec, out, store=store)
+        history = store.history(experiment="vl_layer_by_token")
+    assert (summary.jobs, summary.done, summary.failed) == (8, 8, 0)
+    rows, local_rows = _rows(out), _rows(sweep["local"])
+    assert _stable(rows) == _stable(local_rows)  # every field but timings, VL forwards and when
+    _same_images(sweep["local"], out, rows)  # pixels AND the PNG's metadata (recipe, conditioning, environment)
+    assert 1 <= summary.vl_forwards <= 2  # one extraction, read once by each actor that ran a job of it
+    assert sum(r["vl_forwards"] for r in rows) == summary.vl_forwards
+    assert len(history) == 8 and all(r.status == "done" and Path(r.output_path).is_file() for r in history)
+    assert (out / "grid.png").is_file() and (out / "report.html").is_file()
+
+
+def test_an_actor_killed_mid_job_is_replaced_and_the_job_retried(sweep, executor, tiny_spec, tmp_path):
+    victim = sweep["jobs"][2].key
+    before = dict(executor.stats)
+    executor.faults = {victim: "exit"}  # the actor's process exits in the middle of this job's denoising
+    try:
+        summary = _run_on_ray(sweep, executor, tiny_spec, tmp_path / "ray")
+    finally:
+        executor.faults = {}
+    assert (summary.done, summary.failed) == (8, 0)
+    rows = _rows(tmp_path / "ray")
+    assert len(rows) == 8 and len({r["key"] for r in rows}) == 8  # no duplicate, nothing lost
+    assert executor.stats["deaths"] == before["deaths"] + 1
+    assert executor.stats["retries"] >= before["retries"] + 1  # the victim (and whatever was queued behind it)
+    _same_images(sweep["local"], tmp_path / "ray", rows)
+
+
+def test_a_cuda_error_replaces_the_actor_and_retries_the_job(sweep, executor, tiny_spec, tmp_path):
+    victim = sweep["jobs"][5].key
+    before = dict(executor.stats)
+    executor.faults = {victim: "cuda-error"}  # the context would be poisoned: the actor must not be reused
+    try:
+        summary = _run_on_ray(sweep, executor, tiny_spec, tmp_path / "ray")
+    finally:
+        executor.faults = {}
+    assert (summary.done, summary.failed) == (8, 0)
+    assert executor.stats["deaths"] == before["deaths"] + 1
+    _same_images(sweep["local"], tmp_path / "ray", _rows(tmp_path / "ray"))
+
+
+def test_a_job_whose_actor_always_dies_fails_with_the_reason_and_the_rest_finish(sweep, executor, tiny_spec, tmp_path):
+    victim = sweep["jobs"][0].key
+    out = tmp_path / "ray"
+    executor.faults = {victim: "exit-always"}
+    try:
+        summary = _run_on_ray(sweep, executor, tiny_spec, out)
+    finally:
+        executor.faults = {}
+    assert (summary.done, summary.failed) == (7, 1)
+    rows = _rows(out)
+    assert len(rows) == 8 and len({r["key"] for r in rows}) == 8
+    (failed,) = [r for r in rows if r["status"] == "failed"]
+    assert failed["key"] == victim and "died" in failed["error"] and "\n" not in failed["error"]
+    resumed = _run_on_ray(sweep, executor, tiny_spec, out)  # the failed job is redone; nothing finished runs again
+    assert (resumed.skipped, resumed.done, resumed.failed) == (7, 1, 0)
+    latest = {r["key"]: r for r in _rows(out)}
+    assert len(latest) == 8 and all(r["status"] == "done" for r in latest.values())
+
+
+def test_an_interrupted_ray_run_resumes(sweep, executor, tiny_spec, tmp_path):
+    out, seen = tmp_path / "ray", []
+
+    def stop_after_three(job, row):
+        seen.append(row["key"])
+        if len(seen) == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _run_on_ray(sweep, executor, tiny_spec, out, on_job_done=stop_after_three)
+    assert [r["key"] for r in _rows(out)] == seen
+    summary = _run_on_ray(sweep, executor, tiny_spec, out)
+    assert (summary.skipped, summary.done) == (3, 5)
+    rows = _rows(out)
+    assert len(rows) == 8 and len({r["key"] for r in rows}) == 8
+
+
+# ---- the command line ----
+def _main(argv: list[str]) -> int:
+    from vlbench.cli import _Parser
+    from vlbench.experiments.cli import add_parsers
+
+    parser = _Parser(prog="vlbench")
+    add_parsers(parser.add_subparsers(dest="command", parser_class=_Parser))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+def _argv(ref: Path, out: Path) -> list[str]:
+    return ["run", "--experiment", "vl_layer_by_token", "--quick", "--image", str(ref), "--prompt", PROMPT,
+            "--seeds", "1,2", "--output-dir", str(out), "--tiny", "--device", "cpu", "--steps", "2", "--width", "64",
+            "--height", "64", "--no-store", "--no-diagnostics"]
+
+
+def test_cli_run_on_ray(sweep, ray_session, tmp_path):
+    out = tmp_path / "out"
+    assert _main(_argv(sweep["ref"].path, out) + ["--executor", "ray", "--ray-actors", "2"]) == 0
+    rows = _rows(out)
+    assert len(rows) == 8 and all(r["status"] == "done" for r in rows)
+    info = json.loads((out / "run.json").read_text())
+    executor = info["invocations"][-1]["parameters"]["executor"]
+    assert executor["kind"] == "ray" and len(executor["actors"]) == 2
+    assert all(a["device"] == "cpu" for a in executor["actors"])
+
+
+@pytest.mark.parametrize("address", ["ray://127.0.0.1:1", "127.0.0.1:1"])
+def test_an_unreachable_ray_address_is_a_one_line_error(address, tmp_path, ref_image):
+    pytest.importorskip("ray")
+    start = time.monotonic()
+    with pytest.raises(UserError) as err:
+        _main(_argv(ref_image, tmp_path / "out") + ["--executor", "ray", "--ray-address", address])
+    message = str(err.value)
+    assert "\n" not in message and address in message and "cannot reach" in message, message
+    assert time.monotonic() - start < 20  # not Ray's own minutes of retries
+
+
+def test_ray_flags_need_the_ray_executor(tmp_path, ref_image):
+    with pytest.raises(UserError, match="--ray-address: only with --executor ray"):
+        _main(_argv(ref_image, tmp_path / "out") + ["--ray-address", "auto"])
