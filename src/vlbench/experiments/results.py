@@ -78,14 +78,17 @@ def validate_row(row: Any) -> list[str]:
     return problems
 
 
-class ResultsLog:
-    """The append-only results file of one output folder."""
+class JsonlLog:
+    """An append-only JSON-lines file: each line fsynced, a torn last line (a kill mid-write) dropped on read."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
 
+    def valid(self, row) -> bool:
+        return isinstance(row, dict)
+
     def read(self) -> tuple[list[dict], int]:
-        """(valid rows, number of unreadable lines dropped)."""
+        """(valid rows in file order, number of unreadable or invalid lines dropped)."""
         if not self.path.exists():
             return [], 0
         rows, bad = [], 0
@@ -99,13 +102,14 @@ class ResultsLog:
                 except (json.JSONDecodeError, UnicodeDecodeError):
                     bad += 1
                     continue
-                if validate_row(row):
+                if not self.valid(row):
                     bad += 1
                     continue
                 rows.append(row)
         return rows, bad
 
     def needs_newline(self) -> bool:
+        """True when the last line is torn (no final newline): rewrite before appending."""
         if not self.path.exists() or self.path.stat().st_size == 0:
             return False
         with open(self.path, "rb") as f:
@@ -122,14 +126,25 @@ class ResultsLog:
             os.fsync(f.fileno())
         os.replace(tmp, self.path)
 
+    def append_rows(self, rows: list[dict]) -> None:
+        with open(self.path, "a", encoding="utf-8") as f:
+            for row in rows:
+                f.write(_line(row))
+            f.flush()
+            os.fsync(f.fileno())
+
+
+class ResultsLog(JsonlLog):
+    """The results file of one output folder; every row checked against the schema."""
+
+    def valid(self, row) -> bool:
+        return not validate_row(row)
+
     def append(self, row: dict) -> None:
         problems = validate_row(row)
         if problems:  # a bug in the runner, not a user error
             raise ValueError(f"results row for {row.get('name')!r} is invalid: {'; '.join(problems)}")
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(_line(row))
-            f.flush()
-            os.fsync(f.fileno())
+        self.append_rows([row])
 
 
 def _line(row: dict) -> str:

@@ -9,70 +9,27 @@ store (Store.set_metrics) for the rows the runner recorded, found by their outpu
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
 from vlbench.errors import UserError
+from vlbench.experiments.results import JsonlLog
 from vlbench.metrics import METRICS
 
 SCORES = "scores.jsonl"
 
 
 # ---- the sidecar ----
-class ScoresLog:
+class ScoresLog(JsonlLog):
     """scores.jsonl of one output folder: append-only, tolerant of a torn last line."""
 
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-
-    def read(self) -> tuple[list[dict], int]:
-        """(valid entries in file order, number of unreadable lines)."""
-        if not self.path.exists():
-            return [], 0
-        entries, bad = [], 0
-        with open(self.path, "rb") as f:
-            for line in f:
-                text = line.strip()
-                if not text:
-                    continue
-                try:
-                    entry = json.loads(text)
-                except (json.JSONDecodeError, UnicodeDecodeError):
-                    bad += 1
-                    continue
-                if not _valid(entry):
-                    bad += 1
-                    continue
-                entries.append(entry)
-        return entries, bad
-
-    def needs_repair(self) -> bool:
-        if not self.path.exists() or self.path.stat().st_size == 0:
-            return False
-        with open(self.path, "rb") as f:
-            f.seek(-1, os.SEEK_END)
-            return f.read(1) != b"\n"
-
-    def rewrite(self, entries: list[dict]) -> None:
-        """Replace the file with `entries`, atomically (tmp + os.replace)."""
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            for entry in entries:
-                f.write(json.dumps(entry, ensure_ascii=False) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+    def valid(self, entry) -> bool:
+        return _valid(entry)
 
     def append(self, entries: list[dict]) -> None:
-        with open(self.path, "a", encoding="utf-8") as f:
-            for entry in entries:
-                f.write(json.dumps(entry, ensure_ascii=False) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        self.append_rows(entries)
 
 
 def _valid(entry: Any) -> bool:
@@ -246,7 +203,7 @@ def score_folder(out_dir: str | Path, metrics: tuple[str, ...], models, *, batch
     items = folder_items(out)
     log = ScoresLog(out / SCORES)
     entries, bad = log.read()
-    if bad or log.needs_repair():  # a pass killed mid-write: drop the torn line before appending
+    if bad or log.needs_newline():  # a pass killed mid-write: drop the torn line before appending
         log.rewrite(entries)
     scores = merge(entries)
     summary = ScoreSummary(images=len(items))
