@@ -332,7 +332,6 @@ def _unique(items: list) -> list:
 
 
 def cmd_run(args) -> int:
-    from vlbench.cli import _engine
     from vlbench.engine.engine import Reference
     from vlbench.engine.recipe import Recipe
     from vlbench.experiments.runner import run_experiment
