@@ -201,22 +201,11 @@ def environment(device: str) -> None:
 
 # ---------------------------------------------------------------- model configs
 def full_configs(tok_vl, tok_z):
-    from transformers import Qwen3Config, Qwen3VLConfig
+    from transformers import Qwen3Config
 
-    ids = {t: tok_vl.convert_tokens_to_ids(t) for t in
-           ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")}
-    vl_cfg = Qwen3VLConfig(
-        text_config=dict(hidden_size=2560, intermediate_size=9728, num_hidden_layers=36, num_attention_heads=32,
-                         num_key_value_heads=8, head_dim=128, vocab_size=151936, max_position_embeddings=262144,
-                         rope_parameters={"rope_type": "default", "rope_theta": 5000000.0,
-                                          "mrope_section": [24, 20, 20], "mrope_interleaved": True},
-                         pad_token_id=tok_vl.pad_token_id),
-        vision_config=dict(depth=24, hidden_size=1024, intermediate_size=4096, num_heads=16, out_hidden_size=2560,
-                           patch_size=16, spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=2304,
-                           deepstack_visual_indexes=[5, 11, 17]),
-        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
-        tie_word_embeddings=True)
+    from dual_batch import full_config  # one definition of Qwen3-VL-4B's published sizes (torch + transformers only)
+
+    vl_cfg = full_config(tok_vl)
     te_cfg = Qwen3Config(hidden_size=2560, intermediate_size=9728, num_hidden_layers=36, num_attention_heads=32,
                          num_key_value_heads=8, head_dim=128, vocab_size=151936, max_position_embeddings=40960,
                          rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},

@@ -116,7 +116,17 @@ def ensure_tiny_models(root: Path | None = None) -> TinyModels:
     (tmp / "README.txt").write_text(
         "Tiny RANDOM-WEIGHT models built by vlbench for tests and the --tiny demo. Images are noise.\n"
     )
-    for name in (models.vl.name, models.zimage.name, "STAMP", "README.txt"):
+    install_built(tmp, root, (models.vl.name, models.zimage.name, "STAMP", "README.txt"))
+    return models
+
+
+def install_built(tmp: Path, root: Path, names) -> None:
+    """Move freshly built entries from `tmp` into `root`, replacing stale ones, then drop `tmp`.
+
+    Models are built into a temporary sibling first, so a killed build never leaves a half model.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    for name in names:
         target = root / name
         if target.is_dir():
             shutil.rmtree(target)
@@ -124,7 +134,6 @@ def ensure_tiny_models(root: Path | None = None) -> TinyModels:
             target.unlink()
         os.replace(tmp / name, target)
     shutil.rmtree(tmp, ignore_errors=True)
-    return models
 
 
 def build_tokenizer(chat_template: str):

@@ -36,7 +36,7 @@ def _stamp() -> str:
 
 def ensure_tiny_metric_models(root: Path | None = None) -> TinyMetricModels:
     """The tiny metric model dirs, built if missing or stale (about a second on CPU)."""
-    from vlbench.engine.tiny import tiny_cache_root
+    from vlbench.engine.tiny import install_built, tiny_cache_root
 
     root = Path(root) if root is not None else tiny_cache_root() / "metrics"
     models = TinyMetricModels(siglip=root / "siglip-tiny", clip=root / "clip-tiny", dino=root / "dinov2-tiny")
@@ -52,15 +52,7 @@ def ensure_tiny_metric_models(root: Path | None = None) -> TinyMetricModels:
     build_tiny_clip(tmp / models.clip.name)
     build_tiny_dino(tmp / models.dino.name)
     (tmp / "STAMP").write_text(stamp)
-    root.mkdir(parents=True, exist_ok=True)
-    for name in (models.siglip.name, models.clip.name, models.dino.name, "STAMP"):
-        target = root / name
-        if target.is_dir():
-            shutil.rmtree(target)
-        elif target.exists():
-            target.unlink()
-        os.replace(tmp / name, target)
-    shutil.rmtree(tmp, ignore_errors=True)
+    install_built(tmp, root, (models.siglip.name, models.clip.name, models.dino.name, "STAMP"))
     return models
 
 
