@@ -858,7 +858,8 @@ def probe_child(args, zdir: Path, vldir: Path, ref_path: Path, out_json: Path) -
     from vlbench.engine.engine import Reference
     from vlbench.engine.extract import extract
     from vlbench.engine.generate import generate, save_png
-    from vlbench.engine.models import Models, ModelSpec
+    from vlbench.engine.models import Models
+    from vlbench.modelspec import ModelSpec
 
     P: dict = {}
     device = "cpu" if args.tiny_smoke else "cuda"
@@ -1062,7 +1063,7 @@ def main() -> int:
     save_json()
 
     from vlbench.engine.engine import Reference
-    from vlbench.engine.models import ModelSpec
+    from vlbench.modelspec import ModelSpec
     from vlbench.engine.tiny import ensure_tiny_models
 
     try:

@@ -147,7 +147,8 @@ def main() -> int:
     import ray
 
     from vlbench.engine.engine import Engine, Reference
-    from vlbench.engine.models import ModelSpec, Models
+    from vlbench.engine.models import Models
+    from vlbench.modelspec import ModelSpec
     from vlbench.engine.tiny import ensure_tiny_models
     from vlbench.experiments.spec import load_type
 

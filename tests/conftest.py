@@ -21,7 +21,7 @@ def tiny_dirs(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_spec(tiny_dirs):
-    from vlbench.engine.models import ModelSpec
+    from vlbench.modelspec import ModelSpec
 
     return ModelSpec(zimage=str(tiny_dirs.zimage), vl=str(tiny_dirs.vl), device="cpu", dtype="fp32")
 

@@ -109,7 +109,7 @@ def test_a_bad_job_fails_with_one_line_and_the_next_job_runs(tiny_spec, engine, 
 
 
 def test_a_model_that_cannot_load_fails_the_job_and_the_worker_keeps_going(tmp_path, ref_image, monkeypatch):
-    from vlbench.engine.models import ModelSpec
+    from vlbench.modelspec import ModelSpec
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     spec = ModelSpec(zimage=str(tmp_path / "no-zimage"), vl=str(tmp_path / "no-vl"), device="cpu", dtype="fp32")
@@ -301,7 +301,8 @@ def test_stop_mid_job_gives_the_job_back_to_the_queue(tiny_spec, engine, ref_ima
 KILL_SCRIPT = r"""
 import json, sys, time
 from vlbench.engine.engine import Engine
-from vlbench.engine.models import Models, ModelSpec
+from vlbench.engine.models import Models
+from vlbench.modelspec import ModelSpec
 from vlbench.worker import Worker
 
 class SteadyEngine(Engine):  # real models; each step also waits 50 ms so the kill lands inside a job

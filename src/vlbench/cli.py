@@ -15,6 +15,11 @@ from typing import Any, Sequence
 
 from vlbench.errors import UserError
 
+def flag_name(field: str) -> str:
+    """The command line's word for a field or input: `image_layer` -> `--image-layer`."""
+    return "--" + field.replace("_", "-")
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, not usage + error
         raise UserError(f"{message} (see {self.prog} --help)")
@@ -176,7 +181,7 @@ def recipe_from_args(args: argparse.Namespace):
 
 
 def spec_from_args(args: argparse.Namespace):
-    from vlbench.engine.models import ModelSpec
+    from vlbench.modelspec import ModelSpec
 
     if args.tiny:
         if args.zimage or args.vl:
@@ -293,7 +298,8 @@ def cmd_demo(args) -> int:
 
     from vlbench.engine.engine import Engine, Reference
     from vlbench.engine.generate import save_png
-    from vlbench.engine.models import Models, ModelSpec
+    from vlbench.engine.models import Models
+    from vlbench.modelspec import ModelSpec
     from vlbench.engine.recipe import Recipe
     from vlbench.engine.tiny import ensure_tiny_models
 
@@ -432,7 +438,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         if debug:
             raise
-        print(f"vlbench: error: {exc}", file=sys.stderr)
+        print(f"vlbench: error: {exc.render(flag_name)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("vlbench: interrupted", file=sys.stderr)

@@ -1,12 +1,69 @@
-"""Errors a user can cause: one clear line naming the input and what to do.
+"""Errors a user can cause, as data: which input, which value, what is wrong and the fix.
 
-Anything else is a bug and keeps its traceback (in the log, or on screen with --debug).
+The engine and the schema raise them with plain field names ("image", "alpha"); each front end
+renders them in its own words: `--image ref.png: no such file` on the command line, "Reference
+ref.png: no such file" in the workbench, `alpha 1.5: …` for a TOML file. `str(err)` is the plain
+rendering. Anything that is not a UserError is a bug and keeps its traceback (log, or --debug).
 """
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+_UNSET: Any = object()
 
 
 class UserError(Exception):
-    """A bad input. `str(err)` is the whole message shown to the user."""
+    """A bad input. `field` names it (a Recipe field, or an input: image, prompt, out, …); `where` is the
+    context a front end adds (a file, an experiment config); `fix` says what to do."""
+
+    def __init__(self, problem: str, *, field: str | None = None, value: Any = _UNSET, fix: str | None = None,
+                 where: str | None = None):
+        self.problem = problem
+        self.field = field
+        self.value = value
+        self.fix = fix
+        self.where = where
+        super().__init__(problem)
+
+    @property
+    def has_value(self) -> bool:
+        return self.value is not _UNSET
+
+    def render(self, name: Callable[[str], str] | None = None) -> str:
+        """The one line a user reads; `name` maps a field to the front end's word for it (a flag, a label)."""
+        head = ""
+        if self.field is not None:
+            head = name(self.field) if name is not None else self.field
+            if self.has_value:
+                head += f" {show_value(self.value)}"
+        parts = [p for p in (self.where, head) if p]
+        text = ": ".join([*parts, self.problem]) if parts else self.problem
+        return f"{text}; {self.fix}" if self.fix else text
+
+    def within(self, where: str) -> "UserError":
+        """The same error in a context (a file, a config); the innermost context stays next to the field."""
+        combined = where if not self.where else f"{where}: {self.where}"
+        err = type(self)(self.problem, field=self.field, value=self.value, fix=self.fix, where=combined)
+        err.__cause__ = self.__cause__
+        return err
+
+    def __str__(self) -> str:
+        return self.render()
 
 
 class CaptionTooLong(UserError):
     """The conditioning is longer than the DiT's caption budget (a CUDA device-side assert on GPU)."""
+
+
+def show_value(value: Any) -> str:
+    """A value as it appears in a message: bare when unambiguous, quoted when empty or spaced."""
+    if isinstance(value, str):
+        if len(value) > 60:
+            value = value[:59] + "…"
+        return repr(value) if (not value or any(c.isspace() for c in value)) else value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return ",".join(show_value(v) for v in value)
+    return repr(value) if isinstance(value, float) else str(value)

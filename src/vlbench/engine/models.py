@@ -32,56 +32,15 @@ from typing import Any, Callable
 
 import torch
 
-from vlbench.engine.recipe import DEFAULT_VL, DEFAULT_ZIMAGE
 from vlbench.errors import UserError
+from vlbench.modelspec import ModelSpec
 
 # Z-Image pads captions to a multiple of 32 inside the first RoPE axis: budget = axes_lens[0] - 32.
 CAPTION_PAD = 32
-OFFLOAD_POLICIES = ("none", "cpu", "sequential")
 # torch.compile options for the DiT's repeated blocks. dynamic=True: one graph per block variant for any
 # sequence length (sweeps mix caption lengths); the benchmark compares it with dynamo's automatic dynamic.
 COMPILE_OPTIONS: dict[str, Any] = {"fullgraph": True, "dynamic": True}
-DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
-          "fp32": torch.float32, "float32": torch.float32}
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """Where the models come from and where they run. None means: choose the default for this machine."""
-
-    zimage: str = DEFAULT_ZIMAGE
-    vl: str = DEFAULT_VL
-    device: str | None = None
-    dtype: str | None = None
-    offload: str = "none"  # none | cpu | sequential (see the module docstring)
-    compile: bool = False  # regional torch.compile of the DiT's repeated blocks
-
-    def resolved_offload(self) -> str:
-        """The policy in force: as given on CUDA; "none" on a CPU device (nothing to offload to)."""
-        if self.offload not in OFFLOAD_POLICIES:
-            raise UserError(f"--offload {self.offload}: unknown; use one of {', '.join(OFFLOAD_POLICIES)}")
-        if self.compile and self.offload == "sequential":
-            raise UserError("--compile: cannot be combined with --offload sequential (its hooks run inside every "
-                            "compiled block); use --offload cpu or none with --compile")
-        return self.offload if self.resolved_device().type == "cuda" else "none"
-
-    def resolved_device(self) -> torch.device:
-        if self.device is None:
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        try:
-            device = torch.device(self.device)
-        except RuntimeError:
-            raise UserError(f"--device {self.device}: not a device name; use cpu, cuda or cuda:N") from None
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise UserError(f"--device {self.device}: no CUDA GPU is visible here; use --device cpu")
-        return device
-
-    def resolved_dtype(self) -> torch.dtype:
-        if self.dtype is None:
-            return torch.bfloat16 if self.resolved_device().type == "cuda" else torch.float32
-        if self.dtype not in DTYPES:
-            raise UserError(f"--dtype {self.dtype}: unknown; use one of bf16, fp16, fp32")
-        return DTYPES[self.dtype]
+TORCH_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 @dataclass
@@ -134,6 +93,7 @@ class Models:
     _text_encoder_loaded: bool = False
 
     def __post_init__(self) -> None:
+        self.spec = self.spec.built()  # the tiny models' directories, built once
         self.device = self.spec.resolved_device()
         self.dtype = self.spec.resolved_dtype()
         self.offload = self.spec.resolved_offload()  # tests may set it on a CPU device to run the code paths

@@ -52,7 +52,8 @@ class VLBenchActor:
         import torch
 
         from vlbench.engine.engine import Engine, environment
-        from vlbench.engine.models import ModelSpec, Models
+        from vlbench.engine.models import Models
+        from vlbench.modelspec import ModelSpec
 
         if threads:
             torch.set_num_threads(threads)

@@ -154,9 +154,9 @@ def _rewrite_report(out: Path) -> None:
 def _metric_dtype(name: str | None):
     import torch
 
-    from vlbench.engine.models import DTYPES
+    from vlbench.engine.models import TORCH_DTYPES
 
-    return torch.float32 if name is None else DTYPES[name]
+    return torch.float32 if name is None else TORCH_DTYPES[name]
 
 
 def _open_store(console):
@@ -172,7 +172,7 @@ def _open_store(console):
 
 # ---- vlbench score ----
 def cmd_score(args) -> int:
-    from vlbench.engine.models import ModelSpec
+    from vlbench.modelspec import ModelSpec
     from vlbench.metrics import check_available, parse_metrics
 
     out = Path(args.dir)

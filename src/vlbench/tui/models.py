@@ -41,7 +41,8 @@ class ModelChoice:
     def build_engine(self, on_status: Callable[[str], None]):
         """Load nothing yet: an Engine whose Models load each part on first use. Worker thread only."""
         from vlbench.engine.engine import Engine
-        from vlbench.engine.models import Models, ModelSpec
+        from vlbench.engine.models import Models
+        from vlbench.modelspec import ModelSpec
 
         _quiet_libraries()
         device, dtype = self.device or None, self.dtype or None

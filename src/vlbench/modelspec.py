@@ -1,0 +1,136 @@
+"""Which models run, and where: one torch-free description shared by every command and the workbench.
+
+A `ModelSpec` is merged from config.toml's [models] table, then the environment (VLBENCH_ZIMAGE,
+VLBENCH_VL, VLBENCH_DEVICE, VLBENCH_DTYPE, VLBENCH_OFFLOAD, VLBENCH_COMPILE), then command-line flags,
+by `resolve_model_spec` — the one place that decides. The default when nothing names a model is the
+same for every command: the built-in tiny RANDOM-WEIGHT models, labelled as such (a new user's first
+command works on a machine without weights; a researcher with weights names them once in config.toml).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields, replace
+from typing import Any, Mapping
+
+from vlbench.errors import UserError
+
+# The published checkpoints a user names with `zimage = "..."`/`--zimage` (hub ids or local directories).
+DEFAULT_ZIMAGE = "Tongyi-MAI/Z-Image-Turbo"
+DEFAULT_VL = "Qwen/Qwen3-VL-4B-Instruct"
+OFFLOAD_POLICIES = ("none", "cpu", "sequential")
+DTYPE_NAMES = ("bf16", "fp16", "fp32")
+TINY_NOTE = "tiny random models — images are noise"
+# environment variable -> ModelSpec field
+ENVIRONMENT = {"VLBENCH_ZIMAGE": "zimage", "VLBENCH_VL": "vl", "VLBENCH_DEVICE": "device",
+               "VLBENCH_DTYPE": "dtype", "VLBENCH_OFFLOAD": "offload", "VLBENCH_COMPILE": "compile"}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Where the models come from and where they run. None means: choose the default for this machine."""
+
+    zimage: str = DEFAULT_ZIMAGE
+    vl: str = DEFAULT_VL
+    device: str | None = None  # cpu, cuda, cuda:N; None: cuda when available, else cpu
+    dtype: str | None = None  # bf16 | fp16 | fp32; None: bf16 on GPU, fp32 on CPU
+    offload: str = "none"  # none | cpu | sequential (engine/models.py says what each does)
+    compile: bool = False  # regional torch.compile of the DiT's repeated blocks
+    tiny: bool = False  # the built-in tiny random models: zimage/vl are their directories once built
+
+    def __post_init__(self) -> None:
+        if self.offload not in OFFLOAD_POLICIES:
+            raise UserError(f"unknown policy; use one of {', '.join(OFFLOAD_POLICIES)}", field="offload",
+                            value=self.offload)
+        if self.dtype is not None and self.dtype not in DTYPE_NAMES:
+            raise UserError(f"unknown; use one of {', '.join(DTYPE_NAMES)}", field="dtype", value=self.dtype)
+        if self.compile and self.offload == "sequential":
+            raise UserError("cannot be combined with offload sequential (its hooks run inside every compiled "
+                            "block); use offload cpu or none", field="compile")
+
+    def describe(self) -> str:
+        """One line for headers and logs: which models, on what."""
+        where = f" on {self.device}" if self.device else ""
+        if self.tiny:
+            return TINY_NOTE + where
+        return f"{self.zimage} + {self.vl}{where}"
+
+    def built(self) -> "ModelSpec":
+        """The spec with the tiny models' directories filled in (building them once; imports torch)."""
+        if not self.tiny:
+            return self
+        from vlbench.engine.tiny import ensure_tiny_models, is_tiny
+
+        if is_tiny(self.zimage) and is_tiny(self.vl):
+            return self
+        models = ensure_tiny_models()
+        return replace(self, zimage=str(models.zimage), vl=str(models.vl))
+
+    # The engine asks these on the thread that owns the models (they import torch).
+    def resolved_device(self):
+        import torch
+
+        if self.device is None:
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        try:
+            device = torch.device(self.device)
+        except RuntimeError:
+            raise UserError("not a device name; use cpu, cuda or cuda:N", field="device", value=self.device) from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise UserError("no CUDA GPU is visible here; use cpu", field="device", value=self.device)
+        return device
+
+    def resolved_dtype(self):
+        import torch
+
+        if self.dtype is None:
+            return torch.bfloat16 if self.resolved_device().type == "cuda" else torch.float32
+        return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[self.dtype]
+
+    def resolved_offload(self) -> str:
+        """The policy in force: as given on CUDA; "none" on a CPU device (nothing to offload to)."""
+        return self.offload if self.resolved_device().type == "cuda" else "none"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def resolve_model_spec(config: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None,
+                       flags: Mapping[str, Any] | None = None) -> ModelSpec:
+    """config.toml's [models], then the environment, then flags; later sources win, empty values are unset.
+
+    `flags` may hold `tiny` (force the tiny models). Naming a Z-Image or VL model anywhere selects real
+    models (the other part defaults to its published id); naming none selects the tiny models.
+    """
+    environ = os.environ if environ is None else environ
+    merged: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    layers = [("config.toml", dict(config or {})),
+              ("environment", {f: environ[k] for k, f in ENVIRONMENT.items() if environ.get(k)}),
+              ("flags", dict(flags or {}))]
+    for source, values in layers:
+        for key, value in values.items():
+            if value is None or value == "" or (key in ("compile", "tiny") and value is False):
+                continue
+            merged[key] = value
+            sources[key] = source
+    for key in ("compile", "tiny"):
+        if isinstance(merged.get(key), str):
+            text = merged[key].strip().lower()
+            if text not in ("1", "0", "true", "false", "yes", "no"):
+                raise UserError("must be true or false (1 or 0)", field=key, value=merged[key])
+            merged[key] = text in ("1", "true", "yes")
+    tiny = bool(merged.pop("tiny", False))
+    if tiny and sources.get("tiny") == "flags":
+        named = [k for k in ("zimage", "vl") if sources.get(k) == "flags"]
+        if named:
+            raise UserError(f"cannot be combined with {named[0]}; drop one", field="tiny")
+        merged.pop("zimage", None)
+        merged.pop("vl", None)
+    elif not merged.get("zimage") and not merged.get("vl"):
+        tiny = True
+    if tiny:
+        merged.pop("zimage", None)
+        merged.pop("vl", None)
+        return ModelSpec(tiny=True, zimage="", vl="", **merged)
+    return ModelSpec(**merged)
