@@ -396,7 +396,7 @@ def generation_section(args, models, ref):
     import numpy as np
 
     from vlbench.engine.engine import Engine
-    from vlbench.engine.recipe import Recipe
+    from vlbench.recipe import Recipe
 
     G = R.setdefault("generation", {})
     size, steps = args.size, args.steps
@@ -691,7 +691,7 @@ def offload_section(args, spec, ref):
 def _offload_runs(P: dict, spec, ref, steps: int, size: int) -> None:
     from vlbench.engine.engine import Engine
     from vlbench.engine.models import Models
-    from vlbench.engine.recipe import Recipe
+    from vlbench.recipe import Recipe
 
     recipe = Recipe(alpha=0.5, tokens="full", width=size, height=size, steps=steps, guidance=0.0)
     models = Models(spec)
@@ -751,7 +751,7 @@ def sweep_section(args, spec, ref, workdir: Path):
              sum_extraction_s=sum(r["timings"].get("extraction", 0.0) for r in rows),
              per_job=[{"name": r["name"], "seed": r["seed"], "caption_tokens": r["caption_tokens"],
                        "generation": r["timings"].get("generation"), "extraction": r["timings"].get("extraction"),
-                       "peak_GiB": gib(r["peak_vram_bytes"])} for r in rows])
+                       "peak_GiB": gib(r["peak_memory_bytes"])} for r in rows])
     S["ratio_wall_over_gen_plus_load"] = wall / (sum(gen) + load) if gen else None
     cold = R.get("load", {}).get("project_load_seconds", {})
     if cold:
@@ -803,7 +803,7 @@ def cli_sweep_section(args, zdir: Path, vldir: Path, ref_path: Path, workdir: Pa
     C.update(process_wall_s=wall, done=inv.get("done"), failed=inv.get("failed"), vl_forwards=inv.get("vl_forwards"),
              model_load_seconds=inv.get("model_load_seconds"), load_s=load, sum_generation_s=sum(gen),
              first_job_timings=rows[0]["timings"] if rows else None,
-             peak_GiB=max((gib(r["peak_vram_bytes"]) or 0) for r in rows) if rows else None)
+             peak_GiB=max((gib(r["peak_memory_bytes"]) or 0) for r in rows) if rows else None)
     # the fixed cost of starting Python with the libraries the command imports (page cache now warm)
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-c", "import torch, transformers, diffusers, PIL, rich; import vlbench.cli; "
@@ -824,8 +824,7 @@ def cli_sweep_section(args, zdir: Path, vldir: Path, ref_path: Path, workdir: Pa
     save_json()
 
 
-# `vlbench run …` itself when vlbench.cli knows the command; else the same handler (experiments.cli.cmd_run)
-# behind a parser built the way vlbench.cli will build it.
+# `vlbench run …` itself, in a fresh process (imports timed apart).
 CLI_RUNNER = """
 import time
 t0 = time.perf_counter()
@@ -834,20 +833,7 @@ import torch, transformers, diffusers
 print('VLBENCH_IMPORTS_S', time.perf_counter() - t0, flush=True)
 argv = json.loads(sys.argv[1])
 from vlbench import cli
-try:
-    known = 'run' in cli.COMMANDS
-except AttributeError:
-    known = False
-if known:
-    sys.exit(cli.main(argv))
-import argparse
-from vlbench.experiments.cli import add_parsers
-cli._quiet_libraries()
-parser = argparse.ArgumentParser(prog='vlbench')
-add_parsers(parser.add_subparsers(dest='command'))
-args = parser.parse_args(argv)
-print('(vlbench.cli has no run command yet: calling vlbench.experiments.cli.cmd_run directly)')
-sys.exit(args.func(args))
+sys.exit(cli.main(argv))
 """
 
 
@@ -857,7 +843,8 @@ def probe_child(args, zdir: Path, vldir: Path, ref_path: Path, out_json: Path) -
     from vlbench.engine.encode import encode_text
     from vlbench.engine.engine import Reference
     from vlbench.engine.extract import extract
-    from vlbench.engine.generate import generate, save_png
+    from vlbench.engine.generate import generate
+    from vlbench.pngs import save_png
     from vlbench.engine.models import Models
     from vlbench.modelspec import ModelSpec
 

@@ -95,7 +95,8 @@ def sweep(name: str, args, engine, executor, exp, recipes, ref, out: Path, seeds
 
 
 def ray_phase(name: str, args, spec, exp, recipes, ref, workdir: Path, actors: int, seeds: list[int]) -> dict:
-    from vlbench.executors.ray_executor import RayExecutor, head_engine
+    from vlbench.executors.ray_connect import head_engine
+    from vlbench.executors.ray_executor import RayExecutor
 
     P: dict = {"actors": actors}
     t0 = time.perf_counter()

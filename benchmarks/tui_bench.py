@@ -225,7 +225,7 @@ def keypress(presses: int, size: int, steps: int) -> dict:
 
 # ---- History on a big store ----
 def fill_store(path: Path, runs: int) -> float:
-    from vlbench.engine.recipe import Recipe
+    from vlbench.recipe import Recipe
     from vlbench.store import Store
 
     rng = random.Random(0)

@@ -17,7 +17,7 @@ from vlbench.engine import blend
 from vlbench.engine.calibrate import calibrate, load_stats, save_stats
 from vlbench.engine.engine import Engine, Reference
 from vlbench.engine.models import Models
-from vlbench.engine.recipe import Recipe
+from vlbench.recipe import Recipe
 from vlbench.errors import UserError
 
 PROMPTS = ["A red fox in fresh snow", "A watercolor lighthouse on a rocky coast", "Homer Simpson eating spaghetti",

@@ -177,7 +177,7 @@ def test_pure_helpers():
 
 
 def test_a_layer_the_vl_lacks_is_a_one_line_error(sink_engine, ref):
-    with pytest.raises(UserError, match="--layers: 99 is out of range"):
+    with pytest.raises(UserError, match="--layers 99: is out of range"):
         diagnose(sink_engine, [ref], PROMPT, layers=(99,))
 
 

@@ -19,7 +19,7 @@ from vlbench.engine import engine as engine_module
 from vlbench.engine.engine import Engine, Reference
 from vlbench.engine.extract import batch_memory_bytes, collate, extract, extract_batch, prepare
 from vlbench.engine.models import Models
-from vlbench.engine.recipe import Recipe
+from vlbench.recipe import Recipe
 
 PROMPT = "A photo of a red fox sitting in fresh snow"
 BUDGET = 224  # the tiny DiT's caption budget

@@ -11,7 +11,7 @@ from PIL import Image
 
 from conftest import make_image
 from vlbench.engine.engine import Engine, Reference
-from vlbench.engine.recipe import Recipe
+from vlbench.recipe import Recipe
 from vlbench.errors import UserError
 from vlbench.experiments.grid import grid_layout
 from vlbench.experiments.results import ResultsLog, validate_row
@@ -120,8 +120,9 @@ def test_a_type_file_error_is_one_line_naming_the_file_and_key(case, tmp_path):
 # ---- the grid's layout ----
 def _row(i, name, sha="r1", prompt="p", seed=0, **recipe):
     base = Recipe(**SMALL).to_dict()
-    return {"name": name, "config_index": i, "recipe": {**base, **recipe, "seed": seed}, "reference": "ref.png",
-            "reference_sha256": sha, "prompt": prompt, "seed": seed, "status": "done", "image": f"{name}.png"}
+    return {"name": name, "config_index": i, "recipe": {**base, **recipe, "seed": seed},
+            "references": [{"path": "ref.png", "sha256": sha}], "prompt": prompt, "seed": seed, "status": "done",
+            "image": f"{name}.png"}
 
 
 def test_grid_is_2d_when_exactly_two_recipe_fields_vary():
@@ -267,13 +268,11 @@ def test_results_log_ignores_a_corrupt_last_line(tmp_path):
 
 # ---- the command line ----
 def _main(argv: list[str]) -> int:
-    from vlbench.cli import _Parser
-    from vlbench.experiments.cli import add_parsers
+    """A command in-process; a bad input raises its UserError (vlbench.cli.main would print it)."""
+    from vlbench.cli import build_parser, command
 
-    parser = _Parser(prog="vlbench")
-    add_parsers(parser.add_subparsers(dest="command", parser_class=_Parser))
-    args = parser.parse_args(argv)
-    return args.func(args)
+    args = build_parser().parse_args(argv)
+    return command(args.command).run(args)
 
 
 def test_cli_run_with_prompts_file_and_seeds(tiny_dirs, tmp_path, ref_image):
@@ -299,17 +298,17 @@ def test_cli_rejects_bad_inputs_before_loading_models(tmp_path, ref_image):
     base = ["run", "--image", str(ref_image), "--prompt", "p", "--output-dir", str(tmp_path / "o"),
             "--zimage", "/nonexistent", "--vl", "/nonexistent"]
     for extra, fragment in [(["--experiment", str(bad)], "layer"), (["--experiment", "nope"], "unknown type"),
-                            (["--experiment", "token_sweep", "--seeds", "1,x"], "--seeds")]:
+                            (["--experiment", "token_sweep", "--seeds", "1,x"], "seeds x")]:
         with pytest.raises(UserError, match=fragment):
             _main(base + extra)
 
 
 def test_prompts_file_in_toml(tmp_path):
-    from vlbench.experiments.cli import read_prompts
+    from vlbench.prompts import read_prompts_file
 
     path = tmp_path / "prompts.toml"
     path.write_text('prompts = ["a cat", "a dog"]\n')
-    assert read_prompts(str(path)) == ["a cat", "a dog"]
+    assert read_prompts_file(str(path)) == ["a cat", "a dog"]
 
 
 def test_cli_experiments_lists_every_type_with_counts(capsys):
@@ -331,5 +330,5 @@ def test_finished_images_are_recorded_in_the_run_store(engine, tmp_path, ref_ima
                        tmp_path / "out", store=store)
         runs = store.history(experiment="token_sweep")
     assert sorted(r.name for r in runs) == ["full", "image"]
-    assert all(r.status == "done" and r.source == "cli" and Path(r.output_path).is_file() for r in runs)
+    assert all(r.status == "done" and r.source == "experiment" and Path(r.image).is_file() for r in runs)
     assert all(r.duration is not None and r.duration >= r.timings["generation"] for r in runs)

@@ -12,9 +12,10 @@ import pytest
 import torch
 
 from vlbench.engine.engine import Engine, Reference
-from vlbench.engine.generate import check_caption, generate, read_png_metadata, save_png
-from vlbench.engine.recipe import Recipe
-from vlbench.errors import CaptionTooLong
+from vlbench.engine.generate import check_caption, generate
+from vlbench.pngs import read_png_metadata, save_png
+from vlbench.recipe import Recipe
+from vlbench.errors import CaptionTooLong, UserError
 
 PROMPT = "A watercolor painting of a lighthouse on a rocky coast"
 SIZE = dict(width=64, height=64, steps=2)
@@ -123,7 +124,9 @@ def test_guidance_uses_the_negative_prompt_as_diffusers_does(engine, ref_pipe, r
         np.testing.assert_array_equal(px(result.image), expected)
         images.append(px(result.image))
     assert not np.array_equal(*images)  # the negative prompt matters
-    assert engine.negative(Recipe(guidance=0, negative_prompt="blurry")) is None  # and is unused without guidance
+    assert engine.negative(Recipe(guidance=0)) is None  # unused without guidance
+    with pytest.raises(UserError, match="negative_prompt blurry: has no effect"):  # and refused there
+        Recipe(guidance=0, negative_prompt="blurry")
 
 
 def test_alpha_0_guided_equals_zimage_pipeline_with_prompt_and_negative_prompt(engine, ref_pipe):
@@ -230,16 +233,22 @@ def test_png_metadata_round_trips_and_the_save_is_atomic(tmp_path):
 def test_a_failed_save_leaves_neither_a_partial_png_nor_a_temp_file(tmp_path):
     from PIL import Image
 
-    class Exploding:
-        def save(self, fp, *args, **kwargs):
-            with open(fp, "wb") as f:
-                f.write(b"\x89PNG half")
-            raise OSError("disk full")
+    import vlbench.files as files
 
     out = tmp_path / "out.png"
     save_png(Image.new("RGB", (8, 8)), out, {"seed": 0})
-    with pytest.raises(OSError, match="disk full"):
-        save_png(Exploding(), out, {"seed": 1})
+    real_fsync = files._fsync_file
+
+    def full_disk(path):  # the bytes are in the temp file; the disk fills before they are durable
+        assert path.name.endswith(".tmp") and path.read_bytes()
+        raise OSError(28, "No space left on device")
+
+    files._fsync_file = full_disk
+    try:
+        with pytest.raises(OSError, match="No space left"):
+            save_png(Image.new("RGB", (8, 8), "red"), out, {"seed": 1})
+    finally:
+        files._fsync_file = real_fsync
     assert read_png_metadata(out) == {"seed": 0}  # the earlier file is intact
     assert [p.name for p in tmp_path.iterdir()] == ["out.png"]
 

@@ -18,6 +18,7 @@ from PIL import Image
 from conftest import make_image
 from vlbench.errors import UserError
 from vlbench.experiments.results import ResultsLog, reference_copy, validate_row
+from vlbench.records import RunRecord
 from vlbench.metrics import DEFAULT_METRICS, METRICS, check_available, parse_metrics
 from vlbench.metrics.score import SCORES, ScoresLog, load_scores, score_folder
 
@@ -59,15 +60,18 @@ def fake_run(out: Path, n: int = 5, order=None) -> list[dict]:
         shutil.copyfile(ref, copy)
         image = f"images/config{i}.png"
         make_image(out / image, size=(64, 64), color=(30 * i % 256, 90, 255 - 40 * i))
-        rows.append({"key": f"key{i}", "experiment": "fake", "name": f"config{i % 3}", "config_index": i % 3,
-                     "recipe": {"layer": -2, "seed": i}, "prompt": PROMPTS[i % 3], "seed": i, "reference": str(ref),
-                     "reference_sha256": sha, "image": image, "status": "done", "error": None,
-                     "timings": {"extraction": 0.0, "blend": 0.0, "generation": 0.1, "model_load": 0.0},
-                     "peak_vram_bytes": None, "caption_tokens": 40, "vl_forwards": 1, "finished_at": "now"})
+        record = RunRecord(key=f"key{i}", experiment="fake", name=f"config{i % 3}", config_index=i % 3,
+                           recipe={"layer": -2, "seed": i}, prompt=PROMPTS[i % 3], seed=i,
+                           references=[{"path": str(ref), "sha256": sha}], image=image, status="done",
+                           timings={"extraction": 0.0, "blend": 0.0, "generation": 0.1, "model_load": 0.0},
+                           caption_tokens=40, vl_forwards=1, finished_at=1.0)
+        rows.append(record.to_json())
     log = ResultsLog(out / "results.jsonl")
     for i in (order or range(n)):
         log.append(rows[i])
-    return rows
+    # the tests read the (first) reference of each row
+    return [{**r, "reference": r["references"][0]["path"], "reference_sha256": r["references"][0]["sha256"]}
+            for r in rows]
 
 
 def values(out: Path) -> dict[str, dict]:
@@ -199,9 +203,9 @@ def test_scores_reach_the_run_store_and_history_sorts_by_them(tmp_path, models):
     out = tmp_path / "run"
     rows = fake_run(out, n=4)
     with Store(tmp_path / "runs.sqlite3") as store:
-        ids = [store.record_done(r["prompt"], [r["reference"]], r["recipe"], output_path=str((out / r["image"]).resolve()),
-                                 timings={}) for r in rows]
-        other = store.record_done("unscored", [], {}, output_path=str(tmp_path / "elsewhere.png"), timings={})
+        ids = [store.add(RunRecord(prompt=r["prompt"], references=r["references"], recipe=r["recipe"], status="done",
+                                   image=str((out / r["image"]).resolve()))) for r in rows]
+        other = store.add(RunRecord(prompt="unscored", status="done", image=str(tmp_path / "elsewhere.png")))
         summary = score_folder(out, ("siglip", "dino"), models, store=store)
         assert summary.stored == 4
         got = values(out)
@@ -254,13 +258,11 @@ def test_report_has_a_sortable_metrics_table_and_the_adherence_plot(tmp_path, mo
 
 # ---- the command line ----
 def _main(argv: list[str]) -> int:
-    from vlbench.cli import _Parser
-    from vlbench.experiments.cli import add_parsers
+    """A command in-process; a bad input raises its UserError (vlbench.cli.main would print it)."""
+    from vlbench.cli import build_parser, command
 
-    parser = _Parser(prog="vlbench")
-    add_parsers(parser.add_subparsers(dest="command", parser_class=_Parser))
-    args = parser.parse_args(argv)
-    return args.func(args)
+    args = build_parser().parse_args(argv)
+    return command(args.command).run(args)
 
 
 def test_run_with_metrics_scores_stores_and_reports(tiny_dirs, tmp_path, ref_image, metric_dirs, monkeypatch):
@@ -287,7 +289,7 @@ def test_run_with_metrics_scores_stores_and_reports(tiny_dirs, tmp_path, ref_ima
     # `vlbench score` on the same folder: already scored, nothing redone; a new metric subset is fine
     assert _main(["score", str(out), "--tiny", "--metrics", "siglip"]) == 0
     assert load_scores(out) == scores
-    with pytest.raises(UserError, match="--tiny: cannot be combined with --dino"):
+    with pytest.raises(UserError, match="tiny: cannot be combined with --dino"):
         _main(["score", str(out), "--tiny", "--dino", "x"])
 
 
@@ -295,14 +297,14 @@ def test_run_with_metrics_scores_stores_and_reports(tiny_dirs, tmp_path, ref_ima
 def test_history_shows_metric_columns_sorts_by_them_and_preview_shows_scores():
     import asyncio
 
-    from vlbench.engine.recipe import Recipe
+    from vlbench.recipe import Recipe
     from vlbench.tui.app import VlbenchApp
     from vlbench.config import parse_settings
 
     async def go():
         app = VlbenchApp(parse_settings({"recipe": {"width": 64, "height": 64, "steps": 2}}), start_worker=False)
         recipe = Recipe(width=64, height=64, steps=2).to_dict()
-        ids = [app.store.record_done(f"prompt {i}", [], recipe, output_path=f"/nowhere/{i}.png", timings={})
+        ids = [app.store.add(RunRecord(prompt=f"prompt {i}", recipe=recipe, status="done", image=f"/nowhere/{i}.png"))
                for i in range(4)]
         for run_id, value in zip(ids, (0.2, 0.9, None, 0.5)):
             if value is not None:

@@ -22,7 +22,7 @@ from vlbench.engine import models as models_mod
 from vlbench.engine.engine import Engine, Reference
 from vlbench.engine.models import Models
 from vlbench.modelspec import ModelSpec
-from vlbench.engine.recipe import Recipe
+from vlbench.recipe import Recipe
 from vlbench.errors import UserError
 from vlbench.experiments.results import ResultsLog
 from vlbench.experiments.runner import run_experiment
@@ -81,7 +81,7 @@ def test_offload_code_path_moves_the_idle_encoder_and_keeps_images(tiny_dirs, en
 
 
 def test_unknown_offload_and_compile_with_sequential_are_one_line_errors(tiny_dirs):
-    from vlbench.cli import flag_name
+    from vlbench.cli.common import flag_name
 
     with pytest.raises(UserError) as exc:
         _spec(tiny_dirs, offload="disk")
@@ -93,14 +93,16 @@ def test_unknown_offload_and_compile_with_sequential_are_one_line_errors(tiny_di
 
 
 def test_cli_takes_offload_and_compile_flags(tiny_dirs, tmp_path, ref_image, capsys):
-    from vlbench.cli import build_parser, main, spec_from_args
+    from vlbench.cli import build_parser, main
+    from vlbench.cli.common import model_spec
 
     args = build_parser().parse_args(["generate", "--tiny", "--offload", "cpu", "--compile", "--prompt", PROMPT,
                                       "--out", str(tmp_path / "a.png")])
-    spec = spec_from_args(args)
+    spec = model_spec(args)
     assert (spec.offload, spec.compile) == ("cpu", True)
-    with pytest.raises(UserError, match="argument --offload: invalid choice: 'disk'"):
-        build_parser().parse_args(["generate", "--tiny", "--offload", "disk", "--prompt", PROMPT, "--out", "x.png"])
+    args = build_parser().parse_args(["generate", "--tiny", "--offload", "disk", "--prompt", PROMPT, "--out", "x.png"])
+    with pytest.raises(UserError, match="offload disk: unknown policy"):
+        model_spec(args)
     out_none, out_seq = tmp_path / "none.png", tmp_path / "seq.png"
     common = ["generate", "--tiny", "--device", "cpu", "--dtype", "fp32", "--image", str(ref_image),
               "--prompt", PROMPT, "--alpha", "0.5", "--width", "64", "--height", "64", "--steps", "2"]
@@ -147,23 +149,23 @@ def _experiment():
 
 
 def test_pngs_are_written_off_the_runner_thread_and_every_row_finds_its_png(engine, tmp_path, ref_image, monkeypatch):
-    import vlbench.engine.generate as gen
+    import vlbench.pngs as gen
 
     experiment, recipes = _experiment()
     out = tmp_path / "out"
-    threads, real_save, real_append = [], gen.save_png, ResultsLog.append
+    threads, real_save, real_append = [], gen.write_png, ResultsLog.append
 
-    def slow_save(image, path, meta):
+    def slow_save(path, data):
         threads.append(threading.current_thread().name)
         time.sleep(0.05)  # a slow disk: the row must still wait for the file
-        return real_save(image, path, meta)
+        return real_save(path, data)
 
     def checked_append(self, row):
         if row["status"] == "done":
             assert (out / row["image"]).is_file(), "a row was appended before its PNG was on disk"
         return real_append(self, row)
 
-    monkeypatch.setattr(gen, "save_png", slow_save)
+    monkeypatch.setattr(gen, "write_png", slow_save)
     monkeypatch.setattr(ResultsLog, "append", checked_append)
     summary = run_experiment(Engine(engine.models), experiment, recipes, [Reference.open(ref_image)], [PROMPT], out)
     assert summary.done == len(recipes) and summary.failed == 0
@@ -214,24 +216,24 @@ def test_ctrl_c_in_a_generation_keeps_the_previous_job_and_resumes(engine, tmp_p
 
 
 def test_a_failed_png_write_leaves_no_row_for_it(engine, tmp_path, ref_image, monkeypatch):
-    import vlbench.engine.generate as gen
+    import vlbench.pngs as gen
 
     experiment, recipes = _experiment()
     refs, out = [Reference.open(ref_image)], tmp_path / "out"
-    real_save, count = gen.save_png, {"n": 0}
+    real_save, count = gen.write_png, {"n": 0}
 
-    def failing_save(image, path, meta):
+    def failing_save(path, data):
         count["n"] += 1
         if count["n"] == 2:
             raise OSError(28, "No space left on device")
-        return real_save(image, path, meta)
+        return real_save(path, data)
 
-    monkeypatch.setattr(gen, "save_png", failing_save)
+    monkeypatch.setattr(gen, "write_png", failing_save)
     with pytest.raises(OSError, match="No space left"):
         run_experiment(Engine(engine.models), experiment, recipes, refs, [PROMPT], out)
     rows = _rows(out)
     assert len(rows) == 1 and (out / rows[0]["image"]).is_file()
-    monkeypatch.setattr(gen, "save_png", real_save)
+    monkeypatch.setattr(gen, "write_png", real_save)
     summary = run_experiment(Engine(engine.models), experiment, recipes, refs, [PROMPT], out)
     assert (summary.skipped, summary.done) == (1, len(recipes) - 1)
 

@@ -12,7 +12,7 @@ import hashlib
 import pytest
 
 from vlbench.engine.engine import Reference
-from vlbench.engine.recipe import Recipe
+from vlbench.recipe import Recipe
 
 PROMPT = "a red cat on a mat"
 SIZE = dict(width=64, height=64, steps=2, seed=3)

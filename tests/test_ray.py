@@ -20,7 +20,7 @@ from vlbench.executors.dispatch import Dispatcher
 SMALL = {"steps": 2, "width": 64, "height": 64}
 PROMPT = "a red square"
 SEEDS = [1, 2]
-VOLATILE = ("timings", "finished_at", "peak_vram_bytes", "vl_forwards")  # differ between runs by nature
+VOLATILE = ("timings", "started_at", "finished_at", "peak_memory_bytes", "vl_forwards")  # differ between runs by nature
 pytestmark = pytest.mark.xdist_group("ray")  # with -n: every test here on one worker, so one Ray instance
 
 
@@ -121,7 +121,7 @@ def sweep(engine, tmp_path_factory):
 
 
 def _run_on_ray(sweep, executor, tiny_spec, out, **kw):
-    from vlbench.executors.ray_executor import head_engine
+    from vlbench.executors.ray_connect import head_engine
     from vlbench.experiments.runner import run_experiment
 
     return run_experiment(head_engine(tiny_spec), sweep["experiment"], sweep["recipes"], [sweep["ref"]], [PROMPT],
@@ -155,7 +155,7 @@ def test_ray_gives_the_local_rows_and_byte_identical_pngs(sweep, executor, tiny_
     _same_images(sweep["local"], out, rows)  # pixels AND the PNG's metadata (recipe, conditioning, environment)
     assert 1 <= summary.vl_forwards <= 2  # one extraction, read once by each actor that ran a job of it
     assert sum(r["vl_forwards"] for r in rows) == summary.vl_forwards
-    assert len(history) == 8 and all(r.status == "done" and Path(r.output_path).is_file() for r in history)
+    assert len(history) == 8 and all(r.status == "done" and Path(r.image).is_file() for r in history)
     assert (out / "grid.png").is_file() and (out / "report.html").is_file()
 
 
@@ -226,13 +226,11 @@ def test_an_interrupted_ray_run_resumes(sweep, executor, tiny_spec, tmp_path):
 
 # ---- the command line ----
 def _main(argv: list[str]) -> int:
-    from vlbench.cli import _Parser
-    from vlbench.experiments.cli import add_parsers
+    """A command in-process; a bad input raises its UserError (vlbench.cli.main would print it)."""
+    from vlbench.cli import build_parser, command
 
-    parser = _Parser(prog="vlbench")
-    add_parsers(parser.add_subparsers(dest="command", parser_class=_Parser))
-    args = parser.parse_args(argv)
-    return args.func(args)
+    args = build_parser().parse_args(argv)
+    return command(args.command).run(args)
 
 
 def _argv(ref: Path, out: Path) -> list[str]:
@@ -264,5 +262,5 @@ def test_an_unreachable_ray_address_is_a_one_line_error(address, tmp_path, ref_i
 
 
 def test_ray_flags_need_the_ray_executor(tmp_path, ref_image):
-    with pytest.raises(UserError, match="--ray-address: only with --executor ray"):
+    with pytest.raises(UserError, match="ray_address auto: has no effect without executor ray"):
         _main(_argv(ref_image, tmp_path / "out") + ["--ray-address", "auto"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from vlbench.engine.recipe import TOKEN_SELECTIONS, Recipe, load_recipe, save_recipe
+from vlbench.recipe import Recipe, Tokens, load_recipe, save_recipe
 from vlbench.errors import UserError
 
 
@@ -16,7 +16,7 @@ def test_defaults_are_turbos_and_pure_vl():
 
 
 def test_token_selections_are_the_five_named_ones():
-    assert list(TOKEN_SELECTIONS) == ["full", "image", "image-markers", "text", "prompt"]
+    assert list(Tokens.values()) == ["full", "image", "image-markers", "text", "prompt"]
 
 
 @pytest.mark.parametrize(
@@ -35,12 +35,13 @@ def test_token_selections_are_the_five_named_ones():
 def test_every_invalid_value_is_a_user_error_naming_the_field(field, value):
     with pytest.raises(UserError) as err:
         Recipe(**{field: value})
-    assert str(err.value).startswith(f"{field}:"), str(err.value)
+    assert err.value.field == field, str(err.value)
+    assert str(err.value).startswith(f"{field} ") or str(err.value).startswith(f"{field}:"), str(err.value)
     assert "\n" not in str(err.value)
 
 
 def test_width_error_suggests_a_multiple_of_16():
-    with pytest.raises(UserError, match="width: 100 is not a multiple of 16.*try 96"):
+    with pytest.raises(UserError, match="width 100: is not a multiple of 16.*try 96"):
         Recipe(width=100)
 
 
@@ -68,7 +69,7 @@ def test_recipes_are_hashable_and_compare_by_value():
 def test_toml_round_trip_is_equal(tmp_path):
     recipes = [
         Recipe(),
-        Recipe(alpha=0.0, tokens="text", layer=-5, vl_text="none", max_image_tokens=300, seed=2**63 - 1,
+        Recipe(alpha=0.5, tokens="text", layer=-5, vl_text="none", max_image_tokens=300, seed=2**63 - 1,
                steps=4, width=512, height=768, guidance=3.5,
                negative_prompt='ünïcödé "quoted" back\\slash\ttab\nnewline'),
         Recipe(vl_text="Describe this image.", tokens="image-markers", layer=7),
@@ -84,7 +85,7 @@ def test_toml_round_trip_is_equal(tmp_path):
 def test_toml_round_trip_of_a_string_with_a_control_character(tmp_path):
     """TOML forbids raw control characters (U+0000-U+001F and U+007F) in strings: they must be escaped."""
     for text in ("nul\x00", "esc\x1b[0m", "del\x7f"):
-        recipe = Recipe(negative_prompt=text)
+        recipe = Recipe(negative_prompt=text, guidance=1.0)
         save_recipe(recipe, tmp_path / "r.toml")
         assert load_recipe(tmp_path / "r.toml") == recipe, repr(text)
 

@@ -16,7 +16,7 @@ from conftest import make_image
 from vlbench.engine import blend
 from vlbench.engine.engine import Engine, Reference
 from vlbench.engine.models import Models
-from vlbench.engine.recipe import Recipe
+from vlbench.recipe import Recipe
 from vlbench.errors import CaptionTooLong, UserError
 
 PROMPT = "A photo of a red fox sitting in fresh snow"
@@ -154,10 +154,11 @@ def test_intra_ratio_1_is_the_image_selection_after_the_policys_length_mapping(e
 
 @pytest.mark.parametrize("policy", POLICIES)
 def test_alpha_0_is_exactly_zimages_own_qwen3_encoding(engine, refs, qwen3, policy):
-    for tokens in ("full", "text"):
-        cond = engine.condition(Recipe(alpha=0.0, tokens=tokens, length_policy=policy), PROMPT, [refs["a"]])
-        assert torch.equal(cond.embeds, qwen3)
-        assert cond.extractions == []  # the VL plays no part
+    cond = engine.condition(Recipe(alpha=0.0, length_policy=policy), PROMPT, [refs["a"]])
+    assert torch.equal(cond.embeds, qwen3)
+    assert cond.extractions == []  # the VL plays no part
+    with pytest.raises(UserError, match="tokens text: has no effect"):  # a selection at alpha 0 is refused
+        Recipe(alpha=0.0, tokens="text", length_policy=policy)
 
 
 def test_alpha_1_under_concat_is_the_vl_selection_unchanged(engine, vlref, refs):
@@ -456,8 +457,9 @@ def test_strength_outside_0_1_is_a_user_error():
 
 
 def test_img2img_without_a_reference_is_a_user_error(engine):
-    with pytest.raises(UserError, match="--image"):
+    with pytest.raises(UserError, match="img2img starts from the first reference") as err:
         engine.run(Recipe(alpha=0.0, strength=0.5, **SIZE), PROMPT, [])
+    assert err.value.field == "strength"
 
 
 def test_img2img_at_strength_1_starts_from_pure_noise(engine, refs):

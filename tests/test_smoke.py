@@ -1,7 +1,7 @@
 """The README's promise: the tiny models build and an image comes out end to end."""
 
 from vlbench.engine.engine import Reference
-from vlbench.engine.recipe import Recipe
+from vlbench.recipe import Recipe
 
 
 def test_tiny_end_to_end(engine, ref_image):

@@ -13,7 +13,9 @@ import pytest
 
 from vlbench import paths
 from vlbench.errors import UserError
-from vlbench.store import STATUSES, Store, process_token
+from vlbench.process import process_token
+from vlbench.records import RunRecord
+from vlbench.store import STATUSES, Store
 
 RECIPE = {"width": 64, "height": 64, "steps": 2, "seed": 0}
 
@@ -43,7 +45,7 @@ def test_store_lives_in_the_data_dir_with_wal_and_schema_version(store):
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
     assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == 5000
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
 
 
 def test_a_store_written_by_a_newer_vlbench_is_refused(tmp_path):
@@ -63,7 +65,7 @@ def test_runs_are_claimed_in_enqueue_order_and_round_trip_their_fields(store):
     ])
     assert first < second < third
     row = store.claim_next()
-    assert (row.id, row.status, row.prompt, row.images, row.recipe) == (first, "running", "a red fox", ["/refs/fox.png"], dict(RECIPE, seed=7))
+    assert (row.id, row.status, row.prompt, row.reference_paths, row.recipe) == (first, "running", "a red fox", ["/refs/fox.png"], dict(RECIPE, seed=7))
     assert (row.name, row.experiment, row.seed, row.source) == ("fox", "e1", 7, "cli")
     assert row.started_at is not None and row.finished_at is None
     assert [store.claim_next().id, store.claim_next().id] == [second, third]
@@ -106,7 +108,7 @@ def test_delete_removes_any_run_but_a_running_one(store, tmp_path):
     assert not store.delete(a)
     out = tmp_path / "a.png"
     out.write_bytes(b"png")
-    assert store.finish(a, output_path=str(out), timings={}, peak_memory_bytes=None, environment={}, conditioning={})
+    assert store.finish(a, RunRecord(image=str(out)))
     assert store.delete(a, delete_output=True)
     assert store.get(a) is None and not out.exists()
     assert store.delete(b)  # pending is fine too
@@ -114,12 +116,13 @@ def test_delete_removes_any_run_but_a_running_one(store, tmp_path):
 
 def test_finish_and_fail_apply_only_to_running_runs(store):
     a, b = store.enqueue_many([dict(prompt=p, images=[], recipe=RECIPE) for p in "ab"])
-    assert not store.finish(a, output_path="x.png", timings={}, peak_memory_bytes=None, environment={}, conditioning={})
+    assert not store.finish(a, RunRecord(image="x.png"))
     row = store.claim_next()
-    assert store.finish(row.id, output_path="x.png", timings={"generation": 1.5}, peak_memory_bytes=123,
-                        environment={"torch": "x"}, conditioning={"length": 3})
+    assert store.finish(row.id, RunRecord(image="x.png", timings={"generation": 1.5}, peak_memory_bytes=123,
+                                          environment={"torch": "x"}, conditioning={"length": 3},
+                                          finished_at=row.started_at + 1))
     done = store.get(a)
-    assert (done.status, done.output_path, done.timings, done.peak_memory_bytes) == ("done", "x.png", {"generation": 1.5}, 123)
+    assert (done.status, done.image, done.timings, done.peak_memory_bytes) == ("done", "x.png", {"generation": 1.5}, 123)
     assert done.environment == {"torch": "x"} and done.conditioning == {"length": 3} and done.duration >= 0
     assert not store.fail(a, "too late")  # a done run stays done
     assert not store.cancel(a)
@@ -132,10 +135,10 @@ def test_cancel_then_finish_leaves_the_run_cancelled(store):
     run = store.enqueue("p", [], RECIPE)
     store.claim_next()
     assert store.cancel(run)
-    assert not store.finish(run, output_path="x.png", timings={}, peak_memory_bytes=None, environment={}, conditioning={})
+    assert not store.finish(run, RunRecord(image="x.png"))
     assert not store.fail(run, "x")
     row = store.get(run)
-    assert row.status == "cancelled" and row.output_path is None and row.finished_at is not None
+    assert row.status == "cancelled" and row.image is None and row.finished_at is not None
 
 
 def test_retry_puts_a_failed_or_cancelled_run_back_at_the_end_of_the_queue(store):
@@ -154,23 +157,25 @@ def test_retry_puts_a_failed_or_cancelled_run_back_at_the_end_of_the_queue(store
 def test_requeue_copies_a_run_into_a_new_pending_row(store):
     a = store.enqueue("p", ["r.png"], RECIPE, name="n", experiment="e", source="cli")
     row = store.claim_next()
-    store.finish(row.id, output_path="x.png", timings={}, peak_memory_bytes=None, environment={}, conditioning={})
+    store.finish(row.id, row.record().replace(image="x.png"))
     b = store.requeue(a)
     new, old = store.get(b), store.get(a)
     assert b != a and new.status == "pending" and old.status == "done"
-    assert (new.prompt, new.images, new.recipe, new.name, new.experiment) == ("p", ["r.png"], RECIPE, "n", "e")
+    assert (new.prompt, new.reference_paths, new.recipe, new.name, new.experiment) == ("p", ["r.png"], RECIPE, "n", "e")
     with pytest.raises(KeyError):
         store.requeue(12345)
 
 
 def test_record_done_adds_a_finished_run_outside_the_queue(store):
     queued_run = store.enqueue("queued", [], RECIPE)
-    run = store.record_done("p", ["r.png"], dict(RECIPE, seed=3), name="image", experiment="token_sweep",
-                            output_path="out/0001.png", timings={"generation": 0.5, "total": 0.7},
-                            peak_memory_bytes=10, environment={"torch": "x"}, conditioning={"length": 4})
+    run = store.add(RunRecord(prompt="p", references=[{"path": "r.png", "sha256": None}], recipe=dict(RECIPE, seed=3),
+                              seed=3, name="image", experiment="token_sweep", source="cli", status="done",
+                              image="out/0001.png", timings={"generation": 0.5, "total": 0.7}, started_at=100.0,
+                              finished_at=100.7, peak_memory_bytes=10, environment={"torch": "x"},
+                              conditioning={"length": 4}))
     row = store.get(run)
     assert (row.status, row.source, row.seed, row.name, row.experiment) == ("done", "cli", 3, "image", "token_sweep")
-    assert row.output_path == "out/0001.png" and abs(row.duration - 0.7) < 1e-6
+    assert row.image == "out/0001.png" and abs(row.duration - 0.7) < 1e-6
     assert [r.id for r in store.queue()] == [queued_run]  # not queued
     assert [r.id for r in store.history(experiment="token_sweep")] == [run]
 
@@ -193,7 +198,7 @@ def _history_fixture(store: Store) -> list[int]:
     for i, run_id in enumerate(ids[:20]):  # 20 finish: done / failed / cancelled by turns
         store.claim_next()
         if i % 3 == 0:
-            store.finish(run_id, output_path=f"{run_id}.png", timings={}, peak_memory_bytes=None, environment={}, conditioning={})
+            store.finish(run_id, RunRecord(image=f"{run_id}.png"))
         elif i % 3 == 1:
             store.fail(run_id, "boom")
         else:
@@ -278,18 +283,18 @@ def test_recover_returns_runs_of_a_dead_worker_to_the_front_of_the_queue(store):
     store.claim_next()
     # simulate a crash: the claiming process died without finishing
     store._conn().execute("UPDATE runs SET claimed_by = ? WHERE id = ?", (dead_owner(), a))
-    assert store.recover() == 1
+    assert store.recover() == (1, 0)
     assert queued(store) == [a, b, c]
     row = store.get(a)
     assert row.status == "pending" and row.started_at is None and row.claimed_by is None
-    assert store.recover() == 0
+    assert store.recover() == (0, 0)
 
 
 def test_recover_leaves_runs_of_a_live_process_alone(store):
     a, b = store.enqueue_many([dict(prompt=p, images=[], recipe=RECIPE) for p in "ab"])
     store.claim_next()  # claimed by this (live) process
-    assert store.recover() == 0 and store.get(a).status == "running"
-    assert store.recover(force=True) == 1 and queued(store) == [a, b]
+    assert store.recover() == (0, 0) and store.get(a).status == "running"
+    assert store.recover(force=True) == (1, 0) and queued(store) == [a, b]
 
 
 def test_a_hundred_thousand_runs_page_and_count_through_indexes(store):
@@ -325,8 +330,9 @@ def test_a_hundred_thousand_runs_page_and_count_through_indexes(store):
 
 def test_store_is_shared_across_processes(store, tmp_path):
     run = store.enqueue("p", [], RECIPE)
-    code = ("import sys; from vlbench.store import Store; s = Store(sys.argv[1]); r = s.claim_next(); "
-            "print(r.id); s.finish(r.id, output_path='o.png', timings={}, peak_memory_bytes=None, environment={}, conditioning={})")
+    code = ("import sys; from vlbench.store import Store; from vlbench.records import RunRecord; "
+            "s = Store(sys.argv[1]); r = s.claim_next(); "
+            "print(r.id); s.finish(r.id, RunRecord(image='o.png'))")
     out = subprocess.run([sys.executable, "-c", code, str(store.path)], capture_output=True, text=True, check=True,
                          env=os.environ)
     assert int(out.stdout) == run

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from vlbench.config import parse_settings
-from vlbench.engine.recipe import Recipe
+from vlbench.recipe import Recipe
 
 SIZE = (160, 48)
 FAST = {"width": 64, "height": 64, "steps": 2}
@@ -62,7 +62,7 @@ def fill_store(app, tmp_path, image=False, pending=0):
 
         out = tmp_path / "000006.png"
         Image.linear_gradient("L").resize((64, 64)).convert("RGB").save(out)
-        conn.execute("UPDATE runs SET output_path = ? WHERE id = ?", (str(out), ids[5]))
+        conn.execute("UPDATE runs SET image = ? WHERE id = ?", (str(out), ids[5]))
     return ids
 
 

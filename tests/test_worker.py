@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from vlbench import paths
-from vlbench.engine.generate import read_png_metadata
+from vlbench.pngs import read_png_metadata
 from vlbench.store import Store
 from vlbench.worker import (JobCancelled, JobDone, JobFailed, JobProgress, JobStarted, ModelStatus, Worker,
                             WorkerIdle, WorkerPaused)
@@ -72,8 +72,8 @@ def test_queued_jobs_complete_in_order_with_their_records(tiny_spec, engine, ref
     assert isinstance(events.items[-1], WorkerIdle)
     for run_id, done in zip(ids, events.of(JobDone)):
         row = store.get(run_id)
-        assert row.status == "done" and row.output_path == done.output_path
-        out = Path(row.output_path)
+        assert row.status == "done" and row.image == done.image
+        out = Path(row.image)
         assert out == paths.outputs_dir() / f"{run_id:06d}.png" and out.exists()
         assert {"extraction", "generation", "save", "total"} <= set(row.timings)
         assert row.environment["device"] == "cpu" and "torch" in row.environment
@@ -83,7 +83,9 @@ def test_queued_jobs_complete_in_order_with_their_records(tiny_spec, engine, ref
         assert sum(n for _, n in cond["vl"]["role_runs"]) == len(cond["vl"]["input_ids"])
         meta = read_png_metadata(out)
         assert meta["prompt"] == row.prompt and meta["seed"] == row.recipe["seed"]
-        assert meta["recipe"]["width"] == 64 and meta["images"] == [str(ref_image)]
+        assert meta["recipe"]["width"] == 64 and [r["path"] for r in meta["references"]] == [str(ref_image)]
+        # the store's row, the PNG metadata: one record, the same names (the PNG holds how it was made)
+        assert meta == row.record().png_metadata()
     assert not list(paths.outputs_dir().glob("*.tmp")) and not list(paths.outputs_dir().glob(".*.tmp"))
     store.close()
 
@@ -97,12 +99,12 @@ def test_a_bad_job_fails_with_one_line_and_the_next_job_runs(tiny_spec, engine, 
     events = Events()
     drain(make_worker(tiny_spec, engine, events))
 
-    assert store.get(missing).error == f"--image {tmp_path / 'missing.png'}: no such file"
+    assert store.get(missing).error == f"Reference {tmp_path / 'missing.png'}: no such file"
     assert "multiple of 16" in store.get(bad_recipe).error
     assert "unknown key 'colour'" in store.get(unknown_key).error
     for run_id in (missing, bad_recipe, unknown_key):
         row = store.get(run_id)
-        assert row.status == "failed" and "\n" not in row.error and row.output_path is None
+        assert row.status == "failed" and "\n" not in row.error and row.image is None
     assert [e.run_id for e in events.of(JobFailed)] == [missing, bad_recipe, unknown_key]
     assert store.get(good).status == "done"
     store.close()
@@ -127,6 +129,10 @@ def test_a_model_that_cannot_load_fails_the_job_and_the_worker_keeps_going(tmp_p
 def test_unexpected_errors_fail_the_job_and_go_to_the_log(tiny_spec, engine, ref_image):
     class Broken:
         models = engine.models
+        vl_forwards = 0
+
+        def environment(self):
+            return {}
 
         def run(self, *args, **kwargs):
             raise RuntimeError("kaboom\nsecond line")
@@ -148,6 +154,10 @@ def test_out_of_memory_and_a_lost_cuda_context_are_named(tiny_spec, engine, ref_
 
     class Failing:
         models = engine.models
+        vl_forwards = 0
+
+        def environment(self):
+            return {}
 
         def run(self, *args, **kwargs):
             raise next(errors)
@@ -184,7 +194,7 @@ def test_nan_conditioning_fails_the_job_by_name(tiny_spec, engine, ref_image):
     bad = store.enqueue("p", [str(ref_image)], RECIPE)
     drain(make_worker(tiny_spec, NaNEngine(engine.models)))
     row = store.get(bad)
-    assert row.status == "failed" and row.error.startswith("NaN in conditioning")
+    assert row.status == "failed" and row.error.startswith("NaN in the conditioning")
     assert not (paths.outputs_dir() / f"{bad:06d}.png").exists()
     store.close()
 
@@ -222,7 +232,7 @@ def test_cancelling_through_the_store_stops_the_running_job(tiny_spec, engine, r
 
     events = Events(react)
     drain(make_worker(tiny_spec, engine, events))
-    assert store.get(first).status == "cancelled" and store.get(first).output_path is None
+    assert store.get(first).status == "cancelled" and store.get(first).image is None
     assert not (paths.outputs_dir() / f"{first:06d}.png").exists()
     assert store.get(second).status == "done"
     other.close()
@@ -347,7 +357,7 @@ def test_kill_9_mid_run_loses_no_finished_work_and_runs_every_job_once(tiny_spec
         proc.kill()
         proc.wait()
 
-    assert store.recover() == 1
+    assert store.recover() == (1, 0)
     counts = store.counts_by_status()
     assert sum(counts.values()) == 6 and counts["running"] == 0 and counts["failed"] == counts["cancelled"] == 0
     assert store.get(in_flight[0]).status == "pending"
@@ -356,10 +366,10 @@ def test_kill_9_mid_run_loses_no_finished_work_and_runs_every_job_once(tiny_spec
     assert len(done_before) >= 2
     for run_id in done_before:
         row = store.get(run_id)
-        assert row.output_path.endswith(f"{run_id:06d}.png")
+        assert row.image.endswith(f"{run_id:06d}.png")
         from PIL import Image
 
-        with Image.open(row.output_path) as img:
+        with Image.open(row.image) as img:
             img.load()
             assert img.size == (64, 64)
 

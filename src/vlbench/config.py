@@ -1,7 +1,8 @@
 """User settings: `config_dir()/config.toml`, written with comments on first run.
 
-Models, device and dtype; defaults for the Parameters pane (any Recipe field, validated by
-building a Recipe); the workbench theme, preview method and key-binding overrides. Bad values are
+Models and their placement (the first source vlbench.modelspec.resolve_model_spec merges: the
+environment and flags win over it); defaults for the Parameters pane (any Recipe field, validated
+by building a Recipe); the workbench theme, preview method and key-binding overrides. Bad values are
 one-line UserErrors naming the file, the table and the key. Imports nothing heavy.
 """
 
@@ -15,7 +16,6 @@ from typing import Any
 from vlbench.errors import UserError
 
 PREVIEW_METHODS = ("auto", "halfcell", "unicode", "sixel", "tgp")
-DTYPES = ("", "bf16", "fp16", "fp32")
 
 DEFAULT_CONFIG = """\
 # vlbench settings. Created on first run; edit it and restart vlbench.
@@ -23,7 +23,8 @@ DEFAULT_CONFIG = """\
 
 [models]
 # Z-Image pipeline and Qwen3-VL model: Hugging Face ids or local directories.
-# Leave both empty to use the built-in tiny RANDOM-WEIGHT models (their images are noise).
+# Leave both empty to use the built-in tiny RANDOM-WEIGHT models (their images are noise);
+# every command does the same (VLBENCH_ZIMAGE / VLBENCH_VL and --zimage / --vl win over this file).
 # e.g. zimage = "Tongyi-MAI/Z-Image-Turbo" and vl = "Qwen/Qwen3-VL-4B-Instruct"
 zimage = ""
 vl = ""
@@ -31,6 +32,10 @@ vl = ""
 device = ""
 # bf16, fp16 or fp32; empty = bf16 on GPU, fp32 on CPU
 dtype = ""
+# GPU placement: none (all resident), cpu (only the model in use on the GPU), sequential (layer by layer)
+offload = "none"
+# torch.compile the DiT's repeated blocks: true or false
+compile = false
 
 [recipe]
 # Defaults for the Parameters pane: any Recipe field, as in a recipe TOML file.
@@ -55,15 +60,17 @@ preview = "auto"
 
 @dataclass(frozen=True)
 class ModelSettings:
+    """config.toml's [models] as written (empty: not set); resolve_model_spec turns it into a ModelSpec."""
+
     zimage: str = ""
     vl: str = ""
     device: str = ""
     dtype: str = ""
+    offload: str = ""
+    compile: bool = False
 
-    @property
-    def tiny(self) -> bool:
-        """No real model configured: the embedded tiny random models are used."""
-        return not self.zimage and not self.vl
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 @dataclass(frozen=True)
@@ -94,13 +101,15 @@ def load_settings(path: Path | None = None, *, create: bool = True) -> Settings:
         if not create:
             return Settings(path=path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(DEFAULT_CONFIG, encoding="utf-8")
+        from vlbench.files import atomic_write_text
+
+        atomic_write_text(path, DEFAULT_CONFIG)
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: cannot read it ({exc.__class__.__name__})") from None
+        raise UserError(f"cannot read it ({exc.__class__.__name__})", where=str(path)) from None
     except tomllib.TOMLDecodeError as exc:
-        raise UserError(f"{path}: not valid TOML ({exc})") from None
+        raise UserError(f"not valid TOML ({exc})", where=str(path)) from None
     return parse_settings(data, path)
 
 
@@ -109,39 +118,45 @@ def parse_settings(data: dict[str, Any], path: Path | None = None) -> Settings:
     tables = {"models", "recipe", "ui", "keys"}
     for key, value in data.items():
         if key not in tables:
-            raise UserError(f"{where}: unknown table [{key}]; known tables: {', '.join(sorted(tables))}")
+            raise UserError(f"unknown table [{key}]", where=where, fix=f"known tables: {', '.join(sorted(tables))}")
         if not isinstance(value, dict):
-            raise UserError(f"{where}: {key} must be a table ([{key}])")
-    models = ModelSettings(**_strings(where, "models", data.get("models", {}), ModelSettings))
-    if models.dtype not in DTYPES:
-        raise UserError(f"{where}: [models] dtype {models.dtype!r}: use bf16, fp16, fp32 or leave it empty")
+            raise UserError(f"{key} must be a table ([{key}])", where=where)
+    raw_models = dict(data.get("models", {}))
+    compile_value = raw_models.pop("compile", False)
+    if not isinstance(compile_value, bool):
+        raise UserError("must be true or false", field="compile", value=compile_value, where=f"{where}: [models]")
+    models = ModelSettings(**_strings(where, "models", raw_models, ModelSettings), compile=compile_value)
+    try:
+        from vlbench.modelspec import resolve_model_spec
+
+        resolve_model_spec(models.to_dict(), environ={})  # every value checked as the commands will read it
+    except UserError as exc:
+        raise exc.within(f"{where}: [models]") from None
     ui = UISettings(**_strings(where, "ui", data.get("ui", {}), UISettings))
     if ui.preview not in PREVIEW_METHODS:
-        raise UserError(f"{where}: [ui] preview {ui.preview!r}: use one of {', '.join(PREVIEW_METHODS)}")
+        raise UserError("unknown method", field="preview", value=ui.preview, where=f"{where}: [ui]",
+                        fix=f"use one of {', '.join(PREVIEW_METHODS)}")
     recipe = dict(data.get("recipe", {}))
     if recipe:
-        from vlbench.engine.recipe import Recipe
+        from vlbench.recipe import Recipe
 
-        try:
-            Recipe.from_dict(recipe, source=f"{where}: [recipe]")
-        except UserError as exc:
-            raise UserError(f"{where}: [recipe] {exc}" if not str(exc).startswith(where) else str(exc)) from None
-        except TypeError as exc:
-            raise UserError(f"{where}: [recipe] {exc}") from None
+        Recipe.from_dict(recipe, where=f"{where}: [recipe]")
     keys = data.get("keys", {})
     for binding_id, keyspec in keys.items():
         if not isinstance(keyspec, str) or not keyspec.strip():
-            raise UserError(f"{where}: [keys] {binding_id}: must be a key string such as \"f5\" or \"ctrl+enter,f5\"")
+            raise UserError("must be a key string such as \"f5\" or \"ctrl+enter,f5\"", field=binding_id,
+                            where=f"{where}: [keys]")
     return Settings(models=models, recipe=recipe, ui=ui, keys=dict(keys), path=path)
 
 
 def _strings(where: str, table: str, values: dict[str, Any], cls) -> dict[str, str]:
-    known = {f.name for f in fields(cls)}
+    known = {f.name for f in fields(cls) if f.type in (str, "str")}
     out = {}
     for key, value in values.items():
         if key not in known:
-            raise UserError(f"{where}: [{table}] unknown key {key!r}; known keys: {', '.join(sorted(known))}")
+            raise UserError(f"unknown key {key!r}", where=f"{where}: [{table}]",
+                            fix=f"known keys: {', '.join(sorted(known | ({'compile'} if table == 'models' else set())))}")
         if not isinstance(value, str):
-            raise UserError(f"{where}: [{table}] {key}: must be a string (in quotes)")
+            raise UserError("must be a string (in quotes)", field=key, where=f"{where}: [{table}]")
         out[key] = value.strip()
     return out

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ import torch
 from vlbench.engine import blend
 from vlbench.engine.extract import IMAGE, PROMPT, TEMPLATE, VISION_END, VISION_START
 from vlbench.errors import UserError
+from vlbench.files import atomic_write, atomic_write_text
 
 FORMAT = "vlbench-diagnostics-1"
 DIAGNOSTICS = "diagnostics.json"
@@ -149,7 +149,7 @@ def _rms_without_sinks(x: torch.Tensor) -> float:
 
 def _normalized(engine, refs, prompt: str, layer: int, mode: str, calibration: str, length: int) -> torch.Tensor:
     """Every VL position at `layer` after normalisation `mode`, exactly as a recipe would condition on it."""
-    from vlbench.engine.recipe import Recipe
+    from vlbench.recipe import Recipe
 
     cond = engine.condition(Recipe(tokens="full", layer=layer, normalization=mode, calibration=calibration),
                             prompt, refs)
@@ -219,9 +219,7 @@ def _fit_layers(engine, refs, prompt: str, layers: tuple[int, ...]) -> tuple[int
 
 def write_diagnostics(out: Path, entries: list[dict]) -> Path:
     path = out / DIAGNOSTICS
-    tmp = out / f".{DIAGNOSTICS}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(entries, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(entries, indent=1) + "\n")
     return path
 
 
@@ -265,9 +263,7 @@ def plot(diag: dict, path: str | Path) -> Path:
     fig.suptitle(f"{diag['prompt'][:80]!r} · {', '.join(Path(p).name for p in diag['references']) or 'no image'}"
                  f" · normalisation {styles}", fontsize=9)
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp, dpi=90)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=90, format="png"))
     return path
 
 

@@ -59,11 +59,18 @@ class CaptionTooLong(UserError):
 def show_value(value: Any) -> str:
     """A value as it appears in a message: bare when unambiguous, quoted when empty or spaced."""
     if isinstance(value, str):
-        if len(value) > 60:
-            value = value[:59] + "…"
-        return repr(value) if (not value or any(c.isspace() for c in value)) else value
+        if len(value) > 200:  # a pasted essay; paths stay whole
+            value = value[:199] + "…"
+        return repr(value) if (not value or not value.isprintable() or any(c.isspace() for c in value)) else value
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (list, tuple)):
         return ",".join(show_value(v) for v in value)
     return repr(value) if isinstance(value, float) else str(value)
+
+
+def one_line(reason: Any, limit: int = 1000) -> str:
+    """The first non-empty line of `reason`, capped: what queues, histories and results show."""
+    text = str(reason).strip()
+    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "") or "failed"
+    return line if len(line) <= limit else line[: limit - 1] + "…"

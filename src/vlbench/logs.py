@@ -21,3 +21,16 @@ def attach_log_file() -> logging.Handler | None:
     if logger.level == logging.NOTSET:
         logger.setLevel(logging.INFO)
     return handler
+
+
+def quiet_libraries() -> None:
+    """transformers' and diffusers' per-load progress bars and warnings off: vlbench reports loads itself
+    (status lines on the command line, the Queue pane in the workbench). Imports them: call it where the
+    models are about to load."""
+    import diffusers
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+    diffusers.utils.logging.set_verbosity_error()

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import html
 import json
-import os
 from pathlib import Path
 from statistics import mean
 from typing import Any
+
+from vlbench.experiments.results import references_key
+from vlbench.files import atomic_write, atomic_write_text
 
 CSS = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 2em; color: #222; }
@@ -81,20 +83,20 @@ def efficiency(rows: list[dict], info: dict) -> dict:
         c["n"] += 1
         for k in ("extraction", "blend", "generation"):
             c[k].append(r["timings"].get(k, 0.0))
-        if r["peak_vram_bytes"] is not None:
-            c["peak"].append(r["peak_vram_bytes"])
+        if r["peak_memory_bytes"] is not None:
+            c["peak"].append(r["peak_memory_bytes"])
     avg = lambda xs: mean(xs) if xs else None  # noqa: E731
-    peaks = [r["peak_vram_bytes"] for r in done if r["peak_vram_bytes"] is not None]
+    peaks = [r["peak_memory_bytes"] for r in done if r["peak_memory_bytes"] is not None]
     return {
         "model_load_seconds": loads,
         "images": len(done), "failed": len(rows) - len(done),
         "extraction": avg([r["timings"].get("extraction", 0.0) for r in done]),
         "blend": avg([r["timings"].get("blend", 0.0) for r in done]),
         "generation": avg([r["timings"].get("generation", 0.0) for r in done]),
-        "peak_vram_bytes": max(peaks) if peaks else None,
+        "peak_memory_bytes": max(peaks) if peaks else None,
         "vl_forwards": sum(r.get("vl_forwards", 0) for r in rows),
         "per_config": {name: {"images": c["n"], "extraction": avg(c["extraction"]), "blend": avg(c["blend"]),
-                              "generation": avg(c["generation"]), "peak_vram_bytes": max(c["peak"]) if c["peak"] else None}
+                              "generation": avg(c["generation"]), "peak_memory_bytes": max(c["peak"]) if c["peak"] else None}
                        for name, c in per_config.items()},
     }
 
@@ -176,9 +178,7 @@ def plot_metrics(rows: list[dict], path: str | Path) -> Path | None:
            title="prompt adherence vs reference similarity (grey: single images)")
     ax.grid(alpha=0.3)
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
     return path
 
 
@@ -213,7 +213,7 @@ def _metrics_section(out: Path, rows: list[dict], models: dict[str, set]) -> lis
     for r in rows:
         if not r.get("metrics"):
             continue
-        parts.append(f"<tr><td>{_e(r['name'])}</td><td>{_e(Path(r['reference']).name)}</td><td>{_e(r['prompt'])}</td>"
+        parts.append(f"<tr><td>{_e(r['name'])}</td><td>{_e(_reference_names(r))}</td><td>{_e(r['prompt'])}</td>"
                      f"<td class='num'>{r['seed']}</td>" + "".join(_num_cell(r["metrics"].get(m)) for m in names)
                      + f"<td><a href='{_e(r['image'])}'>{_e(Path(r['image']).name)}</a></td></tr>")
     parts.append("</tbody></table></details>")
@@ -235,7 +235,7 @@ def _diagnostics_section(out: Path, rows: list[dict]) -> list[str]:
              "of the role's per-dimension std over Qwen3-4B's, with the dimensions beyond 8× either way (count: "
              f"most extreme, as dim ×ratio); cos: position-aligned text tokens vs Qwen3-4B layer {ZIMAGE_LAYER} "
              "(cos same layer: vs Qwen3-4B's same layer). Columns per normalisation mode.</p>"]
-    pairs = {(r["reference_sha256"], r["prompt"]) for r in rows}
+    pairs = {(references_key(r), r["prompt"]) for r in rows}
     if len(pairs) > len(entries) and len(entries) >= MAX_RUN_DIAGNOSES:
         parts.append(f"<p class='dim'>Diagnosed the first {len(entries)} of {len(pairs)} (reference, prompt) "
                      "pairs; <code>vlbench diagnose</code> does any other.</p>")
@@ -262,7 +262,7 @@ def _diagnostics_section(out: Path, rows: list[dict]) -> list[str]:
 
 def render_report(out_dir: str | Path, rows: list[dict], info: dict) -> str:
     out = Path(out_dir)
-    rows = sorted(rows, key=lambda r: (r.get("config_index", 0), r["reference"], r["prompt"], r["seed"]))
+    rows = sorted(rows, key=lambda r: (r.get("config_index", 0), references_key(r), r["prompt"], r["seed"]))
     rows, metric_models = with_metrics(out, rows)
     names = metric_names(rows)
     title = info.get("experiment") or "vlbench run"
@@ -295,7 +295,7 @@ def render_report(out_dir: str | Path, rows: list[dict], info: dict) -> str:
     for label, key in (("extraction per image (mean; cache hits included)", "extraction"),
                        ("blend per image (mean)", "blend"), ("generation per image (mean)", "generation")):
         parts.append(f"<tr><td>{label}</td><td class='num'>{_secs(eff[key])}</td></tr>")
-    parts.append(f"<tr><td>peak GPU memory</td><td class='num'>{_bytes(eff['peak_vram_bytes'])}</td></tr>")
+    parts.append(f"<tr><td>peak GPU memory</td><td class='num'>{_bytes(eff['peak_memory_bytes'])}</td></tr>")
     parts.append(f"<tr><td>VL forwards</td><td class='num'>{eff['vl_forwards']}</td></tr>")
     parts.append(f"<tr><td>images done / failed</td><td class='num'>{eff['images']} / {eff['failed']}</td></tr>")
     parts.append("</table><table><tr><th>config</th><th>images</th><th>extraction</th><th>blend</th>"
@@ -303,7 +303,7 @@ def render_report(out_dir: str | Path, rows: list[dict], info: dict) -> str:
     for name, c in eff["per_config"].items():
         parts.append(f"<tr><td>{_e(name)}</td><td class='num'>{c['images']}</td><td class='num'>{_secs(c['extraction'])}</td>"
                      f"<td class='num'>{_secs(c['blend'])}</td><td class='num'>{_secs(c['generation'])}</td>"
-                     f"<td class='num'>{_bytes(c['peak_vram_bytes'])}</td></tr>")
+                     f"<td class='num'>{_bytes(c['peak_memory_bytes'])}</td></tr>")
     parts.append("</table>")
 
     parts.append(f"<h2>Images ({len(rows)})</h2><div class='cards'>")
@@ -314,7 +314,7 @@ def render_report(out_dir: str | Path, rows: list[dict], info: dict) -> str:
         if not failed:
             parts.append(f"<a href='{_e(r['image'])}'><img src='{_e(r['image'])}' alt='{_e(r['name'])}'></a>")
         parts.append(f"<div><b>{_e(r['name'])}</b> · seed {r['seed']}</div>")
-        parts.append(f"<div class='dim'>{_e(Path(r['reference']).name)} · {_e(r['prompt'])}</div>")
+        parts.append(f"<div class='dim'>{_e(_reference_names(r))} · {_e(r['prompt'])}</div>")
         if key_fields:
             parts.append(f"<div>{_e(key_fields)}</div>")
         if failed:
@@ -353,7 +353,9 @@ def write_report(out_dir: str | Path, rows: list[dict], info: dict) -> Path:
     if metric_names(scored):
         plot_metrics(scored, out / METRICS_PLOT)
     path = out / "report.html"
-    tmp = out / f".report.html.{os.getpid()}.tmp"
-    tmp.write_text(render_report(out, rows, info), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, render_report(out, rows, info))
     return path
+
+
+def _reference_names(row: dict) -> str:
+    return " + ".join(Path(r["path"]).name for r in row.get("references", [])) or "no reference"

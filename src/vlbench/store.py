@@ -1,26 +1,29 @@
-"""The run store: queue and history of runs in one SQLite table, shared by the TUI, the worker and the CLI.
+"""The run store: queue and history of every run in one SQLite table — the index of all runs on this machine.
 
-A run is one row whose `status` moves pending -> running -> done | failed | cancelled. Every state
-change is a single UPDATE guarded by the expected current status, so a run is never in two states
-and two workers never claim the same row. The schema is versioned by `PRAGMA user_version` and
-grows only through the MIGRATIONS list at the bottom. Standard library only (no torch).
+A row is a RunRecord (vlbench.records: the same field names as results.jsonl and the PNG metadata)
+plus its place in the queue. Its `status` moves pending -> running -> done | failed | cancelled;
+every state change is a single UPDATE guarded by the expected current status, so a run is never in
+two states and two workers never claim the same row. The schema is versioned by `PRAGMA
+user_version` and grows only through the MIGRATIONS list at the bottom. Standard library only.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
-import socket
 import sqlite3
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-STATUSES = ("pending", "running", "done", "failed", "cancelled")
+from vlbench.errors import one_line
+from vlbench.process import owner_alive, process_token
+from vlbench.records import STATUSES as RECORD_STATUSES, RunRecord, upgrade
+
+STATUSES = RECORD_STATUSES
 QUEUED = ("pending", "running")
 FINISHED = ("done", "failed", "cancelled")
 
@@ -38,40 +41,21 @@ SORTS = {
 # NAME must match METRIC_NAME; the JSON path goes in as a bound parameter, never into the SQL text.
 METRIC_SORT_PREFIX = "metric:"
 METRIC_NAME = re.compile(r"[a-z][a-z0-9_]{0,39}")
-ENQUEUE_KEYS = ("prompt", "images", "recipe", "name", "experiment", "source")
-_REASON_MAX = 1000  # a failure reason is one line; the traceback goes to the log
+INTERRUPTIONS_MAX = 2  # a run interrupted this often (its process died while running it) is failed, not retried
 
 
 @dataclass
-class RunRow:
-    id: int
-    status: str
-    prompt: str
-    images: list[str]
-    recipe: dict
-    name: str | None
-    experiment: str | None
-    seed: int
-    source: str  # "tui" | "cli" | "experiment" ...
-    position: float
-    created_at: float
-    started_at: float | None
-    finished_at: float | None
-    output_path: str | None
-    error: str | None
-    timings: dict = field(default_factory=dict)
-    peak_memory_bytes: int | None = None
-    environment: dict = field(default_factory=dict)
-    conditioning: dict = field(default_factory=dict)  # Conditioning.describe() without per-row detail
-    metrics: dict = field(default_factory=dict)
-    claimed_by: str | None = None  # "host:pid:start" of the process running it (see recover)
+class RunRow(RunRecord):
+    """A RunRecord with its place in the store's queue."""
 
-    @property
-    def duration(self) -> float | None:
-        """Seconds from claim to finish (None while queued or running)."""
-        if self.started_at is None or self.finished_at is None:
-            return None
-        return self.finished_at - self.started_at
+    id: int = 0
+    position: float = 0.0
+    created_at: float = 0.0
+    claimed_by: str | None = None  # "host:pid:start" of the process running it (see recover)
+    interruptions: int = 0  # times its process died while running it (recover)
+
+    def record(self) -> RunRecord:
+        return RunRecord(**{f.name: getattr(self, f.name) for f in fields(RunRecord)})
 
 
 class Store:
@@ -140,44 +124,34 @@ class Store:
         return self.enqueue_many([dict(prompt=prompt, images=images, recipe=recipe, name=name,
                                        experiment=experiment, source=source)])[0]
 
-    def enqueue_many(self, items: list[dict]) -> list[int]:
-        """Append runs to the end of the queue in one transaction; returns their ids in order."""
-        rows = [_new_row(item) for item in items]
-        now = time.time()
-        if not rows:
+    def enqueue_many(self, items: list[dict | RunRecord]) -> list[int]:
+        """Append runs to the end of the queue in one transaction; returns their ids in order.
+
+        An item is a RunRecord, or a dict of prompt, images (reference paths), recipe, name, experiment, source."""
+        records = [_as_record(item) for item in items]
+        if not records:
             return []
+        now = time.time()
         with self._write() as conn:
             position = _end_position(conn)
             first = conn.execute("SELECT COALESCE(MAX(id), 0) FROM runs").fetchone()[0]
             seq = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'runs'").fetchone()
             first = max(first, seq[0] if seq else 0) + 1
             # Explicit ids (the ones AUTOINCREMENT would give) so one executemany returns them all.
+            cols = (*_RECORD_COLUMNS, "id", "position", "created_at")
             conn.executemany(
-                "INSERT INTO runs (id, status, prompt, images, recipe, name, experiment, seed, source, position,"
-                " created_at) VALUES (?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                ((first + i, *row, position + i, now) for i, row in enumerate(rows)),
+                f"INSERT INTO runs ({_names(cols)}) VALUES ({', '.join('?' * len(cols))})",
+                ((*_values(r.replace(status="pending")), first + i, position + i, now) for i, r in enumerate(records)),
             )
-        return [first + i for i in range(len(rows))]
+        return [first + i for i in range(len(records))]
 
-    def record_done(self, prompt: str, images: list[str], recipe: dict, *, output_path: str, timings: dict,
-                    name: str | None = None, experiment: str | None = None, source: str = "cli",
-                    peak_memory_bytes: int | None = None, environment: dict | None = None,
-                    conditioning: dict | None = None, metrics: dict | None = None,
-                    started_at: float | None = None) -> int:
-        """A run executed outside the queue (the experiment runner): one history row, already done."""
-        row = _new_row(dict(prompt=prompt, images=images, recipe=recipe, name=name, experiment=experiment,
-                            source=source))
+    def add(self, record: RunRecord) -> int:
+        """A run executed outside the queue (generate, the experiment runner): one history row as it is."""
         now = time.time()
-        if started_at is None and isinstance((timings or {}).get("total"), (int, float)):
-            started_at = now - timings["total"]
+        cols = (*_RECORD_COLUMNS, "position", "created_at")
         with self._write() as conn:
-            cur = conn.execute(
-                "INSERT INTO runs (status, prompt, images, recipe, name, experiment, seed, source, position,"
-                " created_at, started_at, finished_at, output_path, timings, peak_memory_bytes, environment,"
-                " conditioning, metrics) VALUES ('done', ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (*row, started_at if started_at is not None else now, started_at, now, str(output_path),
-                 _dumps(timings), peak_memory_bytes, _dumps(environment), _dumps(conditioning), _dumps(metrics)),
-            )
+            cur = conn.execute(f"INSERT INTO runs ({_names(cols)}) VALUES ({', '.join('?' * len(cols))})",
+                               (*_values(record), 0, record.started_at or now))
             return cur.lastrowid
 
     def claim_next(self) -> RunRow | None:
@@ -194,26 +168,28 @@ class Store:
             )
             return _row(conn.execute("SELECT * FROM runs WHERE id = ?", (found["id"],)).fetchone())
 
-    def finish(self, run_id: int, *, output_path: str, timings: dict, peak_memory_bytes: int | None,
-               environment: dict, conditioning: dict) -> bool:
-        """running -> done. False (row untouched) if the run is no longer running, e.g. it was cancelled."""
+    def finish(self, run_id: int, record: RunRecord) -> bool:
+        """running -> done with the finished record's figures. False (row untouched) if the run is no longer
+        running, e.g. it was cancelled."""
+        cols = ("references", "finished_at", "image", "image_sha256", "timings", "peak_memory_bytes", "environment",
+                "conditioning", "caption_tokens", "vl_forwards")
+        values = dict(zip(_RECORD_COLUMNS, _values(record)))
         with self._write() as conn:
             cur = conn.execute(
-                "UPDATE runs SET status = 'done', finished_at = ?, output_path = ?, timings = ?,"
-                " peak_memory_bytes = ?, environment = ?, conditioning = ?, error = NULL"
+                f"UPDATE runs SET status = 'done', error = NULL, failure = NULL, "
+                f"{', '.join(f'{_q(c)} = ?' for c in cols)}"
                 " WHERE id = ? AND status = 'running' AND (claimed_by IS NULL OR claimed_by = ?)",
-                (time.time(), str(output_path), _dumps(timings), peak_memory_bytes, _dumps(environment),
-                 _dumps(conditioning), run_id, process_token()),
+                (*[values[c] for c in cols], run_id, process_token()),
             )
             return cur.rowcount == 1
 
-    def fail(self, run_id: int, reason: str) -> bool:
+    def fail(self, run_id: int, reason: str, failure: str | None = None) -> bool:
         """pending/running -> failed with a one-line reason. False if the run is in another state."""
         with self._write() as conn:
             cur = conn.execute(
-                "UPDATE runs SET status = 'failed', finished_at = ?, error = ? WHERE id = ? AND"
+                "UPDATE runs SET status = 'failed', finished_at = ?, error = ?, failure = ? WHERE id = ? AND"
                 " (status = 'pending' OR (status = 'running' AND (claimed_by IS NULL OR claimed_by = ?)))",
-                (time.time(), one_line(reason), run_id, process_token()),
+                (time.time(), one_line(reason), failure, run_id, process_token()),
             )
             return cur.rowcount == 1
 
@@ -231,8 +207,9 @@ class Store:
         with self._write() as conn:
             cur = conn.execute(
                 "UPDATE runs SET status = 'pending', position = ?, started_at = NULL, finished_at = NULL,"
-                " output_path = NULL, error = NULL, timings = '{}', peak_memory_bytes = NULL,"
-                " environment = '{}', conditioning = '{}', claimed_by = NULL"
+                " image = NULL, image_sha256 = NULL, error = NULL, failure = NULL, timings = '{}',"
+                " peak_memory_bytes = NULL, environment = '{}', conditioning = '{}', caption_tokens = NULL,"
+                " vl_forwards = 0, claimed_by = NULL, interruptions = 0"
                 " WHERE id = ? AND status IN ('failed', 'cancelled')",
                 (_end_position(conn), run_id),
             )
@@ -243,8 +220,9 @@ class Store:
         old = self.get(run_id)
         if old is None:
             raise KeyError(f"run {run_id}: no such run")
-        return self.enqueue(old.prompt, old.images, old.recipe, name=old.name, experiment=old.experiment,
-                            source=old.source)
+        return self.enqueue_many([RunRecord(prompt=old.prompt, references=old.references, recipe=old.recipe,
+                                            seed=old.seed, name=old.name, experiment=old.experiment,
+                                            config_index=old.config_index, key=old.key, source=old.source)])[0]
 
     def release(self, run_id: int) -> bool:
         """running -> pending at the front of the queue (a worker stopping mid-run gives its job back)."""
@@ -264,13 +242,13 @@ class Store:
     def delete(self, run_id: int, *, delete_output: bool = False) -> bool:
         """Delete any run that is not running (history's "delete"); optionally its image too."""
         with self._write() as conn:
-            found = conn.execute("SELECT output_path FROM runs WHERE id = ? AND status != 'running'",
+            found = conn.execute("SELECT image FROM runs WHERE id = ? AND status != 'running'",
                                  (run_id,)).fetchone()
             if found is None:
                 return False
             conn.execute("DELETE FROM runs WHERE id = ? AND status != 'running'", (run_id,))
-        if delete_output and found["output_path"]:
-            Path(found["output_path"]).unlink(missing_ok=True)
+        if delete_output and found["image"]:
+            Path(found["image"]).unlink(missing_ok=True)
         return True
 
     def move(self, run_id: int, delta: int) -> bool:
@@ -300,25 +278,37 @@ class Store:
                 moved = True
         return moved
 
-    def recover(self, *, force: bool = False) -> int:
-        """Startup: runs left 'running' by a dead worker go back to the front of the queue.
+    def recover(self, *, force: bool = False) -> tuple[int, int]:
+        """Startup: runs left 'running' by a dead process go back to the front of the queue.
 
-        A run's owner is the process that claimed it; runs of live processes (another vlbench
-        using the same store) are left alone unless `force`. Returns how many were recovered.
+        A run's owner is the process that claimed it; runs of live processes (another vlbench using the
+        same store) are left alone unless `force`. A run interrupted INTERRUPTIONS_MAX times is marked
+        failed instead ("interrupted twice — possibly crashing the worker"). Returns (requeued, failed).
         """
+        requeued = failed = 0
         with self._write() as conn:
             running = conn.execute(
-                "SELECT id, claimed_by FROM runs WHERE status = 'running' ORDER BY started_at DESC, id DESC"
-            ).fetchall()
-            dead = [r["id"] for r in running if force or not owner_alive(r["claimed_by"])]
+                "SELECT id, claimed_by, interruptions FROM runs WHERE status = 'running'"
+                " ORDER BY started_at DESC, id DESC").fetchall()
             front = _front_position(conn)
-            for i, run_id in enumerate(dead):  # latest-started first, each placed before the previous
-                conn.execute(
-                    "UPDATE runs SET status = 'pending', position = ?, started_at = NULL, claimed_by = NULL"
-                    " WHERE id = ? AND status = 'running'",
-                    (front - i, run_id),
-                )
-        return len(dead)
+            for r in running:
+                if not force and owner_alive(r["claimed_by"]):
+                    continue
+                count = (r["interruptions"] or 0) + 1
+                if count >= INTERRUPTIONS_MAX:
+                    conn.execute(
+                        "UPDATE runs SET status = 'failed', finished_at = ?, failure = 'interrupted', error = ?,"
+                        " interruptions = ?, claimed_by = NULL WHERE id = ? AND status = 'running'",
+                        (time.time(), f"interrupted {count} times — possibly crashing the worker; retry it "
+                                      "alone to see", count, r["id"]))
+                    failed += 1
+                else:  # latest-started first, each placed before the previous
+                    conn.execute(
+                        "UPDATE runs SET status = 'pending', position = ?, started_at = NULL, claimed_by = NULL,"
+                        " interruptions = ? WHERE id = ? AND status = 'running'",
+                        (front - requeued, count, r["id"]))
+                    requeued += 1
+        return requeued, failed
 
     def set_metrics(self, run_id: int, metrics: dict) -> bool:
         """Merge `metrics` into the run's metrics (keys in `metrics` win). False if there is no such run."""
@@ -330,16 +320,16 @@ class Store:
             conn.execute("UPDATE runs SET metrics = ? WHERE id = ?", (_dumps(merged), run_id))
             return True
 
-    def ids_by_output_path(self, paths: list[str]) -> dict[str, list[int]]:
-        """output path -> ids of the runs that wrote it (the experiment runner records resolved paths)."""
+    def ids_by_image(self, paths: list[str]) -> dict[str, list[int]]:
+        """image path -> ids of the runs that wrote it (the experiment runner records resolved paths)."""
         out: dict[str, list[int]] = {}
         paths = list(dict.fromkeys(str(p) for p in paths))
         conn = self._conn()
         for i in range(0, len(paths), 500):  # SQLite's bound-parameter limit
             chunk = paths[i:i + 500]
-            for r in conn.execute(f"SELECT id, output_path FROM runs WHERE output_path IN ({', '.join('?' * len(chunk))})"
+            for r in conn.execute(f"SELECT id, image FROM runs WHERE image IN ({', '.join('?' * len(chunk))})"
                                   " ORDER BY id", chunk):
-                out.setdefault(r["output_path"], []).append(r["id"])
+                out.setdefault(r["image"], []).append(r["id"])
         return out
 
     # ---- reading ----
@@ -393,13 +383,6 @@ class Store:
 
 
 # ---- helpers ----
-def one_line(reason: Any) -> str:
-    """The first non-empty line of `reason`, capped: what the queue and history show."""
-    text = str(reason).strip()
-    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "") or "failed"
-    return line if len(line) <= _REASON_MAX else line[: _REASON_MAX - 1] + "…"
-
-
 def _dumps(value: Any) -> str:
     return json.dumps(value if value is not None else {}, default=str, ensure_ascii=False)
 
@@ -408,23 +391,43 @@ def _contains(haystack: str | None, needle: str) -> bool:
     return haystack is not None and needle in haystack.casefold()
 
 
-def _new_row(item: dict) -> tuple:
-    unknown = sorted(set(item) - set(ENQUEUE_KEYS))
-    if unknown:
-        raise ValueError(f"enqueue: unknown key {unknown[0]!r}; known keys: {', '.join(ENQUEUE_KEYS)}")
-    prompt = item.get("prompt")
-    if not isinstance(prompt, str):
+_RECORD_COLUMNS = tuple(f.name for f in fields(RunRecord) if f.name != "schema")
+_JSON_COLUMNS = ("references", "recipe", "timings", "environment", "conditioning", "metrics")
+_ITEM_KEYS = ("prompt", "images", "recipe", "name", "experiment", "source")
+
+
+def _q(column: str) -> str:
+    return f'"{column}"'  # "references" is an SQL keyword
+
+
+def _names(columns) -> str:
+    return ", ".join(_q(c) for c in columns)
+
+
+def _as_record(item: dict | RunRecord) -> RunRecord:
+    if isinstance(item, RunRecord):
+        record = item
+    else:
+        unknown = sorted(set(item) - set(_ITEM_KEYS))
+        if unknown:
+            raise ValueError(f"enqueue: unknown key {unknown[0]!r}; known keys: {', '.join(_ITEM_KEYS)}")
+        recipe = item.get("recipe") or {}
+        if hasattr(recipe, "to_dict"):
+            recipe = recipe.to_dict()
+        record = RunRecord(prompt=item.get("prompt"), references=[{"path": str(p), "sha256": None}
+                                                                 for p in item.get("images") or []],
+                           recipe=recipe, name=item.get("name"), experiment=item.get("experiment"),
+                           source=item.get("source") or "tui")
+    if not isinstance(record.prompt, str):
         raise ValueError("enqueue: prompt must be a string")
-    images = [str(p) for p in (item.get("images") or [])]
-    recipe = item.get("recipe") or {}
-    if hasattr(recipe, "to_dict"):
-        recipe = recipe.to_dict()
-    if not isinstance(recipe, dict):
+    if not isinstance(record.recipe, dict):
         raise ValueError("enqueue: recipe must be a dict (Recipe.to_dict())")
-    seed = recipe.get("seed", 0)
-    seed = seed if isinstance(seed, int) and not isinstance(seed, bool) else 0
-    return (prompt, _dumps(images), _dumps(recipe), item.get("name"), item.get("experiment"), seed,
-            item.get("source") or "tui")
+    seed = record.recipe.get("seed", 0)
+    return record.replace(seed=seed if isinstance(seed, int) and not isinstance(seed, bool) else 0)
+
+
+def _values(record: RunRecord) -> tuple:
+    return tuple(_dumps(getattr(record, c)) if c in _JSON_COLUMNS else getattr(record, c) for c in _RECORD_COLUMNS)
 
 
 def _statuses(status: str | Iterable[str] | None) -> tuple[str, ...] | None:
@@ -485,77 +488,11 @@ def _front_position(conn: sqlite3.Connection) -> float:
     return 0.0 if low is None else float(low) - 1
 
 
-_JSON_COLUMNS = ("images", "recipe", "timings", "environment", "conditioning", "metrics")
-
-
 def _row(r: sqlite3.Row) -> RunRow:
     data = dict(r)
     for key in _JSON_COLUMNS:
-        data[key] = json.loads(data[key]) if data[key] else ([] if key == "images" else {})
+        data[key] = json.loads(data[key]) if data[key] else ([] if key == "references" else {})
     return RunRow(**data)
-
-
-# ---- run ownership: which process holds a running row, and is it still alive ----
-_token: tuple[int, str] | None = None
-
-
-def process_token() -> str:
-    """'host:pid:start' naming this process uniquely even when pids are reused (containers restart at 1)."""
-    global _token
-    pid = os.getpid()
-    if _token is None or _token[0] != pid:  # recomputed after fork
-        _token = (pid, f"{socket.gethostname()}:{pid}:{_start_time(pid)}")
-    return _token[1]
-
-
-def _start_time(pid: int) -> str:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return "?"
-    fields = stat[stat.rfind(")") + 2:].split()  # after "pid (comm) "; fields[0] is the state
-    return fields[19] if len(fields) > 19 else "?"  # field 22 of proc(5): start time in clock ticks
-
-
-def owner_alive(token: str | None) -> bool:
-    """Is the process that claimed a run still running? Unknown owners count as dead.
-
-    SQLite's WAL works on one host only, so an owner with another host name is an earlier life of
-    this machine or container, and dead.
-    """
-    if not token:
-        return False
-    if token == process_token():
-        return True
-    try:
-        host, pid_text, start = token.rsplit(":", 2)
-        pid = int(pid_text)
-    except ValueError:
-        return False
-    if host != socket.gethostname():
-        return False
-    proc = Path(f"/proc/{pid}/stat")
-    if Path("/proc/self/stat").exists():
-        try:
-            stat = proc.read_text()
-        except OSError:
-            return False
-        fields = stat[stat.rfind(")") + 2:].split()
-        if fields and fields[0] in ("Z", "X"):  # zombie: killed, not yet reaped
-            return False
-        return start == "?" or (len(fields) > 19 and fields[19] == start)
-    return pid_alive(pid)
-
-
-def pid_alive(pid: int) -> bool:
-    """Does a process with this pid exist on this host?"""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 # ---- schema: MIGRATIONS[i] takes user_version i to i + 1; append, never edit ----
@@ -596,7 +533,23 @@ def _v1(conn: sqlite3.Connection) -> None:
         conn.execute(f"CREATE INDEX {name} ON runs ({columns})")
 
 
-MIGRATIONS = [_v1]
+def _v2(conn: sqlite3.Connection) -> None:
+    """RunRecord's names: output_path -> image, images -> references ([{path, sha256}]); the record's new
+    fields; interruptions for recovery with a limit."""
+    conn.execute("ALTER TABLE runs RENAME COLUMN output_path TO image")
+    conn.execute('ALTER TABLE runs ADD COLUMN "references" TEXT NOT NULL DEFAULT \'[]\'')
+    for column, kind in [("key", "TEXT"), ("config_index", "INTEGER"), ("failure", "TEXT"), ("image_sha256", "TEXT"),
+                         ("caption_tokens", "INTEGER"), ("vl_forwards", "INTEGER NOT NULL DEFAULT 0"),
+                         ("interruptions", "INTEGER NOT NULL DEFAULT 0")]:
+        conn.execute(f"ALTER TABLE runs ADD COLUMN {column} {kind}")
+    rows = conn.execute("SELECT id, images FROM runs WHERE images != '[]'").fetchall()
+    conn.executemany('UPDATE runs SET "references" = ? WHERE id = ?',
+                     ((_dumps(upgrade({"images": json.loads(r[1] or "[]")})["references"]), r[0]) for r in rows))
+    conn.execute("ALTER TABLE runs DROP COLUMN images")
+    conn.execute("CREATE INDEX runs_image ON runs (image)")  # ids_by_image (vlbench score)
+
+
+MIGRATIONS = [_v1, _v2]
 
 
 def _migrate(conn: sqlite3.Connection, path: Path) -> None:

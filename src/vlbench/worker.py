@@ -1,7 +1,8 @@
 """The worker: one background thread that owns the models, takes runs from the store and executes them.
 
-The TUI imports this module on its UI thread, so nothing here imports torch, transformers or
-diffusers at import time: the engine is imported and built inside the thread. Events are passed
+Each run goes through the one job path (vlbench.jobs.execute); its PNG is written and fsynced before
+its row is marked done. The TUI imports this module on its UI thread, so nothing here imports torch,
+transformers or diffusers at import time: the engine is imported and built inside the thread. Events are passed
 to `on_event` from the worker thread, except WorkerPaused, which pause()/resume() post at once
 from the caller's thread (so `on_event` must be safe to call from any thread). No exception ever leaves the loop: a bad job fails with a
 one-line reason (tracebacks of bugs go to the log) and the next job runs.
@@ -10,19 +11,19 @@ one-line reason (tracebacks of bugs go to the log) and the next job runs.
 from __future__ import annotations
 
 import logging
-import os
-import re
 import sys
 import threading
 import time
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from vlbench import paths
+from vlbench.errors import UserError, one_line
+from vlbench.files import remove_stale_temp_files
+from vlbench.jobs import Cancelled, Stopping
 from vlbench.logs import attach_log_file
-from vlbench.store import RunRow, Store, one_line, pid_alive
+from vlbench.store import RunRow, Store
 
 log = logging.getLogger("vlbench.worker")
 
@@ -50,7 +51,7 @@ class JobProgress:
 @dataclass(frozen=True)
 class JobDone:
     run_id: int
-    output_path: str
+    image: str
     seconds: float
 
 
@@ -75,25 +76,13 @@ class WorkerPaused:
     paused: bool
 
 
-class Cancelled(Exception):
-    """Raised from the step callback: the pipeline call unwinds and the run is marked cancelled."""
-
-
-class _Stopping(Exception):
-    """Raised from the step callback when the worker stops: the run goes back to the queue."""
-
-
-class _NonFinite(Exception):
-    """NaN/inf in the conditioning or the image; the message is the run's failure reason."""
-
-
 class Worker:
     """Runs queued jobs one at a time on a thread that owns the loaded models."""
 
     def __init__(self, spec, *, store_path: Path | str | None = None, outputs_dir: Path | str | None = None,
                  on_event: Callable[[object], None] = lambda e: None, engine_factory: Callable[[], Any] | None = None,
-                 poll_s: float = 0.5, recover: bool = True):
-        self.spec = spec  # vlbench.engine.models.ModelSpec
+                 poll_s: float = 0.5, recover: bool = True, render: Callable[[UserError], str] | None = None):
+        self.spec = spec  # vlbench.modelspec.ModelSpec
         self.store_path = Path(store_path) if store_path is not None else paths.store_path()
         self.outputs_dir = Path(outputs_dir) if outputs_dir is not None else paths.outputs_dir()
         self.poll_s = poll_s
@@ -112,8 +101,10 @@ class Worker:
         self._cancel_id: int | None = None
         self._last_status_check = 0.0
         self._reported_loads: set[str] = set()
-        self._environment: dict | None = None
         self._free_memory = False
+        if render is None:  # the workbench's words: the headless worker's runs are read there too
+            from vlbench.tui.wording import render
+        self._render = render
         self._reported_paused = False
 
     # ---- control (any thread) ----
@@ -192,10 +183,11 @@ class Worker:
         try:
             store = Store(self.store_path)
             if self._recover:
-                recovered = store.recover()
-                if recovered:
-                    log.info("recovered %d run(s) left running by a dead worker", recovered)
-            _remove_stale_temp_files(self.outputs_dir)
+                requeued, failed = store.recover()
+                if requeued or failed:
+                    log.info("recovered %d run(s) left running by a dead worker; %d failed after repeated "
+                             "interruptions", requeued, failed)
+            remove_stale_temp_files(self.outputs_dir)
             self._loop(store)
         except Exception as exc:  # only the store itself can fail here; nothing to run without it
             log.exception("worker stopped")
@@ -245,25 +237,24 @@ class Worker:
         self._emit(JobStarted(run_id, steps if isinstance(steps, int) else 0))
         log.info("run %d started", run_id)
         try:
-            output_path = self._generate(store, row, started)
+            image = self._run(store, row, started)
         except Cancelled:
             _persist(store.cancel, run_id)
             log.info("run %d cancelled", run_id)
             self._emit(JobCancelled(run_id))
-        except _Stopping:
+        except Stopping:
             _persist(store.release, run_id)
             log.info("run %d interrupted by stop; back in the queue", run_id)
-        except Exception as exc:
-            reason = self._reason(run_id, exc)
-            if _persist(store.fail, run_id, reason):
-                log.warning("run %d failed: %s", run_id, reason)
-                self._emit(JobFailed(run_id, reason))
+        except _Failed as failed:
+            if _persist(store.fail, run_id, failed.failure.reason, failed.failure.kind):
+                log.warning("run %d failed: %s", run_id, failed.failure.reason)
+                self._emit(JobFailed(run_id, failed.failure.reason))
             else:
                 self._emit(JobCancelled(run_id))
         else:
             seconds = time.perf_counter() - started
             log.info("run %d done in %.2f s", run_id, seconds)
-            self._emit(JobDone(run_id, output_path, seconds))
+            self._emit(JobDone(run_id, image, seconds))
         finally:
             with self._lock:
                 self._current = None
@@ -284,21 +275,18 @@ class Worker:
                 self.engine = Engine(Models(self.spec, on_status=lambda text: self._emit(ModelStatus(text))))
         return self.engine
 
-    def _generate(self, store: Store, row: RunRow, started: float) -> str:
-        import numpy as np
-
-        from vlbench.engine.engine import Reference, environment
-        from vlbench.engine.generate import save_png
-        from vlbench.engine.recipe import Recipe
-        from vlbench.errors import UserError
+    def _run(self, store: Store, row: RunRow, started: float) -> str:
+        """One run through the job path; its PNG on disk (fsynced) before the row says done."""
+        from vlbench.engine.engine import Reference
+        from vlbench.jobs import classify, execute
+        from vlbench.pngs import encode_png, write_png
 
         run_id = row.id
         try:
-            recipe = Recipe.from_dict(row.recipe, source=f"run {run_id} recipe")
-        except TypeError as exc:
-            raise UserError(f"run {run_id} recipe: {exc}") from None
-        refs = [Reference.open(path) for path in row.images]
-        engine = self._engine()
+            refs = [Reference.open(path) for path in row.reference_paths]
+            engine = self._engine()
+        except Exception as exc:  # noqa: BLE001 — a bad reference or models that do not load fail this run
+            raise _Failed(classify(exc, self._render)) from None
         self._check_interrupt(store, run_id, force=True)
 
         step_times: list[float] = []
@@ -314,45 +302,47 @@ class Worker:
                 eta = 0.0
             self._emit(JobProgress(run_id, step, total, eta))
 
-        # NaN latents reach the decoder's float -> uint8 cast; make that cast raise (errstate is per thread).
-        with np.errstate(invalid="raise"):
-            try:
-                result = engine.run(recipe, row.prompt, refs, on_step=on_step)
-            except FloatingPointError:
-                raise _NonFinite(self._nan_reason(engine, recipe, row.prompt, refs)) from None
-        if not _finite(result.conditioning.embeds):
-            raise _NonFinite(self._nan_reason(engine, recipe, row.prompt, refs))
+        record = row.record().replace(references=[dict(r, sha256=ref.sha256) for r, ref in
+                                                  zip(row.references, refs)])
+        outcome = execute(engine, record, refs, on_step=on_step, render=self._render)
+        if outcome.failure is not None:
+            self._after_failure(outcome.failure)
+            raise _Failed(outcome.failure)
         self._check_interrupt(store, run_id, force=True)
-
-        timings = dict(result.timings)
-        new_loads = {k: v for k, v in engine.models.load_seconds.items() if k not in self._reported_loads}
-        if new_loads:
-            self._reported_loads.update(new_loads)
-            timings.update({f"load_{k}": v for k, v in new_loads.items()})
-            self._emit(ModelStatus(f"models ready on {engine.models.device} ({_dtype(engine.models.dtype)}); "
-                                   f"loaded {', '.join(sorted(new_loads))} in {sum(new_loads.values()):.1f} s"))
-        if self._environment is None:
-            self._environment = environment(engine.models)
-        conditioning = compact_conditioning(result.conditioning)
+        self._report_loads(engine)
 
         out = self.outputs_dir / f"{run_id:06d}.png"
         save_start = time.perf_counter()
-        metadata = {"run_id": run_id, "recipe": recipe.to_dict(), "prompt": row.prompt, "images": row.images,
-                    "seed": recipe.seed, "timings": timings, "environment": self._environment}
-        save_png(result.image, out, metadata)  # atomic: a kill leaves the old file or a .tmp, never half a PNG
-        timings["save"] = time.perf_counter() - save_start
-        timings["total"] = time.perf_counter() - started
-        if not _persist(store.finish, run_id, output_path=str(out), timings=timings,
-                            peak_memory_bytes=result.peak_memory_bytes, environment=self._environment,
-                            conditioning=conditioning):
+        record = outcome.record
+        sha = write_png(out, encode_png(outcome.image, record.png_metadata()))  # fsynced before the row says done
+        record = record.replace(image=str(out), image_sha256=sha,
+                                timings={**record.timings, "save": time.perf_counter() - save_start,
+                                         "total": time.perf_counter() - started})
+        if not _persist(store.finish, run_id, record):
             if store.status(run_id) != "done":  # cancelled while saving: keep no orphan image
                 out.unlink(missing_ok=True)
             raise Cancelled()
         return str(out)
 
+    def _report_loads(self, engine) -> None:
+        new_loads = {k: v for k, v in engine.models.load_seconds.items() if k not in self._reported_loads}
+        if new_loads:
+            self._reported_loads.update(new_loads)
+            self._emit(ModelStatus(f"models ready on {engine.models.device} ({_dtype(engine.models.dtype)}); "
+                                   f"loaded {', '.join(sorted(new_loads))} in {sum(new_loads.values()):.1f} s"))
+
+    def _after_failure(self, failure) -> None:
+        if failure.kind == "out_of_memory":
+            self._free_memory = True  # after the except block, when the failed job's tensors are unreachable
+        elif failure.fatal:  # a device-side assert poisons this process's CUDA context: every later job would fail
+            self._paused.set()
+            self._report_paused()
+            self._emit(ModelStatus("GPU error: CUDA is unusable in this process until vlbench restarts; "
+                                   f"the queue is paused (details in {paths.log_path()})"))
+
     def _check_interrupt(self, store: Store, run_id: int, force: bool = False) -> None:
         if self._stop.is_set():
-            raise _Stopping()
+            raise Stopping()
         if self._cancel_id == run_id:
             raise Cancelled()
         now = time.monotonic()
@@ -361,42 +351,11 @@ class Worker:
             if store.status(run_id) != "running":
                 raise Cancelled()
 
-    def _nan_reason(self, engine, recipe, prompt: str, refs) -> str:
-        try:  # the extraction is cached, so re-deriving the conditioning is cheap
-            cond = engine.condition(recipe, prompt, refs)
-            if not _finite(cond.embeds):
-                bad = int((~_isfinite(cond.embeds)).sum())
-                return (f"NaN in conditioning: {bad} of {cond.embeds.numel()} values are not finite "
-                        f"(layer {recipe.layer}, tokens {recipe.tokens}); try another layer or dtype fp32")
-        except Exception:
-            log.exception("re-deriving the conditioning to locate a NaN")
-        return ("NaN in the image: the generated latents are not finite; try dtype bf16/fp32 instead of fp16, "
-                "or another layer or token selection")
 
-    def _reason(self, run_id: int, exc: BaseException) -> str:
-        from vlbench.errors import UserError
-
-        if isinstance(exc, (UserError, _NonFinite)):
-            return one_line(exc)
-        torch = sys.modules.get("torch")
-        if torch is not None and isinstance(exc, torch.cuda.OutOfMemoryError):
-            self._free_memory = True  # after the except block, when the failed job's tensors are unreachable
-            detail = one_line(exc)
-            if len(detail) > 200:
-                detail = detail[:199] + "…"
-            log.warning("run %d: out of memory", run_id, exc_info=exc)
-            return (f"out of memory: {detail}; lower width/height or max_image_tokens, "
-                    "or free GPU memory")
-        log.error("run %d failed with an unexpected error", run_id, exc_info=exc)
-        reason = one_line(f"{type(exc).__name__}: {exc}")
-        if "device-side assert" in reason or "CUDA error" in reason:
-            # A device-side assert poisons this process's CUDA context: every later job would fail too.
-            self._paused.set()
-            self._report_paused()
-            self._emit(ModelStatus("GPU error: CUDA is unusable in this process until vlbench restarts; "
-                                   f"the queue is paused (details in {paths.log_path()})"))
-            reason += " (CUDA context lost: restart vlbench)"
-        return reason
+class _Failed(Exception):
+    def __init__(self, failure) -> None:
+        super().__init__(failure.reason)
+        self.failure = failure
 
 
 # ---- helpers ----
@@ -434,62 +393,5 @@ def _empty_cuda_cache() -> None:
         torch.cuda.empty_cache()
 
 
-def _isfinite(tensor):
-    import torch
-
-    return torch.isfinite(tensor)
-
-
-def _finite(tensor) -> bool:
-    return bool(_isfinite(tensor).all())
-
-
 def _dtype(dtype) -> str:
     return str(dtype).removeprefix("torch.")
-
-
-_REPEATED_SPECIAL = re.compile(r"(<\|[^|<>]+\|>)\1{3,}")
-
-
-def compact_conditioning(cond) -> dict:
-    """Conditioning.describe() without its per-row list, role runs instead of one role per position.
-
-    Token ids stay exact (the record must reproduce the input); the decoded text squeezes runs of
-    one special token ("<|image_pad|>×256"); role_counts/source_counts summarise the rows.
-    """
-    info = cond.describe()
-    rows = info.pop("rows", [])
-    info["role_counts"] = dict(Counter(str(r.get("role", r.get("source"))) for r in rows))
-    info["source_counts"] = dict(Counter(str(r.get("source")) for r in rows))
-    vl = info.get("vl")
-    if vl is not None:
-        vl["role_runs"] = _runs(vl.pop("roles", []))
-        vl["decoded"] = _REPEATED_SPECIAL.sub(
-            lambda m: f"{m.group(1)}×{len(m.group(0)) // len(m.group(1))}", vl.get("decoded") or "")
-    info["timings"] = dict(cond.timings)
-    return info
-
-
-def _runs(items: list) -> list[list]:
-    out: list[list] = []
-    for item in items:
-        if out and out[-1][0] == item:
-            out[-1][1] += 1
-        else:
-            out.append([item, 1])
-    return out
-
-
-_TEMP = re.compile(r"^\..+\.(\d+)\.tmp$")  # save_png's ".{name}.{pid}.tmp"
-
-
-def _remove_stale_temp_files(outputs_dir: Path) -> None:
-    """A worker killed while saving leaves a temp file; no run refers to it."""
-    if not outputs_dir.is_dir():
-        return
-    for path in outputs_dir.glob(".*.tmp"):
-        match = _TEMP.match(path.name)
-        if match and int(match.group(1)) != os.getpid() and not pid_alive(int(match.group(1))):
-            path.unlink(missing_ok=True)
-
-

@@ -12,8 +12,10 @@ import torch
 import torch.nn.functional as F
 
 # How two sequences of different lengths are combined (DESIGN §4: never an implicit truncation).
-LENGTH_POLICIES = ("truncate", "pool", "resample", "concat")
-NORMALIZATIONS = ("none", "global", "per-dim")
+from vlbench.recipe import LengthPolicy, Normalization
+
+LENGTH_POLICIES = LengthPolicy.values()
+NORMALIZATIONS = Normalization.values()
 
 # Per-token ratio profiles for ratio_curve: t in [0, 1] -> weight of `end` in [0, 1].
 _EASINGS = {

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import torch
 
 from vlbench.engine.extract import Extraction
+from vlbench.files import atomic_write
 
 FORMAT = "vlbench-extraction-2"  # 2: the checksum covers the stored fields too
 
@@ -83,6 +83,6 @@ class ExtractionCache:
         meta = {"format": FORMAT, "key": key, "checksum": _checksum(hidden, fields), "extraction": fields}
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        save_file({"hidden_states": hidden}, str(tmp), metadata={"vlbench": json.dumps(meta)})
-        os.replace(tmp, path)  # readers never see a half-written entry
+        # readers never see a half-written entry
+        atomic_write(path, lambda tmp: save_file({"hidden_states": hidden}, str(tmp),
+                                                 metadata={"vlbench": json.dumps(meta)}))

@@ -81,7 +81,7 @@ def qwen3_hidden_states(pipe, prompt: str) -> tuple[torch.Tensor, list[str]]:
 def calibrate(engine, prompts: list[str], on_progress=None) -> tuple[dict[str, torch.Tensor], dict]:
     """Statistics of both models over `prompts`. Returns (tensors, metadata) as stored on disk."""
     if not prompts:
-        raise UserError("--prompts-file: no prompts to calibrate on")
+        raise UserError("no prompts to calibrate on", field="prompts_file")
     accs: dict[tuple[str, int, str], _Acc] = {}
     layers: dict[str, int] = {}
     for i, prompt in enumerate(prompts):
@@ -130,11 +130,13 @@ class Stats:
     def get(self, model: str, layer: int, role: str, device=None) -> dict[str, torch.Tensor]:
         n = self.meta["layers"].get(model)
         if n is None:
-            raise UserError(f"calibration {self.path}: has no statistics for {model}; re-run vlbench calibrate")
+            raise UserError(f"has no statistics for {model}", field="calibration", value=str(self.path),
+                            fix="re-run vlbench calibrate")
         index = layer % n if -n <= layer < n else None
         key = f"{model}.{index}.{role}"
         if index is None or f"{key}.mean" not in self.tensors:
-            raise UserError(f"calibration {self.path}: no {role} statistics for {model} layer {layer}")
+            raise UserError(f"no {role} statistics for {model} layer {layer}", field="calibration",
+                            value=str(self.path))
         out = {name: self.tensors[f"{key}.{name}"].to(device) for name in ("mean", "std", "rms")}
         out["rms"] = out["rms"].reshape(())
         return out
@@ -149,8 +151,8 @@ def load_stats(path: str | Path | None, models) -> Stats:
 
     path = Path(path) if path else default_path(models)
     if not path.exists():
-        raise UserError(f"calibration {path}: not found; run `vlbench calibrate` with the same models first "
-                        "(or set normalization = 'none')")
+        raise UserError("not found", field="calibration", value=str(path),
+                        fix="run `vlbench calibrate` with the same models first (or set normalization none)")
     stat = path.stat()
     version = (stat.st_mtime_ns, stat.st_size)  # rewritten by another process: read it again
     if str(path) in _loaded and _loaded[str(path)][0] == version:
@@ -160,9 +162,10 @@ def load_stats(path: str | Path | None, models) -> Stats:
             meta = json.loads((f.metadata() or {}).get("vlbench", "{}"))
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as exc:  # a damaged file of any kind
-        raise UserError(f"calibration {path}: unreadable ({exc}); re-run vlbench calibrate") from None
+        raise UserError(f"unreadable ({exc})", field="calibration", value=str(path),
+                        fix="re-run vlbench calibrate") from None
     if meta.get("format") != FORMAT:
-        raise UserError(f"calibration {path}: not a vlbench calibration file")
+        raise UserError("not a vlbench calibration file", field="calibration", value=str(path))
     stats = Stats(tensors, meta, path)
     _loaded[str(path)] = (version, stats)
     return stats

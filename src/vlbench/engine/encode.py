@@ -31,15 +31,15 @@ def template_ids(tokenizer, prompt: str) -> tuple[list[int], str]:
 
 
 @torch.inference_mode()
-def encode_text(pipe, prompt: str, what: str = "--prompt") -> TextEncoding:
+def encode_text(pipe, prompt: str, field: str = "prompt") -> TextEncoding:
     """Qwen3-4B hidden_states[-2] of the prompt in Z-Image's chat template, exactly as Z-Image encodes it."""
     from vlbench.engine.extract import check_text
 
-    check_text(prompt, what)
+    check_text(prompt, field)
     ids, text = template_ids(pipe.tokenizer, prompt)
     if len(ids) > MAX_SEQUENCE_LENGTH:
-        raise UserError(f"{what}: {len(ids)} tokens in Z-Image's template, over its {MAX_SEQUENCE_LENGTH}-token "
-                        "text limit (it would be cut silently); shorten it")
+        raise UserError(f"{len(ids)} tokens in Z-Image's template, over its {MAX_SEQUENCE_LENGTH}-token text limit "
+                        "(it would be cut silently)", field=field, fix="shorten it")
     embeds, _ = pipe.encode_prompt(prompt, device=pipe._execution_device, do_classifier_free_guidance=False,
                                    max_sequence_length=MAX_SEQUENCE_LENGTH)
     return TextEncoding(embeds=embeds[0], input_ids=ids, decoded=text)

@@ -22,7 +22,7 @@ from vlbench.engine.extract import (IMAGE, VISION_END, VISION_START, Extraction,
                                     forward_batch, load_image, prepare)
 from vlbench.engine.generate import check_caption, generate
 from vlbench.engine.models import Models
-from vlbench.engine.recipe import IMAGE_SELECTIONS, Recipe
+from vlbench.recipe import Recipe
 from vlbench.errors import UserError
 
 
@@ -156,6 +156,13 @@ class Engine:
         self.vl_batched_calls = 0  # actual VL model calls: a batched call over several inputs counts once
         self.batch_dual = True  # a dual recipe's two uncached passes run as one batched call when they fit
         self._img2img = None
+        self._environment: dict | None = None
+
+    def environment(self) -> dict[str, Any]:
+        """Library versions, device, dtype and models of this engine (recorded with every run)."""
+        if self._environment is None:
+            self._environment = environment(self.models)
+        return self._environment
 
     # ---- building blocks, each cached ----
     def extraction(self, refs: list[Reference], text: str | None, max_image_tokens: int | None) -> Extraction:
@@ -231,16 +238,16 @@ class Engine:
             del self._extractions[k]
         return len(keys)
 
-    def text_encoding(self, prompt: str, what: str = "--prompt") -> TextEncoding:
+    def text_encoding(self, prompt: str, field: str = "prompt") -> TextEncoding:
         if prompt not in self._texts:
-            self._texts[prompt] = encode_text(self.models.text_pipe, prompt, what)
+            self._texts[prompt] = encode_text(self.models.text_pipe, prompt, field)
         return self._texts[prompt]
 
     # ---- recipe -> conditioning ----
     def condition(self, recipe: Recipe, prompt: str, refs: list[Reference]) -> Conditioning:
         """Build the exact [L, D] tensor the DiT receives, from as few model forwards as the cache allows."""
         if not isinstance(prompt, str):
-            raise UserError("--prompt: must be text")
+            raise UserError("must be text", field="prompt")
         self._check_inputs(recipe, refs)
         timings: dict[str, float] = {}
         vl = qwen3 = None
@@ -274,20 +281,7 @@ class Engine:
                             warnings=warnings)
 
     def _check_inputs(self, recipe: Recipe, refs: list[Reference]) -> None:
-        if recipe.dual:
-            selections = [recipe.style_tokens, recipe.content_tokens]
-        elif recipe.intra_ratio is not None:
-            selections = ["image"]
-        else:
-            selections = [recipe.tokens]
-        needs_image = recipe.uses_vl and any(t in IMAGE_SELECTIONS for t in selections)
-        if needs_image and not refs:
-            raise UserError("--image: this recipe selects image tokens but no reference image was given")
-        if recipe.strength is not None and not refs:
-            raise UserError("strength: img2img starts from the first reference; pass --image")
-        if recipe.image_weights is not None and len(recipe.image_weights) != len(refs):
-            raise UserError(f"image_weights: {len(recipe.image_weights)} weights for {len(refs)} references; "
-                            "give one weight per --image")
+        recipe.check_inputs(len(refs))
 
     def _select(self, ex: Extraction, tokens: str, recipe: Recipe, layer: int | None = None) -> "_Seq":
         """Rows of one selection; image-role rows from image_layer, text rows from text_layer (one forward)."""
@@ -373,7 +367,7 @@ class Engine:
     def negative(self, recipe: Recipe) -> torch.Tensor | None:
         if recipe.guidance <= 0:
             return None
-        return self.text_encoding(recipe.negative_prompt, "--negative-prompt").embeds
+        return self.text_encoding(recipe.negative_prompt, "negative_prompt").embeds
 
     # ---- recipe -> image ----
     def run(self, recipe: Recipe, prompt: str, refs: list[Reference],

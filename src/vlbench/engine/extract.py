@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from vlbench.engine.recipe import TOKEN_SELECTIONS
+from vlbench.recipe import Tokens
 from vlbench.errors import UserError
 
 # Roles of positions in the VL input.
@@ -27,7 +27,7 @@ SELECTION_ROLES: dict[str, frozenset[str]] = {
     "text": frozenset({TEMPLATE, PROMPT}),
     "prompt": frozenset({PROMPT}),
 }
-assert set(SELECTION_ROLES) == set(TOKEN_SELECTIONS)
+assert set(SELECTION_ROLES) == set(Tokens.values())
 _SENTINEL = "\u2063VLBENCH-TEXT\u2063"
 
 
@@ -51,19 +51,20 @@ class Extraction:
     def check_layer(self, layer: int, name: str = "layer") -> int:
         n = self.num_layers
         if not -n <= layer < n:
-            raise UserError(f"{name}: {layer} is out of range for this VL model; use -{n} … {n - 1} "
-                            f"(hidden_states has {n} entries, -1 is after the final norm)")
+            raise UserError(f"is out of range for this VL model (hidden_states has {n} entries, -1 is after the "
+                            "final norm)", field=name, value=layer, fix=f"use -{n} … {n - 1}")
         return layer
 
     def positions(self, tokens: str) -> list[int]:
         if tokens not in SELECTION_ROLES:
-            raise UserError(f"tokens: unknown selection {tokens!r}; choose one of {', '.join(SELECTION_ROLES)}")
+            raise UserError("unknown selection", field="tokens", value=tokens,
+                            fix=f"choose one of {', '.join(SELECTION_ROLES)}")
         wanted = SELECTION_ROLES[tokens]
         found = [i for i, role in enumerate(self.roles) if role in wanted]
         if not found:
             why = "no reference image was given" if tokens.startswith("image") else (
-                "the VL text is empty (--vl-text none)" if tokens == "prompt" else "the input is empty")
-            raise UserError(f"tokens {tokens}: selects no positions because {why}")
+                "the VL text is empty (vl_text none)" if tokens == "prompt" else "the input is empty")
+            raise UserError(f"selects no positions because {why}", field="tokens", value=tokens)
         return found
 
     def select(self, tokens: str, layer: int) -> torch.Tensor:
@@ -88,28 +89,29 @@ def load_image(path: str | Path):
 
     path = Path(path)
     if not path.exists():
-        raise UserError(f"--image {path}: no such file")
+        raise UserError("no such file", field="image", value=str(path))
     if path.is_dir():
-        raise UserError(f"--image {path}: is a directory; give an image file")
+        raise UserError("is a folder", field="image", value=str(path), fix="give an image file")
     try:
         with Image.open(path) as img:
             img.load()
             return img.convert("RGB")
     except UnidentifiedImageError:
-        raise UserError(f"--image {path}: not an image PIL can read (PNG, JPEG, WebP …)") from None
+        raise UserError("not an image PIL can read (PNG, JPEG, WebP …)", field="image", value=str(path)) from None
     except Image.DecompressionBombError as exc:  # not an OSError: it would escape as a traceback
-        raise UserError(f"--image {path}: too many pixels to open safely ({exc.args[0].split(',')[0]})") from None
+        raise UserError(f"too many pixels to open safely ({exc.args[0].split(',')[0]})", field="image",
+                        value=str(path)) from None
     except (OSError, SyntaxError, ValueError) as exc:
-        raise UserError(f"--image {path}: the image is damaged or truncated ({exc})") from None
+        raise UserError(f"the image is damaged or truncated ({exc})", field="image", value=str(path)) from None
 
 
-def check_text(text: str, what: str) -> None:
+def check_text(text: str, field: str) -> None:
     """Refuse text the tokenizers cannot take: undecodable argv bytes arrive as lone surrogates."""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as exc:
-        raise UserError(f"{what}: is not valid UTF-8 (an undecodable byte at character {exc.start}); "
-                        "check the terminal's or the file's encoding") from None
+        raise UserError(f"is not valid UTF-8 (an undecodable byte at character {exc.start})", field=field,
+                        fix="check the terminal's or the file's encoding") from None
 
 
 def _messages(num_images: int, text: str | None) -> list[dict]:
@@ -177,17 +179,18 @@ def _render(processor, num_images: int, text: str | None) -> str:
     """Validate the VL text and render it, after the images, through the model's own chat template."""
     tokenizer = processor.tokenizer
     if not num_images and text is None:
-        raise UserError("nothing to extract: no reference image and no VL text (--vl-text none); give --image or a text")
+        raise UserError("nothing to extract: no reference image and no VL text", field="vl_text", value="none",
+                        fix="add a reference or give the VL a text")
     if text is not None:
-        check_text(text, "--prompt/--vl-text")
+        check_text(text, "vl_text")
     if text is not None and _SENTINEL in text:
-        raise UserError("--vl-text: contains a reserved marker character")
+        raise UserError("contains a reserved marker character", field="vl_text")
     if text is not None:  # the tokenizer parses special tokens in text: these would forge a vision block
         vision_ids = [processor.vision_start_token_id, processor.vision_end_token_id, processor.image_token_id,
                       getattr(processor, "video_token_id", None)]
         for token in tokenizer.convert_ids_to_tokens([i for i in vision_ids if i is not None]):
             if token in text:
-                raise UserError(f"--prompt/--vl-text: contains {token}, a Qwen3-VL vision token; remove it")
+                raise UserError(f"contains {token}, a Qwen3-VL vision token", field="vl_text", fix="remove it")
     return processor.apply_chat_template(_messages(num_images, text), add_generation_prompt=True, tokenize=False)
 
 
@@ -195,8 +198,8 @@ def _fit(processor, rendered: str, images: list, budget: int, max_image_tokens: 
     """The processor `size` for these images: text tokens are fixed, images take what is left of the budget."""
     text_tokens = len(processor.tokenizer(rendered, add_special_tokens=False)["input_ids"]) - len(images)
     if text_tokens > budget:
-        raise UserError(f"--prompt/--vl-text: the VL input is {text_tokens} tokens, over the caption budget of "
-                        f"{budget}; shorten the text")
+        raise UserError(f"the VL input is {text_tokens} tokens, over the caption budget of {budget}",
+                        field="vl_text", fix="shorten the text")
     if not images:
         return None
     available = budget - text_tokens
@@ -207,13 +210,14 @@ def _fit(processor, rendered: str, images: list, budget: int, max_image_tokens: 
         try:
             image_token_count(processor.image_processor, w, h)
         except ValueError as exc:
-            raise UserError(f"--image: a {w}×{h} reference cannot be read by Qwen3-VL's processor ({exc}); "
-                            "crop or pad it") from None
+            raise UserError(f"a {w}×{h} reference cannot be read by Qwen3-VL's processor ({exc})", field="image",
+                            fix="crop or pad it") from None
     try:
         return fit_size(processor.image_processor, sizes, available)
     except ValueError:
-        raise UserError(f"--image: {len(images)} reference(s) cannot fit in {available} image tokens "
-                        f"(caption budget {budget}, text {text_tokens}); shorten the text or use fewer images") from None
+        raise UserError(f"{len(images)} reference(s) cannot fit in {available} image tokens (caption budget "
+                        f"{budget}, text {text_tokens})", field="image",
+                        fix="shorten the text or use fewer images") from None
 
 
 def prepare(vl, images: list, text: str | None, budget: int, max_image_tokens: int | None = None) -> Prepared:

@@ -6,10 +6,6 @@ device) and a step callback for progress.
 
 from __future__ import annotations
 
-import json
-import os
-import threading
-from pathlib import Path
 from typing import Callable
 
 import torch
@@ -20,12 +16,11 @@ from vlbench.errors import CaptionTooLong
 def check_caption(length: int, budget: int) -> None:
     """Refuse a caption the DiT cannot take: on a GPU it would be a device-side assert that kills CUDA."""
     if length > budget:
-        raise CaptionTooLong(
-            f"conditioning: {length} tokens, over the DiT's caption budget of {budget}; "
-            "select fewer tokens (e.g. --tokens text), lower --max-image-tokens, or pool the image tokens"
-        )
+        raise CaptionTooLong(f"{length} tokens, over the DiT's caption budget of {budget}", field="conditioning",
+                             fix="select fewer tokens (e.g. tokens text), lower max_image_tokens, or pool the image "
+                                 "tokens")
     if length < 1:
-        raise CaptionTooLong("conditioning: the sequence is empty; select some tokens")
+        raise CaptionTooLong("the sequence is empty", field="conditioning", fix="select some tokens")
 
 
 @torch.inference_mode()
@@ -63,28 +58,3 @@ def generate(pipe, embeds: torch.Tensor, *, seed: int, steps: int, width: int, h
         **kwargs,
     )
     return result.images[0]
-
-
-def save_png(image, path: str | Path, metadata: dict) -> Path:
-    """Write a PNG with `metadata` as JSON in its text chunk, atomically (never a half-written file)."""
-    from PIL.PngImagePlugin import PngInfo
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    info = PngInfo()
-    info.add_text("vlbench", json.dumps(metadata, sort_keys=True, default=str))
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")  # unique per writer thread
-    try:
-        image.save(tmp, format="PNG", pnginfo=info)
-        os.replace(tmp, path)
-    except BaseException:  # a failed save (disk full, Ctrl-C) leaves neither a partial PNG nor a temp file
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
-
-
-def read_png_metadata(path: str | Path) -> dict:
-    from PIL import Image
-
-    with Image.open(path) as img:
-        return json.loads(img.text.get("vlbench", "{}"))

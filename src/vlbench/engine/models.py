@@ -62,19 +62,20 @@ class VLModel:
         return self.model.config.text_config.num_hidden_layers
 
 
-def _check_not_file(flag: str, source: str) -> None:
+def _check_not_file(field: str, source: str) -> None:
     """A file is neither a model directory nor a hub id (the hub client would try the network with it)."""
     if Path(source).is_file():
-        raise UserError(f"{flag} {source}: is a file; give a model directory or a hub id, "
-                        "or --tiny for the built-in random models")
+        raise UserError("is a file", field=field, value=source,
+                        fix="give a model directory or a hub id, or tiny for the built-in random models")
 
 
-def _load_error(flag: str, source: str, exc: BaseException) -> UserError:
+def _load_error(field: str, source: str, exc: BaseException) -> UserError:
     reason = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
     if len(reason) > 160:
         reason = reason[:157] + "..."
     hint = "pass a local model directory" if not Path(source).exists() else "check the directory is a complete model"
-    return UserError(f"{flag} {source}: cannot load it ({reason}); {hint}, or --tiny for the built-in random models")
+    return UserError(f"cannot load it ({reason})", field=field, value=source,
+                     fix=f"{hint}, or tiny for the built-in random models")
 
 
 @dataclass
@@ -176,15 +177,16 @@ class Models:
             self._status(f"loading Qwen3-VL from {self.spec.vl}")
             self.use("vl")  # offload cpu: make room before the weights arrive
             start = time.perf_counter()
-            _check_not_file("--vl", self.spec.vl)
+            _check_not_file("vl", self.spec.vl)
             try:
                 processor = AutoProcessor.from_pretrained(self.spec.vl)
                 model = AutoModelForImageTextToText.from_pretrained(self.spec.vl, dtype=self.dtype,
                                                                     **self._transformers_kwargs())
             except (OSError, ValueError, KeyError) as exc:
-                raise _load_error("--vl", self.spec.vl, exc) from exc
+                raise _load_error("vl", self.spec.vl, exc) from exc
             if not str(model.config.model_type).startswith("qwen3_vl"):
-                raise UserError(f"--vl {self.spec.vl}: is a {model.config.model_type} model; vlbench needs a Qwen3-VL model")
+                raise UserError(f"is a {model.config.model_type} model; vlbench needs a Qwen3-VL model", field="vl",
+                                value=self.spec.vl)
             model.eval()
             if not self._transformers_kwargs():
                 model.to(self.device)
@@ -203,14 +205,14 @@ class Models:
 
             self._status(f"loading Z-Image from {self.spec.zimage}")
             start = time.perf_counter()
-            _check_not_file("--zimage", self.spec.zimage)
+            _check_not_file("zimage", self.spec.zimage)
             kwargs = self._diffusers_kwargs()
             try:
                 pipe = ZImagePipeline.from_pretrained(
                     self.spec.zimage, text_encoder=None, tokenizer=None, dtype=self.dtype, **kwargs
                 )
             except (OSError, ValueError, KeyError, TypeError) as exc:
-                raise _load_error("--zimage", self.spec.zimage, exc) from exc
+                raise _load_error("zimage", self.spec.zimage, exc) from exc
             if self._hooks():
                 pipe.enable_sequential_cpu_offload(device=self.device)
             elif not kwargs:
@@ -238,7 +240,7 @@ class Models:
                 text_encoder = AutoModel.from_pretrained(self.spec.zimage, subfolder="text_encoder", dtype=self.dtype,
                                                          **self._transformers_kwargs())
             except (OSError, ValueError, KeyError) as exc:
-                raise _load_error("--zimage", self.spec.zimage, exc) from exc
+                raise _load_error("zimage", self.spec.zimage, exc) from exc
             text_encoder.eval()
             if not self._transformers_kwargs():
                 text_encoder.to(self.device)
@@ -290,8 +292,8 @@ class Models:
     def _check_widths(self) -> None:
         if self._vl is not None and self._pipe is not None and self._vl.hidden_size != self.caption_width:
             raise UserError(
-                f"--vl {self.spec.vl}: its text width is {self._vl.hidden_size} but the Z-Image DiT at "
-                f"{self.spec.zimage} takes captions of width {self.caption_width}; use a Qwen3-VL of the same width "
+                f"its text width is {self._vl.hidden_size} but the Z-Image DiT at {self.spec.zimage} takes captions "
+                f"of width {self.caption_width}", field="vl", value=self.spec.vl, fix="use a Qwen3-VL of the same width "
                 "(Qwen3-VL-4B for Z-Image-Turbo)"
             )
 

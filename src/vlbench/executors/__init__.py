@@ -8,52 +8,47 @@ history entry, so nothing depends on a shared filesystem.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from vlbench.errors import UserError
 
 EXECUTORS = ("local", "ray")
 
 
-def add_executor_flags(p) -> None:
-    g = p.add_argument_group("executor")
-    g.add_argument("--executor", choices=EXECUTORS, default="local",
-                   help="local: this process's Engine (default); ray: one Ray actor per GPU, each holding the models")
-    g.add_argument("--ray-address", metavar="ADDR",
-                   help="a running Ray cluster: auto, HOST:PORT (ray start --head) or ray://HOST:10001 (Ray Client); "
-                        "default: start a local Ray instance with every visible GPU")
-    g.add_argument("--ray-actors", type=int, metavar="N",
-                   help="actors to start (default: one per GPU of the cluster; without GPUs, min(2, CPUs))")
+@dataclass(frozen=True)
+class ExecutorChoice:
+    kind: str = "local"
+    address: str | None = None  # a running Ray cluster; None: a local instance on this machine
+    actors: int | None = None  # None: one per GPU (without GPUs, min(2, CPUs))
+
+    def __post_init__(self) -> None:
+        if self.kind not in EXECUTORS:
+            raise UserError("unknown executor", field="executor", value=self.kind, fix=f"use {' or '.join(EXECUTORS)}")
+        if self.kind != "ray":
+            for field, value in (("ray_address", self.address), ("ray_actors", self.actors)):
+                if value is not None:
+                    raise UserError("has no effect without executor ray", field=field, value=value,
+                                    fix="add --executor ray or drop it")
+            return
+        if self.actors is not None and self.actors < 1:
+            raise UserError("must be >= 1", field="ray_actors", value=self.actors)
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            raise UserError("Ray is not installed", field="executor", value="ray",
+                            fix="pip install 'vlbench[ray]' (or 'ray[default]')") from None
 
 
-def check_executor_args(args) -> None:
-    """Executor flags a user can get wrong, checked before anything starts."""
-    kind = getattr(args, "executor", "local") or "local"
-    if kind != "ray":
-        for flag in ("ray_address", "ray_actors"):
-            if getattr(args, flag, None) is not None:
-                raise UserError(f"--{flag.replace('_', '-')}: only with --executor ray")
-        return
-    if args.ray_actors is not None and args.ray_actors < 1:
-        raise UserError(f"--ray-actors {args.ray_actors}: must be >= 1")
-    try:
-        import ray  # noqa: F401
-    except ImportError:
-        raise UserError("--executor ray: Ray is not installed; pip install 'vlbench[ray]' (or 'ray[default]')") from None
+def start_executor(spec, choice: ExecutorChoice, make_engine, console=None):
+    """(engine, executor) for an experiment run: local -> (make_engine(spec), None); ray -> (an Engine in this
+    process that loads nothing unless diagnostics or metrics ask after the run, the started actors)."""
+    if choice.kind != "ray":
+        return make_engine(spec), None
+    from vlbench.executors.ray_connect import head_engine
+    from vlbench.executors.ray_executor import RayExecutor
 
-
-def start_executor(args, console):
-    """(engine, executor) for `vlbench run`: local -> (the one Engine, None); ray -> (an Engine in this process
-    that loads nothing unless diagnostics or metrics ask after the run, the started actors)."""
-    from vlbench.cli import _engine
-
-    check_executor_args(args)
-    if (getattr(args, "executor", "local") or "local") != "ray":
-        return _engine(args, console), None
-    from vlbench.cli import spec_from_args
-    from vlbench.executors.ray_executor import RayExecutor, head_engine
-
-    spec = spec_from_args(args)
-    executor = RayExecutor.start(spec, address=args.ray_address, actors=args.ray_actors, console=console,
-                                 tiny=bool(getattr(args, "tiny", False)))
+    spec = spec.built()  # every actor on this host uses the same tiny build
+    executor = RayExecutor.start(spec, address=choice.address, actors=choice.actors, console=console)
     try:
         engine = head_engine(spec)
     except BaseException:

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vlbench.experiments.results import reference_copy
+from vlbench.experiments.results import first_reference, reference_copy, references_key
+from vlbench.files import atomic_write
 
 IGNORED = ("seed",)  # a run axis, not a config parameter
 
@@ -42,6 +43,16 @@ def _column_id(row: dict) -> str:
     return json.dumps([row["name"], recipe], sort_keys=True, default=str)
 
 
+def _effective(recipe: dict) -> dict:
+    from vlbench.errors import UserError
+    from vlbench.recipe import Recipe
+
+    try:
+        return Recipe.from_dict(recipe).effective()
+    except UserError:  # a row of an earlier vlbench whose recipe no longer validates: every field counts
+        return recipe
+
+
 def _fmt(value: Any) -> str:
     if value is None:
         return "unset"
@@ -63,10 +74,11 @@ def grid_layout(rows: list[dict]) -> GridLayout:
         if labels.count(name) > 1:
             labels[i] = f"{name} ({labels[:i].count(name) + 1})"
 
-    # which Recipe fields vary across the columns
+    # which Recipe fields vary across the columns (among the configs where the field has an effect)
     keys = list(col_rows[0]["recipe"]) if col_rows else []
+    effective = [_effective(r["recipe"]) for r in col_rows]
     varying = [k for k in keys if k not in IGNORED
-               and len({json.dumps(r["recipe"].get(k), default=str) for r in col_rows}) > 1]
+               and len({json.dumps(e[k], default=str) for e in effective if k in e}) > 1]
     axes = None
     if len(varying) == 2:
         pairs = [tuple(json.dumps(r["recipe"].get(k), default=str) for k in varying) for r in col_rows]
@@ -92,15 +104,15 @@ def grid_layout(rows: list[dict]) -> GridLayout:
     ref_rank: dict[str, int] = {}
     prompt_rank: dict[str, int] = {}
     for row in rows:
-        ref_rank.setdefault(row["reference_sha256"], len(ref_rank))
+        ref_rank.setdefault(references_key(row), len(ref_rank))
         prompt_rank.setdefault(row["prompt"], len(prompt_rank))
     groups: dict[tuple, list[int]] = {}
     for i, row in enumerate(rows):
-        groups.setdefault((row["reference_sha256"], row["prompt"], row["seed"]), []).append(i)
+        groups.setdefault((references_key(row), row["prompt"], row["seed"]), []).append(i)
     blocks = []
-    for sha, prompt, seed in sorted(groups, key=lambda k: (ref_rank[k[0]], prompt_rank[k[1]], k[2])):
-        members = groups[(sha, prompt, seed)]
-        ref = rows[members[0]]["reference"]
+    for refs_key, prompt, seed in sorted(groups, key=lambda k: (ref_rank[k[0]], prompt_rank[k[1]], k[2])):
+        members = groups[(refs_key, prompt, seed)]
+        ref, sha = first_reference(rows[members[0]])
         block = Block(title=f"{Path(ref).name} · seed {seed} · {prompt}", reference=reference_copy(ref, sha),
                       row_labels=list(row_labels), col_labels=list(col_labels))
         for i in members:
@@ -255,11 +267,7 @@ def _paste(canvas, draw, path: Path, x: int, y: int, cell: int, font, missing: s
 
 def write_grid(rows: list[dict], out_dir: str | Path, path: str | Path, title: str = "") -> Path:
     """Render and save atomically."""
-    import os
-
     path = Path(path)
     image = render_grid(rows, out_dir, title=title)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    image.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
     return path

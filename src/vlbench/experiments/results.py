@@ -12,32 +12,37 @@ import os
 from pathlib import Path
 from typing import Any
 
+from vlbench.records import RECORD_VERSION
+
 STATUSES = ("done", "failed")
 TIMING_KEYS = ("extraction", "blend", "generation", "model_load")
 
-# field -> allowed JSON types (None allows null). Every row has every field.
+# field -> allowed JSON types (None allows null): a results row is RunRecord.to_json() (vlbench.records).
 ROW_SCHEMA: dict[str, tuple] = {
-    "key": (str,),  # the job key: config name + recipe + prompt + seed + reference sha256
+    "schema": (int,),
+    "key": (str,),  # the job key: config name + recipe + prompt + seed + reference sha256s
     "experiment": (str,),
     "name": (str,),  # the config's name
     "config_index": (int,),  # its position in the type file
     "recipe": (dict,),  # Recipe.to_dict(), complete
     "prompt": (str,),
     "seed": (int,),
-    "reference": (str,),  # the reference's path as given
-    "reference_sha256": (str,),
+    "references": (list,),  # [{"path", "sha256"}]
     "image": (str, None),  # PNG path relative to the output folder; null when failed
+    "image_sha256": (str, None),
     "status": (str,),
     "error": (str, None),
+    "failure": (str, None),
     "timings": (dict,),  # seconds: extraction, blend, generation, model_load (+ text_encoding when used)
-    "peak_vram_bytes": (int, None),  # torch.cuda.max_memory_allocated during the job; null off GPU
+    "peak_memory_bytes": (int, None),  # torch.cuda.max_memory_allocated during the job; null off GPU
     "caption_tokens": (int, None),
     "vl_forwards": (int,),  # VL forwards this job ran (0 when the extraction cache served it)
-    "finished_at": (str,),
+    "started_at": (float, int, None),
+    "finished_at": (float, int, None),
+    "conditioning": (dict,),
+    "environment": (dict,),
+    "metrics": (dict,),  # {metric name: number}; vlbench score writes scores.jsonl beside this file instead
 }
-# Optional fields: absent from rows the runner writes. "metrics": {metric name: number}, as in scores.jsonl
-# (vlbench score writes its values there, beside this file, and never rewrites this one).
-OPTIONAL_SCHEMA: dict[str, tuple] = {"metrics": (dict,)}
 
 
 def validate_row(row: Any) -> list[str]:
@@ -56,9 +61,6 @@ def validate_row(row: Any) -> list[str]:
                 problems.append(f"{key}: null")
         elif isinstance(value, bool) or not isinstance(value, allowed):
             problems.append(f"{key}: {type(value).__name__}, expected {' or '.join(t.__name__ for t in allowed)}")
-    for key, types in OPTIONAL_SCHEMA.items():
-        if key in row and not isinstance(row[key], types):
-            problems.append(f"{key}: {type(row[key]).__name__}, expected {' or '.join(t.__name__ for t in types)}")
     if isinstance(row.get("metrics"), dict):
         problems += [f"metrics.{k}: {v!r} is not a number" for k, v in row["metrics"].items()
                      if isinstance(v, bool) or not isinstance(v, (int, float))]
@@ -66,6 +68,8 @@ def validate_row(row: Any) -> list[str]:
         return problems
     if row["status"] not in STATUSES:
         problems.append(f"status: {row['status']!r} not one of {', '.join(STATUSES)}")
+    if not all(isinstance(r, dict) and isinstance(r.get("path"), str) for r in row["references"]):
+        problems.append("references: each must be {path, sha256}")
     for key, value in row["timings"].items():
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
             problems.append(f"timings.{key}: {value!r} is not a duration")
@@ -78,6 +82,20 @@ def validate_row(row: Any) -> list[str]:
     return problems
 
 
+def upgrade_row(row: Any) -> Any:
+    """A results row of an earlier schema as the current one (marked "upgraded": resume rewrites the file)."""
+    if not isinstance(row, dict) or row.get("schema") == RECORD_VERSION:
+        return row
+    from vlbench.records import RunRecord
+
+    try:
+        out = RunRecord.from_json(row).to_json()
+    except TypeError:
+        return row
+    out["upgraded"] = True
+    return out
+
+
 class JsonlLog:
     """An append-only JSON-lines file: each line fsynced, a torn last line (a kill mid-write) dropped on read."""
 
@@ -87,7 +105,7 @@ class JsonlLog:
     def valid(self, row) -> bool:
         return isinstance(row, dict)
 
-    def read(self) -> tuple[list[dict], int]:
+    def read(self, convert=None) -> tuple[list[dict], int]:
         """(valid rows in file order, number of unreadable or invalid lines dropped)."""
         if not self.path.exists():
             return [], 0
@@ -102,6 +120,8 @@ class JsonlLog:
                 except (json.JSONDecodeError, UnicodeDecodeError):
                     bad += 1
                     continue
+                if convert is not None:
+                    row = convert(row)
                 if not self.valid(row):
                     bad += 1
                     continue
@@ -118,13 +138,9 @@ class JsonlLog:
 
     def rewrite(self, rows: list[dict]) -> None:
         """Replace the file with `rows`, atomically (a kill leaves the old file or the new one)."""
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(_line(row))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        from vlbench.files import atomic_write_text
+
+        atomic_write_text(self.path, "".join(_line(row) for row in rows))
 
     def append_rows(self, rows: list[dict]) -> None:
         with open(self.path, "a", encoding="utf-8") as f:
@@ -135,10 +151,14 @@ class JsonlLog:
 
 
 class ResultsLog(JsonlLog):
-    """The results file of one output folder; every row checked against the schema."""
+    """The results file of one output folder; every row checked against the schema, earlier schemas upgraded."""
 
     def valid(self, row) -> bool:
-        return not validate_row(row)
+        return not validate_row({k: v for k, v in row.items() if k != "upgraded"})
+
+    def read(self) -> tuple[list[dict], int]:
+        rows, bad = super().read(convert=upgrade_row)
+        return rows, bad
 
     def append(self, row: dict) -> None:
         problems = validate_row(row)
@@ -155,6 +175,17 @@ def reference_copy(reference: str, sha256: str) -> str:
     """Where the run keeps its copy of a reference, relative to the output folder (the folder travels whole)."""
     path = Path(reference)
     return f"references/{path.stem}-{sha256[:8]}{path.suffix.lower() or '.png'}"
+
+
+def first_reference(row: dict) -> tuple[str, str]:
+    """(path, sha256) of a row's first reference (grids, reports and scores read one per image)."""
+    ref = row["references"][0] if row.get("references") else {"path": "", "sha256": ""}
+    return ref["path"], ref.get("sha256") or ""
+
+
+def references_key(row: dict) -> str:
+    """The sha256s of a row's references, joined: what groups its images (one reference: its sha256)."""
+    return "+".join(r.get("sha256") or r["path"] for r in row.get("references", []))
 
 
 def latest_by_key(rows: list[dict]) -> dict[str, dict]:

@@ -1,8 +1,9 @@
 """Experiment types as data: a TOML file names a question and the configs that answer it.
 
-A type file has `name`, optional `description` and `question`, a `[base]` table of Recipe fields
-shared by every config, and `[[configs]]`, each a `name`, optional `quick = false` (dropped by
---quick) and Recipe fields. Parsing checks the file's shape; `recipes()` builds the Recipes (and so
+A type file has `name`, optional `description` and `question`, optional `seeds` (the seeds every
+config runs with unless the run names others: a number, a list, or text such as "0-3"), a `[base]`
+table of Recipe fields shared by every config, and `[[configs]]`, each a `name`, optional
+`quick = false` (dropped by --quick) and Recipe fields. Parsing checks the file's shape; `recipes()` builds the Recipes (and so
 checks every key and value against Recipe). Every error is one line naming the file and the key.
 """
 
@@ -10,16 +11,15 @@ from __future__ import annotations
 
 import re
 import tomllib
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from vlbench.errors import UserError
 
 TYPES_DIR = Path(__file__).parent / "types"
-TOP_KEYS = ("name", "description", "question", "base", "configs")
+TOP_KEYS = ("name", "description", "question", "seeds", "base", "configs")
 CONFIG_META = ("name", "quick")  # config keys that are not Recipe fields
-GENERATION = ("seed", "steps", "width", "height")  # the run's settings override these
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=-]*$")  # config names become file names
 
 
@@ -51,38 +51,29 @@ class ExperimentType:
     configs: tuple[Config, ...]
     path: Path
     source: str  # the file's text, recorded with every run
+    seeds: tuple[int, ...] = ()  # the type's default seeds (empty: each config's own seed)
 
     def selected(self, quick: bool = False) -> list[Config]:
         return [c for c in self.configs if c.quick or not quick]
 
     def recipes(self, quick: bool = False, overrides: dict[str, Any] | None = None) -> list[NamedRecipe]:
         """Each config as a Recipe: base, then the config's fields, then `overrides` (the run's settings)."""
-        from vlbench.engine.recipe import Recipe
+        from vlbench.recipe import Recipe, check_keys
 
-        known = {f.name for f in fields(Recipe)}
-        where = self.path
-        for key in self.base:
-            if key not in known:
-                raise UserError(f"{where}: [base]: unknown key {key!r}; a Recipe field is expected "
-                                f"(known: {', '.join(sorted(known))})")
+        try:
+            check_keys(self.base)
+        except UserError as exc:
+            raise exc.within(f"{self.path}: [base]") from None
         out = []
         for index, config in enumerate(self.configs):
-            for key in config.fields:
-                if key not in known:
-                    raise UserError(f"{where}: config {config.name!r}: unknown key {key!r}; a Recipe field is "
-                                    f"expected (known: {', '.join(sorted(known))})")
+            where = f"{self.path}: config {config.name!r}"
+            try:
+                check_keys(config.fields)
+            except UserError as exc:
+                raise exc.within(where) from None
             if quick and not config.quick:
                 continue
-            data = {**self.base, **config.fields, **(overrides or {})}
-            try:
-                recipe = Recipe.from_dict(data, source=f"{where}: config {config.name!r}")
-            except UserError as exc:
-                message = str(exc)
-                if not message.startswith(str(where)):
-                    message = f"{where}: config {config.name!r}: {message}"
-                raise UserError(message) from None
-            except TypeError as exc:  # a value of the wrong type reaching the dataclass
-                raise UserError(f"{where}: config {config.name!r}: {exc}") from None
+            recipe = Recipe.from_dict({**self.base, **config.fields, **(overrides or {})}, where=where)
             out.append(NamedRecipe(config.name, index, recipe))
         return out
 
@@ -112,12 +103,13 @@ def resolve(name_or_path: str) -> Path:
     looks_like_path = name_or_path.endswith(".toml") or "/" in name_or_path or "\\" in name_or_path
     if looks_like_path or candidate.is_file():
         if not candidate.is_file():
-            raise UserError(f"--experiment {name_or_path}: no such file")
+            raise UserError("no such file", field="experiment", value=name_or_path)
         return candidate
     path = TYPES_DIR / f"{name_or_path}.toml"
     if not path.is_file():
-        raise UserError(f"--experiment {name_or_path}: unknown type; choose one of {', '.join(builtin_names())} "
-                        "or give the path of a type file (see `vlbench experiments`)")
+        raise UserError("unknown type", field="experiment", value=name_or_path,
+                        fix=f"choose one of {', '.join(builtin_names())} or give the path of a type file "
+                            "(see `vlbench experiments`)")
     return path
 
 
@@ -147,6 +139,14 @@ def parse_type(data: dict, path: Path, source: str = "") -> ExperimentType:
     for key in ("description", "question"):
         if not isinstance(data.get(key, ""), str):
             raise UserError(f"{path}: {key}: must be a string")
+    seeds: tuple[int, ...] = ()
+    if "seeds" in data:
+        from vlbench.recipe import seeds_value
+
+        try:
+            seeds = tuple(seeds_value(data["seeds"]))
+        except UserError as exc:
+            raise exc.within(str(path)) from None
     base = data.get("base", {})
     if not isinstance(base, dict):
         raise UserError(f"{path}: base: must be a table ([base])")
@@ -178,7 +178,7 @@ def parse_type(data: dict, path: Path, source: str = "") -> ExperimentType:
         configs.append(Config(cname, own, quick))
     return ExperimentType(name=name.strip(), description=data.get("description", "").strip(),
                           question=data.get("question", "").strip(), base=dict(base), configs=tuple(configs),
-                          path=path, source=source)
+                          path=path, source=source, seeds=seeds)
 
 
 def _check_value(path: Path, where: str, key: str, value: Any) -> None:

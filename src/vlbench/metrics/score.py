@@ -81,7 +81,7 @@ class ScoreSummary:
 
 def folder_items(out: Path) -> list[Item]:
     """The done rows of a run folder whose image exists, in results order (latest row per job key)."""
-    from vlbench.experiments.results import ResultsLog, latest_by_key, reference_copy
+    from vlbench.experiments.results import ResultsLog, first_reference, latest_by_key, reference_copy
 
     results = out / "results.jsonl"
     if not results.is_file():
@@ -91,9 +91,10 @@ def folder_items(out: Path) -> list[Item]:
     for row in latest_by_key(rows).values():
         if row["status"] != "done" or not (out / row["image"]).is_file():
             continue
-        ref = out / reference_copy(row["reference"], row["reference_sha256"])  # the folder's own copy first
+        path, sha = first_reference(row)
+        ref = out / reference_copy(path, sha)  # the folder's own copy first
         if not ref.is_file():
-            ref = Path(row["reference"]) if Path(row["reference"]).is_file() else None
+            ref = Path(path) if path and Path(path).is_file() else None
         items.append(Item(row["key"], out / row["image"], row["image"], ref, row["prompt"]))
     return items
 
@@ -263,7 +264,7 @@ class _StoreSync:
         if self.store is None or not pairs:
             return 0
         try:
-            ids = self.store.ids_by_output_path([str(it.image.resolve()) for it, _ in pairs])
+            ids = self.store.ids_by_image([str(it.image.resolve()) for it, _ in pairs])
             n = 0
             for it, score in pairs:
                 for run_id in ids.get(str(it.image.resolve()), []):

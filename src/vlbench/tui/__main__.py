@@ -1,7 +1,7 @@
-"""`python -m vlbench.tui`: the workbench alone."""
+"""`python -m vlbench.tui`: the workbench alone (the same as `vlbench tui`)."""
 
 import sys
 
-from vlbench.tui.launch import main
+from vlbench.cli import main
 
-sys.exit(main())
+sys.exit(main(["tui", *sys.argv[1:]]))

@@ -20,14 +20,13 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import Footer, Header, TextArea
 
 from vlbench.config import Settings
-from vlbench.engine.recipe import IMAGE_SELECTIONS, Recipe, load_recipe, save_recipe
 from vlbench.errors import UserError
+from vlbench.modelspec import ModelSpec, resolve_model_spec
+from vlbench.recipe import Recipe, load_recipe, parse_seeds, save_recipe
 from vlbench.store import Store
 from vlbench.tui import experiments, keys
 from vlbench.tui.commands import VlbenchCommands
 from vlbench.tui.messages import InputsChanged, OpenRun, RecipeChanged, RunHighlighted, StoreChanged, WorkerEvent
-from vlbench.tui.models import ModelChoice
-from vlbench.tui.recipe_fields import parse_seeds
 from vlbench.tui.screens.ask import Ask
 from vlbench.tui.screens.confirm import Confirm
 from vlbench.tui.screens.experiment import ChooseExperiment
@@ -42,6 +41,9 @@ from vlbench.tui.widgets.inputs import InputsPane
 from vlbench.tui.widgets.parameters import ParametersPane
 from vlbench.tui.widgets.preview import PreviewPane
 from vlbench.tui.widgets.queue import QueuePane
+from vlbench.tui.wording import render
+from vlbench.worker import (JobCancelled, JobDone, JobFailed, JobProgress, JobStarted, ModelStatus, WorkerIdle,
+                            WorkerPaused)
 
 log = logging.getLogger("vlbench.tui")
 REFRESH_S = 0.2  # worker-driven table refreshes are gathered over this long
@@ -58,16 +60,16 @@ class VlbenchApp(App[int]):
     COMMANDS = App.COMMANDS | {VlbenchCommands}
     BINDINGS = keys.bindings(keys.APP)
 
-    def __init__(self, settings: Settings | None = None, models: ModelChoice | None = None, *,
+    def __init__(self, settings: Settings | None = None, models: ModelSpec | None = None, *,
                  store_path: Path | str | None = None, outputs_dir: Path | str | None = None,
                  start_worker: bool = True, engine_factory: Callable[[Callable[[str], None]], Any] | None = None):
         super().__init__()
         self.settings = settings or Settings()
-        self.models = models or ModelChoice.resolve(self.settings.models)
+        self.models = models or resolve_model_spec(self.settings.models.to_dict())
         self.store = Store(store_path)
         self.outputs_dir = outputs_dir
         self.start_worker = start_worker
-        self.engine_factory = engine_factory  # tests may inject one; default: self.models.build_engine
+        self.engine_factory = engine_factory  # tests may inject one; default: build_engine(self.models, …)
         self.job_worker = None  # vlbench.worker.Worker, started after the first paint
         self.paused = False
         self.recipe: Recipe | None = None
@@ -126,9 +128,12 @@ class VlbenchApp(App[int]):
         return self.is_running and self.queue_pane.is_attached
 
     def on_mount(self) -> None:
-        recovered = self.store.recover()
-        if recovered:
-            self.notify(f"{recovered} run(s) left running by an earlier session are queued again")
+        requeued, failed = self.store.recover()
+        if requeued:
+            self.notify(f"{requeued} run(s) recovered from an interrupted session: queued again")
+        if failed:
+            self.notify(f"{failed} run(s) interrupted twice — possibly crashing the worker — marked failed "
+                        "(r in History retries one)", severity="warning", timeout=10)
         for problem in self.startup_problems:
             self.notify(problem, severity="warning")
         self.queue_pane.reload()
@@ -141,9 +146,9 @@ class VlbenchApp(App[int]):
 
     # ---- the worker ----
     def start_job_worker(self) -> None:
-        from vlbench.worker import ModelStatus, Worker
+        from vlbench.worker import Worker
 
-        factory = self.engine_factory or self.models.build_engine
+        factory = self.engine_factory or (lambda on_status: build_engine(self.models, on_status))
 
         def post(event: object) -> None:  # called on the worker thread
             self.post_message(WorkerEvent(event))
@@ -155,8 +160,8 @@ class VlbenchApp(App[int]):
         # kernels; a thread waiting for the GIL gets it after the switch interval (5 ms by default), and a
         # key press takes several such waits. 1 ms keeps keys quick while the worker computes.
         sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL_S))
-        self.job_worker = Worker(None, store_path=self.store.path, outputs_dir=self.outputs_dir, on_event=post,
-                                 engine_factory=engine_factory, recover=False)
+        self.job_worker = Worker(self.models, store_path=self.store.path, outputs_dir=self.outputs_dir, on_event=post,
+                                 engine_factory=engine_factory, recover=False, render=render)
         self.job_worker.start()
         self.queue_pane.set_status(f"worker ready · models load with the first run ({self.models.describe()})")
 
@@ -175,37 +180,36 @@ class VlbenchApp(App[int]):
         self.store.close()
 
     def on_worker_event(self, message: WorkerEvent) -> None:
-        event = message.event
-        kind = type(event).__name__
         if not self.showing:  # the app is closing; events still in flight have nowhere to go
             return
         queue = self.queue_pane
-        if kind == "ModelStatus":
-            queue.set_status(event.text)
-            log.info("model status: %s", event.text)
-        elif kind == "JobStarted":
-            queue.job_started(event.run_id, event.total_steps)
-            self.runs_changed(event.run_id)
-        elif kind == "JobProgress":
-            queue.job_progress(event.run_id, event.step, event.total, event.eta_s)
-        elif kind == "JobDone":
-            if not self._heap_frozen:
-                # The loaded libraries leave millions of long-lived objects; a full garbage collection
-                # would walk them all while holding the GIL (a visible pause). Exempt them from now on.
-                gc.freeze()
-                self._heap_frozen = True
-            if not self.comparing:
-                self.selected_run = event.run_id  # the Preview follows the latest result
-            self.runs_changed(event.run_id, show=True)
-        elif kind == "JobFailed":
-            self.notify(f"run {event.run_id} failed: {event.reason}", severity="error", timeout=8)
-            self.runs_changed(event.run_id)
-        elif kind == "JobCancelled":
-            self.runs_changed(event.run_id)
-        elif kind == "WorkerPaused":
-            self.show_paused(event.paused)
-        elif kind == "WorkerIdle":
-            queue.job_ended()
+        match message.event:
+            case ModelStatus(text=text):
+                queue.set_status(text)
+                log.info("model status: %s", text)
+            case JobStarted(run_id=run_id, total_steps=total):
+                queue.job_started(run_id, total)
+                self.runs_changed(run_id)
+            case JobProgress(run_id=run_id, step=step, total=total, eta_s=eta):
+                queue.job_progress(run_id, step, total, eta)
+            case JobDone(run_id=run_id):
+                if not self._heap_frozen:
+                    # The loaded libraries leave millions of long-lived objects; a full garbage collection
+                    # would walk them all while holding the GIL (a visible pause). Exempt them from now on.
+                    gc.freeze()
+                    self._heap_frozen = True
+                if not self.comparing:
+                    self.selected_run = run_id  # the Preview follows the latest result
+                self.runs_changed(run_id, show=True)
+            case JobFailed(run_id=run_id, reason=reason):
+                self.notify(f"run {run_id} failed: {reason}", severity="error", timeout=8)
+                self.runs_changed(run_id)
+            case JobCancelled(run_id=run_id):
+                self.runs_changed(run_id)
+            case WorkerPaused(paused=paused):
+                self.show_paused(paused)
+            case WorkerIdle():
+                queue.job_ended()
 
     def show_paused(self, paused: bool) -> None:
         self.paused = paused
@@ -297,9 +301,10 @@ class VlbenchApp(App[int]):
             self.notify("cannot queue: type a prompt (Inputs) or add a reference image", severity="error")
             self.query_one("#prompt", TextArea).focus()
             return None
-        if recipe.tokens in IMAGE_SELECTIONS and not refs:
-            self.notify(f"cannot queue: tokens {recipe.tokens!r} needs a reference image (F2 adds one)",
-                        severity="error")
+        try:
+            recipe.check_inputs(len(refs))
+        except UserError as exc:
+            self.notify(f"cannot queue: {render(exc)} (F2 adds a reference)", severity="error")
             return None
         return prompt, refs, recipe
 
@@ -310,6 +315,7 @@ class VlbenchApp(App[int]):
             return []
         prompt, refs, recipe = form
         seeds = seeds or self.parameters.seeds
+        refs = [str(Path(r).expanduser().resolve()) for r in refs]  # a relaunch elsewhere still finds them
         items = [dict(prompt=prompt, images=refs, recipe=recipe.replace(seed=seed).to_dict(), source="tui")
                  for seed in seeds]
         ids = self.store.enqueue_many(items)
@@ -355,10 +361,11 @@ class VlbenchApp(App[int]):
             return []
         prompt, refs, recipe = form
         try:
-            runs = experiments.expand(experiment, quick, recipe.to_dict(), self.parameters.seeds)
+            runs = experiments.expand(experiment, quick, recipe, self.parameters.seeds)
         except UserError as exc:
-            self.notify(str(exc), severity="error")
+            self.notify(render(exc), severity="error")
             return []
+        refs = [str(Path(r).expanduser().resolve()) for r in refs]
         ids = self.store.enqueue_many([dict(prompt=prompt, images=refs, recipe=r, name=config, experiment=name,
                                             source="tui") for config, r in runs])
         self.notify(f"queued {len(ids)} runs of {name}" + (" (quick)" if quick else ""))
@@ -369,8 +376,6 @@ class VlbenchApp(App[int]):
     def check_action(self, action: str, parameters: tuple) -> bool | None:
         if len(self.screen_stack) > 1 and action in _FORM_ACTIONS:
             return False  # a dialog is open: its keys only
-        if action == "queue_experiment":  # hidden without vlbench.experiments (not imported before it is used)
-            return bool(self.experiment_types) if self.experiment_types is not None else experiments.available()
         return True
 
     # ---- run operations (panes, details and palette call these) ----
@@ -388,13 +393,13 @@ class VlbenchApp(App[int]):
         if run is None:
             return
         try:
-            recipe = Recipe.from_dict(run.recipe, source=f"run {run_id}")
-        except (UserError, TypeError) as exc:
-            self.notify(f"run {run_id}: its recipe no longer loads ({exc})", severity="error")
+            recipe = Recipe.from_dict(run.recipe)
+        except UserError as exc:
+            self.notify(f"run {run_id}: its recipe no longer loads ({render(exc)})", severity="error")
             return
         self.parameters.set_recipe(recipe, [run.seed])
         self.inputs.prompt = run.prompt
-        self.inputs.references = run.images
+        self.inputs.references = run.reference_paths
         self.inputs.vl_text = recipe.vl_text
         self.notify(f"loaded run {run_id} into the form")
 
@@ -473,7 +478,7 @@ class VlbenchApp(App[int]):
             try:
                 recipe = load_recipe(path)
             except UserError as exc:
-                self.notify(str(exc), severity="error")
+                self.notify(render(exc), severity="error")
                 return
             self.parameters.set_recipe(recipe)
             self.inputs.vl_text = recipe.vl_text
@@ -556,3 +561,22 @@ class VlbenchApp(App[int]):
 
         log_crash(error)
         super()._handle_exception(error)
+
+
+def build_engine(spec: ModelSpec, on_status: Callable[[str], None]):
+    """An Engine whose Models load each part on first use. Worker thread only (imports torch)."""
+    import os
+
+    import torch
+
+    from vlbench.engine.engine import Engine
+    from vlbench.engine.models import Models
+    from vlbench.logs import quiet_libraries
+
+    quiet_libraries()
+    on_cpu = spec.device == "cpu" or (spec.device is None and not torch.cuda.is_available())
+    if on_cpu and (os.cpu_count() or 1) > 1:  # torch's intra-op threads would take every core: keys would wait
+        torch.set_num_threads(max(1, min(torch.get_num_threads(), (os.cpu_count() or 2) - 1)))
+    if spec.tiny:
+        on_status("preparing the tiny random models…")
+    return Engine(Models(spec, on_status=on_status))

@@ -31,7 +31,7 @@ def run_label(row) -> str:
 
 @lru_cache(maxsize=1)
 def _defaults() -> dict:
-    from vlbench.engine.recipe import Recipe
+    from vlbench.recipe import Recipe
 
     return Recipe().to_dict()
 

@@ -49,14 +49,14 @@ class RunDetails(ModalScreen[str | None]):
         table.add_column()
         rows = [
             ("prompt", Text(run.prompt)),
-            ("references", "\n".join(run.images) or "none"),
+            ("references", "\n".join(run.reference_paths) or "none"),
             ("experiment", run.experiment or "—"),
             ("config", run.name or "—"),
             ("seed", str(run.seed)),
             ("queued", when(run.created_at)),
             ("started", when(run.started_at) or "—"),
             ("finished", when(run.finished_at) or "—"),
-            ("output", run.output_path or "—"),
+            ("output", run.image or "—"),
             ("error", Text(run.error, style="red") if run.error else "—"),
             ("timings", ", ".join(f"{k} {v:.3f} s" for k, v in run.timings.items() if isinstance(v, (int, float)))
              or "—"),

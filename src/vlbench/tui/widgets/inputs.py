@@ -15,7 +15,9 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Input, Label, OptionList, TextArea
 
-from vlbench.engine.recipe import VL_TEXT_NONE, VL_TEXT_PROMPT
+from vlbench.recipe import VLText
+
+VL_TEXT_PROMPT, VL_TEXT_NONE = VLText.PROMPT.value, VLText.NONE.value
 from vlbench.tui.messages import InputsChanged
 from vlbench.tui.suggest import IMAGE_SUFFIXES, PathSuggester
 from vlbench.tui.widgets.choice import ChoiceField

@@ -17,12 +17,11 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widget import Widget
 from textual.widgets import Input, Label, Static
 
-from vlbench.engine.recipe import Recipe
+from vlbench.recipe import Recipe
 from vlbench.errors import UserError
 from vlbench.tui.messages import RecipeChanged
-from vlbench.tui.recipe_fields import (
-    INPUTS_FIELDS, FieldSpec, field_of_error, format_value, parse_seeds, parse_value, recipe_fields,
-)
+from vlbench.tui.recipe_fields import INPUTS_FIELDS, FieldSpec, format_value, parse_value, recipe_fields
+from vlbench.tui.wording import render
 from vlbench.tui.widgets.choice import BLANK, ChoiceField
 from vlbench.tui.widgets.vl_text import VLTextField
 
@@ -123,26 +122,20 @@ class ParametersPane(Vertical):
             raw = self._raw(spec)
             try:
                 if spec.kind == "seeds":
-                    seeds = parse_seeds(str(raw))
+                    seeds = parse_value(spec, str(raw))
                     values[name] = seeds[0]
-                    for seed in seeds[1:]:
-                        if seed > 2**63 - 1:
-                            raise UserError(f"seed: {seed} must be <= {2**63 - 1}")
                 elif isinstance(raw, str):
                     values[name] = parse_value(spec, raw)
                 else:
                     values[name] = raw
             except UserError as exc:
-                bad[name] = str(exc)
+                bad[name] = render(exc)
         recipe = None
         if not bad:
             try:
                 recipe = Recipe(**values)
             except UserError as exc:
-                name = field_of_error(str(exc)) or ""
-                bad[name] = str(exc)
-            except TypeError as exc:  # a value of the wrong type reached the dataclass
-                bad[""] = str(exc)
+                bad[exc.field if exc.field in self._rows else ""] = render(exc)
         for name in self._invalid.symmetric_difference(bad):  # only what changed: restyling is not free
             if name in self._rows:
                 self._rows[name].set_class(name in bad, "-invalid")
@@ -181,4 +174,5 @@ class ParametersPane(Vertical):
                 if current in spec.choices and spec.choice_help[spec.choices.index(current)]:
                     text = f"{current}: {spec.choice_help[spec.choices.index(current)]}"
             default = format_value(spec, spec.default) or ("not set" if spec.optional else "empty")
-            help_line.update(Text(f"{spec.name}: {text} · default {default}" if text else spec.name))
+            applies = f" · has an effect only {spec.when}" if spec.when else ""
+            help_line.update(Text(f"{spec.name}: {text} · default {default}{applies}" if text else spec.name))

@@ -147,15 +147,15 @@ class PreviewPane(Vertical):
         self._caption_lines = lines
         beside = None
         if other is not None:
-            beside = (f"#{other.id} (marked) {_label(other)}", other.output_path, _missing(other))
+            beside = (f"#{other.id} (marked) {_label(other)}", other.image, _missing(other))
         elif reference:
-            ref = run.images[0] if run.images else None
+            ref = run.reference_paths[0] if run.reference_paths else None
             beside = (f"reference {Path(ref).name if ref else ''}", ref,
                       "no reference image (text only run)" if not ref else f"{ref}: missing")
         if beside is not None:
             left.set(*beside)
         # Alone, the caption above says it all; beside another, each picture names its run.
-        right.set(f"#{run.id} {_label(run)}" if beside else "", run.output_path, _missing(run))
+        right.set(f"#{run.id} {_label(run)}" if beside else "", run.image, _missing(run))
         left.display = beside is not None
         right.display = True
 
@@ -168,7 +168,7 @@ def _label(run: RunRow) -> str:
 def _state(run: RunRow | None) -> tuple:
     if run is None:
         return ()
-    return (run.id, run.status, run.output_path, tuple(sorted((k, str(v)) for k, v in run.metrics.items())))
+    return (run.id, run.status, run.image, tuple(sorted((k, str(v)) for k, v in run.metrics.items())))
 
 
 def scores_line(run: RunRow) -> str:
@@ -178,7 +178,7 @@ def scores_line(run: RunRow) -> str:
 
 def _missing(run: RunRow) -> str:
     if run.status == "done":
-        return f"image missing: {run.output_path}" if run.output_path else "no image recorded"
+        return f"image missing: {run.image}" if run.image else "no image recorded"
     if run.status == "failed":
         return f"failed: {run.error or 'no reason recorded'}"
     return f"{run.status}…" if run.status in ("pending", "running") else run.status

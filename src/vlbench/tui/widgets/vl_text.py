@@ -9,7 +9,9 @@ from textual.message import Message
 from textual.widgets import Input
 
 from vlbench.tui.widgets.choice import ChoiceField
-from vlbench.engine.recipe import VL_TEXT_NONE, VL_TEXT_PROMPT
+from vlbench.recipe import VLText
+
+VL_TEXT_PROMPT, VL_TEXT_NONE = VLText.PROMPT.value, VLText.NONE.value
 
 MODES = [("prompt", VL_TEXT_PROMPT), ("none", VL_TEXT_NONE), ("custom", "custom")]
 

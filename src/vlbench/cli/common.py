@@ -1,0 +1,318 @@
+"""What every command shares: the parser class, model and recipe flags made from their schemas, inputs,
+the console and the one rendering of errors as command-line text.
+
+The recipe flags are generated from `vlbench.recipe`'s field metadata (flag = `--field-name`, help =
+the field's help with its real default), the model flags from `vlbench.modelspec`. Command modules
+import this module and nothing from each other; nothing below the command line sees an argparse
+namespace: commands turn one into a ModelSpec, a Recipe and plain values first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+from typing import Any, Iterable
+
+from vlbench.errors import UserError
+
+# -1,-2,-5 is a value, not an option (argparse alone only takes "-1" for a negative number)
+NEGATIVE_NUMBERS = re.compile(r"^-\d+(,-?\d+)*,?$|^-\d*\.\d+(e-?\d+)?$")
+
+
+def flag_name(field: str) -> str:
+    """The command line's word for a field or input: `image_layer` -> `--image-layer`."""
+    return "--" + field.replace("_", "-")
+
+
+def render(exc: UserError) -> str:
+    return exc.render(flag_name)
+
+
+class Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = NEGATIVE_NUMBERS
+
+    def error(self, message: str) -> None:  # one line, not usage + error
+        raise UserError(f"{message} (see {self.prog} --help)")
+
+
+def add_debug_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+# ---------------------------------------------------------------- models
+def add_model_flags(p: argparse.ArgumentParser) -> None:
+    from vlbench.modelspec import DEFAULT_VL, DEFAULT_ZIMAGE, DTYPE_NAMES, OFFLOAD_POLICIES
+
+    g = p.add_argument_group("models (flags over VLBENCH_* environment variables over config.toml's [models]; "
+                             "with no model named anywhere, the tiny random models)")
+    g.add_argument("--zimage", metavar="ID_OR_DIR", help=f"Z-Image pipeline: a hub id ({DEFAULT_ZIMAGE}) or a folder")
+    g.add_argument("--vl", metavar="ID_OR_DIR", help=f"Qwen3-VL model: a hub id ({DEFAULT_VL}) or a folder "
+                                                     f"(default with --zimage: {DEFAULT_VL})")
+    g.add_argument("--tiny", action="store_true",
+                   help="the built-in tiny RANDOM-WEIGHT models, whatever is configured (no download; images are noise)")
+    g.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available, else cpu)")
+    g.add_argument("--dtype", metavar="{" + ",".join(DTYPE_NAMES) + "}", help="default: bf16 on GPU, fp32 on CPU")
+    g.add_argument("--offload", metavar="{" + ",".join(OFFLOAD_POLICIES) + "}",
+                   help="GPU placement (default none): none = all resident; cpu = only the model in use on the GPU "
+                        "(the encoders wait in host memory); sequential = layer-by-layer from host memory "
+                        "(smallest, slowest). No effect with --device cpu")
+    g.add_argument("--compile", action="store_true", default=None,
+                   help="torch.compile the DiT's repeated blocks (first image slower; no recompile per caption length)")
+    add_debug_flag(p)
+
+
+def model_spec(args: argparse.Namespace):
+    """The ModelSpec of a command: config.toml, then the environment, then these flags."""
+    from vlbench.config import load_settings
+    from vlbench.modelspec import resolve_model_spec
+
+    flags = {k: getattr(args, k, None) for k in ("zimage", "vl", "device", "dtype", "offload", "compile", "tiny")}
+    return resolve_model_spec(load_settings(create=False).models.to_dict(), flags=flags)
+
+
+def engine(spec, console, cache_dir=None):
+    """An Engine whose models load on first use, with status lines on the console."""
+    from vlbench.engine.engine import Engine
+    from vlbench.engine.models import Models
+
+    quiet_libraries()
+    if spec.tiny:
+        console.print("[yellow]models: the built-in tiny RANDOM-WEIGHT ones; the images are noise (name real ones "
+                      "with --zimage/--vl or in config.toml)[/yellow]")
+    return Engine(Models(spec, on_status=lambda s: console.print(f"[dim]{escape(s)}[/dim]")), cache_dir=cache_dir)
+
+
+def quiet_libraries() -> None:
+    """Our own status lines replace the libraries' per-load progress bars."""
+    import diffusers
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+    diffusers.utils.logging.set_verbosity_error()
+
+
+# ---------------------------------------------------------------- recipes
+def add_recipe_flags(p: argparse.ArgumentParser, only: Iterable[str] | None = None, recipe_file: bool = True) -> None:
+    """One flag per Recipe field (or those in `only`), with the field's help and real default."""
+    from vlbench.recipe import field_default, field_infos
+
+    g = p.add_argument_group("recipe (flags override --recipe; TOML keys are the same names with _)"
+                             if recipe_file else "recipe")
+    if recipe_file:
+        g.add_argument("--recipe", metavar="FILE.toml", help="read the recipe from a TOML file (a partial one is fine)")
+    for name, info in field_infos().items():
+        if only is not None and name not in only:
+            continue
+        kwargs: dict[str, Any] = {"dest": name, "default": None, "help": _field_help(name, info, field_default(name))}
+        if info.kind == "bool":
+            kwargs.update(action="store_const", const=True)
+        else:
+            kwargs.update(type=_parser_of(name), metavar=_metavar(info))
+        g.add_argument(flag_name(name), **kwargs)
+
+
+def _field_help(name: str, info, default: Any) -> str:
+    from vlbench.recipe import format_value
+
+    text = info.help
+    if info.choices is not None:
+        text += " — " + "; ".join(f"{c.value}: {c.help}" for c in info.choices)
+    shown = "not set" if default is None else (format_value(name, default) or "empty")
+    text += f" (default {shown}"
+    if info.when:
+        text += f"; has an effect only {info.when}"
+    return (text + ")").replace("%", "%%")
+
+
+def _metavar(info) -> str | None:
+    if info.choices is not None:
+        return "{" + ",".join(info.choices.values()) + "}"
+    return {"floats": "W1,W2", "int": "N", "float": "X", "vl_text": "TEXT", "str": "TEXT"}.get(info.kind)
+
+
+def _parser_of(name: str):
+    from vlbench.recipe import parse_value
+
+    def parse(text: str):
+        return parse_value(name, text)
+
+    parse.__name__ = name  # argparse names the type in its own messages
+    return parse
+
+
+def recipe_from_args(args: argparse.Namespace):
+    """The Recipe the flags describe: the defaults (or --recipe FILE), then every flag the user set."""
+    from vlbench.recipe import Recipe, field_infos, load_recipe
+
+    overrides = {name: getattr(args, name) for name in field_infos() if getattr(args, name, None) is not None}
+    if getattr(args, "recipe", None):
+        return load_recipe(args.recipe, overrides)
+    return Recipe.from_dict(overrides)
+
+
+# ---------------------------------------------------------------- inputs
+def add_input_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--image", action="append", default=[], metavar="REF",
+                   help="reference image; repeat for several (each gets its own vision block)")
+    p.add_argument("--prompt", required=True, help="the prompt")
+
+
+def open_references(paths: list[str]) -> list:
+    """Each reference read once (pixels and content hash); one line naming a bad one."""
+    from vlbench.engine.engine import Reference
+
+    return [Reference.open(p) for p in paths]
+
+
+def check_out_dir(path: str, field: str = "output_dir") -> Path:
+    """An output folder: created if missing, refused in one line when it cannot hold the run's files."""
+    import os
+
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise UserError("is a file", field=field, value=path, fix="give a folder")
+    existing = out
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"{existing} is a file, not a folder", field=field, value=path)
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write in {existing} (read-only or not yours)", field=field, value=path,
+                        fix="choose a folder you can write to")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create it ({exc.strerror or type(exc).__name__})", field=field, value=path) from None
+    return out
+
+
+def check_out(path: str, suffix: str, field: str = "out") -> Path:
+    """An output file path: the right suffix, a folder that exists and is one, not a folder itself."""
+    out = Path(path)
+    if out.suffix.lower() != suffix:
+        raise UserError(f"must end in {suffix}", field=field, value=path)
+    if out.is_dir():
+        raise UserError("is a folder", field=field, value=path, fix=f"give a file name ending in {suffix}")
+    parent = out.parent
+    if not parent.exists():
+        raise UserError(f"folder {parent} does not exist", field=field, value=path, fix="create it first")
+    if not parent.is_dir():
+        raise UserError(f"{parent} is a file, not a folder", field=field, value=path)
+    import os
+
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write in {parent} (read-only or not yours)", field=field, value=path)
+    return out
+
+
+# ---------------------------------------------------------------- output
+def console():
+    from rich.console import Console
+
+    return Console(stderr=True, soft_wrap=True)  # status lines carry paths: never wrap them
+
+
+def escape(text: str) -> str:
+    from rich.markup import escape as rich_escape
+
+    return rich_escape(str(text))
+
+
+def warn(out, warnings: list[str]) -> None:
+    for w in warnings:
+        out.print(f"[yellow]warning: {escape(w)}[/yellow]")
+
+
+def open_store(out):
+    """The run store, or None with one warning line: the output folder is a run's primary record."""
+    try:
+        from vlbench.store import Store
+
+        return Store()
+    except Exception as exc:  # noqa: BLE001
+        out.print(f"[yellow]run store unavailable ({escape(type(exc).__name__)}: {escape(exc)}); "
+                  "results are recorded in the output folder only[/yellow]")
+        return None
+
+
+# ---------------------------------------------------------------- metrics (run --metrics, score)
+def add_metric_flags(p, in_run: bool):
+    from vlbench.metrics import DEFAULT_METRICS, DEFAULT_MODELS, METRICS
+
+    g = p.add_argument_group("metrics")
+    names = ",".join(METRICS)
+    if in_run:
+        g.add_argument("--metrics", nargs="?", const=",".join(DEFAULT_METRICS), default=None, metavar="LIST",
+                       help=f"score the images when the run ends: some of {names} "
+                            f"(no list: {','.join(DEFAULT_METRICS)})")
+    else:
+        g.add_argument("--metrics", default=None, metavar="LIST",
+                       help=f"comma-separated, from {names} (default {','.join(DEFAULT_METRICS)})")
+    g.add_argument("--siglip", metavar="ID_OR_DIR", help=f"SigLIP 2 model (default {DEFAULT_MODELS['siglip']})")
+    g.add_argument("--clip", metavar="ID_OR_DIR", help=f"CLIP model for clip_t, clip_i (default {DEFAULT_MODELS['clip']})")
+    g.add_argument("--dino", metavar="ID_OR_DIR", help=f"DINOv2 model (default {DEFAULT_MODELS['dino']})")
+    return g
+
+
+def metrics_choice(args, in_run: bool):
+    """The metrics a command computes (None: no scoring pass), checked before any model loads."""
+    from vlbench.metrics import check_available, parse_metrics
+
+    if args.metrics is None and in_run:
+        given = [k for k in ("siglip", "clip", "dino") if getattr(args, k)]
+        if given:
+            raise UserError("chooses a metric model; it has an effect only with --metrics", field=given[0])
+        return None
+    metrics = parse_metrics(args.metrics)
+    check_available(metrics)
+    size = getattr(args, "metrics_batch_size", None) if in_run else getattr(args, "batch_size", None)
+    if size is not None and size < 1:
+        raise UserError("must be >= 1", field="metrics_batch_size" if in_run else "batch_size", value=size)
+    return metrics
+
+
+def metric_sources(args) -> dict[str, str]:
+    """The model of each metric family: the flags, or the tiny random ones with --tiny."""
+    given = {k: getattr(args, k) for k in ("siglip", "clip", "dino") if getattr(args, k)}
+    if getattr(args, "tiny", False):
+        if given:
+            raise UserError(f"cannot be combined with --{next(iter(given))}", field="tiny", fix="drop one")
+        from vlbench.metrics.tiny import ensure_tiny_metric_models
+
+        return ensure_tiny_metric_models().sources()
+    return given
+
+
+def score(out: Path, metrics, sources: dict, device, dtype, batch_size: int, store, con) -> None:
+    """The scoring pass with its progress and summary lines (run --metrics and score share it)."""
+    import torch
+
+    from vlbench.metrics.models import MetricModels
+    from vlbench.metrics.score import SCORES, score_folder
+
+    models = MetricModels(sources, device=device, dtype=dtype or torch.float32,
+                          on_status=lambda t: con.print(f"[dim]{escape(t)}[/dim]"))
+    try:
+        summary = score_folder(out, metrics, models, batch_size=batch_size, store=store, console=con)
+    except KeyboardInterrupt:
+        con.print(f"[yellow]scoring interrupted; scored images are kept in {escape(out / SCORES)}. "
+                  "Re-run to resume.[/yellow]")
+        raise
+    for line in summary.warnings:
+        con.print(f"[yellow]warning: {escape(line)}[/yellow]")
+    con.print(f"scored {summary.scored} images ({summary.values} values: {', '.join(metrics)}), "
+              f"{summary.skipped} already scored; {summary.stored} run-history rows updated → {escape(out / SCORES)}")
+
+
+def rewrite_report(out: Path) -> None:
+    from vlbench.experiments.folder import read_info
+    from vlbench.experiments.results import ResultsLog, latest_by_key
+    from vlbench.report import write_report
+
+    rows, _ = ResultsLog(out / "results.jsonl").read()
+    write_report(out, list(latest_by_key(rows).values()), read_info(out) or {})

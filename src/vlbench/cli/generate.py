@@ -1,0 +1,61 @@
+"""`vlbench generate`: one image through the one job path, recorded in the run history."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from vlbench.cli import common
+
+HELP = "generate one image"
+
+
+def add_arguments(p) -> None:
+    common.add_input_flags(p)
+    common.add_recipe_flags(p)
+    p.add_argument("--out", required=True, metavar="OUT.png", help="output PNG (its run record in the PNG's metadata)")
+    p.add_argument("--no-store", action="store_true", help="do not record the image in the run history")
+    common.add_model_flags(p)
+
+
+def run(args) -> int:
+    from rich.progress import Progress
+
+    from vlbench.jobs import execute
+    from vlbench.pngs import encode_png, write_png
+    from vlbench.prompts import check_prompt
+    from vlbench.records import RunRecord, job_key, references_of
+
+    out = common.check_out(args.out, ".png")
+    prompt = check_prompt(args.prompt)
+    recipe = common.recipe_from_args(args)
+    recipe.check_inputs(len(args.image))
+    refs = common.open_references(args.image)
+    spec = common.model_spec(args)
+    console = common.console()
+    engine = common.engine(spec, console)
+    record = RunRecord(prompt=prompt, recipe=recipe.to_dict(), seed=recipe.seed, source="cli",
+                       references=references_of((Path(r.path).resolve(), r.sha256) for r in refs),
+                       key=job_key("", recipe.to_dict(), prompt, [r.sha256 for r in refs]))
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("generating", total=recipe.steps)
+        outcome = execute(engine, record, refs, render=common.render,
+                          on_step=lambda i, n: progress.update(task, completed=i, total=n))
+    if outcome.failure is not None:
+        if outcome.failure.kind == "input":
+            from vlbench.errors import UserError
+
+            raise UserError(outcome.failure.reason)
+        console.print(f"[red]failed: {common.escape(outcome.failure.reason)}[/red]")
+        return 1
+    record = outcome.record
+    common.warn(console, record.conditioning.get("warnings", []))
+    sha = write_png(out, encode_png(outcome.image, record.png_metadata()))
+    record = record.replace(image=str(out.resolve()), image_sha256=sha)
+    if not args.no_store:
+        store = common.open_store(console)
+        if store is not None:
+            with store:
+                store.add(record)
+    console.print(f"wrote {common.escape(out)} ({recipe.width}×{recipe.height}, seed {recipe.seed}, "
+                  f"{record.caption_tokens} caption tokens, {record.timings['generation']:.2f} s)")
+    return 0

@@ -1,0 +1,69 @@
+"""`vlbench inspect COND.safetensors`: what a conditioning tensor written by `vlbench embed` holds."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from vlbench.cli import common
+from vlbench.errors import UserError
+
+HELP = "summarise a conditioning tensor written by vlbench embed"
+
+
+def add_arguments(p) -> None:
+    p.add_argument("path", metavar="COND.safetensors")
+    p.add_argument("--calibration", metavar="STATS.safetensors", help="compare with these statistics")
+    common.add_debug_flag(p)
+
+
+def run(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from vlbench.engine import blend
+
+    path = Path(args.path)
+    if not path.exists():
+        raise UserError("no such file", field="path", value=args.path)
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise UserError(f"not a safetensors file ({exc})", field="path", value=args.path) from None
+    if "prompt_embeds" not in tensors:
+        raise UserError("has no 'prompt_embeds' tensor", field="path", value=args.path,
+                        fix="give a file written by vlbench embed")
+    x = tensors["prompt_embeds"].float()
+    side = path.with_suffix(".json")
+    meta = json.loads(side.read_text()) if side.exists() else {}
+    rows = meta.get("conditioning", {}).get("rows", [])
+    roles = [r.get("role") or (r.get("base") or {}).get("role") or r.get("mix") or r.get("source") for r in rows]
+    console = Console()
+    e = common.escape
+    console.print(f"[bold]{e(path)}[/bold]  {x.shape[0]} tokens × {x.shape[1]}  ({tensors['prompt_embeds'].dtype})")
+    if meta:
+        console.print(f"recipe: {e(json.dumps({k: v for k, v in meta['recipe'].items() if v is not None}))}")
+    table = Table("rows", "count", "RMS", "min", "max", "mean |x|")
+    groups: dict[str, list[int]] = {"all": list(range(x.shape[0]))}
+    for i, role in enumerate(roles):
+        groups.setdefault(str(role), []).append(i)
+    sinks = blend.sink_positions(x)
+    if sinks:
+        groups["attention sinks"] = sinks
+    for name, idx in groups.items():
+        part = x[idx]
+        table.add_row(e(name), str(len(idx)), f"{float(blend.rms(part)):.3f}", f"{float(part.min()):.3f}",
+                      f"{float(part.max()):.3f}", f"{float(part.abs().mean()):.3f}")
+    console.print(table)
+    if args.calibration:
+        from vlbench.engine.calibrate import load_stats
+
+        stats = load_stats(args.calibration, None)
+        ref = stats.get("qwen3", -2, "text")
+        keep = [i for i in range(x.shape[0]) if i not in set(sinks)] or list(range(x.shape[0]))
+        odd = blend.outlier_dims(x[keep], ref["std"]) if len(keep) > 1 else {"too_large": [], "too_small": []}
+        console.print(f"vs Qwen3-4B layer -2 text tokens: RMS ratio {float(blend.rms(x[keep]) / ref['rms']):.3f}; "
+                      f"dims with std > 8× reference: {odd['too_large'][:10]}; < 1/8×: {odd['too_small'][:10]}")
+    return 0

@@ -1,0 +1,147 @@
+"""`vlbench run --experiment …`: every config × reference × prompt × seed into a resumable output folder."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from pathlib import Path
+
+from vlbench.cli import common
+from vlbench.errors import UserError
+
+HELP = "run an experiment type: every config × reference × prompt × seed, resumable"
+DESCRIPTION = ("Run an experiment type into --output-dir: one PNG per image, results.jsonl, grid.png, report.html "
+               "and run.json. Re-run the same command to resume: finished images are skipped.")
+
+
+def add_arguments(p) -> None:
+    from vlbench.executors import EXECUTORS
+
+    p.add_argument("--experiment", required=True, metavar="NAME_OR_PATH",
+                   help="a built-in type (see `vlbench experiments`) or the path of a type file")
+    p.add_argument("--image", action="append", default=[], metavar="REF",
+                   help="reference image; repeat to run every config on each reference")
+    p.add_argument("--prompt", action="append", default=[], metavar="TEXT", help="a prompt; repeat for several")
+    p.add_argument("--prompts-file", metavar="FILE",
+                   help="prompts, one per line (blank and # lines skipped), or a TOML file with prompts = [...]")
+    p.add_argument("--output-dir", required=True, metavar="DIR", help="where the images and reports go")
+    p.add_argument("--quick", action="store_true", help="the type's quick subset (fewer layers, every kind of config)")
+    p.add_argument("--seeds", "--seed", dest="seeds", metavar="SEEDS",
+                   help="seeds for every config: 3, 1,2,5, 0-7 or 0-3,8 (default: the type's seeds, else each "
+                        "config's seed)")
+    common.add_recipe_flags(p, only=("steps", "width", "height"), recipe_file=False)
+    p.add_argument("--limit", type=int, metavar="N", help="generate at most N images now; re-run to continue")
+    p.add_argument("--no-store", action="store_true", help="do not record the images in the run history")
+    g = common.add_metric_flags(p, in_run=True)
+    g.add_argument("--metrics-batch-size", type=int, default=16, metavar="N", help="images per metric batch (default 16)")
+    p.add_argument("--no-diagnostics", action="store_true",
+                   help="skip the report's embedding diagnostics (they load Qwen3-VL and Qwen3-4B if the run did not)")
+    common.add_model_flags(p)
+    g = p.add_argument_group("executor")
+    g.add_argument("--executor", metavar="{" + ",".join(EXECUTORS) + "}", default="local",
+                   help="local: this process's Engine (default); ray: one Ray actor per GPU, each holding the models")
+    g.add_argument("--ray-address", metavar="ADDR",
+                   help="a running Ray cluster: auto, HOST:PORT (ray start --head) or ray://HOST:10001 (Ray Client); "
+                        "default: start a local Ray instance on 127.0.0.1 with every visible GPU")
+    g.add_argument("--ray-actors", type=int, metavar="N",
+                   help="actors to start (default: one per GPU of the cluster; without GPUs, min(2, CPUs))")
+
+
+def run(args) -> int:
+    from vlbench.executors import ExecutorChoice, start_executor
+    from vlbench.experiments.runner import run_experiment
+    from vlbench.experiments.spec import load_type
+    from vlbench.prompts import check_prompt, read_prompts_file
+    from vlbench.recipe import parse_seeds
+
+    # everything a user can get wrong is checked before any model loads
+    experiment = load_type(args.experiment)
+    seeds = parse_seeds(args.seeds) if args.seeds is not None else experiment.seeds
+    overrides = {k: getattr(args, k) for k in ("steps", "width", "height") if getattr(args, k) is not None}
+    recipes = experiment.recipes(quick=args.quick, overrides=overrides)
+    prompts = [check_prompt(p) for p in args.prompt] + (read_prompts_file(args.prompts_file) if args.prompts_file
+                                                         else [])
+    prompts = list(dict.fromkeys(prompts))
+    if not prompts:
+        raise UserError("give at least one prompt (or --prompts-file)", field="prompt")
+    if not args.image:
+        raise UserError("give at least one reference image", field="image")
+    refs = []
+    for ref in common.open_references(args.image):
+        if all(r.sha256 != ref.sha256 for r in refs):  # the same picture twice is one reference
+            refs.append(ref)
+    reference_sets = [(ref,) for ref in refs]
+    for named in recipes:  # a config that cannot run with these references is refused before anything runs
+        try:
+            named.recipe.check_inputs(1)
+        except UserError as exc:
+            raise exc.within(f"{experiment.path}: config {named.name!r}") from None
+    if args.limit is not None and args.limit < 0:
+        raise UserError("must be >= 0", field="limit", value=args.limit)
+    out = common.check_out_dir(args.output_dir)
+    metrics = common.metrics_choice(args, in_run=True)
+    spec = common.model_spec(args)
+    choice = ExecutorChoice(args.executor, args.ray_address, args.ray_actors)
+
+    console = common.console()
+    engine, executor = start_executor(spec, choice, lambda s: common.engine(s, console), console)
+    store = None if args.no_store else common.open_store(console)
+    parameters = {"experiment": args.experiment, "images": args.image, "prompts": prompts, "seeds": seeds,
+                  "quick": args.quick, "overrides": overrides, "limit": args.limit, "output_dir": str(out)}
+    if executor is not None:
+        parameters["executor"] = executor.describe()
+    n = len(recipes) * len(reference_sets) * len(prompts) * len(seeds or [None])
+    console.print(f"[bold]{common.escape(experiment.name)}[/bold]: {len(recipes)} configs × {len(reference_sets)} "
+                  f"references × {len(prompts)} prompts × {len(seeds or [None])} seeds = {n} images → "
+                  f"{common.escape(out)}/")
+    previous = signal.signal(signal.SIGTERM, _sigterm) if threading.current_thread() is threading.main_thread() else None
+    try:
+        summary = run_experiment(engine, experiment, recipes, reference_sets, prompts, out, seeds=seeds,
+                                 limit=args.limit, parameters=parameters, store=store, console=console,
+                                 executor=executor, render=common.render)
+        if executor is not None:
+            executor.close()  # the GPUs are free before diagnostics or metrics load models here
+        _after_run(args, engine, out, recipes, refs, prompts, metrics, store, console)
+    except KeyboardInterrupt:
+        console.print(f"[yellow]interrupted; finished images are kept. Re-run the same command to resume.[/yellow] "
+                      f"Report so far: {common.escape(out / 'report.html')}")
+        raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+        if executor is not None:
+            executor.close()
+        if store is not None:
+            store.close()
+    left = summary.jobs - summary.skipped - summary.done - summary.failed
+    console.print(f"{summary.done} new images, {summary.skipped} already done, {summary.failed} failed"
+                  + (f", {left} left (re-run to continue)" if left > 0 else "")
+                  + (f"; {summary.redone} redone (image missing or damaged)" if summary.redone else "")
+                  + (f"; {summary.rerecorded} re-recorded in the run history" if summary.rerecorded else "")
+                  + f"; {summary.vl_forwards} VL forwards")
+    for line in summary.failures[:10]:
+        console.print(f"[red]failed: {common.escape(line)}[/red]")
+    console.print(f"wrote {common.escape(out / 'grid.png')}, {common.escape(out / 'report.html')} and "
+                  f"{common.escape(out / 'results.jsonl')}")
+    return 1 if summary.failed else 0
+
+
+def _after_run(args, engine, out: Path, recipes, refs, prompts, metrics, store, console) -> None:
+    """The report's embedding diagnostics, then (with --metrics) the scoring pass; then the report again."""
+    if not args.no_diagnostics:
+        from vlbench.diagnose import diagnose_run, recipe_layers
+
+        calibration = next((n.recipe.calibration for n in recipes if n.recipe.calibration), None)
+        try:
+            diagnose_run(engine, out, refs, prompts, recipe_layers([n.recipe for n in recipes]), calibration)
+        except UserError as exc:
+            console.print(f"[yellow]embedding diagnostics skipped: {common.escape(common.render(exc))}[/yellow]")
+    if metrics:
+        common.score(out, metrics, common.metric_sources(args), engine.models.device, None,
+                     args.metrics_batch_size, store, console)
+    if metrics or not args.no_diagnostics:
+        common.rewrite_report(out)
+
+
+def _sigterm(signum, frame):  # `kill` finishes like Ctrl-C: the report is written, the folder stays resumable
+    raise KeyboardInterrupt

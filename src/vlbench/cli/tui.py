@@ -1,0 +1,20 @@
+"""`vlbench` / `vlbench tui`: the interactive workbench."""
+
+from __future__ import annotations
+
+from vlbench.cli import common
+
+HELP = "the interactive workbench (the default command)"
+DESCRIPTION = "The interactive workbench: Inputs, Parameters, Queue, Preview, History."
+
+
+def add_arguments(p) -> None:
+    common.add_model_flags(p)
+
+
+def run(args) -> int:
+    from vlbench.tui.launch import run_tui
+
+    # config.toml is read (and written with comments on first run) by run_tui; flags win over it
+    flags = {k: getattr(args, k, None) for k in ("zimage", "vl", "device", "dtype", "offload", "compile", "tiny")}
+    return run_tui(flags, debug=args.debug)

@@ -1,0 +1,227 @@
+"""An experiment's output folder: the portable export of a run, and its ledger.
+
+The folder holds one PNG per image, `results.jsonl` (one RunRecord per image, appended and fsynced as
+each finishes), `run.json` (what was run, with what, every invocation), copies of the references, and
+the grid and report made from the results. The run store (vlbench.store) indexes every run on this
+machine; the folder is what travels. `Ledger.append` is the one way a finished job is recorded: its PNG
+is already written and fsynced, then its results row, then its history row. Resume reconciles the two:
+a done row whose image is missing or damaged is redone, and a done row the store lacks is re-recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+from vlbench.errors import UserError, one_line
+from vlbench.experiments.results import ResultsLog, latest_by_key, reference_copy
+from vlbench.files import atomic_copy, atomic_write_json, remove_stale_temp_files
+from vlbench.records import RunRecord
+
+RESULTS, GRID, REPORT, RUN_INFO = "results.jsonl", "grid.png", "report.html", "run.json"
+
+
+@dataclass
+class Summary:
+    jobs: int = 0  # in the plan
+    skipped: int = 0  # already done in an earlier run
+    done: int = 0  # finished now
+    failed: int = 0
+    interrupted: bool = False
+    vl_forwards: int = 0  # summed over this invocation's rows
+    redone: int = 0  # done rows of earlier runs whose image was missing or damaged
+    rerecorded: int = 0  # done rows of earlier runs the run store lacked, recorded again
+    failures: list[str] = field(default_factory=list)  # one line each
+
+
+# ---------------------------------------------------------------- the ledger
+class Ledger:
+    """Records each finished job: results row (after its PNG), history row, summary, progress, callback.
+
+    Both executors call `append`; the local one after its background PNG write, the Ray head after writing
+    the bytes an actor sent."""
+
+    def __init__(self, out: Path, experiment: str, summary: Summary, store=None, console=None, progress=None,
+                 on_job_done: Callable[[Any, dict], None] | None = None):
+        self.out, self.experiment, self.summary = out, experiment, summary
+        self.log = ResultsLog(out / RESULTS)
+        self.store, self.console, self.progress, self.on_job_done = store, console, progress, on_job_done
+        self._store_warned = False
+
+    def append(self, job, record: RunRecord, callback: bool = True) -> dict:
+        """`record` is the job's outcome; when done, its PNG is on disk at out/job.image with `image_sha256`."""
+        summary = self.summary
+        row = record.to_json()
+        if record.status == "done":
+            summary.done += 1
+        else:
+            summary.failed += 1
+            summary.failures.append(f"{job.label()}: {record.error}")
+        summary.vl_forwards += record.vl_forwards
+        self.log.append(row)  # after the PNG: a done row always has its image
+        if record.status == "done":
+            self.record_in_store(record)
+        if self.progress is not None:
+            self.progress.advance(row)
+        if callback and self.on_job_done is not None:
+            self.on_job_done(job, row)
+        return row
+
+    def record_in_store(self, record: RunRecord) -> bool:
+        """One history row for a done image (absolute image path); a store problem never stops the run."""
+        if self.store is None:
+            return False
+        try:
+            self.store.add(record.replace(image=str((self.out / record.image).resolve())))
+            return True
+        except Exception as exc:  # noqa: BLE001 — the folder is the run's primary record; resume re-records
+            if not self._store_warned and self.console is not None:
+                self._store_warned = True
+                self.console.print(f"[yellow]run store: {one_line(exc)}; images are recorded in the output "
+                                   "folder and re-recorded in the history when the run resumes[/yellow]")
+            return False
+
+
+# ---------------------------------------------------------------- resume
+def resume(out: Path, store=None, summary: Summary | None = None) -> set[str]:
+    """Keys of finished jobs whose PNG is whole. Drops unreadable lines, failed rows (redone) and rows whose
+    PNG is missing or damaged (redone); records done rows the run store lacks."""
+    from vlbench.pngs import png_ok
+
+    for folder in (out, out / "images", out / "references"):
+        remove_stale_temp_files(folder)
+    log = ResultsLog(out / RESULTS)
+    rows, bad = log.read()
+    latest = latest_by_key(rows)
+    keep = []
+    for row in latest.values():
+        if row["status"] != "done":
+            continue
+        if png_ok(out / row["image"], row.get("image_sha256")):
+            keep.append(row)
+        elif summary is not None:
+            summary.redone += 1
+    if bad or len(keep) != len(rows) or log.needs_newline() or any(r.get("upgraded") for r in rows):
+        log.rewrite([{k: v for k, v in r.items() if k != "upgraded"} for r in keep])
+    if store is not None and keep:
+        rerecorded = reconcile_store(out, keep, store)
+        if summary is not None:
+            summary.rerecorded = rerecorded
+    return {r["key"] for r in keep}
+
+
+def reconcile_store(out: Path, rows: list[dict], store) -> int:
+    """Record in the run store every done row it lacks (matched by the image's absolute path); never twice."""
+    paths = {str((out / r["image"]).resolve()): r for r in rows}
+    try:
+        known = store.ids_by_image(list(paths))
+        missing = [RunRecord.from_json(r).replace(image=p) for p, r in paths.items() if p not in known]
+        for record in missing:
+            store.add(record)
+        return len(missing)
+    except Exception:  # noqa: BLE001 — a store fault postpones this to the next resume
+        return 0
+
+
+def copy_references(reference_sets, out: Path) -> None:
+    for refs in reference_sets:
+        for ref in refs:
+            target = out / reference_copy(ref.path, ref.sha256)
+            if not target.exists():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                atomic_copy(ref.path, target)
+
+
+# ---------------------------------------------------------------- run.json: what was run, with what, where
+def models_of(engine) -> dict:
+    spec = engine.models.spec
+    return {"zimage": spec.zimage, "vl": spec.vl, "tiny": spec.tiny, "device": str(engine.models.device),
+            "dtype": str(engine.models.dtype).removeprefix("torch."),
+            "offload": getattr(engine.models, "offload", "none"), "compile": bool(spec.compile)}
+
+
+def read_info(out: Path) -> dict | None:
+    try:
+        return json.loads((out / RUN_INFO).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def check_same_run(out: Path, experiment, engine) -> None:
+    info = read_info(out)
+    if not info:
+        return
+    if info.get("experiment") != experiment.name:
+        raise UserError(f"holds a {info.get('experiment')!r} run", field="output_dir", value=str(out),
+                        fix=f"use another folder for {experiment.name!r}")
+    models, before = models_of(engine), info.get("models", {})
+    if before.get("tiny") and models["tiny"]:
+        return  # the tiny models' folder depends on the cache location, not on a choice
+    for part in ("zimage", "vl"):
+        if before.get(part) and before[part] != models[part]:
+            raise UserError(f"was run with {part} {before[part]}", field="output_dir", value=str(out),
+                            fix="resume with the same models or use another folder")
+
+
+def start_invocation(out: Path, experiment, engine, parameters: dict | None, summary: Summary) -> dict:
+    info = read_info(out) or {}
+    invocation = {"started": _now(), "finished": None, "argv": list(sys.argv), "parameters": parameters or {},
+                  "environment": engine.environment(), "jobs": summary.jobs, "skipped": summary.skipped,
+                  "redone": summary.redone, "rerecorded": summary.rerecorded}
+    info.update(experiment=experiment.name, description=experiment.description, question=experiment.question,
+                type_file=str(experiment.path), type_source=experiment.source, models=models_of(engine))
+    info.setdefault("invocations", []).append(invocation)
+    atomic_write_json(out / RUN_INFO, info)
+    return invocation
+
+
+def finish_invocation(out: Path, invocation: dict, engine, summary: Summary) -> None:
+    info = read_info(out) or {"invocations": [invocation]}
+    entry = info["invocations"][-1]
+    entry.update(finished=_now(), done=summary.done, failed=summary.failed, interrupted=summary.interrupted,
+                 vl_forwards=summary.vl_forwards, model_load_seconds=dict(engine.models.load_seconds))
+    atomic_write_json(out / RUN_INFO, info)
+
+
+def write_outputs(out: Path, experiment=None) -> None:
+    """grid.png and report.html from every row in results.jsonl."""
+    from vlbench.experiments.grid import write_grid
+    from vlbench.report import write_report
+
+    rows, _ = ResultsLog(out / RESULTS).read()
+    rows = list(latest_by_key(rows).values())
+    info = read_info(out) or {}
+    title = info.get("experiment") or (experiment.name if experiment else "")
+    if rows:
+        write_grid(rows, out, out / GRID, title=f"{title}: {info.get('question', '')}".strip(": "))
+    write_report(out, rows, info)
+
+
+# ---------------------------------------------------------------- one writer per folder
+def lock(out: Path):
+    """One writer per output folder: a second run into the same folder is refused, not interleaved."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        return None
+    handle = open(out / ".lock", "w")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise UserError("another vlbench run is writing there", field="output_dir", value=str(out),
+                        fix="wait for it or use another folder") from None
+    return handle
+
+
+def unlock(handle) -> None:
+    if handle is not None:
+        handle.close()
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")

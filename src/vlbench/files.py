@@ -1,0 +1,111 @@
+"""Files that are whole or absent: one atomic-write helper and one cleanup of the temp files it leaves.
+
+Every file vlbench writes goes through `atomic_write`: a temp file in the same folder whose name
+encodes the owning process (`.{name}.vlbench-{pid}-{thread}.tmp`), fsynced, then renamed over the
+target (and the folder fsynced), so a kill or a full disk leaves the old file or the new one, never
+half of one. `remove_stale_temp_files` deletes temps whose owner is dead and ignores every other name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+TEMP = re.compile(r"^\.(?P<name>.+)\.vlbench-(?P<pid>\d{1,12})-(?P<thread>\d{1,24})\.tmp$")
+
+
+def temp_path(path: Path) -> Path:
+    """The temp sibling this process and thread write `path` through."""
+    return path.with_name(f".{path.name}.vlbench-{os.getpid()}-{threading.get_native_id()}.tmp")
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temp path to write; on success it is fsynced and renamed over `path`, on failure removed."""
+    path = Path(path)
+    tmp = temp_path(path)
+    try:
+        yield tmp
+        _fsync_file(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> Path:
+    """`write(tmp)` writes the content (PIL's save, safetensors' save_file, …); the result is renamed in."""
+    with atomic_path(path) as tmp:
+        write(tmp)
+    return Path(path)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    return atomic_write(path, lambda tmp: tmp.write_bytes(data))
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def atomic_write_json(path: str | Path, value: Any) -> Path:
+    return atomic_write_text(path, json.dumps(value, indent=1, ensure_ascii=False, default=str) + "\n")
+
+
+def atomic_copy(source: str | Path, path: str | Path) -> Path:
+    import shutil
+
+    return atomic_write(path, lambda tmp: shutil.copyfile(source, tmp))
+
+
+def remove_stale_temp_files(folder: str | Path) -> int:
+    """Delete this helper's temp files in `folder` whose owning process is gone; returns how many.
+
+    Any other file name, however odd, is left alone; nothing here raises for a name or a race."""
+    from vlbench.process import pid_alive
+
+    removed = 0
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return 0
+    for entry in entries:
+        match = TEMP.match(entry.name)
+        if match is None:
+            continue
+        pid = int(match.group("pid"))
+        if pid == os.getpid() or pid_alive(pid):
+            continue
+        try:
+            os.unlink(entry.path)
+            removed += 1
+        except OSError:
+            pass
+    return removed
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some filesystems refuse fsync on a folder; the rename is still atomic
+        pass
+    finally:
+        os.close(fd)

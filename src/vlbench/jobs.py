@@ -1,0 +1,192 @@
+"""One job, one path: recipe + references + prompt + seed -> image + RunRecord, and what a failure was.
+
+`execute` is called by the workbench's worker, the experiment runner, the Ray actors and `vlbench
+generate`; `classify` is the one failure classifier. Nothing here writes files or touches the store:
+the caller decides where the PNG and the record go. The module imports no torch at import time
+(the worker's module is imported by the workbench before its first paint).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+import time
+import traceback
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from vlbench.errors import UserError, one_line
+from vlbench.records import RunRecord
+
+log = logging.getLogger("vlbench.jobs")
+
+
+class Interrupt(Exception):
+    """Raised from a step callback to stop a job; `execute` lets it through to the caller."""
+
+
+class Cancelled(Interrupt):
+    """The user cancelled the job: it ends as cancelled."""
+
+
+class Stopping(Interrupt):
+    """The worker is stopping: the job goes back to the queue."""
+
+
+class NonFinite(Exception):
+    """NaN/inf in the conditioning or the image; the message names the stage and is the job's failure reason."""
+
+
+@dataclass(frozen=True)
+class Failure:
+    kind: str  # one of records.FAILURES
+    reason: str  # one line, in the caller's words for inputs
+    fatal: bool = False  # the process cannot run another job (a CUDA context lost to a device-side assert)
+
+
+@dataclass
+class Outcome:
+    record: RunRecord  # status done or failed, every figure filled in
+    image: Any = None  # PIL.Image when done
+    failure: Failure | None = None
+
+
+def execute(engine, record: RunRecord, refs: list, *, on_step: Callable[[int, int], None] | None = None,
+            render: Callable[[UserError], str] = str) -> Outcome:
+    """Run the job `record` describes (prompt, references, recipe) on `engine`; `refs` are its references opened.
+
+    Returns the record filled in: done with timings, peak memory, caption length, the compact conditioning and
+    the environment; or failed with a classified one-line reason (`render` words input errors for the caller).
+    An Interrupt raised by `on_step` propagates."""
+    import numpy as np
+
+    from vlbench.recipe import Recipe
+
+    started = time.time()
+    load0 = sum(engine.models.load_seconds.values())
+    forwards0 = engine.vl_forwards
+    rec = record.replace(status="running", started_at=started, error=None, failure=None)
+    image = failure = None
+    try:
+        recipe = Recipe.from_dict(record.recipe)
+        # NaN latents reach the decoder's float -> uint8 cast; make that cast raise (errstate is per thread).
+        with np.errstate(invalid="raise"):
+            try:
+                result = engine.run(recipe, record.prompt, refs, on_step=on_step)
+            except FloatingPointError:
+                raise NonFinite(_nan_reason(engine, recipe, record.prompt, refs)) from None
+        if not _finite(result.conditioning.embeds):
+            raise NonFinite(_nan_reason(engine, recipe, record.prompt, refs))
+    except Interrupt:
+        raise
+    except Exception as exc:  # noqa: BLE001 — one bad job never ends a sweep or a worker
+        failure = classify(exc, render)
+        rec = rec.replace(status="failed", error=failure.reason, failure=failure.kind, timings={})
+    else:
+        image = result.image
+        rec = rec.replace(status="done", timings={"extraction": 0.0, "blend": 0.0, **result.timings},
+                          peak_memory_bytes=result.peak_memory_bytes,
+                          caption_tokens=int(result.conditioning.embeds.shape[0]),
+                          conditioning=compact_conditioning(result.conditioning),
+                          environment=engine.environment())
+    loaded = sum(engine.models.load_seconds.values()) - load0
+    rec.timings = {**rec.timings, "model_load": loaded}
+    rec.vl_forwards = engine.vl_forwards - forwards0
+    rec.finished_at = time.time()
+    return Outcome(rec, image, failure)
+
+
+def classify(exc: BaseException, render: Callable[[UserError], str] = str) -> Failure:
+    """What kind of failure `exc` is, in one line. Bugs are logged with their traceback."""
+    if isinstance(exc, UserError):
+        return Failure("input", one_line(render(exc)))
+    if isinstance(exc, NonFinite):
+        return Failure("non_finite", one_line(exc))
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(exc, torch.cuda.OutOfMemoryError):
+        detail = one_line(exc)
+        detail = detail if len(detail) <= 200 else detail[:199] + "…"
+        return Failure("out_of_memory", f"out of memory: {detail}; lower width/height or max_image_tokens, "
+                                        "or free GPU memory")
+    reason = one_line(f"{type(exc).__name__}: {exc}")
+    if type(exc).__name__ == "AcceleratorError" or "device-side assert" in reason or "CUDA error" in reason:
+        # A device-side assert poisons this process's CUDA context: every later job would fail too.
+        return Failure("cuda_fatal", reason + " (CUDA context lost: restart vlbench)", fatal=True)
+    log.error("job failed with an unexpected error\n%s", "".join(traceback.format_exception(exc)))
+    return Failure("bug", reason)
+
+
+def _finite(tensor) -> bool:
+    import torch
+
+    return bool(torch.isfinite(tensor).all())
+
+
+def _nan_reason(engine, recipe, prompt: str, refs) -> str:
+    """Which stage went non-finite: the conditioning (re-derived from the cache, cheap) or the image."""
+    import torch
+
+    try:
+        cond = engine.condition(recipe, prompt, refs)
+        if not _finite(cond.embeds):
+            bad = int((~torch.isfinite(cond.embeds)).sum())
+            stage = f"after {recipe.normalization} normalisation" if recipe.normalization != "none" else \
+                f"at layer {recipe.layer}"
+            return (f"NaN in the conditioning {stage}: {bad} of {cond.embeds.numel()} values are not finite; "
+                    "try another layer, another normalisation or dtype fp32")
+    except Exception:  # noqa: BLE001
+        log.exception("re-deriving the conditioning to locate a NaN")
+    return ("NaN in the image: the generated latents are not finite; try dtype bf16/fp32 instead of fp16, "
+            "or another layer or token selection")
+
+
+_REPEATED_SPECIAL = re.compile(r"(<\|[^|<>]+\|>)\1{3,}")
+
+
+def compact_conditioning(cond) -> dict:
+    """Conditioning.describe() without its per-row list: role runs instead of one role per position.
+
+    Token ids stay exact (the record must reproduce the input); the decoded text squeezes runs of one
+    special token ("<|image_pad|>×256"); role_counts/source_counts summarise the rows. The one shape of
+    `conditioning` in every record.
+    """
+    info = cond.describe()
+    rows = info.pop("rows", [])
+    info["role_counts"] = dict(Counter(_row_role(r) for r in rows))
+    info["source_counts"] = dict(Counter(_row_source(r) for r in rows))
+    for name in ("vl", "vl_style"):
+        vl = info.get(name)
+        if vl is not None:
+            vl["role_runs"] = _runs(vl.pop("roles", []))
+            vl["decoded"] = _REPEATED_SPECIAL.sub(
+                lambda m: f"{m.group(1)}×{len(m.group(0)) // len(m.group(1))}", vl.get("decoded") or "")
+    return info
+
+
+def _row_role(row: dict) -> str:
+    """A row's role, through mixes: a mixed row counts under its base row's role."""
+    while "role" not in row and isinstance(row.get("base"), dict):
+        row = row["base"]
+    if "role" in row:
+        return str(row["role"])
+    if "mix" in row:
+        return f"{row['mix']} mix"
+    return str(row.get("source"))
+
+
+def _row_source(row: dict) -> str:
+    while "source" not in row and isinstance(row.get("base") or row.get("first"), dict):
+        row = row.get("base") or row.get("first")
+    return str(row.get("source"))
+
+
+def _runs(items: list) -> list[list]:
+    out: list[list] = []
+    for item in items:
+        if out and out[-1][0] == item:
+            out[-1][1] += 1
+        else:
+            out.append([item, 1])
+    return out
