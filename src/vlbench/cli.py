@@ -166,6 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_parsers(sub)
     add_tui_parser(sub)
+    from vlbench.cli_stats import add_stats_parser  # issue 15: `vlbench stats` (all its glue is in cli_stats.py)
+
+    add_stats_parser(sub)
     return parser
 
 
@@ -408,7 +411,10 @@ def _experiment_commands() -> None:
     from vlbench.experiments.cli import cmd_diagnose, cmd_experiments, cmd_run, cmd_score
     from vlbench.tui.launch import run_tui
 
-    COMMANDS.update(run=cmd_run, experiments=cmd_experiments, tui=run_tui, score=cmd_score, diagnose=cmd_diagnose)
+    from vlbench.cli_stats import cmd_stats  # issue 15
+
+    COMMANDS.update(run=cmd_run, experiments=cmd_experiments, tui=run_tui, score=cmd_score, diagnose=cmd_diagnose,
+                    stats=cmd_stats)
 
 
 _experiment_commands()

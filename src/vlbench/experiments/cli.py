@@ -96,35 +96,48 @@ def _metric_flags(p, in_run: bool):
     names = ",".join(METRICS)
     if in_run:
         g.add_argument("--metrics", nargs="?", const=",".join(DEFAULT_METRICS), default=None, metavar="LIST",
-                       help=f"score the images when the run ends: some of {names} "
+                       help=f"score the images when the run ends, then print the statistics: some of {names} "
                             f"(no list: {','.join(DEFAULT_METRICS)})")
     else:
         g.add_argument("--metrics", default=None, metavar="LIST",
                        help=f"comma-separated, from {names} (default {','.join(DEFAULT_METRICS)})")
     g.add_argument("--siglip", metavar="ID_OR_DIR", help=f"SigLIP 2 model (default {DEFAULT_MODELS['siglip']})")
     g.add_argument("--clip", metavar="ID_OR_DIR", help=f"CLIP model for clip_t, clip_i (default {DEFAULT_MODELS['clip']})")
-    g.add_argument("--dino", metavar="ID_OR_DIR", help=f"DINOv2 model (default {DEFAULT_MODELS['dino']})")
+    g.add_argument("--dino", metavar="ID_OR_DIR", help=f"DINO ViT model (default {DEFAULT_MODELS['dino']})")
+    g.add_argument("--dinov2", metavar="ID_OR_DIR", help=f"DINOv2 model for dinov2 (default {DEFAULT_MODELS['dinov2']})")
+    g.add_argument("--vgg", metavar="ID_OR_DIR",
+                   help=f"VGG-19 (torchvision layout, model.safetensors) for style_gram (default {DEFAULT_MODELS['vgg']})")
+    g.add_argument("--vqa", metavar="ID_OR_DIR",
+                   help=f"Qwen3-VL judge for vqascore, content_leak (default: vlbench run's own --vl; "
+                        f"vlbench score: {DEFAULT_MODELS['vqa']})")
+    g.add_argument("--pickscore", metavar="ID_OR_DIR", help=f"PickScore model (default {DEFAULT_MODELS['pickscore']})")
+    g.add_argument("--pickscore-processor", metavar="ID_OR_DIR",
+                   help=f"PickScore's processor (default {DEFAULT_MODELS['pickscore_processor']})")
     return g
 
 
 def _metric_sources(args) -> dict[str, str]:
     """The model of each metric family: the flags, or the tiny random ones with --tiny."""
-    given = {k: getattr(args, k) for k in ("siglip", "clip", "dino") if getattr(args, k)}
+    from vlbench.metrics import SOURCE_FLAGS
+
+    given = {k: getattr(args, k) for k in SOURCE_FLAGS if getattr(args, k, None)}
     if args.tiny:
         if given:
-            raise UserError(f"--tiny: cannot be combined with --{next(iter(given))}; drop one")
+            raise UserError(f"--tiny: cannot be combined with --{next(iter(given)).replace('_', '-')}; drop one")
         from vlbench.metrics.tiny import ensure_tiny_metric_models
 
         return ensure_tiny_metric_models().sources()
     return given
 
 
-def _score(out: Path, metrics, sources: dict, device, dtype, batch_size: int, store, console) -> None:
+def _score(out: Path, metrics, sources: dict, device, dtype, batch_size: int, store, console, shared=None,
+           shared_sources=None) -> None:
     """The scoring pass with its progress and summary lines (run --metrics and score share it)."""
     from vlbench.metrics.models import MetricModels
     from vlbench.metrics.score import SCORES, score_folder
 
-    models = MetricModels(sources, device=device, dtype=dtype, on_status=lambda t: console.print(f"[dim]{t}[/dim]"))
+    models = MetricModels(sources, device=device, dtype=dtype, on_status=lambda t: console.print(f"[dim]{t}[/dim]"),
+                          shared=shared, shared_sources=shared_sources)
     try:
         summary = score_folder(out, metrics, models, batch_size=batch_size, store=store, console=console)
     except KeyboardInterrupt:
@@ -374,8 +387,11 @@ def cmd_run(args) -> int:
         check_available(metrics)
         if args.metrics_batch_size < 1:
             raise UserError(f"--metrics-batch-size {args.metrics_batch_size}: must be >= 1")
-    elif any(getattr(args, k) for k in ("siglip", "clip", "dino")):
-        raise UserError("--siglip/--clip/--dino: choose the metric models only with --metrics")
+    else:
+        from vlbench.metrics import SOURCE_FLAGS
+
+        if any(getattr(args, k, None) for k in SOURCE_FLAGS):
+            raise UserError("--siglip/--clip/--dino/…: choose the metric models only with --metrics")
 
     console = _console()
     from vlbench.executors import start_executor
@@ -430,10 +446,16 @@ def _after_run(args, engine, out: Path, recipes, refs, prompts, metrics, store, 
             console.print(f"[yellow]embedding diagnostics skipped: {_escape(str(exc))}[/yellow]")
     if metrics:
         sources = _metric_sources(args)
+        # ---- issue 15: the VQA judge is the run's own Qwen3-VL unless --vqa names another ----
+        sources.setdefault("vqa", engine.models.spec.vl)
         _score(out, metrics, sources, engine.models.device, _metric_dtype(None), args.metrics_batch_size, store,
-               console)
+               console, shared={"vqa": lambda: engine.models.vl}, shared_sources={"vqa": engine.models.spec.vl})
     if metrics or not args.no_diagnostics:
         _rewrite_report(out)
+    if metrics:  # ---- issue 15: the statistics table ends the run ----
+        from vlbench.cli_stats import print_folder_stats
+
+        print_folder_stats([out], console)
 
 
 def _sigterm(signum, frame):  # `kill` finishes like Ctrl-C: the report is written, the folder stays resumable
