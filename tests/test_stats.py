@@ -275,3 +275,49 @@ def test_summarize_refuses_an_unknown_baseline_as_data():
         summarize([{"name": "a", "config_index": 0, "prompt": "p", "reference_sha256": "r", "seed": 0,
                     "metrics": {"siglip": 1.0}}], baseline="b")
     assert (err.value.field, err.value.value) == ("baseline", "b") and "choose one of a" in err.value.fix
+
+
+# ---- the report ----
+def test_the_report_shows_the_statistics_and_intervals(tmp_path):
+    from vlbench.report import write_report
+
+    out = tmp_path / "run"
+    synthetic_run(out)
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    write_report(out, rows, {"experiment": "synthetic"})
+    html = (out / "report.html").read_text()
+    assert "<h3>Statistics</h3>" in html and "<th>95% CI</th>" in html and "<th>p (Holm)</th>" in html
+    assert "src='stats.png'" in html and (out / "stats.png").read_bytes()[:4] == b"\x89PNG"
+    assert ">better<" in html and ">no evidence<" in html and "one seed per config" not in html
+    one = tmp_path / "one"
+    synthetic_run(one, seeds=[0])
+    write_report(one, [json.loads(line) for line in (one / "results.jsonl").read_text().splitlines()], {})
+    assert "one seed per config: no interval over seeds can be computed" in (one / "report.html").read_text()
+
+
+def test_the_adherence_plot_carries_the_intervals(tmp_path):
+    """metrics.png: each config's mean with error bars = its bootstrap interval on both axes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from unittest import mock
+
+    from vlbench.report import plot_metrics, run_stats
+
+    out = tmp_path / "run"
+    synthetic_run(out, metric="siglip")
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    scores = {s["key"]: s["metrics"]["siglip"] for s in map(json.loads, (out / "scores.jsonl").read_text().splitlines())}
+    rows = [dict(r, metrics={"siglip": scores[r["key"]], "dino": scores[r["key"]] / 2}) for r in rows]
+    stats = run_stats(rows)
+    calls = []
+    from matplotlib.axes import Axes
+
+    real = Axes.errorbar
+    with mock.patch.object(Axes, "errorbar", lambda self, x, y, **kw: calls.append((x, y, kw)) or real(self, x, y, **kw)):
+        plot_metrics(rows, tmp_path / "m.png", stats)
+    assert len(calls) == 3
+    x, y, kw = calls[0]
+    ci = stats["metrics"]["siglip"]["configs"]["base"]["ci"]
+    assert y == pytest.approx(stats["metrics"]["siglip"]["configs"]["base"]["mean"])
+    assert [y - kw["yerr"][0][0], y + kw["yerr"][1][0]] == pytest.approx(ci)
