@@ -27,6 +27,10 @@ def add_parsers(subparsers) -> None:
     p.add_argument("--prompt", action="append", default=[], metavar="TEXT", help="a prompt; repeat for several")
     p.add_argument("--prompts-file", metavar="FILE",
                    help="prompts, one per line (blank and # lines skipped), or a TOML file with prompts = [...]")
+    p.add_argument("--eval-set", metavar="NAME_OR_DIR",  # issue 15
+                   help="references and prompts of an evaluation set: quick, default (12 prompts × 6 procedural "
+                        "references), full (36 × 12), or a folder of images with an optional prompts.txt; "
+                        "--image/--prompt add to it; without --seed/--seeds it runs seeds 0,1,2,3")
     p.add_argument("--output-dir", required=True, metavar="DIR", help="where the images and reports go")
     p.add_argument("--quick", action="store_true", help="the type's quick subset (fewer layers, every kind of config)")
     seeds = p.add_mutually_exclusive_group()
@@ -361,13 +365,28 @@ def cmd_run(args) -> int:
             raise UserError(f"--seed {seed}: {exc}") from None
     recipes = experiment.recipes(quick=args.quick, overrides=overrides)
     prompts = list(args.prompt) + (read_prompts(args.prompts_file) if args.prompts_file else [])
+    images = list(args.image)
+    # ---- issue 15: --eval-set supplies references, prompts and (without --seed/--seeds) several seeds ----
+    eval_set = None
+    if getattr(args, "eval_set", None):
+        from vlbench.evalsets import load_eval_set
+
+        eval_set = load_eval_set(args.eval_set)
+        images = [str(p) for p in eval_set.references] + images
+        prompts = eval_set.prompts + prompts
+        if not prompts:
+            raise UserError("has no prompts.txt and no --prompt was given", field="eval_set", value=args.eval_set,
+                            fix="add prompts.txt to the folder (one prompt a line) or give --prompt/--prompts-file")
+        if seeds is None:
+            seeds = list(eval_set.seeds)
+    # ---- end issue 15 ----
     prompts = _unique(prompts)
     if not prompts:
-        raise UserError("--prompt: give at least one prompt (or --prompts-file)")
-    if not args.image:
-        raise UserError("--image: give at least one reference image")
+        raise UserError("--prompt: give at least one prompt (or --prompts-file, or --eval-set)")
+    if not images:
+        raise UserError("--image: give at least one reference image (or --eval-set)")
     refs = []
-    for path in args.image:
+    for path in images:
         if not Path(path).is_file():
             raise UserError(f"--image {path}: no such file")
         ref = Reference.open(path)
@@ -399,7 +418,8 @@ def cmd_run(args) -> int:
     # local: the same Engine factory as generate (one Engine, models load lazily, once); ray: the actors hold the models
     engine, executor = start_executor(args, console)
     store = None if args.no_store else _open_store(console)
-    parameters = {"experiment": args.experiment, "images": args.image, "prompts": prompts, "seeds": seeds,
+    parameters = {"experiment": args.experiment, "images": images, "prompts": prompts, "seeds": seeds,
+                  "eval_set": args.eval_set if eval_set else None,
                   "quick": args.quick, "overrides": overrides, "limit": args.limit, "output_dir": str(out)}
     if executor is not None:
         parameters["executor"] = executor.describe()
