@@ -560,3 +560,22 @@ def test_history_shows_metric_columns_sorts_by_them_and_preview_shows_scores():
         app.close()
 
     asyncio.run(go())
+
+
+# ---- the GPU benchmark, checked on the CPU with the tiny twins ----
+def test_the_metrics_gpu_benchmark_runs_on_tiny_twins(tmp_path, tiny_dirs):
+    import os
+    import subprocess
+    import sys
+
+    script = Path(__file__).parents[1] / "benchmarks" / "metrics_gpu.py"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    done = subprocess.run([sys.executable, str(script), "--tiny-smoke", "--out", str(tmp_path), "--dtypes", "fp32",
+                           "--batch-sizes", "1,2", "--families", "siglip,dino,vgg,pickscore,vqa"],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    result = json.loads((tmp_path / "metrics_gpu.json").read_text())
+    assert result["errors"] == {} and set(result["families"]) == {
+        "siglip:fp32", "dino:fp32", "vgg:fp32", "pickscore:fp32", "vqa:fp32"}
+    assert result["families"]["vqa:fp32"]["batches"]["2"]["vqascore"] > 0
+    assert result["families"]["siglip:fp32"]["batches"]["1"]["text_embedding"] > 0

@@ -60,7 +60,8 @@ def add_parsers(subparsers) -> None:
     _metric_flags(p, in_run=False)
     p.add_argument("--batch-size", type=int, default=16, metavar="N", help="images per batch (default 16)")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available, else cpu)")
-    p.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], help="metric models' dtype (default fp32)")
+    p.add_argument("--dtype", choices=["bf16", "fp16", "fp32"],
+                   help="metric models' dtype (default fp32; the Qwen3-VL judge bf16 on a GPU)")
     p.add_argument("--tiny", action="store_true",
                    help="use built-in tiny RANDOM-WEIGHT metric models (no download; the scores mean nothing)")
     p.add_argument("--no-store", action="store_true", help="do not write the scores into the run history")
@@ -135,13 +136,13 @@ def _metric_sources(args) -> dict[str, str]:
 
 
 def _score(out: Path, metrics, sources: dict, device, dtype, batch_size: int, store, console, shared=None,
-           shared_sources=None) -> None:
+           shared_sources=None, judge_dtype=None) -> None:
     """The scoring pass with its progress and summary lines (run --metrics and score share it)."""
     from vlbench.metrics.models import MetricModels
     from vlbench.metrics.score import SCORES, score_folder
 
     models = MetricModels(sources, device=device, dtype=dtype, on_status=lambda t: console.print(f"[dim]{t}[/dim]"),
-                          shared=shared, shared_sources=shared_sources)
+                          shared=shared, shared_sources=shared_sources, judge_dtype=judge_dtype)
     try:
         summary = score_folder(out, metrics, models, batch_size=batch_size, store=store, console=console)
     except KeyboardInterrupt:
@@ -208,7 +209,8 @@ def cmd_score(args) -> int:
         console.print("[yellow]--tiny: built-in RANDOM-WEIGHT metric models; the scores mean nothing[/yellow]")
     store = None if args.no_store else _open_store(console)
     try:
-        _score(out, metrics, sources, device, _metric_dtype(args.dtype), args.batch_size, store, console)
+        _score(out, metrics, sources, device, _metric_dtype(args.dtype), args.batch_size, store, console,
+               judge_dtype=_metric_dtype(args.dtype) if args.dtype else None)
     finally:
         if store is not None:
             store.close()

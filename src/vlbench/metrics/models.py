@@ -119,11 +119,14 @@ class MetricModels:
 
     def __init__(self, sources: dict[str, str] | None = None, device: str | torch.device | None = None,
                  dtype: torch.dtype = torch.float32, on_status: Callable[[str], None] | None = None,
-                 shared: dict[str, Callable[[], Any]] | None = None, shared_sources: dict[str, str] | None = None):
+                 shared: dict[str, Callable[[], Any]] | None = None, shared_sources: dict[str, str] | None = None,
+                 judge_dtype: torch.dtype | None = None):
         self.sources = {**DEFAULT_MODELS, **{k: v for k, v in (sources or {}).items() if v}}
         self.device = torch.device(device) if device is not None else torch.device(
             "cuda" if torch.cuda.is_available() else "cpu")
         self.dtype = dtype
+        # The Qwen3-VL judge is 4B parameters: bf16 on a GPU (as vlbench runs it) unless told otherwise.
+        self.judge_dtype = judge_dtype or (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
         self.on_status = on_status
         self.load_seconds: dict[str, float] = {}
         self._loaded: dict[str, Loaded] = {}
@@ -138,7 +141,8 @@ class MetricModels:
             if self.on_status:
                 self.on_status(f"loading {family} metric model from {self.sources[family]}")
             start = time.perf_counter()
-            self._loaded[family] = load_family(family, self.sources[family], self.device, self.dtype, self.sources)
+            dtype = self.judge_dtype if family == "vqa" else self.dtype
+            self._loaded[family] = load_family(family, self.sources[family], self.device, dtype, self.sources)
             self.load_seconds[family] = time.perf_counter() - start
         return self._loaded[family]
 
