@@ -9,6 +9,7 @@ reference and starting noise. Every bootstrap draws its resamples from a fresh
 resampled with the same index matrix (for equal n). The JSON schema is documented in docs/stats.md.
 
 No torch here (the workbench imports this before its first paint); scipy is imported by the test only.
+Non-finite metric values are left out.
 """
 
 from __future__ import annotations
@@ -209,8 +210,8 @@ def summarize(rows: Iterable[Row | dict], *, baseline: str | None = None, metric
 def row_from_dict(r: dict) -> Row:
     return Row(config=str(r["name"]), config_index=int(r.get("config_index", 0)), prompt=str(r["prompt"]),
                reference_sha256=str(r["reference_sha256"]), seed=int(r["seed"]),
-               metrics={k: float(v) for k, v in (r.get("metrics") or {}).items()
-                        if isinstance(v, (int, float)) and not isinstance(v, bool)},
+               metrics={k: float(v) for k, v in (r.get("metrics") or {}).items()  # non-finite values are left out
+                        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)},
                experiment=str(r.get("experiment", "")))
 
 
