@@ -492,7 +492,7 @@ def _main(argv: list[str]) -> int:
     return args.func(args)
 
 
-def test_run_with_metrics_scores_stores_and_reports(tiny_dirs, tmp_path, ref_image, metric_dirs, monkeypatch):
+def test_run_with_metrics_scores_stores_and_reports(tiny_dirs, tmp_path, ref_image, metric_dirs, monkeypatch, capsys):
     from vlbench.metrics import tiny
     from vlbench.store import Store
 
@@ -503,6 +503,9 @@ def test_run_with_metrics_scores_stores_and_reports(tiny_dirs, tmp_path, ref_ima
             "--output-dir", str(out), "--tiny", "--device", "cpu", "--steps", "2", "--width", "64", "--height", "64",
             "--metrics", "--metrics-batch-size", "2"]
     assert _main(argv) == 0
+    err = capsys.readouterr().err
+    assert "loading vqa metric model" not in err  # the judge is the run's own Qwen3-VL
+    assert "VQAScore (vqascore; higher is better)" in err and "baseline" in err  # the statistics end the run
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     scores = load_scores(out)
     assert len(rows) == 3 and set(scores) == {r["key"] for r in rows}
