@@ -317,9 +317,13 @@ def main() -> int:
     from vlbench.evalsets import prompt_groups
     from vlbench.metrics.tiny import ensure_tiny_metric_models
 
+    from vlbench.engine.tiny import build_tiny_vl
+
     cache = OUT / "cache"
-    os.environ.setdefault("VLBENCH_CACHE_DIR", str(cache))
-    dirs = ensure_tiny_metric_models(cache / "metrics")
+    vl_dir = cache / "qwen3-vl-tiny"  # its processor and tokenizer; built alone: the GPU machine has no diffusers
+    if not (vl_dir / "config.json").is_file():
+        build_tiny_vl(vl_dir)
+    dirs = ensure_tiny_metric_models(cache / "metrics", vl=vl_dir)
     rng = np.random.default_rng(0)
     n = max(args.batch_sizes)
     px, ref_px = R["settings"]["output_px"], R["settings"]["reference_px"]
