@@ -251,7 +251,7 @@ def family_section(family: str, dtype: torch.dtype, args, dirs, data) -> dict:
         log(f"{family} {out['dtype']} batch {b}: " + ", ".join(
             f"{k} {v['s_per_image'] * 1000:.2f} ms/img" for k, v in parts.items() if isinstance(v, dict))
             + (f"; peak {gib(peak)} GiB" if peak is not None else ""))
-    del model, loaded, vl
+    model = loaded = vl = None  # noqa: F841 - drop the last references before the next family builds
     free()
     return out
 

@@ -278,7 +278,8 @@ def _stats_section(out: Path, stats: dict | None) -> list[str]:
         parts.append(f"<h4>{_e(block['label'])} <span class='dim'>({_e(name)}; {arrow})</span></h4>"
                      "<table><thead><tr>" + "".join(f"<th>{_e(k)}</th>" for k in rows[0]) + "</tr></thead><tbody>")
         for cells in rows:
-            cls = {"better": " style='background:#eaf6ea'", "worse": " style='background:#fbeaea'"}.get(cells["verdict"], "")
+            cls = {"better": " style='background:#eaf6ea'",
+                   "worse": " style='background:#fbeaea'"}.get(cells["verdict"], "")
             parts.append(f"<tr{cls}>" + "".join(f"<td{'' if i == 0 else ' class=num'}>{_e(v)}</td>"
                                                for i, v in enumerate(cells.values())) + "</tr>")
         parts.append("</tbody></table>")

@@ -316,11 +316,12 @@ def table_rows(stats: dict, metric: str) -> list[dict[str, str]]:
                     verdict = "better" if up == block["higher_is_better"] else "worse"
                 else:
                     verdict = "no evidence"
-            vs = {"Δ vs baseline": fmt(comp["mean_diff"]), "Δ CI": fmt_ci(comp["ci"]), "p (Holm)": fmt_p(comp["p_holm"]),
+            vs = {"Δ vs baseline": fmt(comp["mean_diff"]), "Δ CI": fmt_ci(comp["ci"]),
+                  "p (Holm)": fmt_p(comp["p_holm"]),
                   "win rate": "—" if comp["win_rate"] is None else f"{comp['win_rate']:.0%}", "verdict": verdict}
         mean = fmt(d["mean"]) + ("" if d["std"] is None else f" ± {fmt(d['std'])}")
-        rows.append({"config": c, "n": str(d["n"]), "mean ± std": mean, f"{stats['confidence']:.0%} CI": fmt_ci(d["ci"]),
-                     **vs})
+        rows.append({"config": c, "n": str(d["n"]), "mean ± std": mean,
+                     f"{stats['confidence']:.0%} CI": fmt_ci(d["ci"]), **vs})
     return rows
 
 
@@ -331,5 +332,6 @@ def compact(stats: dict, metric: str) -> str:
     for cells in table_rows(stats, metric):
         verdict = f" {cells['verdict']}" if cells["verdict"] and cells["verdict"] != "no evidence" else ""
         ci = cells[f"{stats['confidence']:.0%} CI"]
-        parts.append(f"{cells['config']} {cells['mean ± std'].split(' ±')[0]}{'' if ci == '—' else ' ' + ci}{verdict}")
+        mean = cells["mean ± std"].split(" ±")[0]
+        parts.append(f"{cells['config']} {mean}{'' if ci == '—' else ' ' + ci}{verdict}")
     return f"{block['label']}: " + " · ".join(parts)

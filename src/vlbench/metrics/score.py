@@ -230,7 +230,8 @@ def score_items(models, items: list[Item], wanted: dict[str, list[str]], emb: _E
             idx = members("style_gram", group)
             if idx:
                 own = grams(models[fam].model, [pil(group[i]) for i in idx])
-                put("style_gram", group, idx, style_similarity(own, emb.reference_grams([group[i].reference for i in idx])))
+                refs = emb.reference_grams([group[i].reference for i in idx])
+                put("style_gram", group, idx, style_similarity(own, refs))
             continue
         loaded = models[fam]
         own = M.image_embeds(loaded, [pil(it) for it in group])  # [B, E] of the outputs

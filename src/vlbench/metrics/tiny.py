@@ -178,4 +178,5 @@ def build_tiny_vgg(out: Path) -> None:
             torch.nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
             torch.nn.init.zeros_(m.bias)
     out.mkdir(parents=True, exist_ok=True)
-    save_file({f"features.{k}": v.contiguous() for k, v in features.state_dict().items()}, str(out / "model.safetensors"))
+    state = {f"features.{k}": v.contiguous() for k, v in features.state_dict().items()}
+    save_file(state, str(out / "model.safetensors"))
