@@ -1,4 +1,5 @@
-"""report.html for an output folder: the grid, metrics, embedding diagnostics, every image with its
+"""report.html for an output folder: the grid, metrics with their statistics (`vlbench.stats`: means with
+bootstrap intervals, paired tests against the baseline), embedding diagnostics, every image with its
 recipe, and the efficiency table.
 
 One self-contained HTML file (inline CSS, a few lines of inline script to sort tables, no network);
@@ -51,6 +52,7 @@ document.querySelectorAll('table.sortable th').forEach(function (th) {
 });
 """
 METRICS_PLOT = "metrics.png"
+STATS_PLOT = "stats.png"
 
 
 def _e(value: Any) -> str:
@@ -143,15 +145,15 @@ def metric_means(rows: list[dict], names: list[str]) -> dict[str, dict]:
 
 
 def plot_axes(names: list[str]) -> tuple[str, str] | None:
-    """(reference similarity, prompt adherence) metrics for the plot: DINOv2 / SigLIP when scored."""
-    x = next((m for m in ("dino", "clip_i") if m in names), None)
-    y = next((m for m in ("siglip", "clip_t") if m in names), None)
+    """(reference similarity, prompt adherence) metrics for the plot: DINO / VQAScore when scored."""
+    x = next((m for m in ("dino", "clip_i", "dinov2", "style_gram") if m in names), None)
+    y = next((m for m in ("vqascore", "siglip", "clip_t") if m in names), None)
     return (x, y) if x and y else None
 
 
-def plot_metrics(rows: list[dict], path: str | Path) -> Path | None:
-    """Prompt adherence against reference similarity, one labelled point per config (its mean); None if
-    the folder lacks either kind of metric."""
+def plot_metrics(rows: list[dict], path: str | Path, stats: dict | None = None) -> Path | None:
+    """Prompt adherence against reference similarity, one labelled point per config (its mean, with its
+    bootstrap interval on both axes when `stats` has one); None if the folder lacks either kind of metric."""
     from matplotlib.figure import Figure
 
     from vlbench.metrics import METRICS
@@ -171,15 +173,115 @@ def plot_metrics(rows: list[dict], path: str | Path) -> Path | None:
         if x in m and y in m:
             ax.scatter(m[x], m[y], s=8, color="0.75", zorder=1)
     for name, c in means.items():
-        ax.scatter(c[x], c[y], s=30, zorder=2)
+        xerr, yerr = _err(stats, x, name, c[x]), _err(stats, y, name, c[y])
+        if xerr is not None or yerr is not None:
+            ax.errorbar(c[x], c[y], xerr=xerr, yerr=yerr, fmt="o", ms=5, capsize=3, lw=1, zorder=2)
+        else:
+            ax.scatter(c[x], c[y], s=30, zorder=2)
         ax.annotate(name, (c[x], c[y]), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    bars = "; bars: 95% bootstrap CI of each mean" if stats else ""
     ax.set(xlabel=f"reference similarity: {METRICS[x].label} (mean per config)",
            ylabel=f"prompt adherence: {METRICS[y].label} (mean per config)",
-           title="prompt adherence vs reference similarity (grey: single images)")
+           title=f"prompt adherence vs reference similarity\n(grey: single images{bars})")
     ax.grid(alpha=0.3)
     path = Path(path)
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
     return path
+
+
+def _err(stats: dict | None, metric: str, config: str, center: float):
+    """matplotlib's asymmetric error of one config's mean ([[below], [above]]), or None without an interval."""
+    try:
+        ci = stats["metrics"][metric]["configs"][config]["ci"]
+    except (KeyError, TypeError):
+        return None
+    if not ci:
+        return None
+    return [[max(center - ci[0], 0.0)], [max(ci[1] - center, 0.0)]]
+
+
+def run_stats(rows: list[dict]) -> dict | None:
+    """`vlbench.stats.summarize` of a report's scored rows (None when nothing is scored)."""
+    from vlbench.errors import UserError
+    from vlbench.stats import summarize
+
+    scored = [r for r in rows if r["status"] == "done" and r.get("metrics")]
+    if not scored:
+        return None
+    try:
+        return summarize(scored)
+    except UserError:
+        return None
+
+
+def plot_stats(stats: dict, path: str | Path) -> Path | None:
+    """One panel per metric: each config's mean with its 95% bootstrap interval; the baseline dashed."""
+    from matplotlib.figure import Figure
+
+    names = [m for m, b in stats["metrics"].items() if any(c["n"] for c in b["configs"].values())]
+    if not names:
+        return None
+    configs = stats["configs"]
+    cols = min(3, len(names))
+    rows_n = (len(names) + cols - 1) // cols
+    fig = Figure(figsize=(4.2 * cols, 0.35 * len(configs) * rows_n + 1.6 * rows_n), layout="constrained")
+    axes = fig.subplots(rows_n, cols, squeeze=False)
+    for ax, name in zip(axes.flat, names):
+        block = stats["metrics"][name]
+        ys = list(range(len(configs)))[::-1]
+        for yv, config in zip(ys, configs):
+            d = block["configs"][config]
+            if d["mean"] is None:
+                continue
+            err = _err(stats, name, config, d["mean"])
+            ax.errorbar(d["mean"], yv, xerr=err, fmt="o", ms=4, capsize=3, lw=1,
+                        color="C1" if block["comparisons"].get(config, {}).get("significant") else "C0")
+        base = block["configs"][stats["baseline"]]["mean"]
+        if base is not None:
+            ax.axvline(base, ls="--", lw=0.8, color="0.5")
+        ax.set_yticks(ys, configs, fontsize=7)
+        arrow = "→ better" if block["higher_is_better"] else "← better"
+        ax.set_title(f"{block['label']} ({arrow})", fontsize=9)
+        ax.tick_params(axis="x", labelsize=7)
+        ax.grid(axis="x", alpha=0.3)
+    for ax in list(axes.flat)[len(names):]:
+        ax.set_visible(False)
+    fig.suptitle(f"mean per config, 95% bootstrap CI; dashed: baseline {stats['baseline']}; orange: differs "
+                 "from it (Wilcoxon, Holm)", fontsize=9)
+    path = Path(path)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    return path
+
+
+def _stats_section(out: Path, stats: dict | None) -> list[str]:
+    from vlbench.stats import table_rows
+
+    if stats is None:
+        return []
+    parts = [f"<h3>Statistics</h3><p class='dim'>Per config: mean ± standard deviation and a "
+             f"{stats['confidence']:.0%} percentile-bootstrap interval over images ({stats['bootstrap']['resamples']} "
+             f"resamples of (prompt, reference, seed) units, seed {stats['bootstrap']['seed']}). Against the baseline "
+             f"<b>{_e(stats['baseline'])}</b>: the paired difference on shared units with its interval, a two-sided "
+             f"Wilcoxon signed-rank test with Holm correction across configs (α = {stats['alpha']}), and the win rate "
+             f"(ties count half). {len(stats['seeds'])} seed(s), {stats['prompts']} prompt(s), {stats['references']} "
+             "reference(s). <code>vlbench stats DIR --json</code> gives every number.</p>"]
+    for note in stats["notes"]:
+        parts.append(f"<p class='failed'>{_e(note)}</p>")
+    if (out / STATS_PLOT).exists():
+        parts.append(f"<p class='plot'><a href='{STATS_PLOT}'><img src='{STATS_PLOT}' "
+                     "alt='means with 95% intervals per metric'></a></p>")
+    for name, block in stats["metrics"].items():
+        rows = table_rows(stats, name)
+        arrow = "higher is better" if block["higher_is_better"] else "lower is better"
+        parts.append(f"<h4>{_e(block['label'])} <span class='dim'>({_e(name)}; {arrow})</span></h4>"
+                     "<table><thead><tr>" + "".join(f"<th>{_e(k)}</th>" for k in rows[0]) + "</tr></thead><tbody>")
+        for cells in rows:
+            cls = {"better": " style='background:#eaf6ea'",
+                   "worse": " style='background:#fbeaea'"}.get(cells["verdict"], "")
+            parts.append(f"<tr{cls}>" + "".join(f"<td{'' if i == 0 else ' class=num'}>{_e(v)}</td>"
+                                               for i, v in enumerate(cells.values())) + "</tr>")
+        parts.append("</tbody></table>")
+    return parts
 
 
 def _num_cell(value) -> str:
@@ -193,6 +295,7 @@ def _metrics_section(out: Path, rows: list[dict], models: dict[str, set]) -> lis
     from vlbench.metrics import METRICS
 
     names = metric_names(rows)
+    stats = run_stats(rows) if names else None
     if not names:
         return ["<h2>Metrics</h2><p class='dim'>Not scored yet: <code>vlbench score "
                 f"{_e(out)}</code> (or <code>vlbench run … --metrics</code>).</p>"]
@@ -202,6 +305,7 @@ def _metrics_section(out: Path, rows: list[dict], models: dict[str, set]) -> lis
     if (out / METRICS_PLOT).exists() and plot_axes(names):
         parts.append(f"<p class='plot'><a href='{METRICS_PLOT}'><img src='{METRICS_PLOT}' "
                      "alt='prompt adherence vs reference similarity'></a></p>")
+    parts += _stats_section(out, stats)
     head = "".join(f"<th>{_e(METRICS[m].label)}</th>" for m in names)
     parts.append(f"<h3>Per config (mean)</h3><table class='sortable'><thead><tr><th>config</th><th>images</th>{head}"
                  "</tr></thead><tbody>")
@@ -351,7 +455,10 @@ def write_report(out_dir: str | Path, rows: list[dict], info: dict) -> Path:
     out = Path(out_dir)
     scored, _ = with_metrics(out, rows)
     if metric_names(scored):
-        plot_metrics(scored, out / METRICS_PLOT)
+        stats = run_stats(scored)
+        plot_metrics(scored, out / METRICS_PLOT, stats)
+        if stats is not None:
+            plot_stats(stats, out / STATS_PLOT)
     path = out / "report.html"
     atomic_write_text(path, render_report(out, rows, info))
     return path

@@ -19,7 +19,8 @@ from vlbench.cli.common import Parser, render
 from vlbench.errors import UserError
 
 # command -> its module, in `vlbench --help` order
-COMMANDS = ("tui", "embed", "generate", "run", "experiments", "score", "diagnose", "calibrate", "inspect", "demo")
+COMMANDS = ("tui", "embed", "generate", "run", "experiments", "score", "stats", "diagnose", "calibrate", "inspect",
+            "demo")
 
 
 def command(name: str):

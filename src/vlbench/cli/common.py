@@ -248,23 +248,32 @@ def add_metric_flags(p, in_run: bool):
     names = ",".join(METRICS)
     if in_run:
         g.add_argument("--metrics", nargs="?", const=",".join(DEFAULT_METRICS), default=None, metavar="LIST",
-                       help=f"score the images when the run ends: some of {names} "
+                       help=f"score the images when the run ends, then print the statistics: some of {names} "
                             f"(no list: {','.join(DEFAULT_METRICS)})")
     else:
         g.add_argument("--metrics", default=None, metavar="LIST",
                        help=f"comma-separated, from {names} (default {','.join(DEFAULT_METRICS)})")
     g.add_argument("--siglip", metavar="ID_OR_DIR", help=f"SigLIP 2 model (default {DEFAULT_MODELS['siglip']})")
     g.add_argument("--clip", metavar="ID_OR_DIR", help=f"CLIP model for clip_t, clip_i (default {DEFAULT_MODELS['clip']})")
-    g.add_argument("--dino", metavar="ID_OR_DIR", help=f"DINOv2 model (default {DEFAULT_MODELS['dino']})")
+    g.add_argument("--dino", metavar="ID_OR_DIR", help=f"DINO ViT model (default {DEFAULT_MODELS['dino']})")
+    g.add_argument("--dinov2", metavar="ID_OR_DIR", help=f"DINOv2 model for dinov2 (default {DEFAULT_MODELS['dinov2']})")
+    g.add_argument("--vgg", metavar="ID_OR_DIR",
+                   help=f"VGG-19 (torchvision layout, model.safetensors) for style_gram (default {DEFAULT_MODELS['vgg']})")
+    g.add_argument("--vqa", metavar="ID_OR_DIR",
+                   help=f"Qwen3-VL judge for vqascore, content_leak (default: vlbench run's own Qwen3-VL; "
+                        f"vlbench score: {DEFAULT_MODELS['vqa']})")
+    g.add_argument("--pickscore", metavar="ID_OR_DIR", help=f"PickScore model (default {DEFAULT_MODELS['pickscore']})")
+    g.add_argument("--pickscore-processor", metavar="ID_OR_DIR",
+                   help=f"PickScore's processor (default {DEFAULT_MODELS['pickscore_processor']})")
     return g
 
 
 def metrics_choice(args, in_run: bool):
     """The metrics a command computes (None: no scoring pass), checked before any model loads."""
-    from vlbench.metrics import check_available, parse_metrics
+    from vlbench.metrics import SOURCE_FLAGS, check_available, parse_metrics
 
     if args.metrics is None and in_run:
-        given = [k for k in ("siglip", "clip", "dino") if getattr(args, k)]
+        given = [k for k in SOURCE_FLAGS if getattr(args, k, None)]
         if given:
             raise UserError("chooses a metric model; it has an effect only with --metrics", field=given[0])
         return None
@@ -278,25 +287,30 @@ def metrics_choice(args, in_run: bool):
 
 def metric_sources(args) -> dict[str, str]:
     """The model of each metric family: the flags, or the tiny random ones with --tiny."""
-    given = {k: getattr(args, k) for k in ("siglip", "clip", "dino") if getattr(args, k)}
+    from vlbench.metrics import SOURCE_FLAGS
+
+    given = {k: getattr(args, k) for k in SOURCE_FLAGS if getattr(args, k, None)}
     if getattr(args, "tiny", False):
         if given:
-            raise UserError(f"cannot be combined with --{next(iter(given))}", field="tiny", fix="drop one")
+            raise UserError(f"cannot be combined with {flag_name(next(iter(given)))}", field="tiny", fix="drop one")
         from vlbench.metrics.tiny import ensure_tiny_metric_models
 
         return ensure_tiny_metric_models().sources()
     return given
 
 
-def score(out: Path, metrics, sources: dict, device, dtype, batch_size: int, store, con) -> None:
-    """The scoring pass with its progress and summary lines (run --metrics and score share it)."""
+def score(out: Path, metrics, sources: dict, device, dtype, batch_size: int, store, con, shared=None,
+          shared_sources=None, judge_dtype=None) -> None:
+    """The scoring pass with its progress and summary lines (run --metrics and score share it). `shared`: models
+    the run already holds (the Qwen3-VL judge), by family."""
     import torch
 
     from vlbench.metrics.models import MetricModels
     from vlbench.metrics.score import SCORES, score_folder
 
     models = MetricModels(sources, device=device, dtype=dtype or torch.float32,
-                          on_status=lambda t: con.print(f"[dim]{escape(t)}[/dim]"))
+                          on_status=lambda t: con.print(f"[dim]{escape(t)}[/dim]"), shared=shared,
+                          shared_sources=shared_sources, judge_dtype=judge_dtype)
     try:
         summary = score_folder(out, metrics, models, batch_size=batch_size, store=store, console=con)
     except KeyboardInterrupt:

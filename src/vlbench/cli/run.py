@@ -24,11 +24,15 @@ def add_arguments(p) -> None:
     p.add_argument("--prompt", action="append", default=[], metavar="TEXT", help="a prompt; repeat for several")
     p.add_argument("--prompts-file", metavar="FILE",
                    help="prompts, one per line (blank and # lines skipped), or a TOML file with prompts = [...]")
+    p.add_argument("--eval-set", metavar="NAME_OR_DIR",
+                   help="references and prompts of an evaluation set: quick, default (12 prompts × 6 procedural "
+                        "references), full (36 × 12), or a folder of images with an optional prompts.txt; "
+                        "--image/--prompt add to it; its seeds apply unless --seeds is given")
     p.add_argument("--output-dir", required=True, metavar="DIR", help="where the images and reports go")
     p.add_argument("--quick", action="store_true", help="the type's quick subset (fewer layers, every kind of config)")
     p.add_argument("--seeds", "--seed", dest="seeds", metavar="SEEDS",
-                   help="seeds for every config: 3, 1,2,5, 0-7 or 0-3,8 (default: the type's seeds, else each "
-                        "config's seed)")
+                   help="seeds for every config: 3, 1,2,5, 0-7 or 0-3,8 (default: the type's seeds — see "
+                        "`vlbench experiments` — else the eval set's, else each config's seed)")
     common.add_recipe_flags(p, only=("steps", "width", "height"), recipe_file=False)
     p.add_argument("--limit", type=int, metavar="N", help="generate at most N images now; re-run to continue")
     p.add_argument("--no-store", action="store_true", help="do not record the images in the run history")
@@ -56,18 +60,31 @@ def run(args) -> int:
 
     # everything a user can get wrong is checked before any model loads
     experiment = load_type(args.experiment)
-    seeds = parse_seeds(args.seeds) if args.seeds is not None else experiment.seeds
     overrides = {k: getattr(args, k) for k in ("steps", "width", "height") if getattr(args, k) is not None}
     recipes = experiment.recipes(quick=args.quick, overrides=overrides)
     prompts = [check_prompt(p) for p in args.prompt] + (read_prompts_file(args.prompts_file) if args.prompts_file
                                                          else [])
+    images = list(args.image)
+    eval_set = None
+    if args.eval_set:  # references, prompts and (unless --seeds) seeds of an evaluation set
+        from vlbench.evalsets import load_eval_set
+
+        eval_set = load_eval_set(args.eval_set)
+        images = [str(p) for p in eval_set.references] + images
+        prompts = eval_set.prompts + prompts
+        if not prompts:
+            raise UserError("has no prompts.txt and no --prompt was given", field="eval_set", value=args.eval_set,
+                            fix="add prompts.txt to the folder (one prompt a line) or give --prompt/--prompts-file")
+    # --seeds, else the type's declared seeds, else the eval set's, else each config's own seed
+    seeds = (parse_seeds(args.seeds) if args.seeds is not None else list(experiment.seeds)
+             or (list(eval_set.seeds) if eval_set is not None else None))
     prompts = list(dict.fromkeys(prompts))
     if not prompts:
-        raise UserError("give at least one prompt (or --prompts-file)", field="prompt")
-    if not args.image:
-        raise UserError("give at least one reference image", field="image")
+        raise UserError("give at least one prompt (or --prompts-file, or --eval-set)", field="prompt")
+    if not images:
+        raise UserError("give at least one reference image (or --eval-set)", field="image")
     refs = []
-    for ref in common.open_references(args.image):
+    for ref in common.open_references(images):
         if all(r.sha256 != ref.sha256 for r in refs):  # the same picture twice is one reference
             refs.append(ref)
     reference_sets = [(ref,) for ref in refs]
@@ -86,7 +103,8 @@ def run(args) -> int:
     console = common.console()
     engine, executor = start_executor(spec, choice, lambda s: common.engine(s, console), console)
     store = None if args.no_store else common.open_store(console)
-    parameters = {"experiment": args.experiment, "images": args.image, "prompts": prompts, "seeds": seeds,
+    parameters = {"experiment": args.experiment, "images": images, "prompts": prompts, "seeds": seeds,
+                  "eval_set": args.eval_set,
                   "quick": args.quick, "overrides": overrides, "limit": args.limit, "output_dir": str(out)}
     if executor is not None:
         parameters["executor"] = executor.describe()
@@ -137,10 +155,16 @@ def _after_run(args, engine, out: Path, recipes, refs, prompts, metrics, store, 
         except UserError as exc:
             console.print(f"[yellow]embedding diagnostics skipped: {common.escape(common.render(exc))}[/yellow]")
     if metrics:
-        common.score(out, metrics, common.metric_sources(args), engine.models.device, None,
-                     args.metrics_batch_size, store, console)
+        sources = common.metric_sources(args)
+        sources.setdefault("vqa", engine.models.spec.vl)  # the judge is the run's own Qwen3-VL unless --vqa names one
+        common.score(out, metrics, sources, engine.models.device, None, args.metrics_batch_size, store, console,
+                     shared={"vqa": lambda: engine.models.vl}, shared_sources={"vqa": engine.models.spec.vl})
     if metrics or not args.no_diagnostics:
         common.rewrite_report(out)
+    if metrics:  # the statistics table ends the run
+        from vlbench.stats import print_folder_stats
+
+        print_folder_stats([out], console, common.render)
 
 
 def _sigterm(signum, frame):  # `kill` finishes like Ctrl-C: the report is written, the folder stays resumable

@@ -18,7 +18,8 @@ def add_arguments(p) -> None:
     common.add_metric_flags(p, in_run=False)
     p.add_argument("--batch-size", type=int, default=16, metavar="N", help="images per batch (default 16)")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available, else cpu)")
-    p.add_argument("--dtype", metavar="{bf16,fp16,fp32}", help="metric models' dtype (default fp32)")
+    p.add_argument("--dtype", metavar="{bf16,fp16,fp32}",
+                   help="metric models' dtype (default fp32; the Qwen3-VL judge bf16 on a GPU)")
     p.add_argument("--tiny", action="store_true",
                    help="use built-in tiny RANDOM-WEIGHT metric models (no download; the scores mean nothing)")
     p.add_argument("--no-store", action="store_true", help="do not write the scores into the run history")
@@ -43,7 +44,7 @@ def run(args) -> int:
         console.print("[yellow]--tiny: built-in RANDOM-WEIGHT metric models; the scores mean nothing[/yellow]")
     store = None if args.no_store else common.open_store(console)
     try:
-        common.score(out, metrics, sources, device, dtype, args.batch_size, store, console)
+        common.score(out, metrics, sources, device, dtype, args.batch_size, store, console, judge_dtype=dtype)
     finally:
         if store is not None:
             store.close()

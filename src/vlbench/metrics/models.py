@@ -1,10 +1,13 @@
 """The metric models, loaded by hub id or local directory, and the embeddings each metric compares.
 
-Every model and processor is transformers' own class (AutoModel, AutoProcessor), preprocessing is the
-processor's, and the formulas are the ones the models' own `forward` uses: SigLIP's probability is
-`sigmoid(exp(logit_scale) * cos + logit_bias)` as in `SiglipModel.forward`, CLIP compares the
-projected `image_embeds` / `text_embeds`, DINOv2 its `pooler_output` (the layer-normed CLS token).
-Embeddings come back as float32 on the CPU; comparisons run in float32.
+Every transformers model and processor is loaded with its own Auto class; the formulas are the ones the
+models' own `forward` uses: SigLIP's logit is `exp(logit_scale) * cos + logit_bias` as in
+`SiglipModel.forward` (the text lowercased, as SigLIP 2 was trained), CLIP and PickScore compare the
+projected `image_embeds` / `text_embeds` (PickScore scaled by its `logit_scale.exp()`, as its model card
+does), DINOv2 its `pooler_output` (the layer-normed CLS token), DINO ViT-S/16 its last layer's CLS token
+after the final LayerNorm with DreamBench's preprocessing (`dino_processor`). VGG-19 Gram matrices are in
+`vlbench.metrics.style`, the Qwen3-VL judge in `vlbench.metrics.vqa`. Embeddings come back as float32 on
+the CPU; comparisons run in float32.
 """
 
 from __future__ import annotations
@@ -16,12 +19,27 @@ from typing import Any, Callable
 import torch
 
 from vlbench.errors import UserError
-from vlbench.metrics import DEFAULT_MODELS, FAMILY_FLAGS, IMAGEREWARD_INSTALL
+from vlbench.metrics import DEFAULT_MODELS, FAMILY_FLAGS, imagereward_problem
 
-# SigLIP was trained on text padded to 64 tokens; its text tower pools the last position, so the
-# padding must be exactly this (transformers' docs: padding="max_length").
+# SigLIP was trained on lowercased text padded to 64 tokens; its text tower pools the last position, so
+# the padding must be exactly this (transformers' docs: padding="max_length", max_length=64).
 SIGLIP_TEXT_LENGTH = 64
-MODEL_TYPES = {"siglip": ("siglip", "siglip2"), "clip": ("clip",), "dino": ("dinov2", "dinov2_with_registers")}
+MODEL_TYPES = {"siglip": ("siglip", "siglip2"), "clip": ("clip",), "pickscore": ("clip",), "dino": ("vit",),
+               "dinov2": ("dinov2", "dinov2_with_registers"), "vqa": ("qwen3_vl", "qwen3_vl_moe")}
+# DreamBench's DINO preprocessing (the DINO authors' evaluation transform): shorter side to 256, bicubic,
+# centre crop 224, ImageNet mean/std. The hub repo's own preprocessor (resize to 224×224) is NOT used.
+DINO_RESIZE, DINO_CROP = 256, 224
+
+
+def dino_processor():
+    """The image processor of the `dino` metric, whatever checkpoint it runs (the protocol fixes it)."""
+    from transformers import BitImageProcessor
+    from transformers.image_utils import PILImageResampling
+
+    return BitImageProcessor(do_resize=True, size={"shortest_edge": DINO_RESIZE}, resample=PILImageResampling.BICUBIC,
+                             do_center_crop=True, crop_size={"height": DINO_CROP, "width": DINO_CROP},
+                             do_rescale=True, do_normalize=True, image_mean=[0.485, 0.456, 0.406],
+                             image_std=[0.229, 0.224, 0.225], do_convert_rgb=True)
 
 
 @dataclass
@@ -32,59 +50,99 @@ class Loaded:
     processor: Any
 
 
-def load_family(family: str, source: str, device: torch.device, dtype: torch.dtype) -> Loaded:
+def load_family(family: str, source: str, device: torch.device, dtype: torch.dtype,
+                sources: dict[str, str] | None = None) -> Loaded:
     """One metric model and its processor, as a user's from_pretrained would load them."""
     if family == "imagereward":
         return _load_imagereward(source, device)
-    from transformers import AutoImageProcessor, AutoModel, AutoProcessor
-
     from vlbench.engine.models import _check_not_file, _load_error
 
     flag = FAMILY_FLAGS[family]
+    if family == "vgg":
+        from vlbench.metrics.style import load_vgg
+
+        _check_not_file(flag, source)
+        try:
+            return Loaded(family, source, load_vgg(source, device, dtype), None)
+        except (OSError, ValueError, KeyError, RuntimeError) as exc:
+            raise _load_error(flag, source, exc) from exc
+    from transformers import AutoImageProcessor, AutoModel, AutoModelForImageTextToText, AutoProcessor
+
     _check_not_file(flag, source)
+    processor_source = (sources or DEFAULT_MODELS).get("pickscore_processor", DEFAULT_MODELS["pickscore_processor"]) \
+        if family == "pickscore" else source
     try:
-        # DINOv2 has no text side: its "processor" is the image processor.
-        processor = (AutoImageProcessor if family == "dino" else AutoProcessor).from_pretrained(source)
-        model = AutoModel.from_pretrained(source, dtype=dtype)
+        if family == "dino":
+            from transformers import ViTModel
+
+            processor = dino_processor()
+            model = ViTModel.from_pretrained(source, dtype=dtype, add_pooling_layer=False)
+        elif family == "vqa":
+            processor = AutoProcessor.from_pretrained(source)
+            model = AutoModelForImageTextToText.from_pretrained(source, dtype=dtype)
+        else:
+            # DINOv2 has no text side: its "processor" is the image processor.
+            processor = (AutoImageProcessor if family == "dinov2" else AutoProcessor).from_pretrained(processor_source)
+            model = AutoModel.from_pretrained(source, dtype=dtype)
     except (OSError, ValueError, KeyError) as exc:
-        raise _load_error(flag, source, exc) from exc
+        failed = FAMILY_FLAGS["pickscore_processor"] if processor_source != source else flag
+        raise _load_error(failed, processor_source if failed != flag else source, exc) from exc
     model_type = str(model.config.model_type)
     if model_type not in MODEL_TYPES[family]:
         raise UserError(f"{flag} {source}: is a {model_type} model; {flag} needs a "
                         f"{' or '.join(MODEL_TYPES[family])} model (default {DEFAULT_MODELS[family]})")
     model.to(device).eval()
+    if family == "vqa":
+        from vlbench.engine.models import VLModel
+
+        return Loaded(family, source, VLModel(model, processor, source, device, dtype), processor)
     return Loaded(family, source, model, processor)
 
 
 def _load_imagereward(source: str, device: torch.device) -> Loaded:
-    try:
-        import ImageReward as RM  # the optional extra; its checkpoint is a pickle, loaded only when asked
-    except ImportError:
-        raise UserError(f"--metrics imagereward: the ImageReward package is not installed; {IMAGEREWARD_INSTALL}") from None
+    problem = imagereward_problem()
+    if problem:
+        raise UserError(f"--metrics imagereward: {problem}")
+    import ImageReward as RM  # the optional extra; its checkpoint is a pickle, loaded only when asked
+
     model = RM.load(source, device=str(device))
     model.eval()
     return Loaded("imagereward", source, model, None)
 
 
 class MetricModels:
-    """Each family's model loaded on first use, once; `load_seconds` records each load."""
+    """Each family's model loaded on first use, once; `load_seconds` records each.
+
+    `shared` maps a family to a function returning a model that is already loaded elsewhere — `vlbench run`
+    passes its own Qwen3-VL as the "vqa" judge, so VQAScore costs no extra model. It is used only when
+    its source is the one asked for (`shared_sources`)."""
 
     def __init__(self, sources: dict[str, str] | None = None, device: str | torch.device | None = None,
-                 dtype: torch.dtype = torch.float32, on_status: Callable[[str], None] | None = None):
+                 dtype: torch.dtype = torch.float32, on_status: Callable[[str], None] | None = None,
+                 shared: dict[str, Callable[[], Any]] | None = None, shared_sources: dict[str, str] | None = None,
+                 judge_dtype: torch.dtype | None = None):
         self.sources = {**DEFAULT_MODELS, **{k: v for k, v in (sources or {}).items() if v}}
         self.device = torch.device(device) if device is not None else torch.device(
             "cuda" if torch.cuda.is_available() else "cpu")
         self.dtype = dtype
+        # The Qwen3-VL judge is 4B parameters: bf16 on a GPU (as vlbench runs it) unless told otherwise.
+        self.judge_dtype = judge_dtype or (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
         self.on_status = on_status
         self.load_seconds: dict[str, float] = {}
         self._loaded: dict[str, Loaded] = {}
+        self._shared = {f: fn for f, fn in (shared or {}).items()
+                        if (shared_sources or {}).get(f) == self.sources.get(f)}
 
     def __getitem__(self, family: str) -> Loaded:
+        if family in self._shared:  # the owner's placement policy may move it: ask every time
+            model = self._shared[family]()
+            return Loaded(family, self.sources[family], model, getattr(model, "processor", None))
         if family not in self._loaded:
             if self.on_status:
                 self.on_status(f"loading {family} metric model from {self.sources[family]}")
             start = time.perf_counter()
-            self._loaded[family] = load_family(family, self.sources[family], self.device, self.dtype)
+            dtype = self.judge_dtype if family == "vqa" else self.dtype
+            self._loaded[family] = load_family(family, self.sources[family], self.device, dtype, self.sources)
             self.load_seconds[family] = time.perf_counter() - start
         return self._loaded[family]
 
@@ -101,12 +159,20 @@ def _to(inputs, loaded: Loaded) -> dict:
     return out
 
 
+def prompt_text(family: str, text: str) -> str:
+    """The text a model reads for a prompt: SigLIP 2 was trained on lowercased text (its model card and
+    transformers' docs: lowercase the labels); CLIP and PickScore read it as written."""
+    return text.lower() if family == "siglip" else text
+
+
 def text_inputs(loaded: Loaded, texts: list[str]) -> dict:
-    """The processor's text inputs: SigLIP padded to exactly 64 tokens, CLIP to the batch, both truncated."""
+    """The processor's text inputs: SigLIP lowercased and padded to exactly 64 tokens; CLIP and PickScore
+    padded to the batch; all truncated at the model's text length (64, 77)."""
+    texts = [prompt_text(loaded.family, t) for t in texts]
     if loaded.family == "siglip":
         return loaded.processor(text=texts, padding="max_length", max_length=SIGLIP_TEXT_LENGTH, truncation=True,
                                 return_tensors="pt")
-    if loaded.family == "clip":
+    if loaded.family in ("clip", "pickscore"):
         limit = loaded.model.config.text_config.max_position_embeddings  # 77
         return loaded.processor(text=texts, padding=True, truncation=True, max_length=limit, return_tensors="pt")
     raise ValueError(f"{loaded.family} has no text side")
@@ -120,22 +186,26 @@ def truncated(loaded: Loaded, texts: list[str]) -> list[str]:
     """The texts longer than the model reads (they are scored on their first tokens only)."""
     tokenizer = loaded.processor.tokenizer
     limit = text_limit(loaded)
-    return [t for t, ids in zip(texts, tokenizer(texts)["input_ids"]) if len(ids) > limit]
+    ids = tokenizer([prompt_text(loaded.family, t) for t in texts])["input_ids"]
+    return [t for t, row in zip(texts, ids) if len(row) > limit]
 
 
 @torch.inference_mode()
 def text_embeds(loaded: Loaded, texts: list[str]) -> torch.Tensor:
-    """SigLIP / CLIP text embeddings (the towers' pooler_output after any projection) -> [B, E]."""
+    """SigLIP / CLIP / PickScore text embeddings (the towers' pooler_output after any projection) -> [B, E]."""
     out = loaded.model.get_text_features(**_to(text_inputs(loaded, texts), loaded))
     return out.pooler_output.float().cpu()
 
 
 @torch.inference_mode()
 def image_embeds(loaded: Loaded, images: list) -> torch.Tensor:
-    """SigLIP / CLIP image embeddings, or DINOv2's pooler_output (layer-normed CLS token) -> [B, E]."""
+    """SigLIP / CLIP / PickScore projected image embeddings; DINOv2's pooler_output (layer-normed CLS token);
+    DINO's last-layer CLS token after the final LayerNorm (`last_hidden_state[:, 0]`) -> [B, E]."""
     inputs = _to(loaded.processor(images=images, return_tensors="pt"), loaded)
-    if loaded.family == "dino":
+    if loaded.family == "dinov2":
         return loaded.model(**inputs).pooler_output.float().cpu()
+    if loaded.family == "dino":
+        return loaded.model(**inputs).last_hidden_state[:, 0].float().cpu()
     return loaded.model.get_image_features(**inputs).pooler_output.float().cpu()
 
 
@@ -146,11 +216,17 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a / a.norm(dim=-1, keepdim=True) * (b / b.norm(dim=-1, keepdim=True))).sum(-1)
 
 
-def siglip_probability(loaded: Loaded, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-    """SigLIP's own probability that each text describes its image -> float32 [B] in (0, 1)."""
+def siglip_logit(loaded: Loaded, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    """SigLIP's own logit that each text describes its image: exp(logit_scale)·cos + logit_bias -> float32 [B].
+    Averages and statistics are taken over this logit; its sigmoid is the probability (`siglip_p`)."""
     scale = loaded.model.logit_scale.detach().float().cpu().exp()
     bias = loaded.model.logit_bias.detach().float().cpu()
-    return torch.sigmoid(cosine(image, text) * scale + bias)
+    return cosine(image, text) * scale + bias
+
+
+def pickscore(loaded: Loaded, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    """PickScore: exp(logit_scale)·cos of the projected image and text embeddings -> float32 [B]."""
+    return cosine(image, text) * loaded.model.logit_scale.detach().float().cpu().exp()
 
 
 @torch.inference_mode()

@@ -1,8 +1,9 @@
 """Score a run folder's images: a separate pass over results.jsonl, batched and resumable.
 
 Scores go to `scores.jsonl` beside results.jsonl, one line per scored image (job key, image,
-values, the model each value came from), appended and fsynced after each batch; results.jsonl is
-never touched. A killed pass loses at most the batch in flight; re-running skips every image
+values, the model each value came from, the protocol version of each metric), appended and fsynced
+after each batch; results.jsonl is never touched. A value recorded under an older protocol of its
+metric (e.g. SigLIP probabilities before `siglip` became the logit) is never shown: it is recomputed. A killed pass loses at most the batch in flight; re-running skips every image
 already scored with the same model, and a torn last line is dropped. Values also go into the run
 store (Store.set_metrics) for the rows the runner recorded, found by their output path.
 """
@@ -38,8 +39,13 @@ def _valid(entry: Any) -> bool:
             and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in entry["metrics"].values()))
 
 
+def _protocol(entry: dict, name: str) -> str:
+    return str((entry.get("protocols") or {}).get(name, "1"))
+
+
 def merge(entries: list[dict], scores: dict[str, dict] | None = None) -> dict[str, dict]:
-    """key -> {"image", "metrics", "models"}: per metric, the latest value for the image now on record.
+    """key -> {"image", "metrics", "models", "protocols"}: per metric, the latest value for the image now on
+    record, under the metric's current protocol (values of an older protocol are dropped).
 
     With `scores`, the entries are merged into it (in place) and it is returned.
     """
@@ -47,9 +53,14 @@ def merge(entries: list[dict], scores: dict[str, dict] | None = None) -> dict[st
     for entry in entries:
         cur = out.get(entry["key"])
         if cur is None or cur["image"] != entry["image"]:  # a redone job's new image starts afresh
-            cur = out[entry["key"]] = {"image": entry["image"], "metrics": {}, "models": {}}
-        cur["metrics"].update(entry["metrics"])
-        cur["models"].update({m: entry["models"].get(m) for m in entry["metrics"]})
+            cur = out[entry["key"]] = {"image": entry["image"], "metrics": {}, "models": {}, "protocols": {}}
+        for name, value in entry["metrics"].items():
+            protocol = _protocol(entry, name)
+            if name in METRICS and protocol != METRICS[name].protocol:
+                continue
+            cur["metrics"][name] = value
+            cur["models"][name] = entry["models"].get(name)
+            cur["protocols"][name] = protocol
     return out
 
 
@@ -100,13 +111,15 @@ def folder_items(out: Path) -> list[Item]:
 
 
 def needed(item: Item, metrics: tuple[str, ...], sources: dict[str, str], scores: dict[str, dict]) -> list[str]:
-    """The metrics `item` still lacks: never scored, scored on another image, or by another model."""
+    """The metrics `item` still lacks: never scored, scored on another image, by another model, or under
+    another protocol."""
     have = scores.get(item.key)
     out = []
     for name in metrics:
         source = sources[METRICS[name].family]
         if have is None or have["image"] != item.image_rel or name not in have["metrics"] \
-                or have["models"].get(name) != source:
+                or have["models"].get(name) != source \
+                or have.get("protocols", {}).get(name, "1") != METRICS[name].protocol:
             out.append(name)
     return out
 
@@ -139,6 +152,22 @@ class _Embeddings:
                 self.cache[(family, kind, k)] = emb
         return torch.stack([self.cache[(family, kind, k)] for k in keys])
 
+    def reference_grams(self, paths: list[Path]):
+        """VGG-19 Gram matrices of references: per style layer, [B, C*C]."""
+        import torch
+
+        from vlbench.metrics.style import grams
+
+        keys = [str(p) for p in paths]
+        missing = list(dict.fromkeys(k for k in keys if ("vgg", "ref", k) not in self.cache))
+        for i in range(0, len(missing), self.batch_size):
+            chunk = missing[i:i + self.batch_size]
+            layers = grams(self.models["vgg"].model, [_open(p) for p in chunk])
+            for j, k in enumerate(chunk):
+                self.cache[("vgg", "ref", k)] = [g[j] for g in layers]
+        per_key = [self.cache[("vgg", "ref", k)] for k in keys]
+        return [torch.stack([g[layer] for g in per_key]) for layer in range(len(per_key[0]))]
+
 
 def _open(path: str | Path):
     from vlbench.engine.extract import load_image
@@ -148,6 +177,8 @@ def _open(path: str | Path):
 
 def score_items(models, items: list[Item], wanted: dict[str, list[str]], emb: _Embeddings) -> dict[str, dict]:
     """Compute `wanted[item.key]` for one batch of items -> key -> {metric: value}."""
+    import torch
+
     from vlbench.metrics import models as M
 
     out: dict[str, dict] = {it.key: {} for it in items}
@@ -158,33 +189,70 @@ def score_items(models, items: list[Item], wanted: dict[str, list[str]], emb: _E
             images[it.key] = _open(it.image)
         return images[it.key]
 
+    def members(name: str, group: list[Item]) -> list[int]:
+        """Positions in `group` of the items that want `name` (and have a reference, if it needs one)."""
+        idx = [i for i, it in enumerate(group) if name in wanted[it.key]]
+        if METRICS[name].needs_reference:
+            idx = [i for i in idx if group[i].reference is not None]
+        return idx
+
+    def put(name: str, group: list[Item], idx: list[int], values) -> None:
+        for i, v in zip(idx, values.tolist() if hasattr(values, "tolist") else values):
+            out[group[i].key][name] = float(v)
+
     families: dict[str, dict[str, Item]] = {}  # family -> the items that need one of its metrics, in order
     for it in items:
         for name in wanted[it.key]:
             families.setdefault(METRICS[name].family, {})[it.key] = it
-    for fam, members in families.items():
-        group = list(members.values())
+    for fam, member_items in families.items():
+        group = list(member_items.values())
+        names = [n for n in METRICS if METRICS[n].family == fam]
         if fam == "imagereward":
             loaded = models[fam]
             for it in group:
                 out[it.key]["imagereward"] = M.imagereward_scores(loaded, it.prompt, [str(it.image)])[0]
             continue
+        if fam == "vqa":
+            from vlbench.metrics import vqa
+
+            judge = models[fam].model  # a VLModel: the run's own Qwen3-VL, or one loaded for scoring
+            idx = members("vqascore", group)
+            if idx:
+                put("vqascore", group, idx, vqa.vqascore(judge, [pil(group[i]) for i in idx],
+                                                         [group[i].prompt for i in idx]))
+            idx = members("content_leak", group)
+            if idx:
+                put("content_leak", group, idx, vqa.content_leak(judge, [_open(group[i].reference) for i in idx],
+                                                                 [pil(group[i]) for i in idx]))
+            continue
+        if fam == "vgg":
+            from vlbench.metrics.style import grams, style_similarity
+
+            idx = members("style_gram", group)
+            if idx:
+                own = grams(models[fam].model, [pil(group[i]) for i in idx])
+                refs = emb.reference_grams([group[i].reference for i in idx])
+                put("style_gram", group, idx, style_similarity(own, refs))
+            continue
         loaded = models[fam]
         own = M.image_embeds(loaded, [pil(it) for it in group])  # [B, E] of the outputs
-        for name in [n for n in METRICS if METRICS[n].family == fam]:
-            idx = [i for i, it in enumerate(group) if name in wanted[it.key]]
-            if name in ("clip_i", "dino"):
-                idx = [i for i in idx if group[i].reference is not None]
+        for name in names:
+            idx = members(name, group)
             if not idx:
                 continue
             sub = own[idx]
-            if METRICS[name].kind == "adherence":
-                text = emb.texts(fam, [group[i].prompt for i in idx])
-                values = M.siglip_probability(loaded, sub, text) if name == "siglip" else M.cosine(sub, text)
-            else:
+            if METRICS[name].needs_reference:
                 values = M.cosine(sub, emb.references(fam, [group[i].reference for i in idx]))
-            for i, v in zip(idx, values.tolist()):
-                out[group[i].key][name] = float(v)
+            else:
+                text = emb.texts(fam, [group[i].prompt for i in idx])
+                if name in ("siglip", "siglip_p"):
+                    values = M.siglip_logit(loaded, sub, text)
+                    values = torch.sigmoid(values) if name == "siglip_p" else values
+                elif name == "pickscore":
+                    values = M.pickscore(loaded, sub, text)
+                else:
+                    values = M.cosine(sub, text)
+            put(name, group, idx, values)
     return out
 
 
@@ -211,10 +279,11 @@ def score_folder(out_dir: str | Path, metrics: tuple[str, ...], models, *, batch
     pending = [(it, needed(it, metrics, models.sources, scores)) for it in items]
     todo = [(it, names) for it, names in pending if names]
     summary.skipped = len(items) - len(todo)
-    no_ref = [it for it, names in todo if it.reference is None and {"clip_i", "dino"} & set(names)]
+    ref_metrics = [m for m in metrics if METRICS[m].needs_reference]
+    no_ref = [it for it, names in todo if it.reference is None and set(ref_metrics) & set(names)]
     if no_ref:
         summary.warnings.append(f"{len(no_ref)} image(s) have no reference file (neither the folder's copy nor "
-                                f"the original, e.g. {no_ref[0].image_rel}): clip_i/dino skipped for them")
+                                f"the original, e.g. {no_ref[0].image_rel}): {'/'.join(ref_metrics)} skipped for them")
     emb = _Embeddings(models, batch_size)
     _warn_truncation(models, metrics, [it for it, _ in todo], summary)
     recorder = _StoreSync(store, out)
@@ -225,7 +294,8 @@ def score_folder(out_dir: str | Path, metrics: tuple[str, ...], models, *, batch
             values = score_items(models, [it for it, _ in batch], wanted, emb)
             now = datetime.now(timezone.utc).isoformat(timespec="seconds")
             new = [{"key": it.key, "image": it.image_rel, "metrics": values[it.key],
-                    "models": {m: models.sources[METRICS[m].family] for m in values[it.key]}, "scored_at": now}
+                    "models": {m: models.sources[METRICS[m].family] for m in values[it.key]},
+                    "protocols": {m: METRICS[m].protocol for m in values[it.key]}, "scored_at": now}
                    for it, _ in batch if values[it.key]]
             log.append(new)  # the batch is on disk before anyone is told it is done
             merge(new, scores)
@@ -245,8 +315,9 @@ def _warn_truncation(models, metrics: tuple[str, ...], items: list[Item], summar
     from vlbench.metrics.models import text_limit, truncated
 
     prompts = list(dict.fromkeys(it.prompt for it in items))
-    for fam in dict.fromkeys(METRICS[m].family for m in metrics if METRICS[m].kind == "adherence"):
-        if fam == "imagereward" or not prompts:
+    for fam in dict.fromkeys(METRICS[m].family for m in metrics):
+        if fam not in ("siglip", "clip", "pickscore") or not any(
+                METRICS[m].family == fam and not METRICS[m].needs_reference for m in metrics) or not prompts:
             continue
         long = truncated(models[fam], prompts)
         if long:
