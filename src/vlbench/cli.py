@@ -35,12 +35,21 @@ def _model_flags(p: argparse.ArgumentParser) -> None:
                    help="use the built-in tiny RANDOM-WEIGHT models (no download; images are noise)")
     g.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available, else cpu)")
     g.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], help="default: bf16 on GPU, fp32 on CPU")
-    g.add_argument("--offload", choices=["none", "cpu", "sequential"], default="none",
+    g.add_argument("--offload", choices=["none", "cpu", "group", "sequential"], default="none",
                    help="GPU placement: none = all resident (default); cpu = only the model in use on the GPU "
-                        "(the encoders wait in host memory); sequential = layer-by-layer from host memory "
-                        "(smallest, slowest). No effect with --device cpu")
+                        "(the encoders wait in host memory); group = as cpu, and the DiT streams the blocks that "
+                        "do not fit --gpu-memory (16/12 GB cards; CUDA only); sequential = layer-by-layer from "
+                        "host memory (smallest, slowest). cpu/sequential: no effect with --device cpu")
+    g.add_argument("--gpu-memory", type=float, metavar="GIB",
+                   help="GPU memory vlbench may use, in GiB (a hard cap; --offload group plans to it); "
+                        "default: the whole card")
     g.add_argument("--compile", action="store_true",
                    help="torch.compile the DiT's repeated blocks (first image slower; no recompile per caption length)")
+    g.add_argument("--quantize", choices=["none", "fp8"], default="none",
+                   help="fp8 = torchao float8 matmuls in the DiT (needs --compile and an fp8 GPU: Ada, Hopper, "
+                        "Blackwell; images drift from bf16); default none (exact)")
+    g.add_argument("--attention", choices=["sdpa", "sdpa-flash", "sdpa-efficient", "sdpa-cudnn", "sdpa-math"],
+                   help="the DiT's attention kernel (default sdpa: torch chooses)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
@@ -197,7 +206,9 @@ def spec_from_args(args: argparse.Namespace):
 
 
 def _placement(args: argparse.Namespace) -> dict:
-    return {"offload": getattr(args, "offload", None) or "none", "compile": bool(getattr(args, "compile", False))}
+    return {"offload": getattr(args, "offload", None) or "none", "compile": bool(getattr(args, "compile", False)),
+            "quantize": getattr(args, "quantize", None) or "none", "attention": getattr(args, "attention", None),
+            "gpu_memory": getattr(args, "gpu_memory", None)}
 
 
 def _console():
@@ -231,6 +242,10 @@ def _engine(args, console):
     from vlbench.engine.models import Models
 
     models = Models(spec_from_args(args), on_status=lambda s: console.print(f"[dim]{s}[/dim]"))
+    for warning in models.warnings:  # CUDA unusable: say so before minutes of CPU work
+        from rich.markup import escape
+
+        console.print(f"[bold red]warning: {escape(warning)}[/bold red]")
     if args.tiny:
         console.print("[yellow]--tiny: built-in RANDOM-WEIGHT models; the images are noise[/yellow]")
     return Engine(models)
