@@ -205,6 +205,8 @@ def policies_section(args, spec, ref, recipe) -> None:
     images: dict[int, object] = {}
     for policy, cap in POLICIES:
         key = f"{policy}@{cap}" if cap else policy
+        if args.policies and key not in args.policies.split(","):
+            continue
         if elapsed() > args.budget_s * 0.45:
             O[key] = {"skipped": f"out of time at {elapsed():.0f}s"}
             continue
@@ -395,6 +397,8 @@ def compile_section(args, spec) -> None:
     log(f"eager: {json.dumps({L: round(med(K, f'eager_{L}_s'), 3) for L in lengths})}")
     save_json()
     for name, fn in (("attention", attention_section), ("batch", batch_section)):
+        if args.fp8_only:
+            continue
         if elapsed() > args.budget_s * (0.62 if name == "attention" else 0.66):
             R[name] = {"skipped": f"out of time at {elapsed():.0f}s"}
             continue
@@ -409,6 +413,8 @@ def compile_section(args, spec) -> None:
     for vname, vspec, options in variants:
         if vname == "fp8_auto_dynamic" and not K.get("fp8", {}).get("error"):
             continue  # only when the project's fp8 path failed: dynamo's automatic dynamic shapes instead
+        if vname == "bf16" and args.fp8_only:
+            continue  # compiled bf16 measured in an earlier call (its JSON); fp8 compared with eager here
         saved_options = dict(models_mod.COMPILE_OPTIONS)
         models_mod.COMPILE_OPTIONS.update(options)
         if elapsed() > args.budget_s * 0.72:
@@ -450,6 +456,8 @@ def compile_section(args, spec) -> None:
                     bf16_img[L] = pixels(img)
                 else:
                     V[f"image_vs_compiled_bf16_{L}"] = diff(pixels(img), bf16_img[L]) if L in bf16_img else None
+                    eager = med(K, f"eager_{L}_s")
+                    V[f"fp8_compiled_over_eager_bf16_{L}"] = round(med(V, f"fp8_compiled_{L}_s") / eager, 3)
                     bf = K.get("bf16", {})
                     if med(bf, f"bf16_compiled_{L}_s"):
                         V[f"speedup_vs_compiled_bf16_{L}"] = round(
@@ -596,9 +604,12 @@ def firstvl_child(args, warm: bool, workdir: Path) -> None:
 
 # ---------------------------------------------------------------- fresh-process sweep through the CLI
 def cli_sweep_section(args, zdir, vldir, ref_path, workdir) -> None:
+    """gpu_bench's fresh-process CLI sweep (files in the page cache); with --no-diagnostics unless
+    --cli-diagnostics: the embedding-diagnostics pass after the sweep loads Qwen3-4B and is not the sweep."""
     gb.OUT = workdir  # gpu_bench's own JSON goes beside the models, not into OUT
-    gb.cli_sweep_section(args, zdir, vldir, ref_path, workdir, cold=False)
-    R["cli_sweep"] = gb.R.get("cli_sweep_warm", {})
+    extra = () if args.cli_diagnostics else ("--no-diagnostics",)
+    gb.cli_sweep_section(args, zdir, vldir, ref_path, workdir, cold=False, extra_argv=extra)
+    R["cli_sweep"] = dict(gb.R.get("cli_sweep_warm", {}), diagnostics=bool(args.cli_diagnostics))
     save_json()
 
 
@@ -679,6 +690,11 @@ def main() -> int:
     p.add_argument("--reps", type=int, default=None)
     p.add_argument("--budget-s", type=float, default=470.0, help="sections past fractions of this are skipped")
     p.add_argument("--sections", default="policies,compile,firstvl,cli_sweep")
+    p.add_argument("--policies", default=None, help="comma list of policy@cap keys to run (default all)")
+    p.add_argument("--fp8-only", action="store_true", help="compile section: eager + fp8 only (no attention, "
+                   "batch, compiled bf16)")
+    p.add_argument("--cli-diagnostics", action="store_true", help="keep the embedding-diagnostics pass in the "
+                   "CLI sweep (it loads Qwen3-4B after the sweep)")
     p.add_argument("--child-firstvl", type=int, default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     OUT = Path(args.out)
@@ -700,8 +716,9 @@ def main() -> int:
     if args.child_firstvl is not None:
         firstvl_child(args, bool(args.child_firstvl), workdir)
         return 0
-    sections = set(args.sections.split(","))
-    R["sections"] = sorted(sections)
+    sections = [x for x in args.sections.split(",") if x]  # run in this order
+    R["sections"] = sections
+    R["argv"] = sys.argv[1:]
     R["settings"] = {"size": args.size, "steps": args.steps, "reference_px": ref_px, "reps": args.reps,
                      "prompt": PROMPT, "recipe": "alpha 1, tokens full (Qwen3-VL only)",
                      "dit_init": "Linear weights N(0, 0.02^2), biases 0 (realistic scale; random otherwise)"}
@@ -729,12 +746,12 @@ def main() -> int:
         return 1
     spec = ModelSpec(zimage=str(zdir), vl=str(vldir), device=device, dtype="bf16")
     recipe = Recipe(alpha=1.0, tokens="full", width=args.size, height=args.size, steps=args.steps, guidance=0.0)
-    for name, fn in (("policies", lambda: policies_section(args, spec, ref, recipe)),
-                     ("compile", lambda: compile_section(args, spec)),
-                     ("firstvl", lambda: firstvl_section(args, workdir, ref_path)),
-                     ("cli_sweep", lambda: cli_sweep_section(args, zdir, vldir, ref_path, workdir))):
-        if name not in sections:
-            continue
+    runs = {"policies": lambda: policies_section(args, spec, ref, recipe),
+            "compile": lambda: compile_section(args, spec),
+            "firstvl": lambda: firstvl_section(args, workdir, ref_path),
+            "cli_sweep": lambda: cli_sweep_section(args, zdir, vldir, ref_path, workdir)}
+    for name in sections:
+        fn = runs[name]
         if name == "cli_sweep" and elapsed() > args.budget_s * 0.9:
             R[name] = {"skipped": f"out of time at {elapsed():.0f}s"}
             continue

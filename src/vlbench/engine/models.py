@@ -84,6 +84,7 @@ GROUP_ACTIVATION_RESERVE = 3 * 2**30
 # record_stream holds until the compute stream has passed it
 GROUP_STREAM_SLOTS = 3
 FP8_MIN_CAPABILITY = (8, 9)  # float8 matmuls (torch._scaled_mm): Ada, Hopper, Blackwell
+FP8_ACTIVATION_LB = 1e-12  # lower bound of an activation row's max |x| when its fp8 scale is computed
 
 
 @dataclass
@@ -184,11 +185,7 @@ class Models:
             if not cuda:
                 raise UserError("caps GPU memory; this run is on the CPU", field="gpu_memory", value=spec.gpu_memory,
                                 fix="drop it, or use a CUDA device")
-            total = torch.cuda.get_device_properties(self.device).total_memory
-            if spec.gpu_memory * 2**30 > total:
-                raise UserError(f"is more than the card's {total / 2**30:.1f} GiB", field="gpu_memory",
-                                value=spec.gpu_memory)
-            torch.cuda.set_per_process_memory_fraction(spec.gpu_memory * 2**30 / total, self.device)
+            cap_gpu_memory(self.device, spec.gpu_memory)
 
     def _status(self, text: str) -> None:
         if self.on_status:
@@ -327,10 +324,13 @@ class Models:
                     and module.in_features % 16 == 0 and module.out_features % 16 == 0)
 
         # set_inductor_config=False: torchao's recommended inductor settings are process-wide (autotuning,
-        # fp32 matmul precision); vlbench's compile options stay the ones it measured
-        quantize_(transformer, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow(),
-                                                                         set_inductor_config=False),
-                  filter_fn=wanted)
+        # fp32 matmul precision); vlbench's compile options stay the ones it measured.
+        # activation_value_lb: a row of zeros (Z-Image pads captions to a multiple of 32 with a pad token, zero in
+        # an untrained DiT) would get a zero scale and turn into NaN (0/0); the bound keeps such rows at zero and
+        # changes no other row's scale
+        config = Float8DynamicActivationFloat8WeightConfig(granularity=PerRow(), set_inductor_config=False,
+                                                           activation_value_lb=FP8_ACTIVATION_LB)
+        quantize_(transformer, config, filter_fn=wanted)
 
     def _warm_up_vl(self) -> None:
         """One small forward through extract's own path: the process's first-use costs fall in the load."""
@@ -360,11 +360,11 @@ class Models:
     @property
     def vl(self) -> VLModel:
         if self._vl is None:
-            from transformers import AutoModelForImageTextToText, AutoProcessor
-
             self._status(f"loading Qwen3-VL from {self.spec.vl}")
             self.use("vl")  # offload cpu: make room before the weights arrive
-            start = time.perf_counter()
+            start = time.perf_counter()  # the model code's first import is part of the load (seconds, once)
+            from transformers import AutoModelForImageTextToText, AutoProcessor
+
             _check_not_file("--vl", self.spec.vl)
             try:
                 processor = AutoProcessor.from_pretrained(self.spec.vl)
@@ -390,10 +390,10 @@ class Models:
     def pipe(self):
         """Z-Image's pipeline: DiT, VAE and scheduler (Qwen3-4B is attached only when needed)."""
         if self._pipe is None:
-            from diffusers import ZImagePipeline
-
             self._status(f"loading Z-Image from {self.spec.zimage}")
             start = time.perf_counter()
+            from diffusers import ZImagePipeline
+
             _check_not_file("--zimage", self.spec.zimage)
             kwargs = self._diffusers_kwargs()
             try:
@@ -430,11 +430,11 @@ class Models:
         """The Z-Image pipeline with its own Qwen3-4B text encoder and tokenizer attached."""
         pipe = self.pipe
         if not self._text_encoder_loaded:
-            from transformers import AutoModel, AutoTokenizer
-
             self._status(f"loading Qwen3-4B from {self.spec.zimage}/text_encoder")
             self.use("text_encoder")
             start = time.perf_counter()
+            from transformers import AutoModel, AutoTokenizer
+
             try:
                 tokenizer = AutoTokenizer.from_pretrained(self.spec.zimage, subfolder="tokenizer")
                 text_encoder = AutoModel.from_pretrained(self.spec.zimage, subfolder="text_encoder", dtype=self.dtype,
@@ -589,6 +589,15 @@ def _quiet_diffusers():
         yield
     finally:
         dlogging.set_verbosity(level)
+
+
+def cap_gpu_memory(device: torch.device, gib: float) -> None:
+    """At most `gib` GiB for this process's CUDA allocations on `device` (the caching allocator's hard cap)."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    total = torch.cuda.get_device_properties(index).total_memory
+    if gib * 2**30 > total:
+        raise UserError(f"is more than the card's {total / 2**30:.1f} GiB", field="gpu_memory", value=gib)
+    torch.cuda.set_per_process_memory_fraction(gib * 2**30 / total, index)
 
 
 def cuda_problem() -> str | None:
