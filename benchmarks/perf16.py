@@ -214,7 +214,7 @@ def policies_section(args, spec, ref, recipe) -> None:
         free_cuda()
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
-        models = None
+        models = engine = None
         try:
             models = _models_for(args, spec, policy, cap)
             engine = Engine(models)
@@ -256,8 +256,8 @@ def policies_section(args, spec, ref, recipe) -> None:
             P["error"] = traceback.format_exc()[-2500:]
             log(f"policy {key}: ERROR {P['error'][-600:]}")
         finally:
-            del models
-            free_cuda()
+            models = engine = res = None  # all of them: a failed run must not leave its models on the GPU (a
+            free_cuda()                   # first version kept `engine`, and the next policy ran out of memory)
             if torch.cuda.is_available():
                 torch.cuda.set_per_process_memory_fraction(1.0)
         base = med(O.get("none", {}), "per_image_s")
