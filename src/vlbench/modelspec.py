@@ -71,20 +71,21 @@ class ModelSpec:
             raise UserError(f"unknown backend; use one of {', '.join(ATTENTION_BACKENDS)}", field="attention",
                             value=self.attention)
         if self.gpu_memory is not None:
+            raw = self.gpu_memory  # messages show what the user wrote
             try:
-                gib = float(self.gpu_memory)
+                gib = float(raw)
             except (TypeError, ValueError):
-                raise UserError("not a number of GiB", field="gpu_memory", value=self.gpu_memory) from None
-            object.__setattr__(self, "gpu_memory", gib)
+                raise UserError("not a number of GiB", field="gpu_memory", value=raw) from None
             if not gib > 0:
-                raise UserError("must be a positive number of GiB", field="gpu_memory", value=self.gpu_memory)
+                raise UserError("must be a positive number of GiB", field="gpu_memory", value=raw)
             if self.device == "cpu":
-                raise UserError("caps GPU memory; with device cpu there is none", field="gpu_memory",
-                                value=self.gpu_memory, fix="drop it, or use a CUDA device")
+                raise UserError("caps GPU memory; with device cpu there is none", field="gpu_memory", value=raw,
+                                fix="drop it, or use a CUDA device")
             if not self.tiny and gib < MIN_GPU_MEMORY_GIB:
-                raise UserError(f"is below what any placement can do: the encoders run whole on the GPU "
-                                f"(Qwen3-VL-4B alone holds 8.3 GiB of weights)", field="gpu_memory",
-                                value=self.gpu_memory, fix=f"give at least {MIN_GPU_MEMORY_GIB:g} GiB")
+                raise UserError("is below what any placement can do: the encoders run whole on the GPU "
+                                "(Qwen3-VL-4B alone holds 8.3 GiB of weights)", field="gpu_memory", value=raw,
+                                fix=f"give at least {MIN_GPU_MEMORY_GIB:g} GiB")
+            object.__setattr__(self, "gpu_memory", gib)
 
     def describe(self) -> str:
         """One line for headers and logs: which models, on what."""

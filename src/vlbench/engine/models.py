@@ -627,6 +627,15 @@ def cuda_problem() -> str | None:
         f": {reason}" if reason else "")
 
 
+def startup_warning(spec: ModelSpec) -> str | None:
+    """The CPU-fallback warning for `spec` before anything loads (the workbench's header), or None."""
+    try:
+        device = spec.resolved_device()
+    except UserError:
+        return None  # the load will say what is wrong with the device
+    return cpu_fallback_warning(spec, device)
+
+
 def cpu_fallback_warning(spec: ModelSpec, device: torch.device) -> str | None:
     """One line when real models would run on the CPU only because CUDA is unusable (no --device cpu asked)."""
     if spec.tiny or spec.device is not None or device.type != "cpu":

@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import logging
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -159,6 +160,22 @@ class VlbenchApp(App[int]):
                                  engine_factory=engine_factory, recover=False)
         self.job_worker.start()
         self.queue_pane.set_status(f"worker ready · models load with the first run ({self.models.describe()})")
+        if not self.models.tiny:  # real models on a box where CUDA is unusable: say so now, not after minutes
+            threading.Thread(target=self._check_cuda, args=(post,), name="cuda-check", daemon=True).start()
+
+    def _check_cuda(self, post) -> None:
+        """Off the UI thread (imports torch): post the CPU-fallback warning, if any, as a ModelStatus."""
+        from vlbench.worker import ModelStatus
+
+        try:
+            from vlbench.engine.models import startup_warning
+
+            warning = startup_warning(self.models.spec())
+        except Exception:  # noqa: BLE001 — a check that fails must not take the workbench down
+            log.exception("CUDA check failed")
+            return
+        if warning:
+            post(ModelStatus(f"warning: {warning}"))
 
     def stop_job_worker(self, timeout: float = 3.0) -> None:
         if self.job_worker is not None:
@@ -183,6 +200,8 @@ class VlbenchApp(App[int]):
         if kind == "ModelStatus":
             queue.set_status(event.text)
             log.info("model status: %s", event.text)
+            if event.text.startswith("warning:"):  # loud: the header stays until the app closes
+                self.sub_title = f"{self.models.describe()} · WARNING: {event.text.removeprefix('warning: ')}"
         elif kind == "JobStarted":
             queue.job_started(event.run_id, event.total_steps)
             self.runs_changed(event.run_id)

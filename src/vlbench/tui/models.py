@@ -38,6 +38,14 @@ class ModelChoice:
         where = f" on {self.device}" if self.device else ""
         return f"{self.zimage or 'default Z-Image'} + {self.vl or 'default Qwen3-VL'}{where}"
 
+    def spec(self):
+        """The ModelSpec of this choice (real models only; the tiny ones are built by build_engine)."""
+        from vlbench.modelspec import ModelSpec
+
+        defaults = ModelSpec()
+        return ModelSpec(zimage=self.zimage or defaults.zimage, vl=self.vl or defaults.vl, device=self.device or None,
+                         dtype=self.dtype or None)
+
     def build_engine(self, on_status: Callable[[str], None]):
         """Load nothing yet: an Engine whose Models load each part on first use. Worker thread only."""
         from vlbench.engine.engine import Engine
