@@ -307,3 +307,22 @@ def test_cli_warns_in_one_line_when_real_models_would_run_on_the_cpu(tiny_dirs, 
                  "--prompt", PROMPT, "--alpha", "0", "--width", "64", "--height", "64", "--steps", "1",
                  "--out", str(out)]) == 0
     assert "CUDA is not usable" not in capsys.readouterr().err  # asked for the CPU: no warning
+
+
+def test_perf16_tiny_smoke_runs_its_policy_and_compile_sections(tmp_path):
+    """benchmarks/perf16.py on the CPU (tiny models): the group policy's wiring through the benchmark, eager images;
+    fp8 is skipped there. The full smoke (every section) is `perf16.py --tiny-smoke`."""
+    import json
+    from pathlib import Path
+
+    root = Path(__file__).parents[1]
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, str(root / "benchmarks" / "perf16.py"), "--tiny-smoke", "--out", str(out),
+                           "--workdir", str(tmp_path / "work"), "--sections", "policies,compile", "--fp8-only",
+                           "--policies", "none,group@12"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    result = json.loads((out / "perf16.json").read_text())
+    group = result["policies"]["group@12"]
+    assert group["ok"] and group["group_plan"]["streamed"]
+    assert group["image_vs_none_seed1"]["identical"]
+    assert result["compile"]["fp8"]["skipped"].startswith("fp8 needs a CUDA card")
