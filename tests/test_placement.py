@@ -326,3 +326,13 @@ def test_perf16_tiny_smoke_runs_its_policy_and_compile_sections(tmp_path):
     assert group["ok"] and group["group_plan"]["streamed"]
     assert group["image_vs_none_seed1"]["identical"]
     assert result["compile"]["fp8"]["skipped"].startswith("fp8 needs a CUDA card")
+
+
+def test_fp8_on_a_card_without_fp8_matmuls_is_one_line(tiny_dirs, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 6))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA GeForce RTX 3090")
+    with pytest.raises(UserError) as exc:
+        Models(_spec(tiny_dirs, device="cuda", dtype="bf16", quantize="fp8", compile=True))
+    assert _line(exc) == ("--quantize fp8: needs fp8 matmuls (compute capability 8.9+: Ada, Hopper, Blackwell); "
+                          "NVIDIA GeForce RTX 3090 is 8.6; drop it: bf16 is the default")

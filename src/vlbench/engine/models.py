@@ -40,9 +40,13 @@ images drift from bf16's (benchmarks/results/README.md gives the measured differ
 sdpa = torch's scaled_dot_product_attention choosing its kernel (the default), sdpa-flash / -efficient /
 -cudnn / -math = one kernel forced.
 
-On CUDA, loading Qwen3-VL ends with one small forward (`warm_up`): a fresh process pays a one-off cost
-on its first VL forward (library and kernel initialisation), which then falls in the load the user
-waits for anyway instead of the first job.
+First use (`Models.warm_up`, on CUDA): a fresh process pays one-off costs the first time each model
+runs (cuBLAS and cuDNN set-up, cuDNN attention graphs, lazy kernel loading: ~1.1 s on the first Qwen3-VL
+forward, ~0.4 s on the first generation, measured on an H200) and the first time it imports the model
+code. Loading Qwen3-VL therefore ends with one small forward through extract's path, loading Z-Image with
+a 1-step 256² generation (not under sequential: that is a full pass over the weights), and the model
+code's imports are timed as part of the load: the costs fall where the user already waits, not in the
+first job (benchmarks/results/README.md, issue 16).
 
 `ModelSpec.compile` (`--compile`): regional compilation of the DiT's repeated blocks
 (`compile_repeated_blocks(fullgraph=True, dynamic=True)`): the sequence dimension is dynamic from the
