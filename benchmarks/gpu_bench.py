@@ -771,7 +771,8 @@ def sweep_section(args, spec, ref, workdir: Path):
 
 
 # ---------------------------------------------------------------- fresh-process sweep through the CLI
-def cli_sweep_section(args, zdir: Path, vldir: Path, ref_path: Path, workdir: Path, cold: bool = True):
+def cli_sweep_section(args, zdir: Path, vldir: Path, ref_path: Path, workdir: Path, cold: bool = True,
+                      extra_argv: tuple[str, ...] = ()):
     """`vlbench run --experiment vl_layer_by_token` in a fresh process. cold: page cache dropped first (weights AND
     the libraries' own files come from disk: a first run after boot); warm: files cached (a later run)."""
     name = "cli_sweep" if cold else "cli_sweep_warm"
@@ -781,7 +782,7 @@ def cli_sweep_section(args, zdir: Path, vldir: Path, ref_path: Path, workdir: Pa
     env = dict(os.environ, VLBENCH_DATA_DIR=str(workdir / "data"), VLBENCH_CONFIG_DIR=str(workdir / "config"))
     argv = ["run", "--experiment", "vl_layer_by_token", "--image", str(ref_path),
             "--prompt", PROMPT, "--seeds", ",".join(map(str, SWEEP_SEEDS)), "--output-dir", str(out),
-            "--zimage", str(zdir), "--vl", str(vldir)]
+            "--zimage", str(zdir), "--vl", str(vldir), *extra_argv]
     if args.tiny_smoke:
         argv += ["--steps", str(args.steps), "--width", str(args.size), "--height", str(args.size),
                  "--device", "cpu", "--dtype", "bf16"]

@@ -36,6 +36,10 @@ dtype = ""
 offload = "none"
 # torch.compile the DiT's repeated blocks: true or false
 compile = false
+# none (exact) or fp8 (torchao float8 matmuls in the DiT; with compile, on Ada/Hopper/Blackwell GPUs)
+quantize = "none"
+# GiB of GPU memory vlbench may use (offload group plans to it); leave unset for the whole card
+# gpu_memory = 16
 
 [recipe]
 # Defaults for the Parameters pane: any Recipe field, as in a recipe TOML file.
@@ -68,6 +72,9 @@ class ModelSettings:
     dtype: str = ""
     offload: str = ""
     compile: bool = False
+    quantize: str = ""
+    attention: str = ""
+    gpu_memory: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -125,7 +132,11 @@ def parse_settings(data: dict[str, Any], path: Path | None = None) -> Settings:
     compile_value = raw_models.pop("compile", False)
     if not isinstance(compile_value, bool):
         raise UserError("must be true or false", field="compile", value=compile_value, where=f"{where}: [models]")
-    models = ModelSettings(**_strings(where, "models", raw_models, ModelSettings), compile=compile_value)
+    gpu_memory = raw_models.pop("gpu_memory", None)
+    if gpu_memory is not None and (isinstance(gpu_memory, bool) or not isinstance(gpu_memory, (int, float))):
+        raise UserError("must be a number of GiB", field="gpu_memory", value=gpu_memory, where=f"{where}: [models]")
+    models = ModelSettings(**_strings(where, "models", raw_models, ModelSettings), compile=compile_value,
+                           gpu_memory=gpu_memory)
     try:
         from vlbench.modelspec import resolve_model_spec
 
@@ -155,7 +166,7 @@ def _strings(where: str, table: str, values: dict[str, Any], cls) -> dict[str, s
     for key, value in values.items():
         if key not in known:
             raise UserError(f"unknown key {key!r}", where=f"{where}: [{table}]",
-                            fix=f"known keys: {', '.join(sorted(known | ({'compile'} if table == 'models' else set())))}")
+                            fix=f"known keys: {', '.join(sorted(known | ({'compile', 'gpu_memory'} if table == 'models' else set())))}")
         if not isinstance(value, str):
             raise UserError("must be a string (in quotes)", field=key, where=f"{where}: [{table}]")
         out[key] = value.strip()

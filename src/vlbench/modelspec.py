@@ -1,7 +1,8 @@
 """Which models run, and where: one torch-free description shared by every command and the workbench.
 
 A `ModelSpec` is merged from config.toml's [models] table, then the environment (VLBENCH_ZIMAGE,
-VLBENCH_VL, VLBENCH_DEVICE, VLBENCH_DTYPE, VLBENCH_OFFLOAD, VLBENCH_COMPILE), then command-line flags,
+VLBENCH_VL, VLBENCH_DEVICE, VLBENCH_DTYPE, VLBENCH_OFFLOAD, VLBENCH_COMPILE, VLBENCH_QUANTIZE,
+VLBENCH_ATTENTION, VLBENCH_GPU_MEMORY), then command-line flags,
 by `resolve_model_spec` — the one place that decides. The default when nothing names a model is the
 same for every command: the built-in tiny RANDOM-WEIGHT models, labelled as such (a new user's first
 command works on a machine without weights; a researcher with weights names them once in config.toml).
@@ -18,12 +19,20 @@ from vlbench.errors import UserError
 # The published checkpoints a user names with `zimage = "..."`/`--zimage` (hub ids or local directories).
 DEFAULT_ZIMAGE = "Tongyi-MAI/Z-Image-Turbo"
 DEFAULT_VL = "Qwen/Qwen3-VL-4B-Instruct"
-OFFLOAD_POLICIES = ("none", "cpu", "sequential")
+OFFLOAD_POLICIES = ("none", "cpu", "group", "sequential")
 DTYPE_NAMES = ("bf16", "fp16", "fp32")
+# none: the DiT's weights in --dtype (exact); fp8: torchao float8 rowwise (dynamic activation + weight) on its Linears
+QUANTIZE_MODES = ("none", "fp8")
+# the DiT's attention, through diffusers' dispatcher (engine/models.py maps each to a diffusers backend)
+ATTENTION_BACKENDS = ("sdpa", "sdpa-flash", "sdpa-efficient", "sdpa-cudnn", "sdpa-math")
+# The smallest GPU memory any placement runs the published models in: the encoders run whole on the GPU
+# (Qwen3-VL-4B: 8.3 GiB of bf16 weights; --offload sequential peaked at 8.6 GiB with a 768² reference on an H200).
+MIN_GPU_MEMORY_GIB = 9.0
 TINY_NOTE = "tiny random models — images are noise"
 # environment variable -> ModelSpec field
 ENVIRONMENT = {"VLBENCH_ZIMAGE": "zimage", "VLBENCH_VL": "vl", "VLBENCH_DEVICE": "device",
-               "VLBENCH_DTYPE": "dtype", "VLBENCH_OFFLOAD": "offload", "VLBENCH_COMPILE": "compile"}
+               "VLBENCH_DTYPE": "dtype", "VLBENCH_OFFLOAD": "offload", "VLBENCH_COMPILE": "compile",
+               "VLBENCH_QUANTIZE": "quantize", "VLBENCH_ATTENTION": "attention", "VLBENCH_GPU_MEMORY": "gpu_memory"}
 
 
 @dataclass(frozen=True)
@@ -34,9 +43,12 @@ class ModelSpec:
     vl: str = DEFAULT_VL
     device: str | None = None  # cpu, cuda, cuda:N; None: cuda when available, else cpu
     dtype: str | None = None  # bf16 | fp16 | fp32; None: bf16 on GPU, fp32 on CPU
-    offload: str = "none"  # none | cpu | sequential (engine/models.py says what each does)
+    offload: str = "none"  # none | cpu | group | sequential (engine/models.py says what each does)
     compile: bool = False  # regional torch.compile of the DiT's repeated blocks
     tiny: bool = False  # the built-in tiny random models: zimage/vl are their directories once built
+    quantize: str = "none"  # none | fp8 (the DiT's Linear layers; CUDA with fp8 matmuls, with compile)
+    attention: str | None = None  # one of ATTENTION_BACKENDS; None: sdpa (torch picks the kernel)
+    gpu_memory: float | None = None  # GiB of GPU memory vlbench may use (a hard cap); None: the whole card
 
     def __post_init__(self) -> None:
         if self.offload not in OFFLOAD_POLICIES:
@@ -44,9 +56,36 @@ class ModelSpec:
                             value=self.offload)
         if self.dtype is not None and self.dtype not in DTYPE_NAMES:
             raise UserError(f"unknown; use one of {', '.join(DTYPE_NAMES)}", field="dtype", value=self.dtype)
-        if self.compile and self.offload == "sequential":
-            raise UserError("cannot be combined with offload sequential (its hooks run inside every compiled "
-                            "block); use offload cpu or none", field="compile")
+        if self.compile and self.offload in ("sequential", "group"):
+            raise UserError(f"cannot be combined with offload {self.offload} (its hooks run inside every "
+                            "compiled block); use offload cpu or none", field="compile")
+        if self.quantize not in QUANTIZE_MODES:
+            raise UserError(f"unknown; use one of {', '.join(QUANTIZE_MODES)}", field="quantize", value=self.quantize)
+        if self.quantize == "fp8":
+            if not self.compile:
+                raise UserError("is slower than bf16 without compile (eager float8 casts cost more than the "
+                                "matmuls save)", field="quantize", value="fp8", fix="add compile (--compile)")
+            if self.dtype not in (None, "bf16"):
+                raise UserError("quantizes bf16 weights", field="quantize", value="fp8", fix="use dtype bf16")
+        if self.attention is not None and self.attention not in ATTENTION_BACKENDS:
+            raise UserError(f"unknown backend; use one of {', '.join(ATTENTION_BACKENDS)}", field="attention",
+                            value=self.attention)
+        if self.gpu_memory is not None:
+            raw = self.gpu_memory  # messages show what the user wrote
+            try:
+                gib = float(raw)
+            except (TypeError, ValueError):
+                raise UserError("not a number of GiB", field="gpu_memory", value=raw) from None
+            if not gib > 0:
+                raise UserError("must be a positive number of GiB", field="gpu_memory", value=raw)
+            if self.device == "cpu":
+                raise UserError("caps GPU memory; with device cpu there is none", field="gpu_memory", value=raw,
+                                fix="drop it, or use a CUDA device")
+            if not self.tiny and gib < MIN_GPU_MEMORY_GIB:
+                raise UserError("is below what any placement can do: the encoders run whole on the GPU "
+                                "(Qwen3-VL-4B alone holds 8.3 GiB of weights)", field="gpu_memory", value=raw,
+                                fix=f"give at least {MIN_GPU_MEMORY_GIB:g} GiB")
+            object.__setattr__(self, "gpu_memory", gib)
 
     def describe(self) -> str:
         """One line for headers and logs: which models, on what."""
@@ -88,8 +127,14 @@ class ModelSpec:
         return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[self.dtype]
 
     def resolved_offload(self) -> str:
-        """The policy in force: as given on CUDA; "none" on a CPU device (nothing to offload to)."""
-        return self.offload if self.resolved_device().type == "cuda" else "none"
+        """The policy in force: as given on CUDA; "none" on a CPU device (nothing to offload to), except
+        group, which is refused there: its point is CUDA streams overlapping copies with compute."""
+        if self.resolved_device().type == "cuda":
+            return self.offload
+        if self.offload == "group":
+            raise UserError("needs a CUDA GPU (it streams the DiT's blocks from host memory on CUDA streams)",
+                            field="offload", value="group", fix="use offload none on the CPU")
+        return "none"
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}

@@ -44,7 +44,8 @@ def add_debug_flag(p: argparse.ArgumentParser) -> None:
 
 # ---------------------------------------------------------------- models
 def add_model_flags(p: argparse.ArgumentParser) -> None:
-    from vlbench.modelspec import DEFAULT_VL, DEFAULT_ZIMAGE, DTYPE_NAMES, OFFLOAD_POLICIES
+    from vlbench.modelspec import (ATTENTION_BACKENDS, DEFAULT_VL, DEFAULT_ZIMAGE, DTYPE_NAMES, OFFLOAD_POLICIES,
+                                   QUANTIZE_MODES)
 
     g = p.add_argument_group("models (flags over VLBENCH_* environment variables over config.toml's [models]; "
                              "with no model named anywhere, the tiny random models)")
@@ -57,10 +58,19 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dtype", metavar="{" + ",".join(DTYPE_NAMES) + "}", help="default: bf16 on GPU, fp32 on CPU")
     g.add_argument("--offload", metavar="{" + ",".join(OFFLOAD_POLICIES) + "}",
                    help="GPU placement (default none): none = all resident; cpu = only the model in use on the GPU "
-                        "(the encoders wait in host memory); sequential = layer-by-layer from host memory "
-                        "(smallest, slowest). No effect with --device cpu")
+                        "(the encoders wait in host memory); group = as cpu, and the DiT streams the blocks that "
+                        "do not fit --gpu-memory (16/12 GB cards; CUDA only); sequential = layer-by-layer from "
+                        "host memory (smallest, slowest). cpu/sequential: no effect with --device cpu")
+    g.add_argument("--gpu-memory", type=float, metavar="GIB",
+                   help="GPU memory vlbench may use, in GiB (a hard cap; --offload group plans to it); "
+                        "default: the whole card")
     g.add_argument("--compile", action="store_true", default=None,
                    help="torch.compile the DiT's repeated blocks (first image slower; no recompile per caption length)")
+    g.add_argument("--quantize", metavar="{" + ",".join(QUANTIZE_MODES) + "}",
+                   help="fp8 = torchao float8 matmuls in the DiT (needs --compile and an fp8 GPU: Ada, Hopper, "
+                        "Blackwell; images drift from bf16); default none (exact)")
+    g.add_argument("--attention", metavar="{" + ",".join(ATTENTION_BACKENDS) + "}",
+                   help="the DiT's attention kernel (default sdpa: torch chooses)")
     add_debug_flag(p)
 
 
@@ -69,8 +79,14 @@ def model_spec(args: argparse.Namespace):
     from vlbench.config import load_settings
     from vlbench.modelspec import resolve_model_spec
 
-    flags = {k: getattr(args, k, None) for k in ("zimage", "vl", "device", "dtype", "offload", "compile", "tiny")}
-    return resolve_model_spec(load_settings(create=False).models.to_dict(), flags=flags)
+    return resolve_model_spec(load_settings(create=False).models.to_dict(), flags=model_flags(args))
+
+
+def model_flags(args: argparse.Namespace) -> dict:
+    """The model flags a command was given (None: not given), for resolve_model_spec."""
+    from vlbench.modelspec import ModelSpec
+
+    return {f: getattr(args, f, None) for f in ModelSpec.__dataclass_fields__}
 
 
 def engine(spec, console, cache_dir=None):
@@ -78,22 +94,16 @@ def engine(spec, console, cache_dir=None):
     from vlbench.engine.engine import Engine
     from vlbench.engine.models import Models
 
+    from vlbench.logs import quiet_libraries
+
     quiet_libraries()
     if spec.tiny:
         console.print("[yellow]models: the built-in tiny RANDOM-WEIGHT ones; the images are noise (name real ones "
                       "with --zimage/--vl or in config.toml)[/yellow]")
-    return Engine(Models(spec, on_status=lambda s: console.print(f"[dim]{escape(s)}[/dim]")), cache_dir=cache_dir)
-
-
-def quiet_libraries() -> None:
-    """Our own status lines replace the libraries' per-load progress bars."""
-    import diffusers
-    import transformers
-
-    transformers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
-    diffusers.utils.logging.disable_progress_bar()
-    diffusers.utils.logging.set_verbosity_error()
+    models = Models(spec, on_status=lambda s: console.print(f"[dim]{escape(s)}[/dim]"))
+    for warning in models.warnings:  # CUDA unusable: say so before minutes of CPU work
+        console.print(f"[bold red]warning: {escape(warning)}[/bold red]")
+    return Engine(models, cache_dir=cache_dir)
 
 
 # ---------------------------------------------------------------- recipes

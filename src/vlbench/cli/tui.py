@@ -16,5 +16,4 @@ def run(args) -> int:
     from vlbench.tui.launch import run_tui
 
     # config.toml is read (and written with comments on first run) by run_tui; flags win over it
-    flags = {k: getattr(args, k, None) for k in ("zimage", "vl", "device", "dtype", "offload", "compile", "tiny")}
-    return run_tui(flags, debug=args.debug)
+    return run_tui(common.model_flags(args), debug=args.debug)

@@ -30,6 +30,19 @@ def generate(pipe, embeds: torch.Tensor, *, seed: int, steps: int, width: int, h
              init_image=None, strength: float | None = None):
     """One image from `embeds` ([L, D]) with diffusers' Z-Image pipeline (txt2img, or img2img when
     `pipe` is a ZImageImg2ImgPipeline and `init_image`/`strength` are given). Returns a PIL image."""
+    return generate_batch(pipe, embeds, seeds=[seed], steps=steps, width=width, height=height, guidance=guidance,
+                          negative_embeds=negative_embeds, budget=budget, on_step=on_step, output_type=output_type,
+                          init_image=init_image, strength=strength)[0]
+
+
+@torch.inference_mode()
+def generate_batch(pipe, embeds: torch.Tensor, *, seeds: list[int], steps: int, width: int, height: int,
+                   guidance: float, negative_embeds: torch.Tensor | None = None, budget: int,
+                   on_step: Callable[[int, int], None] | None = None, output_type: str = "pil",
+                   init_image=None, strength: float | None = None) -> list:
+    """One image per seed from the same `embeds`, in ONE pipeline call (`num_images_per_prompt`): each sample
+    draws its starting noise from its own CPU generator, `torch.Generator("cpu").manual_seed(seed)`, exactly
+    as a single run does, so sample i starts where `generate(seed=seeds[i])` starts."""
     check_caption(embeds.shape[0], budget)
     if negative_embeds is not None:
         check_caption(negative_embeds.shape[0], budget)
@@ -46,6 +59,9 @@ def generate(pipe, embeds: torch.Tensor, *, seed: int, steps: int, width: int, h
             return tensors
 
         kwargs["callback_on_step_end"] = callback
+    generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
+    if len(seeds) > 1:
+        kwargs["num_images_per_prompt"] = len(seeds)
     result = pipe(
         prompt_embeds=[embeds.to(device=device, dtype=dtype)],
         negative_prompt_embeds=[negative_embeds.to(device=device, dtype=dtype)] if guidance > 0 else None,
@@ -53,8 +69,8 @@ def generate(pipe, embeds: torch.Tensor, *, seed: int, steps: int, width: int, h
         num_inference_steps=steps,
         width=width,
         height=height,
-        generator=torch.Generator("cpu").manual_seed(seed),
+        generator=generators[0] if len(seeds) == 1 else generators,
         output_type=output_type,
         **kwargs,
     )
-    return result.images[0]
+    return list(result.images)

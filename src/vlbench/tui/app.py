@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import logging
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -164,6 +165,22 @@ class VlbenchApp(App[int]):
                                  engine_factory=engine_factory, recover=False, render=render)
         self.job_worker.start()
         self.queue_pane.set_status(f"worker ready · models load with the first run ({self.models.describe()})")
+        if not self.models.tiny:  # real models on a box where CUDA is unusable: say so now, not after minutes
+            threading.Thread(target=self._check_cuda, args=(post,), name="cuda-check", daemon=True).start()
+
+    def _check_cuda(self, post) -> None:
+        """Off the UI thread (imports torch): post the CPU-fallback warning, if any, as a ModelStatus."""
+        from vlbench.worker import ModelStatus
+
+        try:
+            from vlbench.engine.models import startup_warning
+
+            warning = startup_warning(self.models)
+        except Exception:  # noqa: BLE001 — a check that fails must not take the workbench down
+            log.exception("CUDA check failed")
+            return
+        if warning:
+            post(ModelStatus(f"warning: {warning}"))
 
     def stop_job_worker(self, timeout: float = 3.0) -> None:
         if self.job_worker is not None:
@@ -187,6 +204,8 @@ class VlbenchApp(App[int]):
             case ModelStatus(text=text):
                 queue.set_status(text)
                 log.info("model status: %s", text)
+                if text.startswith("warning:"):  # loud: the header keeps it until the app closes
+                    self.sub_title = f"{self.models.describe()} · WARNING: {text.removeprefix('warning: ')}"
             case JobStarted(run_id=run_id, total_steps=total):
                 queue.job_started(run_id, total)
                 self.runs_changed(run_id)
