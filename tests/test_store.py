@@ -45,7 +45,7 @@ def test_store_lives_in_the_data_dir_with_wal_and_schema_version(store):
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
     assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == 5000
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
 
 
 def test_a_store_written_by_a_newer_vlbench_is_refused(tmp_path):
@@ -337,3 +337,35 @@ def test_store_is_shared_across_processes(store, tmp_path):
                          env=os.environ)
     assert int(out.stdout) == run
     assert store.get(run).status == "done"
+
+
+def test_pause_is_the_stores_saved_across_connections(store):
+    assert not store.paused
+    store.set_paused(True)
+    with Store(store.path) as other:  # another process, or the next session
+        assert other.paused
+        other.set_paused(False)
+    assert not store.paused
+    store.set_state("anything", {"a": [1, 2]})
+    assert store.get_state("anything") == {"a": [1, 2]} and store.get_state("missing", 7) == 7
+
+
+def test_a_version_1_store_migrates_and_keeps_its_runs(tmp_path):
+    """Rows written before RunRecord's names (output_path, images) read back under the new ones."""
+    import sqlite3
+
+    from vlbench.store import MIGRATIONS
+
+    path = tmp_path / "old.sqlite3"
+    conn = sqlite3.connect(path)
+    MIGRATIONS[0](conn)
+    conn.execute("PRAGMA user_version = 1")
+    conn.execute("INSERT INTO runs (status, prompt, images, recipe, seed, created_at, output_path, finished_at,"
+                 " started_at) VALUES ('done', 'old', '[\"/refs/a.png\"]', '{\"seed\": 4}', 4, 1.0, '/o/1.png', 3.0, 2.0)")
+    conn.commit()
+    conn.close()
+    with Store(path) as store:
+        (row,) = store.history()
+        assert (row.prompt, row.reference_paths, row.image, row.seed, row.duration) == ("old", ["/refs/a.png"],
+                                                                                        "/o/1.png", 4, 1.0)
+        assert row.references == [{"path": "/refs/a.png", "sha256": None}] and row.batch is None

@@ -42,6 +42,7 @@ SORTS = {
 METRIC_SORT_PREFIX = "metric:"
 METRIC_NAME = re.compile(r"[a-z][a-z0-9_]{0,39}")
 INTERRUPTIONS_MAX = 2  # a run interrupted this often (its process died while running it) is failed, not retried
+PAUSED = "queue_paused"  # state key: saved across restarts and shared by every worker on this store
 
 
 @dataclass
@@ -53,6 +54,7 @@ class RunRow(RunRecord):
     created_at: float = 0.0
     claimed_by: str | None = None  # "host:pid:start" of the process running it (see recover)
     interruptions: int = 0  # times its process died while running it (recover)
+    batch: str | None = None  # the runs one action queued together (an experiment from the workbench)
 
     def record(self) -> RunRecord:
         return RunRecord(**{f.name: getattr(self, f.name) for f in fields(RunRecord)})
@@ -310,6 +312,24 @@ class Store:
                     requeued += 1
         return requeued, failed
 
+    # ---- shared state: the queue's pause, which process works the queue ----
+    def get_state(self, key: str, default: Any = None) -> Any:
+        found = self._conn().execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone()
+        return json.loads(found[0]) if found is not None else default
+
+    def set_state(self, key: str, value: Any) -> None:
+        with self._write() as conn:
+            conn.execute("INSERT INTO state (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                         (key, json.dumps(value)))
+
+    @property
+    def paused(self) -> bool:
+        """The queue is paused: no worker, in any process, claims a new run (a running one finishes)."""
+        return bool(self.get_state(PAUSED, False))
+
+    def set_paused(self, paused: bool) -> None:
+        self.set_state(PAUSED, bool(paused))
+
     def set_metrics(self, run_id: int, metrics: dict) -> bool:
         """Merge `metrics` into the run's metrics (keys in `metrics` win). False if there is no such run."""
         with self._write() as conn:
@@ -549,7 +569,15 @@ def _v2(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX runs_image ON runs (image)")  # ids_by_image (vlbench score)
 
 
-MIGRATIONS = [_v1, _v2]
+def _v3(conn: sqlite3.Connection) -> None:
+    """Shared state (the queue's pause, which process works the queue) and a batch id that groups the runs
+    one action queued (an experiment from the workbench: its grid and report when the batch completes)."""
+    conn.execute("CREATE TABLE state (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    conn.execute("ALTER TABLE runs ADD COLUMN batch TEXT")
+    conn.execute("CREATE INDEX runs_batch ON runs (batch)")
+
+
+MIGRATIONS = [_v1, _v2, _v3]
 
 
 def _migrate(conn: sqlite3.Connection, path: Path) -> None:

@@ -102,6 +102,7 @@ class Worker:
         self._last_status_check = 0.0
         self._reported_loads: set[str] = set()
         self._free_memory = False
+        self._control: Store | None = None
         if render is None:  # the workbench's words: the headless worker's runs are read there too
             from vlbench.tui.wording import render
         self._render = render
@@ -121,17 +122,29 @@ class Worker:
         self._wake.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)
+        if self._control is not None:
+            self._control.close()
+            self._control = None
 
     def pause(self) -> None:
-        """Stop claiming new jobs; the current one finishes. WorkerPaused(True) is posted at once."""
+        """Stop claiming new jobs; the current one finishes. WorkerPaused(True) is posted at once. The pause is the
+        store's (saved across restarts, seen by a worker in another process)."""
         self._paused.set()
+        self._control_store().set_paused(True)
         self._report_paused()
         self._wake.set()
 
     def resume(self) -> None:
         self._paused.clear()
+        self._control_store().set_paused(False)
         self._report_paused()
         self.wake()
+
+    def _control_store(self) -> Store:
+        """A Store for the caller's thread (pause/resume come from the UI thread)."""
+        if self._control is None:
+            self._control = Store(self.store_path)
+        return self._control
 
     @property
     def paused(self) -> bool:
@@ -203,6 +216,8 @@ class Worker:
         idle_reported = False
         while not self._stop.is_set():
             try:
+                if store.paused != self._paused.is_set():  # paused or resumed from another process (or at start)
+                    (self._paused.set if store.paused else self._paused.clear)()
                 self._report_paused()
                 if self._paused.is_set():
                     self._wake.wait(self.poll_s)
@@ -336,6 +351,7 @@ class Worker:
             self._free_memory = True  # after the except block, when the failed job's tensors are unreachable
         elif failure.fatal:  # a device-side assert poisons this process's CUDA context: every later job would fail
             self._paused.set()
+            self._control_store().set_paused(True)
             self._report_paused()
             self._emit(ModelStatus("GPU error: CUDA is unusable in this process until vlbench restarts; "
                                    f"the queue is paused (details in {paths.log_path()})"))
