@@ -36,19 +36,8 @@ EXTRACTIONS = {
     "vl_prompt_variations": 4, "alpha_sweep": 1, "layer_sweep": 1, "token_sweep": 1, "normalization_sweep": 1,
     "length_policy_sweep": 1, "img2img_style": 1, "my_layer_pair": 1,
 }
-ISSUE3_FIELDS = ("intra_ratio", "image_layer", "text_layer", "length_policy", "normalization", "dual",
-                 "style_vl_text", "style_tokens", "style_layer", "content_vl_text", "content_tokens",
-                 "content_layer", "dual_ratio", "strength")
-
-
 def _recipes(experiment, **kw):
-    """Build a type's recipes; xfail (not fail) while Recipe lacks the issue-3 fields it uses."""
-    try:
-        return experiment.recipes(**kw)
-    except UserError as exc:
-        if "unknown key" in str(exc) and any(f"'{f}'" in str(exc) for f in ISSUE3_FIELDS):
-            pytest.xfail(f"needs issue-3 recipe fields: {exc}")
-        raise
+    return experiment.recipes(**kw)  # a renamed or missing Recipe field fails here, loudly
 
 
 def _rows(out: Path) -> list[dict]:

@@ -123,7 +123,7 @@ def test_cpu_fallback_warning_says_why_and_only_when_it_applies(monkeypatch, tin
     real = ModelSpec(zimage="z", vl="v")
     text = models_mod.cpu_fallback_warning(real, torch.device("cpu"))
     assert "CUDA is not usable" in text and "driver on your system is too old" in text and "\n" not in text
-    assert "--device cpu" in text and "README" in text
+    assert "set device cpu" in text and "README" in text
     assert models_mod.cpu_fallback_warning(ModelSpec(zimage="z", vl="v", device="cpu"), torch.device("cpu")) is None
     assert models_mod.cpu_fallback_warning(ModelSpec(tiny=True, zimage="", vl=""), torch.device("cpu")) is None
     monkeypatch.setattr(torch.version, "cuda", None)
@@ -303,7 +303,7 @@ def test_cli_warns_in_one_line_when_real_models_would_run_on_the_cpu(tiny_dirs, 
     assert main(["generate", "--zimage", str(tiny_dirs.zimage), "--vl", str(tiny_dirs.vl), "--prompt", PROMPT,
                  "--alpha", "0", "--width", "64", "--height", "64", "--steps", "1", "--out", str(out)]) == 0
     lines = [l for l in capsys.readouterr().err.splitlines() if "warning:" in l]
-    assert len(lines) == 1 and "CUDA is not usable" in lines[0] and "--device cpu" in lines[0]
+    assert len(lines) == 1 and "CUDA is not usable" in lines[0] and "set device cpu" in lines[0]
     assert main(["generate", "--zimage", str(tiny_dirs.zimage), "--vl", str(tiny_dirs.vl), "--device", "cpu",
                  "--prompt", PROMPT, "--alpha", "0", "--width", "64", "--height", "64", "--steps", "1",
                  "--out", str(out)]) == 0

@@ -186,7 +186,7 @@ def diagnose_run(engine, out_dir: str | Path, refs: list, prompts: list[str], la
                  calibration: str | None = None) -> list[dict]:
     """Diagnose each (reference, prompt) of a run (the first MAX_RUN_DIAGNOSES), skipping those on file.
 
-    Writes diagnostics.json (tmp + os.replace) and a per-layer plot PNG per entry.
+    Writes diagnostics.json and a per-layer plot PNG per entry (atomically, vlbench.files).
     """
     out = Path(out_dir)
     entries = {e["id"]: e for e in read_diagnostics(out) if "id" in e}

@@ -644,3 +644,7 @@ def markdown_table() -> str:
 
 def choices_help(choices: Iterable[Choice]) -> str:
     return "; ".join(f"{c.value}: {c.help}" for c in choices)
+
+
+if __name__ == "__main__":  # `python -m vlbench.recipe`: the README's recipe table
+    print(markdown_table())

@@ -1,7 +1,7 @@
 """The engine: recipe + inputs -> conditioning tensor -> image, with every model loaded once.
 
 An `Engine` owns the loaded models and the extraction cache; the CLI, the experiment runner and
-the workbench's worker all drive one. It knows nothing about Textual, SQLite or argparse.
+the workbench's worker all drive one. It knows nothing about Textual, SQLite or the command line.
 """
 
 from __future__ import annotations

@@ -76,13 +76,13 @@ CAPTION_PAD = 32
 # sequence length (sweeps mix caption lengths); the benchmark compares it with dynamo's automatic dynamic.
 COMPILE_OPTIONS: dict[str, Any] = {"fullgraph": True, "dynamic": True}
 TORCH_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-# --attention -> diffusers' attention backend name (diffusers.models.attention_dispatch.AttentionBackendName)
+# ModelSpec.attention -> diffusers' attention backend name (diffusers.models.attention_dispatch.AttentionBackendName)
 ATTENTION_DIFFUSERS = {"sdpa": "native", "sdpa-flash": "_native_flash", "sdpa-efficient": "_native_efficient",
                        "sdpa-cudnn": "_native_cudnn", "sdpa-math": "_native_math"}
 ATTENTION_ON_CPU = ("sdpa", "sdpa-math")
 # offload group: GPU memory left free beside the DiT's resident blocks and the VAE for a 1024² generation's
 # activations (measured on an H200: 14.15 GiB peak - 11.7 GiB resident = 2.45 GiB with a 605-token caption,
-# the VAE decode's), rounded up. Larger images need more: give a lower --gpu-memory.
+# the VAE decode's), rounded up. Larger images need more: give a lower gpu_memory.
 GROUP_ACTIVATION_RESERVE = 3 * 2**30
 # blocks of a streamed DiT on the GPU at once: the one computing, the next one copying, and one whose memory
 # record_stream holds until the compute stream has passed it
@@ -643,11 +643,11 @@ def startup_warning(spec: ModelSpec) -> str | None:
 
 
 def cpu_fallback_warning(spec: ModelSpec, device: torch.device) -> str | None:
-    """One line when real models would run on the CPU only because CUDA is unusable (no --device cpu asked)."""
+    """One line when real models would run on the CPU only because CUDA is unusable (no cpu device asked for)."""
     if spec.tiny or spec.device is not None or device.type != "cpu":
         return None
     problem = cuda_problem()
     if problem is None:
         return None
     return (f"CUDA is not usable ({problem}): the real models would run on the CPU in fp32, minutes per image; "
-            "install a torch build for this driver (README: Install) or pass --device cpu to mean it")
+            "install a torch build for this driver (README: Install) or set device cpu to mean it")

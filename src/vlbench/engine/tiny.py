@@ -114,7 +114,7 @@ def ensure_tiny_models(root: Path | None = None) -> TinyModels:
     build_tiny_zimage(tmp / models.zimage.name)
     (tmp / "STAMP").write_text(stamp)
     (tmp / "README.txt").write_text(
-        "Tiny RANDOM-WEIGHT models built by vlbench for tests and the --tiny demo. Images are noise.\n"
+        "Tiny RANDOM-WEIGHT models built by vlbench for its tests and its tiny mode. Images are noise.\n"
     )
     install_built(tmp, root, (models.vl.name, models.zimage.name, "STAMP", "README.txt"))
     return models

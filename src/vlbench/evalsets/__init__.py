@@ -69,10 +69,10 @@ def ensure_references(names: list[str], root: Path | None = None) -> list[Path]:
     paths = []
     for name in names:
         path = root / f"{name}.png"
-        if not path.is_file():
-            tmp = root / f".{name}.{os.getpid()}.tmp.png"  # a killed write never leaves half a PNG
-            Image.fromarray(render(name)).save(tmp, format="PNG")
-            os.replace(tmp, path)
+        if not path.is_file():  # a killed write never leaves half a PNG
+            from vlbench.files import atomic_write
+
+            atomic_write(path, lambda tmp: Image.fromarray(render(name)).save(tmp, format="PNG"))
         paths.append(path)
     return paths
 

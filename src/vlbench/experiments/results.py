@@ -21,6 +21,7 @@ TIMING_KEYS = ("extraction", "blend", "generation", "model_load")
 ROW_SCHEMA: dict[str, tuple] = {
     "schema": (int,),
     "key": (str,),  # the job key: config name + recipe + prompt + seed + reference sha256s
+    "source": (str,),  # experiment (vlbench run), cli (generate), tui (the workbench)
     "experiment": (str,),
     "name": (str,),  # the config's name
     "config_index": (int,),  # its position in the type file

@@ -84,7 +84,7 @@ DEFAULT_MODELS = {
 FAMILY_FLAGS = {"siglip": "--siglip", "clip": "--clip", "dino": "--dino", "dinov2": "--dinov2", "vgg": "--vgg",
                 "vqa": "--vqa", "pickscore": "--pickscore", "pickscore_processor": "--pickscore-processor",
                 "imagereward": "--metrics imagereward"}
-# The families a user can point at another model, as argparse dests (--pickscore-processor -> pickscore_processor).
+# The families a user can point at another model, by name (the flag --pickscore-processor sets pickscore_processor).
 SOURCE_FLAGS = ("siglip", "clip", "dino", "dinov2", "vgg", "vqa", "pickscore", "pickscore_processor")
 
 IMAGEREWARD_INSTALL = "pip install 'vlbench[imagereward]'"

@@ -14,7 +14,7 @@ from textual.theme import Theme
 
 from vlbench.errors import UserError
 
-SHIPPED_DIR = Path(__file__).resolve().parents[3] / "themes"  # <repo>/themes (src/vlbench/tui/themes.py)
+SHIPPED_DIR = Path(__file__).resolve().parent.parent / "themes"  # vlbench/themes: a link to the repository's themes/, copied into the wheel
 DEFAULT_THEME = "vlbench-dark"
 
 
