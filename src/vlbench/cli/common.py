@@ -172,6 +172,18 @@ def add_input_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompt", required=True, help="the prompt")
 
 
+def single_image_inputs(args: argparse.Namespace, suffix: str):
+    """(out path, prompt, recipe, references, model spec) of embed/generate, each checked before any model loads."""
+    from vlbench.prompts import check_prompt
+
+    out = check_out(args.out, suffix)
+    prompt = check_prompt(args.prompt)
+    recipe = recipe_from_args(args)
+    recipe.check_inputs(len(args.image))
+    refs = open_references(args.image)
+    return out, prompt, recipe, refs, model_spec(args)
+
+
 def open_references(paths: list[str]) -> list:
     """Each reference read once (pixels and content hash); one line naming a bad one."""
     from vlbench.engine.engine import Reference

@@ -21,14 +21,8 @@ def run(args) -> int:
     from vlbench.engine.engine import environment
     from vlbench.engine.generate import check_caption
     from vlbench.files import atomic_write, atomic_write_json
-    from vlbench.prompts import check_prompt
 
-    out = common.check_out(args.out, ".safetensors")
-    prompt = check_prompt(args.prompt)
-    recipe = common.recipe_from_args(args)
-    recipe.check_inputs(len(args.image))
-    refs = common.open_references(args.image)
-    spec = common.model_spec(args)
+    out, prompt, recipe, refs, spec = common.single_image_inputs(args, ".safetensors")
     console = common.console()
     engine = common.engine(spec, console)
     cond = engine.condition(recipe, prompt, refs)

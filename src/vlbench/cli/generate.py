@@ -22,15 +22,9 @@ def run(args) -> int:
 
     from vlbench.jobs import execute
     from vlbench.pngs import encode_png, write_png
-    from vlbench.prompts import check_prompt
     from vlbench.records import RunRecord, job_key, references_of
 
-    out = common.check_out(args.out, ".png")
-    prompt = check_prompt(args.prompt)
-    recipe = common.recipe_from_args(args)
-    recipe.check_inputs(len(args.image))
-    refs = common.open_references(args.image)
-    spec = common.model_spec(args)
+    out, prompt, recipe, refs, spec = common.single_image_inputs(args, ".png")
     console = common.console()
     engine = common.engine(spec, console)
     record = RunRecord(prompt=prompt, recipe=recipe.to_dict(), seed=recipe.seed, source="cli",
