@@ -235,7 +235,7 @@ def test_a_vgg_checkpoint_that_is_not_vgg_is_one_line(tmp_path):
 
     save_file({"features.0.weight": torch.zeros(4, 3, 5, 5), "features.0.bias": torch.zeros(4)},
               str(tmp_path / "model.safetensors"))
-    with pytest.raises(UserError, match=r"--vgg .*cannot load it \(features.0.weight: not a 3×3 convolution\)"):
+    with pytest.raises(UserError, match=r"vgg .*cannot load it \(features.0.weight: not a 3×3 convolution\)"):
         load_family("vgg", str(tmp_path), torch.device("cpu"), torch.float32)
 
 

@@ -69,7 +69,7 @@ METRICS: dict[str, Metric] = {m.name: m for m in [
 DEFAULT_METRICS = ("siglip", "siglip_p", "clip_t", "vqascore", "clip_i", "dino", "style_gram", "content_leak",
                    "pickscore")
 
-# Hub ids (or local directories) of each family's model; the flags in FAMILY_FLAGS override them.
+# Hub ids (or local directories) of each family's model; the options named as in SOURCE_FLAGS override them.
 DEFAULT_MODELS = {
     "siglip": "google/siglip2-base-patch16-224",
     "clip": "openai/clip-vit-large-patch14",
@@ -81,25 +81,22 @@ DEFAULT_MODELS = {
     "pickscore_processor": "laion/CLIP-ViT-H-14-laion2B-s32B-b79K",
     "imagereward": "ImageReward-v1.0",
 }
-FAMILY_FLAGS = {"siglip": "--siglip", "clip": "--clip", "dino": "--dino", "dinov2": "--dinov2", "vgg": "--vgg",
-                "vqa": "--vqa", "pickscore": "--pickscore", "pickscore_processor": "--pickscore-processor",
-                "imagereward": "--metrics imagereward"}
 # The families a user can point at another model, by name (the flag --pickscore-processor sets pickscore_processor).
 SOURCE_FLAGS = ("siglip", "clip", "dino", "dinov2", "vgg", "vqa", "pickscore", "pickscore_processor")
 
 IMAGEREWARD_INSTALL = "pip install 'vlbench[imagereward]'"
 
 
-def parse_metrics(text: str | None, flag: str = "--metrics") -> tuple[str, ...]:
+def parse_metrics(text: str | None, field: str = "metrics") -> tuple[str, ...]:
     """'siglip,clip_t' -> ('siglip', 'clip_t'); None -> the defaults; unknown names are a one-line error."""
     if text is None:
         return DEFAULT_METRICS
     names = [n.strip() for n in text.split(",") if n.strip()]
     if not names:
-        raise UserError(f"{flag}: give metric names separated by commas, e.g. {','.join(DEFAULT_METRICS)}")
+        raise UserError("give metric names separated by commas", field=field, fix=f"e.g. {','.join(DEFAULT_METRICS)}")
     for name in names:
         if name not in METRICS:
-            raise UserError(f"{flag} {text}: unknown metric {name!r}; choose from {', '.join(METRICS)}")
+            raise UserError(f"unknown metric {name!r}", field=field, value=text, fix=f"choose from {', '.join(METRICS)}")
     return tuple(dict.fromkeys(names))
 
 
@@ -131,7 +128,7 @@ def check_available(metrics: tuple[str, ...]) -> None:
     if "imagereward" in metrics:
         problem = imagereward_problem()
         if problem:
-            raise UserError(f"--metrics imagereward: {problem}")
+            raise UserError(problem, field="metrics", value="imagereward")
 
 
 def format_value(value) -> str:

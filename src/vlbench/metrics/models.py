@@ -19,7 +19,7 @@ from typing import Any, Callable
 import torch
 
 from vlbench.errors import UserError
-from vlbench.metrics import DEFAULT_MODELS, FAMILY_FLAGS, imagereward_problem
+from vlbench.metrics import DEFAULT_MODELS, imagereward_problem
 
 # SigLIP was trained on lowercased text padded to 64 tokens; its text tower pools the last position, so
 # the padding must be exactly this (transformers' docs: padding="max_length", max_length=64).
@@ -57,7 +57,7 @@ def load_family(family: str, source: str, device: torch.device, dtype: torch.dty
         return _load_imagereward(source, device)
     from vlbench.engine.models import _check_not_file, _load_error
 
-    flag = FAMILY_FLAGS[family]
+    flag = family  # the option that names this family's model (--siglip, --pickscore, …)
     if family == "vgg":
         from vlbench.metrics.style import load_vgg
 
@@ -85,12 +85,12 @@ def load_family(family: str, source: str, device: torch.device, dtype: torch.dty
             processor = (AutoImageProcessor if family == "dinov2" else AutoProcessor).from_pretrained(processor_source)
             model = AutoModel.from_pretrained(source, dtype=dtype)
     except (OSError, ValueError, KeyError) as exc:
-        failed = FAMILY_FLAGS["pickscore_processor"] if processor_source != source else flag
+        failed = "pickscore_processor" if processor_source != source else flag
         raise _load_error(failed, processor_source if failed != flag else source, exc) from exc
     model_type = str(model.config.model_type)
     if model_type not in MODEL_TYPES[family]:
-        raise UserError(f"{flag} {source}: is a {model_type} model; {flag} needs a "
-                        f"{' or '.join(MODEL_TYPES[family])} model (default {DEFAULT_MODELS[family]})")
+        raise UserError(f"is a {model_type} model; it needs a {' or '.join(MODEL_TYPES[family])} model", field=flag,
+                        value=source, fix=f"the default is {DEFAULT_MODELS[family]}")
     model.to(device).eval()
     if family == "vqa":
         from vlbench.engine.models import VLModel
@@ -102,7 +102,7 @@ def load_family(family: str, source: str, device: torch.device, dtype: torch.dty
 def _load_imagereward(source: str, device: torch.device) -> Loaded:
     problem = imagereward_problem()
     if problem:
-        raise UserError(f"--metrics imagereward: {problem}")
+        raise UserError(problem, field="metrics", value="imagereward")
     import ImageReward as RM  # the optional extra; its checkpoint is a pickle, loaded only when asked
 
     model = RM.load(source, device=str(device))

@@ -96,7 +96,7 @@ def folder_items(out: Path) -> list[Item]:
 
     results = out / "results.jsonl"
     if not results.is_file():
-        raise UserError(f"{out}: no results.jsonl here; give the --output-dir of a vlbench run")
+        raise UserError("no results.jsonl here", field="dir", value=str(out), fix="give the --output-dir of a vlbench run")
     rows, _ = ResultsLog(results).read()
     items = []
     for row in latest_by_key(rows).values():
@@ -266,7 +266,7 @@ def score_folder(out_dir: str | Path, metrics: tuple[str, ...], models, *, batch
     from vlbench.metrics import check_available
 
     if not isinstance(batch_size, int) or batch_size < 1:
-        raise UserError(f"--batch-size {batch_size}: must be a whole number >= 1")
+        raise UserError("must be a whole number >= 1", field="batch_size", value=batch_size)
     check_available(metrics)
     out = Path(out_dir)
     items = folder_items(out)
