@@ -1,34 +1,31 @@
-"""blend.py as a specification: exact endpoints, continuity, real averaging, explicit length policies."""
+"""blend.py as a specification: exact endpoints, continuity, real averaging (in text order and on image grids),
+the attend weights and the split counts."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vlbench.engine.blend import (
-    LENGTH_POLICIES,
-    concat,
-    concat_counts,
+    attend_weights,
     dim_stats,
-    map_length,
+    grid_for,
     mix,
-    mix_sequences,
     normalize_global,
     normalize_per_dim,
     outlier_dims,
     pool,
+    pool_grid,
     ratio_curve,
-    resample,
     rms,
+    shrink_segments,
     sink_positions,
-    truncate,
+    split_counts,
 )
 
 PROPERTY = settings(max_examples=50, deadline=None)
-POSITION_WISE = ("truncate", "pool", "resample")
 
 seeds = st.integers(0, 2**31 - 1)
 lengths = st.integers(1, 40)
@@ -102,60 +99,82 @@ def test_mix_of_mixed_dtypes_returns_the_base_dtype():
     assert torch.equal(mix(base, other, 1.0), other.to(torch.bfloat16))
 
 
-# ---- mix_sequences ----
+# ---- attend weights and split counts ----
 
 
 @PROPERTY
-@given(seeds, lengths, lengths, widths, st.sampled_from(POSITION_WISE), float_dtypes)
-def test_position_wise_policies_are_exact_at_both_ends(seed, base_len, other_len, width, policy, dtype):
-    base, other = seq(seed, base_len, width, dtype), seq(seed + 1, other_len, width, dtype)
-    out0, info = mix_sequences(base, other, 0.0, policy)
-    out1, _ = mix_sequences(base, other, 1.0, policy)
-    assert torch.equal(out0, base)
-    assert torch.equal(out1, map_length(other, base_len, policy, base=base))
-    assert info == {"policy": policy, "base_len": base_len, "other_len": other_len, "out_len": base_len}
+@given(st.floats(0.0, 1.0))
+def test_attend_weights_give_the_ratio_as_odds_with_the_larger_weight_1(r):
+    wb, wo = attend_weights(r)
+    assert max(wb, wo) == 1.0 and 0.0 <= min(wb, wo) <= 1.0
+    if 0 < r < 1:
+        assert wo / wb == pytest.approx(r / (1 - r))
+
+
+def test_attend_weights_ends_and_middle_are_exact():
+    assert attend_weights(0.0) == (1.0, 0.0) and attend_weights(1.0) == (0.0, 1.0)
+    assert attend_weights(0.5) == (1.0, 1.0)  # plain concatenation: no bias at all
 
 
 @PROPERTY
-@given(seeds, lengths, lengths, widths, st.sampled_from(POSITION_WISE), st.floats(0.0, 0.99))
-def test_position_wise_policies_are_continuous_in_ratio(seed, base_len, other_len, width, policy, r):
-    base, other = seq(seed, base_len, width), seq(seed + 1, other_len, width)
-    mapped = map_length(other, base_len, policy, base=base)
-    step = 1e-3
-    change = (mix_sequences(base, other, r + step, policy)[0] - mix_sequences(base, other, r, policy)[0]).abs().max()
-    assert change <= step * (mapped - base).abs().max() + 1e-5
+@given(st.floats(0.0, 0.98))
+def test_attend_weights_are_continuous(r):
+    (b1, o1), (b2, o2) = attend_weights(r), attend_weights(r + 0.01)
+    assert abs(b1 - b2) < 0.6 and abs(o1 - o2) < 0.6 and (abs(o1 - o2) < 0.05 or r > 0.9)
 
 
 @PROPERTY
-@given(seeds, lengths, lengths, widths, float_dtypes)
-def test_concat_is_exact_at_both_ends(seed, base_len, other_len, width, dtype):
-    base, other = seq(seed, base_len, width, dtype), seq(seed + 1, other_len, width, dtype)
-    out0, info0 = mix_sequences(base, other, 0.0, "concat")
-    out1, info1 = mix_sequences(base, other, 1.0, "concat")
-    assert torch.equal(out0, base) and (info0["base_kept"], info0["other_kept"]) == (base_len, 0)
-    assert torch.equal(out1, other) and (info1["base_kept"], info1["other_kept"]) == (0, other_len)
-
-
-@PROPERTY
-@given(seeds, lengths, lengths, widths, ratios, ratios)
-def test_concat_token_counts_are_monotone_and_pooled(seed, base_len, other_len, width, r1, r2):
+@given(lengths, lengths, ratios, ratios)
+def test_split_counts_are_monotone_and_exact_at_the_ends(base_len, other_len, r1, r2):
     r1, r2 = sorted((r1, r2))
-    kb1, ko1 = concat_counts(base_len, other_len, r1)
-    kb2, ko2 = concat_counts(base_len, other_len, r2)
-    assert kb1 >= kb2 and ko1 <= ko2
-    assert kb1 + ko1 >= 1  # never an empty caption
-    base, other = seq(seed, base_len, width), seq(seed + 1, other_len, width)
-    out, info = mix_sequences(base, other, r1, "concat")
-    assert (info["base_kept"], info["other_kept"], info["out_len"]) == (kb1, ko1, kb1 + ko1)
-    parts = ([pool(base, kb1)] if kb1 else []) + ([pool(other, ko1)] if ko1 else [])
-    assert torch.equal(out, torch.cat(parts))
+    kb1, ko1 = split_counts(base_len, other_len, r1)
+    kb2, ko2 = split_counts(base_len, other_len, r2)
+    assert kb1 >= kb2 and ko1 <= ko2 and kb1 + ko1 >= 1
+    assert split_counts(base_len, other_len, 0.0) == (base_len, 0)
+    assert split_counts(base_len, other_len, 1.0) == (0, other_len)
 
 
-def test_concat_keeps_a_ratio_share_of_each_sequence():
-    base, other = seq(0, 20, 4), seq(1, 1000, 4)
-    out = concat(base, other, 0.25)
-    assert concat_counts(20, 1000, 0.25) == (15, 250)
-    assert out.shape == (265, 4)
+# ---- pooling on an image's patch grid ----
+
+
+def test_pool_grid_pools_regions_not_bands():
+    """A 4×6 grid whose left half is 0 and right half is 1, pooled to 2×2: each token is a region (its own half),
+    where a 1-D raster pool would average whole rows (bands) and give 0.5 everywhere."""
+    grid = torch.zeros(4, 6, 1)
+    grid[:, 3:] = 1.0
+    out = pool_grid(grid.reshape(24, 1), (4, 6), (2, 2))
+    assert out.reshape(2, 2).tolist() == [[0.0, 1.0], [0.0, 1.0]]
+    assert pool(grid.reshape(24, 1), 4).flatten().tolist() == [0.5] * 4  # the band average it replaces
+
+
+@PROPERTY
+@given(seeds, st.integers(1, 7), st.integers(1, 7), st.integers(1, 7), st.integers(1, 7), widths)
+def test_pool_grid_is_the_separable_area_average(seed, h, w, h2, w2, width):
+    h2, w2 = min(h, h2), min(w, w2)
+    x = seq(seed, h * w, width)
+    out = pool_grid(x, (h, w), (h2, w2)).double().reshape(h2, w2, width)
+    rows = window_means(x.double().reshape(h, w * width), h2).reshape(h2, w, width)  # average along rows …
+    expected = torch.stack([window_means(rows[i], w2) for i in range(h2)])  # … then along columns
+    assert torch.allclose(out, expected, atol=1e-5)
+    assert torch.equal(pool_grid(x, (h, w), (h, w)), x)
+
+
+@PROPERTY
+@given(st.integers(1, 40), st.integers(1, 40), st.integers(1, 2000))
+def test_grid_for_keeps_the_aspect_and_stays_within_the_budget(h, w, tokens):
+    rows, cols = grid_for((h, w), tokens)
+    assert 1 <= rows <= h and 1 <= cols <= w
+    assert rows * cols <= max(tokens, 1) or (rows, cols) == (1, 1)
+    if tokens >= h * w:
+        assert (rows, cols) == (h, w)
+    elif tokens >= 4 and min(h, w) >= 4:
+        assert abs((rows / cols) / (h / w) - 1) < 0.75
+
+
+def test_shrink_segments_shares_rows_in_proportion_and_pools_images_to_a_grid():
+    counts = shrink_segments([(10, None), (64, (8, 8)), (6, None)], 40)
+    assert counts[0] + counts[2] <= 10 and counts[1] in (16, 25, 30, 36)  # an image keeps a whole grid
+    assert shrink_segments([(3, None), (4, (2, 2))], 100) == [3, 4]
 
 
 # ---- pool ----
@@ -197,47 +216,6 @@ def test_pool_upsampling_splits_rows_by_overlap():
     assert torch.equal(pool(x, 4), torch.tensor([[0.0], [0.0], [3.0], [3.0]]))
 
 
-# ---- resample ----
-
-
-def test_resample_shrinking_averages_unlike_plain_linear():
-    alternating = torch.tensor([(-1.0) ** i for i in range(1041)])[:, None].repeat(1, 3)
-    out = resample(alternating, 13)
-    plain = F.interpolate(alternating.T[None, :, None, :], size=(1, 13), mode="bilinear", align_corners=False)
-    assert out.abs().max() < 0.01  # ~ the mean, 0
-    assert plain.abs().max() > 0.5  # plain linear picks neighbour pairs
-
-
-def test_resample_growing_interpolates_linearly():
-    x = torch.tensor([[0.0], [1.0]])
-    assert torch.equal(resample(x, 4), torch.tensor([[0.0], [0.25], [0.75], [1.0]]))
-
-
-@PROPERTY
-@given(seeds, lengths, lengths, widths)
-def test_resample_shape_constants_and_identity(seed, rows, length, width):
-    x = seq(seed, rows, width)
-    assert resample(x, length).shape == (length, width)
-    assert resample(x, rows) is x
-    constant = x[:1].expand(rows, width)
-    torch.testing.assert_close(resample(constant, length), x[:1].expand(length, width))
-
-
-# ---- truncate ----
-
-
-def test_truncate_keeps_the_first_rows_and_fills_from_the_base():
-    other, base = seq(0, 10, 4), seq(1, 6, 4)
-    assert torch.equal(truncate(other, 6), other[:6])
-    long_base = seq(2, 14, 4)
-    filled = truncate(other, 14, long_base)
-    assert torch.equal(filled, torch.cat([other, long_base[10:]]))
-    out, _ = mix_sequences(long_base, other, 0.7, "truncate")
-    assert torch.equal(out[10:], long_base[10:])  # past other's end the mix stays the base
-    with pytest.raises(ValueError, match="fill"):
-        truncate(base, 10)
-
-
 # ---- robustness ----
 
 
@@ -245,8 +223,7 @@ def test_truncate_keeps_the_first_rows_and_fills_from_the_base():
 def test_extreme_finite_inputs_give_finite_outputs(dtype, scale):
     base = (torch.sign(seq(0, 30, 16)) * scale).to(dtype)  # every value ±scale
     other = seq(1, 500, 16, dtype, scale)
-    outputs = [mix(base, base.flip(0), 0.3), pool(other, 7), pool(base, 90), resample(other, 7), resample(base, 90)]
-    outputs += [mix_sequences(base, other, 0.4, policy)[0] for policy in LENGTH_POLICIES]
+    outputs = [mix(base, base.flip(0), 0.3), pool(other, 7), pool(base, 90), pool_grid(other[:500], (20, 25), (3, 4))]
     mean, std = dim_stats(other)
     outputs += [mean, std, rms(base), normalize_global(other, 1.0)]
     outputs.append(normalize_per_dim(other, mean, std, torch.zeros_like(mean), torch.ones_like(std)))
@@ -267,12 +244,10 @@ INVALID = {
     "pool to a float length": lambda: pool(torch.zeros(4, 2), 2.0),
     "pool of 3-D input": lambda: pool(torch.zeros(1, 4, 2), 2),
     "pool of no rows": lambda: pool(torch.zeros(0, 2), 2),
-    "resample to negative length": lambda: resample(torch.zeros(4, 2), -1),
-    "truncate with a badly shaped fill": lambda: truncate(torch.zeros(2, 2), 4, torch.zeros(3, 2)),
-    "unknown policy": lambda: mix_sequences(torch.zeros(4, 2), torch.zeros(4, 2), 0.5, "squash"),
-    "concat as a position-wise map": lambda: map_length(torch.zeros(4, 2), 3, "concat"),
-    "mismatched widths": lambda: mix_sequences(torch.zeros(4, 2), torch.zeros(4, 3), 0.5, "pool"),
-    "per-position ratio for concat": lambda: concat(torch.zeros(4, 2), torch.zeros(4, 2), torch.zeros(4)),
+    "a grid that does not hold the rows": lambda: pool_grid(torch.zeros(10, 2), (3, 3), (1, 1)),
+    "a pooled grid larger than the source": lambda: pool_grid(torch.zeros(9, 2), (3, 3), (4, 3)),
+    "attend ratio above 1": lambda: attend_weights(1.5),
+    "split of an empty sequence": lambda: split_counts(0, 3, 0.5),
     "unknown ratio shape": lambda: ratio_curve(4, 0.0, 1.0, "wobble"),
     "ratio curve of zero length": lambda: ratio_curve(0, 0.0, 1.0, "linear"),
     "negative target rms": lambda: normalize_global(torch.ones(4, 2), -1.0),
@@ -287,11 +262,6 @@ INVALID = {
 def test_invalid_arguments_raise_value_error(call):
     with pytest.raises(ValueError):
         call()
-
-
-def test_concat_policy_error_points_to_concat():
-    with pytest.raises(ValueError, match=r"concat\(\)"):
-        map_length(torch.zeros(4, 2), 3, "concat")
 
 
 # ---- ratio curves ----

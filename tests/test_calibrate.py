@@ -41,8 +41,16 @@ def cal_engine(tiny_spec):
 
 
 @pytest.fixture(scope="module")
-def calibration(cal_engine):
-    return calibrate(cal_engine, PROMPTS)
+def cal_refs(tmp_path_factory):
+    """Calibration references (prompt i is read with reference i % 2)."""
+    d = tmp_path_factory.mktemp("cal-refs")
+    return [Reference.open(make_image(d / "r0.png", size=(64, 64))),
+            Reference.open(make_image(d / "r1.png", size=(96, 48), color=(30, 200, 90)))]
+
+
+@pytest.fixture(scope="module")
+def calibration(cal_engine, cal_refs):
+    return calibrate(cal_engine, PROMPTS, cal_refs)
 
 
 @pytest.fixture(scope="module")
@@ -89,6 +97,31 @@ def vl_direct(tiny_dirs):
     return out
 
 
+@pytest.fixture(scope="module")
+def vl_image_direct(tiny_dirs, cal_refs):
+    """Every hidden layer of the tiny Qwen3-VL for each prompt read with its calibration reference, and the roles
+    of the positions (image pads vs text outside the vision block)."""
+    from transformers import AutoProcessor, Qwen3VLForConditionalGeneration
+
+    processor = AutoProcessor.from_pretrained(tiny_dirs.vl)
+    model = Qwen3VLForConditionalGeneration.from_pretrained(tiny_dirs.vl, dtype=torch.float32).eval()
+    plant_sink(model, processor.tokenizer.convert_tokens_to_ids(SINK_TOKEN))
+    out = []
+    for i, prompt in enumerate(PROMPTS):
+        ref = cal_refs[i % len(cal_refs)]
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+        rendered = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        inputs = processor(text=rendered, images=[ref.image], return_tensors="pt")
+        with torch.no_grad():
+            hidden = model.model(**inputs, output_hidden_states=True).hidden_states
+        ids = inputs["input_ids"][0].tolist()
+        start, end = ids.index(processor.vision_start_token_id), ids.index(processor.vision_end_token_id)
+        roles = ["image" if t == processor.image_token_id else ("marker" if start <= j <= end else "text")
+                 for j, t in enumerate(ids)]
+        out.append((torch.stack([h[0] for h in hidden]), roles))
+    return out
+
+
 def pooled(per_prompt, layer, sinks: bool = False):
     """The rows of every prompt at `layer`: the non-sink ones, or (sinks=True) only the sink ones."""
     rows = []
@@ -132,6 +165,23 @@ def test_vl_text_stats_equal_the_non_sink_rows_of_qwen3_vl_run_directly(calibrat
     check_stats(tensors, f"vl.{layer % n}.text", pooled(vl_direct, layer))
 
 
+@pytest.mark.parametrize("layer", [0, -2])
+@pytest.mark.parametrize("role", ["image", "image_text"])
+def test_vl_image_and_image_text_stats_equal_the_rows_of_qwen3_vl_reading_the_references(calibration, vl_image_direct,
+                                                                                     layer, role):
+    """Image rows, and the text rows that attended an image, have statistics of their own (sinks apart)."""
+    tensors, meta = calibration
+    n = meta["layers"]["vl"]
+    rows = []
+    for hidden, roles in vl_image_direct:
+        h = hidden[layer]
+        sinks = set(blend.sink_positions(h))
+        want = "image" if role == "image" else "text"
+        rows.append(h[[j for j, r in enumerate(roles) if r == want and j not in sinks]])
+    check_stats(tensors, f"vl.{layer % n}.{role}", torch.cat(rows))
+    assert meta["references"] and "vlbench-calibration-2" == meta["format"]
+
+
 @pytest.mark.parametrize("model", ["qwen3", "vl"])
 def test_sink_rows_are_kept_apart(calibration, qwen3_direct, vl_direct, model):
     tensors, _ = calibration
@@ -151,6 +201,8 @@ def test_template_and_prompt_roles_partition_the_text_rows(calibration):
     tensors, meta = calibration
     for model, n in meta["layers"].items():
         for layer in range(n):
+            if f"{model}.{layer}.template.count" not in tensors:
+                continue
             parts = [int(tensors[f"{model}.{layer}.{role}.count"]) for role in ("template", "prompt")]
             assert sum(parts) == int(tensors[f"{model}.{layer}.text.count"]) and all(parts)
 
@@ -204,51 +256,91 @@ def ref(tmp_path_factory):
     return Reference.open(make_image(tmp_path_factory.mktemp("cal") / "ref.png", size=(96, 64)))
 
 
-def test_global_normalisation_scales_the_non_sink_vl_rows_to_qwen3s_rms(cal_engine, stats_path, calibration, ref):
+def test_global_normalisation_scales_the_vl_text_rows_to_qwen3s_rms_before_a_positionwise_mix(
+        cal_engine, stats_path, calibration, ref):
     tensors, meta = calibration
     prompt = PROMPTS[0]
-    plain = cal_engine.condition(Recipe(tokens="full"), prompt, [ref])
-    cond = cal_engine.condition(Recipe(tokens="full", normalization="global", calibration=str(stats_path)),
-                                prompt, [ref])
+    plain = cal_engine.condition(Recipe(tokens="text"), prompt, [ref])
     x = plain.embeds
     sinks = blend.sink_positions(x)
     assert sinks  # the planted <|im_start|> rows
     keep = [i for i in range(x.shape[0]) if i not in sinks]
     target = tensors[f"qwen3.{meta['layers']['qwen3'] - 2}.text.rms"].reshape(())
-    torch.testing.assert_close(blend.rms(cond.embeds[keep]), target, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(cond.embeds[keep], blend.normalize_global(x[keep], target))
-    assert torch.equal(cond.embeds[sinks], x[sinks])  # sinks untouched
-    assert [cond.rows[i]["normalized"] for i in sinks] == ["sink, untouched"] * len(sinks)
-    # normalisation happens before the alpha mix, where a scale matters
-    mixed = cal_engine.condition(Recipe(tokens="full", alpha=0.5, normalization="global", calibration=str(stats_path),
-                                        length_policy="pool"), prompt, [ref])
+    recipe = Recipe(tokens="text", alpha=0.5, alpha_policy="positionwise", normalization="global",
+                    calibration=str(stats_path))
+    mixed = cal_engine.condition(recipe, prompt, [ref])
+    normalised = x.clone()
+    normalised[keep] = blend.normalize_global(x[keep], target)  # sinks untouched
     qwen3 = cal_engine.condition(Recipe(alpha=0.0), prompt, []).embeds
-    torch.testing.assert_close(mixed.embeds, blend.mix_sequences(qwen3, cond.embeds, 0.5, "pool")[0])
+    torch.testing.assert_close(mixed.embeds, blend.mix(qwen3, normalised, 0.5))
+    with pytest.raises(UserError, match="normalization global: has no effect here"):
+        Recipe(tokens="full", normalization="global")  # a single scale the DiT's RMSNorm removes
 
 
-def test_per_dim_normalisation_maps_text_rows_by_vl_stats_and_image_rows_by_their_own(cal_engine, stats_path,
-                                                                                      calibration, ref):
+def test_per_dim_normalisation_maps_each_role_by_its_own_calibrated_statistics(cal_engine, stats_path, calibration,
+                                                                              ref):
     tensors, meta = calibration
     prompt = PROMPTS[1]
     plain = cal_engine.condition(Recipe(tokens="full"), prompt, [ref])
-    cond = cal_engine.condition(Recipe(tokens="full", normalization="per-dim", calibration=str(stats_path)),
-                                prompt, [ref])
     x = plain.embeds
     sinks = set(blend.sink_positions(x))
     roles = plain.extraction.roles
     text = [i for i, r in enumerate(roles) if r in ("template", "prompt") and i not in sinks]
-    image = [i for i, r in enumerate(roles) if r not in ("template", "prompt") and i not in sinks]
+    image = [i for i, r in enumerate(roles) if r == "image" and i not in sinks]
+    markers = [i for i, r in enumerate(roles) if r in ("vision_start", "vision_end")]
     q, v = meta["layers"]["qwen3"] - 2, meta["layers"]["vl"] - 2
     ref_mean, ref_std = tensors[f"qwen3.{q}.text.mean"], tensors[f"qwen3.{q}.text.std"]
-    expected = x.clone()
-    expected[text] = blend.normalize_per_dim(x[text], tensors[f"vl.{v}.text.mean"], tensors[f"vl.{v}.text.std"],
-                                             ref_mean, ref_std)
-    expected[image] = blend.normalize_per_dim(x[image], *blend.dim_stats(x[image]), ref_mean, ref_std)
-    torch.testing.assert_close(cond.embeds, expected)
-    assert not torch.allclose(cond.embeds, x)
+    stat = lambda role, k: tensors[f"vl.{v}.{role}.{k}"]  # noqa: E731
+    for mode in ("per-dim", "per-dim-scale"):
+        cond = cal_engine.condition(Recipe(tokens="full", normalization=mode, calibration=str(stats_path)), prompt,
+                                    [ref])
+        expected = x.clone()
+        for rows, role in ((text, "image_text"), (image, "image")):  # text that attended an image: its own role
+            target_mean = ref_mean if mode == "per-dim" else stat(role, "mean")  # per-dim-scale keeps the means
+            expected[rows] = blend.normalize_per_dim(x[rows], stat(role, "mean"), stat(role, "std"), target_mean,
+                                                     ref_std)
+        torch.testing.assert_close(cond.embeds, expected)
+        assert torch.equal(cond.embeds[markers], x[markers]) and torch.equal(cond.embeds[sorted(sinks)],
+                                                                              x[sorted(sinks)])
 
 
-@pytest.mark.parametrize("normalization", ["global", "per-dim"])
+def test_text_only_vl_rows_use_the_text_only_statistics(cal_engine, stats_path, calibration):
+    tensors, meta = calibration
+    v, q = meta["layers"]["vl"] - 2, meta["layers"]["qwen3"] - 2
+    plain = cal_engine.condition(Recipe(tokens="text"), PROMPTS[2], [])
+    cond = cal_engine.condition(Recipe(tokens="text", normalization="per-dim", calibration=str(stats_path)),
+                                PROMPTS[2], [])
+    keep = [i for i in range(plain.embeds.shape[0]) if i not in set(blend.sink_positions(plain.embeds))]
+    torch.testing.assert_close(cond.embeds[keep], blend.normalize_per_dim(
+        plain.embeds[keep], tensors[f"vl.{v}.text.mean"], tensors[f"vl.{v}.text.std"],
+        tensors[f"qwen3.{q}.text.mean"], tensors[f"qwen3.{q}.text.std"]))
+
+
+def test_the_normalization_sweep_arms_all_differ(cal_engine, stats_path, ref):
+    """An arm that cannot differ is not an arm: every pair of the shipped sweep's arms differs."""
+    from vlbench.experiments.spec import load_type
+
+    experiment = load_type("normalization_sweep")
+    outputs = {}
+    for named in experiment.recipes():
+        recipe = named.recipe.replace(calibration=str(stats_path)) if named.recipe.normalization != "none" \
+            else named.recipe
+        outputs[named.name] = cal_engine.condition(recipe, PROMPTS[0], [ref]).embeds
+    names = list(outputs)
+    assert len(names) >= 3
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            assert outputs[a].shape != outputs[b].shape or not torch.allclose(outputs[a], outputs[b]), (a, b)
+
+
+def test_an_old_stats_file_without_image_statistics_is_refused_in_one_line(calibration, cal_engine, tmp_path):
+    tensors, meta = calibration
+    path = save_stats(tensors, dict(meta, format="vlbench-calibration-1"), tmp_path / "old.safetensors")
+    with pytest.raises(UserError, match="without image-token statistics; re-run vlbench calibrate"):
+        load_stats(path, cal_engine.models)
+
+
+@pytest.mark.parametrize("normalization", ["per-dim", "per-dim-scale"])
 def test_a_missing_stats_file_tells_to_run_vlbench_calibrate(cal_engine, ref, tmp_path, normalization):
     for calibration in (str(tmp_path / "nowhere.safetensors"), None):  # None: the default path, not written yet
         recipe = Recipe(normalization=normalization, calibration=calibration)

@@ -142,28 +142,25 @@ def test_normalised_columns_equal_the_normalisation_applied_by_hand(sink_engine,
     from vlbench.engine.calibrate import calibrate, load_stats, save_stats
 
     ids, vl_hidden, q_hidden, processor = direct
-    path = save_stats(*calibrate(sink_engine, [PROMPT, "a watercolor lighthouse"]), tmp_path / "stats.safetensors")
+    path = save_stats(*calibrate(sink_engine, [PROMPT, "a watercolor lighthouse"], [ref]), tmp_path / "stats.safetensors")
     d = diagnose(sink_engine, [ref], PROMPT, layers=(-2,), calibration=path)
-    assert d["modes"] == ["none", "global", "per-dim"] and d["calibration"] == str(path)
+    assert d["modes"] == ["none", "per-dim", "per-dim-scale"] and d["calibration"] == str(path)
     stats = load_stats(path, None)
     h = vl_hidden[-2]
     sinks = set(blend.sink_positions(h))
-    keep = [i for i in range(h.shape[0]) if i not in sinks]
-    scale = stats.get("qwen3", -2, "text")["rms"] / blend.rms(h[keep])  # global: one scale, sinks untouched
     ref_std, _ = q_ref_std(q_hidden)
     image = [p for p in positions(ids, processor)["image"] if p not in sinks]
     got = by_layer(d, -2)["modes"]
-    assert got["global"]["image"]["rms"] == pytest.approx(float(blend.rms(h[image]) * scale), rel=1e-4)
-    assert got["global"]["image"]["std_ratio_median"] == pytest.approx(
-        float((h[image].std(0, correction=0) * scale / ref_std).median()), rel=1e-4)
-    # per-dim: the vision block (image + markers) moved from its own statistics onto calibrated Qwen3-4B's
+    # per-dim: the image rows moved from the calibrated image-row statistics onto Qwen3-4B's
     cal = stats.get("qwen3", -2, "text")
-    block = sorted(image + [p for p in positions(ids, processor)["markers"] if p not in sinks])
-    moved = blend.normalize_per_dim(h[block], *blend.dim_stats(h[block]), cal["mean"], cal["std"])
-    moved_image = moved[[block.index(p) for p in image]]
+    src = stats.get("vl", -2, "image")
+    moved_image = blend.normalize_per_dim(h[image], src["mean"], src["std"], cal["mean"], cal["std"])
     assert got["per-dim"]["image"]["rms"] == pytest.approx(float(blend.rms(moved_image)), rel=1e-4)
     assert got["per-dim"]["image"]["std_ratio_median"] == pytest.approx(
         float((moved_image.std(0, correction=0) / ref_std).median()), rel=1e-4)
+    # per-dim-scale: the spread only; the image rows' calibrated means stay
+    scaled = blend.normalize_per_dim(h[image], src["mean"], src["std"], src["mean"], cal["std"])
+    assert got["per-dim-scale"]["image"]["rms"] == pytest.approx(float(blend.rms(scaled)), rel=1e-4)
     assert got["none"]["image"] == by_layer(diagnose(sink_engine, [ref], PROMPT, (-2,)), -2)["modes"]["none"]["image"]
 
 

@@ -151,7 +151,7 @@ def test_a_dual_recipe_is_one_model_call_and_the_same_conditioning_as_two(models
     assert first.describe() == reference.describe()
 
     # running it again, or any other mix of the same two passes, costs nothing
-    for recipe in (DUAL, DUAL.replace(dual_ratio=0.9, length_policy="concat"), DUAL.replace(style_tokens="full")):
+    for recipe in (DUAL, DUAL.replace(dual_ratio=0.9, dual_policy="split"), DUAL.replace(style_tokens="full")):
         batched.condition(recipe, PROMPT, [refs["a"]])
     assert len(calls) == 3 and batched.vl_forwards == 2 and batched.vl_batched_calls == 1
 

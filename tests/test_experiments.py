@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -27,14 +28,14 @@ CUSTOM = Path(__file__).parents[1] / "examples" / "experiments" / "my_layer_pair
 COUNTS = {
     "vl_only_vs_qwen3": (4, 4), "vl_intra_token_blend": (6, 6), "vl_layer_by_token": (10, 4),
     "vl_double_conditioning": (5, 5), "vl_prompt_variations": (6, 6), "alpha_sweep": (5, 5),
-    "layer_sweep": (7, 2), "token_sweep": (5, 5), "normalization_sweep": (3, 3), "length_policy_sweep": (4, 4),
-    "img2img_style": (6, 6),
+    "layer_sweep": (7, 2), "token_sweep": (6, 6), "normalization_sweep": (3, 3), "mix_policy_sweep": (3, 3),
+    "img2img_style": (6, 6), "multi_reference": (3, 3),
 }
 # With one reference and one prompt: distinct (reference, VL text) extractions each type reads.
 EXTRACTIONS = {
     "vl_only_vs_qwen3": 1, "vl_intra_token_blend": 1, "vl_layer_by_token": 1, "vl_double_conditioning": 2,
     "vl_prompt_variations": 4, "alpha_sweep": 1, "layer_sweep": 1, "token_sweep": 1, "normalization_sweep": 1,
-    "length_policy_sweep": 1, "img2img_style": 1, "my_layer_pair": 1,
+    "mix_policy_sweep": 1, "img2img_style": 1, "my_layer_pair": 1, "multi_reference": 3,
 }
 def _recipes(experiment, **kw):
     return experiment.recipes(**kw)  # a renamed or missing Recipe field fails here, loudly
@@ -146,6 +147,7 @@ def runs(engine, tmp_path_factory):
     done: dict = {}
     root = tmp_path_factory.mktemp("runs")
     ref = Reference.open(make_image(root / "ref.png"))
+    second = Reference.open(make_image(root / "ref2.png", size=(64, 96), color=(20, 90, 200)))
 
     def run(name: str):
         if name not in done:
@@ -155,7 +157,8 @@ def runs(engine, tmp_path_factory):
             with pytest.MonkeyPatch.context() as mp:
                 mp.setenv("VLBENCH_DATA_DIR", str(root / "data"))
                 out = root / Path(name).stem
-                summary = run_experiment(fresh, experiment, recipes, [ref], [PROMPT], out, seeds=[SEED])
+                refs = experiment.reference_sets([ref, second]) if experiment.references == "together" else [ref]
+                summary = run_experiment(fresh, experiment, recipes, refs, [PROMPT], out, seeds=[SEED])
             done[name] = (out, summary, fresh, ref)
         return done[name]
 
@@ -223,16 +226,17 @@ def test_resume_after_an_interrupt_completes_with_unique_rows(engine, tmp_path, 
     with open(out / "results.jsonl", "a") as f:  # killed in the middle of writing a row
         f.write('{"key": "0123", "name": "ful')
 
+    n = len(recipes)
     summary = run_experiment(Engine(engine.models), experiment, recipes, refs, [PROMPT], out)
-    assert (summary.skipped, summary.done, summary.failed) == (2, 3, 0)
+    assert (summary.skipped, summary.done, summary.failed) == (2, n - 2, 0)
     rows = _rows(out)  # every line parses: the torn line is gone
-    assert len(rows) == 5 and len({r["key"] for r in rows}) == 5
+    assert len(rows) == n and len({r["key"] for r in rows}) == n
 
     (out / rows[0]["image"]).unlink()  # a row whose PNG is missing is redone, not trusted
     summary = run_experiment(Engine(engine.models), experiment, recipes, refs, [PROMPT], out)
-    assert (summary.skipped, summary.done) == (4, 1)
+    assert (summary.skipped, summary.done) == (n - 1, 1)
     rows = _rows(out)
-    assert len(rows) == 5 and len({r["key"] for r in rows}) == 5
+    assert len(rows) == n and len({r["key"] for r in rows}) == n
     for row in rows:
         Image.open(out / row["image"]).verify()
 
@@ -321,3 +325,96 @@ def test_finished_images_are_recorded_in_the_run_store(engine, tmp_path, ref_ima
     assert sorted(r.name for r in runs) == ["full", "image"]
     assert all(r.status == "done" and r.source == "experiment" and Path(r.image).is_file() for r in runs)
     assert all(r.duration is not None and r.duration >= r.timings["generation"] for r in runs)
+
+
+# ---- every label is a claim: each shipped config computes what its file says ----
+MIX_POLICY_FIELD = {"alpha": "alpha_policy", "intra_ratio": "intra_policy", "dual_ratio": "dual_policy"}
+NAMED_RATIO = {"alpha": "alpha", "blend": "alpha", "intra": "intra_ratio", "dual": "dual_ratio"}
+
+
+def _mix_records(row: dict, knob: str) -> list[dict]:
+    """Every record of mix `knob` in one row's provenance (mixes nest: an attend row keeps its inner rows)."""
+    found = []
+    if row.get("mix") == knob:
+        found.append(row)
+    if f"{knob}_mix" in row:
+        found.append(row[f"{knob}_mix"])
+    for key in ("base", "other"):
+        if isinstance(row.get(key), dict):
+            found += _mix_records(row[key], knob)
+    return found
+
+
+@pytest.fixture(scope="module")
+def shipped_stats(engine, tmp_path_factory):
+    """Calibration statistics for the normalisation arms (calibrated on the tiny models themselves)."""
+    from vlbench.engine.calibrate import calibrate, save_stats
+
+    refs = [Reference.open(make_image(tmp_path_factory.mktemp("cal") / "c.png", size=(64, 64)))]
+    return str(save_stats(*calibrate(engine, [PROMPT, "a blue circle"], refs),
+                          tmp_path_factory.mktemp("stats") / "stats.safetensors"))
+
+
+def test_a_multi_reference_type_reads_every_reference_in_each_job_and_records_them(runs):
+    out, summary, _, ref = runs("multi_reference")
+    rows = _rows(out)
+    assert summary.done == 3 and all(len(r["references"]) == 2 for r in rows)
+    assert {r["references"][0]["sha256"] for r in rows} == {ref.sha256}
+
+
+def test_a_config_that_cannot_run_with_the_given_references_is_refused_before_models_load(tmp_path, ref_image):
+    argv = ["run", "--experiment", "multi_reference", "--image", str(ref_image), "--prompt", "p", "--output-dir",
+            str(tmp_path / "o"), "--zimage", "/nonexistent", "--vl", "/nonexistent"]
+    with pytest.raises(UserError, match=r"config 'separate_1_1' \(with 1 reference\(s\) read together\): "
+                                        r"image_weights 1.0,1.0: 2 weights for 1 references"):
+        _main(argv)
+
+
+@pytest.mark.parametrize("name", sorted(COUNTS))
+def test_each_shipped_config_computes_what_its_file_says(engine, ref_image, shipped_stats, name):
+    """Its recorded provenance: every mix it makes, under the policy its file names, with the weight its ratio gives
+    (attend: r/(1-r) odds, the larger weight 1; positionwise: r on every row); a name that ends in a number is that
+    mix's ratio; a config that makes no mix has no mixed row."""
+    from vlbench.engine import blend
+
+    experiment = load_type(name)
+    refs = [Reference.open(ref_image)]
+    if experiment.references == "together":
+        refs.append(Reference.open(make_image(ref_image.parent / "second.png", size=(64, 96), color=(9, 9, 200))))
+    for named in experiment.recipes(overrides=SMALL):
+        recipe = named.recipe
+        if recipe.normalization != "none":
+            recipe = recipe.replace(calibration=shipped_stats)
+        try:
+            cond = engine.condition(recipe, PROMPT, refs)
+        except UserError as exc:  # layers deeper than the tiny VL's 16 (the published model has 36)
+            assert exc.field == "layer" and "out of range" in exc.problem, str(exc)
+            continue
+        stated = {**experiment.base, **next(c.fields for c in experiment.configs if c.name == named.name)}
+        for knob, (ratio, policy) in recipe.mixes.items():
+            assert MIX_POLICY_FIELD[knob] in stated, f"{name}/{named.name}: the file must state {MIX_POLICY_FIELD[knob]}"
+            assert stated[MIX_POLICY_FIELD[knob]] == policy
+            records = [rec for row in cond.rows for rec in _mix_records(row, knob)]
+            assert records and {rec["policy"] for rec in records} == {policy}, (name, named.name, knob)
+            if policy == "positionwise":
+                assert {rec["weight_other"] for rec in records} == {ratio}
+            elif policy == "attend" and 0 < ratio < 1:
+                wb, wo = blend.attend_weights(ratio)
+                assert {rec["weight"] for rec in records if rec["from"] == "other"} == {wo}
+                assert {rec["weight"] for rec in records if rec["from"] == "base"} == {wb}
+        if not recipe.mixes:
+            assert not any("mix" in row or any(k.endswith("_mix") for k in row) for row in cond.rows), named.name
+        match = re.fullmatch(r"(alpha|blend|intra|dual)_(\d+(?:\.\d+)?)", named.name)
+        if match:
+            assert getattr(recipe, NAMED_RATIO[match.group(1)]) == float(match.group(2)), named.name
+        if recipe.normalization != "none":
+            assert {r.get("normalized") for r in cond.rows} <= {recipe.normalization, "sink, untouched"}
+
+
+def test_each_example_recipe_states_the_policy_of_every_mix_it_makes():
+    from vlbench.recipe import load_recipe, read_recipe_file
+
+    for path in sorted((Path(__file__).parents[1] / "examples" / "recipes").glob("*.toml")):
+        recipe, stated = load_recipe(path), read_recipe_file(path)
+        for knob, (_, policy) in recipe.mixes.items():
+            assert stated.get(MIX_POLICY_FIELD[knob]) == policy, (path.name, knob)

@@ -258,3 +258,51 @@ def test_png_without_vlbench_metadata_reads_as_empty(tmp_path):
 
     Image.new("RGB", (8, 8)).save(tmp_path / "plain.png")
     assert read_png_metadata(tmp_path / "plain.png") == {}
+
+
+# ---------------------------------------------------------------- attend: the continuous strength
+def test_attend_at_half_is_plain_concatenation_and_equals_diffusers_with_the_same_embeds(engine, ref_pipe, refs):
+    """At ratio 0.5 both sources weigh 1: no bias is installed and the DiT is diffusers' own, bit for bit."""
+    from vlbench.recipe import Recipe as R
+
+    result = engine.run(R(intra_ratio=0.5, seed=2, **SIZE), PROMPT, refs)
+    assert result.conditioning.weights is None
+    expected = diffusers_image(ref_pipe, seed=2, prompt_embeds=[result.conditioning.embeds.clone()])
+    np.testing.assert_array_equal(px(result.image), expected)
+
+
+def test_the_image_changes_continuously_with_an_attend_ratio(engine, refs):
+    def image(r):
+        return px(engine.run(Recipe(intra_ratio=r, seed=5, **SIZE), PROMPT, refs).image).astype(float)
+
+    for r in (0.2, 0.45, 0.55):
+        near = np.abs(image(r) - image(r + 0.01)).mean()
+        far = np.abs(image(r) - image(r + 0.4)).mean()
+        assert near < far / 5, (r, near, far)
+
+
+def test_caption_weights_become_log_biases_on_the_conditional_items_caption_keys(engine):
+    """The joint blocks receive a float key mask: log w on each caption row of the first (conditional) item, after
+    its padded image tokens; 0 elsewhere; -inf where the boolean mask hid a batch-padding position."""
+    from vlbench.engine.generate import CAPTION_PAD, caption_attention
+
+    transformer = engine.models.pipe.transformer
+    layer = transformer.layers[0]
+    weights = torch.tensor([1.0, 0.5, 0.25, 1.0, 0.125])
+    x_pad, cap_pad, total = 64, 32, 64 + 32
+    hidden = torch.zeros(2, total + 32, transformer.config.dim)
+    mask = torch.ones(2, total + 32, dtype=torch.bool)
+    mask[0, total:] = False  # item 0 is shorter: batch padding at its end
+    with caption_attention(transformer, weights):
+        (hook,) = layer._forward_pre_hooks.values()
+        args = hook(layer, (hidden, mask, None, None, None, None, None))
+    assert len(layer._forward_pre_hooks) == 0  # removed on the way out
+    float_mask = args[1]
+    assert float_mask.dtype == hidden.dtype and float_mask.shape == (2, total + 32)
+    assert torch.equal(float_mask[0, x_pad:x_pad + 5], weights.log())
+    assert torch.equal(float_mask[0, :x_pad], torch.zeros(x_pad)) and torch.equal(float_mask[0, x_pad + 5:total],
+                                                                                   torch.zeros(total - x_pad - 5))
+    assert torch.isinf(float_mask[0, total:]).all() and torch.equal(float_mask[1], torch.zeros(total + 32))
+    assert cap_pad == CAPTION_PAD
+    with caption_attention(transformer, torch.ones(5)):  # all weights 1: nothing installed at all
+        assert len(layer._forward_pre_hooks) == 0

@@ -38,7 +38,7 @@ def test_every_recipe_flag_states_the_recipes_real_default():
         default = field_default(name)
         shown = "not set" if default is None else (format_value(name, default) or "empty")
         assert f"(default {shown}" in helps[name], (name, helps[name])
-    assert "(default concat" in helps["length_policy"]
+    assert "(default attend" in helps["alpha_policy"]
 
 
 def test_the_readme_recipe_table_is_generated_from_the_schema():
@@ -101,8 +101,12 @@ NO_EFFECT = [  # (fields, the field named in the error)
     ({"content_tokens": "full"}, "content_tokens"),
     ({"dual_ratio": 0.2}, "dual_ratio"),
     ({"image_layer": -3, "text_layer": -4, "layer": -5}, "layer"),
-    ({"length_policy": "pool", "alpha_end": 0.5}, "alpha_end"),
-    ({"length_policy": "pool", "curve": "linear", "intra_ratio_end": 0.5, "alpha_end": 0.2}, "intra_ratio_end"),
+    ({"alpha": 0.5, "tokens": "text", "alpha_policy": "positionwise", "alpha_end": 0.2}, "alpha_end"),
+    ({"alpha": 0.5, "tokens": "text", "curve": "linear", "alpha_end": 0.2}, "curve"),
+    ({"alpha_policy": "split"}, "alpha_policy"),
+    ({"intra_policy": "split"}, "intra_policy"),
+    ({"dual_policy": "split"}, "dual_policy"),
+    ({"alpha": 0.0, "pool_image_tokens": 16}, "pool_image_tokens"),
     ({"calibration": "stats.safetensors"}, "calibration"),
     ({"image_weights": (1.0, 2.0)}, "image_weights"),
     ({"negative_prompt": "blurry"}, "negative_prompt"),
@@ -141,7 +145,7 @@ def test_the_same_rule_applies_in_files_experiment_types_the_cli_and_the_workben
 
 def test_multi_image_separate_with_one_reference_is_refused():
     with pytest.raises(UserError, match="multi_image separate: has no effect with fewer than two references"):
-        Recipe(multi_image="separate", length_policy="pool").check_inputs(1)
+        Recipe(multi_image="separate").check_inputs(1)
 
 
 # ---------------------------------------------------------------- errors are data, worded by each front end

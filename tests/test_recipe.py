@@ -15,8 +15,8 @@ def test_defaults_are_turbos_and_pure_vl():
     assert r.uses_vl and not r.uses_text_encoder
 
 
-def test_token_selections_are_the_five_named_ones():
-    assert list(Tokens.values()) == ["full", "image", "image-markers", "text", "prompt"]
+def test_token_selections_are_the_six_named_ones():
+    assert list(Tokens.values()) == ["full", "image", "image+template", "image-markers", "text", "prompt"]
 
 
 @pytest.mark.parametrize(
@@ -50,13 +50,21 @@ def test_replace_validates_too():
         Recipe().replace(steps=0)
 
 
-def test_a_fractional_alpha_is_a_blend_with_an_explicit_length_policy():
-    """0 < alpha < 1 was refused until the blending work; it now needs (and has) a named length policy."""
+def test_every_mix_has_its_own_policy_and_a_fractional_alpha_attends_by_default():
     r = Recipe(alpha=0.5, tokens="full")
-    assert r.length_policy in ("pool", "resample", "truncate", "concat")
+    assert r.alpha_policy == "attend" and r.mixes == {"alpha": (0.5, "attend")}
     assert r.uses_vl and r.uses_text_encoder
-    with pytest.raises(UserError, match="length_policy"):
-        Recipe(alpha=0.5, length_policy="interpolate")
+    assert Recipe(intra_ratio=0.3, intra_policy="split").mixes == {"intra_ratio": (0.3, "split")}
+    assert Recipe(dual=True, dual_ratio=0.2, alpha=0.6).mixes == {"dual_ratio": (0.2, "attend"), "alpha": (0.6, "attend")}
+    with pytest.raises(UserError, match="alpha_policy"):
+        Recipe(alpha=0.5, alpha_policy="interpolate")
+
+
+def test_a_recipe_of_an_earlier_version_says_what_replaced_its_field(tmp_path):
+    path = tmp_path / "old.toml"
+    path.write_text('alpha = 0.5\nlength_policy = "pool"\n')
+    with pytest.raises(UserError, match="length_policy: replaced by one policy per mix"):
+        load_recipe(path)
 
 
 def test_recipes_are_hashable_and_compare_by_value():

@@ -20,8 +20,6 @@ from vlbench.recipe import Recipe
 from vlbench.errors import CaptionTooLong, UserError
 
 PROMPT = "A photo of a red fox sitting in fresh snow"
-POLICIES = ["pool", "resample", "truncate", "concat"]
-POSITIONWISE = ["pool", "resample", "truncate"]
 SIZE = dict(width=64, height=64, steps=2)
 
 
@@ -120,94 +118,119 @@ def same(a, b):
     assert torch.equal(a, b) or torch.allclose(a, b, atol=1e-6, rtol=1e-6), (a - b).abs().max()
 
 
-def mapped(other, length, policy, base):
-    """`other` after the policy's length mapping onto `length` rows (concat keeps it as it is)."""
-    return other if policy == "concat" else blend.map_length(other, length, policy, base=base)
+def attended(base, other, r):
+    """What an attend mix gives: [base; other] (a source of weight 0 dropped) and each row's attention weight."""
+    wb, wo = blend.attend_weights(r)
+    parts = [(base, wb), (other, wo)]
+    kept = [(x, w) for x, w in parts if w > 0]
+    return torch.cat([x for x, _ in kept]), torch.cat([torch.full((len(x),), w) for x, w in kept])
 
 
-def test_the_fixtures_lengths_make_every_policy_do_something(vlref, refs, qwen3):
-    """Image rows outnumber text rows, so pool/resample/truncate all change the image selection's length."""
+def weights_of(cond):
+    return cond.weights if cond.weights is not None else torch.ones(cond.embeds.shape[0])
+
+
+def image_grid(engine, ref):
+    return engine.extraction([ref], PROMPT, None).image_grids[0]
+
+
+def test_the_fixtures_make_every_mix_do_something(vlref, refs, qwen3):
+    """Image rows outnumber text rows; the VL's text rows of the prompt match Qwen3-4B's token for token."""
     text = vlref.rows([refs["a"]], PROMPT, "text")
     image = vlref.rows([refs["a"]], PROMPT, "image")
     assert text.shape[0] == qwen3.shape[0] < image.shape[0]
-    assert not torch.allclose(blend.pool(image, text.shape[0]), blend.resample(image, text.shape[0]))
 
 
 # ---------------------------------------------------------------- the ends of every ratio, under every policy
-@pytest.mark.parametrize("policy", POLICIES)
-def test_intra_ratio_0_is_exactly_the_text_selection(engine, vlref, refs, policy):
-    cond = engine.condition(Recipe(intra_ratio=0.0, length_policy=policy), PROMPT, [refs["a"]])
-    text = engine.condition(Recipe(tokens="text"), PROMPT, [refs["a"]])
-    assert torch.equal(cond.embeds, text.embeds)
-    same(cond.embeds, vlref.rows([refs["a"]], PROMPT, "text"))
+@pytest.mark.parametrize("policy", ["attend", "split"])
+def test_intra_ratio_0_is_exactly_the_text_selection_and_1_the_image_selection(engine, vlref, refs, policy):
+    zero = engine.condition(Recipe(intra_ratio=0.0, intra_policy=policy), PROMPT, [refs["a"]])
+    one = engine.condition(Recipe(intra_ratio=1.0, intra_policy=policy), PROMPT, [refs["a"]])
+    same(zero.embeds, vlref.rows([refs["a"]], PROMPT, "text"))
+    same(one.embeds, vlref.rows([refs["a"]], PROMPT, "image"))  # nothing resampled at the ends
+    assert zero.weights is None and one.weights is None
 
 
-@pytest.mark.parametrize("policy", POLICIES)
-def test_intra_ratio_1_is_the_image_selection_after_the_policys_length_mapping(engine, vlref, refs, policy):
-    cond = engine.condition(Recipe(intra_ratio=1.0, length_policy=policy), PROMPT, [refs["a"]])
-    text = vlref.rows([refs["a"]], PROMPT, "text")
-    image = vlref.rows([refs["a"]], PROMPT, "image")
-    expected = {"concat": image, "pool": blend.pool(image, len(text)), "resample": blend.resample(image, len(text)),
-                "truncate": image[: len(text)]}[policy]
-    same(cond.embeds, expected)
-
-
-@pytest.mark.parametrize("policy", POLICIES)
-def test_alpha_0_is_exactly_zimages_own_qwen3_encoding(engine, refs, qwen3, policy):
-    cond = engine.condition(Recipe(alpha=0.0, length_policy=policy), PROMPT, [refs["a"]])
+@pytest.mark.parametrize("policy", ["attend", "split", "positionwise"])
+def test_alpha_0_is_exactly_zimages_own_qwen3_encoding_and_alpha_1_the_vl_selection(engine, vlref, refs, qwen3,
+                                                                                      policy):
+    cond = engine.condition(Recipe(alpha=0.0), PROMPT, [refs["a"]])
     assert torch.equal(cond.embeds, qwen3)
     assert cond.extractions == []  # the VL plays no part
-    with pytest.raises(UserError, match="tokens text: has no effect"):  # a selection at alpha 0 is refused
-        Recipe(alpha=0.0, tokens="text", length_policy=policy)
+    if policy != "attend":  # the default may stay; naming another policy where no mix happens is refused
+        with pytest.raises(UserError, match="alpha_policy .*: has no effect"):
+            Recipe(alpha=0.0, alpha_policy=policy)
+    one = engine.condition(Recipe(alpha=1.0, tokens="text"), PROMPT, [refs["a"]])
+    same(one.embeds, vlref.rows([refs["a"]], PROMPT, "text"))
+    assert one.text is None  # Qwen3-4B is not even run
 
 
-def test_alpha_1_under_concat_is_the_vl_selection_unchanged(engine, vlref, refs):
-    cond = engine.condition(Recipe(alpha=1.0, tokens="full", length_policy="concat"), PROMPT, [refs["a"]])
-    same(cond.embeds, vlref.rows([refs["a"]], PROMPT, "full"))
-
-
-@pytest.mark.parametrize("policy", POSITIONWISE)
-def test_alpha_1_is_the_vl_selection_mapped_onto_qwen3s_length(engine, vlref, refs, qwen3, policy):
-    cond = engine.condition(Recipe(alpha=1.0, tokens="full", length_policy=policy), PROMPT, [refs["a"]])
-    vl = vlref.rows([refs["a"]], PROMPT, "full")
-    same(cond.embeds, blend.map_length(vl, len(qwen3), policy, base=qwen3))
-
-
-# ---------------------------------------------------------------- intermediate ratios: blend.py by hand
-@pytest.mark.parametrize("policy", POLICIES)
-@pytest.mark.parametrize("ratio", [0.25, 0.6])
-def test_intra_ratio_equals_mix_sequences_of_the_directly_computed_rows(engine, vlref, refs, policy, ratio):
-    cond = engine.condition(Recipe(intra_ratio=ratio, length_policy=policy), PROMPT, [refs["a"]])
+# ---------------------------------------------------------------- attend: every token whole, weighted attention
+@pytest.mark.parametrize("ratio", [0.25, 0.5, 0.6])
+def test_intra_attend_is_both_selections_whole_with_the_ratio_as_attention_odds(engine, vlref, refs, ratio):
+    cond = engine.condition(Recipe(intra_ratio=ratio), PROMPT, [refs["a"]])  # intra_policy attend: the default
     text = vlref.rows([refs["a"]], PROMPT, "text")
     image = vlref.rows([refs["a"]], PROMPT, "image")
-    expected, info = blend.mix_sequences(text, image, ratio, policy)
-    same(cond.embeds, expected)
-    assert len(cond.rows) == info["out_len"]
+    embeds, weights = attended(text, image, ratio)
+    same(cond.embeds, embeds)
+    assert torch.allclose(weights_of(cond), weights)
+    assert (cond.weights is None) == (ratio == 0.5)  # at 0.5 both weigh 1: nothing for the DiT to weight
 
 
-@pytest.mark.parametrize("policy", POLICIES)
-def test_alpha_equals_mix_sequences_of_qwen3_and_the_vl_selection(engine, vlref, refs, qwen3, policy):
-    for tokens in ("full", "text", "image"):
-        cond = engine.condition(Recipe(alpha=0.4, tokens=tokens, length_policy=policy), PROMPT, [refs["a"]])
-        expected, _ = blend.mix_sequences(qwen3, vlref.rows([refs["a"]], PROMPT, tokens), 0.4, policy)
-        same(cond.embeds, expected)
+def test_alpha_attend_keeps_qwen3_and_the_vl_selection_whole(engine, vlref, refs, qwen3):
+    for tokens in ("full", "text", "image", "image+template"):
+        cond = engine.condition(Recipe(alpha=0.4, tokens=tokens), PROMPT, [refs["a"]])
+        embeds, weights = attended(qwen3, vlref.rows([refs["a"]], PROMPT, tokens), 0.4) \
+            if tokens != "image+template" else attended(qwen3, cond.embeds[len(qwen3):], 0.4)
+        same(cond.embeds, embeds)
+        assert torch.allclose(weights_of(cond), weights)
 
 
-@pytest.mark.parametrize("policy", POSITIONWISE)
-def test_position_wise_blends_are_continuous_in_their_ratio(engine, vlref, refs, qwen3, policy):
+@pytest.mark.parametrize("ratio", [0.3, 0.7])
+def test_split_shares_caption_rows_and_pools_the_image_on_its_grid(engine, vlref, refs, ratio):
+    cond = engine.condition(Recipe(intra_ratio=ratio, intra_policy="split"), PROMPT, [refs["a"]])
     text = vlref.rows([refs["a"]], PROMPT, "text")
-    image = mapped(vlref.rows([refs["a"]], PROMPT, "image"), len(text), policy, text)
-    full = mapped(vlref.rows([refs["a"]], PROMPT, "full"), len(qwen3), policy, qwen3)
+    image = vlref.rows([refs["a"]], PROMPT, "image")
+    keep_text, keep_image = blend.split_counts(len(text), len(image), ratio)
+    grid = image_grid(engine, refs["a"])
+    target = blend.grid_for(grid, keep_image)
+    same(cond.embeds, torch.cat([blend.pool(text, keep_text), blend.pool_grid(image, grid, target)]))
+
+
+# ---------------------------------------------------------------- positionwise: token for token only
+def test_alpha_positionwise_mixes_the_vl_text_tokens_row_by_row(engine, vlref, refs, qwen3):
+    for ratio in (0.25, 0.6):
+        cond = engine.condition(Recipe(alpha=ratio, tokens="text", alpha_policy="positionwise"), PROMPT, [refs["a"]])
+        same(cond.embeds, blend.mix(qwen3, vlref.rows([refs["a"]], PROMPT, "text"), ratio))
+        assert all(r["policy"] == "positionwise" and r["weight_other"] == ratio for r in cond.rows)
+
+
+def test_positionwise_never_pairs_text_with_image_tokens(engine, refs):
+    for fields in ({"alpha": 0.5, "tokens": "full"}, {"alpha": 0.5, "tokens": "image"},
+                   {"alpha": 0.5, "intra_ratio": 0.5}):
+        with pytest.raises(UserError, match="alpha_policy positionwise: pairs"):
+            Recipe(**fields, alpha_policy="positionwise")
+    with pytest.raises(UserError, match="intra_policy positionwise: would pair text tokens with image tokens"):
+        Recipe(intra_ratio=0.5, intra_policy="positionwise")
+    with pytest.raises(UserError, match="alpha_policy positionwise: pairs rows one to one, but the sequences do not"):
+        engine.condition(Recipe(alpha=0.5, tokens="text", vl_text="none", alpha_policy="positionwise"), PROMPT,
+                         [refs["a"]])  # the VL read no prompt: its template is shorter than Qwen3-4B's
+
+
+def test_positionwise_blends_are_continuous_in_their_ratio(engine, vlref, refs, qwen3):
+    text = vlref.rows([refs["a"]], PROMPT, "text")
     step = 1e-3
-    for knob, base, other in (("intra_ratio", text, image), ("alpha", qwen3, full)):
-        # the change over a 1e-3 step is 1e-3 of the distance between the two ends, row by row
-        bound = step * (other - base).abs().max() * 1.01 + 1e-5
-        starts = (0.0, 0.5, 1 - step)
-        for r in starts:
-            a = engine.condition(Recipe(**{knob: r}, length_policy=policy), PROMPT, [refs["a"]]).embeds
-            b = engine.condition(Recipe(**{knob: min(r + step, 1.0)}, length_policy=policy), PROMPT, [refs["a"]]).embeds
-            assert a.shape == b.shape, (knob, r)
-            assert 0 < (a - b).abs().max() <= bound, (knob, r)
+    bound = step * (text - qwen3).abs().max() * 1.01 + 1e-5
+
+    def recipe(r):  # the ends are the sources alone (no mix, so no policy); between them, row by row
+        if r <= 0:
+            return Recipe(alpha=0.0)
+        return Recipe(alpha=r, tokens="text") if r >= 1 else Recipe(alpha=r, tokens="text", alpha_policy="positionwise")
+
+    for r in (0.0, 0.5, 1 - step):
+        a = engine.condition(recipe(r), PROMPT, [refs["a"]]).embeds
+        b = engine.condition(recipe(min(r + step, 1.0)), PROMPT, [refs["a"]]).embeds
+        assert a.shape == b.shape and 0 < (a - b).abs().max() <= bound, r
 
 
 # ---------------------------------------------------------------- per-role layers: one forward, two layers
@@ -224,65 +247,81 @@ def test_image_and_text_layers_pick_their_hidden_states_entries_for_tokens_full(
     same(only_image.embeds, torch.stack([hidden[-5][p] if vision[p] else hidden[-3][p] for p in range(len(ids))]))
 
 
-@pytest.mark.parametrize("policy", ["pool", "concat"])
-def test_intra_blend_takes_image_rows_from_image_layer_and_text_rows_from_text_layer(engine, vlref, refs, policy):
-    recipe = Recipe(intra_ratio=0.5, image_layer=-5, text_layer=3, length_policy=policy)
+def test_intra_blend_takes_image_rows_from_image_layer_and_text_rows_from_text_layer(engine, vlref, refs):
+    recipe = Recipe(intra_ratio=0.3, image_layer=-5, text_layer=3)
     cond = engine.condition(recipe, PROMPT, [refs["a"]])
     text = vlref.rows([refs["a"]], PROMPT, "text", layer=3)
     image = vlref.rows([refs["a"]], PROMPT, "image", layer=-5)
-    same(cond.embeds, blend.mix_sequences(text, image, 0.5, policy)[0])
+    same(cond.embeds, attended(text, image, 0.3)[0])
+
+
+def test_image_template_selection_is_the_image_rows_and_the_template_rows(engine, vlref, refs):
+    cond = engine.condition(Recipe(tokens="image+template"), PROMPT, [refs["a"]])
+    ids, hidden = vlref.forward((refs["a"],), PROMPT)
+    text_positions = set(vlref.positions(ids, "text"))
+    prompt_ids = cond.extraction.roles
+    keep = [i for i, t in enumerate(ids) if t == vlref.image_pad or (i in text_positions and prompt_ids[i] == "template")]
+    same(cond.embeds, hidden[-2][keep])
+    assert {r["role"] for r in cond.rows} == {"image", "template"} and cond.rows[0]["position"] == 0  # the sink
 
 
 # ---------------------------------------------------------------- dual extraction: two forwards, one mix
-@pytest.mark.parametrize("policy", ["pool", "truncate", "concat"])
-def test_dual_recipe_equals_blending_two_single_extractions_done_directly(engine, vlref, refs, policy):
+@pytest.mark.parametrize("policy", ["attend", "split"])
+def test_dual_recipe_equals_mixing_two_single_extractions_done_directly(engine, vlref, refs, policy):
     recipe = Recipe(dual=True, style_vl_text="none", style_tokens="image", style_layer=-4,
                     content_vl_text="prompt", content_tokens="text", content_layer=-3, dual_ratio=0.35,
-                    length_policy=policy)
+                    dual_policy=policy)
     cond = engine.condition(recipe, PROMPT, [refs["a"]])
     style = vlref.rows([refs["a"]], None, "image", layer=-4)  # the image read with no text at all
     content = vlref.rows([refs["a"]], PROMPT, "text", layer=-3)
-    same(cond.embeds, blend.mix_sequences(content, style, 0.35, policy)[0])
+    if policy == "attend":
+        same(cond.embeds, attended(content, style, 0.35)[0])
+    else:
+        kc, ks = blend.split_counts(len(content), len(style), 0.35)
+        grid = engine.extraction([refs["a"]], None, None).image_grids[0]
+        same(cond.embeds, torch.cat([blend.pool(content, kc), blend.pool_grid(style, grid, blend.grid_for(grid, ks))]))
     assert [ex.vl_text for ex in cond.extractions] == [PROMPT, None]  # [content, style]
-    # the ends are the two passes
+    # the ends are the two passes, nothing resampled
     same(engine.condition(recipe.replace(dual_ratio=0.0), PROMPT, [refs["a"]]).embeds, content)
-    same(engine.condition(recipe.replace(dual_ratio=1.0), PROMPT, [refs["a"]]).embeds,
-         mapped(style, len(content), policy, content))
+    same(engine.condition(recipe.replace(dual_ratio=1.0), PROMPT, [refs["a"]]).embeds, style)
 
 
-# ---------------------------------------------------------------- per-token ratio curves
-@pytest.mark.parametrize("policy", POSITIONWISE)
-def test_alpha_linear_curve_runs_from_qwen3s_first_row_to_the_mapped_vl_last_row(engine, vlref, refs, qwen3, policy):
-    recipe = Recipe(alpha=0.0, alpha_end=1.0, curve="linear", tokens="full", length_policy=policy)
+# ---------------------------------------------------------------- per-token ratio curves (positionwise alpha)
+def test_alpha_linear_curve_runs_from_qwen3s_first_row_to_the_vl_texts_last_row(engine, vlref, refs, qwen3):
+    recipe = Recipe(alpha=0.0, alpha_end=1.0, curve="linear", tokens="text", alpha_policy="positionwise")
     cond = engine.condition(recipe, PROMPT, [refs["a"]])
-    vl = mapped(vlref.rows([refs["a"]], PROMPT, "full"), len(qwen3), policy, qwen3)
+    vl = vlref.rows([refs["a"]], PROMPT, "text")
     assert cond.embeds.shape == qwen3.shape
     assert torch.equal(cond.embeds[0], qwen3[0])
     same(cond.embeds[-1], vl[-1])
     same(cond.embeds, blend.mix(qwen3, vl, blend.ratio_curve(len(qwen3), 0.0, 1.0, "linear")))
+    with pytest.raises(UserError, match="curve linear: has no effect"):
+        Recipe(alpha=0.0, alpha_end=1.0, curve="linear", tokens="text")  # attend: no per-token pairing
 
 
-def test_intra_ratio_curve_equals_mix_with_the_per_token_ratios(engine, vlref, refs):
-    recipe = Recipe(intra_ratio=0.2, intra_ratio_end=0.9, curve="ease-in", length_policy="resample")
-    cond = engine.condition(recipe, PROMPT, [refs["a"]])
-    text = vlref.rows([refs["a"]], PROMPT, "text")
-    image = blend.resample(vlref.rows([refs["a"]], PROMPT, "image"), len(text))
-    same(cond.embeds, blend.mix(text, image, blend.ratio_curve(len(text), 0.2, 0.9, "ease-in")))
+# ---------------------------------------------------------------- image rows pooled on their own grid
+def test_pool_image_tokens_pools_each_image_on_its_grid_keeping_its_aspect(engine, vlref, refs):
+    for ref in (refs["a"], refs["b"]):
+        cond = engine.condition(Recipe(tokens="image", pool_image_tokens=12), PROMPT, [ref])
+        grid = image_grid(engine, ref)
+        target = blend.grid_for(grid, 12)
+        same(cond.embeds, blend.pool_grid(vlref.rows([ref], PROMPT, "image"), grid, target))
+        assert target[0] * target[1] <= 12 and (target[0] >= target[1]) == (grid[0] >= grid[1])
+    with pytest.raises(UserError, match="pool_image_tokens 5000: asks for 5000 tokens from an image of"):
+        engine.condition(Recipe(tokens="image", pool_image_tokens=5000), PROMPT, [refs["a"]])
 
 
 # ---------------------------------------------------------------- several references
-@pytest.mark.parametrize("policy", POSITIONWISE)
-def test_separate_references_are_the_weighted_average_mapped_onto_the_first_ones_length(engine, vlref, refs, qwen3,
-                                                                                       policy):
+def test_separate_references_average_each_image_pooled_on_its_grid_to_the_common_grid(engine, vlref, refs):
     a, b = refs["a"], refs["b"]
-    recipe = Recipe(multi_image="separate", image_weights=(1, 3), length_policy=policy)
+    recipe = Recipe(tokens="image", multi_image="separate", image_weights=(1, 3))
     cond = engine.condition(recipe, PROMPT, [a, b])
-    first = vlref.rows([a], PROMPT, "full")
-    second = vlref.rows([b], PROMPT, "full")
-    assert first.shape[0] != second.shape[0]
-    expected = 0.25 * first + 0.75 * blend.map_length(second, first.shape[0], policy, base=first)
-    # alpha 1 under a position-wise policy: the VL mapped onto Qwen3-4B's length (continuous with alpha < 1)
-    same(cond.embeds, blend.map_length(expected, qwen3.shape[0], policy, base=qwen3))
+    ga, gb = image_grid(engine, a), image_grid(engine, b)
+    assert ga != gb
+    common = (min(ga[0], gb[0]), min(ga[1], gb[1]))
+    first = blend.pool_grid(vlref.rows([a], PROMPT, "image"), ga, common)
+    second = blend.pool_grid(vlref.rows([b], PROMPT, "image"), gb, common)
+    same(cond.embeds, 0.25 * first + 0.75 * second)
     counts = [len(vlref.positions(vlref.forward((r,), PROMPT)[0], "image")) for r in (a, b)]
     assert [ex.image_token_counts for ex in cond.extractions] == [[c] for c in counts]
 
@@ -301,10 +340,9 @@ def test_joint_extraction_of_two_references_has_two_vision_blocks(engine, vlref,
 
 def test_the_number_of_image_weights_must_match_the_references(engine, refs):
     with pytest.raises(UserError, match="image_weights"):
-        engine.condition(Recipe(multi_image="separate", image_weights=(1, 3), length_policy="pool"), PROMPT, [refs["a"]])
+        engine.condition(Recipe(multi_image="separate", image_weights=(1, 3)), PROMPT, [refs["a"]])
     with pytest.raises(UserError, match="image_weights"):
-        engine.condition(Recipe(multi_image="separate", image_weights=(1, 3, 1), length_policy="pool"), PROMPT,
-                         [refs["a"], refs["b"]])
+        engine.condition(Recipe(multi_image="separate", image_weights=(1, 3, 1)), PROMPT, [refs["a"], refs["b"]])
 
 
 # ---------------------------------------------------------------- one VL forward per distinct (images, VL text)
@@ -324,13 +362,15 @@ def vl_calls(fresh_models):
 
 def test_a_sweep_of_layers_selections_ratios_and_policies_costs_one_forward_per_input(fresh_models, vl_calls, refs):
     engine = Engine(fresh_models)
-    sweep = [Recipe(tokens=t, layer=layer) for t in ("full", "image", "image-markers", "text", "prompt")
-             for layer in (-1, -2, -5, 3)]
+    sweep = [Recipe(tokens=t, layer=layer) for t in ("full", "image", "image-markers", "image+template", "text",
+                                                      "prompt") for layer in (-1, -2, -5, 3)]
     sweep += [Recipe(tokens="full", image_layer=-4, text_layer=2)]
-    sweep += [Recipe(intra_ratio=r, length_policy=p, image_layer=-3) for r in (0.0, 0.3, 1.0) for p in POLICIES]
-    sweep += [Recipe(alpha=r, tokens=t, length_policy=p)
-              for r in (0.3, 0.7) for t in ("text", "full") for p in POLICIES]
-    sweep += [Recipe(alpha=0.0, alpha_end=1.0, curve="ease-out", length_policy="pool"), Recipe(alpha=0.0)]
+    sweep += [Recipe(intra_ratio=r, intra_policy=p, image_layer=-3) for r in (0.0, 0.3, 1.0) for p in ("attend", "split")]
+    sweep += [Recipe(alpha=r, tokens=t, alpha_policy=p)
+              for r in (0.3, 0.7) for t in ("text", "full") for p in ("attend", "split")]
+    sweep += [Recipe(alpha=0.3, tokens="text", alpha_policy="positionwise"), Recipe(tokens="image", pool_image_tokens=6)]
+    sweep += [Recipe(alpha=0.0, alpha_end=1.0, curve="ease-out", tokens="text", alpha_policy="positionwise"),
+              Recipe(alpha=0.0)]
     outputs = [engine.condition(r, PROMPT, [refs["a"]]).embeds for r in sweep]
     assert engine.vl_forwards == 1 and len(vl_calls) == 1
     assert len({tuple(o.flatten()[:8].tolist()) + (o.shape[0],) for o in outputs}) > 20  # they really differ
@@ -353,7 +393,7 @@ def test_a_dual_recipe_costs_two_inputs_in_one_batched_call_and_nothing_when_run
     first = engine.condition(recipe, PROMPT, [refs["a"]])
     # two distinct inputs, run as ONE batched model call (CPU always batches)
     assert engine.vl_forwards == 2 and engine.vl_batched_calls == 1 and len(vl_calls) == 1
-    again = engine.condition(recipe.replace(dual_ratio=0.8, length_policy="concat"), PROMPT, [refs["a"]])
+    again = engine.condition(recipe.replace(dual_ratio=0.8, dual_policy="split"), PROMPT, [refs["a"]])
     engine.condition(recipe, PROMPT, [refs["a"]])
     assert engine.vl_forwards == 2 and len(vl_calls) == 1
     assert not torch.equal(first.embeds[: again.embeds.shape[0]], again.embeds[: first.embeds.shape[0]])
@@ -429,7 +469,7 @@ def test_a_blend_over_the_caption_budget_raises_before_the_dit_runs(engine, tmp_
     long_prompt = " ".join(["a lighthouse on a rocky coast in the fog"] * 30)
     qwen3_len = engine.condition(Recipe(alpha=0.0), long_prompt, []).embeds.shape[0]
     big = Reference.open(make_image(tmp_path / "big.png", size=(1024, 768)))
-    recipe = Recipe(alpha=0.5, tokens="full", vl_text="none", length_policy="concat", **SIZE)
+    recipe = Recipe(alpha=0.4, tokens="full", vl_text="none", **SIZE)  # attend: both sequences whole
     vl = engine.condition(recipe.replace(alpha=1.0), long_prompt, [big])
     assert vl.embeds.shape[0] <= budget < qwen3_len  # the VL alone was fitted; the concatenation is not
     cond = engine.condition(recipe, long_prompt, [big])
@@ -439,18 +479,6 @@ def test_a_blend_over_the_caption_budget_raises_before_the_dit_runs(engine, tmp_
     assert dit_calls == []
 
 
-def test_truncate_keeps_only_the_first_image_rows(engine, vlref, refs, qwen3):
-    cond = engine.condition(Recipe(alpha=0.5, tokens="image", length_policy="truncate"), PROMPT, [refs["a"]])
-    image = vlref.rows([refs["a"]], PROMPT, "image")
-    assert image.shape[0] > qwen3.shape[0]
-    same(cond.embeds, blend.mix(qwen3, image[: qwen3.shape[0]], 0.5))
-    assert any("TOP-LEFT" in w for w in cond.warnings)
-    ids, _ = vlref.forward((refs["a"],), PROMPT)
-    first_pads = vlref.positions(ids, "image")[: qwen3.shape[0]]
-    assert [row["other_positions"][0] for row in cond.rows] == first_pads  # the top-left patches, in raster order
-
-
-# ---------------------------------------------------------------- img2img from the first reference
 def test_strength_outside_0_1_is_a_user_error():
     with pytest.raises(UserError, match="strength"):
         Recipe(strength=1.5)

@@ -43,24 +43,33 @@ class Tokens(Choice):
 
     FULL = "full", "every position of the VL input"
     IMAGE = "image", "image-pad positions only, no vision markers"
+    IMAGE_TEMPLATE = "image+template", ("image-pad positions and the chat template's (the attention sink included), "
+                                        "no VL text: image-only captions with the structure Z-Image saw in training")
     IMAGE_MARKERS = "image-markers", "the vision block including <|vision_start|> and <|vision_end|>"
     TEXT = "text", "every position outside vision blocks: chat template + VL text"
     PROMPT = "prompt", "only the positions of the VL text itself"
 
 
-class LengthPolicy(Choice):
-    """How two sequences of different lengths are mixed (docs/intra_vl_blending.md)."""
+class MixPolicy(Choice):
+    """How a mix combines its base and its other sequence at ratio r (docs/intra_vl_blending.md has the formulas)."""
 
-    POOL = "pool", "antialiased average pooling of the other sequence onto the base length (a real average)"
-    RESAMPLE = "resample", "linear interpolation onto the base length, antialiased when shrinking"
-    TRUNCATE = "truncate", "first rows only: keeps the TOP-LEFT image patches; legacy, to reproduce earlier results"
-    CONCAT = "concat", "keep both, one after the other; the ratio sets how many (pooled) tokens each keeps"
+    ATTEND = "attend", ("both whole, one after the other; r weights how much the DiT attends to each: an attention "
+                        "bias log w on each source's caption keys, w_other/w_base = r/(1-r), the larger at 1 "
+                        "(r 0.5: plain concatenation; r 0 or 1: that source alone)")
+    SPLIT = "split", ("both, one after the other, as a share of caption tokens: round((1-r)·base) and round(r·other) "
+                      "rows, image rows pooled on their own patch grid; moves in steps as r moves")
+    POSITIONWISE = "positionwise", ("row by row, (1-r)·base + r·other: only for sequences that match token for token "
+                                    "(VL text tokens of the prompt against Qwen3-4B's encoding of it)")
 
 
 class Normalization(Choice):
     NONE = "none", "the VL hidden states as they are"
-    GLOBAL = "global", "scale the VL sequence to Qwen3-4B's RMS (from vlbench calibrate)"
-    PER_DIM = "per-dim", "per-dimension z-score of the VL sequence onto Qwen3-4B's statistics (from vlbench calibrate)"
+    PER_DIM = "per-dim", ("per dimension, each role's rows z-scored with that role's calibrated VL statistics and "
+                          "mapped onto Qwen3-4B's text statistics (vlbench calibrate)")
+    PER_DIM_SCALE = "per-dim-scale", ("style-preserving: per dimension, each role's spread scaled to Qwen3-4B's "
+                                      "(std ratio from vlbench calibrate), its means kept")
+    GLOBAL = "global", ("one scale to Qwen3-4B's RMS; the DiT's caption RMSNorm removes it unless the rows are mixed "
+                        "position-wise, so only with alpha_policy positionwise")
 
 
 class Curve(Choice):
@@ -88,8 +97,8 @@ class Section(Choice):
     GENERATION = "generation", "the sampler's settings"
 
 
-IMAGE_SELECTIONS = (Tokens.IMAGE, Tokens.IMAGE_MARKERS)
-POSITIONWISE = (LengthPolicy.POOL, LengthPolicy.RESAMPLE, LengthPolicy.TRUNCATE)
+IMAGE_SELECTIONS = (Tokens.IMAGE, Tokens.IMAGE_MARKERS, Tokens.IMAGE_TEMPLATE)  # need a reference
+WITH_IMAGE_ROWS = (Tokens.FULL, *IMAGE_SELECTIONS)  # hold image rows when a reference is given
 SEED_MAX = 2**63 - 1
 
 
@@ -131,6 +140,15 @@ def _single_pass(r: "Recipe") -> bool:
     return r.uses_vl and not r.dual
 
 
+def _alpha_mixes(r: "Recipe") -> bool:
+    """Qwen3-4B and the VL are mixed (not one of them alone)."""
+    return 0 < r.alpha < 1 or (r.alpha_end is not None and r.alpha_end != r.alpha)
+
+
+def _alpha_positionwise(r: "Recipe") -> bool:
+    return _alpha_mixes(r) and r.alpha_policy == MixPolicy.POSITIONWISE
+
+
 def _layer_used(r: "Recipe") -> bool:
     if not r.uses_vl:
         return False
@@ -148,20 +166,26 @@ class Recipe:
 
     # ---- conditioning
     alpha: float = _f(1.0, "float", "0 = pure Qwen3-4B (Z-Image's own text path), 1 = pure VL", C, lo=0.0, hi=1.0)
-    intra_ratio: float | None = _f(None, "float", "mix image and text tokens of one extraction: 0 = all text, "
-                                                  "1 = all image; not set: no intra mix", C, lo=0.0, hi=1.0,
-                                   applies=_single_pass, when="when the VL is used (alpha > 0) without dual")
-    dual_ratio: float = _f(0.5, "float", "dual: 0 = all content pass, 1 = all style pass", C, lo=0.0, hi=1.0,
-                           applies=lambda r: r.dual, when="with dual")
-    length_policy: str = _f(LengthPolicy.CONCAT.value, "choice", "how sequences of different lengths mix", C,
-                            choices=LengthPolicy)
-    curve: str = _f(Curve.CONSTANT.value, "choice", "per-token ratio from alpha/intra_ratio at the first token to "
-                                                    "alpha_end/intra_ratio_end at the last", C, choices=Curve)
+    alpha_policy: str = _f(MixPolicy.ATTEND.value, "choice", "how the alpha mix combines Qwen3-4B (base) and the VL "
+                                                            "selection (other)", C, choices=MixPolicy,
+                           applies=_alpha_mixes, when="when 0 < alpha < 1 (Qwen3-4B and the VL are mixed)")
+    curve: str = _f(Curve.CONSTANT.value, "choice", "per-token alpha from alpha at the first token to alpha_end at the "
+                                                    "last", C, choices=Curve, applies=_alpha_positionwise,
+                    when="with alpha_policy positionwise (a ratio per token needs tokens paired one to one)")
     alpha_end: float | None = _f(None, "float", "alpha at the last token (with a curve)", C, lo=0.0, hi=1.0,
                                  applies=lambda r: r.curve != Curve.CONSTANT, when="with a curve other than constant")
-    intra_ratio_end: float | None = _f(None, "float", "intra_ratio at the last token (with a curve)", C, lo=0.0, hi=1.0,
-                                       applies=lambda r: r.curve != Curve.CONSTANT and r.intra_ratio is not None,
-                                       when="with intra_ratio and a curve other than constant")
+    intra_ratio: float | None = _f(None, "float", "mix image and text tokens of one extraction: 0 = all text (base), "
+                                                  "1 = all image; not set: no intra mix", C, lo=0.0, hi=1.0,
+                                   applies=_single_pass, when="when the VL is used (alpha > 0) without dual")
+    intra_policy: str = _f(MixPolicy.ATTEND.value, "choice", "how the intra mix combines the text rows (base) and the "
+                                                            "image rows (other); never positionwise: a text token is "
+                                                            "not paired with an image token", C, choices=MixPolicy,
+                           applies=lambda r: _single_pass(r) and r.intra_ratio is not None, when="with intra_ratio")
+    dual_ratio: float = _f(0.5, "float", "dual: 0 = all content pass (base), 1 = all style pass", C, lo=0.0, hi=1.0,
+                           applies=lambda r: r.dual, when="with dual")
+    dual_policy: str = _f(MixPolicy.ATTEND.value, "choice", "how the dual mix combines the content pass (base) and the "
+                                                           "style pass (other)", C, choices=MixPolicy,
+                          applies=lambda r: r.dual, when="with dual")
     normalization: str = _f(Normalization.NONE.value, "choice", "match VL statistics to Qwen3-4B's "
                                                                 "(needs vlbench calibrate)", C, choices=Normalization,
                             applies=_uses_vl, when="when the VL is used (alpha > 0)")
@@ -185,8 +209,13 @@ class Recipe:
     vl_text: str = _f(VLText.PROMPT.value, "vl_text", "what the VL reads: prompt, none, or any other text verbatim", X,
                       applies=_single_pass, when="when the VL is used (alpha > 0) without dual "
                                                  "(dual has style_vl_text and content_vl_text)")
-    max_image_tokens: int | None = _f(None, "int", "cap the reference's image tokens below the caption budget", X,
+    max_image_tokens: int | None = _f(None, "int", "cap the reference's image tokens below the caption budget (the "
+                                                   "processor reads a smaller image)", X,
                                       lo=1, unit="tokens", applies=_uses_vl, when="when the VL is used (alpha > 0)")
+    pool_image_tokens: int | None = _f(None, "int", "pool each reference's image rows to at most this many tokens on "
+                                                    "its own patch grid (regions, aspect ratio kept), after the "
+                                                    "forward", X, lo=1, unit="tokens", applies=_uses_vl,
+                                       when="when the VL is used (alpha > 0)")
     image_layer: int | None = _f(None, "int", "layer for image-role positions (image pads and vision markers); "
                                               "not set: layer", X,
                                  applies=_single_pass, when="when the VL is used without dual (dual: style_layer)")
@@ -255,13 +284,8 @@ class Recipe:
 
     @property
     def uses_qwen3(self) -> bool:
-        """Qwen3-4B's encoding of the prompt is part of the conditioning.
-
-        Under a position-wise policy it is also the base whose length the VL is mapped onto, even at
-        alpha 1, so alpha 1 stays continuous with alpha 0.999; under concat, alpha 1 is the VL alone.
-        """
-        mixes = self.alpha < 1 or (self.alpha_end is not None and self.alpha_end < 1)
-        return mixes or (self.uses_vl and self.length_policy != LengthPolicy.CONCAT)
+        """Qwen3-4B's encoding of the prompt is part of the conditioning (alpha < 1 somewhere)."""
+        return self.alpha < 1 or (self.alpha_end is not None and self.alpha_end < 1)
 
     @property
     def uses_text_encoder(self) -> bool:
@@ -298,6 +322,18 @@ class Recipe:
         if self.intra_ratio is not None:
             return (Tokens.IMAGE.value, Tokens.TEXT.value)
         return (self.tokens,)
+
+    @property
+    def mixes(self) -> dict[str, tuple[float, str]]:
+        """The mixes this recipe makes: name -> (ratio, policy)."""
+        out: dict[str, tuple[float, str]] = {}
+        if self.dual:
+            out["dual_ratio"] = (self.dual_ratio, self.dual_policy)
+        elif self.uses_vl and self.intra_ratio is not None:
+            out["intra_ratio"] = (self.intra_ratio, self.intra_policy)
+        if _alpha_mixes(self):
+            out["alpha"] = (self.alpha, self.alpha_policy)
+        return out
 
     def check_inputs(self, n_refs: int) -> None:
         """What this recipe needs of its references, checked before any model runs (every front end calls it)."""
@@ -363,9 +399,20 @@ def field_default(name: str) -> Any:
     return next(f.default for f in fields(Recipe) if f.name == name)
 
 
+# Fields of earlier vlbench versions: a recipe naming one is refused with what replaced it (never reinterpreted).
+REMOVED = {
+    "length_policy": "replaced by one policy per mix (alpha_policy, intra_policy, dual_policy: attend, split or "
+                     "positionwise; docs/intra_vl_blending.md); state the policy of each mix the recipe makes",
+    "intra_ratio_end": "removed: an intra mix never pairs a text token with an image token, so it has no per-token "
+                       "curve; drop it",
+}
+
+
 def check_keys(data: dict[str, Any]) -> None:
     known = field_infos()
     for key in data:
+        if key in REMOVED:
+            raise UserError(REMOVED[key], field=key)
         if key not in known:
             raise UserError(f"unknown key {key!r}", fix=f"known keys: {', '.join(known)}")
 
@@ -431,12 +478,24 @@ def _rule_one_mix_of_passes(r: Recipe) -> None:
 
 
 def _rule_curves(r: Recipe) -> None:
-    if r.curve != Curve.CONSTANT and r.alpha_end is None and r.intra_ratio_end is None:
-        raise UserError("needs alpha_end or intra_ratio_end (the ratio at the last token)", field="curve",
-                        value=r.curve)
-    if r.curve != Curve.CONSTANT and r.length_policy == LengthPolicy.CONCAT:
-        raise UserError("per-token ratios need a position-wise length_policy (pool, resample, truncate), not concat",
-                        field="curve", value=r.curve)
+    if r.curve != Curve.CONSTANT and r.alpha_end is None:
+        raise UserError("needs alpha_end (alpha at the last token)", field="curve", value=r.curve)
+
+
+def _rule_positionwise_pairs_text_with_text(r: Recipe) -> None:
+    """A position-wise mix pairs row j with row j: both sequences must be text tokens of one template."""
+    if r.intra_policy == MixPolicy.POSITIONWISE and r.intra_ratio is not None:
+        raise UserError("would pair text tokens with image tokens row by row", field="intra_policy",
+                        value=r.intra_policy, fix="use attend or split")
+    if _alpha_positionwise(r) and (r.dual or r.intra_ratio is not None or r.tokens in WITH_IMAGE_ROWS):
+        what = "dual passes" if r.dual else ("an intra mix" if r.intra_ratio is not None else f"tokens {r.tokens}")
+        raise UserError(f"pairs Qwen3-4B's text tokens row by row with the VL rows, and {what} hold image rows",
+                        field="alpha_policy", value=r.alpha_policy,
+                        fix="use attend or split, or tokens text with vl_text prompt (token for token)")
+    if r.dual and r.dual_policy == MixPolicy.POSITIONWISE and (r.style_tokens in WITH_IMAGE_ROWS
+                                                                or r.content_tokens in WITH_IMAGE_ROWS):
+        raise UserError("would pair the passes' rows one by one, and a pass holds image rows", field="dual_policy",
+                        value=r.dual_policy, fix="use attend or split")
 
 
 def _rule_image_weights(r: Recipe) -> None:
@@ -444,14 +503,16 @@ def _rule_image_weights(r: Recipe) -> None:
         raise UserError("must have a positive sum", field="image_weights", value=r.image_weights)
 
 
-def _rule_separate_mixes_positionwise(r: Recipe) -> None:
-    if r.multi_image == MultiImage.SEPARATE and r.length_policy == LengthPolicy.CONCAT:
-        raise UserError("mixes references position by position", field="multi_image", value=r.multi_image,
-                        fix="use length_policy pool, resample or truncate")
+def _rule_global_normalization_needs_a_positionwise_mix(r: Recipe) -> None:
+    if r.normalization == Normalization.GLOBAL and not _alpha_positionwise(r):
+        raise UserError("has no effect here: one scale per sequence is removed by the DiT's caption RMSNorm unless "
+                        "the rows are mixed position-wise", field="normalization", value=r.normalization,
+                        fix="use per-dim or per-dim-scale, or alpha_policy positionwise with 0 < alpha < 1")
 
 
 _RULES: tuple[Callable[[Recipe], None], ...] = (_rule_one_mix_of_passes, _rule_curves, _rule_image_weights,
-                                                 _rule_separate_mixes_positionwise)
+                                                 _rule_positionwise_pairs_text_with_text,
+                                                 _rule_global_normalization_needs_a_positionwise_mix)
 DEFAULTS = Recipe()
 
 

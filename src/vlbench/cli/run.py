@@ -20,7 +20,8 @@ def add_arguments(p) -> None:
     p.add_argument("--experiment", required=True, metavar="NAME_OR_PATH",
                    help="a built-in type (see `vlbench experiments`) or the path of a type file")
     p.add_argument("--image", action="append", default=[], metavar="REF",
-                   help="reference image; repeat to run every config on each reference")
+                   help="reference image; repeat for several: every config runs on each one, or, for a type with "
+                        "references = \"together\", every job reads them all")
     p.add_argument("--prompt", action="append", default=[], metavar="TEXT", help="a prompt; repeat for several")
     p.add_argument("--prompts-file", metavar="FILE",
                    help="prompts, one per line (blank and # lines skipped), or a TOML file with prompts = [...]")
@@ -87,12 +88,14 @@ def run(args) -> int:
     for ref in common.open_references(images):
         if all(r.sha256 != ref.sha256 for r in refs):  # the same picture twice is one reference
             refs.append(ref)
-    reference_sets = [(ref,) for ref in refs]
+    reference_sets = experiment.reference_sets(refs)
     for named in recipes:  # a config that cannot run with these references is refused before anything runs
         try:
-            named.recipe.check_inputs(1)
+            named.recipe.check_inputs(len(reference_sets[0]))
         except UserError as exc:
-            raise exc.within(f"{experiment.path}: config {named.name!r}") from None
+            how = "together" if experiment.references == "together" else "one at a time"
+            raise exc.within(f"{experiment.path}: config {named.name!r} (with {len(reference_sets[0])} "
+                             f"reference(s) read {how})") from None
     if args.limit is not None and args.limit < 0:
         raise UserError("must be >= 0", field="limit", value=args.limit)
     out = common.check_out_dir(args.output_dir)

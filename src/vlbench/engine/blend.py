@@ -9,12 +9,9 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
-# How two sequences of different lengths are combined (DESIGN §4: never an implicit truncation).
-from vlbench.recipe import LengthPolicy, Normalization
+from vlbench.recipe import Normalization
 
-LENGTH_POLICIES = LengthPolicy.values()
 NORMALIZATIONS = Normalization.values()
 
 # Per-token ratio profiles for ratio_curve: t in [0, 1] -> weight of `end` in [0, 1].
@@ -101,7 +98,7 @@ def mix(base: torch.Tensor, other: torch.Tensor, ratio: float | torch.Tensor) ->
     return torch.lerp(base.float(), other.float(), weight).to(base.dtype)
 
 
-# ---- length maps: [N, D] -> [length, D] ----
+# ---- pooling: fewer rows, each a real average ----
 
 
 def _area_weights(n: int, length: int, device: torch.device) -> torch.Tensor:
@@ -119,12 +116,12 @@ def _area_weights(n: int, length: int, device: torch.device) -> torch.Tensor:
 
 
 def pool(x: torch.Tensor, length: int) -> torch.Tensor:
-    """Antialiased area pooling of the rows onto `length` rows.
+    """Antialiased area pooling of a run of rows (text order) onto `length` rows.
 
     x: [N, D] -> [length, D]. Output row j is the overlap-weighted mean of x over the fractional
-    window [j*N/length, (j+1)*N/length): shrinking averages every input row (1041 -> 13 averages
-    ~80 rows each), growing gives each output a piece of one or two inputs. Constants pool to
-    themselves, the mean over rows is preserved, and length == N returns x itself.
+    window [j*N/length, (j+1)*N/length): shrinking averages every input row, growing gives each output
+    a piece of one or two inputs. Constants pool to themselves, the mean over rows is preserved, and
+    length == N returns x itself. For text runs only: image rows pool on their grid (pool_grid).
     """
     _check_seq(x)
     _check_length(length)
@@ -135,121 +132,83 @@ def pool(x: torch.Tensor, length: int) -> torch.Tensor:
     return (weights @ x.float()).to(x.dtype)
 
 
-def resample(x: torch.Tensor, length: int) -> torch.Tensor:
-    """Linear interpolation of the rows onto `length` positions (align_corners=False), antialiased.
+def pool_grid(x: torch.Tensor, grid: tuple[int, int], target: tuple[int, int]) -> torch.Tensor:
+    """Area pooling of image rows on their own patch grid: x [h*w, D] in raster order -> [h2*w2, D].
 
-    x: [N, D] -> [length, D]. Growing interpolates between neighbouring rows; shrinking widens the
-    triangle filter to the shrink factor (antialias=True), so every input row contributes: a
-    smooth relative of `pool`, never a sampling of neighbour pairs. length == N returns x itself.
+    Each output row is the overlap-weighted mean of the input over one rectangle of the grid (separable
+    area weights on rows and columns): a pooled token is a region, never a horizontal band. Constants
+    pool to themselves; target == grid returns x itself.
     """
     _check_seq(x)
-    _check_length(length)
-    if length == x.shape[0]:
+    (h, w), (h2, w2) = grid, target
+    if h * w != x.shape[0]:
+        raise ValueError(f"grid {h}×{w} does not hold {x.shape[0]} rows")
+    if not (1 <= h2 <= h and 1 <= w2 <= w):
+        raise ValueError(f"target grid {h2}×{w2} must lie within the source grid {h}×{w}")
+    if (h2, w2) == (h, w):
         return x
-    grid = x.float().T[None, :, None, :]  # [1, D, 1, N]: token positions become the image width
-    out = F.interpolate(grid, size=(1, length), mode="bilinear", align_corners=False, antialias=True)
-    return out[0, :, 0, :].T.contiguous().to(x.dtype)
+    wh = _area_weights(h, h2, x.device)  # [h2, h]
+    ww = _area_weights(w, w2, x.device)  # [w2, w]
+    out = torch.einsum("ah,bw,hwd->abd", wh, ww, x.float().reshape(h, w, -1))
+    return out.reshape(h2 * w2, -1).to(x.dtype)
 
 
-def truncate(x: torch.Tensor, length: int, fill: torch.Tensor | None = None) -> torch.Tensor:
-    """The first `length` rows of x; rows past x's end are taken from `fill`.
+def grid_for(grid: tuple[int, int], tokens: int) -> tuple[int, int]:
+    """A grid of at most `tokens` cells within `grid`, keeping its aspect ratio: among the grids with at least
+    3/4 of the most cells possible, the one whose rows/columns ratio is closest to the source's."""
+    h, w = grid
+    if tokens >= h * w:
+        return grid
+    candidates = [(rows, min(w, tokens // rows)) for rows in range(1, min(h, max(tokens, 1)) + 1)
+                  if tokens // rows >= 1]
+    most = max(r * c for r, c in candidates)
+    aspect = math.log(h / w)
+    return min((c for c in candidates if c[0] * c[1] >= 0.75 * most),
+               key=lambda c: (abs(math.log(c[0] / c[1]) - aspect), -c[0] * c[1]))
 
-    x: [N, D], fill: [length, D] (the base; needed only when N < length) -> [length, D], x's dtype.
-    Legacy policy, kept to reproduce earlier results: on a VL sequence (image first) it keeps the
-    template and the top-left image patches and drops the rest of the image (DESIGN §4). Where
-    fill supplies the rows, a mix with the base stays exactly the base.
+
+def attend_weights(ratio: float) -> tuple[float, float]:
+    """(w_base, w_other) of an attend mix at ratio r: w_other / w_base = r / (1 - r), the larger weight 1.
+
+    r = 0.5 gives (1, 1): plain concatenation, what the DiT sees with no weighting at all; r = 0 gives
+    (1, 0) and r = 1 gives (0, 1): a weight of 0 drops that source (exactly the other one alone).
+    Continuous in r; each weight enters the DiT as an additive attention-logit bias log w on its keys.
     """
-    _check_seq(x)
-    _check_length(length)
-    n = x.shape[0]
-    if n >= length:
-        return x[:length]
-    if fill is None:
-        raise ValueError(f"truncate: x has {n} rows, fewer than length {length}; pass fill (the base) for the rest")
-    _check_seq(fill, "fill")
-    if fill.shape != (length, x.shape[1]):
-        raise ValueError(f"fill must have shape [{length}, {x.shape[1]}], got {list(fill.shape)}")
-    return torch.cat([x, fill[n:].to(x.dtype)])
+    r = _scalar_ratio(ratio)
+    if r <= 0.5:
+        return 1.0, (r / (1 - r))
+    return ((1 - r) / r), 1.0
 
 
-def map_length(
-    other: torch.Tensor, length: int, policy: str, base: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Map `other` [N, D] onto `length` rows with a position-wise policy -> [length, D].
-
-    policy: "truncate" (uses base [length, D] as fill when N < length), "pool" or "resample".
-    """
-    if policy == "truncate":
-        return truncate(other, length, base)
-    if policy == "pool":
-        return pool(other, length)
-    if policy == "resample":
-        return resample(other, length)
-    if policy == "concat":
-        raise ValueError("length policy 'concat' is not a position-wise map; use concat() or mix_sequences()")
-    raise ValueError(f"unknown length policy {policy!r}; choose one of {', '.join(LENGTH_POLICIES)}")
-
-
-# ---- concatenation with a token budget ----
-
-
-def concat_counts(base_len: int, other_len: int, ratio: float | torch.Tensor) -> tuple[int, int]:
-    """Rows kept by `concat`: (round((1-r) * base_len), round(r * other_len)), rounding halves up.
-
-    Both counts are monotone in r (base's falls, other's rises) and never both zero.
-    """
+def split_counts(base_len: int, other_len: int, ratio: float) -> tuple[int, int]:
+    """Rows kept by a split mix: (round((1-r) * base_len), round(r * other_len)), halves up; monotone in r."""
     _check_length(base_len)
     _check_length(other_len)
     r = _scalar_ratio(ratio)
     return math.floor((1 - r) * base_len + 0.5), math.floor(r * other_len + 0.5)
 
 
-def concat(base: torch.Tensor, other: torch.Tensor, ratio: float | torch.Tensor) -> torch.Tensor:
-    """Both sequences one after the other, each pooled to a token budget set by the ratio.
+def shrink_segments(segments: list[tuple[int, tuple[int, int] | None]], keep: int) -> list[int]:
+    """How many rows each segment keeps when a sequence of `segments` shrinks to `keep` rows.
 
-    base: [Lb, D], other: [Lo, D], ratio: a scalar in [0, 1] -> [kb + ko, D] = [pool(base, kb);
-    pool(other, ko)] with (kb, ko) = concat_counts(Lb, Lo, r), in base's dtype. The DiT sees the
-    ratio as a share of caption tokens (extra tokens are native "more caption", DESIGN §3). r = 0
-    gives base and r = 1 gives other exactly, unpooled. Token counts are integers, so the output is
-    only piecewise constant in r: it changes in steps, not continuously.
+    segments: (rows, grid or None) per contiguous run — an image's rows (with its patch grid) or a run of
+    text rows. Rows are shared in proportion to each segment's size (largest remainders), every kept segment
+    at least 1 row; an image keeps the cells of grid_for(grid, its share).
     """
-    _check_seq(base, "base")
-    _check_seq(other, "other")
-    _check_same_width(base, other)
-    kb, ko = concat_counts(base.shape[0], other.shape[0], ratio)
-    parts = [pool(base, kb)] if kb else []
-    if ko:
-        parts.append(pool(other, ko).to(base.dtype))
-    return torch.cat(parts)
-
-
-# ---- the general mix ----
-
-
-def mix_sequences(
-    base: torch.Tensor, other: torch.Tensor, ratio: float | torch.Tensor, policy: str
-) -> tuple[torch.Tensor, dict]:
-    """Mix two sequences of possibly different lengths under a named length policy.
-
-    base: [Lb, D], other: [Lo, D]. Position-wise policies ("truncate", "pool", "resample") map
-    other onto Lb rows and `mix` -> [Lb, D]; ratio may be a float or a [Lb] tensor, and ratio 0
-    gives base, ratio 1 gives map_length(other) exactly. "concat" -> `concat`, scalar ratio only.
-    Returns (sequence in base's dtype, info): info records policy, base_len, other_len, out_len
-    and, for concat, base_kept and other_kept.
-    """
-    if policy not in LENGTH_POLICIES:
-        raise ValueError(f"unknown length policy {policy!r}; choose one of {', '.join(LENGTH_POLICIES)}")
-    _check_seq(base, "base")
-    _check_seq(other, "other")
-    _check_same_width(base, other)
-    info = {"policy": policy, "base_len": base.shape[0], "other_len": other.shape[0]}
-    if policy == "concat":
-        out = concat(base, other, ratio)
-        info["base_kept"], info["other_kept"] = concat_counts(base.shape[0], other.shape[0], ratio)
-    else:
-        out = mix(base, map_length(other, base.shape[0], policy, base=base), ratio)
-    info["out_len"] = out.shape[0]
-    return out, info
+    total = sum(n for n, _ in segments)
+    if keep >= total:
+        return [n for n, _ in segments]
+    shares = [keep * n / total for n, _ in segments]
+    counts = [math.floor(s) for s in shares]
+    for i in sorted(range(len(shares)), key=lambda i: shares[i] - counts[i], reverse=True)[: keep - sum(counts)]:
+        counts[i] += 1
+    out = []
+    for (n, grid), k in zip(segments, counts):
+        if grid is not None and k:
+            rows, cols = grid_for(grid, k)
+            k = rows * cols
+        out.append(min(n, k))
+    return out
 
 
 def ratio_curve(length: int, start: float, end: float, shape: str) -> torch.Tensor:

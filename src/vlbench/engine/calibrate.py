@@ -1,9 +1,11 @@
 """Reference statistics for normalisation, from the user's own models (never a hard-coded constant).
 
-`calibrate` encodes a prompt set with Qwen3-4B (Z-Image's text path, every layer) and with Qwen3-VL
-(text only, every layer) and stores per layer and per token role the per-dimension mean and std
-and the RMS. Attention-sink positions (massive activations) are detected per layer and kept in
-a role of their own, so they do not swamp the statistics of ordinary tokens (DESIGN §4).
+`calibrate` encodes a prompt set with Qwen3-4B (Z-Image's text path, every layer) and with Qwen3-VL, text
+only and with a calibration reference image, every layer, and stores per layer and per token role the
+per-dimension mean and std and the RMS. Qwen3-VL's roles: `text`/`template`/`prompt` (text-only input),
+`image` (the image rows of image + prompt inputs) and `image_text` (the text rows of those inputs: text
+that has attended an image). Attention-sink positions (massive activations) are detected per layer and
+kept in a role of their own, so they do not swamp the statistics of ordinary tokens (DESIGN §4).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from vlbench.engine.extract import _SENTINEL
 from vlbench.errors import UserError
 
 ROLES = ("text", "template", "prompt", "sink")  # "text" = template + prompt, sinks excluded
-FORMAT = "vlbench-calibration-1"
+FORMAT = "vlbench-calibration-2"  # 2: Qwen3-VL's image and image_text roles
 
 
 class _Acc:
@@ -48,9 +50,13 @@ class _Acc:
                 "count": torch.tensor([self.n], dtype=torch.int64)}
 
 
-def _role_rows(hidden: torch.Tensor, roles: list[str]) -> dict[str, torch.Tensor]:
-    """Split one layer's rows [L, D] by role, sinks apart."""
+def _role_rows(hidden: torch.Tensor, roles: list[str], with_image: bool = False) -> dict[str, torch.Tensor]:
+    """Split one layer's rows [L, D] by role, sinks apart. With an image in the input: its rows ("image") and
+    the text rows that attended it ("image_text")."""
     sinks = set(blend.sink_positions(hidden.float()))
+    if with_image:
+        return {"image": hidden[[i for i, r in enumerate(roles) if r == "image" and i not in sinks]],
+                "image_text": hidden[[i for i, r in enumerate(roles) if r in ("template", "prompt") and i not in sinks]]}
     out = {}
     for role in ROLES:
         if role == "sink":
@@ -78,19 +84,25 @@ def qwen3_hidden_states(pipe, prompt: str) -> tuple[torch.Tensor, list[str]]:
     return torch.stack([h[0] for h in out.hidden_states]), roles
 
 
-def calibrate(engine, prompts: list[str], on_progress=None) -> tuple[dict[str, torch.Tensor], dict]:
-    """Statistics of both models over `prompts`. Returns (tensors, metadata) as stored on disk."""
+def calibrate(engine, prompts: list[str], references: list | None = None,
+              on_progress=None) -> tuple[dict[str, torch.Tensor], dict]:
+    """Statistics of both models over `prompts` (each prompt also read by Qwen3-VL with one of `references`,
+    in turn). Returns (tensors, metadata) as stored on disk."""
     if not prompts:
         raise UserError("no prompts to calibrate on", field="prompts_file")
+    if not references:
+        raise UserError("no reference images to calibrate image tokens on", field="references")
     accs: dict[tuple[str, int, str], _Acc] = {}
     layers: dict[str, int] = {}
     for i, prompt in enumerate(prompts):
         qwen3, q_roles = qwen3_hidden_states(engine.models.text_pipe, prompt)
         ex = engine.extraction([], prompt, None)
-        for model, hidden, roles in (("qwen3", qwen3, q_roles), ("vl", ex.hidden_states, ex.roles)):
+        with_image = engine.extraction([references[i % len(references)]], prompt, None)
+        for model, hidden, roles, image in (("qwen3", qwen3, q_roles, False), ("vl", ex.hidden_states, ex.roles, False),
+                                            ("vl", with_image.hidden_states, with_image.roles, True)):
             layers[model] = hidden.shape[0]
             for layer in range(hidden.shape[0]):
-                for role, rows in _role_rows(hidden[layer], roles).items():
+                for role, rows in _role_rows(hidden[layer], roles, image).items():
                     accs.setdefault((model, layer, role), _Acc()).add(rows)
         if on_progress:
             on_progress(i + 1, len(prompts))
@@ -100,6 +112,7 @@ def calibrate(engine, prompts: list[str], on_progress=None) -> tuple[dict[str, t
             for name, value in acc.finish().items():
                 tensors[f"{model}.{layer}.{role}.{name}"] = value
     meta = {"format": FORMAT, "prompts": len(prompts), "layers": layers,
+            "references": [r.sha256 for r in references],
             "zimage": engine.models.spec.zimage, "vl": engine.models.spec.vl}
     return tensors, meta
 
@@ -165,6 +178,9 @@ def load_stats(path: str | Path | None, models) -> Stats:
         raise UserError(f"unreadable ({exc})", field="calibration", value=str(path),
                         fix="re-run vlbench calibrate") from None
     if meta.get("format") != FORMAT:
+        if str(meta.get("format", "")).startswith("vlbench-calibration"):
+            raise UserError("was written by an earlier vlbench, without image-token statistics", field="calibration",
+                            value=str(path), fix="re-run vlbench calibrate")
         raise UserError("not a vlbench calibration file", field="calibration", value=str(path))
     stats = Stats(tensors, meta, path)
     _loaded[str(path)] = (version, stats)

@@ -18,11 +18,12 @@ import torch
 from vlbench.engine.cache import ExtractionCache, extraction_key
 from vlbench.engine.encode import TextEncoding, encode_text
 from vlbench.engine import blend
-from vlbench.engine.extract import (IMAGE, VISION_END, VISION_START, Extraction, batch_memory_bytes, forward,
+from vlbench.engine.extract import (Extraction, batch_memory_bytes, forward,
                                     forward_batch, load_image, prepare)
 from vlbench.engine.generate import check_caption, generate
 from vlbench.engine.models import Models
-from vlbench.recipe import Recipe
+from vlbench.engine import condition as C
+from vlbench.recipe import Curve, MultiImage, Normalization, Recipe
 from vlbench.errors import UserError
 
 
@@ -47,6 +48,7 @@ class Conditioning:
 
     embeds: torch.Tensor  # [L, D]
     rows: list[dict]  # per row: source ("vl" | "qwen3") or the mix it came from, position(s), layer, weight(s)
+    weights: torch.Tensor | None = None  # [L] attention weight of each row (attend mixes); None: all 1
     extractions: list[Extraction] = field(default_factory=list)  # dual recipes: [content, style]
     text: TextEncoding | None = None
     timings: dict[str, float] = field(default_factory=dict)
@@ -60,6 +62,9 @@ class Conditioning:
         """JSON-ready account of the conditioning (the embed sidecar and every run record carry it)."""
         out: dict[str, Any] = {"length": int(self.embeds.shape[0]), "width": int(self.embeds.shape[1]),
                                "rows": self.rows, "warnings": self.warnings}
+        if self.weights is not None:
+            values, counts = torch.unique(self.weights, return_counts=True)
+            out["attention_weights"] = {f"{float(v):.6g}": int(c) for v, c in zip(values, counts)}
         for name, ex in zip(("vl", "vl_style"), self.extractions):
             out[name] = {
                 "input_ids": ex.input_ids,
@@ -84,65 +89,8 @@ class Result:
     peak_memory_bytes: int | None
 
 
-IMAGE_ROLES = frozenset({IMAGE, VISION_START, VISION_END})
-
-
-@dataclass
-class _Seq:
-    """A conditioning sequence under construction: rows and where each came from."""
-
-    embeds: torch.Tensor  # [L, D]
-    rows: list[dict]
-
-    @property
-    def length(self) -> int:
-        return int(self.embeds.shape[0])
-
-
-def _tag(seq: _Seq, name: str) -> _Seq:
-    return _Seq(seq.embeds, [dict(r, pass_=name) for r in seq.rows])
-
-
-def _mix(base: _Seq, other: _Seq, ratio, policy: str, knob: str) -> _Seq:
-    """blend.mix_sequences with provenance: which rows of base and other each output row holds."""
-    if other.embeds.device != base.embeds.device or other.embeds.dtype != base.embeds.dtype:
-        other = _Seq(other.embeds.to(base.embeds.device, base.embeds.dtype), other.rows)
-    embeds, info = blend.mix_sequences(base.embeds, other.embeds, ratio, policy)
-    r = ratio if isinstance(ratio, float) else None
-    if policy == "concat":
-        kb, ko = info["base_kept"], info["other_kept"]
-        rows = [{"mix": knob, "policy": policy, "from": "base", "pooled": [base.length, kb], "first": base.rows[0]}
-                for _ in range(kb)]
-        rows += [{"mix": knob, "policy": policy, "from": "other", "pooled": [other.length, ko], "first": other.rows[0]}
-                 for _ in range(ko)]
-        return _Seq(embeds, rows)
-    n_base, n_other = base.length, other.length
-    rows = []
-    for j, b in enumerate(base.rows):
-        lo, hi = j * n_other // n_base, max(j * n_other // n_base + 1, -(-(j + 1) * n_other // n_base))
-        w = r if r is not None else float(ratio[j])
-        if policy == "truncate":
-            lo, hi = (j, j + 1) if j < n_other else (0, 0)
-        rows.append({"mix": knob, "policy": policy, "weight_other": w, "base": b,
-                     "other_positions": [other.rows[k].get("position") for k in (lo, min(hi, n_other) - 1)]
-                     if hi > lo else []})
-    return _Seq(embeds, rows)
-
-
 def _first(value, default):
     return default if value is None else value
-
-
-def _weighted(seqs: list[_Seq], weights, policy: str) -> _Seq:
-    """Weighted average of several references' sequences, each mapped onto the first one's length."""
-    base = seqs[0]
-    total = float(sum(weights))
-    acc = torch.zeros_like(base.embeds, dtype=torch.float32)
-    for seq, w in zip(seqs, weights):
-        mapped = blend.map_length(seq.embeds.to(base.embeds.device), base.length, policy, base=base.embeds)
-        acc += (w / total) * mapped.float()
-    rows = [dict(r, image_weights=[w / total for w in weights]) for r in base.rows]
-    return _Seq(acc.to(base.embeds.dtype), rows)
 
 
 class Engine:
@@ -245,7 +193,10 @@ class Engine:
 
     # ---- recipe -> conditioning ----
     def condition(self, recipe: Recipe, prompt: str, refs: list[Reference]) -> Conditioning:
-        """Build the exact [L, D] tensor the DiT receives, from as few model forwards as the cache allows."""
+        """Build the exact [L, D] tensor the DiT receives, from as few model forwards as the cache allows.
+
+        Read top to bottom: the VL sequence (one selection, an intra mix, or the dual mix; several references
+        jointly or averaged), Qwen3-4B's encoding, then the alpha mix (docs/intra_vl_blending.md)."""
         if not isinstance(prompt, str):
             raise UserError("must be text", field="prompt")
         self._check_inputs(recipe, refs)
@@ -260,8 +211,7 @@ class Engine:
         if recipe.uses_qwen3:
             t0 = time.perf_counter()
             text = self.text_encoding(prompt)
-            qwen3 = _Seq(text.embeds, [{"source": "qwen3", "position": i, "layer": -2}
-                                       for i in range(text.embeds.shape[0])])
+            qwen3 = C.text_seq(text.embeds)
             timings["text_encoding"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         if qwen3 is None:
@@ -269,100 +219,64 @@ class Engine:
         elif vl is None:
             out = qwen3
         else:
-            ratio = self._ratio(recipe.alpha, recipe.alpha_end, recipe.curve, qwen3.length)
-            out = _mix(qwen3, vl, ratio, recipe.length_policy, "alpha")
+            ratio = recipe.alpha
+            if recipe.curve != Curve.CONSTANT:
+                ratio = blend.ratio_curve(qwen3.length, recipe.alpha, recipe.alpha_end, recipe.curve)
+            out = C.mix(qwen3, vl, ratio, recipe.alpha_policy, "alpha")
         timings["blend"] = time.perf_counter() - t0
-        warnings = []
-        mixes = recipe.dual or recipe.intra_ratio is not None or (vl is not None and qwen3 is not None)
-        if recipe.length_policy == "truncate" and mixes:
-            warnings.append("length_policy truncate keeps only the first rows of the longer sequence: for image "
-                            "tokens, the TOP-LEFT patches of the reference (legacy; use pool)")
-        return Conditioning(embeds=out.embeds, rows=out.rows, extractions=extractions, text=text, timings=timings,
-                            warnings=warnings)
+        weights = out.weights if out.weighted else None
+        return Conditioning(embeds=out.embeds, rows=out.rows, weights=weights, extractions=extractions, text=text,
+                            timings=timings)
 
     def _check_inputs(self, recipe: Recipe, refs: list[Reference]) -> None:
         recipe.check_inputs(len(refs))
 
-    def _select(self, ex: Extraction, tokens: str, recipe: Recipe, layer: int | None = None) -> "_Seq":
-        """Rows of one selection; image-role rows from image_layer, text rows from text_layer (one forward)."""
+    def _select(self, ex: Extraction, tokens: str, recipe: Recipe, layer: int | None = None,
+                pass_name: str | None = None) -> C.Seq:
+        """One selection's rows (image-role rows from image_layer, text rows from text_layer: one forward),
+        its images pooled (pool_image_tokens) and its roles normalised (normalization)."""
         positions = ex.positions(tokens)
         if layer is not None:
             layers = [ex.check_layer(layer)] * len(positions)
         else:
             img_layer = ex.check_layer(recipe.layer_for(True), "image_layer" if recipe.image_layer is not None else "layer")
             txt_layer = ex.check_layer(recipe.layer_for(False), "text_layer" if recipe.text_layer is not None else "layer")
-            layers = [img_layer if ex.roles[p] in IMAGE_ROLES else txt_layer for p in positions]
-        hs = ex.hidden_states
-        embeds = hs[torch.tensor(layers, device=hs.device), torch.tensor(positions, device=hs.device)]
-        rows = [{"source": "vl", "role": ex.roles[p], "position": p, "layer": l} for p, l in zip(positions, layers)]
-        seq = _Seq(embeds, rows)
-        return seq if recipe.normalization == "none" else self._normalize(seq, recipe)
+            layers = [img_layer if ex.roles[p] in C.IMAGE_ROLES else txt_layer for p in positions]
+        seq = C.select(ex, positions, layers, pass_name)
+        if recipe.normalization != Normalization.NONE:
+            from vlbench.engine.calibrate import load_stats
 
-    def _vl_sequence(self, recipe: Recipe, prompt: str, refs: list[Reference]) -> tuple["_Seq", list[Extraction]]:
-        policy = recipe.length_policy
+            seq = C.normalize(seq, recipe.normalization, load_stats(recipe.calibration, self.models))
+        if recipe.pool_image_tokens is not None and seq.has_image_rows:
+            seq = C.pool_images(seq, recipe.pool_image_tokens)
+        return seq
+
+    def _vl_sequence(self, recipe: Recipe, prompt: str, refs: list[Reference]) -> tuple[C.Seq, list[Extraction]]:
         if recipe.dual:
             style_ex, content_ex = self.extractions(  # two passes, one batched model call when neither is cached
                 [(refs, recipe.resolve_vl_text(prompt, recipe.style_vl_text), recipe.max_image_tokens),
                  (refs, recipe.resolve_vl_text(prompt, recipe.content_vl_text), recipe.max_image_tokens)],
                 batch=self.batch_dual)
-            style = self._select(style_ex, recipe.style_tokens, recipe, _first(recipe.style_layer, recipe.layer))
-            content = self._select(content_ex, recipe.content_tokens, recipe, _first(recipe.content_layer, recipe.layer))
-            mixed = _mix(_tag(content, "content"), _tag(style, "style"), recipe.dual_ratio, policy, "dual_ratio")
-            return mixed, [content_ex, style_ex]
+            style = self._select(style_ex, recipe.style_tokens, recipe, _first(recipe.style_layer, recipe.layer),
+                                 "style")
+            content = self._select(content_ex, recipe.content_tokens, recipe,
+                                   _first(recipe.content_layer, recipe.layer), "content")
+            return C.mix(content, style, recipe.dual_ratio, recipe.dual_policy, "dual_ratio"), [content_ex, style_ex]
         text = recipe.resolve_vl_text(prompt)
-        if recipe.multi_image == "separate" and len(refs) > 1:
+        if recipe.multi_image == MultiImage.SEPARATE and len(refs) > 1:
             pairs = [self._single(recipe, text, [r]) for r in refs]
             weights = recipe.image_weights or tuple(1.0 for _ in refs)
-            return _weighted([seq for seq, _ in pairs], weights, policy), [ex for _, ex in pairs]
+            return C.average_references([seq for seq, _ in pairs], weights), [ex for _, ex in pairs]
         seq, ex = self._single(recipe, text, refs)
         return seq, [ex]
 
-    def _single(self, recipe: Recipe, text: str | None, refs: list[Reference]) -> tuple["_Seq", Extraction]:
+    def _single(self, recipe: Recipe, text: str | None, refs: list[Reference]) -> tuple[C.Seq, Extraction]:
         ex = self.extraction(refs, text, recipe.max_image_tokens)
         if recipe.intra_ratio is None:
             return self._select(ex, recipe.tokens, recipe), ex
         text_seq = self._select(ex, "text", recipe)
         image_seq = self._select(ex, "image", recipe)
-        ratio = self._ratio(recipe.intra_ratio, recipe.intra_ratio_end, recipe.curve, text_seq.length)
-        return _mix(text_seq, image_seq, ratio, recipe.length_policy, "intra_ratio"), ex
-
-    @staticmethod
-    def _ratio(start: float, end: float | None, curve: str, length: int):
-        if end is None or curve == "constant":
-            return float(start)
-        return blend.ratio_curve(length, start, end, curve)
-
-    def _normalize(self, seq: "_Seq", recipe: Recipe) -> "_Seq":
-        """Match one VL selection's statistics to Qwen3-4B's layer -2 text tokens (sinks untouched).
-
-        Runs on selections, before any mix, so every row still knows its role and layer.
-        """
-        from vlbench.engine.calibrate import load_stats
-
-        stats = load_stats(recipe.calibration, self.models)
-        x = seq.embeds.float()
-        sinks = set(blend.sink_positions(x))
-        ref = stats.get("qwen3", -2, "text", x.device)
-        groups: dict[tuple[bool, int], list[int]] = {}
-        for i, row in enumerate(seq.rows):
-            if i not in sinks:  # global: one scale for the whole selection; per-dim: per role and layer
-                key = (False, 0) if recipe.normalization == "global" else (row["role"] in IMAGE_ROLES, row["layer"])
-                groups.setdefault(key, []).append(i)
-        out = x.clone()
-        for (is_image, layer), keep in groups.items():
-            idx = torch.tensor(keep, device=x.device)
-            rows = x.index_select(0, idx)
-            if recipe.normalization == "global":
-                rows = blend.normalize_global(rows, ref["rms"])
-            elif is_image:  # image rows: from their own statistics (hundreds of rows)
-                mean, std = blend.dim_stats(rows)
-                rows = blend.normalize_per_dim(rows, mean, std, ref["mean"], ref["std"])
-            else:  # text rows: from the VL's calibrated text statistics at this layer
-                src = stats.get("vl", layer, "text", x.device)
-                rows = blend.normalize_per_dim(rows, src["mean"], src["std"], ref["mean"], ref["std"])
-            out.index_copy_(0, idx, rows)
-        return _Seq(out.to(seq.embeds.dtype), [dict(r, normalized="sink, untouched" if i in sinks else
-                                                     recipe.normalization) for i, r in enumerate(seq.rows)])
+        return C.mix(text_seq, image_seq, recipe.intra_ratio, recipe.intra_policy, "intra_ratio"), ex
 
     def negative(self, recipe: Recipe) -> torch.Tensor | None:
         if recipe.guidance <= 0:
@@ -383,6 +297,7 @@ class Engine:
         start = time.perf_counter()
         common = dict(seed=recipe.seed, steps=recipe.steps, width=recipe.width, height=recipe.height,
                       guidance=recipe.guidance, negative_embeds=negative, budget=budget, on_step=on_step)
+        common["caption_weights"] = cond.weights
         if recipe.strength is None:
             image = generate(self.models.pipe, cond.embeds, **common)
         else:

@@ -24,6 +24,7 @@ SELECTION_ROLES: dict[str, frozenset[str]] = {
     "full": frozenset({TEMPLATE, PROMPT, VISION_START, IMAGE, VISION_END}),
     "image": frozenset({IMAGE}),
     "image-markers": frozenset({VISION_START, IMAGE, VISION_END}),
+    "image+template": frozenset({TEMPLATE, IMAGE}),
     "text": frozenset({TEMPLATE, PROMPT}),
     "prompt": frozenset({PROMPT}),
 }
@@ -43,6 +44,17 @@ class Extraction:
     image_sizes: list[tuple[int, int]] = field(default_factory=list)  # (width, height) fed to the vision tower
     source_sizes: list[tuple[int, int]] = field(default_factory=list)  # (width, height) of the references
     image_token_counts: list[int] = field(default_factory=list)
+
+    @property
+    def image_grids(self) -> list[tuple[int, int]]:
+        """Each image's token grid (rows, columns) after the processor's merge, in raster order of its image rows."""
+        out = []
+        for (w, h), n in zip(self.image_sizes, self.image_token_counts):
+            rows = max(1, round((n * h / w) ** 0.5))
+            while n % rows:  # the grid is exact: rows × columns == tokens
+                rows -= 1
+            out.append((rows, n // rows))
+        return out
 
     @property
     def num_layers(self) -> int:

@@ -6,7 +6,8 @@ device) and a step callback for progress.
 
 from __future__ import annotations
 
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 import torch
 
@@ -18,21 +19,64 @@ def check_caption(length: int, budget: int) -> None:
     if length > budget:
         raise CaptionTooLong(f"{length} tokens, over the DiT's caption budget of {budget}", field="conditioning",
                              fix="select fewer tokens (e.g. tokens text), lower max_image_tokens, or pool the image "
-                                 "tokens")
+                                 "tokens (pool_image_tokens)")
     if length < 1:
         raise CaptionTooLong("the sequence is empty", field="conditioning", fix="select some tokens")
+
+
+CAPTION_PAD = 32  # Z-Image pads captions (and image tokens) to a multiple of 32 inside the transformer
+
+
+@contextmanager
+def caption_attention(transformer, weights: torch.Tensor | None) -> Iterator[None]:
+    """Weight how much the DiT attends to each caption row: an additive attention-logit bias log w on that row's
+    key, in every joint (image + caption) block, for the conditional item (the batch's first).
+
+    Z-Image's joint blocks see [image tokens; caption tokens], each padded to a multiple of 32, and take a
+    [batch, L] key mask as their second argument; a forward pre-hook (a documented PyTorch hook) replaces it by
+    the float mask holding the biases (-inf where the boolean mask hid a position). With no weights, or all 1,
+    nothing is installed: the call is diffusers' own, bit for bit.
+    """
+    if weights is None or bool((weights == 1).all()):
+        yield
+        return
+    if bool((weights <= 0).any()):
+        raise ValueError("caption weights must be > 0 (a source of weight 0 is dropped, not masked)")
+    bias_rows = weights.float().log()
+    n_caption = int(weights.shape[0])
+    padded_caption = n_caption + (-n_caption) % CAPTION_PAD
+
+    def hook(module, args):
+        hidden, mask = args[0], args[1]
+        batch, length = hidden.shape[0], hidden.shape[1]
+        float_mask = torch.zeros((batch, length), dtype=hidden.dtype, device=hidden.device)
+        if mask is not None:
+            float_mask = float_mask.masked_fill(~mask.bool(), float("-inf"))
+        first_len = int(mask[0].sum()) if mask is not None else length
+        start = first_len - padded_caption  # the conditional item's caption keys follow its padded image tokens
+        float_mask[0, start:start + n_caption] += bias_rows.to(hidden.device, hidden.dtype)
+        return (hidden, float_mask, *args[2:])
+
+    handles = [layer.register_forward_pre_hook(hook) for layer in transformer.layers]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 @torch.inference_mode()
 def generate(pipe, embeds: torch.Tensor, *, seed: int, steps: int, width: int, height: int, guidance: float,
              negative_embeds: torch.Tensor | None = None, budget: int,
              on_step: Callable[[int, int], None] | None = None, output_type: str = "pil",
-             init_image=None, strength: float | None = None):
+             init_image=None, strength: float | None = None, caption_weights: torch.Tensor | None = None):
     """One image from `embeds` ([L, D]) with diffusers' Z-Image pipeline (txt2img, or img2img when
-    `pipe` is a ZImageImg2ImgPipeline and `init_image`/`strength` are given). Returns a PIL image."""
-    return generate_batch(pipe, embeds, seeds=[seed], steps=steps, width=width, height=height, guidance=guidance,
-                          negative_embeds=negative_embeds, budget=budget, on_step=on_step, output_type=output_type,
-                          init_image=init_image, strength=strength)[0]
+    `pipe` is a ZImageImg2ImgPipeline and `init_image`/`strength` are given). Returns a PIL image.
+    `caption_weights` ([L]): attention weights of the caption rows (see caption_attention)."""
+    with caption_attention(pipe.transformer, caption_weights):
+        return generate_batch(pipe, embeds, seeds=[seed], steps=steps, width=width, height=height,
+                              guidance=guidance, negative_embeds=negative_embeds, budget=budget, on_step=on_step,
+                              output_type=output_type, init_image=init_image, strength=strength)[0]
 
 
 @torch.inference_mode()

@@ -3,7 +3,9 @@
 A type file has `name`, optional `description` and `question`, optional `seeds` (the seeds every
 config runs with unless the run names others: a number, a list, or text such as "0-3"), a `[base]`
 table of Recipe fields shared by every config, and `[[configs]]`, each a `name`, optional
-`quick = false` (dropped by --quick) and Recipe fields. Parsing checks the file's shape; `recipes()` builds the Recipes (and so
+`quick = false` (dropped by --quick) and Recipe fields. `references = "together"` makes every job read all
+the run's references (a config's multi_image says jointly or one extraction each); the default, "each", runs
+every config on each reference. Parsing checks the file's shape; `recipes()` builds the Recipes (and so
 checks every key and value against Recipe). Every error is one line naming the file and the key.
 """
 
@@ -18,7 +20,8 @@ from typing import Any
 from vlbench.errors import UserError
 
 TYPES_DIR = Path(__file__).parent / "types"
-TOP_KEYS = ("name", "description", "question", "seeds", "base", "configs")
+TOP_KEYS = ("name", "description", "question", "seeds", "references", "base", "configs")
+REFERENCES = ("each", "together")  # one job group per reference, or every job reads all of them
 CONFIG_META = ("name", "quick")  # config keys that are not Recipe fields
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=-]*$")  # config names become file names
 
@@ -52,6 +55,11 @@ class ExperimentType:
     path: Path
     source: str  # the file's text, recorded with every run
     seeds: tuple[int, ...] = ()  # the type's default seeds (empty: each config's own seed)
+    references: str = "each"  # each: every config runs on each reference; together: every job reads them all
+
+    def reference_sets(self, refs: list) -> list[tuple]:
+        """The references of each job group: one each, or all of them together."""
+        return [tuple(refs)] if self.references == "together" else [(r,) for r in refs]
 
     def selected(self, quick: bool = False) -> list[Config]:
         return [c for c in self.configs if c.quick or not quick]
@@ -147,6 +155,10 @@ def parse_type(data: dict, path: Path, source: str = "") -> ExperimentType:
             seeds = tuple(seeds_value(data["seeds"]))
         except UserError as exc:
             raise exc.within(str(path)) from None
+    references = data.get("references", "each")
+    if references not in REFERENCES:
+        raise UserError(f"unknown value {references!r}", field="references", where=str(path),
+                        fix=f"use {' or '.join(REFERENCES)}")
     base = data.get("base", {})
     if not isinstance(base, dict):
         raise UserError(f"{path}: base: must be a table ([base])")
@@ -178,7 +190,7 @@ def parse_type(data: dict, path: Path, source: str = "") -> ExperimentType:
         configs.append(Config(cname, own, quick))
     return ExperimentType(name=name.strip(), description=data.get("description", "").strip(),
                           question=data.get("question", "").strip(), base=dict(base), configs=tuple(configs),
-                          path=path, source=source, seeds=seeds)
+                          path=path, source=source, seeds=seeds, references=references)
 
 
 def _check_value(path: Path, where: str, key: str, value: Any) -> None:

@@ -1,0 +1,295 @@
+"""Conditioning sequences with provenance: selections of an extraction, their mixes, pooling and normalisation.
+
+A `Seq` is the rows the DiT will receive ([L, D]), where each row came from (`rows`), the attention weight
+of each row (`weights`: 1 unless an attend mix weighted it) and its contiguous runs (`segments`: an image's
+rows with that image's patch grid, or a run of text rows). Every function returns a new Seq; the pure tensor
+maths is in blend.py. docs/intra_vl_blending.md gives each mix × policy as a formula.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import torch
+
+from vlbench.engine import blend
+from vlbench.engine.extract import IMAGE, PROMPT, TEMPLATE, VISION_END, VISION_START, Extraction
+from vlbench.errors import UserError
+from vlbench.recipe import MixPolicy, Normalization
+
+IMAGE_ROLES = frozenset({IMAGE, VISION_START, VISION_END})
+TEXT_ROLES = frozenset({TEMPLATE, PROMPT})
+
+
+@dataclass(frozen=True)
+class Segment:
+    start: int
+    n: int
+    grid: tuple[int, int] | None = None  # an image's (rows, columns) of tokens; None: a run of text rows
+
+
+@dataclass
+class Seq:
+    embeds: torch.Tensor  # [L, D]
+    rows: list[dict]  # per row: where it came from
+    weights: torch.Tensor  # [L] float32 attention weight of each row
+    segments: list[Segment] = field(default_factory=list)
+
+    @property
+    def length(self) -> int:
+        return int(self.embeds.shape[0])
+
+    @property
+    def has_image_rows(self) -> bool:
+        return any(s.grid is not None for s in self.segments)
+
+    @property
+    def weighted(self) -> bool:
+        return bool((self.weights != 1).any())
+
+
+def _segments(roles: list[str], positions: list[int], grids: list[tuple[int, int]]) -> list[Segment]:
+    """Contiguous runs of the selected rows: each image's rows (its grid, images in order) or a run of other rows.
+
+    An image's rows are consecutive positions of the VL input; a gap in positions starts another image."""
+    out: list[Segment] = []
+    images = iter(grids)
+    start = 0
+    for i in range(1, len(roles) + 1):
+        same = i < len(roles) and (roles[i] == IMAGE) == (roles[start] == IMAGE) and not (
+            roles[i] == IMAGE and positions[i] != positions[i - 1] + 1)
+        if not same:
+            out.append(Segment(start, i - start, next(images) if roles[start] == IMAGE else None))
+            start = i
+    return out
+
+
+def select(ex: Extraction, positions: list[int], layers: list[int], pass_name: str | None = None) -> Seq:
+    """hidden_states[layer_j][position_j] for each selected position: [n, D], with provenance and runs."""
+    hs = ex.hidden_states
+    embeds = hs[torch.tensor(layers, device=hs.device), torch.tensor(positions, device=hs.device)]
+    roles = [ex.roles[p] for p in positions]
+    with_image = IMAGE in ex.roles
+    rows = [{"source": "vl", "role": r, "position": p, "layer": l, "with_image": with_image}
+            for r, p, l in zip(roles, positions, layers)]
+    if pass_name is not None:
+        rows = [dict(r, pass_=pass_name) for r in rows]
+    image_grids = ex.image_grids
+    seen = [i for i, r in enumerate(roles) if r == IMAGE]
+    if seen and len(seen) != sum(n for n in ex.image_token_counts):
+        raise UserError("selects part of an image's rows", field="tokens", fix="select whole images")
+    segments = _segments(roles, positions, image_grids) if roles else []
+    return Seq(embeds, rows, torch.ones(len(rows), dtype=torch.float32), segments)
+
+
+def text_seq(embeds: torch.Tensor, source: str = "qwen3", layer: int = -2) -> Seq:
+    n = int(embeds.shape[0])
+    rows = [{"source": source, "position": i, "layer": layer} for i in range(n)]
+    return Seq(embeds, rows, torch.ones(n, dtype=torch.float32), [Segment(0, n)])
+
+
+# ---------------------------------------------------------------- pooling (fewer rows, each a real average)
+def pool_images(seq: Seq, max_tokens: int) -> Seq:
+    """Each image's rows pooled on its own patch grid to at most `max_tokens` (aspect kept); text rows as they are."""
+    counts = []
+    for s in seq.segments:
+        if s.grid is None:
+            counts.append(s.n)
+            continue
+        if max_tokens > s.n:
+            raise UserError(f"asks for {max_tokens} tokens from an image of {s.n} ({s.grid[0]}×{s.grid[1]})",
+                            field="pool_image_tokens", value=max_tokens,
+                            fix=f"give at most {s.n} (or lower max_image_tokens to read a smaller image)")
+        counts.append(max_tokens)
+    return _shrink_to(seq, counts)
+
+
+def _shrink_to(seq: Seq, counts: list[int]) -> Seq:
+    """Each segment pooled to its count: images on their grid (grid_for), text runs in order (pool)."""
+    parts, rows, weights, segments = [], [], [], []
+    at = 0
+    for s, k in zip(seq.segments, counts):
+        if k <= 0:
+            continue
+        x = seq.embeds[s.start:s.start + s.n]
+        w = seq.weights[s.start:s.start + s.n]
+        src = seq.rows[s.start:s.start + s.n]
+        if s.grid is not None:
+            target = blend.grid_for(s.grid, k)
+            pooled = blend.pool_grid(x, s.grid, target)
+            pw = blend.pool_grid(w[:, None].to(x.dtype), s.grid, target)[:, 0].float()
+            grid = target
+            new_rows = [dict(src[0], position=None, pooled={"grid": list(s.grid), "to": list(target), "cell": c})
+                        for c in range(target[0] * target[1])] if target != s.grid else src
+        else:
+            pooled = blend.pool(x, k)
+            pw = blend.pool(w[:, None], k)[:, 0]
+            grid = None
+            new_rows = src if k == s.n else [dict(src[min(j * s.n // k, s.n - 1)], position=None,
+                                                  pooled={"rows": s.n, "to": k, "row": j}) for j in range(k)]
+        parts.append(pooled)
+        weights.append(pw)
+        rows += new_rows
+        segments.append(Segment(at, pooled.shape[0], grid))
+        at += pooled.shape[0]
+    if not parts:
+        raise UserError("the sequence is empty", field="conditioning", fix="select some tokens")
+    return Seq(torch.cat(parts), rows, torch.cat(weights), segments)
+
+
+def shrink(seq: Seq, keep: int) -> Seq:
+    """`seq` on `keep` rows, shared among its runs in proportion (images pooled on their grids)."""
+    return _shrink_to(seq, blend.shrink_segments([(s.n, s.grid) for s in seq.segments], keep))
+
+
+# ---------------------------------------------------------------- normalisation
+def normalize(seq: Seq, mode: str, stats) -> Seq:
+    """Each role's rows moved from the VL's calibrated statistics of that role (and layer) onto Qwen3-4B's text
+    statistics at layer -2; attention-sink rows are never touched.
+
+    per-dim: z-score with the role's calibrated mean/std, then Qwen3-4B's; per-dim-scale: the spread only
+    (the role's means, which carry style, are kept); global: one RMS scale for the whole selection.
+    """
+    if mode == Normalization.NONE:
+        return seq
+    x = seq.embeds.float()
+    sinks = set(blend.sink_positions(x))
+    ref = stats.get("qwen3", -2, "text", x.device)
+    groups: dict[tuple[str, int], list[int]] = {}
+    for i, row in enumerate(seq.rows):
+        if i in sinks or row.get("source") != "vl":
+            continue
+        if mode == Normalization.GLOBAL:
+            key = ("all", 0)
+        elif row["role"] == IMAGE:
+            key = ("image", row["layer"])
+        elif row["role"] in TEXT_ROLES:
+            key = ("image_text" if row.get("with_image") else "text", row["layer"])
+        else:
+            continue  # vision markers: two rows a block, no statistics of their own; left as they are
+        groups.setdefault(key, []).append(i)
+    out = x.clone()
+    for (role, layer), keep in groups.items():
+        idx = torch.tensor(keep, device=x.device)
+        rows = x.index_select(0, idx)
+        if mode == Normalization.GLOBAL:
+            rows = blend.normalize_global(rows, ref["rms"])
+        else:
+            src = stats.get("vl", layer, role, x.device)
+            if mode == Normalization.PER_DIM:
+                rows = blend.normalize_per_dim(rows, src["mean"], src["std"], ref["mean"], ref["std"])
+            else:  # per-dim-scale: the spread onto Qwen3-4B's, the means kept
+                rows = blend.normalize_per_dim(rows, src["mean"], src["std"], src["mean"], ref["std"])
+        out.index_copy_(0, idx, rows)
+    rows = [dict(r, normalized="sink, untouched" if i in sinks else mode) for i, r in enumerate(seq.rows)]
+    return replace(seq, embeds=out.to(seq.embeds.dtype), rows=rows)
+
+
+# ---------------------------------------------------------------- mixes: base at ratio 0, other at ratio 1
+def mix(base: Seq, other: Seq, ratio, policy: str, knob: str) -> Seq:
+    """Mix two sequences under a named policy (MixPolicy); `ratio` is a float (or, positionwise, [L] ratios)."""
+    if other.embeds.device != base.embeds.device or other.embeds.dtype != base.embeds.dtype:
+        other = replace(other, embeds=other.embeds.to(base.embeds.device, base.embeds.dtype))
+    if policy == MixPolicy.ATTEND:
+        return attend(base, other, float(ratio), knob)
+    if policy == MixPolicy.SPLIT:
+        return split(base, other, float(ratio), knob)
+    if policy == MixPolicy.POSITIONWISE:
+        return positionwise(base, other, ratio, knob)
+    raise ValueError(f"unknown mix policy {policy!r}")
+
+
+def _tagged(seq: Seq, knob: str, policy: str, side: str, weight: float | None = None) -> list[dict]:
+    extra = {"mix": knob, "policy": policy, "from": side}
+    if weight is not None:
+        extra["weight"] = weight
+    return [dict(r, **{f"{knob}_mix": extra}) for r in seq.rows]
+
+
+def attend(base: Seq, other: Seq, ratio: float, knob: str) -> Seq:
+    """[base; other], each source's rows weighted by attend_weights(ratio); a weight of 0 drops that source."""
+    wb, wo = blend.attend_weights(ratio)
+    kept = [(s, w, side) for s, w, side in ((base, wb, "base"), (other, wo, "other")) if w > 0]
+    rows, segments, at = [], [], 0
+    for s, w, side in kept:
+        rows += _tagged(s, knob, MixPolicy.ATTEND, side, w)
+        segments += [Segment(seg.start + at, seg.n, seg.grid) for seg in s.segments]
+        at += s.length
+    return Seq(torch.cat([s.embeds for s, _, _ in kept]), rows, torch.cat([s.weights * w for s, w, _ in kept]),
+               segments)
+
+
+def split(base: Seq, other: Seq, ratio: float, knob: str) -> Seq:
+    """[shrink(base, round((1-r)·Lb)); shrink(other, round(r·Lo))]: a share of caption tokens (steps in r)."""
+    kb, ko = blend.split_counts(base.length, other.length, ratio)
+    parts = [(shrink(s, k), side) for s, k, side in ((base, kb, "base"), (other, ko, "other")) if k]
+    rows, segments, at = [], [], 0
+    for s, side in parts:
+        rows += _tagged(s, knob, MixPolicy.SPLIT, side)
+        segments += [Segment(seg.start + at, seg.n, seg.grid) for seg in s.segments]
+        at += s.length
+    return Seq(torch.cat([s.embeds for s, _ in parts]), rows, torch.cat([s.weights for s, _ in parts]), segments)
+
+
+def positionwise(base: Seq, other: Seq, ratio, knob: str) -> Seq:
+    """Row j = (1 - r_j)·base_j + r_j·other_j, for sequences that match token for token (text rows only)."""
+    if base.length != other.length or base.has_image_rows or other.has_image_rows:
+        what = "image rows" if base.has_image_rows or other.has_image_rows else "their lengths differ"
+        raise UserError(f"pairs rows one to one, but the sequences do not match token for token "
+                        f"(base {base.length} rows, other {other.length}: {what})", field=f"{_policy_field(knob)}",
+                        value=MixPolicy.POSITIONWISE.value,
+                        fix="use attend or split, or the VL's text tokens of the prompt (tokens text, vl_text prompt)")
+    if base.weighted or other.weighted:
+        raise UserError("cannot mix rows that carry attention weights row by row", field=_policy_field(knob),
+                        value=MixPolicy.POSITIONWISE.value, fix="use attend for the inner mix too")
+    embeds = blend.mix(base.embeds, other.embeds, ratio)
+    per_row = ratio.tolist() if isinstance(ratio, torch.Tensor) else [float(ratio)] * base.length
+    rows = [{"mix": knob, "policy": MixPolicy.POSITIONWISE.value, "weight_other": w, "base": b, "other": o}
+            for w, b, o in zip(per_row, base.rows, other.rows)]
+    return Seq(embeds, rows, base.weights.clone(), list(base.segments))
+
+
+def _policy_field(knob: str) -> str:
+    return {"alpha": "alpha_policy", "intra_ratio": "intra_policy", "dual_ratio": "dual_policy"}[knob]
+
+
+def average_references(seqs: list[Seq], weights) -> Seq:
+    """multi_image separate: one sequence per reference, averaged row by row with `weights`.
+
+    Each image is pooled on its own grid to the references' common grid (the smallest rows × the smallest
+    columns), so row j of every reference is the same relative region; text rows correspond token for token
+    (the same VL text)."""
+    grids = [[s.grid for s in seq.segments if s.grid is not None] for seq in seqs]
+    if any(len(g) != 1 for g in grids):
+        raise UserError("each reference's extraction must hold exactly one image", field="multi_image",
+                        value="separate")
+    common = (min(g[0][0] for g in grids), min(g[0][1] for g in grids))
+    pooled = [_to_grid(seq, common) for seq in seqs]
+    lengths = {s.length for s in pooled}
+    if len(lengths) != 1:
+        raise UserError("the references' sequences do not line up row by row (their text differs)",
+                        field="multi_image", value="separate", fix="use multi_image joint")
+    total = float(sum(weights))
+    acc = torch.zeros_like(pooled[0].embeds, dtype=torch.float32)
+    for seq, w in zip(pooled, weights):
+        acc += (w / total) * seq.embeds.float()
+    rows = [dict(r, image_weights=[w / total for w in weights]) for r in pooled[0].rows]
+    return Seq(acc.to(pooled[0].embeds.dtype), rows, pooled[0].weights, pooled[0].segments)
+
+
+def _to_grid(seq: Seq, grid: tuple[int, int]) -> Seq:
+    """Each image segment pooled to exactly `grid` (which lies within it)."""
+    parts, rows, segments, at = [], [], [], 0
+    for s in seq.segments:
+        x = seq.embeds[s.start:s.start + s.n]
+        if s.grid is not None and s.grid != grid:
+            x = blend.pool_grid(x, s.grid, grid)
+            new_rows = [dict(seq.rows[s.start], position=None, pooled={"grid": list(s.grid), "to": list(grid),
+                                                                         "cell": c}) for c in range(x.shape[0])]
+        else:
+            new_rows = seq.rows[s.start:s.start + s.n]
+        parts.append(x)
+        rows += new_rows
+        segments.append(Segment(at, x.shape[0], grid if s.grid is not None else None))
+        at += x.shape[0]
+    return Seq(torch.cat(parts), rows, torch.ones(at, dtype=torch.float32), segments)
