@@ -476,6 +476,78 @@ def compile_section(args, spec) -> None:
     free_cuda()
 
 
+# ---------------------------------------------------------------- issue 12: attend's attention-logit bias
+def bias_section(args, spec) -> None:
+    """The cost of attend weights (an additive bias on the caption keys of the DiT's joint blocks): time per image
+    with and without a bias on each native attention backend (eager), then under --compile: first calls, and the
+    graphs compiled when the weights change (same length), when the caption length changes, and back to none."""
+    from vlbench.engine.generate import generate
+    from vlbench.engine.models import Models, compiled_graphs
+
+    B = R.setdefault("bias", {})
+    free_cuda()
+    models = Models(spec)
+    pipe = models.pipe
+    tr = pipe.transformer
+    budget, width = models.caption_budget, models.caption_width
+    n_text, total = 32, (605 if budget >= 605 else 150)
+    g = torch.Generator("cpu").manual_seed(99)
+    emb = (torch.randn(total, width, generator=g) * 0.5).to(models.device, models.dtype)
+    short = emb[: total // 2]
+
+    def weights(r, n=total):  # an intra mix at ratio r: text rows 1, image rows r/(1-r)
+        return torch.cat([torch.ones(n_text), torch.full((n - n_text,), r / (1 - r))])
+
+    kw = dict(seed=0, steps=args.steps, width=args.size, height=args.size, guidance=0.0, budget=budget)
+    reps = max(2, args.reps)
+
+    def timing(e, w):
+        generate(pipe, e, caption_weights=w, **kw)
+        return stats([timed(lambda: generate(pipe, e, caption_weights=w, **kw))[0] for _ in range(reps)])
+
+    backends = ["native", "_native_efficient", "_native_cudnn", "_native_flash"] if models.device.type == "cuda" \
+        else ["native"]
+    for name in backends:
+        E = B.setdefault(f"eager_{name}", {})
+        try:
+            tr.set_attention_backend(name)
+            E["none_s"] = timing(emb, None)
+            E["bias_r0.3_s"] = timing(emb, weights(0.3))
+            E["bias_over_none"] = round(med(E, "bias_r0.3_s") / med(E, "none_s"), 3)
+            a = pixels(generate(pipe, emb, caption_weights=weights(0.3), **kw))
+            b = pixels(generate(pipe, emb, caption_weights=weights(0.31), **kw))
+            c = pixels(generate(pipe, emb, caption_weights=weights(0.7), **kw))
+            E["pixels_r0.3_vs_r0.31"], E["pixels_r0.3_vs_r0.7"] = diff(a, b), diff(a, c)
+        except Exception as exc:  # noqa: BLE001 — e.g. a kernel that takes no mask
+            E["error"] = f"{type(exc).__name__}: {exc}"[:600]
+        log(f"bias eager {name}: {json.dumps({k: (v.get('median') if isinstance(v, dict) and 'median' in v else v) for k, v in E.items() if not k.startswith('pixels')}, default=str)[:300]}")
+        save_json()
+    tr.set_attention_backend("native")
+    if elapsed() > args.budget_s * 0.8:
+        B["compiled"] = {"skipped": f"out of time at {elapsed():.0f}s"}
+        return
+    C = B.setdefault("compiled", {})
+    try:
+        backend = {"backend": "eager"} if args.tiny_smoke else {}
+        models.compile_dit(**backend)
+        steps = [("none", emb, None), ("bias_r0.3", emb, weights(0.3)), ("bias_r0.7_same_length", emb, weights(0.7)),
+                 ("bias_r0.3_other_length", short, weights(0.3, short.shape[0])), ("none_again", emb, None)]
+        for label, e, w in steps:
+            g0 = compiled_graphs()
+            t, _ = timed(lambda: generate(pipe, e, caption_weights=w, **kw))
+            C[f"{label}_first_call_s"] = t
+            C[f"{label}_new_graphs"] = compiled_graphs() - g0
+        C["none_s"] = timing(emb, None)
+        C["bias_r0.3_s"] = timing(emb, weights(0.3))
+        C["bias_over_none"] = round(med(C, "bias_r0.3_s") / med(C, "none_s"), 3)
+    except Exception:  # noqa: BLE001
+        C["error"] = traceback.format_exc()[-2500:]
+    log(f"bias compiled: {json.dumps({k: (v.get('median') if isinstance(v, dict) and 'median' in v else v) for k, v in C.items()}, default=str)[:500]}")
+    save_json()
+    del models, pipe, tr
+    free_cuda()
+
+
 # ---------------------------------------------------------------- the first VL forward of a fresh process
 def firstvl_section(args, workdir: Path, ref_path: Path) -> None:
     F = R.setdefault("firstvl", {})
@@ -749,7 +821,8 @@ def main() -> int:
     runs = {"policies": lambda: policies_section(args, spec, ref, recipe),
             "compile": lambda: compile_section(args, spec),
             "firstvl": lambda: firstvl_section(args, workdir, ref_path),
-            "cli_sweep": lambda: cli_sweep_section(args, zdir, vldir, ref_path, workdir)}
+            "cli_sweep": lambda: cli_sweep_section(args, zdir, vldir, ref_path, workdir),
+            "bias": lambda: bias_section(args, spec)}
     for name in sections:
         fn = runs[name]
         if name == "cli_sweep" and elapsed() > args.budget_s * 0.9:

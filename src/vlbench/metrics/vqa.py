@@ -83,9 +83,11 @@ def answer_probability(vl, batch: list[tuple[list, str]], answer: str = VQA_ANSW
     inputs = items[0].inputs if len(items) == 1 else collate(vl, items)
     a = len(ids)
     # position t's logits predict token t + 1: the answer's tokens are predicted from the A positions before them
-    keep = torch.tensor([[it.length - a - 1 + j for j in range(a)] for it in items])
-    out = vl.model(**_to_device(vl, inputs), use_cache=False, logits_to_keep=keep.to(vl.device), return_dict=True)
-    logp = torch.log_softmax(out.logits.float(), dim=-1)  # [B, A, V]
+    keep = torch.tensor([[it.length - a - 1 + j for j in range(a)] for it in items], device=vl.device)
+    out = vl.model.model(**_to_device(vl, inputs), use_cache=False, return_dict=True)  # the base model: hidden states
+    rows = out.last_hidden_state[torch.arange(len(items), device=vl.device)[:, None], keep]  # [B, A, D], items right-padded
+    logits = vl.model.lm_head(rows)  # the vocabulary only where an answer token is predicted
+    logp = torch.log_softmax(logits.float(), dim=-1)  # [B, A, V]
     target = torch.tensor(ids, device=logp.device).expand(len(items), a)
     return torch.exp(logp.gather(-1, target[..., None])[..., 0].mean(-1)).cpu().tolist()
 
