@@ -306,3 +306,29 @@ def test_caption_weights_become_log_biases_on_the_conditional_items_caption_keys
     assert cap_pad == CAPTION_PAD
     with caption_attention(transformer, torch.ones(5)):  # all weights 1: nothing installed at all
         assert len(layer._forward_pre_hooks) == 0
+
+
+@pytest.mark.parametrize("fields, biased", [
+    (dict(alpha=1.0, tokens="full"), False),
+    (dict(alpha=1.0, intra_ratio=0.5), False),
+    (dict(alpha=1.0, intra_ratio=0.3), True),
+    (dict(alpha=1.0, intra_ratio=0.3, intra_policy="split"), False),
+    (dict(alpha=0.3, tokens="image"), True),
+    (dict(alpha=0.5, tokens="image"), False),
+    (dict(alpha=0.3, tokens="image", alpha_policy="split"), False),
+])
+def test_attention_bias_says_exactly_when_the_conditioning_carries_weights(engine, refs, fields, biased):
+    """Recipe.attention_bias (checked before any model runs) is true exactly when the engine's conditioning has
+    caption weights other than 1, and then sdpa-flash, which takes no mask, is refused in one line."""
+    from vlbench.engine.engine import check_attention
+
+    recipe = Recipe(**fields, **SIZE)
+    cond = engine.condition(recipe, PROMPT, refs)
+    assert recipe.attention_bias == (cond.weights is not None) == biased
+    check_attention(recipe, "sdpa")
+    if biased:
+        with pytest.raises(UserError) as e:
+            check_attention(recipe, "sdpa-flash")
+        assert "attention" in str(e.value) and "sdpa-flash" in str(e.value) and "\n" not in str(e.value)
+    else:
+        check_attention(recipe, "sdpa-flash")

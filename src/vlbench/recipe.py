@@ -335,6 +335,13 @@ class Recipe:
             out["alpha"] = (self.alpha, self.alpha_policy)
         return out
 
+    @property
+    def attention_bias(self) -> bool:
+        """The DiT gets an attention-logit bias on caption rows: an `attend` mix at a ratio other than 0, 0.5 and 1
+        (at 0.5 both weights are 1; at 0 or 1 one source leaves the caption)."""
+        return any(policy == MixPolicy.ATTEND and ratio not in (0.0, 0.5, 1.0)
+                   for ratio, policy in self.mixes.values())
+
     def check_inputs(self, n_refs: int) -> None:
         """What this recipe needs of its references, checked before any model runs (every front end calls it)."""
         if any(t in IMAGE_SELECTIONS for t in self.image_selections) and not n_refs:

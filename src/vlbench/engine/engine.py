@@ -230,6 +230,7 @@ class Engine:
 
     def _check_inputs(self, recipe: Recipe, refs: list[Reference]) -> None:
         recipe.check_inputs(len(refs))
+        check_attention(recipe, self.models.spec.attention)
 
     def _select(self, ex: Extraction, tokens: str, recipe: Recipe, layer: int | None = None,
                 pass_name: str | None = None) -> C.Seq:
@@ -319,6 +320,15 @@ class Engine:
                 tokenizer=pipe.tokenizer, transformer=pipe.transformer)
             self._img2img.set_progress_bar_config(disable=True)
         return self._img2img
+
+
+def check_attention(recipe: Recipe, attention: str | None) -> None:
+    """Refuse, before any model runs, a weighted attend mix on an attention kernel that takes no mask."""
+    if attention == "sdpa-flash" and recipe.attention_bias:
+        name, (ratio, _) = next((n, m) for n, m in recipe.mixes.items() if m[1] == "attend" and m[0] not in (0, .5, 1))
+        raise UserError(f"takes no attention mask, and the attend mix {name} {ratio:g} weights caption rows with one",
+                        field="attention", value=attention,
+                        fix=f"use sdpa (the default) or sdpa-cudnn, or {name} 0.5 (plain concatenation, no weights)")
 
 
 def environment(models: Models | None = None) -> dict[str, Any]:
