@@ -19,7 +19,7 @@ from vlbench.cli.common import Parser, render
 from vlbench.errors import UserError
 
 # command -> its module, in `vlbench --help` order
-COMMANDS = ("tui", "embed", "generate", "run", "experiments", "score", "stats", "diagnose", "calibrate", "inspect",
+COMMANDS = ("tui", "embed", "generate", "run", "search", "experiments", "score", "stats", "diagnose", "calibrate", "inspect",
             "demo")
 
 
