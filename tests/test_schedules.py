@@ -239,3 +239,62 @@ def test_text_bridge_conditioning_is_qwen3_4b_of_prompt_and_description_and_is_d
     assert info["text_bridge"]["text"] == desc.text and info["text_bridge"]["instruction"] == bridge.INSTRUCTION
     assert info["text_bridge"]["token_ids"] == desc.token_ids
     assert info["qwen3"]["decoded"].count(desc.text) == 1  # what Qwen3-4B read, verbatim
+
+
+# ---------------------------------------------------------------- the text bridge as the style experiments' baseline
+STYLE_TYPES = {"schedule_sweep": "text_bridge", "vl_intra_token_blend": "text_bridge",
+               "vl_double_conditioning": "text_bridge", "img2img_style": "text_bridge_strength_0.7"}
+
+
+def test_the_style_experiments_name_the_text_bridge_as_their_baseline_and_vl_only_vs_qwen3_has_the_arm():
+    from vlbench.experiments.spec import builtin_names, load_type
+
+    for name in builtin_names():
+        experiment = load_type(name)
+        assert experiment.baseline == STYLE_TYPES.get(name), name
+        if experiment.baseline:
+            (named,) = [r for r in experiment.recipes() if r.name == experiment.baseline]
+            assert named.recipe.text_bridge and not named.recipe.uses_vl  # the VL speaks only through words
+    bridge_arm = [r for r in load_type("vl_only_vs_qwen3").recipes() if r.recipe.text_bridge]
+    assert [r.name for r in bridge_arm] == ["text_bridge"] and bridge_arm[0].recipe.alpha == 0
+
+
+def test_a_type_baseline_that_is_not_a_config_is_one_line(tmp_path):
+    from vlbench.experiments.spec import load_type
+
+    path = tmp_path / "t.toml"
+    path.write_text('name = "t"\nbaseline = "nope"\n[[configs]]\nname = "a"\n')
+    with pytest.raises(UserError, match=r"t.toml: baseline: 'nope' is not a config of this type"):
+        load_type(path)
+
+
+def test_stats_compares_with_the_types_recorded_baseline_unless_told_otherwise(tmp_path, capsys):
+    from test_stats import main_json, synthetic_run
+
+    out = tmp_path / "run"
+    synthetic_run(out, configs={"vl": 0.0, "text_bridge": 0.0, "other": 0.3})
+    assert main_json([str(out)], capsys)["baseline"] == "vl"  # no run.json: the first config
+    (out / "run.json").write_text(json.dumps({"experiment": "synthetic", "baseline": "text_bridge"}))
+    assert main_json([str(out)], capsys)["baseline"] == "text_bridge"
+    assert main_json([str(out), "--baseline", "other"], capsys)["baseline"] == "other"
+    (out / "run.json").write_text(json.dumps({"experiment": "synthetic", "baseline": "gone"}))  # not scored here
+    assert main_json([str(out)], capsys)["baseline"] == "vl"
+
+
+def test_a_run_of_a_style_type_records_its_baseline(engine, refs, tmp_path):
+    from vlbench.experiments.folder import read_info
+    from vlbench.experiments.runner import run_experiment
+    from vlbench.experiments.spec import load_type
+
+    experiment = load_type("schedule_sweep")
+    recipes = [r for r in experiment.recipes(quick=True, overrides={"steps": 2, "width": 64, "height": 64})
+               if r.name in ("text_bridge", "vl_1_then_qwen3")]
+    out = tmp_path / "out"
+    run_experiment(Engine(engine.models), experiment, recipes, refs, [PROMPT], out, seeds=[0])
+    assert read_info(out)["baseline"] == "text_bridge"
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert {r["name"]: r["status"] for r in rows} == {"text_bridge": "done", "vl_1_then_qwen3": "done"}
+    bridged = next(r for r in rows if r["name"] == "text_bridge")["conditioning"]
+    assert bridged["text_bridge"]["instruction"] == bridge.INSTRUCTION
+    scheduled = next(r for r in rows if r["name"] == "vl_1_then_qwen3")["conditioning"]
+    assert [(e["from_step"], e["source"]) for e in scheduled["schedule"]] == [(0, "vl"), (1, "qwen3")]
