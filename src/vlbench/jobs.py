@@ -77,7 +77,7 @@ def execute(engine, record: RunRecord, refs: list, *, on_step: Callable[[int, in
                 result = engine.run(recipe, record.prompt, refs, on_step=on_step)
             except FloatingPointError:
                 raise NonFinite(_nan_reason(engine, recipe, record.prompt, refs)) from None
-        if not _finite(result.conditioning.embeds):
+        if not all(_finite(caption) for caption in result.conditioning.captions):
             raise NonFinite(_nan_reason(engine, recipe, record.prompt, refs))
     except Interrupt:
         raise
@@ -156,6 +156,10 @@ def compact_conditioning(cond) -> dict:
     rows = info.pop("rows", [])
     info["role_counts"] = dict(Counter(_row_role(r) for r in rows))
     info["source_counts"] = dict(Counter(_row_source(r) for r in rows))
+    for entry in info.get("schedule", []):  # each step's caption, counted as the first one is
+        entry_rows = entry.pop("rows", [])
+        entry["role_counts"] = dict(Counter(_row_role(r) for r in entry_rows))
+        entry["source_counts"] = dict(Counter(_row_source(r) for r in entry_rows))
     for name in ("vl", "vl_style"):
         vl = info.get(name)
         if vl is not None:

@@ -91,6 +91,15 @@ class VLText(Choice):
     NONE = "none", "no text: the image alone"
 
 
+class Source(Choice):
+    """What a schedule entry conditions the DiT on from its step on (docs/schedules.md)."""
+
+    RECIPE = "recipe", "the recipe's own conditioning (its alpha mix, as without a schedule)"
+    VL = "vl", "the recipe's VL sequence alone (its token selection, intra or dual mix; no Qwen3-4B)"
+    QWEN3 = "qwen3", ("Qwen3-4B's encoding of the prompt alone (Z-Image's own text path; with text_bridge, of the "
+                      "prompt + description)")
+
+
 class Section(Choice):
     EXTRACTION = "extraction", "what Qwen3-VL reads and which hidden states are taken"
     CONDITIONING = "conditioning", "how the taken states are mixed into the caption the DiT receives"
@@ -107,7 +116,7 @@ SEED_MAX = 2**63 - 1
 class FieldInfo:
     """Everything a front end needs to know about one Recipe field."""
 
-    kind: str  # bool | int | float | str | choice | floats | vl_text
+    kind: str  # bool | int | float | str | choice | floats | vl_text | schedule
     help: str
     section: Section
     choices: type[Choice] | None = None
@@ -141,8 +150,8 @@ def _single_pass(r: "Recipe") -> bool:
 
 
 def _alpha_mixes(r: "Recipe") -> bool:
-    """Qwen3-4B and the VL are mixed (not one of them alone)."""
-    return 0 < r.alpha < 1 or (r.alpha_end is not None and r.alpha_end != r.alpha)
+    """The recipe's own conditioning mixes Qwen3-4B and the VL (not one of them alone)."""
+    return r.own_used and (0 < r.alpha < 1 or (r.alpha_end is not None and r.alpha_end != r.alpha))
 
 
 def _alpha_positionwise(r: "Recipe") -> bool:
@@ -165,7 +174,10 @@ class Recipe:
     """How one image is conditioned and generated. Defaults are Z-Image-Turbo's and pure Qwen3-VL."""
 
     # ---- conditioning
-    alpha: float = _f(1.0, "float", "0 = pure Qwen3-4B (Z-Image's own text path), 1 = pure VL", C, lo=0.0, hi=1.0)
+    alpha: float = _f(1.0, "float", "0 = pure Qwen3-4B (Z-Image's own text path), 1 = pure VL", C, lo=0.0, hi=1.0,
+                      applies=lambda r: r.own_used,
+                      when="when the recipe's own conditioning is used (no schedule, or a schedule with a recipe "
+                           "entry)")
     alpha_policy: str = _f(MixPolicy.ATTEND.value, "choice", "how the alpha mix combines Qwen3-4B (base) and the VL "
                                                             "selection (other)", C, choices=MixPolicy,
                            applies=_alpha_mixes, when="when 0 < alpha < 1 (Qwen3-4B and the VL are mixed)")
@@ -197,6 +209,16 @@ class Recipe:
                                                                  "not set: equal weights", C, lo=0.0,
                                                  applies=lambda r: r.multi_image == MultiImage.SEPARATE,
                                                  when="with multi_image separate")
+    # ---- issue 17: schedules and the text bridge
+    schedule: str | None = _f(None, "schedule", "the conditioning from step K on, as K:SOURCE entries, "
+                                                "comma-separated, K ascending from 0 (steps counted as the sampler "
+                                                "runs them); sources: recipe, vl, qwen3 (docs/schedules.md); not set: "
+                                                "the recipe's own conditioning at every step", C)
+    text_bridge: bool = _f(False, "bool", "Qwen3-VL first describes the reference's style in one sentence (a fixed "
+                                          "instruction, greedy); Qwen3-4B then encodes the prompt + that description "
+                                          "instead of the prompt (docs/schedules.md)", C,
+                           applies=lambda r: r.uses_qwen3, when="when Qwen3-4B's encoding of the prompt is used "
+                                                               "(alpha < 1, or a schedule with a qwen3 entry)")
     # ---- extraction
     tokens: str = _f(Tokens.FULL.value, "choice", "VL token selection", X, choices=Tokens,
                      applies=lambda r: _single_pass(r) and r.intra_ratio is None,
@@ -262,6 +284,11 @@ class Recipe:
                 object.__setattr__(self, f.name, float(value))
             elif isinstance(value, Choice):  # enum members compare equal to their text; store the text
                 object.__setattr__(self, f.name, value.value)
+            elif kind == "schedule" and isinstance(value, str):  # one spelling per schedule: "0:vl, 4:qwen3"
+                try:
+                    object.__setattr__(self, f.name, format_schedule(parse_schedule(value)))
+                except UserError:
+                    pass  # validate() words it
         self.validate()
 
     # ---- validation: every error names its field; rules in one place ----
@@ -279,13 +306,44 @@ class Recipe:
 
     # ---- derived ----
     @property
-    def uses_vl(self) -> bool:
+    def schedule_entries(self) -> tuple[tuple[int, str], ...]:
+        """The schedule as (from step, source) pairs; () without a schedule."""
+        return parse_schedule(self.schedule) if self.schedule is not None else ()
+
+    @property
+    def own_used(self) -> bool:
+        """The recipe's own conditioning (its alpha mix) is used at some step: no schedule, or a recipe entry."""
+        return self.schedule is None or any(src == Source.RECIPE for _, src in self.schedule_entries)
+
+    @property
+    def own_uses_vl(self) -> bool:
+        """The recipe's own conditioning holds VL rows (alpha > 0 somewhere)."""
         return self.alpha > 0 or (self.alpha_end or 0) > 0
 
     @property
-    def uses_qwen3(self) -> bool:
-        """Qwen3-4B's encoding of the prompt is part of the conditioning (alpha < 1 somewhere)."""
+    def own_uses_qwen3(self) -> bool:
+        """The recipe's own conditioning holds Qwen3-4B rows (alpha < 1 somewhere)."""
         return self.alpha < 1 or (self.alpha_end is not None and self.alpha_end < 1)
+
+    @property
+    def uses_vl(self) -> bool:
+        """The VL's hidden states condition some step (the recipe's own conditioning, or a vl schedule entry)."""
+        sources = {src for _, src in self.schedule_entries}
+        return (self.own_used and self.own_uses_vl) or Source.VL in sources
+
+    @property
+    def uses_qwen3(self) -> bool:
+        """Qwen3-4B's encoding of the prompt conditions some step (alpha < 1, or a qwen3 schedule entry)."""
+        sources = {src for _, src in self.schedule_entries}
+        return (self.own_used and self.own_uses_qwen3) or Source.QWEN3 in sources
+
+    @property
+    def run_steps(self) -> int:
+        """The steps the sampler runs: `steps`, or for img2img diffusers' get_timesteps count
+        (steps − int(max(steps − min(steps·strength, steps), 0)))."""
+        if self.strength is None:
+            return self.steps
+        return self.steps - int(max(self.steps - min(self.steps * self.strength, self.steps), 0))
 
     @property
     def uses_text_encoder(self) -> bool:
@@ -344,6 +402,9 @@ class Recipe:
 
     def check_inputs(self, n_refs: int) -> None:
         """What this recipe needs of its references, checked before any model runs (every front end calls it)."""
+        if self.text_bridge and n_refs != 1:
+            raise UserError(f"describes one reference's style, and {n_refs} references were given", field="text_bridge",
+                            value=True, fix="give exactly one reference")
         if any(t in IMAGE_SELECTIONS for t in self.image_selections) and not n_refs:
             raise UserError("this recipe selects image tokens but no reference image was given", field="image",
                             fix="add a reference")
@@ -454,6 +515,11 @@ def _check_field(name: str, info: FieldInfo, value: Any, default: Any) -> None:
         if kind == "choice" and value not in info.choices.values():
             raise err("unknown value", f"choose one of {', '.join(info.choices.values())}")
         return
+    if kind == "schedule":
+        if not isinstance(value, str):
+            raise err("must be text such as \"0:vl, 4:qwen3\"")
+        parse_schedule(value)
+        return
     if kind == "floats":
         if not isinstance(value, tuple) or not value or not all(_is_number(v) for v in value):
             raise err("must be numbers separated by commas")
@@ -517,9 +583,84 @@ def _rule_global_normalization_needs_a_positionwise_mix(r: Recipe) -> None:
                         fix="use per-dim or per-dim-scale, or alpha_policy positionwise with 0 < alpha < 1")
 
 
+# ---- issue 17: schedules and the text bridge
+SCHEDULE_EXAMPLE = "0:vl, 4:qwen3"
+
+
+def parse_schedule(text: str) -> tuple[tuple[int, str], ...]:
+    """"0:vl, 4:qwen3" -> ((0, "vl"), (4, "qwen3")): each entry K:SOURCE, K ascending from 0. Steps are checked
+    against the recipe by its schedule rule."""
+    entries: list[tuple[int, str]] = []
+    parts = [p.strip() for p in re.split(r"[,\s]+", re.sub(r"\s*:\s*", ":", text)) if p.strip()]
+    if not parts:
+        raise UserError("is empty", field="schedule", value=text, fix=f"write entries such as {SCHEDULE_EXAMPLE}, "
+                                                                        "or leave it not set")
+    for part in parts:
+        match = re.fullmatch(r"(\d+):([A-Za-z0-9_-]+)", part)
+        if not match:
+            raise UserError(f"entry {part!r} is not K:SOURCE", field="schedule", value=text,
+                            fix=f"write e.g. {SCHEDULE_EXAMPLE} (from step K on, use SOURCE)")
+        step, source = int(match.group(1)), match.group(2)
+        if source not in Source.values():
+            raise UserError(f"entry {part!r} names an unknown source", field="schedule", value=text,
+                            fix=f"sources: {', '.join(Source.values())}")
+        if entries and step <= entries[-1][0]:
+            raise UserError(f"breakpoints out of order: step {step} comes after step {entries[-1][0]}",
+                            field="schedule", value=text, fix="list the entries with their steps ascending")
+        entries.append((step, source))
+    if entries[0][0] != 0:
+        raise UserError(f"starts at step {entries[0][0]}, so nothing conditions the steps before it",
+                        field="schedule", value=text, fix=f"begin with 0:SOURCE, e.g. {SCHEDULE_EXAMPLE}")
+    return tuple(entries)
+
+
+def format_schedule(entries: Iterable[tuple[int, str]]) -> str:
+    return ", ".join(f"{step}:{source}" for step, source in entries)
+
+
+def _own_source(r: Recipe) -> str:
+    """What the recipe's own conditioning is, as a schedule source: vl or qwen3 when it is one of them alone."""
+    if not r.own_uses_qwen3:
+        return Source.VL.value
+    if not r.own_uses_vl:
+        return Source.QWEN3.value
+    return Source.RECIPE.value
+
+
+def _rule_schedule(r: Recipe) -> None:
+    """Breakpoints within the steps the sampler runs; no entry that changes nothing."""
+    if r.schedule is None:
+        return
+    entries = r.schedule_entries
+    n = r.run_steps
+    for step, source in entries:
+        if step >= n:
+            ran = f"img2img runs {n} of steps {r.steps} at strength {_num(r.strength)}" if r.strength is not None \
+                else f"steps {r.steps}"
+            raise UserError(f"breakpoint {step}:{source} is past the last step ({ran}, counted 0 … {n - 1})",
+                            field="schedule", value=r.schedule, fix=f"use breakpoints below {n}, or more steps")
+    own = _own_source(r)
+    canonical = [own if source == Source.RECIPE else source for _, source in entries]
+    for (step, source), before, now in zip(entries[1:], canonical, canonical[1:]):
+        if now == before:
+            raise UserError(f"entry {step}:{source} conditions on what the step before it already uses ({now})",
+                            field="schedule", value=r.schedule, fix="drop that entry")
+    if len(entries) == 1 and canonical[0] == own:
+        raise UserError(f"has no effect: {entries[0][1]} at every step is the recipe's own conditioning",
+                        field="schedule", value=r.schedule, fix="drop it (default not set)")
+
+
+def _rule_text_bridge_keeps_token_pairs(r: Recipe) -> None:
+    if r.text_bridge and _alpha_positionwise(r):
+        raise UserError("Qwen3-4B then encodes the prompt + a description, which no longer pairs token for token with "
+                        "the VL's text rows (alpha_policy positionwise)", field="text_bridge", value=True,
+                        fix="use alpha_policy attend or split, or drop text_bridge")
+
+
 _RULES: tuple[Callable[[Recipe], None], ...] = (_rule_one_mix_of_passes, _rule_curves, _rule_image_weights,
                                                  _rule_positionwise_pairs_text_with_text,
-                                                 _rule_global_normalization_needs_a_positionwise_mix)
+                                                 _rule_global_normalization_needs_a_positionwise_mix,
+                                                 _rule_schedule, _rule_text_bridge_keeps_token_pairs)
 DEFAULTS = Recipe()
 
 
@@ -701,6 +842,8 @@ def markdown_table() -> str:
             values = "`prompt`, `none`, any text"
         elif info.kind == "bool":
             values = "true, false"
+        elif info.kind == "schedule":
+            values = "`K:SOURCE, …` with SOURCE " + ", ".join(f"`{c}`" for c in Source.values())
         else:
             values = (info.range_text or info.kind) + (f", multiple of {info.multiple_of}" if info.multiple_of else "")
         text = info.help + (f"; has an effect only {info.when}" if info.when else "")

@@ -200,16 +200,18 @@ def _err(stats: dict | None, metric: str, config: str, center: float):
     return [[max(center - ci[0], 0.0)], [max(ci[1] - center, 0.0)]]
 
 
-def run_stats(rows: list[dict]) -> dict | None:
-    """`vlbench.stats.summarize` of a report's scored rows (None when nothing is scored)."""
+def run_stats(rows: list[dict], out: Path | None = None) -> dict | None:
+    """`vlbench.stats.summarize` of a report's scored rows (None when nothing is scored); against the baseline
+    the folder's experiment type names (run.json), else the first config, as `vlbench stats` does."""
     from vlbench.errors import UserError
-    from vlbench.stats import summarize
+    from vlbench.stats import recorded_baseline, summarize
 
     scored = [r for r in rows if r["status"] == "done" and r.get("metrics")]
     if not scored:
         return None
+    baseline = recorded_baseline([out], {r["name"] for r in scored}) if out is not None else None
     try:
-        return summarize(scored)
+        return summarize(scored, baseline=baseline)
     except UserError:
         return None
 
@@ -295,7 +297,7 @@ def _metrics_section(out: Path, rows: list[dict], models: dict[str, set]) -> lis
     from vlbench.metrics import METRICS
 
     names = metric_names(rows)
-    stats = run_stats(rows) if names else None
+    stats = run_stats(rows, out) if names else None
     if not names:
         return ["<h2>Metrics</h2><p class='dim'>Not scored yet: <code>vlbench score "
                 f"{_e(out)}</code> (or <code>vlbench run … --metrics</code>).</p>"]
@@ -455,7 +457,7 @@ def write_report(out_dir: str | Path, rows: list[dict], info: dict) -> Path:
     out = Path(out_dir)
     scored, _ = with_metrics(out, rows)
     if metric_names(scored):
-        stats = run_stats(scored)
+        stats = run_stats(scored, out)
         plot_metrics(scored, out / METRICS_PLOT, stats)
         if stats is not None:
             plot_stats(stats, out / STATS_PLOT)

@@ -345,12 +345,27 @@ def compact(stats: dict, metric: str) -> str:
 
 
 # ---------------------------------------------------------------- for the command line and the run's end
+def recorded_baseline(dirs: Iterable[str | Path], configs: Iterable[str]) -> str | None:
+    """The baseline the folders' experiment type names (run.json's "baseline", from the type's `baseline` key),
+    when it is one of `configs`; else None (the first config is the baseline)."""
+    from vlbench.experiments.folder import read_info
+
+    named = {(read_info(Path(d)) or {}).get("baseline") for d in dirs}
+    named.discard(None)
+    if len(named) == 1 and (name := next(iter(named))) in set(configs):
+        return name
+    return None
+
+
 def folder_stats(dirs: list[str | Path], baseline: str | None = None, metrics: list[str] | None = None,
                  **options) -> dict:
-    """Load the folders, check the request against them, summarise; adds "experiment" and "folders"."""
+    """Load the folders, check the request against them, summarise; adds "experiment" and "folders".
+    `baseline` None: the type's baseline (recorded_baseline), else the first config."""
     rows, experiment = folder_rows(dirs)
     if metrics:
         check_metrics(rows, metrics, " ".join(str(d) for d in dirs))
+    if baseline is None:
+        baseline = recorded_baseline(dirs, {r.config for r in rows})
     stats = summarize(rows, baseline=baseline, metrics=metrics, **options)
     return {"experiment": experiment, "folders": [str(d) for d in dirs], **stats}
 

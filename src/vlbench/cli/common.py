@@ -142,7 +142,8 @@ def _field_help(name: str, info, default: Any) -> str:
 def _metavar(info) -> str | None:
     if info.choices is not None:
         return "{" + ",".join(info.choices.values()) + "}"
-    return {"floats": "W1,W2", "int": "N", "float": "X", "vl_text": "TEXT", "str": "TEXT"}.get(info.kind)
+    return {"floats": "W1,W2", "int": "N", "float": "X", "vl_text": "TEXT", "str": "TEXT",
+            "schedule": "K:SOURCE,…"}.get(info.kind)
 
 
 def _parser_of(name: str):

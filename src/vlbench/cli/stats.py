@@ -23,7 +23,9 @@ def add_arguments(p) -> None:
     from vlbench.stats import ALPHA, BOOTSTRAP_SEED, RESAMPLES
 
     p.add_argument("dirs", nargs="+", metavar="DIR", help="the --output-dir of scored vlbench runs (one experiment)")
-    p.add_argument("--baseline", metavar="CONFIG", help="the config the others are compared with (default: the first)")
+    p.add_argument("--baseline", metavar="CONFIG",
+                   help="the config the others are compared with (default: the baseline the experiment type names, "
+                        "text_bridge in the style experiments; else the first config)")
     p.add_argument("--metric", action="append", metavar="M",
                    help="only this metric; repeat or comma-separate for several (default: every scored metric)")
     p.add_argument("--json", action="store_true", help="print the statistics as JSON (schema: docs/stats.md)")

@@ -7,6 +7,7 @@ the workbench's worker all drive one. It knows nothing about Textual, SQLite or 
 from __future__ import annotations
 
 import hashlib
+import json
 import platform
 import time
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from typing import Any, Callable
 
 import torch
 
+from vlbench.engine import bridge
 from vlbench.engine.cache import ExtractionCache, extraction_key
 from vlbench.engine.encode import TextEncoding, encode_text
 from vlbench.engine import blend
@@ -25,6 +27,7 @@ from vlbench.engine.models import Models
 from vlbench.engine import condition as C
 from vlbench.recipe import Curve, MultiImage, Normalization, Recipe
 from vlbench.errors import UserError
+from vlbench.files import atomic_write_text
 
 
 @dataclass
@@ -43,8 +46,33 @@ class Reference:
 
 
 @dataclass
+class Scheduled:
+    """One entry of a recipe's schedule: the caption the DiT reads from `from_step` to `to_step` (exclusive)."""
+
+    from_step: int
+    to_step: int
+    source: str  # recipe | vl | qwen3 (vlbench.recipe.Source)
+    embeds: torch.Tensor  # [L, D]
+    rows: list[dict]
+    weights: torch.Tensor | None = None
+
+    def describe(self) -> dict:
+        out = {"from_step": self.from_step, "to_step": self.to_step, "source": self.source,
+               "length": int(self.embeds.shape[0]), "width": int(self.embeds.shape[1]), "rows": self.rows}
+        if self.weights is not None:
+            out["attention_weights"] = _weight_counts(self.weights)
+        return out
+
+
+def _weight_counts(weights: torch.Tensor) -> dict[str, int]:
+    values, counts = torch.unique(weights, return_counts=True)
+    return {f"{float(v):.6g}": int(c) for v, c in zip(values, counts)}
+
+
+@dataclass
 class Conditioning:
-    """The exact tensor Z-Image receives, and where each of its rows came from."""
+    """The exact tensor Z-Image receives, and where each of its rows came from. With a schedule, `embeds`,
+    `rows` and `weights` are step 0's caption and `schedule` holds every entry's (step 0's first)."""
 
     embeds: torch.Tensor  # [L, D]
     rows: list[dict]  # per row: source ("vl" | "qwen3") or the mix it came from, position(s), layer, weight(s)
@@ -53,6 +81,13 @@ class Conditioning:
     text: TextEncoding | None = None
     timings: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    schedule: list[Scheduled] = field(default_factory=list)  # empty: one caption at every step
+    bridge: bridge.Description | None = None  # text_bridge: what Qwen3-VL said (Qwen3-4B read prompt + it)
+
+    @property
+    def captions(self) -> list[torch.Tensor]:
+        """Every caption the DiT reads during the run."""
+        return [s.embeds for s in self.schedule] or [self.embeds]
 
     @property
     def extraction(self) -> Extraction | None:
@@ -63,8 +98,11 @@ class Conditioning:
         out: dict[str, Any] = {"length": int(self.embeds.shape[0]), "width": int(self.embeds.shape[1]),
                                "rows": self.rows, "warnings": self.warnings}
         if self.weights is not None:
-            values, counts = torch.unique(self.weights, return_counts=True)
-            out["attention_weights"] = {f"{float(v):.6g}": int(c) for v, c in zip(values, counts)}
+            out["attention_weights"] = _weight_counts(self.weights)
+        if self.schedule:
+            out["schedule"] = [s.describe() for s in self.schedule]
+        if self.bridge is not None:
+            out["text_bridge"] = self.bridge.to_dict()
         for name, ex in zip(("vl", "vl_style"), self.extractions):
             out[name] = {
                 "input_ids": ex.input_ids,
@@ -100,6 +138,8 @@ class Engine:
         self.disk_cache = ExtractionCache(cache_dir) if cache_dir is not None else None
         self._extractions: dict[tuple, Extraction] = {}
         self._texts: dict[str, TextEncoding] = {}
+        self._descriptions: dict[str, bridge.Description] = {}
+        self.vl_generations = 0  # text-bridge descriptions generated (the caches serve the rest)
         self.vl_forwards = 0  # distinct (images, VL text) inputs run through the VL model (the cache serves the rest)
         self.vl_batched_calls = 0  # actual VL model calls: a batched call over several inputs counts once
         self.batch_dual = True  # a dual recipe's two uncached passes run as one batched call when they fit
@@ -191,42 +231,96 @@ class Engine:
             self._texts[prompt] = encode_text(self.models.text_pipe, prompt, field)
         return self._texts[prompt]
 
+    def description(self, ref: Reference) -> bridge.Description:
+        """The text bridge's description of one reference, generated once per (reference bytes, instruction, VL
+        model, token cap, caption budget): kept in memory, and on disk beside the extractions when cached there."""
+        vl = self.models.vl
+        budget = self.models.caption_budget
+        key = bridge.description_key(vl, ref.sha256, budget)
+        if key in self._descriptions:
+            return self._descriptions[key]
+        path = self.disk_cache.root / "text_bridge" / f"{key}.json" if self.disk_cache is not None else None
+        found = None
+        if path is not None and path.is_file():
+            try:
+                data = json.loads(path.read_text(encoding="utf-8"))
+                found = bridge.from_dict(data["description"]) if data.get("key") == key else None
+            except (OSError, ValueError, KeyError, TypeError):
+                found = None  # damaged: regenerate, never trust it
+        if found is None:
+            found = bridge.describe(vl, ref.image, ref.sha256, budget)
+            self.vl_generations += 1
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write_text(path, json.dumps({"key": key, "description": found.to_dict()}))
+        self._descriptions[key] = found
+        return found
+
     # ---- recipe -> conditioning ----
     def condition(self, recipe: Recipe, prompt: str, refs: list[Reference]) -> Conditioning:
-        """Build the exact [L, D] tensor the DiT receives, from as few model forwards as the cache allows.
+        """Build the exact [L, D] tensor(s) the DiT receives, from as few model forwards as the cache allows.
 
         Read top to bottom: the VL sequence (one selection, an intra mix, or the dual mix; several references
-        jointly or averaged), Qwen3-4B's encoding, then the alpha mix (docs/intra_vl_blending.md)."""
+        jointly or averaged), Qwen3-4B's encoding (of prompt + description with text_bridge), then the alpha mix
+        (docs/intra_vl_blending.md), then the schedule's caption per step (docs/schedules.md)."""
         if not isinstance(prompt, str):
             raise UserError("must be text", field="prompt")
         self._check_inputs(recipe, refs)
         timings: dict[str, float] = {}
         vl = qwen3 = None
         extractions: list[Extraction] = []
+        warnings: list[str] = []
         start = time.perf_counter()
         if recipe.uses_vl:
             vl, extractions = self._vl_sequence(recipe, prompt, refs)
             timings["extraction"] = time.perf_counter() - start
-        text = None
+        text = description = None
         if recipe.uses_qwen3:
             t0 = time.perf_counter()
-            text = self.text_encoding(prompt)
+            qwen3_prompt = prompt
+            if recipe.text_bridge:
+                description = self.description(refs[0])
+                timings["text_bridge"] = time.perf_counter() - t0
+                qwen3_prompt = description.joined(prompt)
+                if not description.text:
+                    warnings.append("the text bridge's description is empty: Qwen3-4B read the prompt and the "
+                                    "join's label alone")
+            t1 = time.perf_counter()
+            try:
+                text = self.text_encoding(qwen3_prompt, "prompt")
+            except UserError as exc:
+                if description is None or exc.field != "prompt":
+                    raise
+                raise UserError(f"with the text bridge's description joined: {exc.problem}", field="prompt",
+                                fix=f"shorten the prompt (the description takes up to {bridge.MAX_NEW_TOKENS} "
+                                    "tokens)") from None
             qwen3 = C.text_seq(text.embeds)
-            timings["text_encoding"] = time.perf_counter() - t0
+            timings["text_encoding"] = time.perf_counter() - t1
         t0 = time.perf_counter()
-        if qwen3 is None:
-            out = vl
-        elif vl is None:
-            out = qwen3
-        else:
-            ratio = recipe.alpha
-            if recipe.curve != Curve.CONSTANT:
-                ratio = blend.ratio_curve(qwen3.length, recipe.alpha, recipe.alpha_end, recipe.curve)
-            out = C.mix(qwen3, vl, ratio, recipe.alpha_policy, "alpha")
+        own = None
+        if recipe.own_used:
+            if not recipe.own_uses_qwen3:
+                own = vl
+            elif not recipe.own_uses_vl:
+                own = qwen3
+            else:
+                ratio = recipe.alpha
+                if recipe.curve != Curve.CONSTANT:
+                    ratio = blend.ratio_curve(qwen3.length, recipe.alpha, recipe.alpha_end, recipe.curve)
+                own = C.mix(qwen3, vl, ratio, recipe.alpha_policy, "alpha")
         timings["blend"] = time.perf_counter() - t0
-        weights = out.weights if out.weighted else None
-        return Conditioning(embeds=out.embeds, rows=out.rows, weights=weights, extractions=extractions, text=text,
-                            timings=timings)
+        entries = recipe.schedule_entries
+        by_source = {"recipe": own, "vl": vl, "qwen3": qwen3}
+        schedule = []
+        for i, (step, source) in enumerate(entries):
+            seq = by_source[source]
+            end = entries[i + 1][0] if i + 1 < len(entries) else recipe.run_steps
+            weights = seq.weights if seq.weighted else None
+            schedule.append(Scheduled(step, end, source, seq.embeds, seq.rows, weights))
+        first = by_source[entries[0][1]] if entries else own
+        return Conditioning(embeds=first.embeds, rows=first.rows, weights=first.weights if first.weighted else None,
+                            extractions=extractions, text=text, timings=timings, warnings=warnings,
+                            schedule=schedule, bridge=description)
 
     def _check_inputs(self, recipe: Recipe, refs: list[Reference]) -> None:
         recipe.check_inputs(len(refs))
@@ -293,12 +387,14 @@ class Engine:
         cond = self.condition(recipe, prompt, refs)
         negative = self.negative(recipe)
         budget = self.models.caption_budget
-        check_caption(cond.embeds.shape[0], budget)
+        for caption in cond.captions:
+            check_caption(caption.shape[0], budget)
         self.models.prepare_generation()  # --offload cpu: the encoders leave the GPU before the DiT runs
         start = time.perf_counter()
         common = dict(seed=recipe.seed, steps=recipe.steps, width=recipe.width, height=recipe.height,
                       guidance=recipe.guidance, negative_embeds=negative, budget=budget, on_step=on_step)
         common["caption_weights"] = cond.weights
+        common["schedule"] = [(s.from_step, s.embeds, s.weights) for s in cond.schedule[1:]]
         if recipe.strength is None:
             image = generate(self.models.pipe, cond.embeds, **common)
         else:

@@ -27,39 +27,60 @@ def check_caption(length: int, budget: int) -> None:
 CAPTION_PAD = 32  # Z-Image pads captions (and image tokens) to a multiple of 32 inside the transformer
 
 
+class CaptionBias:
+    """The attention-logit biases (log w) the caption hook adds now; a schedule sets the next step's between steps."""
+
+    def __init__(self, weights: torch.Tensor | None):
+        self.set(weights)
+
+    def set(self, weights: torch.Tensor | None) -> None:
+        if weights is not None and bool((weights == 1).all()):
+            weights = None
+        if weights is not None and bool((weights <= 0).any()):
+            raise ValueError("caption weights must be > 0 (a source of weight 0 is dropped, not masked)")
+        self.rows = None if weights is None else weights.float().log()
+
+    @property
+    def active(self) -> bool:
+        return self.rows is not None
+
+
 @contextmanager
-def caption_attention(transformer, weights: torch.Tensor | None) -> Iterator[None]:
+def caption_attention(transformer, weights: torch.Tensor | None,
+                      later: tuple[torch.Tensor | None, ...] = ()) -> Iterator[CaptionBias]:
     """Weight how much the DiT attends to each caption row: an additive attention-logit bias log w on that row's
     key, in every joint (image + caption) block, for the conditional item (the batch's first).
 
     Z-Image's joint blocks see [image tokens; caption tokens], each padded to a multiple of 32, and take a
     [batch, L] key mask as their second argument; a forward pre-hook (a documented PyTorch hook) replaces it by
     the float mask holding the biases (-inf where the boolean mask hid a position). With no weights, or all 1,
-    nothing is installed: the call is diffusers' own, bit for bit.
+    nothing is installed: the call is diffusers' own, bit for bit. `later`: the weights of a schedule's later
+    captions (engine.generate swaps them in with the captions); the hook is installed when any is not all 1, and
+    leaves the mask untouched (returns None) while the current caption's weights are all 1.
     """
-    if weights is None or bool((weights == 1).all()):
-        yield
+    state = CaptionBias(weights)
+    if not state.active and not any(CaptionBias(w).active for w in later):
+        yield state
         return
-    if bool((weights <= 0).any()):
-        raise ValueError("caption weights must be > 0 (a source of weight 0 is dropped, not masked)")
-    bias_rows = weights.float().log()
-    n_caption = int(weights.shape[0])
-    padded_caption = n_caption + (-n_caption) % CAPTION_PAD
 
     def hook(module, args):
+        if state.rows is None:
+            return None
         hidden, mask = args[0], args[1]
+        n_caption = int(state.rows.shape[0])
+        padded_caption = n_caption + (-n_caption) % CAPTION_PAD
         batch, length = hidden.shape[0], hidden.shape[1]
         float_mask = torch.zeros((batch, length), dtype=hidden.dtype, device=hidden.device)
         if mask is not None:
             float_mask = float_mask.masked_fill(~mask.bool(), float("-inf"))
         first_len = int(mask[0].sum()) if mask is not None else length
         start = first_len - padded_caption  # the conditional item's caption keys follow its padded image tokens
-        float_mask[0, start:start + n_caption] += bias_rows.to(hidden.device, hidden.dtype)
+        float_mask[0, start:start + n_caption] += state.rows.to(hidden.device, hidden.dtype)
         return (hidden, float_mask, *args[2:])
 
     handles = [layer.register_forward_pre_hook(hook) for layer in transformer.layers]
     try:
-        yield
+        yield state
     finally:
         for handle in handles:
             handle.remove()
@@ -69,27 +90,42 @@ def caption_attention(transformer, weights: torch.Tensor | None) -> Iterator[Non
 def generate(pipe, embeds: torch.Tensor, *, seed: int, steps: int, width: int, height: int, guidance: float,
              negative_embeds: torch.Tensor | None = None, budget: int,
              on_step: Callable[[int, int], None] | None = None, output_type: str = "pil",
-             init_image=None, strength: float | None = None, caption_weights: torch.Tensor | None = None):
+             init_image=None, strength: float | None = None, caption_weights: torch.Tensor | None = None,
+             schedule: list[tuple[int, torch.Tensor, torch.Tensor | None]] = ()):
     """One image from `embeds` ([L, D]) with diffusers' Z-Image pipeline (txt2img, or img2img when
     `pipe` is a ZImageImg2ImgPipeline and `init_image`/`strength` are given). Returns a PIL image.
-    `caption_weights` ([L]): attention weights of the caption rows (see caption_attention)."""
-    with caption_attention(pipe.transformer, caption_weights):
+    `caption_weights` ([L]): attention weights of the caption rows (see caption_attention).
+    `schedule`: (from step, embeds, caption weights) of later captions: from that step on (counted as the
+    sampler runs them, 0 first) the DiT reads that caption with those weights; `embeds` conditions step 0."""
+    later = {step: weights for step, _, weights in schedule}
+    with caption_attention(pipe.transformer, caption_weights, tuple(later.values())) as bias:
         return generate_batch(pipe, embeds, seeds=[seed], steps=steps, width=width, height=height,
                               guidance=guidance, negative_embeds=negative_embeds, budget=budget, on_step=on_step,
-                              output_type=output_type, init_image=init_image, strength=strength)[0]
+                              output_type=output_type, init_image=init_image, strength=strength,
+                              schedule=[(step, e) for step, e, _ in schedule],
+                              on_swap=lambda step: bias.set(later[step]))[0]
 
 
 @torch.inference_mode()
 def generate_batch(pipe, embeds: torch.Tensor, *, seeds: list[int], steps: int, width: int, height: int,
                    guidance: float, negative_embeds: torch.Tensor | None = None, budget: int,
                    on_step: Callable[[int, int], None] | None = None, output_type: str = "pil",
-                   init_image=None, strength: float | None = None) -> list:
+                   init_image=None, strength: float | None = None,
+                   schedule: list[tuple[int, torch.Tensor]] = (),
+                   on_swap: Callable[[int], None] | None = None) -> list:
     """One image per seed from the same `embeds`, in ONE pipeline call (`num_images_per_prompt`): each sample
     draws its starting noise from its own CPU generator, `torch.Generator("cpu").manual_seed(seed)`, exactly
-    as a single run does, so sample i starts where `generate(seed=seeds[i])` starts."""
+    as a single run does, so sample i starts where `generate(seed=seeds[i])` starts.
+
+    `schedule`: (from step k, embeds) of later captions. ZImagePipeline re-reads its `prompt_embeds` list at
+    every step of its denoising loop and takes a replacement from `callback_on_step_end` (with "prompt_embeds"
+    in `callback_on_step_end_tensor_inputs`): the callback after step k-1 hands it the caption of step k.
+    `on_swap(k)` runs at that moment (the caption weights change with the caption)."""
     check_caption(embeds.shape[0], budget)
     if negative_embeds is not None:
         check_caption(negative_embeds.shape[0], budget)
+    for _, later in schedule:
+        check_caption(later.shape[0], budget)
     dtype = pipe.transformer.dtype
     device = pipe._execution_device
     kwargs = {}
@@ -97,12 +133,20 @@ def generate_batch(pipe, embeds: torch.Tensor, *, seeds: list[int], steps: int, 
         # diffusers' own resize to the output size; the pipeline's processor does the rest
         kwargs["image"] = pipe.image_processor.resize(init_image, height=height, width=width)
         kwargs["strength"] = strength
-    if on_step is not None:
+    swaps = {step: [later.to(device=device, dtype=dtype)] * len(seeds) for step, later in schedule}
+    if on_step is not None or swaps:
         def callback(_pipe, i, _t, tensors):
-            on_step(i + 1, _pipe.num_timesteps)  # img2img runs fewer steps than `steps`
+            if i + 1 in swaps:  # the caption of the next step
+                tensors["prompt_embeds"] = swaps[i + 1]
+                if on_swap is not None:
+                    on_swap(i + 1)
+            if on_step is not None:
+                on_step(i + 1, _pipe.num_timesteps)  # img2img runs fewer steps than `steps`
             return tensors
 
         kwargs["callback_on_step_end"] = callback
+        if swaps:
+            kwargs["callback_on_step_end_tensor_inputs"] = ["latents", "prompt_embeds"]
     generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
     if len(seeds) > 1:
         kwargs["num_images_per_prompt"] = len(seeds)

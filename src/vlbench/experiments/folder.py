@@ -173,7 +173,8 @@ def start_invocation(out: Path, experiment, engine, parameters: dict | None, sum
                   "environment": engine.environment(), "jobs": summary.jobs, "skipped": summary.skipped,
                   "redone": summary.redone, "rerecorded": summary.rerecorded}
     info.update(experiment=experiment.name, description=experiment.description, question=experiment.question,
-                type_file=str(experiment.path), type_source=experiment.source, models=models_of(engine))
+                type_file=str(experiment.path), type_source=experiment.source, models=models_of(engine),
+                baseline=getattr(experiment, "baseline", None))
     info.setdefault("invocations", []).append(invocation)
     atomic_write_json(out / RUN_INFO, info)
     return invocation

@@ -5,7 +5,8 @@ config runs with unless the run names others: a number, a list, or text such as 
 table of Recipe fields shared by every config, and `[[configs]]`, each a `name`, optional
 `quick = false` (dropped by --quick) and Recipe fields. `references = "together"` makes every job read all
 the run's references (a config's multi_image says jointly or one extraction each); the default, "each", runs
-every config on each reference. Parsing checks the file's shape; `recipes()` builds the Recipes (and so
+every config on each reference. `baseline = "CONFIG"` names the config `vlbench stats` and the report compare
+the others with when no --baseline is given (default: the first config); run.json records it. Parsing checks the file's shape; `recipes()` builds the Recipes (and so
 checks every key and value against Recipe). Every error is one line naming the file and the key.
 """
 
@@ -20,7 +21,7 @@ from typing import Any
 from vlbench.errors import UserError
 
 TYPES_DIR = Path(__file__).parent / "types"
-TOP_KEYS = ("name", "description", "question", "seeds", "references", "base", "configs")
+TOP_KEYS = ("name", "description", "question", "seeds", "references", "base", "configs", "baseline")
 REFERENCES = ("each", "together")  # one job group per reference, or every job reads all of them
 CONFIG_META = ("name", "quick")  # config keys that are not Recipe fields
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=-]*$")  # config names become file names
@@ -56,6 +57,7 @@ class ExperimentType:
     source: str  # the file's text, recorded with every run
     seeds: tuple[int, ...] = ()  # the type's default seeds (empty: each config's own seed)
     references: str = "each"  # each: every config runs on each reference; together: every job reads them all
+    baseline: str | None = None  # the config statistics compare the others with (None: the first)
 
     def reference_sets(self, refs: list) -> list[tuple]:
         """The references of each job group: one each, or all of them together."""
@@ -188,9 +190,12 @@ def parse_type(data: dict, path: Path, source: str = "") -> ExperimentType:
         for key, value in own.items():
             _check_value(path, f"config {cname!r}", key, value)
         configs.append(Config(cname, own, quick))
+    baseline = data.get("baseline")
+    if baseline is not None and baseline not in seen:
+        raise UserError(f"{path}: baseline: {baseline!r} is not a config of this type; name one of its [[configs]]")
     return ExperimentType(name=name.strip(), description=data.get("description", "").strip(),
                           question=data.get("question", "").strip(), base=dict(base), configs=tuple(configs),
-                          path=path, source=source, seeds=seeds, references=references)
+                          path=path, source=source, seeds=seeds, references=references, baseline=baseline)
 
 
 def _check_value(path: Path, where: str, key: str, value: Any) -> None:
