@@ -95,7 +95,7 @@ def test_weights_of_two_joint_references_sum_to_one_over_all_their_image_tokens(
 
 def test_attention_layer_defaults_to_the_image_rows_layer(engine):
     n = engine.models.vl.model.config.text_config.num_hidden_layers
-    on = dict(tokens="image", image_token_weighting="topk", image_top_k=2)
+    on = dict(tokens="image", image_attention="topk", image_top_k=2)
     assert engine.attention_layer(Recipe(**on)) == n - 2  # layer -2: hidden state n-1, decoder layer n-2
     assert engine.attention_layer(Recipe(**on, image_layer=3)) == 2
     assert engine.attention_layer(Recipe(**on, layer=5)) == 4
@@ -123,7 +123,7 @@ def test_the_default_forward_installs_no_hook(engine, tmp_path):
         engine.condition(Recipe(tokens="image"), PROMPT_TEXT, [ref])
         assert engine.vl_forwards == before + 1 and seen == [0] * len(layers)
         seen.clear()
-        engine.condition(Recipe(tokens="image", image_token_weighting="topk", image_top_k=3, attention_layer=3),
+        engine.condition(Recipe(tokens="image", image_attention="topk", image_top_k=3, attention_layer=3),
                          PROMPT_TEXT, [ref])
         assert seen == [1 if i == 2 else 0 for i in range(len(layers))]  # one probe, on decoder layer 2 only
     finally:
@@ -135,7 +135,7 @@ def test_the_default_forward_installs_no_hook(engine, tmp_path):
 # ---------------------------------------------------------------- what the weights do
 def test_topk_keeps_each_images_k_largest_weights_in_their_original_order(engine, ref_image):
     ref = Reference.open(ref_image)
-    recipe = Recipe(tokens="image", image_token_weighting="topk", image_top_k=5, layer=-3)
+    recipe = Recipe(tokens="image", image_attention="topk", image_top_k=5, layer=-3)
     cond = engine.condition(recipe, PROMPT_TEXT, [ref])
     ex = cond.extraction
     image = [i for i, r in enumerate(ex.roles) if r == IMAGE]
@@ -151,14 +151,14 @@ def test_topk_keeps_each_images_k_largest_weights_in_their_original_order(engine
 
 def test_topk_in_a_full_selection_keeps_the_text_rows(engine, ref_image):
     ref = Reference.open(ref_image)
-    cond = engine.condition(Recipe(image_token_weighting="topk", image_top_k=3), PROMPT_TEXT, [ref])
+    cond = engine.condition(Recipe(image_attention="topk", image_top_k=3), PROMPT_TEXT, [ref])
     roles = [r["role"] for r in cond.rows]
     assert roles.count("image") == 3
     assert len(roles) - 3 == sum(1 for r in cond.extraction.roles if r != "image")
 
 
 def test_weighted_pool_is_the_attention_weighted_mean_of_each_cell(engine, square_ref):
-    recipe = Recipe(tokens="image", image_token_weighting="weighted-pool", pool_image_tokens=16)
+    recipe = Recipe(tokens="image", image_attention="weighted-pool", pool_image_tokens=16)
     cond = engine.condition(recipe, PROMPT_TEXT, [square_ref])
     ex = cond.extraction
     assert ex.image_grids == [(8, 8)]
@@ -182,23 +182,23 @@ def test_weighted_pool_with_equal_weights_is_the_plain_area_pool():
 
 # ---------------------------------------------------------------- bad inputs: one line, before models load
 @pytest.mark.parametrize("fields, field, words", [
-    (dict(image_token_weighting="topk"), "image_token_weighting", "needs image_top_k"),
-    (dict(image_token_weighting="topk", image_top_k=4, vl_text="none"), "image_token_weighting", "vl_text none"),
-    (dict(image_token_weighting="weighted-pool"), "image_token_weighting", "pool_image_tokens"),
-    (dict(image_token_weighting="topk", image_top_k=4, pool_image_tokens=8), "image_token_weighting", "choose one"),
-    (dict(image_token_weighting="topk", image_top_k=4, tokens="text"), "image_token_weighting", "has no effect"),
-    (dict(image_token_weighting="topk", image_top_k=4, dual=True), "image_token_weighting", "has no effect"),
+    (dict(image_attention="topk"), "image_attention", "needs image_top_k"),
+    (dict(image_attention="topk", image_top_k=4, vl_text="none"), "image_attention", "vl_text none"),
+    (dict(image_attention="weighted-pool"), "image_attention", "pool_image_tokens"),
+    (dict(image_attention="topk", image_top_k=4, pool_image_tokens=8), "image_attention", "choose one"),
+    (dict(image_attention="topk", image_top_k=4, tokens="text"), "image_attention", "has no effect"),
+    (dict(image_attention="topk", image_top_k=4, dual=True), "image_attention", "has no effect"),
     (dict(image_top_k=4), "image_top_k", "has no effect"),
     (dict(attention_layer=3), "attention_layer", "has no effect"),
-    (dict(image_token_weighting="topk", image_top_k=4, alpha=0.5, alpha_policy="split"), "image_token_weighting",
+    (dict(image_attention="topk", image_top_k=4, alpha=0.5, alpha_policy="split"), "image_attention",
      "split"),
-    (dict(image_token_weighting="topk", image_top_k=4, intra_ratio=0.5, intra_policy="split"),
-     "image_token_weighting", "split"),
-    (dict(image_token_weighting="topk", image_top_k=4, multi_image="separate"), "image_token_weighting",
+    (dict(image_attention="topk", image_top_k=4, intra_ratio=0.5, intra_policy="split"),
+     "image_attention", "split"),
+    (dict(image_attention="topk", image_top_k=4, multi_image="separate"), "image_attention",
      "separate"),
-    (dict(image_token_weighting="topk", image_top_k=300, max_image_tokens=256), "image_top_k", "at most 256"),
-    (dict(image_token_weighting="topk", image_top_k=4, attention_layer=0), "attention_layer", "embeddings"),
-    (dict(image_token_weighting="topk", image_top_k=4, image_layer=0), "image_layer", "embeddings"),
+    (dict(image_attention="topk", image_top_k=300, max_image_tokens=256), "image_top_k", "at most 256"),
+    (dict(image_attention="topk", image_top_k=4, attention_layer=0), "attention_layer", "embeddings"),
+    (dict(image_attention="topk", image_top_k=4, image_layer=0), "image_layer", "embeddings"),
 ])
 def test_bad_recipes_are_one_line_naming_the_field(fields, field, words):
     with pytest.raises(UserError) as exc:
@@ -212,7 +212,7 @@ def test_topk_larger_than_the_images_tokens_is_one_line_before_the_dit(engine, r
 
     monkeypatch.setattr(E, "generate", lambda *a, **k: pytest.fail("the DiT ran"))
     with pytest.raises(UserError) as exc:
-        engine.run(Recipe(tokens="image", image_token_weighting="topk", image_top_k=500, steps=1, width=64,
+        engine.run(Recipe(tokens="image", image_attention="topk", image_top_k=500, steps=1, width=64,
                           height=64), PROMPT_TEXT, [Reference.open(ref_image)])
     assert exc.value.field == "image_top_k" and "\n" not in str(exc.value)
     assert "keeps 500 tokens of an image of 70" in str(exc.value)
@@ -224,17 +224,17 @@ def test_cli_refuses_topk_without_k_in_one_line_without_loading_models(tmp_path,
 
     monkeypatch.setattr(M.Models, "__init__", lambda *a, **k: pytest.fail("a model loaded"))
     code = main(["embed", "--tiny", "--device", "cpu", "--image", str(ref_image), "--prompt", PROMPT_TEXT,
-                 "--image-token-weighting", "topk", "--out", str(tmp_path / "x.safetensors")])
+                 "--image-attention", "topk", "--out", str(tmp_path / "x.safetensors")])
     out, err = capsys.readouterr()
     assert code == 2
     lines = [line for line in err.splitlines() if line.strip()]
-    assert lines == ["vlbench: error: --image-token-weighting topk: needs image_top_k (image tokens kept per "
+    assert lines == ["vlbench: error: --image-attention topk: needs image_top_k (image tokens kept per "
                      "reference); set image_top_k, e.g. 64"], err
 
 
 # ---------------------------------------------------------------- determinism, records, heat maps
 def test_a_weighted_run_is_deterministic(engine, ref_image):
-    recipe = Recipe(image_token_weighting="topk", image_top_k=6, steps=1, width=64, height=64, seed=5)
+    recipe = Recipe(image_attention="topk", image_top_k=6, steps=1, width=64, height=64, seed=5)
     ref = Reference.open(ref_image)
     first = engine.run(recipe, PROMPT_TEXT, [ref])
     second = Engine(engine.models).run(recipe, PROMPT_TEXT, [ref])  # a fresh engine: the forward runs again
@@ -247,7 +247,7 @@ def test_the_run_record_carries_the_weights_and_the_grid(engine, ref_image):
     from vlbench.jobs import execute
     from vlbench.records import RunRecord
 
-    recipe = Recipe(tokens="image", image_token_weighting="topk", image_top_k=4, steps=1, width=64, height=64)
+    recipe = Recipe(tokens="image", image_attention="topk", image_top_k=4, steps=1, width=64, height=64)
     ref = Reference.open(ref_image)
     record = RunRecord(prompt=PROMPT_TEXT, references=[{"path": str(ref_image), "sha256": ref.sha256}],
                        recipe=recipe.to_dict())
@@ -314,7 +314,7 @@ def test_embed_writes_the_heatmap_beside_the_tensor(engine, tmp_path, ref_image,
 
     out = tmp_path / "w.safetensors"
     code = main(["embed", "--tiny", "--device", "cpu", "--dtype", "fp32", "--image", str(ref_image), "--prompt",
-                 PROMPT_TEXT, "--image-token-weighting", "topk", "--image-top-k", "8", "--out", str(out)])
+                 PROMPT_TEXT, "--image-attention", "topk", "--image-top-k", "8", "--out", str(out)])
     assert code == 0, capsys.readouterr().err
     heat = tmp_path / "w.heatmap.png"
     assert heat.exists() and Image.open(heat).size == Image.open(ref_image).size
@@ -337,7 +337,7 @@ def test_the_report_shows_each_weighted_runs_heatmap(engine, tmp_path, ref_image
     ref = Reference.open(ref_image)
     rows = []
     for name, recipe in (("plain", Recipe(tokens="image", steps=1, width=64, height=64)),
-                         ("topk", Recipe(tokens="image", image_token_weighting="topk", image_top_k=4, steps=1,
+                         ("topk", Recipe(tokens="image", image_attention="topk", image_top_k=4, steps=1,
                                          width=64, height=64))):
         record = RunRecord(prompt=PROMPT_TEXT, references=[{"path": str(ref_image), "sha256": ref.sha256}],
                            recipe=recipe.to_dict(), name=name)

@@ -68,14 +68,14 @@ def from_conditioning(conditioning: dict, references: Sequence, recipe: dict | N
     """One heat map per image of a run's conditioning (a RunRecord's `conditioning`, or Conditioning.describe()):
     `references` the reference images (PIL or paths) in the run's order. Each extraction that read attention
     ("vl", then "vl_style": the second reference's own extraction under multi_image separate) takes the next
-    references, one per image it holds. With a `recipe` dict using image_token_weighting topk, the tokens it kept
+    references, one per image it holds. With a `recipe` dict using image_attention topk, the tokens it kept
     are marked. [] when the run read no attention."""
     entries = [im for name in ("vl", "vl_style")
                for im in (((conditioning or {}).get(name) or {}).get("image_attention") or {}).get("images", [])]
     if len(entries) > len(references):
         raise ValueError(f"{len(entries)} images in the attention record, {len(references)} references given")
     k = None
-    if recipe and recipe.get("image_token_weighting") == "topk":
+    if recipe and recipe.get("image_attention") == "topk":
         k = recipe.get("image_top_k")
     return [render(ref, im["weights"], im["grid"], kept=top_k(im["weights"], k) if k else None)
             for ref, im in zip(references, entries)]

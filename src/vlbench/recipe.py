@@ -91,7 +91,7 @@ class VLText(Choice):
     NONE = "none", "no text: the image alone"
 
 
-class ImageWeighting(Choice):
+class ImageAttention(Choice):
     """How the prompt's attention to the image tokens (attention_layer) reshapes the image rows."""
 
     NONE = "none", "image rows as selected; no attention read"
@@ -255,23 +255,23 @@ class Recipe:
                                                             "mixed by image_weights", X, choices=MultiImage,
                           applies=_uses_vl, when="when the VL is used (alpha > 0)")
     # ---- issue 17: attention-weighted image tokens (docs/attention_weighting.md)
-    image_token_weighting: str = _f(ImageWeighting.NONE.value, "choice", "weight or select image tokens by the VL "
-                                    "text's attention to them: per image token, the attention probability from the "
-                                    "VL-text (prompt-role) positions in attention_layer, averaged over heads and "
-                                    "prompt positions, renormalised to sum to 1 over the image tokens", X,
-                                    choices=ImageWeighting, applies=_weighting_applies,
-                                    when="when the VL is used without dual and the selection holds image rows "
-                                         "(tokens full or image*, or intra_ratio)")
+    image_attention: str = _f(ImageAttention.NONE.value, "choice", "weight or select image tokens by the VL text's "
+                              "attention to them: per image token, the attention probability from the VL-text "
+                              "(prompt-role) positions in attention_layer, averaged over heads and prompt positions, "
+                              "renormalised to sum to 1 over the image tokens", X, choices=ImageAttention,
+                              applies=_weighting_applies,
+                              when="when the VL is used without dual and the selection holds image rows "
+                                   "(tokens full or image*, or intra_ratio)")
     image_top_k: int | None = _f(None, "int", "topk: image tokens kept per reference", X, lo=1, unit="tokens",
-                                 applies=lambda r: r.image_token_weighting == ImageWeighting.TOPK,
-                                 when="with image_token_weighting topk")
+                                 applies=lambda r: r.image_attention == ImageAttention.TOPK,
+                                 when="with image_attention topk")
     attention_layer: int | None = _f(None, "int", "whose attention weights the image tokens, as a hidden-state index "
                                                   "(output_hidden_states numbering): index h reads the self-attention "
                                                   "of decoder layer h-1, the layer that produces hidden state h "
                                                   "(-1: the last decoder layer; 0, the embeddings, has none); "
                                                   "not set: the image rows' layer (image_layer, else layer)", X,
-                                     applies=lambda r: r.image_token_weighting != ImageWeighting.NONE,
-                                     when="with an image_token_weighting other than none")
+                                     applies=lambda r: r.image_attention != ImageAttention.NONE,
+                                     when="with an image_attention other than none")
     # ---- generation
     strength: float | None = _f(None, "float", "img2img from the first reference: 0 keeps it, 1 ignores it; "
                                                "not set: txt2img", G, lo=0.0, hi=1.0)
@@ -546,10 +546,10 @@ def _rule_global_normalization_needs_a_positionwise_mix(r: Recipe) -> None:
 
 # ---- issue 17: attention-weighted image tokens
 def _rule_image_weighting(r: Recipe) -> None:
-    mode = r.image_token_weighting
-    if mode == ImageWeighting.NONE or not _weighting_applies(r):
+    mode = r.image_attention
+    if mode == ImageAttention.NONE or not _weighting_applies(r):
         return  # (a non-default value outside `applies` is refused by validate)
-    err = lambda problem, fix: UserError(problem, field="image_token_weighting", value=mode, fix=fix)  # noqa: E731
+    err = lambda problem, fix: UserError(problem, field="image_attention", value=mode, fix=fix)  # noqa: E731
     if r.resolve_vl_text("x") is None:
         raise err("reads the VL text's attention to the image, and vl_text none gives the VL no text",
                   "give the VL a text (vl_text prompt or your own), or drop it (default none)")
@@ -559,7 +559,7 @@ def _rule_image_weighting(r: Recipe) -> None:
                                                                          else "layer")
         raise UserError("is hidden state 0, the embeddings, which no attention produces", field=field, value=0,
                         fix="set attention_layer to 1 or more (hidden state h: the attention of decoder layer h-1)")
-    if mode == ImageWeighting.TOPK:
+    if mode == ImageAttention.TOPK:
         if r.image_top_k is None:
             raise err("needs image_top_k (image tokens kept per reference)", "set image_top_k, e.g. 64")
         if r.pool_image_tokens is not None:
@@ -575,7 +575,7 @@ def _rule_image_weighting(r: Recipe) -> None:
         if r.max_image_tokens is not None and r.image_top_k > r.max_image_tokens:
             raise UserError(f"keeps more tokens than an image can have (max_image_tokens {r.max_image_tokens})",
                             field="image_top_k", value=r.image_top_k, fix=f"give at most {r.max_image_tokens}")
-    elif mode == ImageWeighting.WEIGHTED_POOL and r.pool_image_tokens is None:
+    elif mode == ImageAttention.WEIGHTED_POOL and r.pool_image_tokens is None:
         raise err("pools with the attention weights, and pool_image_tokens (the cells per reference) is not set",
                   "set pool_image_tokens, e.g. 64")
 

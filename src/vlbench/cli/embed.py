@@ -45,7 +45,7 @@ def run(args) -> int:
 
 
 def write_heatmaps(out, conditioning: dict, refs, recipe: dict) -> list:
-    """With image_token_weighting on: COND.heatmap.png beside COND.safetensors (COND.heatmap-N.png, one per
+    """With image_attention on: COND.heatmap.png beside COND.safetensors (COND.heatmap-N.png, one per
     reference, when there are several)."""
     from vlbench import heatmap
     from vlbench.files import atomic_write

@@ -119,7 +119,7 @@ def _shrink_to(seq: Seq, counts: list[int], importance: torch.Tensor | None = No
         w = seq.weights[s.start:s.start + s.n]
         src = seq.rows[s.start:s.start + s.n]
         if s.image:
-            raise UserError("cannot pool top-k image rows: they have no patch grid", field="image_token_weighting",
+            raise UserError("cannot pool top-k image rows: they have no patch grid", field="image_attention",
                             value="topk", fix="use attend mixes, or weighted-pool")
         if s.grid is not None:
             target = blend.grid_for(s.grid, k)

@@ -23,7 +23,7 @@ from vlbench.engine.extract import (IMAGE, PROMPT, Extraction, batch_memory_byte
 from vlbench.engine.generate import check_caption, generate
 from vlbench.engine.models import Models
 from vlbench.engine import condition as C
-from vlbench.recipe import Curve, ImageWeighting, MultiImage, Normalization, Recipe
+from vlbench.recipe import Curve, ImageAttention, MultiImage, Normalization, Recipe
 from vlbench.errors import UserError
 
 
@@ -276,15 +276,15 @@ class Engine:
             from vlbench.engine.calibrate import load_stats
 
             seq = C.normalize(seq, recipe.normalization, load_stats(recipe.calibration, self.models))
-        weighting = recipe.image_token_weighting
-        if weighting != ImageWeighting.NONE and seq.has_image_rows:  # issue 17
+        weighting = recipe.image_attention
+        if weighting != ImageAttention.NONE and seq.has_image_rows:  # issue 17
             importance = C.image_row_weights(seq, ex)
-            if weighting == ImageWeighting.TOPK:
+            if weighting == ImageAttention.TOPK:
                 return C.top_k_images(seq, importance, recipe.image_top_k)
             pooled = C.pool_images(seq, recipe.pool_image_tokens, importance)
             if pooled.length == seq.length:
                 raise UserError(f"has no effect: pool_image_tokens {recipe.pool_image_tokens} keeps every image "
-                                "token, so there is nothing to pool", field="image_token_weighting", value=weighting,
+                                "token, so there is nothing to pool", field="image_attention", value=weighting,
                                 fix="lower pool_image_tokens, or drop it (default none)")
             return pooled
         if recipe.pool_image_tokens is not None and seq.has_image_rows:
@@ -312,17 +312,17 @@ class Engine:
 
     def _single(self, recipe: Recipe, text: str | None, refs: list[Reference]) -> tuple[C.Seq, Extraction]:
         attention = None
-        if recipe.image_token_weighting != ImageWeighting.NONE:  # issue 17: checked before the forward
+        if recipe.image_attention != ImageAttention.NONE:  # issue 17: checked before the forward
             attention = self.attention_layer(recipe)
             if text is not None and not text.strip():
                 raise UserError("reads the VL text's attention to the image, and the VL text is empty",
-                                field="image_token_weighting", value=recipe.image_token_weighting,
+                                field="image_attention", value=recipe.image_attention,
                                 fix="give the VL a text, or drop it (default none)")
         ex = self.extraction(refs, text, recipe.max_image_tokens, attention)
         if attention is not None and (PROMPT not in ex.roles or IMAGE not in ex.roles):
             raise UserError("reads the VL text's attention to the image, and this VL input has "
                             + ("no text positions" if PROMPT not in ex.roles else "no image"),
-                            field="image_token_weighting", value=recipe.image_token_weighting,
+                            field="image_attention", value=recipe.image_attention,
                             fix="give the VL a text and a reference, or drop it (default none)")
         if recipe.intra_ratio is None:
             return self._select(ex, recipe.tokens, recipe), ex
