@@ -347,3 +347,31 @@ def test_the_report_shows_each_weighted_runs_heatmap(engine, tmp_path, ref_image
     page = write_report(out, rows, {"experiment": "t"}).read_text()
     assert (out / "heatmaps" / "topk.png").exists() and not (out / "heatmaps" / "plain.png").exists()
     assert "src='heatmaps/topk.png'" in page and "heatmaps/plain.png" not in page
+
+
+def test_heatmap_module_imports_no_torch():
+    """The workbench draws heat maps before (or without) torch: vlbench.heatmap is torch-free."""
+    import subprocess
+    import sys
+
+    code = ("import sys, vlbench.heatmap; "
+            "print(sorted(m for m in ('torch', 'transformers', 'diffusers') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stdout.strip() == "[]"
+
+
+def test_attention_probe_benchmark_runs_tiny_and_finds_no_probe_on_the_default_forward(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "probe.json"
+    proc = subprocess.run([sys.executable, str(root / "benchmarks" / "attention_probe.py"), "--tiny", "-n", "1",
+                           "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result["default_forward_probes"] == 0
+    assert result["attention_layer"] == result["decoder_layers"] - 2
+    assert result["weights_sum"] == pytest.approx(1.0, abs=1e-3)
+    assert set(result["timings"]) == {"default", "probed"}
