@@ -100,6 +100,17 @@ class Source(Choice):
                       "prompt + description)")
 
 
+class ImageAttention(Choice):
+    """How the prompt's attention to the image tokens (attention_layer) reshapes the image rows."""
+
+    NONE = "none", "image rows as selected; no attention read"
+    TOPK = "topk", ("keep each reference's image_top_k image tokens with the largest attention weight, in their "
+                    "original order (rows leave the patch grid: no split mix, no pool_image_tokens)")
+    WEIGHTED_POOL = "weighted-pool", ("pool each reference's image rows on its patch grid to pool_image_tokens "
+                                      "cells, each cell the attention-weighted mean of its tokens "
+                                      "(sum a·w·x / sum a·w, a the area overlap)")
+
+
 class Section(Choice):
     EXTRACTION = "extraction", "what Qwen3-VL reads and which hidden states are taken"
     CONDITIONING = "conditioning", "how the taken states are mixed into the caption the DiT receives"
@@ -164,6 +175,11 @@ def _layer_used(r: "Recipe") -> bool:
     if r.dual:
         return r.style_layer is None or r.content_layer is None
     return r.image_layer is None or r.text_layer is None
+
+
+def _weighting_applies(r: "Recipe") -> bool:
+    """issue 17: attention weighting reshapes image rows of one (non-dual) extraction."""
+    return _single_pass(r) and (r.intra_ratio is not None or r.tokens in WITH_IMAGE_ROWS)
 
 
 X, C, G = Section.EXTRACTION, Section.CONDITIONING, Section.GENERATION
@@ -260,6 +276,24 @@ class Recipe:
     multi_image: str = _f(MultiImage.JOINT.value, "choice", "several references: one joint extraction, or one each "
                                                             "mixed by image_weights", X, choices=MultiImage,
                           applies=_uses_vl, when="when the VL is used (alpha > 0)")
+    # ---- issue 17: attention-weighted image tokens (docs/attention_weighting.md)
+    image_attention: str = _f(ImageAttention.NONE.value, "choice", "weight or select image tokens by the VL text's "
+                              "attention to them: per image token, the attention probability from the VL-text "
+                              "(prompt-role) positions in attention_layer, averaged over heads and prompt positions, "
+                              "renormalised to sum to 1 over the image tokens", X, choices=ImageAttention,
+                              applies=_weighting_applies,
+                              when="when the VL is used without dual and the selection holds image rows "
+                                   "(tokens full or image*, or intra_ratio)")
+    image_top_k: int | None = _f(None, "int", "topk: image tokens kept per reference", X, lo=1, unit="tokens",
+                                 applies=lambda r: r.image_attention == ImageAttention.TOPK,
+                                 when="with image_attention topk")
+    attention_layer: int | None = _f(None, "int", "whose attention weights the image tokens, as a hidden-state index "
+                                                  "(output_hidden_states numbering): index h reads the self-attention "
+                                                  "of decoder layer h-1, the layer that produces hidden state h "
+                                                  "(-1: the last decoder layer; 0, the embeddings, has none); "
+                                                  "not set: the image rows' layer (image_layer, else layer)", X,
+                                     applies=lambda r: r.image_attention != ImageAttention.NONE,
+                                     when="with an image_attention other than none")
     # ---- generation
     strength: float | None = _f(None, "float", "img2img from the first reference: 0 keeps it, 1 ignores it; "
                                                "not set: txt2img", G, lo=0.0, hi=1.0)
@@ -657,10 +691,51 @@ def _rule_text_bridge_keeps_token_pairs(r: Recipe) -> None:
                         fix="use alpha_policy attend or split, or drop text_bridge")
 
 
+# ---- issue 17: attention-weighted image tokens
+def _rule_image_weighting(r: Recipe) -> None:
+    mode = r.image_attention
+    if mode == ImageAttention.NONE or not _weighting_applies(r):
+        return  # (a non-default value outside `applies` is refused by validate)
+    err = lambda problem, fix: UserError(problem, field="image_attention", value=mode, fix=fix)  # noqa: E731
+    if r.resolve_vl_text("x") is None:
+        raise err("reads the VL text's attention to the image, and vl_text none gives the VL no text",
+                  "give the VL a text (vl_text prompt or your own), or drop it (default none)")
+    hidden_index = r.attention_layer if r.attention_layer is not None else r.layer_for(True)
+    if hidden_index == 0:
+        field = "attention_layer" if r.attention_layer is not None else ("image_layer" if r.image_layer is not None
+                                                                         else "layer")
+        raise UserError("is hidden state 0, the embeddings, which no attention produces", field=field, value=0,
+                        fix="set attention_layer to 1 or more (hidden state h: the attention of decoder layer h-1)")
+    if mode == ImageAttention.TOPK:
+        if r.image_top_k is None:
+            raise err("needs image_top_k (image tokens kept per reference)", "set image_top_k, e.g. 64")
+        if r.pool_image_tokens is not None:
+            raise err("and pool_image_tokens both reduce the image rows", "choose one (weighted-pool pools with "
+                                                                           "the attention weights)")
+        if r.multi_image == MultiImage.SEPARATE:
+            raise err("keeps different positions in each reference, so multi_image separate cannot average them "
+                      "row by row", "use multi_image joint or weighted-pool")
+        split = [name for name, (_, policy) in r.mixes.items() if policy == MixPolicy.SPLIT]
+        if split:
+            raise err(f"rows have no patch grid, and the {split[0]} mix's split policy pools image rows on theirs",
+                      f"use {_policy_name(split[0])} attend")
+        if r.max_image_tokens is not None and r.image_top_k > r.max_image_tokens:
+            raise UserError(f"keeps more tokens than an image can have (max_image_tokens {r.max_image_tokens})",
+                            field="image_top_k", value=r.image_top_k, fix=f"give at most {r.max_image_tokens}")
+    elif mode == ImageAttention.WEIGHTED_POOL and r.pool_image_tokens is None:
+        raise err("pools with the attention weights, and pool_image_tokens (the cells per reference) is not set",
+                  "set pool_image_tokens, e.g. 64")
+
+
+def _policy_name(knob: str) -> str:
+    return {"alpha": "alpha_policy", "intra_ratio": "intra_policy", "dual_ratio": "dual_policy"}[knob]
+
+
 _RULES: tuple[Callable[[Recipe], None], ...] = (_rule_one_mix_of_passes, _rule_curves, _rule_image_weights,
                                                  _rule_positionwise_pairs_text_with_text,
                                                  _rule_global_normalization_needs_a_positionwise_mix,
-                                                 _rule_schedule, _rule_text_bridge_keeps_token_pairs)
+                                                 _rule_schedule, _rule_text_bridge_keeps_token_pairs,
+                                                 _rule_image_weighting)
 DEFAULTS = Recipe()
 
 

@@ -434,6 +434,10 @@ def render_report(out_dir: str | Path, rows: list[dict], info: dict) -> str:
 
                 parts.append("<div>" + " · ".join(f"{_e(METRICS[m].label)} {format_value(r['metrics'][m])}"
                                                   for m in names if m in r["metrics"]) + "</div>")
+        for i, hm in enumerate(heatmap_paths(r)):
+            if (out / hm).exists():
+                parts.append(f"<div class='dim'>VL text → image attention{f' (reference {i + 1})' if i else ''}"
+                             f"</div><a href='{_e(hm)}'><img src='{_e(hm)}' alt='attention heat map'></a>")
         parts.append(f"<details><summary>recipe</summary><pre>{_e(json.dumps(r['recipe'], indent=1))}</pre></details>")
         parts.append("</div>")
     parts.append("</div>")
@@ -461,9 +465,47 @@ def write_report(out_dir: str | Path, rows: list[dict], info: dict) -> Path:
         plot_metrics(scored, out / METRICS_PLOT, stats)
         if stats is not None:
             plot_stats(stats, out / STATS_PLOT)
+    write_heatmaps(out, rows)
     path = out / "report.html"
     atomic_write_text(path, render_report(out, rows, info))
     return path
+
+
+# ---- issue 17: heat maps of the VL text's attention to the references' image tokens ----
+HEATMAPS = "heatmaps"
+
+
+def heatmap_paths(row: dict) -> list[str]:
+    """Where a done row's heat maps go, relative to the folder (one per image whose attention the run read)."""
+    cond = row.get("conditioning") or {}
+    n = sum(len(((cond.get(k) or {}).get("image_attention") or {}).get("images", [])) for k in ("vl", "vl_style"))
+    if row.get("status") != "done" or not n or not row.get("image"):
+        return []
+    stem = Path(row["image"]).stem
+    return [f"{HEATMAPS}/{stem}.png" if n == 1 else f"{HEATMAPS}/{stem}-{i + 1}.png" for i in range(n)]
+
+
+def write_heatmaps(out: Path, rows: list[dict]) -> int:
+    """Each done row's heat maps (vlbench.heatmap over the folder's copy of each reference), unless present."""
+    from vlbench import heatmap
+    from vlbench.experiments.results import reference_copy
+
+    written = 0
+    for row in rows:
+        paths = heatmap_paths(row)
+        if not paths or all((out / p).exists() for p in paths):
+            continue
+        refs = []
+        for ref in row.get("references", []):
+            copy = out / reference_copy(ref["path"], ref.get("sha256") or "")
+            refs.append(copy if copy.exists() else Path(ref["path"]))
+        if not all(p.exists() for p in refs):
+            continue  # the folder travelled without its references: no heat map, the rest of the report stands
+        for rel, img in zip(paths, heatmap.from_conditioning(row["conditioning"], refs, row.get("recipe"))):
+            (out / HEATMAPS).mkdir(exist_ok=True)
+            atomic_write(out / rel, lambda tmp, img=img: img.save(tmp, format="PNG"))
+            written += 1
+    return written
 
 
 def _reference_names(row: dict) -> str:

@@ -39,4 +39,21 @@ def run(args) -> int:
     }
     side = atomic_write_json(out.with_suffix(".json"), sidecar)
     console.print(f"wrote {common.escape(out)} [{tensor.shape[0]}×{tensor.shape[1]}] and {common.escape(side)}")
+    for path in write_heatmaps(out, sidecar["conditioning"], refs, recipe.to_dict()):
+        console.print(f"wrote {common.escape(path)} (the VL text's attention to the reference's image tokens)")
     return 0
+
+
+def write_heatmaps(out, conditioning: dict, refs, recipe: dict) -> list:
+    """With image_attention on: COND.heatmap.png beside COND.safetensors (COND.heatmap-N.png, one per
+    reference, when there are several)."""
+    from vlbench import heatmap
+    from vlbench.files import atomic_write
+
+    images = heatmap.from_conditioning(conditioning, [r.image for r in refs], recipe)
+    paths = []
+    for i, img in enumerate(images, 1):
+        path = out.with_name(out.stem + (".heatmap.png" if len(images) == 1 else f".heatmap-{i}.png"))
+        atomic_write(path, lambda tmp, img=img: img.save(tmp, format="PNG"))
+        paths.append(path)
+    return paths

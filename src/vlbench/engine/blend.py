@@ -153,6 +153,22 @@ def pool_grid(x: torch.Tensor, grid: tuple[int, int], target: tuple[int, int]) -
     return out.reshape(h2 * w2, -1).to(x.dtype)
 
 
+def pool_grid_weighted(x: torch.Tensor, w: torch.Tensor, grid: tuple[int, int],
+                       target: tuple[int, int]) -> torch.Tensor:
+    """pool_grid with a weight per row: each output row sum a·w·x / sum a·w over its rectangle (a: the area overlap
+    pool_grid uses). Equal weights give pool_grid (up to rounding); a cell whose weights are all 0 takes the plain
+    mean."""
+    _check_seq(x)
+    if w.shape != (x.shape[0],) or bool((w < 0).any()) or not bool(torch.isfinite(w).all()):
+        raise ValueError("weights must be one finite number >= 0 per row")
+    wf = w.to(x.device, torch.float32)[:, None]
+    num = pool_grid(x.float() * wf, grid, target)
+    den = pool_grid(wf, grid, target)
+    plain = pool_grid(x.float(), grid, target)
+    out = torch.where(den > 0, num / den.clamp_min(torch.finfo(torch.float32).tiny), plain)
+    return out.to(x.dtype)
+
+
 def grid_for(grid: tuple[int, int], tokens: int) -> tuple[int, int]:
     """A grid of at most `tokens` cells within `grid`, keeping its aspect ratio: among the grids with at least
     3/4 of the most cells possible, the one whose rows/columns ratio is closest to the source's."""

@@ -2,7 +2,8 @@
 
 The key covers what determines the forward: the VL model (source and config), the reference
 images' bytes, the VL text, the chat template, the caption budget and image-token cap (which fix
-the resize) and the dtype. A checksum of the tensor and of the token ids and roles stored beside
+the resize) and the dtype; an extraction that also carries one layer's VL-text -> image attention
+(issue 17) has that layer in its key, so entries without attention keep their keys. A checksum of the tensor and of the token ids and roles stored beside
 it is verified on read; a damaged entry is dropped and recomputed, never trusted.
 """
 
@@ -20,7 +21,8 @@ from vlbench.files import atomic_write
 FORMAT = "vlbench-extraction-2"  # 2: the checksum covers the stored fields too
 
 
-def extraction_key(vl, image_shas: list[str], text: str | None, budget: int, max_image_tokens: int | None) -> str:
+def extraction_key(vl, image_shas: list[str], text: str | None, budget: int, max_image_tokens: int | None,
+                   attention_layer: int | None = None) -> str:
     parts = {
         "format": FORMAT,
         "model": vl.source,
@@ -32,11 +34,15 @@ def extraction_key(vl, image_shas: list[str], text: str | None, budget: int, max
         "max_image_tokens": max_image_tokens,
         "dtype": str(vl.dtype),
     }
+    if attention_layer is not None:
+        parts["attention_layer"] = attention_layer
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
-def _checksum(t: torch.Tensor, fields: dict) -> str:
+def _checksum(t: torch.Tensor, fields: dict, attention: torch.Tensor | None = None) -> str:
     digest = hashlib.sha256(t.contiguous().view(torch.uint8).numpy().tobytes())
+    if attention is not None:
+        digest.update(attention.contiguous().view(torch.uint8).numpy().tobytes())
     digest.update(json.dumps(fields, sort_keys=True).encode())  # a changed token id or role still parses
     return digest.hexdigest()
 
@@ -60,9 +66,10 @@ class ExtractionCache:
             with safe_open(str(path), framework="pt") as f:
                 meta = json.loads(f.metadata()["vlbench"])
                 hidden = f.get_tensor("hidden_states")
+                attention = f.get_tensor("image_attention") if "image_attention" in f.keys() else None
             if meta["format"] != FORMAT or meta["key"] != key:
                 raise ValueError("key mismatch")
-            if _checksum(hidden, meta["extraction"]) != meta["checksum"]:
+            if _checksum(hidden, meta["extraction"], attention) != meta["checksum"]:
                 raise ValueError("checksum mismatch")
         except Exception:
             self.rejected += 1
@@ -72,7 +79,7 @@ class ExtractionCache:
         fields = meta["extraction"]
         fields["image_sizes"] = [tuple(s) for s in fields["image_sizes"]]
         fields["source_sizes"] = [tuple(s) for s in fields["source_sizes"]]
-        return Extraction(hidden_states=hidden.to(device), **fields)
+        return Extraction(hidden_states=hidden.to(device), image_attention=attention, **fields)
 
     def put(self, key: str, ex: Extraction) -> None:
         from safetensors.torch import save_file
@@ -80,9 +87,14 @@ class ExtractionCache:
         hidden = ex.hidden_states.detach().to("cpu").contiguous()
         fields = {k: getattr(ex, k) for k in ("input_ids", "roles", "decoded", "vl_text", "image_sizes",
                                                "source_sizes", "image_token_counts")}
-        meta = {"format": FORMAT, "key": key, "checksum": _checksum(hidden, fields), "extraction": fields}
+        tensors = {"hidden_states": hidden}
+        attention = None
+        if ex.image_attention is not None:
+            attention = tensors["image_attention"] = ex.image_attention.detach().to("cpu", torch.float32).contiguous()
+            fields["attention_layer"] = ex.attention_layer
+        meta = {"format": FORMAT, "key": key, "checksum": _checksum(hidden, fields, attention), "extraction": fields}
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         # readers never see a half-written entry
-        atomic_write(path, lambda tmp: save_file({"hidden_states": hidden}, str(tmp),
+        atomic_write(path, lambda tmp: save_file(tensors, str(tmp),
                                                  metadata={"vlbench": json.dumps(meta)}))

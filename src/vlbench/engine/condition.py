@@ -26,6 +26,7 @@ class Segment:
     start: int
     n: int
     grid: tuple[int, int] | None = None  # an image's (rows, columns) of tokens; None: a run of text rows
+    image: bool = False  # issue 17: an image's top-k rows (image rows off their grid: grid None)
 
 
 @dataclass
@@ -41,7 +42,7 @@ class Seq:
 
     @property
     def has_image_rows(self) -> bool:
-        return any(s.grid is not None for s in self.segments)
+        return any(s.grid is not None or s.image for s in self.segments)
 
     @property
     def weighted(self) -> bool:
@@ -89,8 +90,11 @@ def text_seq(embeds: torch.Tensor, source: str = "qwen3", layer: int = -2) -> Se
 
 
 # ---------------------------------------------------------------- pooling (fewer rows, each a real average)
-def pool_images(seq: Seq, max_tokens: int) -> Seq:
-    """Each image's rows pooled on its own patch grid to at most `max_tokens` (aspect kept); text rows as they are."""
+def pool_images(seq: Seq, max_tokens: int, importance: torch.Tensor | None = None) -> Seq:
+    """Each image's rows pooled on its own patch grid to at most `max_tokens` (aspect kept); text rows as they are.
+
+    `importance` ([L] per row, used on image rows only): each cell the importance-weighted mean of its rows,
+    sum a·w·x / sum a·w with a the area overlap (blend.pool_grid_weighted); None: the plain area mean."""
     counts = []
     for s in seq.segments:
         if s.grid is None:
@@ -101,10 +105,10 @@ def pool_images(seq: Seq, max_tokens: int) -> Seq:
                             field="pool_image_tokens", value=max_tokens,
                             fix=f"give at most {s.n} (or lower max_image_tokens to read a smaller image)")
         counts.append(max_tokens)
-    return _shrink_to(seq, counts)
+    return _shrink_to(seq, counts, importance)
 
 
-def _shrink_to(seq: Seq, counts: list[int]) -> Seq:
+def _shrink_to(seq: Seq, counts: list[int], importance: torch.Tensor | None = None) -> Seq:
     """Each segment pooled to its count: images on their grid (grid_for), text runs in order (pool)."""
     parts, rows, weights, segments = [], [], [], []
     at = 0
@@ -114,9 +118,15 @@ def _shrink_to(seq: Seq, counts: list[int]) -> Seq:
         x = seq.embeds[s.start:s.start + s.n]
         w = seq.weights[s.start:s.start + s.n]
         src = seq.rows[s.start:s.start + s.n]
+        if s.image:
+            raise UserError("cannot pool top-k image rows: they have no patch grid", field="image_attention",
+                            value="topk", fix="use attend mixes, or weighted-pool")
         if s.grid is not None:
             target = blend.grid_for(s.grid, k)
-            pooled = blend.pool_grid(x, s.grid, target)
+            if importance is not None:
+                pooled = blend.pool_grid_weighted(x, importance[s.start:s.start + s.n], s.grid, target)
+            else:
+                pooled = blend.pool_grid(x, s.grid, target)
             pw = blend.pool_grid(w[:, None].to(x.dtype), s.grid, target)[:, 0].float()
             grid = target
             new_rows = [dict(src[0], position=None, pooled={"grid": list(s.grid), "to": list(target), "cell": c})
@@ -135,6 +145,44 @@ def _shrink_to(seq: Seq, counts: list[int]) -> Seq:
     if not parts:
         raise UserError("the sequence is empty", field="conditioning", fix="select some tokens")
     return Seq(torch.cat(parts), rows, torch.cat(weights), segments)
+
+
+# ---------------------------------------------------------------- issue 17: attention-weighted image tokens
+def image_row_weights(seq: Seq, ex: Extraction) -> torch.Tensor:
+    """[L]: each image row's attention weight from ex.image_attention (by its VL position); 0 on other rows."""
+    if ex.image_attention is None:
+        raise RuntimeError("the extraction was made without attention_layer")
+    index = {p: j for j, p in enumerate(i for i, r in enumerate(ex.roles) if r == IMAGE)}
+    out = torch.zeros(seq.length, dtype=torch.float32)
+    for i, row in enumerate(seq.rows):
+        if row.get("role") == IMAGE and row.get("position") is not None:
+            out[i] = float(ex.image_attention[index[row["position"]]])
+    return out
+
+
+def top_k_images(seq: Seq, weights: torch.Tensor, k: int) -> Seq:
+    """Each image's k rows with the largest `weights` (ties: the earlier row), in their original order; other rows
+    as they are. The kept rows leave the patch grid (Segment.image, grid None)."""
+    keep: list[int] = []
+    segments, at = [], 0
+    for s in seq.segments:
+        if s.grid is None:
+            keep += range(s.start, s.start + s.n)
+            segments.append(Segment(at, s.n, None, s.image))
+            at += s.n
+            continue
+        if k > s.n:
+            raise UserError(f"keeps {k} tokens of an image of {s.n} ({s.grid[0]}×{s.grid[1]})", field="image_top_k",
+                            value=k, fix=f"give at most {s.n}")
+        w = weights[s.start:s.start + s.n]
+        order = sorted(range(s.n), key=lambda j: (-float(w[j]), j))[:k]
+        keep += [s.start + j for j in sorted(order)]
+        segments.append(Segment(at, k, None, True))
+        at += k
+    idx = torch.tensor(keep, device=seq.embeds.device)
+    rows = [dict(seq.rows[i], image_attention=float(weights[i])) if seq.rows[i].get("role") == IMAGE
+            else seq.rows[i] for i in keep]
+    return Seq(seq.embeds.index_select(0, idx), rows, seq.weights[torch.tensor(keep)], segments)
 
 
 def shrink(seq: Seq, keep: int) -> Seq:

@@ -20,12 +20,12 @@ from vlbench.engine import bridge
 from vlbench.engine.cache import ExtractionCache, extraction_key
 from vlbench.engine.encode import TextEncoding, encode_text
 from vlbench.engine import blend
-from vlbench.engine.extract import (Extraction, batch_memory_bytes, forward,
+from vlbench.engine.extract import (IMAGE, PROMPT, Extraction, batch_memory_bytes, decoder_layer_for, forward,
                                     forward_batch, load_image, prepare)
 from vlbench.engine.generate import check_caption, generate
 from vlbench.engine.models import Models
 from vlbench.engine import condition as C
-from vlbench.recipe import Curve, MultiImage, Normalization, Recipe
+from vlbench.recipe import Curve, ImageAttention, MultiImage, Normalization, Recipe
 from vlbench.errors import UserError
 from vlbench.files import atomic_write_text
 
@@ -114,9 +114,27 @@ class Conditioning:
                 "image_token_counts": ex.image_token_counts,
                 "resized": ex.image_sizes != [tuple(s) for s in ex.source_sizes],
             }
+            if ex.image_attention is not None:
+                out[name]["image_attention"] = image_attention_record(ex)
         if self.text is not None:
             out["qwen3"] = {"input_ids": self.text.input_ids, "decoded": self.text.decoded}
         return out
+
+
+ATTENTION_FORMULA = ("w_j = a_j / sum_j' a_j', a_j = mean over heads and VL-text (prompt-role) positions i of the "
+                     "softmax attention probability from i to image position j in decoder layer `decoder_layer`")
+
+
+def image_attention_record(ex: Extraction) -> dict:
+    """issue 17: the compact record of an extraction's VL-text -> image attention: per image its token grid (rows,
+    columns, raster order) and weights (4 significant digits; all images' weights together sum to 1)."""
+    weights = [float(f"{float(w):.4g}") for w in ex.image_attention.tolist()]
+    per_image, at = [], 0
+    for grid, n in zip(ex.image_grids, ex.image_token_counts):
+        per_image.append({"grid": list(grid), "weights": weights[at:at + n]})
+        at += n
+    return {"decoder_layer": ex.attention_layer, "hidden_index": ex.attention_layer + 1,
+            "formula": ATTENTION_FORMULA, "images": per_image}
 
 
 @dataclass
@@ -153,30 +171,33 @@ class Engine:
         return self._environment
 
     # ---- building blocks, each cached ----
-    def extraction(self, refs: list[Reference], text: str | None, max_image_tokens: int | None) -> Extraction:
-        return self.extractions([(refs, text, max_image_tokens)])[0]
+    def extraction(self, refs: list[Reference], text: str | None, max_image_tokens: int | None,
+                   attention_layer: int | None = None) -> Extraction:
+        return self.extractions([(refs, text, max_image_tokens, attention_layer)])[0]
 
-    def extractions(self, requests: list[tuple[list[Reference], str | None, int | None]],
-                    batch: bool = True) -> list[Extraction]:
+    def extractions(self, requests: list[tuple], batch: bool = True) -> list[Extraction]:
         """One Extraction per (refs, VL text, max_image_tokens), each distinct input forwarded at most once.
 
         Inputs served by neither cache (memory, then disk) run together as ONE batched model call when
         `batch` and the batch fits in device memory (`_batch_fits`), else one call each; results are
         cached exactly as single runs are. `vl_forwards` counts the inputs forwarded, `vl_batched_calls`
-        the model calls made.
+        the model calls made. A request is (refs, VL text, max_image_tokens) or, to also read one decoder layer's
+        VL-text -> image attention in the same forward (issue 17), (refs, VL text, max_image_tokens, that layer):
+        its own cache entry, so extractions without attention stay as fast as ever.
         """
         budget = self.models.caption_budget
-        keys = [(tuple(r.sha256 for r in refs), text, budget, mit, self.models.spec.vl)
-                for refs, text, mit in requests]
+        requests = [tuple(r) if len(r) == 4 else (*r, None) for r in requests]
+        keys = [(tuple(r.sha256 for r in refs), text, budget, mit, self.models.spec.vl, attn)
+                for refs, text, mit, attn in requests]
         missing: list[tuple] = []  # (key, disk key, request) of each distinct uncached input, in request order
         for key, request in zip(keys, requests):
             if key in self._extractions or any(key == m[0] for m in missing):
                 continue
-            refs, text, mit = request
+            refs, text, mit, attn = request
             disk_key = ex = None
             if self.disk_cache is not None:
                 vl = self.models.vl
-                disk_key = extraction_key(vl, [r.sha256 for r in refs], text, budget, mit)
+                disk_key = extraction_key(vl, [r.sha256 for r in refs], text, budget, mit, attn)
                 ex = self.disk_cache.get(disk_key, vl.device)
             if ex is not None:
                 self._extractions[key] = ex
@@ -184,8 +205,14 @@ class Engine:
                 missing.append((key, disk_key, request))
         if missing:
             vl = self.models.vl
-            preps = [prepare(vl, [r.image for r in refs], text, budget, mit) for _, _, (refs, text, mit) in missing]
-            for (key, disk_key, _), ex in zip(missing, self._forward(preps, batch)):
+            preps = [prepare(vl, [r.image for r in refs], text, budget, mit) for _, _, (refs, text, mit, _) in missing]
+            plain = [i for i, m in enumerate(missing) if m[2][3] is None]
+            done = dict(zip(plain, self._forward([preps[i] for i in plain], batch)))
+            for i, m in enumerate(missing):  # with attention: one hooked call each (single-pass recipes only)
+                if i not in done:
+                    done[i] = forward(vl, preps[i], m[2][3])
+                    self.vl_batched_calls += 1
+            for (key, disk_key, _), ex in zip(missing, [done[i] for i in range(len(missing))]):
                 self.vl_forwards += 1
                 if self.disk_cache is not None:
                     self.disk_cache.put(disk_key, ex)
@@ -195,6 +222,8 @@ class Engine:
     def _forward(self, preps: list, batch: bool) -> list[Extraction]:
         """Run prepared inputs: one batched call when allowed and it fits, else one call each."""
         vl = self.models.vl
+        if not preps:
+            return []
         if batch and len(preps) > 1 and self._batch_fits(preps):
             try:
                 out = forward_batch(vl, preps)
@@ -342,6 +371,17 @@ class Engine:
             from vlbench.engine.calibrate import load_stats
 
             seq = C.normalize(seq, recipe.normalization, load_stats(recipe.calibration, self.models))
+        weighting = recipe.image_attention
+        if weighting != ImageAttention.NONE and seq.has_image_rows:  # issue 17
+            importance = C.image_row_weights(seq, ex)
+            if weighting == ImageAttention.TOPK:
+                return C.top_k_images(seq, importance, recipe.image_top_k)
+            pooled = C.pool_images(seq, recipe.pool_image_tokens, importance)
+            if pooled.length == seq.length:
+                raise UserError(f"has no effect: pool_image_tokens {recipe.pool_image_tokens} keeps every image "
+                                "token, so there is nothing to pool", field="image_attention", value=weighting,
+                                fix="lower pool_image_tokens, or drop it (default none)")
+            return pooled
         if recipe.pool_image_tokens is not None and seq.has_image_rows:
             seq = C.pool_images(seq, recipe.pool_image_tokens)
         return seq
@@ -366,12 +406,33 @@ class Engine:
         return seq, [ex]
 
     def _single(self, recipe: Recipe, text: str | None, refs: list[Reference]) -> tuple[C.Seq, Extraction]:
-        ex = self.extraction(refs, text, recipe.max_image_tokens)
+        attention = None
+        if recipe.image_attention != ImageAttention.NONE:  # issue 17: checked before the forward
+            attention = self.attention_layer(recipe)
+            if text is not None and not text.strip():
+                raise UserError("reads the VL text's attention to the image, and the VL text is empty",
+                                field="image_attention", value=recipe.image_attention,
+                                fix="give the VL a text, or drop it (default none)")
+        ex = self.extraction(refs, text, recipe.max_image_tokens, attention)
+        if attention is not None and (PROMPT not in ex.roles or IMAGE not in ex.roles):
+            raise UserError("reads the VL text's attention to the image, and this VL input has "
+                            + ("no text positions" if PROMPT not in ex.roles else "no image"),
+                            field="image_attention", value=recipe.image_attention,
+                            fix="give the VL a text and a reference, or drop it (default none)")
         if recipe.intra_ratio is None:
             return self._select(ex, recipe.tokens, recipe), ex
         text_seq = self._select(ex, "text", recipe)
         image_seq = self._select(ex, "image", recipe)
         return C.mix(text_seq, image_seq, recipe.intra_ratio, recipe.intra_policy, "intra_ratio"), ex
+
+    def attention_layer(self, recipe: Recipe) -> int:
+        """The decoder layer (0-based) whose attention weights the image tokens: attention_layer, else the image rows'
+        layer, as a hidden-state index h -> decoder layer h-1 (negative indices resolved)."""
+        if recipe.attention_layer is not None:
+            index, name = recipe.attention_layer, "attention_layer"
+        else:
+            index, name = recipe.layer_for(True), "image_layer" if recipe.image_layer is not None else "layer"
+        return decoder_layer_for(index, self.models.vl.model.config.text_config.num_hidden_layers, name)
 
     def negative(self, recipe: Recipe) -> torch.Tensor | None:
         if recipe.guidance <= 0:

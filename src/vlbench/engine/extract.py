@@ -44,6 +44,10 @@ class Extraction:
     image_sizes: list[tuple[int, int]] = field(default_factory=list)  # (width, height) fed to the vision tower
     source_sizes: list[tuple[int, int]] = field(default_factory=list)  # (width, height) of the references
     image_token_counts: list[int] = field(default_factory=list)
+    # issue 17: only when asked (forward's attention_layer): the VL text's attention to each image position,
+    # [number of IMAGE positions] float32 in position order, summing to 1 (prompt_image_attention's formula)
+    image_attention: torch.Tensor | None = None
+    attention_layer: int | None = None  # the decoder layer (0-based) image_attention was read from
 
     @property
     def image_grids(self) -> list[tuple[int, int]]:
@@ -274,11 +278,97 @@ def _grid(prep: Prepared) -> list:
 
 
 @torch.inference_mode()
-def forward(vl, prep: Prepared) -> Extraction:
-    """One model call over one prepared input."""
+def forward(vl, prep: Prepared, attention_layer: int | None = None) -> Extraction:
+    """One model call over one prepared input; with `attention_layer` (a decoder layer, 0-based) the same call also
+    reads that one layer's VL-text -> image attention (AttentionProbe); without it, nothing is hooked."""
+    if attention_layer is not None:
+        return forward_batch(vl, [prep], attention_layer)[0]
     out = vl.model.model(**_to_device(vl, prep.inputs), output_hidden_states=True, use_cache=False, return_dict=True)
     hidden = torch.stack([h[0] for h in out.hidden_states])  # [layers + 1, L, D]
     return _finish(vl, prep, hidden, _grid(prep))
+
+
+# ---------------------------------------------------------------- issue 17: one layer's prompt -> image attention
+def decoder_layer_for(hidden_index: int, num_decoder_layers: int, field: str = "attention_layer") -> int:
+    """The decoder layer (0-based) that produces hidden state `hidden_index` (output_hidden_states numbering: [0] the
+    embeddings, [h] the output of decoder layer h-1, [-1] the last layer's output after the final norm)."""
+    n = num_decoder_layers + 1
+    if not -n <= hidden_index < n:
+        raise UserError(f"is out of range for this VL model (hidden_states has {n} entries)", field=field,
+                        value=hidden_index, fix=f"use 1 … {n - 1} or -1 … -{n - 1}")
+    resolved = hidden_index % n
+    if resolved == 0:
+        raise UserError("is hidden state 0, the embeddings, which no attention produces", field=field,
+                        value=hidden_index, fix=f"use 1 … {n - 1} (hidden state h: the attention of decoder layer h-1)")
+    return resolved - 1
+
+
+def attention_rows(module, hidden_states: torch.Tensor, position_embeddings, rows: list[int]) -> torch.Tensor:
+    """Softmax attention probabilities of query positions `rows` over keys 0 … max(rows) in one self-attention module
+    of Qwen3-VL's text model, for one sequence (batch of 1): [heads, len(rows), max(rows) + 1].
+
+    Exactly what transformers' eager attention computes for those rows (q/k projections, q_norm/k_norm, the
+    (m)RoPE cos/sin the layer received, repeat_kv for grouped KV heads, scaling, the causal mask, an fp32 softmax
+    cast back to the query dtype), with transformers' own apply_rotary_pos_emb and repeat_kv. Memory: the
+    [heads, rows, keys] scores of this one layer; no other layer's attention is ever formed. Rows of a right-padded
+    batch item never see its padding (causal), so no padding mask is needed."""
+    from transformers.models.qwen3_vl.modeling_qwen3_vl import apply_rotary_pos_emb, repeat_kv
+
+    end = max(rows) + 1
+    x = hidden_states[:, :end]
+    hd = module.head_dim
+    cos, sin = position_embeddings
+    cos, sin = cos[:, :end], sin[:, :end]
+    idx = torch.tensor(rows, device=x.device)
+    q = module.q_norm(module.q_proj(x.index_select(1, idx)).view(1, len(rows), -1, hd)).transpose(1, 2)
+    k = module.k_norm(module.k_proj(x).view(1, end, -1, hd)).transpose(1, 2)
+    q, _ = apply_rotary_pos_emb(q, q, cos.index_select(1, idx), sin.index_select(1, idx))
+    _, k = apply_rotary_pos_emb(k, k, cos, sin)
+    k = repeat_kv(k, module.num_key_value_groups)
+    scores = torch.matmul(q, k.transpose(2, 3)) * module.scaling  # [1, heads, rows, end]
+    future = torch.arange(end, device=x.device)[None, :] > idx[:, None]  # causal: row i sees keys j <= i
+    scores = scores.masked_fill(future, torch.finfo(scores.dtype).min)
+    return torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)[0]
+
+
+def prompt_image_attention(probs: torch.Tensor, image_positions: list[int]) -> torch.Tensor:
+    """[heads, prompt rows, keys] probabilities -> one weight per image position, summing to 1:
+
+        a_j = mean over heads h and prompt rows i of P[h, i, j]   (j an image position)
+        w_j = a_j / sum over image positions j' of a_j'
+    """
+    cols = probs.float()[:, :, torch.tensor(image_positions, device=probs.device)]
+    a = cols.mean(dim=(0, 1))
+    return a / a.sum()
+
+
+class AttentionProbe:
+    """While entered: a forward hook on ONE decoder layer's self-attention reads each batch item's VL-text -> image
+    attention (attention_rows, prompt_image_attention); removed on exit, so other forwards run unhooked."""
+
+    def __init__(self, vl, layer: int, preps: list[Prepared]):
+        self.module = vl.model.model.language_model.layers[layer].self_attn
+        self.preps = preps
+        self.results: list[torch.Tensor | None] = [None] * len(preps)
+        self._handle = None
+
+    def __enter__(self) -> "AttentionProbe":
+        self._handle = self.module.register_forward_hook(self._hook, with_kwargs=True)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._handle.remove()
+
+    def _hook(self, module, args, kwargs, output) -> None:
+        hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+        cos, sin = kwargs["position_embeddings"]
+        for b, prep in enumerate(self.preps):
+            prompt = [i for i, r in enumerate(prep.roles) if r == PROMPT]
+            image = [i for i, r in enumerate(prep.roles) if r == IMAGE]
+            if not prompt or not image:
+                continue  # refused by the engine before the forward; nothing to read
+            probs = attention_rows(module, hidden[b:b + 1], (cos[b:b + 1], sin[b:b + 1]), prompt)
+            self.results[b] = prompt_image_attention(probs, image).cpu()
 
 
 # Sequence-shaped processor outputs and the value a padded position gets; everything else is per image.
@@ -323,16 +413,26 @@ def collate(vl, preps: list[Prepared]) -> dict:
 
 
 @torch.inference_mode()
-def forward_batch(vl, preps: list[Prepared]) -> list[Extraction]:
-    """One model call over several prepared inputs; each result as its own unbatched forward gives it."""
-    if len(preps) == 1:
+def forward_batch(vl, preps: list[Prepared], attention_layer: int | None = None) -> list[Extraction]:
+    """One model call over several prepared inputs; each result as its own unbatched forward gives it.
+    `attention_layer`: also read that decoder layer's VL-text -> image attention of each item (AttentionProbe)."""
+    if len(preps) == 1 and attention_layer is None:
         return [forward(vl, preps[0])]
-    out = vl.model.model(**_to_device(vl, collate(vl, preps)), output_hidden_states=True, use_cache=False,
-                         return_dict=True)
+    inputs = preps[0].inputs if len(preps) == 1 else collate(vl, preps)
+    probe = AttentionProbe(vl, attention_layer, preps) if attention_layer is not None else None
+    if probe is not None:
+        with probe:
+            out = vl.model.model(**_to_device(vl, inputs), output_hidden_states=True, use_cache=False,
+                                 return_dict=True)
+    else:
+        out = vl.model.model(**_to_device(vl, inputs), output_hidden_states=True, use_cache=False, return_dict=True)
     results = []
     for i, prep in enumerate(preps):  # each item's own copy: the batched tensors are freed on return
         hidden = torch.stack([h[i, :prep.length] for h in out.hidden_states])  # [layers + 1, L_i, D]
-        results.append(_finish(vl, prep, hidden, _grid(prep)))
+        ex = _finish(vl, prep, hidden, _grid(prep))
+        if probe is not None:
+            ex.image_attention, ex.attention_layer = probe.results[i], attention_layer
+        results.append(ex)
     return results
 
 
