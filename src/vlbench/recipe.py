@@ -204,7 +204,7 @@ class Recipe:
                                  applies=lambda r: r.curve != Curve.CONSTANT, when="with a curve other than constant")
     intra_ratio: float | None = _f(None, "float", "mix image and text tokens of one extraction: 0 = all text (base), "
                                                   "1 = all image; not set: no intra mix", C, lo=0.0, hi=1.0,
-                                   applies=_single_pass, when="when the VL is used (alpha > 0) without dual")
+                                   applies=_single_pass, when="when the VL is used (alpha > 0, or a vl schedule entry) without dual")
     intra_policy: str = _f(MixPolicy.ATTEND.value, "choice", "how the intra mix combines the text rows (base) and the "
                                                             "image rows (other); never positionwise: a text token is "
                                                             "not paired with an image token", C, choices=MixPolicy,
@@ -216,7 +216,7 @@ class Recipe:
                           applies=lambda r: r.dual, when="with dual")
     normalization: str = _f(Normalization.NONE.value, "choice", "match VL statistics to Qwen3-4B's "
                                                                 "(needs vlbench calibrate)", C, choices=Normalization,
-                            applies=_uses_vl, when="when the VL is used (alpha > 0)")
+                            applies=_uses_vl, when="when the VL is used (alpha > 0, or a vl schedule entry)")
     calibration: str | None = _f(None, "str", "calibration stats file; not set: the one vlbench calibrate wrote for "
                                               "these models", C,
                                  applies=lambda r: r.normalization != Normalization.NONE,
@@ -238,29 +238,29 @@ class Recipe:
     # ---- extraction
     tokens: str = _f(Tokens.FULL.value, "choice", "VL token selection", X, choices=Tokens,
                      applies=lambda r: _single_pass(r) and r.intra_ratio is None,
-                     when="when the VL is used (alpha > 0) in one pass without intra_ratio "
+                     when="when the VL is used (alpha > 0, or a vl schedule entry) in one pass without intra_ratio "
                           "(intra_ratio mixes the image and text selections itself; dual has style_tokens/content_tokens)")
     layer: int = _f(-2, "int", "hidden layer, indexed as transformers' output_hidden_states (-1 = after the final norm)",
                     X, applies=_layer_used,
                     when="when the VL is used and some positions take no layer of their own (image_layer/text_layer, "
                          "style_layer/content_layer)")
     vl_text: str = _f(VLText.PROMPT.value, "vl_text", "what the VL reads: prompt, none, or any other text verbatim", X,
-                      applies=_single_pass, when="when the VL is used (alpha > 0) without dual "
+                      applies=_single_pass, when="when the VL is used (alpha > 0, or a vl schedule entry) without dual "
                                                  "(dual has style_vl_text and content_vl_text)")
     max_image_tokens: int | None = _f(None, "int", "cap the reference's image tokens below the caption budget (the "
                                                    "processor reads a smaller image)", X,
-                                      lo=1, unit="tokens", applies=_uses_vl, when="when the VL is used (alpha > 0)")
+                                      lo=1, unit="tokens", applies=_uses_vl, when="when the VL is used (alpha > 0, or a vl schedule entry)")
     pool_image_tokens: int | None = _f(None, "int", "pool each reference's image rows to at most this many tokens on "
                                                     "its own patch grid (regions, aspect ratio kept), after the "
                                                     "forward", X, lo=1, unit="tokens", applies=_uses_vl,
-                                       when="when the VL is used (alpha > 0)")
+                                       when="when the VL is used (alpha > 0, or a vl schedule entry)")
     image_layer: int | None = _f(None, "int", "layer for image-role positions (image pads and vision markers); "
                                               "not set: layer", X,
                                  applies=_single_pass, when="when the VL is used without dual (dual: style_layer)")
     text_layer: int | None = _f(None, "int", "layer for template and VL-text positions; not set: layer", X,
                                 applies=_single_pass, when="when the VL is used without dual (dual: content_layer)")
     dual: bool = _f(False, "bool", "two extractions, a style pass and a content pass, mixed at dual_ratio", X,
-                    applies=_uses_vl, when="when the VL is used (alpha > 0)")
+                    applies=_uses_vl, when="when the VL is used (alpha > 0, or a vl schedule entry)")
     style_vl_text: str = _f(VLText.NONE.value, "vl_text", "style pass: what the VL reads", X,
                             applies=lambda r: r.dual, when="with dual")
     style_tokens: str = _f(Tokens.IMAGE.value, "choice", "style pass: token selection", X, choices=Tokens,
@@ -275,7 +275,7 @@ class Recipe:
                                    applies=lambda r: r.dual, when="with dual")
     multi_image: str = _f(MultiImage.JOINT.value, "choice", "several references: one joint extraction, or one each "
                                                             "mixed by image_weights", X, choices=MultiImage,
-                          applies=_uses_vl, when="when the VL is used (alpha > 0)")
+                          applies=_uses_vl, when="when the VL is used (alpha > 0, or a vl schedule entry)")
     # ---- issue 17: attention-weighted image tokens (docs/attention_weighting.md)
     image_attention: str = _f(ImageAttention.NONE.value, "choice", "weight or select image tokens by the VL text's "
                               "attention to them: per image token, the attention probability from the VL-text "
