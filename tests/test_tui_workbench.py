@@ -657,6 +657,29 @@ def test_keys_typed_in_one_burst_after_tab_go_to_the_next_field():
     run(go())
 
 
+def test_a_prompt_typed_in_one_burst_with_ctrl_r_is_queued_whole():
+    """The reverse race: ctrl+r (a priority key) arrives with the characters typed just before it (tmux send-keys,
+    a paste); the queued prompt is the whole text, not what the prompt had handled so far."""
+    from textual import events
+
+    async def go():
+        app = make_app()
+        async with app.run_test(size=(160, 48)) as pilot:
+            await pilot.pause()
+            for char in "a fox":
+                event = events.Key("space" if char == " " else char, char)
+                event.set_sender(app)
+                app._driver.send_message(event)
+            event = events.Key("ctrl+r", None)
+            event.set_sender(app)
+            app._driver.send_message(event)
+            await wait_for(pilot, lambda: app.store.count() == 1, 5, "the run")
+            assert app.store.queue()[0].prompt == "a fox"
+        app.close()
+
+    run(go())
+
+
 # ---- 9. the smaller problems ----
 def test_non_image_references_are_refused_when_added(tmp_path):
     notes = tmp_path / "notes.txt"

@@ -101,6 +101,7 @@ class VlbenchApp(App[int]):
         super().__init__()
         import os
 
+        keys.alt_digits()  # alt+1..5 reach the panes under tmux too
         if "TEXTUAL_ANIMATIONS" not in os.environ:
             # Over SSH every frame of a smooth scroll is sent; jumping to the top of Parameters scrolled for ~1 s.
             self.animation_level = "none"
@@ -454,10 +455,25 @@ class VlbenchApp(App[int]):
         self.store_changed(ids[0], wake=True)
         return ids
 
+    def after_typing(self, callback: Callable[[], Any]) -> None:
+        """Run `callback` once the focused widget has handled the keys already sent to it.
+
+        F5 and ctrl+r are priority keys: the app runs them as they arrive, while the characters typed just before
+        (a fast typist, a paste, tmux send-keys) may still wait in the prompt's queue. Reading the form from that
+        queue reads it whole."""
+        focused = self.focused
+        if focused is not None and focused.is_attached:
+            focused.call_later(callback)
+        else:
+            callback()
+
     def action_queue(self) -> None:
-        self.queue_runs()
+        self.after_typing(self.queue_runs)
 
     def action_queue_seeds(self) -> None:
+        self.after_typing(self._ask_seeds)
+
+    def _ask_seeds(self) -> None:
         if self.parameters.validate() is None:  # the dialog would only end in the same refusal
             self.notify(f"cannot queue: {self.parameters.error}", severity="error")
             return
@@ -477,6 +493,9 @@ class VlbenchApp(App[int]):
         return self.experiment_types
 
     def action_queue_experiment(self) -> None:
+        self.after_typing(self._choose_experiment)
+
+    def _choose_experiment(self) -> None:
         types = self._experiment_types()
         if not types:
             self.notify("no experiment types are available in this installation", severity="warning")
@@ -786,6 +805,9 @@ class VlbenchApp(App[int]):
         self.push_screen(FilePicker("Open a recipe (TOML)", suffixes=RECIPE_SUFFIXES), picked)
 
     def action_save_recipe(self) -> None:
+        self.after_typing(self._save_recipe)
+
+    def _save_recipe(self) -> None:
         recipe = self.parameters.validate()
         if recipe is None:
             self.notify(f"cannot save: {self.parameters.error}", severity="error")

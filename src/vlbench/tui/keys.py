@@ -140,6 +140,22 @@ _NAMES = {"question_mark": "?", "slash": "/", "delete": "del", "ctrl+enter": "ct
           "shift+up": "shift+↑", "shift+down": "shift+↓", "escape": "esc", "enter": "⏎"}
 
 
+def alt_digits() -> None:
+    """Read ESC followed by a digit as alt+digit, the way xterm, tmux, screen and most SSH clients send it.
+
+    Textual maps those sequences to the characters macOS Option+digit types in WezTerm ("\\x1b3" -> "£"),
+    so under tmux alt+3 typed a pound sign into the focused field instead of reaching a binding. Without
+    the mapping Textual's parser reads the ESC as the alt modifier (after its ESCDELAY) -- what every other
+    ESC+key already gets. Idempotent; touches only the ten digit sequences.
+    """
+    from textual import _ansi_sequences
+
+    for digit in "1234567890":
+        if _ansi_sequences.ANSI_SEQUENCES_KEYS.get(f"\x1b{digit}") not in (None,) and \
+                isinstance(_ansi_sequences.ANSI_SEQUENCES_KEYS.get(f"\x1b{digit}"), str):
+            del _ansi_sequences.ANSI_SEQUENCES_KEYS[f"\x1b{digit}"]
+
+
 def bindings(commands: list[Command]) -> list[Binding]:
     return [Binding(c.keys, c.action, c.title, show=c.show, priority=c.priority, id=c.id, tooltip=c.help)
             for c in commands if c.keys]

@@ -32,9 +32,9 @@ class HelpScreen(ModalScreen[None]):
 
     def on_mount(self) -> None:
         table = self.query_one(DataTable)
-        table.add_column("keys", width=26)
-        table.add_column("id", width=24)
-        table.add_column("where", width=18)
+        table.add_column("keys", width=32)
+        table.add_column("id", width=22)
+        table.add_column("where", width=16)
         table.add_column("command")
         for where, commands in keys.every_command():
             for c in commands:
