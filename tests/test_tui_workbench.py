@@ -231,7 +231,7 @@ def test_seeds_and_batches_are_visible_in_the_queue_at_100_columns():
             await wait_for(pilot, lambda: app.store.count() == 8, 5, "8 runs")
             await pilot.pause(0.3)
             rows = _queue_text(app)
-            assert len(rows) == 1 and "8 runs" in rows[0] and "0/8" in rows[0], rows
+            assert len(rows) == 1 and "8 runs" in rows[0] and "0/8 done" in rows[0], rows
             await pilot.press("alt+3", "enter")  # expand the batch
             await pilot.pause()
             rows = _queue_text(app)
@@ -346,7 +346,7 @@ def test_the_eta_stays_in_view_in_a_narrow_queue():
             assert "ETA 42 s" in str(label.render())
             pane = app.queue_pane.content_region
             assert label.region.right <= pane.right, (label.region, pane)
-            assert "all done in" in str(app.queue_pane.query_one("#queue-summary").render())
+            assert "1 pending · ETA" in str(app.queue_pane.query_one("#queue-summary").render())
         app.close()
 
     run(go())
@@ -783,6 +783,24 @@ def test_f6_refuses_an_invalid_form_and_quitting_during_a_job_asks():
             await pilot.press("n")
             assert app.is_running
             app.job_worker = None
+        app.close()
+
+    run(go())
+
+
+def test_jumping_to_the_top_of_parameters_does_not_animate():
+    """Over SSH every frame of a smooth scroll is sent: the form jumps (it scrolled for ~1 s)."""
+
+    async def go():
+        app = make_app()
+        async with app.run_test(size=(100, 30)) as pilot:
+            app.query_one("#p-negative_prompt").focus()
+            await pilot.pause(0.2)
+            form = app.query_one("#param-form")
+            assert form.scroll_y > 0
+            await pilot.press("alt+2")  # the top of Parameters
+            await pilot.pause()
+            assert form.scroll_y == 0 and app.animation_level == "none"
         app.close()
 
     run(go())

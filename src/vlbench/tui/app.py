@@ -157,7 +157,7 @@ class VlbenchApp(App[int]):
         else:
             self.startup_problems.append(f"theme {wanted!r}: not found; using {self.theme}")
         if self.settings.keys:
-            known = {c.id for c in keys.APP + keys.QUEUE + keys.HISTORY}
+            known = set(keys.by_id())
             for unknown in sorted(set(self.settings.keys) - known):
                 self.startup_problems.append(f"config [keys] {unknown}: no such command id (F1 lists them)")
             self.set_keymap(self.settings.keys)
@@ -321,7 +321,7 @@ class VlbenchApp(App[int]):
     def show_paused(self, paused: bool) -> None:
         self.paused = paused
         resume = keys.footer_label(keys.by_id()["pause"], self._keymap.get("pause"))
-        self.queue_pane.border_title = f"Queue (paused — {resume} resumes)" if paused else "Queue"
+        self.queue_pane.border_title = f"Queue · paused ({resume})" if paused else "Queue"
         self.queue_pane._show_summary()
 
     def queue_summary_changed(self, text: str) -> None:
@@ -339,7 +339,7 @@ class VlbenchApp(App[int]):
             self.job_worker.wake()
 
     def on_store_changed(self, message: StoreChanged) -> None:
-        self.queue_pane.reload()
+        self.queue_pane.reload(exact=True)
         self.history.reload()
         if message.run_id is not None and (message.run_id == self.selected_run or message.run_id in self.marks):
             self.update_preview()

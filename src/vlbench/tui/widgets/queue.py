@@ -27,6 +27,7 @@ from vlbench.tui.messages import OpenRun, RunHighlighted
 SHOWN_PENDING = 30  # the table shows this many queued runs (a screenful); the title counts them all
 SHOWN_FINISHED = 8
 PROGRESS_S = 0.1  # the progress line is redrawn at most this often
+ETA_S = 2.0  # the steps still queued (a JSON read of every pending run) are summed at most this often
 CLEARED = "queue_cleared_at"  # state: finished runs before this time are no longer shown in the Queue
 DISMISSED = "queue_dismissed"  # state: finished runs taken out of the Queue one by one (History keeps them)
 GLYPH = {"pending": "·", "running": "▶", "done": "✓", "failed": "✗", "cancelled": "–"}
@@ -60,6 +61,8 @@ class QueuePane(Vertical):
         self.sec_per_step: float | None = None  # measured on the running job: the queue's ETA
         self._job_left_s: float = 0.0
         self._pending = (0, 0)  # (runs, steps) waiting
+        self._pending_read = 0.0  # when the steps still queued were last summed
+        self._summary_shown = ""
 
     def compose(self) -> ComposeResult:
         self._status = Static("worker starting…", id="model-status")
@@ -108,7 +111,9 @@ class QueuePane(Vertical):
             return [entry.key]  # type: ignore[list-item]
         return [r.id for r in self.app.store.batch_runs(str(entry.key))]
 
-    def reload(self) -> None:
+    def reload(self, exact: bool = False) -> None:
+        """Re-read the store. While a queue drains this runs several times a second: the queue's step total (for
+        its ETA) is re-summed every ETA_S, or at once with `exact` (the user queued or removed runs)."""
         store = self.app.store
         queued = store.queue(limit=SHOWN_PENDING)
         cleared = store.get_state(CLEARED, 0.0) or 0.0
@@ -130,7 +135,14 @@ class QueuePane(Vertical):
         subtitle = f"{running} running · {pending} pending" + (f" ({more} not shown)" if more else "")
         if subtitle != self.border_subtitle:
             self.border_subtitle = subtitle
-        self._pending = store.pending_steps() if pending else (0, 0)
+        now = time.monotonic()
+        if not pending:
+            self._pending = (0, 0)
+        elif exact or now - self._pending_read >= ETA_S or not self._pending[0]:
+            self._pending, self._pending_read = store.pending_steps(), now
+        else:  # between two sums: the runs that finished since leave with the average run's steps
+            runs, steps = self._pending
+            self._pending = (pending, round(steps * pending / runs))
         self._show_summary()
 
     def _entries_for(self, rows: list[RunRow], batches: dict[str, dict[str, int]]) -> list[Entry]:
@@ -178,8 +190,8 @@ class QueuePane(Vertical):
         what = first.experiment or f"{total} runs"
         open_ = batch in self.expanded
         state = "running" if running else "pending" if counts.get("pending") else "done"
-        ident = Text.assemble((" ▾ " if open_ else " ▸ ", "bold"), (f"{total}", STATUS_STYLE.get(state, "")))
-        text = Text.assemble((what, "bold"), f"  {done}/{total}")
+        ident = Text.assemble((" ▾ " if open_ else " ▸ ", "bold"), (GLYPH[state], STATUS_STYLE.get(state, "")))
+        text = Text.assemble((what, "bold"), f"  {done}/{total} done")
         if failed:
             text.append(f" · {failed} failed/cancelled", style="red")
         fields = self.app.batches.fields(batch)
@@ -261,14 +273,14 @@ class QueuePane(Vertical):
         if not runs:
             return f"queue empty{paused}"
         eta = self.eta_s()
-        return f"{runs} pending · all done in ≈ {seconds(eta)}{paused}" if eta is not None else \
-            f"{runs} pending{paused}"
+        return f"{runs} pending · ETA {seconds(eta)}{paused}" if eta is not None else f"{runs} pending{paused}"
 
     def _show_summary(self) -> None:
         text = self.summary_text()
-        if text != str(self._summary.render()):
+        if text != self._summary_shown:
+            self._summary_shown = text
             self._summary.update(Text(text), layout=False)
-        self.app.queue_summary_changed(text)
+            self.app.queue_summary_changed(text)
 
     # ---- actions (bindings in keys.QUEUE; also in the palette) ----
     def action_move(self, delta: int) -> None:
