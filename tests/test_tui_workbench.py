@@ -795,9 +795,8 @@ def test_jumping_to_the_top_of_parameters_does_not_animate():
         app = make_app()
         async with app.run_test(size=(100, 30)) as pilot:
             app.query_one("#p-negative_prompt").focus()
-            await pilot.pause(0.2)
             form = app.query_one("#param-form")
-            assert form.scroll_y > 0
+            await wait_for(pilot, lambda: form.scroll_y > 0, 5, "the form scrolled to its last field")
             await pilot.press("alt+2")  # the top of Parameters
             await pilot.pause()
             assert form.scroll_y == 0 and app.animation_level == "none"

@@ -303,8 +303,18 @@ class QueuePane(Vertical):
         entry = self.selected
         if entry is None:
             return
-        store = self.app.store
         runs = self._selected_runs()
+        if entry.kind == "batch" and len(runs) > 1:  # a whole batch: ask first
+            from vlbench.tui.screens.confirm import Confirm
+
+            self.app.push_screen(Confirm(f"Remove the batch's {len(runs)} runs from the Queue? (pending ones are "
+                                         "dropped; finished ones stay in History)"),
+                                 lambda yes: self._remove(runs) if yes else None)
+            return
+        self._remove(runs)
+
+    def _remove(self, runs: list[int]) -> None:
+        store = self.app.store
         removed = [r for r in runs if store.remove(r)]
         finished = [r for r in runs if r not in removed and store.status(r) in FINISHED]
         if finished:  # a finished run leaves the Queue only: History keeps it
