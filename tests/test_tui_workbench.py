@@ -632,6 +632,20 @@ def test_every_f_key_command_has_a_key_tmux_passes_and_the_footer_shows_it():
     run(go())
 
 
+def test_alt_digit_sent_as_escape_digit_is_alt_digit():
+    """tmux, xterm and most SSH clients send alt+3 as ESC 3; Textual read it as macOS Option+3 ("£")."""
+    from textual._xterm_parser import XTermParser
+
+    from vlbench.tui import keys
+
+    make_app().close()  # the app adjusts Textual's table when it is made
+    parser = XTermParser()
+    assert [e.key for e in [*parser.feed("\x1b3"), *parser.feed("")]] == ["alt+3"]
+    keys.alt_digits()  # idempotent
+    parser = XTermParser()
+    assert [e.key for e in [*parser.feed("\x1b5"), *parser.feed("")]] == ["alt+5"]
+
+
 def test_keys_typed_in_one_burst_after_tab_go_to_the_next_field():
     """width=320, then Tab 7 7 in one read: height gets 77 and width stays 320 (Textual forwards keys to the
     focused widget before a non-priority Tab binding has moved focus; vlbench binds Tab with priority)."""

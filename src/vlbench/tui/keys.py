@@ -151,8 +151,7 @@ def alt_digits() -> None:
     from textual import _ansi_sequences
 
     for digit in "1234567890":
-        if _ansi_sequences.ANSI_SEQUENCES_KEYS.get(f"\x1b{digit}") not in (None,) and \
-                isinstance(_ansi_sequences.ANSI_SEQUENCES_KEYS.get(f"\x1b{digit}"), str):
+        if isinstance(_ansi_sequences.ANSI_SEQUENCES_KEYS.get(f"\x1b{digit}"), str):
             del _ansi_sequences.ANSI_SEQUENCES_KEYS[f"\x1b{digit}"]
 
 
