@@ -139,6 +139,8 @@ class VlbenchApp(App[int]):
         self.experiment_types: list | None = None  # loaded on first use
         self._session_timer = None
         self._session: Session | None = None  # changed since it was last written
+        # The saved session, read now (its pane is laid out by compose); the rest is restored on mount.
+        self._saved, self._saved_problem = load_session() if session else (None, None)
         self._session_ready = False  # nothing is saved before the saved session is back on screen
         self._theme_note = None
         self._changed_runs: set[int] = set()  # runs the worker moved on, shown at the next refresh
@@ -177,11 +179,18 @@ class VlbenchApp(App[int]):
         self.pane_bar = PaneBar(id="pane-bar")
         self.panes = {"inputs": self.inputs, "parameters": self.parameters, "queue": self.queue_pane,
                       "preview": self.preview, "history": self.history}
+        # The saved session's pane is active from the start: set later, its class would restyle a whole column
+        # before the first paint.
+        if self._saved is not None and self._saved.pane in self.panes:
+            self.active_pane = self._saved.pane
+        self.panes[self.active_pane].add_class("-active-pane", update=False)
+        self.pane_bar.active = self.active_pane
+        left = "-active-column" if self.active_pane in ("inputs", "parameters") else ""
         yield Header()
         yield self.pane_bar
         # One grid: vlbench.tcss places the panes for each width (layout.BREAKPOINTS).
         with Container(id="main"):
-            with Vertical(id="left"):
+            with Vertical(id="left", classes=left):
                 yield self.inputs
                 yield self.parameters
             yield self.preview
@@ -213,9 +222,7 @@ class VlbenchApp(App[int]):
         self.queue_pane.reload()
         self.history.reload()
         self.layout_mode = layout.mode_for(self.size.width)
-        pane, self.active_pane = self.active_pane, "inputs"
-        self.show_pane(pane)
-        self.action_focus_pane(pane)
+        self.action_focus_pane(self.active_pane)
         # The widgets, styles and modules of the first screen live as long as the app: a full garbage
         # collection walking them took ~30 ms every second or so of typing (a slow Tab, a late key).
         self.call_after_refresh(gc.freeze)
@@ -936,7 +943,7 @@ class VlbenchApp(App[int]):
             log.warning("session not saved: %s", exc)
 
     def restore_session(self) -> None:
-        session, problem = load_session()
+        session, problem = self._saved, self._saved_problem
         if problem:
             self.notify(problem, severity="warning")
         if session is None:
@@ -957,9 +964,7 @@ class VlbenchApp(App[int]):
                         severity="warning")
         if session.theme and session.theme in self.available_themes:
             self.theme = session.theme
-        if session.pane in self.panes:
-            self.active_pane = session.pane  # shown and focused by on_mount
-        self.set_follow(session.follow)
+        self.set_follow(session.follow)  # (its pane was made active by compose)
 
     # ---- the command palette ----
     def get_system_commands(self, screen):
