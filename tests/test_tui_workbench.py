@@ -86,6 +86,9 @@ def test_narrow_terminal_every_pane_is_one_key_away():
             assert list(pane_regions(app)) == ["parameters"]
             bar = str(app.pane_bar.render())
             assert all(title in bar for title in ("Inputs", "Parameters", "Queue", "Preview", "History"))
+            await pilot.press("f1", "alt+3")  # a dialog is open: its keys only
+            await pilot.pause()
+            assert type(app.screen).__name__ == "HelpScreen" and app.active_pane == "parameters"
         app.close()
 
     run(go())

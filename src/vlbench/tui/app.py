@@ -64,7 +64,7 @@ FOLLOW_S = 0.5  # the Preview shows the latest result at most this often
 PREVIEW_S = 0.15  # the Preview follows the Queue/History cursor once it rests this long
 SESSION_S = 1.0  # the session is saved this long after the last change (and when the app closes)
 # App commands that act on the main screen; disabled while a dialog is open.
-_FORM_ACTIONS = {c.action for c in keys.APP + keys.PANES} - {"help"}
+_FORM_ACTIONS = {c.action.split("(")[0] for c in keys.APP + keys.PANES} - {"help"}
 
 
 class VlbenchFooter(Footer):
@@ -932,15 +932,16 @@ class VlbenchApp(App[int]):
         self._session_timer = None
         if not self._session_ready or not self.use_session:
             return
-        if self.showing:
-            self._session = self.session_state()
-        if self._session is None:
-            return
         try:
-            save_session(self._session)
-            self._session = None
+            if self.showing:
+                self._session = self.session_state()
+            if self._session is not None:
+                save_session(self._session)
+                self._session = None
         except OSError as exc:  # a full disk must not take the workbench down
             log.warning("session not saved: %s", exc)
+        except Exception:  # noqa: BLE001 — this also runs while the app exits after a crash: never raise there
+            log.exception("session not saved")
 
     def restore_session(self) -> None:
         session, problem = self._saved, self._saved_problem

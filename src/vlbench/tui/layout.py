@@ -10,7 +10,6 @@ from __future__ import annotations
 
 MEDIUM, WIDE = 100, 160
 BREAKPOINTS = [(0, "-narrow"), (MEDIUM, "-medium"), (WIDE, "-wide")]
-PANES = ("inputs", "parameters", "queue", "preview", "history")
 MIN_PREVIEW = 24  # columns: narrower than this the Preview is not shown at all
 
 
