@@ -57,7 +57,8 @@ async def focus(pilot, selector: str) -> None:
 
 
 def shown_images(app) -> int:
-    return sum(1 for image in app.preview.query(".picture-image") if image.display and image.parent.display)
+    return sum(1 for picture in app.preview.pictures if picture.display
+               and picture.query_one(".picture-image").display)
 
 
 def run(coro):
@@ -545,9 +546,19 @@ def test_help_lists_every_binding_and_the_palette_every_command():
             await pilot.press("f1")
             await pilot.pause()
             table = app.screen.query_one("#help-table")
-            ids = {str(table.get_row_at(i)[3]) for i in range(table.row_count)}
-            every = {c.id for c in keys.APP + keys.QUEUE + keys.HISTORY}
+            rows = [[str(cell) for cell in table.get_row_at(i)] for i in range(table.row_count)]
+            ids = {row[1] for row in rows}
+            every = {c.id for _, commands in keys.every_command() for c in commands}
             assert every <= ids
+            # every F-key command also shows a key that tmux and SSH clients pass (ctrl or ctrl+g)
+            for row in rows:
+                if "f" in row[0] and any(f"f{n}" in row[0].split(" / ") for n in range(1, 13)):
+                    assert "ctrl+" in row[0], row
+            # the id column is in view at 160 columns (it came last, behind the long help text)
+            widths = [column.get_render_width(table) for column in table.columns.values()]
+            assert sum(widths[:3]) <= table.size.width, "keys, id and where fit without scrolling"
+            text = " ".join(" ".join(row) for row in rows)
+            assert "choice fields" in text and "ctrl+k" in text
             await pilot.press("escape")
             titles = " ".join(title for title, _, _ in app.palette_commands())
             for c in keys.APP + keys.QUEUE + keys.HISTORY:

@@ -1,4 +1,5 @@
-"""What each pane looks like, as SVG snapshots at 160×48 (pytest-textual-snapshot).
+"""What each pane looks like, as SVG snapshots (pytest-textual-snapshot): the panes at 160×48, and the
+layout at each breakpoint: 80×24 (narrow: one pane at a time), 100×30 (medium), 240×60 (wide).
 
 Deterministic on purpose: no worker, runs with fixed times (UTC), fixed ids and no file paths
 on screen, cursors that do not blink. Regenerate after a deliberate change with
@@ -34,7 +35,7 @@ def make_app(preview="halfcell"):
     return VlbenchApp(parse_settings({"recipe": FAST, "ui": {"preview": preview}}), start_worker=False)
 
 
-def fill_store(app, tmp_path, image=False, pending=0):
+def fill_store(app, tmp_path, image=False, pending=0, image_size=(64, 64)):
     """Six runs in every state (+ `pending` queued ones), fixed times; run 6 has a gradient image if `image`."""
     store = app.store
     base = Recipe(**FAST).to_dict()
@@ -61,7 +62,7 @@ def fill_store(app, tmp_path, image=False, pending=0):
         from PIL import Image
 
         out = tmp_path / "000006.png"
-        Image.linear_gradient("L").resize((64, 64)).convert("RGB").save(out)
+        Image.linear_gradient("L").resize(image_size).convert("RGB").save(out)
         conn.execute("UPDATE runs SET image = ? WHERE id = ?", (str(out), ids[5]))
     return ids
 
@@ -148,4 +149,71 @@ def test_preview_of_a_finished_run(snap_compare, tmp_path):
 def test_help_screen(snap_compare):
     app = make_app()
     assert snap_compare(app, terminal_size=SIZE, press=["f1"])
+    app.close()
+
+
+# ---- the layout at each breakpoint ----
+def test_narrow_80x24_one_pane_and_the_pane_bar(snap_compare, tmp_path):
+    app = make_app()
+
+    async def before(pilot):
+        fill_store(app, tmp_path, pending=3)
+        app.store_changed()
+        await pilot.pause()
+        await pilot.press("alt+3")  # the Queue fills the screen
+        await steady(pilot)
+
+    assert snap_compare(app, terminal_size=(80, 24), run_before=before)
+    app.close()
+
+
+def test_narrow_80x24_preview_keeps_the_aspect(snap_compare, tmp_path):
+    app = make_app()
+
+    async def before(pilot):
+        fill_store(app, tmp_path, image=True, image_size=(256, 96))
+        app.store_changed()
+        await pilot.pause()
+        await pilot.press("alt+5", "alt+4")  # History selects run 6; the Preview shows it (8:3)
+        await pilot.pause(0.3)
+        await steady(pilot)
+
+    assert snap_compare(app, terminal_size=(80, 24), run_before=before)
+    app.close()
+
+
+def test_medium_100x30(snap_compare, tmp_path):
+    app = make_app()
+
+    async def before(pilot):
+        fill_store(app, tmp_path, image=True, image_size=(256, 96), pending=2)
+        app.store_changed()
+        await pilot.pause()
+        app.inputs.prompt = "a red fox in the snow"
+        await pilot.press("alt+5", "down", "down")  # run 6, done, its 8:3 image in the Preview
+        await pilot.pause(0.3)
+        await steady(pilot)
+
+    assert snap_compare(app, terminal_size=(100, 30), run_before=before)
+    app.close()
+
+
+def test_wide_240x60(snap_compare, tmp_path):
+    app = make_app()
+
+    async def before(pilot):
+        fill_store(app, tmp_path, image=True, pending=2)
+        app.store_changed()
+        await pilot.pause()
+        await pilot.press("alt+5")
+        await pilot.pause(0.3)
+        await steady(pilot)
+
+    assert snap_compare(app, terminal_size=(240, 60), run_before=before)
+    app.close()
+
+
+def test_go_menu(snap_compare):
+    app = make_app()
+    assert snap_compare(app, terminal_size=SIZE, press=["ctrl+g"])
     app.close()

@@ -1,4 +1,4 @@
-"""End to end in a real terminal: `vlbench tui --tiny` inside tmux at 160×48, driven by keys.
+"""End to end in a real terminal: `vlbench tui --tiny` inside tmux at 160×48, 80×24 and 240×60, driven by keys.
 
 What Pilot cannot show: the real entry point, the real driver and terminal queries (textual-image),
 a worker process importing torch, and a clean exit code after ctrl+q. Needs tmux (CI installs it).
@@ -48,20 +48,53 @@ def _command() -> list[str]:
     return [str(Path(sys.executable).with_name("vlbench")), "tui", "--tiny"]
 
 
-def test_tui_in_tmux_queues_a_run_and_quits_cleanly(tiny_dirs, tmp_path):
+def _start(tmp_path, width: int, height: int, extra: str = "") -> tuple[Tmux, Path]:
     config = tmp_path / "config"
     config.mkdir(exist_ok=True)
     (config / "config.toml").write_text("[recipe]\nwidth = 64\nheight = 64\nsteps = 2\n")
     exit_file = tmp_path / "exit-code"
     env = {"VLBENCH_DATA_DIR": str(tmp_path / "data"), "VLBENCH_CONFIG_DIR": str(config),
            "VLBENCH_CACHE_DIR": os.environ["VLBENCH_CACHE_DIR"], "TERM": "xterm-256color"}
-    command = " ".join(shlex.quote(c) for c in _command())
+    if os.environ.get("PYTHONPATH"):  # a checkout run with PYTHONPATH=src: the script must import that code
+        env["PYTHONPATH"] = os.pathsep.join(str(Path(p).resolve()) for p in os.environ["PYTHONPATH"].split(os.pathsep))
+    command = " ".join(shlex.quote(c) for c in _command()) + extra
     exports = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
-    # COLUMNS/LINES from pytest's environment would override the 160×48 the terminal reports.
+    # COLUMNS/LINES from pytest's environment would override the size the terminal reports.
     shell = (f"cd {shlex.quote(str(tmp_path))} && env -u COLUMNS -u LINES {exports} {command}; "
              f"echo $? > {shlex.quote(str(exit_file))}; sleep 60")
-    tmux = Tmux(f"vlbench-test-{os.getpid()}")
-    tmux("new-session", "-d", "-s", tmux.session, "-x", "160", "-y", "48", shell)
+    tmux = Tmux(f"vlbench-test-{os.getpid()}-{width}")
+    tmux("new-session", "-d", "-s", tmux.session, "-x", str(width), "-y", str(height), shell)
+    return tmux, exit_file
+
+
+def _quit(tmux: Tmux, exit_file: Path) -> None:
+    tmux("send-keys", "-t", tmux.session, "C-q")
+    deadline = time.monotonic() + 20
+    while not exit_file.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert exit_file.exists(), f"the app did not exit after ctrl+q:\n{tmux.screen()}"
+    assert exit_file.read_text().strip() == "0"
+
+
+def _box(screen: str, title: str) -> tuple[int, int] | None:
+    """(first column, width) of the pane titled `title`, from its top border line."""
+    for line in screen.splitlines():
+        start = line.find(f"╭─ {title}")
+        if start >= 0:
+            end = line.find("╮", start)
+            return (start, end - start + 1) if end > 0 else (start, -1)
+    return None
+
+
+def _nothing_cut_off(screen: str, width: int) -> None:
+    for line in screen.splitlines():
+        if "╭" in line:  # every box that starts on a line also ends on it, inside the terminal
+            assert line.count("╭") == line.count("╮"), f"a pane runs off the right edge:\n{screen}"
+        assert len(line) <= width
+
+
+def test_tui_in_tmux_queues_a_run_and_quits_cleanly(tiny_dirs, tmp_path):
+    tmux, exit_file = _start(tmp_path, 160, 48)
     try:
         screen = tmux.wait_for(lambda s: all(f"─ {p} ─" in s for p in PANES), 30, "the five panes")
         assert "tiny random models — images are noise" in screen
@@ -72,11 +105,49 @@ def test_tui_in_tmux_queues_a_run_and_quits_cleanly(tiny_dirs, tmp_path):
         history_row = lambda s: any("a lighthouse at dusk" in line and " done " in line for line in s.splitlines())
         tmux.wait_for(history_row, 150, "the run to finish and show as done in History")
         assert (tmp_path / "data" / "outputs" / "000001.png").is_file()
-        tmux("send-keys", "-t", tmux.session, "C-q")
-        deadline = time.monotonic() + 20
-        while not exit_file.exists() and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert exit_file.exists(), f"the app did not exit after ctrl+q:\n{tmux.screen()}"
-        assert exit_file.read_text().strip() == "0"
+        _quit(tmux, exit_file)
+    finally:
+        subprocess.run([*tmux.base, "kill-server"], capture_output=True)
+
+
+def test_tui_in_tmux_at_80x24_every_pane_is_one_key_away(tiny_dirs, tmp_path):
+    """At 80×24 one pane fills the screen; alt+1..5 (and ctrl+g then 1..5) reach each; ctrl+r queues (F5 and
+    ctrl+enter are often swallowed by tmux and SSH clients)."""
+    tmux, exit_file = _start(tmp_path, 80, 24)
+    try:
+        tmux.wait_for(lambda s: "─ Inputs ─" in s, 30, "the Inputs pane")
+        time.sleep(0.5)
+        tmux("send-keys", "-t", tmux.session, "-l", "a fox at 80 columns")
+        tmux("send-keys", "-t", tmux.session, "C-r")
+        for n, title in enumerate(PANES, 1):
+            keys = [f"M-{n}"] if n % 2 else ["C-g", str(n)]  # both ways
+            tmux("send-keys", "-t", tmux.session, *keys)
+            screen = tmux.wait_for(lambda s, t=title: f"╭─ {t} ─" in s, 10, f"the {title} pane")
+            _nothing_cut_off(screen, 80)
+            start, width = _box(screen, title)
+            assert (start, width) == (0, 80), f"{title} fills the screen:\n{screen}"
+            for other in PANES:
+                if other != title:
+                    assert f"╭─ {other}" not in screen
+        tmux("send-keys", "-t", tmux.session, "M-5")
+        log = tmp_path / "data" / "vlbench.log"
+        tmux.wait_for(lambda s: any("a fox at 80" in line and " done " in line for line in s.splitlines()),
+                      150, "the run queued with ctrl+r, done in History; the log: "
+                      + (log.read_text()[-2000:] if log.exists() else "none"))
+        _quit(tmux, exit_file)
+    finally:
+        subprocess.run([*tmux.base, "kill-server"], capture_output=True)
+
+
+def test_tui_in_tmux_at_240x60_five_panes_and_a_wide_preview(tiny_dirs, tmp_path):
+    tmux, exit_file = _start(tmp_path, 240, 60)
+    try:
+        screen = tmux.wait_for(lambda s: all(f"─ {p} ─" in s for p in PANES), 30, "the five panes")
+        _nothing_cut_off(screen, 240)
+        boxes = {title: _box(screen, title) for title in PANES}
+        assert all(box is not None and box[1] > 0 for box in boxes.values()), boxes
+        assert max(start + width for start, width in boxes.values()) <= 240
+        assert boxes["Preview"][1] >= 24
+        _quit(tmux, exit_file)
     finally:
         subprocess.run([*tmux.base, "kill-server"], capture_output=True)

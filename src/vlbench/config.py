@@ -51,6 +51,8 @@ quantize = "none"
 [ui]
 # vlbench-dark and vlbench-light ship with vlbench; any Textual theme name works too
 # (textual-dark, nord, gruvbox, ...). Extra themes: TOML files in <config dir>/themes/.
+# This is the theme of a first start: the workbench remembers the last one chosen (ctrl+t or the
+# palette) with the form and the layout in <data dir>/session.json (delete it to start afresh).
 theme = "vlbench-dark"
 # How the Preview draws images: auto (Kitty/Sixel when the terminal has it), halfcell, unicode, sixel, tgp
 preview = "auto"

@@ -126,10 +126,11 @@ class Store:
         return self.enqueue_many([dict(prompt=prompt, images=images, recipe=recipe, name=name,
                                        experiment=experiment, source=source)])[0]
 
-    def enqueue_many(self, items: list[dict | RunRecord]) -> list[int]:
+    def enqueue_many(self, items: list[dict | RunRecord], *, batch: str | None = None) -> list[int]:
         """Append runs to the end of the queue in one transaction; returns their ids in order.
 
-        An item is a RunRecord, or a dict of prompt, images (reference paths), recipe, name, experiment, source."""
+        An item is a RunRecord, or a dict of prompt, images (reference paths), recipe, name, experiment, source.
+        `batch` names the runs one action queued together (the workbench groups them in its Queue)."""
         records = [_as_record(item) for item in items]
         if not records:
             return []
@@ -140,10 +141,11 @@ class Store:
             seq = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'runs'").fetchone()
             first = max(first, seq[0] if seq else 0) + 1
             # Explicit ids (the ones AUTOINCREMENT would give) so one executemany returns them all.
-            cols = (*_RECORD_COLUMNS, "id", "position", "created_at")
+            cols = (*_RECORD_COLUMNS, "id", "position", "created_at", "batch")
             conn.executemany(
                 f"INSERT INTO runs ({_names(cols)}) VALUES ({', '.join('?' * len(cols))})",
-                ((*_values(r.replace(status="pending")), first + i, position + i, now) for i, r in enumerate(records)),
+                ((*_values(r.replace(status="pending")), first + i, position + i, now, batch)
+                 for i, r in enumerate(records)),
             )
         return [first + i for i in range(len(records))]
 
@@ -225,6 +227,22 @@ class Store:
         return self.enqueue_many([RunRecord(prompt=old.prompt, references=old.references, recipe=old.recipe,
                                             seed=old.seed, name=old.name, experiment=old.experiment,
                                             config_index=old.config_index, key=old.key, source=old.source)])[0]
+
+    def cancel_all(self) -> int:
+        """Every pending and running run -> cancelled (running ones stop at their next step); how many."""
+        with self._write() as conn:
+            return conn.execute("UPDATE runs SET status = 'cancelled', finished_at = ? WHERE status IN "
+                                "('pending', 'running')", (time.time(),)).rowcount
+
+    def move_to_front(self, run_ids: list[int]) -> int:
+        """Pending runs to the front of the queue, in the given order; how many moved."""
+        moved = 0
+        with self._write() as conn:
+            front = _front_position(conn)
+            for i, run_id in enumerate(reversed(run_ids)):  # the last one first, each placed before the previous
+                moved += conn.execute("UPDATE runs SET position = ? WHERE id = ? AND status = 'pending'",
+                                      (front - i, run_id)).rowcount
+        return moved
 
     def release(self, run_id: int) -> bool:
         """running -> pending at the front of the queue (a worker stopping mid-run gives its job back)."""
@@ -394,6 +412,34 @@ class Store:
               experiment: str | None = None) -> int:
         where, args = _filters(text, status, experiment)
         return self._conn().execute(f"SELECT COUNT(*) FROM runs{where}", args).fetchone()[0]
+
+    def pending_steps(self) -> tuple[int, int]:
+        """(pending runs, denoising steps they will take): the queue's total for its ETA."""
+        found = self._conn().execute(
+            "SELECT COUNT(*), COALESCE(SUM(json_extract(recipe, '$.steps')), 0) FROM runs WHERE status = 'pending'"
+        ).fetchone()
+        return int(found[0]), int(found[1] or 0)
+
+    def batch_counts(self, batches: Iterable[str]) -> dict[str, dict[str, int]]:
+        """batch -> {status: runs}: each batch's progress (n done of N)."""
+        wanted = list(dict.fromkeys(b for b in batches if b))
+        out: dict[str, dict[str, int]] = {b: {} for b in wanted}
+        conn = self._conn()
+        for i in range(0, len(wanted), 500):
+            chunk = wanted[i:i + 500]
+            for r in conn.execute(f"SELECT batch, status, COUNT(*) AS n FROM runs WHERE batch IN "
+                                  f"({', '.join('?' * len(chunk))}) GROUP BY batch, status", chunk):
+                out[r["batch"]][r["status"]] = r["n"]
+        return out
+
+    def batch_runs(self, batch: str) -> list[RunRow]:
+        """Every run of a batch, in queue order (ids ascending)."""
+        return [_row(r) for r in self._conn().execute("SELECT * FROM runs WHERE batch = ? ORDER BY id", (batch,))]
+
+    def batch_recipes(self, batch: str) -> list[dict]:
+        """The recipes of a batch's runs (what varies within it), cheaper than batch_runs."""
+        return [json.loads(r[0] or "{}") for r in
+                self._conn().execute("SELECT recipe FROM runs WHERE batch = ? ORDER BY id", (batch,))]
 
     def counts_by_status(self) -> dict[str, int]:
         counts = dict.fromkeys(STATUSES, 0)

@@ -1,9 +1,10 @@
 """The vlbench workbench: five panes over one run store and one background worker.
 
-Inputs and Parameters describe a run; F5 queues it (one run per seed) into the SQLite store; the
-worker thread (vlbench.worker) takes runs from the store and posts its events back as messages;
-Queue, Preview and History read the store. The UI thread never imports torch: the engine is
-built on the worker thread, after the first screen is painted.
+Inputs and Parameters describe a run; F5 (or ctrl+r) queues it (one run per seed) into the SQLite
+store; the worker thread (vlbench.worker) takes runs from the store and posts its events back as
+messages; Queue, Preview and History read the store. The UI thread never imports torch: the engine is
+built on the worker thread, after the first screen is painted. The panes follow the terminal's width
+(vlbench.tui.layout); the form, theme and layout are saved in the data dir (vlbench.tui.session).
 """
 
 from __future__ import annotations
@@ -16,16 +17,24 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from textual.app import App, ComposeResult
-from textual.containers import Horizontal, Vertical
+from rich.text import Text
+from textual import events, on
+from textual.app import App, ComposeResult, SystemCommand
+from textual.binding import Binding
+from textual.containers import Container, Vertical
+from textual.reactive import Reactive
+from textual.screen import Screen
+from textual.widget import Widget
 from textual.widgets import Footer, Header, TextArea
 
 from vlbench.config import Settings
 from vlbench.errors import UserError
 from vlbench.modelspec import ModelSpec, resolve_model_spec
-from vlbench.recipe import Recipe, load_recipe, parse_seeds, save_recipe
-from vlbench.store import Store
-from vlbench.tui import experiments, keys
+from vlbench.recipe import Recipe, load_recipe, parse_seeds, read_recipe_file, save_recipe
+from vlbench.records import RunRecord
+from vlbench.store import FINISHED, Store
+from vlbench.tui import experiments, keys, layout
+from vlbench.tui.batches import Batches, new_batch_id
 from vlbench.tui.commands import VlbenchCommands
 from vlbench.tui.messages import InputsChanged, OpenRun, RecipeChanged, RunHighlighted, StoreChanged, WorkerEvent
 from vlbench.tui.screens.ask import Ask
@@ -33,14 +42,16 @@ from vlbench.tui.screens.confirm import Confirm
 from vlbench.tui.screens.experiment import ChooseExperiment
 from vlbench.tui.screens.file_picker import FilePicker
 from vlbench.tui.screens.help import HelpScreen
-from vlbench.tui.screens.jump import PANES, JumpScreen
+from vlbench.tui.screens.jump import JumpScreen
 from vlbench.tui.screens.run_details import RunDetails
+from vlbench.tui.session import Session, load_session, save_session
 from vlbench.tui.suggest import IMAGE_SUFFIXES, RECIPE_SUFFIXES
 from vlbench.tui.themes import DEFAULT_THEME, load_themes
 from vlbench.tui.widgets.history import HistoryPane
 from vlbench.tui.widgets.inputs import InputsPane
+from vlbench.tui.widgets.pane_bar import PaneBar
 from vlbench.tui.widgets.parameters import ParametersPane
-from vlbench.tui.widgets.preview import PreviewPane
+from vlbench.tui.widgets.preview import MAX_PICTURES, PreviewPane
 from vlbench.tui.widgets.queue import QueuePane
 from vlbench.tui.wording import render
 from vlbench.worker import (JobCancelled, JobDone, JobFailed, JobProgress, JobStarted, ModelStatus, WorkerIdle,
@@ -51,20 +62,59 @@ REFRESH_S = 0.2  # worker-driven table refreshes are gathered over this long
 SWITCH_INTERVAL_S = 0.001
 FOLLOW_S = 0.5  # the Preview shows the latest result at most this often
 PREVIEW_S = 0.15  # the Preview follows the Queue/History cursor once it rests this long
+SESSION_S = 1.0  # the session is saved this long after the last change (and when the app closes)
 # App commands that act on the main screen; disabled while a dialog is open.
-_FORM_ACTIONS = {c.action for c in keys.APP} - {"help"}
+_FORM_ACTIONS = {c.action.split("(")[0] for c in keys.APP + keys.PANES} - {"help"}
+
+
+class VlbenchFooter(Footer):
+    """Textual's Footer, rebuilt only when the keys it shows change: Textual recomposes it on every focus
+    change, which costs a Tab between two fields of Parameters tens of milliseconds."""
+
+    _shown: tuple = ()
+
+    def bindings_changed(self, screen) -> None:
+        # By action, not key: a text field hides "?" but F1 still shows Help, under the same label.
+        shown = tuple(dict.fromkeys((b.action, b.description, enabled) for _, b, enabled, _ in
+                                    screen.active_bindings.values() if b.show))
+        if shown == self._shown and self._bindings_ready:
+            return
+        self._shown = shown
+        super().bindings_changed(screen)
+
+
+class MainScreen(Screen):
+    """The five panes' screen. Moving focus repaints the two widgets it concerns, not the whole screen: Textual's
+    `Screen.focused` reactive repaints everything on each change (half of a Tab's time, more while generating)."""
+
+    focused: Reactive[Widget | None] = Reactive(None, repaint=False)
 
 
 class VlbenchApp(App[int]):
     CSS_PATH = Path(__file__).with_name("vlbench.tcss")  # absolute: subclasses elsewhere find it too
     TITLE = "vlbench"
     COMMANDS = App.COMMANDS | {VlbenchCommands}
-    BINDINGS = keys.bindings(keys.APP)
+    HORIZONTAL_BREAKPOINTS = layout.BREAKPOINTS
+    BINDINGS = [
+        *keys.bindings(keys.APP), *keys.bindings(keys.PANES),
+        # Tab moves focus before the next key is handed to a widget: keys typed in one burst right after Tab
+        # (a paste, a fast typist, a tmux send-keys) go to the new field, not the one Tab left (Textual
+        # forwards keys to the focused widget before a non-priority binding of the app has run).
+        Binding("tab", "focus_next", "Next field", show=False, priority=True),
+        Binding("shift+tab", "focus_previous", "Previous field", show=False, priority=True),
+    ]
 
     def __init__(self, settings: Settings | None = None, models: ModelSpec | None = None, *,
                  store_path: Path | str | None = None, outputs_dir: Path | str | None = None,
-                 start_worker: bool = True, engine_factory: Callable[[Callable[[str], None]], Any] | None = None):
+                 start_worker: bool = True, engine_factory: Callable[[Callable[[str], None]], Any] | None = None,
+                 paused: bool = False, session: bool = True):
         super().__init__()
+        import os
+
+        keys.alt_digits()  # alt+1..5 reach the panes under tmux too
+        if "TEXTUAL_ANIMATIONS" not in os.environ:
+            # Over SSH every frame of a smooth scroll is sent; jumping to the top of Parameters scrolled for ~1 s.
+            self.animation_level = "none"
         self.settings = settings or Settings()
         self.models = models or resolve_model_spec(self.settings.models.to_dict())
         self.store = Store(store_path)
@@ -72,15 +122,27 @@ class VlbenchApp(App[int]):
         self.start_worker = start_worker
         self.engine_factory = engine_factory  # tests may inject one; default: build_engine(self.models, …)
         self.job_worker = None  # vlbench.worker.Worker, started after the first paint
+        self.start_paused = paused  # --paused: the queue is paused before the worker starts
+        self.use_session = session
         self.paused = False
         self.recipe: Recipe | None = None
         self.recipe_error: str | None = None
         self.seeds: list[int] = []
         self.selected_run: int | None = None
-        self.marked_run: int | None = None
+        self.marks: list[int] = []  # runs marked for comparison (m), oldest first, at most MAX_PICTURES - 1
+        self.follow = True  # the Preview shows each new result; off while a run in History is selected
         self.show_reference = False
         self.comparing = False
+        self.layout_mode = "wide"
+        self.active_pane = "inputs"  # the pane with focus; in a narrow terminal the only one shown
+        self.batches = Batches(self.store)
         self.experiment_types: list | None = None  # loaded on first use
+        self._session_timer = None
+        self._session: Session | None = None  # changed since it was last written
+        # The saved session, read now (its pane is laid out by compose); the rest is restored on mount.
+        self._saved, self._saved_problem = load_session() if session else (None, None)
+        self._session_ready = False  # nothing is saved before the saved session is back on screen
+        self._theme_note = None
         self._changed_runs: set[int] = set()  # runs the worker moved on, shown at the next refresh
         self._show_latest = False
         self._refresh_timer = None
@@ -97,12 +159,15 @@ class VlbenchApp(App[int]):
         else:
             self.startup_problems.append(f"theme {wanted!r}: not found; using {self.theme}")
         if self.settings.keys:
-            known = {c.id for c in keys.APP + keys.QUEUE + keys.HISTORY}
+            known = set(keys.by_id())
             for unknown in sorted(set(self.settings.keys) - known):
                 self.startup_problems.append(f"config [keys] {unknown}: no such command id (F1 lists them)")
             self.set_keymap(self.settings.keys)
 
     # ---- layout ----
+    def get_default_screen(self) -> Screen:
+        return MainScreen(id="_default")
+
     def compose(self) -> ComposeResult:
         # The panes are kept as attributes: worker events reach them many times a second, and a DOM
         # query per event costs more than the update itself.
@@ -111,17 +176,27 @@ class VlbenchApp(App[int]):
         self.preview = PreviewPane(self.settings.ui.preview, id="preview")
         self.queue_pane = QueuePane(id="queue")
         self.history = HistoryPane(id="history")
+        self.pane_bar = PaneBar(id="pane-bar")
+        self.panes = {"inputs": self.inputs, "parameters": self.parameters, "queue": self.queue_pane,
+                      "preview": self.preview, "history": self.history}
+        # The saved session's pane is active from the start: set later, its class would restyle a whole column
+        # before the first paint.
+        if self._saved is not None and self._saved.pane in self.panes:
+            self.active_pane = self._saved.pane
+        self.panes[self.active_pane].add_class("-active-pane", update=False)
+        self.pane_bar.active = self.active_pane
+        left = "-active-column" if self.active_pane in ("inputs", "parameters") else ""
         yield Header()
-        with Horizontal(id="main"):
-            with Vertical(id="left"):
+        yield self.pane_bar
+        # One grid: vlbench.tcss places the panes for each width (layout.BREAKPOINTS).
+        with Container(id="main"):
+            with Vertical(id="left", classes=left):
                 yield self.inputs
                 yield self.parameters
-            with Vertical(id="right"):
-                with Horizontal(id="top"):
-                    yield self.preview
-                    yield self.queue_pane
-                yield self.history
-        yield Footer()
+            yield self.preview
+            yield self.queue_pane
+            yield self.history
+        yield VlbenchFooter()
 
     @property
     def showing(self) -> bool:
@@ -131,15 +206,26 @@ class VlbenchApp(App[int]):
     def on_mount(self) -> None:
         requeued, failed = self.store.recover()
         if requeued:
-            self.notify(f"{requeued} run(s) recovered from an interrupted session: queued again")
+            self.notify(f"{_runs(requeued)} recovered from an interrupted session (queued again)", timeout=10)
         if failed:
-            self.notify(f"{failed} run(s) interrupted twice — possibly crashing the worker — marked failed "
-                        "(r in History retries one)", severity="warning", timeout=10)
+            self.notify(f"{_runs(failed)} interrupted twice — possibly crashing the worker — marked failed, not "
+                        "retried (r in History queues it again)", severity="warning", timeout=15)
+        if self.start_paused:
+            self.store.set_paused(True)
+        self.show_paused(self.store.paused)
+        if self.use_session:
+            self.restore_session()
+        self._session_ready = True
+        self.theme_changed_signal.subscribe(self, lambda _theme: self.session_changed())
         for problem in self.startup_problems:
             self.notify(problem, severity="warning")
         self.queue_pane.reload()
         self.history.reload()
-        self.query_one("#prompt", TextArea).focus()
+        self.layout_mode = layout.mode_for(self.size.width)
+        self.action_focus_pane(self.active_pane)
+        # The widgets, styles and modules of the first screen live as long as the app: a full garbage
+        # collection walking them took ~30 ms every second or so of typing (a slow Tab, a late key).
+        self.call_after_refresh(gc.freeze)
         if self.start_worker:
             self.call_after_refresh(self.start_job_worker)  # after the first paint: torch loads on its thread
         else:
@@ -189,7 +275,12 @@ class VlbenchApp(App[int]):
 
     def on_unmount(self) -> None:
         # Messages already queued may still read the store, so it is closed by whoever ran the app (close()).
+        self.save_session()  # the last state seen (the panes are gone by now)
         self.stop_job_worker()
+
+    def exit(self, *args, **kwargs) -> None:
+        self.save_session()  # while the panes are still there to read
+        super().exit(*args, **kwargs)
 
     def close(self) -> None:
         """After the app has exited: release the store's connections."""
@@ -217,14 +308,18 @@ class VlbenchApp(App[int]):
                     # would walk them all while holding the GIL (a visible pause). Exempt them from now on.
                     gc.freeze()
                     self._heap_frozen = True
-                if not self.comparing:
+                follow = self.follow and not self.comparing
+                if follow:
                     self.selected_run = run_id  # the Preview follows the latest result
-                self.runs_changed(run_id, show=True)
+                self.runs_changed(run_id, show=follow)
+                self.check_batch(run_id)
             case JobFailed(run_id=run_id, reason=reason):
                 self.notify(f"run {run_id} failed: {reason}", severity="error", timeout=8)
                 self.runs_changed(run_id)
+                self.check_batch(run_id)
             case JobCancelled(run_id=run_id):
                 self.runs_changed(run_id)
+                self.check_batch(run_id)
             case WorkerPaused(paused=paused):
                 self.show_paused(paused)
             case WorkerIdle():
@@ -232,7 +327,16 @@ class VlbenchApp(App[int]):
 
     def show_paused(self, paused: bool) -> None:
         self.paused = paused
-        self.queue_pane.border_title = "Queue (paused — F8 resumes)" if paused else "Queue"
+        resume = keys.footer_label(keys.by_id()["pause"], self._keymap.get("pause"))
+        self.queue_pane.border_title = f"Queue · paused ({resume})" if paused else "Queue"
+        self.queue_pane._show_summary()
+
+    def queue_summary_changed(self, text: str) -> None:
+        """The Queue's one-line state (pending, ETA, paused): the pane bar repeats it in a narrow terminal."""
+        if self.layout_mode == "narrow":
+            self.pane_bar.show(status=text)
+        else:
+            self.pane_bar.status = text
 
     # ---- the store ----
     def store_changed(self, run_id: int | None = None, wake: bool = False) -> None:
@@ -242,9 +346,9 @@ class VlbenchApp(App[int]):
             self.job_worker.wake()
 
     def on_store_changed(self, message: StoreChanged) -> None:
-        self.queue_pane.reload()
+        self.queue_pane.reload(exact=True)
         self.history.reload()
-        if message.run_id is not None and message.run_id in (self.selected_run, self.marked_run):
+        if message.run_id is not None and (message.run_id == self.selected_run or message.run_id in self.marks):
             self.update_preview()
 
     def runs_changed(self, run_id: int, show: bool = False) -> None:
@@ -262,7 +366,7 @@ class VlbenchApp(App[int]):
             return
         self.queue_pane.reload()
         self.history.refresh_runs(changed)
-        if self._show_latest or changed & {self.selected_run, self.marked_run}:
+        if self._show_latest or changed & {self.selected_run, *self.marks}:
             # A new image costs a layout and a full render: while a fast queue drains, at most every FOLLOW_S.
             now = time.monotonic()
             if now - self._preview_shown >= FOLLOW_S:
@@ -274,16 +378,45 @@ class VlbenchApp(App[int]):
     # ---- state from the panes ----
     def on_recipe_changed(self, message: RecipeChanged) -> None:
         self.recipe, self.recipe_error, self.seeds = message.recipe, message.error, message.seeds
+        self.session_changed()
 
     def on_inputs_changed(self, message: InputsChanged) -> None:
-        self.parameters.set_external("vl_text", message.vl_text)
+        if message.vl_text is not None:
+            self.parameters.set_external("vl_text", message.vl_text)
+        self.session_changed()
+
+    @on(TextArea.Changed, "#prompt")
+    def _prompt_changed(self) -> None:
+        self.session_changed()
 
     def on_run_highlighted(self, message: RunHighlighted) -> None:
         # The cursor moves at key-repeat speed; the image follows once it rests (PREVIEW_S).
         self.selected_run = message.run_id
+        if message.source == "history" and self.follow:
+            self.set_follow(False)  # a run chosen in History stays in the Preview while new results arrive
         if self._preview_timer is not None:
             self._preview_timer.stop()
         self._preview_timer = self.set_timer(PREVIEW_S, self.update_preview)
+
+    def set_follow(self, on: bool) -> None:
+        self.follow = on
+        self.preview.border_subtitle = "following the latest result" if on else "f: follow the latest result"
+        self.session_changed()
+
+    def action_toggle_follow(self) -> None:
+        self.set_follow(not self.follow)
+        if self.follow:
+            latest = self.store.history(limit=1, status="done", sort="finished_at")
+            if latest:
+                self.selected_run = latest[0].id
+                self.update_preview()
+        self.notify("the Preview follows each new result" if self.follow else
+                    "the Preview stays on the selected run", timeout=2)
+
+    def unselect(self) -> None:
+        """Escape in History: no run selected, the Preview follows the latest result again."""
+        if not self.follow:
+            self.action_toggle_follow()
 
     def on_open_run(self, message: OpenRun) -> None:
         run = self.store.get(message.run_id)
@@ -303,10 +436,10 @@ class VlbenchApp(App[int]):
         if not self.showing:
             return
         run = self.store.get(self.selected_run) if self.selected_run is not None else None
-        other = None
-        if self.comparing and self.marked_run is not None and self.marked_run != self.selected_run:
-            other = self.store.get(self.marked_run)
-        self.preview.show(run, reference=self.show_reference and other is None, other=other)
+        others = []
+        if self.comparing:
+            others = [r for r in (self.store.get(m) for m in self.marks if m != self.selected_run) if r is not None]
+        self.preview.show(run, reference=self.show_reference and not others, others=others)
 
     # ---- queueing ----
     def _runs_for(self) -> tuple[str, list[str], Recipe] | None:
@@ -337,15 +470,33 @@ class VlbenchApp(App[int]):
         refs = [str(Path(r).expanduser().resolve()) for r in refs]  # a relaunch elsewhere still finds them
         items = [dict(prompt=prompt, images=refs, recipe=recipe.replace(seed=seed).to_dict(), source="tui")
                  for seed in seeds]
-        ids = self.store.enqueue_many(items)
+        ids = self.store.enqueue_many(items, batch=new_batch_id() if len(items) > 1 else None)
         self.notify(f"queued run {ids[0]}" if len(ids) == 1 else f"queued {len(ids)} runs ({ids[0]}–{ids[-1]})")
         self.store_changed(ids[0], wake=True)
         return ids
 
+    def after_typing(self, callback: Callable[[], Any]) -> None:
+        """Run `callback` once the focused widget has handled the keys already sent to it.
+
+        F5 and ctrl+r are priority keys: the app runs them as they arrive, while the characters typed just before
+        (a fast typist, a paste, tmux send-keys) may still wait in the prompt's queue. Reading the form from that
+        queue reads it whole."""
+        focused = self.focused
+        if focused is not None and focused.is_attached:
+            focused.call_later(callback)
+        else:
+            callback()
+
     def action_queue(self) -> None:
-        self.queue_runs()
+        self.after_typing(self.queue_runs)
 
     def action_queue_seeds(self) -> None:
+        self.after_typing(self._ask_seeds)
+
+    def _ask_seeds(self) -> None:
+        if self.parameters.validate() is None:  # the dialog would only end in the same refusal
+            self.notify(f"cannot queue: {self.parameters.error}", severity="error")
+            return
         current = ", ".join(str(s) for s in self.seeds) if len(self.seeds) > 1 else \
             (f"{self.seeds[0]}-{self.seeds[0] + 7}" if self.seeds else "0-7")
 
@@ -362,16 +513,50 @@ class VlbenchApp(App[int]):
         return self.experiment_types
 
     def action_queue_experiment(self) -> None:
+        self.after_typing(self._choose_experiment)
+
+    def _choose_experiment(self) -> None:
         types = self._experiment_types()
         if not types:
             self.notify("no experiment types are available in this installation", severity="warning")
+            return
+
+        if self._runs_for() is None:  # nothing could be queued: say why now, not after choosing
             return
 
         def chosen(choice: tuple[str, bool] | None) -> None:
             if choice is not None:
                 self.queue_experiment(*choice)
 
-        self.push_screen(ChooseExperiment(types), chosen)
+        self.push_screen(ChooseExperiment(types, self.describe_experiment), chosen)
+
+    def describe_experiment(self, name: str, quick: bool) -> Text:
+        """What queueing this type now would do: how many runs, and which form fields its configs change."""
+        from vlbench.recipe import format_value
+
+        experiment = next((t for t in self._experiment_types() if t.name == name), None)
+        recipe = self.parameters.recipe
+        if experiment is None or recipe is None:
+            return Text("the form is invalid: fix it first", style="red")
+        seeds = self.parameters.seeds
+        try:
+            runs = experiments.expand(experiment, quick, recipe, seeds)
+        except UserError as exc:
+            return Text(render(exc), style="red")
+        configs = len({config for config, _ in runs})
+        text = Text.assemble(("queues ", ""), (f"{len(runs)} runs", "bold"),
+                             f" ({configs} configs × {len(seeds)} seed{'s' if len(seeds) != 1 else ''}; prompt, "
+                             "references, seeds, steps and size from the form)")
+        changed = experiments.overrides(recipe, runs)
+        if changed:
+            text.append("\nsets these form fields:", style="bold")
+            for field, (mine, values) in changed.items():
+                shown = ", ".join(format_value(field, v) or "not set" for v in values[:6])
+                more = f", … ({len(values)} values)" if len(values) > 6 else ""
+                text.append(f"\n  {field}: form {format_value(field, mine) or 'not set'} → {shown}{more}")
+        else:
+            text.append("\nkeeps every form field as it is")
+        return text
 
     def queue_experiment(self, name: str, quick: bool = False) -> list[int]:
         experiment = next((t for t in self._experiment_types() if t.name == name), None)
@@ -385,16 +570,56 @@ class VlbenchApp(App[int]):
             self.notify(render(exc), severity="error")
             return []
         refs = [str(Path(r).expanduser().resolve()) for r in refs]
-        ids = self.store.enqueue_many([dict(prompt=prompt, images=refs, recipe=r, name=config, experiment=name,
-                                            source="tui") for config, r in runs])
-        self.notify(f"queued {len(ids)} runs of {name}" + (" (quick)" if quick else ""))
+        index = {c.name: i for i, c in enumerate(experiment.configs)}
+        records = [RunRecord(prompt=prompt, references=[{"path": p, "sha256": None} for p in refs], recipe=r,
+                             seed=r.get("seed", 0), name=config, experiment=name, config_index=index.get(config),
+                             source="tui") for config, r in runs]
+        ids = self.store.enqueue_many(records, batch=new_batch_id())
+        self.notify(f"queued {len(ids)} runs of {name}" + (" (quick)" if quick else "") +
+                    ": its grid and report are written when the last one ends")
         if ids:
             self.store_changed(ids[0], wake=True)
         return ids
 
+    # ---- experiment batches: the grid and report of `vlbench run`, once the last run ends ----
+    def check_batch(self, run_id: int) -> None:
+        run = self.store.get(run_id)
+        if run is None or not run.batch or not run.experiment:
+            return
+        counts = self.store.batch_counts([run.batch]).get(run.batch, {})
+        if counts.get("pending") or counts.get("running"):
+            return
+        from vlbench.tui.batch_export import EXPORTED
+
+        if self.store.get_state(EXPORTED + run.batch) or not (counts.get("done") or counts.get("failed")):
+            return
+        self.store.set_state(EXPORTED + run.batch, "writing")  # once, even if two events race here
+        self.run_worker(lambda: self._export_batch(run.batch, run.experiment), thread=True, group="export",
+                        exit_on_error=False)
+
+    def _export_batch(self, batch: str, experiment: str) -> None:
+        """On a thread: the batch's output folder; the result is notified on the UI thread."""
+        from vlbench.tui.batch_export import EXPORTED, export_batch
+
+        store = self.store
+        try:
+            out, images = export_batch(store, batch, models={"zimage": self.models.zimage, "vl": self.models.vl,
+                                                             "tiny": self.models.tiny})
+        except Exception as exc:  # noqa: BLE001 — the runs are safe in the store; say why the folder is not
+            log.exception("exporting batch %s", batch)
+            store.set_state(EXPORTED + batch, "")
+            self.call_from_thread(self.notify, f"{experiment}: the grid and report could not be written "
+                                               f"({type(exc).__name__}: {exc})", severity="error", timeout=10)
+            return
+        self.call_from_thread(self.notify, f"{experiment} finished ({images} images): grid and report in {out}",
+                              timeout=15)
+
     def check_action(self, action: str, parameters: tuple) -> bool | None:
         if len(self.screen_stack) > 1 and action in _FORM_ACTIONS:
-            return False  # a dialog is open: its keys only
+            from vlbench.tui.screens.image_view import ImageView
+
+            # a dialog is open: its keys only (the full-screen image has two of the app's)
+            return isinstance(self.screen, ImageView) and action in ("open_image", "copy_path")
         return True
 
     # ---- run operations (panes, details and palette call these) ----
@@ -442,9 +667,48 @@ class VlbenchApp(App[int]):
             self.job_worker.cancel_current()
         self.store_changed(run_id)
 
+    def cancel_runs(self, run_ids: list[int]) -> None:
+        """Cancel every pending or running run of these (a batch)."""
+        cancelled = [r for r in run_ids if self.store.cancel(r)]
+        if self.job_worker is not None and self.job_worker.current_run_id in cancelled:
+            self.job_worker.cancel_current()
+        self.notify(f"cancelled {_runs(len(cancelled))}" if cancelled else "nothing left to cancel there")
+        if cancelled:
+            self.store_changed(cancelled[0])
+
+    def cancel_all(self) -> None:
+        pending = self.store.count(status=("pending", "running"))
+        if not pending:
+            self.notify("the queue is empty")
+            return
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                current = self.job_worker.current_run_id if self.job_worker is not None else None
+                n = self.store.cancel_all()
+                if current is not None:
+                    self.job_worker.cancel_current()
+                self.notify(f"cancelled {_runs(n)}")
+                self.store_changed()
+
+        self.push_screen(Confirm(f"Cancel every queued run ({pending})? The running one stops at its next step."),
+                         answered)
+
     def mark_run(self, run_id: int) -> None:
-        self.marked_run = run_id
-        self.notify(f"marked run {run_id}: select another run and press F4 to compare")
+        """Mark a run for comparison (up to MAX_PICTURES - 1 marks, the oldest dropped); marking it again unmarks."""
+        before = set(self.marks)
+        if run_id in self.marks:
+            self.marks.remove(run_id)
+            self.notify(f"unmarked run {run_id}", timeout=2)
+        else:
+            self.marks = [*self.marks, run_id][-(MAX_PICTURES - 1):]
+            compare = keys.footer_label(keys.by_id()["compare"], self._keymap.get("compare"))
+            self.notify(f"marked run {run_id} ({len(self.marks)} marked): select another run, {compare} compares",
+                        timeout=3)
+        self.history.show_marks(before | set(self.marks))
+        self.queue_pane.reload()
+        if self.comparing:
+            self.update_preview()
 
     # ---- app actions (keys.APP) ----
     def action_help(self) -> None:
@@ -458,15 +722,15 @@ class VlbenchApp(App[int]):
         self.cancel_run(current)
 
     def action_pause(self) -> None:
-        if self.job_worker is None:
-            return
-        if self.job_worker.paused:
-            self.job_worker.resume()
-            self.notify("worker resumed")
-        else:
-            self.job_worker.pause()
-            self.notify("worker paused: the running job finishes, nothing new starts")
-        self.show_paused(self.job_worker.paused)
+        """Pause or resume the queue. The pause is the store's: saved across restarts, seen by every worker."""
+        pause = not self.paused
+        if self.job_worker is not None:
+            self.job_worker.pause() if pause else self.job_worker.resume()
+        else:  # the worker has not started (yet): it reads the store's pause when it does
+            self.store.set_paused(pause)
+        self.notify("queue paused: the running job finishes, nothing new starts (saved across restarts)" if pause
+                    else "queue resumed")
+        self.show_paused(pause)
 
     def action_toggle_reference(self) -> None:
         self.show_reference = not self.show_reference
@@ -474,11 +738,62 @@ class VlbenchApp(App[int]):
         self.update_preview()
 
     def action_compare(self) -> None:
-        if self.marked_run is None:
+        if not self.marks:
             self.notify("mark a run first (m in Queue or History), then select another", severity="warning")
             return
         self.comparing = not self.comparing
         self.update_preview()
+
+    def _selected_row(self):
+        run = self.store.get(self.selected_run) if self.selected_run is not None else None
+        if run is None:
+            self.notify("no run selected (Queue or History)", severity="warning")
+        elif not run.image or not Path(run.image).is_file():
+            self.notify(f"run {run.id} has no image ({run.status})", severity="warning")
+            return None
+        return run
+
+    def action_fullscreen(self) -> None:
+        run = self._selected_row()
+        if run is not None:
+            from vlbench.tui.screens.image_view import ImageView
+
+            self.push_screen(ImageView(run, self.preview.image_class))
+
+    def action_open_image(self) -> None:
+        """The image in the system's viewer (on the machine vlbench runs on: over SSH, the remote one)."""
+        import shutil
+        import subprocess
+
+        run = self._selected_row()
+        if run is None:
+            return
+        opener = next((c for c in ("xdg-open", "open") if shutil.which(c)), None)
+        if opener is None:
+            self.notify("no image viewer here (xdg-open / open): y copies the path instead", severity="warning")
+            return
+        subprocess.Popen([opener, run.image], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, start_new_session=True)
+        self.notify(f"opening {run.image}", timeout=3)
+
+    def action_copy_path(self) -> None:
+        run = self._selected_row()
+        if run is not None:
+            self.copy_to_clipboard(run.image)  # OSC 52: the terminal on the user's side sets its clipboard
+            self.notify(f"copied {run.image} (OSC 52; under tmux it needs set-clipboard on)", timeout=4)
+
+    async def action_quit(self) -> None:
+        running = self.job_worker.current_run_id if self.job_worker is not None else None
+        if running is None:
+            self.exit()
+            return
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self.exit()
+
+        self.push_screen(Confirm(f"Run {running} is generating. Quit anyway? (It goes back to the queue and runs "
+                                 "again at the next start.)"), answered)
 
     def action_add_reference(self) -> None:
         refs = self.inputs.references
@@ -495,17 +810,24 @@ class VlbenchApp(App[int]):
             if not path:
                 return
             try:
-                recipe = load_recipe(path)
+                values = read_recipe_file(path)
+                # over the form: the fields the file does not name stay as they are (checked as one recipe)
+                load_recipe(path, base=self.parameters.recipe or Recipe(**self.settings.recipe))
             except UserError as exc:
                 self.notify(render(exc), severity="error")
                 return
-            self.parameters.set_recipe(recipe)
-            self.inputs.vl_text = recipe.vl_text
-            self.notify(f"loaded {path}")
+            self.parameters.set_fields(values)
+            if "vl_text" in values:
+                self.inputs.vl_text = values["vl_text"]
+            named = ", ".join(values) or "no fields"
+            self.notify(f"loaded {path}: {named}" + ("" if len(values) > 8 else " (the rest of the form is kept)"))
 
         self.push_screen(FilePicker("Open a recipe (TOML)", suffixes=RECIPE_SUFFIXES), picked)
 
     def action_save_recipe(self) -> None:
+        self.after_typing(self._save_recipe)
+
+    def _save_recipe(self) -> None:
         recipe = self.parameters.validate()
         if recipe is None:
             self.notify(f"cannot save: {self.parameters.error}", severity="error")
@@ -536,31 +858,144 @@ class VlbenchApp(App[int]):
     def action_next_theme(self) -> None:
         names = sorted(self.available_themes)
         self.theme = names[(names.index(self.theme) + 1) % len(names)] if self.theme in names else names[0]
-        self.notify(f"theme: {self.theme}", timeout=2)
+        from textual.notifications import Notification, Notify
+
+        if self._theme_note is not None and self._theme_note in self._notifications:
+            self._unnotify(self._theme_note)  # one toast, replaced: pressing ctrl+t five times leaves one
+        self._theme_note = Notification(f"theme: {self.theme}", "", "information", 2, markup=False)
+        self.post_message(Notify(self._theme_note))
 
     def action_jump(self) -> None:
-        self.push_screen(JumpScreen(), lambda pane: self.action_focus_pane(pane) if pane else None)
+        def chosen(target: str | None) -> None:
+            if not target:
+                return
+            kind, _, name = target.partition(":")
+            if kind == "pane":
+                self.action_focus_pane(name)
+            else:
+                self.call_next(self.run_action, name)
+
+        self.push_screen(JumpScreen(), chosen)
 
     def action_focus_pane(self, name: str) -> None:
+        if name not in self.panes:
+            return
         targets = {"inputs": "#prompt", "parameters": "#param-form Input", "queue": "#queue-table",
                    "preview": "#preview", "history": "#history-table"}
-        self.query(targets[name]).first().focus()
+        target = self.query(targets[name]).first()
+        self.show_pane(name)
+        # At once, not later (Widget.focus): in a narrow terminal the pane that had focus is being hidden, and a
+        # widget hidden while it has focus hands it to a neighbour, or to nothing.
+        self.screen.set_focus(target)
+
+    # ---- the layout: which pane is active (has focus; in a narrow terminal, the one shown) ----
+    # The breakpoint classes on the Screen and the -active-pane class on one pane say it all (vlbench.tcss):
+    # a resize restyles everything at once, with no moment where a hidden pane holds the focus.
+    def on_resize(self, event: events.Resize) -> None:
+        self.layout_mode = layout.mode_for(event.size.width)
+        self.pane_bar.show(status=self.queue_pane.summary_text())
+
+    def show_pane(self, name: str) -> None:
+        """Make this the active pane: highlighted; in a narrow terminal, the one that fills the screen."""
+        if name == self.active_pane and self.panes[name].has_class("-active-pane"):
+            return
+        self.panes[self.active_pane].remove_class("-active-pane")
+        self.active_pane = name
+        self.panes[name].add_class("-active-pane")
+        self.query_one("#left").set_class(name in ("inputs", "parameters"), "-active-column")
+        self.pane_bar.show(active=name)
+        self.session_changed()
+
+    def on_descendant_focus(self, event: events.DescendantFocus) -> None:
+        for name, pane in self.panes.items():
+            if pane in event.widget.ancestors_with_self:
+                self.show_pane(name)
+                return
+
+    # ---- the session: the form, theme and layout, back at the next start ----
+    def session_state(self) -> Session:
+        return Session(prompt=self.query_one("#prompt", TextArea).text, references=self.inputs.references,
+                       vl_text=self.inputs.vl_text, parameters=self.parameters.raw_values(), theme=self.theme,
+                       pane=self.active_pane, follow=self.follow)
+
+    def session_changed(self) -> None:
+        if not self._session_ready or not self.use_session or not self.showing:
+            return
+        self._session = self.session_state()  # what a shutdown saves, whichever way the app ends
+        if self._session_timer is not None:
+            self._session_timer.stop()
+        self._session_timer = self.set_timer(SESSION_S, self.save_session)
+
+    def save_session(self) -> None:
+        if self._session_timer is not None:
+            self._session_timer.stop()
+        self._session_timer = None
+        if not self._session_ready or not self.use_session:
+            return
+        try:
+            if self.showing:
+                self._session = self.session_state()
+            if self._session is not None:
+                save_session(self._session)
+                self._session = None
+        except OSError as exc:  # a full disk must not take the workbench down
+            log.warning("session not saved: %s", exc)
+        except Exception:  # noqa: BLE001 — this also runs while the app exits after a crash: never raise there
+            log.exception("session not saved")
+
+    def restore_session(self) -> None:
+        session, problem = self._saved, self._saved_problem
+        if problem:
+            self.notify(problem, severity="warning")
+        if session is None:
+            return
+        self.query_one("#prompt", TextArea).load_text(session.prompt)
+        missing = [r for r in session.references if not Path(r).is_file()]
+        self.inputs.references = [r for r in session.references if r not in missing]
+        if missing:
+            self.notify(f"reference {missing[0]}: no longer there; left out of the form"
+                        + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""), severity="warning")
+        if session.vl_text is not None:
+            self.inputs.vl_text = session.vl_text
+        skipped = self.parameters.set_raw(session.parameters)
+        if session.vl_text is not None:
+            self.parameters.set_external("vl_text", session.vl_text)
+        if skipped:
+            self.notify(f"saved form: {', '.join(skipped)} no longer fit(s) the form; left at the default",
+                        severity="warning")
+        if session.theme and session.theme in self.available_themes:
+            self.theme = session.theme
+        self.set_follow(session.follow)  # (its pane was made active by compose)
 
     # ---- the command palette ----
+    def get_system_commands(self, screen):
+        """Textual's own palette commands, less "Theme": every theme is listed by name ("Theme: …")."""
+        for command in super().get_system_commands(screen):
+            if command.title != "Theme":
+                yield command
+
+    def get_key_display(self, binding: Binding) -> str:
+        """The footer shows a command's function key and the alternative that survives tmux ("f5 ^r")."""
+        command = keys.by_id().get(binding.id or "")
+        if command is not None and command.keys:
+            return keys.footer_label(command, self._keymap.get(command.id))
+        return super().get_key_display(binding)
+
     def palette_commands(self) -> list[tuple[str, str, Callable[[], Any]]]:
         out: list[tuple[str, str, Callable[[], Any]]] = []
         for c in keys.APP:
             if c.action == "queue_experiment" and not self._experiment_types():
                 continue
-            out.append((c.title.rstrip("…"), f"{c.help} · {keys.display_keys(c.keys)}",
+            out.append((c.title.rstrip("…"), f"{c.help} · {keys.with_go(c, self._keymap.get(c.id))}",
                         lambda a=c.action: self.run_action(a)))
         for pane, commands, where in ((self.queue_pane, keys.QUEUE, "Queue"),
                                       (self.history, keys.HISTORY, "History")):
             for c in commands:
                 out.append((f"{where}: {c.title}", f"{c.help} · {keys.display_keys(c.keys)}",
                             lambda a=c.action, p=pane: self.run_action(a, p)))
-        for _, _, pane, title in PANES:
-            out.append((f"Go to {title}", f"focus the {title} pane", lambda p=pane: self.action_focus_pane(p)))
+        for c in keys.PANES:
+            out.append((f"Go to {c.title}", f"focus the {c.title} pane · {keys.with_go(c, self._keymap.get(c.id))}",
+                        lambda p=keys.pane_of(c): self.action_focus_pane(p)))
         for t in self._experiment_types():
             out.append((f"Queue experiment: {t.name}", t.description,
                         lambda n=t.name: self.queue_experiment(n)))
@@ -580,6 +1015,10 @@ class VlbenchApp(App[int]):
 
         log_crash(error)
         super()._handle_exception(error)
+
+
+def _runs(n: int) -> str:
+    return f"{n} run" + ("s" if n != 1 else "")
 
 
 def build_engine(spec: ModelSpec, on_status: Callable[[str], None]):

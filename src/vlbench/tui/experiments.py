@@ -32,3 +32,22 @@ def expand(experiment, quick: bool, form, seeds: list[int]) -> list[tuple[str, d
         for seed in seeds:
             out.append((named.name, named.recipe.replace(seed=seed).to_dict()))
     return out
+
+
+def overrides(form, runs: list[tuple[str, dict]]) -> dict[str, tuple[object, list]]:
+    """field -> (the form's value, the values the experiment's configs give it) for every field the configs
+    set to something other than the form's value: what queueing the experiment replaces (seed aside)."""
+    mine = form.to_dict()
+    out: dict[str, tuple[object, list]] = {}
+    for _, recipe in runs:
+        for key, value in recipe.items():
+            if key == "seed" or value == mine.get(key):
+                continue
+            values = out.setdefault(key, (mine.get(key), []))[1]
+            if value not in values:
+                values.append(value)
+    # fields where some configs keep the form's value still show it among the values
+    for key, (value, values) in out.items():
+        if any(recipe.get(key) == value for _, recipe in runs) and value not in values:
+            values.insert(0, value)
+    return out

@@ -52,6 +52,37 @@ def recipe_summary(recipe: dict, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def _value(value) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
+    return str(value)
+
+
+def varying_fields(recipes: list[dict], ignore: tuple[str, ...] = ("seed",)) -> list[str]:
+    """The recipe fields whose value differs between these recipes (seed has a column of its own)."""
+    if len(recipes) < 2:
+        return []
+    keys: list[str] = []
+    for recipe in recipes:
+        keys.extend(k for k in recipe if k not in keys)
+    out = []
+    for key in keys:
+        if key in ignore:
+            continue
+        first = recipes[0].get(key)
+        if any(r.get(key) != first for r in recipes[1:]):
+            out.append(key)
+    return out
+
+
+def differs(recipe: dict, fields: list[str], limit: int = 60) -> str:
+    """'layer=-5 alpha=0.3': this recipe's values of the fields that set it apart from its batch."""
+    text = " ".join(f"{key}={_value(recipe.get(key))}" for key in fields)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def when(timestamp: float | None) -> str:
     if timestamp is None:
         return ""

@@ -35,7 +35,7 @@ def _ask_the_terminal_early() -> threading.Thread:
     return thread
 
 
-def run_tui(flags: dict, debug: bool = False) -> int:
+def run_tui(flags: dict, debug: bool = False, paused: bool = False) -> int:
     """Run the workbench until the user quits; the exit code (0, or 1 after a crash)."""
     query = _ask_the_terminal_early()
     from vlbench.config import load_settings
@@ -51,7 +51,7 @@ def run_tui(flags: dict, debug: bool = False) -> int:
 
     app = None
     try:
-        app = VlbenchApp(settings, models)
+        app = VlbenchApp(settings, models, paused=paused)
         app.run()
     except UserError:
         raise

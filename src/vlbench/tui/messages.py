@@ -38,9 +38,9 @@ class RecipeChanged(Message):
 
 
 class InputsChanged(Message):
-    """The VL text choice in the Inputs pane changed (it is the recipe's `vl_text`)."""
+    """The Inputs pane changed: the VL text choice (the recipe's `vl_text`), or the references (vl_text None)."""
 
-    def __init__(self, vl_text: str) -> None:
+    def __init__(self, vl_text: str | None) -> None:
         super().__init__()
         self.vl_text = vl_text
 

@@ -1,6 +1,13 @@
-"""Choose an experiment type to queue: each of its configs × each seed of the form, with the current inputs."""
+"""Choose an experiment type to queue: each of its configs × each seed of the form, with the current inputs.
+
+Before anything is queued the dialog says how many runs the highlighted type makes and which of the
+form's fields its configs set to other values (an experiment varies the conditioning; the form keeps
+its prompt, references, seeds, steps and size): Enter queues exactly that.
+"""
 
 from __future__ import annotations
+
+from typing import Callable
 
 from rich.text import Text
 from textual import on
@@ -8,7 +15,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
-from textual.widgets import Label, OptionList, Switch
+from textual.widgets import Label, OptionList, Static, Switch
 from textual.widgets.option_list import Option
 
 
@@ -20,9 +27,10 @@ class ChooseExperiment(ModalScreen[tuple[str, bool] | None]):
         Binding("ctrl+k", "toggle_quick", "Quick", id="experiment.quick"),
     ]
 
-    def __init__(self, types: list) -> None:
+    def __init__(self, types: list, describe: Callable[[str, bool], Text] | None = None) -> None:
         super().__init__()
         self.types = types
+        self.describe = describe  # (type name, quick) -> what Enter would queue
 
     def compose(self) -> ComposeResult:
         with Vertical(id="experiment", classes="dialog"):
@@ -32,12 +40,36 @@ class ChooseExperiment(ModalScreen[tuple[str, bool] | None]):
             with Horizontal(id="experiment-quick-row"):
                 yield Switch(False, id="experiment-quick")
                 yield Label("quick: only the configs marked quick (ctrl+k)")
-            yield Label("Enter: queue all its configs · Esc: cancel", classes="dialog-hint")
+            yield Static("", id="experiment-plan")
+            yield Label("Enter: queue these runs · Esc: cancel", classes="dialog-hint")
 
     def on_mount(self) -> None:
         options = self.query_one(OptionList)
         options.highlighted = 0
         options.focus()
+        self._plan()
+
+    def _current(self) -> str | None:
+        options = self.query_one(OptionList)
+        if options.highlighted is None:
+            return None
+        return str(options.get_option_at_index(options.highlighted).id)
+
+    def _plan(self) -> None:
+        name = self._current()
+        plan = self.query_one("#experiment-plan", Static)
+        if name is None or self.describe is None:
+            plan.update("")
+            return
+        plan.update(self.describe(name, self.query_one(Switch).value))
+
+    @on(OptionList.OptionHighlighted)
+    def _highlighted(self) -> None:
+        self._plan()
+
+    @on(Switch.Changed)
+    def _quick(self) -> None:
+        self._plan()
 
     @on(OptionList.OptionSelected)
     def _chosen(self, event: OptionList.OptionSelected) -> None:

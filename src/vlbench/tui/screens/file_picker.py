@@ -80,6 +80,23 @@ class FilePicker(ModalScreen[str | None]):
         if not self.save and not path.is_file():
             self.notify(f"{value}: no such file", severity="error")
             return
+        if self.save and not path.parent.is_dir():
+            # The dialog stays, with the typed path: create the folder, or edit the path.
+            from vlbench.tui.screens.confirm import Confirm
+
+            def create(yes: bool | None) -> None:
+                if not yes:
+                    self.query_one("#picker-path", Input).focus()
+                    return
+                try:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                except OSError as exc:
+                    self.notify(f"{path.parent}: cannot create it ({exc.strerror})", severity="error")
+                    return
+                self.dismiss(str(path))
+
+            self.app.push_screen(Confirm(f"Folder {path.parent} does not exist. Create it?"), create)
+            return
         self.dismiss(str(path))
 
     @on(DirectoryTree.FileSelected)

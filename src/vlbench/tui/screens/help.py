@@ -1,4 +1,6 @@
-"""The help screen (F1 or ?): every key binding, where it works, and its id for config.toml [keys]."""
+"""The help screen (F1, ?, or ctrl+g ?): every key, where it works, what it does, and its id for config.toml
+[keys]. Every way to a command is listed: its keys as configured, then ctrl+g and its letter (the way
+that works in every terminal). The command's text comes last, so the narrow columns stay in view."""
 
 from __future__ import annotations
 
@@ -24,17 +26,21 @@ class HelpScreen(ModalScreen[None]):
         with Vertical(id="help", classes="dialog"):
             yield Label("vlbench key bindings", id="help-title")
             yield DataTable(id="help-table", cursor_type="row", zebra_stripes=True)
-            yield Label(Text(f"Rebind any command in {self.config_path} under [keys], by id. Esc closes."),
+            yield Label(Text(f"Keys that tmux or an SSH client swallows (F-keys, ctrl+⏎): use the ctrl or ctrl+g "
+                             f"one. Rebind any command in {self.config_path} under [keys], by id. Esc closes."),
                         classes="dialog-hint")
 
     def on_mount(self) -> None:
         table = self.query_one(DataTable)
-        table.add_columns("keys", "where", "command", "id")
-        for where, commands in (("anywhere", keys.APP), ("Queue", keys.QUEUE), ("History", keys.HISTORY)):
+        table.add_column("keys", width=32)
+        table.add_column("id", width=22)
+        table.add_column("where", width=16)
+        table.add_column("command")
+        for where, commands in keys.every_command():
             for c in commands:
-                table.add_row(keys.display_keys(self.overrides.get(c.id, c.keys)), where, c.help, c.id)
-        for key, text in keys.BUILTIN:
-            table.add_row(key, "anywhere", text, "")
+                table.add_row(Text(keys.with_go(c, self.overrides.get(c.id))), c.id, where, Text(c.help))
+        for key, where, text in keys.BUILTIN:
+            table.add_row(key, "", where, text)
         table.focus()
 
     def action_close(self) -> None:

@@ -1,30 +1,45 @@
-"""Jump to a pane: ctrl+g, then its number or initial (as Posting's jump mode). Escape stays put."""
+"""The go menu (ctrl+g): a pane by its number or initial, or any global command by one letter.
+
+Posting's jump mode, extended: it is also the way to every F-key command in a terminal (or an SSH
+client, or tmux) that does not pass function keys. The letters come from keys.py. Escape stays put.
+"""
 
 from __future__ import annotations
 
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Vertical
+from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Label
 
-PANES = [("1", "i", "inputs", "Inputs"), ("2", "p", "parameters", "Parameters"), ("3", "q", "queue", "Queue"),
-         ("4", "v", "preview", "Preview"), ("5", "h", "history", "History")]
+from vlbench.tui import keys
 
 
 class JumpScreen(ModalScreen[str | None]):
+    """Dismisses with "pane:<name>", "action:<app action>" or None."""
+
     BINDINGS = [
-        *[Binding(f"{number},{letter}", f"jump('{pane}')", title, id=f"jump.{pane}")
-          for number, letter, pane, title in PANES],
-        Binding("escape,ctrl+g", "jump('')", "Stay", id="jump.cancel"),
+        *[Binding(f"{c.go},{keys.PANE_LETTERS[keys.pane_of(c)]}", f"choose('pane:{keys.pane_of(c)}')", c.title,
+                  id=f"go.{c.id}") for c in keys.PANES],
+        *[Binding(c.go, f"choose('action:{c.action}')", c.title, id=f"go.{c.id}") for c in keys.APP if c.go],
+        Binding(f"escape,{keys.GO}", "choose('')", "Stay", id="go.cancel"),
     ]
 
     def compose(self) -> ComposeResult:
         with Vertical(id="jump", classes="dialog"):
-            yield Label("Jump to", id="jump-title")
-            for number, letter, _, title in PANES:
-                yield Label(f"  {number}  {title}  ({letter})")
+            yield Label("Go to a pane, or run a command", id="jump-title")
+            with Horizontal(id="jump-columns"):
+                with Vertical(classes="jump-column"):
+                    for c in keys.PANES:
+                        letter = keys.PANE_LETTERS[keys.pane_of(c)]
+                        yield Label(Text.assemble((f" {c.go} ", "bold"), f" {c.title} ",
+                                                  (f"({letter}, {keys.key_name(c.keys)})", "dim")))
+                with Vertical(classes="jump-column"):
+                    for c in keys.APP:
+                        if c.go:
+                            yield Label(Text.assemble((f" {keys.key_name(c.go)} ", "bold"), f" {c.title.rstrip('…')}"))
             yield Label("Esc: stay", classes="dialog-hint")
 
-    def action_jump(self, pane: str) -> None:
-        self.dismiss(pane or None)
+    def action_choose(self, target: str) -> None:
+        self.dismiss(target or None)

@@ -3,10 +3,15 @@
 The table never holds the whole store: it loads PAGE rows and the next page when the cursor comes
 within MARGIN rows of the end, so 100 000 runs open as fast as 100. Filtering (text, status) and
 sorting are the store's (indexed SQL); the title counts the matches. Metric columns (from `vlbench
-score`) appear once a loaded run has metrics, and the sort key then cycles through them too.
+score`) appear once a loaded run has metrics, and the sort key then cycles through them too. The first
+columns are the ones a narrow pane must still show: the run (its status as colour, ● when marked), its
+seed, and the recipe fields that set it apart within its batch. Runs queued while the cursor is further
+down are announced in the title ("↑ 3 new") instead of appearing out of sight.
 """
 
 from __future__ import annotations
+
+import time
 
 from rich.text import Text
 from textual import on
@@ -19,7 +24,7 @@ from textual.widgets import DataTable, Input, Label
 from vlbench.metrics import METRICS, format_value
 from vlbench.store import METRIC_SORT_PREFIX, SORTS, STATUSES, RunRow
 from vlbench.tui import keys
-from vlbench.tui.format import prompt_line, recipe_summary, run_label, size, status_text, when
+from vlbench.tui.format import STATUS_STYLE, prompt_line, run_label, size, status_text, when
 from vlbench.tui.messages import OpenRun, RunHighlighted
 from vlbench.tui.widgets.choice import ChoiceField
 
@@ -48,6 +53,9 @@ class HistoryPane(Vertical):
         self.exhausted = False
         self.metric_columns: list[str] = []  # metric names shown, in METRICS order
         self._filter_timer: Timer | None = None
+        self._top_id: int | None = None  # the newest run the user has seen at the top
+        self.new_above = 0  # runs added above the cursor since
+        self._placed: tuple[str, float] | None = None  # (run, when) the code last put the cursor on
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="history-bar"):
@@ -58,10 +66,9 @@ class HistoryPane(Vertical):
 
     def on_mount(self) -> None:
         table = self.query_one(HistoryTable)
-        for label, key, width in [("#", "id", 6), ("time", "time", 11), ("status", "status", 9),
-                                  ("experiment/config", "run", 24), ("prompt", "prompt", 28),
-                                  ("recipe", "recipe", 30), ("seed", "seed", 6), ("steps", "steps", 5),
-                                  ("size", "size", 9)]:
+        for label, key, width in [("#", "id", 7), ("seed", "seed", 6), ("run · what differs", "run", 30),
+                                  ("status", "status", 9), ("prompt", "prompt", 30), ("time", "time", 11),
+                                  ("steps", "steps", 5), ("size", "size", 9)]:
             table.add_column(label, key=key, width=width)
         self._show_sort()
 
@@ -94,11 +101,34 @@ class HistoryPane(Vertical):
         self.loaded = 0
         self._add(rows)
         self.exhausted = len(rows) < want
-        if keep is not None and str(keep) in table.rows:
+        browsing = table.has_focus or not getattr(self.app, "follow", True)
+        if keep is not None and browsing and str(keep) in table.rows:
             table.move_cursor(row=table.get_row_index(str(keep)), animate=False)
         elif table.row_count:
-            table.move_cursor(row=min(row_index, table.row_count - 1) if keep_cursor else 0, animate=False)
+            table.move_cursor(row=min(row_index, table.row_count - 1) if keep_cursor and browsing else 0,
+                              animate=False)
+        self._placed_cursor()
+        self._new_above(rows)
         self._count()
+
+    def _placed_cursor(self) -> None:
+        """The cursor was moved by code (a reload), not by the user: its highlight must not pick a run."""
+        table = self.table
+        if table.row_count:
+            key = table.coordinate_to_cell_key((table.cursor_row, 0)).row_key.value
+            self._placed = (str(key), time.monotonic())
+
+    def _new_above(self, rows: list[RunRow]) -> None:
+        """Count the runs that arrived above the cursor (newest-first views only) and say so in the title."""
+        newest = max((r.id for r in rows), default=None)
+        if self._top_id is None or self.table.cursor_row == 0 or not self.descending or \
+                self.sort not in ("created_at", "id"):
+            self._top_id, self.new_above = newest, 0
+        else:
+            self.new_above = sum(1 for r in rows if r.id > self._top_id)
+        title = f"History · ↑ {self.new_above} new (Home)" if self.new_above else "History"
+        if title != self.border_title:
+            self.border_title = title
 
     def refresh_runs(self, run_ids: set[int]) -> None:
         """The worker moved runs to another state (it never adds runs): update the rows loaded in place.
@@ -114,6 +144,7 @@ class HistoryPane(Vertical):
                 row = self.app.store.get(run_id)
                 if row is not None:
                     table.update_cell(str(run_id), "status", status_text(row.status))
+                    table.update_cell(str(run_id), "id", self._ident(row))
 
     def load_more(self) -> None:
         if self.exhausted:
@@ -130,12 +161,33 @@ class HistoryPane(Vertical):
             if key in table.rows:  # a run that moved between pages while new ones were added
                 continue
             # User text goes in as Text: a DataTable reads plain strings as markup.
-            table.add_row(key, when(row.created_at), status_text(row.status), Text(run_label(row)),
-                          Text(prompt_line(row.prompt, 40)), Text(recipe_summary(row.recipe)), str(row.seed),
-                          str(row.recipe.get("steps", "")), size(row.recipe),
+            table.add_row(self._ident(row), str(row.seed), self._run_text(row), status_text(row.status),
+                          Text(prompt_line(row.prompt, 40)), when(row.created_at), str(row.recipe.get("steps", "")),
+                          size(row.recipe),
                           *(Text(format_value(row.metrics.get(m)), justify="right") for m in self.metric_columns),
                           key=key)
         self.loaded += len(rows)
+
+    def _ident(self, row: RunRow) -> Text:
+        marked = row.id in getattr(self.app, "marks", ())
+        return Text.assemble(("● " if marked else "  ", "bold magenta"),
+                             (str(row.id), STATUS_STYLE.get(row.status, "")))
+
+    def _run_text(self, row: RunRow) -> Text:
+        label = run_label(row)
+        text = Text()
+        if label != "·":
+            text.append(label + " ", style="bold")
+        text.append(self.app.batches.distinguishing(row, 60), style="cyan")
+        return text
+
+    def show_marks(self, run_ids: set[int]) -> None:
+        """Redraw the id cell of these runs (marked or unmarked)."""
+        for run_id in run_ids:
+            if str(run_id) in self.table.rows:
+                row = self.app.store.get(run_id)
+                if row is not None:
+                    self.table.update_cell(str(run_id), "id", self._ident(row))
 
     def _metric_columns(self, rows: list[RunRow]) -> None:
         """Add a column for each metric a run about to be shown has (columns are never taken away)."""
@@ -196,6 +248,21 @@ class HistoryPane(Vertical):
         if self.selected_id is not None:
             self.app.delete_run(self.selected_id)
 
+    def action_unselect(self) -> None:
+        """Escape: in the filter, clear it; on the table, leave the run (the Preview follows new results)."""
+        field = self.query_one("#history-filter", Input)
+        if field.has_focus:
+            if field.value:
+                field.value = ""
+                self.text = ""
+                self.reload(keep_cursor=False)
+            self.table.focus()
+            return
+        if self.table.row_count:
+            self.table.move_cursor(row=0, animate=False)
+            self._placed_cursor()
+        self.app.unselect()
+
     # ---- events ----
     @on(Input.Changed, "#history-filter")
     def _filter(self, event: Input.Changed) -> None:
@@ -222,9 +289,18 @@ class HistoryPane(Vertical):
         event.stop()
         if event.cursor_row >= self.table.row_count - MARGIN:
             self.load_more()
+        key = event.row_key.value
+        if key is None or event.cursor_row != self.table.cursor_row:
+            return  # a position the cursor already left (a reload clears the table, then places it)
         # Only the user's own moves pick what the Preview shows, not a reload after a store change.
-        if event.row_key.value is not None and event.data_table.has_focus:
-            self.post_message(RunHighlighted(int(event.row_key.value), "history"))
+        placed, self._placed = self._placed, None
+        if placed is not None and placed[0] == key and time.monotonic() - placed[1] < 1.0:
+            return
+        if event.cursor_row == 0 and self.new_above:
+            self._top_id, self.new_above = int(key), 0
+            self.border_title = "History"
+        if event.data_table.has_focus:
+            self.post_message(RunHighlighted(int(key), "history"))
 
     def on_descendant_focus(self, event) -> None:
         if event.widget is self.table and self.selected_id is not None:

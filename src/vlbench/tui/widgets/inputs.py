@@ -1,7 +1,10 @@
 """The Inputs pane: reference images, the prompt, and what the VL reads as text.
 
 A reference is typed (with completion) and added with Enter, or picked with F2; each gets its
-own vision block. The VL text is the recipe's `vl_text`: the prompt, none (image only) or custom.
+own vision block. A reference is checked when it is added: a file that is missing or that is not an
+image is refused there, in the workbench's words, not when its run fails. References are kept as
+absolute paths (a relaunch from another folder still finds them). The VL text is the recipe's
+`vl_text`: the prompt, none (image only) or custom.
 """
 
 from __future__ import annotations
@@ -15,30 +18,89 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Input, Label, OptionList, TextArea
 
+from vlbench.errors import UserError
 from vlbench.recipe import VLText
-
-VL_TEXT_PROMPT, VL_TEXT_NONE = VLText.PROMPT.value, VLText.NONE.value
 from vlbench.tui.messages import InputsChanged
 from vlbench.tui.suggest import IMAGE_SUFFIXES, PathSuggester
 from vlbench.tui.widgets.choice import ChoiceField
+from vlbench.tui.wording import render
 
+VL_TEXT_PROMPT, VL_TEXT_NONE = VLText.PROMPT.value, VLText.NONE.value
 VL_MODES = [("the prompt", VL_TEXT_PROMPT), ("none (image only)", VL_TEXT_NONE), ("custom text", "custom")]
 
 
+def check_image(path: str) -> str:
+    """The reference's absolute path, or a UserError naming it: no such file, a folder, not an image."""
+    resolved = Path(path).expanduser()
+    if resolved.is_dir():
+        raise UserError("is a folder; pick an image file", field="image", value=path)
+    if not resolved.is_file():
+        raise UserError("no such file", field="image", value=path)
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(resolved) as im:
+            im.verify()  # the header and the data's integrity, without decoding the pixels
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        why = "not an image" if isinstance(exc, UnidentifiedImageError) else f"a damaged image ({exc})"
+        raise UserError(f"{why}; pick a PNG, JPEG, WebP, … file", field="image", value=path) from None
+    return str(resolved.resolve())
+
+
 class ReferenceList(OptionList):
+    """The references added. Removing one takes a highlight the user chose (↑/↓), or asks which first."""
+
     BINDINGS = [Binding("delete,backspace,x", "remove", "Remove ref", id="inputs.remove_reference")]
+    chosen = False  # the user moved the highlight since the list got focus
+
+    def on_focus(self) -> None:
+        self.chosen = False
+        if self.highlighted is None and self.option_count:
+            self.highlighted = self.option_count - 1  # visible before anything is removed
+
+    def action_cursor_up(self) -> None:
+        self.chosen = True
+        super().action_cursor_up()
+
+    def action_cursor_down(self) -> None:
+        self.chosen = True
+        super().action_cursor_down()
+
+    def action_first(self) -> None:
+        self.chosen = True
+        super().action_first()
+
+    def action_last(self) -> None:
+        self.chosen = True
+        super().action_last()
 
     def action_remove(self) -> None:
-        if self.highlighted is not None:
-            self.remove_option_at_index(self.highlighted)
-            self.set_class(self.option_count == 0, "-empty")
+        index = self.highlighted
+        if index is None:
+            self.notify("↑/↓ picks the reference to remove", severity="warning")
+            return
+        if self.chosen:
+            self._remove(index)
+            return
+        from vlbench.tui.screens.confirm import Confirm
+
+        name = Path(str(self.get_option_at_index(index).prompt)).name
+        self.app.push_screen(Confirm(f"Remove reference {name}? (↑/↓ picks another)"),
+                             lambda yes: self._remove(index) if yes else None)
+
+    def _remove(self, index: int) -> None:
+        if index < self.option_count:
+            self.remove_option_at_index(index)
+        self.set_class(self.option_count == 0, "-empty")
+        self.chosen = True
+        self.post_message(InputsChanged(None))
 
 
 class InputsPane(Vertical):
     BORDER_TITLE = "Inputs"
 
     def compose(self) -> ComposeResult:
-        yield Label("reference image(s) — Enter adds, F2 browses", classes="field-label")
+        yield Label("references: Enter adds · F2 or ^f browses", classes="field-label")
         yield Input(placeholder="path/to/reference.png", id="ref-path", suggester=PathSuggester(IMAGE_SUFFIXES),
                     compact=True)
         yield ReferenceList(id="ref-list", classes="-empty")
@@ -62,8 +124,13 @@ class InputsPane(Vertical):
     def references(self) -> list[str]:
         refs = [str(option.prompt) for option in self.query_one(ReferenceList).options]
         typed = self.query_one("#ref-path", Input).value.strip()
-        if typed and Path(typed).expanduser().is_file() and str(Path(typed).expanduser()) not in refs:
-            refs.append(str(Path(typed).expanduser()))  # typed but not yet added: still meant
+        if typed:  # typed but not yet added: still meant, if it is an image
+            try:
+                path = check_image(typed)
+            except UserError:
+                return refs
+            if path not in refs:
+                refs.append(path)
         return refs
 
     @references.setter
@@ -73,6 +140,7 @@ class InputsPane(Vertical):
         refs.add_options([Text(p) for p in paths])
         refs.set_class(not paths, "-empty")
         self.query_one("#ref-path", Input).value = ""
+        self.post_message(InputsChanged(None))
 
     @property
     def vl_text(self) -> str:
@@ -89,18 +157,20 @@ class InputsPane(Vertical):
             self.query_one("#vl-custom", Input).value = value
 
     def add_reference(self, path: str) -> bool:
-        resolved = Path(path).expanduser()
         field = self.query_one("#ref-path", Input)
-        if not resolved.is_file():
+        try:
+            resolved = check_image(path)
+        except UserError as exc:
             field.add_class("-invalid")
-            self.notify(f"reference {path}: no such file", severity="error")
+            self.notify(render(exc), severity="error")
             return False
         refs = self.query_one(ReferenceList)
-        if str(resolved) not in [str(o.prompt) for o in refs.options]:
-            refs.add_option(Text(str(resolved)))
+        if resolved not in [str(o.prompt) for o in refs.options]:
+            refs.add_option(Text(resolved))
         refs.remove_class("-empty")
         field.value = ""
         field.remove_class("-invalid")
+        self.post_message(InputsChanged(None))
         return True
 
     # ---- events ----

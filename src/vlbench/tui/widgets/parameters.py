@@ -93,20 +93,54 @@ class ParametersPane(Vertical):
         return editor.value  # Input
 
     def set_recipe(self, recipe: Recipe, seeds: list[int] | None = None) -> None:
-        """Show a recipe (loaded from a file, or a past run's) in the form."""
-        for name, row in self._rows.items():
-            spec, editor, value = row.spec, row.editor, getattr(recipe, name)
+        """Show a recipe (a past run's) in the form: every field."""
+        self.set_fields(recipe.to_dict(), seeds)
+
+    def set_fields(self, values: dict[str, Any], seeds: list[int] | None = None) -> None:
+        """Set these fields (e.g. the ones a partial recipe file names); every other field stays as it is."""
+        for name, value in values.items():
+            row = self._rows.get(name)
+            if row is None:
+                if name in self.external:
+                    self.external[name] = value
+                continue
+            spec, editor = row.spec, row.editor
             if isinstance(editor, ChoiceField):
                 editor.value = value if value is not None else BLANK
             elif isinstance(editor, VLTextField):
                 editor.value = value
             elif spec.kind == "seeds":
-                editor.value = ", ".join(str(s) for s in (seeds or [recipe.seed]))
+                editor.value = ", ".join(str(s) for s in (seeds or [value]))
             else:
                 editor.value = format_value(spec, value)
-        for name in self.external:
-            self.external[name] = getattr(recipe, name)
         self.validate()
+
+    def raw_values(self) -> dict[str, Any]:
+        """Every field as its editor holds it (text as typed, even when invalid): what a session saves."""
+        return {name: self._raw(row.spec) for name, row in self._rows.items()}
+
+    def set_raw(self, values: dict[str, Any]) -> list[str]:
+        """Put back what raw_values() gave; returns the fields whose saved value no longer fits the form."""
+        skipped = []
+        for name, value in values.items():
+            row = self._rows.get(name)
+            if row is None:
+                skipped.append(name)
+                continue
+            editor = row.editor
+            if isinstance(editor, ChoiceField):
+                if value is None and any(v is BLANK for _, v in editor.options):
+                    editor.value = BLANK
+                elif any(v == value and type(v) is type(value) for _, v in editor.options):
+                    editor.value = value
+                else:
+                    skipped.append(name)
+            elif isinstance(value, str):
+                editor.value = value
+            else:
+                skipped.append(name)
+        self.validate()
+        return skipped
 
     def set_external(self, name: str, value: Any) -> None:
         self.external[name] = value
@@ -175,4 +209,6 @@ class ParametersPane(Vertical):
                     text = f"{current}: {spec.choice_help[spec.choices.index(current)]}"
             default = format_value(spec, spec.default) or ("not set" if spec.optional else "empty")
             applies = f" · has an effect only {spec.when}" if spec.when else ""
-            help_line.update(Text(f"{spec.name}: {text} · default {default}{applies}" if text else spec.name))
+            # A fixed-height line: a repaint, not a layout of the whole screen, on every Tab.
+            help_line.update(Text(f"{spec.name}: {text} · default {default}{applies}" if text else spec.name),
+                             layout=False)

@@ -1,12 +1,16 @@
-"""The Queue pane: the model status, the running job's progress, pending runs in order, recent results.
+"""The Queue pane: the model status, the running job's progress, the queue's total ETA, then the runs.
 
-Rows come from the store (running, then pending by position, then the latest finished runs).
-Progress events update the bar in place; only state changes re-read the store.
+Rows come from the store: running, then pending by position, then the latest finished runs (those the
+user has not cleared away). The runs of one batch (F6 seeds, F7 an experiment) share one row with
+their progress (n/N), expandable with Enter or space; every run shows its seed and the recipe fields
+that set it apart within its batch. Progress events update the bar in place; only state changes
+re-read the store.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 from rich.text import Text
 from textual import on
@@ -17,12 +21,26 @@ from textual.widgets import DataTable, ProgressBar, Static
 
 from vlbench.store import FINISHED, RunRow
 from vlbench.tui import keys
-from vlbench.tui.format import prompt_line, run_label, status_text
+from vlbench.tui.format import STATUS_STYLE, prompt_line, run_label
 from vlbench.tui.messages import OpenRun, RunHighlighted
 
 SHOWN_PENDING = 30  # the table shows this many queued runs (a screenful); the title counts them all
 SHOWN_FINISHED = 8
 PROGRESS_S = 0.1  # the progress line is redrawn at most this often
+ETA_S = 2.0  # the steps still queued (a JSON read of every pending run) are summed at most this often
+CLEARED = "queue_cleared_at"  # state: finished runs before this time are no longer shown in the Queue
+DISMISSED = "queue_dismissed"  # state: finished runs taken out of the Queue one by one (History keeps them)
+GLYPH = {"pending": "·", "running": "▶", "done": "✓", "failed": "✗", "cancelled": "–"}
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One row of the table: a run, or a batch of runs (kind 'batch', `key` its batch id)."""
+
+    kind: str  # "run" | "batch"
+    key: int | str
+    cells: tuple[Text, Text, Text]
+    run: RunRow | None = None
 
 
 class QueueTable(DataTable):
@@ -36,24 +54,33 @@ class QueuePane(Vertical):
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
-        self._ids: list[int] = []  # the run in each row (slot)
-        self._cells: dict[int, tuple[str, str, str]] = {}  # what each slot shows
+        self._entries: list[Entry] = []  # what each row (slot) shows
+        self._shown: dict[int, tuple] = {}  # the cells each slot shows, compared before touching the table
         self._progress_shown = 0.0  # when the progress line was last drawn
+        self.expanded: set[str] = set()  # batches shown run by run
+        self.sec_per_step: float | None = None  # measured on the running job: the queue's ETA
+        self._job_left_s: float = 0.0
+        self._pending = (0, 0)  # (runs, steps) waiting
+        self._pending_read = 0.0  # when the steps still queued were last summed
+        self._summary_shown = ""
+
     def compose(self) -> ComposeResult:
         self._status = Static("worker starting…", id="model-status")
-        self._bar = ProgressBar(total=None, show_eta=False, show_percentage=False, id="progress")
+        self._summary = Static("", id="queue-summary")
         self._label = Static("", id="progress-label")
-        self._progress_row = Horizontal(self._bar, self._label, id="progress-row")
+        self._bar = ProgressBar(total=None, show_eta=False, show_percentage=False, id="progress")
+        self._progress_row = Horizontal(self._label, self._bar, id="progress-row")
         self._table = QueueTable(id="queue-table", cursor_type="row", zebra_stripes=False)
         yield self._status
+        yield self._summary
         yield self._progress_row
         yield self._table
 
     def on_mount(self) -> None:
         table = self._table
-        table.add_column("#", key="id", width=5)
-        table.add_column("status", key="status", width=9)
-        table.add_column("run", key="run")
+        table.add_column("#", key="id", width=7)
+        table.add_column("seed", key="seed", width=5)
+        table.add_column("run · what differs · prompt", key="run")
         self._progress_row.display = False
 
     # ---- data ----
@@ -62,60 +89,147 @@ class QueuePane(Vertical):
         return self._table
 
     @property
-    def selected_id(self) -> int | None:
+    def selected(self) -> Entry | None:
         row = self._table.cursor_row
-        return self._ids[row] if 0 <= row < len(self._ids) else None
+        return self._entries[row] if 0 <= row < len(self._entries) else None
+
+    @property
+    def selected_id(self) -> int | None:
+        entry = self.selected
+        return entry.key if entry is not None and entry.kind == "run" else None  # type: ignore[return-value]
 
     def selected_row(self) -> RunRow | None:
         run_id = self.selected_id
         return self.app.store.get(run_id) if run_id is not None else None
 
-    def reload(self) -> None:
+    def _selected_runs(self) -> list[int]:
+        """The selected run, or every loaded run of the selected batch."""
+        entry = self.selected
+        if entry is None:
+            return []
+        if entry.kind == "run":
+            return [entry.key]  # type: ignore[list-item]
+        return [r.id for r in self.app.store.batch_runs(str(entry.key))]
+
+    def reload(self, exact: bool = False) -> None:
+        """Re-read the store. While a queue drains this runs several times a second: the queue's step total (for
+        its ETA) is re-summed every ETA_S, or at once with `exact` (the user queued or removed runs)."""
         store = self.app.store
         queued = store.queue(limit=SHOWN_PENDING)
-        finished = store.history(limit=SHOWN_FINISHED, status=FINISHED, sort="finished_at")
+        cleared = store.get_state(CLEARED, 0.0) or 0.0
+        dismissed = set(store.get_state(DISMISSED, []) or [])
+        finished = [r for r in store.history(limit=SHOWN_FINISHED + len(dismissed), status=FINISHED,
+                                             sort="finished_at")
+                    if (r.finished_at or 0) > cleared and r.id not in dismissed][:SHOWN_FINISHED]
         latest = {row.id: row for row in finished}  # a run may finish between the two reads
         rows, seen = [], set()
         for row in [*queued, *finished]:
             if row.id not in seen:
                 seen.add(row.id)
                 rows.append(latest.get(row.id, row))
-        self._show(rows)
+        counts = store.batch_counts(r.batch for r in rows if r.batch)
+        self._show(self._entries_for(rows, {b: c for b, c in counts.items() if sum(c.values()) > 1}))
         pending = store.count(status="pending")
         running = sum(1 for r in queued if r.status == "running")
         more = pending + running - len(queued)
         subtitle = f"{running} running · {pending} pending" + (f" ({more} not shown)" if more else "")
         if subtitle != self.border_subtitle:
             self.border_subtitle = subtitle
+        now = time.monotonic()
+        if not pending:
+            self._pending = (0, 0)
+        elif exact or now - self._pending_read >= ETA_S or not self._pending[0]:
+            self._pending, self._pending_read = store.pending_steps(), now
+        else:  # between two sums: the runs that finished since leave with the average run's steps
+            runs, steps = self._pending
+            self._pending = (pending, round(steps * pending / runs))
+        self._show_summary()
 
-    def _show(self, rows: list[RunRow]) -> None:
+    def _entries_for(self, rows: list[RunRow], batches: dict[str, dict[str, int]]) -> list[Entry]:
+        marks = set(getattr(self.app, "marks", ()))
+        names = self.app.batches
+        out: list[Entry] = []
+        members: dict[str, list[RunRow]] = {}
+        for row in rows:
+            if row.batch in batches:
+                members.setdefault(row.batch, []).append(row)
+        placed: set[str] = set()
+        for row in rows:
+            batch = row.batch if row.batch in batches else None
+            if batch is not None:
+                if batch in placed:
+                    continue
+                placed.add(batch)
+                out.append(self._batch_entry(batch, members[batch], batches[batch]))
+                if batch not in self.expanded:
+                    continue
+                for member in members[batch]:
+                    out.append(self._run_entry(member, names.distinguishing(member, 80), member.id in marks, "  "))
+                continue
+            out.append(self._run_entry(row, names.distinguishing(row, 80), row.id in marks))
+        return out
+
+    def _run_entry(self, row: RunRow, differ: str, marked: bool, indent: str = "") -> Entry:
+        style = STATUS_STYLE.get(row.status, "")
+        ident = Text.assemble(("●" if marked else " ", "bold magenta"), (f"{GLYPH.get(row.status, '?')} ", style),
+                              (f"{row.id}", style))
+        label = run_label(row)
+        text = Text(indent)
+        if label != "·":
+            text.append(label + "  ", style="bold")
+        if differ:
+            text.append(differ + "  ", style="cyan")
+        text.append(prompt_line(row.prompt, 60), style="dim" if row.status == "pending" else "")
+        return Entry("run", row.id, (ident, Text(str(row.seed)), text), row)
+
+    def _batch_entry(self, batch: str, members: list[RunRow], counts: dict[str, int]) -> Entry:
+        total = sum(counts.values())
+        done, failed = counts.get("done", 0), counts.get("failed", 0) + counts.get("cancelled", 0)
+        running = counts.get("running", 0)
+        first = members[0]
+        what = first.experiment or f"{total} runs"
+        open_ = batch in self.expanded
+        state = "running" if running else "pending" if counts.get("pending") else "done"
+        ident = Text.assemble((" ▾ " if open_ else " ▸ ", "bold"), (GLYPH[state], STATUS_STYLE.get(state, "")))
+        text = Text.assemble((what, "bold"), f"  {done}/{total} done")
+        if failed:
+            text.append(f" · {failed} failed/cancelled", style="red")
+        fields = self.app.batches.fields(batch)
+        if fields:
+            text.append(f"  varies: {', '.join(fields)}", style="cyan")
+        text.append(f"  {prompt_line(first.prompt, 40)}", style="dim")
+        return Entry("batch", batch, (ident, Text("×" if len({m.seed for m in members}) > 1 else str(first.seed)),
+                                      text))
+
+    def _show(self, entries: list[Entry]) -> None:
         """Rows are slots ("0", "1", ...) whose cells change in place as the queue moves: while a queue
         drains the table keeps its size, so a finished run costs a repaint, not a relayout of the screen."""
         table = self._table
-        keep, index = self.selected_id, table.cursor_row
+        selected = self.selected
+        keep = (selected.kind, selected.key) if selected is not None else None
+        index = table.cursor_row
         before = table.row_count
-        for slot in range(before, len(rows)):
+        for slot in range(before, len(entries)):
             table.add_row("", "", "", key=str(slot))
-        for slot in range(len(rows), before):
+        for slot in range(len(entries), before):
             table.remove_row(str(slot))
-        for slot, row in enumerate(rows):
-            cells = (str(row.id), row.status, f"{run_label(row)}  {prompt_line(row.prompt)}")
-            if self._cells.get(slot) == cells:
+            self._shown.pop(slot, None)
+        for slot, entry in enumerate(entries):
+            plain = tuple((c.plain, str(c.spans)) for c in entry.cells)
+            if self._shown.get(slot) == plain:
                 continue
-            old = self._cells.get(slot, ("", "", ""))
-            for column, value, before in zip(("id", "status", "run"), cells, old):
-                if value != before:
-                    shown = status_text(value) if column == "status" else Text(value)
-                    table.update_cell(str(slot), column, shown)
-            self._cells[slot] = cells
-        for slot in range(len(rows), len(self._ids)):
-            self._cells.pop(slot, None)
-        self._ids = [row.id for row in rows]
-        if keep in self._ids:  # the cursor follows its run
-            if self._ids.index(keep) != table.cursor_row:
-                table.move_cursor(row=self._ids.index(keep), animate=False)
-        elif rows:  # the selected run left the table: stay at the same place
-            table.move_cursor(row=min(index, len(rows) - 1), animate=False)
+            old = self._shown.get(slot, ((None,),) * 3)
+            for column, cell, was in zip(("id", "seed", "run"), entry.cells, old):
+                if (cell.plain, str(cell.spans)) != was:
+                    table.update_cell(str(slot), column, cell)
+            self._shown[slot] = plain
+        self._entries = entries
+        keys_now = [(e.kind, e.key) for e in entries]
+        if keep in keys_now:  # the cursor follows its run
+            if keys_now.index(keep) != table.cursor_row:
+                table.move_cursor(row=keys_now.index(keep), animate=False)
+        elif entries:  # the selected run left the table: stay at the same place
+            table.move_cursor(row=min(index, len(entries) - 1), animate=False)
 
     # ---- worker events ----
     def set_status(self, text: str) -> None:
@@ -124,21 +238,49 @@ class QueuePane(Vertical):
     def job_started(self, run_id: int, total: int) -> None:
         self._progress_row.display = True
         self._bar.update(total=total or None, progress=0)
-        self._label.update(f"run {run_id} · preparing", layout=False)
+        self._label.update(f"#{run_id} preparing", layout=False)
 
     def job_progress(self, run_id: int, step: int, total: int, eta_s: float | None) -> None:
+        if eta_s is not None and step < total:
+            self.sec_per_step = eta_s / max(1, total - step)
+        self._job_left_s = eta_s or 0.0
         now = time.monotonic()
         if step < total and now - self._progress_shown < PROGRESS_S:
             return  # fast steps (tiny models) would redraw the bar faster than anyone can read it
         self._progress_shown = now
         self._progress_row.display = True
         self._bar.update(total=total, progress=step)
-        eta = f" · ETA {_seconds(eta_s)}" if eta_s is not None else ""
-        self._label.update(f"run {run_id} · step {step}/{total}{eta}", layout=False)
+        eta = f" · ETA {seconds(eta_s)}" if eta_s is not None else ""
+        self._label.update(f"#{run_id} {step}/{total}{eta}", layout=False)
+        self._show_summary()
 
     def job_ended(self) -> None:
         """The worker is idle: no progress to show until the next run starts."""
         self._progress_row.display = False
+        self._job_left_s = 0.0
+        self._show_summary()
+
+    def eta_s(self) -> float | None:
+        """Seconds until the queue is empty, at the running job's pace (None before a step was timed)."""
+        runs, steps = self._pending
+        if self.sec_per_step is None:
+            return None if runs else (self._job_left_s or None)
+        return self._job_left_s + steps * self.sec_per_step
+
+    def summary_text(self) -> str:
+        runs, _ = self._pending
+        paused = " · paused" if getattr(self.app, "paused", False) else ""
+        if not runs:
+            return f"queue empty{paused}"
+        eta = self.eta_s()
+        return f"{runs} pending · ETA {seconds(eta)}{paused}" if eta is not None else f"{runs} pending{paused}"
+
+    def _show_summary(self) -> None:
+        text = self.summary_text()
+        if text != self._summary_shown:
+            self._summary_shown = text
+            self._summary.update(Text(text), layout=False)
+            self.app.queue_summary_changed(text)
 
     # ---- actions (bindings in keys.QUEUE; also in the palette) ----
     def action_move(self, delta: int) -> None:
@@ -150,27 +292,72 @@ class QueuePane(Vertical):
             return
         self.reload()  # the cursor follows the run it was on
 
+    def action_move_top(self) -> None:
+        runs = self._selected_runs()
+        if runs and self.app.store.move_to_front(runs):
+            self.reload()
+        elif runs:
+            self.notify("only pending runs move", severity="warning")
+
     def action_remove(self) -> None:
-        run_id = self.selected_id
-        if run_id is not None:
-            if self.app.store.remove(run_id):
-                self.app.store_changed(run_id)
-            else:
-                self.notify(f"run {run_id}: only pending runs can be removed (c cancels a running one)",
-                            severity="warning")
+        entry = self.selected
+        if entry is None:
+            return
+        runs = self._selected_runs()
+        if entry.kind == "batch" and len(runs) > 1:  # a whole batch: ask first
+            from vlbench.tui.screens.confirm import Confirm
+
+            self.app.push_screen(Confirm(f"Remove the batch's {len(runs)} runs from the Queue? (pending ones are "
+                                         "dropped; finished ones stay in History)"),
+                                 lambda yes: self._remove(runs) if yes else None)
+            return
+        self._remove(runs)
+
+    def _remove(self, runs: list[int]) -> None:
+        store = self.app.store
+        removed = [r for r in runs if store.remove(r)]
+        finished = [r for r in runs if r not in removed and store.status(r) in FINISHED]
+        if finished:  # a finished run leaves the Queue only: History keeps it
+            dismissed = list(store.get_state(DISMISSED, []) or [])
+            store.set_state(DISMISSED, (dismissed + finished)[-500:])
+        if not removed and not finished:
+            self.notify("a running run cannot be removed: c cancels it", severity="warning")
+            return
+        if finished and not removed:
+            self.notify(f"{_runs(len(finished))} cleared from the Queue (History keeps them)", timeout=3)
+        self.app.store_changed(runs[0])
+
+    def action_clear_finished(self) -> None:
+        self.app.store.set_state(CLEARED, time.time())
+        self.app.store.set_state(DISMISSED, [])
+        self.notify("finished runs cleared from the Queue (History keeps them)", timeout=3)
+        self.reload()
 
     def action_retry(self) -> None:
-        run_id = self.selected_id
-        if run_id is not None:
-            if self.app.store.retry(run_id):
-                self.app.store_changed(run_id, wake=True)
-            else:
-                self.notify(f"run {run_id}: only failed or cancelled runs can be retried", severity="warning")
+        runs = self._selected_runs()
+        retried = [r for r in runs if self.app.store.retry(r)]
+        if retried:
+            self.app.store_changed(retried[0], wake=True)
+        elif runs:
+            self.notify("only failed or cancelled runs can be retried", severity="warning")
 
     def action_cancel(self) -> None:
-        run_id = self.selected_id
-        if run_id is not None:
-            self.app.cancel_run(run_id)
+        entry = self.selected
+        if entry is None:
+            return
+        if entry.kind == "run":
+            self.app.cancel_run(entry.key)
+        else:
+            self.app.cancel_runs(self._selected_runs())
+
+    def action_cancel_all(self) -> None:
+        self.app.cancel_all()
+
+    def action_toggle_batch(self) -> None:
+        entry = self.selected
+        if entry is not None and entry.kind == "batch":
+            self.expanded ^= {str(entry.key)}
+            self.reload()
 
     def action_mark(self) -> None:
         if self.selected_id is not None:
@@ -181,8 +368,8 @@ class QueuePane(Vertical):
     def _highlighted(self, event: DataTable.RowHighlighted) -> None:
         event.stop()
         # Only the user's own moves pick what the Preview shows, not a reload after a store change.
-        if event.data_table.has_focus and 0 <= event.cursor_row < len(self._ids):
-            self.post_message(RunHighlighted(self._ids[event.cursor_row], "queue"))
+        if event.data_table.has_focus and self.selected_id is not None:
+            self.post_message(RunHighlighted(self.selected_id, "queue"))
 
     def on_descendant_focus(self, event) -> None:
         if event.widget is self.table and self.selected_id is not None:
@@ -191,11 +378,24 @@ class QueuePane(Vertical):
     @on(DataTable.RowSelected, "#queue-table")
     def _selected(self, event: DataTable.RowSelected) -> None:
         event.stop()
-        if 0 <= event.cursor_row < len(self._ids):
-            self.post_message(OpenRun(self._ids[event.cursor_row]))
+        entry = self.selected
+        if entry is None:
+            return
+        if entry.kind == "batch":
+            self.action_toggle_batch()
+        else:
+            self.post_message(OpenRun(int(entry.key)))
 
 
-def _seconds(s: float) -> str:
+def _runs(n: int) -> str:
+    return f"{n} run" + ("s" if n != 1 else "")
+
+
+def seconds(s: float | None) -> str:
+    if s is None:
+        return "?"
     if s < 60:
         return f"{s:.0f} s" if s >= 10 else f"{s:.1f} s"
-    return f"{int(s // 60)} min {int(s % 60):02d} s"
+    if s < 3600:
+        return f"{int(s // 60)} min {int(s % 60):02d} s"
+    return f"{int(s // 3600)} h {int(s % 3600 // 60):02d} min"

@@ -1,0 +1,77 @@
+"""An experiment batch queued from the workbench, exported when its last run ends: the same output folder
+as `vlbench run` makes (images/, references/, results.jsonl, run.json, grid.png, report.html).
+
+The runs live in the store (their PNGs in the data dir's outputs/); the folder is the portable copy, made
+with vlbench.experiments.folder's own writer so the grid and report are `vlbench run`'s. Runs on a
+thread (PIL and file copies), never on the UI thread; torch is not imported.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timezone
+from pathlib import Path
+
+from vlbench.records import job_key
+
+EXPORTED = "batch_exported:"  # state key prefix: the folder a batch was exported to
+
+
+def batch_folder(experiment: str, batch: str) -> Path:
+    from vlbench.paths import data_dir
+
+    safe = re.sub(r"[^A-Za-z0-9._+=-]+", "-", experiment).strip("-") or "experiment"
+    return data_dir() / "experiments" / f"{safe}-{batch}"
+
+
+def export_batch(store, batch: str, models: dict | None = None) -> tuple[Path, int]:
+    """Write the batch's folder (grid and report included); (folder, images in it)."""
+    from vlbench.experiments import folder as F
+    from vlbench.experiments.results import ResultsLog, reference_copy
+    from vlbench.experiments.spec import load_type
+    from vlbench.errors import UserError
+    from vlbench.files import atomic_copy, atomic_write_json
+
+    runs = [r for r in store.batch_runs(batch) if r.status in ("done", "failed")]
+    experiment = next((r.experiment for r in runs if r.experiment), None) or "experiment"
+    out = batch_folder(experiment, batch)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for run in runs:
+        record = run.record()
+        shas = [r.get("sha256") or "" for r in record.references]
+        name = record.name or f"run-{run.id}"
+        key = record.key or job_key(name, record.recipe, record.prompt, shas)
+        image = None
+        if run.status == "done" and run.image and Path(run.image).is_file():
+            image = f"images/{name}__{run.id:06d}__s{run.seed}.png"
+            if not (out / image).is_file():
+                atomic_copy(run.image, out / image)
+        elif run.status == "done":  # the PNG is gone from outputs/: the folder says so rather than lies
+            record = record.replace(status="failed", error=f"image missing: {run.image}", failure="store")
+        for ref in record.references:
+            if ref.get("sha256") and Path(ref["path"]).is_file():
+                target = out / reference_copy(ref["path"], ref["sha256"])
+                if not target.exists():
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    atomic_copy(ref["path"], target)
+        row = record.replace(key=key, name=name, image=image, config_index=record.config_index or 0,
+                             error=record.error or (None if record.status == "done" else "failed")).to_json()
+        if row["status"] == "done":
+            for timing in ("extraction", "blend", "generation", "model_load"):
+                row["timings"].setdefault(timing, 0.0)
+        rows.append(row)
+    ResultsLog(out / F.RESULTS).rewrite(rows)
+    info = {"experiment": experiment, "batch": batch, "source": "workbench",
+            "exported": datetime.now(timezone.utc).isoformat(timespec="seconds"), "models": models or {},
+            "runs": [r.id for r in runs]}
+    try:
+        kind = load_type(experiment)
+        info.update(description=kind.description, question=kind.question, type_file=str(kind.path),
+                    type_source=kind.source)
+    except UserError:  # a type file since renamed: the folder still has its runs
+        pass
+    atomic_write_json(out / F.RUN_INFO, info)
+    F.write_outputs(out)
+    store.set_state(EXPORTED + batch, str(out))
+    return out, sum(1 for r in rows if r["status"] == "done")
