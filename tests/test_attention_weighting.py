@@ -375,3 +375,23 @@ def test_attention_probe_benchmark_runs_tiny_and_finds_no_probe_on_the_default_f
     assert result["attention_layer"] == result["decoder_layers"] - 2
     assert result["weights_sum"] == pytest.approx(1.0, abs=1e-3)
     assert set(result["timings"]) == {"default", "probed"}
+
+
+def test_each_extraction_is_recorded_under_a_name_that_says_what_it_is(engine, tmp_path):
+    """multi_image separate: one extraction per reference, recorded as vl, vl_ref2, vl_ref3 (never as a 'style'
+    pass), each with its weights, and one heat map per reference; dual: vl (content) and vl_style."""
+    from vlbench import heatmap
+    from vlbench.records import vl_extractions
+
+    paths = [make_image(tmp_path / f"r{i}.png", color=(40 * i, 200 - 40 * i, 90)) for i in range(3)]
+    refs = [Reference.open(p) for p in paths]
+    recipe = Recipe(tokens="image", multi_image="separate", image_attention="weighted-pool", pool_image_tokens=4,
+                    steps=1, width=64, height=64)
+    info = engine.condition(recipe, PROMPT_TEXT, refs).describe()
+    assert [k for k, _ in vl_extractions(info)] == ["vl", "vl_ref2", "vl_ref3"] and "vl_style" not in info
+    assert all(len(vl["image_attention"]["images"]) == 1 for _, vl in vl_extractions(info))
+    assert len(heatmap.from_conditioning(info, paths, recipe.to_dict())) == 3
+    dual = Recipe(dual=True, steps=1, width=64, height=64)
+    info = engine.condition(dual, PROMPT_TEXT, refs[:1]).describe()
+    assert [k for k, _ in vl_extractions(info)] == ["vl", "vl_style"]
+    assert info["vl_style"]["vl_text"] is None and info["vl"]["vl_text"] == PROMPT_TEXT  # style pass reads no text

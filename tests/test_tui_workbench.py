@@ -888,3 +888,62 @@ def test_an_experiment_batch_gets_the_grid_and_report_of_vlbench_run(engine, ref
         app.close()
 
     run(go())
+
+
+def test_the_full_screen_view_shows_a_runs_attention_heat_map(tmp_path, engine, ref_image):
+    """A real tiny-model run with image_attention topk: `a` in the full-screen view shows the heat map drawn from its
+    record (the same pixels as vlbench.heatmap over the reference), `a` again the image; a run without attention
+    says why it has none."""
+    from PIL import Image
+
+    from vlbench import heatmap
+    from vlbench.engine.engine import Reference
+    from vlbench.jobs import execute
+    from vlbench.records import RunRecord
+    from vlbench.tui.screens.image_view import ImageView
+
+    recipe = Recipe(tokens="image", image_attention="topk", image_top_k=4, **FAST)
+    ref = Reference.open(ref_image)
+    record = RunRecord(prompt="a fox", references=[{"path": str(ref_image), "sha256": ref.sha256}],
+                       recipe=recipe.to_dict())
+    outcome = execute(engine, record, [ref])
+    assert outcome.record.status == "done", outcome.record.error
+
+    async def go():
+        app = make_app()
+        async with app.run_test(size=(120, 40)) as pilot:
+            plain = finished_run(app, tmp_path, (96, 64))
+            run_id = app.store.add(outcome.record)
+            out = tmp_path / "weighted.png"
+            outcome.image.save(out)
+            app.store._conn().execute("UPDATE runs SET status = 'done', image = ? WHERE id = ?", (str(out), run_id))
+            app.store_changed()
+            await pilot.pause(0.3)
+            run = app.store.get(run_id)
+            app.push_screen(ImageView(
+                run, app.preview.image_class))
+            await pilot.pause(0.2)
+            picture = app.screen.query_one("#image-picture")
+            assert picture.path == str(out)
+            await pilot.press("a")
+            await pilot.pause(0.2)
+            shown = picture.path
+            assert shown != str(out) and shown.endswith(f"run-{run_id}-1.png")
+            expected = heatmap.from_conditioning(run.conditioning, run.reference_paths, run.recipe)[0]
+            with Image.open(shown) as img:
+                assert list(img.convert("RGB").getdata()) == list(expected.getdata())
+            await pilot.press("a")
+            await pilot.pause(0.2)
+            assert picture.path == str(out)
+            app.pop_screen()
+            await pilot.pause(0.1)
+            app.push_screen(ImageView(
+                app.store.get(plain), app.preview.image_class))
+            await pilot.pause(0.2)
+            await pilot.press("a")
+            await pilot.pause(0.2)
+            assert app.screen.query_one("#image-picture").path == app.store.get(plain).image
+            assert any("image_attention none" in str(n.message) for n in app._notifications)
+        app.close()
+
+    run(go())

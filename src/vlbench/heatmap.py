@@ -67,11 +67,12 @@ def top_k(weights: Sequence[float], k: int) -> list[int]:
 def from_conditioning(conditioning: dict, references: Sequence, recipe: dict | None = None) -> list:
     """One heat map per image of a run's conditioning (a RunRecord's `conditioning`, or Conditioning.describe()):
     `references` the reference images (PIL or paths) in the run's order. Each extraction that read attention
-    ("vl", then "vl_style": the second reference's own extraction under multi_image separate) takes the next
+    (records.vl_extractions: "vl", then under multi_image separate "vl_ref2", … each reference's own) takes the next
     references, one per image it holds. With a `recipe` dict using image_attention topk, the tokens it kept
     are marked. [] when the run read no attention."""
-    entries = [im for name in ("vl", "vl_style")
-               for im in (((conditioning or {}).get(name) or {}).get("image_attention") or {}).get("images", [])]
+    from vlbench.records import vl_extractions
+
+    entries = [im for _, vl in vl_extractions(conditioning) for im in (vl.get("image_attention") or {}).get("images", [])]
     if len(entries) > len(references):
         raise ValueError(f"{len(entries)} images in the attention record, {len(references)} references given")
     k = None

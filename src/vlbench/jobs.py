@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from vlbench.errors import UserError, one_line
-from vlbench.records import RunRecord
+from vlbench.records import RunRecord, vl_extractions
 
 log = logging.getLogger("vlbench.jobs")
 
@@ -160,12 +160,10 @@ def compact_conditioning(cond) -> dict:
         entry_rows = entry.pop("rows", [])
         entry["role_counts"] = dict(Counter(_row_role(r) for r in entry_rows))
         entry["source_counts"] = dict(Counter(_row_source(r) for r in entry_rows))
-    for name in ("vl", "vl_style"):
-        vl = info.get(name)
-        if vl is not None:
-            vl["role_runs"] = _runs(vl.pop("roles", []))
-            vl["decoded"] = _REPEATED_SPECIAL.sub(
-                lambda m: f"{m.group(1)}×{len(m.group(0)) // len(m.group(1))}", vl.get("decoded") or "")
+    for _, vl in vl_extractions(info):
+        vl["role_runs"] = _runs(vl.pop("roles", []))
+        vl["decoded"] = _REPEATED_SPECIAL.sub(
+            lambda m: f"{m.group(1)}×{len(m.group(0)) // len(m.group(1))}", vl.get("decoded") or "")
     return info
 
 

@@ -9,6 +9,7 @@ Torch-free.
 from __future__ import annotations
 
 import dataclasses
+import re
 import hashlib
 import json
 from dataclasses import dataclass, field, fields
@@ -81,6 +82,22 @@ class RunRecord:
 
 _NOT_IN_PNG = {"image", "image_sha256", "metrics", "status", "error", "failure", "timings", "started_at",
                "finished_at", "peak_memory_bytes", "vl_forwards"}
+
+
+def extraction_names(count: int, dual: bool) -> list[str]:
+    """The record's key for each Qwen3-VL extraction of a conditioning, in order: a dual recipe's content pass "vl"
+    and style pass "vl_style"; otherwise "vl" (the one extraction, or under multi_image separate the first
+    reference's), then "vl_ref2", "vl_ref3", … (each further reference's own extraction)."""
+    if dual:
+        return ["vl", "vl_style"][:count]
+    return ["vl", *(f"vl_ref{i}" for i in range(2, count + 1))]
+
+
+def vl_extractions(conditioning: dict | None) -> list[tuple[str, dict]]:
+    """(key, entry) of each Qwen3-VL extraction a conditioning record holds, in the order extraction_names gives."""
+    cond = conditioning or {}
+    refs = sorted((k for k in cond if re.fullmatch(r"vl_ref\d+", k)), key=lambda k: int(k[6:]))
+    return [(k, cond[k]) for k in ("vl", "vl_style", *refs) if isinstance(cond.get(k), dict)]
 
 
 def references_of(paths_and_hashes) -> list[dict]:

@@ -18,6 +18,7 @@ from typing import Any
 
 from vlbench.experiments.results import references_key
 from vlbench.files import atomic_write, atomic_write_text
+from vlbench.records import vl_extractions
 
 CSS = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 2em; color: #222; }
@@ -478,7 +479,7 @@ HEATMAPS = "heatmaps"
 def heatmap_paths(row: dict) -> list[str]:
     """Where a done row's heat maps go, relative to the folder (one per image whose attention the run read)."""
     cond = row.get("conditioning") or {}
-    n = sum(len(((cond.get(k) or {}).get("image_attention") or {}).get("images", [])) for k in ("vl", "vl_style"))
+    n = sum(len((vl.get("image_attention") or {}).get("images", [])) for _, vl in vl_extractions(cond))
     if row.get("status") != "done" or not n or not row.get("image"):
         return []
     stem = Path(row["image"]).stem

@@ -27,6 +27,7 @@ from vlbench.engine.models import Models
 from vlbench.engine import condition as C
 from vlbench.recipe import Curve, ImageAttention, MultiImage, Normalization, Recipe
 from vlbench.errors import UserError
+from vlbench.records import extraction_names
 from vlbench.files import atomic_write_text
 
 
@@ -77,7 +78,8 @@ class Conditioning:
     embeds: torch.Tensor  # [L, D]
     rows: list[dict]  # per row: source ("vl" | "qwen3") or the mix it came from, position(s), layer, weight(s)
     weights: torch.Tensor | None = None  # [L] attention weight of each row (attend mixes); None: all 1
-    extractions: list[Extraction] = field(default_factory=list)  # dual recipes: [content, style]
+    extractions: list[Extraction] = field(default_factory=list)  # dual recipes: [content, style]; separate: one each
+    dual: bool = False  # the extractions are a dual recipe's [content, style] passes
     text: TextEncoding | None = None
     timings: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
@@ -103,7 +105,7 @@ class Conditioning:
             out["schedule"] = [s.describe() for s in self.schedule]
         if self.bridge is not None:
             out["text_bridge"] = self.bridge.to_dict()
-        for name, ex in zip(("vl", "vl_style"), self.extractions):
+        for name, ex in zip(extraction_names(len(self.extractions), self.dual), self.extractions):
             out[name] = {
                 "input_ids": ex.input_ids,
                 "decoded": ex.decoded,
@@ -349,7 +351,7 @@ class Engine:
         first = by_source[entries[0][1]] if entries else own
         return Conditioning(embeds=first.embeds, rows=first.rows, weights=first.weights if first.weighted else None,
                             extractions=extractions, text=text, timings=timings, warnings=warnings,
-                            schedule=schedule, bridge=description)
+                            schedule=schedule, bridge=description, dual=recipe.dual and recipe.uses_vl)
 
     def _check_inputs(self, recipe: Recipe, refs: list[Reference]) -> None:
         recipe.check_inputs(len(refs))

@@ -1,12 +1,14 @@
 """One run's image alone, as large as the terminal allows at its true aspect ratio, its recipe beneath.
 
 z or Enter on the Preview (or ctrl+g z) opens it; o opens the image in the system's viewer, y copies its
-path (OSC 52); Escape, z or q closes.
+path (OSC 52); a steps through the attention heat maps of a run with image_attention (the VL text's attention over
+each reference, vlbench.heatmap) and back to the image; Escape, z or q closes.
 """
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from rich.text import Text
 from textual.app import ComposeResult
@@ -15,6 +17,7 @@ from textual.containers import Vertical
 from textual.screen import Screen
 from textual.widgets import Static
 
+from vlbench.records import vl_extractions
 from vlbench.store import RunRow
 from vlbench.tui.format import prompt_line, run_label
 from vlbench.tui.widgets.preview import Picture, _missing
@@ -25,6 +28,7 @@ class ImageView(Screen[None]):
         Binding("escape,z,q", "close", "Close", id="image.close"),
         Binding("o", "app.open_image", "Open externally", id="image.open"),
         Binding("y", "app.copy_path", "Copy path", id="image.copy"),
+        Binding("a", "attention", "Attention map", id="image.attention"),
     ]
     DEFAULT_CSS = """
     ImageView { layout: vertical; }
@@ -37,18 +41,61 @@ class ImageView(Screen[None]):
         super().__init__()
         self.run = run
         self.image_class = image_class
+        self.showing = 0  # 0: the run's image; i: heat map i (1-based)
 
     def compose(self) -> ComposeResult:
         with Vertical():
             yield Picture(self.image_class, id="image-picture")
             yield Static(summary(self.run), id="image-summary")
-            yield Static("Esc: close · o: open in the system's viewer · y: copy the path (OSC 52)", id="image-hint")
+            yield Static("Esc: close · o: open in the system's viewer · y: copy the path (OSC 52) · a: attention "
+                         "heat map", id="image-hint")
 
     def on_mount(self) -> None:
         self.query_one(Picture).set("", self.run.image, _missing(self.run))
 
     def action_close(self) -> None:
         self.dismiss(None)
+
+    def action_attention(self) -> None:
+        """The next heat map of this run (one per reference), then the image again."""
+        picture = self.query_one(Picture)
+        try:
+            maps = attention_maps(self.run)
+        except (OSError, ValueError) as exc:  # a reference moved or its record does not fit it
+            self.notify(f"no heat map: {exc}", severity="warning")
+            return
+        if not maps:
+            self.notify("this run read no attention: its recipe has image_attention none", severity="warning")
+            return
+        self.showing = (self.showing + 1) % (len(maps) + 1)
+        if self.showing == 0:
+            picture.set("", self.run.image, _missing(self.run))
+        else:
+            picture.set(f"attention of the VL text over reference {self.showing} of {len(maps)} (a: next)",
+                        str(maps[self.showing - 1]), "")
+
+
+def attention_maps(run: RunRow) -> list[Path]:
+    """The run's heat maps as PNG files under the cache dir (drawn once from its record and its references);
+    [] when the run read no attention."""
+    from vlbench import heatmap
+    from vlbench.files import atomic_write
+    from vlbench.paths import cache_dir
+
+    count = sum(len((vl.get("image_attention") or {}).get("images", [])) for _, vl in vl_extractions(run.conditioning))
+    if not count:
+        return []
+    folder = cache_dir() / "heatmaps"
+    paths = [folder / f"run-{run.id}-{i}.png" for i in range(1, count + 1)]
+    if all(p.is_file() for p in paths):
+        return paths
+    missing = [p for p in run.reference_paths if not Path(p).is_file()]
+    if missing:
+        raise OSError(f"the reference {missing[0]} is not there any more")
+    folder.mkdir(parents=True, exist_ok=True)
+    for path, img in zip(paths, heatmap.from_conditioning(run.conditioning, run.reference_paths, run.recipe)):
+        atomic_write(path, lambda tmp, img=img: img.save(tmp, format="PNG"))
+    return paths
 
 
 def summary(run: RunRow) -> Text:

@@ -12,6 +12,7 @@ from textual.containers import Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Label, Static
 
+from vlbench.records import vl_extractions
 from vlbench.store import RunRow
 from vlbench.tui.format import human_bytes, run_label, when
 
@@ -80,8 +81,9 @@ class RunDetails(ModalScreen[str | None]):
             if cond.get("role_counts"):
                 summary.append("\nroles: " + ", ".join(f"{k} {v}" for k, v in cond["role_counts"].items()))
             out.append(("conditioning", summary))
-        for name, title in (("vl", "Qwen3-VL input"), ("vl_style", "Qwen3-VL input (style pass)"),
-                            ("qwen3", "Qwen3-4B input")):
+        titles = {"vl": "Qwen3-VL input", "vl_style": "Qwen3-VL input (style pass)", "qwen3": "Qwen3-4B input"}
+        for name in [k for k, _ in vl_extractions(cond)] + ["qwen3"]:
+            title = titles.get(name) or f"Qwen3-VL input (reference {name.removeprefix('vl_ref')})"
             part = cond.get(name)
             if not isinstance(part, dict):
                 continue
