@@ -10,7 +10,7 @@ from typing import Callable
 
 import torch
 
-from vlbench.errors import CaptionTooLong
+from vlbench.errors import CaptionTooLong, UserError
 
 
 def check_caption(length: int, budget: int) -> None:
@@ -21,6 +21,17 @@ def check_caption(length: int, budget: int) -> None:
                                  "tokens")
     if length < 1:
         raise CaptionTooLong("the sequence is empty", field="conditioning", fix="select some tokens")
+
+
+def check_size(width: int, height: int, pipe) -> None:
+    """Refuse a size past the DiT's image positions (RoPE axes 1 and 2: one position per 16 pixels; 8192 px for
+    Z-Image-Turbo): past them the CPU raises an IndexError and a GPU a device-side assert."""
+    axes = list(pipe.transformer.config.axes_lens)
+    per = pipe.vae_scale_factor * 2  # pixels per image token (VAE downscale × patch 2)
+    for field, value, limit in (("height", height, axes[1] * per), ("width", width, axes[2] * per)):
+        if value > limit:
+            raise UserError(f"over this DiT's largest image side of {limit} pixels", field=field, value=value,
+                            fix=f"use at most {limit}")
 
 
 @torch.inference_mode()
@@ -44,6 +55,7 @@ def generate_batch(pipe, embeds: torch.Tensor, *, seeds: list[int], steps: int, 
     draws its starting noise from its own CPU generator, `torch.Generator("cpu").manual_seed(seed)`, exactly
     as a single run does, so sample i starts where `generate(seed=seeds[i])` starts."""
     check_caption(embeds.shape[0], budget)
+    check_size(width, height, pipe)
     if negative_embeds is not None:
         check_caption(negative_embeds.shape[0], budget)
     dtype = pipe.transformer.dtype
@@ -53,12 +65,16 @@ def generate_batch(pipe, embeds: torch.Tensor, *, seeds: list[int], steps: int, 
         # diffusers' own resize to the output size; the pipeline's processor does the rest
         kwargs["image"] = pipe.image_processor.resize(init_image, height=height, width=width)
         kwargs["strength"] = strength
-    if on_step is not None:
-        def callback(_pipe, i, _t, tensors):
+    def callback(_pipe, i, _t, tensors):
+        latents = tensors.get("latents")
+        if latents is not None and not bool(torch.isfinite(latents).all()):  # before the next step uses them
+            raise FloatingPointError(f"the latents are not finite after denoising step {i + 1} of "
+                                     f"{_pipe.num_timesteps}")
+        if on_step is not None:
             on_step(i + 1, _pipe.num_timesteps)  # img2img runs fewer steps than `steps`
-            return tensors
+        return tensors
 
-        kwargs["callback_on_step_end"] = callback
+    kwargs["callback_on_step_end"] = callback
     generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
     if len(seeds) > 1:
         kwargs["num_images_per_prompt"] = len(seeds)
