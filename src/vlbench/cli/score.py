@@ -44,10 +44,11 @@ def run(args) -> int:
         console.print("[yellow]--tiny: built-in RANDOM-WEIGHT metric models; the scores mean nothing[/yellow]")
     store = None if args.no_store else common.open_store(console)
     try:
-        common.score(out, metrics, sources, device, dtype, args.batch_size, store, console, judge_dtype=dtype)
+        summary = common.score(out, metrics, sources, device, dtype, args.batch_size, store, console,
+                               judge_dtype=dtype)
     finally:
         if store is not None:
             store.close()
     common.rewrite_report(out)
     console.print(f"wrote {common.escape(out / 'report.html')}")
-    return 0
+    return 1 if summary.problems else 0  # some images could not be scored: said above, one line each
