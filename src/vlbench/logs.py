@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 from vlbench import paths
@@ -10,7 +11,7 @@ from vlbench import paths
 
 def attach_log_file() -> logging.Handler | None:
     """Send vlbench's logs to paths.log_path() unless something already does; returns the handler added."""
-    path = paths.log_path()
+    path = Path(os.path.abspath(paths.log_path()))  # as FileHandler records it (VLBENCH_DATA_DIR may be relative)
     logger = logging.getLogger("vlbench")
     for h in [*logger.handlers, *logging.getLogger().handlers]:
         if isinstance(h, logging.FileHandler) and Path(h.baseFilename) == path:

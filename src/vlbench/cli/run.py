@@ -58,6 +58,8 @@ def run(args) -> int:
     from vlbench.prompts import check_prompt, read_prompts_file
     from vlbench.recipe import parse_seeds
 
+    image_bytes = common.image_bytes
+
     # everything a user can get wrong is checked before any model loads
     experiment = load_type(args.experiment)
     overrides = {k: getattr(args, k) for k in ("steps", "width", "height") if getattr(args, k) is not None}
@@ -112,6 +114,8 @@ def run(args) -> int:
     console.print(f"[bold]{common.escape(experiment.name)}[/bold]: {len(recipes)} configs × {len(reference_sets)} "
                   f"references × {len(prompts)} prompts × {len(seeds or [None])} seeds = {n} images → "
                   f"{common.escape(out)}/")
+    size = max((image_bytes(n.recipe.width, n.recipe.height) for n in recipes), default=0)
+    common.check_free_space(out, n * size + (1 << 20), console, "output_dir")  # + grid, report, run.json
     previous = signal.signal(signal.SIGTERM, _sigterm) if threading.current_thread() is threading.main_thread() else None
     try:
         summary = run_experiment(engine, experiment, recipes, reference_sets, prompts, out, seeds=seeds,
@@ -120,6 +124,10 @@ def run(args) -> int:
         if executor is not None:
             executor.close()  # the GPUs are free before diagnostics or metrics load models here
         _after_run(args, engine, out, recipes, refs, prompts, metrics, store, console)
+    except OSError as exc:
+        if exc.filename is None:  # a write that failed mid-file (a full disk) names no file: name the folder
+            exc.filename = str(out)
+        raise
     except KeyboardInterrupt:
         console.print(f"[yellow]interrupted; finished images are kept. Re-run the same command to resume.[/yellow] "
                       f"Report so far: {common.escape(out / 'report.html')}")
@@ -137,6 +145,10 @@ def run(args) -> int:
                   + (f"; {summary.redone} redone (image missing or damaged)" if summary.redone else "")
                   + (f"; {summary.rerecorded} re-recorded in the run history" if summary.rerecorded else "")
                   + f"; {summary.vl_forwards} VL forwards")
+    if summary.unrecorded:
+        console.print(f"[yellow]{summary.unrecorded} image(s) are in {common.escape(out)} but not yet in the run "
+                      f"history (run store: {common.escape(summary.store_error)}); re-run the same command once the "
+                      "store is writable to record them[/yellow]")
     for line in summary.failures[:10]:
         console.print(f"[red]failed: {common.escape(line)}[/red]")
     console.print(f"wrote {common.escape(out / 'grid.png')}, {common.escape(out / 'report.html')} and "
