@@ -718,11 +718,12 @@ class _Write:
 
 
 # ---- helpers ----
-def _persist(write: Callable, *args: Any, stop: threading.Event | None = None, budget_s: float = STORE_RETRY_S,
+def _persist(write: Callable, *args: Any, stop: threading.Event | None = None, budget_s: float | None = None,
              **kwargs: Any):
     """A store write that must not be lost to a store fault: retried with backoff (0.25 s doubling to 8 s) for
-    `budget_s` (each try also waits busy_timeout, 5 s, for a lock), or until `stop` is set; then it raises."""
-    deadline = time.monotonic() + budget_s
+    `budget_s` (default STORE_RETRY_S; each try also waits busy_timeout, 5 s, for a lock), or until `stop` is set;
+    then it raises."""
+    deadline = time.monotonic() + (STORE_RETRY_S if budget_s is None else budget_s)
     delay = 0.25
     while True:
         try:
