@@ -528,6 +528,23 @@ def test_a_data_folder_that_cannot_be_created_is_one_line_for_the_workbench_and_
         assert "VLBENCH_DATA_DIR" in _one_line(main, argv, capsys)
 
 
+@pytest.mark.parametrize("what", ["/dev/zero", "fifo"])
+def test_devices_and_pipes_given_as_input_files_are_refused_not_read(tmp_path, ref_image, capsys, what):
+    """/dev/zero as a recipe or prompts file read until memory ran out; a FIFO as an image blocked forever."""
+    from vlbench.cli import main
+
+    path = "/dev/zero"
+    if what == "fifo":
+        path = str(tmp_path / "fifo")
+        os.mkfifo(path)
+    base = ["--tiny", "--image", str(ref_image), "--prompt", "p"]
+    for argv in (["generate", *base, "--recipe", path, "--out", str(tmp_path / "x.png")],
+                 ["generate", "--tiny", "--image", path, "--prompt", "p", "--out", str(tmp_path / "x.png")],
+                 ["run", "--experiment", "token_sweep", *base, "--prompts-file", path, "--output-dir",
+                  str(tmp_path / "o")]):
+        assert "not a regular file" in _one_line(main, argv, capsys)
+
+
 def test_an_undecodable_byte_in_a_run_prompt_is_one_line(tmp_path, ref_image, capsys):
     from vlbench.cli import main
 

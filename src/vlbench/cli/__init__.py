@@ -85,7 +85,9 @@ def environment_error(exc: BaseException) -> str:
                "full": "free disk space", "readonly": "make the data folder writable (VLBENCH_DATA_DIR)"}
         hint = next((v for k, v in fix.items() if k in text.replace(" ", "")), "check VLBENCH_DATA_DIR")
         return f"run store: {text}; {hint}"
-    path = exc.filename if isinstance(exc, OSError) and exc.filename else None
+    path = str(exc.filename) if isinstance(exc, OSError) and exc.filename else None
+    if path is not None and len(path) > 200:  # a pasted essay as a path: keep the line readable
+        path = path[:199] + "…"
     reason = (exc.strerror if isinstance(exc, OSError) and exc.strerror else None) or str(exc) or type(exc).__name__
     fix = {errno.ENOSPC: "free disk space; finished work is kept: re-run the same command to resume",
            errno.EDQUOT: "free space within your quota; re-run the same command to resume",
@@ -134,7 +136,13 @@ def _log_traceback(exc: BaseException):
         return None
 
 
+def _visible(text: str) -> str:
+    """One line whatever a value holds: control characters (line and record separators included) escaped."""
+    return "".join(ch if ch.isprintable() or ch == " " else ascii(ch)[1:-1] for ch in text)
+
+
 def _say(text: str) -> None:
+    text = _visible(text)
     try:
         print(text, file=sys.stderr)
     except OSError:  # the terminal is gone (an SSH drop): nobody is there to read it

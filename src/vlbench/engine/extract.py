@@ -88,10 +88,17 @@ def load_image(path: str | Path):
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
-    if not path.exists():
+    try:
+        exists = path.exists()
+    except (OSError, ValueError) as exc:  # a name too long, a NUL inside
+        raise UserError(f"cannot open it ({getattr(exc, 'strerror', None) or exc})", field="image",
+                        value=str(path)) from None
+    if not exists:
         raise UserError("no such file", field="image", value=str(path))
     if path.is_dir():
         raise UserError("is a folder", field="image", value=str(path), fix="give an image file")
+    if not path.is_file():  # a FIFO would block forever, a device never end
+        raise UserError("not a regular file (a device, pipe or socket)", field="image", value=str(path))
     try:
         with Image.open(path) as img:
             img.load()
