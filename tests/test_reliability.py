@@ -221,6 +221,16 @@ def test_run_cli_names_the_unrecorded_images_in_one_line(tiny_dirs, tmp_path, re
 
 
 # ---------------------------------------------------------------- 5. a damaged PNG behind a done row
+def test_resume_drops_results_lines_that_are_json_but_not_rows(engine, tmp_path):
+    out = tmp_path / "out"
+    _sweep(engine, out)
+    with open(out / "results.jsonl", "a") as f:
+        f.write('[1, 2]\n"text"\n3\nnull\n{"key": 1}\n')
+    summary = _sweep(engine, out)
+    assert (summary.skipped, summary.done) == (4, 0)
+    assert len(_rows(out)) == 4
+
+
 @pytest.mark.parametrize("damage", ["empty", "truncated", "other bytes"])
 def test_resume_redoes_a_damaged_png_and_keeps_one_history_row_per_image(engine, tmp_path, damage):
     out = tmp_path / "out"
@@ -620,8 +630,8 @@ def test_score_scores_what_it_can_and_names_the_rest(tiny_dirs, tmp_path, capsys
     assert "Traceback" not in err and "--image" not in err
     assert "scored 4 images" in err
     assert "1 image(s) missing" in err and "1 image(s) damaged" in err and "1 unreadable line" in err
-    (out / "results.jsonl").write_text("not json\n{}\n")
-    assert "none of its 2 line(s) is a results row" in _one_line(main, ["score", str(out), "--tiny", "--metrics",
+    (out / "results.jsonl").write_text("not json\n{}\n[1, 2]\n\"x\"\n")  # [1, 2] was a traceback
+    assert "none of its 4 line(s) is a results row" in _one_line(main, ["score", str(out), "--tiny", "--metrics",
                                                                         "clip_t", "--no-store"], capsys)
 
 
@@ -663,3 +673,24 @@ def test_the_ids_of_a_prompt_never_hold_a_special_token_it_did_not_put_there(eng
     tok = engine.models.text_pipe.tokenizer
     specials = {tok.convert_tokens_to_ids(t) for t in ("<|im_start|>", "<|im_end|>")}
     assert sum(i in specials for i in enc.input_ids) == 3  # the user turn's open and close, the assistant's open
+
+
+# ---------------------------------------------------------------- the campaign's small version
+def test_the_kill_campaign_in_small_loses_nothing_in_the_folder_or_the_store(tiny_dirs, tmp_path):
+    """benchmarks/reliability.py's kill section with 2 trials (a kill between a results row and its store write, and
+    one at a random moment) over 10 images: after each resume, 0 lost and 0 duplicated in the folder AND the store,
+    PNG bytes identical to an uninterrupted run. The full campaign (15 trials, 60 images) is the benchmark."""
+    import importlib.util
+    import random
+
+    path = Path(__file__).parents[1] / "benchmarks" / "reliability.py"
+    spec = importlib.util.spec_from_file_location("reliability", path)
+    campaign = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(campaign)
+    result = campaign.kill_section(tmp_path, trials=2, seeds="0-1", rng=random.Random(3), log=lambda line: None)
+    totals = result["totals"]
+    assert result["images"] == 10 and totals["trials"] == 2 and totals["killed"] >= 1
+    assert totals["resumes_failed"] == 0
+    for key in ("folder_lost", "folder_duplicated", "folder_torn_after_resume", "pixels_differ", "store_lost",
+                "store_duplicated", "store_sha_mismatch"):
+        assert totals[key] == 0, (key, result["trials"])

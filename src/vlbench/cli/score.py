@@ -51,4 +51,8 @@ def run(args) -> int:
             store.close()
     common.rewrite_report(out)
     console.print(f"wrote {common.escape(out / 'report.html')}")
-    return 1 if summary.problems else 0  # some images could not be scored: said above, one line each
+    if summary.problems:  # said above, one line each; the last line says the pass is incomplete
+        console.print(f"[red]failed: {len(summary.problems)} problem(s) left images unscored (above); fix them or "
+                      "re-run the same `vlbench run` command, then score again[/red]")
+        return 1
+    return 0
