@@ -51,7 +51,7 @@ SMALL = ["--steps", "2", "--width", "64", "--height", "64"]
 
 # ---------------------------------------------------------------- helpers
 def env_for(data: Path, **extra: str) -> dict:
-    env = dict(os.environ, PYTHONPATH=str(SRC), VLBENCH_DATA_DIR=str(data), VLBENCH_CONFIG_DIR=str(data / "config"),
+    env = dict(os.environ, PYTHONPATH=str(SRC), VLBENCH_DATA_DIR=str(data), VLBENCH_CONFIG_DIR=str(data) + "-config",
                OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
     env.update(extra)
     return env
@@ -713,7 +713,9 @@ def store_section(work: Path, log) -> dict:
         conn.close()
 
     code, err, _, out, data = run_case("locked 12 s", "0-5", hold_lock)
-    verdict("run: store locked 12 s", code, err, out, data)
+    time.sleep(1)
+    resumed, _, _, _ = vlbench(run_argv(ref, out, "0-5") + ["--no-diagnostics"], env_for(data), timeout=600)
+    verdict("run: store locked 12 s, then resumed", code, err, out, data, resumed)
 
     # 2. deleted during the run
     def delete(data, out, stop):
@@ -731,10 +733,10 @@ def store_section(work: Path, log) -> dict:
     if unshare:
         # 3. disk full, then space freed and the run resumed: in one private mount namespace
         for name, setup, heal in [
-            ("disk full", "mount -t tmpfs -o size=700k none $D && {first} && dd if=/dev/zero of=$D/filler bs=4k "
-                          "2>/dev/null; ", "rm -f $D/filler"),
-            ("read-only", "mount -t tmpfs -o size=4m none $D && {first} && mount -o remount,ro $D; ",
-             "mount -o remount,rw $D"),
+            ("disk full", 'mount -t tmpfs -o size=8m none "$D" && {first} && dd if=/dev/zero of="$D/filler" bs=4k '
+                          "2>/dev/null; ", 'rm -f "$D/filler"'),
+            ("read-only", 'mount -t tmpfs -o size=4m none "$D" && {first} && mount -o remount,ro "$D"; ',
+             'mount -o remount,rw "$D"'),
         ]:
             data = work / f"store-{name}-data"
             out = work / f"store-{name}"
@@ -747,8 +749,9 @@ def store_section(work: Path, log) -> dict:
             run_cmd = " ".join(shlex.quote(a) for a in [PY, "-m", "vlbench", *run_argv(ref, out, "0-5"),
                                                         "--no-diagnostics"])
             script = (f"D={shlex.quote(str(data))}; " + setup.format(first=first)
-                      + f"{run_cmd} 2>$D.err1; echo $? > $D.code1; {heal}; {run_cmd} 2>$D.err2; echo $? > $D.code2; "
-                        f"{PY} -c {shlex.quote(_DUMP)} $D/runs.sqlite3 {shlex.quote(str(out.resolve()))} > $D.rows")
+                      + f'{run_cmd} 2>"$D.err1"; echo $? > "$D.code1"; {heal}; {run_cmd} 2>"$D.err2"; '
+                        f'echo $? > "$D.code2"; {PY} -c {shlex.quote(_DUMP)} "$D/runs.sqlite3" '
+                        f'{shlex.quote(str(out.resolve()))} > "$D.rows"')
             subprocess.run(["unshare", "-m", "sh", "-c", script], env=env, timeout=900)
             err1 = Path(f"{data}.err1").read_text(errors="replace")
             err2 = Path(f"{data}.err2").read_text(errors="replace")
@@ -822,20 +825,11 @@ proc = subprocess.Popen([{PY!r}, "-m", "vlbench", "worker", "--tiny", "--device"
 while store.counts_by_status()["done"] < 3:
     time.sleep(0.01)
 subprocess.run(["sh", "-c", "dd if=/dev/zero of=" + data + "/filler bs=4k 2>/dev/null"])
-deadline = time.time() + 60
-while time.time() < deadline and not store.paused:
-    time.sleep(0.1)
-paused = store.paused
-time.sleep(2)
-os.unlink(data + "/filler")  # space freed: the user resumes the queue (F8 in the workbench)
-for _ in range(100):
-    try:
-        store.set_paused(False)
-        break
-    except Exception:
-        time.sleep(0.1)
+time.sleep(20)
+full = store.counts_by_status()
+os.unlink(data + "/filler")  # space freed: the worker goes on by itself
 code = proc.wait(timeout=600)
-print(json.dumps({{"exit": code, "paused_when_full": paused, "counts": store.counts_by_status(),
+print(json.dumps({{"exit": code, "while_full": full, "counts": store.counts_by_status(),
                   "traceback": "Traceback" in proc.stderr.read().decode()}}))
 """
     proc = subprocess.run(["unshare", "-m", "sh", "-c",

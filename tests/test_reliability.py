@@ -369,14 +369,26 @@ def test_a_worker_that_stops_with_an_unrecorded_job_leaves_it_to_recovery_not_fa
     store.close()
 
 
-def test_a_full_disk_for_images_puts_the_run_back_and_pauses_the_queue(tiny_spec, engine, ref_image, monkeypatch):
+def test_a_full_disk_for_images_puts_the_run_back_and_the_queue_waits_for_room(tiny_spec, engine, ref_image,
+                                                                               monkeypatch):
+    """No run fails for a full disk: the run goes back to the front, the worker waits until there is room again
+    (checked before each claim), then goes on by itself."""
+    import shutil
+    from collections import namedtuple
+
     from vlbench import pngs
     from vlbench.worker import ModelStatus, Worker
 
-    def full(path, data):
-        raise OSError(errno.ENOSPC, "No space left on device")
+    real_write, full = pngs.write_png, [True]
 
-    monkeypatch.setattr(pngs, "write_png", full)
+    def write(path, data):
+        if full[0]:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(path, data)
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(pngs, "write_png", write)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(1, 1, 0 if full[0] else 1 << 40))
     store = Store()
     ids = [store.enqueue("p", [str(ref_image)], SMALL) for _ in range(2)]
     events = []
@@ -384,13 +396,16 @@ def test_a_full_disk_for_images_puts_the_run_back_and_pauses_the_queue(tiny_spec
     worker.start()
     worker.wake()
     deadline = time.monotonic() + 60
-    while not store.paused and time.monotonic() < deadline:
+    while not any(isinstance(e, ModelStatus) and "No space left" in e.text for e in events):
+        assert time.monotonic() < deadline
         time.sleep(0.05)
-    time.sleep(0.3)
+    time.sleep(1.0)
+    assert [store.get(i).status for i in ids] == ["pending", "pending"] and store.queue()[0].id == ids[0]
+    full[0] = False  # space freed
+    assert worker.wait_idle(60)
     worker.stop()
-    assert store.paused and [store.get(i).status for i in ids] == ["pending", "pending"]
-    assert store.queue()[0].id == ids[0]  # back at the front
-    assert any("No space left" in e.text and "free space" in e.text for e in events if isinstance(e, ModelStatus))
+    assert [store.get(i).status for i in ids] == ["done", "done"] and not store.paused
+    assert any("room again" in e.text for e in events if isinstance(e, ModelStatus))
     store.close()
 
 

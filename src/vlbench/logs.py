@@ -16,7 +16,7 @@ def attach_log_file() -> logging.Handler | None:
     for h in [*logger.handlers, *logging.getLogger().handlers]:
         if isinstance(h, logging.FileHandler) and Path(h.baseFilename) == path:
             return None
-    handler = logging.FileHandler(path, encoding="utf-8")
+    handler = _FileHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(threadName)s] %(message)s"))
     logger.addHandler(handler)
     if logger.level == logging.NOTSET:
@@ -35,3 +35,11 @@ def quiet_libraries() -> None:
     transformers.utils.logging.set_verbosity_error()
     diffusers.utils.logging.disable_progress_bar()
     diffusers.utils.logging.set_verbosity_error()
+
+
+class _FileHandler(logging.FileHandler):
+    """The log file; a record that cannot be written (the disk is full) is dropped, not printed as a traceback on a
+    terminal that may be gone."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        pass

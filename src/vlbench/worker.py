@@ -129,6 +129,7 @@ class Worker:
         self._status = ""  # the last ModelStatus text (published by a headless worker)
         self._progress: list | None = None  # [step, total, eta_s] of the current run
         self._fault_logged = 0.0  # when the loop last logged a store fault (not every second)
+        self._space_needed = 0  # after a full disk: bytes that must be free before the next claim
 
     # ---- control (any thread) ----
     def start(self) -> None:
@@ -298,6 +299,10 @@ class Worker:
                         self._stop.wait(backoff)
                         backoff = min(backoff * 2, 8.0)
                         continue
+                if self._space_needed and not self._space_freed():
+                    self._stop.wait(backoff)
+                    backoff = min(backoff * 2, 8.0)
+                    continue
                 backoff = 0.25
                 if store.paused != self._paused.is_set():  # paused or resumed from another process (or at start)
                     (self._paused.set if store.paused else self._paused.clear)()
@@ -346,12 +351,10 @@ class Worker:
         except Cancelled:
             self._store_write(store, _Write(run_id, "cancelled", lambda s: s.cancel(run_id),
                                             lambda s, changed: self._cancelled(run_id)))
-        except _Postpone as postpone:
+        except _Postpone as postpone:  # the disk is full: wait for space, then go on by itself
             log.warning("run %d: %s", run_id, postpone.reason)
-            self._paused.set()
-            self._set_store_paused(True)
-            self._report_paused()
             self._emit(ModelStatus(postpone.reason))
+            self._space_needed = postpone.need
             self._store_write(store, _Write(run_id, "back in the queue", lambda s: s.release(run_id),
                                             lambda s, changed: None))
         except Stopping:
@@ -410,6 +413,21 @@ class Worker:
             for write in self._unsaved:
                 log.warning("run %d: %s, but not recorded (the run store still refuses writes); it stays "
                             "'running' until the next worker's recovery queues it again", write.run_id, write.what)
+
+    def _space_freed(self) -> bool:
+        """After a full disk: is there room for the next image again? (Checked before each claim.)"""
+        import shutil
+
+        try:
+            free = shutil.disk_usage(self.outputs_dir).free
+        except OSError:
+            return False
+        if free < self._space_needed:
+            return False
+        self._space_needed = 0
+        log.info("%s has room again: the queue goes on", self.outputs_dir)
+        self._emit(ModelStatus(f"{self.outputs_dir} has room again: the queue goes on"))
+        return True
 
     def _done(self, store: Store, run_id: int, out: Path, changed: bool, started: float) -> None:
         if changed:
@@ -484,11 +502,13 @@ class Worker:
         out = self.outputs_dir / f"{run_id:06d}.png"
         save_start = time.perf_counter()
         record = outcome.record
+        data = encode_png(outcome.image, record.png_metadata())
         try:
-            sha = write_png(out, encode_png(outcome.image, record.png_metadata()))  # fsynced before the row says done
+            sha = write_png(out, data)  # fsynced before the row says done
         except OSError as exc:  # a full or read-only disk: every next run would fail the same way
-            raise _Postpone(f"cannot write {out} ({exc.strerror or exc}); run {run_id} is back in the queue and the "
-                            f"queue is paused: free space in {self.outputs_dir}, then resume it") from None
+            raise _Postpone(f"cannot write {out} ({exc.strerror or exc}); run {run_id} is back in the queue and "
+                            f"the queue waits until {self.outputs_dir} has room (it goes on by itself)",
+                            need=2 * len(data) + (1 << 20)) from None
         record = record.replace(image=str(out), image_sha256=sha,
                                 timings={**record.timings, "save": time.perf_counter() - save_start,
                                          "total": time.perf_counter() - started})
@@ -700,11 +720,11 @@ class _Failed(Exception):
 
 
 class _Postpone(Exception):
-    """The run cannot finish on this machine now (a full disk): it goes back to the queue and the queue pauses."""
+    """The run cannot finish now (a full disk): it goes back to the queue, which waits until `need` bytes are free."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, need: int) -> None:
         super().__init__(reason)
-        self.reason = reason
+        self.reason, self.need = reason, need
 
 
 @dataclass

@@ -111,7 +111,14 @@ class Ledger:
                 self._say(f"run store {store.path} was deleted or replaced during the run; this folder's images "
                           "are recorded in the store now at that path")
                 store = own = Store(store.path)
-            self.summary.rerecorded += reconcile_store(self.out, done, store)
+            for attempt in range(3):  # a lock held a little longer than the busy timeout: a few more seconds
+                try:
+                    self.summary.rerecorded += reconcile_store(self.out, done, store)
+                    break
+                except Exception:  # noqa: BLE001
+                    if attempt == 2:
+                        raise
+                    time.sleep(1.0)
             self.summary.unrecorded, self.summary.store_error = 0, None
         except Exception as exc:  # noqa: BLE001
             self._store_fault(exc)
