@@ -859,8 +859,9 @@ def ssh_section(work: Path, log) -> dict:
         store.enqueue_many([dict(prompt=f"job {i}", images=[str(ref)], recipe={"width": 64, "height": 64, "steps": 6,
                                                                                "seed": i}) for i in range(40)])
         master, slave = os.openpty()
+        data.mkdir(parents=True, exist_ok=True)
         shell = subprocess.Popen(["setsid", "-c", "bash", "--norc", "--noprofile", "-i"], stdin=slave, stdout=slave,
-                                 stderr=slave, env=env, close_fds=True)
+                                 stderr=slave, env=env, close_fds=True, cwd=data)  # nohup.out lands there
         os.close(slave)
         prefix = {"setsid": "setsid ", "plain &": "", "nohup": "nohup "}[mode]
         os.write(master, f"{prefix}{PY} -m vlbench worker --tiny --device cpu --exit-when-idle &\n".encode())

@@ -570,6 +570,21 @@ def test_devices_and_pipes_given_as_input_files_are_refused_not_read(tmp_path, r
         assert "not a regular file" in _one_line(main, argv, capsys)
 
 
+def test_a_nearly_full_disk_is_one_warning_line_before_any_model_loads(tmp_path, ref_image, monkeypatch, capsys):
+    import shutil
+    from collections import namedtuple
+
+    from vlbench.cli import common, main
+
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: namedtuple("u", "total used free")(1, 1, 50_000))
+    monkeypatch.setattr(common, "engine", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("models loaded")))
+    argv = _run_argv(ref_image, tmp_path / "o")
+    with pytest.raises(RuntimeError, match="models loaded"):  # stopped at the model load: the check came first
+        main(argv)
+    warnings = [ln for ln in capsys.readouterr().err.splitlines() if "free on its disk" in ln]
+    assert len(warnings) == 1 and "--output-dir" in warnings[0] and "this writes about" in warnings[0]
+
+
 def test_an_undecodable_byte_in_a_run_prompt_is_one_line(tmp_path, ref_image, capsys):
     from vlbench.cli import main
 

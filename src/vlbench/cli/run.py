@@ -103,6 +103,9 @@ def run(args) -> int:
     choice = ExecutorChoice(args.executor, args.ray_address, args.ray_actors)
 
     console = common.console()
+    n = len(recipes) * len(reference_sets) * len(prompts) * len(seeds or [None])
+    size = max((image_bytes(r.recipe.width, r.recipe.height) for r in recipes), default=0)
+    common.check_free_space(out, n * size + (1 << 20), console, "output_dir")  # + grid, report, run.json
     engine, executor = start_executor(spec, choice, lambda s: common.engine(s, console), console)
     store = None if args.no_store else common.open_store(console)
     parameters = {"experiment": args.experiment, "images": images, "prompts": prompts, "seeds": seeds,
@@ -110,12 +113,9 @@ def run(args) -> int:
                   "quick": args.quick, "overrides": overrides, "limit": args.limit, "output_dir": str(out)}
     if executor is not None:
         parameters["executor"] = executor.describe()
-    n = len(recipes) * len(reference_sets) * len(prompts) * len(seeds or [None])
     console.print(f"[bold]{common.escape(experiment.name)}[/bold]: {len(recipes)} configs × {len(reference_sets)} "
                   f"references × {len(prompts)} prompts × {len(seeds or [None])} seeds = {n} images → "
                   f"{common.escape(out)}/")
-    size = max((image_bytes(n.recipe.width, n.recipe.height) for n in recipes), default=0)
-    common.check_free_space(out, n * size + (1 << 20), console, "output_dir")  # + grid, report, run.json
     previous = signal.signal(signal.SIGTERM, _sigterm) if threading.current_thread() is threading.main_thread() else None
     try:
         summary = run_experiment(engine, experiment, recipes, reference_sets, prompts, out, seeds=seeds,
