@@ -84,8 +84,11 @@ def test_dispatch_retries_on_the_same_slot_when_it_is_the_only_one():
 @pytest.fixture(scope="module")
 def ray_session(tiny_dirs):
     ray = pytest.importorskip("ray")
-    # 4 logical CPUs: the module's two actors, and two more for the command-line test
-    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    from vlbench.executors.ray_connect import connect
+
+    # what `--executor ray` starts without --ray-address; 4 logical CPUs at least: the module's two actors, and two
+    # more for the command-line test
+    assert connect(None, 4)
     yield ray
     ray.shutdown()
 
@@ -237,6 +240,39 @@ def _argv(ref: Path, out: Path) -> list[str]:
     return ["run", "--experiment", "vl_layer_by_token", "--quick", "--image", str(ref), "--prompt", PROMPT,
             "--seeds", "1,2", "--output-dir", str(out), "--tiny", "--device", "cpu", "--steps", "2", "--width", "64",
             "--height", "64", "--no-store", "--no-diagnostics"]
+
+
+def test_a_one_host_ray_run_listens_on_loopback_only(executor, sweep, tiny_spec, tmp_path):
+    """Issue 13 #8: a local Ray instance exposed 7 unauthenticated listeners, 6 on every interface. Every socket
+    that this process or a process it started (GCS, raylets, agents, the actors) listens on is a loopback one,
+    checked while a sweep runs on the actors."""
+    import ipaddress
+    import threading
+
+    psutil = pytest.importorskip("psutil")
+    seen: dict = {}
+    done = threading.Event()
+
+    def watch():
+        while not done.is_set():
+            me = psutil.Process()
+            pids = {me.pid, *(p.pid for p in me.children(recursive=True))}
+            for c in psutil.net_connections("inet"):
+                if c.status == psutil.CONN_LISTEN and c.pid in pids:
+                    seen[(c.laddr.ip, c.laddr.port)] = c.pid
+            done.wait(0.2)
+
+    thread = threading.Thread(target=watch)
+    thread.start()
+    try:
+        assert _run_on_ray(sweep, executor, tiny_spec, tmp_path / "out").done == 8
+    finally:
+        done.set()
+        thread.join()
+    assert len(seen) >= 3, seen  # the GCS, a raylet, the actors: the check saw Ray's servers
+    exposed = {addr: pid for addr, pid in seen.items()
+               if not ipaddress.ip_address(addr[0].removeprefix("::ffff:")).is_loopback}
+    assert not exposed, f"listening beyond loopback: {exposed}"
 
 
 def test_cli_run_on_ray(sweep, ray_session, tmp_path):

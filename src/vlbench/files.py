@@ -64,6 +64,32 @@ def atomic_copy(source: str | Path, path: str | Path) -> Path:
     return atomic_write(path, lambda tmp: shutil.copyfile(source, tmp))
 
 
+INPUT_LIMIT = 16 * 2**20  # a recipe, type or prompt file larger than this is not one
+
+
+class NotAFile(OSError):
+    """An input that is not a regular file of a sane size (/dev/zero, a FIFO, a 10 GB log)."""
+
+
+def read_text_file(path: str | Path, limit: int = INPUT_LIMIT) -> str:
+    """A small UTF-8 input file's text. A device, a FIFO or a socket would never end (or never start): refused
+    before opening, as is a file over `limit` bytes, with NotAFile; the usual OSErrors and UnicodeDecodeError
+    otherwise."""
+    import stat
+
+    path = Path(path)
+    mode = os.stat(path).st_mode  # FileNotFoundError, NotADirectoryError … as usual
+    if stat.S_ISDIR(mode):
+        raise IsADirectoryError(21, "Is a directory", str(path))
+    if not stat.S_ISREG(mode):
+        raise NotAFile("not a regular file (a device, pipe or socket)")
+    with open(path, "rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise NotAFile(f"larger than {limit // 2**20} MiB: not a text input")
+    return data.decode("utf-8")
+
+
 def remove_stale_temp_files(folder: str | Path) -> int:
     """Delete this helper's temp files in `folder` whose owning process is gone; returns how many.
 

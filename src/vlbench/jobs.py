@@ -75,10 +75,9 @@ def execute(engine, record: RunRecord, refs: list, *, on_step: Callable[[int, in
         with np.errstate(invalid="raise"):
             try:
                 result = engine.run(recipe, record.prompt, refs, on_step=on_step)
-            except FloatingPointError:
-                raise NonFinite(_nan_reason(engine, recipe, record.prompt, refs)) from None
-        if not all(_finite(caption) for caption in result.conditioning.captions):
-            raise NonFinite(_nan_reason(engine, recipe, record.prompt, refs))
+            except FloatingPointError as exc:  # NaN latents: at a step (engine.generate) or at the decoder's cast
+                raise NonFinite(_nan_reason(engine, recipe, record.prompt, refs, str(exc))) from None
+        check_conditioning(engine, recipe, result.conditioning)
     except Interrupt:
         raise
     except Exception as exc:  # noqa: BLE001 — one bad job never ends a sweep or a worker
@@ -124,22 +123,83 @@ def _finite(tensor) -> bool:
     return bool(torch.isfinite(tensor).all())
 
 
-def _nan_reason(engine, recipe, prompt: str, refs) -> str:
+def _nan_reason(engine, recipe, prompt: str, refs, detail: str | None = None) -> str:
     """Which stage went non-finite: the conditioning (re-derived from the cache, cheap) or the image."""
-    import torch
-
     try:
         cond = engine.condition(recipe, prompt, refs)
-        if not _finite(cond.embeds):
-            bad = int((~torch.isfinite(cond.embeds)).sum())
-            stage = f"after {recipe.normalization} normalisation" if recipe.normalization != "none" else \
-                f"at layer {recipe.layer}"
-            return (f"NaN in the conditioning {stage}: {bad} of {cond.embeds.numel()} values are not finite; "
-                    "try another layer, another normalisation or dtype fp32")
+        reason = nonfinite_stage(engine, recipe, cond)
+        if reason is not None:
+            return reason
     except Exception:  # noqa: BLE001
         log.exception("re-deriving the conditioning to locate a NaN")
-    return ("NaN in the image: the generated latents are not finite; try dtype bf16/fp32 instead of fp16, "
+    where = f" ({detail})" if detail else ""
+    return (f"NaN in the image: the generated latents are not finite{where}; try dtype bf16/fp32 instead of fp16, "
             "or another layer or token selection")
+
+
+def check_conditioning(engine, recipe, cond) -> None:
+    """NonFinite, naming the stage, when the conditioning holds NaN/inf (before it is used or written)."""
+    for caption in cond.captions:  # a schedule's later captions too
+        if not _finite(caption):
+            raise NonFinite(nonfinite_stage(engine, recipe, cond) or _count("NaN in the conditioning", caption))
+
+
+def nonfinite_stage(engine, recipe, cond) -> str | None:
+    """One line naming the first stage whose output is not finite, in the order the conditioning is built:
+    Qwen3-VL's hidden states at the layers read, Qwen3-4B's encoding, the calibration statistics a
+    normalisation reads, then the normalisation or blend itself. None when the conditioning is finite."""
+    if _finite(cond.embeds):
+        return None
+    layers = {v for v in (recipe.layer, recipe.image_layer, recipe.text_layer, getattr(recipe, "style_layer", None),
+                          getattr(recipe, "content_layer", None)) if v is not None}
+    for ex in cond.extractions:
+        for layer in sorted(layers):
+            try:
+                index = ex.check_layer(layer)
+            except UserError:
+                continue
+            if not _finite(ex.hidden_states[index]):
+                return _count(f"NaN in the conditioning: Qwen3-VL's hidden states at layer {layer}",
+                              ex.hidden_states[index], "use dtype bf16 or fp32 (fp16 overflows), or another layer")
+    if cond.text is not None and not _finite(cond.text.embeds):
+        return _count("NaN in the conditioning: Qwen3-4B's encoding of the prompt", cond.text.embeds,
+                      "use dtype bf16 or fp32 (fp16 overflows)")
+    if recipe.normalization != "none":
+        stats = _bad_calibration(engine, recipe, layers)
+        if stats:
+            return (f"NaN in the conditioning after {recipe.normalization} normalisation (calibration stats for "
+                    f"{stats} are empty or not finite); re-run vlbench calibrate")
+        return _count(f"NaN in the conditioning after {recipe.normalization} normalisation", cond.embeds,
+                      "try normalization none, or another layer")
+    return _count("NaN in the conditioning after the blend", cond.embeds, "check the weights and ratios")
+
+
+def _bad_calibration(engine, recipe, layers) -> str | None:
+    """'qwen3 layer -2 text' when those statistics are missing, empty or not finite."""
+    import torch
+
+    from vlbench.engine.calibrate import load_stats
+
+    try:
+        stats = load_stats(recipe.calibration, engine.models)
+    except UserError:
+        return None
+    for model, layer in [("qwen3", -2), *(("vl", l) for l in sorted(layers))]:
+        try:
+            values = stats.get(model, layer, "text")
+        except UserError:
+            continue
+        for name, t in values.items():
+            if t.numel() == 0 or not bool(torch.isfinite(t).all()) or (name != "mean" and bool((t <= 0).any())):
+                return f"{model} layer {layer} text"
+    return None
+
+
+def _count(stage: str, tensor, fix: str | None = None) -> str:
+    import torch
+
+    bad = int((~torch.isfinite(tensor)).sum())
+    return f"{stage} ({bad} of {tensor.numel()} values)" + (f"; {fix}" if fix else "")
 
 
 _REPEATED_SPECIAL = re.compile(r"(<\|[^|<>]+\|>)\1{3,}")

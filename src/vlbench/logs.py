@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 from vlbench import paths
@@ -10,12 +11,12 @@ from vlbench import paths
 
 def attach_log_file() -> logging.Handler | None:
     """Send vlbench's logs to paths.log_path() unless something already does; returns the handler added."""
-    path = paths.log_path()
+    path = Path(os.path.abspath(paths.log_path()))  # as FileHandler records it (VLBENCH_DATA_DIR may be relative)
     logger = logging.getLogger("vlbench")
     for h in [*logger.handlers, *logging.getLogger().handlers]:
         if isinstance(h, logging.FileHandler) and Path(h.baseFilename) == path:
             return None
-    handler = logging.FileHandler(path, encoding="utf-8")
+    handler = _FileHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(threadName)s] %(message)s"))
     logger.addHandler(handler)
     if logger.level == logging.NOTSET:
@@ -34,3 +35,11 @@ def quiet_libraries() -> None:
     transformers.utils.logging.set_verbosity_error()
     diffusers.utils.logging.disable_progress_bar()
     diffusers.utils.logging.set_verbosity_error()
+
+
+class _FileHandler(logging.FileHandler):
+    """The log file; a record that cannot be written (the disk is full) is dropped, not printed as a traceback on a
+    terminal that may be gone."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        pass

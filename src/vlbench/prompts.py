@@ -29,14 +29,18 @@ def check_prompt(text: object, field: str = "prompt") -> str:
 
 def read_prompts_file(path: str | Path, field: str = "prompts_file") -> list[str]:
     """The prompts of a text or TOML file, in order, duplicates kept once."""
+    from vlbench.files import NotAFile, read_text_file
+
     file = Path(path)
     try:
-        text = file.read_text(encoding="utf-8")
+        text = read_text_file(file)
     except FileNotFoundError:
         raise UserError("no such file", field=field, value=str(path)) from None
     except IsADirectoryError:
         raise UserError("is a folder", field=field, value=str(path), fix="give a text or TOML file") from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except NotAFile as exc:
+        raise UserError(str(exc), field=field, value=str(path)) from None
+    except (OSError, ValueError) as exc:
         raise UserError(f"cannot read it ({exc.__class__.__name__})", field=field, value=str(path)) from None
     if file.suffix.lower() == ".toml":
         try:

@@ -370,6 +370,18 @@ class Store:
                 out.setdefault(r["image"], []).append(r["id"])
         return out
 
+    def images_recorded(self, paths: list[str]) -> dict[str, list[tuple[int, str | None]]]:
+        """image path -> [(id, image_sha256)] of the runs recorded with it (resume compares the sha256)."""
+        out: dict[str, list[tuple[int, str | None]]] = {}
+        paths = list(dict.fromkeys(str(p) for p in paths))
+        conn = self._conn()
+        for i in range(0, len(paths), 500):
+            chunk = paths[i:i + 500]
+            for r in conn.execute(f"SELECT id, image, image_sha256 FROM runs WHERE image IN "
+                                  f"({', '.join('?' * len(chunk))}) ORDER BY id", chunk):
+                out.setdefault(r["image"], []).append((r["id"], r["image_sha256"]))
+        return out
+
     # ---- reading ----
     def get(self, run_id: int) -> RunRow | None:
         found = self._conn().execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()

@@ -6,11 +6,19 @@ transformers or diffusers at import time: the engine is imported and built insid
 to `on_event` from the worker thread, except WorkerPaused, which pause()/resume() post at once
 from the caller's thread (so `on_event` must be safe to call from any thread). No exception ever leaves the loop: a bad job fails with a
 one-line reason (tracebacks of bugs go to the log) and the next job runs.
+
+A store fault (locked past its busy timeout, disk full, read-only) never marks a finished image failed
+nor strands its run: the write is retried with backoff, then kept in memory and written before the
+next claim; a worker that stops with a write still unsaved leaves the run to `Store.recover`, which
+queues it again. The worker says where it is in the store's state (PRESENCE): `vlbench worker` runs one
+headless, and a workbench opened beside it becomes a `Viewer` of its queue.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import sqlite3
 import sys
 import threading
 import time
@@ -23,9 +31,13 @@ from vlbench.errors import UserError, one_line
 from vlbench.files import remove_stale_temp_files
 from vlbench.jobs import Cancelled, Stopping
 from vlbench.logs import attach_log_file
-from vlbench.store import RunRow, Store
+from vlbench.process import owner_alive, process_token
+from vlbench.store import FINISHED, RunRow, Store
 
 log = logging.getLogger("vlbench.worker")
+PRESENCE = "worker"  # store state: which process works this store's queue (a headless worker, a workbench)
+STORE_RETRY_S = 60.0  # a store write after a job (done, failed, …) is retried with backoff this long, then later
+HEARTBEAT_S = 1.0  # a headless worker publishes its state (current run, progress, status) this often
 
 
 # ---- events (posted from the worker thread) ----
@@ -81,7 +93,10 @@ class Worker:
 
     def __init__(self, spec, *, store_path: Path | str | None = None, outputs_dir: Path | str | None = None,
                  on_event: Callable[[object], None] = lambda e: None, engine_factory: Callable[[], Any] | None = None,
-                 poll_s: float = 0.5, recover: bool = True, render: Callable[[UserError], str] | None = None):
+                 poll_s: float = 0.5, recover: bool = True, render: Callable[[UserError], str] | None = None,
+                 presence: str | None = None, heartbeat_s: float = HEARTBEAT_S):
+        """`presence`: "headless" (`vlbench worker`: publishes its state every `heartbeat_s`) or "workbench"
+        (registers once); None registers nothing."""
         self.spec = spec  # vlbench.modelspec.ModelSpec
         self.store_path = Path(store_path) if store_path is not None else paths.store_path()
         self.outputs_dir = Path(outputs_dir) if outputs_dir is not None else paths.outputs_dir()
@@ -103,10 +118,18 @@ class Worker:
         self._reported_loads: set[str] = set()
         self._free_memory = False
         self._control: Store | None = None
+        self._since = time.time()
         if render is None:  # the workbench's words: the headless worker's runs are read there too
             from vlbench.tui.wording import render
         self._render = render
         self._reported_paused = False
+        self.presence = presence
+        self.heartbeat_s = heartbeat_s
+        self._unsaved: list[_Write] = []  # store writes that failed past STORE_RETRY_S, oldest first
+        self._status = ""  # the last ModelStatus text (published by a headless worker)
+        self._progress: list | None = None  # [step, total, eta_s] of the current run
+        self._fault_logged = 0.0  # when the loop last logged a store fault (not every second)
+        self._space_needed = 0  # after a full disk: bytes that must be free before the next claim
 
     # ---- control (any thread) ----
     def start(self) -> None:
@@ -130,15 +153,23 @@ class Worker:
         """Stop claiming new jobs; the current one finishes. WorkerPaused(True) is posted at once. The pause is the
         store's (saved across restarts, seen by a worker in another process)."""
         self._paused.set()
-        self._control_store().set_paused(True)
+        self._set_store_paused(True)
         self._report_paused()
         self._wake.set()
 
     def resume(self) -> None:
         self._paused.clear()
-        self._control_store().set_paused(False)
+        self._set_store_paused(False)
         self._report_paused()
         self.wake()
+
+    def _set_store_paused(self, paused: bool) -> None:
+        try:
+            self._control_store().set_paused(paused)
+        except sqlite3.Error as exc:  # the pause holds in this process; other processes see it once it is written
+            log.warning("run store: cannot save the pause (%s)", exc)
+            self._emit(ModelStatus(f"run store: {one_line(exc)}; the queue is "
+                                   f"{'paused' if paused else 'resumed'} here only until the store is writable"))
 
     def _control_store(self) -> Store:
         """A Store for the caller's thread (pause/resume come from the UI thread)."""
@@ -176,6 +207,8 @@ class Worker:
 
     # ---- the thread ----
     def _emit(self, event: object) -> None:
+        if isinstance(event, ModelStatus):
+            self._status = event.text
         try:
             self._on_event(event)
         except Exception:  # a UI that is shutting down must not take the worker with it
@@ -193,10 +226,16 @@ class Worker:
     def _main(self) -> None:
         handler = attach_log_file()
         store = None
+        beat = None
         try:
             store = Store(self.store_path)
+            if self.presence is not None:
+                self._publish(store, started=True)
+            if self.presence == "headless":
+                beat = threading.Thread(target=self._heartbeat, name="vlbench-heartbeat", daemon=True)
+                beat.start()
             if self._recover:
-                requeued, failed = store.recover()
+                requeued, failed = _persist(store.recover, stop=self._stop)
                 if requeued or failed:
                     log.info("recovered %d run(s) left running by a dead worker; %d failed after repeated "
                              "interruptions", requeued, failed)
@@ -207,15 +246,64 @@ class Worker:
             self._emit(ModelStatus(f"worker stopped: {one_line(f'{type(exc).__name__}: {exc}')}"))
         finally:
             if store is not None:
+                self._last_writes(store)
+                if beat is not None:
+                    beat.join(self.heartbeat_s + 6)
+                if self.presence is not None:
+                    self._unpublish(store)
                 store.close()
             if handler is not None:
                 logging.getLogger("vlbench").removeHandler(handler)
                 handler.close()
 
+    # ---- presence: which process works the queue ----
+    def presence_info(self) -> dict:
+        return {"token": process_token(), "pid": os.getpid(), "kind": self.presence, "since": self._since,
+                "heartbeat": time.time(), "current": self._current, "progress": self._progress,
+                "status": self._status, "paused": self._paused.is_set(), "unsaved": len(self._unsaved),
+                "log": str(paths.log_path()), "store": str(self.store_path)}
+
+    def _publish(self, store: Store, started: bool = False) -> None:
+        if started:
+            self._since = time.time()
+        try:
+            store.set_state(PRESENCE, self.presence_info())
+        except sqlite3.Error as exc:  # a locked or full store: the next beat tries again
+            if started or time.monotonic() - self._fault_logged > 60:
+                self._fault_logged = time.monotonic()
+                log.warning("run store: cannot publish the worker's state (%s)", exc)
+
+    def _unpublish(self, store: Store) -> None:
+        try:
+            info = store.get_state(PRESENCE)
+            if isinstance(info, dict) and info.get("token") == process_token():
+                store.set_state(PRESENCE, None)
+        except sqlite3.Error:
+            pass  # a dead owner's presence is ignored by live_worker anyway
+
+    def _heartbeat(self) -> None:
+        store = Store(self.store_path)
+        try:
+            while not self._stop.wait(self.heartbeat_s):
+                self._publish(store)
+        finally:
+            store.close()
+
     def _loop(self, store: Store) -> None:
         idle_reported = False
+        backoff = 0.25
         while not self._stop.is_set():
             try:
+                if self._unsaved:  # the store failed after a job: its row is written before anything new runs
+                    if not self._flush_unsaved(store):
+                        self._stop.wait(backoff)
+                        backoff = min(backoff * 2, 8.0)
+                        continue
+                if self._space_needed and not self._space_freed():
+                    self._stop.wait(backoff)
+                    backoff = min(backoff * 2, 8.0)
+                    continue
+                backoff = 0.25
                 if store.paused != self._paused.is_set():  # paused or resumed from another process (or at start)
                     (self._paused.set if store.paused else self._paused.clear)()
                 self._report_paused()
@@ -238,7 +326,13 @@ class Worker:
                 self._idle.clear()
                 idle_reported = False
                 self._execute(store, row)
-            except Exception:  # e.g. the store locked for longer than busy_timeout: log, wait, go on
+            except sqlite3.Error as exc:  # the store locked past busy_timeout, a full disk: say it once a minute
+                if time.monotonic() - self._fault_logged > 60:
+                    self._fault_logged = time.monotonic()
+                    log.warning("run store: %s; the worker waits for it", one_line(exc))
+                    self._emit(ModelStatus(f"run store: {one_line(exc)}; waiting for it"))
+                self._stop.wait(1.0)
+            except Exception:
                 log.exception("worker loop")
                 self._stop.wait(1.0)
 
@@ -247,36 +341,114 @@ class Worker:
         with self._lock:
             self._current = run_id
             self._cancel_id = None
+            self._progress = None
         started = time.perf_counter()
         steps = row.recipe.get("steps") if isinstance(row.recipe, dict) else None
         self._emit(JobStarted(run_id, steps if isinstance(steps, int) else 0))
         log.info("run %d started", run_id)
         try:
-            image = self._run(store, row, started)
+            out, record = self._run(store, row, started)
         except Cancelled:
-            _persist(store.cancel, run_id)
-            log.info("run %d cancelled", run_id)
-            self._emit(JobCancelled(run_id))
+            self._store_write(store, _Write(run_id, "cancelled", lambda s: s.cancel(run_id),
+                                            lambda s, changed: self._cancelled(run_id)))
+        except _Postpone as postpone:  # the disk is full: wait for space, then go on by itself
+            log.warning("run %d: %s", run_id, postpone.reason)
+            self._emit(ModelStatus(postpone.reason))
+            self._space_needed = postpone.need
+            self._store_write(store, _Write(run_id, "back in the queue", lambda s: s.release(run_id),
+                                            lambda s, changed: None))
         except Stopping:
-            _persist(store.release, run_id)
-            log.info("run %d interrupted by stop; back in the queue", run_id)
+            self._store_write(store, _Write(run_id, "back in the queue", lambda s: s.release(run_id),
+                                            lambda s, changed: log.info("run %d interrupted by stop; back in the "
+                                                                        "queue", run_id)))
         except _Failed as failed:
-            if _persist(store.fail, run_id, failed.failure.reason, failed.failure.kind):
-                log.warning("run %d failed: %s", run_id, failed.failure.reason)
-                self._emit(JobFailed(run_id, failed.failure.reason))
-            else:
-                self._emit(JobCancelled(run_id))
+            f = failed.failure
+            self._store_write(store, _Write(run_id, "failed", lambda s: s.fail(run_id, f.reason, f.kind),
+                                            lambda s, changed: self._failed(run_id, f.reason, changed)))
         else:
-            seconds = time.perf_counter() - started
-            log.info("run %d done in %.2f s", run_id, seconds)
-            self._emit(JobDone(run_id, image, seconds))
+            self._store_write(store, _Write(run_id, "done", lambda s: s.finish(run_id, record),
+                                            lambda s, changed: self._done(s, run_id, out, changed, started)))
         finally:
             with self._lock:
                 self._current = None
                 self._cancel_id = None
+                self._progress = None
         if self._free_memory:
             self._free_memory = False
             _empty_cuda_cache()
+
+    # ---- after a job: its row, whatever the store does ----
+    def _store_write(self, store: Store, write: "_Write") -> bool:
+        """Write a job's outcome; a store fault is retried with backoff for STORE_RETRY_S, then the write waits in
+        memory (the loop writes it before claiming anything else). Never marks a finished image failed."""
+        try:
+            changed = _persist(write.call, store, stop=self._stop)
+        except sqlite3.Error as exc:
+            self._unsaved.append(write)
+            reason = one_line(f"{type(exc).__name__}: {exc}")
+            log.warning("run %d: %s, but the run store cannot record it (%s); retrying until it can", write.run_id,
+                        write.what, reason)
+            self._emit(ModelStatus(f"run store: {reason}; run {write.run_id} is {write.what} (its image is kept) "
+                                   "and is recorded when the store is writable"))
+            return False
+        write.then(store, changed)
+        return True
+
+    def _flush_unsaved(self, store: Store) -> bool:
+        """Write the postponed outcomes, oldest first; False while the store still refuses."""
+        while self._unsaved:
+            write = self._unsaved[0]
+            try:
+                changed = write.call(store)
+            except sqlite3.Error:
+                return False
+            self._unsaved.pop(0)
+            log.info("run %d: recorded as %s after the store fault", write.run_id, write.what)
+            write.then(store, changed)
+        return True
+
+    def _last_writes(self, store: Store) -> None:
+        """Stopping: one more try for postponed writes; a run still unrecorded is left to Store.recover."""
+        if self._unsaved and not self._flush_unsaved(store):
+            for write in self._unsaved:
+                log.warning("run %d: %s, but not recorded (the run store still refuses writes); it stays "
+                            "'running' until the next worker's recovery queues it again", write.run_id, write.what)
+
+    def _space_freed(self) -> bool:
+        """After a full disk: is there room for the next image again? (Checked before each claim.)"""
+        import shutil
+
+        try:
+            free = shutil.disk_usage(self.outputs_dir).free
+        except OSError:
+            return False
+        if free < self._space_needed:
+            return False
+        self._space_needed = 0
+        log.info("%s has room again: the queue goes on", self.outputs_dir)
+        self._emit(ModelStatus(f"{self.outputs_dir} has room again: the queue goes on"))
+        return True
+
+    def _done(self, store: Store, run_id: int, out: Path, changed: bool, started: float) -> None:
+        if changed:
+            seconds = time.perf_counter() - started
+            log.info("run %d done in %.2f s", run_id, seconds)
+            self._emit(JobDone(run_id, str(out), seconds))
+            return
+        if store.status(run_id) != "done":  # cancelled while saving: keep no orphan image
+            out.unlink(missing_ok=True)
+        self._cancelled(run_id)
+
+    def _failed(self, run_id: int, reason: str, changed: bool) -> None:
+        if changed:
+            log.warning("run %d failed: %s", run_id, reason)
+            self._emit(JobFailed(run_id, reason))
+        else:
+            self._emit(JobCancelled(run_id))
+
+    def _cancelled(self, run_id: int) -> None:
+        log.info("run %d cancelled", run_id)
+        self._emit(JobCancelled(run_id))
 
     def _engine(self):
         if self.engine is None:
@@ -290,7 +462,7 @@ class Worker:
                 self.engine = Engine(Models(self.spec, on_status=lambda text: self._emit(ModelStatus(text))))
         return self.engine
 
-    def _run(self, store: Store, row: RunRow, started: float) -> str:
+    def _run(self, store: Store, row: RunRow, started: float) -> tuple[Path, "RunRecord"]:
         """One run through the job path; its PNG on disk (fsynced) before the row says done."""
         from vlbench.engine.engine import Reference
         from vlbench.jobs import classify, execute
@@ -315,6 +487,7 @@ class Worker:
                 eta = per_step * max(0, total - step)
             elif step >= total:
                 eta = 0.0
+            self._progress = [step, total, eta]
             self._emit(JobProgress(run_id, step, total, eta))
 
         record = row.record().replace(references=[dict(r, sha256=ref.sha256) for r, ref in
@@ -329,15 +502,17 @@ class Worker:
         out = self.outputs_dir / f"{run_id:06d}.png"
         save_start = time.perf_counter()
         record = outcome.record
-        sha = write_png(out, encode_png(outcome.image, record.png_metadata()))  # fsynced before the row says done
+        data = encode_png(outcome.image, record.png_metadata())
+        try:
+            sha = write_png(out, data)  # fsynced before the row says done
+        except OSError as exc:  # a full or read-only disk: every next run would fail the same way
+            raise _Postpone(f"cannot write {out} ({exc.strerror or exc}); run {run_id} is back in the queue and "
+                            f"the queue waits until {self.outputs_dir} has room (it goes on by itself)",
+                            need=2 * len(data) + (1 << 20)) from None
         record = record.replace(image=str(out), image_sha256=sha,
                                 timings={**record.timings, "save": time.perf_counter() - save_start,
                                          "total": time.perf_counter() - started})
-        if not _persist(store.finish, run_id, record):
-            if store.status(run_id) != "done":  # cancelled while saving: keep no orphan image
-                out.unlink(missing_ok=True)
-            raise Cancelled()
-        return str(out)
+        return out, record
 
     def _report_loads(self, engine) -> None:
         new_loads = {k: v for k, v in engine.models.load_seconds.items() if k not in self._reported_loads}
@@ -351,7 +526,7 @@ class Worker:
             self._free_memory = True  # after the except block, when the failed job's tensors are unreachable
         elif failure.fatal:  # a device-side assert poisons this process's CUDA context: every later job would fail
             self._paused.set()
-            self._control_store().set_paused(True)
+            self._set_store_paused(True)
             self._report_paused()
             self._emit(ModelStatus("GPU error: CUDA is unusable in this process until vlbench restarts; "
                                    f"the queue is paused (details in {paths.log_path()})"))
@@ -364,8 +539,178 @@ class Worker:
         now = time.monotonic()
         if force or now - self._last_status_check >= 0.25:  # a cancel through the store, from any process
             self._last_status_check = now
-            if store.status(run_id) != "running":
+            try:
+                status = store.status(run_id)
+            except sqlite3.Error:  # an unreadable store cancels nothing: the job goes on
+                return
+            if status != "running":
                 raise Cancelled()
+
+
+# ---- a headless worker, seen from another process ----
+def live_worker(store: Store) -> dict | None:
+    """The presence of the live process working this store's queue (`vlbench worker`, or a workbench), or None.
+
+    Liveness is the owner's (host, pid, start time): a killed worker's stale entry is ignored."""
+    try:
+        info = store.get_state(PRESENCE)
+    except sqlite3.Error:
+        return None
+    if not isinstance(info, dict) or info.get("token") == process_token() or not owner_alive(info.get("token")):
+        return None
+    return info
+
+
+class Viewer:
+    """Stands in for a Worker in a workbench while a headless worker (`vlbench worker`) runs the queue.
+
+    Control goes through the store (pause, cancel, reorder work across processes); the events a Worker would
+    post (started, progress, done, failed, cancelled, paused, idle, status) are read from the store and the
+    headless worker's published state, every `poll_s`."""
+
+    def __init__(self, store_path: Path | str, info: dict, on_event: Callable[[object], None] = lambda e: None,
+                 poll_s: float = 0.5):
+        self.store_path = Path(store_path)
+        self.info = info
+        self.pid = info.get("pid")
+        self.poll_s = poll_s
+        self._on_event = on_event
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._idle = threading.Event()
+        self._control: Store | None = None
+        self._paused = bool(info.get("paused"))
+        self._current: int | None = None
+        self.alive = True
+
+    # the Worker interface the workbench uses
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._main, name="vlbench-viewer", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10) -> None:
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+        if self._control is not None:
+            self._control.close()
+            self._control = None
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    @property
+    def current_run_id(self) -> int | None:
+        return self._current
+
+    def pause(self) -> None:
+        self._set_paused(True)
+
+    def resume(self) -> None:
+        self._set_paused(False)
+
+    def cancel_current(self) -> None:
+        if self._current is not None:  # the headless worker sees it at its next step
+            self._store().cancel(self._current)
+
+    def wake(self) -> None:
+        pass  # the headless worker polls the store itself
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        return self._idle.wait(timeout)
+
+    def _store(self) -> Store:
+        if self._control is None:
+            self._control = Store(self.store_path)
+        return self._control
+
+    def _set_paused(self, paused: bool) -> None:
+        try:
+            self._store().set_paused(paused)
+        except sqlite3.Error as exc:
+            self._emit(ModelStatus(f"run store: {one_line(exc)}; the headless worker did not get the "
+                                   f"{'pause' if paused else 'resume'}"))
+            return
+        self._paused = paused
+        self._emit(WorkerPaused(paused))
+
+    def _emit(self, event: object) -> None:
+        try:
+            self._on_event(event)
+        except Exception:  # noqa: BLE001
+            log.exception("on_event raised for %r", event)
+
+    # polling
+    def _main(self) -> None:
+        store = Store(self.store_path)
+        seen_until = time.time()  # runs finished after this are reported
+        reported: set[int] = set()
+        progress = status = None
+        idle = False
+        try:
+            self._emit(WorkerPaused(self._paused))
+            while not self._stop.is_set():
+                try:
+                    info = store.get_state(PRESENCE)
+                    if not (isinstance(info, dict) and info.get("token") == self.info.get("token")
+                            and owner_alive(info.get("token"))):
+                        if self.alive:
+                            self.alive = False
+                            self._emit(ModelStatus(f"the headless worker (pid {self.pid}) has stopped: nothing runs "
+                                                   "the queue; start `vlbench worker` again, or restart the "
+                                                   "workbench to run it here"))
+                        info = {}
+                    paused = store.paused
+                    if paused != self._paused:
+                        self._paused = paused
+                        self._emit(WorkerPaused(paused))
+                    if info.get("status") and info["status"] != status:
+                        status = info["status"]
+                        self._emit(ModelStatus(status))
+                    current = info.get("current")
+                    if current != self._current:
+                        self._current = current
+                        if current is not None:
+                            row = store.get(current)
+                            steps = row.recipe.get("steps") if row is not None and isinstance(row.recipe, dict) else 0
+                            self._emit(JobStarted(current, steps if isinstance(steps, int) else 0))
+                            idle = False
+                            self._idle.clear()
+                    if current is not None and info.get("progress") and info["progress"] != progress:
+                        progress = info["progress"]
+                        step, total, eta = progress
+                        self._emit(JobProgress(current, step, total, eta))
+                    for row in store.history(status=FINISHED, sort="finished_at", limit=100):
+                        if row.finished_at is None or row.finished_at < seen_until - 5:
+                            break
+                        if row.id in reported or row.source != "tui" and row.claimed_by is None:
+                            continue
+                        reported.add(row.id)
+                        self._emit(_finished_event(row))
+                    seen_until = max(seen_until, time.time() - 5)
+                    if current is None and not store.count(status="pending") and not idle:
+                        idle = True
+                        self._idle.set()
+                        self._emit(WorkerIdle())
+                except sqlite3.Error as exc:
+                    self._emit(ModelStatus(f"run store: {one_line(exc)}"))
+                self._stop.wait(self.poll_s)
+        finally:
+            store.close()
+
+
+def _finished_event(row: RunRow) -> object:
+    if row.status == "done":
+        return JobDone(row.id, row.image or "", row.duration or 0.0)
+    if row.status == "failed":
+        return JobFailed(row.id, row.error or "failed")
+    return JobCancelled(row.id)
 
 
 class _Failed(Exception):
@@ -374,19 +719,45 @@ class _Failed(Exception):
         self.failure = failure
 
 
-# ---- helpers ----
-def _persist(write: Callable, *args: Any, **kwargs: Any):
-    """A store write that must not be lost to a briefly locked database (busy_timeout is 5 s a try)."""
-    import sqlite3
+class _Postpone(Exception):
+    """The run cannot finish now (a full disk): it goes back to the queue, which waits until `need` bytes are free."""
 
-    for attempt in range(4):
+    def __init__(self, reason: str, need: int) -> None:
+        super().__init__(reason)
+        self.reason, self.need = reason, need
+
+
+@dataclass
+class _Write:
+    """A job's outcome for the store: `call(store)` writes it (True: the row changed), `then(store, changed)` tells."""
+
+    run_id: int
+    what: str  # done, failed, cancelled, back in the queue
+    call: Callable[[Store], bool]
+    then: Callable[[Store, bool], None]
+
+
+# ---- helpers ----
+def _persist(write: Callable, *args: Any, stop: threading.Event | None = None, budget_s: float | None = None,
+             **kwargs: Any):
+    """A store write that must not be lost to a store fault: retried with backoff (0.25 s doubling to 8 s) for
+    `budget_s` (default STORE_RETRY_S; each try also waits busy_timeout, 5 s, for a lock), or until `stop` is set;
+    then it raises."""
+    deadline = time.monotonic() + (STORE_RETRY_S if budget_s is None else budget_s)
+    delay = 0.25
+    while True:
         try:
             return write(*args, **kwargs)
-        except sqlite3.OperationalError:
-            if attempt == 3:
+        except sqlite3.Error as exc:
+            if time.monotonic() + delay > deadline or (stop is not None and stop.is_set()):
                 raise
-            log.warning("run store busy; retrying %s", write.__name__)
-            time.sleep(0.5)
+            log.warning("run store: %s; retrying %s in %.2g s", one_line(exc), getattr(write, "__name__", "a write"),
+                        delay)
+            if stop is not None:
+                stop.wait(delay)
+            else:
+                time.sleep(delay)
+            delay = min(delay * 2, 8.0)
 
 
 def _quiet_libraries() -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import sqlite3
 import sys
 from typing import Sequence
 
@@ -19,8 +20,8 @@ from vlbench.cli.common import Parser, render
 from vlbench.errors import UserError
 
 # command -> its module, in `vlbench --help` order
-COMMANDS = ("tui", "embed", "generate", "run", "search", "experiments", "score", "stats", "diagnose", "calibrate", "inspect",
-            "demo")
+COMMANDS = ("tui", "worker", "embed", "generate", "run", "search", "experiments", "score", "stats", "diagnose",
+            "calibrate", "inspect", "demo")
 
 
 def command(name: str):
@@ -42,6 +43,14 @@ def build_parser() -> Parser:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("VLBENCH_DEBUG") == "1"
+    handler = _attach_log()
+    try:
+        return _main(argv, debug)
+    finally:
+        _detach_log(handler)
+
+
+def _main(argv: list[str], debug: bool) -> int:
     try:
         rest = argv[1:] if argv[:1] == ["--debug"] else argv
         if not rest or rest[0].startswith("-") and not {"-h", "--help"} & set(rest):
@@ -53,11 +62,91 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         if debug:
             raise
-        print(f"vlbench: error: {render(exc)}", file=sys.stderr)
+        _say(f"vlbench: error: {render(exc)}")
         return 2
     except KeyboardInterrupt:
-        print("vlbench: interrupted", file=sys.stderr)
+        _say("vlbench: interrupted")
         return 130
+    except (OSError, sqlite3.Error) as exc:  # the machine's fault, not vlbench's: a full disk, a read-only folder
+        if debug:
+            raise
+        where = _log_traceback(exc)
+        _say(f"vlbench: error: {environment_error(exc)}" + (f" (details in {where})" if where else ""))
+        return 2
+
+
+def environment_error(exc: BaseException) -> str:
+    """One line for a fault of the disk, the filesystem or the run store, with what to do."""
+    import errno
+
+    if isinstance(exc, sqlite3.Error):
+        text = str(exc).strip() or type(exc).__name__
+        fix = {"locked": "another process holds the run store's write lock; wait or close it",
+               "full": "free disk space", "readonly": "make the data folder writable (VLBENCH_DATA_DIR)"}
+        hint = next((v for k, v in fix.items() if k in text.replace(" ", "")), "check VLBENCH_DATA_DIR")
+        return f"run store: {text}; {hint}"
+    path = str(exc.filename) if isinstance(exc, OSError) and exc.filename else None
+    if path is not None and len(path) > 200:  # a pasted essay as a path: keep the line readable
+        path = path[:199] + "…"
+    reason = (exc.strerror if isinstance(exc, OSError) and exc.strerror else None) or str(exc) or type(exc).__name__
+    fix = {errno.ENOSPC: "free disk space; finished work is kept: re-run the same command to resume",
+           errno.EDQUOT: "free space within your quota; re-run the same command to resume",
+           errno.EROFS: "write somewhere else: the filesystem is read-only",
+           errno.EACCES: "write somewhere you may write", errno.EPERM: "write somewhere you may write",
+           errno.EIO: "check the disk and the terminal"}.get(getattr(exc, "errno", None), "check the path and the disk")
+    return f"{path + ': ' if path else ''}{reason}; {fix}"
+
+
+def _attach_log():
+    """Logs (a failed job's traceback, a worker's events) go to the log file, never onto the terminal; with no
+    writable data folder they go nowhere. Returns the handler to remove when the command ends."""
+    import logging
+
+    from vlbench.logs import attach_log_file
+
+    try:
+        handler = attach_log_file()
+    except Exception:  # noqa: BLE001 — a read-only or missing data folder: the command says so if it needs one
+        handler = logging.NullHandler()
+        logging.getLogger("vlbench").addHandler(handler)
+    return handler
+
+
+def _detach_log(handler) -> None:
+    import logging
+
+    if handler is not None:
+        logging.getLogger("vlbench").removeHandler(handler)
+        handler.close()
+
+
+def _log_traceback(exc: BaseException):
+    """The traceback into the log file (best effort: the disk may be the problem); returns its path or None."""
+    import logging
+    import traceback
+
+    try:
+        from vlbench.paths import log_path
+
+        logger = logging.getLogger("vlbench.cli")
+        logger.error("command failed\n%s", "".join(traceback.format_exception(exc)))
+        path = log_path()
+        return path if path.is_file() else None
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def _visible(text: str) -> str:
+    """One line whatever a value holds: control characters (line and record separators included) escaped."""
+    return "".join(ch if ch.isprintable() or ch == " " else ascii(ch)[1:-1] for ch in text)
+
+
+def _say(text: str) -> None:
+    text = _visible(text)
+    try:
+        print(text, file=sys.stderr)
+    except OSError:  # the terminal is gone (an SSH drop): nobody is there to read it
+        pass
 
 
 def entry() -> None:

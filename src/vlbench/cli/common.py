@@ -214,6 +214,25 @@ def check_out_dir(path: str, field: str = "output_dir") -> Path:
     return out
 
 
+def check_data_dir() -> Path:
+    """The data folder (run store, outputs, log) exists and is writable, or one line naming it and the fix."""
+    import os
+
+    from vlbench import paths
+
+    where = os.environ.get("VLBENCH_DATA_DIR") or "the data folder"
+    try:
+        data = paths.data_dir()
+    except OSError as exc:
+        raise UserError(f"{where}: cannot create it ({exc.strerror or type(exc).__name__})",
+                        fix="set VLBENCH_DATA_DIR to a folder you can write") from None
+    if not os.access(data, os.W_OK | os.X_OK) or paths.store_path().exists() and not os.access(
+            paths.store_path(), os.R_OK | os.W_OK):
+        raise UserError(f"data folder {data}: cannot write there (read-only or not yours)",
+                        fix="set VLBENCH_DATA_DIR to a folder you can write")
+    return data
+
+
 def check_out(path: str, suffix: str, field: str = "out") -> Path:
     """An output file path: the right suffix, a folder that exists and is one, not a folder itself."""
     out = Path(path)
@@ -231,6 +250,32 @@ def check_out(path: str, suffix: str, field: str = "out") -> Path:
     if not os.access(parent, os.W_OK | os.X_OK):
         raise UserError(f"cannot write in {parent} (read-only or not yours)", field=field, value=path)
     return out
+
+
+def image_bytes(width: int, height: int) -> int:
+    """What one PNG may take on disk: RGB bytes (noise does not compress) plus its metadata chunk."""
+    return width * height * 3 + 32 * 1024
+
+
+def check_free_space(path: str | Path, need: int, out, field: str) -> None:
+    """Warn (one line) when the disk holding `path` has less free space than the command will write (estimated);
+    the work itself is safe on a full disk: it stops with one line and resumes."""
+    import shutil
+
+    where = Path(path)
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    try:
+        free = shutil.disk_usage(where).free
+    except OSError:
+        return
+    if free < need:
+        out.print(f"[yellow]warning: {flag_name(field)} {escape(path)}: {_size(free)} free on its disk, and this "
+                  f"writes about {_size(need)}; it stops when the disk is full (re-run to resume)[/yellow]")
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
 
 # ---------------------------------------------------------------- output
@@ -342,8 +387,11 @@ def score(out: Path, metrics, sources: dict, device, dtype, batch_size: int, sto
         raise
     for line in summary.warnings:
         con.print(f"[yellow]warning: {escape(line)}[/yellow]")
+    for line in summary.problems:
+        con.print(f"[red]{escape(line)}[/red]")
     con.print(f"scored {summary.scored} images ({summary.values} values: {', '.join(metrics)}), "
               f"{summary.skipped} already scored; {summary.stored} run-history rows updated → {escape(out / SCORES)}")
+    return summary
 
 
 def rewrite_report(out: Path) -> None:

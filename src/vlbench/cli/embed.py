@@ -21,6 +21,7 @@ def run(args) -> int:
     from vlbench.engine.engine import environment
     from vlbench.engine.generate import check_caption
     from vlbench.files import atomic_write, atomic_write_json
+    from vlbench.jobs import NonFinite, check_conditioning
 
     out, prompt, recipe, refs, spec = common.single_image_inputs(args, ".safetensors")
     console = common.console()
@@ -28,6 +29,11 @@ def run(args) -> int:
     cond = engine.condition(recipe, prompt, refs)
     common.warn(console, cond.warnings)
     check_caption(cond.embeds.shape[0], engine.models.caption_budget)
+    try:  # a NaN tensor is never written
+        check_conditioning(engine, recipe, cond)
+    except NonFinite as exc:
+        console.print(f"[red]failed: {common.escape(exc)}[/red]")
+        return 1
     tensor = cond.embeds.detach().to("cpu").contiguous()
     atomic_write(out, lambda tmp: save_file({"prompt_embeds": tensor}, str(tmp),
                                             metadata={"format": "vlbench-conditioning-1"}))

@@ -26,6 +26,7 @@ def run(args) -> int:
 
     out, prompt, recipe, refs, spec = common.single_image_inputs(args, ".png")
     console = common.console()
+    common.check_free_space(out, common.image_bytes(recipe.width, recipe.height), console, "out")
     engine = common.engine(spec, console)
     record = RunRecord(prompt=prompt, recipe=recipe.to_dict(), seed=recipe.seed, source="cli",
                        references=references_of((Path(r.path).resolve(), r.sha256) for r in refs),
@@ -49,7 +50,11 @@ def run(args) -> int:
         store = common.open_store(console)
         if store is not None:
             with store:
-                store.add(record)
+                try:
+                    store.add(record)
+                except Exception as exc:  # noqa: BLE001 — the image is written; the history is an index
+                    console.print(f"[yellow]run store: {common.escape(type(exc).__name__)}: {common.escape(exc)}; "
+                                  f"{common.escape(out)} is written but not in the run history[/yellow]")
     console.print(f"wrote {common.escape(out)} ({recipe.width}×{recipe.height}, seed {recipe.seed}, "
                   f"{record.caption_tokens} caption tokens, {record.timings['generation']:.2f} s)")
     return 0

@@ -59,6 +59,8 @@ def run(args) -> int:
     from vlbench.prompts import check_prompt, read_prompts_file
     from vlbench.recipe import parse_seeds
 
+    image_bytes = common.image_bytes
+
     # everything a user can get wrong is checked before any model loads
     experiment = load_type(args.experiment)
     overrides = {k: getattr(args, k) for k in ("steps", "width", "height") if getattr(args, k) is not None}
@@ -104,6 +106,9 @@ def run(args) -> int:
     choice = ExecutorChoice(args.executor, args.ray_address, args.ray_actors)
 
     console = common.console()
+    n = len(recipes) * len(reference_sets) * len(prompts) * len(seeds or [None])
+    size = max((image_bytes(r.recipe.width, r.recipe.height) for r in recipes), default=0)
+    common.check_free_space(out, n * size + (1 << 20), console, "output_dir")  # + grid, report, run.json
     engine, executor = start_executor(spec, choice, lambda s: common.engine(s, console), console)
     store = None if args.no_store else common.open_store(console)
     parameters = {"experiment": args.experiment, "images": images, "prompts": prompts, "seeds": seeds,
@@ -111,7 +116,6 @@ def run(args) -> int:
                   "quick": args.quick, "overrides": overrides, "limit": args.limit, "output_dir": str(out)}
     if executor is not None:
         parameters["executor"] = executor.describe()
-    n = len(recipes) * len(reference_sets) * len(prompts) * len(seeds or [None])
     console.print(f"[bold]{common.escape(experiment.name)}[/bold]: {len(recipes)} configs × {len(reference_sets)} "
                   f"references × {len(prompts)} prompts × {len(seeds or [None])} seeds = {n} images → "
                   f"{common.escape(out)}/")
@@ -123,6 +127,10 @@ def run(args) -> int:
         if executor is not None:
             executor.close()  # the GPUs are free before diagnostics or metrics load models here
         _after_run(args, engine, out, recipes, refs, prompts, metrics, store, console)
+    except OSError as exc:
+        if exc.filename is None:  # a write that failed mid-file (a full disk) names no file: name the folder
+            exc.filename = str(out)
+        raise
     except KeyboardInterrupt:
         console.print(f"[yellow]interrupted; finished images are kept. Re-run the same command to resume.[/yellow] "
                       f"Report so far: {common.escape(out / 'report.html')}")
@@ -140,6 +148,10 @@ def run(args) -> int:
                   + (f"; {summary.redone} redone (image missing or damaged)" if summary.redone else "")
                   + (f"; {summary.rerecorded} re-recorded in the run history" if summary.rerecorded else "")
                   + f"; {summary.vl_forwards} VL forwards")
+    if summary.unrecorded:
+        console.print(f"[yellow]{summary.unrecorded} image(s) are in {common.escape(out)} but not yet in the run "
+                      f"history (run store: {common.escape(summary.store_error)}); re-run the same command once the "
+                      "store is writable to record them[/yellow]")
     for line in summary.failures[:10]:
         console.print(f"[red]failed: {common.escape(line)}[/red]")
     console.print(f"wrote {common.escape(out / 'grid.png')}, {common.escape(out / 'report.html')} and "

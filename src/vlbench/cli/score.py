@@ -44,10 +44,15 @@ def run(args) -> int:
         console.print("[yellow]--tiny: built-in RANDOM-WEIGHT metric models; the scores mean nothing[/yellow]")
     store = None if args.no_store else common.open_store(console)
     try:
-        common.score(out, metrics, sources, device, dtype, args.batch_size, store, console, judge_dtype=dtype)
+        summary = common.score(out, metrics, sources, device, dtype, args.batch_size, store, console,
+                               judge_dtype=dtype)
     finally:
         if store is not None:
             store.close()
     common.rewrite_report(out)
     console.print(f"wrote {common.escape(out / 'report.html')}")
+    if summary.problems:  # said above, one line each; the last line says the pass is incomplete
+        console.print(f"[red]failed: {len(summary.problems)} problem(s) left images unscored (above); fix them or "
+                      "re-run the same `vlbench run` command, then score again[/red]")
+        return 1
     return 0

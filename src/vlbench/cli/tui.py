@@ -18,5 +18,7 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     from vlbench.tui.launch import run_tui
 
+    common.check_data_dir()  # the store and the log live there: a read-only one is one line, not a crash
+
     # config.toml is read (and written with comments on first run) by run_tui; flags win over it
     return run_tui(common.model_flags(args), debug=args.debug, paused=args.paused)

@@ -163,10 +163,14 @@ def load_stats(path: str | Path | None, models) -> Stats:
     from safetensors import safe_open
 
     path = Path(path) if path else default_path(models)
-    if not path.exists():
-        raise UserError("not found", field="calibration", value=str(path),
-                        fix="run `vlbench calibrate` with the same models first (or set normalization none)")
-    stat = path.stat()
+    try:
+        stat = path.stat()
+    except (OSError, ValueError) as exc:  # missing, a name too long, a NUL inside
+        if isinstance(exc, FileNotFoundError) or isinstance(exc, ValueError):
+            raise UserError("not found", field="calibration", value=str(path),
+                            fix="run `vlbench calibrate` with the same models first (or set normalization none)") from None
+        raise UserError(f"cannot read it ({exc.strerror or type(exc).__name__})", field="calibration",
+                        value=str(path)) from None
     version = (stat.st_mtime_ns, stat.st_size)  # rewritten by another process: read it again
     if str(path) in _loaded and _loaded[str(path)][0] == version:
         return _loaded[str(path)][1]

@@ -33,9 +33,10 @@ def template_ids(tokenizer, prompt: str) -> tuple[list[int], str]:
 @torch.inference_mode()
 def encode_text(pipe, prompt: str, field: str = "prompt") -> TextEncoding:
     """Qwen3-4B hidden_states[-2] of the prompt in Z-Image's chat template, exactly as Z-Image encodes it."""
-    from vlbench.engine.extract import check_text
+    from vlbench.engine.extract import check_special_tokens, check_text
 
     check_text(prompt, field)
+    check_special_tokens(pipe.tokenizer, prompt, field, "Qwen3-4B (Z-Image's text encoder)")
     ids, text = template_ids(pipe.tokenizer, prompt)
     if len(ids) > MAX_SEQUENCE_LENGTH:
         raise UserError(f"{len(ids)} tokens in Z-Image's template, over its {MAX_SEQUENCE_LENGTH}-token text limit "

@@ -104,10 +104,17 @@ def load_image(path: str | Path):
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
-    if not path.exists():
+    try:
+        exists = path.exists()
+    except (OSError, ValueError) as exc:  # a name too long, a NUL inside
+        raise UserError(f"cannot open it ({getattr(exc, 'strerror', None) or exc})", field="image",
+                        value=str(path)) from None
+    if not exists:
         raise UserError("no such file", field="image", value=str(path))
     if path.is_dir():
         raise UserError("is a folder", field="image", value=str(path), fix="give an image file")
+    if not path.is_file():  # a FIFO would block forever, a device never end
+        raise UserError("not a regular file (a device, pipe or socket)", field="image", value=str(path))
     try:
         with Image.open(path) as img:
             img.load()
@@ -128,6 +135,23 @@ def check_text(text: str, field: str) -> None:
     except UnicodeEncodeError as exc:
         raise UserError(f"is not valid UTF-8 (an undecodable byte at character {exc.start})", field=field,
                         fix="check the terminal's or the file's encoding") from None
+
+
+def special_tokens(tokenizer) -> list[str]:
+    """Every special and added token string of `tokenizer`, longest first: the tokenizer reads each one inside
+    text as its control token (<|im_start|>, <|vision_start|>, <think>, …), never as characters."""
+    tokens = {*tokenizer.get_added_vocab(), *getattr(tokenizer, "all_special_tokens", [])}
+    return sorted((t for t in tokens if t and t.strip()), key=lambda t: (-len(t), t))
+
+
+def check_special_tokens(tokenizer, text: str, field: str, model: str, fix: str = "remove it") -> None:
+    """Refuse text that holds a special token: it would become a real control token (a forged chat turn or vision
+    block), not text. One rule for every text a tokenizer reads: prompt, negative_prompt, VL texts."""
+    for token in special_tokens(tokenizer):
+        if token in text:
+            kind = "vision token" if "vision" in token or token.endswith("_pad|>") else "special token"
+            raise UserError(f"contains {token}, a {model} {kind} (it would be read as a control token, not as "
+                            "text)", field=field, fix=fix)
 
 
 def _messages(num_images: int, text: str | None) -> list[dict]:
@@ -201,12 +225,9 @@ def _render(processor, num_images: int, text: str | None) -> str:
         check_text(text, "vl_text")
     if text is not None and _SENTINEL in text:
         raise UserError("contains a reserved marker character", field="vl_text")
-    if text is not None:  # the tokenizer parses special tokens in text: these would forge a vision block
-        vision_ids = [processor.vision_start_token_id, processor.vision_end_token_id, processor.image_token_id,
-                      getattr(processor, "video_token_id", None)]
-        for token in tokenizer.convert_ids_to_tokens([i for i in vision_ids if i is not None]):
-            if token in text:
-                raise UserError(f"contains {token}, a Qwen3-VL vision token", field="vl_text", fix="remove it")
+    if text is not None:  # the tokenizer parses special tokens in text: these would forge a vision block or a turn
+        check_special_tokens(tokenizer, text, "vl_text", "Qwen3-VL",
+                             fix="remove it (with vl_text prompt, from the prompt)")
     return processor.apply_chat_template(_messages(num_images, text), add_generation_prompt=True, tokenize=False)
 
 

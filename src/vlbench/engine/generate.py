@@ -11,7 +11,7 @@ from typing import Callable, Iterator
 
 import torch
 
-from vlbench.errors import CaptionTooLong
+from vlbench.errors import CaptionTooLong, UserError
 
 
 def check_caption(length: int, budget: int) -> None:
@@ -86,6 +86,17 @@ def caption_attention(transformer, weights: torch.Tensor | None,
             handle.remove()
 
 
+def check_size(width: int, height: int, pipe) -> None:
+    """Refuse a size past the DiT's image positions (RoPE axes 1 and 2: one position per 16 pixels; 8192 px for
+    Z-Image-Turbo): past them the CPU raises an IndexError and a GPU a device-side assert."""
+    axes = list(pipe.transformer.config.axes_lens)
+    per = pipe.vae_scale_factor * 2  # pixels per image token (VAE downscale × patch 2)
+    for field, value, limit in (("height", height, axes[1] * per), ("width", width, axes[2] * per)):
+        if value > limit:
+            raise UserError(f"over this DiT's largest image side of {limit} pixels", field=field, value=value,
+                            fix=f"use at most {limit}")
+
+
 @torch.inference_mode()
 def generate(pipe, embeds: torch.Tensor, *, seed: int, steps: int, width: int, height: int, guidance: float,
              negative_embeds: torch.Tensor | None = None, budget: int,
@@ -122,6 +133,7 @@ def generate_batch(pipe, embeds: torch.Tensor, *, seeds: list[int], steps: int, 
     in `callback_on_step_end_tensor_inputs`): the callback after step k-1 hands it the caption of step k.
     `on_swap(k)` runs at that moment (the caption weights change with the caption)."""
     check_caption(embeds.shape[0], budget)
+    check_size(width, height, pipe)
     if negative_embeds is not None:
         check_caption(negative_embeds.shape[0], budget)
     for _, later in schedule:
@@ -134,19 +146,23 @@ def generate_batch(pipe, embeds: torch.Tensor, *, seeds: list[int], steps: int, 
         kwargs["image"] = pipe.image_processor.resize(init_image, height=height, width=width)
         kwargs["strength"] = strength
     swaps = {step: [later.to(device=device, dtype=dtype)] * len(seeds) for step, later in schedule}
-    if on_step is not None or swaps:
-        def callback(_pipe, i, _t, tensors):
-            if i + 1 in swaps:  # the caption of the next step
-                tensors["prompt_embeds"] = swaps[i + 1]
-                if on_swap is not None:
-                    on_swap(i + 1)
-            if on_step is not None:
-                on_step(i + 1, _pipe.num_timesteps)  # img2img runs fewer steps than `steps`
-            return tensors
 
-        kwargs["callback_on_step_end"] = callback
-        if swaps:
-            kwargs["callback_on_step_end_tensor_inputs"] = ["latents", "prompt_embeds"]
+    def callback(_pipe, i, _t, tensors):
+        latents = tensors.get("latents")
+        if latents is not None and not bool(torch.isfinite(latents).all()):  # before the next step uses them
+            raise FloatingPointError(f"the latents are not finite after denoising step {i + 1} of "
+                                     f"{_pipe.num_timesteps}")
+        if i + 1 in swaps:  # the caption of the next step
+            tensors["prompt_embeds"] = swaps[i + 1]
+            if on_swap is not None:
+                on_swap(i + 1)
+        if on_step is not None:
+            on_step(i + 1, _pipe.num_timesteps)  # img2img runs fewer steps than `steps`
+        return tensors
+
+    kwargs["callback_on_step_end"] = callback
+    if swaps:
+        kwargs["callback_on_step_end_tensor_inputs"] = ["latents", "prompt_embeds"]
     generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
     if len(seeds) > 1:
         kwargs["num_images_per_prompt"] = len(seeds)

@@ -103,8 +103,10 @@ def load_eval_set(spec: str, root: Path | None = None) -> EvalSet:
 
 def read_prompt_lines(path: Path) -> list[str]:
     """One prompt a line; blank lines and lines starting with # skipped."""
+    from vlbench.files import read_text_file
+
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_text_file(path)
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"cannot read {path.name} ({exc.__class__.__name__})", field="eval_set",
                         value=str(path.parent), fix="save it as UTF-8 text, one prompt a line") from None

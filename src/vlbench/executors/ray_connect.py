@@ -1,7 +1,7 @@
 """Reaching Ray: join a cluster or start a local instance bound to this machine alone, and size the actors.
 
-A local instance (no address) listens on 127.0.0.1 only: nothing outside this machine can reach it while
-a sweep runs. A cluster keeps its own binding and authentication (see the README's multi-host section).
+A local instance (no address) listens on 127.0.0.1 only (`_loopback_only`): nothing outside this machine can
+reach it while a sweep runs. A cluster keeps its own binding and authentication (see the README's multi-host section).
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from contextlib import contextmanager
 from dataclasses import replace
 
 from vlbench.errors import UserError, one_line
@@ -27,8 +28,9 @@ def connect(address: str | None, cpus: int) -> bool:
     if address is None:
         import torch
 
-        ray.init(address="local", num_gpus=torch.cuda.device_count(), num_cpus=max(os.cpu_count() or 1, cpus),
-                 include_dashboard=False, _node_ip_address="127.0.0.1", **quiet)
+        with _loopback_only():
+            ray.init(address="local", num_gpus=torch.cuda.device_count(), num_cpus=max(os.cpu_count() or 1, cpus),
+                     include_dashboard=False, _node_ip_address="127.0.0.1", **quiet)
         return True
     try:
         ray.init(address=address, **quiet)
@@ -38,6 +40,32 @@ def connect(address: str | None, cpus: int) -> bool:
                             "it uses token authentication, export RAY_AUTH_MODE=token here with its token "
                             "(~/.ray/auth_token or RAY_AUTH_TOKEN)") from None
     return True
+
+
+@contextmanager
+def _loopback_only():
+    """A local Ray instance whose every server (GCS, raylet, object manager, workers, runtime-env agent) listens
+    on 127.0.0.1 alone.
+
+    On Linux Ray replaces `_node_ip_address="127.0.0.1"` by this machine's routable address and its gRPC servers
+    then listen on every interface, with no authentication. With RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (Ray's
+    single-machine mode, its default on macOS and Windows) the node address stays the loopback one and every
+    server binds it; the processes ray.init starts inherit the variable, this one reads Ray's constant.
+    tests/test_ray.py checks the listeners."""
+    from ray._private import ray_constants
+
+    key = ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR
+    saved_env, saved_flag = os.environ.get(key), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[key] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved_flag
+        if saved_env is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = saved_env
 
 
 def _check_reachable(address: str) -> None:

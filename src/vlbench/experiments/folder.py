@@ -11,7 +11,9 @@ a done row whose image is missing or damaged is redone, and a done row the store
 from __future__ import annotations
 
 import json
+import os
 import sys
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,23 +36,33 @@ class Summary:
     interrupted: bool = False
     vl_forwards: int = 0  # summed over this invocation's rows
     redone: int = 0  # done rows of earlier runs whose image was missing or damaged
-    rerecorded: int = 0  # done rows of earlier runs the run store lacked, recorded again
+    rerecorded: int = 0  # done rows the run store lacked, recorded again (on resume, or at the end of the run)
+    unrecorded: int = 0  # done images the run store still lacks at the end (a store fault); recorded on resume
+    store_error: str | None = None  # the store fault, one line
     failures: list[str] = field(default_factory=list)  # one line each
 
 
 # ---------------------------------------------------------------- the ledger
+STORE_RETRY_S = 30.0  # after a store fault, history writes wait this long before the next try
+
+
 class Ledger:
     """Records each finished job: results row (after its PNG), history row, summary, progress, callback.
 
     Both executors call `append`; the local one after its background PNG write, the Ray head after writing
-    the bytes an actor sent."""
+    the bytes an actor sent. A store fault (locked past its busy timeout, disk full, read-only, deleted) never
+    stops the run: the history write is postponed with one line, retried every STORE_RETRY_S, and `close`
+    records every done image of the folder the store still lacks; what remains is re-recorded on resume."""
 
     def __init__(self, out: Path, experiment: str, summary: Summary, store=None, console=None, progress=None,
                  on_job_done: Callable[[Any, dict], None] | None = None):
         self.out, self.experiment, self.summary = out, experiment, summary
         self.log = ResultsLog(out / RESULTS)
         self.store, self.console, self.progress, self.on_job_done = store, console, progress, on_job_done
-        self._store_warned = False
+        self._store_file = _file_id(store.path) if store is not None else None
+        self._fault: str | None = None  # the store's last error, while writes are postponed
+        self._retry_at = 0.0
+        self._warned = False
 
     def append(self, job, record: RunRecord, callback: bool = True) -> dict:
         """`record` is the job's outcome; when done, its PNG is on disk at out/job.image with `image_sha256`."""
@@ -72,24 +84,89 @@ class Ledger:
         return row
 
     def record_in_store(self, record: RunRecord) -> bool:
-        """One history row for a done image (absolute image path); a store problem never stops the run."""
-        if self.store is None:
+        """One history row for a done image (absolute image path); a store fault postpones it, never stops the run."""
+        if self.store is None or (self._fault is not None and time.monotonic() < self._retry_at):
             return False
         try:
-            self.store.add(record.replace(image=str((self.out / record.image).resolve())))
-            return True
-        except Exception as exc:  # noqa: BLE001 — the folder is the run's primary record; resume re-records
-            if not self._store_warned and self.console is not None:
-                self._store_warned = True
-                self.console.print(f"[yellow]run store: {one_line(exc)}; images are recorded in the output "
-                                   "folder and re-recorded in the history when the run resumes[/yellow]")
+            record_image(self.store, record.replace(image=str((self.out / record.image).resolve())))
+        except Exception as exc:  # noqa: BLE001 — the folder is the run's primary record
+            self._store_fault(exc)
             return False
+        self._fault = None
+        return True
+
+    def close(self) -> None:
+        """The run is ending: record every done image of the folder that the store lacks (writes postponed by a
+        fault, or a store deleted during the run). Never raises; what is still missing is counted in the
+        summary and recorded by the next resume."""
+        if self.store is None:
+            return
+        rows, _ = self.log.read()
+        done = [r for r in latest_by_key(rows).values() if r.get("status") == "done"]
+        store, own = self.store, None
+        try:
+            if _file_id(store.path) != self._store_file:  # deleted or replaced: rows written since went nowhere
+                from vlbench.store import Store
+
+                self._say(f"run store {store.path} was deleted or replaced during the run; this folder's images "
+                          "are recorded in the store now at that path")
+                store = own = Store(store.path)
+            for attempt in range(3):  # a lock held a little longer than the busy timeout: a few more seconds
+                try:
+                    self.summary.rerecorded += reconcile_store(self.out, done, store)
+                    break
+                except Exception:  # noqa: BLE001
+                    if attempt == 2:
+                        raise
+                    time.sleep(1.0)
+            self.summary.unrecorded, self.summary.store_error = 0, None
+        except Exception as exc:  # noqa: BLE001
+            self._store_fault(exc)
+            self.summary.unrecorded = len(done)  # an upper bound: the store could not be read either
+            self.summary.store_error = self._fault
+        finally:
+            if own is not None:
+                own.close()
+
+    def _store_fault(self, exc: BaseException) -> None:
+        self._fault = one_line(f"{type(exc).__name__}: {exc}")
+        self._retry_at = time.monotonic() + STORE_RETRY_S
+        if not self._warned:
+            self._warned = True
+            self._say(f"run store: {self._fault}; images are recorded in the output folder and in the run "
+                      "history once the store is writable (retried during the run, at its end and on resume)")
+
+    def _say(self, text: str) -> None:
+        if self.console is not None:
+            from rich.markup import escape
+
+            self.console.print(f"[yellow]{escape(text)}[/yellow]")
+
+
+def _file_id(path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def record_image(store, record: RunRecord) -> int | None:
+    """The history row of a done image (absolute path), exactly once: a row with the same path and sha256 is
+    kept as is; rows of an earlier image at that path (a redone job) are replaced. Returns the new id, or None."""
+    known = store.images_recorded([record.image]).get(record.image, [])
+    if any(sha == record.image_sha256 for _, sha in known):
+        return None
+    for run_id, _ in known:  # a redone image: the old row describes bytes that are gone
+        store.delete(run_id)
+    return store.add(record)
 
 
 # ---------------------------------------------------------------- resume
 def resume(out: Path, store=None, summary: Summary | None = None) -> set[str]:
     """Keys of finished jobs whose PNG is whole. Drops unreadable lines, failed rows (redone) and rows whose
-    PNG is missing or damaged (redone); records done rows the run store lacks."""
+    PNG is missing or damaged (redone); records done rows the run store lacks (a store fault postpones that to
+    the end of the run)."""
     from vlbench.pngs import png_ok
 
     for folder in (out, out / "images", out / "references"):
@@ -108,23 +185,31 @@ def resume(out: Path, store=None, summary: Summary | None = None) -> set[str]:
     if bad or len(keep) != len(rows) or log.needs_newline() or any(r.get("upgraded") for r in rows):
         log.rewrite([{k: v for k, v in r.items() if k != "upgraded"} for r in keep])
     if store is not None and keep:
-        rerecorded = reconcile_store(out, keep, store)
+        try:
+            rerecorded = reconcile_store(out, keep, store)
+        except Exception as exc:  # noqa: BLE001 — a store fault: the ledger retries at the end of the run
+            rerecorded = 0
+            if summary is not None:
+                summary.store_error = one_line(f"{type(exc).__name__}: {exc}")
         if summary is not None:
             summary.rerecorded = rerecorded
     return {r["key"] for r in keep}
 
 
 def reconcile_store(out: Path, rows: list[dict], store) -> int:
-    """Record in the run store every done row it lacks (matched by the image's absolute path); never twice."""
+    """Record in the run store every done row it lacks (matched by the image's absolute path and sha256); never
+    twice. Returns how many were recorded; a store fault raises."""
     paths = {str((out / r["image"]).resolve()): r for r in rows}
-    try:
-        known = store.ids_by_image(list(paths))
-        missing = [RunRecord.from_json(r).replace(image=p) for p, r in paths.items() if p not in known]
-        for record in missing:
-            store.add(record)
-        return len(missing)
-    except Exception:  # noqa: BLE001 — a store fault postpones this to the next resume
-        return 0
+    known = store.images_recorded(list(paths))
+    n = 0
+    for path, row in paths.items():
+        if any(sha == row.get("image_sha256") for _, sha in known.get(path, [])):
+            continue
+        for run_id, _ in known.get(path, []):
+            store.delete(run_id)
+        store.add(RunRecord.from_json(row).replace(image=path))
+        n += 1
+    return n
 
 
 def copy_references(reference_sets, out: Path) -> None:

@@ -155,9 +155,17 @@ def _font(size: int = 12):
         return ImageFont.load_default()
 
 
+def _one_line(text: str) -> str:
+    """A label as one line of visible text: line breaks and tabs become spaces, other control characters
+    become "�" (Pillow measures and draws single lines only; a prompt may hold anything)."""
+    text = " ".join(str(text).split())
+    return "".join(ch if ch.isprintable() else "\ufffd" for ch in text)
+
+
 def _wrap(draw, text: str, font, width: int, max_lines: int = 3) -> list[str]:
     """Word-wrap to `width` pixels (long words break anywhere); the last kept line ends in … when cut."""
     fits = lambda s: draw.textlength(s, font=font) <= width  # noqa: E731
+    text = _one_line(text)
     lines: list[str] = []
     current = ""
     for word in text.split(" "):

@@ -155,7 +155,7 @@ class ResultsLog(JsonlLog):
     """The results file of one output folder; every row checked against the schema, earlier schemas upgraded."""
 
     def valid(self, row) -> bool:
-        return not validate_row({k: v for k, v in row.items() if k != "upgraded"})
+        return isinstance(row, dict) and not validate_row({k: v for k, v in row.items() if k != "upgraded"})
 
     def read(self) -> tuple[list[dict], int]:
         rows, bad = super().read(convert=upgrade_row)

@@ -10,6 +10,8 @@ stay here and in vlbench.experiments.folder.
 
 from __future__ import annotations
 
+import logging
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -19,6 +21,7 @@ from vlbench.experiments.plan import Job, plan, reference_sets
 from vlbench.experiments.spec import ExperimentType, NamedRecipe
 
 __all__ = ["Job", "Summary", "run_experiment", "write_outputs"]
+log = logging.getLogger("vlbench.experiments")
 write_outputs = F.write_outputs
 
 
@@ -59,11 +62,24 @@ def run_experiment(engine, experiment: ExperimentType, recipes: list[NamedRecipe
             summary.interrupted = True
             raise
         finally:
-            F.finish_invocation(out, invocation, engine, summary)
-            F.write_outputs(out, experiment)
+            _wrap_up(out, experiment, engine, summary, ledger, invocation, failing=sys.exc_info()[0] is not None)
         return summary
     finally:
         F.unlock(handle)
+
+
+def _wrap_up(out: Path, experiment, engine, summary: Summary, ledger: Ledger, invocation: dict, failing: bool) -> None:
+    """run.json, grid and report, also on the way out of an interrupted or failing run. When the run is already
+    failing (a full disk, Ctrl-C), a step that fails too is logged, not chained onto the first error."""
+    ledger.close()  # the history holds every done image, or the summary says how many it lacks
+    for step in (lambda: F.finish_invocation(out, invocation, engine, summary),
+                 lambda: F.write_outputs(out, experiment)):
+        try:
+            step()
+        except Exception:
+            if not failing:
+                raise
+            log.exception("writing %s's run.json, grid or report after the run failed", out)
 
 
 class LocalExecutor:

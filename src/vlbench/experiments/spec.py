@@ -24,7 +24,7 @@ TYPES_DIR = Path(__file__).parent / "types"
 TOP_KEYS = ("name", "description", "question", "seeds", "references", "base", "configs", "baseline")
 REFERENCES = ("each", "together")  # one job group per reference, or every job reads all of them
 CONFIG_META = ("name", "quick")  # config keys that are not Recipe fields
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=-]*$")  # config names become file names
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=-]{0,79}$")  # config names become file names (255 bytes at most)
 
 
 @dataclass(frozen=True)
@@ -126,11 +126,15 @@ def resolve(name_or_path: str) -> Path:
 def load_type(name_or_path: str | Path) -> ExperimentType:
     """Read and check a type file's shape (keys, names, duplicates). Recipes are built by `recipes()`."""
     path = resolve(str(name_or_path)) if not isinstance(name_or_path, Path) else name_or_path
+    from vlbench.files import NotAFile, read_text_file
+
     try:
-        source = path.read_text(encoding="utf-8")
+        source = read_text_file(path)
     except FileNotFoundError:
         raise UserError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except NotAFile as exc:
+        raise UserError(f"{path}: {exc}") from None
+    except (OSError, ValueError) as exc:
         raise UserError(f"{path}: cannot read it ({exc.__class__.__name__})") from None
     try:
         data = tomllib.loads(source)
@@ -178,7 +182,7 @@ def parse_type(data: dict, path: Path, source: str = "") -> ExperimentType:
         if not isinstance(cname, str) or not cname:
             raise UserError(f"{path}: configs[{i}]: name: missing; every [[configs]] needs a name")
         if not _NAME.match(cname):
-            raise UserError(f"{path}: config {cname!r}: name: use letters, digits and . _ + = - only "
+            raise UserError(f"{path}: config {cname[:60]!r}: name: use up to 80 letters, digits and . _ + = - "
                             "(it becomes part of file names)")
         if cname in seen:
             raise UserError(f"{path}: config {cname!r}: name: duplicate config name; names must be unique")

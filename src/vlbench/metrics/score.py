@@ -88,25 +88,60 @@ class ScoreSummary:
     values: int = 0  # metric values written now
     stored: int = 0  # run-store rows updated
     warnings: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)  # what could not be scored (the pass exits non-zero)
 
 
-def folder_items(out: Path) -> list[Item]:
-    """The done rows of a run folder whose image exists, in results order (latest row per job key)."""
+def folder_items(out: Path, problems: list[str] | None = None) -> list[Item]:
+    """The done rows of a run folder whose image is whole, in results order (latest row per job key).
+
+    What cannot be scored is said in `problems` (one line each, counted): unreadable results lines, images
+    missing or damaged (checked against the row's sha256, else decoded), references that cannot be read. A
+    results.jsonl without one readable row is a one-line UserError."""
     from vlbench.experiments.results import ResultsLog, first_reference, latest_by_key, reference_copy
+    from vlbench.pngs import png_ok
 
+    problems = [] if problems is None else problems
     results = out / "results.jsonl"
     if not results.is_file():
         raise UserError("no results.jsonl here", field="dir", value=str(out), fix="give the --output-dir of a vlbench run")
-    rows, _ = ResultsLog(results).read()
-    items = []
+    rows, bad = ResultsLog(results).read()
+    if bad and not rows:
+        raise UserError(f"none of its {bad} line(s) is a results row", field="dir", value=str(results),
+                        fix="give the --output-dir of a vlbench run (vlbench run rewrites a damaged results.jsonl "
+                            "when it resumes)")
+    if bad:
+        problems.append(f"{results.name}: {bad} unreadable line(s) skipped (vlbench run drops them when it resumes)")
+    items, missing, damaged, no_ref = [], [], [], []
+    readable: dict[str, bool] = {}  # many rows share a reference: decode each once
+
+    def whole(path) -> bool:
+        if str(path) not in readable:
+            readable[str(path)] = png_ok(path)
+        return readable[str(path)]
+
     for row in latest_by_key(rows).values():
-        if row["status"] != "done" or not (out / row["image"]).is_file():
+        if row["status"] != "done":
+            continue
+        image = out / row["image"]
+        if not image.is_file():
+            missing.append(row["image"])
+            continue
+        if not png_ok(image, row.get("image_sha256")):
+            damaged.append(row["image"])
             continue
         path, sha = first_reference(row)
         ref = out / reference_copy(path, sha)  # the folder's own copy first
-        if not ref.is_file():
-            ref = Path(path) if path and Path(path).is_file() else None
-        items.append(Item(row["key"], out / row["image"], row["image"], ref, row["prompt"]))
+        if not whole(ref):
+            ref = Path(path) if path and whole(path) else None
+            if ref is None and path:
+                no_ref.append(row["image"])
+        items.append(Item(row["key"], image, row["image"], ref, row["prompt"]))
+    for images, what in ((missing, "missing"), (damaged, "damaged (not the bytes the run wrote)")):
+        if images:
+            problems.append(f"{len(images)} image(s) {what}, not scored (e.g. {images[0]}); re-run the same "
+                            "vlbench run command to redo them")
+    if no_ref:
+        problems.append(f"{len(no_ref)} image(s) have no readable reference (e.g. {no_ref[0]})")
     return items
 
 
@@ -269,19 +304,20 @@ def score_folder(out_dir: str | Path, metrics: tuple[str, ...], models, *, batch
         raise UserError("must be a whole number >= 1", field="batch_size", value=batch_size)
     check_available(metrics)
     out = Path(out_dir)
-    items = folder_items(out)
+    problems: list[str] = []
+    items = folder_items(out, problems)
     log = ScoresLog(out / SCORES)
     entries, bad = log.read()
     if bad or log.needs_newline():  # a pass killed mid-write: drop the torn line before appending
         log.rewrite(entries)
     scores = merge(entries)
-    summary = ScoreSummary(images=len(items))
+    summary = ScoreSummary(images=len(items), problems=problems)
     pending = [(it, needed(it, metrics, models.sources, scores)) for it in items]
     todo = [(it, names) for it, names in pending if names]
     summary.skipped = len(items) - len(todo)
     ref_metrics = [m for m in metrics if METRICS[m].needs_reference]
     no_ref = [it for it, names in todo if it.reference is None and set(ref_metrics) & set(names)]
-    if no_ref:
+    if no_ref and not any("readable reference" in p for p in problems):
         summary.warnings.append(f"{len(no_ref)} image(s) have no reference file (neither the folder's copy nor "
                                 f"the original, e.g. {no_ref[0].image_rel}): {'/'.join(ref_metrics)} skipped for them")
     emb = _Embeddings(models, batch_size)

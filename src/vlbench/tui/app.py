@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import sqlite3
 import sys
 import threading
 import time
@@ -204,7 +205,14 @@ class VlbenchApp(App[int]):
         return self.is_running and self.queue_pane.is_attached
 
     def on_mount(self) -> None:
-        requeued, failed = self.store.recover()
+        # ---- issue 13: a store write-locked by another process must not stop the workbench from opening ----
+        try:
+            requeued, failed = self.store.recover()
+        except sqlite3.Error as exc:
+            requeued = failed = 0
+            self.startup_problems.append(f"run store: {exc}; runs an earlier session left running are recovered "
+                                         "at the next start")
+        # ---- end issue 13 ----
         if requeued:
             self.notify(f"{_runs(requeued)} recovered from an interrupted session (queued again)", timeout=10)
         if failed:
@@ -240,6 +248,19 @@ class VlbenchApp(App[int]):
         def post(event: object) -> None:  # called on the worker thread
             self.post_message(WorkerEvent(event))
 
+        # ---- issue 13: a headless worker (`vlbench worker`) runs this store's queue: watch and control it ----
+        from vlbench.worker import Viewer, live_worker
+
+        headless = live_worker(self.store)
+        if headless is not None and headless.get("kind") == "headless":
+            self.job_worker = Viewer(self.store.path, headless, on_event=post)
+            self.job_worker.start()
+            self.sub_title = f"{self.models.describe()} · VIEWER of headless worker pid {headless.get('pid')}"
+            self.queue_pane.set_status(f"viewer: `vlbench worker` (pid {headless.get('pid')}) runs the queue; pause, "
+                                       f"cancel and reorder act on it · its log: {headless.get('log')}")
+            return
+        # ---- end issue 13 ----
+
         def engine_factory():
             return factory(lambda text: post(ModelStatus(text)))
 
@@ -248,7 +269,8 @@ class VlbenchApp(App[int]):
         # key press takes several such waits. 1 ms keeps keys quick while the worker computes.
         sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL_S))
         self.job_worker = Worker(self.models, store_path=self.store.path, outputs_dir=self.outputs_dir, on_event=post,
-                                 engine_factory=engine_factory, recover=False, render=render)
+                                 engine_factory=engine_factory, recover=False, render=render,
+                                 presence="workbench")  # issue 13: `vlbench worker` refuses to run beside it
         self.job_worker.start()
         self.queue_pane.set_status(f"worker ready · models load with the first run ({self.models.describe()})")
         if not self.models.tiny:  # real models on a box where CUDA is unusable: say so now, not after minutes
