@@ -143,11 +143,12 @@ import os, sys, time
 sys.path.insert(0, os.environ["CAMPAIGN_SRC"])
 markers = open(os.environ["CAMPAIGN_MARKERS"], "a", buffering=1)
 pause = float(os.environ.get("CAMPAIGN_PAUSE", "0"))
+pause_at = os.environ.get("CAMPAIGN_PAUSE_AT", "")  # only the trigger's moment is held open for the kill
 
 def mark(text, wait=False):
     markers.write(text + "\n")
     markers.flush()
-    if wait and pause:
+    if wait and pause and text == pause_at:
         time.sleep(pause)
 
 from vlbench.cli import common
@@ -220,7 +221,8 @@ def kill_section(work: Path, trials: int, seeds: str, rng: random.Random, log) -
     log(f"reference run: {len(expected)} images in {seconds:.1f} s")
     plan = list(CHOSEN)
     while len(plan) < trials:
-        plan.append((f"random at {rng.uniform(0.5, seconds):.2f} s", f"time {rng.uniform(0.5, seconds):.3f}"))
+        at = rng.uniform(0.5, seconds)
+        plan.append((f"random at {at:.2f} s", f"time {at:.3f}"))
     if trials < len(plan):  # the small version: a store gap and a random moment
         plan = [p for p in plan if p[1].startswith("store")][:1] + [(f"random", f"time {rng.uniform(1, seconds):.3f}")]
         plan = plan[:trials]
@@ -229,7 +231,8 @@ def kill_section(work: Path, trials: int, seeds: str, rng: random.Random, log) -
         data, out = work / f"t{i}-data", work / f"t{i}"
         markers = work / f"t{i}.markers"
         markers.write_text("")
-        env = env_for(data, CAMPAIGN_SRC=str(SRC), CAMPAIGN_MARKERS=str(markers), CAMPAIGN_PAUSE="0.4")
+        env = env_for(data, CAMPAIGN_SRC=str(SRC), CAMPAIGN_MARKERS=str(markers), CAMPAIGN_PAUSE="0.4",
+                      CAMPAIGN_PAUSE_AT=trigger)
         proc = subprocess.Popen([PY, "-c", HOOKS, *run_argv(ref, out, seeds)], env=env, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
         start = time.monotonic()
