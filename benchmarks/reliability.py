@@ -2,7 +2,8 @@
 
 Sections (all on the CPU with the tiny random models; each `vlbench` is a fresh process of this checkout):
 
-  kill      15 `kill -9` of `vlbench run` (60 images: token_sweep × 12 seeds) at chosen moments (model load,
+  kill      15 `kill -9` of `vlbench run` (60 images: token_sweep's 6 configs × 10 seeds; the 2026-12-01
+            results ran its 5 configs of then × 12 seeds) at chosen moments (model load,
             after rows 1/7/20/33/45/59/60, between a results row and its store write, during the grid, the
             report and the diagnostics) and at random ones. Each is resumed by the same command; then the
             folder AND the run store are checked against an uninterrupted run: lost, duplicated, torn, PNG
@@ -932,7 +933,8 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sections", default="kill,hostile,store,ssh,ray")
     p.add_argument("--trials", type=int, default=15, help="kill -9 trials (default 15)")
-    p.add_argument("--seeds", default="0-11", help="seeds of the killed run: 5 configs × these (default 0-11: 60)")
+    p.add_argument("--seeds", default="0-9", help="seeds of the killed run: token_sweep's 6 configs × these "
+                                                  "(default 0-9: 60 images, so row 60 is the last)")
     p.add_argument("--hostile-limit", type=int, help="only the first N hostile inputs")
     p.add_argument("--quick", action="store_true", help="the small version: 4 seeds (20 images)")
     p.add_argument("--seed", type=int, default=13, help="random moments of the kill trials")

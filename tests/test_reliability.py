@@ -101,6 +101,12 @@ main(sys.argv[2:])
 """
 
 
+def _token_sweep_configs() -> int:
+    from vlbench.experiments.spec import load_type
+
+    return len(load_type("token_sweep").configs)
+
+
 def _run_argv(ref: Path, out: Path, seeds: str = "1-3") -> list[str]:
     return ["run", "--experiment", "token_sweep", "--image", str(ref), "--prompt", PROMPT, "--seeds", seeds,
             "--output-dir", str(out), "--tiny", "--device", "cpu", "--steps", "2", "--width", "64", "--height", "64",
@@ -123,21 +129,25 @@ def test_a_kill_between_the_results_row_and_the_store_write_is_healed_by_resume(
     assert main(argv) == 0  # resume: records the missing row, then finishes
     with Store() as store:
         _ledgers_agree(store, out)
-        assert len(_history(store, out)) == 15  # 5 configs × 3 seeds, each once
+        assert len(_history(store, out)) == _token_sweep_configs() * 3  # every config × 3 seeds, each once
     assert main(argv) == 0  # a second resume records nothing twice
     with Store() as store:
         _ledgers_agree(store, out)
 
 
-def _locked(path: Path, seconds: float) -> threading.Thread:
-    """Another process's write lock on the store, held `seconds` (past the 5 s busy timeout)."""
+def _locked(path: Path, hold_for: float | threading.Event) -> threading.Thread:
+    """Another process's write lock on the store, held `hold_for` seconds (past the 5 s busy timeout) or until
+    that event is set (what a test needs blocked is then blocked however slow the machine is)."""
     ready = threading.Event()
 
     def hold():
         conn = sqlite3.connect(path, timeout=0, isolation_level=None)
         conn.execute("BEGIN IMMEDIATE")
         ready.set()
-        time.sleep(seconds)
+        if isinstance(hold_for, threading.Event):
+            hold_for.wait(120)
+        else:
+            time.sleep(hold_for)
         conn.execute("ROLLBACK")
         conn.close()
 
@@ -173,8 +183,9 @@ def test_a_store_fault_during_a_run_postpones_history_rows_and_loses_none(engine
         left = _failing(monkeypatch, "add", {"disk full": "database or disk is full",
                                              "read-only": "attempt to write a readonly database"}[fault])
         hooks.append(lambda n: left.__setitem__(0, 0) if n == 3 else None)
-    elif fault == "locked":  # from the first image on, for 6 s: one write waits out the busy timeout and is postponed
-        hooks.append(lambda n: _locked(store.path, 6) if n == 1 else None)
+    elif fault == "locked":  # after the first image until the second's row: that write waits out the busy timeout
+        release = threading.Event()
+        hooks.append(lambda n: _locked(store.path, release) if n == 1 else release.set() if n == 2 else None)
     else:  # the store file is deleted after the first image: later rows would go to a file nobody can open
         def delete(n):
             if n == 1:
@@ -417,7 +428,8 @@ def test_the_workbench_opens_while_another_process_write_locks_the_store():
     from vlbench.tui.app import VlbenchApp
 
     Store().close()
-    holder = _locked(paths.store_path(), 9)
+    release = threading.Event()
+    holder = _locked(paths.store_path(), release)  # until the workbench has opened and said so
 
     async def go():
         app = VlbenchApp(parse_settings({"recipe": SMALL}), start_worker=False)
@@ -427,9 +439,13 @@ def test_the_workbench_opens_while_another_process_write_locks_the_store():
             await pilot.pause()
             assert app.is_running
             assert any("run store" in n and "locked" in n for n in notes), notes
+            release.set()
         app.close()
 
-    asyncio.run(go())
+    try:
+        asyncio.run(go())
+    finally:
+        release.set()
     holder.join()
 
 
@@ -621,7 +637,7 @@ def test_a_full_disk_during_run_is_one_line_and_the_run_resumes(tiny_dirs, tmp_p
     assert len(_rows(out)) == 3
     full[0] = False  # space freed
     assert main(_run_argv(ref_image, out, "1")) == 0
-    assert len(_rows(out)) == 5
+    assert len(_rows(out)) == _token_sweep_configs()
 
 
 def test_an_os_error_names_its_file_and_the_log_keeps_the_traceback(tmp_path, monkeypatch, capsys):
@@ -708,7 +724,7 @@ def test_the_ids_of_a_prompt_never_hold_a_special_token_it_did_not_put_there(eng
 # ---------------------------------------------------------------- the campaign's small version
 def test_the_kill_campaign_in_small_loses_nothing_in_the_folder_or_the_store(tiny_dirs, tmp_path):
     """benchmarks/reliability.py's kill section with 2 trials (a kill between a results row and its store write, and
-    one at a random moment) over 10 images: after each resume, 0 lost and 0 duplicated in the folder AND the store,
+    one at a random moment) over 2 seeds of token_sweep: after each resume, 0 lost and 0 duplicated in the folder AND the store,
     PNG bytes identical to an uninterrupted run. The full campaign (15 trials, 60 images) is the benchmark."""
     import importlib.util
     import random
@@ -719,7 +735,7 @@ def test_the_kill_campaign_in_small_loses_nothing_in_the_folder_or_the_store(tin
     spec.loader.exec_module(campaign)
     result = campaign.kill_section(tmp_path, trials=2, seeds="0-1", rng=random.Random(3), log=lambda line: None)
     totals = result["totals"]
-    assert result["images"] == 10 and totals["trials"] == 2 and totals["killed"] >= 1
+    assert result["images"] == 2 * _token_sweep_configs() and totals["trials"] == 2 and totals["killed"] >= 1
     assert totals["resumes_failed"] == 0
     for key in ("folder_lost", "folder_duplicated", "folder_torn_after_resume", "pixels_differ", "store_lost",
                 "store_duplicated", "store_sha_mismatch"):
