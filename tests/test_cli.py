@@ -83,6 +83,39 @@ def test_embed_alpha_0_is_zimages_own_encoding(engine, tmp_path, capsys):
     assert side["conditioning"]["qwen3"]["input_ids"] == engine.text_encoding(PROMPT).input_ids
 
 
+def test_embed_writes_every_scheduled_caption_and_its_attention_weights(engine, tmp_path, ref_image, capsys):
+    """A schedule conditions later steps on other captions and an attend mix weights its rows: the file holds
+    every tensor the DiT reads (step 0's under "prompt_embeds", step K's under "prompt_embeds@K"), and the
+    sidecar says which key conditions which steps."""
+    out = tmp_path / "s.safetensors"
+    flags = ["--tokens", "image", "--alpha", "0.3", "--alpha-policy", "attend", "--steps", "3",
+             "--schedule", "0:qwen3, 1:recipe, 2:vl"]
+    code = main(["embed", "--tiny", *CPU, "--image", str(ref_image), "--prompt", PROMPT, *flags, "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    from safetensors.torch import load_file
+
+    tensors = load_file(out)
+    assert sorted(tensors) == ["attention_weights@1", "prompt_embeds", "prompt_embeds@1", "prompt_embeds@2"]
+    recipe = Recipe(tokens="image", alpha=0.3, alpha_policy="attend", steps=3, schedule="0:qwen3, 1:recipe, 2:vl")
+    cond = engine.condition(recipe, PROMPT, [Reference.open(ref_image)])
+    first, attend, vl = cond.schedule
+    assert torch.equal(tensors["prompt_embeds"], first.embeds) and torch.equal(tensors["prompt_embeds"], cond.embeds)
+    assert torch.equal(tensors["prompt_embeds@1"], attend.embeds)
+    assert torch.equal(tensors["attention_weights@1"], attend.weights)
+    assert torch.equal(tensors["prompt_embeds@2"], vl.embeds)
+    assert not torch.equal(tensors["prompt_embeds"], tensors["prompt_embeds@2"])
+    side = json.loads(out.with_suffix(".json").read_text())
+    assert [(c["key"], c["from_step"], c["to_step"], c.get("attention_weights")) for c in side["captions"]] == [
+        ("prompt_embeds", 0, 1, None), ("prompt_embeds@1", 1, 2, "attention_weights@1"), ("prompt_embeds@2", 2, 3, None)]
+    assert [c["shape"] for c in side["captions"]] == [list(s.embeds.shape) for s in cond.schedule]
+    # without a schedule: one caption, one key, described the same way
+    plain = tmp_path / "p.safetensors"
+    assert main(["embed", "--tiny", *CPU, "--image", str(ref_image), "--prompt", PROMPT, "--tokens", "image",
+                 "--out", str(plain)]) == 0
+    assert list(load_file(plain)) == ["prompt_embeds"]
+    assert [c["key"] for c in json.loads(plain.with_suffix(".json").read_text())["captions"]] == ["prompt_embeds"]
+
+
 def test_recipe_file_with_a_flag_overriding_it(engine, tmp_path, ref_image, capsys):
     from vlbench.recipe import save_recipe
 

@@ -28,19 +28,20 @@ def run(args) -> int:
     engine = common.engine(spec, console)
     cond = engine.condition(recipe, prompt, refs)
     common.warn(console, cond.warnings)
-    check_caption(cond.embeds.shape[0], engine.models.caption_budget)
+    for caption in cond.captions:
+        check_caption(caption.shape[0], engine.models.caption_budget)
     try:  # a NaN tensor is never written
         check_conditioning(engine, recipe, cond)
     except NonFinite as exc:
         console.print(f"[red]failed: {common.escape(exc)}[/red]")
         return 1
-    tensor = cond.embeds.detach().to("cpu").contiguous()
-    atomic_write(out, lambda tmp: save_file({"prompt_embeds": tensor}, str(tmp),
-                                            metadata={"format": "vlbench-conditioning-1"}))
+    tensors, captions = caption_tensors(cond, recipe.steps)
+    tensor = tensors["prompt_embeds"]
+    atomic_write(out, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "vlbench-conditioning-1"}))
     sidecar = {
         "recipe": recipe.to_dict(), "prompt": prompt, "images": [r.path for r in refs],
         "image_sha256": [r.sha256 for r in refs], "dtype": str(tensor.dtype).removeprefix("torch."),
-        "shape": list(tensor.shape), "caption_budget": engine.models.caption_budget,
+        "shape": list(tensor.shape), "captions": captions, "caption_budget": engine.models.caption_budget,
         "conditioning": cond.describe(), "timings": cond.timings, "environment": environment(engine.models),
     }
     side = atomic_write_json(out.with_suffix(".json"), sidecar)
@@ -48,6 +49,27 @@ def run(args) -> int:
     for path in write_heatmaps(out, sidecar["conditioning"], refs, recipe.to_dict()):
         console.print(f"wrote {common.escape(path)} (the VL text's attention to the reference's image tokens)")
     return 0
+
+
+def caption_tensors(cond, steps: int) -> tuple[dict, list[dict]]:
+    """Every caption the DiT reads, as safetensors keys, and the sidecar's account of them.
+
+    Step 0's caption is `prompt_embeds` (what a one-caption recipe writes, and all it writes); with a
+    schedule, the caption the DiT reads from step K on is `prompt_embeds@K`; an attend mix's per-row
+    attention weights go beside their caption as `attention_weights` / `attention_weights@K`."""
+    entries = [(s.from_step, s.to_step, s.embeds, s.weights) for s in cond.schedule] \
+        or [(0, steps, cond.embeds, cond.weights)]
+    tensors, captions = {}, []
+    for from_step, to_step, embeds, weights in entries:
+        tail = "" if from_step == 0 else f"@{from_step}"
+        tensors["prompt_embeds" + tail] = embeds.detach().to("cpu").contiguous()
+        item = {"key": "prompt_embeds" + tail, "from_step": from_step, "to_step": to_step,
+                "shape": list(embeds.shape)}
+        if weights is not None:
+            tensors["attention_weights" + tail] = weights.detach().to("cpu").contiguous()
+            item["attention_weights"] = "attention_weights" + tail
+        captions.append(item)
+    return tensors, captions
 
 
 def write_heatmaps(out, conditioning: dict, refs, recipe: dict) -> list:
