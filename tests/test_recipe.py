@@ -121,6 +121,23 @@ def test_bad_value_in_a_toml_file_names_the_field(tmp_path):
         load_recipe(path)
 
 
+def test_a_bad_value_in_a_recipe_file_is_an_error_even_when_a_flag_sets_that_field(tmp_path):
+    """`steps = "two"` is a broken file: a --steps flag on the same run must not hide it."""
+    path = tmp_path / "r.toml"
+    path.write_text('steps = "two"\nlayer = -3\n')
+    with pytest.raises(UserError) as err:
+        load_recipe(path, overrides={"steps": 4})
+    assert str(path) in str(err.value) and "steps" in str(err.value) and "whole number" in str(err.value)
+    path.write_text('image_weights = [1, "x"]\n')
+    with pytest.raises(UserError, match=f"{path}.*image_weights.*numbers"):
+        load_recipe(path, overrides={"image_weights": (1.0, 2.0)})
+    # a combination the file gets wrong is the flag's to fix: a curve without alpha_end ...
+    path.write_text('curve = "linear"\n')
+    with pytest.raises(UserError, match=f"{path}.*alpha_end"):
+        load_recipe(path)
+    assert load_recipe(path, overrides={"curve": "constant"}) == Recipe()  # ... is fixed by the flag that sets it
+
+
 def test_missing_and_malformed_recipe_files_are_user_errors(tmp_path):
     with pytest.raises(UserError, match="no such file"):
         load_recipe(tmp_path / "missing.toml")

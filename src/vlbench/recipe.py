@@ -882,7 +882,14 @@ def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None, base:
     data = read_recipe_file(path)
     overrides = overrides or {}
     start = (base or DEFAULTS).to_dict()
-    try:  # the file alone: its own bad values are named with the file
+    infos = field_infos()
+    for name, value in data.items():  # a bad value in the file is the file's error, whatever a flag overrides
+        try:
+            _check_field(name, infos[name], tuple(value) if isinstance(value, list) else value,
+                         field_default(name))
+        except UserError as exc:
+            raise exc.within(str(path)) from None
+    try:  # the file alone: its combinations are checked too, unless a flag changes the field at fault
         Recipe.from_dict({**start, **data})
     except UserError as exc:
         if not set(overrides) & set(data) or exc.field not in overrides:
