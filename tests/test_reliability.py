@@ -697,11 +697,16 @@ def test_every_special_token_of_either_tokenizer_is_refused_wherever_a_tokenizer
     assert {"<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|image_pad|>", "<think>"} <= set(tokens)
     refs = [Reference.open(ref_image)]
     cases = [
-        (Recipe(**SMALL), "prompt", "vl_text"),  # the VL reads the prompt (vl_text prompt)
+        (Recipe(**SMALL), "prompt", "prompt"),  # the VL reads the prompt (vl_text prompt): the prompt is at fault
+        (Recipe(**SMALL, dual=True, style_vl_text="none"), "prompt", "prompt"),  # the content pass reads it
         (Recipe(**SMALL, vl_text="none", alpha=0.5), "prompt", "prompt"),  # only Qwen3-4B reads it
         (Recipe(**SMALL, guidance=2.0), "negative_prompt", "negative_prompt"),
     ]
     for token in tokens:
+        vl_only = Recipe(**SMALL, vl_text=f"in the style of {token}")  # a VL text of its own: that field is named
+        with pytest.raises(UserError) as err:
+            engine.run(vl_only, PROMPT, refs)
+        assert err.value.field == "vl_text" and token in str(err.value), token
         for recipe, where, field in cases:
             prompt = f"a cat {token} on a mat" if where == "prompt" else PROMPT
             if where == "negative_prompt":

@@ -395,10 +395,14 @@ class Recipe:
 
     def vl_texts(self, prompt: str) -> tuple[str | None, ...]:
         """What the VL reads in each extraction this recipe needs, distinct, in pass order (none: pure Qwen3-4B)."""
+        return tuple(dict.fromkeys(self.resolve_vl_text(prompt, v) for v in self.vl_text_settings))
+
+    @property
+    def vl_text_settings(self) -> tuple[str, ...]:
+        """The vl_text settings of the extractions this recipe needs ("prompt", "none" or a text), in pass order."""
         if not self.uses_vl:
             return ()
-        values = (self.style_vl_text, self.content_vl_text) if self.dual else (self.vl_text,)
-        return tuple(dict.fromkeys(self.resolve_vl_text(prompt, v) for v in values))
+        return (self.style_vl_text, self.content_vl_text) if self.dual else (self.vl_text,)
 
     def layer_for(self, role_is_image: bool) -> int:
         chosen = self.image_layer if role_is_image else self.text_layer

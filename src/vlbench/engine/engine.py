@@ -20,12 +20,12 @@ from vlbench.engine import bridge
 from vlbench.engine.cache import ExtractionCache, extraction_key
 from vlbench.engine.encode import TextEncoding, encode_text
 from vlbench.engine import blend
-from vlbench.engine.extract import (IMAGE, PROMPT, Extraction, batch_memory_bytes, decoder_layer_for, forward,
-                                    forward_batch, load_image, prepare)
+from vlbench.engine.extract import (IMAGE, PROMPT, Extraction, batch_memory_bytes, check_special_tokens,
+                                    decoder_layer_for, forward, forward_batch, load_image, prepare)
 from vlbench.engine.generate import check_caption, generate
 from vlbench.engine.models import Models
 from vlbench.engine import condition as C
-from vlbench.recipe import Curve, ImageAttention, MultiImage, Normalization, Recipe
+from vlbench.recipe import Curve, ImageAttention, MultiImage, Normalization, Recipe, VLText
 from vlbench.errors import UserError
 from vlbench.records import extraction_names
 from vlbench.files import atomic_write_text
@@ -296,7 +296,7 @@ class Engine:
         (docs/intra_vl_blending.md), then the schedule's caption per step (docs/schedules.md)."""
         if not isinstance(prompt, str):
             raise UserError("must be text", field="prompt")
-        self._check_inputs(recipe, refs)
+        self._check_inputs(recipe, refs, prompt)
         timings: dict[str, float] = {}
         vl = qwen3 = None
         extractions: list[Extraction] = []
@@ -353,9 +353,11 @@ class Engine:
                             extractions=extractions, text=text, timings=timings, warnings=warnings,
                             schedule=schedule, bridge=description, dual=recipe.dual and recipe.uses_vl)
 
-    def _check_inputs(self, recipe: Recipe, refs: list[Reference]) -> None:
+    def _check_inputs(self, recipe: Recipe, refs: list[Reference], prompt: str) -> None:
         recipe.check_inputs(len(refs))
         check_attention(recipe, self.models.spec.attention)
+        if VLText.PROMPT in recipe.vl_text_settings:  # the VL reads the prompt: its special tokens are the prompt's fault
+            check_special_tokens(self.models.vl.processor.tokenizer, prompt, "prompt", "Qwen3-VL")
 
     def _select(self, ex: Extraction, tokens: str, recipe: Recipe, layer: int | None = None,
                 pass_name: str | None = None) -> C.Seq:

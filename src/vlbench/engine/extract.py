@@ -226,8 +226,7 @@ def _render(processor, num_images: int, text: str | None) -> str:
     if text is not None and _SENTINEL in text:
         raise UserError("contains a reserved marker character", field="vl_text")
     if text is not None:  # the tokenizer parses special tokens in text: these would forge a vision block or a turn
-        check_special_tokens(tokenizer, text, "vl_text", "Qwen3-VL",
-                             fix="remove it (with vl_text prompt, from the prompt)")
+        check_special_tokens(tokenizer, text, "vl_text", "Qwen3-VL")  # the engine names the prompt when it is the text
     return processor.apply_chat_template(_messages(num_images, text), add_generation_prompt=True, tokenize=False)
 
 
