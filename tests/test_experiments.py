@@ -140,6 +140,36 @@ def test_grid_gives_every_row_a_cell_even_duplicates_and_failures():
     assert layout.assigned() == [0, 1, 2]
 
 
+def test_the_grid_pastes_each_rows_own_image_and_marks_one_that_does_not_decode(tmp_path):
+    """Thumbnails are decoded on threads: each cell must still hold its own row's image, in order, and a damaged
+    file must become the red 'image missing' cell, not an error or another row's picture."""
+    from vlbench.experiments.grid import BAD, render_grid
+
+    colours = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (0, 255, 255)]
+    rows = [_row(i, f"c{i}", layer=-1 - i) for i in range(len(colours))]
+    make_image(tmp_path / "ref.png", size=(64, 64), color=(128, 128, 128))
+    for row, colour in zip(rows, colours):
+        Image.new("RGB", (64, 64), colour).save(tmp_path / row["image"])
+    (tmp_path / rows[2]["image"]).write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    layout = grid_layout(rows)
+    grid = np.asarray(render_grid(rows, tmp_path, layout, cell=64))
+    (block,) = layout.blocks
+    column = {i: c for (_, c), i in block.cells.items()}
+    lefts = {}
+    for i, colour in enumerate(colours):
+        ys, xs = np.nonzero((grid == colour).all(axis=2))
+        if i == 2:
+            assert xs.size == 0  # the damaged file's colour is nowhere
+            continue
+        assert xs.size == 64 * 64 and xs.max() - xs.min() == 63  # one whole 64² thumbnail, once
+        lefts[i] = int(xs.min())
+    order = sorted(lefts, key=lefts.get)
+    assert order == sorted(lefts, key=column.get)  # left to right in the cells' column order
+    step = (lefts[order[-1]] - lefts[order[0]]) // (column[order[-1]] - column[order[0]])
+    left2 = lefts[order[0]] + (column[2] - column[order[0]]) * step  # where row 2's cell is
+    assert (grid[:, left2:left2 + 64] == BAD).all(axis=2).any()  # its red placeholder
+
+
 # ---- running types end to end ----
 @pytest.fixture(scope="module")
 def runs(engine, tmp_path_factory):
