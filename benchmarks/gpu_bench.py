@@ -796,6 +796,11 @@ def cli_sweep_section(args, zdir: Path, vldir: Path, ref_path: Path, workdir: Pa
     C["stdout_tail"] = (proc.stdout + proc.stderr)[-1500:]
     marks = [line.split()[1] for line in proc.stdout.splitlines() if line.startswith("VLBENCH_IMPORTS_S ")]
     C["child_imports_torch_transformers_diffusers_s"] = float(marks[0]) if marks else None
+    for mark, key in (("VLBENCH_MAIN_START_S", "child_main_start_s"), ("VLBENCH_MAIN_DONE_S", "child_main_done_s")):
+        found = [line.split()[1] for line in proc.stdout.splitlines() if line.startswith(mark + " ")]
+        C[key] = float(found[0]) if found else None
+    if C["child_main_done_s"] is not None:  # after cli.main returned: interpreter teardown, CUDA context, exit
+        C["child_exit_s"] = wall - C["child_main_done_s"]
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines() if line.strip()]
     info = json.loads((out / "run.json").read_text())
     inv = info["invocations"][-1]
@@ -818,6 +823,16 @@ def cli_sweep_section(args, zdir: Path, vldir: Path, ref_path: Path, workdir: Pa
     if rows:  # Engine.run's "extraction" of the first job also holds both lazy model loads
         C["first_job_extraction_beyond_load_s"] = rows[0]["timings"].get("extraction", 0.0) - load
         C["first_job_generation_s"] = rows[0]["timings"].get("generation")
+    if rows:  # the run's own timeline: gaps between jobs, and what follows the last job
+        done_rows = sorted((r for r in rows if r.get("started_at") and r.get("finished_at")),
+                           key=lambda r: r["started_at"])
+        gaps = [b["started_at"] - a["finished_at"] for a, b in zip(done_rows, done_rows[1:])]
+        jobs = [r["finished_at"] - r["started_at"] - sum(r["timings"].values()) for r in done_rows]
+        last = max(r["finished_at"] for r in done_rows)
+        C["timeline"] = {"sum_gaps_between_jobs_s": sum(gaps), "max_gap_s": max(gaps, default=0.0),
+                         "sum_job_wall_beyond_timings_s": sum(jobs),
+                         "after_last_job": {name: os.stat(out / name).st_mtime - last
+                                            for name in ("grid.png", "report.html", "run.json") if (out / name).exists()}}
     C["png_grid_report_etc_s"] = C["overhead_beyond_imports_load_gen_s"] - sum(
         r["timings"].get("extraction", 0.0) for r in rows) + load
     log(f"{name}: rc {proc.returncode}, {C['done']} done, wall {wall:.1f}s, Σgen {sum(gen):.1f}s, load {load:.1f}s, "
@@ -834,7 +849,10 @@ import torch, transformers, diffusers
 print('VLBENCH_IMPORTS_S', time.perf_counter() - t0, flush=True)
 argv = json.loads(sys.argv[1])
 from vlbench import cli
-sys.exit(cli.main(argv))
+print('VLBENCH_MAIN_START_S', time.perf_counter() - t0, flush=True)
+code = cli.main(argv)
+print('VLBENCH_MAIN_DONE_S', time.perf_counter() - t0, flush=True)
+getattr(cli, 'exit_now', sys.exit)(code)  # as the `vlbench` script ends (cli.entry)
 """
 
 

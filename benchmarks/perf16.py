@@ -397,7 +397,7 @@ def compile_section(args, spec) -> None:
     log(f"eager: {json.dumps({L: round(med(K, f'eager_{L}_s'), 3) for L in lengths})}")
     save_json()
     for name, fn in (("attention", attention_section), ("batch", batch_section)):
-        if args.fp8_only:
+        if args.fp8_only or args.compile_only:
             continue
         if elapsed() > args.budget_s * (0.62 if name == "attention" else 0.66):
             R[name] = {"skipped": f"out of time at {elapsed():.0f}s"}
@@ -408,11 +408,18 @@ def compile_section(args, spec) -> None:
             error(name)
     backend = {"backend": "eager"} if args.tiny_smoke else {}
     variants = [("bf16", spec, {}), ("fp8", replace(spec, quantize="fp8", compile=True), {}),
-                ("fp8_auto_dynamic", replace(spec, quantize="fp8", compile=True), {"dynamic": None})]
+                ("fp8_auto_dynamic", replace(spec, quantize="fp8", compile=True), {"dynamic": None}),
+                ("fp8_torchao_inductor", replace(spec, quantize="fp8", compile=True), {})]
     bf16_img = {}
     for vname, vspec, options in variants:
         if vname == "fp8_auto_dynamic" and not K.get("fp8", {}).get("error"):
             continue  # only when the project's fp8 path failed: dynamo's automatic dynamic shapes instead
+        if vname == "fp8_torchao_inductor":  # last: torchao's recommended inductor settings are process-wide
+            if not args.fp8_torchao_inductor or args.tiny_smoke:
+                continue
+            from torchao.quantization.utils import recommended_inductor_config_setter
+
+            recommended_inductor_config_setter()
         if vname == "bf16" and args.fp8_only:
             continue  # compiled bf16 measured in an earlier call (its JSON); fp8 compared with eager here
         saved_options = dict(models_mod.COMPILE_OPTIONS)
@@ -765,6 +772,10 @@ def main() -> int:
     p.add_argument("--policies", default=None, help="comma list of policy@cap keys to run (default all)")
     p.add_argument("--fp8-only", action="store_true", help="compile section: eager + fp8 only (no attention, "
                    "batch, compiled bf16)")
+    p.add_argument("--compile-only", action="store_true", help="compile section: eager, compiled bf16 and fp8 in "
+                   "one call (no attention or batch sections)")
+    p.add_argument("--fp8-torchao-inductor", action="store_true", help="compile section: one more fp8 variant "
+                   "with torchao's recommended (process-wide) inductor settings, measured last")
     p.add_argument("--cli-diagnostics", action="store_true", help="keep the embedding-diagnostics pass in the "
                    "CLI sweep (it loads Qwen3-4B after the sweep)")
     p.add_argument("--child-firstvl", type=int, default=None, help=argparse.SUPPRESS)

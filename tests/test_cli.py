@@ -290,6 +290,25 @@ def test_real_executable_embed_equals_the_engine(engine, tmp_path, ref_image):
         engine.condition(Recipe(), PROMPT, [Reference.open(ref_image)]).extraction.input_ids
 
 
+def test_the_scripts_quick_exit_still_does_what_a_normal_exit_does(tmp_path):
+    """`vlbench` skips only the interpreter's teardown: threads are joined, exit handlers run, buffered output is
+    flushed through a pipe, and the command's exit code is the process's."""
+    code = """if True:
+        import atexit, sys, threading, time
+        from vlbench.cli import exit_now
+        atexit.register(lambda: print("exit handler ran", flush=False))
+        threading.Thread(target=lambda: (time.sleep(0.3), print("thread finished"))).start()
+        sys.stdout.write("buffered, no newline")
+        sys.stderr.write("to stderr")
+        exit_now(3)
+        print("never")
+    """
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 3
+    assert proc.stdout == "buffered, no newlinethread finished\nexit handler ran\n"
+    assert proc.stderr == "to stderr"
+
+
 @pytest.mark.skipif(not VLBENCH.exists(), reason="the vlbench entry point is not installed in this environment")
 def test_real_executable_bad_input_is_exactly_one_line_on_stderr(tmp_path):
     """Nothing else reaches the user's terminal: no library warnings, no usage text, no traceback."""
