@@ -409,13 +409,16 @@ def compile_section(args, spec) -> None:
     backend = {"backend": "eager"} if args.tiny_smoke else {}
     variants = [("bf16", spec, {}), ("fp8", replace(spec, quantize="fp8", compile=True), {}),
                 ("fp8_auto_dynamic", replace(spec, quantize="fp8", compile=True), {"dynamic": None}),
+                ("fp8_static", replace(spec, quantize="fp8", compile=True), {"dynamic": False}),
                 ("fp8_torchao_inductor", replace(spec, quantize="fp8", compile=True), {})]
     bf16_img = {}
     for vname, vspec, options in variants:
         if vname == "fp8_auto_dynamic" and not K.get("fp8", {}).get("error"):
             continue  # only when the project's fp8 path failed: dynamo's automatic dynamic shapes instead
+        if vname == "fp8_static" and (not args.fp8_variants or args.tiny_smoke):
+            continue  # one static graph per caption length (the project compiles one dynamic graph)
         if vname == "fp8_torchao_inductor":  # last: torchao's recommended inductor settings are process-wide
-            if not args.fp8_torchao_inductor or args.tiny_smoke:
+            if not (args.fp8_torchao_inductor or args.fp8_variants) or args.tiny_smoke:
                 continue
             from torchao.quantization.utils import recommended_inductor_config_setter
 
@@ -439,6 +442,9 @@ def compile_section(args, spec) -> None:
                     continue
                 models = pipe = p = None
                 free_cuda()
+                import torch._dynamo as dynamo
+
+                dynamo.reset()  # each variant compiles its own graphs (dynamo would reuse the last one's)
                 a0 = torch.cuda.memory_allocated()
                 models = Models(vspec)
                 t0 = time.perf_counter()
@@ -774,6 +780,8 @@ def main() -> int:
                    "batch, compiled bf16)")
     p.add_argument("--compile-only", action="store_true", help="compile section: eager, compiled bf16 and fp8 in "
                    "one call (no attention or batch sections)")
+    p.add_argument("--fp8-variants", action="store_true", help="compile section: also fp8 with one static "
+                   "graph per caption length, and with torchao's inductor settings")
     p.add_argument("--fp8-torchao-inductor", action="store_true", help="compile section: one more fp8 variant "
                    "with torchao's recommended (process-wide) inductor settings, measured last")
     p.add_argument("--cli-diagnostics", action="store_true", help="keep the embedding-diagnostics pass in the "
