@@ -381,3 +381,95 @@ def test_kill_9_mid_run_loses_no_finished_work_and_runs_every_job_once(tiny_spec
     assert all(done_before[r.id] == r.finished_at for r in rows if r.id in done_before)  # not run again
     assert sorted(p.name for p in outputs.iterdir()) == [f"{i:06d}.png" for i in ids]  # no stale temp files
     store.close()
+
+
+# ---- experiment batches: the worker that ends one writes its folder ----
+def _batch(store, ref_image, batch: str, n: int = 2) -> list[int]:
+    """What the workbench queues for an experiment: runs with names and an experiment, under one batch id."""
+    from vlbench.records import RunRecord
+
+    records = [RunRecord(prompt="a red square", references=[{"path": str(ref_image), "sha256": None}],
+                         recipe=dict(RECIPE, layer=-1 - i, seed=0), seed=0, name=f"layer-{1 + i}",
+                         experiment="vl_layer_by_token", config_index=i, source="tui") for i in range(n)]
+    return store.enqueue_many(records, batch=batch)
+
+
+def test_the_worker_that_ends_an_experiment_batch_writes_its_folder_with_the_grid_and_report(tiny_spec, engine,
+                                                                                             ref_image):
+    """No workbench needed: `vlbench worker` runs the same Worker, so a batch that ends while the workbench is
+    closed still gets the folder `vlbench run` would have written."""
+    from vlbench.experiments.batch_export import EXPORTED, batch_folder
+    from vlbench.experiments.results import ResultsLog, validate_row
+    from vlbench.worker import BatchExported
+
+    store = Store()
+    ids = _batch(store, ref_image, "b1")
+    events = Events()
+    drain(make_worker(tiny_spec, engine, events))
+    (exported,) = events.of(BatchExported)
+    out = batch_folder("vl_layer_by_token", "b1")
+    assert (exported.batch, exported.experiment, exported.folder, exported.images) == ("b1", "vl_layer_by_token",
+                                                                                        str(out), 2)
+    assert events.items.index(exported) > events.items.index(events.of(JobDone)[-1])  # after the last run, once
+    assert (out / "grid.png").is_file() and (out / "report.html").is_file()
+    rows, bad = ResultsLog(out / "results.jsonl").read()
+    assert bad == 0 and len(rows) == len(ids) and not any(validate_row(r) for r in rows)
+    assert store.get_state(EXPORTED + "b1") == str(out)
+    store.close()
+
+
+def test_a_finished_batch_without_its_folder_is_written_when_a_worker_next_runs_dry_and_only_once(tiny_spec, engine,
+                                                                                                 ref_image):
+    """A worker killed between a batch's last run and its export (here: one that does not export), or runs
+    cancelled from the queue: the next worker writes the folder when its queue is empty; later ones do not."""
+    from vlbench.experiments.batch_export import EXPORTED, batch_folder
+    from vlbench.worker import BatchExported
+
+    store = Store()
+    _batch(store, ref_image, "b2")
+    pending = _batch(store, ref_image, "b3", n=1)
+    store.cancel(pending[0])  # a batch with nothing done: nothing to show, no folder
+    drain(make_worker(tiny_spec, engine, export_batches=False))
+    assert store.get_state(EXPORTED + "b2") is None and not batch_folder("vl_layer_by_token", "b2").exists()
+    events = Events()
+    drain(make_worker(tiny_spec, engine, events))
+    assert [(e.batch, e.images) for e in events.of(BatchExported)] == [("b2", 2)]
+    assert (batch_folder("vl_layer_by_token", "b2") / "grid.png").is_file()
+    again = Events()
+    drain(make_worker(tiny_spec, engine, again))
+    assert again.of(BatchExported) == []
+    store.close()
+
+
+def test_an_export_is_claimed_by_one_process_and_a_failed_one_can_be_claimed_again(tmp_path):
+    store, other = Store(tmp_path / "s.db"), Store(tmp_path / "s.db")
+    assert store.claim_state("batch_exported:x", "writing") is True
+    assert other.claim_state("batch_exported:x", "writing") is False
+    store.set_state("batch_exported:x", "")  # the export failed and gave its claim back
+    assert other.claim_state("batch_exported:x", "writing") is True
+    assert store.get_state("batch_exported:x") == "writing"
+    store.close()
+    other.close()
+
+
+def test_a_viewer_tells_the_workbench_when_the_headless_worker_wrote_a_batchs_folder(tmp_path):
+    from vlbench.experiments.batch_export import EXPORTED
+    from vlbench.worker import BatchExported, _report_viewed_exports
+
+    class Viewer:
+        def __init__(self):
+            self.events = []
+
+        def _emit(self, event):
+            self.events.append(event)
+
+    store, viewer = Store(tmp_path / "s.db"), Viewer()
+    batches = {"b": ("vl_layer_by_token", time.monotonic())}
+    store.set_state(EXPORTED + "b", "writing")
+    _report_viewed_exports(viewer, store, batches)
+    assert viewer.events == [] and "b" in batches  # not written yet
+    store.set_state(EXPORTED + "b", "/data/experiments/vl_layer_by_token-b")
+    _report_viewed_exports(viewer, store, batches)
+    assert viewer.events == [BatchExported("b", "vl_layer_by_token", "/data/experiments/vl_layer_by_token-b", 0)]
+    assert batches == {}
+    store.close()

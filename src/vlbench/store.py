@@ -340,6 +340,13 @@ class Store:
             conn.execute("INSERT INTO state (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
                          (key, json.dumps(value)))
 
+    def claim_state(self, key: str, value: Any) -> bool:
+        """Set `key` only when it is unset or empty (""): True for the one caller, in any process, that did."""
+        with self._write() as conn:
+            cur = conn.execute("INSERT INTO state (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET "
+                               "value = excluded.value WHERE state.value = ?", (key, json.dumps(value), json.dumps("")))
+            return cur.rowcount == 1
+
     @property
     def paused(self) -> bool:
         """The queue is paused: no worker, in any process, claims a new run (a running one finishes)."""
@@ -443,6 +450,15 @@ class Store:
                                   f"({', '.join('?' * len(chunk))}) GROUP BY batch, status", chunk):
                 out[r["batch"]][r["status"]] = r["n"]
         return out
+
+    def finished_batches(self) -> list[tuple[str, str]]:
+        """(batch, experiment) of every experiment batch with nothing pending or running and something done or
+        failed, oldest first."""
+        rows = self._conn().execute(
+            "SELECT batch, MAX(experiment) AS experiment FROM runs WHERE batch IS NOT NULL AND experiment IS NOT NULL "
+            "GROUP BY batch HAVING SUM(status IN ('pending', 'running')) = 0 AND SUM(status IN ('done', 'failed')) > 0 "
+            "ORDER BY MIN(id)")
+        return [(r["batch"], r["experiment"]) for r in rows]
 
     def batch_runs(self, batch: str) -> list[RunRow]:
         """Every run of a batch, in queue order (ids ascending)."""

@@ -84,6 +84,23 @@ class WorkerIdle:
 
 
 @dataclass(frozen=True)
+class BatchExported:
+    """An experiment batch's last run ended and its folder (grid and report, as `vlbench run`'s) is written."""
+
+    batch: str
+    experiment: str
+    folder: str
+    images: int
+
+
+@dataclass(frozen=True)
+class BatchExportFailed:
+    batch: str
+    experiment: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class WorkerPaused:
     paused: bool
 
@@ -94,9 +111,10 @@ class Worker:
     def __init__(self, spec, *, store_path: Path | str | None = None, outputs_dir: Path | str | None = None,
                  on_event: Callable[[object], None] = lambda e: None, engine_factory: Callable[[], Any] | None = None,
                  poll_s: float = 0.5, recover: bool = True, render: Callable[[UserError], str] | None = None,
-                 presence: str | None = None, heartbeat_s: float = HEARTBEAT_S):
+                 presence: str | None = None, heartbeat_s: float = HEARTBEAT_S, export_batches: bool = True):
         """`presence`: "headless" (`vlbench worker`: publishes its state every `heartbeat_s`) or "workbench"
-        (registers once); None registers nothing."""
+        (registers once); None registers nothing. `export_batches`: write each finished experiment batch's
+        folder (vlbench.experiments.batch_export)."""
         self.spec = spec  # vlbench.modelspec.ModelSpec
         self.store_path = Path(store_path) if store_path is not None else paths.store_path()
         self.outputs_dir = Path(outputs_dir) if outputs_dir is not None else paths.outputs_dir()
@@ -130,6 +148,7 @@ class Worker:
         self._progress: list | None = None  # [step, total, eta_s] of the current run
         self._fault_logged = 0.0  # when the loop last logged a store fault (not every second)
         self._space_needed = 0  # after a full disk: bytes that must be free before the next claim
+        self.export_batches = export_batches
 
     # ---- control (any thread) ----
     def start(self) -> None:
@@ -315,6 +334,8 @@ class Worker:
                 generation = self._wake_generation
                 row = store.claim_next()
                 if row is None:
+                    if not idle_reported:  # the queue ran dry: finished batches still without a folder get one
+                        self._export_batches(store)
                     with self._lock:
                         if generation == self._wake_generation:
                             self._idle.set()
@@ -376,6 +397,39 @@ class Worker:
         if self._free_memory:
             self._free_memory = False
             _empty_cuda_cache()
+        if row.batch and row.experiment and not self._unsaved:  # its batch's last run: the folder, grid and report
+            self._export_batches(store, run_id)
+
+    def _export_batches(self, store: Store, run_id: int | None = None) -> None:
+        """Export the batch `run_id` finished, or (None) every finished batch without its folder. A failure is one
+        line (the runs are safe in the store) and the export is tried again the next time the queue runs dry."""
+        if not self.export_batches:
+            return
+        from vlbench.experiments.batch_export import export_finished, finished_batch, unexported_batches
+
+        try:
+            if run_id is None:
+                batches = unexported_batches(store)
+            else:
+                found = finished_batch(store, run_id)
+                batches = [found] if found else []
+        except sqlite3.Error as exc:
+            log.warning("run store: %s; batch exports wait", one_line(exc))
+            return
+        models = {"zimage": self.spec.zimage, "vl": self.spec.vl, "tiny": self.spec.tiny}
+        for batch, experiment in batches:
+            if self._stop.is_set():
+                return
+            try:
+                done = export_finished(store, batch, experiment, models)
+            except Exception as exc:  # noqa: BLE001 — a full disk, a read-only data folder: say so, go on
+                log.exception("exporting batch %s", batch)
+                self._emit(BatchExportFailed(batch, experiment, one_line(f"{type(exc).__name__}: {exc}")))
+                continue
+            if done is not None:
+                folder, images = done
+                log.info("batch %s (%s): %d images, grid and report in %s", batch, experiment, images, folder)
+                self._emit(BatchExported(batch, experiment, str(folder), images))
 
     # ---- after a job: its row, whatever the store does ----
     def _store_write(self, store: Store, write: "_Write") -> bool:
@@ -651,6 +705,7 @@ class Viewer:
         store = Store(self.store_path)
         seen_until = time.time()  # runs finished after this are reported
         reported: set[int] = set()
+        batches: dict[str, tuple[str, float]] = {}  # experiment batches with a run reported: until their export
         progress = status = None
         idle = False
         try:
@@ -693,6 +748,9 @@ class Viewer:
                             continue
                         reported.add(row.id)
                         self._emit(_finished_event(row))
+                        if row.batch and row.experiment:
+                            batches.setdefault(row.batch, (row.experiment, time.monotonic()))
+                    _report_viewed_exports(self, store, batches)
                     seen_until = max(seen_until, time.time() - 5)
                     if current is None and not store.count(status="pending") and not idle:
                         idle = True
@@ -703,6 +761,20 @@ class Viewer:
                 self._stop.wait(self.poll_s)
         finally:
             store.close()
+
+
+def _report_viewed_exports(viewer, store: Store, batches: dict[str, tuple[str, float]]) -> None:
+    """The headless worker wrote a batch's folder: the same event the workbench's own worker sends."""
+    from vlbench.experiments.batch_export import EXPORTED
+
+    for batch, (experiment, since) in list(batches.items()):
+        folder = store.get_state(EXPORTED + batch)
+        if isinstance(folder, str) and folder not in ("", "writing"):
+            del batches[batch]
+            images = store.batch_counts([batch]).get(batch, {}).get("done", 0)
+            viewer._emit(BatchExported(batch, experiment, folder, images))
+        elif time.monotonic() - since > 600:  # not finished, or its export failed (the worker's log says why)
+            del batches[batch]
 
 
 def _finished_event(row: RunRow) -> object:

@@ -55,8 +55,8 @@ from vlbench.tui.widgets.parameters import ParametersPane
 from vlbench.tui.widgets.preview import MAX_PICTURES, PreviewPane
 from vlbench.tui.widgets.queue import QueuePane
 from vlbench.tui.wording import render
-from vlbench.worker import (JobCancelled, JobDone, JobFailed, JobProgress, JobStarted, ModelStatus, WorkerIdle,
-                            WorkerPaused)
+from vlbench.worker import (BatchExported, BatchExportFailed, JobCancelled, JobDone, JobFailed, JobProgress,
+                            JobStarted, ModelStatus, WorkerIdle, WorkerPaused)
 
 log = logging.getLogger("vlbench.tui")
 REFRESH_S = 0.2  # worker-driven table refreshes are gathered over this long
@@ -334,14 +334,17 @@ class VlbenchApp(App[int]):
                 if follow:
                     self.selected_run = run_id  # the Preview follows the latest result
                 self.runs_changed(run_id, show=follow)
-                self.check_batch(run_id)
             case JobFailed(run_id=run_id, reason=reason):
                 self.notify(f"run {run_id} failed: {reason}", severity="error", timeout=8)
                 self.runs_changed(run_id)
-                self.check_batch(run_id)
             case JobCancelled(run_id=run_id):
                 self.runs_changed(run_id)
-                self.check_batch(run_id)
+            case BatchExported(experiment=experiment, folder=folder, images=images):  # by whichever worker ran it
+                self.notify(f"{experiment} finished ({images} images): grid and report in {folder}", timeout=15)
+            case BatchExportFailed(experiment=experiment, reason=reason):
+                self.notify(f"{experiment}: the grid and report could not be written ({reason}); the runs are in "
+                            "the history, and the export is tried again when the queue next runs dry",
+                            severity="error", timeout=10)
             case WorkerPaused(paused=paused):
                 self.show_paused(paused)
             case WorkerIdle():
@@ -602,39 +605,6 @@ class VlbenchApp(App[int]):
         if ids:
             self.store_changed(ids[0], wake=True)
         return ids
-
-    # ---- experiment batches: the grid and report of `vlbench run`, once the last run ends ----
-    def check_batch(self, run_id: int) -> None:
-        run = self.store.get(run_id)
-        if run is None or not run.batch or not run.experiment:
-            return
-        counts = self.store.batch_counts([run.batch]).get(run.batch, {})
-        if counts.get("pending") or counts.get("running"):
-            return
-        from vlbench.tui.batch_export import EXPORTED
-
-        if self.store.get_state(EXPORTED + run.batch) or not (counts.get("done") or counts.get("failed")):
-            return
-        self.store.set_state(EXPORTED + run.batch, "writing")  # once, even if two events race here
-        self.run_worker(lambda: self._export_batch(run.batch, run.experiment), thread=True, group="export",
-                        exit_on_error=False)
-
-    def _export_batch(self, batch: str, experiment: str) -> None:
-        """On a thread: the batch's output folder; the result is notified on the UI thread."""
-        from vlbench.tui.batch_export import EXPORTED, export_batch
-
-        store = self.store
-        try:
-            out, images = export_batch(store, batch, models={"zimage": self.models.zimage, "vl": self.models.vl,
-                                                             "tiny": self.models.tiny})
-        except Exception as exc:  # noqa: BLE001 — the runs are safe in the store; say why the folder is not
-            log.exception("exporting batch %s", batch)
-            store.set_state(EXPORTED + batch, "")
-            self.call_from_thread(self.notify, f"{experiment}: the grid and report could not be written "
-                                               f"({type(exc).__name__}: {exc})", severity="error", timeout=10)
-            return
-        self.call_from_thread(self.notify, f"{experiment} finished ({images} images): grid and report in {out}",
-                              timeout=15)
 
     def check_action(self, action: str, parameters: tuple) -> bool | None:
         if len(self.screen_stack) > 1 and action in _FORM_ACTIONS:

@@ -2,8 +2,11 @@
 as `vlbench run` makes (images/, references/, results.jsonl, run.json, grid.png, report.html).
 
 The runs live in the store (their PNGs in the data dir's outputs/); the folder is the portable copy, made
-with vlbench.experiments.folder's own writer so the grid and report are `vlbench run`'s. Runs on a
-thread (PIL and file copies), never on the UI thread; torch is not imported.
+with vlbench.experiments.folder's own writer so the grid and report are `vlbench run`'s. The worker that ends a
+batch's last run exports it (the workbench's thread or `vlbench worker`, so a batch that finishes while the
+workbench is closed is exported too); a worker also exports, when it starts and whenever its queue runs dry,
+every finished batch still without its folder (a worker killed before the export, runs cancelled from the
+queue). The store's state claims each export once, whichever process gets there first. torch is not imported.
 """
 
 from __future__ import annotations
@@ -75,3 +78,33 @@ def export_batch(store, batch: str, models: dict | None = None) -> tuple[Path, i
     F.write_outputs(out)
     store.set_state(EXPORTED + batch, str(out))
     return out, sum(1 for r in rows if r["status"] == "done")
+
+
+def finished_batch(store, run_id: int) -> tuple[str, str] | None:
+    """(batch, experiment) when `run_id` belongs to an experiment batch with nothing left to run and at least one
+    image or failure to show; else None."""
+    run = store.get(run_id)
+    if run is None or not run.batch or not run.experiment:
+        return None
+    counts = store.batch_counts([run.batch]).get(run.batch, {})
+    if counts.get("pending") or counts.get("running") or not (counts.get("done") or counts.get("failed")):
+        return None
+    return run.batch, run.experiment
+
+
+def export_finished(store, batch: str, experiment: str, models: dict | None = None) -> tuple[Path, int] | None:
+    """Export a finished batch unless another process has (or is doing it): (folder, images), or None. A failed
+    export gives its claim back (the next worker start or idle queue tries again) and raises."""
+    if not store.claim_state(EXPORTED + batch, "writing"):
+        return None
+    try:
+        return export_batch(store, batch, models)
+    except BaseException:
+        store.set_state(EXPORTED + batch, "")
+        raise
+
+
+def unexported_batches(store) -> list[tuple[str, str]]:
+    """Every finished experiment batch whose folder was never written (or whose export failed)."""
+    return [(batch, experiment) for batch, experiment in store.finished_batches()
+            if not store.get_state(EXPORTED + batch)]
