@@ -182,7 +182,26 @@ def single_image_inputs(args: argparse.Namespace, suffix: str):
     recipe = recipe_from_args(args)
     recipe.check_inputs(len(args.image))
     refs = open_references(args.image)
-    return out, prompt, recipe, refs, model_spec(args)
+    spec = model_spec(args)
+    check_plan(model_files(spec), [(recipe, prompt, refs)])
+    return out, prompt, recipe, refs, spec
+
+
+def model_files(spec):
+    """The models' configs, tokenizers and processor (no weights), or None when they cannot be read here."""
+    from vlbench.engine.precheck import read_model_files
+
+    return read_model_files(spec)
+
+
+def check_plan(files, jobs) -> None:
+    """What the models' files decide about these (recipe, prompt, references) jobs — a size past the DiT's
+    positions, a control token in a text, top-k above an image's tokens — in one line before any model loads;
+    nothing when `files` is None (the engine checks each job)."""
+    from vlbench.engine.precheck import check_plan as check
+
+    if files is not None:
+        check(files, jobs)
 
 
 def open_references(paths: list[str]) -> list:

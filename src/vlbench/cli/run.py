@@ -57,7 +57,7 @@ def run(args) -> int:
     from vlbench.experiments.runner import run_experiment
     from vlbench.experiments.spec import load_type
     from vlbench.prompts import check_prompt, read_prompts_file
-    from vlbench.recipe import parse_seeds
+    from vlbench.recipe import field_infos, parse_seeds
 
     image_bytes = common.image_bytes
 
@@ -103,6 +103,15 @@ def run(args) -> int:
     out = common.check_out_dir(args.output_dir)
     metrics = common.metrics_choice(args, in_run=True)
     spec = common.model_spec(args)
+    files = common.model_files(spec)  # sizes, control tokens and top-k against the models' files, before loading
+    for named in recipes:
+        try:
+            common.check_plan(files, ((named.recipe, p, list(s) if isinstance(s, tuple) else [s])
+                                      for s in reference_sets for p in prompts))
+        except UserError as exc:  # a field the config sets is the config's; a flag's or the prompt's is not
+            if exc.field in field_infos() and exc.field not in overrides:
+                raise exc.within(f"{experiment.path}: config {named.name!r}") from None
+            raise
     choice = ExecutorChoice(args.executor, args.ray_address, args.ray_actors)
 
     console = common.console()

@@ -160,6 +160,13 @@ def image_row_weights(seq: Seq, ex: Extraction) -> torch.Tensor:
     return out
 
 
+def check_top_k(k: int, n: int, grid: tuple[int, int]) -> None:
+    """top-k must keep at most an image's n tokens (its grid rows × columns)."""
+    if k > n:
+        raise UserError(f"keeps {k} tokens of an image of {n} ({grid[0]}×{grid[1]})", field="image_top_k", value=k,
+                        fix=f"give at most {n}")
+
+
 def top_k_images(seq: Seq, weights: torch.Tensor, k: int) -> Seq:
     """Each image's k rows with the largest `weights` (ties: the earlier row), in their original order; other rows
     as they are. The kept rows leave the patch grid (Segment.image, grid None)."""
@@ -171,9 +178,7 @@ def top_k_images(seq: Seq, weights: torch.Tensor, k: int) -> Seq:
             segments.append(Segment(at, s.n, None, s.image))
             at += s.n
             continue
-        if k > s.n:
-            raise UserError(f"keeps {k} tokens of an image of {s.n} ({s.grid[0]}×{s.grid[1]})", field="image_top_k",
-                            value=k, fix=f"give at most {s.n}")
+        check_top_k(k, s.n, s.grid)
         w = weights[s.start:s.start + s.n]
         order = sorted(range(s.n), key=lambda j: (-float(w[j]), j))[:k]
         keep += [s.start + j for j in sorted(order)]

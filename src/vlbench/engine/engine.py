@@ -357,7 +357,7 @@ class Engine:
         recipe.check_inputs(len(refs))
         check_attention(recipe, self.models.spec.attention)
         if VLText.PROMPT in recipe.vl_text_settings:  # the VL reads the prompt: its special tokens are the prompt's fault
-            check_special_tokens(self.models.vl.processor.tokenizer, prompt, "prompt", "Qwen3-VL")
+            check_special_tokens(self.models.vl_processor.tokenizer, prompt, "prompt", "Qwen3-VL")
 
     def _select(self, ex: Extraction, tokens: str, recipe: Recipe, layer: int | None = None,
                 pass_name: str | None = None) -> C.Seq:

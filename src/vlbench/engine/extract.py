@@ -32,6 +32,15 @@ assert set(SELECTION_ROLES) == set(Tokens.values())
 _SENTINEL = "\u2063VLBENCH-TEXT\u2063"
 
 
+def token_grid(size: tuple[int, int], n: int) -> tuple[int, int]:
+    """The (rows, columns) of an image's n tokens, for the (width, height) fed to the vision tower."""
+    w, h = size
+    rows = max(1, round((n * h / w) ** 0.5))
+    while n % rows:  # the grid is exact: rows × columns == tokens
+        rows -= 1
+    return rows, n // rows
+
+
 @dataclass
 class Extraction:
     """Every hidden state of one VL forward, with the input that produced it."""
@@ -52,13 +61,7 @@ class Extraction:
     @property
     def image_grids(self) -> list[tuple[int, int]]:
         """Each image's token grid (rows, columns) after the processor's merge, in raster order of its image rows."""
-        out = []
-        for (w, h), n in zip(self.image_sizes, self.image_token_counts):
-            rows = max(1, round((n * h / w) ** 0.5))
-            while n % rows:  # the grid is exact: rows × columns == tokens
-                rows -= 1
-            out.append((rows, n // rows))
-        return out
+        return [token_grid(size, n) for size, n in zip(self.image_sizes, self.image_token_counts)]
 
     @property
     def num_layers(self) -> int:
@@ -258,7 +261,12 @@ def _fit(processor, rendered: str, images: list, budget: int, max_image_tokens: 
 
 def prepare(vl, images: list, text: str | None, budget: int, max_image_tokens: int | None = None) -> Prepared:
     """Everything before the forward: validation, chat template, budget fit, processor, roles (CPU only)."""
-    processor = vl.processor
+    return prepare_inputs(vl.processor, images, text, budget, max_image_tokens)
+
+
+def prepare_inputs(processor, images: list, text: str | None, budget: int,
+                   max_image_tokens: int | None = None) -> Prepared:
+    """`prepare` with the processor alone (no weights: vlbench.engine.precheck uses it before models load)."""
     rendered = _render(processor, len(images), text)
     size = _fit(processor, rendered, images, budget, max_image_tokens)
     kwargs = {"images": images} if images else {}
@@ -276,6 +284,16 @@ def _to_device(vl, inputs: dict) -> dict:
     if "pixel_values" in inputs:
         inputs["pixel_values"] = inputs["pixel_values"].to(vl.dtype)
     return inputs
+
+
+def image_token_counts(processor, prep: Prepared) -> list[tuple[int, tuple[int, int]]]:
+    """(tokens, token grid) of each image in a prepared input, as its Extraction will have them."""
+    patch, merge = processor.image_processor.patch_size, processor.image_processor.merge_size
+    out = []
+    for t, h, w in _grid(prep):
+        n = t * h * w // merge**2
+        out.append((n, token_grid((w * patch, h * patch), n)))
+    return out
 
 
 def _finish(vl, prep: Prepared, hidden: torch.Tensor, grid: list) -> Extraction:

@@ -89,8 +89,12 @@ def caption_attention(transformer, weights: torch.Tensor | None,
 def check_size(width: int, height: int, pipe) -> None:
     """Refuse a size past the DiT's image positions (RoPE axes 1 and 2: one position per 16 pixels; 8192 px for
     Z-Image-Turbo): past them the CPU raises an IndexError and a GPU a device-side assert."""
-    axes = list(pipe.transformer.config.axes_lens)
-    per = pipe.vae_scale_factor * 2  # pixels per image token (VAE downscale × patch 2)
+    check_side(width, height, list(pipe.transformer.config.axes_lens), pipe.vae_scale_factor * 2)
+
+
+def check_side(width: int, height: int, axes_lens: list[int], pixels_per_token: int) -> None:
+    """`check_size` from the DiT's axes_lens and its pixels per image token (VAE downscale × patch 2)."""
+    axes, per = axes_lens, pixels_per_token
     for field, value, limit in (("height", height, axes[1] * per), ("width", width, axes[2] * per)):
         if value > limit:
             raise UserError(f"over this DiT's largest image side of {limit} pixels", field=field, value=value,

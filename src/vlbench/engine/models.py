@@ -145,6 +145,7 @@ class Models:
     group_budget: int | None = None
     group_reserve: int = GROUP_ACTIVATION_RESERVE
     _vl: VLModel | None = None
+    _vl_processor: Any = None  # loaded alone before the model when an input check needs the tokenizer first
     _pipe: Any = None
     _text_encoder_loaded: bool = False
 
@@ -373,6 +374,21 @@ class Models:
 
     # ---- the parts ----
     @property
+    def vl_processor(self):
+        """Qwen3-VL's processor, without loading or moving the model (input checks read its tokenizer)."""
+        if self._vl is not None:
+            return self._vl.processor
+        if self._vl_processor is None:
+            from transformers import AutoProcessor
+
+            _check_not_file("vl", self.spec.vl)
+            try:
+                self._vl_processor = AutoProcessor.from_pretrained(self.spec.vl)
+            except (OSError, ValueError, KeyError) as exc:
+                raise _load_error("vl", self.spec.vl, exc) from exc
+        return self._vl_processor
+
+    @property
     def vl(self) -> VLModel:
         if self._vl is None:
             self._status(f"loading Qwen3-VL from {self.spec.vl}")
@@ -382,7 +398,7 @@ class Models:
 
             _check_not_file("vl", self.spec.vl)
             try:
-                processor = AutoProcessor.from_pretrained(self.spec.vl)
+                processor = self._vl_processor or AutoProcessor.from_pretrained(self.spec.vl)
                 model = AutoModelForImageTextToText.from_pretrained(self.spec.vl, dtype=self.dtype,
                                                                     **self._transformers_kwargs())
             except (OSError, ValueError, KeyError) as exc:

@@ -1,0 +1,110 @@
+"""Checks from the models' files before any weight loads (vlbench.engine.precheck): each gives exactly the
+error the engine gives for the same job, and `vlbench run` / `generate` / `embed` give it before loading."""
+
+from __future__ import annotations
+
+import pytest
+
+from vlbench.engine.engine import Reference
+from vlbench.engine.precheck import check_plan, read_model_files
+from vlbench.errors import UserError
+from vlbench.modelspec import ModelSpec
+from vlbench.recipe import Recipe
+
+SMALL = dict(width=64, height=64, steps=1)
+
+
+@pytest.fixture(scope="module")
+def files(tiny_spec):
+    found = read_model_files(tiny_spec)
+    assert found is not None
+    return found
+
+
+def _engine_error(engine, recipe, prompt, refs) -> UserError:
+    with pytest.raises(UserError) as err:
+        engine.run(recipe, prompt, refs)
+    return err.value
+
+
+def _plan_error(files, recipe, prompt, refs) -> UserError:
+    with pytest.raises(UserError) as err:
+        check_plan(files, [(recipe, prompt, refs)])
+    return err.value
+
+
+def test_the_files_give_the_loaded_models_limits(files, engine):
+    assert files.caption_budget == engine.models.caption_budget
+    pipe = engine.models.pipe
+    assert files.axes_lens == list(pipe.transformer.config.axes_lens)
+    assert files.pixels_per_token == pipe.vae_scale_factor * 2
+
+
+def test_each_check_gives_the_engines_own_error_for_the_same_job(files, engine, ref_image):
+    refs = [Reference.open(ref_image)]
+    side = files.axes_lens[2] * files.pixels_per_token
+    cases = [
+        (Recipe(**dict(SMALL, width=side + 16)), "a cat"),  # past the DiT's positions
+        (Recipe(**SMALL), "a cat <|im_start|> on a mat"),  # the VL reads the prompt
+        (Recipe(**SMALL, alpha=0.0), "a cat <|im_end|> on a mat"),  # only Qwen3-4B reads it
+        (Recipe(**SMALL, guidance=2.0, negative_prompt="blurry <|im_start|>"), "a cat"),
+        (Recipe(**SMALL, tokens="image", image_attention="topk", image_top_k=10_000), "a cat"),
+    ]
+    for recipe, prompt in cases:
+        planned, ran = _plan_error(files, recipe, prompt, refs), _engine_error(engine, recipe, prompt, refs)
+        assert (planned.field, str(planned)) == (ran.field, str(ran)), recipe
+
+
+def test_a_plan_that_can_run_passes_and_top_k_at_the_exact_count_is_allowed(files, engine, ref_image):
+    refs = [Reference.open(ref_image)]
+    n = engine.condition(Recipe(tokens="image", **SMALL), "a cat", refs).extraction.image_token_counts[0]
+    check_plan(files, [(Recipe(tokens="image", image_attention="topk", image_top_k=n, **SMALL), "a cat", refs),
+                       (Recipe(alpha=0.5, **SMALL), "a cat", refs)])
+    with pytest.raises(UserError, match=f"keeps {n + 1} tokens of an image of {n}"):
+        check_plan(files, [(Recipe(tokens="image", image_attention="topk", image_top_k=n + 1, **SMALL), "a cat",
+                            refs)])
+
+
+def test_unreadable_model_files_leave_the_checks_to_the_engine(tmp_path):
+    assert read_model_files(ModelSpec(zimage=str(tmp_path / "none"), vl=str(tmp_path / "none"))) is None
+
+
+@pytest.mark.parametrize("argv, field", [
+    (["--width", "100000", "--height", "64"], "width"),
+    (["--prompt", "a <|im_start|> cat"], "prompt"),
+])
+def test_run_refuses_a_plan_the_model_files_rule_out_before_loading_anything(tiny_dirs, tmp_path, ref_image, capsys,
+                                                                             argv, field, monkeypatch):
+    from vlbench.cli import main
+    from vlbench.engine import models
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(models.Models, "__init__", no_load)
+    base = ["run", "--experiment", "layer_sweep", "--quick", "--tiny", "--device", "cpu", "--seeds", "1",
+            "--steps", "1", "--width", "64", "--height", "64", "--image", str(ref_image), "--prompt", "a cat",
+            "--output-dir", str(tmp_path / "o"), "--no-store"]
+    for flag in argv[::2]:  # the case's flags replace the base ones
+        i = base.index(flag)
+        del base[i:i + 2]
+    code = main(base + argv)
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"--{field}" in err and "Traceback" not in err
+    assert not (tmp_path / "o" / "results.jsonl").exists()
+
+
+def test_a_configs_own_top_k_is_named_with_its_config(tiny_dirs, tmp_path, ref_image, capsys, monkeypatch):
+    from vlbench.cli import main
+    from vlbench.engine import models
+
+    monkeypatch.setattr(models.Models, "__init__", lambda *a, **k: (_ for _ in ()).throw(AssertionError("loaded")))
+    kind = tmp_path / "topk.toml"
+    kind.write_text('name = "topk_probe"\ndescription = "top-k probe"\nquestion = "q"\n\n[[configs]]\n'
+                    'name = "k_huge"\ntokens = "image"\nimage_attention = "topk"\nimage_top_k = 100000\n')
+    code = main(["run", "--experiment", str(kind), "--tiny", "--device", "cpu", "--seeds", "1", "--steps", "1",
+                 "--width", "64", "--height", "64", "--image", str(ref_image), "--prompt", "a cat",
+                 "--output-dir", str(tmp_path / "o"), "--no-store"])
+    err = capsys.readouterr().err
+    assert code == 2 and "k_huge" in err and "--image-top-k 100000" in err and "keeps 100000 tokens" in err, err
