@@ -381,11 +381,15 @@ class Models:
         if self._vl_processor is None:
             from transformers import AutoProcessor
 
+            self._status(f"loading Qwen3-VL's processor from {self.spec.vl}")
             _check_not_file("vl", self.spec.vl)
             try:
-                self._vl_processor = AutoProcessor.from_pretrained(self.spec.vl)
+                processor = AutoProcessor.from_pretrained(self.spec.vl)
             except (OSError, ValueError, KeyError) as exc:
                 raise _load_error("vl", self.spec.vl, exc) from exc
+            if not hasattr(processor, "image_processor"):  # not a vision-language model: the load says what it is
+                return self.vl.processor
+            self._vl_processor = processor
         return self._vl_processor
 
     @property

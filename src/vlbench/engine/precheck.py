@@ -47,11 +47,14 @@ def read_model_files(spec) -> ModelFiles | None:
 
         quiet_libraries()
         spec = spec.built()
+        processor = AutoProcessor.from_pretrained(spec.vl)
+        if not hasattr(processor, "image_processor"):  # not a vision-language model: the loader says so
+            return None
         dit = ZImageTransformer2DModel.load_config(spec.zimage, subfolder="transformer")
         vae = AutoencoderKL.load_config(spec.zimage, subfolder="vae")
         return ModelFiles(axes_lens=list(dit["axes_lens"]),
                           pixels_per_token=2 ** (len(vae["block_out_channels"]) - 1) * 2,
-                          vl_processor=AutoProcessor.from_pretrained(spec.vl),
+                          vl_processor=processor,
                           qwen3_tokenizer=AutoTokenizer.from_pretrained(spec.zimage, subfolder="tokenizer"))
     except Exception as exc:  # noqa: BLE001 — not downloaded, offline, an odd layout: the loader says why later
         log.info("plan checks left to the engine: the model files could not be read (%s: %s)",
