@@ -59,3 +59,22 @@ def make_image(path: Path, size=(96, 64), color=(200, 40, 40), pattern: bool = T
 @pytest.fixture
 def ref_image(tmp_path) -> Path:
     return make_image(tmp_path / "ref.png")
+
+
+@pytest.fixture(scope="module")
+def ref_pipe(tiny_dirs):
+    """Z-Image loaded by diffusers alone (with its own Qwen3 text encoder): the reference the engine must equal."""
+    import torch
+    from diffusers import ZImagePipeline
+
+    pipe = ZImagePipeline.from_pretrained(tiny_dirs.zimage, torch_dtype=torch.float32).to("cpu")
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="module")
+def refs(tmp_path_factory):
+    """One 96×64 reference (modules that need several define their own `refs`)."""
+    from vlbench.engine.engine import Reference
+
+    return [Reference.open(make_image(tmp_path_factory.mktemp("ref") / "ref.png", size=(96, 64)))]

@@ -21,23 +21,6 @@ PROMPT = "A watercolor painting of a lighthouse on a rocky coast"
 SIZE = dict(width=64, height=64, steps=2)
 
 
-@pytest.fixture(scope="module")
-def ref_pipe(tiny_dirs):
-    """Z-Image loaded by diffusers alone, with its own Qwen3 text encoder."""
-    from diffusers import ZImagePipeline
-
-    pipe = ZImagePipeline.from_pretrained(tiny_dirs.zimage, torch_dtype=torch.float32).to("cpu")
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-@pytest.fixture(scope="module")
-def refs(tmp_path_factory):
-    from conftest import make_image
-
-    return [Reference.open(make_image(tmp_path_factory.mktemp("gen") / "ref.png", size=(96, 64)))]
-
-
 def diffusers_image(pipe, *, seed, steps=2, width=64, height=64, guidance=0.0, **kwargs):
     with torch.no_grad():
         out = pipe(generator=torch.Generator("cpu").manual_seed(seed), num_inference_steps=steps, height=height,

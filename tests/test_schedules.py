@@ -19,23 +19,6 @@ PROMPT = "a red square on a blue field"
 S = dict(width=64, height=64, steps=3)
 
 
-@pytest.fixture(scope="module")
-def ref_pipe(tiny_dirs):
-    """Z-Image loaded by diffusers alone."""
-    from diffusers import ZImagePipeline
-
-    pipe = ZImagePipeline.from_pretrained(tiny_dirs.zimage, torch_dtype=torch.float32).to("cpu")
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-@pytest.fixture(scope="module")
-def refs(tmp_path_factory):
-    from conftest import make_image
-
-    return [Reference.open(make_image(tmp_path_factory.mktemp("sched") / "ref.png", size=(96, 64)))]
-
-
 def px(image) -> np.ndarray:
     return np.asarray(image)
 

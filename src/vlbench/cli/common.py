@@ -420,3 +420,31 @@ def rewrite_report(out: Path) -> None:
 
     rows, _ = ResultsLog(out / "results.jsonl").read()
     write_report(out, list(latest_by_key(rows).values()), read_info(out) or {})
+
+
+# ---------------------------------------------------------------- long sweeps (run, search)
+def sigterm_as_interrupt():
+    """`kill` ends a sweep like Ctrl-C (its report written, its folder resumable); returns the handler to restore
+    (None off the main thread, where signals cannot be set)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _interrupt)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def release(previous, executor, store) -> None:
+    """On the way out of a sweep: the SIGTERM handler back, the executor's workers and the store closed."""
+    import signal
+
+    if previous is not None:
+        signal.signal(signal.SIGTERM, previous)
+    if executor is not None:
+        executor.close()
+    if store is not None:
+        store.close()

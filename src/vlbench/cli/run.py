@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import signal
-import threading
 from pathlib import Path
 
 from vlbench.cli import common
@@ -128,7 +126,7 @@ def run(args) -> int:
     console.print(f"[bold]{common.escape(experiment.name)}[/bold]: {len(recipes)} configs × {len(reference_sets)} "
                   f"references × {len(prompts)} prompts × {len(seeds or [None])} seeds = {n} images → "
                   f"{common.escape(out)}/")
-    previous = signal.signal(signal.SIGTERM, _sigterm) if threading.current_thread() is threading.main_thread() else None
+    previous = common.sigterm_as_interrupt()
     try:
         summary = run_experiment(engine, experiment, recipes, reference_sets, prompts, out, seeds=seeds,
                                  limit=args.limit, parameters=parameters, store=store, console=console,
@@ -145,12 +143,7 @@ def run(args) -> int:
                       f"Report so far: {common.escape(out / 'report.html')}")
         raise
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-        if executor is not None:
-            executor.close()
-        if store is not None:
-            store.close()
+        common.release(previous, executor, store)
     left = summary.jobs - summary.skipped - summary.done - summary.failed
     console.print(f"{summary.done} new images, {summary.skipped} already done, {summary.failed} failed"
                   + (f", {left} left (re-run to continue)" if left > 0 else "")
@@ -189,7 +182,3 @@ def _after_run(args, engine, out: Path, recipes, refs, prompts, metrics, store, 
         from vlbench.stats import print_folder_stats
 
         print_folder_stats([out], console, common.render)
-
-
-def _sigterm(signum, frame):  # `kill` finishes like Ctrl-C: the report is written, the folder stays resumable
-    raise KeyboardInterrupt

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import signal
 import sys
-import threading
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -145,8 +143,7 @@ def run(args) -> int:
         console.print(f"[bold]{common.escape(space.name)}[/bold]: {len(space.params)} fields searched "
                       f"({'; '.join(p.describe() for p in space.params)}) with {space.sampler} (seed {sampler_seed}); "
                       f"{n_images} images per trial → {common.escape(out)}/")
-        previous = (signal.signal(signal.SIGTERM, _sigterm) if threading.current_thread() is threading.main_thread()
-                    else None)
+        previous = common.sigterm_as_interrupt()
         summary = None
         try:
             summary = run_search(engine, space, reference_sets, prompts, out, seeds=inputs["seeds"],
@@ -159,12 +156,7 @@ def run(args) -> int:
                           "--resume.[/yellow]")
             raise
         finally:
-            if previous is not None:
-                signal.signal(signal.SIGTERM, previous)
-            if executor is not None:
-                executor.close()
-            if store is not None:
-                store.close()
+            common.release(previous, executor, store)
             invocation.update(finished=_now(), **({} if summary is None else {
                 "ran": summary.ran, "complete": summary.complete, "refused": summary.refused,
                 "failed": summary.failed, "images": summary.images, "seconds": round(summary.seconds, 3),
@@ -243,7 +235,3 @@ def _read_info(path: Path) -> dict | None:
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def _sigterm(signum, frame):
-    raise KeyboardInterrupt
