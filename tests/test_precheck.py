@@ -108,3 +108,20 @@ def test_a_configs_own_top_k_is_named_with_its_config(tiny_dirs, tmp_path, ref_i
                  "--output-dir", str(tmp_path / "o"), "--no-store"])
     err = capsys.readouterr().err
     assert code == 2 and "k_huge" in err and "--image-top-k 100000" in err and "keeps 100000 tokens" in err, err
+
+
+def test_the_model_files_are_read_from_disk_or_the_hub_cache_never_the_network(monkeypatch):
+    """A hub id not downloaded yet: the checks step aside at once (the loader downloads); no model file is asked
+    for. (huggingface_hub itself may ask once per process for its agent registry; that is not a model file.)"""
+    from huggingface_hub.utils import _http
+
+    http = _http.httpx2  # the HTTP client huggingface_hub sends every request through
+    asked = []
+
+    def refuse(self, request, *args, **kwargs):
+        asked.append(str(request.url))
+        raise http.ConnectError("no network in this test", request=request)
+
+    monkeypatch.setattr(http.Client, "send", refuse)
+    assert read_model_files(ModelSpec(zimage="someone/not-cached-zimage", vl="someone/not-cached-vl")) is None
+    assert [url for url in asked if "not-cached" in url] == []

@@ -87,20 +87,10 @@ def vlref(tiny_dirs):
 
 
 @pytest.fixture(scope="module")
-def zpipe(tiny_dirs):
-    """Z-Image loaded by diffusers alone, with its own Qwen3-4B text encoder."""
-    from diffusers import ZImagePipeline
-
-    pipe = ZImagePipeline.from_pretrained(tiny_dirs.zimage, torch_dtype=torch.float32).to("cpu")
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-@pytest.fixture(scope="module")
-def qwen3(zpipe):
+def qwen3(ref_pipe):
     """Z-Image's own encoding of PROMPT: [Lq, D]."""
     with torch.no_grad():
-        return zpipe.encode_prompt(PROMPT, device="cpu", do_classifier_free_guidance=False)[0][0]
+        return ref_pipe.encode_prompt(PROMPT, device="cpu", do_classifier_free_guidance=False)[0][0]
 
 
 @pytest.fixture(scope="module")
@@ -498,14 +488,14 @@ def test_img2img_at_strength_1_starts_from_pure_noise(engine, refs):
     np.testing.assert_array_equal(np.asarray(a.image), np.asarray(b.image))
 
 
-def test_img2img_at_strength_half_depends_on_the_reference_and_equals_diffusers(engine, zpipe, refs):
+def test_img2img_at_strength_half_depends_on_the_reference_and_equals_diffusers(engine, ref_pipe, refs):
     from diffusers import ZImageImg2ImgPipeline
 
     recipe = Recipe(alpha=0.0, strength=0.5, seed=4, steps=4, width=64, height=64)
     a = engine.run(recipe, PROMPT, [refs["a"]])
     b = engine.run(recipe, PROMPT, [refs["b"]])
     assert not np.array_equal(np.asarray(a.image), np.asarray(b.image))
-    pipe = ZImageImg2ImgPipeline(**zpipe.components)
+    pipe = ZImageImg2ImgPipeline(**ref_pipe.components)
     pipe.set_progress_bar_config(disable=True)
     init = pipe.image_processor.resize(refs["a"].image, height=64, width=64)  # the pipeline needs the output size
     with torch.no_grad():

@@ -3,10 +3,10 @@
 A size past the DiT's image positions, a prompt holding a tokenizer's control token, or top-k above a
 reference's image tokens can only be judged with the models' configs, tokenizers and processor — but not with
 their weights. `check_plan` reads those small files (the same `from_pretrained` calls the loader makes, on a hub
-id or a local directory) and runs each job's checks with the engine's own functions, so `vlbench run` refuses
-such a plan in one line in seconds, instead of after minutes of loading or once per job of a sweep. When the files
-cannot be read here (a hub id not downloaded yet, offline), the checks are left to the engine, which makes them
-again for every job anyway.
+id or a local directory, but local files only: a directory or the hub's cache, never the network) and runs each
+job's checks with the engine's own functions, so `vlbench run` refuses such a plan in one line in seconds, instead
+of after minutes of loading or once per job of a sweep. When the files cannot be read here (a hub id not downloaded
+yet), the checks are left to the engine, which makes them again for every job anyway.
 """
 
 from __future__ import annotations
@@ -47,18 +47,19 @@ def read_model_files(spec) -> ModelFiles | None:
 
         quiet_libraries()
         spec = spec.built()
-        processor = AutoProcessor.from_pretrained(spec.vl)
+        local = {"local_files_only": True}  # a local directory or the hub's cache: never the network (the loader's job)
+        processor = AutoProcessor.from_pretrained(spec.vl, **local)
         if not hasattr(processor, "image_processor"):  # not a vision-language model: the loader says so
             return None
-        dit = ZImageTransformer2DModel.load_config(spec.zimage, subfolder="transformer")
-        vae = AutoencoderKL.load_config(spec.zimage, subfolder="vae")
+        dit = ZImageTransformer2DModel.load_config(spec.zimage, subfolder="transformer", **local)
+        vae = AutoencoderKL.load_config(spec.zimage, subfolder="vae", **local)
         return ModelFiles(axes_lens=list(dit["axes_lens"]),
                           pixels_per_token=2 ** (len(vae["block_out_channels"]) - 1) * 2,
                           vl_processor=processor,
-                          qwen3_tokenizer=AutoTokenizer.from_pretrained(spec.zimage, subfolder="tokenizer"))
+                          qwen3_tokenizer=AutoTokenizer.from_pretrained(spec.zimage, subfolder="tokenizer", **local))
     except Exception as exc:  # noqa: BLE001 — not downloaded, offline, an odd layout: the loader says why later
-        log.info("plan checks left to the engine: the model files could not be read (%s: %s)",
-                 type(exc).__name__, exc)
+        reason = f"{type(exc).__name__}: {exc}".encode("utf-8", "backslashreplace").decode()  # a path may not be
+        log.info("plan checks left to the engine: the model files could not be read (%s)", reason)  # valid UTF-8
         return None
 
 
