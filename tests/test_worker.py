@@ -443,13 +443,35 @@ def test_a_finished_batch_without_its_folder_is_written_when_a_worker_next_runs_
 
 def test_an_export_is_claimed_by_one_process_and_a_failed_one_can_be_claimed_again(tmp_path):
     store, other = Store(tmp_path / "s.db"), Store(tmp_path / "s.db")
-    assert store.claim_state("batch_exported:x", "writing") is True
-    assert other.claim_state("batch_exported:x", "writing") is False
+    assert store.claim_state("batch_exported:x", "writing:a") is True
+    assert other.claim_state("batch_exported:x", "writing:b") is False
     store.set_state("batch_exported:x", "")  # the export failed and gave its claim back
-    assert other.claim_state("batch_exported:x", "writing") is True
-    assert store.get_state("batch_exported:x") == "writing"
+    assert other.claim_state("batch_exported:x", "writing:b") is True
+    assert store.claim_state("batch_exported:x", "writing:a", replacing="writing:stale") is False
+    assert store.claim_state("batch_exported:x", "writing:a", replacing="writing:b") is True  # b's claim was stale
+    assert store.get_state("batch_exported:x") == "writing:a"
     store.close()
     other.close()
+
+
+def test_an_export_whose_process_died_midway_is_done_again_and_a_live_one_is_left_alone(tiny_spec, engine, ref_image):
+    from vlbench.experiments.batch_export import EXPORTED, WRITING, batch_folder, unexported_batches
+    from vlbench.process import process_token
+    from vlbench.worker import BatchExported
+
+    store = Store()
+    _batch(store, ref_image, "dead")
+    _batch(store, ref_image, "alive")
+    drain(make_worker(tiny_spec, engine, export_batches=False))
+    store.set_state(EXPORTED + "dead", f"{WRITING}:elsewhere:1:1")  # killed mid-export (another host's token)
+    store.set_state(EXPORTED + "alive", f"{WRITING}:{process_token()}")  # still writing, in a live process
+    assert [b for b, _ in unexported_batches(store)] == ["dead"]
+    events = Events()
+    drain(make_worker(tiny_spec, engine, events))
+    assert [e.batch for e in events.of(BatchExported)] == ["dead"]
+    assert store.get_state(EXPORTED + "dead") == str(batch_folder("vl_layer_by_token", "dead"))
+    assert store.get_state(EXPORTED + "alive") == f"{WRITING}:{process_token()}"
+    store.close()
 
 
 def test_a_viewer_tells_the_workbench_when_the_headless_worker_wrote_a_batchs_folder(tmp_path):
@@ -465,7 +487,7 @@ def test_a_viewer_tells_the_workbench_when_the_headless_worker_wrote_a_batchs_fo
 
     store, viewer = Store(tmp_path / "s.db"), Viewer()
     batches = {"b": ("vl_layer_by_token", time.monotonic())}
-    store.set_state(EXPORTED + "b", "writing")
+    store.set_state(EXPORTED + "b", "writing:elsewhere:1:1")
     _report_viewed_exports(viewer, store, batches)
     assert viewer.events == [] and "b" in batches  # not written yet
     store.set_state(EXPORTED + "b", "/data/experiments/vl_layer_by_token-b")

@@ -340,11 +340,13 @@ class Store:
             conn.execute("INSERT INTO state (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
                          (key, json.dumps(value)))
 
-    def claim_state(self, key: str, value: Any) -> bool:
-        """Set `key` only when it is unset or empty (""): True for the one caller, in any process, that did."""
+    def claim_state(self, key: str, value: Any, replacing: Any = "") -> bool:
+        """Set `key` only when it is unset, empty ("") or equal to `replacing` (a stale claim): True for the one
+        caller, in any process, that did."""
         with self._write() as conn:
             cur = conn.execute("INSERT INTO state (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET "
-                               "value = excluded.value WHERE state.value = ?", (key, json.dumps(value), json.dumps("")))
+                               "value = excluded.value WHERE state.value IN (?, ?)",
+                               (key, json.dumps(value), json.dumps(""), json.dumps(replacing)))
             return cur.rowcount == 1
 
     @property

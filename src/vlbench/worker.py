@@ -765,11 +765,11 @@ class Viewer:
 
 def _report_viewed_exports(viewer, store: Store, batches: dict[str, tuple[str, float]]) -> None:
     """The headless worker wrote a batch's folder: the same event the workbench's own worker sends."""
-    from vlbench.experiments.batch_export import EXPORTED
+    from vlbench.experiments.batch_export import EXPORTED, exported_folder
 
     for batch, (experiment, since) in list(batches.items()):
-        folder = store.get_state(EXPORTED + batch)
-        if isinstance(folder, str) and folder not in ("", "writing"):
+        folder = exported_folder(store.get_state(EXPORTED + batch))
+        if folder is not None:
             del batches[batch]
             images = store.batch_counts([batch]).get(batch, {}).get("done", 0)
             viewer._emit(BatchExported(batch, experiment, folder, images))

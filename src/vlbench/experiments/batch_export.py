@@ -17,7 +17,8 @@ from pathlib import Path
 
 from vlbench.records import job_key
 
-EXPORTED = "batch_exported:"  # state key prefix: the folder a batch was exported to
+EXPORTED = "batch_exported:"  # state key prefix: the folder a batch was exported to ("writing:TOKEN" meanwhile)
+WRITING = "writing"
 
 
 def batch_folder(experiment: str, batch: str) -> Path:
@@ -95,7 +96,9 @@ def finished_batch(store, run_id: int) -> tuple[str, str] | None:
 def export_finished(store, batch: str, experiment: str, models: dict | None = None) -> tuple[Path, int] | None:
     """Export a finished batch unless another process has (or is doing it): (folder, images), or None. A failed
     export gives its claim back (the next worker start or idle queue tries again) and raises."""
-    if not store.claim_state(EXPORTED + batch, "writing"):
+    from vlbench.process import process_token
+
+    if not store.claim_state(EXPORTED + batch, f"{WRITING}:{process_token()}", replacing=_stale(store, batch)):
         return None
     try:
         return export_batch(store, batch, models)
@@ -105,6 +108,24 @@ def export_finished(store, batch: str, experiment: str, models: dict | None = No
 
 
 def unexported_batches(store) -> list[tuple[str, str]]:
-    """Every finished experiment batch whose folder was never written (or whose export failed)."""
+    """Every finished experiment batch whose folder was never written, whose export failed, or whose exporting
+    process died before it finished."""
     return [(batch, experiment) for batch, experiment in store.finished_batches()
-            if not store.get_state(EXPORTED + batch)]
+            if not store.get_state(EXPORTED + batch) or _stale(store, batch) is not None]
+
+
+def exported_folder(value) -> str | None:
+    """The folder a batch's state names once its export is written (None while unset, failed or in progress)."""
+    return value if isinstance(value, str) and value and not value.startswith(WRITING) else None
+
+
+def _stale(store, batch: str) -> str | None:
+    """The batch's export claim when the process that made it is gone (killed mid-export), else None."""
+    from vlbench.process import owner_alive
+
+    value = store.get_state(EXPORTED + batch)
+    if isinstance(value, str) and value.startswith(WRITING):
+        owner = value[len(WRITING) + 1:] or None
+        if not owner_alive(owner):
+            return value
+    return None
