@@ -335,3 +335,15 @@ def test_outlier_dims_find_too_large_and_too_small_dims():
     x[:, 4] *= 0.01  # image tokens far smaller than the reference (DESIGN §4)
     x[:, 9] *= 50.0
     assert outlier_dims(x, torch.ones(16)) == {"too_large": [9], "too_small": [4]}
+
+
+@pytest.mark.parametrize("tokens", ["text", "image", "full"])
+def test_a_split_mix_weights_no_row_so_the_dit_reads_it_unbiased(engine, refs, tokens):
+    """split shares caption tokens; it weights nothing. Pooling rows of weight 1 must give weight 1 exactly (a float
+    average gave 0.99999994, which counted as weighted: the DiT's attention was biased and the record said so)."""
+    from vlbench.recipe import Recipe
+
+    cond = engine.condition(Recipe(alpha=0.3, tokens=tokens, alpha_policy="split", width=64, height=64, steps=1),
+                            "a red square on a blue field", refs)
+    assert any(r.get("pooled") for r in cond.rows)  # rows were pooled: the case that rounded
+    assert cond.weights is None and "attention_weights" not in cond.describe()

@@ -51,6 +51,10 @@ def swapping_call(pipe, first, later: dict, *, seed, steps, guidance=0.0, negati
     (dict(schedule="0:recipe"), "has no effect"),
     (dict(schedule="0:vl"), "has no effect"),  # alpha 1: vl is the recipe's own conditioning
     (dict(schedule="0:vl, 2:qwen3", alpha=0.5), "applies only when the recipe's own conditioning is used"),
+    (dict(schedule="0:alpha=1, 2:qwen3", tokens="image"), "entry '0:alpha=1' is the vl source; write 0:vl"),
+    (dict(schedule="0:qwen3, 2:alpha=nan"), "alpha must be a number in [0, 1]"),
+    (dict(schedule="0:alpha=0.3, 2:alpha=0.30"), "already uses (alpha=0.3)"),
+    (dict(schedule="0:recipe, 2:alpha=0.5", alpha=0.5, tokens="image"), "already uses (recipe)"),
 ])
 def test_a_bad_schedule_is_one_line_naming_it_before_any_model_loads(fields, problem):
     with pytest.raises(UserError) as info:
@@ -114,6 +118,34 @@ def test_a_schedule_equals_diffusers_swapping_prompt_embeds_in_its_step_callback
     # and the swap is real: the pipeline re-reads prompt_embeds at every step
     assert not np.array_equal(expected, swapping_call(ref_pipe, vl, {}, seed=5, steps=3, guidance=guidance,
                                                       negative=negative))
+
+
+def test_a_one_entry_alpha_schedule_is_the_recipe_with_that_alpha(engine, refs):
+    """`0:alpha=0.3` at every step is the recipe `alpha = 0.3` (same policy, weights included): pixel for pixel."""
+    for policy in ("attend", "split"):
+        common = dict(tokens="image", alpha_policy=policy, **S)
+        scheduled = engine.run(Recipe(schedule="0:alpha=0.3", **common), PROMPT, refs)
+        plain = engine.run(Recipe(alpha=0.3, **common), PROMPT, refs)
+        assert np.array_equal(px(scheduled.image), px(plain.image)), policy
+        assert torch.equal(scheduled.conditioning.embeds, plain.conditioning.embeds)
+
+
+def test_a_ratio_that_moves_with_the_step_is_the_alpha_mix_at_each_steps_ratio(engine, ref_pipe, refs):
+    """`0:alpha=0.2, 1:alpha=0.5, 2:alpha=0.8`: each step's caption is exactly the caption of the recipe with that
+    alpha (same policy), and the image equals diffusers swapping those captions in its step callback."""
+    common = dict(tokens="text", alpha_policy="split", **S)  # split: no caption weights to hand over
+    recipe = Recipe(schedule="0:alpha=0.2, 1:alpha=0.5, 2:alpha=0.8", seed=5, **common)
+    assert recipe.uses_vl and recipe.uses_qwen3 and recipe.scheduled_alphas == (0.2, 0.5, 0.8)
+    result = engine.run(recipe, PROMPT, refs)
+    steps = result.conditioning.schedule
+    assert [(s.from_step, s.to_step, s.source) for s in steps] == [(0, 1, "alpha=0.2"), (1, 2, "alpha=0.5"),
+                                                                   (2, 3, "alpha=0.8")]
+    for step, alpha in zip(steps, (0.2, 0.5, 0.8)):
+        fixed = engine.condition(Recipe(alpha=alpha, **common), PROMPT, refs)
+        assert torch.equal(step.embeds, fixed.embeds) and step.weights is None
+    assert not torch.equal(steps[0].embeds, steps[2].embeds)
+    expected = swapping_call(ref_pipe, steps[0].embeds, {1: steps[1].embeds, 2: steps[2].embeds}, seed=5, steps=3)
+    assert np.array_equal(px(result.image), expected)
 
 
 def test_the_caption_weights_follow_the_caption_at_each_step(engine, refs):

@@ -165,8 +165,13 @@ def _alpha_mixes(r: "Recipe") -> bool:
     return r.own_used and (0 < r.alpha < 1 or (r.alpha_end is not None and r.alpha_end != r.alpha))
 
 
+def _any_alpha_mix(r: "Recipe") -> bool:
+    """Some step's caption is an alpha mix: the recipe's own, or a schedule's alpha=R entry."""
+    return _alpha_mixes(r) or bool(r.scheduled_alphas)
+
+
 def _alpha_positionwise(r: "Recipe") -> bool:
-    return _alpha_mixes(r) and r.alpha_policy == MixPolicy.POSITIONWISE
+    return _any_alpha_mix(r) and r.alpha_policy == MixPolicy.POSITIONWISE
 
 
 def _layer_used(r: "Recipe") -> bool:
@@ -196,15 +201,18 @@ class Recipe:
                            "entry)")
     alpha_policy: str = _f(MixPolicy.ATTEND.value, "choice", "how the alpha mix combines Qwen3-4B (base) and the VL "
                                                             "selection (other)", C, choices=MixPolicy,
-                           applies=_alpha_mixes, when="when 0 < alpha < 1 (Qwen3-4B and the VL are mixed)")
+                           applies=_any_alpha_mix, when="when 0 < alpha < 1, or with a schedule's alpha=R entry "
+                                                        "(Qwen3-4B and the VL are mixed)")
     curve: str = _f(Curve.CONSTANT.value, "choice", "per-token alpha from alpha at the first token to alpha_end at the "
-                                                    "last", C, choices=Curve, applies=_alpha_positionwise,
-                    when="with alpha_policy positionwise (a ratio per token needs tokens paired one to one)")
+                                                    "last", C, choices=Curve,
+                    applies=lambda r: _alpha_mixes(r) and r.alpha_policy == MixPolicy.POSITIONWISE,
+                    when="with alpha_policy positionwise in the recipe's own alpha mix (a ratio per token needs "
+                         "tokens paired one to one; a schedule's alpha=R entry is constant)")
     alpha_end: float | None = _f(None, "float", "alpha at the last token (with a curve)", C, lo=0.0, hi=1.0,
                                  applies=lambda r: r.curve != Curve.CONSTANT, when="with a curve other than constant")
     intra_ratio: float | None = _f(None, "float", "mix image and text tokens of one extraction: 0 = all text (base), "
                                                   "1 = all image; not set: no intra mix", C, lo=0.0, hi=1.0,
-                                   applies=_single_pass, when="when the VL is used (alpha > 0, or a vl schedule entry) without dual")
+                                   applies=_single_pass, when="when the VL is used (alpha > 0, or a vl or alpha=R schedule entry) without dual")
     intra_policy: str = _f(MixPolicy.ATTEND.value, "choice", "how the intra mix combines the text rows (base) and the "
                                                             "image rows (other); never positionwise: a text token is "
                                                             "not paired with an image token", C, choices=MixPolicy,
@@ -216,7 +224,7 @@ class Recipe:
                           applies=lambda r: r.dual, when="with dual")
     normalization: str = _f(Normalization.NONE.value, "choice", "match VL statistics to Qwen3-4B's "
                                                                 "(needs vlbench calibrate)", C, choices=Normalization,
-                            applies=_uses_vl, when="when the VL is used (alpha > 0, or a vl schedule entry)")
+                            applies=_uses_vl, when="when the VL is used (alpha > 0, or a vl or alpha=R schedule entry)")
     calibration: str | None = _f(None, "str", "calibration stats file; not set: the one vlbench calibrate wrote for "
                                               "these models", C,
                                  applies=lambda r: r.normalization != Normalization.NONE,
@@ -228,39 +236,40 @@ class Recipe:
     # ---- issue 17: schedules and the text bridge
     schedule: str | None = _f(None, "schedule", "the conditioning from step K on, as K:SOURCE entries, "
                                                 "comma-separated, K ascending from 0 (steps counted as the sampler "
-                                                "runs them); sources: recipe, vl, qwen3 (docs/schedules.md); not set: "
+                                                "runs them); sources: recipe, vl, qwen3, or alpha=R (the alpha mix at "
+                                                "alpha R, 0 < R < 1; docs/schedules.md); not set: "
                                                 "the recipe's own conditioning at every step", C)
     text_bridge: bool = _f(False, "bool", "Qwen3-VL first describes the reference's style in one sentence (a fixed "
                                           "instruction, greedy); Qwen3-4B then encodes the prompt + that description "
                                           "instead of the prompt (docs/schedules.md)", C,
                            applies=lambda r: r.uses_qwen3, when="when Qwen3-4B's encoding of the prompt is used "
-                                                               "(alpha < 1, or a schedule with a qwen3 entry)")
+                                                               "(alpha < 1, or a schedule with a qwen3 or alpha=R entry)")
     # ---- extraction
     tokens: str = _f(Tokens.FULL.value, "choice", "VL token selection", X, choices=Tokens,
                      applies=lambda r: _single_pass(r) and r.intra_ratio is None,
-                     when="when the VL is used (alpha > 0, or a vl schedule entry) in one pass without intra_ratio "
+                     when="when the VL is used (alpha > 0, or a vl or alpha=R schedule entry) in one pass without intra_ratio "
                           "(intra_ratio mixes the image and text selections itself; dual has style_tokens/content_tokens)")
     layer: int = _f(-2, "int", "hidden layer, indexed as transformers' output_hidden_states (-1 = after the final norm)",
                     X, applies=_layer_used,
                     when="when the VL is used and some positions take no layer of their own (image_layer/text_layer, "
                          "style_layer/content_layer)")
     vl_text: str = _f(VLText.PROMPT.value, "vl_text", "what the VL reads: prompt, none, or any other text verbatim", X,
-                      applies=_single_pass, when="when the VL is used (alpha > 0, or a vl schedule entry) without dual "
+                      applies=_single_pass, when="when the VL is used (alpha > 0, or a vl or alpha=R schedule entry) without dual "
                                                  "(dual has style_vl_text and content_vl_text)")
     max_image_tokens: int | None = _f(None, "int", "cap the reference's image tokens below the caption budget (the "
                                                    "processor reads a smaller image)", X,
-                                      lo=1, unit="tokens", applies=_uses_vl, when="when the VL is used (alpha > 0, or a vl schedule entry)")
+                                      lo=1, unit="tokens", applies=_uses_vl, when="when the VL is used (alpha > 0, or a vl or alpha=R schedule entry)")
     pool_image_tokens: int | None = _f(None, "int", "pool each reference's image rows to at most this many tokens on "
                                                     "its own patch grid (regions, aspect ratio kept), after the "
                                                     "forward", X, lo=1, unit="tokens", applies=_uses_vl,
-                                       when="when the VL is used (alpha > 0, or a vl schedule entry)")
+                                       when="when the VL is used (alpha > 0, or a vl or alpha=R schedule entry)")
     image_layer: int | None = _f(None, "int", "layer for image-role positions (image pads and vision markers); "
                                               "not set: layer", X,
                                  applies=_single_pass, when="when the VL is used without dual (dual: style_layer)")
     text_layer: int | None = _f(None, "int", "layer for template and VL-text positions; not set: layer", X,
                                 applies=_single_pass, when="when the VL is used without dual (dual: content_layer)")
     dual: bool = _f(False, "bool", "two extractions, a style pass and a content pass, mixed at dual_ratio", X,
-                    applies=_uses_vl, when="when the VL is used (alpha > 0, or a vl schedule entry)")
+                    applies=_uses_vl, when="when the VL is used (alpha > 0, or a vl or alpha=R schedule entry)")
     style_vl_text: str = _f(VLText.NONE.value, "vl_text", "style pass: what the VL reads", X,
                             applies=lambda r: r.dual, when="with dual")
     style_tokens: str = _f(Tokens.IMAGE.value, "choice", "style pass: token selection", X, choices=Tokens,
@@ -275,7 +284,7 @@ class Recipe:
                                    applies=lambda r: r.dual, when="with dual")
     multi_image: str = _f(MultiImage.JOINT.value, "choice", "several references: one joint extraction, or one each "
                                                             "mixed by image_weights", X, choices=MultiImage,
-                          applies=_uses_vl, when="when the VL is used (alpha > 0, or a vl schedule entry)")
+                          applies=_uses_vl, when="when the VL is used (alpha > 0, or a vl or alpha=R schedule entry)")
     # ---- issue 17: attention-weighted image tokens (docs/attention_weighting.md)
     image_attention: str = _f(ImageAttention.NONE.value, "choice", "weight or select image tokens by the VL text's "
                               "attention to them: per image token, the attention probability from the VL-text "
@@ -345,6 +354,11 @@ class Recipe:
         return parse_schedule(self.schedule) if self.schedule is not None else ()
 
     @property
+    def scheduled_alphas(self) -> tuple[float, ...]:
+        """The alphas of the schedule's alpha=R entries, in order; () without any."""
+        return tuple(a for a in (schedule_alpha(src) for _, src in self.schedule_entries) if a is not None)
+
+    @property
     def own_used(self) -> bool:
         """The recipe's own conditioning (its alpha mix) is used at some step: no schedule, or a recipe entry."""
         return self.schedule is None or any(src == Source.RECIPE for _, src in self.schedule_entries)
@@ -361,15 +375,15 @@ class Recipe:
 
     @property
     def uses_vl(self) -> bool:
-        """The VL's hidden states condition some step (the recipe's own conditioning, or a vl schedule entry)."""
+        """The VL's hidden states condition some step (the recipe's own conditioning, a vl or an alpha=R entry)."""
         sources = {src for _, src in self.schedule_entries}
-        return (self.own_used and self.own_uses_vl) or Source.VL in sources
+        return (self.own_used and self.own_uses_vl) or Source.VL in sources or bool(self.scheduled_alphas)
 
     @property
     def uses_qwen3(self) -> bool:
-        """Qwen3-4B's encoding of the prompt conditions some step (alpha < 1, or a qwen3 schedule entry)."""
+        """Qwen3-4B's encoding of the prompt conditions some step (alpha < 1, a qwen3 or an alpha=R entry)."""
         sources = {src for _, src in self.schedule_entries}
-        return (self.own_used and self.own_uses_qwen3) or Source.QWEN3 in sources
+        return (self.own_used and self.own_uses_qwen3) or Source.QWEN3 in sources or bool(self.scheduled_alphas)
 
     @property
     def run_steps(self) -> int:
@@ -623,25 +637,28 @@ def _rule_global_normalization_needs_a_positionwise_mix(r: Recipe) -> None:
 
 # ---- issue 17: schedules and the text bridge
 SCHEDULE_EXAMPLE = "0:vl, 4:qwen3"
+ALPHA_SOURCE = "alpha"  # a schedule source "alpha=R": the alpha mix (alpha_policy) at alpha R from that step
 
 
 def parse_schedule(text: str) -> tuple[tuple[int, str], ...]:
     """"0:vl, 4:qwen3" -> ((0, "vl"), (4, "qwen3")): each entry K:SOURCE, K ascending from 0. Steps are checked
     against the recipe by its schedule rule."""
     entries: list[tuple[int, str]] = []
-    parts = [p.strip() for p in re.split(r"[,\s]+", re.sub(r"\s*:\s*", ":", text)) if p.strip()]
+    parts = [p.strip() for p in re.split(r"[,\s]+", re.sub(r"\s*([:=])\s*", r"\1", text)) if p.strip()]
     if not parts:
         raise UserError("is empty", field="schedule", value=text, fix=f"write entries such as {SCHEDULE_EXAMPLE}, "
                                                                         "or leave it not set")
     for part in parts:
-        match = re.fullmatch(r"(\d+):([A-Za-z0-9_-]+)", part)
+        match = re.fullmatch(r"(\d+):([A-Za-z0-9_.+-]+(?:=[^,\s]*)?)", part)
         if not match:
             raise UserError(f"entry {part!r} is not K:SOURCE", field="schedule", value=text,
                             fix=f"write e.g. {SCHEDULE_EXAMPLE} (from step K on, use SOURCE)")
         step, source = int(match.group(1)), match.group(2)
-        if source not in Source.values():
+        if source.startswith(f"{ALPHA_SOURCE}="):
+            source = _alpha_source(part, source[len(ALPHA_SOURCE) + 1:], text)
+        elif source not in Source.values():
             raise UserError(f"entry {part!r} names an unknown source", field="schedule", value=text,
-                            fix=f"sources: {', '.join(Source.values())}")
+                            fix=f"sources: {', '.join(Source.values())}, or {ALPHA_SOURCE}=R")
         if entries and step <= entries[-1][0]:
             raise UserError(f"breakpoints out of order: step {step} comes after step {entries[-1][0]}",
                             field="schedule", value=text, fix="list the entries with their steps ascending")
@@ -650,6 +667,27 @@ def parse_schedule(text: str) -> tuple[tuple[int, str], ...]:
         raise UserError(f"starts at step {entries[0][0]}, so nothing conditions the steps before it",
                         field="schedule", value=text, fix=f"begin with 0:SOURCE, e.g. {SCHEDULE_EXAMPLE}")
     return tuple(entries)
+
+
+def _alpha_source(part: str, number: str, text: str) -> str:
+    """`alpha=R` as one spelling (R as %g), 0 < R < 1: the ends are the qwen3 and vl sources."""
+    try:
+        ratio = float(number)
+    except ValueError:
+        ratio = math.nan
+    if not math.isfinite(ratio) or not 0 <= ratio <= 1:
+        raise UserError(f"entry {part!r}: alpha must be a number in [0, 1]", field="schedule", value=text,
+                        fix="write e.g. 3:alpha=0.5")
+    if ratio in (0, 1):
+        name = Source.QWEN3.value if ratio == 0 else Source.VL.value
+        raise UserError(f"entry {part!r} is the {name} source", field="schedule", value=text,
+                        fix=f"write {part.split(':')[0]}:{name}")
+    return f"{ALPHA_SOURCE}={ratio:g}"
+
+
+def schedule_alpha(source: str) -> float | None:
+    """R of an `alpha=R` schedule source; None for the named sources."""
+    return float(source[len(ALPHA_SOURCE) + 1:]) if source.startswith(f"{ALPHA_SOURCE}=") else None
 
 
 def format_schedule(entries: Iterable[tuple[int, str]]) -> str:
@@ -678,7 +716,8 @@ def _rule_schedule(r: Recipe) -> None:
             raise UserError(f"breakpoint {step}:{source} is past the last step ({ran}, counted 0 … {n - 1})",
                             field="schedule", value=r.schedule, fix=f"use breakpoints below {n}, or more steps")
     own = _own_source(r)
-    canonical = [own if source == Source.RECIPE else source for _, source in entries]
+    same_as_own = f"{ALPHA_SOURCE}={r.alpha:g}" if r.own_used and r.curve == Curve.CONSTANT else None
+    canonical = [own if source == Source.RECIPE or source == same_as_own else source for _, source in entries]
     for (step, source), before, now in zip(entries[1:], canonical, canonical[1:]):
         if now == before:
             raise UserError(f"entry {step}:{source} conditions on what the step before it already uses ({now})",
@@ -933,7 +972,8 @@ def markdown_table() -> str:
         elif info.kind == "bool":
             values = "true, false"
         elif info.kind == "schedule":
-            values = "`K:SOURCE, …` with SOURCE " + ", ".join(f"`{c}`" for c in Source.values())
+            values = ("`K:SOURCE, …` with SOURCE " + ", ".join(f"`{c}`" for c in Source.values())
+                      + f", `{ALPHA_SOURCE}=R`")
         else:
             values = (info.range_text or info.kind) + (f", multiple of {info.multiple_of}" if info.multiple_of else "")
         text = info.help + (f"; has an effect only {info.when}" if info.when else "")

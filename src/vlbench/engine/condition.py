@@ -108,6 +108,15 @@ def pool_images(seq: Seq, max_tokens: int, importance: torch.Tensor | None = Non
     return _shrink_to(seq, counts, importance)
 
 
+def _pooled_weights(w: torch.Tensor, pool) -> torch.Tensor:
+    """The attention weights of pooled rows: the mean of their rows' weights; rows of one weight keep it exactly
+    (averaging ones in float gives 0.99999994, which would count as weighted and bias the DiT's attention)."""
+    pooled = pool(w)
+    if bool((w == w[0]).all()):
+        return torch.full_like(pooled, float(w[0]))
+    return pooled
+
+
 def _shrink_to(seq: Seq, counts: list[int], importance: torch.Tensor | None = None) -> Seq:
     """Each segment pooled to its count: images on their grid (grid_for), text runs in order (pool)."""
     parts, rows, weights, segments = [], [], [], []
@@ -127,13 +136,13 @@ def _shrink_to(seq: Seq, counts: list[int], importance: torch.Tensor | None = No
                 pooled = blend.pool_grid_weighted(x, importance[s.start:s.start + s.n], s.grid, target)
             else:
                 pooled = blend.pool_grid(x, s.grid, target)
-            pw = blend.pool_grid(w[:, None].to(x.dtype), s.grid, target)[:, 0].float()
+            pw = _pooled_weights(w, lambda v: blend.pool_grid(v[:, None].to(x.dtype), s.grid, target)[:, 0].float())
             grid = target
             new_rows = [dict(src[0], position=None, pooled={"grid": list(s.grid), "to": list(target), "cell": c})
                         for c in range(target[0] * target[1])] if target != s.grid else src
         else:
             pooled = blend.pool(x, k)
-            pw = blend.pool(w[:, None], k)[:, 0]
+            pw = _pooled_weights(w, lambda v: blend.pool(v[:, None], k)[:, 0])
             grid = None
             new_rows = src if k == s.n else [dict(src[min(j * s.n // k, s.n - 1)], position=None,
                                                   pooled={"rows": s.n, "to": k, "row": j}) for j in range(k)]

@@ -25,7 +25,7 @@ from vlbench.engine.extract import (IMAGE, PROMPT, Extraction, batch_memory_byte
 from vlbench.engine.generate import check_caption, generate
 from vlbench.engine.models import Models
 from vlbench.engine import condition as C
-from vlbench.recipe import Curve, ImageAttention, MultiImage, Normalization, Recipe, VLText
+from vlbench.recipe import Curve, ImageAttention, MultiImage, Normalization, Recipe, VLText, schedule_alpha
 from vlbench.errors import UserError
 from vlbench.records import extraction_names
 from vlbench.files import atomic_write_text
@@ -339,9 +339,13 @@ class Engine:
                 if recipe.curve != Curve.CONSTANT:
                     ratio = blend.ratio_curve(qwen3.length, recipe.alpha, recipe.alpha_end, recipe.curve)
                 own = C.mix(qwen3, vl, ratio, recipe.alpha_policy, "alpha")
-        timings["blend"] = time.perf_counter() - t0
         entries = recipe.schedule_entries
         by_source = {"recipe": own, "vl": vl, "qwen3": qwen3}
+        for _, source in entries:  # alpha=R: the alpha mix at R (alpha_policy), as a recipe with alpha R mixes
+            ratio = schedule_alpha(source)
+            if ratio is not None and source not in by_source:
+                by_source[source] = C.mix(qwen3, vl, ratio, recipe.alpha_policy, "alpha")
+        timings["blend"] = time.perf_counter() - t0
         schedule = []
         for i, (step, source) in enumerate(entries):
             seq = by_source[source]
