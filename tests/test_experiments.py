@@ -29,7 +29,7 @@ COUNTS = {
     "vl_only_vs_qwen3": (5, 5), "vl_intra_token_blend": (7, 7), "vl_layer_by_token": (10, 4),
     "vl_double_conditioning": (6, 6), "vl_prompt_variations": (6, 6), "alpha_sweep": (5, 5),
     "layer_sweep": (7, 2), "token_sweep": (6, 6), "normalization_sweep": (3, 3), "mix_policy_sweep": (3, 3),
-    "img2img_style": (7, 7), "multi_reference": (3, 3), "schedule_sweep": (10, 4),
+    "img2img_style": (7, 7), "multi_reference": (3, 3), "schedule_sweep": (11, 4),
 }
 # With one reference and one prompt: distinct (reference, VL text) extractions each type reads.
 EXTRACTIONS = {
