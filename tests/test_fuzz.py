@@ -204,7 +204,7 @@ def cli(engine, tmp_path, monkeypatch, capsys):
     """vlbench's main() in this process, on the session's tiny models (a command loads none of its own)."""
     from vlbench.cli import common, main
 
-    monkeypatch.setattr(common, "engine", lambda spec, console, cache_dir=None: engine)
+    monkeypatch.setattr(common, "engine", lambda spec, console, cache_dir=None, files=None: engine)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # a model id drawn by the fuzzer is never looked up online
     monkeypatch.chdir(tmp_path)  # relative output paths land here
     ref = make_image(tmp_path / "ref.png")

@@ -125,3 +125,12 @@ def test_the_model_files_are_read_from_disk_or_the_hub_cache_never_the_network(m
     monkeypatch.setattr(http.Client, "send", refuse)
     assert read_model_files(ModelSpec(zimage="someone/not-cached-zimage", vl="someone/not-cached-vl")) is None
     assert [url for url in asked if "not-cached" in url] == []
+
+
+def test_the_models_reuse_the_processor_and_tokenizer_the_checks_read(tiny_spec, files):
+    """What the plan checks read is not read again by the loader."""
+    from vlbench.engine.models import Models
+
+    models = Models(tiny_spec, files=files)
+    assert models.vl.processor is files.vl_processor
+    assert models.text_pipe.tokenizer is files.qwen3_tokenizer

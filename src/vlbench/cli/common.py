@@ -89,8 +89,9 @@ def model_flags(args: argparse.Namespace) -> dict:
     return {f: getattr(args, f, None) for f in ModelSpec.__dataclass_fields__}
 
 
-def engine(spec, console, cache_dir=None):
-    """An Engine whose models load on first use, with status lines on the console."""
+def engine(spec, console, cache_dir=None, files=None):
+    """An Engine whose models load on first use, with status lines on the console; `files` (model_files) are
+    the processor and tokenizer the plan checks read, reused rather than read again."""
     from vlbench.engine.engine import Engine
     from vlbench.engine.models import Models
 
@@ -100,7 +101,7 @@ def engine(spec, console, cache_dir=None):
     if spec.tiny:
         console.print("[yellow]models: the built-in tiny RANDOM-WEIGHT ones; the images are noise (name real ones "
                       "with --zimage/--vl or in config.toml)[/yellow]")
-    models = Models(spec, on_status=lambda s: console.print(f"[dim]{escape(s)}[/dim]"))
+    models = Models(spec, on_status=lambda s: console.print(f"[dim]{escape(s)}[/dim]"), files=files)
     for warning in models.warnings:  # CUDA unusable: say so before minutes of CPU work
         console.print(f"[bold red]warning: {escape(warning)}[/bold red]")
     return Engine(models, cache_dir=cache_dir)
@@ -174,7 +175,8 @@ def add_input_flags(p: argparse.ArgumentParser) -> None:
 
 
 def single_image_inputs(args: argparse.Namespace, suffix: str):
-    """(out path, prompt, recipe, references, model spec) of embed/generate, each checked before any model loads."""
+    """(out path, prompt, recipe, references, model spec, model files) of embed/generate, each checked before any
+    model loads (model files: see model_files; None when they cannot be read here)."""
     from vlbench.prompts import check_prompt
 
     out = check_out(args.out, suffix)
@@ -183,8 +185,9 @@ def single_image_inputs(args: argparse.Namespace, suffix: str):
     recipe.check_inputs(len(args.image))
     refs = open_references(args.image)
     spec = model_spec(args)
-    check_plan(model_files(spec), [(recipe, prompt, refs)])
-    return out, prompt, recipe, refs, spec
+    files = model_files(spec)
+    check_plan(files, [(recipe, prompt, refs)])
+    return out, prompt, recipe, refs, spec, files
 
 
 def model_files(spec):

@@ -23,9 +23,9 @@ def run(args) -> int:
     from vlbench.files import atomic_write, atomic_write_json
     from vlbench.jobs import NonFinite, check_conditioning
 
-    out, prompt, recipe, refs, spec = common.single_image_inputs(args, ".safetensors")
+    out, prompt, recipe, refs, spec, files = common.single_image_inputs(args, ".safetensors")
     console = common.console()
-    engine = common.engine(spec, console)
+    engine = common.engine(spec, console, files=files)
     cond = engine.condition(recipe, prompt, refs)
     common.warn(console, cond.warnings)
     for caption in cond.captions:

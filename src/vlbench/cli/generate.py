@@ -24,10 +24,10 @@ def run(args) -> int:
     from vlbench.pngs import encode_png, write_png
     from vlbench.records import RunRecord, job_key, references_of
 
-    out, prompt, recipe, refs, spec = common.single_image_inputs(args, ".png")
+    out, prompt, recipe, refs, spec, files = common.single_image_inputs(args, ".png")
     console = common.console()
     common.check_free_space(out, common.image_bytes(recipe.width, recipe.height), console, "out")
-    engine = common.engine(spec, console)
+    engine = common.engine(spec, console, files=files)
     record = RunRecord(prompt=prompt, recipe=recipe.to_dict(), seed=recipe.seed, source="cli",
                        references=references_of((Path(r.path).resolve(), r.sha256) for r in refs),
                        key=job_key("", recipe.to_dict(), prompt, [r.sha256 for r in refs]))

@@ -116,7 +116,7 @@ def run(args) -> int:
     n = len(recipes) * len(reference_sets) * len(prompts) * len(seeds or [None])
     size = max((image_bytes(r.recipe.width, r.recipe.height) for r in recipes), default=0)
     common.check_free_space(out, n * size + (1 << 20), console, "output_dir")  # + grid, report, run.json
-    engine, executor = start_executor(spec, choice, lambda s: common.engine(s, console), console)
+    engine, executor = start_executor(spec, choice, lambda s: common.engine(s, console, files=files), console)
     store = None if args.no_store else common.open_store(console)
     parameters = {"experiment": args.experiment, "images": images, "prompts": prompts, "seeds": seeds,
                   "eval_set": args.eval_set,

@@ -144,6 +144,7 @@ class Models:
     warm_up: bool = True
     group_budget: int | None = None
     group_reserve: int = GROUP_ACTIVATION_RESERVE
+    files: Any = None  # vlbench.engine.precheck.ModelFiles read before loading: its processor and tokenizer are reused
     _vl: VLModel | None = None
     _vl_processor: Any = None  # loaded alone before the model when an input check needs the tokenizer first
     _pipe: Any = None
@@ -151,6 +152,8 @@ class Models:
 
     def __post_init__(self) -> None:
         self.spec = self.spec.built()  # the tiny models' directories, built once
+        if self.files is not None:
+            self._vl_processor = self.files.vl_processor
         self.device = self.spec.resolved_device()
         self.dtype = self.spec.resolved_dtype()
         self.offload = self.spec.resolved_offload()  # tests may set it on a CPU device to run the code paths
@@ -472,7 +475,8 @@ class Models:
             from transformers import AutoModel, AutoTokenizer
 
             try:
-                tokenizer = AutoTokenizer.from_pretrained(self.spec.zimage, subfolder="tokenizer")
+                tokenizer = (self.files.qwen3_tokenizer if self.files is not None else
+                             AutoTokenizer.from_pretrained(self.spec.zimage, subfolder="tokenizer"))
                 text_encoder = AutoModel.from_pretrained(self.spec.zimage, subfolder="text_encoder", dtype=self.dtype,
                                                          **self._transformers_kwargs())
             except (OSError, ValueError, KeyError) as exc:
