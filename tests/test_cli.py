@@ -114,6 +114,12 @@ def test_embed_writes_every_scheduled_caption_and_its_attention_weights(engine, 
                  "--out", str(plain)]) == 0
     assert list(load_file(plain)) == ["prompt_embeds"]
     assert [c["key"] for c in json.loads(plain.with_suffix(".json").read_text())["captions"]] == ["prompt_embeds"]
+    # img2img: the caption conditions the steps the sampler runs (3 of 6 at strength 0.5), not `steps`
+    i2i = tmp_path / "i.safetensors"
+    assert main(["embed", "--tiny", *CPU, "--image", str(ref_image), "--prompt", PROMPT, "--tokens", "image",
+                 "--strength", "0.5", "--steps", "6", "--out", str(i2i)]) == 0
+    (caption,) = json.loads(i2i.with_suffix(".json").read_text())["captions"]
+    assert (caption["from_step"], caption["to_step"]) == (0, Recipe(strength=0.5, steps=6).run_steps) == (0, 3)
 
 
 def test_recipe_file_with_a_flag_overriding_it(engine, tmp_path, ref_image, capsys):

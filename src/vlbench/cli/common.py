@@ -90,8 +90,8 @@ def model_flags(args: argparse.Namespace) -> dict:
 
 
 def engine(spec, console, cache_dir=None, files=None):
-    """An Engine whose models load on first use, with status lines on the console; `files` (model_files) are
-    the processor and tokenizer the plan checks read, reused rather than read again."""
+    """An Engine whose models load on first use, with status lines on the console; `files` (precheck's
+    ModelFiles) are the processor and tokenizer the plan checks read, reused rather than read again."""
     from vlbench.engine.engine import Engine
     from vlbench.engine.models import Models
 
@@ -176,7 +176,8 @@ def add_input_flags(p: argparse.ArgumentParser) -> None:
 
 def single_image_inputs(args: argparse.Namespace, suffix: str):
     """(out path, prompt, recipe, references, model spec, model files) of embed/generate, each checked before any
-    model loads (model files: see model_files; None when they cannot be read here)."""
+    model loads (model files: vlbench.engine.precheck's, None when they cannot be read here)."""
+    from vlbench.engine.precheck import check_plan, read_model_files
     from vlbench.prompts import check_prompt
 
     out = check_out(args.out, suffix)
@@ -185,26 +186,9 @@ def single_image_inputs(args: argparse.Namespace, suffix: str):
     recipe.check_inputs(len(args.image))
     refs = open_references(args.image)
     spec = model_spec(args)
-    files = model_files(spec)
+    files = read_model_files(spec)
     check_plan(files, [(recipe, prompt, refs)])
     return out, prompt, recipe, refs, spec, files
-
-
-def model_files(spec):
-    """The models' configs, tokenizers and processor (no weights), or None when they cannot be read here."""
-    from vlbench.engine.precheck import read_model_files
-
-    return read_model_files(spec)
-
-
-def check_plan(files, jobs) -> None:
-    """What the models' files decide about these (recipe, prompt, references) jobs — a size past the DiT's
-    positions, a control token in a text, top-k above an image's tokens — in one line before any model loads;
-    nothing when `files` is None (the engine checks each job)."""
-    from vlbench.engine.precheck import check_plan as check
-
-    if files is not None:
-        check(files, jobs)
 
 
 def open_references(paths: list[str]) -> list:

@@ -35,7 +35,7 @@ def run(args) -> int:
     except NonFinite as exc:
         console.print(f"[red]failed: {common.escape(exc)}[/red]")
         return 1
-    tensors, captions = caption_tensors(cond, recipe.steps)
+    tensors, captions = caption_tensors(cond, recipe.run_steps)
     tensor = tensors["prompt_embeds"]
     atomic_write(out, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "vlbench-conditioning-1"}))
     sidecar = {
@@ -51,7 +51,7 @@ def run(args) -> int:
     return 0
 
 
-def caption_tensors(cond, steps: int) -> tuple[dict, list[dict]]:
+def caption_tensors(cond, steps: int) -> tuple[dict, list[dict]]:  # steps: those the sampler runs (run_steps)
     """Every caption the DiT reads, as safetensors keys, and the sidecar's account of them.
 
     Step 0's caption is `prompt_embeds` (what a one-caption recipe writes, and all it writes); with a

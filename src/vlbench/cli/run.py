@@ -53,6 +53,7 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     from vlbench.executors import ExecutorChoice, start_executor
     from vlbench.experiments.runner import run_experiment
+    from vlbench.engine.precheck import check_plan, read_model_files
     from vlbench.experiments.spec import load_type
     from vlbench.prompts import check_prompt, read_prompts_file
     from vlbench.recipe import field_infos, parse_seeds
@@ -101,10 +102,10 @@ def run(args) -> int:
     out = common.check_out_dir(args.output_dir)
     metrics = common.metrics_choice(args, in_run=True)
     spec = common.model_spec(args)
-    files = common.model_files(spec)  # sizes, control tokens and top-k against the models' files, before loading
+    files = read_model_files(spec)  # sizes, control tokens and top-k against the models' files, before loading
     for named in recipes:
         try:
-            common.check_plan(files, ((named.recipe, p, list(s) if isinstance(s, tuple) else [s])
+            check_plan(files, ((named.recipe, p, list(s) if isinstance(s, tuple) else [s])
                                       for s in reference_sets for p in prompts))
         except UserError as exc:  # a field the config sets is the config's; a flag's or the prompt's is not
             if exc.field in field_infos() and exc.field not in overrides:

@@ -63,9 +63,12 @@ def read_model_files(spec) -> ModelFiles | None:
         return None
 
 
-def check_plan(files: ModelFiles, jobs: Iterable[tuple[Recipe, str, list]]) -> None:
+def check_plan(files: ModelFiles | None, jobs: Iterable[tuple[Recipe, str, list]]) -> None:
     """Every (recipe, prompt, references) the plan will run, checked as the engine would: UserError on the first
-    that cannot run (sizes, control tokens in any text a tokenizer reads, top-k above an image's tokens)."""
+    that cannot run (sizes, control tokens in any text a tokenizer reads, top-k above an image's tokens). Nothing
+    without `files` (they could not be read here: the engine checks each job)."""
+    if files is None:
+        return
     from vlbench.engine.extract import check_special_tokens
     from vlbench.engine.generate import check_side
 
