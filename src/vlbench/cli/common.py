@@ -29,8 +29,22 @@ def render(exc: UserError) -> str:
     return exc.render(flag_name)
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """Help lines are literal text. argparse %-formats each one (for `%(default)s`, which vlbench never uses: the
+    real default is written into the text), so a bare "95%" would crash every help page that shows it, and on
+    Python 3.14 the parser's construction. This is the one place a `%` in help text is escaped."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        return (action.help or "").replace("%", "%%")
+
+
 class Parser(argparse.ArgumentParser):
+    """Every vlbench parser: literal help text (HelpFormatter), no prefix abbreviations (`--see` must not quietly
+    mean `--seed`), -1,-2 taken as values, and one-line errors."""
+
     def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        kwargs["allow_abbrev"] = False
         super().__init__(*args, **kwargs)
         self._negative_number_matcher = NEGATIVE_NUMBERS
 
@@ -137,7 +151,7 @@ def _field_help(name: str, info, default: Any) -> str:
     text += f" (default {shown}"
     if info.when:
         text += f"; has an effect only {info.when}"
-    return (text + ")").replace("%", "%%")
+    return text + ")"
 
 
 def _metavar(info) -> str | None:
