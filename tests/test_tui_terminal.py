@@ -151,3 +151,21 @@ def test_tui_in_tmux_at_240x60_five_panes_and_a_wide_preview(tiny_dirs, tmp_path
         _quit(tmux, exit_file)
     finally:
         subprocess.run([*tmux.base, "kill-server"], capture_output=True)
+
+
+def test_tui_in_tmux_history_keys_on_an_empty_store(tiny_dirs, tmp_path):
+    """Issue 25.1: on a fresh store, History's ↑ / PageDown / End crashed the app (its job orphaned)."""
+    tmux, exit_file = _start(tmp_path, 160, 48)
+    try:
+        tmux.wait_for(lambda s: all(f"─ {p} ─" in s for p in PANES), 30, "the five panes")
+        tmux("send-keys", "-t", tmux.session, "M-5")
+        time.sleep(0.5)
+        for key in ("Up", "NPage", "End", "PPage", "Home", "Down"):
+            tmux("send-keys", "-t", tmux.session, key)
+            time.sleep(0.2)
+        time.sleep(1)
+        assert not exit_file.exists(), f"the app exited on a key in an empty History:\n{tmux.screen()}"
+        assert "─ History ─" in tmux.screen()
+        _quit(tmux, exit_file)
+    finally:
+        subprocess.run([*tmux.base, "kill-server"], capture_output=True)

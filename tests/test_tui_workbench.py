@@ -947,3 +947,31 @@ def test_the_full_screen_view_shows_a_runs_attention_heat_map(tmp_path, engine, 
         app.close()
 
     run(go())
+
+
+# ---- issue 25 ----
+@pytest.mark.parametrize("keys", [("up",), ("pagedown",), ("end",), ("pageup", "home", "down")],
+                         ids=["up", "pagedown", "end", "pageup-home-down"])
+def test_history_keys_on_an_empty_table_do_not_crash(keys):
+    """Issue 25.1: ↑ / PageDown / End on an empty History (fresh store, or a filter with no match) crashed the app."""
+
+    async def go():
+        app = make_app()
+        async with app.run_test(size=(160, 48)) as pilot:
+            await pilot.press("alt+5")
+            await pilot.pause()
+            assert app.focused is app.history.table and app.history.table.row_count == 0
+            await pilot.press(*keys)
+            await pilot.pause()
+            assert app.is_running and app.return_value is None and app._exception is None
+            app.store.enqueue("a fox", [], Recipe(**FAST).to_dict())  # a filter with no match: empty again
+            app.history.reload()
+            await pilot.press("slash")
+            await type_text(pilot, "zebra")
+            await wait_for(pilot, lambda: app.history.table.row_count == 0, 5, "the filter")
+            await pilot.press("enter", *keys)
+            await pilot.pause()
+            assert app.is_running and app._exception is None
+        app.close()
+
+    run(go())
