@@ -975,3 +975,39 @@ def test_history_keys_on_an_empty_table_do_not_crash(keys):
         app.close()
 
     run(go())
+
+
+@pytest.mark.parametrize("signame", ["SIGHUP", "SIGTERM"])
+def test_a_closed_terminal_gives_the_running_job_back_with_no_strike(engine, signame):
+    """Issue 25.4: SIGHUP (an SSH drop, a closed terminal) killed the app with its run 'running'; each restart
+    counted an interruption and the second failed the run as "possibly crashing the worker"."""
+    import signal
+
+    sig = getattr(signal, signame)
+
+    async def go():
+        app = make_app(engine, settings=settings(steps=400))
+        async with app.run_test(size=(160, 48)) as pilot:
+            app.inputs.prompt = "a long run"
+            await pilot.press("f5")
+            await wait_for(pilot, lambda: app.job_worker is not None and app.job_worker._progress is not None,
+                           60, "the run to be stepping")
+            run_id = app.job_worker.current_run_id
+            os.kill(os.getpid(), sig)
+            await wait_for(pilot, lambda: not app.is_running, 30, "the app to exit")
+        app.close()
+        assert app.return_code == 128 + int(sig)
+        with Store() as store:
+            row = store.get(run_id)
+            assert row.status == "pending" and row.interruptions == 0 and row.claimed_by is None
+            assert store.recover(force=True) == (0, 0)  # nothing left for the next start to count
+
+    def guard(*args):  # before the fix the signal must not kill pytest
+        pass
+
+    before = signal.signal(sig, guard)
+    try:
+        run(go())
+        assert signal.getsignal(sig) is guard  # the app put back what it found
+    finally:
+        signal.signal(sig, guard)
