@@ -56,7 +56,7 @@ from vlbench.tui.widgets.preview import MAX_PICTURES, PreviewPane
 from vlbench.tui.widgets.queue import QueuePane
 from vlbench.tui.wording import render
 from vlbench.worker import (BatchExported, BatchExportFailed, JobCancelled, JobDone, JobFailed, JobProgress,
-                            JobStarted, ModelStatus, WorkerIdle, WorkerPaused)
+                            JobStarted, ModelStatus, ViewerFollows, WorkerIdle, WorkerPaused)
 
 log = logging.getLogger("vlbench.tui")
 REFRESH_S = 0.2  # worker-driven table refreshes are gathered over this long
@@ -404,6 +404,8 @@ class VlbenchApp(App[int]):
                 self.show_paused(paused)
             case WorkerIdle():
                 queue.job_ended()
+            case ViewerFollows(pid=pid):  # `vlbench worker` was started again: the header names the new one
+                self.sub_title = f"{self.models.describe()} · VIEWER of headless worker pid {pid}"
 
     def show_paused(self, paused: bool) -> None:
         self.paused = paused
@@ -1069,19 +1071,8 @@ def _runs(n: int) -> str:
 
 
 def build_engine(spec: ModelSpec, on_status: Callable[[str], None]):
-    """An Engine whose Models load each part on first use. Worker thread only (imports torch)."""
-    import os
+    """The Engine the workbench's worker runs: the one every worker builds (vlbench.worker.build_engine, which sets
+    the thread policy). Worker thread only (imports torch)."""
+    from vlbench.worker import build_engine as worker_engine
 
-    import torch
-
-    from vlbench.engine.engine import Engine
-    from vlbench.engine.models import Models
-    from vlbench.logs import quiet_libraries
-
-    quiet_libraries()
-    on_cpu = spec.device == "cpu" or (spec.device is None and not torch.cuda.is_available())
-    if on_cpu and (os.cpu_count() or 1) > 1:  # torch's intra-op threads would take every core: keys would wait
-        torch.set_num_threads(max(1, min(torch.get_num_threads(), (os.cpu_count() or 2) - 1)))
-    if spec.tiny:
-        on_status("preparing the tiny random models…")
-    return Engine(Models(spec, on_status=on_status))
+    return worker_engine(spec, on_status)
