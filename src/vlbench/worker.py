@@ -256,8 +256,9 @@ class Worker:
         beat = None
         try:
             store = Store(self.store_path)
-            if self.presence is not None:
-                self._publish(store, started=True)
+            if self.presence is not None and (other := self._publish(store, started=True)) is not None:
+                self._emit(ModelStatus(f"worker not started: pid {other.get('pid')} already runs this queue"))
+                return  # issue 26: another process registered first; this one runs nothing
             if self.presence == "headless":
                 beat = threading.Thread(target=self._heartbeat, name="vlbench-heartbeat", daemon=True)
                 beat.start()
@@ -290,15 +291,17 @@ class Worker:
                 "status": self._status, "paused": self._paused.is_set(), "unsaved": len(self._unsaved),
                 "log": str(paths.log_path()), "store": str(self.store_path)}
 
-    def _publish(self, store: Store, started: bool = False) -> None:
+    def _publish(self, store: Store, started: bool = False) -> dict | None:
+        """Register (or refresh) this process as the queue's worker; the live other owner's info if one holds it."""
         if started:
             self._since = time.time()
         try:
-            store.set_state(PRESENCE, self.presence_info())
+            return store.take_owner(PRESENCE, self.presence_info())  # issue 26: check and register in one step
         except sqlite3.Error as exc:  # a locked or full store: the next beat tries again
             if started or time.monotonic() - self._fault_logged > 60:
                 self._fault_logged = time.monotonic()
                 log.warning("run store: cannot publish the worker's state (%s)", exc)
+        return None
 
     def _unpublish(self, store: Store) -> None:
         try:
