@@ -330,3 +330,27 @@ def minimum_detectable(se: float, df: float, alpha: float, power: float = 0.8) -
     from scipy.special import stdtrit
 
     return float((stdtrit(df, 1 - alpha / 2) + stdtrit(df, power)) * se)
+
+
+def detectable_by_simulation(components: Mapping[str, float], prompts: int, references: int, seeds: int,
+                             alpha: float, power: float = 0.8, draws: int = 4000, seed: int = 0) -> float:
+    """The smallest true difference the crossed test finds with probability `power` in a complete design of this
+    size, for these variance components: simulate_power (same draws for every difference) solved by bisection."""
+    P, R, S = int(prompts), int(references), int(seeds)
+    e_c = components.get("cell", 0.0) + components.get("seed", 0.0) / S
+    scale = math.sqrt(max(R * components.get("prompt", 0.0) + P * components.get("reference", 0.0) + e_c, 1e-300)
+                      / (P * R))
+    lo, hi = 0.0, scale
+    while simulate_power(components, hi, P, R, S, alpha, draws, seed) < power:
+        lo, hi = hi, hi * 2
+        if hi > 1e6 * scale:
+            return math.inf
+    for _ in range(30):
+        mid = (lo + hi) / 2
+        if simulate_power(components, mid, P, R, S, alpha, draws, seed) < power:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo <= 1e-4 * scale:
+            break
+    return hi
