@@ -303,6 +303,10 @@ def _stats_section(out: Path, stats: dict | None) -> list[str]:
             parts.append(f"<tr{cls}>" + "".join(f"<td{'' if i == 0 else ' class=num'}>{_e(v)}</td>"
                                                for i, v in enumerate(cells.values())) + "</tr>")
         parts.append("</tbody></table>")
+    from vlbench.stats import plan_lines
+
+    if stats.get("plan"):
+        parts.append("<pre>" + _e("\n".join(plan_lines(stats))) + "</pre>")
     return parts
 
 
@@ -383,6 +387,10 @@ def _diagnostics_section(out: Path, rows: list[dict]) -> list[str]:
             for cells in table:
                 parts.append("<tr>" + "".join(f"<td>{_e(v)}</td>" for v in cells.values()) + "</tr>")
             parts.append("</tbody></table>")
+    from vlbench.stats import plan_lines
+
+    if stats.get("plan"):
+        parts.append("<pre>" + _e("\n".join(plan_lines(stats))) + "</pre>")
     return parts
 
 

@@ -550,7 +550,8 @@ def fmt_p(p: float | None) -> str:
 
 def table_rows(stats: dict, metric: str) -> list[dict[str, str]]:
     """One metric's table as text cells: config, n, mean ± std, CI, and against the baseline the
-    difference, its CI, (cell unit: its degrees of freedom), Holm p, win rate, a verdict and (with a margin)
+    difference, its CI, (cell unit: its degrees of freedom and the minimum detectable difference at power 0.8),
+    Holm p, win rate, a verdict and (with a margin)
     the equivalence outcome. The CLI, the report and the workbench share it."""
     block = stats["metrics"][metric]
     cell = stats.get("unit", "image") == "cell"
@@ -560,7 +561,8 @@ def table_rows(stats: dict, metric: str) -> list[dict[str, str]]:
         d = block["configs"][c]
         comp = block["comparisons"].get(c)
         if comp is None:
-            vs = {"Δ vs baseline": "baseline", "Δ CI": "", **({"df": ""} if cell else {}), "p (Holm)": "",
+            vs = {"Δ vs baseline": "baseline", "Δ CI": "", **({"df": "", "MDE (power 0.8)": ""} if cell else {}),
+                  "p (Holm)": "",
                   "win rate" + (" (cells)" if cell else ""): "", "verdict": ""}
         else:
             verdict = ""
@@ -571,7 +573,8 @@ def table_rows(stats: dict, metric: str) -> list[dict[str, str]]:
                 else:
                     verdict = "no evidence"
             vs = {"Δ vs baseline": fmt(comp["mean_diff"]), "Δ CI": fmt_ci(comp["ci"]),
-                  **({"df": "—" if comp.get("df") is None else f"{comp['df']:.1f}"} if cell else {}),
+                  **({"df": "—" if comp.get("df") is None else f"{comp['df']:.1f}",
+                      "MDE (power 0.8)": fmt(comp.get("mde"))} if cell else {}),
                   "p (Holm)": fmt_p(comp["p_holm"]),
                   "win rate" + (" (cells)" if cell else ""): "—" if comp["win_rate"] is None else f"{comp['win_rate']:.0%}",
                   "verdict": verdict}
@@ -704,8 +707,31 @@ def print_stats(stats: dict, console) -> None:
             style = {"better": "green", "worse": "red"}.get(cells["verdict"])
             table.add_row(*(escape(v) for v in cells.values()), style=style)
         console.print(table)
+    for line in plan_lines(stats):
+        console.print(escape(line))
     for note in stats["notes"]:
         console.print(f"[yellow]note: {escape(note)}[/yellow]")
+
+
+def plan_lines(stats: dict) -> list[str]:
+    """The plan (--plan) in words: per metric and comparison, the smallest design of the grid with the power."""
+    plan = stats.get("plan")
+    if not plan:
+        return []
+    lines = []
+    for metric, entry in plan["metrics"].items():
+        lines.append(f"plan for {metric}: detect a difference of {fmt(entry['delta'])} with power {plan['power']} at "
+                     f"α = {entry['alpha']:.4g} (Holm's strictest step), simulated from this run's variance components")
+        for c, p in entry["comparisons"].items():
+            best, pilot = p["smallest"], p["pilot"]
+            now = "" if pilot is None else (f"this run ({pilot['prompts']} × {pilot['references']} × {pilot['seeds']}) "
+                                            f"has power {pilot['power']:.2f}; ")
+            if best is not None:
+                lines.append(f"  {c}: {now}smallest: {best['prompts']} prompts × {best['references']} references × "
+                             f"{best['seeds']} seeds ({best['images']} images per config, power {best['power']:.2f})")
+            else:
+                lines.append(f"  {c}: {now}{p['note']}")
+    return lines
 
 
 def print_folder_stats(dirs: list, console, render=str) -> None:
