@@ -259,7 +259,7 @@ def start_invocation(out: Path, experiment, engine, parameters: dict | None, sum
                   "redone": summary.redone, "rerecorded": summary.rerecorded}
     info.update(experiment=experiment.name, description=experiment.description, question=experiment.question,
                 type_file=str(experiment.path), type_source=experiment.source, models=models_of(engine),
-                baseline=getattr(experiment, "baseline", None))
+                baseline=getattr(experiment, "baseline", None), equivalence=getattr(experiment, "equivalence", None))
     info.setdefault("invocations", []).append(invocation)
     atomic_write_json(out / RUN_INFO, info)
     return invocation
