@@ -71,6 +71,9 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
                         "Blackwell; images drift from bf16); default none (exact)")
     g.add_argument("--attention", metavar="{" + ",".join(ATTENTION_BACKENDS) + "}",
                    help="the DiT's attention kernel (default sdpa: torch chooses)")
+    g.add_argument("--fast", action="store_true", default=None,
+                   help="fp8 + --compile with static graphs per caption bucket + the fastest mask-taking attention "
+                        "kernel timed on the GPU (fp8 GPUs only; images drift from bf16)")
     add_debug_flag(p)
 
 
@@ -101,6 +104,10 @@ def engine(spec, console, cache_dir=None, files=None):
     if spec.tiny:
         console.print("[yellow]models: the built-in tiny RANDOM-WEIGHT ones; the images are noise (name real ones "
                       "with --zimage/--vl or in config.toml)[/yellow]")
+    if spec.fast:
+        from vlbench.modelspec import FAST_NOTE
+
+        console.print(f"[yellow]{escape(FAST_NOTE)}[/yellow]")
     models = Models(spec, on_status=lambda s: console.print(f"[dim]{escape(s)}[/dim]"), files=files)
     for warning in models.warnings:  # CUDA unusable: say so before minutes of CPU work
         console.print(f"[bold red]warning: {escape(warning)}[/bold red]")

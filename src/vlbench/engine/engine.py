@@ -512,4 +512,6 @@ def environment(models: Models | None = None) -> dict[str, Any]:
                    zimage=models.spec.zimage, vl=models.spec.vl)
         if models.device.type == "cuda":
             env["gpu"] = torch.cuda.get_device_name(models.device)
+        if getattr(models, "fast_settings", None) is not None:
+            env["fast"] = models.fast_settings
     return env
