@@ -77,6 +77,25 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
     add_debug_flag(p)
 
 
+def add_batch_flag(g) -> None:
+    g.add_argument("--batch", type=int, metavar="N",
+                   help="run up to N images of one shape (size, steps, guidance; caption bucket with --fast) in one "
+                        "DiT call (default 1: one image per call, bit-exact); each image keeps its seed, equal to "
+                        "batch 1 within float rounding; img2img, schedules and attention-weighted mixes run alone")
+
+
+def batch_size(value: int | None, executor_kind: str) -> int:
+    """--batch N checked: a positive count, for the local executor."""
+    if value is None:
+        return 1
+    if value < 1:
+        raise UserError("must be >= 1", field="batch", value=value)
+    if value > 1 and executor_kind != "local":
+        raise UserError("batches on the local executor only", field="batch", value=value,
+                        fix="drop --batch, or use --executor local")
+    return value
+
+
 def model_spec(args: argparse.Namespace):
     """The ModelSpec of a command: config.toml, then the environment, then these flags."""
     from vlbench.config import load_settings

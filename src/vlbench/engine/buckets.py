@@ -100,6 +100,10 @@ class CaptionBuckets:
                          for layer in transformer.context_refiner]
         self._handles += [layer.register_forward_pre_hook(joint_hook, prepend=True) for layer in transformer.layers]
 
+    def bucket(self, length: int) -> int:
+        """The bucket of a caption of `length` rows."""
+        return bucket_for(length, self.budget, self.lengths)
+
     def _patchify_and_embed(self, all_image, all_cap_feats, patch_size, f_patch_size):
         (img_out, cap_out, img_size, img_pos_ids, cap_pos_ids, img_pad_mask,
          cap_pad_mask) = self._original(all_image, all_cap_feats, patch_size, f_patch_size)

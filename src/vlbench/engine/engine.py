@@ -145,6 +145,7 @@ class Result:
     conditioning: Conditioning
     timings: dict[str, float]
     peak_memory_bytes: int | None
+    batch: dict | None = None  # --batch (engine/batching.py): {"size": images in the DiT call, "position": this one's}
 
 
 def _first(value, default):
