@@ -85,7 +85,29 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
                         "Blackwell; images drift from bf16); default none (exact)")
     g.add_argument("--attention", metavar="{" + ",".join(ATTENTION_BACKENDS) + "}",
                    help="the DiT's attention kernel (default sdpa: torch chooses)")
+    g.add_argument("--fast", action="store_true", default=None,
+                   help="fp8 + --compile with static graphs per caption bucket + the fastest mask-taking attention "
+                        "kernel timed on the GPU (fp8 GPUs only; images drift from bf16)")
     add_debug_flag(p)
+
+
+def add_batch_flag(g) -> None:
+    g.add_argument("--batch", type=int, metavar="N",
+                   help="run up to N images of one shape (size, steps, guidance; caption bucket with --fast) in one "
+                        "DiT call (default 1: one image per call, bit-exact); each image keeps its seed, equal to "
+                        "batch 1 within float rounding; img2img, schedules and attention-weighted mixes run alone")
+
+
+def batch_size(value: int | None, executor_kind: str) -> int:
+    """--batch N checked: a positive count, for the local executor."""
+    if value is None:
+        return 1
+    if value < 1:
+        raise UserError("must be >= 1", field="batch", value=value)
+    if value > 1 and executor_kind != "local":
+        raise UserError("batches on the local executor only", field="batch", value=value,
+                        fix="drop --batch, or use --executor local")
+    return value
 
 
 def model_spec(args: argparse.Namespace):
@@ -115,6 +137,10 @@ def engine(spec, console, cache_dir=None, files=None):
     if spec.tiny:
         console.print("[yellow]models: the built-in tiny RANDOM-WEIGHT ones; the images are noise (name real ones "
                       "with --zimage/--vl or in config.toml)[/yellow]")
+    if spec.fast:
+        from vlbench.modelspec import FAST_NOTE
+
+        console.print(f"[yellow]{escape(FAST_NOTE)}[/yellow]")
     models = Models(spec, on_status=lambda s: console.print(f"[dim]{escape(s)}[/dim]"), files=files)
     for warning in models.warnings:  # CUDA unusable: say so before minutes of CPU work
         console.print(f"[bold red]warning: {escape(warning)}[/bold red]")

@@ -48,6 +48,7 @@ def add_arguments(p) -> None:
                         "default: start a local Ray instance on 127.0.0.1 with every visible GPU")
     g.add_argument("--ray-actors", type=int, metavar="N",
                    help="actors to start (default: one per GPU of the cluster; without GPUs, min(2, CPUs))")
+    common.add_batch_flag(g)
 
 
 def run(args) -> int:
@@ -116,6 +117,7 @@ def run(args) -> int:
                 raise exc.within(f"{experiment.path}: config {named.name!r}") from None
             raise
     choice = ExecutorChoice(args.executor, args.ray_address, args.ray_actors)
+    batch = common.batch_size(args.batch, choice.kind)
 
     console = common.console()
     n = len(recipes) * len(reference_sets) * len(prompts) * len(seeds or [None])
@@ -128,6 +130,12 @@ def run(args) -> int:
                   "quick": args.quick, "overrides": overrides, "limit": args.limit, "output_dir": str(out)}
     if executor is not None:
         parameters["executor"] = executor.describe()
+    local = None
+    if batch > 1:
+        from vlbench.experiments.runner import LocalExecutor
+
+        parameters["batch"] = batch
+        local = LocalExecutor(common.render, batch=batch)
     console.print(f"[bold]{common.escape(experiment.name)}[/bold]: {len(recipes)} configs × {len(reference_sets)} "
                   f"references × {len(prompts)} prompts × {len(seeds or [None])} seeds = {n} images → "
                   f"{common.escape(out)}/")
@@ -135,7 +143,7 @@ def run(args) -> int:
     try:
         summary = run_experiment(engine, experiment, recipes, reference_sets, prompts, out, seeds=seeds,
                                  limit=args.limit, parameters=parameters, store=store, console=console,
-                                 executor=executor, render=common.render)
+                                 executor=executor or local, render=common.render)
         if executor is not None:
             executor.close()  # the GPUs are free before diagnostics or metrics load models here
         _after_run(args, engine, out, recipes, refs, prompts, metrics, sources, store, console)

@@ -122,7 +122,8 @@ def generate(pipe, embeds: torch.Tensor, *, seed: int, steps: int, width: int, h
 
 
 @torch.inference_mode()
-def generate_batch(pipe, embeds: torch.Tensor, *, seeds: list[int], steps: int, width: int, height: int,
+def generate_batch(pipe, embeds: torch.Tensor | list[torch.Tensor], *, seeds: list[int], steps: int, width: int,
+                   height: int,
                    guidance: float, negative_embeds: torch.Tensor | None = None, budget: int,
                    on_step: Callable[[int, int], None] | None = None, output_type: str = "pil",
                    init_image=None, strength: float | None = None,
@@ -135,8 +136,15 @@ def generate_batch(pipe, embeds: torch.Tensor, *, seeds: list[int], steps: int, 
     `schedule`: (from step k, embeds) of later captions. ZImagePipeline re-reads its `prompt_embeds` list at
     every step of its denoising loop and takes a replacement from `callback_on_step_end` (with "prompt_embeds"
     in `callback_on_step_end_tensor_inputs`): the callback after step k-1 hands it the caption of step k.
-    `on_swap(k)` runs at that moment (the caption weights change with the caption)."""
-    check_caption(embeds.shape[0], budget)
+    `on_swap(k)` runs at that moment (the caption weights change with the caption).
+
+    `embeds` a list (issue 28's --batch): one caption per seed, in one call (`prompt_embeds` as a list; the
+    DiT masks the shorter captions' padding, or caption buckets pad them to one bucket)."""
+    captions = embeds if isinstance(embeds, list) else None
+    if captions is not None and (len(captions) != len(seeds) or schedule):
+        raise ValueError("a list of captions takes one seed per caption and no schedule")
+    for caption in captions or [embeds]:
+        check_caption(caption.shape[0], budget)
     check_size(width, height, pipe)
     if negative_embeds is not None:
         check_caption(negative_embeds.shape[0], budget)
@@ -168,11 +176,13 @@ def generate_batch(pipe, embeds: torch.Tensor, *, seeds: list[int], steps: int, 
     if swaps:
         kwargs["callback_on_step_end_tensor_inputs"] = ["latents", "prompt_embeds"]
     generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
-    if len(seeds) > 1:
+    if len(seeds) > 1 and captions is None:
         kwargs["num_images_per_prompt"] = len(seeds)
+    prompts = [e.to(device=device, dtype=dtype) for e in captions or [embeds]]
     result = pipe(
-        prompt_embeds=[embeds.to(device=device, dtype=dtype)],
-        negative_prompt_embeds=[negative_embeds.to(device=device, dtype=dtype)] if guidance > 0 else None,
+        prompt_embeds=prompts,
+        negative_prompt_embeds=[negative_embeds.to(device=device, dtype=dtype)] * len(prompts) if guidance > 0
+        else None,
         guidance_scale=guidance,
         num_inference_steps=steps,
         width=width,

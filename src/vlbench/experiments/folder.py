@@ -226,7 +226,8 @@ def models_of(engine) -> dict:
     spec = engine.models.spec
     return {"zimage": spec.zimage, "vl": spec.vl, "tiny": spec.tiny, "device": str(engine.models.device),
             "dtype": str(engine.models.dtype).removeprefix("torch."),
-            "offload": getattr(engine.models, "offload", "none"), "compile": bool(spec.compile)}
+            "offload": getattr(engine.models, "offload", "none"), "compile": bool(spec.compile),
+            **({"fast": True} if getattr(spec, "fast", False) else {})}
 
 
 def read_info(out: Path) -> dict | None:
