@@ -60,8 +60,8 @@ def add_arguments(p) -> None:
     common.add_model_flags(p)
     g = p.add_argument_group("executor")
     g.add_argument("--executor", metavar="{" + ",".join(EXECUTORS) + "}", default="local",
-                   help="local: this process's Engine (default); ray: one Ray actor per GPU; each trial's images "
-                        "are spread over them (trials run one after another)")
+                   help="local: this process's Engine (default); ray: one Ray actor per GPU, trials run "
+                        "concurrently, one per free actor (with one actor, one after another)")
     g.add_argument("--ray-address", metavar="ADDR", help="a running Ray cluster (see vlbench run --help)")
     g.add_argument("--ray-actors", type=int, metavar="N", help="actors to start (default: one per GPU)")
 
