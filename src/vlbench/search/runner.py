@@ -8,7 +8,12 @@ and runs nothing. Otherwise the trial's images (every prompt × reference × see
 the trial's images, with its bootstrap 95% interval (`vlbench.stats.bootstrap_ci`); constraints are
 `trial.set_constraint` values (<= 0: satisfied).
 
-Reproducibility: the study lives in `search.db` (SQLite) in the output folder. Before each `ask` the sampler is
+Storage: the study lives in `search.journal` in the output folder (Optuna's JournalStorage with a file backend:
+an append-only log, replayed incrementally, ~10x the trials/s of SQLite in benchmarks/study_storage.py); a
+search folder started before that keeps its `search.db` (SQLite). Only this process writes it (the trials'
+threads take turns under one lock), so either holds; the journal keeps up with many GPUs.
+
+Reproducibility: Before each `ask` the sampler is
 built afresh, seeded with (sampler seed, trial number): Optuna's samplers keep their random state in memory
 only, so a fresh, numbered seed makes trial k a function of the seed, the space and the trials before it,
 whether the search ran in one go or resumed. A trial left RUNNING by an interrupted search is evaluated again
@@ -31,8 +36,9 @@ from vlbench.files import atomic_copy, atomic_write_json, atomic_write_text
 from vlbench.search.front import PARETO_SCHEMA, metric_summary, non_dominated, plot_front
 from vlbench.search.space import Space
 
-STUDY = "search"  # the study's name inside search.db
-DB, INFO, TRIALS, PARETO, PLOT, FRONT = "search.db", "search.json", "trials.jsonl", "pareto.json", "pareto.png", "front"
+STUDY = "search"  # the study's name inside search.journal (or an older search's search.db)
+JOURNAL, DB = "search.journal", "search.db"  # the study: JournalStorage's log; SQLite (searches before issue 29)
+INFO, TRIALS, PARETO, PLOT, FRONT = "search.json", "trials.jsonl", "pareto.json", "pareto.png", "front"
 ATTR = "vlbench"  # the user attribute holding a trial's account (trials.jsonl is made from it)
 SEED_STRIDE = 1_000_003  # sampler seed of trial k: seed * SEED_STRIDE + k
 
@@ -76,13 +82,26 @@ class SearchSummary:
     errors: list[str] = field(default_factory=list)
 
 
-def open_study(out: Path, space: Space):
-    """The study in out/search.db (SQLite; docs/search.md: why SQLite, and the measurement behind it)."""
+def study_storage(out: str | Path):
+    """The study's storage in the search folder `out`: its search.db (SQLite) when it has one (a search started
+    before issue 29 keeps its file), else search.journal (JournalStorage, JournalFileBackend)."""
+    out = Path(out)
+    if (out / DB).exists():
+        return f"sqlite:///{(out / DB).resolve()}"
     optuna = optuna_module()
-    study = optuna.create_study(storage=f"sqlite:///{(out / DB).resolve()}", study_name=STUDY,
-                                directions=space.directions, load_if_exists=True)
+    from optuna.storages.journal import JournalFileBackend
+
+    return optuna.storages.JournalStorage(JournalFileBackend(str((out / JOURNAL).resolve())))
+
+
+def open_study(out: Path, space: Space):
+    """The search's study (created on the first call); docs/search.md says why a journal, and what measured it."""
+    optuna = optuna_module()
+    study = optuna.create_study(storage=study_storage(out), study_name=STUDY, directions=space.directions,
+                                load_if_exists=True)
     if [d.name.lower() for d in study.directions] != space.directions:
-        raise UserError("search.db holds a study with other objectives", field="output_dir", value=str(out))
+        name = DB if (out / DB).exists() else JOURNAL
+        raise UserError(f"{name} holds a study with other objectives", field="output_dir", value=str(out))
     return study
 
 
@@ -124,7 +143,7 @@ def run_search(engine, space: Space, references: list, prompts: list[str], out: 
 class _Search:
     """Which trial to evaluate next, under one lock: a trial left running by an interrupted search (its stored
     parameters), else a new one asked from a sampler seeded with (sampler seed, trial number), while the target
-    and the budget allow. Every read and write of the study happens under `lock` (one process writes search.db)."""
+    and the budget allow. Every read and write of the study happens under `lock` (one process writes the study)."""
 
     def __init__(self, study, space: Space, out: Path, sampler_seed: int, trials: int | None,
                  budget_minutes: float | None, summary: SearchSummary, console, on_trial_done):
