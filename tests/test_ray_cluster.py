@@ -67,3 +67,9 @@ def test_the_executor_runs_a_sweep_on_two_worker_nodes_of_a_cluster(cluster, eng
     assert len({r["key"] for r in rows}) == len(rows) == local.jobs
     for row in rows:  # the bytes each node sent equal the local images
         assert (tmp_path / "ray" / row["image"]).read_bytes() == (tmp_path / "local" / row["image"]).read_bytes()
+    psutil = pytest.importorskip("psutil")  # the test's cluster stayed on loopback (no traffic off this machine)
+    me = psutil.Process()
+    pids = {me.pid, *(p.pid for p in me.children(recursive=True))}
+    listening = {c.laddr.ip.removeprefix("::ffff:") for c in psutil.net_connections("inet")
+                 if c.status == psutil.CONN_LISTEN and c.pid in pids}
+    assert listening and all(ip.startswith("127.") or ip == "::1" for ip in listening), listening
