@@ -219,7 +219,10 @@ def test_search_runs_scores_and_writes_a_correct_front(tiny_dirs, tmp_path, ref_
     points = np.array([[t["objectives"]["siglip"]["mean"], t["objectives"]["dino"]["mean"]] for t in done])
     expected = {done[i]["number"] for i in _brute_front(points, ["maximize", "maximize"])}
     assert {f["number"] for f in pareto["front"]} == expected
-    study = optuna.load_study(study_name="search", storage=f"sqlite:///{out / 'search.db'}")
+    from vlbench.search.runner import study_storage
+
+    assert (out / "search.journal").is_file() and not (out / "search.db").exists()
+    study = optuna.load_study(study_name="search", storage=study_storage(out))
     assert {t.number for t in study.best_trials} == expected
     # every front point is a recipe file that vlbench generate --recipe and the workbench's ctrl+o load
     for point in pareto["front"]:
@@ -272,6 +275,23 @@ def test_a_resumed_search_asks_the_same_trials_as_one_uninterrupted_run(tiny_dir
     other = tmp_path / "other"
     assert _search(tmp_path, ref_image, other, "--trials", "2", "--sampler-seed", "8", space=space) == 0
     assert [t["params"] for t in _trials(other)] != [t["params"] for t in _trials(one_go)[:2]]
+
+
+def test_a_search_folder_with_an_sqlite_study_keeps_it(tiny_dirs, tmp_path, ref_image):
+    """Searches started before issue 29 hold their study in search.db (SQLite): they run and resume on it, and no
+    journal appears beside it."""
+    import optuna
+
+    out = tmp_path / "old"
+    out.mkdir()
+    space = _space_file(tmp_path, LEAN_SPACE)
+    optuna.create_study(storage=f"sqlite:///{out / 'search.db'}", study_name="search",
+                        directions=["maximize", "maximize"])
+    assert _search(tmp_path, ref_image, out, "--trials", "1", space=space) == 0
+    assert _search(tmp_path, ref_image, out, "--resume", "--trials", "2") == 0
+    study = optuna.load_study(study_name="search", storage=f"sqlite:///{out / 'search.db'}")
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"] and not (out / "search.journal").exists()
+    assert [t["number"] for t in _trials(out)] == [0, 1]
 
 
 def test_budget_minutes_stops_asking_after_the_trial_in_flight(tiny_dirs, tmp_path, ref_image):

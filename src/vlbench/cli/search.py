@@ -13,7 +13,7 @@ from vlbench.errors import UserError
 HELP = "search a recipe space for the Pareto front of metric objectives (Optuna), resumable"
 DESCRIPTION = ("Search the Recipe fields a space file declares (ranges, value lists) for the trade-off between its "
                "objectives (metric means over every prompt × reference × seed), with Optuna's NSGA-II/III or TPE. "
-               "Each trial is a vlbench run folder under --output-dir/trials/; the folder also holds search.db "
+               "Each trial is a vlbench run folder under --output-dir/trials/; the folder also holds search.journal "
                "(the Optuna study), trials.jsonl, pareto.json, pareto.png and front/ (the front's recipes, grid "
                "and report). Re-run with --resume to continue.")
 INPUT_FLAGS = ("image", "prompt", "prompts_file", "eval_set", "seeds", "sampler_seed", "steps", "width", "height")
@@ -28,7 +28,7 @@ def add_arguments(p) -> None:
                    help="the search space: fields to vary, fixed fields, objectives, constraints, sampler "
                         "(see examples/search/); with --resume, the search's own unless given")
     p.add_argument("--output-dir", required=True, metavar="DIR",
-                   help="the search folder: search.db, search.json, trials/, trials.jsonl, pareto.json, front/")
+                   help="the search folder: search.journal, search.json, trials/, trials.jsonl, pareto.json, front/")
     p.add_argument("--resume", action="store_true",
                    help="continue the search in --output-dir with its own space, inputs and sampler seed")
     p.add_argument("--trials", type=int, metavar="N",
@@ -62,8 +62,8 @@ def add_arguments(p) -> None:
     common.add_model_flags(p)
     g = p.add_argument_group("executor")
     g.add_argument("--executor", metavar="{" + ",".join(EXECUTORS) + "}", default="local",
-                   help="local: this process's Engine (default); ray: one Ray actor per GPU; each trial's images "
-                        "are spread over them (trials run one after another)")
+                   help="local: this process's Engine (default); ray: one Ray actor per GPU, trials run "
+                        "concurrently, one per free actor (with one actor, one after another)")
     g.add_argument("--ray-address", metavar="ADDR", help="a running Ray cluster (see vlbench run --help)")
     g.add_argument("--ray-actors", type=int, metavar="N", help="actors to start (default: one per GPU)")
 
