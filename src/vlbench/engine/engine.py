@@ -116,6 +116,8 @@ class Conditioning:
                 "image_token_counts": ex.image_token_counts,
                 "resized": ex.image_sizes != [tuple(s) for s in ex.source_sizes],
             }
+            if ex.vl_system is not None:  # issue 27: the system turn the VL read (its tokens are in input_ids)
+                out[name]["vl_system"] = ex.vl_system
             if ex.image_attention is not None:
                 out[name]["image_attention"] = image_attention_record(ex)
         if self.text is not None:
@@ -174,8 +176,8 @@ class Engine:
 
     # ---- building blocks, each cached ----
     def extraction(self, refs: list[Reference], text: str | None, max_image_tokens: int | None,
-                   attention_layer: int | None = None) -> Extraction:
-        return self.extractions([(refs, text, max_image_tokens, attention_layer)])[0]
+                   attention_layer: int | None = None, system: str | None = None) -> Extraction:
+        return self.extractions([(refs, text, max_image_tokens, attention_layer, system)])[0]
 
     def extractions(self, requests: list[tuple], batch: bool = True) -> list[Extraction]:
         """One Extraction per (refs, VL text, max_image_tokens), each distinct input forwarded at most once.
@@ -185,21 +187,22 @@ class Engine:
         cached exactly as single runs are. `vl_forwards` counts the inputs forwarded, `vl_batched_calls`
         the model calls made. A request is (refs, VL text, max_image_tokens) or, to also read one decoder layer's
         VL-text -> image attention in the same forward (issue 17), (refs, VL text, max_image_tokens, that layer):
-        its own cache entry, so extractions without attention stay as fast as ever.
+        its own cache entry, so extractions without attention stay as fast as ever. A fifth item is the VL system
+        turn's text (issue 27's vl_system; None: the stock template), also part of both cache keys.
         """
         budget = self.models.caption_budget
-        requests = [tuple(r) if len(r) == 4 else (*r, None) for r in requests]
-        keys = [(tuple(r.sha256 for r in refs), text, budget, mit, self.models.spec.vl, attn)
-                for refs, text, mit, attn in requests]
+        requests = [(*r, *(None,) * (5 - len(r))) for r in requests]
+        keys = [(tuple(r.sha256 for r in refs), text, budget, mit, self.models.spec.vl, attn, system)
+                for refs, text, mit, attn, system in requests]
         missing: list[tuple] = []  # (key, disk key, request) of each distinct uncached input, in request order
         for key, request in zip(keys, requests):
             if key in self._extractions or any(key == m[0] for m in missing):
                 continue
-            refs, text, mit, attn = request
+            refs, text, mit, attn, system = request
             disk_key = ex = None
             if self.disk_cache is not None:
                 vl = self.models.vl
-                disk_key = extraction_key(vl, [r.sha256 for r in refs], text, budget, mit, attn)
+                disk_key = extraction_key(vl, [r.sha256 for r in refs], text, budget, mit, attn, system)
                 ex = self.disk_cache.get(disk_key, vl.device)
             if ex is not None:
                 self._extractions[key] = ex
@@ -207,7 +210,8 @@ class Engine:
                 missing.append((key, disk_key, request))
         if missing:
             vl = self.models.vl
-            preps = [prepare(vl, [r.image for r in refs], text, budget, mit) for _, _, (refs, text, mit, _) in missing]
+            preps = [prepare(vl, [r.image for r in refs], text, budget, mit, system)
+                     for _, _, (refs, text, mit, _, system) in missing]
             plain = [i for i, m in enumerate(missing) if m[2][3] is None]
             done = dict(zip(plain, self._forward([preps[i] for i in plain], batch)))
             for i, m in enumerate(missing):  # with attention: one hooked call each (single-pass recipes only)
@@ -396,9 +400,11 @@ class Engine:
 
     def _vl_sequence(self, recipe: Recipe, prompt: str, refs: list[Reference]) -> tuple[C.Seq, list[Extraction]]:
         if recipe.dual:
+            system = recipe.resolve_vl_system()
             style_ex, content_ex = self.extractions(  # two passes, one batched model call when neither is cached
-                [(refs, recipe.resolve_vl_text(prompt, recipe.style_vl_text), recipe.max_image_tokens),
-                 (refs, recipe.resolve_vl_text(prompt, recipe.content_vl_text), recipe.max_image_tokens)],
+                [(refs, recipe.resolve_vl_text(prompt, recipe.style_vl_text), recipe.max_image_tokens, None, system),
+                 (refs, recipe.resolve_vl_text(prompt, recipe.content_vl_text), recipe.max_image_tokens, None,
+                  system)],
                 batch=self.batch_dual)
             style = self._select(style_ex, recipe.style_tokens, recipe, _first(recipe.style_layer, recipe.layer),
                                  "style")
@@ -421,7 +427,7 @@ class Engine:
                 raise UserError("reads the VL text's attention to the image, and the VL text is empty",
                                 field="image_attention", value=recipe.image_attention,
                                 fix="give the VL a text, or drop it (default none)")
-        ex = self.extraction(refs, text, recipe.max_image_tokens, attention)
+        ex = self.extraction(refs, text, recipe.max_image_tokens, attention, recipe.resolve_vl_system())
         if attention is not None and (PROMPT not in ex.roles or IMAGE not in ex.roles):
             raise UserError("reads the VL text's attention to the image, and this VL input has "
                             + ("no text positions" if PROMPT not in ex.roles else "no image"),
