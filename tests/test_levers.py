@@ -110,3 +110,86 @@ def test_dual_passes_both_read_the_system_turn(engine, refs):
     cond = engine.condition(Recipe(dual=True, vl_system="content"), PROMPT, refs)
     assert len(cond.extractions) == 2
     assert all(ex.vl_system == VLSystem.CONTENT.help for ex in cond.extractions)
+
+
+# ---------------------------------------------------------------- lever 2: separate guidance on the VL condition
+SIZE = dict(width=64, height=64, steps=2)
+NEGATIVE = "blurry, low quality"
+
+
+def _latents(pipe, embeds, *, seed=5, guidance=0.0, negative=None):
+    with torch.no_grad():
+        out = pipe(prompt_embeds=[embeds], negative_prompt_embeds=[negative] if negative is not None else None,
+                   guidance_scale=guidance, generator=torch.Generator("cpu").manual_seed(seed),
+                   num_inference_steps=2, width=64, height=64, output_type="latent")
+    return out.images
+
+
+def test_vl_guidance_0_is_diffusers_cfg_through_the_branch_hooks(engine, ref_pipe, refs):
+    """The hooks at vl_guidance 0 (batched [c; q; neg]) give diffusers' own CFG of [c; neg] (float tolerance:
+    a different batch changes the kernels' summation order)."""
+    from vlbench.engine.guidance import vl_guidance
+
+    cond = engine.condition(Recipe(alpha=0.5, guidance=2.0, negative_prompt=NEGATIVE), PROMPT, refs)
+    c, q = cond.embeds, engine.text_encoding(PROMPT).embeds
+    n = engine.text_encoding(NEGATIVE).embeds
+    expected = _latents(ref_pipe, c, guidance=2.0, negative=n)
+    with vl_guidance(ref_pipe.transformer, q, n, 2.0, 0.0) as stats:
+        got = _latents(ref_pipe, c)
+    assert stats == {"calls": 2, "items": 6, "branches": 3}  # 2 steps, [c; q; neg] each
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_vl_guidance_0_recipe_runs_diffusers_call_untouched(engine, ref_pipe, refs):
+    """The default recipe installs no hook: the image is diffusers' own CFG call, pixel for pixel."""
+    recipe = Recipe(guidance=1.5, negative_prompt=NEGATIVE, seed=4, **SIZE)
+    result = engine.run(recipe, PROMPT, refs)
+    assert "vl_guidance" not in result.conditioning.describe()
+    with torch.no_grad():
+        expected = ref_pipe(prompt_embeds=[result.conditioning.embeds],
+                            negative_prompt_embeds=[engine.text_encoding(NEGATIVE).embeds], guidance_scale=1.5,
+                            generator=torch.Generator("cpu").manual_seed(4), num_inference_steps=2, width=64,
+                            height=64).images[0]
+    assert (torch.tensor(list(result.image.getdata())) == torch.tensor(list(expected.getdata()))).all()
+
+
+@pytest.mark.parametrize("guidance", [0.0, 2.0])
+def test_three_branch_prediction_is_the_hand_combination_of_the_branch_predictions(engine, ref_pipe, refs,
+                                                                                    guidance):
+    from vlbench.engine.guidance import vl_guidance
+
+    transformer = ref_pipe.transformer
+    c = engine.condition(Recipe(), PROMPT, refs).embeds
+    q, n = engine.text_encoding(PROMPT).embeds, engine.text_encoding(NEGATIVE).embeds
+    x = torch.randn(16, 1, 8, 8, generator=torch.Generator("cpu").manual_seed(0))
+    t = torch.tensor([0.3])
+    g_vl = 1.7
+
+    def branch(caption):
+        with torch.no_grad():
+            return transformer([x], t, [caption], return_dict=False)[0][0].float()
+
+    pc, pq, pn = branch(c), branch(q), branch(n)
+    by_hand = pc + guidance * (pc - pn) + g_vl * (pc - pq)
+    with vl_guidance(transformer, q, n if guidance else None, guidance, g_vl) as stats, torch.no_grad():
+        got = transformer([x], t, [c], return_dict=False)[0][0]
+    assert stats["items"] == (3 if guidance else 2)
+    torch.testing.assert_close(got, by_hand, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(got, pc + guidance * (pc - pn), atol=1e-4)  # the VL term is really there
+
+
+def test_vl_guidance_run_records_the_text_branch_and_changes_the_image(engine, refs):
+    base = engine.run(Recipe(seed=2, **SIZE), PROMPT, refs)
+    guided = engine.run(Recipe(seed=2, vl_guidance=3.0, **SIZE), PROMPT, refs)
+    record = guided.conditioning.describe()["vl_guidance"]
+    assert record["scale"] == 3.0
+    assert record["text_branch"]["length"] == engine.text_encoding(PROMPT).embeds.shape[0]
+    assert list(base.image.getdata()) != list(guided.image.getdata())
+
+
+def test_vl_guidance_is_refused_where_it_has_no_effect():
+    for bad in (dict(alpha=0.0), dict(tokens="image", vl_text="none", schedule="0:vl, 1:qwen3")):
+        with pytest.raises(UserError) as exc:
+            Recipe(vl_guidance=1.0, **bad)
+        assert exc.value.field == "vl_guidance"
+    assert Recipe(vl_guidance=1.0).uses_text_encoder  # the text-only branch needs Qwen3-4B even at alpha 1

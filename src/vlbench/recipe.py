@@ -332,6 +332,14 @@ class Recipe:
     guidance: float = _f(0.0, "float", "classifier-free guidance scale (Turbo: 0)", G, lo=0.0)
     negative_prompt: str = _f("", "str", "the negative prompt", G,
                               applies=lambda r: r.guidance > 0, when="with guidance > 0")
+    # ---- issue 27: levers (docs/levers.md)
+    vl_guidance: float = _f(0.0, "float", "guidance on the VL condition beyond guidance, in ZImagePipeline's "
+                                          "convention (0 = none): pred = P(c) + guidance·(P(c) − P(neg)) + "
+                                          "vl_guidance·(P(c) − P(q)), c the recipe's caption, q Qwen3-4B's caption "
+                                          "of the prompt (the text-only branch); one more DiT item per step", G,
+                            applies=lambda r: r.uses_vl and r.schedule is None,
+                            when="when the VL is used, without a schedule (the text-only branch is compared with "
+                                 "one caption for the whole run)")
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -414,8 +422,9 @@ class Recipe:
 
     @property
     def uses_text_encoder(self) -> bool:
-        """Qwen3-4B is needed for alpha < 1 and for the negative prompt of guided runs."""
-        return self.uses_qwen3 or self.guidance > 0
+        """Qwen3-4B is needed for alpha < 1, for the negative prompt of guided runs and for vl_guidance's text-only
+        branch."""
+        return self.uses_qwen3 or self.guidance > 0 or self.vl_guidance != 0
 
     def resolve_vl_text(self, prompt: str, value: str | None = None) -> str | None:
         """The text the VL reads for `vl_text` (or another *_vl_text value)."""

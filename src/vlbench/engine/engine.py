@@ -85,6 +85,8 @@ class Conditioning:
     warnings: list[str] = field(default_factory=list)
     schedule: list[Scheduled] = field(default_factory=list)  # empty: one caption at every step
     bridge: bridge.Description | None = None  # text_bridge: what Qwen3-VL said (Qwen3-4B read prompt + it)
+    text_branch: torch.Tensor | None = None  # issue 27 vl_guidance: Qwen3-4B's caption q, the text-only branch
+    vl_guidance: float = 0.0
 
     @property
     def captions(self) -> list[torch.Tensor]:
@@ -105,6 +107,9 @@ class Conditioning:
             out["schedule"] = [s.describe() for s in self.schedule]
         if self.bridge is not None:
             out["text_bridge"] = self.bridge.to_dict()
+        if self.text_branch is not None:  # issue 27: what the three-branch CFG compared the caption with
+            out["vl_guidance"] = {"scale": self.vl_guidance, "formula": VL_GUIDANCE_FORMULA,
+                                  "text_branch": {"source": "qwen3", "length": int(self.text_branch.shape[0])}}
         for name, ex in zip(extraction_names(len(self.extractions), self.dual), self.extractions):
             out[name] = {
                 "input_ids": ex.input_ids,
@@ -125,6 +130,7 @@ class Conditioning:
         return out
 
 
+VL_GUIDANCE_FORMULA = "pred = P(c) + guidance*(P(c) - P(neg)) + vl_guidance*(P(c) - P(q)); neg only with guidance > 0"
 ATTENTION_FORMULA = ("w_j = a_j / sum_j' a_j', a_j = mean over heads and VL-text (prompt-role) positions i of the "
                      "softmax attention probability from i to image position j in decoder layer `decoder_layer`")
 
@@ -310,7 +316,7 @@ class Engine:
             vl, extractions = self._vl_sequence(recipe, prompt, refs)
             timings["extraction"] = time.perf_counter() - start
         text = description = None
-        if recipe.uses_qwen3:
+        if recipe.uses_qwen3 or recipe.vl_guidance != 0:  # vl_guidance: Qwen3-4B's caption is the text-only branch
             t0 = time.perf_counter()
             qwen3_prompt = prompt
             if recipe.text_bridge:
@@ -359,7 +365,9 @@ class Engine:
         first = by_source[entries[0][1]] if entries else own
         return Conditioning(embeds=first.embeds, rows=first.rows, weights=first.weights if first.weighted else None,
                             extractions=extractions, text=text, timings=timings, warnings=warnings,
-                            schedule=schedule, bridge=description, dual=recipe.dual and recipe.uses_vl)
+                            schedule=schedule, bridge=description, dual=recipe.dual and recipe.uses_vl,
+                            text_branch=qwen3.embeds if recipe.vl_guidance != 0 else None,
+                            vl_guidance=recipe.vl_guidance)
 
     def _check_inputs(self, recipe: Recipe, refs: list[Reference], prompt: str) -> None:
         recipe.check_inputs(len(refs))
@@ -470,6 +478,8 @@ class Engine:
                       guidance=recipe.guidance, negative_embeds=negative, budget=budget, on_step=on_step)
         common["caption_weights"] = cond.weights
         common["schedule"] = [(s.from_step, s.embeds, s.weights) for s in cond.schedule[1:]]
+        if cond.text_branch is not None:
+            common["vl_guidance"] = (recipe.vl_guidance, cond.text_branch)
         if recipe.strength is None:
             image = generate(self.models.pipe, cond.embeds, **common)
         else:

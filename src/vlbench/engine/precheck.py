@@ -88,7 +88,7 @@ def check_plan(files: ModelFiles | None, jobs: Iterable[tuple[Recipe, str, list]
         system = recipe.resolve_vl_system()
         if system is not None and once(("vl-system", system)):  # issue 27
             check_special_tokens(files.vl_processor.tokenizer, system, "vl_system", "Qwen3-VL")
-        if recipe.uses_qwen3 and once(("qwen3", prompt)):
+        if (recipe.uses_qwen3 or recipe.vl_guidance != 0) and once(("qwen3", prompt)):
             check_special_tokens(files.qwen3_tokenizer, prompt, "prompt", QWEN3)
         if recipe.guidance > 0 and once(("qwen3-negative", recipe.negative_prompt)):
             check_special_tokens(files.qwen3_tokenizer, recipe.negative_prompt, "negative_prompt", QWEN3)
