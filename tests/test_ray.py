@@ -370,3 +370,31 @@ def test_search_on_two_actors_runs_trials_concurrently_and_resumes_with_none_los
 
 def _trials(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "trials.jsonl").read_text().splitlines()]
+
+
+def test_a_local_ray_start_that_times_out_once_is_tried_again_then_is_one_line(monkeypatch):
+    """Ray waits a fixed 30 s for its raylet; on a busy machine the first start can miss it. connect() shuts the
+    half-started instance down and tries once more; a second timeout is a one-line UserError, not Ray's traceback."""
+    ray = pytest.importorskip("ray")
+    from vlbench.errors import UserError
+    from vlbench.executors import ray_connect
+
+    calls = []
+
+    def init(**kwargs):
+        calls.append(kwargs["address"])
+        if calls.count("local") <= failures:
+            raise Exception("The current node timed out during startup. This could happen because ...")
+
+    monkeypatch.setattr(ray, "init", init)
+    monkeypatch.setattr(ray, "shutdown", lambda: calls.append("shutdown"))
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    failures = 1
+    assert ray_connect.connect(None, 2) is True
+    assert calls == ["local", "shutdown", "local"]
+    calls.clear()
+    failures = 2
+    with pytest.raises(UserError) as err:
+        ray_connect.connect(None, 2)
+    assert err.value.field == "executor" and "did not start" in str(err.value)
+    assert calls == ["local", "shutdown", "local", "shutdown"]
