@@ -382,7 +382,8 @@ def mixed_model(values: Mapping[tuple, float], confidence: float = 0.95) -> dict
         fit = model.fit(reml=True)
     mean, se = float(fit.fe_params["Intercept"]), float(fit.bse_fe["Intercept"])
     q = float(ndtri(0.5 + confidence / 2))
-    components = {name: float(v) for name, v in zip(vc, np.atleast_1d(fit.vcomp))}
+    names = list(getattr(model.exog_vc, "names", None) or sorted(vc))  # statsmodels orders them by name
+    components = {name: float(v) for name, v in zip(names, np.atleast_1d(fit.vcomp))}
     components["residual"] = float(fit.scale)
     return {"mean": mean, "se": se, "ci": [mean - q * se, mean + q * se], "converged": bool(fit.converged),
             "components": components, "warnings": sorted({str(w.message).splitlines()[0] for w in caught})[:3],
