@@ -1,15 +1,16 @@
-"""Statistics over a run's scored images: per config and metric, the mean with a bootstrap interval, and
-each config against a baseline with a paired difference, a Wilcoxon signed-rank test (Holm-corrected
-across configs) and a win rate.
+"""Statistics over a run's scored images: per config and metric, the mean with a 95% interval, and each config
+against a baseline with a paired difference, a test (Holm-corrected across configs), the win rate and the
+smallest difference the run could detect; optionally equivalence tests (TOST) and a power plan.
 
-The unit of resampling and pairing is one image slot: (prompt, reference sha256, seed). Two configs are
-compared on the slots both have, so a config is measured against the baseline on the same prompt,
-reference and starting noise. Every bootstrap draws its resamples from a fresh
-`numpy.random.default_rng(seed)`, so the output is reproducible and every config of a metric is
-resampled with the same index matrix (for equal n). The JSON schema is documented in docs/stats.md.
+The default unit ("cell") is a (prompt, reference sha256) cell with its seeds as replicates, prompts and
+references crossed random factors (vlbench.crossed: two-way ANOVA of cell means, Satterthwaite df; conditional
+on the prompts/references when fewer than 4). Paired differences are formed per image slot (prompt, reference,
+seed: the same starting noise), then per cell. `unit="image"` keeps vlbench.stats/1's computation: every image
+slot an independent unit, a percentile bootstrap from a fresh `numpy.random.default_rng(seed)` and a Wilcoxon
+signed-rank test. The JSON schema is documented in docs/stats.md.
 
-No torch here (the workbench imports this before its first paint); scipy is imported by the test only.
-Non-finite metric values are left out.
+No torch here (the workbench imports this before its first paint); numpy, and scipy's special functions (scipy.stats
+for the Wilcoxon test). Non-finite metric values are counted per config and metric and left out, never silently.
 """
 
 from __future__ import annotations
