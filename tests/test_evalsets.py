@@ -180,3 +180,19 @@ def test_run_with_the_photos_set_on_the_tiny_models(tiny_dirs, tmp_path, capsys)
 
     shas = {hashlib.sha256(e["path"].read_bytes()).hexdigest() for e in photos()}
     assert {ref["sha256"] for r in done for ref in r["references"]} <= shas
+
+
+def test_calibrate_reads_the_photographs_by_default(tiny_dirs, tmp_path):
+    """`vlbench calibrate` without --references takes its image-token statistics on the photos set."""
+    from safetensors import safe_open
+
+    from vlbench.cli import main
+    from vlbench.evalsets import photos
+
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a red fox\na small boat\n")
+    out = tmp_path / "stats.safetensors"
+    assert main(["calibrate", "--tiny", "--device", "cpu", "--prompts-file", str(prompts), "--out", str(out)]) == 0
+    with safe_open(str(out), "pt") as f:
+        meta = json.loads(f.metadata()["vlbench"])
+    assert meta["references"] == [hashlib.sha256(e["path"].read_bytes()).hexdigest() for e in photos()]
