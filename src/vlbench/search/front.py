@@ -12,7 +12,9 @@ import math
 from pathlib import Path
 from typing import Mapping, Sequence
 
-PARETO_SCHEMA = "vlbench.search.pareto/1"
+# /2: a trial's "ci" is vlbench stats' design-aware interval, named by its "method"; /1's (no "method") was a
+# percentile bootstrap over images. A resumed /1 search keeps its old trials' intervals, told apart by "method".
+PARETO_SCHEMA = "vlbench.search.pareto/2"
 
 
 def metric_summary(values: Mapping[tuple, float] | Sequence[float]) -> dict:
