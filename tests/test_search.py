@@ -189,7 +189,8 @@ def test_search_runs_scores_and_writes_a_correct_front(tiny_dirs, tmp_path, ref_
     from vlbench.experiments.results import ResultsLog
     from vlbench.metrics.score import load_scores
     from vlbench.recipe import Recipe, load_recipe
-    from vlbench.stats import bootstrap_ci
+    from scipy import stats as sps
+
     from vlbench.store import Store
 
     out = tmp_path / "search"
@@ -208,10 +209,13 @@ def test_search_runs_scores_and_writes_a_correct_front(tiny_dirs, tmp_path, ref_
         assert Recipe.from_dict(rows[0]["recipe"]).replace(seed=0) == Recipe.from_dict(t["recipe"])
         assert all(rows[0]["recipe"][k] == v for k, v in t["params"].items())
         scores = load_scores(folder)
-        for metric in ("siglip", "dino", "clip_i"):  # objective = mean over the images, CI = bootstrap_ci
+        for metric in ("siglip", "dino", "clip_i"):  # objective = mean over the images, CI = vlbench stats' own
             values = np.array([scores[r["key"]]["metrics"][metric] for r in rows])
+            # one prompt × one reference × 2 seeds: conditional on both, the t interval over the seeds
+            want = sps.t.interval(0.95, len(values) - 1, loc=values.mean(), scale=sps.sem(values))
             assert t["metrics"][metric]["mean"] == pytest.approx(values.mean())
-            assert t["metrics"][metric]["ci"] == pytest.approx(list(bootstrap_ci(values)))
+            assert t["metrics"][metric]["ci"] == pytest.approx(list(want), rel=1e-9)
+            assert t["metrics"][metric]["method"] == "seeds within cells" and t["metrics"][metric]["not_finite"] == 0
         assert (folder / "grid.png").is_file() and (folder / "report.html").is_file()
     # the front: our non-dominated set == an independent brute force == Optuna's best trials
     pareto = json.loads((out / "pareto.json").read_text())

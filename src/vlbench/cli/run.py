@@ -25,7 +25,8 @@ def add_arguments(p) -> None:
                    help="prompts, one per line (blank and # lines skipped), or a TOML file with prompts = [...]")
     p.add_argument("--eval-set", metavar="NAME_OR_DIR",
                    help="references and prompts of an evaluation set: quick, default (12 prompts × 6 procedural "
-                        "references), full (36 × 12), or a folder of images with an optional prompts.txt; "
+                        "references), full (36 × 12), photos (12 prompts × 7 real photographs), or a folder of "
+                        "images with an optional prompts.txt; "
                         "--image/--prompt add to it; its seeds apply unless --seeds is given")
     p.add_argument("--output-dir", required=True, metavar="DIR", help="where the images and reports go")
     p.add_argument("--quick", action="store_true", help="the type's quick subset (fewer layers, every kind of config)")

@@ -45,7 +45,7 @@ def add_arguments(p) -> None:
     p.add_argument("--prompt", action="append", default=[], metavar="TEXT", help="a prompt; repeat for several")
     p.add_argument("--prompts-file", metavar="FILE", help="prompts, one per line, or a TOML file with prompts = [...]")
     p.add_argument("--eval-set", metavar="NAME_OR_DIR",
-                   help="references and prompts of an evaluation set (quick, default, full, or a folder); its "
+                   help="references and prompts of an evaluation set (quick, default, full, photos, or a folder); its "
                         "seeds apply unless the space file or --seeds names others")
     p.add_argument("--seeds", "--seed", dest="seeds", metavar="SEEDS",
                    help="seeds of every trial: 3, 1,2,5, 0-7 (default: the space's seeds, else the eval set's, "

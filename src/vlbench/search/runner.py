@@ -5,7 +5,7 @@ combination the Recipe refuses is told to Optuna as FAIL with the Recipe's one-l
 and runs nothing. Otherwise the trial's images (every prompt × reference × seed) go through the runner
 (`vlbench.experiments.runner.run_experiment`: the one job path, the run record, the run store) into
 `trials/tNNNN/`, are scored (`vlbench.metrics.score.score_folder`), and each objective is the metric's mean over
-the trial's images, with its bootstrap 95% interval (`vlbench.stats.bootstrap_ci`); constraints are
+the trial's images, with its design-aware 95% interval (`vlbench stats`' method, vlbench.crossed); constraints are
 `trial.set_constraint` values (<= 0: satisfied).
 
 Storage: the study lives in `search.journal` in the output folder (Optuna's JournalStorage with a file backend:
@@ -23,6 +23,7 @@ with its stored parameters (its folder resumes) before any new trial is asked.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import threading
 import time
@@ -353,7 +354,7 @@ class _Evaluator:
         # `vlbench stats`/`vlbench score` read its scores.jsonl, and front/'s report shows the front's metrics
         score = score_folder(folder, space.metrics, self.metric_models, batch_size=self.batch_size, store=self.store)
         per_metric = _metric_values(folder)
-        account["metrics"] = {m: metric_summary(per_metric.get(m, [])) for m in space.metrics}
+        account["metrics"] = {m: metric_summary(per_metric.get(m, {})) for m in space.metrics}
         missing = [m for m in space.metrics if account["metrics"][m]["mean"] is None]
         if missing:
             account.update(state="failed", error=f"no values for {', '.join(missing)}"
@@ -383,20 +384,21 @@ class _Evaluator:
         _say(self.console, f"{trial_name(trial.number)}: failed: {account['error']}")
 
 
-def _metric_values(folder: Path) -> dict[str, list[float]]:
-    """Each metric's values over the folder's done images (the image on record)."""
-    from vlbench.experiments.results import ResultsLog, latest_by_key
+def _metric_values(folder: Path) -> dict[str, dict[tuple, float]]:
+    """Each metric's values over the folder's done images (the image on record), by (prompt, reference, seed)."""
+    from vlbench.experiments.results import ResultsLog, latest_by_key, references_key
     from vlbench.metrics.score import load_scores
 
     rows, _ = ResultsLog(folder / "results.jsonl").read()
     scores = load_scores(folder)
-    out: dict[str, list[float]] = {}
+    out: dict[str, dict[tuple, float]] = {}
     for key, row in latest_by_key(rows).items():
         s = scores.get(key)
         if row["status"] != "done" or s is None or s["image"] != row["image"]:
             continue
+        unit = (row["prompt"], references_key(row), int(row["seed"]))
         for metric, value in s["metrics"].items():
-            out.setdefault(metric, []).append(float(value))
+            out.setdefault(metric, {})[unit] = float(value) if value is not None else math.nan
     return out
 
 
