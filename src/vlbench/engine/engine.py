@@ -85,6 +85,7 @@ class Conditioning:
     warnings: list[str] = field(default_factory=list)
     schedule: list[Scheduled] = field(default_factory=list)  # empty: one caption at every step
     bridge: bridge.Description | None = None  # text_bridge: what Qwen3-VL said (Qwen3-4B read prompt + it)
+    mixes: list[dict] = field(default_factory=list)  # step 0's attend mixes: ratio, meaning, rows, weights, shares
 
     @property
     def captions(self) -> list[torch.Tensor]:
@@ -105,6 +106,8 @@ class Conditioning:
             out["schedule"] = [s.describe() for s in self.schedule]
         if self.bridge is not None:
             out["text_bridge"] = self.bridge.to_dict()
+        if self.mixes:
+            out["attend_mixes"] = self.mixes
         for name, ex in zip(extraction_names(len(self.extractions), self.dual), self.extractions):
             out[name] = {
                 "input_ids": ex.input_ids,
@@ -338,13 +341,13 @@ class Engine:
                 ratio = recipe.alpha
                 if recipe.curve != Curve.CONSTANT:
                     ratio = blend.ratio_curve(qwen3.length, recipe.alpha, recipe.alpha_end, recipe.curve)
-                own = C.mix(qwen3, vl, ratio, recipe.alpha_policy, "alpha")
+                own = C.mix(qwen3, vl, ratio, recipe.alpha_policy, "alpha", recipe.attend_ratio)
         entries = recipe.schedule_entries
         by_source = {"recipe": own, "vl": vl, "qwen3": qwen3}
         for _, source in entries:  # alpha=R: the alpha mix at R (alpha_policy), as a recipe with alpha R mixes
             ratio = schedule_alpha(source)
             if ratio is not None and source not in by_source:
-                by_source[source] = C.mix(qwen3, vl, ratio, recipe.alpha_policy, "alpha")
+                by_source[source] = C.mix(qwen3, vl, ratio, recipe.alpha_policy, "alpha", recipe.attend_ratio)
         timings["blend"] = time.perf_counter() - t0
         schedule = []
         for i, (step, source) in enumerate(entries):
@@ -355,7 +358,8 @@ class Engine:
         first = by_source[entries[0][1]] if entries else own
         return Conditioning(embeds=first.embeds, rows=first.rows, weights=first.weights if first.weighted else None,
                             extractions=extractions, text=text, timings=timings, warnings=warnings,
-                            schedule=schedule, bridge=description, dual=recipe.dual and recipe.uses_vl)
+                            schedule=schedule, bridge=description, dual=recipe.dual and recipe.uses_vl,
+                            mixes=first.mixes)
 
     def _check_inputs(self, recipe: Recipe, refs: list[Reference], prompt: str) -> None:
         recipe.check_inputs(len(refs))
@@ -404,7 +408,7 @@ class Engine:
                                  "style")
             content = self._select(content_ex, recipe.content_tokens, recipe,
                                    _first(recipe.content_layer, recipe.layer), "content")
-            return C.mix(content, style, recipe.dual_ratio, recipe.dual_policy, "dual_ratio"), [content_ex, style_ex]
+            return C.mix(content, style, recipe.dual_ratio, recipe.dual_policy, "dual_ratio", recipe.attend_ratio), [content_ex, style_ex]
         text = recipe.resolve_vl_text(prompt)
         if recipe.multi_image == MultiImage.SEPARATE and len(refs) > 1:
             pairs = [self._single(recipe, text, [r]) for r in refs]
@@ -431,7 +435,7 @@ class Engine:
             return self._select(ex, recipe.tokens, recipe), ex
         text_seq = self._select(ex, "text", recipe)
         image_seq = self._select(ex, "image", recipe)
-        return C.mix(text_seq, image_seq, recipe.intra_ratio, recipe.intra_policy, "intra_ratio"), ex
+        return C.mix(text_seq, image_seq, recipe.intra_ratio, recipe.intra_policy, "intra_ratio", recipe.attend_ratio), ex
 
     def attention_layer(self, recipe: Recipe) -> int:
         """The decoder layer (0-based) whose attention weights the image tokens: attention_layer, else the image rows'
@@ -463,6 +467,7 @@ class Engine:
         common = dict(seed=recipe.seed, steps=recipe.steps, width=recipe.width, height=recipe.height,
                       guidance=recipe.guidance, negative_embeds=negative, budget=budget, on_step=on_step)
         common["caption_weights"] = cond.weights
+        common["attend_scope"] = recipe.attend_scope
         common["schedule"] = [(s.from_step, s.embeds, s.weights) for s in cond.schedule[1:]]
         if recipe.strength is None:
             image = generate(self.models.pipe, cond.embeds, **common)
@@ -490,10 +495,12 @@ class Engine:
 def check_attention(recipe: Recipe, attention: str | None) -> None:
     """Refuse, before any model runs, a weighted attend mix on an attention kernel that takes no mask."""
     if attention == "sdpa-flash" and recipe.attention_bias:
-        name, (ratio, _) = next((n, m) for n, m in recipe.mixes.items() if m[1] == "attend" and m[0] not in (0, .5, 1))
+        name, ratio = next(((n, m[0]) for n, m in recipe.mixes.items() if m[1] == "attend" and m[0] != "natural"
+                            and 0 < m[0] < 1), ("alpha", next(iter(recipe.scheduled_alphas), "")))
         raise UserError(f"takes no attention mask, and the attend mix {name} {ratio:g} weights caption rows with one",
                         field="attention", value=attention,
-                        fix=f"use sdpa (the default) or sdpa-cudnn, or {name} 0.5 (plain concatenation, no weights)")
+                        fix=f"use sdpa (the default) or sdpa-cudnn, or {name} natural (plain concatenation, no "
+                            "weights)")
 
 
 def environment(models: Models | None = None) -> dict[str, Any]:
