@@ -22,7 +22,7 @@ from vlbench.engine.encode import TextEncoding, encode_text
 from vlbench.engine import blend
 from vlbench.engine.extract import (IMAGE, PROMPT, Extraction, batch_memory_bytes, check_special_tokens,
                                     decoder_layer_for, forward, forward_batch, load_image, prepare)
-from vlbench.engine.generate import check_caption, generate
+from vlbench.engine.generate import ShareProbe, check_caption, generate, mix_sides
 from vlbench.engine.models import Models
 from vlbench.engine import condition as C
 from vlbench.recipe import Curve, ImageAttention, MultiImage, Normalization, Recipe, VLText, schedule_alpha
@@ -166,6 +166,7 @@ class Engine:
         self.vl_forwards = 0  # distinct (images, VL text) inputs run through the VL model (the cache serves the rest)
         self.vl_batched_calls = 0  # actual VL model calls: a batched call over several inputs counts once
         self.batch_dual = True  # a dual recipe's two uncached passes run as one batched call when they fit
+        self.share_probe = False  # measure each attend mix's realised share in the DiT (generate.ShareProbe)
         self._img2img = None
         self._environment: dict | None = None
 
@@ -468,6 +469,12 @@ class Engine:
                       guidance=recipe.guidance, negative_embeds=negative, budget=budget, on_step=on_step)
         common["caption_weights"] = cond.weights
         common["attend_scope"] = recipe.attend_scope
+        probe = None
+        if self.share_probe and cond.mixes:
+            per_token = self.models.pipe.vae_scale_factor * 2
+            probe = ShareProbe(self.models.pipe.transformer, int(cond.embeds.shape[0]),
+                               (recipe.height // per_token) * (recipe.width // per_token))
+        common["probe"] = probe
         common["schedule"] = [(s.from_step, s.embeds, s.weights) for s in cond.schedule[1:]]
         if recipe.strength is None:
             image = generate(self.models.pipe, cond.embeds, **common)
@@ -475,6 +482,8 @@ class Engine:
             image = generate(self.img2img_pipe, cond.embeds, init_image=refs[0].image, strength=recipe.strength,
                              **common)
         timings = dict(cond.timings, generation=time.perf_counter() - start)
+        if probe is not None:
+            record_realised_shares(cond, probe)
         peak = int(torch.cuda.max_memory_allocated(self.models.device)) if cuda else None
         return Result(image=image, conditioning=cond, timings=timings, peak_memory_bytes=peak)
 
@@ -490,6 +499,20 @@ class Engine:
                 tokenizer=pipe.tokenizer, transformer=pipe.transformer)
             self._img2img.set_progress_bar_config(disable=True)
         return self._img2img
+
+
+def record_realised_shares(cond: Conditioning, probe: ShareProbe) -> None:
+    """Each attend mix's account gains `realised_share`: the share of the image tokens' attention to the mix's rows
+    that reached its other source, in the probe's blocks, summed over heads, image tokens and steps (step 0's
+    caption: with a schedule, the steps that read another caption count too)."""
+    for account in cond.mixes:
+        account["realised_share"] = round(probe.shares(mix_sides(cond.rows, account["mix"])), 6)
+        account["realised_in"] = {"blocks": [f"layers.{i}" for i in probe.blocks], "forwards": probe.calls,
+                                  "formula": REALISED_FORMULA}
+
+
+REALISED_FORMULA = ("sum over probed joint blocks, denoising steps, heads and image-token queries of the softmax "
+                    "attention on the mix's other-source caption rows / the same sum over all the mix's rows")
 
 
 def check_attention(recipe: Recipe, attention: str | None) -> None:

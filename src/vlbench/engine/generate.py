@@ -121,6 +121,84 @@ def caption_attention(transformer, weights: torch.Tensor | None,
             handle.remove()
 
 
+def _rope(x: torch.Tensor, freqs_cis: torch.Tensor) -> torch.Tensor:
+    """Z-Image's rotary embedding, as its attention processor applies it (x [B, L, H, d], freqs [B, L, d/2])."""
+    out = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2)) * freqs_cis.unsqueeze(2)
+    return torch.view_as_real(out).flatten(3).type_as(x)
+
+
+class ShareProbe:
+    """The realised share: how much of the image tokens' attention to the caption reaches each caption row, measured
+    in a few joint blocks of the DiT for the conditional item (the batch's first).
+
+    A forward pre-hook on each chosen block's attention module reads its input (the normalised hidden states, the
+    key mask — with the attend bias when one is installed — and the RoPE frequencies) and recomputes, with the
+    module's own to_q/to_k/norms, p = softmax(q·kᵀ/√d + mask) for the image queries, fp32, in chunks of queries. It
+    adds Σ_heads Σ_image queries p to `mass` ([n_caption]: one total per caption row), summed over blocks and
+    steps. The model's own attention is not touched (the hook only reads). Off unless asked (engine.share_probe)."""
+
+    def __init__(self, transformer, n_caption: int, n_image: int, blocks: tuple[int, ...] | None = None,
+                 chunk: int = 256):
+        layers = transformer.layers
+        self.blocks = tuple(sorted({0, len(layers) // 2, len(layers) - 1})) if blocks is None else tuple(blocks)
+        self.n_caption, self.n_image, self.chunk = n_caption, n_image, chunk
+        self.mass = torch.zeros(n_caption, dtype=torch.float64)
+        self.calls = 0
+        self._handles = [layers[i].attention.register_forward_pre_hook(self._hook, with_kwargs=True)
+                         for i in self.blocks]
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    @torch.no_grad()
+    def _hook(self, attn, args, kwargs):
+        hidden = (args[0] if args else kwargs["hidden_states"])[:1]
+        mask = kwargs.get("attention_mask")
+        freqs = kwargs.get("freqs_cis")
+        q = attn.to_q(hidden).unflatten(-1, (attn.heads, -1))
+        k = attn.to_k(hidden).unflatten(-1, (attn.heads, -1))
+        if attn.norm_q is not None:
+            q = attn.norm_q(q)
+        if attn.norm_k is not None:
+            k = attn.norm_k(k)
+        if freqs is not None:
+            q, k = _rope(q, freqs[:1]), _rope(k, freqs[:1])
+        q, k = q[0].transpose(0, 1).float(), k[0].transpose(0, 1).float()  # [H, L, d]
+        length = k.shape[1]
+        key_mask = torch.zeros(length, dtype=torch.float32, device=k.device)
+        if mask is not None:
+            m = mask[0].reshape(-1)[-length:]
+            key_mask = key_mask.masked_fill(~m.bool(), float("-inf")) if m.dtype == torch.bool else m.float()
+        first_len = int(torch.isfinite(key_mask).sum()) if mask is not None else length
+        start = first_len - (self.n_caption + (-self.n_caption) % CAPTION_PAD)
+        scale = q.shape[-1] ** -0.5
+        total = torch.zeros(self.n_caption, dtype=torch.float64, device=k.device)
+        for lo in range(0, self.n_image, self.chunk):
+            scores = q[:, lo:min(lo + self.chunk, self.n_image)] @ k.transpose(1, 2) * scale + key_mask
+            p = scores.softmax(-1)[..., start:start + self.n_caption]
+            total += p.sum((0, 1)).double()
+        self.mass += total.cpu()
+        self.calls += 1
+        return None
+
+    def shares(self, sides: torch.Tensor) -> float:
+        """The realised share of the rows where `sides` is 1 among the rows where it is 0 or 1 (-1: not in this
+        mix): their attention mass over the mix's rows' mass."""
+        inside = sides >= 0
+        return float(self.mass[sides == 1].sum() / self.mass[inside].sum())
+
+
+def mix_sides(rows: list[dict], knob: str) -> torch.Tensor:
+    """[L] per caption row: 1 from the `knob` mix's other source, 0 from its base, -1 not in that mix."""
+    out = []
+    for row in rows:
+        tag = row.get(f"{knob}_mix")
+        out.append(-1 if tag is None else int(tag.get("from") == "other"))
+    return torch.tensor(out)
+
+
 def check_size(width: int, height: int, pipe) -> None:
     """Refuse a size past the DiT's image positions (RoPE axes 1 and 2: one position per 16 pixels; 8192 px for
     Z-Image-Turbo): past them the CPU raises an IndexError and a GPU a device-side assert."""
@@ -141,20 +219,26 @@ def generate(pipe, embeds: torch.Tensor, *, seed: int, steps: int, width: int, h
              negative_embeds: torch.Tensor | None = None, budget: int,
              on_step: Callable[[int, int], None] | None = None, output_type: str = "pil",
              init_image=None, strength: float | None = None, caption_weights: torch.Tensor | None = None,
-             schedule: list[tuple[int, torch.Tensor, torch.Tensor | None]] = (), attend_scope: str = "refiner+joint"):
+             schedule: list[tuple[int, torch.Tensor, torch.Tensor | None]] = (), attend_scope: str = "refiner+joint",
+             probe: "ShareProbe | None" = None):
     """One image from `embeds` ([L, D]) with diffusers' Z-Image pipeline (txt2img, or img2img when
     `pipe` is a ZImageImg2ImgPipeline and `init_image`/`strength` are given). Returns a PIL image.
     `caption_weights` ([L]): attention weights of the caption rows (see caption_attention), in the blocks of
     `attend_scope`.
     `schedule`: (from step, embeds, caption weights) of later captions: from that step on (counted as the
-    sampler runs them, 0 first) the DiT reads that caption with those weights; `embeds` conditions step 0."""
+    sampler runs them, 0 first) the DiT reads that caption with those weights; `embeds` conditions step 0.
+    `probe`: a ShareProbe installed on the transformer (removed here when the image is done)."""
     later = {step: weights for step, _, weights in schedule}
-    with caption_attention(pipe.transformer, caption_weights, tuple(later.values()), attend_scope) as bias:
-        return generate_batch(pipe, embeds, seeds=[seed], steps=steps, width=width, height=height,
-                              guidance=guidance, negative_embeds=negative_embeds, budget=budget, on_step=on_step,
-                              output_type=output_type, init_image=init_image, strength=strength,
-                              schedule=[(step, e) for step, e, _ in schedule],
-                              on_swap=lambda step: bias.set(later[step]))[0]
+    try:
+        with caption_attention(pipe.transformer, caption_weights, tuple(later.values()), attend_scope) as bias:
+            return generate_batch(pipe, embeds, seeds=[seed], steps=steps, width=width, height=height,
+                                  guidance=guidance, negative_embeds=negative_embeds, budget=budget, on_step=on_step,
+                                  output_type=output_type, init_image=init_image, strength=strength,
+                                  schedule=[(step, e) for step, e, _ in schedule],
+                                  on_swap=lambda step: bias.set(later[step]))[0]
+    finally:
+        if probe is not None:
+            probe.remove()
 
 
 @torch.inference_mode()
