@@ -137,3 +137,12 @@ def test_an_old_search_over_a_ratio_is_refused_in_one_line():
 def test_upgrade_recipe_keeps_each_old_meaning(old, new):
     assert upgrade_recipe(old, 2) == new
     Recipe.from_dict(new)  # a valid recipe of today's schema
+
+
+def test_inspect_shows_an_old_pngs_meaning_and_the_share_its_row_counts_give(capsys):
+    from vlbench.cli import main
+
+    assert main(["inspect", str(OLD_PNG)]) == 0
+    out = capsys.readouterr().out
+    assert "written as record schema 2" in out and '"attend_ratio": "token-odds"' in out
+    assert "prior share of the down-weighted source 0.566" in out  # 70·(3/7) / (23 + 70·(3/7)) = 30/53
