@@ -36,6 +36,7 @@ def add_arguments(p) -> None:
     common.add_recipe_flags(p, only=("steps", "width", "height"), recipe_file=False)
     p.add_argument("--limit", type=int, metavar="N", help="generate at most N images now; re-run to continue")
     p.add_argument("--no-store", action="store_true", help="do not record the images in the run history")
+    p.add_argument("--measure-share", action="store_true", help="record each attend mix's realised share: the share of the image tokens' attention to the mix's caption rows that reaches its other source, measured in a few joint blocks of the DiT (docs/intra_vl_blending.md)")
     g = common.add_metric_flags(p, in_run=True)
     g.add_argument("--metrics-batch-size", type=int, default=16, metavar="N", help="images per metric batch (default 16)")
     p.add_argument("--no-diagnostics", action="store_true",
@@ -119,12 +120,17 @@ def run(args) -> int:
             raise
     choice = ExecutorChoice(args.executor, args.ray_address, args.ray_actors)
     batch = common.batch_size(args.batch, choice.kind)
+    if args.measure_share and args.executor != "local":
+        raise UserError("measures in the local engine only", field="measure_share", value=True,
+                        fix="drop --executor, or drop --measure-share")
 
     console = common.console()
     n = len(recipes) * len(reference_sets) * len(prompts) * len(seeds or [None])
     size = max((image_bytes(r.recipe.width, r.recipe.height) for r in recipes), default=0)
     common.check_free_space(out, n * size + (1 << 20), console, "output_dir")  # + grid, report, run.json
     engine, executor = start_executor(spec, choice, lambda s: common.engine(s, console, files=files), console)
+    if engine is not None:
+        engine.share_probe = args.measure_share
     store = None if args.no_store else common.open_store(console)
     parameters = {"experiment": args.experiment, "images": images, "prompts": prompts, "seeds": seeds,
                   "eval_set": args.eval_set,

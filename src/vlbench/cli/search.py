@@ -98,6 +98,7 @@ def run(args) -> int:
                             field=given[0], value=getattr(args, given[0]),
                             fix="drop it, or start a new search in another folder")
         space = parse_space(info["space_source"], Path(info["space_file"]))
+        _check_meaning(info, space, args.output_dir)
         if args.space is not None and load_space(args.space).source != space.source:
             raise UserError("differs from the space this search was started with (search.json)", field="space",
                             value=args.space, fix="resume without --space, or start a new search in another folder")
@@ -143,7 +144,7 @@ def run(args) -> int:
         invocation = {"started": _now(), "argv": list(sys.argv), "trials": args.trials,
                       "budget_minutes": args.budget_minutes,
                       "executor": executor.describe() if executor is not None else {"kind": "local"}}
-        info = info or {"schema": "vlbench.search/1", "space_file": str(space.path), "space_source": space.source,
+        info = info or {"schema": SEARCH_SCHEMA, "space_file": str(space.path), "space_source": space.source,
                         "sampler": space.sampler, "sampler_seed": sampler_seed, "inputs": inputs,
                         "metric_sources": sources, "invocations": []}
         info["invocations"].append(invocation)
@@ -188,6 +189,22 @@ def run(args) -> int:
                       "failed; the reasons above and in trials.jsonl)[/red]")
         return 1
     return 0
+
+
+SEARCH_SCHEMA = "vlbench.search/2"  # 2: its recipes are of recipe schema 3 (attend ratios are shares)
+RATIO_FIELDS = ("alpha", "intra_ratio", "dual_ratio")
+
+
+def _check_meaning(info: dict, space, output_dir: str) -> None:
+    """A search started before recipe schema 3 whose space sets or searches a mix ratio is refused in one line:
+    its finished trials read the ratio as per-token odds, and Optuna would go on as if it meant a share."""
+    if info.get("schema") != "vlbench.search/1":
+        return
+    ratios = [f for f in RATIO_FIELDS if f in space.fixed or any(p.name == f for p in space.params)]
+    if ratios:
+        raise UserError(f"is a search started before recipe schema 3, where {ratios[0]} was per-token odds; this "
+                        f"vlbench reads it as a share", field="output_dir", value=output_dir,
+                        fix="start a new search in another folder (this one's trials keep their old meaning)")
 
 
 def _inputs(args, space) -> dict:

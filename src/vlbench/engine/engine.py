@@ -22,7 +22,7 @@ from vlbench.engine.encode import TextEncoding, encode_text
 from vlbench.engine import blend
 from vlbench.engine.extract import (IMAGE, PROMPT, Extraction, batch_memory_bytes, check_special_tokens,
                                     decoder_layer_for, forward, forward_batch, load_image, prepare)
-from vlbench.engine.generate import check_caption, generate
+from vlbench.engine.generate import ShareProbe, check_caption, generate, mix_sides
 from vlbench.engine.models import Models
 from vlbench.engine import condition as C
 from vlbench.recipe import Curve, ImageAttention, MultiImage, Normalization, Recipe, VLText, schedule_alpha
@@ -87,6 +87,7 @@ class Conditioning:
     bridge: bridge.Description | None = None  # text_bridge: what Qwen3-VL said (Qwen3-4B read prompt + it)
     text_branch: torch.Tensor | None = None  # issue 27 vl_guidance: Qwen3-4B's caption q, the text-only branch
     vl_guidance: float = 0.0
+    mixes: list[dict] = field(default_factory=list)  # step 0's attend mixes: ratio, meaning, rows, weights, shares
 
     @property
     def captions(self) -> list[torch.Tensor]:
@@ -110,6 +111,8 @@ class Conditioning:
         if self.text_branch is not None:  # issue 27: what the three-branch CFG compared the caption with
             out["vl_guidance"] = {"scale": self.vl_guidance, "formula": VL_GUIDANCE_FORMULA,
                                   "text_branch": {"source": "qwen3", "length": int(self.text_branch.shape[0])}}
+        if self.mixes:
+            out["attend_mixes"] = self.mixes
         for name, ex in zip(extraction_names(len(self.extractions), self.dual), self.extractions):
             out[name] = {
                 "input_ids": ex.input_ids,
@@ -172,6 +175,7 @@ class Engine:
         self.vl_forwards = 0  # distinct (images, VL text) inputs run through the VL model (the cache serves the rest)
         self.vl_batched_calls = 0  # actual VL model calls: a batched call over several inputs counts once
         self.batch_dual = True  # a dual recipe's two uncached passes run as one batched call when they fit
+        self.share_probe = False  # measure each attend mix's realised share in the DiT (generate.ShareProbe)
         self._img2img = None
         self._environment: dict | None = None
 
@@ -349,13 +353,13 @@ class Engine:
                 ratio = recipe.alpha
                 if recipe.curve != Curve.CONSTANT:
                     ratio = blend.ratio_curve(qwen3.length, recipe.alpha, recipe.alpha_end, recipe.curve)
-                own = C.mix(qwen3, vl, ratio, recipe.alpha_policy, "alpha")
+                own = C.mix(qwen3, vl, ratio, recipe.alpha_policy, "alpha", recipe.attend_ratio)
         entries = recipe.schedule_entries
         by_source = {"recipe": own, "vl": vl, "qwen3": qwen3}
         for _, source in entries:  # alpha=R: the alpha mix at R (alpha_policy), as a recipe with alpha R mixes
             ratio = schedule_alpha(source)
             if ratio is not None and source not in by_source:
-                by_source[source] = C.mix(qwen3, vl, ratio, recipe.alpha_policy, "alpha")
+                by_source[source] = C.mix(qwen3, vl, ratio, recipe.alpha_policy, "alpha", recipe.attend_ratio)
         timings["blend"] = time.perf_counter() - t0
         schedule = []
         for i, (step, source) in enumerate(entries):
@@ -368,7 +372,7 @@ class Engine:
                             extractions=extractions, text=text, timings=timings, warnings=warnings,
                             schedule=schedule, bridge=description, dual=recipe.dual and recipe.uses_vl,
                             text_branch=qwen3.embeds if recipe.vl_guidance != 0 else None,
-                            vl_guidance=recipe.vl_guidance)
+                            vl_guidance=recipe.vl_guidance, mixes=first.mixes)
 
     def _check_inputs(self, recipe: Recipe, refs: list[Reference], prompt: str) -> None:
         recipe.check_inputs(len(refs))
@@ -419,7 +423,7 @@ class Engine:
                                  "style")
             content = self._select(content_ex, recipe.content_tokens, recipe,
                                    _first(recipe.content_layer, recipe.layer), "content")
-            return C.mix(content, style, recipe.dual_ratio, recipe.dual_policy, "dual_ratio"), [content_ex, style_ex]
+            return C.mix(content, style, recipe.dual_ratio, recipe.dual_policy, "dual_ratio", recipe.attend_ratio), [content_ex, style_ex]
         text = recipe.resolve_vl_text(prompt)
         if recipe.multi_image == MultiImage.SEPARATE and len(refs) > 1:
             pairs = [self._single(recipe, text, [r]) for r in refs]
@@ -446,7 +450,7 @@ class Engine:
             return self._select(ex, recipe.tokens, recipe), ex
         text_seq = self._select(ex, "text", recipe)
         image_seq = self._select(ex, "image", recipe)
-        return C.mix(text_seq, image_seq, recipe.intra_ratio, recipe.intra_policy, "intra_ratio"), ex
+        return C.mix(text_seq, image_seq, recipe.intra_ratio, recipe.intra_policy, "intra_ratio", recipe.attend_ratio), ex
 
     def attention_layer(self, recipe: Recipe) -> int:
         """The decoder layer (0-based) whose attention weights the image tokens: attention_layer, else the image rows'
@@ -478,6 +482,13 @@ class Engine:
         common = dict(seed=recipe.seed, steps=recipe.steps, width=recipe.width, height=recipe.height,
                       guidance=recipe.guidance, negative_embeds=negative, budget=budget, on_step=on_step)
         common["caption_weights"] = cond.weights
+        common["attend_scope"] = recipe.attend_scope
+        probe = None
+        if self.share_probe and cond.mixes:
+            per_token = self.models.pipe.vae_scale_factor * 2
+            probe = ShareProbe(self.models.pipe.transformer, int(cond.embeds.shape[0]),
+                               (recipe.height // per_token) * (recipe.width // per_token))
+        common["probe"] = probe
         common["schedule"] = [(s.from_step, s.embeds, s.weights) for s in cond.schedule[1:]]
         if cond.text_branch is not None:
             common["vl_guidance"] = (recipe.vl_guidance, cond.text_branch)
@@ -487,6 +498,8 @@ class Engine:
             image = generate(self.img2img_pipe, cond.embeds, init_image=refs[0].image, strength=recipe.strength,
                              **common)
         timings = dict(cond.timings, generation=time.perf_counter() - start)
+        if probe is not None:
+            record_realised_shares(cond, probe)
         peak = int(torch.cuda.max_memory_allocated(self.models.device)) if cuda else None
         return Result(image=image, conditioning=cond, timings=timings, peak_memory_bytes=peak)
 
@@ -504,13 +517,29 @@ class Engine:
         return self._img2img
 
 
+def record_realised_shares(cond: Conditioning, probe: ShareProbe) -> None:
+    """Each attend mix's account gains `realised_share`: the share of the image tokens' attention to the mix's rows
+    that reached its other source, in the probe's blocks, summed over heads, image tokens and steps (step 0's
+    caption: with a schedule, the steps that read another caption count too)."""
+    for account in cond.mixes:
+        account["realised_share"] = round(probe.shares(mix_sides(cond.rows, account["mix"])), 6)
+        account["realised_in"] = {"blocks": [f"layers.{i}" for i in probe.blocks], "forwards": probe.calls,
+                                  "formula": REALISED_FORMULA}
+
+
+REALISED_FORMULA = ("sum over probed joint blocks, denoising steps, heads and image-token queries of the softmax "
+                    "attention on the mix's other-source caption rows / the same sum over all the mix's rows")
+
+
 def check_attention(recipe: Recipe, attention: str | None) -> None:
     """Refuse, before any model runs, a weighted attend mix on an attention kernel that takes no mask."""
     if attention == "sdpa-flash" and recipe.attention_bias:
-        name, (ratio, _) = next((n, m) for n, m in recipe.mixes.items() if m[1] == "attend" and m[0] not in (0, .5, 1))
+        name, ratio = next(((n, m[0]) for n, m in recipe.mixes.items() if m[1] == "attend" and m[0] != "natural"
+                            and 0 < m[0] < 1), ("alpha", next(iter(recipe.scheduled_alphas), "")))
         raise UserError(f"takes no attention mask, and the attend mix {name} {ratio:g} weights caption rows with one",
                         field="attention", value=attention,
-                        fix=f"use sdpa (the default) or sdpa-cudnn, or {name} 0.5 (plain concatenation, no weights)")
+                        fix=f"use sdpa (the default) or sdpa-cudnn, or {name} natural (plain concatenation, no "
+                            "weights)")
 
 
 def environment(models: Models | None = None) -> dict[str, Any]:
