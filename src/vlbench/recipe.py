@@ -898,11 +898,11 @@ def seeds_value(value: Any, field: str = "seeds") -> list[int]:
 # ---------------------------------------------------------------- TOML files
 def read_recipe_file(path: str | Path) -> dict[str, Any]:
     """The fields a recipe file sets (a partial recipe is fine), checked as keys; values are checked by Recipe."""
-    from vlbench.files import NotAFile, read_text_file
+    from vlbench.files import NotAFile, TooDeep, read_toml_file
 
     path = Path(path)
     try:
-        data = tomllib.loads(read_text_file(path))
+        data = read_toml_file(path)
     except FileNotFoundError:
         raise UserError("no such file", field="recipe", value=str(path)) from None
     except IsADirectoryError:
@@ -911,6 +911,8 @@ def read_recipe_file(path: str | Path) -> dict[str, Any]:
         raise UserError(str(exc), field="recipe", value=str(path)) from None
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"not valid TOML ({exc})", field="recipe", value=str(path)) from None
+    except TooDeep as exc:
+        raise UserError(str(exc), field="recipe", value=str(path)) from None
     except (OSError, ValueError) as exc:  # ValueError: UnicodeDecodeError, a NUL in the path
         raise UserError(f"cannot read it ({exc.__class__.__name__})", field="recipe", value=str(path)) from None
     try:
