@@ -1067,12 +1067,12 @@ def read_recipe_file(path: str | Path) -> dict[str, Any]:
     """The fields a recipe file sets (a partial recipe is fine), checked as keys; values are checked by Recipe.
     A file Recipe.to_toml wrote before recipe schema 3 (its first line exactly OLD_TOML_HEADER) is read as what it
     was (upgrade_recipe); any other file is read in the current schema."""
-    from vlbench.files import NotAFile, read_text_file
+    from vlbench.files import NotAFile, TooDeep, parse_toml, read_text_file
 
     path = Path(path)
     try:
         text = read_text_file(path)
-        data = tomllib.loads(text)
+        data = parse_toml(text)
     except FileNotFoundError:
         raise UserError("no such file", field="recipe", value=str(path)) from None
     except IsADirectoryError:
@@ -1081,6 +1081,8 @@ def read_recipe_file(path: str | Path) -> dict[str, Any]:
         raise UserError(str(exc), field="recipe", value=str(path)) from None
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"not valid TOML ({exc})", field="recipe", value=str(path)) from None
+    except TooDeep as exc:
+        raise UserError(str(exc), field="recipe", value=str(path)) from None
     except (OSError, ValueError) as exc:  # ValueError: UnicodeDecodeError, a NUL in the path
         raise UserError(f"cannot read it ({exc.__class__.__name__})", field="recipe", value=str(path)) from None
     try:

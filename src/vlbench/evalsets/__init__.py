@@ -17,7 +17,6 @@ No torch here: numpy and PIL only.
 from __future__ import annotations
 
 import os
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,7 +49,9 @@ class EvalSet:
 
 
 def prompt_groups() -> dict[str, list[str]]:
-    data = tomllib.loads(PROMPTS_FILE.read_text(encoding="utf-8"))
+    from vlbench.files import read_toml_file
+
+    data = read_toml_file(PROMPTS_FILE)
     return {g: list(data[g]) for g in GROUPS}
 
 
@@ -123,7 +124,7 @@ def read_prompt_lines(path: Path) -> list[str]:
 
     try:
         text = read_text_file(path)
-    except (OSError, UnicodeDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # NotAFile, UnicodeDecodeError
         raise UserError(f"cannot read {path.name} ({exc.__class__.__name__})", field="eval_set",
                         value=str(path.parent), fix="save it as UTF-8 text, one prompt a line") from None
     return [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
