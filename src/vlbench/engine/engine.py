@@ -21,7 +21,7 @@ from vlbench.engine.cache import ExtractionCache, extraction_key
 from vlbench.engine.encode import TextEncoding, encode_text
 from vlbench.engine import blend
 from vlbench.engine.extract import (IMAGE, PROMPT, Extraction, batch_memory_bytes, check_special_tokens,
-                                    decoder_layer_for, forward, forward_batch, load_image, prepare)
+                                    decoder_layer_for, forward, forward_batch, load_reference, prepare)
 from vlbench.engine.generate import ShareProbe, check_caption, generate, mix_sides
 from vlbench.engine.models import Models
 from vlbench.engine import condition as C
@@ -29,6 +29,7 @@ from vlbench.recipe import Curve, ImageAttention, MultiImage, Normalization, Rec
 from vlbench.errors import UserError
 from vlbench.records import extraction_names
 from vlbench.files import atomic_write_text
+from vlbench.pixels import READING
 
 
 @dataclass
@@ -36,14 +37,21 @@ class Reference:
     """A reference image read once: its path, pixels and content hash (the cache key)."""
 
     path: str
-    image: Any  # PIL.Image, RGB
+    image: Any  # PIL.Image, RGB: upright per EXIF, 8-bit from the file's nominal range (vlbench.pixels)
     sha256: str
+    notes: list[str] = field(default_factory=list)  # how it was read ("rotated 90° per EXIF (clockwise)"), if not as stored
 
     @classmethod
     def open(cls, path: str | Path) -> "Reference":
-        image = load_image(path)
+        image, notes = load_reference(path)
         digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
-        return cls(str(path), image, digest)
+        return cls(str(path), image, digest, notes)
+
+    @property
+    def cache_id(self) -> str:
+        """The bytes' hash, plus how they are read when that is not as stored: cache entries made from an image
+        read before vlbench.pixels (sideways, two-valued) are never reused for it."""
+        return self.sha256 if not self.notes else f"{self.sha256};read:{READING}"
 
 
 @dataclass
@@ -213,7 +221,7 @@ class Engine:
             disk_key = ex = None
             if self.disk_cache is not None:
                 vl = self.models.vl
-                disk_key = extraction_key(vl, [r.sha256 for r in refs], text, budget, mit, attn, system)
+                disk_key = extraction_key(vl, [r.cache_id for r in refs], text, budget, mit, attn, system)
                 ex = self.disk_cache.get(disk_key, vl.device)
             if ex is not None:
                 self._extractions[key] = ex
@@ -282,7 +290,7 @@ class Engine:
         model, token cap, caption budget): kept in memory, and on disk beside the extractions when cached there."""
         vl = self.models.vl
         budget = self.models.caption_budget
-        key = bridge.description_key(vl, ref.sha256, budget)
+        key = bridge.description_key(vl, ref.cache_id, budget)
         if key in self._descriptions:
             return self._descriptions[key]
         path = self.disk_cache.root / "text_bridge" / f"{key}.json" if self.disk_cache is not None else None
@@ -315,7 +323,7 @@ class Engine:
         timings: dict[str, float] = {}
         vl = qwen3 = None
         extractions: list[Extraction] = []
-        warnings: list[str] = []
+        warnings: list[str] = [f"reference {ref.path}: {note}" for ref in refs for note in ref.notes]  # issue 26
         start = time.perf_counter()
         if recipe.uses_vl:
             vl, extractions = self._vl_sequence(recipe, prompt, refs)

@@ -115,6 +115,9 @@ def _reference(path: str, data: bytes, sha: str):
 
     from vlbench.engine.engine import Reference
 
+    from vlbench.pixels import as_rgb
+
     with Image.open(io.BytesIO(data)) as img:
         img.load()
-        return Reference(path, img.convert("RGB"), sha)
+        image, notes = as_rgb(img, path)
+        return Reference(path, image, sha, notes)
