@@ -6,7 +6,7 @@ device) and a step callback for progress.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Callable, Iterator
 
 import torch
@@ -107,7 +107,8 @@ def generate(pipe, embeds: torch.Tensor, *, seed: int, steps: int, width: int, h
              on_step: Callable[[int, int], None] | None = None, output_type: str = "pil",
              init_image=None, strength: float | None = None, caption_weights: torch.Tensor | None = None,
              schedule: list[tuple[int, torch.Tensor, torch.Tensor | None]] = (),
-             vl_guidance: tuple[float, torch.Tensor] | None = None):
+             vl_guidance: tuple[float, torch.Tensor] | None = None,
+             caption_grids: list[tuple[int, tuple[int, int]]] | None = None):
     """One image from `embeds` ([L, D]) with diffusers' Z-Image pipeline (txt2img, or img2img when
     `pipe` is a ZImageImg2ImgPipeline and `init_image`/`strength` are given). Returns a PIL image.
     `caption_weights` ([L]): attention weights of the caption rows (see caption_attention).
@@ -119,7 +120,8 @@ def generate(pipe, embeds: torch.Tensor, *, seed: int, steps: int, width: int, h
                               guidance=guidance, negative_embeds=negative_embeds, budget=budget, on_step=on_step,
                               output_type=output_type, init_image=init_image, strength=strength,
                               schedule=[(step, e) for step, e, _ in schedule],
-                              on_swap=lambda step: bias.set(later[step]), vl_guidance=vl_guidance)[0]
+                              on_swap=lambda step: bias.set(later[step]), vl_guidance=vl_guidance,
+                              caption_grids=caption_grids)[0]
 
 
 @torch.inference_mode()
@@ -129,7 +131,8 @@ def generate_batch(pipe, embeds: torch.Tensor, *, seeds: list[int], steps: int, 
                    init_image=None, strength: float | None = None,
                    schedule: list[tuple[int, torch.Tensor]] = (),
                    on_swap: Callable[[int], None] | None = None,
-                   vl_guidance: tuple[float, torch.Tensor] | None = None) -> list:
+                   vl_guidance: tuple[float, torch.Tensor] | None = None,
+                   caption_grids: list[tuple[int, tuple[int, int]]] | None = None) -> list:
     """One image per seed from the same `embeds`, in ONE pipeline call (`num_images_per_prompt`): each sample
     draws its starting noise from its own CPU generator, `torch.Generator("cpu").manual_seed(seed)`, exactly
     as a single run does, so sample i starts where `generate(seed=seeds[i])` starts.
@@ -139,7 +142,8 @@ def generate_batch(pipe, embeds: torch.Tensor, *, seeds: list[int], steps: int, 
     in `callback_on_step_end_tensor_inputs`): the callback after step k-1 hands it the caption of step k.
     `on_swap(k)` runs at that moment (the caption weights change with the caption).
     `vl_guidance`: (scale, Qwen3-4B caption q) — issue 27's three-branch CFG (engine.guidance); None or scale 0:
-    diffusers' own call, untouched."""
+    diffusers' own call, untouched. `caption_grids`: (first row, (rows, columns)) of each image in `embeds` — issue
+    27's image_positions grid (engine.positions); None: diffusers' caption positions."""
     check_caption(embeds.shape[0], budget)
     check_size(width, height, pipe)
     if negative_embeds is not None:
@@ -174,27 +178,31 @@ def generate_batch(pipe, embeds: torch.Tensor, *, seeds: list[int], steps: int, 
     generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
     if len(seeds) > 1:
         kwargs["num_images_per_prompt"] = len(seeds)
-    if vl_guidance is not None and vl_guidance[0] != 0:  # issue 27: the branches are batched by transformer hooks
-        from vlbench.engine.guidance import vl_guidance as three_branch
+    caption = embeds.to(device=device, dtype=dtype)
+    negative = [negative_embeds.to(device=device, dtype=dtype)] if guidance > 0 else None
+    with ExitStack() as levers:  # issue 27: each lever a context around diffusers' own call; none: the call as is
+        if caption_grids:
+            from vlbench.engine.positions import grid_positions
 
-        scale, text = vl_guidance
-        check_caption(text.shape[0], budget)
-        negative = negative_embeds.to(device=device, dtype=dtype) if guidance > 0 else None
-        with three_branch(pipe.transformer, text.to(device=device, dtype=dtype), negative, guidance, scale):
-            result = pipe(prompt_embeds=[embeds.to(device=device, dtype=dtype)], negative_prompt_embeds=None,
-                          guidance_scale=0.0, num_inference_steps=steps, width=width, height=height,
-                          generator=generators[0] if len(seeds) == 1 else generators, output_type=output_type,
-                          **kwargs)
-        return list(result.images)
-    result = pipe(
-        prompt_embeds=[embeds.to(device=device, dtype=dtype)],
-        negative_prompt_embeds=[negative_embeds.to(device=device, dtype=dtype)] if guidance > 0 else None,
-        guidance_scale=guidance,
-        num_inference_steps=steps,
-        width=width,
-        height=height,
-        generator=generators[0] if len(seeds) == 1 else generators,
-        output_type=output_type,
-        **kwargs,
-    )
+            levers.enter_context(grid_positions(pipe.transformer, caption, caption_grids))
+        pipe_guidance = guidance
+        if vl_guidance is not None and vl_guidance[0] != 0:  # the branches batched by transformer hooks
+            from vlbench.engine.guidance import vl_guidance as three_branch
+
+            scale, text = vl_guidance
+            check_caption(text.shape[0], budget)
+            levers.enter_context(three_branch(pipe.transformer, text.to(device=device, dtype=dtype),
+                                              negative[0] if negative else None, guidance, scale))
+            pipe_guidance, negative = 0.0, None  # the hooks combine the branches; the pipeline runs one
+        result = pipe(
+            prompt_embeds=[caption],
+            negative_prompt_embeds=negative,
+            guidance_scale=pipe_guidance,
+            num_inference_steps=steps,
+            width=width,
+            height=height,
+            generator=generators[0] if len(seeds) == 1 else generators,
+            output_type=output_type,
+            **kwargs,
+        )
     return list(result.images)
