@@ -278,3 +278,26 @@ def test_image_positions_grid_is_refused_without_image_rows(engine):
     with pytest.raises(UserError) as exc:  # tokens full without a reference: no image rows at run time
         engine.condition(Recipe(image_positions="grid"), PROMPT, [])
     assert exc.value.field == "image_positions"
+
+
+def test_grid_positions_put_back_a_wrapper_that_was_there(ref_pipe):
+    """Under --fast the caption buckets wrap patchify_and_embed first: the grid wrapper must leave theirs in place."""
+    from vlbench.engine.positions import grid_positions
+
+    transformer = ref_pipe.transformer
+    marker = transformer.patchify_and_embed
+    transformer.patchify_and_embed = marker  # stands in for the buckets' instance attribute
+    try:
+        with grid_positions(transformer, torch.zeros(4, 64), [(0, (2, 2))]):
+            assert transformer.patchify_and_embed is not marker
+        assert transformer.__dict__["patchify_and_embed"] is marker
+    finally:
+        del transformer.patchify_and_embed
+
+
+def test_levers_that_hook_one_captions_call_never_share_a_batch():
+    from vlbench.engine.batching import batch_key
+
+    assert batch_key(Recipe()) is not None
+    assert batch_key(Recipe(vl_guidance=1.0)) is None
+    assert batch_key(Recipe(image_positions="grid")) is None

@@ -300,3 +300,73 @@ def test_an_unreachable_ray_address_is_a_one_line_error(address, tmp_path, ref_i
 def test_ray_flags_need_the_ray_executor(tmp_path, ref_image):
     with pytest.raises(UserError, match="ray_address auto: has no effect without executor ray"):
         _main(_argv(ref_image, tmp_path / "out") + ["--ray-address", "auto"])
+
+
+# ---- vlbench search on the actors (issue 29) ----
+SEARCH_SPACE = """
+name = "ray_search"
+seeds = [0]
+objectives = ["siglip", { metric = "dino", direction = "maximize" }]
+metrics = ["siglip", "dino"]
+[fixed]
+steps = 2
+width = 64
+height = 64
+[space]
+alpha = { low = 0.2, high = 0.9 }
+alpha_policy = ["attend", "split"]
+layer = [-1, -2]
+[sampler]
+population = 2
+"""
+
+
+def test_search_on_two_actors_runs_trials_concurrently_and_resumes_with_none_lost_or_run_twice(
+        sweep, ray_session, tmp_path, monkeypatch):
+    """Two CPU actors: trials are asked while others run (two in flight at once at least); a stop in the middle
+    (raised while a trial is scored, as Ctrl-C/kill would) leaves the trials in flight running; --resume finishes
+    them with their stored parameters and asks new ones up to --trials: every trial number once, every image
+    generated once (one results row per image, one history row per image), no finished trial evaluated again."""
+    from vlbench.metrics import score
+    from vlbench.store import Store
+
+    space = tmp_path / "space.toml"
+    space.write_text(SEARCH_SPACE)
+    out = tmp_path / "search"
+    argv = ["search", "--output-dir", str(out), "--tiny", "--device", "cpu", "--executor", "ray", "--ray-actors", "2"]
+    real, calls, overlap, active = score.score_folder, [], [], set()
+
+    def stop_at_third(folder, *args, **kwargs):
+        calls.append(folder)
+        overlap.append(len(list(Path(out, "trials").iterdir())) - len(calls))  # trial folders begun, not scored
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(folder, *args, **kwargs)
+
+    monkeypatch.setattr(score, "score_folder", stop_at_third)
+    with pytest.raises(KeyboardInterrupt):
+        _main(argv + ["--space", str(space), "--image", str(sweep["ref"].path), "--prompt", PROMPT, "--trials", "6"])
+    before = {t["number"]: t for t in _trials(out)}
+    running = [n for n, t in before.items() if t["state"] == "running"]
+    assert running and max(overlap) >= 1  # trials were in flight together; the stop left some running
+    monkeypatch.setattr(score, "score_folder", real)
+    assert _main(argv + ["--resume", "--trials", "6"]) == 0
+    after = _trials(out)
+    assert [t["number"] for t in after] == list(range(6)) and all(t["state"] == "complete" for t in after)
+    for n in running:  # resumed with the parameters it was asked with
+        assert after[n]["params"] == before[n]["params"]
+    for t in after:
+        rows = _rows(out / t["folder"])
+        assert len(rows) == 1 and rows[0]["status"] == "done"  # the trial's one image, generated once
+        invocations = json.loads((out / t["folder"] / "run.json").read_text())["invocations"]
+        if before.get(t["number"], {}).get("state") == "complete":
+            assert len(invocations) == 1  # finished before the stop: not evaluated again
+    with Store() as store:
+        assert len(store.history()) == 6
+    info = json.loads((out / "search.json").read_text())
+    assert [i.get("stopped") for i in info["invocations"]] == [None, "trials"] or \
+        info["invocations"][-1]["stopped"] == "trials"
+
+
+def _trials(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "trials.jsonl").read_text().splitlines()]

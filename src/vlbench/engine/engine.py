@@ -160,6 +160,7 @@ class Result:
     conditioning: Conditioning
     timings: dict[str, float]
     peak_memory_bytes: int | None
+    batch: dict | None = None  # --batch (engine/batching.py): {"size": images in the DiT call, "position": this one's}
 
 
 def _first(value, default):
@@ -544,4 +545,6 @@ def environment(models: Models | None = None) -> dict[str, Any]:
                    zimage=models.spec.zimage, vl=models.spec.vl)
         if models.device.type == "cuda":
             env["gpu"] = torch.cuda.get_device_name(models.device)
+        if getattr(models, "fast_settings", None) is not None:
+            env["fast"] = models.fast_settings
     return env

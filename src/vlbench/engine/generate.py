@@ -125,7 +125,8 @@ def generate(pipe, embeds: torch.Tensor, *, seed: int, steps: int, width: int, h
 
 
 @torch.inference_mode()
-def generate_batch(pipe, embeds: torch.Tensor, *, seeds: list[int], steps: int, width: int, height: int,
+def generate_batch(pipe, embeds: torch.Tensor | list[torch.Tensor], *, seeds: list[int], steps: int, width: int,
+                   height: int,
                    guidance: float, negative_embeds: torch.Tensor | None = None, budget: int,
                    on_step: Callable[[int, int], None] | None = None, output_type: str = "pil",
                    init_image=None, strength: float | None = None,
@@ -141,10 +142,20 @@ def generate_batch(pipe, embeds: torch.Tensor, *, seeds: list[int], steps: int, 
     every step of its denoising loop and takes a replacement from `callback_on_step_end` (with "prompt_embeds"
     in `callback_on_step_end_tensor_inputs`): the callback after step k-1 hands it the caption of step k.
     `on_swap(k)` runs at that moment (the caption weights change with the caption).
+
+    `embeds` a list (issue 28's --batch): one caption per seed, in one call (`prompt_embeds` as a list; the
+    DiT masks the shorter captions' padding, or caption buckets pad them to one bucket).
+
     `vl_guidance`: (scale, Qwen3-4B caption q) — issue 27's three-branch CFG (engine.guidance); None or scale 0:
     diffusers' own call, untouched. `caption_grids`: (first row, (rows, columns)) of each image in `embeds` — issue
     27's image_positions grid (engine.positions); None: diffusers' caption positions."""
-    check_caption(embeds.shape[0], budget)
+    captions = embeds if isinstance(embeds, list) else None
+    if captions is not None and (len(captions) != len(seeds) or schedule):
+        raise ValueError("a list of captions takes one seed per caption and no schedule")
+    if captions is not None and ((vl_guidance is not None and vl_guidance[0] != 0) or caption_grids):
+        raise ValueError("a list of captions (--batch) takes no vl_guidance and no caption_grids")
+    for caption in captions or [embeds]:
+        check_caption(caption.shape[0], budget)
     check_size(width, height, pipe)
     if negative_embeds is not None:
         check_caption(negative_embeds.shape[0], budget)
@@ -176,15 +187,15 @@ def generate_batch(pipe, embeds: torch.Tensor, *, seeds: list[int], steps: int, 
     if swaps:
         kwargs["callback_on_step_end_tensor_inputs"] = ["latents", "prompt_embeds"]
     generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
-    if len(seeds) > 1:
+    if len(seeds) > 1 and captions is None:
         kwargs["num_images_per_prompt"] = len(seeds)
-    caption = embeds.to(device=device, dtype=dtype)
-    negative = [negative_embeds.to(device=device, dtype=dtype)] if guidance > 0 else None
+    prompts = [e.to(device=device, dtype=dtype) for e in captions or [embeds]]
+    negative = [negative_embeds.to(device=device, dtype=dtype)] * len(prompts) if guidance > 0 else None
     with ExitStack() as levers:  # issue 27: each lever a context around diffusers' own call; none: the call as is
         if caption_grids:
             from vlbench.engine.positions import grid_positions
 
-            levers.enter_context(grid_positions(pipe.transformer, caption, caption_grids))
+            levers.enter_context(grid_positions(pipe.transformer, prompts[0], caption_grids))
         pipe_guidance = guidance
         if vl_guidance is not None and vl_guidance[0] != 0:  # the branches batched by transformer hooks
             from vlbench.engine.guidance import vl_guidance as three_branch
@@ -195,7 +206,7 @@ def generate_batch(pipe, embeds: torch.Tensor, *, seeds: list[int], steps: int, 
                                               negative[0] if negative else None, guidance, scale))
             pipe_guidance, negative = 0.0, None  # the hooks combine the branches; the pipeline runs one
         result = pipe(
-            prompt_embeds=[caption],
+            prompt_embeds=prompts,
             negative_prompt_embeds=negative,
             guidance_scale=pipe_guidance,
             num_inference_steps=steps,

@@ -13,7 +13,7 @@ condition images. Text rows and padding rows keep their ids; the latents' ids ar
 the caption's range [1, L_pad], and only the image rows' ids change.
 
 How: while entered, the transformer's `patchify_and_embed` is wrapped (an instance attribute over the class method,
-removed on exit): the original runs, then the caption position ids of the conditioned caption (matched by tensor
+or over the caption buckets' wrapper under --fast; put back on exit): the original runs, then the caption position ids of the conditioned caption (matched by tensor
 identity: the negative and text-only branches keep theirs) are rewritten. No transformer code is copied; the
 transformer's own RoPE embedder reads the ids.
 """
@@ -61,7 +61,8 @@ def grid_positions(transformer, caption: torch.Tensor, grids: Grids) -> Iterator
     """While entered, the caption tensor `caption` (the very object handed to the pipeline) has its image rows on
     their grids; any other caption keeps diffusers' ids. Yields a dict counting the items rewritten."""
     check_grids(grids, list(transformer.config.axes_lens))
-    original = transformer.patchify_and_embed  # the bound class method
+    original = transformer.patchify_and_embed  # the bound class method, or a wrapper already there (caption buckets)
+    before = transformer.__dict__.get("patchify_and_embed")
     stats = {"items": 0}
 
     def patchify_and_embed(all_image, all_cap_feats, patch_size, f_patch_size):
@@ -77,4 +78,7 @@ def grid_positions(transformer, caption: torch.Tensor, grids: Grids) -> Iterator
     try:
         yield stats
     finally:
-        del transformer.patchify_and_embed  # the class method again
+        if before is None:
+            del transformer.patchify_and_embed  # the class method again
+        else:
+            transformer.patchify_and_embed = before  # the wrapper that was there (engine/buckets.py under --fast)

@@ -47,6 +47,7 @@ class VLBenchActor:
 
         env = self.engine.environment()
         return {"slot": self.slot, "host": socket.gethostname(), "node": ray.util.get_node_ip_address(),
+                "node_id": ray.get_runtime_context().get_node_id(),
                 "pid": os.getpid(), "device": str(self.engine.models.device), "gpu": env.get("gpu"),
                 "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "threads": torch.get_num_threads(),
                 "environment": env}

@@ -33,7 +33,11 @@ def connect(address: str | None, cpus: int) -> bool:
                      include_dashboard=False, _node_ip_address="127.0.0.1", **quiet)
         return True
     try:
-        ray.init(address=address, **quiet)
+        if _is_loopback(address):  # a cluster on this machine bound to 127.0.0.1 (tests): stay on loopback
+            with _loopback_only():
+                ray.init(address=address, **quiet)
+        else:
+            ray.init(address=address, **quiet)
     except Exception as exc:  # noqa: BLE001 — ConnectionError, RuntimeError, version mismatches …
         raise UserError(f"cannot connect ({one_line(exc)})", field="ray_address", value=address,
                         fix="check the address, that the cluster runs this machine's Ray and Python versions, and, if "
@@ -66,6 +70,19 @@ def _loopback_only():
             os.environ.pop(key, None)
         else:
             os.environ[key] = saved_env
+
+
+def _is_loopback(address: str) -> bool:
+    """Whether a HOST:PORT or ray://HOST:PORT address names this machine's loopback interface."""
+    import ipaddress
+
+    host = address.removeprefix("ray://").rstrip("/").rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _check_reachable(address: str) -> None:
