@@ -3,6 +3,7 @@ models: its neutral setting equals today's output, and it changes exactly what i
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -150,7 +151,7 @@ def test_vl_guidance_0_recipe_runs_diffusers_call_untouched(engine, ref_pipe, re
                             negative_prompt_embeds=[engine.text_encoding(NEGATIVE).embeds], guidance_scale=1.5,
                             generator=torch.Generator("cpu").manual_seed(4), num_inference_steps=2, width=64,
                             height=64).images[0]
-    assert (torch.tensor(list(result.image.getdata())) == torch.tensor(list(expected.getdata()))).all()
+    np.testing.assert_array_equal(np.asarray(result.image), np.asarray(expected))
 
 
 @pytest.mark.parametrize("guidance", [0.0, 2.0])
@@ -184,7 +185,7 @@ def test_vl_guidance_run_records_the_text_branch_and_changes_the_image(engine, r
     record = guided.conditioning.describe()["vl_guidance"]
     assert record["scale"] == 3.0
     assert record["text_branch"]["length"] == engine.text_encoding(PROMPT).embeds.shape[0]
-    assert list(base.image.getdata()) != list(guided.image.getdata())
+    assert not np.array_equal(np.asarray(base.image), np.asarray(guided.image))
 
 
 def test_vl_guidance_is_refused_where_it_has_no_effect():
@@ -254,11 +255,11 @@ def test_image_positions_sequence_is_diffusers_call_and_grid_changes_the_image(e
         expected = ref_pipe(prompt_embeds=[plain.conditioning.embeds], guidance_scale=0.0,
                             generator=torch.Generator("cpu").manual_seed(6), num_inference_steps=2, width=64,
                             height=64).images[0]
-    assert list(plain.image.getdata()) == list(expected.getdata())
+    np.testing.assert_array_equal(np.asarray(plain.image), np.asarray(expected))
     assert "image_positions" not in plain.conditioning.describe()
     grid = engine.run(Recipe(image_positions="grid", seed=6, **SIZE), PROMPT, refs)
     assert torch.equal(grid.conditioning.embeds, plain.conditioning.embeds)  # the same rows, other positions
-    assert list(grid.image.getdata()) != list(plain.image.getdata())
+    assert not np.array_equal(np.asarray(grid.image), np.asarray(plain.image))
     record = grid.conditioning.describe()["image_positions"]
     assert record["mode"] == "grid" and record["images"][0]["grid"] == list(grid.conditioning.extraction.image_grids[0])
 

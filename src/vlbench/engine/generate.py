@@ -153,7 +153,7 @@ def generate_batch(pipe, embeds: torch.Tensor | list[torch.Tensor], *, seeds: li
     if captions is not None and (len(captions) != len(seeds) or schedule):
         raise ValueError("a list of captions takes one seed per caption and no schedule")
     if captions is not None and ((vl_guidance is not None and vl_guidance[0] != 0) or caption_grids):
-        raise ValueError("a list of captions (--batch) takes no vl_guidance and no caption_grids")
+        raise ValueError("a list of captions (issue 28's batching) takes no vl_guidance and no caption_grids")
     for caption in captions or [embeds]:
         check_caption(caption.shape[0], budget)
     check_size(width, height, pipe)

@@ -13,8 +13,9 @@ condition images. Text rows and padding rows keep their ids; the latents' ids ar
 the caption's range [1, L_pad], and only the image rows' ids change.
 
 How: while entered, the transformer's `patchify_and_embed` is wrapped (an instance attribute over the class method,
-or over the caption buckets' wrapper under --fast; put back on exit): the original runs, then the caption position ids of the conditioned caption (matched by tensor
-identity: the negative and text-only branches keep theirs) are rewritten. No transformer code is copied; the
+or over the caption buckets' wrapper in fast mode; put back on exit): the original runs, then the caption position
+ids of the conditioned caption (matched by tensor identity: the negative and text-only branches keep theirs) are
+rewritten. No transformer code is copied; the
 transformer's own RoPE embedder reads the ids.
 """
 
@@ -81,4 +82,4 @@ def grid_positions(transformer, caption: torch.Tensor, grids: Grids) -> Iterator
         if before is None:
             del transformer.patchify_and_embed  # the class method again
         else:
-            transformer.patchify_and_embed = before  # the wrapper that was there (engine/buckets.py under --fast)
+            transformer.patchify_and_embed = before  # the wrapper that was there (engine/buckets.py, fast mode)
