@@ -3,6 +3,7 @@ models: its neutral setting equals today's output, and it changes exactly what i
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -150,7 +151,7 @@ def test_vl_guidance_0_recipe_runs_diffusers_call_untouched(engine, ref_pipe, re
                             negative_prompt_embeds=[engine.text_encoding(NEGATIVE).embeds], guidance_scale=1.5,
                             generator=torch.Generator("cpu").manual_seed(4), num_inference_steps=2, width=64,
                             height=64).images[0]
-    assert (torch.tensor(list(result.image.getdata())) == torch.tensor(list(expected.getdata()))).all()
+    np.testing.assert_array_equal(np.asarray(result.image), np.asarray(expected))
 
 
 @pytest.mark.parametrize("guidance", [0.0, 2.0])
@@ -184,7 +185,7 @@ def test_vl_guidance_run_records_the_text_branch_and_changes_the_image(engine, r
     record = guided.conditioning.describe()["vl_guidance"]
     assert record["scale"] == 3.0
     assert record["text_branch"]["length"] == engine.text_encoding(PROMPT).embeds.shape[0]
-    assert list(base.image.getdata()) != list(guided.image.getdata())
+    assert not np.array_equal(np.asarray(base.image), np.asarray(guided.image))
 
 
 def test_vl_guidance_is_refused_where_it_has_no_effect():
@@ -193,3 +194,111 @@ def test_vl_guidance_is_refused_where_it_has_no_effect():
             Recipe(vl_guidance=1.0, **bad)
         assert exc.value.field == "vl_guidance"
     assert Recipe(vl_guidance=1.0).uses_text_encoder  # the text-only branch needs Qwen3-4B even at alpha 1
+
+
+# ---------------------------------------------------------------- lever 5: image tokens on a 2-D grid
+class RopeSpy:
+    """Stands in for the transformer's RoPE embedder: records every id tensor it is given, then delegates."""
+
+    def __init__(self, inner):
+        self.inner, self.calls = inner, []
+
+    def __call__(self, ids):
+        self.calls.append(ids.clone())
+        return self.inner(ids)
+
+
+def _caption_ids(transformer, captions, x):
+    """The RoPE ids the transformer's embedder receives for each caption (its second call: latents, then
+    captions), split per caption as diffusers pads them (to a multiple of 32)."""
+    spy = RopeSpy(transformer.rope_embedder)
+    transformer.rope_embedder = spy
+    try:
+        with torch.no_grad():
+            transformer([x] * len(captions), torch.tensor([0.4] * len(captions)), captions, return_dict=False)
+    finally:
+        transformer.rope_embedder = spy.inner
+    # diffusers' ids per caption: (1 + i, 0, 0) over the padded length, then one (0, 0, 0) per padding row
+    sizes = [len(c) + 2 * ((-len(c)) % 32) for c in captions]
+    return list(spy.calls[1].split(sizes))
+
+
+def test_image_rows_rope_ids_are_their_patch_grid_and_text_rows_keep_theirs(engine, ref_pipe, refs):
+    from vlbench.engine.positions import grid_positions
+
+    cond = engine.condition(Recipe(image_positions="grid"), PROMPT, refs)
+    ex = cond.extraction
+    image_rows = [i for i, row in enumerate(cond.rows) if row["role"] == "image"]
+    (rows, cols), = ex.image_grids
+    assert cond.grids == [(image_rows[0], (rows, cols))] and len(image_rows) == rows * cols
+    negative = engine.text_encoding("blurry").embeds
+    x = torch.randn(16, 1, 8, 8, generator=torch.Generator("cpu").manual_seed(1))
+    transformer = ref_pipe.transformer
+    plain_c, plain_n = _caption_ids(transformer, [cond.embeds, negative], x)
+    with grid_positions(transformer, cond.embeds, cond.grids) as stats:
+        grid_c, grid_n = _caption_ids(transformer, [cond.embeds, negative], x)
+    assert stats["items"] == 1
+    s = image_rows[0]
+    expected = torch.tensor([[1 + s, r, c] for r in range(rows) for c in range(cols)], dtype=grid_c.dtype)
+    assert torch.equal(grid_c[image_rows], expected)  # axis 0 held at the image's first position; axes 1, 2 = (r, c)
+    other = [i for i in range(len(grid_c)) if i not in image_rows]
+    assert torch.equal(grid_c[other], plain_c[other])  # text and padding rows: diffusers' ids
+    assert torch.equal(plain_c[:len(cond.embeds)], torch.tensor([[1 + i, 0, 0] for i in range(len(cond.embeds))],
+                                                                dtype=plain_c.dtype))  # (the formula's premise)
+    assert torch.equal(grid_n, plain_n)  # another caption (the negative) is untouched
+    assert "patchify_and_embed" not in transformer.__dict__  # the wrapper is gone on exit
+
+
+def test_image_positions_sequence_is_diffusers_call_and_grid_changes_the_image(engine, ref_pipe, refs):
+    plain = engine.run(Recipe(image_positions="sequence", seed=6, **SIZE), PROMPT, refs)
+    with torch.no_grad():
+        expected = ref_pipe(prompt_embeds=[plain.conditioning.embeds], guidance_scale=0.0,
+                            generator=torch.Generator("cpu").manual_seed(6), num_inference_steps=2, width=64,
+                            height=64).images[0]
+    np.testing.assert_array_equal(np.asarray(plain.image), np.asarray(expected))
+    assert "image_positions" not in plain.conditioning.describe()
+    grid = engine.run(Recipe(image_positions="grid", seed=6, **SIZE), PROMPT, refs)
+    assert torch.equal(grid.conditioning.embeds, plain.conditioning.embeds)  # the same rows, other positions
+    assert not np.array_equal(np.asarray(grid.image), np.asarray(plain.image))
+    record = grid.conditioning.describe()["image_positions"]
+    assert record["mode"] == "grid" and record["images"][0]["grid"] == list(grid.conditioning.extraction.image_grids[0])
+
+
+def test_grid_positions_follow_pooled_and_mixed_image_rows(engine, refs):
+    cond = engine.condition(Recipe(alpha=0.5, alpha_policy="attend", tokens="image", pool_image_tokens=4,
+                                   image_positions="grid"), PROMPT, refs)
+    text_rows = engine.text_encoding(PROMPT).embeds.shape[0]
+    (start, (rows, cols)), = cond.grids
+    assert start == text_rows and rows * cols <= 4 and start + rows * cols == cond.embeds.shape[0]
+
+
+def test_image_positions_grid_is_refused_without_image_rows(engine):
+    with pytest.raises(UserError) as exc:
+        Recipe(tokens="text", image_positions="grid")
+    assert exc.value.field == "image_positions"
+    with pytest.raises(UserError) as exc:  # tokens full without a reference: no image rows at run time
+        engine.condition(Recipe(image_positions="grid"), PROMPT, [])
+    assert exc.value.field == "image_positions"
+
+
+def test_grid_positions_put_back_a_wrapper_that_was_there(ref_pipe):
+    """Under --fast the caption buckets wrap patchify_and_embed first: the grid wrapper must leave theirs in place."""
+    from vlbench.engine.positions import grid_positions
+
+    transformer = ref_pipe.transformer
+    marker = transformer.patchify_and_embed
+    transformer.patchify_and_embed = marker  # stands in for the buckets' instance attribute
+    try:
+        with grid_positions(transformer, torch.zeros(4, 64), [(0, (2, 2))]):
+            assert transformer.patchify_and_embed is not marker
+        assert transformer.__dict__["patchify_and_embed"] is marker
+    finally:
+        del transformer.patchify_and_embed
+
+
+def test_levers_that_hook_one_captions_call_never_share_a_batch():
+    from vlbench.engine.batching import batch_key
+
+    assert batch_key(Recipe()) is not None
+    assert batch_key(Recipe(vl_guidance=1.0)) is None
+    assert batch_key(Recipe(image_positions="grid")) is None

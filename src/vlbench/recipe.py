@@ -127,6 +127,14 @@ class VLSystem(Choice):
                     "where appropriate.")
 
 
+class ImagePositions(Choice):
+    """issue 27: the RoPE positions the DiT gives the caption's VL image rows (docs/levers.md)."""
+
+    SEQUENCE = "sequence", "one caption position per row, as Z-Image reads any caption: row i at (1 + i, 0, 0)"
+    GRID = "grid", ("each image's rows on its own patch grid, as Z-Image-Omni places condition images: row (r, c) of "
+                    "an image starting at caption row s at (1 + s, r, c); text rows as in sequence")
+
+
 class Source(Choice):
     """What a schedule entry conditions the DiT on from its step on (docs/schedules.md)."""
 
@@ -245,6 +253,15 @@ def _layer_used(r: "Recipe") -> bool:
     return r.image_layer is None or r.text_layer is None
 
 
+def _holds_image_rows(r: "Recipe") -> bool:
+    """issue 27: the VL sequence holds image rows on a patch grid (given a reference)."""
+    if not r.uses_vl:
+        return False
+    if r.dual:
+        return r.style_tokens in WITH_IMAGE_ROWS or r.content_tokens in WITH_IMAGE_ROWS
+    return r.intra_ratio is not None or r.tokens in WITH_IMAGE_ROWS
+
+
 def _weighting_applies(r: "Recipe") -> bool:
     """issue 17: attention weighting reshapes image rows of one (non-dual) extraction."""
     return _single_pass(r) and (r.intra_ratio is not None or r.tokens in WITH_IMAGE_ROWS)
@@ -308,6 +325,14 @@ class Recipe:
                                                                  "not set: equal weights", C, lo=0.0,
                                                  applies=lambda r: r.multi_image == MultiImage.SEPARATE,
                                                  when="with multi_image separate")
+    # ---- issue 27: image tokens on a 2-D grid (docs/levers.md)
+    image_positions: str = _f(ImagePositions.SEQUENCE.value, "choice", "the RoPE positions of the caption's VL image "
+                                                                       "rows (RoPE axis 0 = caption order; axes 1 and "
+                                                                       "2, otherwise the latents' height and width, "
+                                                                       "carry the grid)", C, choices=ImagePositions,
+                              applies=lambda r: _holds_image_rows(r) and r.schedule is None,
+                              when="when the VL selection holds image rows (tokens full or image*, intra_ratio, or a "
+                                   "dual pass selecting them), without a schedule")
     # ---- issue 17: schedules and the text bridge
     schedule: str | None = _f(None, "schedule", "the conditioning from step K on, as K:SOURCE entries, "
                                                 "comma-separated, K ascending from 0 (steps counted as the sampler "
@@ -934,6 +959,13 @@ def _rule_image_weighting(r: Recipe) -> None:
                   "set pool_image_tokens, e.g. 64")
 
 
+def _rule_image_positions(r: Recipe) -> None:
+    if r.image_positions == ImagePositions.GRID and r.image_attention == ImageAttention.TOPK:
+        raise UserError("places image rows on their patch grid, and image_attention topk takes them off it",
+                        field="image_positions", value=r.image_positions,
+                        fix="use image_attention weighted-pool, or image_positions sequence")
+
+
 def _policy_name(knob: str) -> str:
     return {"alpha": "alpha_policy", "intra_ratio": "intra_policy", "dual_ratio": "dual_policy"}[knob]
 
@@ -943,7 +975,7 @@ _RULES: tuple[Callable[[Recipe], None], ...] = (_rule_one_mix_of_passes, _rule_c
                                                  _rule_positionwise_pairs_text_with_text,
                                                  _rule_global_normalization_needs_a_positionwise_mix,
                                                  _rule_schedule, _rule_text_bridge_keeps_token_pairs,
-                                                 _rule_image_weighting, _rule_vl_system)
+                                                 _rule_image_weighting, _rule_vl_system, _rule_image_positions)
 DEFAULTS = Recipe()
 
 

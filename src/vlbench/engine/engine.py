@@ -25,7 +25,7 @@ from vlbench.engine.extract import (IMAGE, PROMPT, Extraction, batch_memory_byte
 from vlbench.engine.generate import ShareProbe, check_caption, generate, mix_sides
 from vlbench.engine.models import Models
 from vlbench.engine import condition as C
-from vlbench.recipe import Curve, ImageAttention, MultiImage, Normalization, Recipe, VLText, schedule_alpha
+from vlbench.recipe import Curve, ImageAttention, ImagePositions, MultiImage, Normalization, Recipe, VLText, schedule_alpha
 from vlbench.errors import UserError
 from vlbench.records import extraction_names
 from vlbench.files import atomic_write_text
@@ -94,6 +94,7 @@ class Conditioning:
     schedule: list[Scheduled] = field(default_factory=list)  # empty: one caption at every step
     bridge: bridge.Description | None = None  # text_bridge: what Qwen3-VL said (Qwen3-4B read prompt + it)
     text_branch: torch.Tensor | None = None  # issue 27 vl_guidance: Qwen3-4B's caption q, the text-only branch
+    grids: list[tuple[int, tuple[int, int]]] | None = None  # issue 27 image_positions grid: (first row, grid) each
     vl_guidance: float = 0.0
     mixes: list[dict] = field(default_factory=list)  # step 0's attend mixes: ratio, meaning, rows, weights, shares
 
@@ -116,6 +117,10 @@ class Conditioning:
             out["schedule"] = [s.describe() for s in self.schedule]
         if self.bridge is not None:
             out["text_bridge"] = self.bridge.to_dict()
+        if self.grids is not None:  # issue 27: which caption rows the DiT reads on a 2-D grid
+            out["image_positions"] = {"mode": "grid", "formula": GRID_FORMULA,
+                                      "images": [{"first_row": s, "grid": list(g), "rope_axis0": 1 + s}
+                                                 for s, g in self.grids]}
         if self.text_branch is not None:  # issue 27: what the three-branch CFG compared the caption with
             out["vl_guidance"] = {"scale": self.vl_guidance, "formula": VL_GUIDANCE_FORMULA,
                                   "text_branch": {"source": "qwen3", "length": int(self.text_branch.shape[0])}}
@@ -142,6 +147,8 @@ class Conditioning:
 
 
 VL_GUIDANCE_FORMULA = "pred = P(c) + guidance*(P(c) - P(neg)) + vl_guidance*(P(c) - P(q)); neg only with guidance > 0"
+GRID_FORMULA = ("caption row s + r*C + c of an image on an R x C grid starting at row s -> RoPE ids (1 + s, r, c); "
+                "every other caption row i -> (1 + i, 0, 0), as diffusers gives it")
 ATTENTION_FORMULA = ("w_j = a_j / sum_j' a_j', a_j = mean over heads and VL-text (prompt-role) positions i of the "
                      "softmax attention probability from i to image position j in decoder layer `decoder_layer`")
 
@@ -376,7 +383,14 @@ class Engine:
             weights = seq.weights if seq.weighted else None
             schedule.append(Scheduled(step, end, source, seq.embeds, seq.rows, weights))
         first = by_source[entries[0][1]] if entries else own
-        return Conditioning(embeds=first.embeds, rows=first.rows, weights=first.weights if first.weighted else None,
+        grids = None
+        if recipe.image_positions == ImagePositions.GRID:
+            grids = [(seg.start, seg.grid) for seg in first.segments if seg.grid is not None]
+            if not grids:
+                raise UserError("has no effect: this caption holds no image rows on a patch grid (no reference, or "
+                                "the selection keeps none)", field="image_positions", value=recipe.image_positions,
+                                fix="add a reference, or drop it (default sequence)")
+        return Conditioning(grids=grids, embeds=first.embeds, rows=first.rows, weights=first.weights if first.weighted else None,
                             extractions=extractions, text=text, timings=timings, warnings=warnings,
                             schedule=schedule, bridge=description, dual=recipe.dual and recipe.uses_vl,
                             text_branch=qwen3.embeds if recipe.vl_guidance != 0 else None,
@@ -500,6 +514,8 @@ class Engine:
         common["schedule"] = [(s.from_step, s.embeds, s.weights) for s in cond.schedule[1:]]
         if cond.text_branch is not None:
             common["vl_guidance"] = (recipe.vl_guidance, cond.text_branch)
+        if cond.grids is not None:
+            common["caption_grids"] = cond.grids
         if recipe.strength is None:
             image = generate(self.models.pipe, cond.embeds, **common)
         else:

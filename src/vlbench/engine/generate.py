@@ -6,7 +6,7 @@ device) and a step callback for progress.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Callable, Iterator
 
 import torch
@@ -220,7 +220,8 @@ def generate(pipe, embeds: torch.Tensor, *, seed: int, steps: int, width: int, h
              on_step: Callable[[int, int], None] | None = None, output_type: str = "pil",
              init_image=None, strength: float | None = None, caption_weights: torch.Tensor | None = None,
              schedule: list[tuple[int, torch.Tensor, torch.Tensor | None]] = (), attend_scope: str = "refiner+joint",
-             probe: "ShareProbe | None" = None, vl_guidance: tuple[float, torch.Tensor] | None = None):
+             probe: "ShareProbe | None" = None, vl_guidance: tuple[float, torch.Tensor] | None = None,
+             caption_grids: list[tuple[int, tuple[int, int]]] | None = None):
     """One image from `embeds` ([L, D]) with diffusers' Z-Image pipeline (txt2img, or img2img when
     `pipe` is a ZImageImg2ImgPipeline and `init_image`/`strength` are given). Returns a PIL image.
     `caption_weights` ([L]): attention weights of the caption rows (see caption_attention), in the blocks of
@@ -236,7 +237,8 @@ def generate(pipe, embeds: torch.Tensor, *, seed: int, steps: int, width: int, h
                                   output_type=output_type, init_image=init_image, strength=strength,
                                   schedule=[(step, e) for step, e, _ in schedule],
                                   on_swap=lambda step: bias.set(later[step]),
-                                  vl_guidance=vl_guidance)[0]
+                                  vl_guidance=vl_guidance,
+                                  caption_grids=caption_grids)[0]
     finally:
         if probe is not None:
             probe.remove()
@@ -250,7 +252,8 @@ def generate_batch(pipe, embeds: torch.Tensor | list[torch.Tensor], *, seeds: li
                    init_image=None, strength: float | None = None,
                    schedule: list[tuple[int, torch.Tensor]] = (),
                    on_swap: Callable[[int], None] | None = None,
-                   vl_guidance: tuple[float, torch.Tensor] | None = None) -> list:
+                   vl_guidance: tuple[float, torch.Tensor] | None = None,
+                   caption_grids: list[tuple[int, tuple[int, int]]] | None = None) -> list:
     """One image per seed from the same `embeds`, in ONE pipeline call (`num_images_per_prompt`): each sample
     draws its starting noise from its own CPU generator, `torch.Generator("cpu").manual_seed(seed)`, exactly
     as a single run does, so sample i starts where `generate(seed=seeds[i])` starts.
@@ -264,12 +267,13 @@ def generate_batch(pipe, embeds: torch.Tensor | list[torch.Tensor], *, seeds: li
     DiT masks the shorter captions' padding, or caption buckets pad them to one bucket).
 
     `vl_guidance`: (scale, Qwen3-4B caption q) — issue 27's three-branch CFG (engine.guidance); None or scale 0:
-    diffusers' own call, untouched."""
+    diffusers' own call, untouched. `caption_grids`: (first row, (rows, columns)) of each image in `embeds` — issue
+    27's image_positions grid (engine.positions); None: diffusers' caption positions."""
     captions = embeds if isinstance(embeds, list) else None
     if captions is not None and (len(captions) != len(seeds) or schedule):
         raise ValueError("a list of captions takes one seed per caption and no schedule")
-    if captions is not None and vl_guidance is not None and vl_guidance[0] != 0:
-        raise ValueError("a list of captions (--batch) takes no vl_guidance")
+    if captions is not None and ((vl_guidance is not None and vl_guidance[0] != 0) or caption_grids):
+        raise ValueError("a list of captions (issue 28's batching) takes no vl_guidance and no caption_grids")
     for caption in captions or [embeds]:
         check_caption(caption.shape[0], budget)
     check_size(width, height, pipe)
@@ -305,29 +309,31 @@ def generate_batch(pipe, embeds: torch.Tensor | list[torch.Tensor], *, seeds: li
     generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
     if len(seeds) > 1 and captions is None:
         kwargs["num_images_per_prompt"] = len(seeds)
-    if vl_guidance is not None and vl_guidance[0] != 0:  # issue 27: the branches are batched by transformer hooks
-        from vlbench.engine.guidance import vl_guidance as three_branch
-
-        scale, text = vl_guidance
-        check_caption(text.shape[0], budget)
-        negative = negative_embeds.to(device=device, dtype=dtype) if guidance > 0 else None
-        with three_branch(pipe.transformer, text.to(device=device, dtype=dtype), negative, guidance, scale):
-            result = pipe(prompt_embeds=[embeds.to(device=device, dtype=dtype)], negative_prompt_embeds=None,
-                          guidance_scale=0.0, num_inference_steps=steps, width=width, height=height,
-                          generator=generators[0] if len(seeds) == 1 else generators, output_type=output_type,
-                          **kwargs)
-        return list(result.images)
     prompts = [e.to(device=device, dtype=dtype) for e in captions or [embeds]]
-    result = pipe(
-        prompt_embeds=prompts,
-        negative_prompt_embeds=[negative_embeds.to(device=device, dtype=dtype)] * len(prompts) if guidance > 0
-        else None,
-        guidance_scale=guidance,
-        num_inference_steps=steps,
-        width=width,
-        height=height,
-        generator=generators[0] if len(seeds) == 1 else generators,
-        output_type=output_type,
-        **kwargs,
-    )
+    negative = [negative_embeds.to(device=device, dtype=dtype)] * len(prompts) if guidance > 0 else None
+    with ExitStack() as levers:  # issue 27: each lever a context around diffusers' own call; none: the call as is
+        if caption_grids:
+            from vlbench.engine.positions import grid_positions
+
+            levers.enter_context(grid_positions(pipe.transformer, prompts[0], caption_grids))
+        pipe_guidance = guidance
+        if vl_guidance is not None and vl_guidance[0] != 0:  # the branches batched by transformer hooks
+            from vlbench.engine.guidance import vl_guidance as three_branch
+
+            scale, text = vl_guidance
+            check_caption(text.shape[0], budget)
+            levers.enter_context(three_branch(pipe.transformer, text.to(device=device, dtype=dtype),
+                                              negative[0] if negative else None, guidance, scale))
+            pipe_guidance, negative = 0.0, None  # the hooks combine the branches; the pipeline runs one
+        result = pipe(
+            prompt_embeds=prompts,
+            negative_prompt_embeds=negative,
+            guidance_scale=pipe_guidance,
+            num_inference_steps=steps,
+            width=width,
+            height=height,
+            generator=generators[0] if len(seeds) == 1 else generators,
+            output_type=output_type,
+            **kwargs,
+        )
     return list(result.images)
