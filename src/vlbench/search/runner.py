@@ -78,9 +78,14 @@ def run_search(engine, space: Space, references: list, prompts: list[str], out: 
                seeds: list[int] | None, trials: int | None, budget_minutes: float | None, sampler_seed: int,
                metric_models, metrics_batch_size: int = 16, store=None, executor=None, console=None,
                render: Callable = str, parameters: dict | None = None,
-               on_trial_done: Callable[[int], None] | None = None) -> SearchSummary:
+               on_trial_done: Callable[[int], None] | None = None, batch: int = 1) -> SearchSummary:
     """Run (or resume) the search in `out` until it has `trials` finished trials or `budget_minutes` have
-    passed; writes trials.jsonl and pareto.json after every trial, pareto.png and front/ at the end."""
+    passed; writes trials.jsonl and pareto.json after every trial, pareto.png and front/ at the end.
+
+    `batch` > 1 (`--batch N`, issue 28): N trials are asked at a time (each from its own numbered sampler, before
+    any of them is told: the sampler sees the trials of earlier batches), their images generated together in
+    shared DiT calls (engine/batching.py: each image equals its batch-1 image within float rounding), then each
+    trial is recorded and scored as without --batch, in trial order."""
     optuna = optuna_module()
     out = Path(out)
     study = optuna.create_study(storage=f"sqlite:///{(out / DB).resolve()}", study_name=STUDY,
@@ -107,6 +112,19 @@ def run_search(engine, space: Space, references: list, prompts: list[str], out: 
             if budget_minutes is not None and summary.ran and time.monotonic() - start >= budget_minutes * 60:
                 summary.stopped = "budget"
                 break
+            if batch > 1:
+                ask = batch if trials is None else min(batch, trials - finished())
+                asked = []
+                for _ in range(ask):
+                    number = len(study.get_trials(deepcopy=False))
+                    study.sampler = make_sampler(space, sampler_seed, number)
+                    trial = study.ask()
+                    asked.append((trial, space.sample(trial)))
+                ready = evaluate.prefetch(asked, batch)
+                for trial, values in asked:
+                    evaluate(study, trial, values, ready=ready.get(trial.number))
+                    _after_trial(study, space, out, trial.number, on_trial_done)
+                continue
             number = len(study.get_trials(deepcopy=False))
             study.sampler = make_sampler(space, sampler_seed, number)
             trial = study.ask()
@@ -144,9 +162,37 @@ class _Evaluator:
         self.store, self.executor, self.render, self.parameters = store, executor, render, parameters
         self.summary, self.console = summary, console
 
-    def __call__(self, study, trial, params: dict | None) -> None:
+    def prefetch(self, asked: list, batch: int) -> dict[int, dict]:
+        """--batch: the images of the trials `asked` ([(trial, values)]), generated together in batches of
+        `batch` (jobs.execute_batch): trial number -> {job key: Outcome}. A trial the Recipe refuses has none."""
+        from vlbench.experiments.plan import plan, reference_sets
+        from vlbench.experiments.runner import batch_groups
+        from vlbench.experiments.spec import NamedRecipe
+        from vlbench.jobs import execute_batch
+
+        jobs, owners = [], []
+        for trial, values in asked:
+            try:
+                recipe = self.space.recipe(values)
+                recipe.check_inputs(len(self.references[0]))
+            except UserError:
+                continue
+            name = trial_name(trial.number)
+            for job in plan([NamedRecipe(name, trial.number, recipe)], reference_sets(self.references),
+                            self.prompts, self.seeds):
+                jobs.append(job)
+                owners.append(trial.number)
+        ready: dict[int, dict] = {}
+        for group in batch_groups(jobs, batch):
+            outcomes = execute_batch(self.engine, [jobs[i].record(self.space.name) for i in group],
+                                     [list(jobs[i].references) for i in group], render=self.render)
+            for i, outcome in zip(group, outcomes):
+                ready.setdefault(owners[i], {})[jobs[i].key] = outcome
+        return ready
+
+    def __call__(self, study, trial, params: dict | None, ready: dict | None = None) -> None:
         from vlbench.experiments.spec import Config, ExperimentType, NamedRecipe
-        from vlbench.experiments.runner import run_experiment
+        from vlbench.experiments.runner import LocalExecutor, run_experiment
 
         optuna = optuna_module()
         fail = optuna.trial.TrialState.FAIL
@@ -173,7 +219,8 @@ class _Evaluator:
         run = run_experiment(self.engine, experiment, [NamedRecipe(name, number, recipe)], self.references,
                              self.prompts, folder, seeds=self.seeds,
                              parameters={**(self.parameters or {}), "trial": number, "params": values},
-                             store=self.store, console=None, executor=self.executor, render=self.render)
+                             store=self.store, console=None, render=self.render,
+                             executor=self.executor if ready is None else LocalExecutor(self.render, ready=ready))
         self.summary.images += run.done
         account: dict[str, Any] = {"folder": f"trials/{name}", "images": run.jobs, "params": values,
                                    "recipe": recipe.to_dict()}
