@@ -252,8 +252,35 @@ def fast_section(args, spec, eager_images: dict) -> None:
             S[f"pixels_{n}_vs_bf16_eager"] = P.diff(P.pixels(image), eager_images[("eager", n, "vlbench")])
         log(f"fast {n} rows: {S[f'seconds_{n}']['median']:.3f} s/image; drift {S.get(f'pixels_{n}_vs_bf16_eager')}")
         save_json()
+    try:
+        profile_section(args, models, run, base[args.lengths[-1]])
+    except Exception:  # noqa: BLE001
+        error("fast_profile")
     batch_section(args, models)
     return models
+
+
+def profile_section(args, models, run, embeds) -> None:
+    """Where a --fast image's time goes: torch.profiler over one image (top ops by self device time, written to
+    OUT/perf28_profile.txt) and how often the host waited for the device (synchronize calls)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = models.device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        run(embeds)
+        gb.sync()
+    events = prof.key_averages()
+    key = "self_device_time_total" if cuda else "self_cpu_time_total"
+    (OUT / "perf28_profile.txt").write_text(events.table(sort_by=key, row_limit=40))
+    top = sorted(events, key=lambda e: getattr(e, key), reverse=True)[:15]
+    total = sum(getattr(e, key) for e in events)
+    R["fast"]["profile"] = {
+        "file": "perf28_profile.txt", "sort": key, "total_ms": round(total / 1000, 1),
+        "host_syncs": sum(e.count for e in events if "Synchronize" in e.key),
+        "top_ms": [[e.key[:80], round(getattr(e, key) / 1000, 2), e.count] for e in top]}
+    log(f"fast profile: {R['fast']['profile']['host_syncs']} synchronize calls; top {R['fast']['profile']['top_ms'][:5]}")
+    save_json()
 
 
 def batch_section(args, models) -> None:
