@@ -66,6 +66,7 @@ def add_arguments(p) -> None:
                         "concurrently, one per free actor (with one actor, one after another)")
     g.add_argument("--ray-address", metavar="ADDR", help="a running Ray cluster (see vlbench run --help)")
     g.add_argument("--ray-actors", type=int, metavar="N", help="actors to start (default: one per GPU)")
+    common.add_batch_flag(g)
 
 
 def run(args) -> int:
@@ -122,6 +123,7 @@ def run(args) -> int:
     reference_sets = [(r,) for r in refs]
     spec = common.model_spec(args)
     choice = ExecutorChoice(args.executor, args.ray_address, args.ray_actors)
+    batch = common.batch_size(args.batch, choice.kind)
     from vlbench.metrics import SOURCE_FLAGS
 
     console = common.console()
@@ -160,7 +162,7 @@ def run(args) -> int:
                                  trials=args.trials, budget_minutes=args.budget_minutes, sampler_seed=sampler_seed,
                                  metric_models=models, metrics_batch_size=args.metrics_batch_size, store=store,
                                  executor=executor, console=console, render=common.render,
-                                 parameters={"search": str(out), "space": str(space.path)})
+                                 parameters={"search": str(out), "space": str(space.path)}, batch=batch)
         except KeyboardInterrupt:
             console.print("[yellow]interrupted; finished trials are kept. Continue with the same command and "
                           "--resume.[/yellow]")

@@ -290,11 +290,17 @@ def generate_batch(pipe, embeds: torch.Tensor | list[torch.Tensor], *, seeds: li
         kwargs["strength"] = strength
     swaps = {step: [later.to(device=device, dtype=dtype)] * len(seeds) for step, later in schedule}
 
+    finite: list[torch.Tensor] = []  # per step, on the device: no host sync until the last step (issue 28)
+
     def callback(_pipe, i, _t, tensors):
         latents = tensors.get("latents")
-        if latents is not None and not bool(torch.isfinite(latents).all()):  # before the next step uses them
-            raise FloatingPointError(f"the latents are not finite after denoising step {i + 1} of "
-                                     f"{_pipe.num_timesteps}")
+        if latents is not None:
+            finite.append(torch.isfinite(latents).all())
+            if i + 1 == _pipe.num_timesteps:  # before the VAE decodes them: the one sync, at the last step
+                ok = torch.stack(finite).tolist()
+                if not all(ok):
+                    raise FloatingPointError(f"the latents are not finite after denoising step {ok.index(False) + 1}"
+                                             f" of {_pipe.num_timesteps}")
         if i + 1 in swaps:  # the caption of the next step
             tensors["prompt_embeds"] = swaps[i + 1]
             if on_swap is not None:
