@@ -347,3 +347,39 @@ def test_the_search_gpu_benchmark_runs_on_the_tiny_models(tiny_dirs, tmp_path):
     result = json.loads((tmp_path / "search_gpu.json").read_text())
     assert result["trials"] == 3 and result["trials_per_hour"] > 0 and result["images_per_second"] > 0
     assert len([line for line in (tmp_path / "search" / "trials.jsonl").read_text().splitlines()]) == 3
+
+
+def test_a_search_whose_every_trial_failed_exits_1(tiny_dirs, tmp_path, ref_image, monkeypatch):
+    """Issue 25.15: `vlbench search` exited 0 when every trial failed; scripts could not tell."""
+    from vlbench.engine.engine import Engine
+
+    def broken(self, *args, **kwargs):
+        raise RuntimeError("the DiT exploded")
+
+    monkeypatch.setattr(Engine, "run", broken)
+    out = tmp_path / "all-failed"
+    assert _search(tmp_path, ref_image, out, "--trials", "2", space=_space_file(tmp_path, LEAN_SPACE)) == 1
+    assert {t["state"] for t in _trials(out)} == {"failed"}
+
+
+def test_size_and_steps_flags_override_the_spaces_fixed_fields(tiny_dirs, tmp_path, ref_image):
+    """Issue 25.12: the shipped space fixes 1024² and 9 steps; a newcomer's try passes smaller ones on the command
+    line (kept for --resume), and a searched field cannot be overridden."""
+    from vlbench.experiments.results import ResultsLog
+
+    space = _space_file(tmp_path, LEAN_SPACE.replace("steps = 2\nwidth = 64\nheight = 64\n",
+                                                     "steps = 9\nwidth = 1024\nheight = 1024\n"))
+    out = tmp_path / "small"
+    assert _search(tmp_path, ref_image, out, "--trials", "1", "--steps", "2", "--width", "64", "--height", "48",
+                   space=space) == 0
+    trial = _trials(out)[0]
+    rows, _ = ResultsLog(out / trial["folder"] / "results.jsonl").read()
+    assert {(r["recipe"]["steps"], r["recipe"]["width"], r["recipe"]["height"]) for r in rows} == {(2, 64, 48)}
+    assert json.loads((out / "search.json").read_text())["inputs"]["overrides"] == {"steps": 2, "width": 64,
+                                                                                     "height": 48}
+    searched = _space_file(tmp_path, LEAN_SPACE.replace("steps = 2\n", "").replace("[space]\n",
+                                                                                  "[space]\nsteps = [2, 3]\n"))
+    with pytest.raises(UserError, match="steps 4: is searched by the space"):
+        _search(tmp_path, ref_image, tmp_path / "bad", "--trials", "1", "--steps", "4", space=searched)
+    with pytest.raises(UserError, match="width 65: is not a multiple of 16"):
+        _search(tmp_path, ref_image, tmp_path / "bad", "--trials", "1", "--width", "65", space=space)

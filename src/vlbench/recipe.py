@@ -91,6 +91,19 @@ class VLText(Choice):
     NONE = "none", "no text: the image alone"
 
 
+class VLSystem(Choice):
+    """issue 27: the shipped system turns for Qwen3-VL (vl_system); any other text is read verbatim (docs/levers.md)."""
+
+    STYLE = "style", ("Describe the visual style of the image for an image generator: its palette, lighting, medium, "
+                      "texture and brushwork, not its subject.")
+    CONTENT = "content", ("Describe the content of the image for an image generator: the subjects, objects and scene "
+                          "and where they are, not its style.")
+    EDIT = "edit", ("Describe the key features of the input image (color, shape, size, texture, objects, background), "
+                    "then explain how the user's text instruction should alter or modify the image. Generate a new "
+                    "image that meets the user's requirements while maintaining consistency with the original input "
+                    "where appropriate.")
+
+
 class Source(Choice):
     """What a schedule entry conditions the DiT on from its step on (docs/schedules.md)."""
 
@@ -256,6 +269,12 @@ class Recipe:
     vl_text: str = _f(VLText.PROMPT.value, "vl_text", "what the VL reads: prompt, none, or any other text verbatim", X,
                       applies=_single_pass, when="when the VL is used (alpha > 0, or a vl or alpha=R schedule entry) without dual "
                                                  "(dual has style_vl_text and content_vl_text)")
+    vl_system: str | None = _f(None, "str", "a system turn before the VL's user turn (Qwen3-VL's chat template): "
+                                            + ", ".join(VLSystem.values()) + " (the shipped instructions, "
+                                            "docs/levers.md) or any other text verbatim; not set: no system turn "
+                                            "(the stock template)", X, applies=_uses_vl,
+                               when="when the VL is used (alpha > 0, or a vl or alpha=R schedule entry); every VL "
+                                    "pass of the recipe reads it")
     max_image_tokens: int | None = _f(None, "int", "cap the reference's image tokens below the caption budget (the "
                                                    "processor reads a smaller image)", X,
                                       lo=1, unit="tokens", applies=_uses_vl, when="when the VL is used (alpha > 0, or a vl or alpha=R schedule entry)")
@@ -313,6 +332,14 @@ class Recipe:
     guidance: float = _f(0.0, "float", "classifier-free guidance scale (Turbo: 0)", G, lo=0.0)
     negative_prompt: str = _f("", "str", "the negative prompt", G,
                               applies=lambda r: r.guidance > 0, when="with guidance > 0")
+    # ---- issue 27: levers (docs/levers.md)
+    vl_guidance: float = _f(0.0, "float", "guidance on the VL condition beyond guidance, in ZImagePipeline's "
+                                          "convention (0 = none): pred = P(c) + guidance·(P(c) − P(neg)) + "
+                                          "vl_guidance·(P(c) − P(q)), c the recipe's caption, q Qwen3-4B's caption "
+                                          "of the prompt (the text-only branch); one more DiT item per step", G,
+                            applies=lambda r: r.uses_vl and r.schedule is None,
+                            when="when the VL is used, without a schedule (the text-only branch is compared with "
+                                 "one caption for the whole run)")
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -395,8 +422,9 @@ class Recipe:
 
     @property
     def uses_text_encoder(self) -> bool:
-        """Qwen3-4B is needed for alpha < 1 and for the negative prompt of guided runs."""
-        return self.uses_qwen3 or self.guidance > 0
+        """Qwen3-4B is needed for alpha < 1, for the negative prompt of guided runs and for vl_guidance's text-only
+        branch."""
+        return self.uses_qwen3 or self.guidance > 0 or self.vl_guidance != 0
 
     def resolve_vl_text(self, prompt: str, value: str | None = None) -> str | None:
         """The text the VL reads for `vl_text` (or another *_vl_text value)."""
@@ -406,6 +434,12 @@ class Recipe:
         if value == VLText.NONE:
             return None
         return value
+
+    def resolve_vl_system(self) -> str | None:
+        """issue 27: the system turn's text for vl_system (a shipped instruction's text, or the value verbatim)."""
+        if self.vl_system is None or not self.uses_vl:
+            return None
+        return VLSystem(self.vl_system).help if self.vl_system in VLSystem.values() else self.vl_system
 
     def vl_texts(self, prompt: str) -> tuple[str | None, ...]:
         """What the VL reads in each extraction this recipe needs, distinct, in pass order (none: pure Qwen3-4B)."""
@@ -734,6 +768,19 @@ def _rule_text_bridge_keeps_token_pairs(r: Recipe) -> None:
                         fix="use alpha_policy attend or split, or drop text_bridge")
 
 
+# ---- issue 27: levers
+def _rule_vl_system(r: Recipe) -> None:
+    if r.vl_system is None:
+        return
+    if not r.vl_system.strip():
+        raise UserError("is empty", field="vl_system", value=r.vl_system,
+                        fix=f"give a text or one of {', '.join(VLSystem.values())}, or leave it not set")
+    if _alpha_positionwise(r) and r.tokens == Tokens.TEXT:
+        raise UserError("adds a system turn to the VL's text rows, which then no longer pair token for token with "
+                        "Qwen3-4B's (alpha_policy positionwise)", field="vl_system", value=r.vl_system,
+                        fix="use tokens prompt, alpha_policy attend or split, or drop it")
+
+
 # ---- issue 17: attention-weighted image tokens
 def _rule_image_weighting(r: Recipe) -> None:
     mode = r.image_attention
@@ -778,7 +825,7 @@ _RULES: tuple[Callable[[Recipe], None], ...] = (_rule_one_mix_of_passes, _rule_c
                                                  _rule_positionwise_pairs_text_with_text,
                                                  _rule_global_normalization_needs_a_positionwise_mix,
                                                  _rule_schedule, _rule_text_bridge_keeps_token_pairs,
-                                                 _rule_image_weighting)
+                                                 _rule_image_weighting, _rule_vl_system)
 DEFAULTS = Recipe()
 
 

@@ -349,6 +349,20 @@ class Store:
                                (key, json.dumps(value), json.dumps(""), json.dumps(replacing)))
             return cur.rowcount == 1
 
+    def take_owner(self, key: str, info: dict) -> dict | None:
+        """Register `info` (a dict naming its process: `token`) under `key` unless a live process other than the
+        caller holds it. The check and the write are one transaction, so of several processes starting at the same
+        moment exactly one registers. None when registered (or re-registered), else the live holder's info."""
+        with self._write() as conn:
+            found = conn.execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone()
+            held = json.loads(found[0]) if found is not None else None
+            if (isinstance(held, dict) and held.get("token") != info.get("token")
+                    and owner_alive(held.get("token"))):
+                return held
+            conn.execute("INSERT INTO state (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET "
+                         "value = excluded.value", (key, json.dumps(info)))
+        return None
+
     @property
     def paused(self) -> bool:
         """The queue is paused: no worker, in any process, claims a new run (a running one finishes)."""

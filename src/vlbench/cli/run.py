@@ -48,6 +48,7 @@ def add_arguments(p) -> None:
                         "default: start a local Ray instance on 127.0.0.1 with every visible GPU")
     g.add_argument("--ray-actors", type=int, metavar="N",
                    help="actors to start (default: one per GPU of the cluster; without GPUs, min(2, CPUs))")
+    common.add_batch_flag(g)
 
 
 def run(args) -> int:
@@ -102,6 +103,10 @@ def run(args) -> int:
     out = common.check_out_dir(args.output_dir)
     metrics = common.metrics_choice(args, in_run=True)
     spec = common.model_spec(args)
+    sources = None
+    if metrics:  # the metric models: the tiny ones with tiny image models; offline and not downloaded: one line now
+        sources = common.metric_sources(args, tiny_models=spec.tiny, console=common.console())
+        common.check_metric_sources(metrics, sources, shared=() if sources.get("vqa") else ("vqa",))
     files = read_model_files(spec)  # sizes, control tokens and top-k against the models' files, before loading
     for named in recipes:
         try:
@@ -112,6 +117,7 @@ def run(args) -> int:
                 raise exc.within(f"{experiment.path}: config {named.name!r}") from None
             raise
     choice = ExecutorChoice(args.executor, args.ray_address, args.ray_actors)
+    batch = common.batch_size(args.batch, choice.kind)
 
     console = common.console()
     n = len(recipes) * len(reference_sets) * len(prompts) * len(seeds or [None])
@@ -124,6 +130,12 @@ def run(args) -> int:
                   "quick": args.quick, "overrides": overrides, "limit": args.limit, "output_dir": str(out)}
     if executor is not None:
         parameters["executor"] = executor.describe()
+    local = None
+    if batch > 1:
+        from vlbench.experiments.runner import LocalExecutor
+
+        parameters["batch"] = batch
+        local = LocalExecutor(common.render, batch=batch)
     console.print(f"[bold]{common.escape(experiment.name)}[/bold]: {len(recipes)} configs × {len(reference_sets)} "
                   f"references × {len(prompts)} prompts × {len(seeds or [None])} seeds = {n} images → "
                   f"{common.escape(out)}/")
@@ -131,10 +143,10 @@ def run(args) -> int:
     try:
         summary = run_experiment(engine, experiment, recipes, reference_sets, prompts, out, seeds=seeds,
                                  limit=args.limit, parameters=parameters, store=store, console=console,
-                                 executor=executor, render=common.render)
+                                 executor=executor or local, render=common.render)
         if executor is not None:
             executor.close()  # the GPUs are free before diagnostics or metrics load models here
-        _after_run(args, engine, out, recipes, refs, prompts, metrics, store, console)
+        _after_run(args, engine, out, recipes, refs, prompts, metrics, sources, store, console)
     except OSError as exc:
         if exc.filename is None:  # a write that failed mid-file (a full disk) names no file: name the folder
             exc.filename = str(out)
@@ -162,7 +174,7 @@ def run(args) -> int:
     return 1 if summary.failed else 0
 
 
-def _after_run(args, engine, out: Path, recipes, refs, prompts, metrics, store, console) -> None:
+def _after_run(args, engine, out: Path, recipes, refs, prompts, metrics, sources, store, console) -> None:
     """The report's embedding diagnostics, then (with --metrics) the scoring pass; then the report again."""
     if not args.no_diagnostics:
         from vlbench.diagnose import diagnose_run, recipe_layers
@@ -173,7 +185,7 @@ def _after_run(args, engine, out: Path, recipes, refs, prompts, metrics, store, 
         except UserError as exc:
             console.print(f"[yellow]embedding diagnostics skipped: {common.escape(common.render(exc))}[/yellow]")
     if metrics:
-        sources = common.metric_sources(args)
+        sources = dict(sources)
         sources.setdefault("vqa", engine.models.spec.vl)  # the judge is the run's own Qwen3-VL unless --vqa names one
         common.score(out, metrics, sources, engine.models.device, None, args.metrics_batch_size, store, console,
                      shared={"vqa": lambda: engine.models.vl}, shared_sources={"vqa": engine.models.spec.vl})

@@ -16,7 +16,8 @@ DESCRIPTION = ("Search the Recipe fields a space file declares (ranges, value li
                "Each trial is a vlbench run folder under --output-dir/trials/; the folder also holds search.journal "
                "(the Optuna study), trials.jsonl, pareto.json, pareto.png and front/ (the front's recipes, grid "
                "and report). Re-run with --resume to continue.")
-INPUT_FLAGS = ("image", "prompt", "prompts_file", "eval_set", "seeds", "sampler_seed")
+INPUT_FLAGS = ("image", "prompt", "prompts_file", "eval_set", "seeds", "sampler_seed", "steps", "width", "height")
+SIZE_FLAGS = ("steps", "width", "height")
 
 
 def add_arguments(p) -> None:
@@ -50,6 +51,7 @@ def add_arguments(p) -> None:
                    help="seeds of every trial: 3, 1,2,5, 0-7 (default: the space's seeds, else the eval set's, "
                         "else 0)")
     p.add_argument("--no-store", action="store_true", help="do not record the images in the run history")
+    common.add_recipe_flags(p, only=SIZE_FLAGS, recipe_file=False)  # override the space's [fixed] (a quick try)
     g = p.add_argument_group("metric models (the metrics are the space file's objectives, constraints and metrics)")
     for name in SOURCE_FLAGS:
         g.add_argument(common.flag_name(name), dest=name, metavar="ID_OR_DIR",
@@ -113,15 +115,22 @@ def run(args) -> int:
         sampler_seed = 0 if args.sampler_seed is None else args.sampler_seed
         if sampler_seed < 0:
             raise UserError("must be >= 0", field="sampler_seed", value=sampler_seed)
+    space = _with_overrides(space, inputs.get("overrides") or {})
     refs, prompts = _open_inputs(inputs)
     space.check_feasible(len(refs))
     reference_sets = [(r,) for r in refs]
     spec = common.model_spec(args)
     choice = ExecutorChoice(args.executor, args.ray_address, args.ray_actors)
-    sources = common.metric_sources(args)
-    out = common.check_out_dir(args.output_dir)
+    from vlbench.metrics import SOURCE_FLAGS
 
     console = common.console()
+    if args.resume and not args.tiny and not any(getattr(args, k, None) for k in SOURCE_FLAGS):
+        sources = {k: v for k, v in info["metric_sources"].items() if k != "vqa" or v != spec.vl}  # its own models
+    else:
+        sources = common.metric_sources(args, tiny_models=spec.tiny, console=console)
+    common.check_metric_sources(space.metrics, sources, shared=() if sources.get("vqa") else ("vqa",))
+    out = common.check_out_dir(args.output_dir)
+
     handle = F.lock(out)  # one search per folder
     try:
         engine, executor = start_executor(spec, choice, lambda s: common.engine(s, console), console)
@@ -174,6 +183,10 @@ def run(args) -> int:
         console.print(f"[red]{common.escape(line)}[/red]")
     console.print(f"front: {len(summary.front)} trial(s) → {common.escape(out / 'pareto.json')}, "
                   f"{common.escape(out / 'pareto.png')}, {common.escape(out / 'front')}/ (recipes, grid, report)")
+    if summary.ran and not summary.complete and summary.failed:  # nothing to show for it: scripts must see that
+        console.print(f"[red]failed: none of this invocation's {summary.ran} trials completed ({summary.failed} "
+                      "failed; the reasons above and in trials.jsonl)[/red]")
+        return 1
     return 0
 
 
@@ -197,8 +210,26 @@ def _inputs(args, space) -> dict:
     if not args.image and not args.eval_set:
         raise UserError("give at least one reference image (or --eval-set)", field="image")
     seeds = (parse_seeds(args.seeds) if args.seeds is not None else list(space.seeds) or eval_seeds)
+    overrides = {k: getattr(args, k) for k in SIZE_FLAGS if getattr(args, k, None) is not None}
+    searched = [k for k in overrides if any(p.name == k for p in space.params)]
+    if searched:
+        raise UserError(f"is searched by the space ({space.path})", field=searched[0], value=overrides[searched[0]],
+                        fix="drop the flag, or move the field to [fixed] in a copy of the space file")
     return {"eval_set": args.eval_set, "images": [str(Path(p).resolve()) for p in args.image], "prompts": prompts,
-            "seeds": seeds}
+            "seeds": seeds, **({"overrides": overrides} if overrides else {})}
+
+
+def _with_overrides(space, overrides: dict):
+    """The space with --steps/--width/--height set in its [fixed] fields (kept in search.json for --resume)."""
+    import dataclasses
+
+    from vlbench.recipe import Recipe
+
+    if not overrides:
+        return space
+    for key, value in overrides.items():
+        Recipe.from_dict({**{k: v for k, v in space.fixed.items() if k in SIZE_FLAGS}, key: value})  # one line if bad
+    return dataclasses.replace(space, fixed={**space.fixed, **overrides})
 
 
 def _open_inputs(inputs: dict):

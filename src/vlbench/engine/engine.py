@@ -85,6 +85,8 @@ class Conditioning:
     warnings: list[str] = field(default_factory=list)
     schedule: list[Scheduled] = field(default_factory=list)  # empty: one caption at every step
     bridge: bridge.Description | None = None  # text_bridge: what Qwen3-VL said (Qwen3-4B read prompt + it)
+    text_branch: torch.Tensor | None = None  # issue 27 vl_guidance: Qwen3-4B's caption q, the text-only branch
+    vl_guidance: float = 0.0
 
     @property
     def captions(self) -> list[torch.Tensor]:
@@ -105,6 +107,9 @@ class Conditioning:
             out["schedule"] = [s.describe() for s in self.schedule]
         if self.bridge is not None:
             out["text_bridge"] = self.bridge.to_dict()
+        if self.text_branch is not None:  # issue 27: what the three-branch CFG compared the caption with
+            out["vl_guidance"] = {"scale": self.vl_guidance, "formula": VL_GUIDANCE_FORMULA,
+                                  "text_branch": {"source": "qwen3", "length": int(self.text_branch.shape[0])}}
         for name, ex in zip(extraction_names(len(self.extractions), self.dual), self.extractions):
             out[name] = {
                 "input_ids": ex.input_ids,
@@ -116,6 +121,8 @@ class Conditioning:
                 "image_token_counts": ex.image_token_counts,
                 "resized": ex.image_sizes != [tuple(s) for s in ex.source_sizes],
             }
+            if ex.vl_system is not None:  # issue 27: the system turn the VL read (its tokens are in input_ids)
+                out[name]["vl_system"] = ex.vl_system
             if ex.image_attention is not None:
                 out[name]["image_attention"] = image_attention_record(ex)
         if self.text is not None:
@@ -123,6 +130,7 @@ class Conditioning:
         return out
 
 
+VL_GUIDANCE_FORMULA = "pred = P(c) + guidance*(P(c) - P(neg)) + vl_guidance*(P(c) - P(q)); neg only with guidance > 0"
 ATTENTION_FORMULA = ("w_j = a_j / sum_j' a_j', a_j = mean over heads and VL-text (prompt-role) positions i of the "
                      "softmax attention probability from i to image position j in decoder layer `decoder_layer`")
 
@@ -145,6 +153,7 @@ class Result:
     conditioning: Conditioning
     timings: dict[str, float]
     peak_memory_bytes: int | None
+    batch: dict | None = None  # --batch (engine/batching.py): {"size": images in the DiT call, "position": this one's}
 
 
 def _first(value, default):
@@ -174,8 +183,8 @@ class Engine:
 
     # ---- building blocks, each cached ----
     def extraction(self, refs: list[Reference], text: str | None, max_image_tokens: int | None,
-                   attention_layer: int | None = None) -> Extraction:
-        return self.extractions([(refs, text, max_image_tokens, attention_layer)])[0]
+                   attention_layer: int | None = None, system: str | None = None) -> Extraction:
+        return self.extractions([(refs, text, max_image_tokens, attention_layer, system)])[0]
 
     def extractions(self, requests: list[tuple], batch: bool = True) -> list[Extraction]:
         """One Extraction per (refs, VL text, max_image_tokens), each distinct input forwarded at most once.
@@ -185,21 +194,22 @@ class Engine:
         cached exactly as single runs are. `vl_forwards` counts the inputs forwarded, `vl_batched_calls`
         the model calls made. A request is (refs, VL text, max_image_tokens) or, to also read one decoder layer's
         VL-text -> image attention in the same forward (issue 17), (refs, VL text, max_image_tokens, that layer):
-        its own cache entry, so extractions without attention stay as fast as ever.
+        its own cache entry, so extractions without attention stay as fast as ever. A fifth item is the VL system
+        turn's text (issue 27's vl_system; None: the stock template), also part of both cache keys.
         """
         budget = self.models.caption_budget
-        requests = [tuple(r) if len(r) == 4 else (*r, None) for r in requests]
-        keys = [(tuple(r.sha256 for r in refs), text, budget, mit, self.models.spec.vl, attn)
-                for refs, text, mit, attn in requests]
+        requests = [(*r, *(None,) * (5 - len(r))) for r in requests]
+        keys = [(tuple(r.sha256 for r in refs), text, budget, mit, self.models.spec.vl, attn, system)
+                for refs, text, mit, attn, system in requests]
         missing: list[tuple] = []  # (key, disk key, request) of each distinct uncached input, in request order
         for key, request in zip(keys, requests):
             if key in self._extractions or any(key == m[0] for m in missing):
                 continue
-            refs, text, mit, attn = request
+            refs, text, mit, attn, system = request
             disk_key = ex = None
             if self.disk_cache is not None:
                 vl = self.models.vl
-                disk_key = extraction_key(vl, [r.sha256 for r in refs], text, budget, mit, attn)
+                disk_key = extraction_key(vl, [r.sha256 for r in refs], text, budget, mit, attn, system)
                 ex = self.disk_cache.get(disk_key, vl.device)
             if ex is not None:
                 self._extractions[key] = ex
@@ -207,7 +217,8 @@ class Engine:
                 missing.append((key, disk_key, request))
         if missing:
             vl = self.models.vl
-            preps = [prepare(vl, [r.image for r in refs], text, budget, mit) for _, _, (refs, text, mit, _) in missing]
+            preps = [prepare(vl, [r.image for r in refs], text, budget, mit, system)
+                     for _, _, (refs, text, mit, _, system) in missing]
             plain = [i for i, m in enumerate(missing) if m[2][3] is None]
             done = dict(zip(plain, self._forward([preps[i] for i in plain], batch)))
             for i, m in enumerate(missing):  # with attention: one hooked call each (single-pass recipes only)
@@ -306,7 +317,7 @@ class Engine:
             vl, extractions = self._vl_sequence(recipe, prompt, refs)
             timings["extraction"] = time.perf_counter() - start
         text = description = None
-        if recipe.uses_qwen3:
+        if recipe.uses_qwen3 or recipe.vl_guidance != 0:  # vl_guidance: Qwen3-4B's caption is the text-only branch
             t0 = time.perf_counter()
             qwen3_prompt = prompt
             if recipe.text_bridge:
@@ -355,7 +366,9 @@ class Engine:
         first = by_source[entries[0][1]] if entries else own
         return Conditioning(embeds=first.embeds, rows=first.rows, weights=first.weights if first.weighted else None,
                             extractions=extractions, text=text, timings=timings, warnings=warnings,
-                            schedule=schedule, bridge=description, dual=recipe.dual and recipe.uses_vl)
+                            schedule=schedule, bridge=description, dual=recipe.dual and recipe.uses_vl,
+                            text_branch=qwen3.embeds if recipe.vl_guidance != 0 else None,
+                            vl_guidance=recipe.vl_guidance)
 
     def _check_inputs(self, recipe: Recipe, refs: list[Reference], prompt: str) -> None:
         recipe.check_inputs(len(refs))
@@ -396,9 +409,11 @@ class Engine:
 
     def _vl_sequence(self, recipe: Recipe, prompt: str, refs: list[Reference]) -> tuple[C.Seq, list[Extraction]]:
         if recipe.dual:
+            system = recipe.resolve_vl_system()
             style_ex, content_ex = self.extractions(  # two passes, one batched model call when neither is cached
-                [(refs, recipe.resolve_vl_text(prompt, recipe.style_vl_text), recipe.max_image_tokens),
-                 (refs, recipe.resolve_vl_text(prompt, recipe.content_vl_text), recipe.max_image_tokens)],
+                [(refs, recipe.resolve_vl_text(prompt, recipe.style_vl_text), recipe.max_image_tokens, None, system),
+                 (refs, recipe.resolve_vl_text(prompt, recipe.content_vl_text), recipe.max_image_tokens, None,
+                  system)],
                 batch=self.batch_dual)
             style = self._select(style_ex, recipe.style_tokens, recipe, _first(recipe.style_layer, recipe.layer),
                                  "style")
@@ -421,7 +436,7 @@ class Engine:
                 raise UserError("reads the VL text's attention to the image, and the VL text is empty",
                                 field="image_attention", value=recipe.image_attention,
                                 fix="give the VL a text, or drop it (default none)")
-        ex = self.extraction(refs, text, recipe.max_image_tokens, attention)
+        ex = self.extraction(refs, text, recipe.max_image_tokens, attention, recipe.resolve_vl_system())
         if attention is not None and (PROMPT not in ex.roles or IMAGE not in ex.roles):
             raise UserError("reads the VL text's attention to the image, and this VL input has "
                             + ("no text positions" if PROMPT not in ex.roles else "no image"),
@@ -464,6 +479,8 @@ class Engine:
                       guidance=recipe.guidance, negative_embeds=negative, budget=budget, on_step=on_step)
         common["caption_weights"] = cond.weights
         common["schedule"] = [(s.from_step, s.embeds, s.weights) for s in cond.schedule[1:]]
+        if cond.text_branch is not None:
+            common["vl_guidance"] = (recipe.vl_guidance, cond.text_branch)
         if recipe.strength is None:
             image = generate(self.models.pipe, cond.embeds, **common)
         else:
@@ -512,4 +529,6 @@ def environment(models: Models | None = None) -> dict[str, Any]:
                    zimage=models.spec.zimage, vl=models.spec.vl)
         if models.device.type == "cuda":
             env["gpu"] = torch.cuda.get_device_name(models.device)
+        if getattr(models, "fast_settings", None) is not None:
+            env["fast"] = models.fast_settings
     return env

@@ -106,7 +106,8 @@ def generate(pipe, embeds: torch.Tensor, *, seed: int, steps: int, width: int, h
              negative_embeds: torch.Tensor | None = None, budget: int,
              on_step: Callable[[int, int], None] | None = None, output_type: str = "pil",
              init_image=None, strength: float | None = None, caption_weights: torch.Tensor | None = None,
-             schedule: list[tuple[int, torch.Tensor, torch.Tensor | None]] = ()):
+             schedule: list[tuple[int, torch.Tensor, torch.Tensor | None]] = (),
+             vl_guidance: tuple[float, torch.Tensor] | None = None):
     """One image from `embeds` ([L, D]) with diffusers' Z-Image pipeline (txt2img, or img2img when
     `pipe` is a ZImageImg2ImgPipeline and `init_image`/`strength` are given). Returns a PIL image.
     `caption_weights` ([L]): attention weights of the caption rows (see caption_attention).
@@ -118,16 +119,18 @@ def generate(pipe, embeds: torch.Tensor, *, seed: int, steps: int, width: int, h
                               guidance=guidance, negative_embeds=negative_embeds, budget=budget, on_step=on_step,
                               output_type=output_type, init_image=init_image, strength=strength,
                               schedule=[(step, e) for step, e, _ in schedule],
-                              on_swap=lambda step: bias.set(later[step]))[0]
+                              on_swap=lambda step: bias.set(later[step]), vl_guidance=vl_guidance)[0]
 
 
 @torch.inference_mode()
-def generate_batch(pipe, embeds: torch.Tensor, *, seeds: list[int], steps: int, width: int, height: int,
+def generate_batch(pipe, embeds: torch.Tensor | list[torch.Tensor], *, seeds: list[int], steps: int, width: int,
+                   height: int,
                    guidance: float, negative_embeds: torch.Tensor | None = None, budget: int,
                    on_step: Callable[[int, int], None] | None = None, output_type: str = "pil",
                    init_image=None, strength: float | None = None,
                    schedule: list[tuple[int, torch.Tensor]] = (),
-                   on_swap: Callable[[int], None] | None = None) -> list:
+                   on_swap: Callable[[int], None] | None = None,
+                   vl_guidance: tuple[float, torch.Tensor] | None = None) -> list:
     """One image per seed from the same `embeds`, in ONE pipeline call (`num_images_per_prompt`): each sample
     draws its starting noise from its own CPU generator, `torch.Generator("cpu").manual_seed(seed)`, exactly
     as a single run does, so sample i starts where `generate(seed=seeds[i])` starts.
@@ -135,8 +138,20 @@ def generate_batch(pipe, embeds: torch.Tensor, *, seeds: list[int], steps: int, 
     `schedule`: (from step k, embeds) of later captions. ZImagePipeline re-reads its `prompt_embeds` list at
     every step of its denoising loop and takes a replacement from `callback_on_step_end` (with "prompt_embeds"
     in `callback_on_step_end_tensor_inputs`): the callback after step k-1 hands it the caption of step k.
-    `on_swap(k)` runs at that moment (the caption weights change with the caption)."""
-    check_caption(embeds.shape[0], budget)
+    `on_swap(k)` runs at that moment (the caption weights change with the caption).
+
+    `embeds` a list (issue 28's --batch): one caption per seed, in one call (`prompt_embeds` as a list; the
+    DiT masks the shorter captions' padding, or caption buckets pad them to one bucket).
+
+    `vl_guidance`: (scale, Qwen3-4B caption q) — issue 27's three-branch CFG (engine.guidance); None or scale 0:
+    diffusers' own call, untouched."""
+    captions = embeds if isinstance(embeds, list) else None
+    if captions is not None and (len(captions) != len(seeds) or schedule):
+        raise ValueError("a list of captions takes one seed per caption and no schedule")
+    if captions is not None and vl_guidance is not None and vl_guidance[0] != 0:
+        raise ValueError("a list of captions (--batch) takes no vl_guidance")
+    for caption in captions or [embeds]:
+        check_caption(caption.shape[0], budget)
     check_size(width, height, pipe)
     if negative_embeds is not None:
         check_caption(negative_embeds.shape[0], budget)
@@ -168,11 +183,25 @@ def generate_batch(pipe, embeds: torch.Tensor, *, seeds: list[int], steps: int, 
     if swaps:
         kwargs["callback_on_step_end_tensor_inputs"] = ["latents", "prompt_embeds"]
     generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
-    if len(seeds) > 1:
+    if len(seeds) > 1 and captions is None:
         kwargs["num_images_per_prompt"] = len(seeds)
+    if vl_guidance is not None and vl_guidance[0] != 0:  # issue 27: the branches are batched by transformer hooks
+        from vlbench.engine.guidance import vl_guidance as three_branch
+
+        scale, text = vl_guidance
+        check_caption(text.shape[0], budget)
+        negative = negative_embeds.to(device=device, dtype=dtype) if guidance > 0 else None
+        with three_branch(pipe.transformer, text.to(device=device, dtype=dtype), negative, guidance, scale):
+            result = pipe(prompt_embeds=[embeds.to(device=device, dtype=dtype)], negative_prompt_embeds=None,
+                          guidance_scale=0.0, num_inference_steps=steps, width=width, height=height,
+                          generator=generators[0] if len(seeds) == 1 else generators, output_type=output_type,
+                          **kwargs)
+        return list(result.images)
+    prompts = [e.to(device=device, dtype=dtype) for e in captions or [embeds]]
     result = pipe(
-        prompt_embeds=[embeds.to(device=device, dtype=dtype)],
-        negative_prompt_embeds=[negative_embeds.to(device=device, dtype=dtype)] if guidance > 0 else None,
+        prompt_embeds=prompts,
+        negative_prompt_embeds=[negative_embeds.to(device=device, dtype=dtype)] * len(prompts) if guidance > 0
+        else None,
         guidance_scale=guidance,
         num_inference_steps=steps,
         width=width,

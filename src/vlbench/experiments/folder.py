@@ -226,7 +226,8 @@ def models_of(engine) -> dict:
     spec = engine.models.spec
     return {"zimage": spec.zimage, "vl": spec.vl, "tiny": spec.tiny, "device": str(engine.models.device),
             "dtype": str(engine.models.dtype).removeprefix("torch."),
-            "offload": getattr(engine.models, "offload", "none"), "compile": bool(spec.compile)}
+            "offload": getattr(engine.models, "offload", "none"), "compile": bool(spec.compile),
+            **({"fast": True} if getattr(spec, "fast", False) else {})}
 
 
 def read_info(out: Path) -> dict | None:
@@ -259,7 +260,7 @@ def start_invocation(out: Path, experiment, engine, parameters: dict | None, sum
                   "redone": summary.redone, "rerecorded": summary.rerecorded}
     info.update(experiment=experiment.name, description=experiment.description, question=experiment.question,
                 type_file=str(experiment.path), type_source=experiment.source, models=models_of(engine),
-                baseline=getattr(experiment, "baseline", None))
+                baseline=getattr(experiment, "baseline", None), equivalence=getattr(experiment, "equivalence", None))
     info.setdefault("invocations", []).append(invocation)
     atomic_write_json(out / RUN_INFO, info)
     return invocation
