@@ -227,6 +227,35 @@ def test_an_interrupted_ray_run_resumes(sweep, executor, tiny_spec, tmp_path):
     assert len(rows) == 8 and len({r["key"] for r in rows}) == 8
 
 
+def test_batch_on_ray_groups_each_actors_jobs_and_each_image_is_its_batch_1_image(sweep, executor, tiny_spec,
+                                                                                   tmp_path):
+    """--batch 2 on the actors (issue 29): each actor takes up to 2 jobs of one shape from its group and runs them in
+    shared DiT calls (jobs.execute_batch); rows stay one per image, each record says its batch, and each image
+    equals the local batch-1 image within tests/test_batching.py's tolerance."""
+    import numpy as np
+    from PIL import Image
+
+    from test_batching import MAX_PIXEL_DIFF, MEAN_PIXEL_DIFF
+
+    executor.batch = 2
+    try:
+        summary = _run_on_ray(sweep, executor, tiny_spec, tmp_path / "ray")
+        described = executor.describe()
+    finally:
+        executor.batch = 1
+    assert (summary.done, summary.failed) == (8, 0) and described["batch"] == 2
+    rows = _rows(tmp_path / "ray")
+    assert len(rows) == 8 and len({r["key"] for r in rows}) == 8
+    batches = [r["environment"]["batch"] for r in rows]
+    assert all(b["size"] in (1, 2) and 0 <= b["position"] < b["size"] for b in batches)
+    assert sum(b["size"] == 2 for b in batches) >= 2  # at least one shared call (its two images)
+    for row in rows:
+        a = np.asarray(Image.open(tmp_path / "ray" / row["image"])).astype(int)
+        b = np.asarray(Image.open(sweep["local"] / row["image"])).astype(int)
+        d = np.abs(a - b)
+        assert d.max() <= MAX_PIXEL_DIFF and d.mean() <= MEAN_PIXEL_DIFF, (row["name"], d.max(), d.mean())
+
+
 # ---- the command line ----
 def _main(argv: list[str]) -> int:
     """A command in-process; a bad input raises its UserError (vlbench.cli.main would print it)."""
