@@ -80,6 +80,29 @@ def test_dispatch_retries_on_the_same_slot_when_it_is_the_only_one():
     assert d.lost(job, 0) and d.next_for(0, {0}) is job
 
 
+@dataclass(frozen=True)
+class _B:
+    key: str
+    extractions: tuple
+    recipe: str = "s"  # the shape (batch_key is the identity here)
+    prompt: str = "p"
+
+
+def test_dispatch_batches_take_one_groups_jobs_of_one_shape_from_the_end_the_first_came_from():
+    same = lambda r: r  # noqa: E731
+    jobs = [_B(f"a{i}", (("a", "t"),), "s" if i != 2 else "t") for i in range(5)]
+    d = Dispatcher(jobs)
+    assert [j.key for j in d.next_batch_for(0, 3, same, {0, 1})] == ["a0", "a1"]  # a2 has another shape
+    assert [j.key for j in d.next_batch_for(1, 3, same, {0, 1})] == ["a4", "a3"]  # stolen: from the far end
+    assert [j.key for j in d.next_batch_for(0, 3, same, {0, 1})] == ["a2"] and d.pending() == 0
+    d = Dispatcher(jobs[:2])
+    first = d.next_batch_for(0, 2, same, {0, 1})
+    assert len(first) == 2 and d.lost(first[0], 0) and d.lost(first[1], 0)
+    assert len(d.next_batch_for(1, 2, same, {0, 1})) == 1  # a retried job runs alone
+    d = Dispatcher(jobs[:2])
+    assert len(d.next_batch_for(0, 2, lambda r: None, {0, 1})) == 1  # no shape (img2img, schedules): alone
+
+
 # ---- on Ray ----
 @pytest.fixture(scope="module")
 def ray_session(tiny_dirs):
