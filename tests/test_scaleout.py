@@ -38,7 +38,7 @@ def test_the_scaleout_benchmark_smoke_writes_throughput_and_efficiency_per_g(tin
         assert search["trials"] == settings["trials_per_gpu"] * g and search["images"] == search["trials"]
         assert search["trials_per_hour"] == pytest.approx(search["trials"] / search["seconds"] * 3600, rel=1e-3)
         assert images["images_per_hour"] == pytest.approx(images["images"] / images["seconds"] * 3600, rel=1e-3)
-    for key, effs in result["efficiency"].items():  # efficiency(G) = thr(G) / (G × thr(1)), from the file's own numbers
+    for key, effs in result["efficiency"].items():  # efficiency(G) = thr(G) / (G × thr(1)), from the file's numbers
         phase, metric = key.split(".")
         thr = {g: result["by_g"][g][phase][metric] for g in ("1", "2")}
         assert effs["1"] == pytest.approx(1.0)

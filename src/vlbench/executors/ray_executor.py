@@ -228,7 +228,7 @@ class _Lane:
     stop: threading.Event
 
     def run(self, engine, jobs: list, ledger) -> None:
-        """run_experiment's executor: the jobs on this lane's actor only; stops (KeyboardInterrupt) when `stop` is set."""
+        """run_experiment's executor: the jobs on this lane's actor only; KeyboardInterrupt once `stop` is set."""
         self.x._run(jobs, ledger, [self.x.slots[self.index]], self.stop)
 
 
