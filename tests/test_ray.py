@@ -79,6 +79,29 @@ def test_dispatch_retries_on_the_same_slot_when_it_is_the_only_one():
     assert d.lost(job, 0) and d.next_for(0, {0}) is job
 
 
+@dataclass(frozen=True)
+class _B:
+    key: str
+    extractions: tuple
+    recipe: str = "s"  # the shape (batch_key is the identity here)
+    prompt: str = "p"
+
+
+def test_dispatch_batches_take_one_groups_jobs_of_one_shape_from_the_end_the_first_came_from():
+    same = lambda r: r  # noqa: E731
+    jobs = [_B(f"a{i}", (("a", "t"),), "s" if i != 2 else "t") for i in range(5)]
+    d = Dispatcher(jobs)
+    assert [j.key for j in d.next_batch_for(0, 3, same, {0, 1})] == ["a0", "a1"]  # a2 has another shape
+    assert [j.key for j in d.next_batch_for(1, 3, same, {0, 1})] == ["a4", "a3"]  # stolen: from the far end
+    assert [j.key for j in d.next_batch_for(0, 3, same, {0, 1})] == ["a2"] and d.pending() == 0
+    d = Dispatcher(jobs[:2])
+    first = d.next_batch_for(0, 2, same, {0, 1})
+    assert len(first) == 2 and d.lost(first[0], 0) and d.lost(first[1], 0)
+    assert len(d.next_batch_for(1, 2, same, {0, 1})) == 1  # a retried job runs alone
+    d = Dispatcher(jobs[:2])
+    assert len(d.next_batch_for(0, 2, lambda r: None, {0, 1})) == 1  # no shape (img2img, schedules): alone
+
+
 # ---- on Ray ----
 @pytest.fixture(scope="module")
 def ray_session(tiny_dirs):
@@ -224,6 +247,35 @@ def test_an_interrupted_ray_run_resumes(sweep, executor, tiny_spec, tmp_path):
     assert (summary.skipped, summary.done) == (3, 5)
     rows = _rows(out)
     assert len(rows) == 8 and len({r["key"] for r in rows}) == 8
+
+
+def test_batch_on_ray_groups_each_actors_jobs_and_each_image_is_its_batch_1_image(sweep, executor, tiny_spec,
+                                                                                   tmp_path):
+    """--batch 2 on the actors (issue 29): each actor takes up to 2 jobs of one shape from its group and runs them in
+    shared DiT calls (jobs.execute_batch); rows stay one per image, each record says its batch, and each image
+    equals the local batch-1 image within tests/test_batching.py's tolerance."""
+    import numpy as np
+    from PIL import Image
+
+    from test_batching import MAX_PIXEL_DIFF, MEAN_PIXEL_DIFF
+
+    executor.batch = 2
+    try:
+        summary = _run_on_ray(sweep, executor, tiny_spec, tmp_path / "ray")
+        described = executor.describe()
+    finally:
+        executor.batch = 1
+    assert (summary.done, summary.failed) == (8, 0) and described["batch"] == 2
+    rows = _rows(tmp_path / "ray")
+    assert len(rows) == 8 and len({r["key"] for r in rows}) == 8
+    batches = [r["environment"]["batch"] for r in rows]
+    assert all(b["size"] in (1, 2) and 0 <= b["position"] < b["size"] for b in batches)
+    assert sum(b["size"] == 2 for b in batches) >= 2  # at least one shared call (its two images)
+    for row in rows:
+        a = np.asarray(Image.open(tmp_path / "ray" / row["image"])).astype(int)
+        b = np.asarray(Image.open(sweep["local"] / row["image"])).astype(int)
+        d = np.abs(a - b)
+        assert d.max() <= MAX_PIXEL_DIFF and d.mean() <= MEAN_PIXEL_DIFF, (row["name"], d.max(), d.mean())
 
 
 # ---- the command line ----

@@ -387,3 +387,59 @@ def test_size_and_steps_flags_override_the_spaces_fixed_fields(tiny_dirs, tmp_pa
         _search(tmp_path, ref_image, tmp_path / "bad", "--trials", "1", "--steps", "4", space=searched)
     with pytest.raises(UserError, match="width 65: is not a multiple of 16"):
         _search(tmp_path, ref_image, tmp_path / "bad", "--trials", "1", "--width", "65", space=space)
+
+
+def test_a_stop_reaching_the_search_process_stops_every_trial_thread_and_leaves_their_trials_running(tmp_path):
+    """Issue 29, concurrent trials without Ray or models: Ctrl-C or kill reaches the main thread (here
+    _thread.interrupt_main, what SIGTERM becomes under vlbench's handler) while two trials hold the two lanes; every
+    trial thread stops, the search raises KeyboardInterrupt, and both trials stay running in the study for --resume."""
+    import _thread
+    import queue
+    import threading
+    import time
+    from types import SimpleNamespace
+
+    from vlbench.search.runner import SearchSummary, _Search, open_study
+
+    space = parse_space(LEAN_SPACE, tmp_path / "space.toml")
+    study = open_study(tmp_path, space)
+    search = _Search(study, space, tmp_path, 0, 10, None, SearchSummary(target=10), None, None)
+
+    class Lanes:  # two actors, as vlbench.executors.ray_executor.Lanes hands them out
+        slots = [0, 1]
+
+        def __init__(self):
+            self.free = queue.Queue()
+            for i in self.slots:
+                self.free.put(i)
+
+        def acquire(self, stop):
+            while not stop.is_set():
+                try:
+                    return SimpleNamespace(index=self.free.get(timeout=0.05), run=None)
+                except queue.Empty:
+                    pass
+            return None
+
+        def release(self, lane):
+            self.free.put(lane.index)
+
+        @staticmethod
+        def lost(exc):
+            return False
+
+    started = []
+
+    def evaluate(study, trial, params, executor=None, images_done=None):  # a trial whose images are running
+        started.append(trial.number)
+        if len(started) == 2:
+            _thread.interrupt_main()
+        while not search.stop.is_set():
+            time.sleep(0.01)
+        raise KeyboardInterrupt  # what a lane raises at its next wait once the stop is set
+
+    with pytest.raises(KeyboardInterrupt):
+        search.run_concurrently(evaluate, Lanes())
+    assert not [t for t in threading.enumerate() if t.name.startswith("vlbench-trial-")]
+    assert sorted(started) == [0, 1]
+    assert [t.state.name for t in study.get_trials()] == ["RUNNING", "RUNNING"]

@@ -135,14 +135,17 @@ def run(args) -> int:
     parameters = {"experiment": args.experiment, "images": images, "prompts": prompts, "seeds": seeds,
                   "eval_set": args.eval_set,
                   "quick": args.quick, "overrides": overrides, "limit": args.limit, "output_dir": str(out)}
-    if executor is not None:
-        parameters["executor"] = executor.describe()
     local = None
     if batch > 1:
         from vlbench.experiments.runner import LocalExecutor
 
         parameters["batch"] = batch
-        local = LocalExecutor(common.render, batch=batch)
+        if executor is not None:
+            executor.batch = batch  # each actor batches the jobs it takes (one group, one shape)
+        else:
+            local = LocalExecutor(common.render, batch=batch)
+    if executor is not None:
+        parameters["executor"] = executor.describe()
     console.print(f"[bold]{common.escape(experiment.name)}[/bold]: {len(recipes)} configs × {len(reference_sets)} "
                   f"references × {len(prompts)} prompts × {len(seeds or [None])} seeds = {n} images → "
                   f"{common.escape(out)}/")

@@ -39,7 +39,8 @@ def add_arguments(p) -> None:
                         "the invocation's first trial always runs)")
     p.add_argument("--sampler-seed", type=int, metavar="S",
                    help="the sampler's seed (default 0): same seed + same space + same inputs -> the same trials "
-                        "in the same order, resumed or not")
+                        "in the same order, resumed or not, with one worker (local, or one Ray actor); with several "
+                        "actors the order depends on timing")
     p.add_argument("--image", action="append", default=[], metavar="REF",
                    help="reference image; repeat for several: every trial runs on each one")
     p.add_argument("--prompt", action="append", default=[], metavar="TEXT", help="a prompt; repeat for several")
