@@ -610,3 +610,16 @@ def test_mixed_model_without_statsmodels_is_one_line(tmp_path, capsys):
     synthetic_run(out)
     err = cli_error(["stats", str(out), "--mixed-model"], capsys)
     assert "--mixed-model: statsmodels is not installed; pip install 'vlbench[mixed]'" in err
+
+
+def test_an_experiment_types_equivalence_key_is_checked(tmp_path):
+    from vlbench.experiments.spec import load_type
+
+    good = tmp_path / "good.toml"
+    good.write_text('name = "t"\nequivalence = {siglip = 0.5}\n[[configs]]\nname = "a"\n')
+    assert load_type(good).equivalence == {"siglip": 0.5}
+    for bad in ("-1", "{siglip = 0}", "{siglip = nan}", '"yes"'):
+        path = tmp_path / "bad.toml"
+        path.write_text(f'name = "t"\nequivalence = {bad}\n[[configs]]\nname = "a"\n')
+        with pytest.raises(UserError, match=r"bad.toml: equivalence: .* must be true, or a table of positive margins"):
+            load_type(path)
