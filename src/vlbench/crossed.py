@@ -79,7 +79,10 @@ def fill_missing(y: np.ndarray, present: np.ndarray) -> np.ndarray:
     w = np.concatenate([np.ones(P), -np.ones(R)])
     a += np.outer(w, w)
     b = np.concatenate([ys.sum(-1), ys.sum(-2)], axis=-1)
-    theta = np.linalg.solve(a, b[..., None])[..., 0]
+    try:
+        theta = np.linalg.solve(a, b[..., None])[..., 0]
+    except np.linalg.LinAlgError:  # a disconnected table (blocks sharing no prompt or reference): least norm
+        theta = (np.linalg.pinv(a) @ b[..., None])[..., 0]
     fit = theta[:, :P, None] + theta[:, None, P:]
     flat_y[holes] = np.where(mask > 0, sub, fit)
     return flat_y.reshape(y.shape)
@@ -231,6 +234,27 @@ def cells_of(values: Mapping[tuple, float]) -> Cells:
     return Cells(prompts, refs, means, counts, float(within), len({u[2] for u in values}))
 
 
+def connected(present: np.ndarray) -> bool:
+    """Whether the present cells of a P × R table link every prompt and reference (the bipartite graph of
+    prompts and references through cells is connected): only then are the filled cells and the ANOVA defined."""
+    P, R = present.shape
+    seen_p, seen_r = {0}, set()
+    frontier = [("p", 0)]
+    while frontier:
+        kind, i = frontier.pop()
+        if kind == "p":
+            for j in np.flatnonzero(present[i]):
+                if j not in seen_r:
+                    seen_r.add(int(j))
+                    frontier.append(("r", int(j)))
+        else:
+            for k in np.flatnonzero(present[:, i]):
+                if k not in seen_p:
+                    seen_p.add(int(k))
+                    frontier.append(("p", int(k)))
+    return len(seen_p) == P and len(seen_r) == R
+
+
 def infer(values: Mapping[tuple, float], confidence: float = 0.95, min_levels: int = MIN_LEVELS) -> dict:
     """The design-aware mean of {(prompt, reference, seed): value} with its interval and its test of 0.
 
@@ -253,7 +277,7 @@ def infer(values: Mapping[tuple, float], confidence: float = 0.95, min_levels: i
     components = {"seed": s2_seed, "seed_df": c.within_df}
     if not conditional:
         a = anova(np.nan_to_num(c.means)[None], present[None])
-        if int(a.df_cell[0]) >= 1:
+        if int(a.df_cell[0]) >= 1 and connected(present):
             v, d, kp, kr = crossed_variance(a)
             est, var, df, method = float(a.estimate[0]), float(v[0]), float(d[0]), CROSSED
             ms_c = float(a.ms_cell[0])
@@ -268,8 +292,9 @@ def infer(values: Mapping[tuple, float], confidence: float = 0.95, min_levels: i
             })
             out["approximate"] = min(P, R) < APPROXIMATE_BELOW
         else:
-            out["note"] = "prompts and references are not crossed (too few shared cells): cells are the units"
-    if est is None and conditional and len(conditional) == 1:
+            out["note"] = ("prompts and references are not crossed (too few shared cells, or blocks that share no "
+                           "prompt or reference): cells are the units")
+    if est is None and conditional and len(conditional) == 1 and (min(P, R) == 1 or connected(present)):
         axis = 1 if conditional == ["references"] else 0  # average over the fixed factor
         table = fill_missing(np.nan_to_num(c.means)[None], present[None])[0] if min(P, R) > 1 else c.means
         level_means = table.mean(axis=axis)
@@ -287,6 +312,8 @@ def infer(values: Mapping[tuple, float], confidence: float = 0.95, min_levels: i
         else:
             method = SEEDS
             out["note"] = "one seed per cell: no interval within these prompts and references (run more seeds)"
+    if est is None and len(conditional) == 1 and not out["note"]:
+        out["note"] = "prompts and references are not crossed (blocks that share none): cells are the units"
     if est is None:  # not crossed, or a random factor whose levels could not be averaged: cells as units
         cell_means = c.means[present]
         est, method = float(cell_means.mean()), CELLS
