@@ -303,17 +303,14 @@ def plan_block(stats: dict, deltas: Mapping[str, float]) -> dict:
 
 def _design(units: set[tuple], images: int) -> dict:
     """The design of the whole run: counts, and what a claim about it may reach."""
-    from vlbench.crossed import MIN_LEVELS, design_label
+    from vlbench.crossed import APPROXIMATE_BELOW, MIN_LEVELS, design_label
 
-    P, R = len({u[0] for u in units}), len({u[1] for u in units})
-    d = {"prompts": P, "references": R, "seeds": len({u[2] for u in units}), "cells": len({u[:2] for u in units}),
-         "images": images, "unit": ["prompt", "reference_sha256"], "replicate": "seed",
-         "conditional_on": [n for n, k in (("prompts", P), ("references", R)) if k < MIN_LEVELS],
-         "approximate": False}
-    from vlbench.crossed import APPROXIMATE_BELOW
-
-    random = [k for n, k in (("prompts", P), ("references", R)) if k >= MIN_LEVELS]
-    d["approximate"] = bool(random) and min(random) < APPROXIMATE_BELOW
+    levels = {"prompts": len({u[0] for u in units}), "references": len({u[1] for u in units})}
+    random = [k for k in levels.values() if k >= MIN_LEVELS]
+    d = {**levels, "seeds": len({u[2] for u in units}), "cells": len({u[:2] for u in units}), "images": images,
+         "unit": ["prompt", "reference_sha256"], "replicate": "seed",
+         "conditional_on": [name for name, k in levels.items() if k < MIN_LEVELS],
+         "approximate": bool(random) and min(random) < APPROXIMATE_BELOW}
     d["label"] = design_label(d)
     return d
 
