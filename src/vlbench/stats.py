@@ -701,7 +701,7 @@ def print_stats(stats: dict, console) -> None:
     from rich.table import Table
 
     if not console.is_terminal:  # piped or logged: 80 columns would fold every number
-        console.width = max(console.width, 160)
+        console.width = max(console.width, 200)
     head = (f"[bold]{escape(stats.get('experiment', ''))}[/bold]: {len(stats['configs'])} configs, "
             f"{stats['images']} scored images; baseline [bold]{escape(stats['baseline'])}[/bold]; "
             f"{escape(method_line(stats))}")
