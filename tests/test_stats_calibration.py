@@ -143,3 +143,23 @@ def test_any_design_gets_a_defined_answer_or_none_never_an_error():
     assert not crossed.connected(crossed.cells_of(blocks).present)
     got = crossed.infer(blocks)
     assert got["method"] == crossed.CELLS and "not crossed" in got["note"]
+
+
+def test_the_batched_fit_is_what_vlbench_stats_computes_for_one_comparison():
+    """The calibration fits draws with crossed.anova/crossed_variance in a batch; `vlbench stats` fits one
+    comparison with crossed.infer from its images. On simulated draws with empty cells they agree."""
+    rng = np.random.default_rng(3)
+    means, present = simulate("M2", 4, 4, 3, 0.3, rng, draws=40)  # 30 % missing: many empty cells
+    est, var, df = fit(means, present)
+    checked = 0
+    for i in range(means.shape[0]):
+        values = {(f"p{p}", f"r{r}", 0): float(means[i, p, r]) for p in range(4) for r in range(4) if present[i, p, r]}
+        if len({u[0] for u in values}) < 4 or len({u[1] for u in values}) < 4:
+            continue  # a prompt or reference lost every image: another design, not this draw's
+        got = crossed.infer(values)
+        if got["method"] != crossed.CROSSED:
+            continue
+        assert got["mean"] == pytest.approx(est[i], abs=1e-12)
+        assert got["se"] ** 2 == pytest.approx(var[i], rel=1e-9) and got["df"] == pytest.approx(df[i], rel=1e-9)
+        checked += 1
+    assert checked >= 20
