@@ -709,7 +709,7 @@ def print_stats(stats: dict, console) -> None:
     for name, block in stats["metrics"].items():
         rows = table_rows(stats, name)
         arrow = "higher is better" if block["higher_is_better"] else "lower is better"
-        console.print(escape(design_line(stats, name)), style="dim")
+        console.print(escape(design_line(stats, name)), style="dim", soft_wrap=True)  # one line, never cut
         if block.get("note"):
             console.print(f"{escape(block['label'])} ({escape(name)}): {escape(block['note'])}")
         table = Table(title=f"{block['label']} ({name}; {arrow})", title_justify="left")
