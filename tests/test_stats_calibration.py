@@ -119,3 +119,47 @@ def test_the_4x4x3_design_is_flagged_approximate_and_the_default_set_is_not():
     assert small["method"] == default["method"] == crossed.CROSSED
     assert small["approximate"] and "few prompts/references: approximate" in crossed.design_label(small)
     assert not default["approximate"] and crossed.design_label(default) == ""
+
+
+def test_any_design_gets_a_defined_answer_or_none_never_an_error():
+    """Random prompts × references × seeds tables with random holes (disconnected ones included) and constant
+    values: infer returns JSON-ready numbers, its interval holds its estimate, and blocks that share no prompt or
+    reference are not treated as crossed."""
+    import json
+
+    rng = np.random.default_rng(0)
+    for _ in range(400):
+        P, R, S = (int(x) for x in rng.integers(1, 7, 3))
+        keep, const = rng.random(), rng.random() < 0.1
+        vals = {(f"p{p}", f"r{r}", s): 1.0 if const else float(rng.normal())
+                for p in range(P) for r in range(R) for s in range(S) if rng.random() < keep or p == r == s == 0}
+        out = crossed.infer(vals)
+        json.dumps(out, allow_nan=False)
+        if out["ci"] is not None:
+            assert out["ci"][0] - 1e-9 <= out["mean"] <= out["ci"][1] + 1e-9
+    # two blocks: prompts 0-3 only with references 0-3, prompts 4-7 only with references 4-7
+    blocks = {(f"p{p}", f"r{r}", s): float(rng.normal()) for p in range(8) for r in range(8) for s in range(2)
+              if (p < 4) == (r < 4)}
+    assert not crossed.connected(crossed.cells_of(blocks).present)
+    got = crossed.infer(blocks)
+    assert got["method"] == crossed.CELLS and "not crossed" in got["note"]
+
+
+def test_the_batched_fit_is_what_vlbench_stats_computes_for_one_comparison():
+    """The calibration fits draws with crossed.anova/crossed_variance in a batch; `vlbench stats` fits one
+    comparison with crossed.infer from its images. On simulated draws with empty cells they agree."""
+    rng = np.random.default_rng(3)
+    means, present = simulate("M2", 4, 4, 3, 0.3, rng, draws=40)  # 30 % missing: many empty cells
+    est, var, df = fit(means, present)
+    checked = 0
+    for i in range(means.shape[0]):
+        values = {(f"p{p}", f"r{r}", 0): float(means[i, p, r]) for p in range(4) for r in range(4) if present[i, p, r]}
+        if len({u[0] for u in values}) < 4 or len({u[1] for u in values}) < 4:
+            continue  # a prompt or reference lost every image: another design, not this draw's
+        got = crossed.infer(values)
+        if got["method"] != crossed.CROSSED:
+            continue
+        assert got["mean"] == pytest.approx(est[i], abs=1e-12)
+        assert got["se"] ** 2 == pytest.approx(var[i], rel=1e-9) and got["df"] == pytest.approx(df[i], rel=1e-9)
+        checked += 1
+    assert checked >= 20

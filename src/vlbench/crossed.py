@@ -79,7 +79,10 @@ def fill_missing(y: np.ndarray, present: np.ndarray) -> np.ndarray:
     w = np.concatenate([np.ones(P), -np.ones(R)])
     a += np.outer(w, w)
     b = np.concatenate([ys.sum(-1), ys.sum(-2)], axis=-1)
-    theta = np.linalg.solve(a, b[..., None])[..., 0]
+    try:
+        theta = np.linalg.solve(a, b[..., None])[..., 0]
+    except np.linalg.LinAlgError:  # a disconnected table (blocks sharing no prompt or reference): least norm
+        theta = (np.linalg.pinv(a) @ b[..., None])[..., 0]
     fit = theta[:, :P, None] + theta[:, None, P:]
     flat_y[holes] = np.where(mask > 0, sub, fit)
     return flat_y.reshape(y.shape)
@@ -125,9 +128,12 @@ def crossed_variance(a: Anova, pool_alpha: float = POOL_ALPHA) -> tuple[np.ndarr
     from scipy.special import fdtri  # F quantile; scipy.special imports in a fraction of scipy.stats' time
 
     df_c = np.maximum(a.df_cell, 1)
+    levels, where = np.unique(df_c, return_inverse=True)  # few distinct df: the quantile once for each
+    f_p = fdtri(a.df_prompt, levels, 1 - pool_alpha)[where].reshape(np.shape(df_c))
+    f_r = fdtri(a.df_reference, levels, 1 - pool_alpha)[where].reshape(np.shape(df_c))
     with np.errstate(divide="ignore", invalid="ignore"):
-        keep_p = a.ms_prompt / a.ms_cell > fdtri(a.df_prompt, df_c, 1 - pool_alpha)
-        keep_r = a.ms_reference / a.ms_cell > fdtri(a.df_reference, df_c, 1 - pool_alpha)
+        keep_p = a.ms_prompt / a.ms_cell > f_p
+        keep_r = a.ms_reference / a.ms_cell > f_r
         # a zero interaction (e.g. identical configs) keeps a non-zero main effect
         keep_p = np.where(a.ms_cell > 0, keep_p, a.ms_prompt > 0)
         keep_r = np.where(a.ms_cell > 0, keep_r, a.ms_reference > 0)
@@ -154,6 +160,19 @@ def t_interval(estimate, variance, df, confidence: float = 0.95):
         tstat = np.where(se > 0, estimate / np.where(se > 0, se, 1.0), np.where(estimate == 0, 0.0, np.inf))
     p = 2 * stdtr(dfs, -np.abs(tstat))
     return np.where(ok, estimate - q * se, np.nan), np.where(ok, estimate + q * se, np.nan), np.where(ok, p, np.nan)
+
+
+def t_test_p(estimate, variance, df):
+    """Two-sided p of the t test of estimate = 0 (batched; nan where the variance or df is not usable): what
+    t_interval returns as p, without the quantile (the planning loops need only this)."""
+    from scipy.special import stdtr
+
+    estimate, variance, df = (np.asarray(v, dtype=np.float64) for v in (estimate, variance, df))
+    ok = np.isfinite(variance) & np.isfinite(df) & (df > 0) & (variance >= 0)
+    se = np.sqrt(np.where(ok, variance, 1.0))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        tstat = np.where(se > 0, estimate / np.where(se > 0, se, 1.0), np.where(estimate == 0, 0.0, np.inf))
+    return np.where(ok, 2 * stdtr(np.where(ok, df, 1.0), -np.abs(tstat)), np.nan)
 
 
 def tost_p(estimate, variance, df, margin: float):
@@ -215,6 +234,27 @@ def cells_of(values: Mapping[tuple, float]) -> Cells:
     return Cells(prompts, refs, means, counts, float(within), len({u[2] for u in values}))
 
 
+def connected(present: np.ndarray) -> bool:
+    """Whether the present cells of a P × R table link every prompt and reference (the bipartite graph of
+    prompts and references through cells is connected): only then are the filled cells and the ANOVA defined."""
+    P, R = present.shape
+    seen_p, seen_r = {0}, set()
+    frontier = [("p", 0)]
+    while frontier:
+        kind, i = frontier.pop()
+        if kind == "p":
+            for j in np.flatnonzero(present[i]):
+                if j not in seen_r:
+                    seen_r.add(int(j))
+                    frontier.append(("r", int(j)))
+        else:
+            for k in np.flatnonzero(present[:, i]):
+                if k not in seen_p:
+                    seen_p.add(int(k))
+                    frontier.append(("p", int(k)))
+    return len(seen_p) == P and len(seen_r) == R
+
+
 def infer(values: Mapping[tuple, float], confidence: float = 0.95, min_levels: int = MIN_LEVELS) -> dict:
     """The design-aware mean of {(prompt, reference, seed): value} with its interval and its test of 0.
 
@@ -237,7 +277,7 @@ def infer(values: Mapping[tuple, float], confidence: float = 0.95, min_levels: i
     components = {"seed": s2_seed, "seed_df": c.within_df}
     if not conditional:
         a = anova(np.nan_to_num(c.means)[None], present[None])
-        if int(a.df_cell[0]) >= 1:
+        if int(a.df_cell[0]) >= 1 and connected(present):
             v, d, kp, kr = crossed_variance(a)
             est, var, df, method = float(a.estimate[0]), float(v[0]), float(d[0]), CROSSED
             ms_c = float(a.ms_cell[0])
@@ -252,8 +292,9 @@ def infer(values: Mapping[tuple, float], confidence: float = 0.95, min_levels: i
             })
             out["approximate"] = min(P, R) < APPROXIMATE_BELOW
         else:
-            out["note"] = "prompts and references are not crossed (too few shared cells): cells are the units"
-    if est is None and conditional and len(conditional) == 1:
+            out["note"] = ("prompts and references are not crossed (too few shared cells, or blocks that share no "
+                           "prompt or reference): cells are the units")
+    if est is None and conditional and len(conditional) == 1 and (min(P, R) == 1 or connected(present)):
         axis = 1 if conditional == ["references"] else 0  # average over the fixed factor
         table = fill_missing(np.nan_to_num(c.means)[None], present[None])[0] if min(P, R) > 1 else c.means
         level_means = table.mean(axis=axis)
@@ -271,6 +312,8 @@ def infer(values: Mapping[tuple, float], confidence: float = 0.95, min_levels: i
         else:
             method = SEEDS
             out["note"] = "one seed per cell: no interval within these prompts and references (run more seeds)"
+    if est is None and len(conditional) == 1 and not out["note"]:
+        out["note"] = "prompts and references are not crossed (blocks that share none): cells are the units"
     if est is None:  # not crossed, or a random factor whose levels could not be averaged: cells as units
         cell_means = c.means[present]
         est, method = float(cell_means.mean()), CELLS
@@ -320,8 +363,7 @@ def simulate_power(components: Mapping[str, float], delta: float, prompts: int, 
               ms_cell=e_c * rng.chisquare(df_c, draws) / df_c,
               df_prompt=df_p, df_reference=df_r, df_cell=np.full(draws, df_c), P=P, R=R)
     var, df, _, _ = crossed_variance(a)
-    _, _, p = t_interval(a.estimate, var, df)
-    return float(np.mean(p < alpha))
+    return float(np.mean(t_test_p(a.estimate, var, df) < alpha))
 
 
 def minimum_detectable(se: float, df: float, alpha: float, power: float = 0.8) -> float:
@@ -333,7 +375,7 @@ def minimum_detectable(se: float, df: float, alpha: float, power: float = 0.8) -
 
 
 def detectable_by_simulation(components: Mapping[str, float], prompts: int, references: int, seeds: int,
-                             alpha: float, power: float = 0.8, draws: int = 4000, seed: int = 0) -> float:
+                             alpha: float, power: float = 0.8, draws: int = 2000, seed: int = 0) -> float:
     """The smallest true difference the crossed test finds with probability `power` in a complete design of this
     size, for these variance components: simulate_power (same draws for every difference) solved by bisection."""
     P, R, S = int(prompts), int(references), int(seeds)
@@ -351,7 +393,7 @@ def detectable_by_simulation(components: Mapping[str, float], prompts: int, refe
             lo = mid
         else:
             hi = mid
-        if hi - lo <= 1e-4 * scale:
+        if hi - lo <= 1e-3 * hi:  # well inside the simulation's own error
             break
     return hi
 

@@ -387,10 +387,6 @@ def _diagnostics_section(out: Path, rows: list[dict]) -> list[str]:
             for cells in table:
                 parts.append("<tr>" + "".join(f"<td>{_e(v)}</td>" for v in cells.values()) + "</tr>")
             parts.append("</tbody></table>")
-    from vlbench.stats import plan_lines
-
-    if stats.get("plan"):
-        parts.append("<pre>" + _e("\n".join(plan_lines(stats))) + "</pre>")
     return parts
 
 

@@ -303,17 +303,14 @@ def plan_block(stats: dict, deltas: Mapping[str, float]) -> dict:
 
 def _design(units: set[tuple], images: int) -> dict:
     """The design of the whole run: counts, and what a claim about it may reach."""
-    from vlbench.crossed import MIN_LEVELS, design_label
+    from vlbench.crossed import APPROXIMATE_BELOW, MIN_LEVELS, design_label
 
-    P, R = len({u[0] for u in units}), len({u[1] for u in units})
-    d = {"prompts": P, "references": R, "seeds": len({u[2] for u in units}), "cells": len({u[:2] for u in units}),
-         "images": images, "unit": ["prompt", "reference_sha256"], "replicate": "seed",
-         "conditional_on": [n for n, k in (("prompts", P), ("references", R)) if k < MIN_LEVELS],
-         "approximate": False}
-    from vlbench.crossed import APPROXIMATE_BELOW
-
-    random = [k for n, k in (("prompts", P), ("references", R)) if k >= MIN_LEVELS]
-    d["approximate"] = bool(random) and min(random) < APPROXIMATE_BELOW
+    levels = {"prompts": len({u[0] for u in units}), "references": len({u[1] for u in units})}
+    random = [k for k in levels.values() if k >= MIN_LEVELS]
+    d = {**levels, "seeds": len({u[2] for u in units}), "cells": len({u[:2] for u in units}), "images": images,
+         "unit": ["prompt", "reference_sha256"], "replicate": "seed",
+         "conditional_on": [name for name, k in levels.items() if k < MIN_LEVELS],
+         "approximate": bool(random) and min(random) < APPROXIMATE_BELOW}
     d["label"] = design_label(d)
     return d
 
@@ -704,7 +701,7 @@ def print_stats(stats: dict, console) -> None:
     from rich.table import Table
 
     if not console.is_terminal:  # piped or logged: 80 columns would fold every number
-        console.width = max(console.width, 160)
+        console.width = max(console.width, 200)
     head = (f"[bold]{escape(stats.get('experiment', ''))}[/bold]: {len(stats['configs'])} configs, "
             f"{stats['images']} scored images; baseline [bold]{escape(stats['baseline'])}[/bold]; "
             f"{escape(method_line(stats))}")
@@ -712,7 +709,7 @@ def print_stats(stats: dict, console) -> None:
     for name, block in stats["metrics"].items():
         rows = table_rows(stats, name)
         arrow = "higher is better" if block["higher_is_better"] else "lower is better"
-        console.print(escape(design_line(stats, name)), style="dim")
+        console.print(escape(design_line(stats, name)), style="dim", soft_wrap=True)  # one line, never cut
         if block.get("note"):
             console.print(f"{escape(block['label'])} ({escape(name)}): {escape(block['note'])}")
         table = Table(title=f"{block['label']} ({name}; {arrow})", title_justify="left")

@@ -47,9 +47,10 @@ def add_arguments(p) -> None:
     p.add_argument("--mixed-model", action="store_true",
                    help="also fit a linear mixed model with crossed random effects for prompt and reference "
                         "(statsmodels, an optional extra: pip install 'vlbench[mixed]') as a second estimate (JSON)")
-    p.add_argument("--resamples", type=int, default=RESAMPLES, metavar="N", help=f"bootstrap resamples ({RESAMPLES})")
+    p.add_argument("--resamples", type=int, default=RESAMPLES, metavar="N", help=f"bootstrap resamples, --unit image ({RESAMPLES})")
     p.add_argument("--bootstrap-seed", type=int, default=BOOTSTRAP_SEED, metavar="S",
-                   help=f"seed of the bootstrap's numpy generator ({BOOTSTRAP_SEED}): the output is reproducible")
+                   help=f"seed of the bootstrap's numpy generator, --unit image ({BOOTSTRAP_SEED}): the output is "
+                        "reproducible")
     p.add_argument("--alpha", type=float, default=ALPHA, help=f"significance level after Holm correction ({ALPHA})")
     common.add_debug_flag(p)
 
