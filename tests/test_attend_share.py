@@ -83,3 +83,19 @@ def test_the_scope_names_the_blocks_that_get_the_bias(engine, scope, biased):
             assert torch.allclose(mask[0, start:start + 5], weights.log()), name
         else:
             assert mask is None or mask.dtype == torch.bool, name
+
+
+def test_the_gpu_benchmark_runs_on_the_cpu_with_tiny_models(tiny_dirs, tmp_path):
+    """benchmarks/share_gpu.py --tiny-smoke (its realised-share section: the wiring of the GPU run)."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "benchmarks" / "share_gpu.py"
+    spec = importlib.util.spec_from_file_location("share_gpu", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main(["--tiny-smoke", "--sections", "realised", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "share_gpu.json").read_text())
+    for scope in ("refiner+joint", "joint"):
+        assert all(abs(v - float(r)) < 0.05 for r, v in result["realised"][scope].items()), result["realised"]
