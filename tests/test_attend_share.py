@@ -99,3 +99,26 @@ def test_the_gpu_benchmark_runs_on_the_cpu_with_tiny_models(tiny_dirs, tmp_path)
     result = json.loads((tmp_path / "share_gpu.json").read_text())
     for scope in ("refiner+joint", "joint"):
         assert all(abs(v - float(r)) < 0.05 for r, v in result["realised"][scope].items()), result["realised"]
+
+
+def test_the_report_plots_ratio_against_realised_share(tmp_path):
+    from vlbench.report import SHARES_PLOT, render_report, share_points, write_report
+
+    def row(name, ratio, prior, realised):
+        mix = {"mix": "intra_ratio", "policy": "attend", "ratio": ratio, "meaning": "share", "prior_share": prior}
+        if realised is not None:
+            mix["realised_share"] = realised
+        from vlbench.records import RunRecord
+
+        return RunRecord(name=name, key=f"{name}{realised}", prompt="p", config_index=0, status="done",
+                         image="x.png", conditioning={"attend_mixes": [mix]}).to_json()
+
+    rows = [row("intra_0.3", 0.3, 0.3, 0.31), row("intra_0.3", 0.3, 0.3, 0.29), row("intra_natural", "natural",
+                                                                                     0.75, None)]
+    points = {p["config"]: p for p in share_points(rows)}
+    assert points["intra_0.3"]["realised"] == pytest.approx(0.30) and points["intra_0.3"]["images"] == 2
+    assert points["intra_natural"]["realised"] is None and points["intra_natural"]["prior"] == 0.75
+    write_report(tmp_path, rows, {"experiment": "vl_intra_token_blend"})
+    assert (tmp_path / SHARES_PLOT).is_file()
+    html = render_report(tmp_path, rows, {"experiment": "vl_intra_token_blend"})
+    assert "ratio as a share" in html and SHARES_PLOT in html and "0.300" in html
