@@ -122,3 +122,16 @@ def test_the_report_plots_ratio_against_realised_share(tmp_path):
     assert (tmp_path / SHARES_PLOT).is_file()
     html = render_report(tmp_path, rows, {"experiment": "vl_intra_token_blend"})
     assert "ratio as a share" in html and SHARES_PLOT in html and "0.300" in html
+
+
+def test_positionwise_refuses_rows_whose_tokens_differ_naming_them(engine, refs):
+    """A VL text of the same token count as the prompt pairs different tokens: refused in one line naming the rows;
+    the prompt itself pairs token for token."""
+    from vlbench.errors import UserError
+
+    engine.condition(Recipe(alpha=0.5, tokens="text", alpha_policy="positionwise"), "a red house", refs)
+    with pytest.raises(UserError, match=r"alpha_policy positionwise: pairs rows one to one, and the tokens differ at "
+                                        r"rows \d+ \(") as err:
+        engine.condition(Recipe(alpha=0.5, tokens="text", alpha_policy="positionwise", vl_text="a red mouse"),
+                         "a red house", refs)
+    assert "\n" not in str(err.value)
