@@ -83,3 +83,55 @@ def test_the_scope_names_the_blocks_that_get_the_bias(engine, scope, biased):
             assert torch.allclose(mask[0, start:start + 5], weights.log()), name
         else:
             assert mask is None or mask.dtype == torch.bool, name
+
+
+def test_the_gpu_benchmark_runs_on_the_cpu_with_tiny_models(tiny_dirs, tmp_path):
+    """benchmarks/share_gpu.py --tiny-smoke (its realised-share section: the wiring of the GPU run)."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "benchmarks" / "share_gpu.py"
+    spec = importlib.util.spec_from_file_location("share_gpu", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main(["--tiny-smoke", "--sections", "realised", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "share_gpu.json").read_text())
+    for scope in ("refiner+joint", "joint"):
+        assert all(abs(v - float(r)) < 0.05 for r, v in result["realised"][scope].items()), result["realised"]
+
+
+def test_the_report_plots_ratio_against_realised_share(tmp_path):
+    from vlbench.report import SHARES_PLOT, render_report, share_points, write_report
+
+    def row(name, ratio, prior, realised):
+        mix = {"mix": "intra_ratio", "policy": "attend", "ratio": ratio, "meaning": "share", "prior_share": prior}
+        if realised is not None:
+            mix["realised_share"] = realised
+        from vlbench.records import RunRecord
+
+        return RunRecord(name=name, key=f"{name}{realised}", prompt="p", config_index=0, status="done",
+                         image="x.png", conditioning={"attend_mixes": [mix]}).to_json()
+
+    rows = [row("intra_0.3", 0.3, 0.3, 0.31), row("intra_0.3", 0.3, 0.3, 0.29), row("intra_natural", "natural",
+                                                                                     0.75, None)]
+    points = {p["config"]: p for p in share_points(rows)}
+    assert points["intra_0.3"]["realised"] == pytest.approx(0.30) and points["intra_0.3"]["images"] == 2
+    assert points["intra_natural"]["realised"] is None and points["intra_natural"]["prior"] == 0.75
+    write_report(tmp_path, rows, {"experiment": "vl_intra_token_blend"})
+    assert (tmp_path / SHARES_PLOT).is_file()
+    html = render_report(tmp_path, rows, {"experiment": "vl_intra_token_blend"})
+    assert "ratio as a share" in html and SHARES_PLOT in html and "0.300" in html
+
+
+def test_positionwise_refuses_rows_whose_tokens_differ_naming_them(engine, refs):
+    """A VL text of the same token count as the prompt pairs different tokens: refused in one line naming the rows;
+    the prompt itself pairs token for token."""
+    from vlbench.errors import UserError
+
+    engine.condition(Recipe(alpha=0.5, tokens="text", alpha_policy="positionwise"), "a red house", refs)
+    with pytest.raises(UserError, match=r"alpha_policy positionwise: pairs rows one to one, and the tokens differ at "
+                                        r"rows \d+ \(") as err:
+        engine.condition(Recipe(alpha=0.5, tokens="text", alpha_policy="positionwise", vl_text="a red mouse"),
+                         "a red house", refs)
+    assert "\n" not in str(err.value)

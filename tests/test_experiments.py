@@ -26,8 +26,8 @@ CUSTOM = Path(__file__).parents[1] / "examples" / "experiments" / "my_layer_pair
 
 # type -> (configs, configs under --quick)
 COUNTS = {
-    "vl_only_vs_qwen3": (5, 5), "vl_intra_token_blend": (7, 7), "vl_layer_by_token": (10, 4),
-    "vl_double_conditioning": (6, 6), "vl_prompt_variations": (6, 6), "alpha_sweep": (5, 5),
+    "vl_only_vs_qwen3": (5, 5), "vl_intra_token_blend": (13, 13), "vl_layer_by_token": (10, 4),
+    "vl_double_conditioning": (11, 11), "vl_prompt_variations": (6, 6), "alpha_sweep": (5, 5),
     "layer_sweep": (7, 2), "token_sweep": (6, 6), "normalization_sweep": (3, 3), "mix_policy_sweep": (3, 3),
     "img2img_style": (7, 7), "multi_reference": (3, 3), "schedule_sweep": (11, 4),
     "vl_system_prompt": (6, 3), "vl_guidance_sweep": (7, 2), "vl_grid_positions": (6, 2),
@@ -431,17 +431,47 @@ def test_each_shipped_config_computes_what_its_file_says(engine, ref_image, ship
             assert records and {rec["policy"] for rec in records} == {policy}, (name, named.name, knob)
             if policy == "positionwise":
                 assert {rec["weight_other"] for rec in records} == {ratio}
-            elif policy == "attend" and 0 < ratio < 1:
-                wb, wo = blend.attend_weights(ratio)
-                assert {rec["weight"] for rec in records if rec["from"] == "other"} == {wo}
-                assert {rec["weight"] for rec in records if rec["from"] == "base"} == {wb}
+            elif policy == "attend" and ratio != "natural" and 0 < ratio < 1:
+                # the label is the share: the other source's attention mass among the mix's rows, from the
+                # weights the DiT receives (with equal logits, the share of the caption's attention it gets)
+                share = _prior_share(cond, knob)
+                assert share == pytest.approx(ratio, abs=1e-6), (name, named.name, knob, share)
+            elif policy == "attend" and ratio == "natural":
+                assert all(rec["weight"] == 1.0 for rec in records), (name, named.name)
         if not recipe.mixes:
             assert not any("mix" in row or any(k.endswith("_mix") for k in row) for row in cond.rows), named.name
-        match = re.fullmatch(r"(alpha|blend|intra|dual)_(\d+(?:\.\d+)?)", named.name)
+        match = re.fullmatch(r"(alpha|blend|intra|dual)_(\d+(?:\.\d+)?|natural)(_.*)?", named.name)
         if match:
-            assert getattr(recipe, NAMED_RATIO[match.group(1)]) == float(match.group(2)), named.name
+            value = getattr(recipe, NAMED_RATIO[match.group(1)])
+            assert value == (match.group(2) if match.group(2) == "natural" else float(match.group(2))), named.name
         if recipe.normalization != "none":
             assert {r.get("normalized") for r in cond.rows} <= {recipe.normalization, "sink, untouched"}
+
+
+def _prior_share(cond, knob: str) -> float:
+    """The other source's share of mix `knob`'s attention mass, from each row's recorded side and its weight."""
+    import torch
+
+    weights = cond.weights if cond.weights is not None else torch.ones(len(cond.rows))
+    other = base = 0.0
+    for row, w in zip(cond.rows, weights.tolist()):
+        tag = row.get(f"{knob}_mix")
+        if tag is not None:
+            other, base = (other + w, base) if tag["from"] == "other" else (other, base + w)
+    return other / (other + base)
+
+
+def test_each_example_attend_recipe_gives_the_other_source_its_ratio_as_a_share(engine, ref_image):
+    from vlbench.recipe import load_recipe
+
+    for path in sorted((Path(__file__).parents[1] / "examples" / "recipes").glob("*.toml")):
+        recipe = load_recipe(path).replace(**SMALL)
+        if recipe.normalization != "none" or not any(p == "attend" for _, p in recipe.mixes.values()):
+            continue
+        cond = engine.condition(recipe, PROMPT, [Reference.open(ref_image)])
+        for knob, (ratio, policy) in recipe.mixes.items():
+            if policy == "attend" and ratio != "natural":
+                assert _prior_share(cond, knob) == pytest.approx(ratio, abs=1e-6), (path.name, knob)
 
 
 def test_each_example_recipe_states_the_policy_of_every_mix_it_makes():

@@ -418,6 +418,7 @@ def render_report(out_dir: str | Path, rows: list[dict], info: dict) -> str:
 
     parts += _metrics_section(out, rows, metric_models)
     parts += _diagnostics_section(out, rows)
+    parts += _shares_section(out, rows)  # issue 23
 
     parts.append("<h2>Efficiency</h2><table><tr><th>what</th><th>value</th></tr>")
     for part, secs in eff["model_load_seconds"].items():
@@ -490,6 +491,7 @@ def write_report(out_dir: str | Path, rows: list[dict], info: dict) -> Path:
         if stats is not None:
             plot_stats(stats, out / STATS_PLOT)
     write_heatmaps(out, rows)
+    plot_shares(rows, out / SHARES_PLOT)  # issue 23
     path = out / "report.html"
     atomic_write_text(path, render_report(out, rows, info))
     return path
@@ -534,3 +536,72 @@ def write_heatmaps(out: Path, rows: list[dict]) -> int:
 
 def _reference_names(row: dict) -> str:
     return " + ".join(Path(r["path"]).name for r in row.get("references", [])) or "no reference"
+
+
+# ---- issue 23: an attend ratio is a share; the share the DiT really gave ----
+SHARES_PLOT = "shares.png"
+
+
+def share_points(rows: list[dict]) -> list[dict]:
+    """Per config and attend mix (numeric ratios): the ratio, the prior share and the mean realised share over the
+    images that measured it (`--measure-share`; None where none did)."""
+    groups: dict[tuple[str, str], dict] = {}
+    for row in rows:
+        for m in (row.get("conditioning") or {}).get("attend_mixes", []):
+            g = groups.setdefault((str(row.get("name")), m["mix"]), {
+                "config": str(row.get("name")), "mix": m["mix"], "ratio": m["ratio"], "meaning": m["meaning"],
+                "prior": [], "realised": []})
+            g["prior"].append(m["prior_share"])
+            if m.get("realised_share") is not None:
+                g["realised"].append(m["realised_share"])
+    out = []
+    for g in groups.values():
+        out.append({**g, "prior": sum(g["prior"]) / len(g["prior"]), "images": len(g["realised"]),
+                    "realised": sum(g["realised"]) / len(g["realised"]) if g["realised"] else None})
+    return out
+
+
+def plot_shares(rows: list[dict], path: str | Path) -> Path | None:
+    """The prior share (the ratio, for a share) against the realised share, one point per config and mix; None
+    when no image measured it."""
+    points = [p for p in share_points(rows) if p["realised"] is not None]
+    if not points:
+        return None
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 5.5), layout="constrained")
+    ax = fig.subplots()
+    ax.plot([0, 1], [0, 1], color="0.7", lw=1, zorder=1)
+    for p in points:
+        ax.scatter(p["prior"], p["realised"], s=30, zorder=2)
+        ax.annotate(f"{p['config']} ({p['mix']})", (p["prior"], p["realised"]), textcoords="offset points",
+                    xytext=(4, 4), fontsize=7)
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="prior share of the other source (equal logits; the ratio, as a share)",
+           ylabel="realised share (DiT attention of the image tokens, mean over images)",
+           title="attend mixes: ratio vs realised share\n(grey: realised = prior)")
+    ax.grid(alpha=0.3)
+    path = Path(path)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    return path
+
+
+def _shares_section(out: Path, rows: list[dict]) -> list[str]:
+    points = share_points(rows)
+    if not points:
+        return []
+    parts = ["<h2>Attend mixes: the ratio as a share</h2>",
+             "<p class='dim'>prior: the other source's share of the caption's attention when every logit is equal "
+             "(for a share, the ratio itself); realised: the share the DiT's image tokens gave it, measured with "
+             "--measure-share (docs/intra_vl_blending.md).</p>"]
+    if (out / SHARES_PLOT).exists() and any(p["realised"] is not None for p in points):
+        parts.append(f"<p class='plot'><a href='{SHARES_PLOT}'><img src='{SHARES_PLOT}' "
+                     "alt='ratio vs realised share'></a></p>")
+    parts.append("<table><tr><th>config</th><th>mix</th><th>ratio</th><th>prior share</th>"
+                 "<th>realised share</th><th>images measured</th></tr>")
+    for p in points:
+        ratio = p["ratio"] if isinstance(p["ratio"], str) else f"{p['ratio']:g} ({p['meaning']})"
+        realised = "—" if p["realised"] is None else f"{p['realised']:.3f}"
+        parts.append(f"<tr><td>{_e(p['config'])}</td><td>{_e(p['mix'])}</td><td>{_e(ratio)}</td>"
+                     f"<td>{p['prior']:.3f}</td><td>{realised}</td><td>{p['images']}</td></tr>")
+    parts.append("</table>")
+    return parts

@@ -327,6 +327,22 @@ def positionwise(base: Seq, other: Seq, ratio, knob: str) -> Seq:
     return Seq(embeds, rows, base.weights.clone(), list(base.segments))
 
 
+def check_token_pairs(base_ids: list[int], other_ids: list[int], knob: str, tokenizer=None) -> None:
+    """A positionwise mix pairs row j with row j: both sequences must hold the same token at every row (the VL's
+    text tokens of the prompt against Qwen3-4B's encoding of it). Refused in one line naming the rows that differ."""
+    if len(base_ids) != len(other_ids):
+        return  # positionwise refuses different lengths itself
+    differ = [j for j, (a, b) in enumerate(zip(base_ids, other_ids)) if a != b]
+    if not differ:
+        return
+    show = (lambda i: repr(tokenizer.decode([i]))) if tokenizer is not None else str
+    shown = ", ".join(f"{j} ({show(base_ids[j])} vs {show(other_ids[j])})" for j in differ[:5])
+    more = f" and {len(differ) - 5} more" if len(differ) > 5 else ""
+    raise UserError(f"pairs rows one to one, and the tokens differ at rows {shown}{more}", field=_policy_field(knob),
+                    value=MixPolicy.POSITIONWISE.value,
+                    fix="give the VL the prompt itself (vl_text prompt, tokens text), or use attend or split")
+
+
 def _policy_field(knob: str) -> str:
     return {"alpha": "alpha_policy", "intra_ratio": "intra_policy", "dual_ratio": "dual_policy"}[knob]
 

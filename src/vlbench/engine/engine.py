@@ -25,7 +25,8 @@ from vlbench.engine.extract import (IMAGE, PROMPT, Extraction, batch_memory_byte
 from vlbench.engine.generate import ShareProbe, check_caption, generate, mix_sides
 from vlbench.engine.models import Models
 from vlbench.engine import condition as C
-from vlbench.recipe import Curve, ImageAttention, ImagePositions, MultiImage, Normalization, Recipe, VLText, schedule_alpha
+from vlbench.recipe import (Curve, ImageAttention, ImagePositions, MixPolicy, MultiImage, Normalization, Recipe,
+                            VLText, schedule_alpha)
 from vlbench.errors import UserError
 from vlbench.records import extraction_names
 from vlbench.files import atomic_write_text
@@ -358,6 +359,9 @@ class Engine:
             qwen3 = C.text_seq(text.embeds)
             timings["text_encoding"] = time.perf_counter() - t1
         t0 = time.perf_counter()
+        if recipe.alpha_policy == MixPolicy.POSITIONWISE and vl is not None and qwen3 is not None:
+            C.check_token_pairs(text.input_ids, [extractions[0].input_ids[r["position"]] for r in vl.rows], "alpha",
+                                self.models.vl_processor.tokenizer)
         own = None
         if recipe.own_used:
             if not recipe.own_uses_qwen3:
