@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 from rich.markup import escape
@@ -23,6 +22,7 @@ from vlbench.errors import UserError, one_line
 from vlbench.executors.dispatch import Dispatcher
 from vlbench.executors.ray_actor import VLBenchActor
 from vlbench.executors.ray_connect import cause, connect, plan_actors
+from vlbench.files import read_bytes_file
 
 MAX_ATTEMPTS = 3  # runs of one job whose actor keeps dying (2 retries), then it is written as failed
 MAX_RESTARTS = 2  # replacement actors per slot
@@ -234,7 +234,7 @@ class _Run:
         for reference in job.references:
             sha = reference.sha256
             if sha not in self.ref_data:
-                data = Path(reference.path).read_bytes()
+                data = read_bytes_file(reference.path)
                 if hashlib.sha256(data).hexdigest() != sha:
                     raise UserError("the file changed during the run", field="image", value=reference.path,
                                     fix="re-run to resume")
