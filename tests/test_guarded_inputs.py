@@ -146,3 +146,25 @@ def test_the_calibration_file_is_written_whole_or_not_at_all(tmp_path, monkeypat
     with pytest.raises(OSError):
         save_stats({"a": torch.zeros(3)}, {"format": "x"}, path)
     assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["cal.safetensors"]
+
+
+def test_the_log_file_rotates(tmp_path, monkeypatch):
+    """vlbench.log stays under LOG_MAX_BYTES: older lines move to vlbench.log.1 … .LOG_BACKUPS, the oldest drop."""
+    import logging
+
+    from vlbench import logs, paths
+
+    monkeypatch.setattr(logs, "LOG_MAX_BYTES", 4096)
+    handler = logs.attach_log_file()
+    try:
+        log = logging.getLogger("vlbench.test")
+        for i in range(1000):
+            log.info("event %04d %s", i, "x" * 40)
+    finally:
+        logging.getLogger("vlbench").removeHandler(handler)
+        handler.close()
+    path = paths.log_path()
+    kept = sorted(p.name for p in path.parent.glob("vlbench.log*"))
+    assert kept == ["vlbench.log", *(f"vlbench.log.{k}" for k in range(1, logs.LOG_BACKUPS + 1))]
+    assert all(p.stat().st_size <= 4096 for p in path.parent.glob("vlbench.log*"))
+    assert "event 0999" in path.read_text()

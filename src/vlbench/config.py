@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from vlbench.errors import UserError
+from vlbench.files import NotAFile, TooDeep, atomic_write_text, read_toml_file
 
 PREVIEW_METHODS = ("auto", "halfcell", "unicode", "sixel", "tgp")
 
@@ -110,11 +111,7 @@ def load_settings(path: Path | None = None, *, create: bool = True) -> Settings:
         if not create:
             return Settings(path=path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        from vlbench.files import atomic_write_text
-
         atomic_write_text(path, DEFAULT_CONFIG)
-    from vlbench.files import NotAFile, TooDeep, read_toml_file
-
     try:
         data = read_toml_file(path)
     except NotAFile as exc:

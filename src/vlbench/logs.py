@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
+import logging.handlers
 import os
 from pathlib import Path
 
 from vlbench import paths
 
+LOG_MAX_BYTES = 10 * 2**20  # vlbench.log rotates past this: vlbench.log.1 … .3 keep the previous ones
+LOG_BACKUPS = 3
 
 def attach_log_file() -> logging.Handler | None:
     """Send vlbench's logs to paths.log_path() unless something already does; returns the handler added."""
@@ -16,7 +19,7 @@ def attach_log_file() -> logging.Handler | None:
     for h in [*logger.handlers, *logging.getLogger().handlers]:
         if isinstance(h, logging.FileHandler) and Path(h.baseFilename) == path:
             return None
-    handler = _FileHandler(path, encoding="utf-8")
+    handler = _FileHandler(path, maxBytes=LOG_MAX_BYTES, backupCount=LOG_BACKUPS, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(threadName)s] %(message)s"))
     logger.addHandler(handler)
     if logger.level == logging.NOTSET:
@@ -37,9 +40,11 @@ def quiet_libraries() -> None:
     diffusers.utils.logging.set_verbosity_error()
 
 
-class _FileHandler(logging.FileHandler):
-    """The log file; a record that cannot be written (the disk is full) is dropped, not printed as a traceback on a
-    terminal that may be gone."""
+class _FileHandler(logging.handlers.RotatingFileHandler):
+    """The log file, rotated at LOG_MAX_BYTES so months of worker events cannot fill the disk; a record that cannot
+    be written (the disk is full) is dropped, not printed as a traceback on a terminal that may be gone. Several
+    processes may log to it (workbench, headless worker, commands): one that rotates it leaves the others writing
+    to the rotated file until they next attach, which loses nothing."""
 
     def handleError(self, record: logging.LogRecord) -> None:
         pass

@@ -40,7 +40,9 @@ def run(args) -> int:
                         fix="give a file written by vlbench embed")
     x = tensors["prompt_embeds"].float()
     side = path.with_suffix(".json")
-    meta = json.loads(side.read_text()) if side.exists() else {}
+    from vlbench.files import read_text_file
+
+    meta = json.loads(read_text_file(side)) if side.exists() else {}
     rows = meta.get("conditioning", {}).get("rows", [])
     roles = [r.get("role") or (r.get("base") or {}).get("role") or r.get("mix") or r.get("source") for r in rows]
     console = Console()

@@ -277,7 +277,9 @@ def _metric_models(sources: dict, engine, console):
 
 def _read_info(path: Path) -> dict | None:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        from vlbench.files import read_text_file
+
+        return json.loads(read_text_file(path))
     except FileNotFoundError:
         return None
     except (OSError, json.JSONDecodeError) as exc:

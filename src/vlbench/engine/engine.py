@@ -29,7 +29,7 @@ from vlbench.recipe import (Curve, ImageAttention, ImagePositions, MixPolicy, Mu
                             VLText, schedule_alpha)
 from vlbench.errors import UserError
 from vlbench.records import extraction_names
-from vlbench.files import atomic_write_text
+from vlbench.files import atomic_write_text, read_bytes_file, read_text_file
 from vlbench.pixels import READING
 
 
@@ -45,7 +45,7 @@ class Reference:
     @classmethod
     def open(cls, path: str | Path) -> "Reference":
         image, notes = load_reference(path)
-        digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        digest = hashlib.sha256(read_bytes_file(path)).hexdigest()
         return cls(str(path), image, digest, notes)
 
     @property
@@ -305,7 +305,7 @@ class Engine:
         found = None
         if path is not None and path.is_file():
             try:
-                data = json.loads(path.read_text(encoding="utf-8"))
+                data = json.loads(read_text_file(path))
                 found = bridge.from_dict(data["description"]) if data.get("key") == key else None
             except (OSError, ValueError, KeyError, TypeError):
                 found = None  # damaged: regenerate, never trust it

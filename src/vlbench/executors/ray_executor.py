@@ -16,7 +16,6 @@ import queue
 import threading
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 from rich.markup import escape
@@ -25,6 +24,7 @@ from vlbench.errors import UserError, one_line
 from vlbench.executors.dispatch import Dispatcher
 from vlbench.executors.ray_actor import VLBenchActor
 from vlbench.executors.ray_connect import cause, connect, plan_actors
+from vlbench.files import read_bytes_file
 
 MAX_ATTEMPTS = 3  # runs of one job whose actor keeps dying (2 retries), then it is written as failed
 MAX_RESTARTS = 2  # replacement actors per slot
@@ -323,7 +323,7 @@ class _Run:
         for reference in job.references:
             sha = reference.sha256
             if sha not in self.ref_data:
-                data = Path(reference.path).read_bytes()
+                data = read_bytes_file(reference.path)
                 if hashlib.sha256(data).hexdigest() != sha:
                     raise UserError("the file changed during the run", field="image", value=reference.path,
                                     fix="re-run to resume")

@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 from vlbench.errors import UserError, one_line
 from vlbench.experiments.results import ResultsLog, latest_by_key, reference_copy
-from vlbench.files import atomic_copy, atomic_write_json, remove_stale_temp_files
+from vlbench.files import atomic_copy, atomic_write_json, read_text_file, remove_stale_temp_files
 from vlbench.records import RunRecord
 
 RESULTS, GRID, REPORT, RUN_INFO = "results.jsonl", "grid.png", "report.html", "run.json"
@@ -248,7 +248,7 @@ def models_of(engine) -> dict:
 
 def read_info(out: Path) -> dict | None:
     try:
-        return json.loads((out / RUN_INFO).read_text(encoding="utf-8"))
+        return json.loads(read_text_file(out / RUN_INFO))
     except (OSError, json.JSONDecodeError):
         return None
 

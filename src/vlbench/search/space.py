@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from vlbench.errors import UserError
+from vlbench.files import NotAFile, TooDeep, parse_toml, read_text_file
 
 TOP_KEYS = ("name", "description", "seeds", "fixed", "space", "objectives", "constraints", "metrics", "sampler")
 SAMPLERS = ("nsga2", "nsga3", "tpe")
@@ -143,8 +144,6 @@ class Space:
 
 # ---------------------------------------------------------------- reading
 def load_space(path: str | Path) -> Space:
-    from vlbench.files import NotAFile, read_text_file
-
     path = Path(path)
     try:
         source = read_text_file(path)
@@ -160,8 +159,6 @@ def load_space(path: str | Path) -> Space:
 
 
 def parse_space(source: str, path: Path = Path("space.toml")) -> Space:
-    from vlbench.files import TooDeep, parse_toml
-
     try:
         data = parse_toml(source)
     except tomllib.TOMLDecodeError as exc:

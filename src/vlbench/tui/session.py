@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from vlbench.files import read_text_file
+
 FILE = "session.json"
 VERSION = 1
 
@@ -39,8 +41,6 @@ def session_path() -> Path:
 def load_session(path: Path | None = None) -> tuple[Session | None, str | None]:
     """(the saved session or None, a one-line problem when the file exists but cannot be used)."""
     path = path or session_path()
-    from vlbench.files import read_text_file
-
     try:
         text = read_text_file(path)
     except FileNotFoundError:

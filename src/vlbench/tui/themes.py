@@ -12,6 +12,7 @@ from pathlib import Path
 from textual.theme import Theme
 
 from vlbench.errors import UserError
+from vlbench.files import read_toml_file
 
 SHIPPED_DIR = Path(__file__).resolve().parent.parent / "themes"  # vlbench/themes: a link to the repository's themes/, copied into the wheel
 DEFAULT_THEME = "vlbench-dark"
@@ -24,8 +25,6 @@ def theme_dirs() -> list[Path]:
 
 
 def load_theme(path: Path) -> Theme:
-    from vlbench.files import read_toml_file
-
     try:
         data = read_toml_file(path)
     except (OSError, ValueError) as exc:  # NotAFile, UnicodeDecodeError, TOMLDecodeError, TooDeep
