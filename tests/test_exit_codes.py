@@ -34,6 +34,7 @@ def user_errors(tmp: Path) -> dict[str, list[str]]:
         "inspect": ["inspect", str(tmp / "missing.safetensors")],
         "demo": ["demo", "--out", str(tmp / "a-file.txt")],
         "export": ["export", str(tmp / "no-folder")],
+        "completion": ["completion", "fish"],
     }
 
 

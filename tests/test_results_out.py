@@ -139,3 +139,56 @@ def test_generate_from_refuses_a_png_without_a_record_or_a_changed_reference(tin
     capsys.readouterr()
     assert main(["generate", "--from", str(first), "--tiny", "--out", str(tmp_path / "o.png")]) == 2
     assert "not the picture" in capsys.readouterr().err
+
+
+def _complete(script: str, words: list[str]) -> list[str]:
+    """What bash offers after `words` (the last one being typed), with the script loaded."""
+    cword = len(words) - 1
+    array = " ".join(f"'{w}'" for w in words)
+    code = f'{script}\nCOMP_WORDS=({array}); COMP_CWORD={cword}; _vlbench; printf "%s\\n" "${{COMPREPLY[@]}}"'
+    out = subprocess.run(["bash", "--norc", "--noprofile", "-c", code], capture_output=True, text=True, check=True)
+    return [line for line in out.stdout.splitlines() if line]
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_bash_completion_offers_commands_flags_and_values(capsys):
+    from vlbench.cli import COMMANDS
+
+    assert main(["completion", "bash"]) == 0
+    script = capsys.readouterr().out
+    assert set(_complete(script, ["vlbench", ""])) == {"--debug", *COMMANDS}
+    assert _complete(script, ["vlbench", "exp"]) == ["experiments", "export"]
+    assert _complete(script, ["vlbench", "export", "--fo"]) == ["--format"]
+    assert _complete(script, ["vlbench", "export", "--format", ""]) == ["csv", "jsonl", "parquet"]
+    assert "vl_only_vs_qwen3" in _complete(script, ["vlbench", "run", "--experiment", "vl_o"])
+    assert "--alpha-policy" in _complete(script, ["vlbench", "generate", "--alpha"])
+    assert main(["completion", "zsh"]) == 0
+    assert "bashcompinit" in capsys.readouterr().out
+
+
+def test_json_on_the_commands_that_print_tables(tiny_dirs, tmp_path, capsys):
+    """`--json` on experiments, inspect and diagnose (stats had it): the same numbers, machine-readable on stdout."""
+    assert main(["experiments", "--json"]) == 0
+    types = json.loads(capsys.readouterr().out)
+    from vlbench.experiments.spec import builtin_names
+
+    assert sorted(t["name"] for t in types) == sorted(builtin_names())
+    first = next(t for t in types if t["name"] == "vl_only_vs_qwen3")
+    assert [c["name"] for c in first["configs"]][:2] == ["qwen3_4b", "blend_0.3"] and first["error"] is None
+    ref = make_image(tmp_path / "ref.png")
+    cond = tmp_path / "cond.safetensors"
+    assert main(["embed", "--image", str(ref), "--prompt", "a fox", "--tokens", "text", "--tiny", "--out",
+                 str(cond)]) == 0
+    capsys.readouterr()
+    assert main(["inspect", str(cond), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    from safetensors.torch import load_file
+
+    x = load_file(str(cond))["prompt_embeds"].float()
+    assert summary["tokens"] == x.shape[0] and summary["width"] == x.shape[1]
+    every = next(g for g in summary["groups"] if g["rows"] == "all")
+    assert every["count"] == x.shape[0] and every["max"] == pytest.approx(float(x.max()), rel=1e-6)
+    assert main(["diagnose", "--image", str(ref), "--prompt", "a fox", "--layers", "-1,-2", "--tiny",
+                 "--json"]) == 0
+    diag = json.loads(capsys.readouterr().out)
+    assert diag["prompt"] == "a fox" and diag.get("layers")

@@ -27,7 +27,7 @@ EXIT_INTERRUPTED = 130  # Ctrl-C (and SIGTERM during a sweep): finished work is 
 
 # command -> its module, in `vlbench --help` order
 COMMANDS = ("tui", "worker", "embed", "generate", "run", "search", "experiments", "score", "stats", "export",
-            "diagnose", "calibrate", "inspect", "demo")
+            "diagnose", "calibrate", "inspect", "demo", "completion")
 
 
 def command(name: str):
