@@ -1011,3 +1011,46 @@ def test_a_closed_terminal_gives_the_running_job_back_with_no_strike(engine, sig
         assert signal.getsignal(sig) is guard  # the app put back what it found
     finally:
         signal.signal(sig, guard)
+
+
+def test_ctrl_o_opens_every_example_from_a_non_default_form():
+    """Issue 25.2: ctrl+o refused 5 of the 10 shipped examples when the form was not at its defaults ("has no
+    effect" for a field the file does not name). A file that cannot merge now offers to replace the form (the
+    file over the defaults); every example loads; the palette resets the form."""
+    from vlbench.recipe import load_recipe
+
+    examples = sorted((Path(__file__).parents[1] / "examples" / "recipes").glob("*.toml"))
+    assert len(examples) >= 10
+
+    async def go():
+        app = make_app()
+        async with app.run_test(size=(160, 48)) as pilot:
+            replaced = 0
+            for example in examples:
+                app.action_reset_form()
+                app.parameters.set_fields({"alpha": 0.5, "intra_ratio": 0.3, "steps": 3})
+                await pilot.pause()
+                form = app.parameters.validate()
+                assert form is not None and form.intra_ratio == 0.3
+                app.open_recipe_file(str(example))
+                await pilot.pause()
+                if app.screen.__class__.__name__ == "Confirm":
+                    replaced += 1
+                    await pilot.press("y")
+                    await pilot.pause()
+                    expected = load_recipe(example, base=Recipe(**FAST))  # the file over the defaults
+                else:
+                    expected = load_recipe(example, base=form)  # merged: the form's other fields kept
+                got = app.parameters.validate()
+                assert got is not None, (example.name, app.parameters.error)
+                assert got.replace(seed=0) == expected.replace(seed=0), example.name
+                assert app.inputs.vl_text == expected.vl_text or "vl_text" not in expected.to_dict()
+            assert replaced >= 1, "the form above does not merge with some example: the replace path ran"
+            app.parameters.set_fields({"alpha": 0.5, "steps": 3})
+            app.action_reset_form()
+            await pilot.pause()
+            assert app.parameters.validate() == Recipe(**FAST)
+            assert "Reset the form to the defaults" in [t for t, _, _ in app.palette_commands()]
+        app.close()
+
+    run(go())
