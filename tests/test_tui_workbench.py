@@ -1054,3 +1054,30 @@ def test_ctrl_o_opens_every_example_from_a_non_default_form():
         app.close()
 
     run(go())
+
+
+@pytest.mark.parametrize("size", [(80, 24), (100, 30), (160, 48)], ids=["80x24", "100x30", "160x48"])
+def test_f7_shows_its_plan_at_every_size(size):
+    """Issue 25.3: at 80×24 and 100×30 the list of types pushed F7's plan (run count, fields it sets, the quick
+    switch, the hint) off the dialog: batches were queued blind."""
+
+    async def go():
+        app = make_app()
+        async with app.run_test(size=size) as pilot:
+            app.inputs.prompt = "probe"
+            await pilot.press("f7")
+            await pilot.pause()
+            screen = app.screen
+            plan = screen.query_one("#experiment-plan")
+            text = str(plan.render())
+            assert "queues" in text and "runs" in text, text
+            for selector in ("#experiment-plan", "#experiment-quick", "#experiment-list", ".dialog-hint"):
+                region = screen.query_one(selector).region
+                assert region.height >= 1 and region.bottom <= size[1] and region.right <= size[0], (selector, region)
+            lines = len(text.splitlines())
+            assert plan.region.height >= min(lines, 12), (plan.region, text)  # the plan is not cut
+            assert screen.query_one("#experiment-list").region.height >= 3
+            await pilot.press("escape")
+        app.close()
+
+    run(go())
