@@ -1081,3 +1081,28 @@ def test_f7_shows_its_plan_at_every_size(size):
         app.close()
 
     run(go())
+
+
+@pytest.mark.parametrize("keys", [("pagedown",), ("pagedown", "pagedown"), ("pagedown", "pagedown", "pageup")],
+                         ids=["pagedown", "pagedown-twice", "and-pageup"])
+def test_focus_never_stays_on_a_parameters_field_scrolled_out_of_view(keys):
+    """Issue 25.7: PageDown/PageUp scrolled the form but left the focus on a field out of view: typing edited it
+    blind."""
+
+    async def go():
+        app = make_app()
+        async with app.run_test(size=(100, 30)) as pilot:
+            await pilot.press("alt+2")
+            await pilot.pause()
+            form = app.query_one("#param-form")
+            for key in keys:
+                await pilot.press(key)
+                await pilot.pause()
+                await pilot.pause()
+            assert form.scroll_y > 0, "the form scrolled"
+            focused = app.focused
+            assert form in focused.ancestors
+            assert form.scrollable_content_region.contains_region(focused.region), (focused, focused.region)
+        app.close()
+
+    run(go())
