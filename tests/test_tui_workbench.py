@@ -1106,3 +1106,29 @@ def test_focus_never_stays_on_a_parameters_field_scrolled_out_of_view(keys):
         app.close()
 
     run(go())
+
+
+def test_every_queued_run_can_be_reached_and_moved_to_the_front():
+    """Issue 25.9: the Queue showed only the first 30 pending runs; the rest could not be selected or reordered.
+    It now reads a page more as the cursor nears the end."""
+
+    async def go():
+        app = make_app(paused=True)
+        ids = app.store.enqueue_many([dict(prompt=f"run {i}", images=[], recipe=Recipe(**FAST, seed=i).to_dict())
+                                      for i in range(75)])
+        async with app.run_test(size=(160, 48)) as pilot:
+            await pilot.press("alt+3")
+            await pilot.pause()
+            table = app.queue_pane.table
+            assert table.row_count <= 40
+            for _ in range(12):  # End, again and again: each time near the end, a page more is read
+                await pilot.press("end")
+                await pilot.pause()
+            assert app.queue_pane.selected_id == ids[-1], app.queue_pane.selected_id
+            assert "not shown" not in str(app.queue_pane.border_subtitle)
+            await pilot.press("t")  # the last run, to the front
+            await pilot.pause()
+            assert [r.id for r in app.store.queue(limit=1)] == [ids[-1]]
+        app.close()
+
+    run(go())
