@@ -31,9 +31,15 @@ def quiet_libraries() -> None:
     """transformers' and diffusers' per-load progress bars and warnings off: vlbench reports loads itself
     (status lines on the command line, the Queue pane in the workbench). Imports them: call it where the
     models are about to load."""
+    import warnings
+
     import diffusers
     import transformers
 
+    # The libraries' deprecation notices (FutureWarning) concern their API, which vlbench pins and tests: nothing
+    # for the user to act on.
+    for module in ("transformers", "diffusers", "huggingface_hub", "torch"):
+        warnings.filterwarnings("ignore", category=FutureWarning, module=module)
     transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
     diffusers.utils.logging.disable_progress_bar()

@@ -20,9 +20,15 @@ from vlbench import __version__
 from vlbench.cli.common import Parser, render
 from vlbench.errors import UserError
 
+# Exit codes, the same for every command (README "Exit codes"; tests/test_exit_codes.py holds each command to them)
+EXIT_OK = 0  # everything asked for was done
+EXIT_FAILED = 1  # it ran, but jobs failed (an image, a trial, a score): the output says which
+EXIT_USER_ERROR = 2  # a bad input, flag, file or environment: one line naming it and the fix, nothing ran
+EXIT_INTERRUPTED = 130  # Ctrl-C (and SIGTERM during a sweep): finished work is kept; re-run to resume
+
 # command -> its module, in `vlbench --help` order
-COMMANDS = ("tui", "worker", "embed", "generate", "run", "search", "experiments", "score", "stats", "diagnose",
-            "calibrate", "inspect", "demo")
+COMMANDS = ("tui", "worker", "embed", "generate", "run", "search", "experiments", "score", "stats", "export",
+            "diagnose", "calibrate", "inspect", "demo", "completion")
 
 
 def command(name: str):
@@ -65,16 +71,16 @@ def _main(argv: list[str], debug: bool) -> int:
         if debug:
             raise
         _say(f"vlbench: error: {render(exc)}")
-        return 2
+        return EXIT_USER_ERROR
     except KeyboardInterrupt:
         _say("vlbench: interrupted")
-        return 130
+        return EXIT_INTERRUPTED
     except (OSError, sqlite3.Error) as exc:  # the machine's fault, not vlbench's: a full disk, a read-only folder
         if debug:
             raise
         where = _log_traceback(exc)
         _say(f"vlbench: error: {environment_error(exc)}" + (f" (details in {where})" if where else ""))
-        return 2
+        return EXIT_USER_ERROR
 
 
 def environment_error(exc: BaseException) -> str:

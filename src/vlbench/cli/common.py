@@ -205,10 +205,10 @@ def recipe_from_args(args: argparse.Namespace):
 
 
 # ---------------------------------------------------------------- inputs
-def add_input_flags(p: argparse.ArgumentParser) -> None:
+def add_input_flags(p: argparse.ArgumentParser, prompt_required: bool = True) -> None:
     p.add_argument("--image", action="append", default=[], metavar="REF",
                    help="reference image; repeat for several (each gets its own vision block)")
-    p.add_argument("--prompt", required=True, help="the prompt")
+    p.add_argument("--prompt", required=prompt_required, help="the prompt")
 
 
 def single_image_inputs(args: argparse.Namespace, suffix: str):
@@ -218,14 +218,60 @@ def single_image_inputs(args: argparse.Namespace, suffix: str):
     from vlbench.prompts import check_prompt
 
     out = check_out(args.out, suffix)
-    prompt = check_prompt(args.prompt)
-    recipe = recipe_from_args(args)
-    recipe.check_inputs(len(args.image))
-    refs = open_references(args.image)
+    if getattr(args, "from_png", None):  # the recipe, seed, prompt and references a PNG records; flags override them
+        prompt, recipe, refs = recorded_inputs(args)
+    else:
+        if args.prompt is None:
+            raise UserError("give the prompt (or --from IMAGE.png to re-run a recorded one)", field="prompt")
+        prompt = check_prompt(args.prompt)
+        recipe = recipe_from_args(args)
+        recipe.check_inputs(len(args.image))
+        refs = open_references(args.image)
     spec = model_spec(args)
     files = read_model_files(spec)
     check_plan(files, [(recipe, prompt, refs)])
     return out, prompt, recipe, refs, spec, files
+
+
+def recorded_inputs(args: argparse.Namespace):
+    """(prompt, recipe, references) of `--from IMAGE.png`: the run record in the PNG's metadata, every flag the user
+    set over it; a recorded reference must still be the same picture (its sha256)."""
+    from vlbench.prompts import check_prompt
+    from vlbench.recipe import Recipe, field_infos
+    from vlbench.records import RunRecord
+
+    path = args.from_png
+    if getattr(args, "recipe", None):
+        raise UserError("cannot be combined with --recipe: the PNG holds the recipe", field="from_png", value=path,
+                        fix="drop one (flags still override the PNG's fields)")
+    try:
+        from vlbench.pngs import read_png_metadata
+
+        data = read_png_metadata(path)
+    except FileNotFoundError:
+        raise UserError("no such file", field="from_png", value=path) from None
+    except Exception as exc:  # noqa: BLE001 — not a PNG, damaged
+        raise UserError(f"cannot read it as a PNG ({type(exc).__name__})", field="from_png", value=path) from None
+    if not data or not isinstance(data.get("recipe"), dict):
+        raise UserError("holds no vlbench run record (it was not made by vlbench, or its metadata was stripped)",
+                        field="from_png", value=path, fix="give a PNG vlbench wrote (generate, run, the workbench)")
+    record = RunRecord.from_json(data)
+    overrides = {name: getattr(args, name) for name in field_infos() if getattr(args, name, None) is not None}
+    try:
+        recipe = Recipe.from_dict({**record.recipe, **overrides})
+    except UserError as exc:
+        raise exc.within(f"{path} (its recorded recipe)") from None
+    prompt = check_prompt(args.prompt if args.prompt is not None else record.prompt)
+    if args.image:
+        refs = open_references(args.image)
+    else:
+        refs = open_references(record.reference_paths)
+        for ref, recorded in zip(refs, record.references):
+            if recorded.get("sha256") and ref.sha256 != recorded["sha256"]:
+                raise UserError(f"{ref.path}: not the picture {path} was made from (its sha256 differs)",
+                                field="from_png", value=path, fix="give the original with --image")
+    recipe.check_inputs(len(refs))
+    return prompt, recipe, refs
 
 
 def open_references(paths: list[str]) -> list:
@@ -483,9 +529,11 @@ def score(out: Path, metrics, sources: dict, device, dtype, batch_size: int, sto
     the run already holds (the Qwen3-VL judge), by family."""
     import torch
 
+    from vlbench.logs import quiet_libraries
     from vlbench.metrics.models import MetricModels
     from vlbench.metrics.score import SCORES, score_folder
 
+    quiet_libraries()  # "Loading weights" bars: the status lines say what loads
     models = MetricModels(sources, device=device, dtype=dtype or torch.float32,
                           on_status=lambda t: con.print(f"[dim]{escape(t)}[/dim]"), shared=shared,
                           shared_sources=shared_sources, judge_dtype=judge_dtype)

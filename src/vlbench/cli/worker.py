@@ -85,7 +85,9 @@ def run(args) -> int:
             signal.signal(sig, handler)
     log.info("headless worker pid %d stopped (%s)", os.getpid(), ", ".join(reason) or "done")
     _say(f"vlbench worker: stopped ({', '.join(reason) or 'done'})")
-    return 0 if reason and reason[0] in ("queue empty", "SIGTERM", "SIGINT") else 1
+    if reason and reason[0] == "SIGINT":  # Ctrl-C: interrupted, as every command (its job is back in the queue)
+        return 130
+    return 0 if reason and reason[0] in ("queue empty", "SIGTERM") else 1  # kill PID: its normal stop
 
 
 def _log_event(event: object) -> None:

@@ -857,22 +857,48 @@ class VlbenchApp(App[int]):
 
     def action_open_recipe(self) -> None:
         def picked(path: str | None) -> None:
-            if not path:
-                return
-            try:
-                values = read_recipe_file(path)
-                # over the form: the fields the file does not name stay as they are (checked as one recipe)
-                load_recipe(path, base=self.parameters.recipe or Recipe(**self.settings.recipe))
-            except UserError as exc:
-                self.notify(render(exc), severity="error")
-                return
-            self.parameters.set_fields(values)
-            if "vl_text" in values:
-                self.inputs.vl_text = values["vl_text"]
-            named = ", ".join(values) or "no fields"
-            self.notify(f"loaded {path}: {named}" + ("" if len(values) > 8 else " (the rest of the form is kept)"))
+            if path:
+                self.open_recipe_file(path)
 
         self.push_screen(FilePicker("Open a recipe (TOML)", suffixes=RECIPE_SUFFIXES), picked)
+
+    def open_recipe_file(self, path: str) -> None:
+        """Merge a recipe file into the form (the fields it names); when it cannot merge with what the form holds
+        (a field of the form would have no effect with the file's), offer to replace the form: the file over the
+        defaults (config.toml's [recipe])."""
+        try:
+            values = read_recipe_file(path)
+            # over the form: the fields the file does not name stay as they are (checked as one recipe)
+            load_recipe(path, base=self.parameters.recipe or Recipe(**self.settings.recipe))
+        except UserError as merge_error:
+            try:
+                replaced = load_recipe(path, base=Recipe(**self.settings.recipe))
+            except UserError as exc:  # the file is wrong on its own
+                self.notify(render(exc), severity="error")
+                return
+
+            def answer(yes: bool | None) -> None:
+                if yes:
+                    self._show_recipe(replaced)
+                    self.notify(f"loaded {path} over the defaults (the form was replaced)")
+
+            self.push_screen(Confirm(f"{path} does not merge into the form: {render(merge_error)}. Replace the form "
+                                     "with the file over the defaults?"), answer)
+            return
+        self.parameters.set_fields(values)
+        if "vl_text" in values:
+            self.inputs.vl_text = values["vl_text"]
+        named = ", ".join(values) or "no fields"
+        self.notify(f"loaded {path}: {named}" + ("" if len(values) > 8 else " (the rest of the form is kept)"))
+
+    def _show_recipe(self, recipe: Recipe) -> None:
+        self.parameters.set_recipe(recipe)
+        self.inputs.vl_text = recipe.vl_text
+
+    def action_reset_form(self) -> None:
+        """Every Parameters field back to the defaults (config.toml's [recipe]); references and prompt stay."""
+        self._show_recipe(Recipe(**self.settings.recipe))
+        self.notify("the form is back to the defaults (config.toml's [recipe])")
 
     def action_save_recipe(self) -> None:
         self.after_typing(self._save_recipe)
@@ -1033,7 +1059,9 @@ class VlbenchApp(App[int]):
         return super().get_key_display(binding)
 
     def palette_commands(self) -> list[tuple[str, str, Callable[[], Any]]]:
-        out: list[tuple[str, str, Callable[[], Any]]] = []
+        out: list[tuple[str, str, Callable[[], Any]]] = [
+            ("Reset the form to the defaults", "every Parameters field as config.toml's [recipe] sets it "
+                                               "(references and prompt stay)", self.action_reset_form)]
         for c in keys.APP:
             if c.action == "queue_experiment" and not self._experiment_types():
                 continue
