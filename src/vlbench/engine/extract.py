@@ -69,11 +69,7 @@ class Extraction:
         return self.hidden_states.shape[0]
 
     def check_layer(self, layer: int, name: str = "layer") -> int:
-        n = self.num_layers
-        if not -n <= layer < n:
-            raise UserError(f"is out of range for this VL model (hidden_states has {n} entries, -1 is after the "
-                            "final norm)", field=name, value=layer, fix=f"use -{n} … {n - 1}")
-        return layer
+        return check_layer_index(layer, self.num_layers, name)
 
     def positions(self, tokens: str) -> list[int]:
         if tokens not in SELECTION_ROLES:
@@ -138,6 +134,24 @@ def load_reference(path: str | Path) -> tuple[Any, list[str]]:
                         value=str(path)) from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise UserError(f"the image is damaged or truncated ({exc})", field="image", value=str(path)) from None
+
+
+def check_layer_index(layer: int, n: int, name: str = "layer") -> int:
+    """A hidden-state index against a VL whose hidden_states has `n` entries (precheck calls it from the config)."""
+    if not -n <= layer < n:
+        raise UserError(f"is out of range for this VL model (hidden_states has {n} entries, -1 is after the "
+                        "final norm)", field=name, value=layer, fix=f"use -{n} … {n - 1}")
+    return layer
+
+
+def check_vl_text(processor, num_images: int, text: str | None, budget: int) -> None:
+    """The VL input's text tokens within the caption budget: prepare's own count (_render, then _fit's), without
+    the images' pixels."""
+    rendered = _render(processor, num_images, text)
+    text_tokens = len(processor.tokenizer(rendered, add_special_tokens=False)["input_ids"]) - num_images
+    if text_tokens > budget:
+        raise UserError(f"the VL input is {text_tokens} tokens, over the caption budget of {budget}",
+                        field="vl_text", fix="shorten the text")
 
 
 def check_text(text: str, field: str) -> None:
@@ -276,6 +290,10 @@ def prepare(vl, images: list, text: str | None, budget: int, max_image_tokens: i
 def prepare_inputs(processor, images: list, text: str | None, budget: int,
                    max_image_tokens: int | None = None) -> Prepared:
     """`prepare` with the processor alone (no weights: vlbench.engine.precheck uses it before models load)."""
+    if text is not None:  # a text too long for the budget whatever its content: refused before anything reads it
+        from vlbench.engine.precheck import check_text_bound, max_token_chars
+
+        check_text_bound(text, "vl_text", budget, max_token_chars(processor.tokenizer), "the caption budget")
     rendered = _render(processor, len(images), text)
     size = _fit(processor, rendered, images, budget, max_image_tokens)
     kwargs = {"images": images} if images else {}
