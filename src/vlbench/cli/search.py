@@ -101,6 +101,7 @@ def run(args) -> int:
                             value=args.space, fix="resume without --space, or start a new search in another folder")
         inputs = info["inputs"]
         sampler_seed = info["sampler_seed"]
+        _resume_models(args, info)  # issue 26: the models the search was started with, unless named again
     else:
         if info is not None:
             raise UserError("already holds a search", field="output_dir", value=args.output_dir,
@@ -119,6 +120,13 @@ def run(args) -> int:
     spec = common.model_spec(args)
     choice = ExecutorChoice(args.executor, args.ray_address, args.ray_actors)
     sources = common.metric_sources(args)
+    if args.resume and not _metric_flags(args):  # the search's own metric models (its judge included)
+        sources = dict(info.get("metric_sources") or sources)
+    model_ids = {"tiny": spec.tiny, "zimage": spec.zimage, "vl": spec.vl}
+    if args.resume and info.get("models") not in (None, model_ids):
+        raise UserError(f"the models differ from the search's (search.json: {_describe_models(info['models'])})",
+                        field="output_dir", value=args.output_dir,
+                        fix="resume without model flags (the search's own are used), or with the same ones")
     out = common.check_out_dir(args.output_dir)
 
     console = common.console()
@@ -137,6 +145,7 @@ def run(args) -> int:
         info = info or {"schema": "vlbench.search/1", "space_file": str(space.path), "space_source": space.source,
                         "sampler": space.sampler, "sampler_seed": sampler_seed, "inputs": inputs,
                         "metric_sources": sources, "invocations": []}
+        info.setdefault("models", model_ids)  # what a resume reads (searches before issue 26: inferred)
         info["invocations"].append(invocation)
         atomic_write_json(info_path, info)
         n_images = len(refs) * len(prompts) * len(inputs["seeds"] or [None])
@@ -175,6 +184,38 @@ def run(args) -> int:
     console.print(f"front: {len(summary.front)} trial(s) → {common.escape(out / 'pareto.json')}, "
                   f"{common.escape(out / 'pareto.png')}, {common.escape(out / 'front')}/ (recipes, grid, report)")
     return 0
+
+
+def _metric_flags(args) -> list[str]:
+    from vlbench.metrics import SOURCE_FLAGS
+
+    return [k for k in SOURCE_FLAGS if getattr(args, k, None)]
+
+
+def _describe_models(models: dict) -> str:
+    return "the tiny random models" if models.get("tiny") else f"--zimage {models.get('zimage')} --vl {models.get('vl')}"
+
+
+def _resume_models(args, info: dict) -> None:
+    """With no model flag given, resume with the models the search was started with (search.json's "models"; a
+    search written before it was recorded: tiny when its judge is the tiny Qwen3-VL)."""
+    if args.tiny or args.zimage or args.vl:
+        return
+    models = info.get("models")
+    if models is None:
+        models = {"tiny": _started_tiny(info)}
+    if models.get("tiny"):
+        if not _metric_flags(args):
+            args.tiny = True
+    else:
+        args.zimage, args.vl = models.get("zimage") or None, models.get("vl") or None
+
+
+def _started_tiny(info: dict) -> bool:
+    from vlbench.modelspec import ModelSpec
+
+    judge = (info.get("metric_sources") or {}).get("vqa")
+    return bool(judge) and judge == ModelSpec(tiny=True).built().vl
 
 
 def _inputs(args, space) -> dict:
