@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import patience
 
 from vlbench import paths
 from vlbench.store import Store
@@ -27,7 +28,7 @@ def _worker(*extra: str) -> subprocess.Popen:
 
 
 def _until(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None):
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + patience(timeout)
     while True:
         value = predicate()
         if value:
@@ -184,6 +185,77 @@ def test_a_dead_headless_workers_presence_is_ignored(tiny_dirs):
     store.set_state(PRESENCE, {"token": "elsewhere:1:1", "pid": 1, "kind": "headless"})
     assert live_worker(store) is None
     store.close()
+
+
+def test_the_workbench_follows_a_restarted_headless_worker(tiny_dirs):
+    """Issue 25.5: stop `vlbench worker` under a watching workbench and start it again: the workbench follows the
+    new process (its header names the new pid) and shows the runs it finishes."""
+    from vlbench.config import parse_settings
+    from vlbench.tui.app import VlbenchApp
+    from vlbench.worker import Viewer
+
+    store = Store()
+    proc = _worker()
+    second = None
+    try:
+        _until(lambda: _presence(store), 60, "the headless worker", proc)
+
+        async def go():
+            nonlocal second
+            app = VlbenchApp(parse_settings({"recipe": SMALL}))
+            async with app.run_test(size=(160, 48)) as pilot:
+                async def wait(predicate, what, timeout=90):
+                    deadline = time.monotonic() + timeout
+                    while not predicate():
+                        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+                        await pilot.pause(0.1)
+
+                await wait(lambda: isinstance(app.job_worker, Viewer), "the viewer")
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(timeout=60)
+                await wait(lambda: "nothing runs the queue" in str(app.queue_pane._status.render()), "the stop to show")
+                second = _worker()
+                await wait(lambda: f"VIEWER of headless worker pid {second.pid}" in app.sub_title, "the new pid")
+                assert "runs the queue" in str(app.queue_pane._status.render())
+                app.inputs.prompt = "after the restart"
+                await pilot.press("f5")
+                await wait(lambda: store.counts_by_status()["done"] == 1, "the new worker's run")
+                await wait(lambda: app.history.table.row_count == 1
+                           and "done" in str(app.history.table.get_row_at(0)), "History to show it")
+            app.close()
+
+        asyncio.run(go())
+    finally:
+        for p in (proc, second):
+            if p is not None and p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                p.wait(timeout=60)
+    store.close()
+
+
+def test_a_headless_worker_on_cpu_caps_torch_threads_as_the_workbench_does(tiny_dirs):
+    """Issue 25.6: `vlbench worker` on CPU ran with torch's default thread pool (the workbench caps it at the cores
+    less one) and was 10–17× slower; every worker now builds its engine one way (vlbench.worker.build_engine)."""
+    store = Store()
+    store.enqueue("threads", [], dict(SMALL))
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    out = subprocess.run([sys.executable, "-m", "vlbench", "worker", "--tiny", "--device", "cpu", "--exit-when-idle"],
+                         env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert store.counts_by_status()["done"] == 1
+    store.close()
+    lines = [line for line in paths.log_path().read_text().splitlines() if "torch threads on CPU:" in line]
+    assert lines, "the worker says which thread count it uses"
+    threads = int(lines[-1].split("torch threads on CPU:")[1].split()[0])
+    cores = os.cpu_count() or 1
+    assert threads == (max(1, min(threads, cores - 1)) if cores > 1 else 1) and threads <= max(1, cores - 1)
+
+
+def test_the_thread_policy_leaves_a_core_free():
+    from vlbench.worker import cpu_threads
+
+    assert [cpu_threads(default, cores) for default, cores in [(2, 2), (8, 8), (4, 16), (1, 1), (16, 4)]] == \
+        [1, 7, 4, 1, 3]
 
 
 _STARTER = """

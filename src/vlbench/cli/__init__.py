@@ -16,6 +16,7 @@ import sqlite3
 import sys
 from typing import Sequence
 
+from vlbench import __version__
 from vlbench.cli.common import Parser, render
 from vlbench.errors import UserError
 
@@ -32,6 +33,7 @@ def command(name: str):
 def build_parser() -> Parser:
     parser = Parser(prog="vlbench", description="Condition Z-Image-Turbo on Qwen3-VL hidden states.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("--version", action="version", version=f"vlbench {__version__}")
     sub = parser.add_subparsers(dest="command", parser_class=Parser)
     for name in COMMANDS:
         module = command(name)
@@ -53,7 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _main(argv: list[str], debug: bool) -> int:
     try:
         rest = argv[1:] if argv[:1] == ["--debug"] else argv
-        if not rest or rest[0].startswith("-") and not {"-h", "--help"} & set(rest):
+        if not rest or rest[0].startswith("-") and not {"-h", "--help", "--version"} & set(rest):
             argv = ["tui", *argv]  # `vlbench [--tiny ...]` opens the workbench
         args = build_parser().parse_args(argv)
         if args.command is None:

@@ -96,7 +96,10 @@ def check_plan(files: ModelFiles | None, jobs: Iterable[tuple[Recipe, str, list]
             check_side(recipe.width, recipe.height, files.axes_lens, files.pixels_per_token)
         if VLText.PROMPT in recipe.vl_text_settings and once(("vl", prompt)):
             check_special_tokens(files.vl_processor.tokenizer, prompt, "prompt", "Qwen3-VL")
-        if recipe.uses_qwen3 and once(("qwen3", prompt)):
+        system = recipe.resolve_vl_system()
+        if system is not None and once(("vl-system", system)):  # issue 27
+            check_special_tokens(files.vl_processor.tokenizer, system, "vl_system", "Qwen3-VL")
+        if (recipe.uses_qwen3 or recipe.vl_guidance != 0) and once(("qwen3", prompt)):
             check_special_tokens(files.qwen3_tokenizer, prompt, "prompt", QWEN3)
         if recipe.guidance > 0 and once(("qwen3-negative", recipe.negative_prompt)):
             check_special_tokens(files.qwen3_tokenizer, recipe.negative_prompt, "negative_prompt", QWEN3)
@@ -174,14 +177,17 @@ def check_qwen3_length(tokenizer, text: str, field: str) -> None:
                         "(it would be cut silently)", field=field, fix="shorten it")
 
 
-def check_vl_length(processor, text: str | None, num_images: int, budget: int, field: str = "vl_text") -> None:
+def check_vl_length(processor, text: str | None, num_images: int, budget: int, field: str = "vl_text",
+                    system: str | None = None) -> None:
     """The VL input's text tokens against the caption budget, as the engine's prepare counts them, on a bounded
     text (images take what the text leaves; their fit is the engine's, per job)."""
     from vlbench.engine.extract import check_vl_text
 
     if text is not None:
         check_text_bound(text, field, budget, max_token_chars(processor.tokenizer), "the caption budget")
-    check_vl_text(processor, num_images, text, budget)
+    if system is not None:
+        check_text_bound(system, "vl_system", budget, max_token_chars(processor.tokenizer), "the caption budget")
+    check_vl_text(processor, num_images, text, budget, system)
 
 
 def check_text_bounds(files: ModelFiles, recipe: Recipe, prompt: str) -> None:
@@ -209,9 +215,10 @@ def check_text_lengths(files: ModelFiles, recipe: Recipe, prompt: str, num_image
         check_qwen3_length(files.qwen3_tokenizer, recipe.negative_prompt, "negative_prompt")
     for setting in dict.fromkeys(recipe.vl_text_settings):
         text = recipe.resolve_vl_text(prompt, setting)
-        if once(("vl-length", text, num_images)):
+        system = recipe.resolve_vl_system()
+        if once(("vl-length", text, num_images, system)):
             check_vl_length(files.vl_processor, text, num_images, files.caption_budget,
-                            "prompt" if setting == VLText.PROMPT else "vl_text")
+                            "prompt" if setting == VLText.PROMPT else "vl_text", system)
 
 
 def _check_top_k(files: ModelFiles, recipe: Recipe, prompt: str, refs: list, once) -> None:
@@ -223,6 +230,6 @@ def _check_top_k(files: ModelFiles, recipe: Recipe, prompt: str, refs: list, onc
     if not once(("topk", tuple(r.sha256 for r in refs), text, recipe.max_image_tokens, recipe.image_top_k)):
         return
     prep = prepare_inputs(files.vl_processor, [r.image for r in refs], text, files.caption_budget,
-                          recipe.max_image_tokens)
+                          recipe.max_image_tokens, recipe.resolve_vl_system())
     for n, grid in image_token_counts(files.vl_processor, prep):
         check_top_k(recipe.image_top_k, n, grid)

@@ -91,6 +91,6 @@ def run_tui(flags: dict, debug: bool = False, paused: bool = False) -> int:
     finally:
         if app is not None:
             app.close()
-    if app.return_code:  # Textual restored the terminal and printed the error; say where the full record is
+    if app.return_code == 1:  # Textual restored the terminal and printed the error; say where the full record is
         print(f"vlbench: the workbench stopped with an error; the traceback is in {log_path()}", file=sys.stderr)
-    return app.return_code or 0
+    return app.return_code or 0  # 128 + N after signal N (SIGHUP: 129, SIGTERM: 143), the job given back
