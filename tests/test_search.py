@@ -443,3 +443,26 @@ def test_a_stop_reaching_the_search_process_stops_every_trial_thread_and_leaves_
     assert not [t for t in threading.enumerate() if t.name.startswith("vlbench-trial-")]
     assert sorted(started) == [0, 1]
     assert [t.state.name for t in study.get_trials()] == ["RUNNING", "RUNNING"]
+
+
+def test_the_documented_resume_of_a_tiny_search_reads_what_it_was_started_with(tiny_dirs, tmp_path, ref_image,
+                                                                               capsys):
+    """Issue 26 #10: `vlbench search --output-dir s --resume --trials N` (no --tiny, no metric flags) continues a
+    search started with --tiny: its models and metric models come from search.json, not the defaults."""
+    out = tmp_path / "s"
+    space = _space_file(tmp_path, LEAN_SPACE)
+    assert _search(tmp_path, ref_image, out, "--trials", "1", space=space) == 0
+    info = json.loads((out / "search.json").read_text())
+    assert info["models"] == {"tiny": True, "zimage": "", "vl": ""}
+    assert _main(["search", "--output-dir", str(out), "--resume", "--trials", "2", "--device", "cpu"]) == 0
+    assert len(_trials(out)) == 2 and all(t["state"] == "complete" for t in _trials(out))
+    assert json.loads((out / "search.json").read_text())["metric_sources"] == info["metric_sources"]
+    # a search written before search.json recorded its models: tiny, inferred from its judge
+    del info["models"]
+    (out / "search.json").write_text(json.dumps(info))
+    assert _main(["search", "--output-dir", str(out), "--resume", "--trials", "3", "--device", "cpu"]) == 0
+    assert len(_trials(out)) == 3
+    # naming other models is refused in one line
+    with pytest.raises(UserError, match="the models differ from the search's"):
+        _main(["search", "--output-dir", str(out), "--resume", "--trials", "4", "--zimage", str(tiny_dirs.zimage),
+               "--vl", str(tiny_dirs.vl), "--device", "cpu"])

@@ -19,6 +19,7 @@ def attach_log_file() -> logging.Handler | None:
     for h in [*logger.handlers, *logging.getLogger().handlers]:
         if isinstance(h, logging.FileHandler) and Path(h.baseFilename) == path:
             return None
+    paths.data_file(path)  # 0600 unless the data folder is shared on purpose (tracebacks name prompts, paths)
     handler = _FileHandler(path, maxBytes=LOG_MAX_BYTES, backupCount=LOG_BACKUPS, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(threadName)s] %(message)s"))
     logger.addHandler(handler)

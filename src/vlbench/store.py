@@ -70,6 +70,9 @@ class Store:
             path = paths.store_path()
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        from vlbench.paths import data_file
+
+        data_file(self.path)  # 0600 (paths.data_file) before SQLite makes it 0644: its WAL and shm take its mode
         self._local = threading.local()
         self._lock = threading.Lock()
         self._conns: list[sqlite3.Connection] = []

@@ -106,6 +106,7 @@ def run(args) -> int:
                             value=args.space, fix="resume without --space, or start a new search in another folder")
         inputs = info["inputs"]
         sampler_seed = info["sampler_seed"]
+        _resume_models(args, info)  # issue 26: the models the search was started with, unless named again
     else:
         if info is not None:
             raise UserError("already holds a search", field="output_dir", value=args.output_dir,
@@ -133,6 +134,11 @@ def run(args) -> int:
     else:
         sources = common.metric_sources(args, tiny_models=spec.tiny, console=console)
     common.check_metric_sources(space.metrics, sources, shared=() if sources.get("vqa") else ("vqa",))
+    model_ids = {"tiny": spec.tiny, "zimage": spec.zimage, "vl": spec.vl}
+    if args.resume and info.get("models") not in (None, model_ids):  # issue 26
+        raise UserError(f"the models differ from the search's (search.json: {_describe_models(info['models'])})",
+                        field="output_dir", value=args.output_dir,
+                        fix="resume without model flags (the search's own are used), or with the same ones")
     out = common.check_out_dir(args.output_dir)
 
     handle = F.lock(out)  # one search per folder
@@ -150,6 +156,7 @@ def run(args) -> int:
         info = info or {"schema": SEARCH_SCHEMA, "space_file": str(space.path), "space_source": space.source,
                         "sampler": space.sampler, "sampler_seed": sampler_seed, "inputs": inputs,
                         "metric_sources": sources, "invocations": []}
+        info.setdefault("models", model_ids)  # what a resume reads (searches before issue 26: inferred)
         info["invocations"].append(invocation)
         atomic_write_json(info_path, info)
         n_images = len(refs) * len(prompts) * len(inputs["seeds"] or [None])
@@ -208,6 +215,38 @@ def _check_meaning(info: dict, space, output_dir: str) -> None:
         raise UserError(f"is a search started before recipe schema 3, where {ratios[0]} was per-token odds; this "
                         f"vlbench reads it as a share", field="output_dir", value=output_dir,
                         fix="start a new search in another folder (this one's trials keep their old meaning)")
+
+
+def _metric_flags(args) -> list[str]:
+    from vlbench.metrics import SOURCE_FLAGS
+
+    return [k for k in SOURCE_FLAGS if getattr(args, k, None)]
+
+
+def _describe_models(models: dict) -> str:
+    return "the tiny random models" if models.get("tiny") else f"--zimage {models.get('zimage')} --vl {models.get('vl')}"
+
+
+def _resume_models(args, info: dict) -> None:
+    """With no model flag given, resume with the models the search was started with (search.json's "models"; a
+    search written before it was recorded: tiny when its judge is the tiny Qwen3-VL)."""
+    if args.tiny or args.zimage or args.vl:
+        return
+    models = info.get("models")
+    if models is None:
+        models = {"tiny": _started_tiny(info)}
+    if models.get("tiny"):
+        if not _metric_flags(args):
+            args.tiny = True
+    else:
+        args.zimage, args.vl = models.get("zimage") or None, models.get("vl") or None
+
+
+def _started_tiny(info: dict) -> bool:
+    from vlbench.modelspec import ModelSpec
+
+    judge = (info.get("metric_sources") or {}).get("vqa")
+    return bool(judge) and judge == ModelSpec(tiny=True).built().vl
 
 
 def _inputs(args, space) -> dict:

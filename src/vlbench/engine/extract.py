@@ -70,11 +70,7 @@ class Extraction:
         return self.hidden_states.shape[0]
 
     def check_layer(self, layer: int, name: str = "layer") -> int:
-        n = self.num_layers
-        if not -n <= layer < n:
-            raise UserError(f"is out of range for this VL model (hidden_states has {n} entries, -1 is after the "
-                            "final norm)", field=name, value=layer, fix=f"use -{n} … {n - 1}")
-        return layer
+        return check_layer_index(layer, self.num_layers, name)
 
     def positions(self, tokens: str) -> list[int]:
         if tokens not in SELECTION_ROLES:
@@ -139,6 +135,21 @@ def load_reference(path: str | Path) -> tuple[Any, list[str]]:
                         value=str(path)) from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise UserError(f"the image is damaged or truncated ({exc})", field="image", value=str(path)) from None
+
+
+def check_layer_index(layer: int, n: int, name: str = "layer") -> int:
+    """A hidden-state index against a VL whose hidden_states has `n` entries (precheck calls it from the config)."""
+    if not -n <= layer < n:
+        raise UserError(f"is out of range for this VL model (hidden_states has {n} entries, -1 is after the "
+                        "final norm)", field=name, value=layer, fix=f"use -{n} … {n - 1}")
+    return layer
+
+
+def check_vl_text(processor, num_images: int, text: str | None, budget: int, system: str | None = None) -> None:
+    """The VL input's text tokens within the caption budget: prepare's own count and words (_render, then _fit's),
+    without the images' pixels."""
+    rendered = _render(processor, num_images, text, system)
+    _fit(processor, rendered, [None] * num_images, budget, None, system, sizes=False)
 
 
 def check_text(text: str, field: str) -> None:
@@ -257,7 +268,7 @@ def _render(processor, num_images: int, text: str | None, system: str | None = N
 
 
 def _fit(processor, rendered: str, images: list, budget: int, max_image_tokens: int | None,
-         system: str | None = None) -> dict | None:
+         system: str | None = None, sizes: bool = True) -> dict | None:
     """The processor `size` for these images: text tokens are fixed, images take what is left of the budget."""
     text_tokens = len(processor.tokenizer(rendered, add_special_tokens=False)["input_ids"]) - len(images)
     if text_tokens > budget:
@@ -266,7 +277,7 @@ def _fit(processor, rendered: str, images: list, budget: int, max_image_tokens: 
                             f"{budget}", field="vl_system", fix="shorten the system text or the VL text")
         raise UserError(f"the VL input is {text_tokens} tokens, over the caption budget of {budget}",
                         field="vl_text", fix="shorten the text")
-    if not images:
+    if not images or not sizes:  # sizes=False: the text's count alone (precheck, no pixels)
         return None
     available = budget - text_tokens
     if max_image_tokens is not None:
@@ -296,6 +307,10 @@ def prepare(vl, images: list, text: str | None, budget: int, max_image_tokens: i
 def prepare_inputs(processor, images: list, text: str | None, budget: int,
                    max_image_tokens: int | None = None, system: str | None = None) -> Prepared:
     """`prepare` with the processor alone (no weights: vlbench.engine.precheck uses it before models load)."""
+    if text is not None:  # a text too long for the budget whatever its content: refused before anything reads it
+        from vlbench.engine.precheck import check_text_bound, max_token_chars
+
+        check_text_bound(text, "vl_text", budget, max_token_chars(processor.tokenizer), "the caption budget")
     rendered = _render(processor, len(images), text, system)
     size = _fit(processor, rendered, images, budget, max_image_tokens, system)
     kwargs = {"images": images} if images else {}

@@ -33,7 +33,7 @@ def connect(address: str | None, cpus: int) -> bool:
                 with _loopback_only():
                     ray.init(address="local", num_gpus=torch.cuda.device_count(),
                              num_cpus=max(os.cpu_count() or 1, cpus), include_dashboard=False,
-                             _node_ip_address="127.0.0.1", **quiet)
+                             _node_ip_address="127.0.0.1", _temp_dir=private_temp_dir(), **quiet)
                 return True
             except Exception as exc:  # noqa: BLE001 — Ray raises a bare Exception for a node start that timed out
                 if "timed out during startup" not in str(exc):
@@ -55,6 +55,25 @@ def connect(address: str | None, cpus: int) -> bool:
                             "it uses token authentication, export RAY_AUTH_MODE=token here with its token "
                             "(~/.ray/auth_token or RAY_AUTH_TOKEN)") from None
     return True
+
+
+def private_temp_dir() -> str:
+    """The local instance's temp dir (sessions, logs, sockets): `ray` inside a folder of this user's alone (0700).
+
+    Ray makes every folder it creates mode 0777 (so users of a box can share /tmp/ray); inside a 0700 parent no
+    other user reaches them. The parent sits in the system temp dir, not the data folder: Ray's unix socket paths
+    under it must stay within the 107-byte limit (issue 26)."""
+    import tempfile
+
+    parent = os.path.join(tempfile.gettempdir(), f"vlbench-{os.geteuid()}")
+    os.makedirs(parent, mode=0o700, exist_ok=True)
+    st = os.lstat(parent)
+    if not os.path.isdir(parent) or os.path.islink(parent) or st.st_uid != os.geteuid():
+        raise UserError(f"{parent} is not a folder of yours", field="executor", value="ray",
+                        fix=f"remove {parent} (another user or a link holds the name), or set TMPDIR elsewhere")
+    if st.st_mode & 0o077:
+        os.chmod(parent, 0o700)
+    return os.path.join(parent, "ray")
 
 
 @contextmanager

@@ -61,8 +61,11 @@ def load_session(path: Path | None = None) -> tuple[Session | None, str | None]:
 
 def save_session(session: Session, path: Path | None = None) -> None:
     from vlbench.files import atomic_write_json
+    from vlbench.paths import data_file
 
-    atomic_write_json(path or session_path(), asdict(session))
+    path = path or session_path()
+    atomic_write_json(path, asdict(session))
+    data_file(path)  # 0600 unless the data folder is shared on purpose (paths.data_file)
 
 
 def _check(session: Session) -> None:
