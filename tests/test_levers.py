@@ -302,3 +302,31 @@ def test_levers_that_hook_one_captions_call_never_share_a_batch():
     assert batch_key(Recipe()) is not None
     assert batch_key(Recipe(vl_guidance=1.0)) is None
     assert batch_key(Recipe(image_positions="grid")) is None
+
+
+# ---------------------------------------------------------------- the three together, from the command line
+def test_the_example_recipe_with_all_three_levers_runs_and_records_each(engine, ref_image, tmp_path, capsys):
+    from pathlib import Path
+
+    from vlbench.cli import main
+    from vlbench.pngs import read_png_metadata
+
+    example = Path(__file__).parents[1] / "examples" / "recipes" / "levers.toml"
+    out = tmp_path / "o.png"
+    code = main(["generate", "--tiny", "--device", "cpu", "--dtype", "fp32", "--image", str(ref_image), "--prompt",
+                 PROMPT, "--recipe", str(example), "--width", "64", "--height", "64", "--steps", "2", "--out",
+                 str(out)])
+    assert code == 0, capsys.readouterr().err
+    cond = read_png_metadata(out)["conditioning"]
+    assert cond["vl"]["vl_system"] == VLSystem.STYLE.help
+    assert cond["vl_guidance"]["scale"] == 1.5
+    assert cond["image_positions"]["mode"] == "grid"
+
+
+def test_a_lever_flag_with_no_effect_is_one_line_and_exit_2(tmp_path, capsys):
+    from vlbench.cli import main
+
+    code = main(["generate", "--tiny", "--device", "cpu", "--prompt", PROMPT, "--alpha", "0", "--vl-guidance", "1",
+                 "--out", str(tmp_path / "o.png")])
+    err = capsys.readouterr().err
+    assert code == 2 and "--vl-guidance" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
