@@ -7,9 +7,10 @@ folder would have) share one study; each runs T trials of what `vlbench search` 
 fresh seeded NSGA-II sampler, suggest 3 parameters, set a ~1 KB user attribute (the trial's account), set a
 constraint, tell 2 values; `--work-ms` of sleep stands for the trial's images (0: storage alone, the worst case).
 
-Per (backend, W): wall seconds (from the common start, after imports, to the last tell), trials stored, trials/s, the errors the writers raised (count and the first one),
-whether the stored trial numbers are exactly 0..W*T-1 (nothing lost, nothing doubled) and the read time of the
-whole study at the end (what trials.jsonl and optuna-dashboard read).
+Per (backend, W): wall seconds (from the common start, after imports, to the last tell), trials stored, trials/s,
+the errors the writers raised (count and the first one), whether the stored trial numbers are exactly 0..W*T-1
+(nothing lost, nothing doubled) and the read time of the whole study at the end (what trials.jsonl and
+optuna-dashboard read).
 
     PYTHONPATH=src python3 benchmarks/study_storage.py --writers 1,2,4,8 --trials 40 --out /tmp/ss
 """
@@ -30,8 +31,6 @@ from pathlib import Path
 
 
 def storage_for(kind: str, path: Path):
-    import optuna
-
     if kind == "sqlite":
         return f"sqlite:///{path / 'study.db'}"
     from optuna.storages.journal import JournalFileBackend, JournalStorage
@@ -59,7 +58,7 @@ def writer(kind: str, path: str, index: int, trials: int, work_ms: float, queue,
                     time.sleep(work_ms / 1000)
                 trial.set_user_attr("vlbench", {"folder": f"trials/t{trial.number:04d}", "params": [x, y, z],
                                                 "pad": "x" * 900})
-                trial.set_user_attr("constraints", [x - 0.5])
+                trial.set_constraint("alpha <= 0.5", x - 0.5)  # as the search records a constraint
                 study.tell(trial, [x + y, -x])
                 done += 1
             except Exception as exc:  # noqa: BLE001 — counted, the writer goes on
@@ -94,7 +93,8 @@ def measure(kind: str, writers: int, trials: int, work_ms: float) -> dict:
         complete = sum(t.state.name == "COMPLETE" for t in stored)
         return {"backend": kind, "writers": writers, "trials_each": trials, "work_ms": work_ms,
                 "wall_s": round(wall, 3), "stored": len(stored), "complete": complete,
-                "trials_per_s": round(complete / wall, 2), "errors": len(errors), "first_error": errors[0] if errors else None,
+                "trials_per_s": round(complete / wall, 2), "errors": len(errors),
+                "first_error": errors[0] if errors else None,
                 "numbers_exact": numbers == list(range(len(stored))) and len(stored) == writers * trials,
                 "read_all_s": round(read_s, 3)}
 

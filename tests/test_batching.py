@@ -102,3 +102,45 @@ def test_batch_must_be_positive(tiny_dirs, tmp_path, ref_image, capsys):
                  "--output-dir", str(tmp_path / "o"), "--batch", "0"])
     err = capsys.readouterr().err
     assert code == 2 and "--batch 0" in err and "Traceback" not in err, err
+
+
+SPACE = """
+name = "tiny_batch_search"
+seeds = [0]
+objectives = ["siglip"]
+metrics = ["siglip"]
+
+[fixed]
+steps = 2
+width = 64
+height = 64
+alpha = 1.0
+
+[space]
+layer = [-1, -2, -3]
+tokens = ["full", "image"]
+"""
+
+
+def test_search_batch_asks_trials_together_and_each_trial_is_its_batch_1_image(engine, tiny_dirs, tmp_path,
+                                                                                 ref_image, capsys):
+    from PIL import Image
+
+    from vlbench.engine.engine import Reference
+
+    space = tmp_path / "space.toml"
+    space.write_text(SPACE)
+    out = tmp_path / "search"
+    code = main(["search", "--output-dir", str(out), "--tiny", "--device", "cpu", "--space", str(space), "--image",
+                 str(ref_image), "--prompt", "a red square", "--trials", "3", "--batch", "2", "--no-store"])
+    assert code == 0, capsys.readouterr().err
+    trials = [json.loads(line) for line in (out / "trials.jsonl").read_text().splitlines()]
+    assert [t["number"] for t in trials] == [0, 1, 2] and {t["state"] for t in trials} == {"complete"}
+    sizes = []
+    for t in trials:
+        rows = _rows(out / t["folder"])
+        assert len(rows) == 1
+        sizes.append(rows[0]["environment"]["batch"]["size"])
+        alone = engine.run(Recipe.from_dict(rows[0]["recipe"]), "a red square", [Reference.open(ref_image)]).image
+        assert close(Image.open(out / t["folder"] / rows[0]["image"]), alone)
+    assert sizes == [2, 2, 1]  # trials 0 and 1 together; the third asked alone (--trials 3)

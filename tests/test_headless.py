@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import patience
 
 from vlbench import paths
 from vlbench.store import Store
@@ -27,7 +28,7 @@ def _worker(*extra: str) -> subprocess.Popen:
 
 
 def _until(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None):
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + patience(timeout)
     while True:
         value = predicate()
         if value:

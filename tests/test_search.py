@@ -189,7 +189,8 @@ def test_search_runs_scores_and_writes_a_correct_front(tiny_dirs, tmp_path, ref_
     from vlbench.experiments.results import ResultsLog
     from vlbench.metrics.score import load_scores
     from vlbench.recipe import Recipe, load_recipe
-    from vlbench.stats import bootstrap_ci
+    from scipy import stats as sps
+
     from vlbench.store import Store
 
     out = tmp_path / "search"
@@ -208,10 +209,13 @@ def test_search_runs_scores_and_writes_a_correct_front(tiny_dirs, tmp_path, ref_
         assert Recipe.from_dict(rows[0]["recipe"]).replace(seed=0) == Recipe.from_dict(t["recipe"])
         assert all(rows[0]["recipe"][k] == v for k, v in t["params"].items())
         scores = load_scores(folder)
-        for metric in ("siglip", "dino", "clip_i"):  # objective = mean over the images, CI = bootstrap_ci
+        for metric in ("siglip", "dino", "clip_i"):  # objective = mean over the images, CI = vlbench stats' own
             values = np.array([scores[r["key"]]["metrics"][metric] for r in rows])
+            # one prompt × one reference × 2 seeds: conditional on both, the t interval over the seeds
+            want = sps.t.interval(0.95, len(values) - 1, loc=values.mean(), scale=sps.sem(values))
             assert t["metrics"][metric]["mean"] == pytest.approx(values.mean())
-            assert t["metrics"][metric]["ci"] == pytest.approx(list(bootstrap_ci(values)))
+            assert t["metrics"][metric]["ci"] == pytest.approx(list(want), rel=1e-9)
+            assert t["metrics"][metric]["method"] == "seeds within cells" and t["metrics"][metric]["not_finite"] == 0
         assert (folder / "grid.png").is_file() and (folder / "report.html").is_file()
     # the front: our non-dominated set == an independent brute force == Optuna's best trials
     pareto = json.loads((out / "pareto.json").read_text())
@@ -383,3 +387,59 @@ def test_size_and_steps_flags_override_the_spaces_fixed_fields(tiny_dirs, tmp_pa
         _search(tmp_path, ref_image, tmp_path / "bad", "--trials", "1", "--steps", "4", space=searched)
     with pytest.raises(UserError, match="width 65: is not a multiple of 16"):
         _search(tmp_path, ref_image, tmp_path / "bad", "--trials", "1", "--width", "65", space=space)
+
+
+def test_a_stop_reaching_the_search_process_stops_every_trial_thread_and_leaves_their_trials_running(tmp_path):
+    """Issue 29, concurrent trials without Ray or models: Ctrl-C or kill reaches the main thread (here
+    _thread.interrupt_main, what SIGTERM becomes under vlbench's handler) while two trials hold the two lanes; every
+    trial thread stops, the search raises KeyboardInterrupt, and both trials stay running in the study for --resume."""
+    import _thread
+    import queue
+    import threading
+    import time
+    from types import SimpleNamespace
+
+    from vlbench.search.runner import SearchSummary, _Search, open_study
+
+    space = parse_space(LEAN_SPACE, tmp_path / "space.toml")
+    study = open_study(tmp_path, space)
+    search = _Search(study, space, tmp_path, 0, 10, None, SearchSummary(target=10), None, None)
+
+    class Lanes:  # two actors, as vlbench.executors.ray_executor.Lanes hands them out
+        slots = [0, 1]
+
+        def __init__(self):
+            self.free = queue.Queue()
+            for i in self.slots:
+                self.free.put(i)
+
+        def acquire(self, stop):
+            while not stop.is_set():
+                try:
+                    return SimpleNamespace(index=self.free.get(timeout=0.05), run=None)
+                except queue.Empty:
+                    pass
+            return None
+
+        def release(self, lane):
+            self.free.put(lane.index)
+
+        @staticmethod
+        def lost(exc):
+            return False
+
+    started = []
+
+    def evaluate(study, trial, params, executor=None, images_done=None):  # a trial whose images are running
+        started.append(trial.number)
+        if len(started) == 2:
+            _thread.interrupt_main()
+        while not search.stop.is_set():
+            time.sleep(0.01)
+        raise KeyboardInterrupt  # what a lane raises at its next wait once the stop is set
+
+    with pytest.raises(KeyboardInterrupt):
+        search.run_concurrently(evaluate, Lanes())
+    assert not [t for t in threading.enumerate() if t.name.startswith("vlbench-trial-")]
+    assert sorted(started) == [0, 1]
+    assert [t.state.name for t in study.get_trials()] == ["RUNNING", "RUNNING"]

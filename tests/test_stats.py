@@ -579,3 +579,34 @@ def test_a_baseline_with_no_paired_cells_is_one_line(tmp_path, capsys):
     err = cli_error(["stats", str(out), "--baseline", "base"], capsys)
     assert "--baseline base: shares no (prompt, reference, seed) with same: no paired cells" in err
     assert "choose a baseline run on the same prompts, references and seeds" in err
+
+
+# ---- the optional second estimate: statsmodels' crossed mixed model ----
+def test_the_mixed_model_is_a_second_estimate_that_agrees_on_a_balanced_design():
+    pytest.importorskip("statsmodels")
+    from vlbench import crossed
+
+    rng = np.random.default_rng(0)
+    P, R, S = 8, 6, 3
+    a, b, g = rng.normal(0, 0.7, P), rng.normal(0, 0.7, R), rng.normal(0, 0.5, (P, R))
+    vals = {(f"p{p}", f"r{r}", s): 0.3 + a[p] + b[r] + g[p, r] + rng.normal() for p in range(P) for r in range(R)
+            for s in range(S)}
+    mixed, anova = crossed.mixed_model(vals), crossed.infer(vals)
+    assert mixed["mean"] == pytest.approx(anova["mean"], abs=1e-9)  # balanced: both are the grand mean
+    assert mixed["se"] == pytest.approx(anova["se"], rel=0.1)
+    assert set(mixed["components"]) == {"prompt", "reference", "cell", "residual"}
+    assert mixed["components"]["reference"] > mixed["components"]["prompt"]  # as the ANOVA estimates say
+    assert anova["components"]["reference"] > anova["components"]["prompt"]
+
+
+def test_mixed_model_without_statsmodels_is_one_line(tmp_path, capsys):
+    try:
+        import statsmodels  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("statsmodels is installed here")
+    out = tmp_path / "run"
+    synthetic_run(out)
+    err = cli_error(["stats", str(out), "--mixed-model"], capsys)
+    assert "--mixed-model: statsmodels is not installed; pip install 'vlbench[mixed]'" in err

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import patience
 
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None,
                                 reason="tmux is not installed (apt-get install tmux): the real-terminal test needs it")
@@ -34,6 +35,7 @@ class Tmux:
         return self("capture-pane", "-p", "-t", self.session)
 
     def wait_for(self, predicate, timeout: float, what: str) -> str:
+        timeout = patience(timeout)
         deadline = time.monotonic() + timeout
         screen = ""
         while time.monotonic() < deadline:

@@ -354,3 +354,38 @@ def detectable_by_simulation(components: Mapping[str, float], prompts: int, refe
         if hi - lo <= 1e-4 * scale:
             break
     return hi
+
+
+# ---------------------------------------------------------------- a second estimate: the linear mixed model
+def mixed_model(values: Mapping[tuple, float], confidence: float = 0.95) -> dict:
+    """The same model fitted as a linear mixed model with crossed random intercepts for prompt, reference and
+    cell (REML, statsmodels' MixedLM with variance components in one group): a second estimate beside the ANOVA
+    one. statsmodels is an optional extra (`pip install 'vlbench[mixed]'`); ImportError when it is missing.
+    Its interval is the normal approximation statsmodels gives (no small-sample df)."""
+    import warnings
+
+    import pandas as pd
+    import statsmodels.formula.api as smf
+
+    from scipy.special import ndtri
+
+    rows = [{"prompt": str(p), "reference": str(r), "cell": f"{p}\x1f{r}", "y": float(v), "group": 0}
+            for (p, r, _), v in values.items()]
+    frame = pd.DataFrame(rows)
+    vc = {}
+    for name in ("prompt", "reference", "cell"):
+        if frame[name].nunique() > 1:
+            vc[name] = f"0 + C({name})"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = smf.mixedlm("y ~ 1", frame, groups="group", vc_formula=vc or None, re_formula="0")
+        fit = model.fit(reml=True)
+    mean, se = float(fit.fe_params["Intercept"]), float(fit.bse_fe["Intercept"])
+    q = float(ndtri(0.5 + confidence / 2))
+    names = list(getattr(model.exog_vc, "names", None) or sorted(vc))  # statsmodels orders them by name
+    components = {name: float(v) for name, v in zip(names, np.atleast_1d(fit.vcomp))}
+    components["residual"] = float(fit.scale)
+    return {"mean": mean, "se": se, "ci": [mean - q * se, mean + q * se], "converged": bool(fit.converged),
+            "components": components, "warnings": sorted({str(w.message).splitlines()[0] for w in caught})[:3],
+            "method": "linear mixed model, crossed random intercepts for prompt, reference and cell (REML, "
+                      "statsmodels MixedLM); normal-approximation interval"}

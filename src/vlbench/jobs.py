@@ -124,6 +124,15 @@ def execute_batch(engine, records: list[RunRecord], refs: list[list], *,
                  for r, rf in zip(records, refs)]
     except Exception:  # noqa: BLE001 — a recipe that does not parse: every job alone, each says why
         return [execute(engine, r, list(rf), on_step=on_step, render=render) for r, rf in zip(records, refs)]
+    from vlbench.engine.batching import batch_key
+
+    keys = {batch_key(item.recipe) for item in items}
+    if len(items) == 1 or len(keys) != 1 or None in keys:  # nothing to share: each alone, as without --batch
+        outcomes = [execute(engine, r, list(rf), on_step=on_step, render=render) for r, rf in zip(records, refs)]
+        for outcome in outcomes:
+            if outcome.record.status == "done":
+                outcome.record.environment = {**outcome.record.environment, "batch": {"size": 1, "position": 0}}
+        return outcomes
     conds, forwards, loads = {}, [0] * len(items), [0.0] * len(items)
     for i, item in enumerate(items):
         load0, forwards0 = sum(engine.models.load_seconds.values()), engine.vl_forwards

@@ -1,5 +1,5 @@
 """report.html for an output folder: the grid, metrics with their statistics (`vlbench.stats`: means with
-bootstrap intervals, paired tests against the baseline), embedding diagnostics, every image with its
+design-aware intervals, paired tests against the baseline), embedding diagnostics, every image with its
 recipe, and the efficiency table.
 
 One self-contained HTML file (inline CSS, a few lines of inline script to sort tables, no network);
@@ -154,7 +154,7 @@ def plot_axes(names: list[str]) -> tuple[str, str] | None:
 
 def plot_metrics(rows: list[dict], path: str | Path, stats: dict | None = None) -> Path | None:
     """Prompt adherence against reference similarity, one labelled point per config (its mean, with its
-    bootstrap interval on both axes when `stats` has one); None if the folder lacks either kind of metric."""
+    interval on both axes when `stats` has one); None if the folder lacks either kind of metric."""
     from matplotlib.figure import Figure
 
     from vlbench.metrics import METRICS

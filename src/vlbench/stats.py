@@ -1,15 +1,16 @@
-"""Statistics over a run's scored images: per config and metric, the mean with a bootstrap interval, and
-each config against a baseline with a paired difference, a Wilcoxon signed-rank test (Holm-corrected
-across configs) and a win rate.
+"""Statistics over a run's scored images: per config and metric, the mean with a 95% interval, and each config
+against a baseline with a paired difference, a test (Holm-corrected across configs), the win rate and the
+smallest difference the run could detect; optionally equivalence tests (TOST) and a power plan.
 
-The unit of resampling and pairing is one image slot: (prompt, reference sha256, seed). Two configs are
-compared on the slots both have, so a config is measured against the baseline on the same prompt,
-reference and starting noise. Every bootstrap draws its resamples from a fresh
-`numpy.random.default_rng(seed)`, so the output is reproducible and every config of a metric is
-resampled with the same index matrix (for equal n). The JSON schema is documented in docs/stats.md.
+The default unit ("cell") is a (prompt, reference sha256) cell with its seeds as replicates, prompts and
+references crossed random factors (vlbench.crossed: two-way ANOVA of cell means, Satterthwaite df; conditional
+on the prompts/references when fewer than 4). Paired differences are formed per image slot (prompt, reference,
+seed: the same starting noise), then per cell. `unit="image"` keeps vlbench.stats/1's computation: every image
+slot an independent unit, a percentile bootstrap from a fresh `numpy.random.default_rng(seed)` and a Wilcoxon
+signed-rank test. The JSON schema is documented in docs/stats.md.
 
-No torch here (the workbench imports this before its first paint); scipy is imported by the test only.
-Non-finite metric values are left out.
+No torch here (the workbench imports this before its first paint); numpy, and scipy's special functions (scipy.stats
+for the Wilcoxon test). Non-finite metric values are counted per config and metric and left out, never silently.
 """
 
 from __future__ import annotations
@@ -127,7 +128,7 @@ def _pair(ci):
 def summarize(rows: Iterable[Row | dict], *, baseline: str | None = None, metrics: Iterable[str] | None = None,
               resamples: int = RESAMPLES, seed: int = BOOTSTRAP_SEED, confidence: float = CONFIDENCE,
               alpha: float = ALPHA, unit: str = DEFAULT_UNIT, equivalence: Mapping[str, float] | None = None,
-              plan: Mapping[str, float] | None = None) -> dict:
+              plan: Mapping[str, float] | None = None, mixed_model: bool = False) -> dict:
     """The statistics of scored images (see docs/stats.md for the schema).
 
     `rows`: Row objects, or dicts shaped like results.jsonl rows with their metric values under "metrics"
@@ -136,7 +137,8 @@ def summarize(rows: Iterable[Row | dict], *, baseline: str | None = None, metric
     `unit`: "cell" (default: prompt × reference cells, seeds inside, prompts and references random; vlbench.crossed)
     or "image" (every image an independent unit: bootstrap and Wilcoxon, as vlbench.stats/1 computed).
     `equivalence`: {metric: margin} for two one-sided tests (cell unit only); `plan`: {metric: difference} to plan
-    prompts, references and seeds for (plan_block).
+    prompts, references and seeds for (plan_block); `mixed_model`: add statsmodels' crossed mixed model as a second
+    estimate of each comparison (an optional extra).
     """
     from vlbench.metrics import METRICS
 
@@ -192,6 +194,14 @@ def summarize(rows: Iterable[Row | dict], *, baseline: str | None = None, metric
                        "comparison names), Holm across configs")
         if design["label"]:
             out["notes"].append(design["label"])
+    if mixed_model:
+        if unit != "cell":
+            raise UserError("the mixed model needs the cell unit", field="mixed_model", fix="drop --unit image")
+        try:
+            import statsmodels  # noqa: F401
+        except ImportError:
+            raise UserError("statsmodels is not installed", field="mixed_model",
+                            fix="pip install 'vlbench[mixed]' (statsmodels), or drop --mixed-model") from None
     equivalence = dict(equivalence or {})
     if equivalence and unit != "cell":
         raise UserError("equivalence needs the cell unit", field="equivalence", fix="drop --unit image")
@@ -208,7 +218,7 @@ def summarize(rows: Iterable[Row | dict], *, baseline: str | None = None, metric
         if unit == "image":
             _image_block(block, values, configs, baseline, resamples, seed, confidence, alpha)
         else:
-            _cell_block(block, values, configs, baseline, confidence, alpha, equivalence.get(name))
+            _cell_block(block, values, configs, baseline, confidence, alpha, equivalence.get(name), mixed_model)
         for c in configs:  # every value asked for is counted: a non-finite one is left out, and said
             bad = sum(1 for r in by_config[c].values() if name in r.not_finite)
             block["configs"][c]["not_finite"] = bad
@@ -353,7 +363,7 @@ def _holm_into(comps: dict, alpha: float) -> None:
         comps[c]["significant"] = p_holm is not None and p_holm < alpha
 
 
-def _cell_block(block, values, configs, baseline, confidence, alpha, margin) -> None:
+def _cell_block(block, values, configs, baseline, confidence, alpha, margin, mixed: bool = False) -> None:
     """Prompt × reference cells, seeds inside; paired differences formed per image slot, then per cell."""
     from vlbench.crossed import cells_of, infer
 
@@ -394,6 +404,15 @@ def _cell_block(block, values, configs, baseline, confidence, alpha, margin) -> 
         comp["mde"] = _detectable(comp, alpha / m)
     if margin is not None:
         _equivalence_into(comps, float(margin), alpha)
+    if mixed:  # a second estimate of each comparison, beside the ANOVA one (not used for the verdicts)
+        from vlbench.crossed import mixed_model
+
+        for c, comp in comps.items():
+            diffs = {u: values[c][u] - base[u] for u in set(values[c]) & set(base)}
+            try:
+                comp["mixed_model"] = mixed_model(diffs, confidence) if len(diffs) >= 2 else None
+            except (ValueError, np.linalg.LinAlgError) as exc:  # a fit that cannot start: said, not raised
+                comp["mixed_model"] = {"error": f"{exc.__class__.__name__}: {str(exc).splitlines()[0][:200]}"}
     block["comparisons"] = comps
 
 

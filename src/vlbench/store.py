@@ -667,7 +667,25 @@ def _v3(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX runs_batch ON runs (batch)")
 
 
-MIGRATIONS = [_v1, _v2, _v3]
+def _v4(conn: sqlite3.Connection) -> None:
+    """Recipe schema 3 (attend ratios are shares): every row's recipe read as what it was when it was recorded or
+    queued (vlbench.recipe.upgrade_recipe: attend_ratio token-odds, attend_scope joint where it was biased)."""
+    from vlbench.recipe import upgrade_recipe
+
+    rows = conn.execute("SELECT id, recipe FROM runs").fetchall()
+    updates = []
+    for run_id, text in rows:
+        try:
+            old = json.loads(text or "{}")
+        except json.JSONDecodeError:
+            continue
+        new = upgrade_recipe(old, 2)
+        if new is not old:
+            updates.append((_dumps(new), run_id))
+    conn.executemany("UPDATE runs SET recipe = ? WHERE id = ?", updates)
+
+
+MIGRATIONS = [_v1, _v2, _v3, _v4]
 
 
 def _migrate(conn: sqlite3.Connection, path: Path) -> None:

@@ -99,14 +99,11 @@ def add_batch_flag(g) -> None:
 
 
 def batch_size(value: int | None, executor_kind: str) -> int:
-    """--batch N checked: a positive count, for the local executor."""
+    """--batch N checked: a positive count (the local executor batches consecutive jobs; ray, each actor's)."""
     if value is None:
         return 1
     if value < 1:
         raise UserError("must be >= 1", field="batch", value=value)
-    if value > 1 and executor_kind != "local":
-        raise UserError("batches on the local executor only", field="batch", value=value,
-                        fix="drop --batch, or use --executor local")
     return value
 
 

@@ -25,7 +25,8 @@ def add_arguments(p) -> None:
                    help="prompts, one per line (blank and # lines skipped), or a TOML file with prompts = [...]")
     p.add_argument("--eval-set", metavar="NAME_OR_DIR",
                    help="references and prompts of an evaluation set: quick, default (12 prompts × 6 procedural "
-                        "references), full (36 × 12), or a folder of images with an optional prompts.txt; "
+                        "references), full (36 × 12), photos (12 prompts × 7 real photographs), or a folder of "
+                        "images with an optional prompts.txt; "
                         "--image/--prompt add to it; its seeds apply unless --seeds is given")
     p.add_argument("--output-dir", required=True, metavar="DIR", help="where the images and reports go")
     p.add_argument("--quick", action="store_true", help="the type's quick subset (fewer layers, every kind of config)")
@@ -35,6 +36,7 @@ def add_arguments(p) -> None:
     common.add_recipe_flags(p, only=("steps", "width", "height"), recipe_file=False)
     p.add_argument("--limit", type=int, metavar="N", help="generate at most N images now; re-run to continue")
     p.add_argument("--no-store", action="store_true", help="do not record the images in the run history")
+    p.add_argument("--measure-share", action="store_true", help="record each attend mix's realised share: the share of the image tokens' attention to the mix's caption rows that reaches its other source, measured in a few joint blocks of the DiT (docs/intra_vl_blending.md)")
     g = common.add_metric_flags(p, in_run=True)
     g.add_argument("--metrics-batch-size", type=int, default=16, metavar="N", help="images per metric batch (default 16)")
     p.add_argument("--no-diagnostics", action="store_true",
@@ -118,24 +120,32 @@ def run(args) -> int:
             raise
     choice = ExecutorChoice(args.executor, args.ray_address, args.ray_actors)
     batch = common.batch_size(args.batch, choice.kind)
+    if args.measure_share and args.executor != "local":
+        raise UserError("measures in the local engine only", field="measure_share", value=True,
+                        fix="drop --executor, or drop --measure-share")
 
     console = common.console()
     n = len(recipes) * len(reference_sets) * len(prompts) * len(seeds or [None])
     size = max((image_bytes(r.recipe.width, r.recipe.height) for r in recipes), default=0)
     common.check_free_space(out, n * size + (1 << 20), console, "output_dir")  # + grid, report, run.json
     engine, executor = start_executor(spec, choice, lambda s: common.engine(s, console, files=files), console)
+    if engine is not None:
+        engine.share_probe = args.measure_share
     store = None if args.no_store else common.open_store(console)
     parameters = {"experiment": args.experiment, "images": images, "prompts": prompts, "seeds": seeds,
                   "eval_set": args.eval_set,
                   "quick": args.quick, "overrides": overrides, "limit": args.limit, "output_dir": str(out)}
-    if executor is not None:
-        parameters["executor"] = executor.describe()
     local = None
     if batch > 1:
         from vlbench.experiments.runner import LocalExecutor
 
         parameters["batch"] = batch
-        local = LocalExecutor(common.render, batch=batch)
+        if executor is not None:
+            executor.batch = batch  # each actor batches the jobs it takes (one group, one shape)
+        else:
+            local = LocalExecutor(common.render, batch=batch)
+    if executor is not None:
+        parameters["executor"] = executor.describe()
     console.print(f"[bold]{common.escape(experiment.name)}[/bold]: {len(recipes)} configs × {len(reference_sets)} "
                   f"references × {len(prompts)} prompts × {len(seeds or [None])} seeds = {n} images → "
                   f"{common.escape(out)}/")

@@ -39,13 +39,14 @@ def add_arguments(p) -> None:
                         "the invocation's first trial always runs)")
     p.add_argument("--sampler-seed", type=int, metavar="S",
                    help="the sampler's seed (default 0): same seed + same space + same inputs -> the same trials "
-                        "in the same order, resumed or not")
+                        "in the same order, resumed or not, with one worker (local, or one Ray actor); with several "
+                        "actors the order depends on timing")
     p.add_argument("--image", action="append", default=[], metavar="REF",
                    help="reference image; repeat for several: every trial runs on each one")
     p.add_argument("--prompt", action="append", default=[], metavar="TEXT", help="a prompt; repeat for several")
     p.add_argument("--prompts-file", metavar="FILE", help="prompts, one per line, or a TOML file with prompts = [...]")
     p.add_argument("--eval-set", metavar="NAME_OR_DIR",
-                   help="references and prompts of an evaluation set (quick, default, full, or a folder); its "
+                   help="references and prompts of an evaluation set (quick, default, full, photos, or a folder); its "
                         "seeds apply unless the space file or --seeds names others")
     p.add_argument("--seeds", "--seed", dest="seeds", metavar="SEEDS",
                    help="seeds of every trial: 3, 1,2,5, 0-7 (default: the space's seeds, else the eval set's, "
@@ -66,6 +67,7 @@ def add_arguments(p) -> None:
                         "concurrently, one per free actor (with one actor, one after another)")
     g.add_argument("--ray-address", metavar="ADDR", help="a running Ray cluster (see vlbench run --help)")
     g.add_argument("--ray-actors", type=int, metavar="N", help="actors to start (default: one per GPU)")
+    common.add_batch_flag(g)
 
 
 def run(args) -> int:
@@ -98,6 +100,7 @@ def run(args) -> int:
                             field=given[0], value=getattr(args, given[0]),
                             fix="drop it, or start a new search in another folder")
         space = parse_space(info["space_source"], Path(info["space_file"]))
+        _check_meaning(info, space, args.output_dir)
         if args.space is not None and load_space(args.space).source != space.source:
             raise UserError("differs from the space this search was started with (search.json)", field="space",
                             value=args.space, fix="resume without --space, or start a new search in another folder")
@@ -121,6 +124,7 @@ def run(args) -> int:
     reference_sets = [(r,) for r in refs]
     spec = common.model_spec(args)
     choice = ExecutorChoice(args.executor, args.ray_address, args.ray_actors)
+    batch = common.batch_size(args.batch, choice.kind)
     from vlbench.metrics import SOURCE_FLAGS
 
     console = common.console()
@@ -143,7 +147,7 @@ def run(args) -> int:
         invocation = {"started": _now(), "argv": list(sys.argv), "trials": args.trials,
                       "budget_minutes": args.budget_minutes,
                       "executor": executor.describe() if executor is not None else {"kind": "local"}}
-        info = info or {"schema": "vlbench.search/1", "space_file": str(space.path), "space_source": space.source,
+        info = info or {"schema": SEARCH_SCHEMA, "space_file": str(space.path), "space_source": space.source,
                         "sampler": space.sampler, "sampler_seed": sampler_seed, "inputs": inputs,
                         "metric_sources": sources, "invocations": []}
         info["invocations"].append(invocation)
@@ -159,7 +163,7 @@ def run(args) -> int:
                                  trials=args.trials, budget_minutes=args.budget_minutes, sampler_seed=sampler_seed,
                                  metric_models=models, metrics_batch_size=args.metrics_batch_size, store=store,
                                  executor=executor, console=console, render=common.render,
-                                 parameters={"search": str(out), "space": str(space.path)})
+                                 parameters={"search": str(out), "space": str(space.path)}, batch=batch)
         except KeyboardInterrupt:
             console.print("[yellow]interrupted; finished trials are kept. Continue with the same command and "
                           "--resume.[/yellow]")
@@ -188,6 +192,22 @@ def run(args) -> int:
                       "failed; the reasons above and in trials.jsonl)[/red]")
         return 1
     return 0
+
+
+SEARCH_SCHEMA = "vlbench.search/2"  # 2: its recipes are of recipe schema 3 (attend ratios are shares)
+RATIO_FIELDS = ("alpha", "intra_ratio", "dual_ratio")
+
+
+def _check_meaning(info: dict, space, output_dir: str) -> None:
+    """A search started before recipe schema 3 whose space sets or searches a mix ratio is refused in one line:
+    its finished trials read the ratio as per-token odds, and Optuna would go on as if it meant a share."""
+    if info.get("schema") != "vlbench.search/1":
+        return
+    ratios = [f for f in RATIO_FIELDS if f in space.fixed or any(p.name == f for p in space.params)]
+    if ratios:
+        raise UserError(f"is a search started before recipe schema 3, where {ratios[0]} was per-token odds; this "
+                        f"vlbench reads it as a share", field="output_dir", value=output_dir,
+                        fix="start a new search in another folder (this one's trials keep their old meaning)")
 
 
 def _inputs(args, space) -> dict:

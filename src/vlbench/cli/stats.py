@@ -44,6 +44,9 @@ def add_arguments(p) -> None:
                    help="how many prompts, references and seeds detect DELTA (metric units) with power 0.8 at the "
                         "family's alpha, simulated from this run's variance components: a number (one metric) or "
                         "METRIC=D[,METRIC=D…]")
+    p.add_argument("--mixed-model", action="store_true",
+                   help="also fit a linear mixed model with crossed random effects for prompt and reference "
+                        "(statsmodels, an optional extra: pip install 'vlbench[mixed]') as a second estimate (JSON)")
     p.add_argument("--resamples", type=int, default=RESAMPLES, metavar="N", help=f"bootstrap resamples ({RESAMPLES})")
     p.add_argument("--bootstrap-seed", type=int, default=BOOTSTRAP_SEED, metavar="S",
                    help=f"seed of the bootstrap's numpy generator ({BOOTSTRAP_SEED}): the output is reproducible")
@@ -109,7 +112,7 @@ def run(args) -> int:
                         fix="drop --unit image")
     stats = folder_stats(args.dirs, baseline=args.baseline, metrics=metrics, resamples=args.resamples,
                          seed=args.bootstrap_seed, alpha=args.alpha, unit=args.unit, equivalence=equivalence,
-                         plan=plan)
+                         plan=plan, mixed_model=args.mixed_model)
     if args.json:
         json.dump(stats, sys.stdout, indent=1, allow_nan=False)
         sys.stdout.write("\n")

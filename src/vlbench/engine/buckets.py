@@ -82,6 +82,7 @@ class CaptionBuckets:
         if any(b % SEQ_MULTI_OF for b in self.lengths):
             raise ValueError(f"bucket lengths must be multiples of {SEQ_MULTI_OF}: {self.lengths}")
         self.state = BucketState()
+        self._masks: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}  # the masks of one shape, reused each step
         self._original = transformer.patchify_and_embed  # the bound method diffusers defines
         transformer.patchify_and_embed = self._patchify_and_embed
         state = self.state
@@ -122,9 +123,16 @@ class CaptionBuckets:
         image_lens = [len(x) for x in img_out]
         if len(set(image_lens)) != 1:  # pragma: no cover - one pipeline call has one image size
             raise ValueError("caption buckets need one image size per DiT call")
-        length = torch.tensor(padded, device=device)[:, None]
-        self.state.refiner_mask = torch.arange(bucket, device=device)[None, :] < length
-        self.state.joint_mask = torch.arange(image_lens[0] + bucket, device=device)[None, :] < image_lens[0] + length
+        key = (bucket, image_lens[0], tuple(padded), str(device))
+        masks = self._masks.get(key)
+        if masks is None:  # built on the device from Python ints: no host-to-device copy, no sync (every step)
+            refiner, joint = torch.arange(bucket, device=device), torch.arange(image_lens[0] + bucket, device=device)
+            masks = (torch.stack([refiner < lp for lp in padded]),
+                     torch.stack([joint < image_lens[0] + lp for lp in padded]))
+            if len(self._masks) >= 64:
+                self._masks.clear()
+            self._masks[key] = masks
+        self.state.refiner_mask, self.state.joint_mask = masks
         self.state.last = bucket
         self.state.used[bucket] = self.state.used.get(bucket, 0) + 1
         return img_out, cap_out, img_size, img_pos_ids, cap_pos_ids, img_pad_mask, cap_pad_mask

@@ -21,14 +21,15 @@ from vlbench.engine.cache import ExtractionCache, extraction_key
 from vlbench.engine.encode import TextEncoding, encode_text
 from vlbench.engine import blend
 from vlbench.engine.extract import (IMAGE, PROMPT, Extraction, batch_memory_bytes, check_special_tokens,
-                                    decoder_layer_for, forward, forward_batch, load_image, prepare)
-from vlbench.engine.generate import check_caption, generate
+                                    decoder_layer_for, forward, forward_batch, load_reference, prepare)
+from vlbench.engine.generate import ShareProbe, check_caption, generate, mix_sides
 from vlbench.engine.models import Models
 from vlbench.engine import condition as C
 from vlbench.recipe import Curve, ImageAttention, ImagePositions, MultiImage, Normalization, Recipe, VLText, schedule_alpha
 from vlbench.errors import UserError
 from vlbench.records import extraction_names
 from vlbench.files import atomic_write_text
+from vlbench.pixels import READING
 
 
 @dataclass
@@ -36,14 +37,21 @@ class Reference:
     """A reference image read once: its path, pixels and content hash (the cache key)."""
 
     path: str
-    image: Any  # PIL.Image, RGB
+    image: Any  # PIL.Image, RGB: upright per EXIF, 8-bit from the file's nominal range (vlbench.pixels)
     sha256: str
+    notes: list[str] = field(default_factory=list)  # how it was read ("rotated 90° per EXIF (clockwise)"), if not as stored
 
     @classmethod
     def open(cls, path: str | Path) -> "Reference":
-        image = load_image(path)
+        image, notes = load_reference(path)
         digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
-        return cls(str(path), image, digest)
+        return cls(str(path), image, digest, notes)
+
+    @property
+    def cache_id(self) -> str:
+        """The bytes' hash, plus how they are read when that is not as stored: cache entries made from an image
+        read before vlbench.pixels (sideways, two-valued) are never reused for it."""
+        return self.sha256 if not self.notes else f"{self.sha256};read:{READING}"
 
 
 @dataclass
@@ -88,6 +96,7 @@ class Conditioning:
     text_branch: torch.Tensor | None = None  # issue 27 vl_guidance: Qwen3-4B's caption q, the text-only branch
     grids: list[tuple[int, tuple[int, int]]] | None = None  # issue 27 image_positions grid: (first row, grid) each
     vl_guidance: float = 0.0
+    mixes: list[dict] = field(default_factory=list)  # step 0's attend mixes: ratio, meaning, rows, weights, shares
 
     @property
     def captions(self) -> list[torch.Tensor]:
@@ -115,6 +124,8 @@ class Conditioning:
         if self.text_branch is not None:  # issue 27: what the three-branch CFG compared the caption with
             out["vl_guidance"] = {"scale": self.vl_guidance, "formula": VL_GUIDANCE_FORMULA,
                                   "text_branch": {"source": "qwen3", "length": int(self.text_branch.shape[0])}}
+        if self.mixes:
+            out["attend_mixes"] = self.mixes
         for name, ex in zip(extraction_names(len(self.extractions), self.dual), self.extractions):
             out[name] = {
                 "input_ids": ex.input_ids,
@@ -179,6 +190,7 @@ class Engine:
         self.vl_forwards = 0  # distinct (images, VL text) inputs run through the VL model (the cache serves the rest)
         self.vl_batched_calls = 0  # actual VL model calls: a batched call over several inputs counts once
         self.batch_dual = True  # a dual recipe's two uncached passes run as one batched call when they fit
+        self.share_probe = False  # measure each attend mix's realised share in the DiT (generate.ShareProbe)
         self._img2img = None
         self._environment: dict | None = None
 
@@ -216,7 +228,7 @@ class Engine:
             disk_key = ex = None
             if self.disk_cache is not None:
                 vl = self.models.vl
-                disk_key = extraction_key(vl, [r.sha256 for r in refs], text, budget, mit, attn, system)
+                disk_key = extraction_key(vl, [r.cache_id for r in refs], text, budget, mit, attn, system)
                 ex = self.disk_cache.get(disk_key, vl.device)
             if ex is not None:
                 self._extractions[key] = ex
@@ -285,7 +297,7 @@ class Engine:
         model, token cap, caption budget): kept in memory, and on disk beside the extractions when cached there."""
         vl = self.models.vl
         budget = self.models.caption_budget
-        key = bridge.description_key(vl, ref.sha256, budget)
+        key = bridge.description_key(vl, ref.cache_id, budget)
         if key in self._descriptions:
             return self._descriptions[key]
         path = self.disk_cache.root / "text_bridge" / f"{key}.json" if self.disk_cache is not None else None
@@ -318,7 +330,7 @@ class Engine:
         timings: dict[str, float] = {}
         vl = qwen3 = None
         extractions: list[Extraction] = []
-        warnings: list[str] = []
+        warnings: list[str] = [f"reference {ref.path}: {note}" for ref in refs for note in ref.notes]  # issue 26
         start = time.perf_counter()
         if recipe.uses_vl:
             vl, extractions = self._vl_sequence(recipe, prompt, refs)
@@ -356,13 +368,13 @@ class Engine:
                 ratio = recipe.alpha
                 if recipe.curve != Curve.CONSTANT:
                     ratio = blend.ratio_curve(qwen3.length, recipe.alpha, recipe.alpha_end, recipe.curve)
-                own = C.mix(qwen3, vl, ratio, recipe.alpha_policy, "alpha")
+                own = C.mix(qwen3, vl, ratio, recipe.alpha_policy, "alpha", recipe.attend_ratio)
         entries = recipe.schedule_entries
         by_source = {"recipe": own, "vl": vl, "qwen3": qwen3}
         for _, source in entries:  # alpha=R: the alpha mix at R (alpha_policy), as a recipe with alpha R mixes
             ratio = schedule_alpha(source)
             if ratio is not None and source not in by_source:
-                by_source[source] = C.mix(qwen3, vl, ratio, recipe.alpha_policy, "alpha")
+                by_source[source] = C.mix(qwen3, vl, ratio, recipe.alpha_policy, "alpha", recipe.attend_ratio)
         timings["blend"] = time.perf_counter() - t0
         schedule = []
         for i, (step, source) in enumerate(entries):
@@ -382,7 +394,7 @@ class Engine:
                             extractions=extractions, text=text, timings=timings, warnings=warnings,
                             schedule=schedule, bridge=description, dual=recipe.dual and recipe.uses_vl,
                             text_branch=qwen3.embeds if recipe.vl_guidance != 0 else None,
-                            vl_guidance=recipe.vl_guidance)
+                            vl_guidance=recipe.vl_guidance, mixes=first.mixes)
 
     def _check_inputs(self, recipe: Recipe, refs: list[Reference], prompt: str) -> None:
         recipe.check_inputs(len(refs))
@@ -433,7 +445,7 @@ class Engine:
                                  "style")
             content = self._select(content_ex, recipe.content_tokens, recipe,
                                    _first(recipe.content_layer, recipe.layer), "content")
-            return C.mix(content, style, recipe.dual_ratio, recipe.dual_policy, "dual_ratio"), [content_ex, style_ex]
+            return C.mix(content, style, recipe.dual_ratio, recipe.dual_policy, "dual_ratio", recipe.attend_ratio), [content_ex, style_ex]
         text = recipe.resolve_vl_text(prompt)
         if recipe.multi_image == MultiImage.SEPARATE and len(refs) > 1:
             pairs = [self._single(recipe, text, [r]) for r in refs]
@@ -460,7 +472,7 @@ class Engine:
             return self._select(ex, recipe.tokens, recipe), ex
         text_seq = self._select(ex, "text", recipe)
         image_seq = self._select(ex, "image", recipe)
-        return C.mix(text_seq, image_seq, recipe.intra_ratio, recipe.intra_policy, "intra_ratio"), ex
+        return C.mix(text_seq, image_seq, recipe.intra_ratio, recipe.intra_policy, "intra_ratio", recipe.attend_ratio), ex
 
     def attention_layer(self, recipe: Recipe) -> int:
         """The decoder layer (0-based) whose attention weights the image tokens: attention_layer, else the image rows'
@@ -492,6 +504,13 @@ class Engine:
         common = dict(seed=recipe.seed, steps=recipe.steps, width=recipe.width, height=recipe.height,
                       guidance=recipe.guidance, negative_embeds=negative, budget=budget, on_step=on_step)
         common["caption_weights"] = cond.weights
+        common["attend_scope"] = recipe.attend_scope
+        probe = None
+        if self.share_probe and cond.mixes:
+            per_token = self.models.pipe.vae_scale_factor * 2
+            probe = ShareProbe(self.models.pipe.transformer, int(cond.embeds.shape[0]),
+                               (recipe.height // per_token) * (recipe.width // per_token))
+        common["probe"] = probe
         common["schedule"] = [(s.from_step, s.embeds, s.weights) for s in cond.schedule[1:]]
         if cond.text_branch is not None:
             common["vl_guidance"] = (recipe.vl_guidance, cond.text_branch)
@@ -503,6 +522,8 @@ class Engine:
             image = generate(self.img2img_pipe, cond.embeds, init_image=refs[0].image, strength=recipe.strength,
                              **common)
         timings = dict(cond.timings, generation=time.perf_counter() - start)
+        if probe is not None:
+            record_realised_shares(cond, probe)
         peak = int(torch.cuda.max_memory_allocated(self.models.device)) if cuda else None
         return Result(image=image, conditioning=cond, timings=timings, peak_memory_bytes=peak)
 
@@ -520,13 +541,29 @@ class Engine:
         return self._img2img
 
 
+def record_realised_shares(cond: Conditioning, probe: ShareProbe) -> None:
+    """Each attend mix's account gains `realised_share`: the share of the image tokens' attention to the mix's rows
+    that reached its other source, in the probe's blocks, summed over heads, image tokens and steps (step 0's
+    caption: with a schedule, the steps that read another caption count too)."""
+    for account in cond.mixes:
+        account["realised_share"] = round(probe.shares(mix_sides(cond.rows, account["mix"])), 6)
+        account["realised_in"] = {"blocks": [f"layers.{i}" for i in probe.blocks], "forwards": probe.calls,
+                                  "formula": REALISED_FORMULA}
+
+
+REALISED_FORMULA = ("sum over probed joint blocks, denoising steps, heads and image-token queries of the softmax "
+                    "attention on the mix's other-source caption rows / the same sum over all the mix's rows")
+
+
 def check_attention(recipe: Recipe, attention: str | None) -> None:
     """Refuse, before any model runs, a weighted attend mix on an attention kernel that takes no mask."""
     if attention == "sdpa-flash" and recipe.attention_bias:
-        name, (ratio, _) = next((n, m) for n, m in recipe.mixes.items() if m[1] == "attend" and m[0] not in (0, .5, 1))
+        name, ratio = next(((n, m[0]) for n, m in recipe.mixes.items() if m[1] == "attend" and m[0] != "natural"
+                            and 0 < m[0] < 1), ("alpha", next(iter(recipe.scheduled_alphas), "")))
         raise UserError(f"takes no attention mask, and the attend mix {name} {ratio:g} weights caption rows with one",
                         field="attention", value=attention,
-                        fix=f"use sdpa (the default) or sdpa-cudnn, or {name} 0.5 (plain concatenation, no weights)")
+                        fix=f"use sdpa (the default) or sdpa-cudnn, or {name} natural (plain concatenation, no "
+                            "weights)")
 
 
 def environment(models: Models | None = None) -> dict[str, Any]:

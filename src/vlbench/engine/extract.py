@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -105,7 +106,15 @@ class Extraction:
 
 def load_image(path: str | Path):
     """Open a reference image as RGB, or a one-line error naming it."""
+    return load_reference(path)[0]
+
+
+def load_reference(path: str | Path) -> tuple[Any, list[str]]:
+    """(RGB image, notes) of a reference file read as the camera meant it (vlbench.pixels: EXIF orientation, 16-bit
+    and float ranges), or a one-line error naming it."""
     from PIL import Image, UnidentifiedImageError
+
+    from vlbench.pixels import as_rgb
 
     path = Path(path)
     try:
@@ -122,7 +131,7 @@ def load_image(path: str | Path):
     try:
         with Image.open(path) as img:
             img.load()
-            return img.convert("RGB")
+            return as_rgb(img, str(path))
     except UnidentifiedImageError:
         raise UserError("not an image PIL can read (PNG, JPEG, WebP …)", field="image", value=str(path)) from None
     except Image.DecompressionBombError as exc:  # not an OSError: it would escape as a traceback

@@ -48,6 +48,11 @@ a 1-step 256² generation (not under sequential: that is a full pass over the we
 code's imports are timed as part of the load: the costs fall where the user already waits, not in the
 first job (benchmarks/results/README.md, issue 16).
 
+`ModelSpec.fast` (`--fast`, issue 28): fp8 (as above) + compile with static graphs (FAST_COMPILE_OPTIONS) + caption
+buckets (engine/buckets.py: at most one graph shape per bucket) + the fastest attention kernel that takes a key mask,
+timed on the card at load (`time_attention`; `--attention` overrides). What it chose is `Models.fast_settings`,
+recorded in every run's environment. The load's warm-up runs eager under it (static graphs are per image size).
+
 `ModelSpec.compile` (`--compile`): regional compilation of the DiT's repeated blocks
 (`compile_repeated_blocks(fullgraph=True, dynamic=True)`): the sequence dimension is dynamic from the
 start, so caption lengths never need padding by us (Z-Image pads to multiples of 32 itself). Measured on

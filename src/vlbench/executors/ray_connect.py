@@ -28,10 +28,21 @@ def connect(address: str | None, cpus: int) -> bool:
     if address is None:
         import torch
 
-        with _loopback_only():
-            ray.init(address="local", num_gpus=torch.cuda.device_count(), num_cpus=max(os.cpu_count() or 1, cpus),
-                     include_dashboard=False, _node_ip_address="127.0.0.1", **quiet)
-        return True
+        for attempt in (1, 2):  # Ray waits a fixed 30 s for its raylet: a busy machine can miss it once
+            try:
+                with _loopback_only():
+                    ray.init(address="local", num_gpus=torch.cuda.device_count(),
+                             num_cpus=max(os.cpu_count() or 1, cpus), include_dashboard=False,
+                             _node_ip_address="127.0.0.1", **quiet)
+                return True
+            except Exception as exc:  # noqa: BLE001 — Ray raises a bare Exception for a node start that timed out
+                if "timed out during startup" not in str(exc):
+                    raise
+                ray.shutdown()
+                if attempt == 2:
+                    raise UserError(f"the local Ray instance did not start ({one_line(exc)})", field="executor",
+                                    value="ray", fix="try again when the machine is less busy, or use "
+                                                     "--executor local") from None
     try:
         if _is_loopback(address):  # a cluster on this machine bound to 127.0.0.1 (tests): stay on loopback
             with _loopback_only():

@@ -75,6 +75,7 @@ class RayExecutor:
         # "cuda-error" (a CUDA error mid-job, first run only: the actor must be replaced)
         self.faults = dict(faults or {})
         self.slots = [_Slot(i) for i in range(n)]
+        self.batch = 1  # --batch N: up to N jobs of one shape per actor task, in shared DiT calls (jobs.execute_batch)
         self._cls = ray.remote(VLBenchActor)
         self.stats = {"deaths": 0, "retries": 0, "stolen": 0, "restarts": 0}
         self._stats_lock = threading.Lock()  # lanes update the stats from their threads
@@ -159,7 +160,7 @@ class RayExecutor:
 
     def describe(self) -> dict:
         """For run.json: where the jobs ran."""
-        return {"kind": "ray", "ray": self.ray.__version__, "address": self.address or "local",
+        return {"kind": "ray", "ray": self.ray.__version__, "address": self.address or "local", "batch": self.batch,
                 "actors": [{k: v for k, v in (s.info or {}).items() if k != "environment"} for s in self.slots],
                 "max_attempts": self.max_attempts}
 
@@ -227,7 +228,7 @@ class _Lane:
     stop: threading.Event
 
     def run(self, engine, jobs: list, ledger) -> None:
-        """run_experiment's executor: the jobs on this lane's actor only; stops (KeyboardInterrupt) when `stop` is set."""
+        """run_experiment's executor: the jobs on this lane's actor only; KeyboardInterrupt once `stop` is set."""
         self.x._run(jobs, ledger, [self.x.slots[self.index]], self.stop)
 
 
@@ -296,12 +297,28 @@ class _Run:
                 if slot.inflight >= depth or (depth == 2 and (self.dispatcher.pending() <= len(usable)
                                                               or slot.retrying)):
                     continue
-                job = self.dispatcher.next_for(slot.index, alive, retries=depth == 1 and slot.inflight == 0)
+                retries = depth == 1 and slot.inflight == 0
+                if self.x.batch > 1:  # --batch: up to N jobs of one shape from one group, one task
+                    from vlbench.engine.batching import batch_key
+
+                    jobs = self.dispatcher.next_batch_for(slot.index, self.x.batch, batch_key, alive, retries)
+                    if jobs:
+                        self._submit(slot, jobs)
+                    continue
+                job = self.dispatcher.next_for(slot.index, alive, retries=retries)
                 if job is None:
                     continue
-                self._submit(slot, job)
+                self._submit(slot, [job])
 
-    def _submit(self, slot: _Slot, job) -> None:
+    def _submit(self, slot: _Slot, jobs: list) -> None:
+        """One task on `slot`'s actor: `run` for one job, `run_batch` (shared DiT calls) under --batch."""
+        tasks = [self._task(slot, job) for job in jobs]
+        ref = slot.handle.run_batch.remote(tasks) if self.x.batch > 1 else slot.handle.run.remote(tasks[0])
+        self.inflight[ref] = (slot, slot.incarnation, jobs)
+        slot.inflight += 1
+        slot.retrying += any(self.dispatcher.is_retry(job) for job in jobs)
+
+    def _task(self, slot: _Slot, job) -> dict:
         refs = {}
         for reference in job.references:
             sha = reference.sha256
@@ -315,12 +332,8 @@ class _Run:
         fault = self.x.faults.get(job.key)
         if fault and not fault.endswith("-always") and self.dispatcher.attempts[job.key] > 0:
             fault = None  # a one-off fault: its retry runs normally
-        task = {"record": job.record(self.ledger.experiment).to_json(), "refs": refs, "fault": fault,
+        return {"record": job.record(self.ledger.experiment).to_json(), "refs": refs, "fault": fault,
                 "release": self.dispatcher.release_after(job, slot.index)}
-        ref = slot.handle.run.remote(task)
-        self.inflight[ref] = (slot, slot.incarnation, job)
-        slot.inflight += 1
-        slot.retrying += self.dispatcher.is_retry(job)
 
     # ---- results ----
     def _started(self, slot: _Slot, ref) -> None:
@@ -333,26 +346,29 @@ class _Run:
 
     def _finished(self, ref) -> None:
         ray = self.ray
-        slot, incarnation, job = self.inflight.pop(ref)
+        slot, incarnation, jobs = self.inflight.pop(ref)
         if slot.incarnation == incarnation:
             slot.inflight -= 1
-            slot.retrying -= self.dispatcher.is_retry(job)
+            slot.retrying -= any(self.dispatcher.is_retry(job) for job in jobs)
         try:
-            result = ray.get(ref)
+            got = ray.get(ref)
+            results = got if isinstance(got, list) else [got]
         except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError, ray.exceptions.ObjectLostError) as exc:
             self._actor_lost(slot, incarnation, cause(exc))
-            self._job_lost(job, slot, cause(exc))
+            for job in jobs:
+                self._job_lost(job, slot, cause(exc))
             return
         except ray.exceptions.RayTaskError as exc:  # a bug outside the actor's own error handling
-            _log_remote_traceback(job, slot, str(exc))
-            result = {"record": self._failed(job, cause(exc), "bug")}
-        if result.get("fatal"):
-            error = result["record"].get("error") or "CUDA error"
-            self._actor_lost(slot, incarnation, error)
-            self._job_lost(job, slot, error)
-            return
-        slot.done += 1
-        self._record(job, result)
+            _log_remote_traceback(jobs[0], slot, str(exc))
+            results = [{"record": self._failed(job, cause(exc), "bug")} for job in jobs]
+        for job, result in zip(jobs, results):
+            if result.get("fatal"):
+                error = result["record"].get("error") or "CUDA error"
+                self._actor_lost(slot, incarnation, error)
+                self._job_lost(job, slot, error)
+                continue
+            slot.done += 1
+            self._record(job, result)
 
     def _actor_lost(self, slot: _Slot, incarnation: int, reason: str) -> None:
         """`slot`'s actor died (or must die): replace it unless its slot is out of replacements."""

@@ -87,9 +87,11 @@ class LocalExecutor:
     generation. `batch` > 1 (`--batch N`): consecutive jobs of one shape (vlbench.engine.batching.batch_key) run
     N at a time in shared DiT calls (jobs.execute_batch); rows stay one per image, in job order."""
 
-    def __init__(self, render: Callable = str, batch: int = 1):
+    def __init__(self, render: Callable = str, batch: int = 1, ready: dict | None = None):
+        """`ready`: job key -> Outcome generated beforehand (vlbench search --batch); those jobs are not run."""
         self.render = render
         self.batch = max(1, int(batch))
+        self.ready = dict(ready or {})
 
     def __call__(self, engine, jobs: list[Job], ledger: Ledger) -> None:
         from concurrent.futures import ThreadPoolExecutor
@@ -110,7 +112,9 @@ class LocalExecutor:
         try:
             for group in batch_groups(jobs, self.batch):
                 progress.start(jobs[group[0]])
-                if len(group) == 1:
+                if all(jobs[i].key in self.ready for i in group):
+                    outcomes = [self.ready.pop(jobs[i].key) for i in group]
+                elif len(group) == 1:
                     job = jobs[group[0]]
                     outcomes = [execute(engine, job.record(ledger.experiment), list(job.references),
                                         on_step=progress.step, render=self.render)]

@@ -130,7 +130,7 @@ def resolve(name_or_path: str) -> Path:
 def load_type(name_or_path: str | Path) -> ExperimentType:
     """Read and check a type file's shape (keys, names, duplicates). Recipes are built by `recipes()`."""
     path = resolve(str(name_or_path)) if not isinstance(name_or_path, Path) else name_or_path
-    from vlbench.files import NotAFile, read_text_file
+    from vlbench.files import NotAFile, TooDeep, parse_toml, read_text_file
 
     try:
         source = read_text_file(path)
@@ -141,9 +141,11 @@ def load_type(name_or_path: str | Path) -> ExperimentType:
     except (OSError, ValueError) as exc:
         raise UserError(f"{path}: cannot read it ({exc.__class__.__name__})") from None
     try:
-        data = tomllib.loads(source)
+        data = parse_toml(source)
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"{path}: not valid TOML ({exc})") from None
+    except TooDeep as exc:
+        raise UserError(f"{path}: {exc}") from None
     return parse_type(data, path, source)
 
 

@@ -5,7 +5,7 @@ combination the Recipe refuses is told to Optuna as FAIL with the Recipe's one-l
 and runs nothing. Otherwise the trial's images (every prompt × reference × seed) go through the runner
 (`vlbench.experiments.runner.run_experiment`: the one job path, the run record, the run store) into
 `trials/tNNNN/`, are scored (`vlbench.metrics.score.score_folder`), and each objective is the metric's mean over
-the trial's images, with its bootstrap 95% interval (`vlbench.stats.bootstrap_ci`); constraints are
+the trial's images, with its design-aware 95% interval (`vlbench stats`' method, vlbench.crossed); constraints are
 `trial.set_constraint` values (<= 0: satisfied).
 
 Storage: the study lives in `search.journal` in the output folder (Optuna's JournalStorage with a file backend:
@@ -23,6 +23,7 @@ with its stored parameters (its folder resumes) before any new trial is asked.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import threading
 import time
@@ -109,13 +110,18 @@ def run_search(engine, space: Space, references: list, prompts: list[str], out: 
                seeds: list[int] | None, trials: int | None, budget_minutes: float | None, sampler_seed: int,
                metric_models, metrics_batch_size: int = 16, store=None, executor=None, console=None,
                render: Callable = str, parameters: dict | None = None,
-               on_trial_done: Callable[[int], None] | None = None) -> SearchSummary:
+               on_trial_done: Callable[[int], None] | None = None, batch: int = 1) -> SearchSummary:
     """Run (or resume) the search in `out` until it has `trials` finished trials or `budget_minutes` have
     passed; writes trials.jsonl and pareto.json after every trial, pareto.png and front/ at the end.
 
     With an executor of several actors (`executor.lanes()`), trials run concurrently: each trial's images on one
     free actor, and up to two trials per actor in flight (one generating, one being scored), so no actor waits
-    for the scoring of its last trial. With the local executor or one actor, trials run one after another."""
+    for the scoring of its last trial. With the local executor or one actor, trials run one after another.
+
+    `batch` > 1 (`--batch N`, issue 28; local executor): N trials are taken at a time (each asked from its own
+    numbered sampler before any of them is told: the sampler sees the trials of earlier batches), their images
+    generated together in shared DiT calls (engine/batching.py: each image equals its batch-1 image within float
+    rounding), then each trial is recorded and scored as without --batch, in trial order."""
     out = Path(out)
     study = open_study(out, space)
     summary = SearchSummary(target=trials)
@@ -128,6 +134,8 @@ def run_search(engine, space: Space, references: list, prompts: list[str], out: 
     try:
         if concurrent:
             search.run_concurrently(evaluate, lanes)
+        elif batch > 1:
+            search.work_batched(evaluate, batch)
         else:
             search.work(evaluate, None)
     except KeyboardInterrupt:
@@ -223,6 +231,23 @@ class _Search:
                 continue
             self.done(trial.number)
 
+    def work_batched(self, evaluate, batch: int) -> None:
+        """--batch: take up to `batch` trials, make their images together (evaluate.prefetch), then record and score
+        each in trial order."""
+        while not self.stop.is_set():
+            asked = []
+            while len(asked) < batch:
+                got = self.next_trial()
+                if got is None:
+                    break
+                asked.append(got)
+            if not asked:
+                return
+            ready = evaluate.prefetch(asked, batch)
+            for trial, params in asked:
+                evaluate(self.study, trial, params, ready=ready.get(trial.number, {}))
+                self.done(trial.number)
+
     def run_concurrently(self, evaluate, lanes) -> None:
         """One thread per trial in flight (two per actor); this thread waits, so Ctrl-C and kill reach it."""
         def guarded() -> None:
@@ -294,12 +319,41 @@ class _Evaluator:
         self.summary, self.console = summary, console
         self.lock = lock or threading.RLock()  # the study and the summary: trials may finish concurrently
 
-    def __call__(self, study, trial, values: dict, executor=None, images_done: Callable[[], None] | None = None
-                 ) -> None:
-        """Evaluate `trial` with its drawn `values`; `executor`: where its images run (default: the search's);
+    def prefetch(self, asked: list, batch: int) -> dict[int, dict]:
+        """--batch: the images of the trials `asked` ([(trial, values)]), generated together in batches of
+        `batch` (jobs.execute_batch): trial number -> {job key: Outcome}. A trial the Recipe refuses has none."""
+        from vlbench.experiments.plan import plan, reference_sets
+        from vlbench.experiments.runner import batch_groups
+        from vlbench.experiments.spec import NamedRecipe
+        from vlbench.jobs import execute_batch
+
+        jobs, owners = [], []
+        for trial, values in asked:
+            try:
+                recipe = self.space.recipe(values)
+                recipe.check_inputs(len(self.references[0]))
+            except UserError:
+                continue
+            name = trial_name(trial.number)
+            for job in plan([NamedRecipe(name, trial.number, recipe)], reference_sets(self.references),
+                            self.prompts, self.seeds):
+                jobs.append(job)
+                owners.append(trial.number)
+        ready: dict[int, dict] = {}
+        for group in batch_groups(jobs, batch):
+            outcomes = execute_batch(self.engine, [jobs[i].record(self.space.name) for i in group],
+                                     [list(jobs[i].references) for i in group], render=self.render)
+            for i, outcome in zip(group, outcomes):
+                ready.setdefault(owners[i], {})[jobs[i].key] = outcome
+        return ready
+
+    def __call__(self, study, trial, values: dict, executor=None, images_done: Callable[[], None] | None = None,
+                 ready: dict | None = None) -> None:
+        """Evaluate `trial` with its drawn `values`; `executor`: where its images run (default: the search's; `ready`: its images made
+        by prefetch);
         `images_done()` is called once its images are finished (before scoring), or at once if nothing runs."""
         from vlbench.experiments.spec import Config, ExperimentType, NamedRecipe
-        from vlbench.experiments.runner import run_experiment
+        from vlbench.experiments.runner import LocalExecutor, run_experiment
 
         optuna = optuna_module()
         fail = optuna.trial.TrialState.FAIL
@@ -336,7 +390,8 @@ class _Evaluator:
             run = run_experiment(self.engine, experiment, [NamedRecipe(name, number, recipe)], self.references,
                                  self.prompts, folder, seeds=self.seeds,
                                  parameters={**(self.parameters or {}), "trial": number, "params": values},
-                                 store=self.store, console=None, executor=executor or self.executor,
+                                 store=self.store, console=None, executor=(executor or self.executor) if ready is None
+                                 else LocalExecutor(self.render, ready=ready),
                                  render=self.render)
         finally:
             release()
@@ -353,7 +408,7 @@ class _Evaluator:
         # `vlbench stats`/`vlbench score` read its scores.jsonl, and front/'s report shows the front's metrics
         score = score_folder(folder, space.metrics, self.metric_models, batch_size=self.batch_size, store=self.store)
         per_metric = _metric_values(folder)
-        account["metrics"] = {m: metric_summary(per_metric.get(m, [])) for m in space.metrics}
+        account["metrics"] = {m: metric_summary(per_metric.get(m, {})) for m in space.metrics}
         missing = [m for m in space.metrics if account["metrics"][m]["mean"] is None]
         if missing:
             account.update(state="failed", error=f"no values for {', '.join(missing)}"
@@ -383,20 +438,21 @@ class _Evaluator:
         _say(self.console, f"{trial_name(trial.number)}: failed: {account['error']}")
 
 
-def _metric_values(folder: Path) -> dict[str, list[float]]:
-    """Each metric's values over the folder's done images (the image on record)."""
-    from vlbench.experiments.results import ResultsLog, latest_by_key
+def _metric_values(folder: Path) -> dict[str, dict[tuple, float]]:
+    """Each metric's values over the folder's done images (the image on record), by (prompt, reference, seed)."""
+    from vlbench.experiments.results import ResultsLog, latest_by_key, references_key
     from vlbench.metrics.score import load_scores
 
     rows, _ = ResultsLog(folder / "results.jsonl").read()
     scores = load_scores(folder)
-    out: dict[str, list[float]] = {}
+    out: dict[str, dict[tuple, float]] = {}
     for key, row in latest_by_key(rows).items():
         s = scores.get(key)
         if row["status"] != "done" or s is None or s["image"] != row["image"]:
             continue
+        unit = (row["prompt"], references_key(row), int(row["seed"]))
         for metric, value in s["metrics"].items():
-            out.setdefault(metric, []).append(float(value))
+            out.setdefault(metric, {})[unit] = float(value) if value is not None else math.nan
     return out
 
 

@@ -96,6 +96,7 @@ class VlbenchApp(App[int]):
     TITLE = "vlbench"
     COMMANDS = App.COMMANDS | {VlbenchCommands}
     HORIZONTAL_BREAKPOINTS = layout.BREAKPOINTS
+    THEME_TOAST_SECONDS = 2.0  # how long ctrl+t's "theme: NAME" toast shows
     BINDINGS = [
         *keys.bindings(keys.APP), *keys.bindings(keys.PANES),
         # Tab moves focus before the next key is handed to a widget: keys typed in one burst right after Tab
@@ -911,7 +912,8 @@ class VlbenchApp(App[int]):
 
         if self._theme_note is not None and self._theme_note in self._notifications:
             self._unnotify(self._theme_note)  # one toast, replaced: pressing ctrl+t five times leaves one
-        self._theme_note = Notification(f"theme: {self.theme}", "", "information", 2, markup=False)
+        self._theme_note = Notification(f"theme: {self.theme}", "", "information", self.THEME_TOAST_SECONDS,
+                                        markup=False)
         self.post_message(Notify(self._theme_note))
 
     def action_jump(self) -> None:
