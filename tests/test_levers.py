@@ -424,3 +424,36 @@ def test_vl_blocks_not_set_is_diffusers_call_and_refused_where_it_has_no_effect(
     with pytest.raises(UserError) as exc:
         engine.condition(Recipe(vl_blocks="refiner, 0-1"), PROMPT, refs)
     assert exc.value.field == "vl_blocks" and "every block" in exc.value.problem
+
+
+# ---------------------------------------------------------------- lever 3: negative VL conditioning
+def test_the_negative_branch_is_the_negative_vl_extractions_rows(engine, hf_vl, refs):
+    processor, model = hf_vl
+    recipe = Recipe(guidance=2.0, negative_vl_text=NEGATIVE, negative_tokens="prompt", negative_layer=-3,
+                    seed=1, **SIZE)
+    rendered = processor.apply_chat_template([{"role": "user", "content": [{"type": "text", "text": NEGATIVE}]}],
+                                             add_generation_prompt=True, tokenize=False)
+    inputs = processor(text=rendered, return_tensors="pt")
+    ids = inputs["input_ids"][0].tolist()
+    neg_ids = processor.tokenizer(NEGATIVE, add_special_tokens=False)["input_ids"]
+    start = next(i for i in range(len(ids)) if ids[i:i + len(neg_ids)] == neg_ids)
+    with torch.no_grad():
+        expected = model.model(**inputs, output_hidden_states=True).hidden_states[-3][0][start:start + len(neg_ids)]
+    captions = []
+    handle = engine.models.pipe.transformer.register_forward_pre_hook(lambda m, a: captions.append(list(a[2])))
+    try:
+        result = engine.run(recipe, PROMPT, refs)
+    finally:
+        handle.remove()
+    assert all(len(c) == 2 for c in captions)  # diffusers' CFG: [caption; negative] in each call
+    for _, negative in captions:  # what the DiT read as the negative branch, at every step
+        torch.testing.assert_close(negative, expected, atol=1e-5, rtol=0)
+    record = result.conditioning.describe()["negative"]
+    assert record["source"] == "vl" and record["vl_text"] == NEGATIVE and record["layer"] == -3
+    assert [ids[p] for p in record["positions"]] == neg_ids and record["input_ids"] == ids
+
+
+def test_without_negative_vl_text_the_negative_is_qwen3s_encoding(engine, refs):
+    recipe = Recipe(guidance=2.0, negative_prompt=NEGATIVE)
+    torch.testing.assert_close(engine.negative(recipe), engine.text_encoding(NEGATIVE).embeds, atol=0, rtol=0)
+    assert "negative" not in engine.condition(recipe, PROMPT, refs).describe()

@@ -426,7 +426,22 @@ class Recipe:
     height: int = _f(1024, "int", "image height", G, lo=16, hi=8192, multiple_of=16, unit="px")
     guidance: float = _f(0.0, "float", "classifier-free guidance scale (Turbo: 0)", G, lo=0.0)
     negative_prompt: str = _f("", "str", "the negative prompt", G,
-                              applies=lambda r: r.guidance > 0, when="with guidance > 0")
+                              applies=lambda r: r.guidance > 0 and r.negative_vl_text is None,
+                              when="with guidance > 0 and no negative_vl_text (Qwen3-4B encodes it for the negative "
+                                   "branch)")
+    negative_vl_text: str | None = _f(None, "str", "issue 27: the negative branch from Qwen3-VL instead of Qwen3-4B: "
+                                                   "the VL reads this text (no image) and the negative caption is "
+                                                   "its hidden states at negative_tokens, negative_layer; not set: "
+                                                   "Qwen3-4B's encoding of negative_prompt", G,
+                                      applies=lambda r: r.guidance > 0, when="with guidance > 0")
+    negative_tokens: str = _f(Tokens.TEXT.value, "choice", "negative_vl_text's token selection (text ones: the VL "
+                                                           "reads no image for the negative)", G, choices=Tokens,
+                              applies=lambda r: r.guidance > 0 and r.negative_vl_text is not None,
+                              when="with negative_vl_text")
+    negative_layer: int | None = _f(None, "int", "negative_vl_text's hidden layer (transformers' output_hidden_states "
+                                                 "numbering); not set: layer", G,
+                                    applies=lambda r: r.guidance > 0 and r.negative_vl_text is not None,
+                                    when="with negative_vl_text")
     # ---- issue 27: levers (docs/levers.md)
     vl_guidance: float = _f(0.0, "float", "guidance on the VL condition beyond guidance, in ZImagePipeline's "
                                           "convention (0 = none): pred = P(c) + guidance·(P(c) − P(neg)) + "
@@ -649,7 +664,8 @@ class Recipe:
 ADDED_AT_3 = ("attend_ratio", "attend_scope")
 # issue 27's levers: new fields whose defaults are what every earlier recipe did (no reinterpretation, so no schema
 # step); a job key leaves them out at their defaults too, so earlier folders resume.
-ADDED_BY_LEVERS = ("vl_system", "vl_guidance", "image_positions", "vl_blocks")
+ADDED_BY_LEVERS = ("vl_system", "vl_guidance", "image_positions", "vl_blocks", "negative_vl_text", "negative_tokens",
+                   "negative_layer")
 TOML_HEADER = f"# vlbench recipe (schema {RECIPE_SCHEMA})"
 OLD_TOML_HEADER = "# vlbench recipe"  # what Recipe.to_toml wrote before schema 3
 
@@ -1014,6 +1030,17 @@ def _rule_vl_blocks(r: Recipe) -> None:
                         field="vl_blocks", value=r.vl_blocks, fix="use alpha_policy attend or split")
 
 
+def _rule_negative_vl(r: Recipe) -> None:
+    if r.negative_vl_text is None or r.guidance <= 0:
+        return
+    if not r.negative_vl_text.strip():
+        raise UserError("is empty", field="negative_vl_text", value=r.negative_vl_text,
+                        fix="give the text the VL reads for the negative branch, or leave it not set")
+    if r.negative_tokens in IMAGE_SELECTIONS:
+        raise UserError("selects image rows, and the VL reads no image for the negative branch",
+                        field="negative_tokens", value=r.negative_tokens, fix="use text, prompt or full")
+
+
 def _rule_image_positions(r: Recipe) -> None:
     if r.image_positions == ImagePositions.GRID and r.image_attention == ImageAttention.TOPK:
         raise UserError("places image rows on their patch grid, and image_attention topk takes them off it",
@@ -1031,7 +1058,7 @@ _RULES: tuple[Callable[[Recipe], None], ...] = (_rule_one_mix_of_passes, _rule_c
                                                  _rule_global_normalization_needs_a_positionwise_mix,
                                                  _rule_schedule, _rule_text_bridge_keeps_token_pairs,
                                                  _rule_image_weighting, _rule_vl_system, _rule_image_positions,
-                                                 _rule_vl_blocks)
+                                                 _rule_vl_blocks, _rule_negative_vl)
 DEFAULTS = Recipe()
 
 

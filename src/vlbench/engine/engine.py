@@ -95,6 +95,7 @@ class Conditioning:
     bridge: bridge.Description | None = None  # text_bridge: what Qwen3-VL said (Qwen3-4B read prompt + it)
     text_branch: torch.Tensor | None = None  # issue 27 vl_guidance: Qwen3-4B's caption q, the text-only branch
     grids: list[tuple[int, tuple[int, int]]] | None = None  # issue 27 image_positions grid: (first row, grid) each
+    negative: dict | None = None  # issue 27 negative_vl_text: the negative caption's VL account (Engine.run sets it)
     blocks: dict | None = None  # issue 27 vl_blocks: read / masked block names, the VL rows ([L] bool under "rows")
     vl_guidance: float = 0.0
     mixes: list[dict] = field(default_factory=list)  # step 0's attend mixes: ratio, meaning, rows, weights, shares
@@ -118,6 +119,8 @@ class Conditioning:
             out["schedule"] = [s.describe() for s in self.schedule]
         if self.bridge is not None:
             out["text_bridge"] = self.bridge.to_dict()
+        if self.negative is not None:  # issue 27: the negative branch read from the VL
+            out["negative"] = self.negative
         if self.blocks is not None:  # issue 27: which blocks read the VL rows
             out["vl_blocks"] = {k: v for k, v in self.blocks.items() if k != "rows"}
         if self.grids is not None:  # issue 27: which caption rows the DiT reads on a 2-D grid
@@ -512,7 +515,29 @@ class Engine:
     def negative(self, recipe: Recipe) -> torch.Tensor | None:
         if recipe.guidance <= 0:
             return None
+        if recipe.negative_vl_text is not None:
+            return self.negative_vl(recipe)[0]
         return self.text_encoding(recipe.negative_prompt, "negative_prompt").embeds
+
+    def negative_vl(self, recipe: Recipe) -> tuple[torch.Tensor, dict]:
+        """issue 27: the negative caption from Qwen3-VL — its hidden states of negative_vl_text (no image) at
+        negative_tokens and negative_layer (else layer) — and its account for the run record."""
+        try:
+            ex = self.extraction([], recipe.negative_vl_text, None)
+        except UserError as exc:
+            if exc.field != "vl_text":
+                raise
+            raise UserError(exc.problem, field="negative_vl_text", fix=exc.fix) from None
+        layer = recipe.layer if recipe.negative_layer is None else recipe.negative_layer
+        ex.check_layer(layer, "negative_layer" if recipe.negative_layer is not None else "layer")
+        try:
+            positions = ex.positions(recipe.negative_tokens)
+        except UserError as exc:
+            raise UserError(exc.problem, field="negative_tokens", value=recipe.negative_tokens) from None
+        embeds = ex.select(recipe.negative_tokens, layer)
+        return embeds, {"source": "vl", "vl_text": recipe.negative_vl_text, "tokens": recipe.negative_tokens,
+                        "layer": layer, "positions": positions, "input_ids": ex.input_ids, "decoded": ex.decoded,
+                        "length": int(embeds.shape[0])}
 
     # ---- recipe -> image ----
     def run(self, recipe: Recipe, prompt: str, refs: list[Reference],
@@ -522,6 +547,8 @@ class Engine:
             torch.cuda.reset_peak_memory_stats(self.models.device)
         cond = self.condition(recipe, prompt, refs)
         negative = self.negative(recipe)
+        if recipe.guidance > 0 and recipe.negative_vl_text is not None:
+            cond.negative = self.negative_vl(recipe)[1]  # (served by the extraction cache)
         budget = self.models.caption_budget
         for caption in cond.captions:
             check_caption(caption.shape[0], budget)
