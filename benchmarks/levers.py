@@ -10,6 +10,8 @@ is the same in every variant and left out):
   cfg              guidance 2 + negative: diffusers' own CFG, two items per step
   cfg_vl_guidance  guidance 2 + negative, vl_guidance 2: three items per step ([c; q; neg])
   grid             guidance 0, image_positions grid (the caption's image rows on their patch grid)
+  vl_blocks        guidance 0, vl_blocks 0-0.333: the image rows' keys masked (-inf) in every block but the first
+                   third of the joint blocks (a float key mask in every block instead of none)
 
 The caption c is `--text-rows` text rows + an R x C image block (the VL's image tokens of a 512² reference by
 default, 16 x 16 = 256), q `--text-rows` rows, the negative 16 rows: random embeddings (speed does not depend on
@@ -105,6 +107,7 @@ def main() -> int:
     text_rows = args.text_rows or (8 if smoke else 32)
     rows, cols = (int(v) for v in (args.grid or ("2,2" if smoke else "16,16")).split(","))
 
+    from vlbench.engine.blocks import masked, resolve
     from vlbench.engine.generate import generate
 
     R: dict = {"mode": "tiny-smoke" if smoke else "published size, random bf16", "torch": torch.__version__,
@@ -128,6 +131,8 @@ def main() -> int:
         "cfg": dict(guidance=2.0, negative_embeds=negative),
         "cfg_vl_guidance": dict(guidance=2.0, negative_embeds=negative, vl_guidance=(2.0, text)),
         "grid": dict(guidance=0.0, caption_grids=[(text_rows, (rows, cols))]),
+        "vl_blocks": dict(guidance=0.0, hide=(torch.arange(caption.shape[0]) >= text_rows,
+                                              masked(resolve("0-0.333", pipe.transformer), pipe.transformer))),
     }
     items: dict[str, list[int]] = {}
     for name, kw in variants.items():  # warm-up, and count the DiT items each step runs

@@ -302,3 +302,158 @@ def test_levers_that_hook_one_captions_call_never_share_a_batch():
     assert batch_key(Recipe()) is not None
     assert batch_key(Recipe(vl_guidance=1.0)) is None
     assert batch_key(Recipe(image_positions="grid")) is None
+
+
+# ---------------------------------------------------------------- the three together, from the command line
+def test_the_example_recipe_with_all_three_levers_runs_and_records_each(engine, ref_image, tmp_path, capsys):
+    from pathlib import Path
+
+    from vlbench.cli import main
+    from vlbench.pngs import read_png_metadata
+
+    example = Path(__file__).parents[1] / "examples" / "recipes" / "levers.toml"
+    out = tmp_path / "o.png"
+    code = main(["generate", "--tiny", "--device", "cpu", "--dtype", "fp32", "--image", str(ref_image), "--prompt",
+                 PROMPT, "--recipe", str(example), "--width", "64", "--height", "64", "--steps", "2", "--out",
+                 str(out)])
+    assert code == 0, capsys.readouterr().err
+    cond = read_png_metadata(out)["conditioning"]
+    assert cond["vl"]["vl_system"] == VLSystem.STYLE.help
+    assert cond["vl_guidance"]["scale"] == 1.5
+    assert cond["image_positions"]["mode"] == "grid"
+
+
+def test_a_lever_flag_with_no_effect_is_one_line_and_exit_2(tmp_path, capsys):
+    from vlbench.cli import main
+
+    code = main(["generate", "--tiny", "--device", "cpu", "--prompt", PROMPT, "--alpha", "0", "--vl-guidance", "1",
+                 "--out", str(tmp_path / "o.png")])
+    err = capsys.readouterr().err
+    assert code == 2 and "--vl-guidance" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+# ---------------------------------------------------------------- lever 1: per-block injection
+def test_vl_blocks_resolve_indices_fractions_and_the_refiner(ref_pipe):
+    from vlbench.engine.blocks import resolve
+
+    transformer = ref_pipe.transformer  # the tiny DiT: 2 refiner blocks, 2 joint blocks
+    assert resolve("0", transformer) == ["layers.0"]
+    assert resolve("0-0.5", transformer) == ["layers.0"]  # centre 0.25 in [0, 0.5); 0.75 is not
+    assert resolve("0.5-1", transformer) == ["layers.1"]
+    assert resolve("refiner, 1", transformer) == ["context_refiner.0", "context_refiner.1", "layers.1"]
+    for bad, words in (("5", "has 2"), ("0.4-0.6", "selects no block"), ("refiner, 0-1", "every block")):
+        with pytest.raises(UserError, match=words) as exc:
+            resolve(bad, transformer)
+        assert exc.value.field == "vl_blocks"
+
+
+def _vl_attention_by_block(engine, cond, seed=3):
+    """Per joint block: the image tokens' attention mass on the caption's VL rows and on its other rows (ShareProbe,
+    one per block), over a 2-step 64² generation of `cond` with its vl_blocks masks."""
+    from vlbench.engine.generate import ShareProbe, generate
+
+    transformer = engine.models.pipe.transformer
+    probes = [ShareProbe(transformer, int(cond.embeds.shape[0]), 16, blocks=(i,)) for i in range(2)]
+    try:
+        generate(engine.models.pipe, cond.embeds, seed=seed, steps=2, width=64, height=64, guidance=0.0,
+                 budget=engine.models.caption_budget, caption_weights=cond.weights,
+                 hide=(cond.blocks["rows"], cond.blocks["masked"]) if cond.blocks else None)
+    finally:
+        for probe in probes:
+            probe.remove()
+    rows = cond.blocks["rows"] if cond.blocks else torch.tensor([r.get("source") == "vl" for r in cond.rows])
+    return [(float(p.mass[rows].sum()), float(p.mass[~rows].sum())) for p in probes]
+
+
+def test_masked_blocks_give_the_vl_rows_no_attention_and_the_chosen_blocks_do(engine, refs):
+    cond = engine.condition(Recipe(alpha=0.5, alpha_policy="attend", tokens="image", vl_blocks="1"), PROMPT, refs)
+    assert cond.blocks["read"] == ["layers.1"]
+    assert cond.blocks["masked"] == ["context_refiner.0", "context_refiner.1", "layers.0"]
+    (vl_0, other_0), (vl_1, other_1) = _vl_attention_by_block(engine, cond)
+    assert vl_0 == 0.0 and other_0 > 0  # block 0 masks the VL keys: exactly no attention on them
+    assert vl_1 > 0 and other_1 > 0  # block 1 reads both
+
+
+def test_refiner_blocks_outside_the_selection_get_minus_inf_on_the_vl_keys(engine, refs):
+    """The context refiner's key mask (a pre-hook on each refiner block's attention reads the mask it is given)."""
+    from vlbench.engine.generate import generate
+
+    cond = engine.condition(Recipe(alpha=0.5, alpha_policy="attend", tokens="image", vl_blocks="0-1"), PROMPT, refs)
+    assert cond.blocks["masked"] == ["context_refiner.0", "context_refiner.1"]
+    transformer = engine.models.pipe.transformer
+    seen = []
+    handles = [b.attention.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["attention_mask"][0].clone()),
+                                                     with_kwargs=True) for b in transformer.context_refiner]
+    try:
+        generate(engine.models.pipe, cond.embeds, seed=1, steps=1, width=64, height=64, guidance=0.0,
+                 budget=engine.models.caption_budget, hide=(cond.blocks["rows"], cond.blocks["masked"]))
+    finally:
+        for handle in handles:
+            handle.remove()
+    vl = cond.blocks["rows"]
+    n = len(vl)
+    assert len(seen) == 2
+    for mask in seen:  # after the caption_attention hook: a float mask, -inf exactly on the VL rows
+        mask = mask.reshape(-1)[:n]
+        assert torch.isinf(mask[vl]).all() and torch.isfinite(mask[~vl]).all()
+
+
+def test_vl_blocks_at_alpha_1_adds_qwen3_rows_and_says_so(engine, refs):
+    plain = engine.condition(Recipe(tokens="image"), PROMPT, refs)
+    cond = engine.condition(Recipe(tokens="image", vl_blocks="0"), PROMPT, refs)
+    q = engine.text_encoding(PROMPT).embeds
+    assert cond.blocks["qwen3_rows_added"] is True
+    torch.testing.assert_close(cond.embeds, torch.cat([q, plain.embeds]), atol=0, rtol=0)
+    assert all(r.get("added_for") == "vl_blocks" for r in cond.rows[:q.shape[0]])
+    record = cond.describe()["vl_blocks"]
+    assert record["qwen3_rows_added"] and record["vl_rows"] == plain.embeds.shape[0] and "rows" not in record
+
+
+def test_vl_blocks_not_set_is_diffusers_call_and_refused_where_it_has_no_effect(engine, ref_pipe, refs):
+    from vlbench.engine.generate import caption_attention
+
+    with caption_attention(ref_pipe.transformer, None) as state:  # what Engine.run enters without vl_blocks
+        assert not state.active
+        assert all(not b._forward_pre_hooks for b in ref_pipe.transformer.layers)  # no hook at all
+    with pytest.raises(UserError) as exc:
+        Recipe(alpha=0.0, vl_blocks="0")
+    assert exc.value.field == "vl_blocks"
+    with pytest.raises(UserError) as exc:
+        Recipe(alpha=0.5, alpha_policy="positionwise", tokens="text", vl_blocks="0")
+    assert exc.value.field == "vl_blocks"
+    with pytest.raises(UserError) as exc:
+        engine.condition(Recipe(vl_blocks="refiner, 0-1"), PROMPT, refs)
+    assert exc.value.field == "vl_blocks" and "every block" in exc.value.problem
+
+
+# ---------------------------------------------------------------- lever 3: negative VL conditioning
+def test_the_negative_branch_is_the_negative_vl_extractions_rows(engine, hf_vl, refs):
+    processor, model = hf_vl
+    recipe = Recipe(guidance=2.0, negative_vl_text=NEGATIVE, negative_tokens="prompt", negative_layer=-3,
+                    seed=1, **SIZE)
+    rendered = processor.apply_chat_template([{"role": "user", "content": [{"type": "text", "text": NEGATIVE}]}],
+                                             add_generation_prompt=True, tokenize=False)
+    inputs = processor(text=rendered, return_tensors="pt")
+    ids = inputs["input_ids"][0].tolist()
+    neg_ids = processor.tokenizer(NEGATIVE, add_special_tokens=False)["input_ids"]
+    start = next(i for i in range(len(ids)) if ids[i:i + len(neg_ids)] == neg_ids)
+    with torch.no_grad():
+        expected = model.model(**inputs, output_hidden_states=True).hidden_states[-3][0][start:start + len(neg_ids)]
+    captions = []
+    handle = engine.models.pipe.transformer.register_forward_pre_hook(lambda m, a: captions.append(list(a[2])))
+    try:
+        result = engine.run(recipe, PROMPT, refs)
+    finally:
+        handle.remove()
+    assert all(len(c) == 2 for c in captions)  # diffusers' CFG: [caption; negative] in each call
+    for _, negative in captions:  # what the DiT read as the negative branch, at every step
+        torch.testing.assert_close(negative, expected, atol=1e-5, rtol=0)
+    record = result.conditioning.describe()["negative"]
+    assert record["source"] == "vl" and record["vl_text"] == NEGATIVE and record["layer"] == -3
+    assert [ids[p] for p in record["positions"]] == neg_ids and record["input_ids"] == ids
+
+
+def test_without_negative_vl_text_the_negative_is_qwen3s_encoding(engine, refs):
+    recipe = Recipe(guidance=2.0, negative_prompt=NEGATIVE)
+    torch.testing.assert_close(engine.negative(recipe), engine.text_encoding(NEGATIVE).embeds, atol=0, rtol=0)
+    assert "negative" not in engine.condition(recipe, PROMPT, refs).describe()

@@ -333,6 +333,14 @@ class Recipe:
                               applies=lambda r: _holds_image_rows(r) and r.schedule is None,
                               when="when the VL selection holds image rows (tokens full or image*, intra_ratio, or a "
                                    "dual pass selecting them), without a schedule")
+    vl_blocks: str | None = _f(None, "str", "which DiT blocks read the caption's VL rows, comma-separated: joint-block "
+                                            "indices and ranges (0-9, 12), fractions of the joint blocks' depth "
+                                            "(0-0.33: the blocks whose centre (i + 0.5)/n lies in [0, 0.33); an end "
+                                            "of 1 includes the last), refiner (the context-refiner blocks); every "
+                                            "other block masks the VL rows' keys (Qwen3-4B's rows are added at "
+                                            "alpha 1; docs/levers.md); not set: every block", C,
+                               applies=lambda r: r.uses_vl and r.schedule is None,
+                               when="when the VL is used, without a schedule")
     # ---- issue 17: schedules and the text bridge
     schedule: str | None = _f(None, "schedule", "the conditioning from step K on, as K:SOURCE entries, "
                                                 "comma-separated, K ascending from 0 (steps counted as the sampler "
@@ -418,7 +426,22 @@ class Recipe:
     height: int = _f(1024, "int", "image height", G, lo=16, hi=8192, multiple_of=16, unit="px")
     guidance: float = _f(0.0, "float", "classifier-free guidance scale (Turbo: 0)", G, lo=0.0)
     negative_prompt: str = _f("", "str", "the negative prompt", G,
-                              applies=lambda r: r.guidance > 0, when="with guidance > 0")
+                              applies=lambda r: r.guidance > 0 and r.negative_vl_text is None,
+                              when="with guidance > 0 and no negative_vl_text (Qwen3-4B encodes it for the negative "
+                                   "branch)")
+    negative_vl_text: str | None = _f(None, "str", "issue 27: the negative branch from Qwen3-VL instead of Qwen3-4B: "
+                                                   "the VL reads this text (no image) and the negative caption is "
+                                                   "its hidden states at negative_tokens, negative_layer; not set: "
+                                                   "Qwen3-4B's encoding of negative_prompt", G,
+                                      applies=lambda r: r.guidance > 0, when="with guidance > 0")
+    negative_tokens: str = _f(Tokens.TEXT.value, "choice", "negative_vl_text's token selection (text ones: the VL "
+                                                           "reads no image for the negative)", G, choices=Tokens,
+                              applies=lambda r: r.guidance > 0 and r.negative_vl_text is not None,
+                              when="with negative_vl_text")
+    negative_layer: int | None = _f(None, "int", "negative_vl_text's hidden layer (transformers' output_hidden_states "
+                                                 "numbering); not set: layer", G,
+                                    applies=lambda r: r.guidance > 0 and r.negative_vl_text is not None,
+                                    when="with negative_vl_text")
     # ---- issue 27: levers (docs/levers.md)
     vl_guidance: float = _f(0.0, "float", "guidance on the VL condition beyond guidance, in ZImagePipeline's "
                                           "convention (0 = none): pred = P(c) + guidance·(P(c) − P(neg)) + "
@@ -511,7 +534,7 @@ class Recipe:
     def uses_text_encoder(self) -> bool:
         """Qwen3-4B is needed for alpha < 1, for the negative prompt of guided runs and for vl_guidance's text-only
         branch."""
-        return self.uses_qwen3 or self.guidance > 0 or self.vl_guidance != 0
+        return self.uses_qwen3 or self.guidance > 0 or self.vl_guidance != 0 or self.vl_blocks is not None
 
     def resolve_vl_text(self, prompt: str, value: str | None = None) -> str | None:
         """The text the VL reads for `vl_text` (or another *_vl_text value)."""
@@ -639,6 +662,10 @@ class Recipe:
 # them out at their defaults, so a job whose meaning did not change keeps its key (experiments.folder refuses to
 # resume a folder whose images an attend ratio of the old meaning made).
 ADDED_AT_3 = ("attend_ratio", "attend_scope")
+# issue 27's levers: new fields whose defaults are what every earlier recipe did (no reinterpretation, so no schema
+# step); a job key leaves them out at their defaults too, so earlier folders resume.
+ADDED_BY_LEVERS = ("vl_system", "vl_guidance", "image_positions", "vl_blocks", "negative_vl_text", "negative_tokens",
+                   "negative_layer")
 TOML_HEADER = f"# vlbench recipe (schema {RECIPE_SCHEMA})"
 OLD_TOML_HEADER = "# vlbench recipe"  # what Recipe.to_toml wrote before schema 3
 
@@ -670,7 +697,7 @@ def changed_meaning(data: dict[str, Any]) -> bool:
 
 def key_dict(data: dict[str, Any]) -> dict[str, Any]:
     """The recipe dict a job key hashes: the fields added since schema 2 left out at their defaults."""
-    return {k: v for k, v in data.items() if not (k in ADDED_AT_3 and v == field_default(k))}
+    return {k: v for k, v in data.items() if not (k in ADDED_AT_3 + ADDED_BY_LEVERS and v == field_default(k))}
 
 
 def field_infos() -> dict[str, FieldInfo]:
@@ -959,6 +986,61 @@ def _rule_image_weighting(r: Recipe) -> None:
                   "set pool_image_tokens, e.g. 64")
 
 
+VL_BLOCKS_EXAMPLE = "0-9, refiner"
+REFINER_BLOCKS = "refiner"
+
+
+def parse_vl_blocks(text: str) -> tuple[tuple, ...]:
+    """"0-9, 0.5-1, refiner" -> (("index", 0, 9), ("fraction", 0.5, 1.0), ("refiner",)): index ranges inclusive,
+    fraction ranges [a, b) of the joint blocks' depth (b = 1 includes the last). Resolved against a DiT by
+    vlbench.engine.blocks."""
+    parts = [p.strip() for p in re.split(r"[,\s]+", re.sub(r"\s*-\s*", "-", text)) if p.strip()]
+    err = lambda problem: UserError(problem, field="vl_blocks", value=text,  # noqa: E731
+                                    fix=f"write e.g. {VL_BLOCKS_EXAMPLE} or 0-0.33 (fractions of the depth)")
+    if not parts:
+        raise err("is empty")
+    out: list[tuple] = []
+    for part in parts:
+        if part == REFINER_BLOCKS:
+            out.append((REFINER_BLOCKS,))
+            continue
+        match = re.fullmatch(r"(\d+(?:\.\d+)?)(?:-(\d+(?:\.\d+)?))?", part)
+        if not match:
+            raise err(f"entry {part!r} is not a block, a range or refiner")
+        lo, hi = match.group(1), match.group(2) if match.group(2) is not None else match.group(1)
+        if "." in lo or "." in hi:
+            a, b = float(lo), float(hi)
+            if not 0 <= a < b <= 1:
+                raise err(f"entry {part!r}: a fraction range a-b needs 0 <= a < b <= 1")
+            out.append(("fraction", a, b))
+        else:
+            a, b = int(lo), int(hi)
+            if b < a:
+                raise err(f"entry {part!r} runs backwards")
+            out.append(("index", a, b))
+    return tuple(out)
+
+
+def _rule_vl_blocks(r: Recipe) -> None:
+    if r.vl_blocks is None:
+        return
+    parse_vl_blocks(r.vl_blocks)
+    if _alpha_positionwise(r):
+        raise UserError("masks the VL rows' keys in some blocks, and a positionwise mix makes every row part VL",
+                        field="vl_blocks", value=r.vl_blocks, fix="use alpha_policy attend or split")
+
+
+def _rule_negative_vl(r: Recipe) -> None:
+    if r.negative_vl_text is None or r.guidance <= 0:
+        return
+    if not r.negative_vl_text.strip():
+        raise UserError("is empty", field="negative_vl_text", value=r.negative_vl_text,
+                        fix="give the text the VL reads for the negative branch, or leave it not set")
+    if r.negative_tokens in IMAGE_SELECTIONS:
+        raise UserError("selects image rows, and the VL reads no image for the negative branch",
+                        field="negative_tokens", value=r.negative_tokens, fix="use text, prompt or full")
+
+
 def _rule_image_positions(r: Recipe) -> None:
     if r.image_positions == ImagePositions.GRID and r.image_attention == ImageAttention.TOPK:
         raise UserError("places image rows on their patch grid, and image_attention topk takes them off it",
@@ -975,7 +1057,8 @@ _RULES: tuple[Callable[[Recipe], None], ...] = (_rule_one_mix_of_passes, _rule_c
                                                  _rule_positionwise_pairs_text_with_text,
                                                  _rule_global_normalization_needs_a_positionwise_mix,
                                                  _rule_schedule, _rule_text_bridge_keeps_token_pairs,
-                                                 _rule_image_weighting, _rule_vl_system, _rule_image_positions)
+                                                 _rule_image_weighting, _rule_vl_system, _rule_image_positions,
+                                                 _rule_vl_blocks, _rule_negative_vl)
 DEFAULTS = Recipe()
 
 

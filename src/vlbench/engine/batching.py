@@ -8,7 +8,7 @@ key mask that pads shorter captions reduce in another order; tests/test_batching
 
 What does not batch runs alone, exactly as without --batch: img2img (strength), schedules (the caption changes
 between steps), attention-weighted captions (their bias hook weights the batch's first item only) and issue 27's
-vl_guidance and image_positions grid (their hooks act on one caption's call).
+vl_guidance, image_positions grid and vl_blocks (their hooks act on one caption's call) and negative_vl_text.
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ def batch_key(recipe) -> tuple | None:
     """Recipes with equal keys can share one pipeline call; None: this recipe always runs alone."""
     if recipe.strength is not None or recipe.schedule is not None or recipe.attention_bias:
         return None
-    if recipe.vl_guidance != 0 or recipe.image_positions != "sequence":  # issue 27: hooks on one caption's call
+    if recipe.vl_guidance != 0 or recipe.image_positions != "sequence" or recipe.vl_blocks is not None \
+            or recipe.negative_vl_text is not None:  # issue 27
         return None
     negative = recipe.negative_prompt if recipe.guidance > 0 else None
     return (recipe.width, recipe.height, recipe.steps, recipe.guidance, negative)

@@ -96,6 +96,8 @@ class Conditioning:
     bridge: bridge.Description | None = None  # text_bridge: what Qwen3-VL said (Qwen3-4B read prompt + it)
     text_branch: torch.Tensor | None = None  # issue 27 vl_guidance: Qwen3-4B's caption q, the text-only branch
     grids: list[tuple[int, tuple[int, int]]] | None = None  # issue 27 image_positions grid: (first row, grid) each
+    negative: dict | None = None  # issue 27 negative_vl_text: the negative caption's VL account (Engine.run sets it)
+    blocks: dict | None = None  # issue 27 vl_blocks: read / masked block names, the VL rows ([L] bool under "rows")
     vl_guidance: float = 0.0
     mixes: list[dict] = field(default_factory=list)  # step 0's attend mixes: ratio, meaning, rows, weights, shares
 
@@ -118,6 +120,10 @@ class Conditioning:
             out["schedule"] = [s.describe() for s in self.schedule]
         if self.bridge is not None:
             out["text_bridge"] = self.bridge.to_dict()
+        if self.negative is not None:  # issue 27: the negative branch read from the VL
+            out["negative"] = self.negative
+        if self.blocks is not None:  # issue 27: which blocks read the VL rows
+            out["vl_blocks"] = {k: v for k, v in self.blocks.items() if k != "rows"}
         if self.grids is not None:  # issue 27: which caption rows the DiT reads on a 2-D grid
             out["image_positions"] = {"mode": "grid", "formula": GRID_FORMULA,
                                       "images": [{"first_row": s, "grid": list(g), "rope_axis0": 1 + s}
@@ -337,7 +343,8 @@ class Engine:
             vl, extractions = self._vl_sequence(recipe, prompt, refs)
             timings["extraction"] = time.perf_counter() - start
         text = description = None
-        if recipe.uses_qwen3 or recipe.vl_guidance != 0:  # vl_guidance: Qwen3-4B's caption is the text-only branch
+        # vl_guidance: Qwen3-4B's caption is the text-only branch; vl_blocks: it carries the caption where VL is masked
+        if recipe.uses_qwen3 or recipe.vl_guidance != 0 or recipe.vl_blocks is not None:
             t0 = time.perf_counter()
             qwen3_prompt = prompt
             if recipe.text_bridge:
@@ -387,6 +394,9 @@ class Engine:
             weights = seq.weights if seq.weighted else None
             schedule.append(Scheduled(step, end, source, seq.embeds, seq.rows, weights))
         first = by_source[entries[0][1]] if entries else own
+        blocks = None
+        if recipe.vl_blocks is not None:  # issue 27: the VL rows are read in the chosen blocks only
+            first, blocks = self._vl_blocks(recipe, first, qwen3)
         grids = None
         if recipe.image_positions == ImagePositions.GRID:
             grids = [(seg.start, seg.grid) for seg in first.segments if seg.grid is not None]
@@ -398,7 +408,26 @@ class Engine:
                             extractions=extractions, text=text, timings=timings, warnings=warnings,
                             schedule=schedule, bridge=description, dual=recipe.dual and recipe.uses_vl,
                             text_branch=qwen3.embeds if recipe.vl_guidance != 0 else None,
-                            vl_guidance=recipe.vl_guidance, mixes=first.mixes)
+                            vl_guidance=recipe.vl_guidance, mixes=first.mixes, blocks=blocks)
+
+    def _vl_blocks(self, recipe: Recipe, seq: C.Seq, qwen3: C.Seq) -> tuple[C.Seq, dict]:
+        """issue 27's vl_blocks: the caption (with Qwen3-4B's rows put first when it has none, so no block is left
+        with an empty caption) and the account of which blocks read the VL rows and which mask them."""
+        from vlbench.engine.blocks import masked, resolve
+
+        transformer = self.models.pipe.transformer
+        names = resolve(recipe.vl_blocks, transformer)
+        added = not any(row.get("source") != "vl" for row in seq.rows)
+        if added:  # a pure VL caption: Qwen3-4B's rows first, unweighted (plain concatenation)
+            rows = [dict(r, added_for="vl_blocks") for r in qwen3.rows] + seq.rows
+            segments = list(qwen3.segments) + [C.Segment(s.start + qwen3.length, s.n, s.grid, s.image)
+                                               for s in seq.segments]
+            seq = C.Seq(torch.cat([qwen3.embeds.to(seq.embeds.device, seq.embeds.dtype), seq.embeds]), rows,
+                        torch.cat([qwen3.weights, seq.weights]), segments, mixes=seq.mixes)
+        vl_rows = torch.tensor([row.get("source") == "vl" for row in seq.rows])
+        account = {"spec": recipe.vl_blocks, "read": names, "masked": masked(names, transformer),
+                   "vl_rows": int(vl_rows.sum()), "qwen3_rows_added": added, "rows": vl_rows}
+        return seq, account
 
     def _check_inputs(self, recipe: Recipe, refs: list[Reference], prompt: str) -> None:
         recipe.check_inputs(len(refs))
@@ -490,7 +519,29 @@ class Engine:
     def negative(self, recipe: Recipe) -> torch.Tensor | None:
         if recipe.guidance <= 0:
             return None
+        if recipe.negative_vl_text is not None:
+            return self.negative_vl(recipe)[0]
         return self.text_encoding(recipe.negative_prompt, "negative_prompt").embeds
+
+    def negative_vl(self, recipe: Recipe) -> tuple[torch.Tensor, dict]:
+        """issue 27: the negative caption from Qwen3-VL — its hidden states of negative_vl_text (no image) at
+        negative_tokens and negative_layer (else layer) — and its account for the run record."""
+        try:
+            ex = self.extraction([], recipe.negative_vl_text, None)
+        except UserError as exc:
+            if exc.field != "vl_text":
+                raise
+            raise UserError(exc.problem, field="negative_vl_text", fix=exc.fix) from None
+        layer = recipe.layer if recipe.negative_layer is None else recipe.negative_layer
+        ex.check_layer(layer, "negative_layer" if recipe.negative_layer is not None else "layer")
+        try:
+            positions = ex.positions(recipe.negative_tokens)
+        except UserError as exc:
+            raise UserError(exc.problem, field="negative_tokens", value=recipe.negative_tokens) from None
+        embeds = ex.select(recipe.negative_tokens, layer)
+        return embeds, {"source": "vl", "vl_text": recipe.negative_vl_text, "tokens": recipe.negative_tokens,
+                        "layer": layer, "positions": positions, "input_ids": ex.input_ids, "decoded": ex.decoded,
+                        "length": int(embeds.shape[0])}
 
     # ---- recipe -> image ----
     def run(self, recipe: Recipe, prompt: str, refs: list[Reference],
@@ -500,6 +551,8 @@ class Engine:
             torch.cuda.reset_peak_memory_stats(self.models.device)
         cond = self.condition(recipe, prompt, refs)
         negative = self.negative(recipe)
+        if recipe.guidance > 0 and recipe.negative_vl_text is not None:
+            cond.negative = self.negative_vl(recipe)[1]  # (served by the extraction cache)
         budget = self.models.caption_budget
         for caption in cond.captions:
             check_caption(caption.shape[0], budget)
@@ -520,6 +573,8 @@ class Engine:
             common["vl_guidance"] = (recipe.vl_guidance, cond.text_branch)
         if cond.grids is not None:
             common["caption_grids"] = cond.grids
+        if cond.blocks is not None:
+            common["hide"] = (cond.blocks["rows"], cond.blocks["masked"])
         if recipe.strength is None:
             image = generate(self.models.pipe, cond.embeds, **common)
         else:
@@ -561,6 +616,9 @@ REALISED_FORMULA = ("sum over probed joint blocks, denoising steps, heads and im
 
 def check_attention(recipe: Recipe, attention: str | None) -> None:
     """Refuse, before any model runs, a weighted attend mix on an attention kernel that takes no mask."""
+    if attention == "sdpa-flash" and recipe.vl_blocks is not None:
+        raise UserError("takes no attention mask, and vl_blocks masks the VL rows' keys with one", field="attention",
+                        value=attention, fix="use sdpa (the default) or sdpa-cudnn")
     if attention == "sdpa-flash" and recipe.attention_bias:
         name, ratio = next(((n, m[0]) for n, m in recipe.mixes.items() if m[1] == "attend" and m[0] != "natural"
                             and 0 < m[0] < 1), ("alpha", next(iter(recipe.scheduled_alphas), "")))

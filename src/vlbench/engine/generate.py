@@ -63,6 +63,14 @@ class CaptionBias:
     def for_block(self, name: str, group: str) -> torch.Tensor | None:
         return self.blocks.get(name, self.blocks.get(group))
 
+    def hide(self, rows: torch.Tensor, names: list[str]) -> None:
+        """issue 27's vl_blocks: in the blocks `names`, -inf on the keys of the caption rows where `rows` ([L] bool)
+        is True, on top of any bias the block has."""
+        mask = torch.zeros(rows.shape[0], dtype=torch.float32).masked_fill(rows.bool().cpu(), float("-inf"))
+        for name in names:
+            base = self.for_block(name, name.split(".")[0])
+            self.blocks[name] = mask if base is None else base + mask
+
     @property
     def active(self) -> bool:
         return bool(self.blocks)
@@ -88,7 +96,8 @@ def _biased_mask(hidden: torch.Tensor, mask: torch.Tensor | None, bias: torch.Te
 
 @contextmanager
 def caption_attention(transformer, weights: torch.Tensor | None,
-                      later: tuple[torch.Tensor | None, ...] = (), scope: str = "refiner+joint") -> Iterator[CaptionBias]:
+                      later: tuple[torch.Tensor | None, ...] = (), scope: str = "refiner+joint",
+                      hide: tuple[torch.Tensor, list[str]] | None = None) -> Iterator[CaptionBias]:
     """Weight how much the DiT attends to each caption row: an additive attention-logit bias log w on that row's
     key, for the conditional item (the batch's first), in every block of `scope` (recipe.AttendScope): the
     caption-only context-refiner blocks and the joint (image + caption) blocks ("refiner+joint", the default), or
@@ -99,8 +108,11 @@ def caption_attention(transformer, weights: torch.Tensor | None,
     or all 1, nothing is installed: the call is diffusers' own, bit for bit. `later`: the weights of a schedule's
     later captions (engine.generate swaps them in with the captions); the hooks are installed when any is not all
     1, and leave the mask untouched (return None) while the current caption's weights are all 1.
+    `hide`: (rows, block names) — issue 27's vl_blocks: those rows' keys masked (-inf) in those blocks.
     """
     state = CaptionBias(weights, scope)
+    if hide is not None:
+        state.hide(*hide)
     if not state.active and not any(CaptionBias(w, scope).active for w in later):
         yield state
         return
@@ -171,8 +183,9 @@ class ShareProbe:
         if mask is not None:
             m = mask[0].reshape(-1)[-length:]
             key_mask = key_mask.masked_fill(~m.bool(), float("-inf")) if m.dtype == torch.bool else m.float()
-        first_len = int(torch.isfinite(key_mask).sum()) if mask is not None else length
-        start = first_len - (self.n_caption + (-self.n_caption) % CAPTION_PAD)
+        # the item's caption follows its padded image tokens (counted, not read off the mask: vl_blocks puts -inf
+        # on caption keys too)
+        start = self.n_image + (-self.n_image) % CAPTION_PAD
         scale = q.shape[-1] ** -0.5
         total = torch.zeros(self.n_caption, dtype=torch.float64, device=k.device)
         for lo in range(0, self.n_image, self.chunk):
@@ -221,17 +234,20 @@ def generate(pipe, embeds: torch.Tensor, *, seed: int, steps: int, width: int, h
              init_image=None, strength: float | None = None, caption_weights: torch.Tensor | None = None,
              schedule: list[tuple[int, torch.Tensor, torch.Tensor | None]] = (), attend_scope: str = "refiner+joint",
              probe: "ShareProbe | None" = None, vl_guidance: tuple[float, torch.Tensor] | None = None,
-             caption_grids: list[tuple[int, tuple[int, int]]] | None = None):
+             caption_grids: list[tuple[int, tuple[int, int]]] | None = None,
+             hide: tuple[torch.Tensor, list[str]] | None = None):
     """One image from `embeds` ([L, D]) with diffusers' Z-Image pipeline (txt2img, or img2img when
     `pipe` is a ZImageImg2ImgPipeline and `init_image`/`strength` are given). Returns a PIL image.
     `caption_weights` ([L]): attention weights of the caption rows (see caption_attention), in the blocks of
     `attend_scope`.
     `schedule`: (from step, embeds, caption weights) of later captions: from that step on (counted as the
     sampler runs them, 0 first) the DiT reads that caption with those weights; `embeds` conditions step 0.
-    `probe`: a ShareProbe installed on the transformer (removed here when the image is done)."""
+    `probe`: a ShareProbe installed on the transformer (removed here when the image is done).
+    `hide`: (caption rows, block names) whose keys those blocks mask (issue 27's vl_blocks; caption_attention)."""
     later = {step: weights for step, _, weights in schedule}
     try:
-        with caption_attention(pipe.transformer, caption_weights, tuple(later.values()), attend_scope) as bias:
+        with caption_attention(pipe.transformer, caption_weights, tuple(later.values()), attend_scope,
+                               hide) as bias:
             return generate_batch(pipe, embeds, seeds=[seed], steps=steps, width=width, height=height,
                                   guidance=guidance, negative_embeds=negative_embeds, budget=budget, on_step=on_step,
                                   output_type=output_type, init_image=init_image, strength=strength,
