@@ -244,11 +244,14 @@ def test_png_without_vlbench_metadata_reads_as_empty(tmp_path):
 
 
 # ---------------------------------------------------------------- attend: the continuous strength
-def test_attend_at_half_is_plain_concatenation_and_equals_diffusers_with_the_same_embeds(engine, ref_pipe, refs):
-    """At ratio 0.5 both sources weigh 1: no bias is installed and the DiT is diffusers' own, bit for bit."""
+@pytest.mark.parametrize("fields", [dict(intra_ratio="natural"), dict(intra_ratio=0.5, attend_ratio="token-odds")])
+def test_attend_at_the_natural_share_is_plain_concatenation_and_equals_diffusers_with_the_same_embeds(
+        engine, ref_pipe, refs, fields):
+    """At `natural` (and at token-odds 0.5) both sources weigh 1: no bias is installed and the DiT is diffusers' own,
+    bit for bit."""
     from vlbench.recipe import Recipe as R
 
-    result = engine.run(R(intra_ratio=0.5, seed=2, **SIZE), PROMPT, refs)
+    result = engine.run(R(**fields, seed=2, **SIZE), PROMPT, refs)
     assert result.conditioning.weights is None
     expected = diffusers_image(ref_pipe, seed=2, prompt_embeds=[result.conditioning.embeds.clone()])
     np.testing.assert_array_equal(px(result.image), expected)
@@ -293,11 +296,13 @@ def test_caption_weights_become_log_biases_on_the_conditional_items_caption_keys
 
 @pytest.mark.parametrize("fields, biased", [
     (dict(alpha=1.0, tokens="full"), False),
-    (dict(alpha=1.0, intra_ratio=0.5), False),
+    (dict(alpha=1.0, intra_ratio="natural"), False),
+    (dict(alpha=1.0, intra_ratio=0.5, attend_ratio="token-odds"), False),
+    (dict(alpha=1.0, intra_ratio=0.5), True),  # a share of 0.5: the counts differ, so the weights do
     (dict(alpha=1.0, intra_ratio=0.3), True),
     (dict(alpha=1.0, intra_ratio=0.3, intra_policy="split"), False),
     (dict(alpha=0.3, tokens="image"), True),
-    (dict(alpha=0.5, tokens="image"), False),
+    (dict(alpha="natural", tokens="image"), False),
     (dict(alpha=0.3, tokens="image", alpha_policy="split"), False),
 ])
 def test_attention_bias_says_exactly_when_the_conditioning_carries_weights(engine, refs, fields, biased):

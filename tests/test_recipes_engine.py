@@ -108,9 +108,9 @@ def same(a, b):
     assert torch.equal(a, b) or torch.allclose(a, b, atol=1e-6, rtol=1e-6), (a - b).abs().max()
 
 
-def attended(base, other, r):
+def attended(base, other, r, meaning="share"):
     """What an attend mix gives: [base; other] (a source of weight 0 dropped) and each row's attention weight."""
-    wb, wo = blend.attend_weights(r)
+    wb, wo = blend.attend_weights(r) if meaning == "token-odds" else blend.share_weights(r, len(base), len(other))
     parts = [(base, wb), (other, wo)]
     kept = [(x, w) for x, w in parts if w > 0]
     return torch.cat([x for x, _ in kept]), torch.cat([torch.full((len(x),), w) for x, w in kept])
@@ -157,14 +157,47 @@ def test_alpha_0_is_exactly_zimages_own_qwen3_encoding_and_alpha_1_the_vl_select
 
 # ---------------------------------------------------------------- attend: every token whole, weighted attention
 @pytest.mark.parametrize("ratio", [0.25, 0.5, 0.6])
-def test_intra_attend_is_both_selections_whole_with_the_ratio_as_attention_odds(engine, vlref, refs, ratio):
-    cond = engine.condition(Recipe(intra_ratio=ratio), PROMPT, [refs["a"]])  # intra_policy attend: the default
+@pytest.mark.parametrize("meaning", ["share", "token-odds"])
+def test_intra_attend_is_both_selections_whole_with_the_ratio_as_a_share_or_as_token_odds(engine, vlref, refs, ratio,
+                                                                                          meaning):
+    cond = engine.condition(Recipe(intra_ratio=ratio, attend_ratio=meaning), PROMPT, [refs["a"]])
     text = vlref.rows([refs["a"]], PROMPT, "text")
     image = vlref.rows([refs["a"]], PROMPT, "image")
-    embeds, weights = attended(text, image, ratio)
+    embeds, weights = attended(text, image, ratio, meaning)
     same(cond.embeds, embeds)
     assert torch.allclose(weights_of(cond), weights)
-    assert (cond.weights is None) == (ratio == 0.5)  # at 0.5 both weigh 1: nothing for the DiT to weight
+    image_mass = float(weights[len(text):].sum())
+    if meaning == "share":  # with equal logits the image rows receive exactly r of the caption's attention
+        assert image_mass / float(weights.sum()) == pytest.approx(ratio, abs=1e-6)
+        assert cond.weights is not None  # the counts differ, so even 0.5 weights them
+    else:
+        assert (cond.weights is None) == (ratio == 0.5)  # at 0.5 both weigh 1: nothing for the DiT to weight
+    (account,) = cond.mixes
+    assert account["prior_share"] == pytest.approx(image_mass / float(weights.sum()))
+    assert account["rows"] == [len(text), len(image)]
+
+
+def test_natural_is_plain_concatenation_and_its_share_is_the_row_share(engine, vlref, refs):
+    cond = engine.condition(Recipe(intra_ratio="natural"), PROMPT, [refs["a"]])
+    text = vlref.rows([refs["a"]], PROMPT, "text")
+    image = vlref.rows([refs["a"]], PROMPT, "image")
+    same(cond.embeds, torch.cat([text, image]))
+    assert cond.weights is None
+    (account,) = cond.mixes
+    assert account["prior_share"] == pytest.approx(len(image) / (len(text) + len(image)))
+
+
+def test_nested_attend_mixes_compose_as_shares(engine, vlref, refs, qwen3):
+    """alpha 0.4 over intra 0.25: the VL receives 0.4 of the caption's attention prior, the image rows 0.25 of the
+    VL's, so 0.1 of the whole."""
+    cond = engine.condition(Recipe(alpha=0.4, intra_ratio=0.25), PROMPT, [refs["a"]])
+    w = weights_of(cond)
+    n_q = len(qwen3)
+    n_text = len(vlref.rows([refs["a"]], PROMPT, "text"))
+    total = float(w.sum())
+    assert float(w[n_q:].sum()) / total == pytest.approx(0.4, abs=1e-6)
+    assert float(w[n_q + n_text:].sum()) / total == pytest.approx(0.1, abs=1e-6)
+    assert [m["mix"] for m in cond.mixes] == ["intra_ratio", "alpha"]
 
 
 def test_alpha_attend_keeps_qwen3_and_the_vl_selection_whole(engine, vlref, refs, qwen3):

@@ -113,12 +113,18 @@ def load_settings(path: Path | None = None, *, create: bool = True) -> Settings:
         from vlbench.files import atomic_write_text
 
         atomic_write_text(path, DEFAULT_CONFIG)
+    from vlbench.files import NotAFile, TooDeep, read_toml_file
+
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"cannot read it ({exc.__class__.__name__})", where=str(path)) from None
+        data = read_toml_file(path)
+    except NotAFile as exc:
+        raise UserError(str(exc), where=str(path)) from None
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"not valid TOML ({exc})", where=str(path)) from None
+    except TooDeep as exc:
+        raise UserError(str(exc), where=str(path)) from None
+    except (OSError, ValueError) as exc:  # ValueError: UnicodeDecodeError
+        raise UserError(f"cannot read it ({exc.__class__.__name__})", where=str(path)) from None
     return parse_settings(data, path)
 
 

@@ -43,3 +43,15 @@ class _FileHandler(logging.FileHandler):
 
     def handleError(self, record: logging.LogRecord) -> None:
         pass
+
+    def flush(self) -> None:
+        try:
+            super().flush()
+        except (OSError, ValueError):  # issue 26: a full disk at the last flush is not a traceback either
+            pass
+
+    def close(self) -> None:
+        try:
+            super().close()
+        except (OSError, ValueError):
+            self.stream = None  # its buffered records are lost with the disk space; the command's line stands

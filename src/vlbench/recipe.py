@@ -53,9 +53,10 @@ class Tokens(Choice):
 class MixPolicy(Choice):
     """How a mix combines its base and its other sequence at ratio r (docs/intra_vl_blending.md has the formulas)."""
 
-    ATTEND = "attend", ("both whole, one after the other; r weights how much the DiT attends to each: an attention "
-                        "bias log w on each source's caption keys, w_other/w_base = r/(1-r), the larger at 1 "
-                        "(r 0.5: plain concatenation; r 0 or 1: that source alone)")
+    ATTEND = "attend", ("both whole, one after the other; r is the share of the caption's attention the other "
+                        "source receives when every attention logit is equal: an attention bias log w on each "
+                        "source's caption keys, w_other/w_base = r/(1-r) · n_base/n_other (n: the sources' rows), "
+                        "the larger at 1 (natural: no bias, plain concatenation; r 0 or 1: that source alone)")
     SPLIT = "split", ("both, one after the other, as a share of caption tokens: round((1-r)·base) and round(r·other) "
                       "rows, image rows pooled on their own patch grid; moves in steps as r moves")
     POSITIONWISE = "positionwise", ("row by row, (1-r)·base + r·other: only for sequences that match token for token "
@@ -70,6 +71,28 @@ class Normalization(Choice):
                                       "(std ratio from vlbench calibrate), its means kept")
     GLOBAL = "global", ("one scale to Qwen3-4B's RMS; the DiT's caption RMSNorm removes it unless the rows are mixed "
                         "position-wise, so only with alpha_policy positionwise")
+
+
+NATURAL = "natural"  # an attend ratio: the sources' natural share n_other/(n_base+n_other), no bias installed
+RECIPE_SCHEMA = 3  # 3: attend ratios are shares (attend_ratio, attend_scope); <= 2: per-token odds, joint blocks only
+
+
+class AttendRatio(Choice):
+    """What an attend mix's ratio r means (docs/intra_vl_blending.md)."""
+
+    SHARE = "share", ("r is the share of the caption's attention the other source receives when every logit is "
+                      "equal, whatever the sources' token counts")
+    TOKEN_ODDS = "token-odds", ("each row of the other source weighs r/(1-r) of a base row, whatever the sources' "
+                                "token counts (the meaning of every attend ratio before recipe schema 3)")
+
+
+class AttendScope(Choice):
+    """Which DiT blocks the attend bias acts in."""
+
+    REFINER_JOINT = "refiner+joint", ("the caption-only context-refiner blocks and every joint (image + caption) "
+                                      "block: the sources never meet at full weight")
+    JOINT = "joint", ("the joint blocks only: the context refiner mixes the sources at full weight first (every "
+                      "biased run before recipe schema 3)")
 
 
 class Curve(Choice):
@@ -89,6 +112,27 @@ class VLText(Choice):
 
     PROMPT = "prompt", "the prompt itself"
     NONE = "none", "no text: the image alone"
+
+
+class VLSystem(Choice):
+    """issue 27: the shipped system turns for Qwen3-VL (vl_system); any other text is read verbatim (docs/levers.md)."""
+
+    STYLE = "style", ("Describe the visual style of the image for an image generator: its palette, lighting, medium, "
+                      "texture and brushwork, not its subject.")
+    CONTENT = "content", ("Describe the content of the image for an image generator: the subjects, objects and scene "
+                          "and where they are, not its style.")
+    EDIT = "edit", ("Describe the key features of the input image (color, shape, size, texture, objects, background), "
+                    "then explain how the user's text instruction should alter or modify the image. Generate a new "
+                    "image that meets the user's requirements while maintaining consistency with the original input "
+                    "where appropriate.")
+
+
+class ImagePositions(Choice):
+    """issue 27: the RoPE positions the DiT gives the caption's VL image rows (docs/levers.md)."""
+
+    SEQUENCE = "sequence", "one caption position per row, as Z-Image reads any caption: row i at (1 + i, 0, 0)"
+    GRID = "grid", ("each image's rows on its own patch grid, as Z-Image-Omni places condition images: row (r, c) of "
+                    "an image starting at caption row s at (1 + s, r, c); text rows as in sequence")
 
 
 class Source(Choice):
@@ -138,6 +182,7 @@ class FieldInfo:
     # when the field changes anything; a non-default value outside it is an error naming `when`
     applies: Callable[["Recipe"], bool] | None = None
     when: str = ""  # e.g. "with dual" — completes "has an effect only …"
+    natural: bool = False  # a ratio that also takes the word `natural` (an attend mix with no bias)
 
     @property
     def range_text(self) -> str:
@@ -160,9 +205,35 @@ def _single_pass(r: "Recipe") -> bool:
     return r.uses_vl and not r.dual
 
 
+def inside(ratio: Any) -> bool:
+    """A ratio strictly between its ends: 0 < r < 1, or `natural`."""
+    return ratio == NATURAL or 0 < ratio < 1
+
+
+def above_0(ratio: Any) -> bool:
+    return ratio == NATURAL or ratio > 0
+
+
+def below_1(ratio: Any) -> bool:
+    return ratio == NATURAL or ratio < 1
+
+
 def _alpha_mixes(r: "Recipe") -> bool:
     """The recipe's own conditioning mixes Qwen3-4B and the VL (not one of them alone)."""
-    return r.own_used and (0 < r.alpha < 1 or (r.alpha_end is not None and r.alpha_end != r.alpha))
+    return r.own_used and (inside(r.alpha) or (r.alpha_end is not None and r.alpha_end != r.alpha))
+
+
+def _attend_ratios(r: "Recipe") -> list[Any]:
+    """The ratios of every attend mix some step's caption makes (the recipe's own mixes, a schedule's alpha=R)."""
+    out = [ratio for ratio, policy in r.mixes.values() if policy == MixPolicy.ATTEND]
+    if r.alpha_policy == MixPolicy.ATTEND:
+        out += list(r.scheduled_alphas)
+    return out
+
+
+def _numeric_attend(r: "Recipe") -> bool:
+    """Some attend mix has a numeric ratio strictly between 0 and 1 (what attend_ratio gives a meaning to)."""
+    return any(ratio != NATURAL and 0 < ratio < 1 for ratio in _attend_ratios(r))
 
 
 def _any_alpha_mix(r: "Recipe") -> bool:
@@ -182,6 +253,15 @@ def _layer_used(r: "Recipe") -> bool:
     return r.image_layer is None or r.text_layer is None
 
 
+def _holds_image_rows(r: "Recipe") -> bool:
+    """issue 27: the VL sequence holds image rows on a patch grid (given a reference)."""
+    if not r.uses_vl:
+        return False
+    if r.dual:
+        return r.style_tokens in WITH_IMAGE_ROWS or r.content_tokens in WITH_IMAGE_ROWS
+    return r.intra_ratio is not None or r.tokens in WITH_IMAGE_ROWS
+
+
 def _weighting_applies(r: "Recipe") -> bool:
     """issue 17: attention weighting reshapes image rows of one (non-dual) extraction."""
     return _single_pass(r) and (r.intra_ratio is not None or r.tokens in WITH_IMAGE_ROWS)
@@ -195,7 +275,9 @@ class Recipe:
     """How one image is conditioned and generated. Defaults are Z-Image-Turbo's and pure Qwen3-VL."""
 
     # ---- conditioning
-    alpha: float = _f(1.0, "float", "0 = pure Qwen3-4B (Z-Image's own text path), 1 = pure VL", C, lo=0.0, hi=1.0,
+    alpha: float = _f(1.0, "float", "0 = pure Qwen3-4B (Z-Image's own text path), 1 = pure VL; in between the "
+                                    "VL's share of the mix (attend: of the caption's attention; natural: no bias)",
+                      C, lo=0.0, hi=1.0, natural=True,
                       applies=lambda r: r.own_used,
                       when="when the recipe's own conditioning is used (no schedule, or a schedule with a recipe "
                            "entry)")
@@ -211,17 +293,27 @@ class Recipe:
     alpha_end: float | None = _f(None, "float", "alpha at the last token (with a curve)", C, lo=0.0, hi=1.0,
                                  applies=lambda r: r.curve != Curve.CONSTANT, when="with a curve other than constant")
     intra_ratio: float | None = _f(None, "float", "mix image and text tokens of one extraction: 0 = all text (base), "
-                                                  "1 = all image; not set: no intra mix", C, lo=0.0, hi=1.0,
+                                                  "1 = all image, in between the image rows' share (attend: of the "
+                                                  "caption's attention; natural: no bias); not set: no intra mix",
+                                   C, lo=0.0, hi=1.0, natural=True,
                                    applies=_single_pass, when="when the VL is used (alpha > 0, or a vl or alpha=R schedule entry) without dual")
     intra_policy: str = _f(MixPolicy.ATTEND.value, "choice", "how the intra mix combines the text rows (base) and the "
                                                             "image rows (other); never positionwise: a text token is "
                                                             "not paired with an image token", C, choices=MixPolicy,
                            applies=lambda r: _single_pass(r) and r.intra_ratio is not None, when="with intra_ratio")
-    dual_ratio: float = _f(0.5, "float", "dual: 0 = all content pass (base), 1 = all style pass", C, lo=0.0, hi=1.0,
+    dual_ratio: float = _f(0.5, "float", "dual: 0 = all content pass (base), 1 = all style pass, in between the "
+                                         "style pass's share (attend: of the caption's attention; natural: no bias)",
+                           C, lo=0.0, hi=1.0, natural=True,
                            applies=lambda r: r.dual, when="with dual")
     dual_policy: str = _f(MixPolicy.ATTEND.value, "choice", "how the dual mix combines the content pass (base) and the "
                                                            "style pass (other)", C, choices=MixPolicy,
                           applies=lambda r: r.dual, when="with dual")
+    attend_ratio: str = _f(AttendRatio.SHARE.value, "choice", "what an attend mix's ratio r means", C,
+                           choices=AttendRatio, applies=_numeric_attend,
+                           when="with an attend mix at a ratio strictly between 0 and 1 (not natural)")
+    attend_scope: str = _f(AttendScope.REFINER_JOINT.value, "choice", "which DiT blocks an attend mix's attention "
+                                                                        "bias acts in", C, choices=AttendScope,
+                           applies=lambda r: r.attention_bias, when="when an attend mix biases the DiT's attention")
     normalization: str = _f(Normalization.NONE.value, "choice", "match VL statistics to Qwen3-4B's "
                                                                 "(needs vlbench calibrate)", C, choices=Normalization,
                             applies=_uses_vl, when="when the VL is used (alpha > 0, or a vl or alpha=R schedule entry)")
@@ -233,6 +325,14 @@ class Recipe:
                                                                  "not set: equal weights", C, lo=0.0,
                                                  applies=lambda r: r.multi_image == MultiImage.SEPARATE,
                                                  when="with multi_image separate")
+    # ---- issue 27: image tokens on a 2-D grid (docs/levers.md)
+    image_positions: str = _f(ImagePositions.SEQUENCE.value, "choice", "the RoPE positions of the caption's VL image "
+                                                                       "rows (RoPE axis 0 = caption order; axes 1 and "
+                                                                       "2, otherwise the latents' height and width, "
+                                                                       "carry the grid)", C, choices=ImagePositions,
+                              applies=lambda r: _holds_image_rows(r) and r.schedule is None,
+                              when="when the VL selection holds image rows (tokens full or image*, intra_ratio, or a "
+                                   "dual pass selecting them), without a schedule")
     # ---- issue 17: schedules and the text bridge
     schedule: str | None = _f(None, "schedule", "the conditioning from step K on, as K:SOURCE entries, "
                                                 "comma-separated, K ascending from 0 (steps counted as the sampler "
@@ -256,6 +356,12 @@ class Recipe:
     vl_text: str = _f(VLText.PROMPT.value, "vl_text", "what the VL reads: prompt, none, or any other text verbatim", X,
                       applies=_single_pass, when="when the VL is used (alpha > 0, or a vl or alpha=R schedule entry) without dual "
                                                  "(dual has style_vl_text and content_vl_text)")
+    vl_system: str | None = _f(None, "str", "a system turn before the VL's user turn (Qwen3-VL's chat template): "
+                                            + ", ".join(VLSystem.values()) + " (the shipped instructions, "
+                                            "docs/levers.md) or any other text verbatim; not set: no system turn "
+                                            "(the stock template)", X, applies=_uses_vl,
+                               when="when the VL is used (alpha > 0, or a vl or alpha=R schedule entry); every VL "
+                                    "pass of the recipe reads it")
     max_image_tokens: int | None = _f(None, "int", "cap the reference's image tokens below the caption budget (the "
                                                    "processor reads a smaller image)", X,
                                       lo=1, unit="tokens", applies=_uses_vl, when="when the VL is used (alpha > 0, or a vl or alpha=R schedule entry)")
@@ -313,6 +419,14 @@ class Recipe:
     guidance: float = _f(0.0, "float", "classifier-free guidance scale (Turbo: 0)", G, lo=0.0)
     negative_prompt: str = _f("", "str", "the negative prompt", G,
                               applies=lambda r: r.guidance > 0, when="with guidance > 0")
+    # ---- issue 27: levers (docs/levers.md)
+    vl_guidance: float = _f(0.0, "float", "guidance on the VL condition beyond guidance, in ZImagePipeline's "
+                                          "convention (0 = none): pred = P(c) + guidance·(P(c) − P(neg)) + "
+                                          "vl_guidance·(P(c) − P(q)), c the recipe's caption, q Qwen3-4B's caption "
+                                          "of the prompt (the text-only branch); one more DiT item per step", G,
+                            applies=lambda r: r.uses_vl and r.schedule is None,
+                            when="when the VL is used, without a schedule (the text-only branch is compared with "
+                                 "one caption for the whole run)")
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -366,12 +480,12 @@ class Recipe:
     @property
     def own_uses_vl(self) -> bool:
         """The recipe's own conditioning holds VL rows (alpha > 0 somewhere)."""
-        return self.alpha > 0 or (self.alpha_end or 0) > 0
+        return above_0(self.alpha) or (self.alpha_end or 0) > 0
 
     @property
     def own_uses_qwen3(self) -> bool:
         """The recipe's own conditioning holds Qwen3-4B rows (alpha < 1 somewhere)."""
-        return self.alpha < 1 or (self.alpha_end is not None and self.alpha_end < 1)
+        return below_1(self.alpha) or (self.alpha_end is not None and self.alpha_end < 1)
 
     @property
     def uses_vl(self) -> bool:
@@ -395,8 +509,9 @@ class Recipe:
 
     @property
     def uses_text_encoder(self) -> bool:
-        """Qwen3-4B is needed for alpha < 1 and for the negative prompt of guided runs."""
-        return self.uses_qwen3 or self.guidance > 0
+        """Qwen3-4B is needed for alpha < 1, for the negative prompt of guided runs and for vl_guidance's text-only
+        branch."""
+        return self.uses_qwen3 or self.guidance > 0 or self.vl_guidance != 0
 
     def resolve_vl_text(self, prompt: str, value: str | None = None) -> str | None:
         """The text the VL reads for `vl_text` (or another *_vl_text value)."""
@@ -406,6 +521,12 @@ class Recipe:
         if value == VLText.NONE:
             return None
         return value
+
+    def resolve_vl_system(self) -> str | None:
+        """issue 27: the system turn's text for vl_system (a shipped instruction's text, or the value verbatim)."""
+        if self.vl_system is None or not self.uses_vl:
+            return None
+        return VLSystem(self.vl_system).help if self.vl_system in VLSystem.values() else self.vl_system
 
     def vl_texts(self, prompt: str) -> tuple[str | None, ...]:
         """What the VL reads in each extraction this recipe needs, distinct, in pass order (none: pure Qwen3-4B)."""
@@ -447,10 +568,13 @@ class Recipe:
 
     @property
     def attention_bias(self) -> bool:
-        """The DiT gets an attention-logit bias on caption rows: an `attend` mix at a ratio other than 0, 0.5 and 1
-        (at 0.5 both weights are 1; at 0 or 1 one source leaves the caption)."""
-        return any(policy == MixPolicy.ATTEND and ratio not in (0.0, 0.5, 1.0)
-                   for ratio, policy in self.mixes.values())
+        """The DiT gets an attention-logit bias on caption rows: an `attend` mix (the recipe's own or a schedule's
+        alpha=R) at a ratio strictly between 0 and 1 other than natural (and, as token-odds, other than 0.5, where
+        both weights are 1). A share equal to the sources' natural share also gives weights of 1, up to rounding;
+        which share that is is known only once the rows are counted."""
+        odds = self.attend_ratio == AttendRatio.TOKEN_ODDS
+        return any(ratio != NATURAL and 0 < ratio < 1 and not (odds and ratio == 0.5)
+                   for ratio in _attend_ratios(self))
 
     def check_inputs(self, n_refs: int) -> None:
         """What this recipe needs of its references, checked before any model runs (every front end calls it)."""
@@ -504,10 +628,49 @@ class Recipe:
         return json.dumps(self.to_dict(), sort_keys=True)
 
     def to_toml(self) -> str:
-        lines = ["# vlbench recipe"]
+        lines = [TOML_HEADER]
         for name, value in self.to_dict().items():
             lines.append(f"# {name} = (not set)" if value is None else f"{name} = {_toml_value(value)}")
         return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------- earlier recipe schemas
+# Fields added at a schema, with the value that reads a record of an earlier schema as what it was. A job key leaves
+# them out at their defaults, so a job whose meaning did not change keeps its key (experiments.folder refuses to
+# resume a folder whose images an attend ratio of the old meaning made).
+ADDED_AT_3 = ("attend_ratio", "attend_scope")
+TOML_HEADER = f"# vlbench recipe (schema {RECIPE_SCHEMA})"
+OLD_TOML_HEADER = "# vlbench recipe"  # what Recipe.to_toml wrote before schema 3
+
+
+def upgrade_recipe(data: dict[str, Any], schema: int) -> dict[str, Any]:
+    """A recipe dict written under recipe schema `schema` as the current schema with the same meaning.
+
+    Schema <= 2 read an attend ratio as per-token odds and biased the joint blocks only: such a recipe keeps
+    exactly that (attend_ratio token-odds; attend_scope joint where a bias is installed), so re-running it makes
+    the same image. A dict that is not a valid recipe is returned as it is (whoever reads it reports the error)."""
+    if schema >= RECIPE_SCHEMA or not isinstance(data, dict) or any(k in data for k in ADDED_AT_3):
+        return data
+    try:
+        recipe = Recipe.from_dict({**DEFAULTS.to_dict(), **data})
+    except (UserError, TypeError):
+        return data
+    if not _numeric_attend(recipe):
+        return data
+    out = dict(data, attend_ratio=AttendRatio.TOKEN_ODDS.value)
+    if recipe.replace(attend_ratio=AttendRatio.TOKEN_ODDS.value).attention_bias:
+        out["attend_scope"] = AttendScope.JOINT.value
+    return out
+
+
+def changed_meaning(data: dict[str, Any]) -> bool:
+    """A (current-schema) recipe dict whose attend ratios keep an earlier schema's meaning (token-odds)."""
+    return isinstance(data, dict) and data.get("attend_ratio") == AttendRatio.TOKEN_ODDS
+
+
+def key_dict(data: dict[str, Any]) -> dict[str, Any]:
+    """The recipe dict a job key hashes: the fields added since schema 2 left out at their defaults."""
+    return {k: v for k, v in data.items() if not (k in ADDED_AT_3 and v == field_default(k))}
 
 
 def field_infos() -> dict[str, FieldInfo]:
@@ -579,12 +742,14 @@ def _check_field(name: str, info: FieldInfo, value: Any, default: Any) -> None:
             if not math.isfinite(v) or (info.lo is not None and v < info.lo):
                 raise err(f"every weight must be a finite number {info.range_text}")
         return
+    if kind == "float" and info.natural and value == NATURAL:
+        return
     if kind == "int":
         if not _is_int(value):
             raise err("must be a whole number")
     elif kind == "float":
         if not _is_number(value):
-            raise err("must be a number")
+            raise err("must be a number" + (f" or {NATURAL}" if info.natural else ""))
         if not math.isfinite(value):
             raise err("must be a finite number")
     if (info.lo is not None and value < info.lo) or (info.hi is not None and value > info.hi):
@@ -621,6 +786,16 @@ def _rule_positionwise_pairs_text_with_text(r: Recipe) -> None:
                                                                 or r.content_tokens in WITH_IMAGE_ROWS):
         raise UserError("would pair the passes' rows one by one, and a pass holds image rows", field="dual_policy",
                         value=r.dual_policy, fix="use attend or split")
+
+
+def _rule_natural_is_an_attend_share(r: Recipe) -> None:
+    """`natural` is the attend policy's point of no bias; split and positionwise need a number."""
+    for knob, (ratio, policy) in r.mixes.items():
+        if ratio == NATURAL and policy != MixPolicy.ATTEND:
+            raise UserError(f"is the attend policy's natural share (no bias), and the {knob} mix is {policy}",
+                            field=knob, value=ratio, fix=f"give a number in [0, 1], or {_policy_name(knob)} attend")
+    if r.alpha == NATURAL and r.curve != Curve.CONSTANT:
+        raise UserError("a per-token curve needs a number", field="alpha", value=r.alpha, fix="give a number")
 
 
 def _rule_image_weights(r: Recipe) -> None:
@@ -716,7 +891,8 @@ def _rule_schedule(r: Recipe) -> None:
             raise UserError(f"breakpoint {step}:{source} is past the last step ({ran}, counted 0 … {n - 1})",
                             field="schedule", value=r.schedule, fix=f"use breakpoints below {n}, or more steps")
     own = _own_source(r)
-    same_as_own = f"{ALPHA_SOURCE}={r.alpha:g}" if r.own_used and r.curve == Curve.CONSTANT else None
+    same_as_own = f"{ALPHA_SOURCE}={r.alpha:g}" if r.own_used and r.curve == Curve.CONSTANT and r.alpha != NATURAL \
+        else None
     canonical = [own if source == Source.RECIPE or source == same_as_own else source for _, source in entries]
     for (step, source), before, now in zip(entries[1:], canonical, canonical[1:]):
         if now == before:
@@ -732,6 +908,19 @@ def _rule_text_bridge_keeps_token_pairs(r: Recipe) -> None:
         raise UserError("Qwen3-4B then encodes the prompt + a description, which no longer pairs token for token with "
                         "the VL's text rows (alpha_policy positionwise)", field="text_bridge", value=True,
                         fix="use alpha_policy attend or split, or drop text_bridge")
+
+
+# ---- issue 27: levers
+def _rule_vl_system(r: Recipe) -> None:
+    if r.vl_system is None:
+        return
+    if not r.vl_system.strip():
+        raise UserError("is empty", field="vl_system", value=r.vl_system,
+                        fix=f"give a text or one of {', '.join(VLSystem.values())}, or leave it not set")
+    if _alpha_positionwise(r) and r.tokens == Tokens.TEXT:
+        raise UserError("adds a system turn to the VL's text rows, which then no longer pair token for token with "
+                        "Qwen3-4B's (alpha_policy positionwise)", field="vl_system", value=r.vl_system,
+                        fix="use tokens prompt, alpha_policy attend or split, or drop it")
 
 
 # ---- issue 17: attention-weighted image tokens
@@ -770,15 +959,23 @@ def _rule_image_weighting(r: Recipe) -> None:
                   "set pool_image_tokens, e.g. 64")
 
 
+def _rule_image_positions(r: Recipe) -> None:
+    if r.image_positions == ImagePositions.GRID and r.image_attention == ImageAttention.TOPK:
+        raise UserError("places image rows on their patch grid, and image_attention topk takes them off it",
+                        field="image_positions", value=r.image_positions,
+                        fix="use image_attention weighted-pool, or image_positions sequence")
+
+
 def _policy_name(knob: str) -> str:
     return {"alpha": "alpha_policy", "intra_ratio": "intra_policy", "dual_ratio": "dual_policy"}[knob]
 
 
 _RULES: tuple[Callable[[Recipe], None], ...] = (_rule_one_mix_of_passes, _rule_curves, _rule_image_weights,
+                                                 _rule_natural_is_an_attend_share,
                                                  _rule_positionwise_pairs_text_with_text,
                                                  _rule_global_normalization_needs_a_positionwise_mix,
                                                  _rule_schedule, _rule_text_bridge_keeps_token_pairs,
-                                                 _rule_image_weighting)
+                                                 _rule_image_weighting, _rule_vl_system, _rule_image_positions)
 DEFAULTS = Recipe()
 
 
@@ -825,6 +1022,8 @@ def parse_value(name: str, text: str) -> Any:
         except ValueError:
             raise UserError("must be a whole number", field=name, value=text) from None
     if info.kind == "float":
+        if info.natural and text.lower() == NATURAL:
+            return NATURAL
         return _float(name, text)
     if info.kind == "floats":
         return tuple(_float(name, part) for part in re.split(r"[,\s]+", text) if part)
@@ -897,12 +1096,15 @@ def seeds_value(value: Any, field: str = "seeds") -> list[int]:
 
 # ---------------------------------------------------------------- TOML files
 def read_recipe_file(path: str | Path) -> dict[str, Any]:
-    """The fields a recipe file sets (a partial recipe is fine), checked as keys; values are checked by Recipe."""
-    from vlbench.files import NotAFile, read_text_file
+    """The fields a recipe file sets (a partial recipe is fine), checked as keys; values are checked by Recipe.
+    A file Recipe.to_toml wrote before recipe schema 3 (its first line exactly OLD_TOML_HEADER) is read as what it
+    was (upgrade_recipe); any other file is read in the current schema."""
+    from vlbench.files import NotAFile, TooDeep, parse_toml, read_text_file
 
     path = Path(path)
     try:
-        data = tomllib.loads(read_text_file(path))
+        text = read_text_file(path)
+        data = parse_toml(text)
     except FileNotFoundError:
         raise UserError("no such file", field="recipe", value=str(path)) from None
     except IsADirectoryError:
@@ -911,12 +1113,16 @@ def read_recipe_file(path: str | Path) -> dict[str, Any]:
         raise UserError(str(exc), field="recipe", value=str(path)) from None
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"not valid TOML ({exc})", field="recipe", value=str(path)) from None
+    except TooDeep as exc:
+        raise UserError(str(exc), field="recipe", value=str(path)) from None
     except (OSError, ValueError) as exc:  # ValueError: UnicodeDecodeError, a NUL in the path
         raise UserError(f"cannot read it ({exc.__class__.__name__})", field="recipe", value=str(path)) from None
     try:
         check_keys(data)
     except UserError as exc:
         raise exc.within(str(path)) from None
+    if text.split("\n", 1)[0].rstrip() == OLD_TOML_HEADER:
+        data = upgrade_recipe(data, 2)
     return data
 
 
@@ -976,6 +1182,7 @@ def markdown_table() -> str:
                       + f", `{ALPHA_SOURCE}=R`")
         else:
             values = (info.range_text or info.kind) + (f", multiple of {info.multiple_of}" if info.multiple_of else "")
+            values += f", `{NATURAL}`" if info.natural else ""
         text = info.help + (f"; has an effect only {info.when}" if info.when else "")
         flag = "--" + f.name.replace("_", "-")
         lines.append(f"| `{f.name}` `{flag}` | {info.section} | {_show_default(f.default)} | {values} | "

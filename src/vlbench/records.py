@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any
 
-RECORD_VERSION = 2
+RECORD_VERSION = 3  # 3: recipes of recipe schema 3 (attend ratios are shares; vlbench.recipe.upgrade_recipe)
 STATUSES = ("pending", "running", "done", "failed", "cancelled")
 # How a failure is classified (vlbench.jobs.classify): what the user reads next to the one-line reason.
 FAILURES = ("input", "out_of_memory", "non_finite", "cuda_fatal", "bug", "interrupted", "store")
@@ -121,6 +121,10 @@ def upgrade(data: dict[str, Any]) -> dict[str, Any]:
     for key in ("started_at", "finished_at"):
         if isinstance(out.get(key), str):
             out[key] = _epoch(out[key])
+    if isinstance(out.get("recipe"), dict):  # records before 3: attend ratios were per-token odds, read as such
+        from vlbench.recipe import upgrade_recipe
+
+        out["recipe"] = upgrade_recipe(out["recipe"], 2)
     out["schema"] = RECORD_VERSION
     return out
 
@@ -138,7 +142,9 @@ def job_key(name: str, recipe: dict, prompt: str, reference_sha256: list[str]) -
     """Stable across processes: config name + full recipe (seed included) + prompt + reference contents.
 
     One reference hashes as it did before multi-reference jobs, so earlier folders still resume."""
-    payload: dict[str, Any] = {"name": name, "recipe": recipe, "prompt": prompt, "seed": recipe.get("seed")}
+    from vlbench.recipe import key_dict
+
+    payload: dict[str, Any] = {"name": name, "recipe": key_dict(recipe), "prompt": prompt, "seed": recipe.get("seed")}
     if len(reference_sha256) == 1:
         payload["reference_sha256"] = reference_sha256[0]
     else:

@@ -349,6 +349,20 @@ class Store:
                                (key, json.dumps(value), json.dumps(""), json.dumps(replacing)))
             return cur.rowcount == 1
 
+    def take_owner(self, key: str, info: dict) -> dict | None:
+        """Register `info` (a dict naming its process: `token`) under `key` unless a live process other than the
+        caller holds it. The check and the write are one transaction, so of several processes starting at the same
+        moment exactly one registers. None when registered (or re-registered), else the live holder's info."""
+        with self._write() as conn:
+            found = conn.execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone()
+            held = json.loads(found[0]) if found is not None else None
+            if (isinstance(held, dict) and held.get("token") != info.get("token")
+                    and owner_alive(held.get("token"))):
+                return held
+            conn.execute("INSERT INTO state (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET "
+                         "value = excluded.value", (key, json.dumps(info)))
+        return None
+
     @property
     def paused(self) -> bool:
         """The queue is paused: no worker, in any process, claims a new run (a running one finishes)."""
@@ -653,7 +667,25 @@ def _v3(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX runs_batch ON runs (batch)")
 
 
-MIGRATIONS = [_v1, _v2, _v3]
+def _v4(conn: sqlite3.Connection) -> None:
+    """Recipe schema 3 (attend ratios are shares): every row's recipe read as what it was when it was recorded or
+    queued (vlbench.recipe.upgrade_recipe: attend_ratio token-odds, attend_scope joint where it was biased)."""
+    from vlbench.recipe import upgrade_recipe
+
+    rows = conn.execute("SELECT id, recipe FROM runs").fetchall()
+    updates = []
+    for run_id, text in rows:
+        try:
+            old = json.loads(text or "{}")
+        except json.JSONDecodeError:
+            continue
+        new = upgrade_recipe(old, 2)
+        if new is not old:
+            updates.append((_dumps(new), run_id))
+    conn.executemany("UPDATE runs SET recipe = ? WHERE id = ?", updates)
+
+
+MIGRATIONS = [_v1, _v2, _v3, _v4]
 
 
 def _migrate(conn: sqlite3.Connection, path: Path) -> None:

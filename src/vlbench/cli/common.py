@@ -29,8 +29,22 @@ def render(exc: UserError) -> str:
     return exc.render(flag_name)
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """Help lines are literal text. argparse %-formats each one (for `%(default)s`, which vlbench never uses: the
+    real default is written into the text), so a bare "95%" would crash every help page that shows it, and on
+    Python 3.14 the parser's construction. This is the one place a `%` in help text is escaped."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        return (action.help or "").replace("%", "%%")
+
+
 class Parser(argparse.ArgumentParser):
+    """Every vlbench parser: literal help text (HelpFormatter), no prefix abbreviations (`--see` must not quietly
+    mean `--seed`), -1,-2 taken as values, and one-line errors."""
+
     def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        kwargs["allow_abbrev"] = False
         super().__init__(*args, **kwargs)
         self._negative_number_matcher = NEGATIVE_NUMBERS
 
@@ -85,14 +99,11 @@ def add_batch_flag(g) -> None:
 
 
 def batch_size(value: int | None, executor_kind: str) -> int:
-    """--batch N checked: a positive count, for the local executor."""
+    """--batch N checked: a positive count (the local executor batches consecutive jobs; ray, each actor's)."""
     if value is None:
         return 1
     if value < 1:
         raise UserError("must be >= 1", field="batch", value=value)
-    if value > 1 and executor_kind != "local":
-        raise UserError("batches on the local executor only", field="batch", value=value,
-                        fix="drop --batch, or use --executor local")
     return value
 
 
@@ -163,7 +174,7 @@ def _field_help(name: str, info, default: Any) -> str:
     text += f" (default {shown}"
     if info.when:
         text += f"; has an effect only {info.when}"
-    return (text + ")").replace("%", "%%")
+    return text + ")"
 
 
 def _metavar(info) -> str | None:
@@ -385,8 +396,10 @@ def metrics_choice(args, in_run: bool):
     return metrics
 
 
-def metric_sources(args) -> dict[str, str]:
-    """The model of each metric family: the flags, or the tiny random ones with --tiny."""
+def metric_sources(args, tiny_models: bool = False, console=None) -> dict[str, str]:
+    """The model of each metric family: the flags, or the tiny random ones with --tiny — or, when no flag names a
+    metric model and the images come from the tiny models (`tiny_models`: nothing named them), the tiny metric
+    models too: "nothing named → the tiny models" reaches the metric models (they would be downloaded)."""
     from vlbench.metrics import SOURCE_FLAGS
 
     given = {k: getattr(args, k) for k in SOURCE_FLAGS if getattr(args, k, None)}
@@ -396,7 +409,72 @@ def metric_sources(args) -> dict[str, str]:
         from vlbench.metrics.tiny import ensure_tiny_metric_models
 
         return ensure_tiny_metric_models().sources()
+    if tiny_models and not given:
+        from vlbench.metrics.tiny import ensure_tiny_metric_models
+
+        if console is not None:
+            console.print("[yellow]metric models: the built-in tiny RANDOM-WEIGHT ones, as the image models are; the "
+                          "scores mean nothing (name real ones with --siglip, --clip, … or run with real "
+                          "models)[/yellow]")
+        return ensure_tiny_metric_models().sources()
     return given
+
+
+def check_metric_sources(metrics, sources: dict[str, str], shared: Iterable[str] = ()) -> None:
+    """Offline, a metric model that is neither a folder nor in the Hugging Face cache is one line now, not minutes
+    of download retries after the run. `shared`: families the run's own models serve (the Qwen3-VL judge)."""
+    from vlbench.metrics import DEFAULT_MODELS, METRICS
+
+    families = {METRICS[m].family for m in metrics} - set(shared)
+    needed = []
+    for family in sorted(families & set(DEFAULT_MODELS)):
+        needed.append((family, sources.get(family) or DEFAULT_MODELS[family]))
+        if family == "pickscore":
+            needed.append(("pickscore_processor", sources.get("pickscore_processor")
+                           or DEFAULT_MODELS["pickscore_processor"]))
+    missing = [(family, source) for family, source in needed if not _local_model(source)]
+    if not missing:
+        return
+    unreachable = _hub_unreachable()
+    if unreachable:
+        family, source = missing[0]
+        others = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise UserError(f"metric model {source}{others} is not in the Hugging Face cache and {unreachable}",
+                        field=family, fix=f"download it where there is a network (`hf download {source}`), name a "
+                                          f"local folder with {flag_name(family)} DIR, or score with --tiny "
+                                          "(random weights: the scores mean nothing)")
+
+
+def _local_model(source: str) -> bool:
+    """A folder, or a hub id already in the Hugging Face cache (no network is asked)."""
+    if Path(source).expanduser().exists():
+        return True
+    try:
+        from huggingface_hub import snapshot_download
+
+        snapshot_download(source, local_files_only=True)
+        return True
+    except Exception:  # noqa: BLE001 — not cached, or not a repo id: the loader says which
+        return False
+
+
+def _hub_unreachable(timeout: float = 3.0) -> str | None:
+    """Why the Hugging Face hub cannot be reached (HF_HUB_OFFLINE, no route, no name), or None: one connection
+    attempt of at most `timeout` seconds instead of the hub client's retries."""
+    import os
+    import socket
+    from urllib.parse import urlsplit
+
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return "HF_HUB_OFFLINE is set"
+    endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+    url = urlsplit(endpoint)
+    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as exc:
+        return f"{host} cannot be reached (offline? {exc.strerror or type(exc).__name__})"
+    return None
 
 
 def score(out: Path, metrics, sources: dict, device, dtype, batch_size: int, store, con, shared=None,

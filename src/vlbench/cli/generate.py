@@ -14,6 +14,7 @@ def add_arguments(p) -> None:
     common.add_recipe_flags(p)
     p.add_argument("--out", required=True, metavar="OUT.png", help="output PNG (its run record in the PNG's metadata)")
     p.add_argument("--no-store", action="store_true", help="do not record the image in the run history")
+    p.add_argument("--measure-share", action="store_true", help="record each attend mix's realised share: the share of the image tokens' attention to the mix's caption rows that reaches its other source, measured in a few joint blocks of the DiT (docs/intra_vl_blending.md)")
     common.add_model_flags(p)
 
 
@@ -28,6 +29,7 @@ def run(args) -> int:
     console = common.console()
     common.check_free_space(out, common.image_bytes(recipe.width, recipe.height), console, "out")
     engine = common.engine(spec, console, files=files)
+    engine.share_probe = args.measure_share
     record = RunRecord(prompt=prompt, recipe=recipe.to_dict(), seed=recipe.seed, source="cli",
                        references=references_of((Path(r.path).resolve(), r.sha256) for r in refs),
                        key=job_key("", recipe.to_dict(), prompt, [r.sha256 for r in refs]))

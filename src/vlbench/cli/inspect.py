@@ -1,4 +1,5 @@
-"""`vlbench inspect COND.safetensors`: what a conditioning tensor written by `vlbench embed` holds."""
+"""`vlbench inspect COND.safetensors | IMAGE.png`: what a conditioning tensor written by `vlbench embed` holds, or
+what a PNG's run record says of its recipe and its attend mixes (prior and realised shares)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,11 @@ from pathlib import Path
 from vlbench.cli import common
 from vlbench.errors import UserError
 
-HELP = "summarise a conditioning tensor written by vlbench embed"
+HELP = "summarise a conditioning tensor written by vlbench embed, or a PNG's run record"
 
 
 def add_arguments(p) -> None:
-    p.add_argument("path", metavar="COND.safetensors")
+    p.add_argument("path", metavar="COND.safetensors|IMAGE.png")
     p.add_argument("--calibration", metavar="STATS.safetensors", help="compare with these statistics")
     common.add_debug_flag(p)
 
@@ -28,6 +29,8 @@ def run(args) -> int:
     path = Path(args.path)
     if not path.exists():
         raise UserError("no such file", field="path", value=args.path)
+    if path.suffix.lower() == ".png":
+        return _png(path, args.path)
     try:
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
@@ -57,6 +60,8 @@ def run(args) -> int:
         table.add_row(e(name), str(len(idx)), f"{float(blend.rms(part)):.3f}", f"{float(part.min()):.3f}",
                       f"{float(part.max()):.3f}", f"{float(part.abs().mean()):.3f}")
     console.print(table)
+    for line in attend_lines(meta.get("conditioning", {})):
+        console.print(e(line))
     if args.calibration:
         from vlbench.engine.calibrate import load_stats
 
@@ -66,4 +71,56 @@ def run(args) -> int:
         odd = blend.outlier_dims(x[keep], ref["std"]) if len(keep) > 1 else {"too_large": [], "too_small": []}
         console.print(f"vs Qwen3-4B layer -2 text tokens: RMS ratio {float(blend.rms(x[keep]) / ref['rms']):.3f}; "
                       f"dims with std > 8× reference: {odd['too_large'][:10]}; < 1/8×: {odd['too_small'][:10]}")
+    return 0
+
+
+def attend_lines(conditioning: dict) -> list[str]:
+    """One line per attend mix of a conditioning record: its ratio and meaning, rows, prior and realised shares."""
+    out = []
+    for m in conditioning.get("attend_mixes", []):
+        ratio = m["ratio"] if isinstance(m["ratio"], str) else f"{m['ratio']:g}"
+        line = (f"attend mix {m['mix']} {ratio} ({m['meaning']}): rows {m['rows'][0]} base + {m['rows'][1]} other, "
+                f"weights {m['weights'][0]:.4g}/{m['weights'][1]:.4g}; prior share of the other "
+                f"{m['prior_share']:.3f} (natural {m['natural_share']:.3f})")
+        if "realised_share" in m:
+            where = m.get("realised_in", {})
+            line += (f"; realised share {m['realised_share']:.3f} (in {', '.join(where.get('blocks', []))}, "
+                     f"{where.get('forwards', '?')} forwards)")
+        out.append(line)
+    return out
+
+
+def _png(path: Path, given: str) -> int:
+    from vlbench.pngs import read_png_metadata
+    from vlbench.records import RunRecord
+
+    try:
+        raw = read_png_metadata(path)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"not a readable PNG ({exc.__class__.__name__})", field="path", value=given) from None
+    if not raw:
+        raise UserError("has no vlbench run record", field="path", value=given, fix="give a PNG vlbench wrote")
+    from rich.console import Console
+
+    record = RunRecord.from_json(raw)
+    console = Console(soft_wrap=True)
+    e = common.escape
+    was = f" (written as record schema {raw.get('schema')}, read as {record.schema})" \
+        if raw.get("schema") != record.schema else ""
+    console.print(f"[bold]{e(path)}[/bold]{e(was)}: {e(record.prompt)!r}, seed {record.seed}")
+    from vlbench.recipe import Recipe
+
+    console.print(f"recipe: {e(json.dumps(Recipe.from_dict(record.recipe).changed()))}")
+    lines = attend_lines(record.conditioning)
+    weights = record.conditioning.get("attention_weights") or {}
+    if not lines and weights:  # a record made before the attend accounts: its weights and row counts say the share
+        mass = {float(w): float(w) * n for w, n in weights.items()}
+        weighted = sum(v for w, v in mass.items() if w != 1)
+        mixes = [k for k, (_, p) in Recipe.from_dict(record.recipe).mixes.items() if p == "attend"]
+        if len(mixes) == 1:
+            lines = [f"attend mix {mixes[0]} ({record.recipe.get('attend_ratio', 'share')}): rows by weight "
+                     f"{weights}; prior share of the down-weighted source {weighted / sum(mass.values()):.3f} "
+                     "(from the record's row counts)"]
+    for line in lines or ["no attend mix"]:
+        console.print(e(line))
     return 0

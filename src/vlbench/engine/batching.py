@@ -7,7 +7,8 @@ gives the same image whatever batch it lands in — within float rounding, not b
 key mask that pads shorter captions reduce in another order; tests/test_batching.py states the tolerance).
 
 What does not batch runs alone, exactly as without --batch: img2img (strength), schedules (the caption changes
-between steps) and attention-weighted captions (their bias hook weights the batch's first item only).
+between steps), attention-weighted captions (their bias hook weights the batch's first item only) and issue 27's
+vl_guidance and image_positions grid (their hooks act on one caption's call).
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from vlbench.jobs import Interrupt
 def batch_key(recipe) -> tuple | None:
     """Recipes with equal keys can share one pipeline call; None: this recipe always runs alone."""
     if recipe.strength is not None or recipe.schedule is not None or recipe.attention_bias:
+        return None
+    if recipe.vl_guidance != 0 or recipe.image_positions != "sequence":  # issue 27: hooks on one caption's call
         return None
     negative = recipe.negative_prompt if recipe.guidance > 0 else None
     return (recipe.width, recipe.height, recipe.steps, recipe.guidance, negative)

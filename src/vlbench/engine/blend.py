@@ -184,16 +184,41 @@ def grid_for(grid: tuple[int, int], tokens: int) -> tuple[int, int]:
 
 
 def attend_weights(ratio: float) -> tuple[float, float]:
-    """(w_base, w_other) of an attend mix at ratio r: w_other / w_base = r / (1 - r), the larger weight 1.
+    """(w_base, w_other) of an attend mix under `attend_ratio = "token-odds"` (every attend ratio before recipe schema
+    3): w_other / w_base = r / (1 - r) per row, whatever the sources' sizes, the larger weight 1.
 
-    r = 0.5 gives (1, 1): plain concatenation, what the DiT sees with no weighting at all; r = 0 gives
-    (1, 0) and r = 1 gives (0, 1): a weight of 0 drops that source (exactly the other one alone).
-    Continuous in r; each weight enters the DiT as an additive attention-logit bias log w on its keys.
+    r = 0.5 gives (1, 1): plain concatenation; r = 0 gives (1, 0) and r = 1 gives (0, 1): a weight of 0 drops that
+    source (exactly the other one alone). Continuous in r.
     """
     r = _scalar_ratio(ratio)
     if r <= 0.5:
         return 1.0, (r / (1 - r))
     return ((1 - r) / r), 1.0
+
+
+def share_weights(ratio: float, mass_base: float, mass_other: float) -> tuple[float, float]:
+    """(s_base, s_other) of an attend mix whose ratio is a share (`attend_ratio = "share"`, the default): the factors
+    on each source's row weights such that, with equal attention logits, the other source receives exactly r of the
+    caption's attention: s_o·M_o / (s_b·M_b + s_o·M_o) = r, i.e. s_o / s_b = r / (1 - r) · M_b / M_o, the larger 1.
+
+    M is a source's mass, the sum of its rows' attention weights (its row count when unweighted), so nested mixes
+    compose as shares. r = 0 gives (1, 0) and r = 1 gives (0, 1) (that source alone); the natural share
+    M_o / (M_b + M_o) gives (1, 1) up to rounding (`NATURAL` spells it exactly)."""
+    r = _scalar_ratio(ratio)
+    mb, mo = _number(mass_base, "mass_base"), _number(mass_other, "mass_other")
+    if mb <= 0 or mo <= 0:
+        raise ValueError(f"source masses must be > 0, got {mb!r} and {mo!r}")
+    if r == 0.0:
+        return 1.0, 0.0
+    if r == 1.0:
+        return 0.0, 1.0
+    odds = r / (1 - r) * mb / mo
+    return (1.0, odds) if odds <= 1 else (1 / odds, 1.0)
+
+
+def prior_share(mass_base: float, mass_other: float, s_base: float, s_other: float) -> float:
+    """The other source's share of the caption attention with equal logits: s_o·M_o / (s_b·M_b + s_o·M_o)."""
+    return s_other * mass_other / (s_base * mass_base + s_other * mass_other)
 
 
 def split_counts(base_len: int, other_len: int, ratio: float) -> tuple[int, int]:

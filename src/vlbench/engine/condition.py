@@ -15,7 +15,7 @@ import torch
 from vlbench.engine import blend
 from vlbench.engine.extract import IMAGE, PROMPT, TEMPLATE, VISION_END, VISION_START, Extraction
 from vlbench.errors import UserError
-from vlbench.recipe import MixPolicy, Normalization
+from vlbench.recipe import NATURAL, AttendRatio, MixPolicy, Normalization
 
 IMAGE_ROLES = frozenset({IMAGE, VISION_START, VISION_END})
 TEXT_ROLES = frozenset({TEMPLATE, PROMPT})
@@ -35,6 +35,7 @@ class Seq:
     rows: list[dict]  # per row: where it came from
     weights: torch.Tensor  # [L] float32 attention weight of each row
     segments: list[Segment] = field(default_factory=list)
+    mixes: list[dict] = field(default_factory=list)  # each attend mix's account (attend), inner mixes first
 
     @property
     def length(self) -> int:
@@ -153,7 +154,7 @@ def _shrink_to(seq: Seq, counts: list[int], importance: torch.Tensor | None = No
         at += pooled.shape[0]
     if not parts:
         raise UserError("the sequence is empty", field="conditioning", fix="select some tokens")
-    return Seq(torch.cat(parts), rows, torch.cat(weights), segments)
+    return Seq(torch.cat(parts), rows, torch.cat(weights), segments, seq.mixes)
 
 
 # ---------------------------------------------------------------- issue 17: attention-weighted image tokens
@@ -248,12 +249,13 @@ def normalize(seq: Seq, mode: str, stats) -> Seq:
 
 
 # ---------------------------------------------------------------- mixes: base at ratio 0, other at ratio 1
-def mix(base: Seq, other: Seq, ratio, policy: str, knob: str) -> Seq:
-    """Mix two sequences under a named policy (MixPolicy); `ratio` is a float (or, positionwise, [L] ratios)."""
+def mix(base: Seq, other: Seq, ratio, policy: str, knob: str, meaning: str = AttendRatio.SHARE) -> Seq:
+    """Mix two sequences under a named policy (MixPolicy); `ratio` is a float (or, positionwise, [L] ratios; attend:
+    also NATURAL); `meaning`: what an attend ratio means (AttendRatio)."""
     if other.embeds.device != base.embeds.device or other.embeds.dtype != base.embeds.dtype:
         other = replace(other, embeds=other.embeds.to(base.embeds.device, base.embeds.dtype))
     if policy == MixPolicy.ATTEND:
-        return attend(base, other, float(ratio), knob)
+        return attend(base, other, ratio if ratio == NATURAL else float(ratio), knob, meaning)
     if policy == MixPolicy.SPLIT:
         return split(base, other, float(ratio), knob)
     if policy == MixPolicy.POSITIONWISE:
@@ -268,17 +270,30 @@ def _tagged(seq: Seq, knob: str, policy: str, side: str, weight: float | None = 
     return [dict(r, **{f"{knob}_mix": extra}) for r in seq.rows]
 
 
-def attend(base: Seq, other: Seq, ratio: float, knob: str) -> Seq:
-    """[base; other], each source's rows weighted by attend_weights(ratio); a weight of 0 drops that source."""
-    wb, wo = blend.attend_weights(ratio)
+def attend(base: Seq, other: Seq, ratio, knob: str, meaning: str = AttendRatio.SHARE) -> Seq:
+    """[base; other], each source's rows' weights scaled: share (the default) by blend.share_weights, so that with
+    equal logits the other source receives r of the caption's attention whatever the sources' sizes (masses: the
+    sums of their rows' weights, so nested mixes compose as shares); token-odds by blend.attend_weights (r/(1-r)
+    per row); NATURAL by nothing (plain concatenation). A weight of 0 drops that source."""
+    mass_b, mass_o = float(base.weights.sum()), float(other.weights.sum())
+    if ratio == NATURAL:
+        wb, wo = 1.0, 1.0
+    elif meaning == AttendRatio.TOKEN_ODDS:
+        wb, wo = blend.attend_weights(ratio)
+    else:
+        wb, wo = blend.share_weights(ratio, mass_b, mass_o)
     kept = [(s, w, side) for s, w, side in ((base, wb, "base"), (other, wo, "other")) if w > 0]
     rows, segments, at = [], [], 0
     for s, w, side in kept:
         rows += _tagged(s, knob, MixPolicy.ATTEND, side, w)
         segments += [Segment(seg.start + at, seg.n, seg.grid) for seg in s.segments]
         at += s.length
+    account = {"mix": knob, "policy": MixPolicy.ATTEND.value, "ratio": ratio,
+               "meaning": "natural" if ratio == NATURAL else str(meaning), "rows": [base.length, other.length],
+               "mass": [mass_b, mass_o], "weights": [wb, wo],
+               "natural_share": mass_o / (mass_b + mass_o), "prior_share": blend.prior_share(mass_b, mass_o, wb, wo)}
     return Seq(torch.cat([s.embeds for s, _, _ in kept]), rows, torch.cat([s.weights * w for s, w, _ in kept]),
-               segments)
+               segments, base.mixes + other.mixes + [account])
 
 
 def split(base: Seq, other: Seq, ratio: float, knob: str) -> Seq:
@@ -290,7 +305,8 @@ def split(base: Seq, other: Seq, ratio: float, knob: str) -> Seq:
         rows += _tagged(s, knob, MixPolicy.SPLIT, side)
         segments += [Segment(seg.start + at, seg.n, seg.grid) for seg in s.segments]
         at += s.length
-    return Seq(torch.cat([s.embeds for s, _ in parts]), rows, torch.cat([s.weights for s, _ in parts]), segments)
+    return Seq(torch.cat([s.embeds for s, _ in parts]), rows, torch.cat([s.weights for s, _ in parts]), segments,
+               base.mixes + other.mixes)
 
 
 def positionwise(base: Seq, other: Seq, ratio, knob: str) -> Seq:

@@ -21,14 +21,15 @@ from vlbench.engine.cache import ExtractionCache, extraction_key
 from vlbench.engine.encode import TextEncoding, encode_text
 from vlbench.engine import blend
 from vlbench.engine.extract import (IMAGE, PROMPT, Extraction, batch_memory_bytes, check_special_tokens,
-                                    decoder_layer_for, forward, forward_batch, load_image, prepare)
-from vlbench.engine.generate import check_caption, generate
+                                    decoder_layer_for, forward, forward_batch, load_reference, prepare)
+from vlbench.engine.generate import ShareProbe, check_caption, generate, mix_sides
 from vlbench.engine.models import Models
 from vlbench.engine import condition as C
-from vlbench.recipe import Curve, ImageAttention, MultiImage, Normalization, Recipe, VLText, schedule_alpha
+from vlbench.recipe import Curve, ImageAttention, ImagePositions, MultiImage, Normalization, Recipe, VLText, schedule_alpha
 from vlbench.errors import UserError
 from vlbench.records import extraction_names
 from vlbench.files import atomic_write_text
+from vlbench.pixels import READING
 
 
 @dataclass
@@ -36,14 +37,21 @@ class Reference:
     """A reference image read once: its path, pixels and content hash (the cache key)."""
 
     path: str
-    image: Any  # PIL.Image, RGB
+    image: Any  # PIL.Image, RGB: upright per EXIF, 8-bit from the file's nominal range (vlbench.pixels)
     sha256: str
+    notes: list[str] = field(default_factory=list)  # how it was read ("rotated 90° per EXIF (clockwise)"), if not as stored
 
     @classmethod
     def open(cls, path: str | Path) -> "Reference":
-        image = load_image(path)
+        image, notes = load_reference(path)
         digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
-        return cls(str(path), image, digest)
+        return cls(str(path), image, digest, notes)
+
+    @property
+    def cache_id(self) -> str:
+        """The bytes' hash, plus how they are read when that is not as stored: cache entries made from an image
+        read before vlbench.pixels (sideways, two-valued) are never reused for it."""
+        return self.sha256 if not self.notes else f"{self.sha256};read:{READING}"
 
 
 @dataclass
@@ -85,6 +93,10 @@ class Conditioning:
     warnings: list[str] = field(default_factory=list)
     schedule: list[Scheduled] = field(default_factory=list)  # empty: one caption at every step
     bridge: bridge.Description | None = None  # text_bridge: what Qwen3-VL said (Qwen3-4B read prompt + it)
+    text_branch: torch.Tensor | None = None  # issue 27 vl_guidance: Qwen3-4B's caption q, the text-only branch
+    grids: list[tuple[int, tuple[int, int]]] | None = None  # issue 27 image_positions grid: (first row, grid) each
+    vl_guidance: float = 0.0
+    mixes: list[dict] = field(default_factory=list)  # step 0's attend mixes: ratio, meaning, rows, weights, shares
 
     @property
     def captions(self) -> list[torch.Tensor]:
@@ -105,6 +117,15 @@ class Conditioning:
             out["schedule"] = [s.describe() for s in self.schedule]
         if self.bridge is not None:
             out["text_bridge"] = self.bridge.to_dict()
+        if self.grids is not None:  # issue 27: which caption rows the DiT reads on a 2-D grid
+            out["image_positions"] = {"mode": "grid", "formula": GRID_FORMULA,
+                                      "images": [{"first_row": s, "grid": list(g), "rope_axis0": 1 + s}
+                                                 for s, g in self.grids]}
+        if self.text_branch is not None:  # issue 27: what the three-branch CFG compared the caption with
+            out["vl_guidance"] = {"scale": self.vl_guidance, "formula": VL_GUIDANCE_FORMULA,
+                                  "text_branch": {"source": "qwen3", "length": int(self.text_branch.shape[0])}}
+        if self.mixes:
+            out["attend_mixes"] = self.mixes
         for name, ex in zip(extraction_names(len(self.extractions), self.dual), self.extractions):
             out[name] = {
                 "input_ids": ex.input_ids,
@@ -116,6 +137,8 @@ class Conditioning:
                 "image_token_counts": ex.image_token_counts,
                 "resized": ex.image_sizes != [tuple(s) for s in ex.source_sizes],
             }
+            if ex.vl_system is not None:  # issue 27: the system turn the VL read (its tokens are in input_ids)
+                out[name]["vl_system"] = ex.vl_system
             if ex.image_attention is not None:
                 out[name]["image_attention"] = image_attention_record(ex)
         if self.text is not None:
@@ -123,6 +146,9 @@ class Conditioning:
         return out
 
 
+VL_GUIDANCE_FORMULA = "pred = P(c) + guidance*(P(c) - P(neg)) + vl_guidance*(P(c) - P(q)); neg only with guidance > 0"
+GRID_FORMULA = ("caption row s + r*C + c of an image on an R x C grid starting at row s -> RoPE ids (1 + s, r, c); "
+                "every other caption row i -> (1 + i, 0, 0), as diffusers gives it")
 ATTENTION_FORMULA = ("w_j = a_j / sum_j' a_j', a_j = mean over heads and VL-text (prompt-role) positions i of the "
                      "softmax attention probability from i to image position j in decoder layer `decoder_layer`")
 
@@ -164,6 +190,7 @@ class Engine:
         self.vl_forwards = 0  # distinct (images, VL text) inputs run through the VL model (the cache serves the rest)
         self.vl_batched_calls = 0  # actual VL model calls: a batched call over several inputs counts once
         self.batch_dual = True  # a dual recipe's two uncached passes run as one batched call when they fit
+        self.share_probe = False  # measure each attend mix's realised share in the DiT (generate.ShareProbe)
         self._img2img = None
         self._environment: dict | None = None
 
@@ -175,8 +202,8 @@ class Engine:
 
     # ---- building blocks, each cached ----
     def extraction(self, refs: list[Reference], text: str | None, max_image_tokens: int | None,
-                   attention_layer: int | None = None) -> Extraction:
-        return self.extractions([(refs, text, max_image_tokens, attention_layer)])[0]
+                   attention_layer: int | None = None, system: str | None = None) -> Extraction:
+        return self.extractions([(refs, text, max_image_tokens, attention_layer, system)])[0]
 
     def extractions(self, requests: list[tuple], batch: bool = True) -> list[Extraction]:
         """One Extraction per (refs, VL text, max_image_tokens), each distinct input forwarded at most once.
@@ -186,21 +213,22 @@ class Engine:
         cached exactly as single runs are. `vl_forwards` counts the inputs forwarded, `vl_batched_calls`
         the model calls made. A request is (refs, VL text, max_image_tokens) or, to also read one decoder layer's
         VL-text -> image attention in the same forward (issue 17), (refs, VL text, max_image_tokens, that layer):
-        its own cache entry, so extractions without attention stay as fast as ever.
+        its own cache entry, so extractions without attention stay as fast as ever. A fifth item is the VL system
+        turn's text (issue 27's vl_system; None: the stock template), also part of both cache keys.
         """
         budget = self.models.caption_budget
-        requests = [tuple(r) if len(r) == 4 else (*r, None) for r in requests]
-        keys = [(tuple(r.sha256 for r in refs), text, budget, mit, self.models.spec.vl, attn)
-                for refs, text, mit, attn in requests]
+        requests = [(*r, *(None,) * (5 - len(r))) for r in requests]
+        keys = [(tuple(r.sha256 for r in refs), text, budget, mit, self.models.spec.vl, attn, system)
+                for refs, text, mit, attn, system in requests]
         missing: list[tuple] = []  # (key, disk key, request) of each distinct uncached input, in request order
         for key, request in zip(keys, requests):
             if key in self._extractions or any(key == m[0] for m in missing):
                 continue
-            refs, text, mit, attn = request
+            refs, text, mit, attn, system = request
             disk_key = ex = None
             if self.disk_cache is not None:
                 vl = self.models.vl
-                disk_key = extraction_key(vl, [r.sha256 for r in refs], text, budget, mit, attn)
+                disk_key = extraction_key(vl, [r.cache_id for r in refs], text, budget, mit, attn, system)
                 ex = self.disk_cache.get(disk_key, vl.device)
             if ex is not None:
                 self._extractions[key] = ex
@@ -208,7 +236,8 @@ class Engine:
                 missing.append((key, disk_key, request))
         if missing:
             vl = self.models.vl
-            preps = [prepare(vl, [r.image for r in refs], text, budget, mit) for _, _, (refs, text, mit, _) in missing]
+            preps = [prepare(vl, [r.image for r in refs], text, budget, mit, system)
+                     for _, _, (refs, text, mit, _, system) in missing]
             plain = [i for i, m in enumerate(missing) if m[2][3] is None]
             done = dict(zip(plain, self._forward([preps[i] for i in plain], batch)))
             for i, m in enumerate(missing):  # with attention: one hooked call each (single-pass recipes only)
@@ -268,7 +297,7 @@ class Engine:
         model, token cap, caption budget): kept in memory, and on disk beside the extractions when cached there."""
         vl = self.models.vl
         budget = self.models.caption_budget
-        key = bridge.description_key(vl, ref.sha256, budget)
+        key = bridge.description_key(vl, ref.cache_id, budget)
         if key in self._descriptions:
             return self._descriptions[key]
         path = self.disk_cache.root / "text_bridge" / f"{key}.json" if self.disk_cache is not None else None
@@ -301,13 +330,13 @@ class Engine:
         timings: dict[str, float] = {}
         vl = qwen3 = None
         extractions: list[Extraction] = []
-        warnings: list[str] = []
+        warnings: list[str] = [f"reference {ref.path}: {note}" for ref in refs for note in ref.notes]  # issue 26
         start = time.perf_counter()
         if recipe.uses_vl:
             vl, extractions = self._vl_sequence(recipe, prompt, refs)
             timings["extraction"] = time.perf_counter() - start
         text = description = None
-        if recipe.uses_qwen3:
+        if recipe.uses_qwen3 or recipe.vl_guidance != 0:  # vl_guidance: Qwen3-4B's caption is the text-only branch
             t0 = time.perf_counter()
             qwen3_prompt = prompt
             if recipe.text_bridge:
@@ -339,13 +368,13 @@ class Engine:
                 ratio = recipe.alpha
                 if recipe.curve != Curve.CONSTANT:
                     ratio = blend.ratio_curve(qwen3.length, recipe.alpha, recipe.alpha_end, recipe.curve)
-                own = C.mix(qwen3, vl, ratio, recipe.alpha_policy, "alpha")
+                own = C.mix(qwen3, vl, ratio, recipe.alpha_policy, "alpha", recipe.attend_ratio)
         entries = recipe.schedule_entries
         by_source = {"recipe": own, "vl": vl, "qwen3": qwen3}
         for _, source in entries:  # alpha=R: the alpha mix at R (alpha_policy), as a recipe with alpha R mixes
             ratio = schedule_alpha(source)
             if ratio is not None and source not in by_source:
-                by_source[source] = C.mix(qwen3, vl, ratio, recipe.alpha_policy, "alpha")
+                by_source[source] = C.mix(qwen3, vl, ratio, recipe.alpha_policy, "alpha", recipe.attend_ratio)
         timings["blend"] = time.perf_counter() - t0
         schedule = []
         for i, (step, source) in enumerate(entries):
@@ -354,9 +383,18 @@ class Engine:
             weights = seq.weights if seq.weighted else None
             schedule.append(Scheduled(step, end, source, seq.embeds, seq.rows, weights))
         first = by_source[entries[0][1]] if entries else own
-        return Conditioning(embeds=first.embeds, rows=first.rows, weights=first.weights if first.weighted else None,
+        grids = None
+        if recipe.image_positions == ImagePositions.GRID:
+            grids = [(seg.start, seg.grid) for seg in first.segments if seg.grid is not None]
+            if not grids:
+                raise UserError("has no effect: this caption holds no image rows on a patch grid (no reference, or "
+                                "the selection keeps none)", field="image_positions", value=recipe.image_positions,
+                                fix="add a reference, or drop it (default sequence)")
+        return Conditioning(grids=grids, embeds=first.embeds, rows=first.rows, weights=first.weights if first.weighted else None,
                             extractions=extractions, text=text, timings=timings, warnings=warnings,
-                            schedule=schedule, bridge=description, dual=recipe.dual and recipe.uses_vl)
+                            schedule=schedule, bridge=description, dual=recipe.dual and recipe.uses_vl,
+                            text_branch=qwen3.embeds if recipe.vl_guidance != 0 else None,
+                            vl_guidance=recipe.vl_guidance, mixes=first.mixes)
 
     def _check_inputs(self, recipe: Recipe, refs: list[Reference], prompt: str) -> None:
         recipe.check_inputs(len(refs))
@@ -397,15 +435,17 @@ class Engine:
 
     def _vl_sequence(self, recipe: Recipe, prompt: str, refs: list[Reference]) -> tuple[C.Seq, list[Extraction]]:
         if recipe.dual:
+            system = recipe.resolve_vl_system()
             style_ex, content_ex = self.extractions(  # two passes, one batched model call when neither is cached
-                [(refs, recipe.resolve_vl_text(prompt, recipe.style_vl_text), recipe.max_image_tokens),
-                 (refs, recipe.resolve_vl_text(prompt, recipe.content_vl_text), recipe.max_image_tokens)],
+                [(refs, recipe.resolve_vl_text(prompt, recipe.style_vl_text), recipe.max_image_tokens, None, system),
+                 (refs, recipe.resolve_vl_text(prompt, recipe.content_vl_text), recipe.max_image_tokens, None,
+                  system)],
                 batch=self.batch_dual)
             style = self._select(style_ex, recipe.style_tokens, recipe, _first(recipe.style_layer, recipe.layer),
                                  "style")
             content = self._select(content_ex, recipe.content_tokens, recipe,
                                    _first(recipe.content_layer, recipe.layer), "content")
-            return C.mix(content, style, recipe.dual_ratio, recipe.dual_policy, "dual_ratio"), [content_ex, style_ex]
+            return C.mix(content, style, recipe.dual_ratio, recipe.dual_policy, "dual_ratio", recipe.attend_ratio), [content_ex, style_ex]
         text = recipe.resolve_vl_text(prompt)
         if recipe.multi_image == MultiImage.SEPARATE and len(refs) > 1:
             pairs = [self._single(recipe, text, [r]) for r in refs]
@@ -422,7 +462,7 @@ class Engine:
                 raise UserError("reads the VL text's attention to the image, and the VL text is empty",
                                 field="image_attention", value=recipe.image_attention,
                                 fix="give the VL a text, or drop it (default none)")
-        ex = self.extraction(refs, text, recipe.max_image_tokens, attention)
+        ex = self.extraction(refs, text, recipe.max_image_tokens, attention, recipe.resolve_vl_system())
         if attention is not None and (PROMPT not in ex.roles or IMAGE not in ex.roles):
             raise UserError("reads the VL text's attention to the image, and this VL input has "
                             + ("no text positions" if PROMPT not in ex.roles else "no image"),
@@ -432,7 +472,7 @@ class Engine:
             return self._select(ex, recipe.tokens, recipe), ex
         text_seq = self._select(ex, "text", recipe)
         image_seq = self._select(ex, "image", recipe)
-        return C.mix(text_seq, image_seq, recipe.intra_ratio, recipe.intra_policy, "intra_ratio"), ex
+        return C.mix(text_seq, image_seq, recipe.intra_ratio, recipe.intra_policy, "intra_ratio", recipe.attend_ratio), ex
 
     def attention_layer(self, recipe: Recipe) -> int:
         """The decoder layer (0-based) whose attention weights the image tokens: attention_layer, else the image rows'
@@ -464,13 +504,26 @@ class Engine:
         common = dict(seed=recipe.seed, steps=recipe.steps, width=recipe.width, height=recipe.height,
                       guidance=recipe.guidance, negative_embeds=negative, budget=budget, on_step=on_step)
         common["caption_weights"] = cond.weights
+        common["attend_scope"] = recipe.attend_scope
+        probe = None
+        if self.share_probe and cond.mixes:
+            per_token = self.models.pipe.vae_scale_factor * 2
+            probe = ShareProbe(self.models.pipe.transformer, int(cond.embeds.shape[0]),
+                               (recipe.height // per_token) * (recipe.width // per_token))
+        common["probe"] = probe
         common["schedule"] = [(s.from_step, s.embeds, s.weights) for s in cond.schedule[1:]]
+        if cond.text_branch is not None:
+            common["vl_guidance"] = (recipe.vl_guidance, cond.text_branch)
+        if cond.grids is not None:
+            common["caption_grids"] = cond.grids
         if recipe.strength is None:
             image = generate(self.models.pipe, cond.embeds, **common)
         else:
             image = generate(self.img2img_pipe, cond.embeds, init_image=refs[0].image, strength=recipe.strength,
                              **common)
         timings = dict(cond.timings, generation=time.perf_counter() - start)
+        if probe is not None:
+            record_realised_shares(cond, probe)
         peak = int(torch.cuda.max_memory_allocated(self.models.device)) if cuda else None
         return Result(image=image, conditioning=cond, timings=timings, peak_memory_bytes=peak)
 
@@ -488,13 +541,29 @@ class Engine:
         return self._img2img
 
 
+def record_realised_shares(cond: Conditioning, probe: ShareProbe) -> None:
+    """Each attend mix's account gains `realised_share`: the share of the image tokens' attention to the mix's rows
+    that reached its other source, in the probe's blocks, summed over heads, image tokens and steps (step 0's
+    caption: with a schedule, the steps that read another caption count too)."""
+    for account in cond.mixes:
+        account["realised_share"] = round(probe.shares(mix_sides(cond.rows, account["mix"])), 6)
+        account["realised_in"] = {"blocks": [f"layers.{i}" for i in probe.blocks], "forwards": probe.calls,
+                                  "formula": REALISED_FORMULA}
+
+
+REALISED_FORMULA = ("sum over probed joint blocks, denoising steps, heads and image-token queries of the softmax "
+                    "attention on the mix's other-source caption rows / the same sum over all the mix's rows")
+
+
 def check_attention(recipe: Recipe, attention: str | None) -> None:
     """Refuse, before any model runs, a weighted attend mix on an attention kernel that takes no mask."""
     if attention == "sdpa-flash" and recipe.attention_bias:
-        name, (ratio, _) = next((n, m) for n, m in recipe.mixes.items() if m[1] == "attend" and m[0] not in (0, .5, 1))
+        name, ratio = next(((n, m[0]) for n, m in recipe.mixes.items() if m[1] == "attend" and m[0] != "natural"
+                            and 0 < m[0] < 1), ("alpha", next(iter(recipe.scheduled_alphas), "")))
         raise UserError(f"takes no attention mask, and the attend mix {name} {ratio:g} weights caption rows with one",
                         field="attention", value=attention,
-                        fix=f"use sdpa (the default) or sdpa-cudnn, or {name} 0.5 (plain concatenation, no weights)")
+                        fix=f"use sdpa (the default) or sdpa-cudnn, or {name} natural (plain concatenation, no "
+                            "weights)")
 
 
 def environment(models: Models | None = None) -> dict[str, Any]:

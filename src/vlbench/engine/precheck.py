@@ -85,7 +85,10 @@ def check_plan(files: ModelFiles | None, jobs: Iterable[tuple[Recipe, str, list]
             check_side(recipe.width, recipe.height, files.axes_lens, files.pixels_per_token)
         if VLText.PROMPT in recipe.vl_text_settings and once(("vl", prompt)):
             check_special_tokens(files.vl_processor.tokenizer, prompt, "prompt", "Qwen3-VL")
-        if recipe.uses_qwen3 and once(("qwen3", prompt)):
+        system = recipe.resolve_vl_system()
+        if system is not None and once(("vl-system", system)):  # issue 27
+            check_special_tokens(files.vl_processor.tokenizer, system, "vl_system", "Qwen3-VL")
+        if (recipe.uses_qwen3 or recipe.vl_guidance != 0) and once(("qwen3", prompt)):
             check_special_tokens(files.qwen3_tokenizer, prompt, "prompt", QWEN3)
         if recipe.guidance > 0 and once(("qwen3-negative", recipe.negative_prompt)):
             check_special_tokens(files.qwen3_tokenizer, recipe.negative_prompt, "negative_prompt", QWEN3)
@@ -102,6 +105,6 @@ def _check_top_k(files: ModelFiles, recipe: Recipe, prompt: str, refs: list, onc
     if not once(("topk", tuple(r.sha256 for r in refs), text, recipe.max_image_tokens, recipe.image_top_k)):
         return
     prep = prepare_inputs(files.vl_processor, [r.image for r in refs], text, files.caption_budget,
-                          recipe.max_image_tokens)
+                          recipe.max_image_tokens, recipe.resolve_vl_system())
     for n, grid in image_token_counts(files.vl_processor, prep):
         check_top_k(recipe.image_top_k, n, grid)

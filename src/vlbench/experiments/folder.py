@@ -173,6 +173,7 @@ def resume(out: Path, store=None, summary: Summary | None = None) -> set[str]:
         remove_stale_temp_files(folder)
     log = ResultsLog(out / RESULTS)
     rows, bad = log.read()
+    check_meaning(out, rows)
     latest = latest_by_key(rows)
     keep = []
     for row in latest.values():
@@ -194,6 +195,21 @@ def resume(out: Path, store=None, summary: Summary | None = None) -> set[str]:
         if summary is not None:
             summary.rerecorded = rerecorded
     return {r["key"] for r in keep}
+
+
+def check_meaning(out: Path, rows: list[dict]) -> None:
+    """Refuse, in one line, to resume a folder whose images an attend ratio of the old meaning made (results rows of
+    record schema < 3 whose recipe keeps per-token odds): this vlbench reads the same ratio as a share, so the new
+    images would answer another question under the same config names."""
+    from vlbench.errors import UserError
+    from vlbench.recipe import changed_meaning
+
+    old = [r for r in rows if r.get("upgraded") and changed_meaning(r.get("recipe"))]
+    if old:
+        names = ", ".join(sorted({str(r.get("name")) for r in old}))
+        raise UserError(f"holds images made before recipe schema 3, whose attend ratios were per-token odds "
+                        f"(configs {names}); this vlbench reads a ratio as a share", field="output_dir",
+                        value=str(out), fix="run into a new folder (this one's records keep their old meaning)")
 
 
 def reconcile_store(out: Path, rows: list[dict], store) -> int:
@@ -260,7 +276,7 @@ def start_invocation(out: Path, experiment, engine, parameters: dict | None, sum
                   "redone": summary.redone, "rerecorded": summary.rerecorded}
     info.update(experiment=experiment.name, description=experiment.description, question=experiment.question,
                 type_file=str(experiment.path), type_source=experiment.source, models=models_of(engine),
-                baseline=getattr(experiment, "baseline", None))
+                baseline=getattr(experiment, "baseline", None), equivalence=getattr(experiment, "equivalence", None))
     info.setdefault("invocations", []).append(invocation)
     atomic_write_json(out / RUN_INFO, info)
     return invocation

@@ -143,23 +143,31 @@ class Space:
 
 # ---------------------------------------------------------------- reading
 def load_space(path: str | Path) -> Space:
+    from vlbench.files import NotAFile, read_text_file
+
     path = Path(path)
     try:
-        source = path.read_text(encoding="utf-8")
+        source = read_text_file(path)
     except FileNotFoundError:
         raise UserError("no such file", field="space", value=str(path)) from None
     except IsADirectoryError:
         raise UserError("is a folder; give a .toml file", field="space", value=str(path)) from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except NotAFile as exc:
+        raise UserError(str(exc), field="space", value=str(path)) from None
+    except (OSError, ValueError) as exc:  # ValueError: UnicodeDecodeError, a NUL in the path
         raise UserError(f"cannot read it ({exc.__class__.__name__})", field="space", value=str(path)) from None
     return parse_space(source, path)
 
 
 def parse_space(source: str, path: Path = Path("space.toml")) -> Space:
+    from vlbench.files import TooDeep, parse_toml
+
     try:
-        data = tomllib.loads(source)
+        data = parse_toml(source)
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"not valid TOML ({exc})", where=str(path)) from None
+    except TooDeep as exc:
+        raise UserError(str(exc), where=str(path)) from None
     try:
         return _parse(data, path, source)
     except UserError as exc:

@@ -39,11 +39,13 @@ def session_path() -> Path:
 def load_session(path: Path | None = None) -> tuple[Session | None, str | None]:
     """(the saved session or None, a one-line problem when the file exists but cannot be used)."""
     path = path or session_path()
+    from vlbench.files import read_text_file
+
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_text_file(path)
     except FileNotFoundError:
         return None, None
-    except (OSError, UnicodeDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # NotAFile, UnicodeDecodeError
         return None, f"session {path}: cannot read it ({exc.__class__.__name__}); starting with defaults"
     try:
         data = json.loads(text)
