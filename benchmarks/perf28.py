@@ -196,6 +196,7 @@ def fast_models(args, spec):
 
     _dynamo.config.recompile_limit = 128
     models.compile_dit(**FAST_COMPILE_OPTIONS, backend="eager")
+    models.fast_settings["compile"] = "static graphs per caption bucket, dynamo's eager backend (CPU smoke: no fp8)"
     return models
 
 

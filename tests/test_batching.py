@@ -144,3 +144,17 @@ def test_search_batch_asks_trials_together_and_each_trial_is_its_batch_1_image(e
         alone = engine.run(Recipe.from_dict(rows[0]["recipe"]), "a red square", [Reference.open(ref_image)]).image
         assert close(Image.open(out / t["folder"] / rows[0]["image"]), alone)
     assert sizes == [2, 2, 1]  # trials 0 and 1 together; the third asked alone (--trials 3)
+
+
+def test_a_job_that_fails_in_a_batch_fails_alone_and_the_others_are_done(engine, refs):
+    """A caption over the DiT's budget fails the shared call: every job runs again alone, each classified."""
+    from vlbench.jobs import execute_batch
+    from vlbench.records import RunRecord
+
+    ok = RunRecord(prompt="a red fox", recipe=Recipe(seed=0, **SMALL).to_dict())
+    too_long = RunRecord(prompt=" ".join(["lighthouse"] * 400), recipe=Recipe(seed=1, **SMALL).to_dict())
+    outcomes = execute_batch(engine, [ok, too_long], [refs, refs])
+    assert outcomes[0].record.status == "done" and outcomes[0].record.environment["batch"] == {"size": 1,
+                                                                                                "position": 0}
+    assert outcomes[1].record.status == "failed" and outcomes[1].failure.kind == "input"
+    assert "caption budget" in outcomes[1].failure.reason

@@ -29,6 +29,7 @@ def test_perf28_tiny_smoke_runs_every_section(tmp_path):
     assert fast["sweep_summary"]["lengths"] == 5 and fast["sweep_summary"]["buckets_used"] == 5
     assert fast["sweep_summary"]["graphs_in_sweep"] <= 1 + 2 * 5
     assert fast["settings"]["attention"] == "sdpa"  # the one mask-taking kernel on the CPU
+    assert fast["settings"]["quantize"] == "none" and fast["profile"]["top_ms"]  # no fp8 on the CPU
     assert result["batch"]["batched_vs_batch1_pixels"]["max_abs"] <= 2
     sweep = result["sweep"]
     assert sweep["default"]["images"] == sweep["fast_batch"]["images"] == 20

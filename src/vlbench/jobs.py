@@ -153,7 +153,10 @@ def execute_batch(engine, records: list[RunRecord], refs: list[list], *,
     outcomes = []
     for i, (record, result) in enumerate(zip(records, results)):
         if isinstance(result, BaseException):
-            outcomes.append(execute(engine, record, list(refs[i]), on_step=on_step, render=render))
+            outcome = execute(engine, record, list(refs[i]), on_step=on_step, render=render)
+            if outcome.record.status == "done":  # it ran alone after all
+                outcome.record.environment = {**outcome.record.environment, "batch": {"size": 1, "position": 0}}
+            outcomes.append(outcome)
             continue
         rec = _done(record.replace(status="running", started_at=started, error=None, failure=None), engine, result)
         rec.timings = {**rec.timings, "model_load": loads[i]}

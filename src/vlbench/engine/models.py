@@ -542,7 +542,7 @@ class Models:
             attention = min(timings, key=timings.get) if timings else "sdpa"
             with warnings.catch_warnings(), _quiet_diffusers():
                 transformer.set_attention_backend(ATTENTION_DIFFUSERS[attention])
-        self.fast_settings = {"quantize": "fp8", "compile": "static graphs per caption bucket",
+        self.fast_settings = {"quantize": self.spec.quantize, "compile": "static graphs per caption bucket",
                               "buckets": installed.lengths, "attention": attention,
                               "attention_ms": {k: round(v, 3) for k, v in timings.items()}}
         self._status(f"fast: attention {attention}" + (
