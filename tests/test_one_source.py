@@ -254,7 +254,9 @@ def test_results_files_written_before_the_record_still_resume(tmp_path, engine, 
     summary = run_experiment(Engine(engine.models), experiment, recipes, [ref], ["p"], out)
     assert (summary.skipped, summary.done) == (2, 0)
     rows = [json.loads(line) for line in results.read_text().splitlines()]
-    assert all(r["schema"] == 2 and r["references"][0]["sha256"] == ref.sha256 for r in rows)  # rewritten
+    from vlbench.records import RECORD_VERSION
+
+    assert all(r["schema"] == RECORD_VERSION and r["references"][0]["sha256"] == ref.sha256 for r in rows)  # rewritten
 
 
 def test_worker_and_experiment_runs_record_the_same_conditioning_shape(tmp_path, engine, tiny_spec, ref_image):

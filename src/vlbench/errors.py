@@ -74,3 +74,8 @@ def one_line(reason: Any, limit: int = 1000) -> str:
     text = str(reason).strip()
     line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "") or "failed"
     return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+class Interrupt(Exception):
+    """Raised from a step callback to stop a job; jobs.execute lets it through to the caller. Here, not in jobs, so
+    the engine (which imports only the foundations) can let it pass too."""

@@ -17,14 +17,10 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from vlbench.errors import UserError, one_line
+from vlbench.errors import Interrupt, UserError, one_line  # noqa: F401 — Interrupt: jobs.Interrupt for callers
 from vlbench.records import RunRecord, vl_extractions
 
 log = logging.getLogger("vlbench.jobs")
-
-
-class Interrupt(Exception):
-    """Raised from a step callback to stop a job; `execute` lets it through to the caller."""
 
 
 class Cancelled(Interrupt):

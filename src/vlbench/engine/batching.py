@@ -1,12 +1,12 @@
-"""Opt-in batching (`--batch N`, issue 28): jobs that share a shape run as one DiT pipeline call.
+"""Opt-in batching (the `batch` setting, issue 28): jobs that share a shape run as one DiT pipeline call.
 
 A shape is what one diffusers call must share: width, height, steps, guidance and negative prompt (`batch_key`),
-and, when caption buckets are on (--fast), the caption's bucket. Each image keeps its own caption and its own seed:
+and, when caption buckets are on (the fast mode), the caption's bucket. Each image keeps its own caption and its own seed:
 its starting noise comes from `torch.Generator("cpu").manual_seed(seed)` as a batch-1 run's does, so the same seed
 gives the same image whatever batch it lands in — within float rounding, not bit for bit (batched matmuls and the
 key mask that pads shorter captions reduce in another order; tests/test_batching.py states the tolerance).
 
-What does not batch runs alone, exactly as without --batch: img2img (strength), schedules (the caption changes
+What does not batch runs alone, exactly as at batch 1: img2img (strength), schedules (the caption changes
 between steps), attention-weighted captions (their bias hook weights the batch's first item only) and issue 27's
 vl_guidance, image_positions grid and vl_blocks (their hooks act on one caption's call) and negative_vl_text.
 """
@@ -20,7 +20,7 @@ from typing import Any, Callable
 import torch
 
 from vlbench.engine.generate import check_caption, generate_batch
-from vlbench.jobs import Interrupt
+from vlbench.errors import Interrupt
 
 
 def batch_key(recipe) -> tuple | None:

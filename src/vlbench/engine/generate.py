@@ -279,7 +279,7 @@ def generate_batch(pipe, embeds: torch.Tensor | list[torch.Tensor], *, seeds: li
     in `callback_on_step_end_tensor_inputs`): the callback after step k-1 hands it the caption of step k.
     `on_swap(k)` runs at that moment (the caption weights change with the caption).
 
-    `embeds` a list (issue 28's --batch): one caption per seed, in one call (`prompt_embeds` as a list; the
+    `embeds` a list (issue 28's batching): one caption per seed, in one call (`prompt_embeds` as a list; the
     DiT masks the shorter captions' padding, or caption buckets pad them to one bucket).
 
     `vl_guidance`: (scale, Qwen3-4B caption q) — issue 27's three-branch CFG (engine.guidance); None or scale 0:

@@ -192,7 +192,7 @@ class Models:
             if torch.cuda.get_device_capability(self.device) < FP8_MIN_CAPABILITY:
                 raise UserError(f"needs fp8 matmuls (compute capability 8.9+: Ada, Hopper, Blackwell); "
                                 f"{torch.cuda.get_device_name(self.device)} is not one", field="fast",
-                                fix="use --compile (bf16) instead")
+                                fix="use compile (bf16) instead")
         if spec.attention is not None and spec.attention not in ATTENTION_ON_CPU and not cuda:
             raise UserError(f"runs on CUDA only; on the CPU use {' or '.join(ATTENTION_ON_CPU)}", field="attention",
                             value=spec.attention)
@@ -530,7 +530,7 @@ class Models:
         self.compiled = True
 
     def _fast(self, transformer) -> None:
-        """--fast: caption buckets on the DiT (engine/buckets.py) and, unless --attention names one, the fastest
+        """The fast mode: caption buckets on the DiT (engine/buckets.py) and, unless `attention` names one, the fastest
         mask-taking attention kernel timed here on this card. What was chosen is in `fast_settings`."""
         from vlbench.engine import buckets
 

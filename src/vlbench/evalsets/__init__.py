@@ -85,7 +85,9 @@ def ensure_references(names: list[str], root: Path | None = None) -> list[Path]:
 
 def photos() -> list[dict]:
     """The shipped photographs: photos.toml's entries (file, title, source, licence, …), each with its "path"."""
-    entries = tomllib.loads(PHOTOS_FILE.read_text(encoding="utf-8"))["photos"]
+    from vlbench.files import read_toml_file
+
+    entries = read_toml_file(PHOTOS_FILE)["photos"]
     return [{**e, "path": PHOTOS_FILE.parent / "photos" / e["file"]} for e in entries]
 
 
