@@ -211,7 +211,8 @@ def normalize(seq: Seq, mode: str, stats) -> Seq:
     statistics at layer -2; attention-sink rows are never touched.
 
     per-dim: z-score with the role's calibrated mean/std, then Qwen3-4B's; per-dim-scale: the spread only
-    (around the role's calibrated mean: one vector shared by every reference, not each reference's own); global: one RMS scale for the whole selection.
+    (around the role's calibrated mean: one vector shared by every reference, not each reference's own); global:
+    one RMS scale for the whole selection.
     """
     if mode == Normalization.NONE:
         return seq
