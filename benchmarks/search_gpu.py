@@ -62,6 +62,23 @@ intra_policy = ["attend", "split"]
 kind = "nsga2"
 population = 20
 """
+SPACE_LAYERS = """
+name = "search_gpu"
+description = "issue 28 throughput benchmark: pure Qwen3-VL, layer only"
+seeds = [0]
+objectives = ["siglip", "dino"]
+[fixed]
+alpha = 1.0
+tokens = "full"
+steps = {steps}
+width = {size}
+height = {size}
+[space]
+layer = {{ low = -12, high = -2 }}
+[sampler]
+kind = "nsga2"
+population = 20
+"""
 
 
 def log(t0: float, msg: str) -> None:
@@ -134,6 +151,12 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=None, help="denoising steps (default 9; --tiny: 2)")
     p.add_argument("--out", default=os.environ.get("OUT") or "/tmp/search_gpu_out")
     p.add_argument("--workdir", default=None)
+    p.add_argument("--space-kind", choices=("intra", "layers"), default="intra",
+                   help="intra: layer x intra_ratio x intra_policy (issue 17's; weighted attend mixes run alone under "
+                        "--batch); layers: layer in [-12, -2] only, alpha 1, tokens full (every trial batches: "
+                        "one caption bucket)")
+    p.add_argument("--vlbench-args", default="", help="more flags for `vlbench search`, e.g. \"--fast --batch 8\" "
+                                                      "(issue 28)")
     args = p.parse_args()
     t0 = time.perf_counter()
     out = Path(args.out)
@@ -152,7 +175,9 @@ def main() -> int:
         device, size, steps, ref_px = "cuda", args.size or 512, args.steps or 9, 512
     R: dict = {"argv": sys.argv[1:], "device": device, "settings": {
         "size": size, "steps": steps, "reference_px": ref_px, "prompt": PROMPT, "images_per_trial": 1,
-        "space": "layer [-12,-2] x intra_ratio [0,1] step 0.125 x intra_policy {attend, split}; alpha 1",
+        "space": "layer [-12,-2] x intra_ratio [0,1] step 0.125 x intra_policy {attend, split}; alpha 1"
+                 if args.space_kind == "intra" else "layer [-12,-2]; alpha 1, tokens full",
+        "vlbench_args": args.vlbench_args,
         "objectives": ["siglip", "dino"], "sampler": "nsga2, population 20, seed 0",
         "models": "tiny random" if args.tiny else "published sizes, random weights (DiT/VAE/Qwen3-VL bf16, "
                                                    "SigLIP 2 base + DINO ViT-S/16 fp32)"},
@@ -187,14 +212,14 @@ def main() -> int:
                       "--siglip", metric_dirs["siglip"], "--dino", metric_dirs["dino"]]
         save()
         space = workdir / "space.toml"
-        space.write_text(SPACE.format(steps=steps, size=size))
+        space.write_text((SPACE if args.space_kind == "intra" else SPACE_LAYERS).format(steps=steps, size=size))
         folder = out / "search"
         shutil.rmtree(folder, ignore_errors=True)
         from vlbench.cli import main as vlbench
 
         s0 = time.perf_counter()
         rc = vlbench(["search", "--space", str(space), "--image", str(ref), "--prompt", PROMPT, "--output-dir",
-                      str(folder), "--trials", str(args.trials), "--no-store", *models])
+                      str(folder), "--trials", str(args.trials), "--no-store", *models, *args.vlbench_args.split()])
         wall = time.perf_counter() - s0
         R["exit_code"] = rc
         info = json.loads((folder / "search.json").read_text())["invocations"][-1]

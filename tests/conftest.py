@@ -7,6 +7,16 @@ from pathlib import Path
 
 import pytest
 
+# A test waits for behaviour, never against a clock: the wait helpers (test_tui.wait_for, test_headless._until,
+# the tmux driver's wait_for) give a condition at least this long before calling it a hang, so a machine under
+# load (CI; two suites at once) is slow, not red. They return as soon as the condition holds.
+PATIENCE_S = float(os.environ.get("VLBENCH_TEST_PATIENCE_S", "60"))
+
+
+def patience(seconds: float) -> float:
+    """How long a wait helper waits for a condition: `seconds`, but never less than PATIENCE_S."""
+    return max(float(seconds), PATIENCE_S)
+
 
 @pytest.fixture(scope="session")
 def tiny_dirs(tmp_path_factory):

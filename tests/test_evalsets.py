@@ -137,3 +137,62 @@ def test_run_with_a_folder_and_its_prompts(tiny_dirs, tmp_path, capsys):
                  "--tiny"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("vlbench: error: --eval-set ") and ": has no prompts.txt and no --prompt was given; add prompts.txt" in err
+
+
+# ---- the photographs ----
+def test_the_photos_set_ships_real_photographs_with_their_licence_and_source():
+    """At least six photographs, each with a source and a redistributable licence recorded in photos.toml,
+    varied in aspect (square, landscape, portrait) and small enough for the repository."""
+    from PIL import Image
+
+    from vlbench.evalsets import PHOTOS_FILE, load_eval_set, photos, prompt_groups
+
+    entries = photos()
+    es = load_eval_set("photos")
+    assert es.name == "photos" and es.references == [e["path"] for e in entries] and len(entries) >= 6
+    assert es.prompts == [p for g in ("subjects", "styles", "compositions") for p in prompt_groups()[g][:4]]
+    shapes = set()
+    for e in entries:
+        assert e["source"] and any(word in e["licence"] for word in ("public domain", "CC0")), e
+        with Image.open(e["path"]) as im:
+            assert im.mode == "RGB" and max(im.size) <= 512
+            w, h = im.size
+            shapes.add("square" if abs(w - h) <= 0.15 * max(w, h) else "landscape" if w > h else "portrait")
+    assert shapes == {"square", "landscape", "portrait"}
+    total = sum(e["path"].stat().st_size for e in entries)
+    assert total < 1.5e6 and len({e["path"].read_bytes() for e in entries}) == len(entries)
+    assert "photos:" in "\n".join(__import__("vlbench.evalsets", fromlist=["describe"]).describe())
+    assert PHOTOS_FILE.is_file()
+
+
+def test_run_with_the_photos_set_on_the_tiny_models(tiny_dirs, tmp_path, capsys):
+    out = tmp_path / "out"
+    examples = Path(__file__).parents[1] / "examples" / "experiments" / "my_layer_pair.toml"
+    assert _run(["run", "--experiment", str(examples), "--quick", "--eval-set", "photos", "--output-dir", str(out),
+                 "--tiny", "--device", "cpu", "--steps", "2", "--width", "64", "--height", "64", "--seeds", "0",
+                 "--limit", "2", "--no-diagnostics", "--no-store"]) == 0
+    err = capsys.readouterr().err
+    assert "7 references × 12 prompts × 1 seeds" in err or "7 references × 12 prompts × 1 seed" in err
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    done = [r for r in rows if r["status"] == "done"]
+    assert len(done) == 2 and all((out / r["image"]).is_file() for r in done)
+    from vlbench.evalsets import photos
+
+    shas = {hashlib.sha256(e["path"].read_bytes()).hexdigest() for e in photos()}
+    assert {ref["sha256"] for r in done for ref in r["references"]} <= shas
+
+
+def test_calibrate_reads_the_photographs_by_default(tiny_dirs, tmp_path):
+    """`vlbench calibrate` without --references takes its image-token statistics on the photos set."""
+    from safetensors import safe_open
+
+    from vlbench.cli import main
+    from vlbench.evalsets import photos
+
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a red fox\na small boat\n")
+    out = tmp_path / "stats.safetensors"
+    assert main(["calibrate", "--tiny", "--device", "cpu", "--prompts-file", str(prompts), "--out", str(out)]) == 0
+    with safe_open(str(out), "pt") as f:
+        meta = json.loads(f.metadata()["vlbench"])
+    assert meta["references"] == [hashlib.sha256(e["path"].read_bytes()).hexdigest() for e in photos()]

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import patience
 
 from vlbench import paths
 from vlbench.store import Store
@@ -27,7 +28,7 @@ def _worker(*extra: str) -> subprocess.Popen:
 
 
 def _until(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None):
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + patience(timeout)
     while True:
         value = predicate()
         if value:
@@ -152,10 +153,162 @@ def test_the_workbench_watches_and_controls_a_headless_worker(tiny_dirs, ref_ima
     store.close()
 
 
+def test_take_owner_registers_once_refreshes_its_own_and_replaces_a_dead_owner(tiny_dirs):
+    from vlbench.process import process_token
+
+    store = Store()
+    me = {"token": process_token(), "pid": os.getpid(), "kind": "headless"}
+    assert store.take_owner("worker", {"token": "elsewhere:1:1", "pid": 1}) is None  # nobody held it
+    assert store.take_owner("worker", me) is None  # the holder is dead (another host): replaced
+    assert store.take_owner("worker", dict(me, heartbeat=2.0)) is None  # its own entry: refreshed
+    assert store.get_state("worker")["heartbeat"] == 2.0
+    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    try:
+        from vlbench.process import _start_time
+        import socket
+
+        other = {"token": f"{socket.gethostname()}:{child.pid}:{_start_time(child.pid)}", "pid": child.pid}
+        store.set_state("worker", other)
+        assert store.take_owner("worker", me) == other  # a live other process holds it: refused, untouched
+        assert store.get_state("worker") == other
+    finally:
+        child.stdin.close()
+        child.wait()
+    assert store.take_owner("worker", me) is None  # once it has exited, the next one registers
+    store.close()
+
+
 def test_a_dead_headless_workers_presence_is_ignored(tiny_dirs):
     from vlbench.worker import PRESENCE, live_worker
 
     store = Store()
     store.set_state(PRESENCE, {"token": "elsewhere:1:1", "pid": 1, "kind": "headless"})
     assert live_worker(store) is None
+    store.close()
+
+
+def test_the_workbench_follows_a_restarted_headless_worker(tiny_dirs):
+    """Issue 25.5: stop `vlbench worker` under a watching workbench and start it again: the workbench follows the
+    new process (its header names the new pid) and shows the runs it finishes."""
+    from vlbench.config import parse_settings
+    from vlbench.tui.app import VlbenchApp
+    from vlbench.worker import Viewer
+
+    store = Store()
+    proc = _worker()
+    second = None
+    try:
+        _until(lambda: _presence(store), 60, "the headless worker", proc)
+
+        async def go():
+            nonlocal second
+            app = VlbenchApp(parse_settings({"recipe": SMALL}))
+            async with app.run_test(size=(160, 48)) as pilot:
+                async def wait(predicate, what, timeout=90):
+                    deadline = time.monotonic() + timeout
+                    while not predicate():
+                        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+                        await pilot.pause(0.1)
+
+                await wait(lambda: isinstance(app.job_worker, Viewer), "the viewer")
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(timeout=60)
+                await wait(lambda: "nothing runs the queue" in str(app.queue_pane._status.render()), "the stop to show")
+                second = _worker()
+                await wait(lambda: f"VIEWER of headless worker pid {second.pid}" in app.sub_title, "the new pid")
+                assert "runs the queue" in str(app.queue_pane._status.render())
+                app.inputs.prompt = "after the restart"
+                await pilot.press("f5")
+                await wait(lambda: store.counts_by_status()["done"] == 1, "the new worker's run")
+                await wait(lambda: app.history.table.row_count == 1
+                           and "done" in str(app.history.table.get_row_at(0)), "History to show it")
+            app.close()
+
+        asyncio.run(go())
+    finally:
+        for p in (proc, second):
+            if p is not None and p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                p.wait(timeout=60)
+    store.close()
+
+
+def test_a_headless_worker_on_cpu_caps_torch_threads_as_the_workbench_does(tiny_dirs):
+    """Issue 25.6: `vlbench worker` on CPU ran with torch's default thread pool (the workbench caps it at the cores
+    less one) and was 10–17× slower; every worker now builds its engine one way (vlbench.worker.build_engine)."""
+    store = Store()
+    store.enqueue("threads", [], dict(SMALL))
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    out = subprocess.run([sys.executable, "-m", "vlbench", "worker", "--tiny", "--device", "cpu", "--exit-when-idle"],
+                         env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert store.counts_by_status()["done"] == 1
+    store.close()
+    lines = [line for line in paths.log_path().read_text().splitlines() if "torch threads on CPU:" in line]
+    assert lines, "the worker says which thread count it uses"
+    threads = int(lines[-1].split("torch threads on CPU:")[1].split()[0])
+    cores = os.cpu_count() or 1
+    assert threads == (max(1, min(threads, cores - 1)) if cores > 1 else 1) and threads <= max(1, cores - 1)
+
+
+def test_the_thread_policy_leaves_a_core_free():
+    from vlbench.worker import cpu_threads
+
+    assert [cpu_threads(default, cores) for default, cores in [(2, 2), (8, 8), (4, 16), (1, 1), (16, 4)]] == \
+        [1, 7, 4, 1, 3]
+
+
+_STARTER = """
+import os, sys, time
+from pathlib import Path
+import vlbench.cli, vlbench.cli.worker, vlbench.worker, vlbench.store
+parser = vlbench.cli.build_parser()  # everything but the command itself before the barrier: all start together
+vlbench.cli.build_parser = lambda: parser
+ready, barrier = Path(sys.argv[1]), Path(sys.argv[2])
+ready.touch()
+while not barrier.exists():
+    time.sleep(0.001)
+sys.exit(vlbench.cli.main(sys.argv[3:]))
+"""
+
+
+def test_workers_started_at_the_same_moment_exactly_one_runs_the_queue(tiny_dirs, tmp_path):
+    """Issue 26 #1: six `vlbench worker` released together by a barrier file (everything but the command itself
+    done before it): exactly one registers and runs the queue, the five others are refused in one line (exit 2);
+    the store names one owner. Before the check and the registration were one transaction, 6-8 of 8 ran it."""
+    n = 6
+    barrier = tmp_path / "go"
+    errs = [tmp_path / f"err{i}" for i in range(n)]
+    procs = [subprocess.Popen([sys.executable, "-c", _STARTER, str(tmp_path / f"ready{i}"), str(barrier),
+                               "worker", "--tiny", "--device", "cpu"],
+                              env=dict(os.environ, OMP_NUM_THREADS="1"), stdin=subprocess.DEVNULL,
+                              stdout=subprocess.DEVNULL, stderr=errs[i].open("wb")) for i in range(n)]
+    store = Store()
+    try:
+        _until(lambda: all((tmp_path / f"ready{i}").exists() for i in range(n)), 120, "every worker to be ready")
+        barrier.touch()
+        # Each one either says it runs the queue (before its worker starts) or exits refused.
+        _until(lambda: all(p.poll() is not None or "runs the queue" in e.read_text() for p, e in zip(procs, errs)),
+               120, "every worker to run the queue or exit")
+        running = [p for p, e in zip(procs, errs) if "runs the queue" in e.read_text()]
+        assert len(running) == 1, f"{len(running)} workers run the queue"
+        winner = running[0]
+        _until(lambda: (_presence(store) or {}).get("pid") == winner.pid, 60, "the winner's presence", winner)
+        assert _presence(store)["kind"] == "headless"
+        for p, e in zip(procs, errs):
+            if p is winner:
+                continue
+            p.wait(timeout=60)
+            err = e.read_text().strip()
+            assert p.returncode == 2, err
+            assert err.startswith("vlbench: error:") and "already runs this queue" in err and "\n" not in err, err
+            assert f"pid {winner.pid}" in err
+        winner.send_signal(signal.SIGTERM)
+        assert winner.wait(timeout=60) == 0
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert store.get_state("worker") is None
     store.close()

@@ -584,3 +584,59 @@ def test_the_metrics_gpu_benchmark_runs_on_tiny_twins(tmp_path, tiny_dirs):
         "siglip:fp32", "dino:fp32", "vgg:fp32", "pickscore:fp32", "vqa:fp32"}
     assert result["families"]["vqa:fp32"]["batches"]["2"]["vqascore"] > 0
     assert result["families"]["siglip:fp32"]["batches"]["1"]["text_embedding"] > 0
+
+
+# ---- issue 25: the newcomer's first `vlbench score` ----
+@pytest.mark.parametrize("offline", ["HF_HUB_OFFLINE", "no route"])
+def test_score_offline_without_the_metric_models_is_one_line_at_once(tmp_path, offline):
+    """Issue 25.11: with real image models configured and the metric models neither cached nor reachable, `vlbench
+    score` spent 150 s in download retries before exit 2; now one line naming the model and the fix, exit 2."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    fake_run(out, n=2)
+    config = tmp_path / "config"
+    config.mkdir()
+    (config / "config.toml").write_text('[models]\nzimage = "Tongyi-MAI/Z-Image-Turbo"\n'
+                                        'vl = "Qwen/Qwen3-VL-4B-Instruct"\n')
+    env = dict(os.environ, VLBENCH_CONFIG_DIR=str(config), HF_HUB_CACHE=str(tmp_path / "hf-cache"),
+               HF_HOME=str(tmp_path / "hf-home"))
+    env.pop("HF_HUB_OFFLINE", None)
+    if offline == "HF_HUB_OFFLINE":
+        env["HF_HUB_OFFLINE"] = "1"
+    else:
+        env["HF_ENDPOINT"] = "http://127.0.0.1:9"  # nothing listens there: the connection is refused at once
+    proc = subprocess.run([sys.executable, "-m", "vlbench", "score", str(out), "--metrics", "siglip,dino"],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("vlbench: error: --dino: metric model facebook/dino-vits16 (and 1 more) is not in the "
+                               "Hugging Face cache")
+    assert "--tiny" in lines[0] and ("HF_HUB_OFFLINE is set" if offline == "HF_HUB_OFFLINE" else "127.0.0.1") \
+        in lines[0]
+    assert not (out / "scores.jsonl").exists()
+
+
+def test_score_of_a_tiny_models_run_uses_the_tiny_metric_models(tmp_path, metric_dirs, monkeypatch, capsys):
+    """Issue 25.11: "nothing named → the tiny models" reaches the metric models: a folder the tiny models made is
+    scored by the tiny metric models (saying so), not by downloading the real ones."""
+    from vlbench.metrics import tiny
+
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(tiny, "ensure_tiny_metric_models", lambda root=None, vl=None: metric_dirs)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))  # nothing cached
+    out = tmp_path / "run"
+    fake_run(out, n=2)
+    (out / "run.json").write_text(json.dumps({"experiment": "fake", "models": {"tiny": True}}))
+    assert _main(["score", str(out), "--metrics", "siglip,dino", "--no-store"]) == 0
+    err = capsys.readouterr().err
+    assert "metric models: the built-in tiny RANDOM-WEIGHT ones" in err
+    assert all(set(s["metrics"]) == {"siglip", "dino"} for s in load_scores(out).values())
+    (out / "run.json").write_text(json.dumps({"experiment": "fake", "models": {"tiny": False}}))
+    with pytest.raises(UserError, match="is not in the Hugging Face cache and HF_HUB_OFFLINE is set"):
+        _main(["score", str(out), "--metrics", "clip_t", "--no-store"])

@@ -189,7 +189,8 @@ def test_search_runs_scores_and_writes_a_correct_front(tiny_dirs, tmp_path, ref_
     from vlbench.experiments.results import ResultsLog
     from vlbench.metrics.score import load_scores
     from vlbench.recipe import Recipe, load_recipe
-    from vlbench.stats import bootstrap_ci
+    from scipy import stats as sps
+
     from vlbench.store import Store
 
     out = tmp_path / "search"
@@ -208,10 +209,13 @@ def test_search_runs_scores_and_writes_a_correct_front(tiny_dirs, tmp_path, ref_
         assert Recipe.from_dict(rows[0]["recipe"]).replace(seed=0) == Recipe.from_dict(t["recipe"])
         assert all(rows[0]["recipe"][k] == v for k, v in t["params"].items())
         scores = load_scores(folder)
-        for metric in ("siglip", "dino", "clip_i"):  # objective = mean over the images, CI = bootstrap_ci
+        for metric in ("siglip", "dino", "clip_i"):  # objective = mean over the images, CI = vlbench stats' own
             values = np.array([scores[r["key"]]["metrics"][metric] for r in rows])
+            # one prompt × one reference × 2 seeds: conditional on both, the t interval over the seeds
+            want = sps.t.interval(0.95, len(values) - 1, loc=values.mean(), scale=sps.sem(values))
             assert t["metrics"][metric]["mean"] == pytest.approx(values.mean())
-            assert t["metrics"][metric]["ci"] == pytest.approx(list(bootstrap_ci(values)))
+            assert t["metrics"][metric]["ci"] == pytest.approx(list(want), rel=1e-9)
+            assert t["metrics"][metric]["method"] == "seeds within cells" and t["metrics"][metric]["not_finite"] == 0
         assert (folder / "grid.png").is_file() and (folder / "report.html").is_file()
     # the front: our non-dominated set == an independent brute force == Optuna's best trials
     pareto = json.loads((out / "pareto.json").read_text())
@@ -219,7 +223,10 @@ def test_search_runs_scores_and_writes_a_correct_front(tiny_dirs, tmp_path, ref_
     points = np.array([[t["objectives"]["siglip"]["mean"], t["objectives"]["dino"]["mean"]] for t in done])
     expected = {done[i]["number"] for i in _brute_front(points, ["maximize", "maximize"])}
     assert {f["number"] for f in pareto["front"]} == expected
-    study = optuna.load_study(study_name="search", storage=f"sqlite:///{out / 'search.db'}")
+    from vlbench.search.runner import study_storage
+
+    assert (out / "search.journal").is_file() and not (out / "search.db").exists()
+    study = optuna.load_study(study_name="search", storage=study_storage(out))
     assert {t.number for t in study.best_trials} == expected
     # every front point is a recipe file that vlbench generate --recipe and the workbench's ctrl+o load
     for point in pareto["front"]:
@@ -272,6 +279,23 @@ def test_a_resumed_search_asks_the_same_trials_as_one_uninterrupted_run(tiny_dir
     other = tmp_path / "other"
     assert _search(tmp_path, ref_image, other, "--trials", "2", "--sampler-seed", "8", space=space) == 0
     assert [t["params"] for t in _trials(other)] != [t["params"] for t in _trials(one_go)[:2]]
+
+
+def test_a_search_folder_with_an_sqlite_study_keeps_it(tiny_dirs, tmp_path, ref_image):
+    """Searches started before issue 29 hold their study in search.db (SQLite): they run and resume on it, and no
+    journal appears beside it."""
+    import optuna
+
+    out = tmp_path / "old"
+    out.mkdir()
+    space = _space_file(tmp_path, LEAN_SPACE)
+    optuna.create_study(storage=f"sqlite:///{out / 'search.db'}", study_name="search",
+                        directions=["maximize", "maximize"])
+    assert _search(tmp_path, ref_image, out, "--trials", "1", space=space) == 0
+    assert _search(tmp_path, ref_image, out, "--resume", "--trials", "2") == 0
+    study = optuna.load_study(study_name="search", storage=f"sqlite:///{out / 'search.db'}")
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"] and not (out / "search.journal").exists()
+    assert [t["number"] for t in _trials(out)] == [0, 1]
 
 
 def test_budget_minutes_stops_asking_after_the_trial_in_flight(tiny_dirs, tmp_path, ref_image):
@@ -327,3 +351,118 @@ def test_the_search_gpu_benchmark_runs_on_the_tiny_models(tiny_dirs, tmp_path):
     result = json.loads((tmp_path / "search_gpu.json").read_text())
     assert result["trials"] == 3 and result["trials_per_hour"] > 0 and result["images_per_second"] > 0
     assert len([line for line in (tmp_path / "search" / "trials.jsonl").read_text().splitlines()]) == 3
+
+
+def test_a_search_whose_every_trial_failed_exits_1(tiny_dirs, tmp_path, ref_image, monkeypatch):
+    """Issue 25.15: `vlbench search` exited 0 when every trial failed; scripts could not tell."""
+    from vlbench.engine.engine import Engine
+
+    def broken(self, *args, **kwargs):
+        raise RuntimeError("the DiT exploded")
+
+    monkeypatch.setattr(Engine, "run", broken)
+    out = tmp_path / "all-failed"
+    assert _search(tmp_path, ref_image, out, "--trials", "2", space=_space_file(tmp_path, LEAN_SPACE)) == 1
+    assert {t["state"] for t in _trials(out)} == {"failed"}
+
+
+def test_size_and_steps_flags_override_the_spaces_fixed_fields(tiny_dirs, tmp_path, ref_image):
+    """Issue 25.12: the shipped space fixes 1024² and 9 steps; a newcomer's try passes smaller ones on the command
+    line (kept for --resume), and a searched field cannot be overridden."""
+    from vlbench.experiments.results import ResultsLog
+
+    space = _space_file(tmp_path, LEAN_SPACE.replace("steps = 2\nwidth = 64\nheight = 64\n",
+                                                     "steps = 9\nwidth = 1024\nheight = 1024\n"))
+    out = tmp_path / "small"
+    assert _search(tmp_path, ref_image, out, "--trials", "1", "--steps", "2", "--width", "64", "--height", "48",
+                   space=space) == 0
+    trial = _trials(out)[0]
+    rows, _ = ResultsLog(out / trial["folder"] / "results.jsonl").read()
+    assert {(r["recipe"]["steps"], r["recipe"]["width"], r["recipe"]["height"]) for r in rows} == {(2, 64, 48)}
+    assert json.loads((out / "search.json").read_text())["inputs"]["overrides"] == {"steps": 2, "width": 64,
+                                                                                     "height": 48}
+    searched = _space_file(tmp_path, LEAN_SPACE.replace("steps = 2\n", "").replace("[space]\n",
+                                                                                  "[space]\nsteps = [2, 3]\n"))
+    with pytest.raises(UserError, match="steps 4: is searched by the space"):
+        _search(tmp_path, ref_image, tmp_path / "bad", "--trials", "1", "--steps", "4", space=searched)
+    with pytest.raises(UserError, match="width 65: is not a multiple of 16"):
+        _search(tmp_path, ref_image, tmp_path / "bad", "--trials", "1", "--width", "65", space=space)
+
+
+def test_a_stop_reaching_the_search_process_stops_every_trial_thread_and_leaves_their_trials_running(tmp_path):
+    """Issue 29, concurrent trials without Ray or models: Ctrl-C or kill reaches the main thread (here
+    _thread.interrupt_main, what SIGTERM becomes under vlbench's handler) while two trials hold the two lanes; every
+    trial thread stops, the search raises KeyboardInterrupt, and both trials stay running in the study for --resume."""
+    import _thread
+    import queue
+    import threading
+    import time
+    from types import SimpleNamespace
+
+    from vlbench.search.runner import SearchSummary, _Search, open_study
+
+    space = parse_space(LEAN_SPACE, tmp_path / "space.toml")
+    study = open_study(tmp_path, space)
+    search = _Search(study, space, tmp_path, 0, 10, None, SearchSummary(target=10), None, None)
+
+    class Lanes:  # two actors, as vlbench.executors.ray_executor.Lanes hands them out
+        slots = [0, 1]
+
+        def __init__(self):
+            self.free = queue.Queue()
+            for i in self.slots:
+                self.free.put(i)
+
+        def acquire(self, stop):
+            while not stop.is_set():
+                try:
+                    return SimpleNamespace(index=self.free.get(timeout=0.05), run=None)
+                except queue.Empty:
+                    pass
+            return None
+
+        def release(self, lane):
+            self.free.put(lane.index)
+
+        @staticmethod
+        def lost(exc):
+            return False
+
+    started = []
+
+    def evaluate(study, trial, params, executor=None, images_done=None):  # a trial whose images are running
+        started.append(trial.number)
+        if len(started) == 2:
+            _thread.interrupt_main()
+        while not search.stop.is_set():
+            time.sleep(0.01)
+        raise KeyboardInterrupt  # what a lane raises at its next wait once the stop is set
+
+    with pytest.raises(KeyboardInterrupt):
+        search.run_concurrently(evaluate, Lanes())
+    assert not [t for t in threading.enumerate() if t.name.startswith("vlbench-trial-")]
+    assert sorted(started) == [0, 1]
+    assert [t.state.name for t in study.get_trials()] == ["RUNNING", "RUNNING"]
+
+
+def test_the_documented_resume_of_a_tiny_search_reads_what_it_was_started_with(tiny_dirs, tmp_path, ref_image,
+                                                                               capsys):
+    """Issue 26 #10: `vlbench search --output-dir s --resume --trials N` (no --tiny, no metric flags) continues a
+    search started with --tiny: its models and metric models come from search.json, not the defaults."""
+    out = tmp_path / "s"
+    space = _space_file(tmp_path, LEAN_SPACE)
+    assert _search(tmp_path, ref_image, out, "--trials", "1", space=space) == 0
+    info = json.loads((out / "search.json").read_text())
+    assert info["models"] == {"tiny": True, "zimage": "", "vl": ""}
+    assert _main(["search", "--output-dir", str(out), "--resume", "--trials", "2", "--device", "cpu"]) == 0
+    assert len(_trials(out)) == 2 and all(t["state"] == "complete" for t in _trials(out))
+    assert json.loads((out / "search.json").read_text())["metric_sources"] == info["metric_sources"]
+    # a search written before search.json recorded its models: tiny, inferred from its judge
+    del info["models"]
+    (out / "search.json").write_text(json.dumps(info))
+    assert _main(["search", "--output-dir", str(out), "--resume", "--trials", "3", "--device", "cpu"]) == 0
+    assert len(_trials(out)) == 3
+    # naming other models is refused in one line
+    with pytest.raises(UserError, match="the models differ from the search's"):
+        _main(["search", "--output-dir", str(out), "--resume", "--trials", "4", "--zimage", str(tiny_dirs.zimage),
+               "--vl", str(tiny_dirs.vl), "--device", "cpu"])

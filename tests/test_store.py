@@ -7,7 +7,6 @@ import sqlite3
 import subprocess
 import sys
 import threading
-import time
 
 import pytest
 
@@ -297,35 +296,65 @@ def test_recover_leaves_runs_of_a_live_process_alone(store):
     assert store.recover(force=True) == (1, 0) and queued(store) == [a, b]
 
 
+def statements_of(store: Store, call) -> tuple[object, list[str]]:
+    """(call's result, every SQL statement it ran on this thread's connection, values bound)."""
+    conn = store._conn()
+    seen: list[str] = []
+    conn.set_trace_callback(seen.append)
+    try:
+        result = call()
+    finally:
+        conn.set_trace_callback(None)
+    return result, seen
+
+
+def plans_of(store: Store, statements: list[str]) -> dict[str, list[str]]:
+    """EXPLAIN QUERY PLAN of each SELECT/UPDATE/DELETE statement."""
+    conn = store._conn()
+    return {sql: [r[-1] for r in conn.execute("EXPLAIN QUERY PLAN " + sql)] for sql in statements
+            if sql.lstrip().split(None, 1)[0].upper() in ("SELECT", "UPDATE", "DELETE")}
+
+
+def reads_an_index(plan: list[str]) -> bool:
+    """No step walks the whole table without an index, and none sorts the rows itself."""
+    return not any(step.startswith("SCAN runs") and "INDEX" not in step for step in plan) and \
+        not any("TEMP B-TREE" in step for step in plan)
+
+
 def test_a_hundred_thousand_runs_page_and_count_through_indexes(store):
+    """Paging, counting and claiming stay fast on a big store because every query reads an index: asserted on
+    SQLite's query plans, which do not depend on the machine's speed or load (the timings are measured by
+    benchmarks/store_bench.py). The one exception is a text search: a substring can only be found by reading
+    the rows (LIKE '%…%'), and a page of several statuses merges them with a sort."""
     items = [dict(prompt=f"prompt number {i}", images=["ref.png"], recipe=dict(RECIPE, seed=i % 97),
                   name=f"n{i}", experiment="big") for i in range(100_000)]
-    start = time.perf_counter()
-    ids = store.enqueue_many(items)
-    inserted = time.perf_counter() - start
+    ids, statements = statements_of(store, lambda: store.enqueue_many(items))
     assert len(ids) == 100_000 and ids == list(range(ids[0], ids[0] + 100_000))
+    # one transaction, not 100 000
+    assert sum(sql.strip().upper().startswith(("BEGIN", "COMMIT")) for sql in statements) == 2, statements[:5]
     store._conn().execute("UPDATE runs SET status = 'done', finished_at = created_at + id WHERE id % 10 != 0")
 
     for kwargs in [{}, {"status": "done"}, {"sort": "seed"}, {"sort": "name"}, {"sort": "finished_at"},
-                   {"status": ("done", "failed", "cancelled")}, {"offset": 50_000}]:
-        start = time.perf_counter()
+                   {"sort": "status"}, {"status": ("done", "failed", "cancelled")}, {"offset": 50_000}]:
         page = store.history(limit=100, **kwargs)
         assert len(page) == 100
-        assert time.perf_counter() - start < 1.0, kwargs
-    for kwargs in [{}, {"status": "done"}, {"text": "number 4242"}]:
-        start = time.perf_counter()
-        assert store.count(**kwargs) in (100_000, 90_000, 11)
-        assert time.perf_counter() - start < 1.0, kwargs
-    start = time.perf_counter()
-    assert store.claim_next() is not None and store.counts_by_status()["done"] == 90_000
-    assert time.perf_counter() - start < 1.0
-
-    # the default page and the sorted/filtered ones read an index, never the whole table
-    for kwargs in [{}, {"status": "done"}, {"sort": "seed"}, {"sort": "status"}, {"sort": "finished_at"}]:
         plan = store.query_plan(**kwargs)
-        assert not any(step.startswith("SCAN runs") and "INDEX" not in step for step in plan), (kwargs, plan)
-        assert not any("TEMP B-TREE" in step for step in plan), (kwargs, plan)
-    assert inserted < 30  # loose: enqueue_many is one transaction, not 100 000
+        if isinstance(kwargs.get("status"), tuple):  # statuses merged: found by index, then sorted
+            assert plan[0].startswith("SEARCH runs USING INDEX"), plan
+        else:
+            assert reads_an_index(plan), (kwargs, plan)
+    assert [r.id for r in store.history(limit=3, offset=50_000)] == [ids[-1] - 50_000 - k for k in range(3)]
+    for kwargs, expected in [({}, 100_000), ({"status": "done"}, 90_000), ({"text": "number 4242"}, 11)]:
+        count, statements = statements_of(store, lambda: store.count(**kwargs))
+        assert count == expected
+        if "text" not in kwargs:
+            assert all(reads_an_index(plan) for plan in plans_of(store, statements).values()), kwargs
+    for call in (store.claim_next, store.counts_by_status):
+        result, statements = statements_of(store, call)
+        assert result
+        plans = plans_of(store, statements)
+        assert plans and all(reads_an_index(plan) for plan in plans.values()), plans
+    assert store.counts_by_status()["done"] == 90_000 and store.counts_by_status()["running"] == 1
 
 
 def test_store_is_shared_across_processes(store, tmp_path):

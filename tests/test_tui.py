@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import patience
 
 from vlbench.config import DEFAULT_CONFIG, Settings, load_settings, parse_settings
 from vlbench.recipe import Recipe, load_recipe
@@ -39,6 +40,7 @@ def make_app(engine=None, **kwargs):
 
 
 async def wait_for(pilot, predicate, timeout: float = 60.0, what: str = "condition"):
+    timeout = patience(timeout)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         await pilot.pause(0.05)

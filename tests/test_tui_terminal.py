@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import patience
 
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None,
                                 reason="tmux is not installed (apt-get install tmux): the real-terminal test needs it")
@@ -34,6 +35,7 @@ class Tmux:
         return self("capture-pane", "-p", "-t", self.session)
 
     def wait_for(self, predicate, timeout: float, what: str) -> str:
+        timeout = patience(timeout)
         deadline = time.monotonic() + timeout
         screen = ""
         while time.monotonic() < deadline:
@@ -48,10 +50,10 @@ def _command() -> list[str]:
     return [str(Path(sys.executable).with_name("vlbench")), "tui", "--tiny"]
 
 
-def _start(tmp_path, width: int, height: int, extra: str = "") -> tuple[Tmux, Path]:
+def _start(tmp_path, width: int, height: int, extra: str = "", steps: int = 2) -> tuple[Tmux, Path]:
     config = tmp_path / "config"
     config.mkdir(exist_ok=True)
-    (config / "config.toml").write_text("[recipe]\nwidth = 64\nheight = 64\nsteps = 2\n")
+    (config / "config.toml").write_text(f"[recipe]\nwidth = 64\nheight = 64\nsteps = {steps}\n")
     exit_file = tmp_path / "exit-code"
     env = {"VLBENCH_DATA_DIR": str(tmp_path / "data"), "VLBENCH_CONFIG_DIR": str(config),
            "VLBENCH_CACHE_DIR": os.environ["VLBENCH_CACHE_DIR"], "TERM": "xterm-256color"}
@@ -151,3 +153,48 @@ def test_tui_in_tmux_at_240x60_five_panes_and_a_wide_preview(tiny_dirs, tmp_path
         _quit(tmux, exit_file)
     finally:
         subprocess.run([*tmux.base, "kill-server"], capture_output=True)
+
+
+def test_tui_in_tmux_history_keys_on_an_empty_store(tiny_dirs, tmp_path):
+    """Issue 25.1: on a fresh store, History's ↑ / PageDown / End crashed the app (its job orphaned)."""
+    tmux, exit_file = _start(tmp_path, 160, 48)
+    try:
+        tmux.wait_for(lambda s: all(f"─ {p} ─" in s for p in PANES), 30, "the five panes")
+        tmux("send-keys", "-t", tmux.session, "M-5")
+        time.sleep(0.5)
+        for key in ("Up", "NPage", "End", "PPage", "Home", "Down"):
+            tmux("send-keys", "-t", tmux.session, key)
+            time.sleep(0.2)
+        time.sleep(1)
+        assert not exit_file.exists(), f"the app exited on a key in an empty History:\n{tmux.screen()}"
+        assert "─ History ─" in tmux.screen()
+        _quit(tmux, exit_file)
+    finally:
+        subprocess.run([*tmux.base, "kill-server"], capture_output=True)
+
+
+def test_tui_in_tmux_a_closed_terminal_gives_the_running_job_back(tiny_dirs, tmp_path):
+    """Issue 25.4: closing the terminal (tmux kill-server sends SIGHUP, as an SSH drop does) during a run leaves
+    the run pending with no interruption counted (it was left 'running'; two drops failed it)."""
+    from vlbench.store import Store
+
+    tmux, exit_file = _start(tmp_path, 160, 48, steps=1000)
+    store_path = tmp_path / "data" / "runs.sqlite3"
+    try:
+        tmux.wait_for(lambda s: all(f"─ {p} ─" in s for p in PANES), 30, "the five panes")
+        time.sleep(0.5)
+        tmux("send-keys", "-t", tmux.session, "-l", "a long run")
+        tmux("send-keys", "-t", tmux.session, "C-r")
+        tmux.wait_for(lambda s: "#1 " in s and "/1000" in s, 120, "the run to be stepping")
+    finally:
+        subprocess.run([*tmux.base, "kill-server"], capture_output=True)
+    deadline = time.monotonic() + 30
+    row = None
+    while time.monotonic() < deadline:
+        with Store(store_path) as store:
+            row = store.get(1)
+        if row is not None and row.status != "running":
+            break
+        time.sleep(0.3)
+    assert row is not None and row.status == "pending", row and row.status
+    assert row.interruptions == 0 and row.claimed_by is None

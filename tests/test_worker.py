@@ -495,3 +495,56 @@ def test_a_viewer_tells_the_workbench_when_the_headless_worker_wrote_a_batchs_fo
     assert viewer.events == [BatchExported("b", "vl_layer_by_token", "/data/experiments/vl_layer_by_token-b", 0)]
     assert batches == {}
     store.close()
+
+
+def test_a_viewer_follows_a_restarted_headless_worker(tmp_path):
+    """Issue 25.5: after `vlbench worker` was restarted, the workbench's Viewer kept saying "nothing runs the queue"
+    for the dead pid and its progress bar stayed frozen; it now follows the new worker."""
+    import socket
+    import subprocess
+
+    from vlbench.process import _start_time
+    from vlbench.worker import PRESENCE, JobProgress, JobStarted, ModelStatus, Viewer, ViewerFollows, WorkerIdle
+
+    def presence(proc, current=None, progress=None):
+        token = f"{socket.gethostname()}:{proc.pid}:{_start_time(proc.pid)}"
+        return {"token": token, "pid": proc.pid, "kind": "headless", "current": current, "progress": progress,
+                "status": "", "paused": False, "log": "/x/vlbench.log"}
+
+    store = Store(tmp_path / "s.db")
+    first_run = store.enqueue("first", [], dict(RECIPE))
+    second_run = store.enqueue("second", [], dict(RECIPE))
+    first = subprocess.Popen(["sleep", "60"])
+    second = subprocess.Popen(["sleep", "60"])
+    events: list = []
+    try:
+        info = presence(first, current=first_run, progress=[1, 2, None])
+        store.set_state(PRESENCE, info)
+        viewer = Viewer(store.path, info, on_event=events.append, poll_s=0.05)
+        viewer.start()
+        _wait_for(lambda: any(isinstance(e, JobProgress) for e in events), 10, "the first worker's progress")
+        first.kill()
+        first.wait()
+        _wait_for(lambda: any(isinstance(e, WorkerIdle) for e in events), 10, "the dead worker's job to end")
+        assert viewer.current_run_id is None and not viewer.alive
+        store.set_state(PRESENCE, presence(second, current=second_run, progress=[1, 2, 0.5]))
+        _wait_for(lambda: any(isinstance(e, ViewerFollows) for e in events), 10, "the viewer to follow")
+        _wait_for(lambda: JobProgress(second_run, 1, 2, 0.5) in events, 10, "the new worker's progress")
+        assert viewer.alive and viewer.pid == second.pid and viewer.current_run_id == second_run
+        assert ViewerFollows(second.pid, "/x/vlbench.log") in events and JobStarted(second_run, 2) in events
+        texts = [e.text for e in events if isinstance(e, ModelStatus)]
+        assert any(f"pid {first.pid}) has stopped" in t for t in texts)
+        assert f"(pid {second.pid}) runs the queue" in texts[-1]
+        viewer.stop()
+    finally:
+        for proc in (first, second):
+            proc.kill()
+            proc.wait()
+        store.close()
+
+
+def _wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from vlbench.errors import UserError
+from vlbench.files import NotAFile, TooDeep, atomic_write_text, read_toml_file
 
 PREVIEW_METHODS = ("auto", "halfcell", "unicode", "sixel", "tgp")
 
@@ -110,15 +111,17 @@ def load_settings(path: Path | None = None, *, create: bool = True) -> Settings:
         if not create:
             return Settings(path=path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        from vlbench.files import atomic_write_text
-
         atomic_write_text(path, DEFAULT_CONFIG)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"cannot read it ({exc.__class__.__name__})", where=str(path)) from None
+        data = read_toml_file(path)
+    except NotAFile as exc:
+        raise UserError(str(exc), where=str(path)) from None
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"not valid TOML ({exc})", where=str(path)) from None
+    except TooDeep as exc:
+        raise UserError(str(exc), where=str(path)) from None
+    except (OSError, ValueError) as exc:  # ValueError: UnicodeDecodeError
+        raise UserError(f"cannot read it ({exc.__class__.__name__})", where=str(path)) from None
     return parse_settings(data, path)
 
 

@@ -20,7 +20,7 @@ import torch
 from vlbench.engine import blend
 from vlbench.engine.extract import IMAGE, PROMPT, TEMPLATE, VISION_END, VISION_START
 from vlbench.errors import UserError
-from vlbench.files import atomic_write, atomic_write_text
+from vlbench.files import atomic_write, atomic_write_text, read_text_file
 
 FORMAT = "vlbench-diagnostics-1"
 DIAGNOSTICS = "diagnostics.json"
@@ -165,7 +165,7 @@ def entry_id(ref_shas: list[str], prompt: str) -> str:
 
 def read_diagnostics(out_dir: str | Path) -> list[dict]:
     try:
-        data = json.loads((Path(out_dir) / DIAGNOSTICS).read_text(encoding="utf-8"))
+        data = json.loads(read_text_file(Path(out_dir) / DIAGNOSTICS))
     except (OSError, json.JSONDecodeError):
         return []
     return [d for d in data if isinstance(d, dict) and d.get("format") == FORMAT] if isinstance(data, list) else []

@@ -65,16 +65,22 @@ def atomic_copy(source: str | Path, path: str | Path) -> Path:
 
 
 INPUT_LIMIT = 16 * 2**20  # a recipe, type or prompt file larger than this is not one
+BINARY_LIMIT = 2 * 2**30  # an input image or tensor file larger than this is not one
+TOML_DEPTH = 32  # tables and arrays nested deeper than this are no vlbench file (the deepest real one: ~4)
 
 
 class NotAFile(OSError):
     """An input that is not a regular file of a sane size (/dev/zero, a FIFO, a 10 GB log)."""
 
 
-def read_text_file(path: str | Path, limit: int = INPUT_LIMIT) -> str:
-    """A small UTF-8 input file's text. A device, a FIFO or a socket would never end (or never start): refused
-    before opening, as is a file over `limit` bytes, with NotAFile; the usual OSErrors and UnicodeDecodeError
-    otherwise."""
+class TooDeep(ValueError):
+    """A TOML document nested deeper than TOML_DEPTH (tomllib would recurse until RecursionError)."""
+
+
+def check_regular_file(path: str | Path) -> Path:
+    """`path` if it names a regular file: a device, a FIFO or a socket would never end (or never start) and is
+    refused before anything opens it, with NotAFile; a folder is IsADirectoryError; a missing one
+    FileNotFoundError, as usual. For readers that must hand a path to a library (PIL, safetensors)."""
     import stat
 
     path = Path(path)
@@ -83,11 +89,49 @@ def read_text_file(path: str | Path, limit: int = INPUT_LIMIT) -> str:
         raise IsADirectoryError(21, "Is a directory", str(path))
     if not stat.S_ISREG(mode):
         raise NotAFile("not a regular file (a device, pipe or socket)")
+    return path
+
+
+def read_bytes_file(path: str | Path, limit: int = BINARY_LIMIT) -> bytes:
+    """An input file's bytes: a regular file (check_regular_file) of at most `limit` bytes, else NotAFile."""
+    path = check_regular_file(path)
     with open(path, "rb") as f:
         data = f.read(limit + 1)
     if len(data) > limit:
-        raise NotAFile(f"larger than {limit // 2**20} MiB: not a text input")
-    return data.decode("utf-8")
+        raise NotAFile(f"larger than {limit // 2**20} MiB: not a {'text ' if limit <= INPUT_LIMIT else ''}input")
+    return data
+
+
+def read_text_file(path: str | Path, limit: int = INPUT_LIMIT) -> str:
+    """A small UTF-8 input file's text. A device, a FIFO or a socket would never end (or never start): refused
+    before opening, as is a file over `limit` bytes, with NotAFile; the usual OSErrors and UnicodeDecodeError
+    otherwise."""
+    return read_bytes_file(path, limit).decode("utf-8")
+
+
+def parse_toml(text: str, depth: int = TOML_DEPTH) -> dict[str, Any]:
+    """tomllib.loads, with nesting capped: a document nested deeper than `depth` is TooDeep (one line), never a
+    RecursionError (tomllib parses inline arrays and tables recursively) nor a structure that would make the
+    code reading it recurse. tomllib.TOMLDecodeError as usual for invalid TOML."""
+    import tomllib
+
+    try:
+        data = tomllib.loads(text)
+    except RecursionError:
+        raise TooDeep(f"nested deeper than Python can parse (the limit is {depth} levels)") from None
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    while stack:  # iterative: the check itself cannot recurse
+        value, level = stack.pop()
+        if level > depth:
+            raise TooDeep(f"tables or arrays nested more than {depth} levels deep")
+        children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+        stack.extend((child, level + 1) for child in children if isinstance(child, (dict, list)))
+    return data
+
+
+def read_toml_file(path: str | Path, limit: int = INPUT_LIMIT, depth: int = TOML_DEPTH) -> dict[str, Any]:
+    """An input TOML file: read_text_file's guards (regular file, size, UTF-8), then parse_toml's depth cap."""
+    return parse_toml(read_text_file(path, limit), depth)
 
 
 def remove_stale_temp_files(folder: str | Path) -> int:

@@ -44,8 +44,10 @@ def render(reference, weights: Sequence[float], grid: Sequence[int], opacity: fl
     if not 0.0 <= opacity <= 1.0:
         raise ValueError("opacity must be in [0, 1]")
     if isinstance(reference, (str, Path)):
+        from vlbench.pixels import as_rgb
+
         with Image.open(reference) as img:
-            base = img.convert("RGB")
+            base = as_rgb(img, str(reference))[0]  # upright, as the VL read it (its token grid is of this image)
     else:
         base = reference.convert("RGB")
     top = w.max()

@@ -85,16 +85,85 @@ def execute(engine, record: RunRecord, refs: list, *, on_step: Callable[[int, in
         rec = rec.replace(status="failed", error=failure.reason, failure=failure.kind, timings={})
     else:
         image = result.image
-        rec = rec.replace(status="done", timings={"extraction": 0.0, "blend": 0.0, **result.timings},
-                          peak_memory_bytes=result.peak_memory_bytes,
-                          caption_tokens=int(result.conditioning.embeds.shape[0]),
-                          conditioning=compact_conditioning(result.conditioning),
-                          environment=engine.environment())
+        rec = _done(rec, engine, result)
     loaded = sum(engine.models.load_seconds.values()) - load0
     rec.timings = {**rec.timings, "model_load": loaded}
     rec.vl_forwards = engine.vl_forwards - forwards0
     rec.finished_at = time.time()
     return Outcome(rec, image, failure)
+
+
+def _done(rec: RunRecord, engine, result) -> RunRecord:
+    environment = engine.environment()
+    if result.batch is not None:  # --batch: how many images shared this one's DiT call (engine/batching.py)
+        environment = {**environment, "batch": result.batch}
+    return rec.replace(status="done", timings={"extraction": 0.0, "blend": 0.0, **result.timings},
+                       peak_memory_bytes=result.peak_memory_bytes,
+                       caption_tokens=int(result.conditioning.embeds.shape[0]),
+                       conditioning=compact_conditioning(result.conditioning), environment=environment)
+
+
+def execute_batch(engine, records: list[RunRecord], refs: list[list], *,
+                  on_step: Callable[[int, int], None] | None = None, render: Callable[[UserError], str] = str
+                  ) -> list[Outcome]:
+    """`execute` for jobs of one batch shape (engine.batching.batch_key), their images in shared DiT calls
+    (`--batch`): one Outcome per record, in order. A job that fails in the batch, or whose shared call failed,
+    runs again alone through `execute`, so its failure reads as without --batch. An Interrupt propagates.
+
+    Each done record's environment has "batch": {"size", "position"}; timings' generation is its share of the
+    call (call seconds / size) and batch_generation the whole call; vl_forwards and model_load are each job's
+    own conditioning's, and the first job of the batch also carries the DiT's load if it happened then."""
+    import numpy as np
+
+    from vlbench.engine.batching import Item, run_batch
+    from vlbench.recipe import Recipe
+
+    started = time.time()
+    try:
+        items = [Item(Recipe.from_dict(r.recipe), r.prompt, list(rf))
+                 for r, rf in zip(records, refs)]
+    except Exception:  # noqa: BLE001 — a recipe that does not parse: every job alone, each says why
+        return [execute(engine, r, list(rf), on_step=on_step, render=render) for r, rf in zip(records, refs)]
+    from vlbench.engine.batching import batch_key
+
+    keys = {batch_key(item.recipe) for item in items}
+    if len(items) == 1 or len(keys) != 1 or None in keys:  # nothing to share: each alone, as without --batch
+        outcomes = [execute(engine, r, list(rf), on_step=on_step, render=render) for r, rf in zip(records, refs)]
+        for outcome in outcomes:
+            if outcome.record.status == "done":
+                outcome.record.environment = {**outcome.record.environment, "batch": {"size": 1, "position": 0}}
+        return outcomes
+    conds, forwards, loads = {}, [0] * len(items), [0.0] * len(items)
+    for i, item in enumerate(items):
+        load0, forwards0 = sum(engine.models.load_seconds.values()), engine.vl_forwards
+        try:
+            conds[i] = engine.condition(item.recipe, item.prompt, item.refs)
+            check_conditioning(engine, item.recipe, conds[i])
+        except Interrupt:
+            raise
+        except Exception:  # noqa: BLE001 — it runs alone below and fails there, classified
+            conds.pop(i, None)
+        forwards[i] = engine.vl_forwards - forwards0
+        loads[i] = sum(engine.models.load_seconds.values()) - load0
+    load0 = sum(engine.models.load_seconds.values())
+    with np.errstate(invalid="raise"):
+        results = run_batch(engine, items, on_step=on_step, conds=conds)
+    loads[0] += sum(engine.models.load_seconds.values()) - load0
+    finished = time.time()
+    outcomes = []
+    for i, (record, result) in enumerate(zip(records, results)):
+        if isinstance(result, BaseException):
+            outcome = execute(engine, record, list(refs[i]), on_step=on_step, render=render)
+            if outcome.record.status == "done":  # it ran alone after all
+                outcome.record.environment = {**outcome.record.environment, "batch": {"size": 1, "position": 0}}
+            outcomes.append(outcome)
+            continue
+        rec = _done(record.replace(status="running", started_at=started, error=None, failure=None), engine, result)
+        rec.timings = {**rec.timings, "model_load": loads[i]}
+        rec.vl_forwards = forwards[i]
+        rec.finished_at = finished
+        outcomes.append(Outcome(rec, result.image, None))
+    return outcomes
 
 
 def classify(exc: BaseException, render: Callable[[UserError], str] = str) -> Failure:

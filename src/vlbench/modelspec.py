@@ -2,7 +2,7 @@
 
 A `ModelSpec` is merged from config.toml's [models] table, then the environment (VLBENCH_ZIMAGE,
 VLBENCH_VL, VLBENCH_DEVICE, VLBENCH_DTYPE, VLBENCH_OFFLOAD, VLBENCH_COMPILE, VLBENCH_QUANTIZE,
-VLBENCH_ATTENTION, VLBENCH_GPU_MEMORY), then command-line flags,
+VLBENCH_ATTENTION, VLBENCH_GPU_MEMORY, VLBENCH_FAST), then command-line flags,
 by `resolve_model_spec` — the one place that decides. The default when nothing names a model is the
 same for every command: the built-in tiny RANDOM-WEIGHT models, labelled as such (a new user's first
 command works on a machine without weights; a researcher with weights names them once in config.toml).
@@ -32,7 +32,12 @@ TINY_NOTE = "tiny random models — images are noise"
 # environment variable -> ModelSpec field
 ENVIRONMENT = {"VLBENCH_ZIMAGE": "zimage", "VLBENCH_VL": "vl", "VLBENCH_DEVICE": "device",
                "VLBENCH_DTYPE": "dtype", "VLBENCH_OFFLOAD": "offload", "VLBENCH_COMPILE": "compile",
-               "VLBENCH_QUANTIZE": "quantize", "VLBENCH_ATTENTION": "attention", "VLBENCH_GPU_MEMORY": "gpu_memory"}
+               "VLBENCH_QUANTIZE": "quantize", "VLBENCH_ATTENTION": "attention", "VLBENCH_GPU_MEMORY": "gpu_memory",
+               "VLBENCH_FAST": "fast"}
+# --fast (issue 28): what it changes, said in one line at start (engine/models.py: Models.fast_settings)
+FAST_NOTE = ("fast mode: the DiT runs fp8 matmuls (torchao) in compiled static graphs, one per caption bucket "
+             "(captions padded to 32·2^k / 96·2^k rows, the padding masked), with the fastest mask-taking attention "
+             "kernel measured on this GPU; images drift from bf16's (README: Performance)")
 
 
 @dataclass(frozen=True)
@@ -49,8 +54,21 @@ class ModelSpec:
     quantize: str = "none"  # none | fp8 (the DiT's Linear layers; CUDA with fp8 matmuls, with compile)
     attention: str | None = None  # one of ATTENTION_BACKENDS; None: sdpa (torch picks the kernel)
     gpu_memory: float | None = None  # GiB of GPU memory vlbench may use (a hard cap); None: the whole card
+    fast: bool = False  # fp8 + compile (static graphs) + caption buckets + a mask-taking attention kernel (FAST_NOTE)
 
     def __post_init__(self) -> None:
+        if self.fast:  # one flag for the fast settings: it sets compile and quantize fp8 itself
+            if self.offload in ("sequential", "group"):
+                raise UserError(f"compiles the DiT, which offload {self.offload} cannot (its hooks run inside every "
+                                "compiled block)", field="fast", fix="use offload cpu or none, or drop fast")
+            if self.dtype not in (None, "bf16"):
+                raise UserError("runs fp8 matmuls over bf16 weights", field="fast", fix="use dtype bf16 or drop fast")
+            if self.attention == "sdpa-flash":
+                raise UserError("takes no key mask, and fast mode masks the padding of its caption buckets",
+                                field="attention", value=self.attention,
+                                fix="drop it (fast measures the mask-taking kernels) or use sdpa-efficient/-cudnn")
+            object.__setattr__(self, "compile", True)
+            object.__setattr__(self, "quantize", "fp8")
         if self.offload not in OFFLOAD_POLICIES:
             raise UserError(f"unknown policy; use one of {', '.join(OFFLOAD_POLICIES)}", field="offload",
                             value=self.offload)
@@ -155,11 +173,11 @@ def resolve_model_spec(config: Mapping[str, Any] | None = None, environ: Mapping
               ("flags", dict(flags or {}))]
     for source, values in layers:
         for key, value in values.items():
-            if value is None or value == "" or (key in ("compile", "tiny") and value is False):
+            if value is None or value == "" or (key in ("compile", "tiny", "fast") and value is False):
                 continue
             merged[key] = value
             sources[key] = source
-    for key in ("compile", "tiny"):
+    for key in ("compile", "tiny", "fast"):
         if isinstance(merged.get(key), str):
             text = merged[key].strip().lower()
             if text not in ("1", "0", "true", "false", "yes", "no"):

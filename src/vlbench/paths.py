@@ -2,6 +2,11 @@
 
 VLBENCH_DATA_DIR (run store, outputs, log), VLBENCH_CONFIG_DIR (settings), VLBENCH_CACHE_DIR
 (tiny models, caches). Every directory is created on first use. No heavy imports here.
+
+The data folder is the owner's alone (issue 26): created 0700 (an existing one of the user's is narrowed to
+0700), and the store, its WAL, the log and the session file 0600, so other users of a shared GPU box read none
+of it. VLBENCH_SHARED_DATA=1 marks a data folder shared on purpose (a team's folder, several hosts): vlbench then
+leaves every permission to the folder and the umask.
 """
 
 from __future__ import annotations
@@ -25,7 +30,44 @@ def _dir(env: str, default) -> Path:
 def data_dir() -> Path:
     import platformdirs
 
-    return _dir("VLBENCH_DATA_DIR", platformdirs.user_data_dir)
+    path = _dir("VLBENCH_DATA_DIR", platformdirs.user_data_dir)
+    if not shared_data():
+        _narrow(path, 0o700)
+    return path
+
+
+SHARED_ENV = "VLBENCH_SHARED_DATA"
+
+
+def shared_data() -> bool:
+    """VLBENCH_SHARED_DATA=1: the data folder is shared on purpose; its permissions are the folder's and the umask's."""
+    return os.environ.get(SHARED_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def data_file(path: Path | str) -> Path:
+    """`path` created if missing, before a library opens it: 0600 with its SQLite siblings (-wal, -shm, -journal)
+    narrowed to 0600 too; in a data folder shared on purpose, 0666 less the umask (SQLite alone would make 0644,
+    and its WAL and shm files take the database's mode)."""
+    path = Path(path)
+    shared = shared_data()
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o666 if shared else 0o600))
+    except OSError:
+        return path  # a read-only or full folder: whoever opens it next says so
+    if not shared:
+        for sibling in (path, *(path.with_name(path.name + s) for s in ("-wal", "-shm", "-journal"))):
+            _narrow(sibling, 0o600)
+    return path
+
+
+def _narrow(path: Path, mode: int) -> None:
+    """chmod to `mode` a file or folder of this user's whose group or others have any permission."""
+    try:
+        st = path.stat()
+        if st.st_uid == os.geteuid() and st.st_mode & 0o077:
+            os.chmod(path, mode)
+    except OSError:
+        pass  # gone, or not ours to change: nothing vlbench may do about it
 
 
 def config_dir() -> Path:

@@ -29,7 +29,7 @@ def check_prompt(text: object, field: str = "prompt") -> str:
 
 def read_prompts_file(path: str | Path, field: str = "prompts_file") -> list[str]:
     """The prompts of a text or TOML file, in order, duplicates kept once."""
-    from vlbench.files import NotAFile, read_text_file
+    from vlbench.files import NotAFile, TooDeep, parse_toml, read_text_file
 
     file = Path(path)
     try:
@@ -44,9 +44,11 @@ def read_prompts_file(path: str | Path, field: str = "prompts_file") -> list[str
         raise UserError(f"cannot read it ({exc.__class__.__name__})", field=field, value=str(path)) from None
     if file.suffix.lower() == ".toml":
         try:
-            data = tomllib.loads(text)
+            data = parse_toml(text)
         except tomllib.TOMLDecodeError as exc:
             raise UserError(f"not valid TOML ({exc})", field=field, value=str(path)) from None
+        except TooDeep as exc:
+            raise UserError(str(exc), field=field, value=str(path)) from None
         prompts = data.get("prompts")
         if not isinstance(prompts, list) or not all(isinstance(p, str) for p in prompts):
             raise UserError("expected prompts = [\"...\", ...]", field=field, value=str(path))

@@ -116,6 +116,27 @@ class VLText(Choice):
     NONE = "none", "no text: the image alone"
 
 
+class VLSystem(Choice):
+    """issue 27: the shipped system turns for Qwen3-VL (vl_system); any other text is read verbatim (docs/levers.md)."""
+
+    STYLE = "style", ("Describe the visual style of the image for an image generator: its palette, lighting, medium, "
+                      "texture and brushwork, not its subject.")
+    CONTENT = "content", ("Describe the content of the image for an image generator: the subjects, objects and scene "
+                          "and where they are, not its style.")
+    EDIT = "edit", ("Describe the key features of the input image (color, shape, size, texture, objects, background), "
+                    "then explain how the user's text instruction should alter or modify the image. Generate a new "
+                    "image that meets the user's requirements while maintaining consistency with the original input "
+                    "where appropriate.")
+
+
+class ImagePositions(Choice):
+    """issue 27: the RoPE positions the DiT gives the caption's VL image rows (docs/levers.md)."""
+
+    SEQUENCE = "sequence", "one caption position per row, as Z-Image reads any caption: row i at (1 + i, 0, 0)"
+    GRID = "grid", ("each image's rows on its own patch grid, as Z-Image-Omni places condition images: row (r, c) of "
+                    "an image starting at caption row s at (1 + s, r, c); text rows as in sequence")
+
+
 class Source(Choice):
     """What a schedule entry conditions the DiT on from its step on (docs/schedules.md)."""
 
@@ -234,6 +255,15 @@ def _layer_used(r: "Recipe") -> bool:
     return r.image_layer is None or r.text_layer is None
 
 
+def _holds_image_rows(r: "Recipe") -> bool:
+    """issue 27: the VL sequence holds image rows on a patch grid (given a reference)."""
+    if not r.uses_vl:
+        return False
+    if r.dual:
+        return r.style_tokens in WITH_IMAGE_ROWS or r.content_tokens in WITH_IMAGE_ROWS
+    return r.intra_ratio is not None or r.tokens in WITH_IMAGE_ROWS
+
+
 def _weighting_applies(r: "Recipe") -> bool:
     """issue 17: attention weighting reshapes image rows of one (non-dual) extraction."""
     return _single_pass(r) and (r.intra_ratio is not None or r.tokens in WITH_IMAGE_ROWS)
@@ -297,6 +327,22 @@ class Recipe:
                                                                  "not set: equal weights", C, lo=0.0,
                                                  applies=lambda r: r.multi_image == MultiImage.SEPARATE,
                                                  when="with multi_image separate")
+    # ---- issue 27: image tokens on a 2-D grid (docs/levers.md)
+    image_positions: str = _f(ImagePositions.SEQUENCE.value, "choice", "the RoPE positions of the caption's VL image "
+                                                                       "rows (RoPE axis 0 = caption order; axes 1 and "
+                                                                       "2, otherwise the latents' height and width, "
+                                                                       "carry the grid)", C, choices=ImagePositions,
+                              applies=lambda r: _holds_image_rows(r) and r.schedule is None,
+                              when="when the VL selection holds image rows (tokens full or image*, intra_ratio, or a "
+                                   "dual pass selecting them), without a schedule")
+    vl_blocks: str | None = _f(None, "str", "which DiT blocks read the caption's VL rows, comma-separated: joint-block "
+                                            "indices and ranges (0-9, 12), fractions of the joint blocks' depth "
+                                            "(0-0.33: the blocks whose centre (i + 0.5)/n lies in [0, 0.33); an end "
+                                            "of 1 includes the last), refiner (the context-refiner blocks); every "
+                                            "other block masks the VL rows' keys (Qwen3-4B's rows are added at "
+                                            "alpha 1; docs/levers.md); not set: every block", C,
+                               applies=lambda r: r.uses_vl and r.schedule is None,
+                               when="when the VL is used, without a schedule")
     # ---- issue 17: schedules and the text bridge
     schedule: str | None = _f(None, "schedule", "the conditioning from step K on, as K:SOURCE entries, "
                                                 "comma-separated, K ascending from 0 (steps counted as the sampler "
@@ -320,6 +366,12 @@ class Recipe:
     vl_text: str = _f(VLText.PROMPT.value, "vl_text", "what the VL reads: prompt, none, or any other text verbatim", X,
                       applies=_single_pass, when="when the VL is used (alpha > 0, or a vl or alpha=R schedule entry) without dual "
                                                  "(dual has style_vl_text and content_vl_text)")
+    vl_system: str | None = _f(None, "str", "a system turn before the VL's user turn (Qwen3-VL's chat template): "
+                                            + ", ".join(VLSystem.values()) + " (the shipped instructions, "
+                                            "docs/levers.md) or any other text verbatim; not set: no system turn "
+                                            "(the stock template)", X, applies=_uses_vl,
+                               when="when the VL is used (alpha > 0, or a vl or alpha=R schedule entry); every VL "
+                                    "pass of the recipe reads it")
     max_image_tokens: int | None = _f(None, "int", "cap the reference's image tokens below the caption budget (the "
                                                    "processor reads a smaller image)", X,
                                       lo=1, unit="tokens", applies=_uses_vl, when="when the VL is used (alpha > 0, or a vl or alpha=R schedule entry)")
@@ -376,7 +428,30 @@ class Recipe:
     height: int = _f(1024, "int", "image height", G, lo=16, hi=8192, multiple_of=16, unit="px")
     guidance: float = _f(0.0, "float", "classifier-free guidance scale (Turbo: 0)", G, lo=0.0)
     negative_prompt: str = _f("", "str", "the negative prompt", G,
-                              applies=lambda r: r.guidance > 0, when="with guidance > 0")
+                              applies=lambda r: r.guidance > 0 and r.negative_vl_text is None,
+                              when="with guidance > 0 and no negative_vl_text (Qwen3-4B encodes it for the negative "
+                                   "branch)")
+    negative_vl_text: str | None = _f(None, "str", "issue 27: the negative branch from Qwen3-VL instead of Qwen3-4B: "
+                                                   "the VL reads this text (no image) and the negative caption is "
+                                                   "its hidden states at negative_tokens, negative_layer; not set: "
+                                                   "Qwen3-4B's encoding of negative_prompt", G,
+                                      applies=lambda r: r.guidance > 0, when="with guidance > 0")
+    negative_tokens: str = _f(Tokens.TEXT.value, "choice", "negative_vl_text's token selection (text ones: the VL "
+                                                           "reads no image for the negative)", G, choices=Tokens,
+                              applies=lambda r: r.guidance > 0 and r.negative_vl_text is not None,
+                              when="with negative_vl_text")
+    negative_layer: int | None = _f(None, "int", "negative_vl_text's hidden layer (transformers' output_hidden_states "
+                                                 "numbering); not set: layer", G,
+                                    applies=lambda r: r.guidance > 0 and r.negative_vl_text is not None,
+                                    when="with negative_vl_text")
+    # ---- issue 27: levers (docs/levers.md)
+    vl_guidance: float = _f(0.0, "float", "guidance on the VL condition beyond guidance, in ZImagePipeline's "
+                                          "convention (0 = none): pred = P(c) + guidance·(P(c) − P(neg)) + "
+                                          "vl_guidance·(P(c) − P(q)), c the recipe's caption, q Qwen3-4B's caption "
+                                          "of the prompt (the text-only branch); one more DiT item per step", G,
+                            applies=lambda r: r.uses_vl and r.schedule is None,
+                            when="when the VL is used, without a schedule (the text-only branch is compared with "
+                                 "one caption for the whole run)")
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -459,8 +534,9 @@ class Recipe:
 
     @property
     def uses_text_encoder(self) -> bool:
-        """Qwen3-4B is needed for alpha < 1 and for the negative prompt of guided runs."""
-        return self.uses_qwen3 or self.guidance > 0
+        """Qwen3-4B is needed for alpha < 1, for the negative prompt of guided runs and for vl_guidance's text-only
+        branch."""
+        return self.uses_qwen3 or self.guidance > 0 or self.vl_guidance != 0 or self.vl_blocks is not None
 
     def resolve_vl_text(self, prompt: str, value: str | None = None) -> str | None:
         """The text the VL reads for `vl_text` (or another *_vl_text value)."""
@@ -470,6 +546,12 @@ class Recipe:
         if value == VLText.NONE:
             return None
         return value
+
+    def resolve_vl_system(self) -> str | None:
+        """issue 27: the system turn's text for vl_system (a shipped instruction's text, or the value verbatim)."""
+        if self.vl_system is None or not self.uses_vl:
+            return None
+        return VLSystem(self.vl_system).help if self.vl_system in VLSystem.values() else self.vl_system
 
     def vl_texts(self, prompt: str) -> tuple[str | None, ...]:
         """What the VL reads in each extraction this recipe needs, distinct, in pass order (none: pure Qwen3-4B)."""
@@ -582,6 +664,10 @@ class Recipe:
 # them out at their defaults, so a job whose meaning did not change keeps its key (experiments.folder refuses to
 # resume a folder whose images an attend ratio of the old meaning made).
 ADDED_AT_3 = ("attend_ratio", "attend_scope")
+# issue 27's levers: new fields whose defaults are what every earlier recipe did (no reinterpretation, so no schema
+# step); a job key leaves them out at their defaults too, so earlier folders resume.
+ADDED_BY_LEVERS = ("vl_system", "vl_guidance", "image_positions", "vl_blocks", "negative_vl_text", "negative_tokens",
+                   "negative_layer")
 TOML_HEADER = f"# vlbench recipe (schema {RECIPE_SCHEMA})"
 OLD_TOML_HEADER = "# vlbench recipe"  # what Recipe.to_toml wrote before schema 3
 
@@ -613,7 +699,7 @@ def changed_meaning(data: dict[str, Any]) -> bool:
 
 def key_dict(data: dict[str, Any]) -> dict[str, Any]:
     """The recipe dict a job key hashes: the fields added since schema 2 left out at their defaults."""
-    return {k: v for k, v in data.items() if not (k in ADDED_AT_3 and v == field_default(k))}
+    return {k: v for k, v in data.items() if not (k in ADDED_AT_3 + ADDED_BY_LEVERS and v == field_default(k))}
 
 
 def field_infos() -> dict[str, FieldInfo]:
@@ -853,6 +939,19 @@ def _rule_text_bridge_keeps_token_pairs(r: Recipe) -> None:
                         fix="use alpha_policy attend or split, or drop text_bridge")
 
 
+# ---- issue 27: levers
+def _rule_vl_system(r: Recipe) -> None:
+    if r.vl_system is None:
+        return
+    if not r.vl_system.strip():
+        raise UserError("is empty", field="vl_system", value=r.vl_system,
+                        fix=f"give a text or one of {', '.join(VLSystem.values())}, or leave it not set")
+    if _alpha_positionwise(r) and r.tokens == Tokens.TEXT:
+        raise UserError("adds a system turn to the VL's text rows, which then no longer pair token for token with "
+                        "Qwen3-4B's (alpha_policy positionwise)", field="vl_system", value=r.vl_system,
+                        fix="use tokens prompt, alpha_policy attend or split, or drop it")
+
+
 # ---- issue 17: attention-weighted image tokens
 def _rule_image_weighting(r: Recipe) -> None:
     mode = r.image_attention
@@ -889,6 +988,68 @@ def _rule_image_weighting(r: Recipe) -> None:
                   "set pool_image_tokens, e.g. 64")
 
 
+VL_BLOCKS_EXAMPLE = "0-9, refiner"
+REFINER_BLOCKS = "refiner"
+
+
+def parse_vl_blocks(text: str) -> tuple[tuple, ...]:
+    """"0-9, 0.5-1, refiner" -> (("index", 0, 9), ("fraction", 0.5, 1.0), ("refiner",)): index ranges inclusive,
+    fraction ranges [a, b) of the joint blocks' depth (b = 1 includes the last). Resolved against a DiT by
+    vlbench.engine.blocks."""
+    parts = [p.strip() for p in re.split(r"[,\s]+", re.sub(r"\s*-\s*", "-", text)) if p.strip()]
+    err = lambda problem: UserError(problem, field="vl_blocks", value=text,  # noqa: E731
+                                    fix=f"write e.g. {VL_BLOCKS_EXAMPLE} or 0-0.33 (fractions of the depth)")
+    if not parts:
+        raise err("is empty")
+    out: list[tuple] = []
+    for part in parts:
+        if part == REFINER_BLOCKS:
+            out.append((REFINER_BLOCKS,))
+            continue
+        match = re.fullmatch(r"(\d+(?:\.\d+)?)(?:-(\d+(?:\.\d+)?))?", part)
+        if not match:
+            raise err(f"entry {part!r} is not a block, a range or refiner")
+        lo, hi = match.group(1), match.group(2) if match.group(2) is not None else match.group(1)
+        if "." in lo or "." in hi:
+            a, b = float(lo), float(hi)
+            if not 0 <= a < b <= 1:
+                raise err(f"entry {part!r}: a fraction range a-b needs 0 <= a < b <= 1")
+            out.append(("fraction", a, b))
+        else:
+            a, b = int(lo), int(hi)
+            if b < a:
+                raise err(f"entry {part!r} runs backwards")
+            out.append(("index", a, b))
+    return tuple(out)
+
+
+def _rule_vl_blocks(r: Recipe) -> None:
+    if r.vl_blocks is None:
+        return
+    parse_vl_blocks(r.vl_blocks)
+    if _alpha_positionwise(r):
+        raise UserError("masks the VL rows' keys in some blocks, and a positionwise mix makes every row part VL",
+                        field="vl_blocks", value=r.vl_blocks, fix="use alpha_policy attend or split")
+
+
+def _rule_negative_vl(r: Recipe) -> None:
+    if r.negative_vl_text is None or r.guidance <= 0:
+        return
+    if not r.negative_vl_text.strip():
+        raise UserError("is empty", field="negative_vl_text", value=r.negative_vl_text,
+                        fix="give the text the VL reads for the negative branch, or leave it not set")
+    if r.negative_tokens in IMAGE_SELECTIONS:
+        raise UserError("selects image rows, and the VL reads no image for the negative branch",
+                        field="negative_tokens", value=r.negative_tokens, fix="use text, prompt or full")
+
+
+def _rule_image_positions(r: Recipe) -> None:
+    if r.image_positions == ImagePositions.GRID and r.image_attention == ImageAttention.TOPK:
+        raise UserError("places image rows on their patch grid, and image_attention topk takes them off it",
+                        field="image_positions", value=r.image_positions,
+                        fix="use image_attention weighted-pool, or image_positions sequence")
+
+
 def _policy_name(knob: str) -> str:
     return {"alpha": "alpha_policy", "intra_ratio": "intra_policy", "dual_ratio": "dual_policy"}[knob]
 
@@ -898,7 +1059,8 @@ _RULES: tuple[Callable[[Recipe], None], ...] = (_rule_one_mix_of_passes, _rule_c
                                                  _rule_positionwise_pairs_text_with_text,
                                                  _rule_global_normalization_needs_a_positionwise_mix,
                                                  _rule_schedule, _rule_text_bridge_keeps_token_pairs,
-                                                 _rule_image_weighting)
+                                                 _rule_image_weighting, _rule_vl_system, _rule_image_positions,
+                                                 _rule_vl_blocks, _rule_negative_vl)
 DEFAULTS = Recipe()
 
 
@@ -1022,12 +1184,12 @@ def read_recipe_file(path: str | Path) -> dict[str, Any]:
     """The fields a recipe file sets (a partial recipe is fine), checked as keys; values are checked by Recipe.
     A file Recipe.to_toml wrote before recipe schema 3 (its first line exactly OLD_TOML_HEADER) is read as what it
     was (upgrade_recipe); any other file is read in the current schema."""
-    from vlbench.files import NotAFile, read_text_file
+    from vlbench.files import NotAFile, TooDeep, parse_toml, read_text_file
 
     path = Path(path)
     try:
         text = read_text_file(path)
-        data = tomllib.loads(text)
+        data = parse_toml(text)
     except FileNotFoundError:
         raise UserError("no such file", field="recipe", value=str(path)) from None
     except IsADirectoryError:
@@ -1036,6 +1198,8 @@ def read_recipe_file(path: str | Path) -> dict[str, Any]:
         raise UserError(str(exc), field="recipe", value=str(path)) from None
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"not valid TOML ({exc})", field="recipe", value=str(path)) from None
+    except TooDeep as exc:
+        raise UserError(str(exc), field="recipe", value=str(path)) from None
     except (OSError, ValueError) as exc:  # ValueError: UnicodeDecodeError, a NUL in the path
         raise UserError(f"cannot read it ({exc.__class__.__name__})", field="recipe", value=str(path)) from None
     try:

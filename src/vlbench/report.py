@@ -1,5 +1,5 @@
 """report.html for an output folder: the grid, metrics with their statistics (`vlbench.stats`: means with
-bootstrap intervals, paired tests against the baseline), embedding diagnostics, every image with its
+design-aware intervals, paired tests against the baseline), embedding diagnostics, every image with its
 recipe, and the efficiency table.
 
 One self-contained HTML file (inline CSS, a few lines of inline script to sort tables, no network);
@@ -154,7 +154,7 @@ def plot_axes(names: list[str]) -> tuple[str, str] | None:
 
 def plot_metrics(rows: list[dict], path: str | Path, stats: dict | None = None) -> Path | None:
     """Prompt adherence against reference similarity, one labelled point per config (its mean, with its
-    bootstrap interval on both axes when `stats` has one); None if the folder lacks either kind of metric."""
+    interval on both axes when `stats` has one); None if the folder lacks either kind of metric."""
     from matplotlib.figure import Figure
 
     from vlbench.metrics import METRICS
@@ -180,7 +180,7 @@ def plot_metrics(rows: list[dict], path: str | Path, stats: dict | None = None) 
         else:
             ax.scatter(c[x], c[y], s=30, zorder=2)
         ax.annotate(name, (c[x], c[y]), textcoords="offset points", xytext=(4, 4), fontsize=8)
-    bars = "; bars: 95% bootstrap CI of each mean" if stats else ""
+    bars = f"; bars: {_interval_name(stats)} of each mean" if stats else ""
     ax.set(xlabel=f"reference similarity: {METRICS[x].label} (mean per config)",
            ylabel=f"prompt adherence: {METRICS[y].label} (mean per config)",
            title=f"prompt adherence vs reference similarity\n(grey: single images{bars})")
@@ -188,6 +188,13 @@ def plot_metrics(rows: list[dict], path: str | Path, stats: dict | None = None) 
     path = Path(path)
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
     return path
+
+
+def _interval_name(stats: dict) -> str:
+    """What the intervals drawn are, in a few words."""
+    if stats.get("unit", "image") == "image":
+        return f"{stats['confidence']:.0%} bootstrap CI over images"
+    return f"{stats['confidence']:.0%} CI (prompts × references design)"
 
 
 def _err(stats: dict | None, metric: str, config: str, center: float):
@@ -205,20 +212,21 @@ def run_stats(rows: list[dict], out: Path | None = None) -> dict | None:
     """`vlbench.stats.summarize` of a report's scored rows (None when nothing is scored); against the baseline
     the folder's experiment type names (run.json), else the first config, as `vlbench stats` does."""
     from vlbench.errors import UserError
-    from vlbench.stats import recorded_baseline, summarize
+    from vlbench.stats import recorded_baseline, recorded_equivalence, summarize
 
     scored = [r for r in rows if r["status"] == "done" and r.get("metrics")]
     if not scored:
         return None
     baseline = recorded_baseline([out], {r["name"] for r in scored}) if out is not None else None
+    equivalence = recorded_equivalence([out]) if out is not None else None
     try:
-        return summarize(scored, baseline=baseline)
+        return summarize(scored, baseline=baseline, equivalence=equivalence)
     except UserError:
         return None
 
 
 def plot_stats(stats: dict, path: str | Path) -> Path | None:
-    """One panel per metric: each config's mean with its 95% bootstrap interval; the baseline dashed."""
+    """One panel per metric: each config's mean with its 95% interval; the baseline dashed."""
     from matplotlib.figure import Figure
 
     names = [m for m, b in stats["metrics"].items() if any(c["n"] for c in b["configs"].values())]
@@ -249,8 +257,9 @@ def plot_stats(stats: dict, path: str | Path) -> Path | None:
         ax.grid(axis="x", alpha=0.3)
     for ax in list(axes.flat)[len(names):]:
         ax.set_visible(False)
-    fig.suptitle(f"mean per config, 95% bootstrap CI; dashed: baseline {stats['baseline']}; orange: differs "
-                 "from it (Wilcoxon, Holm)", fontsize=9)
+    test = "Wilcoxon" if stats.get("unit", "image") == "image" else "t test"
+    fig.suptitle(f"mean per config, {_interval_name(stats)}; dashed: baseline {stats['baseline']}; orange: differs "
+                 f"from it ({test}, Holm)", fontsize=9)
     path = Path(path)
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
     return path
@@ -261,13 +270,21 @@ def _stats_section(out: Path, stats: dict | None) -> list[str]:
 
     if stats is None:
         return []
-    parts = [f"<h3>Statistics</h3><p class='dim'>Per config: mean ± standard deviation and a "
-             f"{stats['confidence']:.0%} percentile-bootstrap interval over images ({stats['bootstrap']['resamples']} "
-             f"resamples of (prompt, reference, seed) units, seed {stats['bootstrap']['seed']}). Against the baseline "
-             f"<b>{_e(stats['baseline'])}</b>: the paired difference on shared units with its interval, a two-sided "
-             f"Wilcoxon signed-rank test with Holm correction across configs (α = {stats['alpha']}), and the win rate "
-             f"(ties count half). {len(stats['seeds'])} seed(s), {stats['prompts']} prompt(s), {stats['references']} "
-             "reference(s). <code>vlbench stats DIR --json</code> gives every number.</p>"]
+    from vlbench.stats import design_line, method_line
+
+    if stats.get("unit", "image") == "image":
+        what = ("Per config: mean ± standard deviation and an interval over images, each image an independent unit. "
+                "Against the baseline <b>{b}</b>: the paired difference on shared (prompt, reference, seed) slots "
+                "with its interval, a two-sided Wilcoxon signed-rank test and the win rate (ties count half).")
+    else:
+        what = ("Per config: mean ± standard deviation (over images) and an interval that treats prompts and "
+                "references as random, crossed factors with seeds inside each (prompt, reference) cell. Against "
+                "the baseline <b>{b}</b>: the paired difference (per image slot, then per cell) with its interval, "
+                "its degrees of freedom, a t test, the win rate over cells (ties count half) and, in the JSON, the "
+                "smallest difference the run could detect (mde).")
+    parts = [f"<h3>Statistics</h3><p class='dim'>{what.format(b=_e(stats['baseline']))} "
+             f"{_e(method_line(stats))}. <code>vlbench stats DIR --json</code> gives every number "
+             "(docs/stats.md).</p>"]
     for note in stats["notes"]:
         parts.append(f"<p class='failed'>{_e(note)}</p>")
     if (out / STATS_PLOT).exists():
@@ -277,13 +294,19 @@ def _stats_section(out: Path, stats: dict | None) -> list[str]:
         rows = table_rows(stats, name)
         arrow = "higher is better" if block["higher_is_better"] else "lower is better"
         parts.append(f"<h4>{_e(block['label'])} <span class='dim'>({_e(name)}; {arrow})</span></h4>"
-                     "<table><thead><tr>" + "".join(f"<th>{_e(k)}</th>" for k in rows[0]) + "</tr></thead><tbody>")
+                     f"<p class='dim'>{_e(design_line(stats, name))}</p>"
+                     + (f"<p class='failed'>{_e(block['note'])}</p>" if block.get("note") else "")
+                     + "<table><thead><tr>" + "".join(f"<th>{_e(k)}</th>" for k in rows[0]) + "</tr></thead><tbody>")
         for cells in rows:
             cls = {"better": " style='background:#eaf6ea'",
                    "worse": " style='background:#fbeaea'"}.get(cells["verdict"], "")
             parts.append(f"<tr{cls}>" + "".join(f"<td{'' if i == 0 else ' class=num'}>{_e(v)}</td>"
                                                for i, v in enumerate(cells.values())) + "</tr>")
         parts.append("</tbody></table>")
+    from vlbench.stats import plan_lines
+
+    if stats.get("plan"):
+        parts.append("<pre>" + _e("\n".join(plan_lines(stats))) + "</pre>")
     return parts
 
 

@@ -70,6 +70,9 @@ class Store:
             path = paths.store_path()
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        from vlbench.paths import data_file
+
+        data_file(self.path)  # 0600 (paths.data_file) before SQLite makes it 0644: its WAL and shm take its mode
         self._local = threading.local()
         self._lock = threading.Lock()
         self._conns: list[sqlite3.Connection] = []
@@ -348,6 +351,20 @@ class Store:
                                "value = excluded.value WHERE state.value IN (?, ?)",
                                (key, json.dumps(value), json.dumps(""), json.dumps(replacing)))
             return cur.rowcount == 1
+
+    def take_owner(self, key: str, info: dict) -> dict | None:
+        """Register `info` (a dict naming its process: `token`) under `key` unless a live process other than the
+        caller holds it. The check and the write are one transaction, so of several processes starting at the same
+        moment exactly one registers. None when registered (or re-registered), else the live holder's info."""
+        with self._write() as conn:
+            found = conn.execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone()
+            held = json.loads(found[0]) if found is not None else None
+            if (isinstance(held, dict) and held.get("token") != info.get("token")
+                    and owner_alive(held.get("token"))):
+                return held
+            conn.execute("INSERT INTO state (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET "
+                         "value = excluded.value", (key, json.dumps(info)))
+        return None
 
     @property
     def paused(self) -> bool:

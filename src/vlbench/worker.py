@@ -105,6 +105,14 @@ class WorkerPaused:
     paused: bool
 
 
+@dataclass(frozen=True)
+class ViewerFollows:
+    """A Viewer's headless worker stopped and another `vlbench worker` now runs the queue: the Viewer follows it."""
+
+    pid: int | None
+    log: str
+
+
 class Worker:
     """Runs queued jobs one at a time on a thread that owns the loaded models."""
 
@@ -248,8 +256,9 @@ class Worker:
         beat = None
         try:
             store = Store(self.store_path)
-            if self.presence is not None:
-                self._publish(store, started=True)
+            if self.presence is not None and (other := self._publish(store, started=True)) is not None:
+                self._emit(ModelStatus(f"worker not started: pid {other.get('pid')} already runs this queue"))
+                return  # issue 26: another process registered first; this one runs nothing
             if self.presence == "headless":
                 beat = threading.Thread(target=self._heartbeat, name="vlbench-heartbeat", daemon=True)
                 beat.start()
@@ -282,15 +291,17 @@ class Worker:
                 "status": self._status, "paused": self._paused.is_set(), "unsaved": len(self._unsaved),
                 "log": str(paths.log_path()), "store": str(self.store_path)}
 
-    def _publish(self, store: Store, started: bool = False) -> None:
+    def _publish(self, store: Store, started: bool = False) -> dict | None:
+        """Register (or refresh) this process as the queue's worker; the live other owner's info if one holds it."""
         if started:
             self._since = time.time()
         try:
-            store.set_state(PRESENCE, self.presence_info())
+            return store.take_owner(PRESENCE, self.presence_info())  # issue 26: check and register in one step
         except sqlite3.Error as exc:  # a locked or full store: the next beat tries again
             if started or time.monotonic() - self._fault_logged > 60:
                 self._fault_logged = time.monotonic()
                 log.warning("run store: cannot publish the worker's state (%s)", exc)
+        return None
 
     def _unpublish(self, store: Store) -> None:
         try:
@@ -508,12 +519,8 @@ class Worker:
         if self.engine is None:
             if self._engine_factory is not None:
                 self.engine = self._engine_factory()
-            else:
-                from vlbench.engine.engine import Engine
-                from vlbench.engine.models import Models
-
-                _quiet_libraries()
-                self.engine = Engine(Models(self.spec, on_status=lambda text: self._emit(ModelStatus(text))))
+            else:  # `vlbench worker`: the workbench's engine, threads and all
+                self.engine = build_engine(self.spec, lambda text: self._emit(ModelStatus(text)))
         return self.engine
 
     def _run(self, store: Store, row: RunRow, started: float) -> tuple[Path, "RunRecord"]:
@@ -715,12 +722,22 @@ class Viewer:
                     info = store.get_state(PRESENCE)
                     if not (isinstance(info, dict) and info.get("token") == self.info.get("token")
                             and owner_alive(info.get("token"))):
-                        if self.alive:
-                            self.alive = False
-                            self._emit(ModelStatus(f"the headless worker (pid {self.pid}) has stopped: nothing runs "
-                                                   "the queue; start `vlbench worker` again, or restart the "
-                                                   "workbench to run it here"))
-                        info = {}
+                        if _restarted(info):  # `vlbench worker` started again: follow the new one
+                            self.info, self.pid, self.alive = info, info.get("pid"), True
+                            status = None  # its own status is shown next
+                            self._emit(ViewerFollows(self.pid, str(info.get("log") or "")))
+                            self._emit(ModelStatus(f"viewer: `vlbench worker` (pid {self.pid}) runs the queue "
+                                                   f"(started again); pause, cancel and reorder act on it"))
+                        else:
+                            if self.alive:
+                                self.alive = False
+                                self._emit(ModelStatus(f"the headless worker (pid {self.pid}) has stopped: nothing "
+                                                       "runs the queue; start `vlbench worker` again (this view "
+                                                       "follows it), or restart the workbench to run it here"))
+                            info = {}
+                            if self._current is not None:  # its job stopped with it: no frozen progress bar
+                                self._current, progress = None, None
+                                self._emit(WorkerIdle())
                     paused = store.paused
                     if paused != self._paused:
                         self._paused = paused
@@ -761,6 +778,12 @@ class Viewer:
                 self._stop.wait(self.poll_s)
         finally:
             store.close()
+
+
+def _restarted(info: object) -> bool:
+    """A live headless worker of another process owns the store's queue (a Viewer may follow it)."""
+    return (isinstance(info, dict) and info.get("kind") == "headless" and bool(info.get("token"))
+            and info.get("token") != process_token() and owner_alive(info.get("token")))
 
 
 def _report_viewed_exports(viewer, store: Store, batches: dict[str, tuple[str, float]]) -> None:
@@ -830,6 +853,32 @@ def _persist(write: Callable, *args: Any, stop: threading.Event | None = None, b
             else:
                 time.sleep(delay)
             delay = min(delay * 2, 8.0)
+
+
+def build_engine(spec, on_status: Callable[[str], None]):
+    """The Engine every worker runs (the workbench's thread, `vlbench worker`): Models that load each part on first
+    use, library bars off, and one thread policy. On CPU torch's intra-op threads are capped at the cores less one:
+    a pool as large as the machine thrashes against the process's other threads (the workbench's UI, a heartbeat,
+    a viewer) and ran a headless worker 10–17× slower. Worker thread only (imports torch)."""
+    import torch
+
+    from vlbench.engine.engine import Engine
+    from vlbench.engine.models import Models
+
+    _quiet_libraries()
+    on_cpu = spec.device == "cpu" or (spec.device is None and not torch.cuda.is_available())
+    if on_cpu:
+        torch.set_num_threads(cpu_threads(torch.get_num_threads()))
+        log.info("torch threads on CPU: %d (of %d cores)", torch.get_num_threads(), os.cpu_count() or 1)
+    if spec.tiny:
+        on_status("preparing the tiny random models…")
+    return Engine(Models(spec, on_status=on_status))
+
+
+def cpu_threads(default: int, cores: int | None = None) -> int:
+    """The intra-op threads a CPU worker uses: torch's default, at most the cores less one, at least one."""
+    cores = cores or os.cpu_count() or 1
+    return max(1, min(default, cores - 1)) if cores > 1 else 1
 
 
 def _quiet_libraries() -> None:

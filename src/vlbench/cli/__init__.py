@@ -16,12 +16,19 @@ import sqlite3
 import sys
 from typing import Sequence
 
+from vlbench import __version__
 from vlbench.cli.common import Parser, render
 from vlbench.errors import UserError
 
+# Exit codes, the same for every command (README "Exit codes"; tests/test_exit_codes.py holds each command to them)
+EXIT_OK = 0  # everything asked for was done
+EXIT_FAILED = 1  # it ran, but jobs failed (an image, a trial, a score): the output says which
+EXIT_USER_ERROR = 2  # a bad input, flag, file or environment: one line naming it and the fix, nothing ran
+EXIT_INTERRUPTED = 130  # Ctrl-C (and SIGTERM during a sweep): finished work is kept; re-run to resume
+
 # command -> its module, in `vlbench --help` order
-COMMANDS = ("tui", "worker", "embed", "generate", "run", "search", "experiments", "score", "stats", "diagnose",
-            "calibrate", "inspect", "demo")
+COMMANDS = ("tui", "worker", "embed", "generate", "run", "search", "experiments", "score", "stats", "export",
+            "diagnose", "calibrate", "inspect", "demo", "completion")
 
 
 def command(name: str):
@@ -32,6 +39,7 @@ def command(name: str):
 def build_parser() -> Parser:
     parser = Parser(prog="vlbench", description="Condition Z-Image-Turbo on Qwen3-VL hidden states.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("--version", action="version", version=f"vlbench {__version__}")
     sub = parser.add_subparsers(dest="command", parser_class=Parser)
     for name in COMMANDS:
         module = command(name)
@@ -53,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _main(argv: list[str], debug: bool) -> int:
     try:
         rest = argv[1:] if argv[:1] == ["--debug"] else argv
-        if not rest or rest[0].startswith("-") and not {"-h", "--help"} & set(rest):
+        if not rest or rest[0].startswith("-") and not {"-h", "--help", "--version"} & set(rest):
             argv = ["tui", *argv]  # `vlbench [--tiny ...]` opens the workbench
         args = build_parser().parse_args(argv)
         if args.command is None:
@@ -63,16 +71,16 @@ def _main(argv: list[str], debug: bool) -> int:
         if debug:
             raise
         _say(f"vlbench: error: {render(exc)}")
-        return 2
+        return EXIT_USER_ERROR
     except KeyboardInterrupt:
         _say("vlbench: interrupted")
-        return 130
+        return EXIT_INTERRUPTED
     except (OSError, sqlite3.Error) as exc:  # the machine's fault, not vlbench's: a full disk, a read-only folder
         if debug:
             raise
         where = _log_traceback(exc)
         _say(f"vlbench: error: {environment_error(exc)}" + (f" (details in {where})" if where else ""))
-        return 2
+        return EXIT_USER_ERROR
 
 
 def environment_error(exc: BaseException) -> str:
@@ -83,9 +91,15 @@ def environment_error(exc: BaseException) -> str:
         text = str(exc).strip() or type(exc).__name__
         fix = {"locked": "another process holds the run store's write lock; wait or close it",
                "full": "free disk space", "readonly": "make the data folder writable (VLBENCH_DATA_DIR)"}
-        hint = next((v for k, v in fix.items() if k in text.replace(" ", "")), "check VLBENCH_DATA_DIR")
+        hint = next((v for k, v in fix.items() if k in text.replace(" ", "")), None)
+        if hint is None:  # SQLite reports a full disk under its WAL as "disk I/O error": look at the disk itself
+            free = _free_bytes_of_data_dir()
+            hint = ("the data folder's disk is full: free disk space" if free is not None and free < 2**20
+                    else "check VLBENCH_DATA_DIR")
         return f"run store: {text}; {hint}"
-    path = str(exc.filename) if isinstance(exc, OSError) and exc.filename else None
+    path = _written_name(str(exc.filename)) if isinstance(exc, OSError) and exc.filename else None
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT) and exc.filename2:
+        path = _written_name(str(exc.filename2))  # a copy that filled the disk: name where it wrote, not its source
     if path is not None and len(path) > 200:  # a pasted essay as a path: keep the line readable
         path = path[:199] + "…"
     reason = (exc.strerror if isinstance(exc, OSError) and exc.strerror else None) or str(exc) or type(exc).__name__
@@ -95,6 +109,27 @@ def environment_error(exc: BaseException) -> str:
            errno.EACCES: "write somewhere you may write", errno.EPERM: "write somewhere you may write",
            errno.EIO: "check the disk and the terminal"}.get(getattr(exc, "errno", None), "check the path and the disk")
     return f"{path + ': ' if path else ''}{reason}; {fix}"
+
+
+def _free_bytes_of_data_dir() -> int | None:
+    import shutil
+
+    from vlbench import paths
+
+    try:
+        return shutil.disk_usage(paths.data_dir()).free
+    except (OSError, ValueError):
+        return None
+
+
+def _written_name(path: str) -> str:
+    """The file a vlbench temp file (files.temp_path: `.NAME.vlbench-PID-THREAD.tmp`) was about to become."""
+    from pathlib import Path
+
+    from vlbench.files import TEMP
+
+    found = TEMP.match(Path(path).name)
+    return str(Path(path).with_name(found["name"])) if found else path
 
 
 def _attach_log():

@@ -13,9 +13,10 @@ SHIPPED_PROMPTS = Path(__file__).resolve().parent.parent / "data" / "calibration
 def add_arguments(p) -> None:
     p.add_argument("--prompts-file", default=None, metavar="F",
                    help="one prompt per line (default: the set shipped with vlbench)")
-    p.add_argument("--references", default="quick", metavar="SET_OR_DIR",
-                   help="reference images for the image-token statistics: an evaluation set's procedural images "
-                        "(quick, default, full) or a folder of your own (default quick)")
+    p.add_argument("--references", default="photos", metavar="SET_OR_DIR",
+                   help="reference images for the image-token statistics: an evaluation set's images (photos: "
+                        "7 real photographs, the default; quick, default, full: procedural patterns) or a folder "
+                        "of your own")
     p.add_argument("--out", default=None, metavar="STATS.safetensors",
                    help="where to write (default: the location recipes look in for these models)")
     common.add_model_flags(p)

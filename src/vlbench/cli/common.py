@@ -29,8 +29,22 @@ def render(exc: UserError) -> str:
     return exc.render(flag_name)
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """Help lines are literal text. argparse %-formats each one (for `%(default)s`, which vlbench never uses: the
+    real default is written into the text), so a bare "95%" would crash every help page that shows it, and on
+    Python 3.14 the parser's construction. This is the one place a `%` in help text is escaped."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        return (action.help or "").replace("%", "%%")
+
+
 class Parser(argparse.ArgumentParser):
+    """Every vlbench parser: literal help text (HelpFormatter), no prefix abbreviations (`--see` must not quietly
+    mean `--seed`), -1,-2 taken as values, and one-line errors."""
+
     def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        kwargs["allow_abbrev"] = False
         super().__init__(*args, **kwargs)
         self._negative_number_matcher = NEGATIVE_NUMBERS
 
@@ -71,7 +85,26 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
                         "Blackwell; images drift from bf16); default none (exact)")
     g.add_argument("--attention", metavar="{" + ",".join(ATTENTION_BACKENDS) + "}",
                    help="the DiT's attention kernel (default sdpa: torch chooses)")
+    g.add_argument("--fast", action="store_true", default=None,
+                   help="fp8 + --compile with static graphs per caption bucket + the fastest mask-taking attention "
+                        "kernel timed on the GPU (fp8 GPUs only; images drift from bf16)")
     add_debug_flag(p)
+
+
+def add_batch_flag(g) -> None:
+    g.add_argument("--batch", type=int, metavar="N",
+                   help="run up to N images of one shape (size, steps, guidance; caption bucket with --fast) in one "
+                        "DiT call (default 1: one image per call, bit-exact); each image keeps its seed, equal to "
+                        "batch 1 within float rounding; img2img, schedules and attention-weighted mixes run alone")
+
+
+def batch_size(value: int | None, executor_kind: str) -> int:
+    """--batch N checked: a positive count (the local executor batches consecutive jobs; ray, each actor's)."""
+    if value is None:
+        return 1
+    if value < 1:
+        raise UserError("must be >= 1", field="batch", value=value)
+    return value
 
 
 def model_spec(args: argparse.Namespace):
@@ -101,6 +134,10 @@ def engine(spec, console, cache_dir=None, files=None):
     if spec.tiny:
         console.print("[yellow]models: the built-in tiny RANDOM-WEIGHT ones; the images are noise (name real ones "
                       "with --zimage/--vl or in config.toml)[/yellow]")
+    if spec.fast:
+        from vlbench.modelspec import FAST_NOTE
+
+        console.print(f"[yellow]{escape(FAST_NOTE)}[/yellow]")
     models = Models(spec, on_status=lambda s: console.print(f"[dim]{escape(s)}[/dim]"), files=files)
     for warning in models.warnings:  # CUDA unusable: say so before minutes of CPU work
         console.print(f"[bold red]warning: {escape(warning)}[/bold red]")
@@ -137,7 +174,7 @@ def _field_help(name: str, info, default: Any) -> str:
     text += f" (default {shown}"
     if info.when:
         text += f"; has an effect only {info.when}"
-    return (text + ")").replace("%", "%%")
+    return text + ")"
 
 
 def _metavar(info) -> str | None:
@@ -168,10 +205,10 @@ def recipe_from_args(args: argparse.Namespace):
 
 
 # ---------------------------------------------------------------- inputs
-def add_input_flags(p: argparse.ArgumentParser) -> None:
+def add_input_flags(p: argparse.ArgumentParser, prompt_required: bool = True) -> None:
     p.add_argument("--image", action="append", default=[], metavar="REF",
                    help="reference image; repeat for several (each gets its own vision block)")
-    p.add_argument("--prompt", required=True, help="the prompt")
+    p.add_argument("--prompt", required=prompt_required, help="the prompt")
 
 
 def single_image_inputs(args: argparse.Namespace, suffix: str):
@@ -181,14 +218,60 @@ def single_image_inputs(args: argparse.Namespace, suffix: str):
     from vlbench.prompts import check_prompt
 
     out = check_out(args.out, suffix)
-    prompt = check_prompt(args.prompt)
-    recipe = recipe_from_args(args)
-    recipe.check_inputs(len(args.image))
-    refs = open_references(args.image)
+    if getattr(args, "from_png", None):  # the recipe, seed, prompt and references a PNG records; flags override them
+        prompt, recipe, refs = recorded_inputs(args)
+    else:
+        if args.prompt is None:
+            raise UserError("give the prompt (or --from IMAGE.png to re-run a recorded one)", field="prompt")
+        prompt = check_prompt(args.prompt)
+        recipe = recipe_from_args(args)
+        recipe.check_inputs(len(args.image))
+        refs = open_references(args.image)
     spec = model_spec(args)
     files = read_model_files(spec)
     check_plan(files, [(recipe, prompt, refs)])
     return out, prompt, recipe, refs, spec, files
+
+
+def recorded_inputs(args: argparse.Namespace):
+    """(prompt, recipe, references) of `--from IMAGE.png`: the run record in the PNG's metadata, every flag the user
+    set over it; a recorded reference must still be the same picture (its sha256)."""
+    from vlbench.prompts import check_prompt
+    from vlbench.recipe import Recipe, field_infos
+    from vlbench.records import RunRecord
+
+    path = args.from_png
+    if getattr(args, "recipe", None):
+        raise UserError("cannot be combined with --recipe: the PNG holds the recipe", field="from_png", value=path,
+                        fix="drop one (flags still override the PNG's fields)")
+    try:
+        from vlbench.pngs import read_png_metadata
+
+        data = read_png_metadata(path)
+    except FileNotFoundError:
+        raise UserError("no such file", field="from_png", value=path) from None
+    except Exception as exc:  # noqa: BLE001 — not a PNG, damaged
+        raise UserError(f"cannot read it as a PNG ({type(exc).__name__})", field="from_png", value=path) from None
+    if not data or not isinstance(data.get("recipe"), dict):
+        raise UserError("holds no vlbench run record (it was not made by vlbench, or its metadata was stripped)",
+                        field="from_png", value=path, fix="give a PNG vlbench wrote (generate, run, the workbench)")
+    record = RunRecord.from_json(data)
+    overrides = {name: getattr(args, name) for name in field_infos() if getattr(args, name, None) is not None}
+    try:
+        recipe = Recipe.from_dict({**record.recipe, **overrides})
+    except UserError as exc:
+        raise exc.within(f"{path} (its recorded recipe)") from None
+    prompt = check_prompt(args.prompt if args.prompt is not None else record.prompt)
+    if args.image:
+        refs = open_references(args.image)
+    else:
+        refs = open_references(record.reference_paths)
+        for ref, recorded in zip(refs, record.references):
+            if recorded.get("sha256") and ref.sha256 != recorded["sha256"]:
+                raise UserError(f"{ref.path}: not the picture {path} was made from (its sha256 differs)",
+                                field="from_png", value=path, fix="give the original with --image")
+    recipe.check_inputs(len(refs))
+    return prompt, recipe, refs
 
 
 def open_references(paths: list[str]) -> list:
@@ -359,8 +442,10 @@ def metrics_choice(args, in_run: bool):
     return metrics
 
 
-def metric_sources(args) -> dict[str, str]:
-    """The model of each metric family: the flags, or the tiny random ones with --tiny."""
+def metric_sources(args, tiny_models: bool = False, console=None) -> dict[str, str]:
+    """The model of each metric family: the flags, or the tiny random ones with --tiny — or, when no flag names a
+    metric model and the images come from the tiny models (`tiny_models`: nothing named them), the tiny metric
+    models too: "nothing named → the tiny models" reaches the metric models (they would be downloaded)."""
     from vlbench.metrics import SOURCE_FLAGS
 
     given = {k: getattr(args, k) for k in SOURCE_FLAGS if getattr(args, k, None)}
@@ -370,7 +455,72 @@ def metric_sources(args) -> dict[str, str]:
         from vlbench.metrics.tiny import ensure_tiny_metric_models
 
         return ensure_tiny_metric_models().sources()
+    if tiny_models and not given:
+        from vlbench.metrics.tiny import ensure_tiny_metric_models
+
+        if console is not None:
+            console.print("[yellow]metric models: the built-in tiny RANDOM-WEIGHT ones, as the image models are; the "
+                          "scores mean nothing (name real ones with --siglip, --clip, … or run with real "
+                          "models)[/yellow]")
+        return ensure_tiny_metric_models().sources()
     return given
+
+
+def check_metric_sources(metrics, sources: dict[str, str], shared: Iterable[str] = ()) -> None:
+    """Offline, a metric model that is neither a folder nor in the Hugging Face cache is one line now, not minutes
+    of download retries after the run. `shared`: families the run's own models serve (the Qwen3-VL judge)."""
+    from vlbench.metrics import DEFAULT_MODELS, METRICS
+
+    families = {METRICS[m].family for m in metrics} - set(shared)
+    needed = []
+    for family in sorted(families & set(DEFAULT_MODELS)):
+        needed.append((family, sources.get(family) or DEFAULT_MODELS[family]))
+        if family == "pickscore":
+            needed.append(("pickscore_processor", sources.get("pickscore_processor")
+                           or DEFAULT_MODELS["pickscore_processor"]))
+    missing = [(family, source) for family, source in needed if not _local_model(source)]
+    if not missing:
+        return
+    unreachable = _hub_unreachable()
+    if unreachable:
+        family, source = missing[0]
+        others = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise UserError(f"metric model {source}{others} is not in the Hugging Face cache and {unreachable}",
+                        field=family, fix=f"download it where there is a network (`hf download {source}`), name a "
+                                          f"local folder with {flag_name(family)} DIR, or score with --tiny "
+                                          "(random weights: the scores mean nothing)")
+
+
+def _local_model(source: str) -> bool:
+    """A folder, or a hub id already in the Hugging Face cache (no network is asked)."""
+    if Path(source).expanduser().exists():
+        return True
+    try:
+        from huggingface_hub import snapshot_download
+
+        snapshot_download(source, local_files_only=True)
+        return True
+    except Exception:  # noqa: BLE001 — not cached, or not a repo id: the loader says which
+        return False
+
+
+def _hub_unreachable(timeout: float = 3.0) -> str | None:
+    """Why the Hugging Face hub cannot be reached (HF_HUB_OFFLINE, no route, no name), or None: one connection
+    attempt of at most `timeout` seconds instead of the hub client's retries."""
+    import os
+    import socket
+    from urllib.parse import urlsplit
+
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return "HF_HUB_OFFLINE is set"
+    endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+    url = urlsplit(endpoint)
+    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as exc:
+        return f"{host} cannot be reached (offline? {exc.strerror or type(exc).__name__})"
+    return None
 
 
 def score(out: Path, metrics, sources: dict, device, dtype, batch_size: int, store, con, shared=None,
@@ -379,9 +529,11 @@ def score(out: Path, metrics, sources: dict, device, dtype, batch_size: int, sto
     the run already holds (the Qwen3-VL judge), by family."""
     import torch
 
+    from vlbench.logs import quiet_libraries
     from vlbench.metrics.models import MetricModels
     from vlbench.metrics.score import SCORES, score_folder
 
+    quiet_libraries()  # "Loading weights" bars: the status lines say what loads
     models = MetricModels(sources, device=device, dtype=dtype or torch.float32,
                           on_status=lambda t: con.print(f"[dim]{escape(t)}[/dim]"), shared=shared,
                           shared_sources=shared_sources, judge_dtype=judge_dtype)

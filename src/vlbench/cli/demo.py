@@ -40,6 +40,9 @@ def run(args) -> int:
         record = RunRecord(prompt=prompt, recipe=recipe.to_dict(), seed=recipe.seed, source="cli",
                            references=references_of((Path(r.path).resolve(), r.sha256) for r in refs))
         outcome = execute(engine, record, refs, render=common.render)
+        if outcome.failure is not None:  # a job that fails is exit 1, as in every command
+            console.print(f"[red]failed: --tokens {tokens}: {common.escape(outcome.failure.reason)}[/red]")
+            return 1
         path = out / f"demo-{tokens}.png"
         write_png(path, encode_png(outcome.image, outcome.record.png_metadata()))
         console.print(f"--tokens {tokens:6}: {outcome.record.caption_tokens:3} caption tokens -> {common.escape(path)}")

@@ -23,6 +23,8 @@ def add_arguments(p) -> None:
     p.add_argument("--calibration", metavar="STATS.safetensors",
                    help="calibration stats for the normalisation columns (default: vlbench calibrate's for these models)")
     p.add_argument("--out", metavar="DIR", help="also write DIR/diagnostics.json and a per-layer plot PNG")
+    p.add_argument("--json", action="store_true", help="print the diagnostics as JSON (diagnostics.json's entry) "
+                                                       "instead of tables")
     common.add_model_flags(p)
 
 
@@ -61,7 +63,14 @@ def run(args) -> int:
     console = common.console()
     engine = common.engine(spec, console)
     diag = diagnose(engine, refs, prompt, layers, args.calibration)
-    print_diagnostics(diag, Console())
+    if args.json:
+        import json
+        import sys
+
+        json.dump(diag, sys.stdout, indent=1)
+        sys.stdout.write("\n")
+    else:
+        print_diagnostics(diag, Console())
     if out is not None:
         diag["id"] = entry_id(diag["reference_sha256"], prompt)
         diag["plot"] = f"diagnostics-{diag['id']}.png"

@@ -11,6 +11,7 @@ DESCRIPTION = "List the built-in experiment types, or check type files given by 
 
 def add_arguments(p) -> None:
     p.add_argument("types", nargs="*", metavar="NAME_OR_PATH", help="only these types (names or type files)")
+    p.add_argument("--json", action="store_true", help="print the types as JSON (one object per type) instead of a table")
     common.add_debug_flag(p)
 
 
@@ -28,8 +29,14 @@ def run(args) -> int:
     table.add_column("configs", justify="right", no_wrap=True)
     table.add_column("configs and their key fields")
     bad = 0
+    described = []
     for target in targets:
         experiment = load_type(target)  # a shape error is fatal: one line naming file and key
+        entry = {"name": experiment.name, "path": str(experiment.path), "description": experiment.description,
+                 "question": experiment.question, "base": dict(experiment.base), "seeds": list(experiment.seeds),
+                 "configs": [{"name": c.name, "fields": dict(c.fields), "quick": c.quick} for c in experiment.configs],
+                 "quick_configs": len(experiment.selected(quick=True)), "error": None}
+        described.append(entry)
         counts = f"{len(experiment.configs)}\n(quick {len(experiment.selected(quick=True))})"
         lines = []
         if experiment.base:
@@ -45,8 +52,16 @@ def run(args) -> int:
         except UserError as exc:
             bad += 1
             question += f"\n[red]{e(str(exc))}[/red]"
+            entry["error"] = str(exc)
         name = e(experiment.name) if not args.types else f"{e(experiment.name)}\n[dim]{e(str(experiment.path))}[/dim]"
         table.add_row(name, question, counts, "\n".join(lines))
+    if args.json:
+        import json
+        import sys
+
+        json.dump(described, sys.stdout, indent=1, default=str)
+        sys.stdout.write("\n")
+        return 1 if bad else 0
     Console().print(table)
     if not args.types:
         print("run one: vlbench run --experiment NAME --image REF --prompt TEXT --output-dir DIR [--quick]")

@@ -10,7 +10,10 @@ HELP = "generate one image"
 
 
 def add_arguments(p) -> None:
-    common.add_input_flags(p)
+    common.add_input_flags(p, prompt_required=False)
+    p.add_argument("--from", dest="from_png", metavar="IMAGE.png",
+                   help="re-run the recipe, seed, prompt and references a vlbench PNG records (flags set here "
+                        "override them); the same models and device give the same pixels")
     common.add_recipe_flags(p)
     p.add_argument("--out", required=True, metavar="OUT.png", help="output PNG (its run record in the PNG's metadata)")
     p.add_argument("--no-store", action="store_true", help="do not record the image in the run history")

@@ -15,6 +15,7 @@ HELP = "summarise a conditioning tensor written by vlbench embed, or a PNG's run
 def add_arguments(p) -> None:
     p.add_argument("path", metavar="COND.safetensors|IMAGE.png")
     p.add_argument("--calibration", metavar="STATS.safetensors", help="compare with these statistics")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON instead of a table")
     common.add_debug_flag(p)
 
 
@@ -40,13 +41,19 @@ def run(args) -> int:
                         fix="give a file written by vlbench embed")
     x = tensors["prompt_embeds"].float()
     side = path.with_suffix(".json")
-    meta = json.loads(side.read_text()) if side.exists() else {}
+    from vlbench.files import read_text_file
+
+    meta = json.loads(read_text_file(side)) if side.exists() else {}
     rows = meta.get("conditioning", {}).get("rows", [])
     roles = [r.get("role") or (r.get("base") or {}).get("role") or r.get("mix") or r.get("source") for r in rows]
     console = Console()
     e = common.escape
-    console.print(f"[bold]{e(path)}[/bold]  {x.shape[0]} tokens × {x.shape[1]}  ({tensors['prompt_embeds'].dtype})")
-    if meta:
+    summary = {"path": str(path), "tokens": int(x.shape[0]), "width": int(x.shape[1]),
+               "dtype": str(tensors["prompt_embeds"].dtype).removeprefix("torch."),
+               "recipe": meta.get("recipe"), "groups": [], "calibration": None}
+    if not args.json:
+        console.print(f"[bold]{e(path)}[/bold]  {x.shape[0]} tokens × {x.shape[1]}  ({tensors['prompt_embeds'].dtype})")
+    if meta and not args.json:
         console.print(f"recipe: {e(json.dumps({k: v for k, v in meta['recipe'].items() if v is not None}))}")
     table = Table("rows", "count", "RMS", "min", "max", "mean |x|")
     groups: dict[str, list[int]] = {"all": list(range(x.shape[0]))}
@@ -57,11 +64,17 @@ def run(args) -> int:
         groups["attention sinks"] = sinks
     for name, idx in groups.items():
         part = x[idx]
+        summary["groups"].append({"rows": name, "count": len(idx), "rms": float(blend.rms(part)),
+                                  "min": float(part.min()), "max": float(part.max()),
+                                  "mean_abs": float(part.abs().mean())})
         table.add_row(e(name), str(len(idx)), f"{float(blend.rms(part)):.3f}", f"{float(part.min()):.3f}",
                       f"{float(part.max()):.3f}", f"{float(part.abs().mean()):.3f}")
-    console.print(table)
-    for line in attend_lines(meta.get("conditioning", {})):
-        console.print(e(line))
+    if not args.json:
+        console.print(table)
+        for line in attend_lines(meta.get("conditioning", {})):
+            console.print(e(line))
+    else:
+        summary["attend_mixes"] = meta.get("conditioning", {}).get("attend_mixes", [])
     if args.calibration:
         from vlbench.engine.calibrate import load_stats
 
@@ -69,8 +82,18 @@ def run(args) -> int:
         ref = stats.get("qwen3", -2, "text")
         keep = [i for i in range(x.shape[0]) if i not in set(sinks)] or list(range(x.shape[0]))
         odd = blend.outlier_dims(x[keep], ref["std"]) if len(keep) > 1 else {"too_large": [], "too_small": []}
-        console.print(f"vs Qwen3-4B layer -2 text tokens: RMS ratio {float(blend.rms(x[keep]) / ref['rms']):.3f}; "
-                      f"dims with std > 8× reference: {odd['too_large'][:10]}; < 1/8×: {odd['too_small'][:10]}")
+        ratio = float(blend.rms(x[keep]) / ref["rms"])
+        summary["calibration"] = {"against": "qwen3 layer -2 text tokens", "rms_ratio": ratio,
+                                  "std_too_large_dims": [int(d) for d in odd["too_large"]],
+                                  "std_too_small_dims": [int(d) for d in odd["too_small"]]}
+        if not args.json:
+            console.print(f"vs Qwen3-4B layer -2 text tokens: RMS ratio {ratio:.3f}; "
+                          f"dims with std > 8× reference: {odd['too_large'][:10]}; < 1/8×: {odd['too_small'][:10]}")
+    if args.json:
+        import sys
+
+        json.dump(summary, sys.stdout, indent=1)
+        sys.stdout.write("\n")
     return 0
 
 

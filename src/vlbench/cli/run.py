@@ -25,7 +25,8 @@ def add_arguments(p) -> None:
                    help="prompts, one per line (blank and # lines skipped), or a TOML file with prompts = [...]")
     p.add_argument("--eval-set", metavar="NAME_OR_DIR",
                    help="references and prompts of an evaluation set: quick, default (12 prompts × 6 procedural "
-                        "references), full (36 × 12), or a folder of images with an optional prompts.txt; "
+                        "references), full (36 × 12), photos (12 prompts × 7 real photographs), or a folder of "
+                        "images with an optional prompts.txt; "
                         "--image/--prompt add to it; its seeds apply unless --seeds is given")
     p.add_argument("--output-dir", required=True, metavar="DIR", help="where the images and reports go")
     p.add_argument("--quick", action="store_true", help="the type's quick subset (fewer layers, every kind of config)")
@@ -49,6 +50,7 @@ def add_arguments(p) -> None:
                         "default: start a local Ray instance on 127.0.0.1 with every visible GPU")
     g.add_argument("--ray-actors", type=int, metavar="N",
                    help="actors to start (default: one per GPU of the cluster; without GPUs, min(2, CPUs))")
+    common.add_batch_flag(g)
 
 
 def run(args) -> int:
@@ -103,6 +105,10 @@ def run(args) -> int:
     out = common.check_out_dir(args.output_dir)
     metrics = common.metrics_choice(args, in_run=True)
     spec = common.model_spec(args)
+    sources = None
+    if metrics:  # the metric models: the tiny ones with tiny image models; offline and not downloaded: one line now
+        sources = common.metric_sources(args, tiny_models=spec.tiny, console=common.console())
+        common.check_metric_sources(metrics, sources, shared=() if sources.get("vqa") else ("vqa",))
     files = read_model_files(spec)  # sizes, control tokens and top-k against the models' files, before loading
     for named in recipes:
         try:
@@ -113,6 +119,7 @@ def run(args) -> int:
                 raise exc.within(f"{experiment.path}: config {named.name!r}") from None
             raise
     choice = ExecutorChoice(args.executor, args.ray_address, args.ray_actors)
+    batch = common.batch_size(args.batch, choice.kind)
     if args.measure_share and args.executor != "local":
         raise UserError("measures in the local engine only", field="measure_share", value=True,
                         fix="drop --executor, or drop --measure-share")
@@ -128,6 +135,15 @@ def run(args) -> int:
     parameters = {"experiment": args.experiment, "images": images, "prompts": prompts, "seeds": seeds,
                   "eval_set": args.eval_set,
                   "quick": args.quick, "overrides": overrides, "limit": args.limit, "output_dir": str(out)}
+    local = None
+    if batch > 1:
+        from vlbench.experiments.runner import LocalExecutor
+
+        parameters["batch"] = batch
+        if executor is not None:
+            executor.batch = batch  # each actor batches the jobs it takes (one group, one shape)
+        else:
+            local = LocalExecutor(common.render, batch=batch)
     if executor is not None:
         parameters["executor"] = executor.describe()
     console.print(f"[bold]{common.escape(experiment.name)}[/bold]: {len(recipes)} configs × {len(reference_sets)} "
@@ -137,10 +153,10 @@ def run(args) -> int:
     try:
         summary = run_experiment(engine, experiment, recipes, reference_sets, prompts, out, seeds=seeds,
                                  limit=args.limit, parameters=parameters, store=store, console=console,
-                                 executor=executor, render=common.render)
+                                 executor=executor or local, render=common.render)
         if executor is not None:
             executor.close()  # the GPUs are free before diagnostics or metrics load models here
-        _after_run(args, engine, out, recipes, refs, prompts, metrics, store, console)
+        _after_run(args, engine, out, recipes, refs, prompts, metrics, sources, store, console)
     except OSError as exc:
         if exc.filename is None:  # a write that failed mid-file (a full disk) names no file: name the folder
             exc.filename = str(out)
@@ -168,7 +184,7 @@ def run(args) -> int:
     return 1 if summary.failed else 0
 
 
-def _after_run(args, engine, out: Path, recipes, refs, prompts, metrics, store, console) -> None:
+def _after_run(args, engine, out: Path, recipes, refs, prompts, metrics, sources, store, console) -> None:
     """The report's embedding diagnostics, then (with --metrics) the scoring pass; then the report again."""
     if not args.no_diagnostics:
         from vlbench.diagnose import diagnose_run, recipe_layers
@@ -179,7 +195,7 @@ def _after_run(args, engine, out: Path, recipes, refs, prompts, metrics, store, 
         except UserError as exc:
             console.print(f"[yellow]embedding diagnostics skipped: {common.escape(common.render(exc))}[/yellow]")
     if metrics:
-        sources = common.metric_sources(args)
+        sources = dict(sources)
         sources.setdefault("vqa", engine.models.spec.vl)  # the judge is the run's own Qwen3-VL unless --vqa names one
         common.score(out, metrics, sources, engine.models.device, None, args.metrics_batch_size, store, console,
                      shared={"vqa": lambda: engine.models.vl}, shared_sources={"vqa": engine.models.spec.vl})

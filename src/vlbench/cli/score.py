@@ -36,10 +36,11 @@ def run(args) -> int:
         raise UserError("no results.jsonl here", field="dir", value=args.dir,
                         fix="give the --output-dir of a vlbench run")
     metrics = common.metrics_choice(args, in_run=False)
-    sources = common.metric_sources(args)
+    console = common.console()
+    sources = common.metric_sources(args, tiny_models=_tiny_images(out), console=console)
+    common.check_metric_sources(metrics, sources)  # offline and not downloaded: one line now
     spec = ModelSpec(device=args.device, dtype=args.dtype)
     device, dtype = spec.resolved_device(), spec.resolved_dtype() if args.dtype else None
-    console = common.console()
     if args.tiny:
         console.print("[yellow]--tiny: built-in RANDOM-WEIGHT metric models; the scores mean nothing[/yellow]")
     store = None if args.no_store else common.open_store(console)
@@ -56,3 +57,17 @@ def run(args) -> int:
                       "re-run the same `vlbench run` command, then score again[/red]")
         return 1
     return 0
+
+
+def _tiny_images(out: Path) -> bool:
+    """Were the folder's images made by the tiny models (its run.json), or — no run.json — would they be now
+    (nothing names the image models)?"""
+    from vlbench.experiments.folder import read_info
+
+    info = read_info(out)
+    if info is not None and isinstance(info.get("models"), dict):
+        return bool(info["models"].get("tiny"))
+    from vlbench.config import load_settings
+    from vlbench.modelspec import resolve_model_spec
+
+    return resolve_model_spec(load_settings(create=False).models.to_dict()).tiny

@@ -13,10 +13,11 @@ from vlbench.errors import UserError
 HELP = "search a recipe space for the Pareto front of metric objectives (Optuna), resumable"
 DESCRIPTION = ("Search the Recipe fields a space file declares (ranges, value lists) for the trade-off between its "
                "objectives (metric means over every prompt × reference × seed), with Optuna's NSGA-II/III or TPE. "
-               "Each trial is a vlbench run folder under --output-dir/trials/; the folder also holds search.db "
+               "Each trial is a vlbench run folder under --output-dir/trials/; the folder also holds search.journal "
                "(the Optuna study), trials.jsonl, pareto.json, pareto.png and front/ (the front's recipes, grid "
                "and report). Re-run with --resume to continue.")
-INPUT_FLAGS = ("image", "prompt", "prompts_file", "eval_set", "seeds", "sampler_seed")
+INPUT_FLAGS = ("image", "prompt", "prompts_file", "eval_set", "seeds", "sampler_seed", "steps", "width", "height")
+SIZE_FLAGS = ("steps", "width", "height")
 
 
 def add_arguments(p) -> None:
@@ -27,7 +28,7 @@ def add_arguments(p) -> None:
                    help="the search space: fields to vary, fixed fields, objectives, constraints, sampler "
                         "(see examples/search/); with --resume, the search's own unless given")
     p.add_argument("--output-dir", required=True, metavar="DIR",
-                   help="the search folder: search.db, search.json, trials/, trials.jsonl, pareto.json, front/")
+                   help="the search folder: search.journal, search.json, trials/, trials.jsonl, pareto.json, front/")
     p.add_argument("--resume", action="store_true",
                    help="continue the search in --output-dir with its own space, inputs and sampler seed")
     p.add_argument("--trials", type=int, metavar="N",
@@ -38,18 +39,20 @@ def add_arguments(p) -> None:
                         "the invocation's first trial always runs)")
     p.add_argument("--sampler-seed", type=int, metavar="S",
                    help="the sampler's seed (default 0): same seed + same space + same inputs -> the same trials "
-                        "in the same order, resumed or not")
+                        "in the same order, resumed or not, with one worker (local, or one Ray actor); with several "
+                        "actors the order depends on timing")
     p.add_argument("--image", action="append", default=[], metavar="REF",
                    help="reference image; repeat for several: every trial runs on each one")
     p.add_argument("--prompt", action="append", default=[], metavar="TEXT", help="a prompt; repeat for several")
     p.add_argument("--prompts-file", metavar="FILE", help="prompts, one per line, or a TOML file with prompts = [...]")
     p.add_argument("--eval-set", metavar="NAME_OR_DIR",
-                   help="references and prompts of an evaluation set (quick, default, full, or a folder); its "
+                   help="references and prompts of an evaluation set (quick, default, full, photos, or a folder); its "
                         "seeds apply unless the space file or --seeds names others")
     p.add_argument("--seeds", "--seed", dest="seeds", metavar="SEEDS",
                    help="seeds of every trial: 3, 1,2,5, 0-7 (default: the space's seeds, else the eval set's, "
                         "else 0)")
     p.add_argument("--no-store", action="store_true", help="do not record the images in the run history")
+    common.add_recipe_flags(p, only=SIZE_FLAGS, recipe_file=False)  # override the space's [fixed] (a quick try)
     g = p.add_argument_group("metric models (the metrics are the space file's objectives, constraints and metrics)")
     for name in SOURCE_FLAGS:
         g.add_argument(common.flag_name(name), dest=name, metavar="ID_OR_DIR",
@@ -60,10 +63,11 @@ def add_arguments(p) -> None:
     common.add_model_flags(p)
     g = p.add_argument_group("executor")
     g.add_argument("--executor", metavar="{" + ",".join(EXECUTORS) + "}", default="local",
-                   help="local: this process's Engine (default); ray: one Ray actor per GPU; each trial's images "
-                        "are spread over them (trials run one after another)")
+                   help="local: this process's Engine (default); ray: one Ray actor per GPU, trials run "
+                        "concurrently, one per free actor (with one actor, one after another)")
     g.add_argument("--ray-address", metavar="ADDR", help="a running Ray cluster (see vlbench run --help)")
     g.add_argument("--ray-actors", type=int, metavar="N", help="actors to start (default: one per GPU)")
+    common.add_batch_flag(g)
 
 
 def run(args) -> int:
@@ -102,6 +106,7 @@ def run(args) -> int:
                             value=args.space, fix="resume without --space, or start a new search in another folder")
         inputs = info["inputs"]
         sampler_seed = info["sampler_seed"]
+        _resume_models(args, info)  # issue 26: the models the search was started with, unless named again
     else:
         if info is not None:
             raise UserError("already holds a search", field="output_dir", value=args.output_dir,
@@ -114,15 +119,28 @@ def run(args) -> int:
         sampler_seed = 0 if args.sampler_seed is None else args.sampler_seed
         if sampler_seed < 0:
             raise UserError("must be >= 0", field="sampler_seed", value=sampler_seed)
+    space = _with_overrides(space, inputs.get("overrides") or {})
     refs, prompts = _open_inputs(inputs)
     space.check_feasible(len(refs))
     reference_sets = [(r,) for r in refs]
     spec = common.model_spec(args)
     choice = ExecutorChoice(args.executor, args.ray_address, args.ray_actors)
-    sources = common.metric_sources(args)
-    out = common.check_out_dir(args.output_dir)
+    batch = common.batch_size(args.batch, choice.kind)
+    from vlbench.metrics import SOURCE_FLAGS
 
     console = common.console()
+    if args.resume and not args.tiny and not any(getattr(args, k, None) for k in SOURCE_FLAGS):
+        sources = {k: v for k, v in info["metric_sources"].items() if k != "vqa" or v != spec.vl}  # its own models
+    else:
+        sources = common.metric_sources(args, tiny_models=spec.tiny, console=console)
+    common.check_metric_sources(space.metrics, sources, shared=() if sources.get("vqa") else ("vqa",))
+    model_ids = {"tiny": spec.tiny, "zimage": spec.zimage, "vl": spec.vl}
+    if args.resume and info.get("models") not in (None, model_ids):  # issue 26
+        raise UserError(f"the models differ from the search's (search.json: {_describe_models(info['models'])})",
+                        field="output_dir", value=args.output_dir,
+                        fix="resume without model flags (the search's own are used), or with the same ones")
+    out = common.check_out_dir(args.output_dir)
+
     handle = F.lock(out)  # one search per folder
     try:
         engine, executor = start_executor(spec, choice, lambda s: common.engine(s, console), console)
@@ -138,6 +156,7 @@ def run(args) -> int:
         info = info or {"schema": SEARCH_SCHEMA, "space_file": str(space.path), "space_source": space.source,
                         "sampler": space.sampler, "sampler_seed": sampler_seed, "inputs": inputs,
                         "metric_sources": sources, "invocations": []}
+        info.setdefault("models", model_ids)  # what a resume reads (searches before issue 26: inferred)
         info["invocations"].append(invocation)
         atomic_write_json(info_path, info)
         n_images = len(refs) * len(prompts) * len(inputs["seeds"] or [None])
@@ -151,7 +170,7 @@ def run(args) -> int:
                                  trials=args.trials, budget_minutes=args.budget_minutes, sampler_seed=sampler_seed,
                                  metric_models=models, metrics_batch_size=args.metrics_batch_size, store=store,
                                  executor=executor, console=console, render=common.render,
-                                 parameters={"search": str(out), "space": str(space.path)})
+                                 parameters={"search": str(out), "space": str(space.path)}, batch=batch)
         except KeyboardInterrupt:
             console.print("[yellow]interrupted; finished trials are kept. Continue with the same command and "
                           "--resume.[/yellow]")
@@ -175,6 +194,10 @@ def run(args) -> int:
         console.print(f"[red]{common.escape(line)}[/red]")
     console.print(f"front: {len(summary.front)} trial(s) → {common.escape(out / 'pareto.json')}, "
                   f"{common.escape(out / 'pareto.png')}, {common.escape(out / 'front')}/ (recipes, grid, report)")
+    if summary.ran and not summary.complete and summary.failed:  # nothing to show for it: scripts must see that
+        console.print(f"[red]failed: none of this invocation's {summary.ran} trials completed ({summary.failed} "
+                      "failed; the reasons above and in trials.jsonl)[/red]")
+        return 1
     return 0
 
 
@@ -192,6 +215,38 @@ def _check_meaning(info: dict, space, output_dir: str) -> None:
         raise UserError(f"is a search started before recipe schema 3, where {ratios[0]} was per-token odds; this "
                         f"vlbench reads it as a share", field="output_dir", value=output_dir,
                         fix="start a new search in another folder (this one's trials keep their old meaning)")
+
+
+def _metric_flags(args) -> list[str]:
+    from vlbench.metrics import SOURCE_FLAGS
+
+    return [k for k in SOURCE_FLAGS if getattr(args, k, None)]
+
+
+def _describe_models(models: dict) -> str:
+    return "the tiny random models" if models.get("tiny") else f"--zimage {models.get('zimage')} --vl {models.get('vl')}"
+
+
+def _resume_models(args, info: dict) -> None:
+    """With no model flag given, resume with the models the search was started with (search.json's "models"; a
+    search written before it was recorded: tiny when its judge is the tiny Qwen3-VL)."""
+    if args.tiny or args.zimage or args.vl:
+        return
+    models = info.get("models")
+    if models is None:
+        models = {"tiny": _started_tiny(info)}
+    if models.get("tiny"):
+        if not _metric_flags(args):
+            args.tiny = True
+    else:
+        args.zimage, args.vl = models.get("zimage") or None, models.get("vl") or None
+
+
+def _started_tiny(info: dict) -> bool:
+    from vlbench.modelspec import ModelSpec
+
+    judge = (info.get("metric_sources") or {}).get("vqa")
+    return bool(judge) and judge == ModelSpec(tiny=True).built().vl
 
 
 def _inputs(args, space) -> dict:
@@ -214,8 +269,26 @@ def _inputs(args, space) -> dict:
     if not args.image and not args.eval_set:
         raise UserError("give at least one reference image (or --eval-set)", field="image")
     seeds = (parse_seeds(args.seeds) if args.seeds is not None else list(space.seeds) or eval_seeds)
+    overrides = {k: getattr(args, k) for k in SIZE_FLAGS if getattr(args, k, None) is not None}
+    searched = [k for k in overrides if any(p.name == k for p in space.params)]
+    if searched:
+        raise UserError(f"is searched by the space ({space.path})", field=searched[0], value=overrides[searched[0]],
+                        fix="drop the flag, or move the field to [fixed] in a copy of the space file")
     return {"eval_set": args.eval_set, "images": [str(Path(p).resolve()) for p in args.image], "prompts": prompts,
-            "seeds": seeds}
+            "seeds": seeds, **({"overrides": overrides} if overrides else {})}
+
+
+def _with_overrides(space, overrides: dict):
+    """The space with --steps/--width/--height set in its [fixed] fields (kept in search.json for --resume)."""
+    import dataclasses
+
+    from vlbench.recipe import Recipe
+
+    if not overrides:
+        return space
+    for key, value in overrides.items():
+        Recipe.from_dict({**{k: v for k, v in space.fixed.items() if k in SIZE_FLAGS}, key: value})  # one line if bad
+    return dataclasses.replace(space, fixed={**space.fixed, **overrides})
 
 
 def _open_inputs(inputs: dict):
@@ -243,7 +316,9 @@ def _metric_models(sources: dict, engine, console):
 
 def _read_info(path: Path) -> dict | None:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        from vlbench.files import read_text_file
+
+        return json.loads(read_text_file(path))
     except FileNotFoundError:
         return None
     except (OSError, json.JSONDecodeError) as exc:

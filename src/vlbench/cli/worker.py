@@ -34,15 +34,16 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     from vlbench import paths
     from vlbench.store import Store
-    from vlbench.worker import Worker, live_worker
+    from vlbench.worker import PRESENCE, Worker
 
     if not 0.05 <= args.poll <= 60:
         raise UserError("must be between 0.05 and 60 seconds", field="poll", value=args.poll)
     common.check_data_dir()
     spec = common.model_spec(args)
+    worker = Worker(spec, on_event=_log_event, poll_s=args.poll, presence="headless", render=common.render)
     store = Store()
     try:
-        other = live_worker(store)
+        other = store.take_owner(PRESENCE, worker.presence_info())  # check and register in one step (issue 26)
         if other is not None:
             what = "a headless worker" if other.get("kind") == "headless" else "a workbench"
             raise UserError(f"{what} (pid {other.get('pid')}) already runs this queue ({store.path})",
@@ -58,7 +59,6 @@ def run(args) -> int:
         reason.append(signal.Signals(signum).name)
         stopping.set()
 
-    worker = Worker(spec, on_event=_log_event, poll_s=args.poll, presence="headless", render=common.render)
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the terminal may go; the queue goes on
     import logging
@@ -85,7 +85,9 @@ def run(args) -> int:
             signal.signal(sig, handler)
     log.info("headless worker pid %d stopped (%s)", os.getpid(), ", ".join(reason) or "done")
     _say(f"vlbench worker: stopped ({', '.join(reason) or 'done'})")
-    return 0 if reason and reason[0] in ("queue empty", "SIGTERM", "SIGINT") else 1
+    if reason and reason[0] == "SIGINT":  # Ctrl-C: interrupted, as every command (its job is back in the queue)
+        return 130
+    return 0 if reason and reason[0] in ("queue empty", "SIGTERM") else 1  # kill PID: its normal stop
 
 
 def _log_event(event: object) -> None:

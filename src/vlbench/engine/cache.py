@@ -3,7 +3,8 @@
 The key covers what determines the forward: the VL model (source and config), the reference
 images' bytes, the VL text, the chat template, the caption budget and image-token cap (which fix
 the resize) and the dtype; an extraction that also carries one layer's VL-text -> image attention
-(issue 17) has that layer in its key, so entries without attention keep their keys. A checksum of the tensor and of the token ids and roles stored beside
+(issue 17) has that layer in its key, so entries without attention keep their keys; so does a VL system turn
+(issue 27). A checksum of the tensor and of the token ids and roles stored beside
 it is verified on read; a damaged entry is dropped and recomputed, never trusted.
 """
 
@@ -22,7 +23,7 @@ FORMAT = "vlbench-extraction-2"  # 2: the checksum covers the stored fields too
 
 
 def extraction_key(vl, image_shas: list[str], text: str | None, budget: int, max_image_tokens: int | None,
-                   attention_layer: int | None = None) -> str:
+                   attention_layer: int | None = None, system: str | None = None) -> str:
     parts = {
         "format": FORMAT,
         "model": vl.source,
@@ -36,6 +37,8 @@ def extraction_key(vl, image_shas: list[str], text: str | None, budget: int, max
     }
     if attention_layer is not None:
         parts["attention_layer"] = attention_layer
+    if system is not None:  # issue 27: a system turn; entries without one keep their keys
+        parts["system"] = system
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
@@ -87,6 +90,8 @@ class ExtractionCache:
         hidden = ex.hidden_states.detach().to("cpu").contiguous()
         fields = {k: getattr(ex, k) for k in ("input_ids", "roles", "decoded", "vl_text", "image_sizes",
                                                "source_sizes", "image_token_counts")}
+        if ex.vl_system is not None:
+            fields["vl_system"] = ex.vl_system
         tensors = {"hidden_states": hidden}
         attention = None
         if ex.image_attention is not None:

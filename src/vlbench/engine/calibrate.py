@@ -127,9 +127,12 @@ def default_path(models) -> Path:
 def save_stats(tensors: dict, meta: dict, path: str | Path) -> Path:
     from safetensors.torch import save_file
 
+    from vlbench.files import atomic_write
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path), metadata={"vlbench": json.dumps(meta)})
+    tensors = {k: v.contiguous() for k, v in tensors.items()}
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"vlbench": json.dumps(meta)}))
     _loaded.pop(str(path), None)  # a re-calibration in this process must not keep serving the old stats
     return path
 
@@ -162,9 +165,13 @@ def load_stats(path: str | Path | None, models) -> Stats:
     """The stats file named by a recipe, or the default one for these models; a clear error if missing."""
     from safetensors import safe_open
 
+    from vlbench.files import NotAFile, check_regular_file
+
     path = Path(path) if path else default_path(models)
     try:
-        stat = path.stat()
+        stat = check_regular_file(path).stat()  # a FIFO would block safetensors' open forever
+    except NotAFile as exc:
+        raise UserError(str(exc), field="calibration", value=str(path)) from None
     except (OSError, ValueError) as exc:  # missing, a name too long, a NUL inside
         if isinstance(exc, FileNotFoundError) or isinstance(exc, ValueError):
             raise UserError("not found", field="calibration", value=str(path),

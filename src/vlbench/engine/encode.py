@@ -35,6 +35,9 @@ def encode_text(pipe, prompt: str, field: str = "prompt") -> TextEncoding:
     """Qwen3-4B hidden_states[-2] of the prompt in Z-Image's chat template, exactly as Z-Image encodes it."""
     from vlbench.engine.extract import check_special_tokens, check_text
 
+    from vlbench.engine.precheck import QWEN3, check_text_bound, max_token_chars
+
+    check_text_bound(prompt, field, MAX_SEQUENCE_LENGTH, max_token_chars(pipe.tokenizer), QWEN3)  # before reading it
     check_text(prompt, field)
     check_special_tokens(pipe.tokenizer, prompt, field, "Qwen3-4B (Z-Image's text encoder)")
     ids, text = template_ids(pipe.tokenizer, prompt)

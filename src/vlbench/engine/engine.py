@@ -21,14 +21,16 @@ from vlbench.engine.cache import ExtractionCache, extraction_key
 from vlbench.engine.encode import TextEncoding, encode_text
 from vlbench.engine import blend
 from vlbench.engine.extract import (IMAGE, PROMPT, Extraction, batch_memory_bytes, check_special_tokens,
-                                    decoder_layer_for, forward, forward_batch, load_image, prepare)
+                                    decoder_layer_for, forward, forward_batch, load_reference, prepare)
 from vlbench.engine.generate import ShareProbe, check_caption, generate, mix_sides
 from vlbench.engine.models import Models
 from vlbench.engine import condition as C
-from vlbench.recipe import Curve, ImageAttention, MixPolicy, MultiImage, Normalization, Recipe, VLText, schedule_alpha
+from vlbench.recipe import (Curve, ImageAttention, ImagePositions, MixPolicy, MultiImage, Normalization, Recipe,
+                            VLText, schedule_alpha)
 from vlbench.errors import UserError
 from vlbench.records import extraction_names
-from vlbench.files import atomic_write_text
+from vlbench.files import atomic_write_text, read_bytes_file, read_text_file
+from vlbench.pixels import READING
 
 
 @dataclass
@@ -36,14 +38,21 @@ class Reference:
     """A reference image read once: its path, pixels and content hash (the cache key)."""
 
     path: str
-    image: Any  # PIL.Image, RGB
+    image: Any  # PIL.Image, RGB: upright per EXIF, 8-bit from the file's nominal range (vlbench.pixels)
     sha256: str
+    notes: list[str] = field(default_factory=list)  # how it was read ("rotated 90° per EXIF (clockwise)"), if not as stored
 
     @classmethod
     def open(cls, path: str | Path) -> "Reference":
-        image = load_image(path)
-        digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
-        return cls(str(path), image, digest)
+        image, notes = load_reference(path)
+        digest = hashlib.sha256(read_bytes_file(path)).hexdigest()
+        return cls(str(path), image, digest, notes)
+
+    @property
+    def cache_id(self) -> str:
+        """The bytes' hash, plus how they are read when that is not as stored: cache entries made from an image
+        read before vlbench.pixels (sideways, two-valued) are never reused for it."""
+        return self.sha256 if not self.notes else f"{self.sha256};read:{READING}"
 
 
 @dataclass
@@ -85,6 +94,11 @@ class Conditioning:
     warnings: list[str] = field(default_factory=list)
     schedule: list[Scheduled] = field(default_factory=list)  # empty: one caption at every step
     bridge: bridge.Description | None = None  # text_bridge: what Qwen3-VL said (Qwen3-4B read prompt + it)
+    text_branch: torch.Tensor | None = None  # issue 27 vl_guidance: Qwen3-4B's caption q, the text-only branch
+    grids: list[tuple[int, tuple[int, int]]] | None = None  # issue 27 image_positions grid: (first row, grid) each
+    negative: dict | None = None  # issue 27 negative_vl_text: the negative caption's VL account (Engine.run sets it)
+    blocks: dict | None = None  # issue 27 vl_blocks: read / masked block names, the VL rows ([L] bool under "rows")
+    vl_guidance: float = 0.0
     mixes: list[dict] = field(default_factory=list)  # step 0's attend mixes: ratio, meaning, rows, weights, shares
 
     @property
@@ -106,6 +120,17 @@ class Conditioning:
             out["schedule"] = [s.describe() for s in self.schedule]
         if self.bridge is not None:
             out["text_bridge"] = self.bridge.to_dict()
+        if self.negative is not None:  # issue 27: the negative branch read from the VL
+            out["negative"] = self.negative
+        if self.blocks is not None:  # issue 27: which blocks read the VL rows
+            out["vl_blocks"] = {k: v for k, v in self.blocks.items() if k != "rows"}
+        if self.grids is not None:  # issue 27: which caption rows the DiT reads on a 2-D grid
+            out["image_positions"] = {"mode": "grid", "formula": GRID_FORMULA,
+                                      "images": [{"first_row": s, "grid": list(g), "rope_axis0": 1 + s}
+                                                 for s, g in self.grids]}
+        if self.text_branch is not None:  # issue 27: what the three-branch CFG compared the caption with
+            out["vl_guidance"] = {"scale": self.vl_guidance, "formula": VL_GUIDANCE_FORMULA,
+                                  "text_branch": {"source": "qwen3", "length": int(self.text_branch.shape[0])}}
         if self.mixes:
             out["attend_mixes"] = self.mixes
         for name, ex in zip(extraction_names(len(self.extractions), self.dual), self.extractions):
@@ -119,6 +144,8 @@ class Conditioning:
                 "image_token_counts": ex.image_token_counts,
                 "resized": ex.image_sizes != [tuple(s) for s in ex.source_sizes],
             }
+            if ex.vl_system is not None:  # issue 27: the system turn the VL read (its tokens are in input_ids)
+                out[name]["vl_system"] = ex.vl_system
             if ex.image_attention is not None:
                 out[name]["image_attention"] = image_attention_record(ex)
         if self.text is not None:
@@ -126,6 +153,9 @@ class Conditioning:
         return out
 
 
+VL_GUIDANCE_FORMULA = "pred = P(c) + guidance*(P(c) - P(neg)) + vl_guidance*(P(c) - P(q)); neg only with guidance > 0"
+GRID_FORMULA = ("caption row s + r*C + c of an image on an R x C grid starting at row s -> RoPE ids (1 + s, r, c); "
+                "every other caption row i -> (1 + i, 0, 0), as diffusers gives it")
 ATTENTION_FORMULA = ("w_j = a_j / sum_j' a_j', a_j = mean over heads and VL-text (prompt-role) positions i of the "
                      "softmax attention probability from i to image position j in decoder layer `decoder_layer`")
 
@@ -148,6 +178,7 @@ class Result:
     conditioning: Conditioning
     timings: dict[str, float]
     peak_memory_bytes: int | None
+    batch: dict | None = None  # --batch (engine/batching.py): {"size": images in the DiT call, "position": this one's}
 
 
 def _first(value, default):
@@ -178,8 +209,8 @@ class Engine:
 
     # ---- building blocks, each cached ----
     def extraction(self, refs: list[Reference], text: str | None, max_image_tokens: int | None,
-                   attention_layer: int | None = None) -> Extraction:
-        return self.extractions([(refs, text, max_image_tokens, attention_layer)])[0]
+                   attention_layer: int | None = None, system: str | None = None) -> Extraction:
+        return self.extractions([(refs, text, max_image_tokens, attention_layer, system)])[0]
 
     def extractions(self, requests: list[tuple], batch: bool = True) -> list[Extraction]:
         """One Extraction per (refs, VL text, max_image_tokens), each distinct input forwarded at most once.
@@ -189,21 +220,22 @@ class Engine:
         cached exactly as single runs are. `vl_forwards` counts the inputs forwarded, `vl_batched_calls`
         the model calls made. A request is (refs, VL text, max_image_tokens) or, to also read one decoder layer's
         VL-text -> image attention in the same forward (issue 17), (refs, VL text, max_image_tokens, that layer):
-        its own cache entry, so extractions without attention stay as fast as ever.
+        its own cache entry, so extractions without attention stay as fast as ever. A fifth item is the VL system
+        turn's text (issue 27's vl_system; None: the stock template), also part of both cache keys.
         """
         budget = self.models.caption_budget
-        requests = [tuple(r) if len(r) == 4 else (*r, None) for r in requests]
-        keys = [(tuple(r.sha256 for r in refs), text, budget, mit, self.models.spec.vl, attn)
-                for refs, text, mit, attn in requests]
+        requests = [(*r, *(None,) * (5 - len(r))) for r in requests]
+        keys = [(tuple(r.sha256 for r in refs), text, budget, mit, self.models.spec.vl, attn, system)
+                for refs, text, mit, attn, system in requests]
         missing: list[tuple] = []  # (key, disk key, request) of each distinct uncached input, in request order
         for key, request in zip(keys, requests):
             if key in self._extractions or any(key == m[0] for m in missing):
                 continue
-            refs, text, mit, attn = request
+            refs, text, mit, attn, system = request
             disk_key = ex = None
             if self.disk_cache is not None:
                 vl = self.models.vl
-                disk_key = extraction_key(vl, [r.sha256 for r in refs], text, budget, mit, attn)
+                disk_key = extraction_key(vl, [r.cache_id for r in refs], text, budget, mit, attn, system)
                 ex = self.disk_cache.get(disk_key, vl.device)
             if ex is not None:
                 self._extractions[key] = ex
@@ -211,7 +243,8 @@ class Engine:
                 missing.append((key, disk_key, request))
         if missing:
             vl = self.models.vl
-            preps = [prepare(vl, [r.image for r in refs], text, budget, mit) for _, _, (refs, text, mit, _) in missing]
+            preps = [prepare(vl, [r.image for r in refs], text, budget, mit, system)
+                     for _, _, (refs, text, mit, _, system) in missing]
             plain = [i for i, m in enumerate(missing) if m[2][3] is None]
             done = dict(zip(plain, self._forward([preps[i] for i in plain], batch)))
             for i, m in enumerate(missing):  # with attention: one hooked call each (single-pass recipes only)
@@ -271,14 +304,14 @@ class Engine:
         model, token cap, caption budget): kept in memory, and on disk beside the extractions when cached there."""
         vl = self.models.vl
         budget = self.models.caption_budget
-        key = bridge.description_key(vl, ref.sha256, budget)
+        key = bridge.description_key(vl, ref.cache_id, budget)
         if key in self._descriptions:
             return self._descriptions[key]
         path = self.disk_cache.root / "text_bridge" / f"{key}.json" if self.disk_cache is not None else None
         found = None
         if path is not None and path.is_file():
             try:
-                data = json.loads(path.read_text(encoding="utf-8"))
+                data = json.loads(read_text_file(path))
                 found = bridge.from_dict(data["description"]) if data.get("key") == key else None
             except (OSError, ValueError, KeyError, TypeError):
                 found = None  # damaged: regenerate, never trust it
@@ -304,13 +337,14 @@ class Engine:
         timings: dict[str, float] = {}
         vl = qwen3 = None
         extractions: list[Extraction] = []
-        warnings: list[str] = []
+        warnings: list[str] = [f"reference {ref.path}: {note}" for ref in refs for note in ref.notes]  # issue 26
         start = time.perf_counter()
         if recipe.uses_vl:
             vl, extractions = self._vl_sequence(recipe, prompt, refs)
             timings["extraction"] = time.perf_counter() - start
         text = description = None
-        if recipe.uses_qwen3:
+        # vl_guidance: Qwen3-4B's caption is the text-only branch; vl_blocks: it carries the caption where VL is masked
+        if recipe.uses_qwen3 or recipe.vl_guidance != 0 or recipe.vl_blocks is not None:
             t0 = time.perf_counter()
             qwen3_prompt = prompt
             if recipe.text_bridge:
@@ -360,10 +394,40 @@ class Engine:
             weights = seq.weights if seq.weighted else None
             schedule.append(Scheduled(step, end, source, seq.embeds, seq.rows, weights))
         first = by_source[entries[0][1]] if entries else own
-        return Conditioning(embeds=first.embeds, rows=first.rows, weights=first.weights if first.weighted else None,
+        blocks = None
+        if recipe.vl_blocks is not None:  # issue 27: the VL rows are read in the chosen blocks only
+            first, blocks = self._vl_blocks(recipe, first, qwen3)
+        grids = None
+        if recipe.image_positions == ImagePositions.GRID:
+            grids = [(seg.start, seg.grid) for seg in first.segments if seg.grid is not None]
+            if not grids:
+                raise UserError("has no effect: this caption holds no image rows on a patch grid (no reference, or "
+                                "the selection keeps none)", field="image_positions", value=recipe.image_positions,
+                                fix="add a reference, or drop it (default sequence)")
+        return Conditioning(grids=grids, embeds=first.embeds, rows=first.rows, weights=first.weights if first.weighted else None,
                             extractions=extractions, text=text, timings=timings, warnings=warnings,
                             schedule=schedule, bridge=description, dual=recipe.dual and recipe.uses_vl,
-                            mixes=first.mixes)
+                            text_branch=qwen3.embeds if recipe.vl_guidance != 0 else None,
+                            vl_guidance=recipe.vl_guidance, mixes=first.mixes, blocks=blocks)
+
+    def _vl_blocks(self, recipe: Recipe, seq: C.Seq, qwen3: C.Seq) -> tuple[C.Seq, dict]:
+        """issue 27's vl_blocks: the caption (with Qwen3-4B's rows put first when it has none, so no block is left
+        with an empty caption) and the account of which blocks read the VL rows and which mask them."""
+        from vlbench.engine.blocks import masked, resolve
+
+        transformer = self.models.pipe.transformer
+        names = resolve(recipe.vl_blocks, transformer)
+        added = not any(row.get("source") != "vl" for row in seq.rows)
+        if added:  # a pure VL caption: Qwen3-4B's rows first, unweighted (plain concatenation)
+            rows = [dict(r, added_for="vl_blocks") for r in qwen3.rows] + seq.rows
+            segments = list(qwen3.segments) + [C.Segment(s.start + qwen3.length, s.n, s.grid, s.image)
+                                               for s in seq.segments]
+            seq = C.Seq(torch.cat([qwen3.embeds.to(seq.embeds.device, seq.embeds.dtype), seq.embeds]), rows,
+                        torch.cat([qwen3.weights, seq.weights]), segments, mixes=seq.mixes)
+        vl_rows = torch.tensor([row.get("source") == "vl" for row in seq.rows])
+        account = {"spec": recipe.vl_blocks, "read": names, "masked": masked(names, transformer),
+                   "vl_rows": int(vl_rows.sum()), "qwen3_rows_added": added, "rows": vl_rows}
+        return seq, account
 
     def _check_inputs(self, recipe: Recipe, refs: list[Reference], prompt: str) -> None:
         recipe.check_inputs(len(refs))
@@ -404,9 +468,11 @@ class Engine:
 
     def _vl_sequence(self, recipe: Recipe, prompt: str, refs: list[Reference]) -> tuple[C.Seq, list[Extraction]]:
         if recipe.dual:
+            system = recipe.resolve_vl_system()
             style_ex, content_ex = self.extractions(  # two passes, one batched model call when neither is cached
-                [(refs, recipe.resolve_vl_text(prompt, recipe.style_vl_text), recipe.max_image_tokens),
-                 (refs, recipe.resolve_vl_text(prompt, recipe.content_vl_text), recipe.max_image_tokens)],
+                [(refs, recipe.resolve_vl_text(prompt, recipe.style_vl_text), recipe.max_image_tokens, None, system),
+                 (refs, recipe.resolve_vl_text(prompt, recipe.content_vl_text), recipe.max_image_tokens, None,
+                  system)],
                 batch=self.batch_dual)
             style = self._select(style_ex, recipe.style_tokens, recipe, _first(recipe.style_layer, recipe.layer),
                                  "style")
@@ -430,7 +496,7 @@ class Engine:
                 raise UserError("reads the VL text's attention to the image, and the VL text is empty",
                                 field="image_attention", value=recipe.image_attention,
                                 fix="give the VL a text, or drop it (default none)")
-        ex = self.extraction(refs, text, recipe.max_image_tokens, attention)
+        ex = self.extraction(refs, text, recipe.max_image_tokens, attention, recipe.resolve_vl_system())
         if attention is not None and (PROMPT not in ex.roles or IMAGE not in ex.roles):
             raise UserError("reads the VL text's attention to the image, and this VL input has "
                             + ("no text positions" if PROMPT not in ex.roles else "no image"),
@@ -455,7 +521,29 @@ class Engine:
     def negative(self, recipe: Recipe) -> torch.Tensor | None:
         if recipe.guidance <= 0:
             return None
+        if recipe.negative_vl_text is not None:
+            return self.negative_vl(recipe)[0]
         return self.text_encoding(recipe.negative_prompt, "negative_prompt").embeds
+
+    def negative_vl(self, recipe: Recipe) -> tuple[torch.Tensor, dict]:
+        """issue 27: the negative caption from Qwen3-VL — its hidden states of negative_vl_text (no image) at
+        negative_tokens and negative_layer (else layer) — and its account for the run record."""
+        try:
+            ex = self.extraction([], recipe.negative_vl_text, None)
+        except UserError as exc:
+            if exc.field != "vl_text":
+                raise
+            raise UserError(exc.problem, field="negative_vl_text", fix=exc.fix) from None
+        layer = recipe.layer if recipe.negative_layer is None else recipe.negative_layer
+        ex.check_layer(layer, "negative_layer" if recipe.negative_layer is not None else "layer")
+        try:
+            positions = ex.positions(recipe.negative_tokens)
+        except UserError as exc:
+            raise UserError(exc.problem, field="negative_tokens", value=recipe.negative_tokens) from None
+        embeds = ex.select(recipe.negative_tokens, layer)
+        return embeds, {"source": "vl", "vl_text": recipe.negative_vl_text, "tokens": recipe.negative_tokens,
+                        "layer": layer, "positions": positions, "input_ids": ex.input_ids, "decoded": ex.decoded,
+                        "length": int(embeds.shape[0])}
 
     # ---- recipe -> image ----
     def run(self, recipe: Recipe, prompt: str, refs: list[Reference],
@@ -465,6 +553,8 @@ class Engine:
             torch.cuda.reset_peak_memory_stats(self.models.device)
         cond = self.condition(recipe, prompt, refs)
         negative = self.negative(recipe)
+        if recipe.guidance > 0 and recipe.negative_vl_text is not None:
+            cond.negative = self.negative_vl(recipe)[1]  # (served by the extraction cache)
         budget = self.models.caption_budget
         for caption in cond.captions:
             check_caption(caption.shape[0], budget)
@@ -481,6 +571,12 @@ class Engine:
                                (recipe.height // per_token) * (recipe.width // per_token))
         common["probe"] = probe
         common["schedule"] = [(s.from_step, s.embeds, s.weights) for s in cond.schedule[1:]]
+        if cond.text_branch is not None:
+            common["vl_guidance"] = (recipe.vl_guidance, cond.text_branch)
+        if cond.grids is not None:
+            common["caption_grids"] = cond.grids
+        if cond.blocks is not None:
+            common["hide"] = (cond.blocks["rows"], cond.blocks["masked"])
         if recipe.strength is None:
             image = generate(self.models.pipe, cond.embeds, **common)
         else:
@@ -522,6 +618,9 @@ REALISED_FORMULA = ("sum over probed joint blocks, denoising steps, heads and im
 
 def check_attention(recipe: Recipe, attention: str | None) -> None:
     """Refuse, before any model runs, a weighted attend mix on an attention kernel that takes no mask."""
+    if attention == "sdpa-flash" and recipe.vl_blocks is not None:
+        raise UserError("takes no attention mask, and vl_blocks masks the VL rows' keys with one", field="attention",
+                        value=attention, fix="use sdpa (the default) or sdpa-cudnn")
     if attention == "sdpa-flash" and recipe.attention_bias:
         name, ratio = next(((n, m[0]) for n, m in recipe.mixes.items() if m[1] == "attend" and m[0] != "natural"
                             and 0 < m[0] < 1), ("alpha", next(iter(recipe.scheduled_alphas), "")))
@@ -547,4 +646,6 @@ def environment(models: Models | None = None) -> dict[str, Any]:
                    zimage=models.spec.zimage, vl=models.spec.vl)
         if models.device.type == "cuda":
             env["gpu"] = torch.cuda.get_device_name(models.device)
+        if getattr(models, "fast_settings", None) is not None:
+            env["fast"] = models.fast_settings
     return env

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -57,6 +58,7 @@ class Extraction:
     # [number of IMAGE positions] float32 in position order, summing to 1 (prompt_image_attention's formula)
     image_attention: torch.Tensor | None = None
     attention_layer: int | None = None  # the decoder layer (0-based) image_attention was read from
+    vl_system: str | None = None  # issue 27: the system turn's text (None: no system turn, the stock template)
 
     @property
     def image_grids(self) -> list[tuple[int, int]]:
@@ -68,11 +70,7 @@ class Extraction:
         return self.hidden_states.shape[0]
 
     def check_layer(self, layer: int, name: str = "layer") -> int:
-        n = self.num_layers
-        if not -n <= layer < n:
-            raise UserError(f"is out of range for this VL model (hidden_states has {n} entries, -1 is after the "
-                            "final norm)", field=name, value=layer, fix=f"use -{n} … {n - 1}")
-        return layer
+        return check_layer_index(layer, self.num_layers, name)
 
     def positions(self, tokens: str) -> list[int]:
         if tokens not in SELECTION_ROLES:
@@ -104,7 +102,15 @@ class Extraction:
 
 def load_image(path: str | Path):
     """Open a reference image as RGB, or a one-line error naming it."""
+    return load_reference(path)[0]
+
+
+def load_reference(path: str | Path) -> tuple[Any, list[str]]:
+    """(RGB image, notes) of a reference file read as the camera meant it (vlbench.pixels: EXIF orientation, 16-bit
+    and float ranges), or a one-line error naming it."""
     from PIL import Image, UnidentifiedImageError
+
+    from vlbench.pixels import as_rgb
 
     path = Path(path)
     try:
@@ -121,7 +127,7 @@ def load_image(path: str | Path):
     try:
         with Image.open(path) as img:
             img.load()
-            return img.convert("RGB")
+            return as_rgb(img, str(path))
     except UnidentifiedImageError:
         raise UserError("not an image PIL can read (PNG, JPEG, WebP …)", field="image", value=str(path)) from None
     except Image.DecompressionBombError as exc:  # not an OSError: it would escape as a traceback
@@ -129,6 +135,21 @@ def load_image(path: str | Path):
                         value=str(path)) from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise UserError(f"the image is damaged or truncated ({exc})", field="image", value=str(path)) from None
+
+
+def check_layer_index(layer: int, n: int, name: str = "layer") -> int:
+    """A hidden-state index against a VL whose hidden_states has `n` entries (precheck calls it from the config)."""
+    if not -n <= layer < n:
+        raise UserError(f"is out of range for this VL model (hidden_states has {n} entries, -1 is after the "
+                        "final norm)", field=name, value=layer, fix=f"use -{n} … {n - 1}")
+    return layer
+
+
+def check_vl_text(processor, num_images: int, text: str | None, budget: int, system: str | None = None) -> None:
+    """The VL input's text tokens within the caption budget: prepare's own count and words (_render, then _fit's),
+    without the images' pixels."""
+    rendered = _render(processor, num_images, text, system)
+    _fit(processor, rendered, [None] * num_images, budget, None, system, sizes=False)
 
 
 def check_text(text: str, field: str) -> None:
@@ -157,11 +178,16 @@ def check_special_tokens(tokenizer, text: str, field: str, model: str, fix: str 
                             "text)", field=field, fix=fix)
 
 
-def _messages(num_images: int, text: str | None) -> list[dict]:
+def _messages(num_images: int, text: str | None, system: str | None = None) -> list[dict]:
+    """The chat messages of one VL input: an optional system turn (issue 27), then the user turn (images, then text).
+    Without `system` this is exactly the message list of every earlier vlbench version."""
     content: list[dict] = [{"type": "image"} for _ in range(num_images)]
     if text is not None:
         content.append({"type": "text", "text": text})
-    return [{"role": "user", "content": content}]
+    messages = [{"role": "user", "content": content}]
+    if system is not None:
+        messages.insert(0, {"role": "system", "content": [{"type": "text", "text": system}]})
+    return messages
 
 
 def image_token_count(image_processor, width: int, height: int, size: dict | None = None) -> int:
@@ -212,14 +238,16 @@ class Prepared:
     roles: list[str]
     text: str | None
     source_sizes: list[tuple[int, int]]
+    system: str | None = None  # issue 27: the system turn's text
 
     @property
     def length(self) -> int:
         return len(self.input_ids)
 
 
-def _render(processor, num_images: int, text: str | None) -> str:
-    """Validate the VL text and render it, after the images, through the model's own chat template."""
+def _render(processor, num_images: int, text: str | None, system: str | None = None) -> str:
+    """Validate the VL text (and system text) and render them, after the images, through the model's own chat
+    template; `system` becomes a system turn before the user turn."""
     tokenizer = processor.tokenizer
     if not num_images and text is None:
         raise UserError("nothing to extract: no reference image and no VL text", field="vl_text", value="none",
@@ -230,16 +258,26 @@ def _render(processor, num_images: int, text: str | None) -> str:
         raise UserError("contains a reserved marker character", field="vl_text")
     if text is not None:  # the tokenizer parses special tokens in text: these would forge a vision block or a turn
         check_special_tokens(tokenizer, text, "vl_text", "Qwen3-VL")  # the engine names the prompt when it is the text
-    return processor.apply_chat_template(_messages(num_images, text), add_generation_prompt=True, tokenize=False)
+    if system is not None:
+        check_text(system, "vl_system")
+        if _SENTINEL in system:
+            raise UserError("contains a reserved marker character", field="vl_system")
+        check_special_tokens(tokenizer, system, "vl_system", "Qwen3-VL")
+    return processor.apply_chat_template(_messages(num_images, text, system), add_generation_prompt=True,
+                                         tokenize=False)
 
 
-def _fit(processor, rendered: str, images: list, budget: int, max_image_tokens: int | None) -> dict | None:
+def _fit(processor, rendered: str, images: list, budget: int, max_image_tokens: int | None,
+         system: str | None = None, sizes: bool = True) -> dict | None:
     """The processor `size` for these images: text tokens are fixed, images take what is left of the budget."""
     text_tokens = len(processor.tokenizer(rendered, add_special_tokens=False)["input_ids"]) - len(images)
     if text_tokens > budget:
+        if system is not None:
+            raise UserError(f"the VL input with this system turn is {text_tokens} tokens, over the caption budget of "
+                            f"{budget}", field="vl_system", fix="shorten the system text or the VL text")
         raise UserError(f"the VL input is {text_tokens} tokens, over the caption budget of {budget}",
                         field="vl_text", fix="shorten the text")
-    if not images:
+    if not images or not sizes:  # sizes=False: the text's count alone (precheck, no pixels)
         return None
     available = budget - text_tokens
     if max_image_tokens is not None:
@@ -259,24 +297,30 @@ def _fit(processor, rendered: str, images: list, budget: int, max_image_tokens: 
                         fix="shorten the text or use fewer images") from None
 
 
-def prepare(vl, images: list, text: str | None, budget: int, max_image_tokens: int | None = None) -> Prepared:
-    """Everything before the forward: validation, chat template, budget fit, processor, roles (CPU only)."""
-    return prepare_inputs(vl.processor, images, text, budget, max_image_tokens)
+def prepare(vl, images: list, text: str | None, budget: int, max_image_tokens: int | None = None,
+            system: str | None = None) -> Prepared:
+    """Everything before the forward: validation, chat template, budget fit, processor, roles (CPU only).
+    `system`: a system turn's text (issue 27's vl_system); None: the stock template, no system turn."""
+    return prepare_inputs(vl.processor, images, text, budget, max_image_tokens, system)
 
 
 def prepare_inputs(processor, images: list, text: str | None, budget: int,
-                   max_image_tokens: int | None = None) -> Prepared:
+                   max_image_tokens: int | None = None, system: str | None = None) -> Prepared:
     """`prepare` with the processor alone (no weights: vlbench.engine.precheck uses it before models load)."""
-    rendered = _render(processor, len(images), text)
-    size = _fit(processor, rendered, images, budget, max_image_tokens)
+    if text is not None:  # a text too long for the budget whatever its content: refused before anything reads it
+        from vlbench.engine.precheck import check_text_bound, max_token_chars
+
+        check_text_bound(text, "vl_text", budget, max_token_chars(processor.tokenizer), "the caption budget")
+    rendered = _render(processor, len(images), text, system)
+    size = _fit(processor, rendered, images, budget, max_image_tokens, system)
     kwargs = {"images": images} if images else {}
     if size is not None:
         kwargs["size"] = size
     inputs = processor(text=[rendered], return_tensors="pt", return_offsets_mapping=True, **kwargs)
     offsets = inputs.pop("offset_mapping")[0].tolist()
     input_ids = inputs["input_ids"][0].tolist()
-    roles = _roles(processor, input_ids, offsets, rendered, text, len(images))
-    return Prepared(dict(inputs), input_ids, roles, text, [img.size for img in images])
+    roles = _roles(processor, input_ids, offsets, rendered, text, len(images), system)
+    return Prepared(dict(inputs), input_ids, roles, text, [img.size for img in images], system)
 
 
 def _to_device(vl, inputs: dict) -> dict:
@@ -308,6 +352,7 @@ def _finish(vl, prep: Prepared, hidden: torch.Tensor, grid: list) -> Extraction:
         image_sizes=[(w * patch, h * patch) for (_, h, w) in grid],
         source_sizes=prep.source_sizes,
         image_token_counts=[t * h * w // merge**2 for (t, h, w) in grid],
+        vl_system=prep.system,
     )
 
 
@@ -516,7 +561,7 @@ def extract_batch(vl, items: list[tuple[list, str | None]], budget: int,
     return forward_batch(vl, [prepare(vl, images, text, budget, max_image_tokens) for images, text in items])
 
 
-def _roles(processor, input_ids, offsets, rendered, text, num_images) -> list[str]:
+def _roles(processor, input_ids, offsets, rendered, text, num_images, system: str | None = None) -> list[str]:
     start_id, end_id, pad_id = processor.vision_start_token_id, processor.vision_end_token_id, processor.image_token_id
     roles: list[str] = []
     inside = False
@@ -535,7 +580,8 @@ def _roles(processor, input_ids, offsets, rendered, text, num_images) -> list[st
         raise RuntimeError(f"expected {num_images} vision blocks, found {roles.count(VISION_START)}")
     if text:
         # The processor expands image placeholders before the text, so locate the text from the end.
-        templ = processor.apply_chat_template(_messages(num_images, _SENTINEL), add_generation_prompt=True, tokenize=False)
+        templ = processor.apply_chat_template(_messages(num_images, _SENTINEL, system), add_generation_prompt=True,
+                                              tokenize=False)
         prefix, suffix = templ.split(_SENTINEL)
         if prefix + text + suffix != rendered:
             raise RuntimeError("the chat template does not insert the VL text verbatim")

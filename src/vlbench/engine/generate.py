@@ -6,7 +6,7 @@ device) and a step callback for progress.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Callable, Iterator
 
 import torch
@@ -63,6 +63,14 @@ class CaptionBias:
     def for_block(self, name: str, group: str) -> torch.Tensor | None:
         return self.blocks.get(name, self.blocks.get(group))
 
+    def hide(self, rows: torch.Tensor, names: list[str]) -> None:
+        """issue 27's vl_blocks: in the blocks `names`, -inf on the keys of the caption rows where `rows` ([L] bool)
+        is True, on top of any bias the block has."""
+        mask = torch.zeros(rows.shape[0], dtype=torch.float32).masked_fill(rows.bool().cpu(), float("-inf"))
+        for name in names:
+            base = self.for_block(name, name.split(".")[0])
+            self.blocks[name] = mask if base is None else base + mask
+
     @property
     def active(self) -> bool:
         return bool(self.blocks)
@@ -88,7 +96,8 @@ def _biased_mask(hidden: torch.Tensor, mask: torch.Tensor | None, bias: torch.Te
 
 @contextmanager
 def caption_attention(transformer, weights: torch.Tensor | None, later: tuple[torch.Tensor | None, ...] = (),
-                      scope: str = "refiner+joint") -> Iterator[CaptionBias]:
+                      scope: str = "refiner+joint",
+                      hide: tuple[torch.Tensor, list[str]] | None = None) -> Iterator[CaptionBias]:
     """Weight how much the DiT attends to each caption row: an additive attention-logit bias log w on that row's
     key, for the conditional item (the batch's first), in every block of `scope` (recipe.AttendScope): the
     caption-only context-refiner blocks and the joint (image + caption) blocks ("refiner+joint", the default), or
@@ -99,8 +108,11 @@ def caption_attention(transformer, weights: torch.Tensor | None, later: tuple[to
     or all 1, nothing is installed: the call is diffusers' own, bit for bit. `later`: the weights of a schedule's
     later captions (engine.generate swaps them in with the captions); the hooks are installed when any is not all
     1, and leave the mask untouched (return None) while the current caption's weights are all 1.
+    `hide`: (rows, block names) — issue 27's vl_blocks: those rows' keys masked (-inf) in those blocks.
     """
     state = CaptionBias(weights, scope)
+    if hide is not None:
+        state.hide(*hide)
     if not state.active and not any(CaptionBias(w, scope).active for w in later):
         yield state
         return
@@ -171,8 +183,9 @@ class ShareProbe:
         if mask is not None:
             m = mask[0].reshape(-1)[-length:]
             key_mask = key_mask.masked_fill(~m.bool(), float("-inf")) if m.dtype == torch.bool else m.float()
-        first_len = int(torch.isfinite(key_mask).sum()) if mask is not None else length
-        start = first_len - (self.n_caption + (-self.n_caption) % CAPTION_PAD)
+        # the item's caption follows its padded image tokens (counted, not read off the mask: vl_blocks puts -inf
+        # on caption keys too)
+        start = self.n_image + (-self.n_image) % CAPTION_PAD
         scale = q.shape[-1] ** -0.5
         total = torch.zeros(self.n_caption, dtype=torch.float64, device=k.device)
         for lo in range(0, self.n_image, self.chunk):
@@ -220,34 +233,43 @@ def generate(pipe, embeds: torch.Tensor, *, seed: int, steps: int, width: int, h
              on_step: Callable[[int, int], None] | None = None, output_type: str = "pil",
              init_image=None, strength: float | None = None, caption_weights: torch.Tensor | None = None,
              schedule: list[tuple[int, torch.Tensor, torch.Tensor | None]] = (), attend_scope: str = "refiner+joint",
-             probe: "ShareProbe | None" = None):
+             probe: "ShareProbe | None" = None, vl_guidance: tuple[float, torch.Tensor] | None = None,
+             caption_grids: list[tuple[int, tuple[int, int]]] | None = None,
+             hide: tuple[torch.Tensor, list[str]] | None = None):
     """One image from `embeds` ([L, D]) with diffusers' Z-Image pipeline (txt2img, or img2img when
     `pipe` is a ZImageImg2ImgPipeline and `init_image`/`strength` are given). Returns a PIL image.
     `caption_weights` ([L]): attention weights of the caption rows (see caption_attention), in the blocks of
     `attend_scope`.
     `schedule`: (from step, embeds, caption weights) of later captions: from that step on (counted as the
     sampler runs them, 0 first) the DiT reads that caption with those weights; `embeds` conditions step 0.
-    `probe`: a ShareProbe installed on the transformer (removed here when the image is done)."""
+    `probe`: a ShareProbe installed on the transformer (removed here when the image is done).
+    `hide`: (caption rows, block names) whose keys those blocks mask (issue 27's vl_blocks; caption_attention)."""
     later = {step: weights for step, _, weights in schedule}
     try:
-        with caption_attention(pipe.transformer, caption_weights, tuple(later.values()), attend_scope) as bias:
+        with caption_attention(pipe.transformer, caption_weights, tuple(later.values()), attend_scope,
+                               hide) as bias:
             return generate_batch(pipe, embeds, seeds=[seed], steps=steps, width=width, height=height,
                                   guidance=guidance, negative_embeds=negative_embeds, budget=budget, on_step=on_step,
                                   output_type=output_type, init_image=init_image, strength=strength,
                                   schedule=[(step, e) for step, e, _ in schedule],
-                                  on_swap=lambda step: bias.set(later[step]))[0]
+                                  on_swap=lambda step: bias.set(later[step]),
+                                  vl_guidance=vl_guidance,
+                                  caption_grids=caption_grids)[0]
     finally:
         if probe is not None:
             probe.remove()
 
 
 @torch.inference_mode()
-def generate_batch(pipe, embeds: torch.Tensor, *, seeds: list[int], steps: int, width: int, height: int,
+def generate_batch(pipe, embeds: torch.Tensor | list[torch.Tensor], *, seeds: list[int], steps: int, width: int,
+                   height: int,
                    guidance: float, negative_embeds: torch.Tensor | None = None, budget: int,
                    on_step: Callable[[int, int], None] | None = None, output_type: str = "pil",
                    init_image=None, strength: float | None = None,
                    schedule: list[tuple[int, torch.Tensor]] = (),
-                   on_swap: Callable[[int], None] | None = None) -> list:
+                   on_swap: Callable[[int], None] | None = None,
+                   vl_guidance: tuple[float, torch.Tensor] | None = None,
+                   caption_grids: list[tuple[int, tuple[int, int]]] | None = None) -> list:
     """One image per seed from the same `embeds`, in ONE pipeline call (`num_images_per_prompt`): each sample
     draws its starting noise from its own CPU generator, `torch.Generator("cpu").manual_seed(seed)`, exactly
     as a single run does, so sample i starts where `generate(seed=seeds[i])` starts.
@@ -255,8 +277,21 @@ def generate_batch(pipe, embeds: torch.Tensor, *, seeds: list[int], steps: int, 
     `schedule`: (from step k, embeds) of later captions. ZImagePipeline re-reads its `prompt_embeds` list at
     every step of its denoising loop and takes a replacement from `callback_on_step_end` (with "prompt_embeds"
     in `callback_on_step_end_tensor_inputs`): the callback after step k-1 hands it the caption of step k.
-    `on_swap(k)` runs at that moment (the caption weights change with the caption)."""
-    check_caption(embeds.shape[0], budget)
+    `on_swap(k)` runs at that moment (the caption weights change with the caption).
+
+    `embeds` a list (issue 28's --batch): one caption per seed, in one call (`prompt_embeds` as a list; the
+    DiT masks the shorter captions' padding, or caption buckets pad them to one bucket).
+
+    `vl_guidance`: (scale, Qwen3-4B caption q) — issue 27's three-branch CFG (engine.guidance); None or scale 0:
+    diffusers' own call, untouched. `caption_grids`: (first row, (rows, columns)) of each image in `embeds` — issue
+    27's image_positions grid (engine.positions); None: diffusers' caption positions."""
+    captions = embeds if isinstance(embeds, list) else None
+    if captions is not None and (len(captions) != len(seeds) or schedule):
+        raise ValueError("a list of captions takes one seed per caption and no schedule")
+    if captions is not None and ((vl_guidance is not None and vl_guidance[0] != 0) or caption_grids):
+        raise ValueError("a list of captions (issue 28's batching) takes no vl_guidance and no caption_grids")
+    for caption in captions or [embeds]:
+        check_caption(caption.shape[0], budget)
     check_size(width, height, pipe)
     if negative_embeds is not None:
         check_caption(negative_embeds.shape[0], budget)
@@ -271,11 +306,17 @@ def generate_batch(pipe, embeds: torch.Tensor, *, seeds: list[int], steps: int, 
         kwargs["strength"] = strength
     swaps = {step: [later.to(device=device, dtype=dtype)] * len(seeds) for step, later in schedule}
 
+    finite: list[torch.Tensor] = []  # per step, on the device: no host sync until the last step (issue 28)
+
     def callback(_pipe, i, _t, tensors):
         latents = tensors.get("latents")
-        if latents is not None and not bool(torch.isfinite(latents).all()):  # before the next step uses them
-            raise FloatingPointError(f"the latents are not finite after denoising step {i + 1} of "
-                                     f"{_pipe.num_timesteps}")
+        if latents is not None:
+            finite.append(torch.isfinite(latents).all())
+            if i + 1 == _pipe.num_timesteps:  # before the VAE decodes them: the one sync, at the last step
+                ok = torch.stack(finite).tolist()
+                if not all(ok):
+                    raise FloatingPointError(f"the latents are not finite after denoising step {ok.index(False) + 1}"
+                                             f" of {_pipe.num_timesteps}")
         if i + 1 in swaps:  # the caption of the next step
             tensors["prompt_embeds"] = swaps[i + 1]
             if on_swap is not None:
@@ -288,17 +329,33 @@ def generate_batch(pipe, embeds: torch.Tensor, *, seeds: list[int], steps: int, 
     if swaps:
         kwargs["callback_on_step_end_tensor_inputs"] = ["latents", "prompt_embeds"]
     generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
-    if len(seeds) > 1:
+    if len(seeds) > 1 and captions is None:
         kwargs["num_images_per_prompt"] = len(seeds)
-    result = pipe(
-        prompt_embeds=[embeds.to(device=device, dtype=dtype)],
-        negative_prompt_embeds=[negative_embeds.to(device=device, dtype=dtype)] if guidance > 0 else None,
-        guidance_scale=guidance,
-        num_inference_steps=steps,
-        width=width,
-        height=height,
-        generator=generators[0] if len(seeds) == 1 else generators,
-        output_type=output_type,
-        **kwargs,
-    )
+    prompts = [e.to(device=device, dtype=dtype) for e in captions or [embeds]]
+    negative = [negative_embeds.to(device=device, dtype=dtype)] * len(prompts) if guidance > 0 else None
+    with ExitStack() as levers:  # issue 27: each lever a context around diffusers' own call; none: the call as is
+        if caption_grids:
+            from vlbench.engine.positions import grid_positions
+
+            levers.enter_context(grid_positions(pipe.transformer, prompts[0], caption_grids))
+        pipe_guidance = guidance
+        if vl_guidance is not None and vl_guidance[0] != 0:  # the branches batched by transformer hooks
+            from vlbench.engine.guidance import vl_guidance as three_branch
+
+            scale, text = vl_guidance
+            check_caption(text.shape[0], budget)
+            levers.enter_context(three_branch(pipe.transformer, text.to(device=device, dtype=dtype),
+                                              negative[0] if negative else None, guidance, scale))
+            pipe_guidance, negative = 0.0, None  # the hooks combine the branches; the pipeline runs one
+        result = pipe(
+            prompt_embeds=prompts,
+            negative_prompt_embeds=negative,
+            guidance_scale=pipe_guidance,
+            num_inference_steps=steps,
+            width=width,
+            height=height,
+            generator=generators[0] if len(seeds) == 1 else generators,
+            output_type=output_type,
+            **kwargs,
+        )
     return list(result.images)

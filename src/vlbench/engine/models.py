@@ -48,6 +48,11 @@ a 1-step 256² generation (not under sequential: that is a full pass over the we
 code's imports are timed as part of the load: the costs fall where the user already waits, not in the
 first job (benchmarks/results/README.md, issue 16).
 
+`ModelSpec.fast` (`--fast`, issue 28): fp8 (as above) + compile with static graphs (FAST_COMPILE_OPTIONS) + caption
+buckets (engine/buckets.py: at most one graph shape per bucket) + the fastest attention kernel that takes a key mask,
+timed on the card at load (`time_attention`; `--attention` overrides). What it chose is `Models.fast_settings`,
+recorded in every run's environment. The load's warm-up runs eager under it (static graphs are per image size).
+
 `ModelSpec.compile` (`--compile`): regional compilation of the DiT's repeated blocks
 (`compile_repeated_blocks(fullgraph=True, dynamic=True)`): the sequence dimension is dynamic from the
 start, so caption lengths never need padding by us (Z-Image pads to multiples of 32 itself). Measured on
@@ -60,7 +65,7 @@ from __future__ import annotations
 import time
 import warnings
 from collections import OrderedDict
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -75,6 +80,12 @@ CAPTION_PAD = 32
 # torch.compile options for the DiT's repeated blocks. dynamic=True: one graph per block variant for any
 # sequence length (sweeps mix caption lengths); the benchmark compares it with dynamo's automatic dynamic.
 COMPILE_OPTIONS: dict[str, Any] = {"fullgraph": True, "dynamic": True}
+# --fast: static graphs, one per (block variant, image size, caption bucket): the caption buckets bound how many
+# (engine/buckets.py); dynamo's per-function recompile limit (8) is raised to hold them
+FAST_COMPILE_OPTIONS: dict[str, Any] = {"fullgraph": True, "dynamic": False}
+FAST_RECOMPILE_LIMIT = 128
+# --fast: the attention kernels that take a key mask, timed on the card at load (sdpa-flash takes none)
+FAST_ATTENTION_CANDIDATES = ("sdpa-cudnn", "sdpa-efficient", "sdpa")
 TORCH_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 # ModelSpec.attention -> diffusers' attention backend name (diffusers.models.attention_dispatch.AttentionBackendName)
 ATTENTION_DIFFUSERS = {"sdpa": "native", "sdpa-flash": "_native_flash", "sdpa-efficient": "_native_efficient",
@@ -159,6 +170,7 @@ class Models:
         self.offload = self.spec.resolved_offload()  # tests may set it on a CPU device to run the code paths
         self.offload_device = torch.device("cpu")
         self.compiled = False
+        self.fast_settings: dict[str, Any] | None = None  # --fast: what it set (Models._fast)
         self.warnings: list[str] = []
         self.warm_up_seconds: dict[str, float] = {}
         self.group_plan: dict[str, Any] | None = None  # offload group: what stays resident, what streams
@@ -173,6 +185,14 @@ class Models:
     def _check_settings(self) -> None:
         """The checks that need torch: CUDA for the GPU-only settings, fp8 matmuls, the memory cap (set here)."""
         spec, cuda = self.spec, self.device.type == "cuda"
+        if spec.fast:  # before quantize's checks: the user asked for fast, not for fp8
+            if not cuda:
+                raise UserError("needs a CUDA GPU with fp8 matmuls (compute capability 8.9+); this run is on the CPU",
+                                field="fast", fix="drop it")
+            if torch.cuda.get_device_capability(self.device) < FP8_MIN_CAPABILITY:
+                raise UserError(f"needs fp8 matmuls (compute capability 8.9+: Ada, Hopper, Blackwell); "
+                                f"{torch.cuda.get_device_name(self.device)} is not one", field="fast",
+                                fix="use --compile (bf16) instead")
         if spec.attention is not None and spec.attention not in ATTENTION_ON_CPU and not cuda:
             raise UserError(f"runs on CUDA only; on the CPU use {' or '.join(ATTENTION_ON_CPU)}", field="attention",
                             value=spec.attention)
@@ -368,7 +388,9 @@ class Models:
         """One 1-step 256² generation with its VAE decode (and, under group, diffusers' execution-order trace)."""
         start = time.perf_counter()
         width = int(pipe.transformer.config.cap_feat_dim)
-        with torch.inference_mode():
+        # --fast: static graphs are per image size; compiling the warm-up's 256² would only cost time
+        eager = torch.compiler.set_stance("force_eager") if self.spec.fast else nullcontext()
+        with torch.inference_mode(), eager:
             pipe(prompt_embeds=[torch.zeros(32, width, device=self.device, dtype=pipe.transformer.dtype)],
                  guidance_scale=0.0, num_inference_steps=1, width=256, height=256,
                  generator=torch.Generator("cpu").manual_seed(0), output_type="pt")
@@ -453,6 +475,8 @@ class Models:
             if self.spec.attention is not None:
                 with warnings.catch_warnings(), _quiet_diffusers():  # "an experimental feature": the flag says so
                     pipe.transformer.set_attention_backend(ATTENTION_DIFFUSERS[self.spec.attention])
+            if self.spec.fast:
+                self._fast(pipe.transformer)
             if self.spec.quantize == "fp8":
                 self._quantize_fp8(pipe.transformer)
             self._pipe = pipe
@@ -496,8 +520,34 @@ class Models:
 
         Compilation happens at the first call of each block variant, not here."""
         transformer = self.pipe.transformer
-        transformer.compile_repeated_blocks(**{**COMPILE_OPTIONS, **options})
+        base = COMPILE_OPTIONS
+        if self.spec.fast:
+            import torch._dynamo
+
+            base = FAST_COMPILE_OPTIONS
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, FAST_RECOMPILE_LIMIT)
+        transformer.compile_repeated_blocks(**{**base, **options})
         self.compiled = True
+
+    def _fast(self, transformer) -> None:
+        """--fast: caption buckets on the DiT (engine/buckets.py) and, unless --attention names one, the fastest
+        mask-taking attention kernel timed here on this card. What was chosen is in `fast_settings`."""
+        from vlbench.engine import buckets
+
+        installed = buckets.install(transformer, int(transformer.config.axes_lens[0]) - CAPTION_PAD)
+        timings = {}
+        attention = self.spec.attention
+        if attention is None:
+            timings = time_attention(transformer, self.device, FAST_ATTENTION_CANDIDATES)
+            attention = min(timings, key=timings.get) if timings else "sdpa"
+            with warnings.catch_warnings(), _quiet_diffusers():
+                transformer.set_attention_backend(ATTENTION_DIFFUSERS[attention])
+        self.fast_settings = {"quantize": self.spec.quantize, "compile": "static graphs per caption bucket",
+                              "buckets": installed.lengths, "attention": attention,
+                              "attention_ms": {k: round(v, 3) for k, v in timings.items()}}
+        self._status(f"fast: attention {attention}" + (
+            " (" + ", ".join(f"{k} {v:.2f} ms" for k, v in timings.items()) + " per joint attention, timed here)"
+            if timings else ""))
 
     def uncompile_dit(self) -> None:
         """Back to eager blocks (the benchmark compares both in one process)."""
@@ -540,6 +590,44 @@ class Models:
                 f"of width {self.caption_width}", field="vl", value=self.spec.vl, fix="use a Qwen3-VL of the same width "
                 "(Qwen3-VL-4B for Z-Image-Turbo)"
             )
+
+
+def time_attention(transformer, device: torch.device, candidates, image_tokens: int = 4096, caption: int = 256,
+                   reps: int = 5) -> dict[str, float]:
+    """Milliseconds of one joint attention of `transformer`'s shape (a 1024² image: 4096 tokens, and a 256-row
+    caption bucket whose last 32 rows are masked) per candidate backend, through diffusers' dispatcher as the DiT
+    calls it; a backend that refuses (kernel unavailable for the shape, mask or card) is left out."""
+    from diffusers.models.attention_dispatch import dispatch_attention_fn
+
+    heads = int(transformer.config.n_heads)
+    head_dim = int(transformer.config.dim) // heads
+    length = image_tokens + caption
+    shape = (1, length, heads, head_dim)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    q, k, v = (torch.randn(shape, device=device, dtype=dtype) for _ in range(3))
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    mask = (torch.arange(length, device=device) < length - 32)[None, None, None, :]
+    out: dict[str, float] = {}
+    for name in candidates:
+        backend = ATTENTION_DIFFUSERS[name]
+        try:
+            with torch.inference_mode(), warnings.catch_warnings(), _quiet_diffusers():
+                warnings.simplefilter("ignore")
+                for _ in range(2):
+                    dispatch_attention_fn(q, k, v, attn_mask=mask, backend=backend)
+                sync()
+                start = time.perf_counter()
+                for _ in range(reps):
+                    dispatch_attention_fn(q, k, v, attn_mask=mask, backend=backend)
+                sync()
+        except (RuntimeError, ValueError, NotImplementedError, TypeError):
+            continue
+        out[name] = (time.perf_counter() - start) / reps * 1000
+    return out
 
 
 def compiled_graphs() -> int:

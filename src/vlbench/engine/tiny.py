@@ -106,6 +106,9 @@ def ensure_tiny_models(root: Path | None = None) -> TinyModels:
     if stamp_file.exists() and stamp_file.read_text() == stamp and models.vl.is_dir() and models.zimage.is_dir():
         return models
     root.mkdir(parents=True, exist_ok=True)
+    from vlbench.logs import quiet_libraries
+
+    quiet_libraries()  # transformers' "Writing model shards" bars are not the user's business
     # Build into a temporary sibling and rename, so a killed build never leaves a half model.
     tmp = root.with_name(root.name + f".building-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)

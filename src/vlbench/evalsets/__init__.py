@@ -5,9 +5,11 @@
 A named set takes the first N prompts of each group in `prompts.toml` (subjects, styles, compositions;
 written for vlbench) and the first M procedural references of `references.REFERENCES` (palettes,
 patterns, gradients, textures made by code). The references are rendered once into the cache
-(`<cache>/evalsets/v1/NAME.png`, VLBENCH_CACHE_DIR overrides the cache) and reused. A folder works the
-same way: its images (png, jpg, jpeg, webp) are the references, its optional `prompts.txt` (one prompt a
-line, blank and # lines skipped) the prompts.
+(`<cache>/evalsets/v1/NAME.png`, VLBENCH_CACHE_DIR overrides the cache) and reused. The `photos` set
+pairs the `default` prompts with real photographs shipped next to this file (`photos/`, from scikit-image's
+sample data; `photos.toml` records each one's source and licence). A folder works the same way: its images
+(png, jpg, jpeg, webp) are the references, its optional `prompts.txt` (one prompt a line, blank and # lines
+skipped) the prompts.
 
 No torch here: numpy and PIL only.
 """
@@ -15,7 +17,6 @@ No torch here: numpy and PIL only.
 from __future__ import annotations
 
 import os
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +32,9 @@ NAMED: dict[str, tuple[int, int, str]] = {
     "default": (4, 6, "12 prompts (4 subjects, 4 styles, 4 compositions) × 6 references"),
     "full": (12, 12, "36 prompts × 12 references"),
 }
+PHOTOS = "photos"
+PHOTOS_FILE = Path(__file__).parent / "photos.toml"
+PHOTOS_PER_GROUP = 4  # the `default` set's prompts
 # Statistics need several seeds per config; used when a run with an eval set names none (--seed/--seeds win).
 EVAL_SEEDS = (0, 1, 2, 3)
 
@@ -45,7 +49,9 @@ class EvalSet:
 
 
 def prompt_groups() -> dict[str, list[str]]:
-    data = tomllib.loads(PROMPTS_FILE.read_text(encoding="utf-8"))
+    from vlbench.files import read_toml_file
+
+    data = read_toml_file(PROMPTS_FILE)
     return {g: list(data[g]) for g in GROUPS}
 
 
@@ -77,10 +83,21 @@ def ensure_references(names: list[str], root: Path | None = None) -> list[Path]:
     return paths
 
 
+def photos() -> list[dict]:
+    """The shipped photographs: photos.toml's entries (file, title, source, licence, …), each with its "path"."""
+    entries = tomllib.loads(PHOTOS_FILE.read_text(encoding="utf-8"))["photos"]
+    return [{**e, "path": PHOTOS_FILE.parent / "photos" / e["file"]} for e in entries]
+
+
 def load_eval_set(spec: str, root: Path | None = None) -> EvalSet:
-    """A named set (quick, default, full) or a folder of references with an optional prompts.txt."""
+    """A named set (quick, default, full, photos) or a folder of references with an optional prompts.txt."""
     from vlbench.evalsets.references import REFERENCES
 
+    if spec == PHOTOS:
+        groups = prompt_groups()
+        prompts = [p for g in GROUPS for p in groups[g][:PHOTOS_PER_GROUP]]
+        refs = [e["path"] for e in photos()]
+        return EvalSet(PHOTOS, refs, prompts, _photos_description(len(refs)))
     if spec in NAMED:
         per_group, n_refs, description = NAMED[spec]
         groups = prompt_groups()
@@ -89,7 +106,7 @@ def load_eval_set(spec: str, root: Path | None = None) -> EvalSet:
     folder = Path(spec)
     if not folder.exists():
         raise UserError("no such set or folder", field="eval_set", value=spec,
-                        fix=f"name one of {', '.join(NAMED)}, or a folder of reference images (+ prompts.txt)")
+                        fix=f"name one of {', '.join([*NAMED, PHOTOS])}, or a folder of reference images (+ prompts.txt)")
     if not folder.is_dir():
         raise UserError("is a file", field="eval_set", value=spec,
                         fix="give a folder of reference images with an optional prompts.txt")
@@ -107,12 +124,18 @@ def read_prompt_lines(path: Path) -> list[str]:
 
     try:
         text = read_text_file(path)
-    except (OSError, UnicodeDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # NotAFile, UnicodeDecodeError
         raise UserError(f"cannot read {path.name} ({exc.__class__.__name__})", field="eval_set",
                         value=str(path.parent), fix="save it as UTF-8 text, one prompt a line") from None
     return [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
 
 
+def _photos_description(n: int) -> str:
+    return (f"{3 * PHOTOS_PER_GROUP} prompts (the default set's) × {n} real photographs (public domain / CC0, "
+            "from scikit-image's sample data)")
+
+
 def describe() -> list[str]:
     """One line per named set (for --help and docs)."""
-    return [f"{name}: {desc}" for name, (_, _, desc) in NAMED.items()]
+    return [f"{name}: {desc}" for name, (_, _, desc) in NAMED.items()] + \
+        [f"{PHOTOS}: {_photos_description(len(photos()))}"]

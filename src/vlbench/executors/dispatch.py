@@ -65,6 +65,27 @@ class Dispatcher:
             self.held.setdefault(slot, set()).update(group_key(job))
         return job
 
+    def next_batch_for(self, slot: Hashable, size: int, key, alive: set | None = None, retries: bool = True) -> list:
+        """Up to `size` jobs for `slot` to run in shared DiT calls (`--batch`): the job `next_for` gives, then the
+        next jobs of its group, from the same end, while `key(job)` (vlbench.engine.batching.batch_key) equals its
+        own. A retried job, or one whose key is None, comes alone. [] when nothing is queued."""
+        stolen = self.stolen
+        first = self.next_for(slot, alive, retries)
+        if first is None:
+            return []
+        batch = [first]
+        shape = key(first.recipe) if size > 1 and not self.is_retry(first) else None
+        group = self.groups.get(group_key(first))
+        far = self.stolen > stolen  # a stolen job came from the group's far end: the batch continues there
+        while shape is not None and group is not None and group.jobs and len(batch) < size:
+            job = group.jobs[-1] if far else group.jobs[0]
+            if key(job.recipe) != shape:
+                break
+            group.jobs.pop() if far else group.jobs.popleft()
+            self.queued.subtract(job.extractions)
+            batch.append(job)
+        return batch
+
     def _retry_for(self, slot, alive):
         for i, job in enumerate(self.retry):
             avoided = self.avoid.get(job.key, set())

@@ -47,17 +47,34 @@ class VLBenchActor:
 
         env = self.engine.environment()
         return {"slot": self.slot, "host": socket.gethostname(), "node": ray.util.get_node_ip_address(),
+                "node_id": ray.get_runtime_context().get_node_id(),
                 "pid": os.getpid(), "device": str(self.engine.models.device), "gpu": env.get("gpu"),
                 "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "threads": torch.get_num_threads(),
                 "environment": env}
 
     async def run(self, task: dict) -> dict:
         loop = asyncio.get_running_loop()
+        await self._references(loop, task)
+        out, image = await loop.run_in_executor(self._gpu, self._generate, task)
+        return await self._png_of(loop, out, image)
+
+    async def run_batch(self, tasks: list[dict]) -> list[dict]:
+        """Jobs of one batch shape (vlbench.engine.batching.batch_key) in shared DiT calls, as `--batch` runs them
+        locally (jobs.execute_batch): one result per task, in order, each as `run` returns it. Every done record's
+        environment says its batch ({size, position}; a job run alone: size 1)."""
+        loop = asyncio.get_running_loop()
+        for task in tasks:
+            await self._references(loop, task)
+        outs = await loop.run_in_executor(self._gpu, self._generate_batch, tasks)
+        return [await self._png_of(loop, out, image) for out, image in outs]
+
+    async def _references(self, loop, task: dict) -> None:
         for sha, (path, holder) in task["refs"].items():  # the bytes travel once per actor (nested ObjectRefs)
             if sha not in self.refs:
                 data = await holder[0]
                 self.refs[sha] = await loop.run_in_executor(self._gpu, _reference, path, data, sha)
-        out, image = await loop.run_in_executor(self._gpu, self._generate, task)
+
+    async def _png_of(self, loop, out: dict, image) -> dict:
         if image is not None:
             try:
                 out["png"] = await loop.run_in_executor(self._png, _encode, image, out["record"])
@@ -66,6 +83,25 @@ class VLBenchActor:
 
                 out["record"].update(status="failed", error=f"PNG: {one_line(exc)}", failure="bug")
         return out
+
+    def _generate_batch(self, tasks: list[dict]) -> list[tuple[dict, Any]]:
+        from vlbench.jobs import execute, execute_batch
+        from vlbench.records import RunRecord
+
+        records = [RunRecord.from_json(t["record"]) for t in tasks]
+        refs = [[self.refs[r["sha256"]] for r in record.references] for record in records]
+        if len(records) == 1:
+            outcomes = [execute(self.engine, records[0], refs[0])]
+            if outcomes[0].record.status == "done":  # as the local executor marks a job run alone under --batch
+                rec = outcomes[0].record
+                rec.environment = {**rec.environment, "batch": {"size": 1, "position": 0}}
+        else:
+            outcomes = execute_batch(self.engine, records, refs)
+        for task in tasks:
+            for shas, text in task.get("release", ()):
+                self.engine.release_extraction_by_sha(tuple(shas), text)
+        return [({"record": o.record.to_json(), "slot": self.slot, "fatal": o.failure is not None and o.failure.fatal},
+                 o.image) for o in outcomes]
 
     def _generate(self, task: dict) -> tuple[dict, Any]:
         from vlbench.jobs import execute
@@ -114,6 +150,9 @@ def _reference(path: str, data: bytes, sha: str):
 
     from vlbench.engine.engine import Reference
 
+    from vlbench.pixels import as_rgb
+
     with Image.open(io.BytesIO(data)) as img:
         img.load()
-        return Reference(path, img.convert("RGB"), sha)
+        image, notes = as_rgb(img, path)
+        return Reference(path, image, sha, notes)

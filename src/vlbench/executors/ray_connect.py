@@ -28,18 +28,52 @@ def connect(address: str | None, cpus: int) -> bool:
     if address is None:
         import torch
 
-        with _loopback_only():
-            ray.init(address="local", num_gpus=torch.cuda.device_count(), num_cpus=max(os.cpu_count() or 1, cpus),
-                     include_dashboard=False, _node_ip_address="127.0.0.1", **quiet)
-        return True
+        for attempt in (1, 2):  # Ray waits a fixed 30 s for its raylet: a busy machine can miss it once
+            try:
+                with _loopback_only():
+                    ray.init(address="local", num_gpus=torch.cuda.device_count(),
+                             num_cpus=max(os.cpu_count() or 1, cpus), include_dashboard=False,
+                             _node_ip_address="127.0.0.1", _temp_dir=private_temp_dir(), **quiet)
+                return True
+            except Exception as exc:  # noqa: BLE001 — Ray raises a bare Exception for a node start that timed out
+                if "timed out during startup" not in str(exc):
+                    raise
+                ray.shutdown()
+                if attempt == 2:
+                    raise UserError(f"the local Ray instance did not start ({one_line(exc)})", field="executor",
+                                    value="ray", fix="try again when the machine is less busy, or use "
+                                                     "--executor local") from None
     try:
-        ray.init(address=address, **quiet)
+        if _is_loopback(address):  # a cluster on this machine bound to 127.0.0.1 (tests): stay on loopback
+            with _loopback_only():
+                ray.init(address=address, **quiet)
+        else:
+            ray.init(address=address, **quiet)
     except Exception as exc:  # noqa: BLE001 — ConnectionError, RuntimeError, version mismatches …
         raise UserError(f"cannot connect ({one_line(exc)})", field="ray_address", value=address,
                         fix="check the address, that the cluster runs this machine's Ray and Python versions, and, if "
                             "it uses token authentication, export RAY_AUTH_MODE=token here with its token "
                             "(~/.ray/auth_token or RAY_AUTH_TOKEN)") from None
     return True
+
+
+def private_temp_dir() -> str:
+    """The local instance's temp dir (sessions, logs, sockets): `ray` inside a folder of this user's alone (0700).
+
+    Ray makes every folder it creates mode 0777 (so users of a box can share /tmp/ray); inside a 0700 parent no
+    other user reaches them. The parent sits in the system temp dir, not the data folder: Ray's unix socket paths
+    under it must stay within the 107-byte limit (issue 26)."""
+    import tempfile
+
+    parent = os.path.join(tempfile.gettempdir(), f"vlbench-{os.geteuid()}")
+    os.makedirs(parent, mode=0o700, exist_ok=True)
+    st = os.lstat(parent)
+    if not os.path.isdir(parent) or os.path.islink(parent) or st.st_uid != os.geteuid():
+        raise UserError(f"{parent} is not a folder of yours", field="executor", value="ray",
+                        fix=f"remove {parent} (another user or a link holds the name), or set TMPDIR elsewhere")
+    if st.st_mode & 0o077:
+        os.chmod(parent, 0o700)
+    return os.path.join(parent, "ray")
 
 
 @contextmanager
@@ -66,6 +100,19 @@ def _loopback_only():
             os.environ.pop(key, None)
         else:
             os.environ[key] = saved_env
+
+
+def _is_loopback(address: str) -> bool:
+    """Whether a HOST:PORT or ray://HOST:PORT address names this machine's loopback interface."""
+    import ipaddress
+
+    host = address.removeprefix("ray://").rstrip("/").rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _check_reachable(address: str) -> None:

@@ -12,9 +12,10 @@ lost, and an interrupted run resumes like a local one.
 from __future__ import annotations
 
 import hashlib
+import queue
+import threading
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 from rich.markup import escape
@@ -23,10 +24,16 @@ from vlbench.errors import UserError, one_line
 from vlbench.executors.dispatch import Dispatcher
 from vlbench.executors.ray_actor import VLBenchActor
 from vlbench.executors.ray_connect import cause, connect, plan_actors
+from vlbench.files import read_bytes_file
 
 MAX_ATTEMPTS = 3  # runs of one job whose actor keeps dying (2 retries), then it is written as failed
 MAX_RESTARTS = 2  # replacement actors per slot
 START_TIMEOUT_S = 300.0  # actors must start (process + imports, not model loads) within this
+STOP_POLL_S = 0.5  # a lane checks its stop event this often while it waits for results
+
+
+class LaneLost(RuntimeError):
+    """A lane's actor died for good (out of replacements) with images of its run not done."""
 
 
 @dataclass
@@ -68,8 +75,10 @@ class RayExecutor:
         # "cuda-error" (a CUDA error mid-job, first run only: the actor must be replaced)
         self.faults = dict(faults or {})
         self.slots = [_Slot(i) for i in range(n)]
+        self.batch = 1  # --batch N: up to N jobs of one shape per actor task, in shared DiT calls (jobs.execute_batch)
         self._cls = ray.remote(VLBenchActor)
         self.stats = {"deaths": 0, "retries": 0, "stolen": 0, "restarts": 0}
+        self._stats_lock = threading.Lock()  # lanes update the stats from their threads
         self.last_death = ""
         self.closed = False
 
@@ -151,27 +160,85 @@ class RayExecutor:
 
     def describe(self) -> dict:
         """For run.json: where the jobs ran."""
-        return {"kind": "ray", "ray": self.ray.__version__, "address": self.address or "local",
+        return {"kind": "ray", "ray": self.ray.__version__, "address": self.address or "local", "batch": self.batch,
                 "actors": [{k: v for k, v in (s.info or {}).items() if k != "environment"} for s in self.slots],
                 "max_attempts": self.max_attempts}
 
     # ---- running jobs (in place of the runner's LocalExecutor) ----
     def __call__(self, engine, jobs: list, ledger) -> None:
+        self._run(jobs, ledger, self.slots, None)
+
+    def _run(self, jobs: list, ledger, slots: list, stop) -> None:
         if self.closed:
             raise RuntimeError("RayExecutor is closed")
-        run = _Run(self, ledger, Dispatcher(jobs, self.max_attempts))
+        run = _Run(self, ledger, Dispatcher(jobs, self.max_attempts), slots, stop)
         try:
             run.loop()
         finally:
-            self.stats["stolen"] += run.dispatcher.stolen
+            with self._stats_lock:
+                self.stats["stolen"] += run.dispatcher.stolen
             run.abandon()
+
+    def lanes(self) -> "Lanes":
+        """The actors as lanes for concurrent runs (a search's trials): each run on one free actor."""
+        return Lanes(self)
+
+
+class Lanes:
+    """Concurrent runs over the executor's actors: a run takes a free actor (`acquire`), runs its jobs there alone
+    (`lane.run`, what run_experiment calls as its executor) and gives it back (`release`); runs on different
+    actors proceed in parallel, one thread each. An actor that dies is replaced as in a sweep; one out of
+    replacements ends its run with LaneLost (its finished rows are kept) and leaves the pool."""
+
+    def __init__(self, executor: RayExecutor):
+        self.x = executor
+        self.slots = [s.index for s in executor.slots if not s.dead]
+        self.free: queue.Queue = queue.Queue()
+        for index in self.slots:
+            self.free.put(index)
+
+    def acquire(self, stop: threading.Event) -> "_Lane | None":
+        """A free actor's lane (waits for one), or None once `stop` is set."""
+        while not stop.is_set():
+            if all(self.x.slots[i].dead for i in self.slots):
+                raise UserError(f"every Ray actor died (last: {self.x.last_death})",
+                                fix="finished trials are kept: re-run with --resume")
+            try:
+                index = self.free.get(timeout=STOP_POLL_S)
+            except queue.Empty:
+                continue
+            if not self.x.slots[index].dead:
+                return _Lane(self.x, index, stop)
+        return None
+
+    def release(self, lane: "_Lane") -> None:
+        if not self.x.slots[lane.index].dead:
+            self.free.put(lane.index)
+
+    @staticmethod
+    def lost(exc: BaseException) -> bool:
+        """Whether `exc` ended a run because its actor is gone (the run can be done again on another)."""
+        return isinstance(exc, LaneLost)
+
+
+@dataclass
+class _Lane:
+    x: RayExecutor
+    index: int
+    stop: threading.Event
+
+    def run(self, engine, jobs: list, ledger) -> None:
+        """run_experiment's executor: the jobs on this lane's actor only; KeyboardInterrupt once `stop` is set."""
+        self.x._run(jobs, ledger, [self.x.slots[self.index]], self.stop)
 
 
 class _Run:
     """One call of the executor: its dispatcher, the jobs in flight and the recording of results."""
 
-    def __init__(self, executor: RayExecutor, ledger, dispatcher: Dispatcher):
+    def __init__(self, executor: RayExecutor, ledger, dispatcher: Dispatcher, slots: list | None = None, stop=None):
         self.x, self.ray, self.ledger, self.dispatcher = executor, executor.ray, ledger, dispatcher
+        self.slots = executor.slots if slots is None else slots  # a lane: its one actor
+        self.stop = stop  # a threading.Event: set -> KeyboardInterrupt at the next wait (a lane's thread)
         self.inflight: dict[Any, tuple[_Slot, int, Any]] = {}  # ObjectRef -> (slot, incarnation, job)
         self.ref_data: dict[str, list] = {}  # reference sha256 -> [ObjectRef of its bytes]
 
@@ -184,7 +251,7 @@ class _Run:
             except Exception:  # noqa: BLE001
                 pass
         self.inflight.clear()
-        for slot in self.x.slots:
+        for slot in self.slots:
             slot.inflight = slot.retrying = 0
             held = [e for e in self.dispatcher.held.get(slot.index, ()) if e[0] != "qwen3"]
             if held and slot.handle is not None and not slot.dead:  # queued behind its jobs: dropped after them
@@ -197,15 +264,21 @@ class _Run:
         ray = self.ray
         while True:
             self._fill()
-            starting = {s.ready: s for s in self.x.slots if s.ready is not None and not s.dead}
+            starting = {s.ready: s for s in self.slots if s.ready is not None and not s.dead}
             if not self.inflight:
                 if self.dispatcher.pending() == 0:
                     return
                 if not starting:
+                    if self.slots is not self.x.slots:
+                        raise LaneLost(f"Ray {self.slots[0].label()} died for good (last: {self.x.last_death}); "
+                                       f"{self.dispatcher.pending()} images were not run")
                     raise UserError(f"every Ray actor died (last: {self.x.last_death}); {self.dispatcher.pending()} "
                                     "images were not run", fix="finished images are kept: re-run the same command "
                                                                "to resume")
-            ready, _ = ray.wait(list(self.inflight) + list(starting), num_returns=1)
+            if self.stop is not None and self.stop.is_set():
+                raise KeyboardInterrupt
+            ready, _ = ray.wait(list(self.inflight) + list(starting), num_returns=1,
+                                timeout=None if self.stop is None else STOP_POLL_S)
             for ref in ready:
                 if ref in starting:
                     self._started(starting[ref], ref)
@@ -217,24 +290,40 @@ class _Run:
         """Give every usable actor work: one job each first, then a second queued behind it (its PNG encodes
         while the next generates) while more jobs wait than actors could take. A retried job runs alone on its
         actor: if it kills that actor too, no other job is charged a run for it."""
-        usable = [s for s in self.x.slots if s.usable]
+        usable = [s for s in self.slots if s.usable]
         alive = {s.index for s in usable}
         for depth in (1, 2):
             for slot in sorted(usable, key=lambda s: s.inflight):
                 if slot.inflight >= depth or (depth == 2 and (self.dispatcher.pending() <= len(usable)
                                                               or slot.retrying)):
                     continue
-                job = self.dispatcher.next_for(slot.index, alive, retries=depth == 1 and slot.inflight == 0)
+                retries = depth == 1 and slot.inflight == 0
+                if self.x.batch > 1:  # --batch: up to N jobs of one shape from one group, one task
+                    from vlbench.engine.batching import batch_key
+
+                    jobs = self.dispatcher.next_batch_for(slot.index, self.x.batch, batch_key, alive, retries)
+                    if jobs:
+                        self._submit(slot, jobs)
+                    continue
+                job = self.dispatcher.next_for(slot.index, alive, retries=retries)
                 if job is None:
                     continue
-                self._submit(slot, job)
+                self._submit(slot, [job])
 
-    def _submit(self, slot: _Slot, job) -> None:
+    def _submit(self, slot: _Slot, jobs: list) -> None:
+        """One task on `slot`'s actor: `run` for one job, `run_batch` (shared DiT calls) under --batch."""
+        tasks = [self._task(slot, job) for job in jobs]
+        ref = slot.handle.run_batch.remote(tasks) if self.x.batch > 1 else slot.handle.run.remote(tasks[0])
+        self.inflight[ref] = (slot, slot.incarnation, jobs)
+        slot.inflight += 1
+        slot.retrying += any(self.dispatcher.is_retry(job) for job in jobs)
+
+    def _task(self, slot: _Slot, job) -> dict:
         refs = {}
         for reference in job.references:
             sha = reference.sha256
             if sha not in self.ref_data:
-                data = Path(reference.path).read_bytes()
+                data = read_bytes_file(reference.path)
                 if hashlib.sha256(data).hexdigest() != sha:
                     raise UserError("the file changed during the run", field="image", value=reference.path,
                                     fix="re-run to resume")
@@ -243,12 +332,8 @@ class _Run:
         fault = self.x.faults.get(job.key)
         if fault and not fault.endswith("-always") and self.dispatcher.attempts[job.key] > 0:
             fault = None  # a one-off fault: its retry runs normally
-        task = {"record": job.record(self.ledger.experiment).to_json(), "refs": refs, "fault": fault,
+        return {"record": job.record(self.ledger.experiment).to_json(), "refs": refs, "fault": fault,
                 "release": self.dispatcher.release_after(job, slot.index)}
-        ref = slot.handle.run.remote(task)
-        self.inflight[ref] = (slot, slot.incarnation, job)
-        slot.inflight += 1
-        slot.retrying += self.dispatcher.is_retry(job)
 
     # ---- results ----
     def _started(self, slot: _Slot, ref) -> None:
@@ -261,33 +346,37 @@ class _Run:
 
     def _finished(self, ref) -> None:
         ray = self.ray
-        slot, incarnation, job = self.inflight.pop(ref)
+        slot, incarnation, jobs = self.inflight.pop(ref)
         if slot.incarnation == incarnation:
             slot.inflight -= 1
-            slot.retrying -= self.dispatcher.is_retry(job)
+            slot.retrying -= any(self.dispatcher.is_retry(job) for job in jobs)
         try:
-            result = ray.get(ref)
+            got = ray.get(ref)
+            results = got if isinstance(got, list) else [got]
         except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError, ray.exceptions.ObjectLostError) as exc:
             self._actor_lost(slot, incarnation, cause(exc))
-            self._job_lost(job, slot, cause(exc))
+            for job in jobs:
+                self._job_lost(job, slot, cause(exc))
             return
         except ray.exceptions.RayTaskError as exc:  # a bug outside the actor's own error handling
-            _log_remote_traceback(job, slot, str(exc))
-            result = {"record": self._failed(job, cause(exc), "bug")}
-        if result.get("fatal"):
-            error = result["record"].get("error") or "CUDA error"
-            self._actor_lost(slot, incarnation, error)
-            self._job_lost(job, slot, error)
-            return
-        slot.done += 1
-        self._record(job, result)
+            _log_remote_traceback(jobs[0], slot, str(exc))
+            results = [{"record": self._failed(job, cause(exc), "bug")} for job in jobs]
+        for job, result in zip(jobs, results):
+            if result.get("fatal"):
+                error = result["record"].get("error") or "CUDA error"
+                self._actor_lost(slot, incarnation, error)
+                self._job_lost(job, slot, error)
+                continue
+            slot.done += 1
+            self._record(job, result)
 
     def _actor_lost(self, slot: _Slot, incarnation: int, reason: str) -> None:
         """`slot`'s actor died (or must die): replace it unless its slot is out of replacements."""
         if slot.incarnation != incarnation or slot.dead:
             return  # already handled for an earlier job of the same actor
         x = self.x
-        x.stats["deaths"] += 1
+        with x._stats_lock:
+            x.stats["deaths"] += 1
         x.last_death = reason
         try:
             self.ray.kill(slot.handle, no_restart=True)
@@ -296,7 +385,8 @@ class _Run:
         self.dispatcher.forget(slot.index)
         if slot.restarts < x.max_restarts:
             slot.restarts += 1
-            x.stats["restarts"] += 1
+            with x._stats_lock:
+                x.stats["restarts"] += 1
             x._spawn(slot)
             what = "starting a new one"
         else:
@@ -306,7 +396,8 @@ class _Run:
 
     def _job_lost(self, job, slot: _Slot, reason: str) -> None:
         if self.dispatcher.lost(job, slot.index):
-            self.x.stats["retries"] += 1
+            with self.x._stats_lock:
+                self.x.stats["retries"] += 1
             self._say(f"[yellow]{escape(job.name)} (seed {job.recipe.seed}): its actor died; queued again[/yellow]")
             return
         runs = self.dispatcher.attempts[job.key]

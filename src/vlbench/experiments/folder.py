@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 from vlbench.errors import UserError, one_line
 from vlbench.experiments.results import ResultsLog, latest_by_key, reference_copy
-from vlbench.files import atomic_copy, atomic_write_json, remove_stale_temp_files
+from vlbench.files import atomic_copy, atomic_write_json, read_text_file, remove_stale_temp_files
 from vlbench.records import RunRecord
 
 RESULTS, GRID, REPORT, RUN_INFO = "results.jsonl", "grid.png", "report.html", "run.json"
@@ -242,12 +242,13 @@ def models_of(engine) -> dict:
     spec = engine.models.spec
     return {"zimage": spec.zimage, "vl": spec.vl, "tiny": spec.tiny, "device": str(engine.models.device),
             "dtype": str(engine.models.dtype).removeprefix("torch."),
-            "offload": getattr(engine.models, "offload", "none"), "compile": bool(spec.compile)}
+            "offload": getattr(engine.models, "offload", "none"), "compile": bool(spec.compile),
+            **({"fast": True} if getattr(spec, "fast", False) else {})}
 
 
 def read_info(out: Path) -> dict | None:
     try:
-        return json.loads((out / RUN_INFO).read_text(encoding="utf-8"))
+        return json.loads(read_text_file(out / RUN_INFO))
     except (OSError, json.JSONDecodeError):
         return None
 
@@ -275,7 +276,7 @@ def start_invocation(out: Path, experiment, engine, parameters: dict | None, sum
                   "redone": summary.redone, "rerecorded": summary.rerecorded}
     info.update(experiment=experiment.name, description=experiment.description, question=experiment.question,
                 type_file=str(experiment.path), type_source=experiment.source, models=models_of(engine),
-                baseline=getattr(experiment, "baseline", None))
+                baseline=getattr(experiment, "baseline", None), equivalence=getattr(experiment, "equivalence", None))
     info.setdefault("invocations", []).append(invocation)
     atomic_write_json(out / RUN_INFO, info)
     return invocation

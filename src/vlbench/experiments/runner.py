@@ -83,15 +83,20 @@ def _wrap_up(out: Path, experiment, engine, summary: Summary, ledger: Ledger, in
 
 
 class LocalExecutor:
-    """The in-process loop over one Engine, with one PNG write in flight behind the generation."""
+    """The in-process loop over one Engine, with the PNG writes of the last images in flight behind the next
+    generation. `batch` > 1 (`--batch N`): consecutive jobs of one shape (vlbench.engine.batching.batch_key) run
+    N at a time in shared DiT calls (jobs.execute_batch); rows stay one per image, in job order."""
 
-    def __init__(self, render: Callable = str):
+    def __init__(self, render: Callable = str, batch: int = 1, ready: dict | None = None):
+        """`ready`: job key -> Outcome generated beforehand (vlbench search --batch); those jobs are not run."""
         self.render = render
+        self.batch = max(1, int(batch))
+        self.ready = dict(ready or {})
 
     def __call__(self, engine, jobs: list[Job], ledger: Ledger) -> None:
         from concurrent.futures import ThreadPoolExecutor
 
-        from vlbench.jobs import execute
+        from vlbench.jobs import execute, execute_batch
 
         last_use: dict[tuple, int] = {}
         for i, job in enumerate(jobs):
@@ -99,37 +104,69 @@ class LocalExecutor:
                 last_use[ex] = i
         progress = ledger.progress
         writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vlbench-png")
-        pending: _Pending | None = None  # the previous job: its PNG may still be being written
+        pending: list[_Pending] = []  # the previous jobs: their PNGs may still be being written
 
         def finish(p: _Pending, callbacks: bool = True) -> None:
             ledger.append(p.job, p.wait(), callback=callbacks)
 
         try:
-            for i, job in enumerate(jobs):
-                progress.start(job)
-                outcome = execute(engine, job.record(ledger.experiment), list(job.references),
-                                  on_step=progress.step, render=self.render)
-                for ex in job.extractions:  # free an extraction after its last job (they hold every layer)
-                    if last_use[ex] == i:
-                        engine.release_extraction_by_sha(*ex)
-                previous, pending = pending, None
-                if previous is not None:
-                    finish(previous)  # its PNG was written while this job generated
-                pending = _Pending(job, outcome.record, ledger.out).submit(writer, outcome.image)
-            if pending is not None:
-                last, pending = pending, None
-                finish(last)
+            for group in batch_groups(jobs, self.batch):
+                progress.start(jobs[group[0]])
+                if all(jobs[i].key in self.ready for i in group):
+                    outcomes = [self.ready.pop(jobs[i].key) for i in group]
+                elif len(group) == 1:
+                    job = jobs[group[0]]
+                    outcomes = [execute(engine, job.record(ledger.experiment), list(job.references),
+                                        on_step=progress.step, render=self.render)]
+                    record = outcomes[0].record
+                    if self.batch > 1 and record.status == "done":  # --batch given: every record says its batch
+                        record.environment = {**record.environment, "batch": {"size": 1, "position": 0}}
+                else:
+                    outcomes = execute_batch(engine, [jobs[i].record(ledger.experiment) for i in group],
+                                             [list(jobs[i].references) for i in group], on_step=progress.step,
+                                             render=self.render)
+                for i in group:
+                    for ex in jobs[i].extractions:  # free an extraction after its last job (they hold every layer)
+                        if last_use[ex] == i:
+                            engine.release_extraction_by_sha(*ex)
+                previous, pending = pending, []
+                for p in previous:
+                    finish(p)  # its PNG was written while these jobs generated
+                pending = [_Pending(jobs[i], o.record, ledger.out).submit(writer, o.image)
+                           for i, o in zip(group, outcomes)]
+            last, pending = pending, []
+            for p in last:
+                finish(p)
         except BaseException:
-            # Interrupted (Ctrl-C in a generation, or a caller's callback): the previous job's PNG is written or
-            # being written: wait for it and keep its row; the callbacks are not run again on the way out.
-            if pending is not None:
+            # Interrupted (Ctrl-C in a generation, or a caller's callback): the previous jobs' PNGs are written or
+            # being written: wait for them and keep their rows; the callbacks are not run again on the way out.
+            for p in pending:
                 try:
-                    finish(pending, callbacks=False)
+                    finish(p, callbacks=False)
                 except BaseException:  # noqa: BLE001 — its PNG failed: no row, the job is redone on resume
-                    pass
+                    break  # rows stay in job order: none after a missing one
             raise
         finally:
             writer.shutdown(wait=True)  # never return with a write still running
+
+
+def batch_groups(jobs: list[Job], size: int) -> list[list[int]]:
+    """Indices of `jobs`, in order, cut into runs of at most `size` consecutive jobs of one batch shape
+    (vlbench.engine.batching.batch_key; a job with none is alone)."""
+    if size <= 1:
+        return [[i] for i in range(len(jobs))]
+    from vlbench.engine.batching import batch_key
+
+    groups: list[list[int]] = []
+    last = None
+    for i, job in enumerate(jobs):
+        key = batch_key(job.recipe)
+        if groups and key is not None and key == last and len(groups[-1]) < size:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+        last = key
+    return groups
 
 
 class _Pending:

@@ -6,12 +6,14 @@ table of Recipe fields shared by every config, and `[[configs]]`, each a `name`,
 `quick = false` (dropped by --quick) and Recipe fields. `references = "together"` makes every job read all
 the run's references (a config's multi_image says jointly or one extraction each); the default, "each", runs
 every config on each reference. `baseline = "CONFIG"` names the config `vlbench stats` and the report compare
-the others with when no --baseline is given (default: the first config); run.json records it. Parsing checks the file's shape; `recipes()` builds the Recipes (and so
+the others with when no --baseline is given (default: the first config); run.json records it, as it records
+`equivalence = true` (or a table metric = margin): the report then tests equivalence (docs/stats.md). Parsing checks the file's shape; `recipes()` builds the Recipes (and so
 checks every key and value against Recipe). Every error is one line naming the file and the key.
 """
 
 from __future__ import annotations
 
+import math
 import re
 import tomllib
 from dataclasses import dataclass
@@ -21,7 +23,7 @@ from typing import Any
 from vlbench.errors import UserError
 
 TYPES_DIR = Path(__file__).parent / "types"
-TOP_KEYS = ("name", "description", "question", "seeds", "references", "base", "configs", "baseline")
+TOP_KEYS = ("name", "description", "question", "seeds", "references", "base", "configs", "baseline", "equivalence")
 REFERENCES = ("each", "together")  # one job group per reference, or every job reads all of them
 CONFIG_META = ("name", "quick")  # config keys that are not Recipe fields
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=-]{0,79}$")  # config names become file names (255 bytes at most)
@@ -58,6 +60,8 @@ class ExperimentType:
     seeds: tuple[int, ...] = ()  # the type's default seeds (empty: each config's own seed)
     references: str = "each"  # each: every config runs on each reference; together: every job reads them all
     baseline: str | None = None  # the config statistics compare the others with (None: the first)
+    # equivalence tests in `vlbench stats` and the report: True (each metric's default margin), {metric: margin}
+    equivalence: bool | dict | None = None
 
     def reference_sets(self, refs: list) -> list[tuple]:
         """The references of each job group: one each, or all of them together."""
@@ -126,7 +130,7 @@ def resolve(name_or_path: str) -> Path:
 def load_type(name_or_path: str | Path) -> ExperimentType:
     """Read and check a type file's shape (keys, names, duplicates). Recipes are built by `recipes()`."""
     path = resolve(str(name_or_path)) if not isinstance(name_or_path, Path) else name_or_path
-    from vlbench.files import NotAFile, read_text_file
+    from vlbench.files import NotAFile, TooDeep, parse_toml, read_text_file
 
     try:
         source = read_text_file(path)
@@ -137,9 +141,11 @@ def load_type(name_or_path: str | Path) -> ExperimentType:
     except (OSError, ValueError) as exc:
         raise UserError(f"{path}: cannot read it ({exc.__class__.__name__})") from None
     try:
-        data = tomllib.loads(source)
+        data = parse_toml(source)
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"{path}: not valid TOML ({exc})") from None
+    except TooDeep as exc:
+        raise UserError(f"{path}: {exc}") from None
     return parse_type(data, path, source)
 
 
@@ -199,9 +205,16 @@ def parse_type(data: dict, path: Path, source: str = "") -> ExperimentType:
     baseline = data.get("baseline")
     if baseline is not None and baseline not in seen:
         raise UserError(f"{path}: baseline: {baseline!r} is not a config of this type; name one of its [[configs]]")
+    equivalence = data.get("equivalence")
+    if equivalence is not None and not isinstance(equivalence, bool) and not (
+            isinstance(equivalence, dict) and all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
+                                                  and math.isfinite(v) for v in equivalence.values())):
+        raise UserError(f"{path}: equivalence: {equivalence!r} must be true, or a table of positive margins "
+                        "(metric = margin)")
     return ExperimentType(name=name.strip(), description=data.get("description", "").strip(),
                           question=data.get("question", "").strip(), base=dict(base), configs=tuple(configs),
-                          path=path, source=source, seeds=seeds, references=references, baseline=baseline)
+                          path=path, source=source, seeds=seeds, references=references, baseline=baseline,
+                          equivalence=equivalence)
 
 
 JOINT_FIX = ('add references = "together" at the top of the type (every job reads all the references), or drop '

@@ -61,6 +61,9 @@ def ensure_tiny_metric_models(root: Path | None = None, vl: Path | None = None) 
     stamp, stamp_file = _stamp(), root / "STAMP"
     if stamp_file.exists() and stamp_file.read_text() == stamp and all((root / n).is_dir() for n in _BUILT):
         return models
+    from vlbench.logs import quiet_libraries
+
+    quiet_libraries()  # transformers' "Writing model shards" bars are not the user's business
     # Build into a temporary sibling and rename, so a killed build never leaves a half model.
     tmp = root.with_name(root.name + f".building-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)

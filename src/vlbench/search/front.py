@@ -1,4 +1,4 @@
-"""A trial's objectives (metric means with bootstrap 95% intervals), the non-dominated set of the trials,
+"""A trial's objectives (metric means with design-aware 95% intervals, as `vlbench stats`), the non-dominated set of the trials,
 and the Pareto plot. No torch, no Optuna: the search loop hands in plain numbers.
 
 Dominance, on the trials' metric means with each objective's direction: a dominates b when a is at least as
@@ -10,21 +10,29 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
-PARETO_SCHEMA = "vlbench.search.pareto/1"
+# /2: a trial's "ci" is vlbench stats' design-aware interval, named by its "method"; /1's (no "method") was a
+# percentile bootstrap over images. A resumed /1 search keeps its old trials' intervals, told apart by "method".
+PARETO_SCHEMA = "vlbench.search.pareto/2"
 
 
-def metric_summary(values: Sequence[float]) -> dict:
-    """{"n", "mean", "ci"} of one metric over a trial's images; ci: `vlbench.stats.bootstrap_ci` (None below 2)."""
-    import numpy as np
+def metric_summary(values: Mapping[tuple, float] | Sequence[float]) -> dict:
+    """{"n", "not_finite", "mean", "ci", "method", "conditional_on"} of one metric over a trial's images.
 
-    from vlbench.stats import bootstrap_ci
+    `values`: {(prompt, reference sha256, seed): value}, so the interval is `vlbench stats`' design-aware one
+    (vlbench.crossed.infer: prompt × reference cells, seeds inside; conditional on the prompts/references when
+    fewer than 4); a plain sequence counts as the seeds of one cell. Non-finite values are counted in
+    "not_finite" and left out. ci: None when the design gives no interval (e.g. one image)."""
+    from vlbench.crossed import infer
 
-    x = np.asarray([v for v in values if math.isfinite(v)], dtype=np.float64)
-    ci = bootstrap_ci(x) if x.size else None
-    return {"n": int(x.size), "mean": float(x.mean()) if x.size else None,
-            "ci": None if ci is None else [ci[0], ci[1]]}
+    units = dict(values) if isinstance(values, Mapping) else {("", "", i): v for i, v in enumerate(values)}
+    finite = {u: float(v) for u, v in units.items() if math.isfinite(v)}
+    fit = infer(finite) if finite else None
+    return {"n": len(finite), "not_finite": len(units) - len(finite),
+            "mean": None if fit is None else fit["mean"], "ci": None if fit is None else fit["ci"],
+            "method": None if fit is None else fit["method"],
+            "conditional_on": [] if fit is None else fit["conditional_on"]}
 
 
 def dominates(a: Sequence[float], b: Sequence[float], directions: Sequence[str]) -> bool:
@@ -50,7 +58,7 @@ def non_dominated(points: Sequence[Sequence[float]], directions: Sequence[str]) 
 def plot_front(trials: list[dict], front: list[int], objectives: list[dict], path: str | Path,
                title: str = "") -> Path | None:
     """The trials on the first two objectives (one objective: against the trial number); the front's points
-    with their 95% bootstrap intervals as error bars, labelled with the trial's name. `trials`: entries of
+    with their 95% intervals as error bars, labelled with the trial's name. `trials`: entries of
     trials.jsonl that completed; `front`: their trial numbers. None when no trial completed."""
     from matplotlib.figure import Figure
 
@@ -92,7 +100,7 @@ def plot_front(trials: list[dict], front: list[int], objectives: list[dict], pat
 
     ax.set(xlabel=label(x_metric), ylabel=label(y_metric))
     more = f"; objectives beyond the first two not shown: {', '.join(names[2:])}" if len(names) > 2 else ""
-    ax.set_title(f"{title}\nred: the Pareto front (bars: 95% bootstrap CI of each mean); grey: other trials, "
+    ax.set_title(f"{title}\nred: the Pareto front (bars: 95% CI of each mean, as vlbench stats); grey: other trials, "
                  f"x: violates a constraint{more}".strip(), fontsize=9)
     ax.grid(alpha=0.3)
     path = Path(path)

@@ -5,10 +5,15 @@ combination the Recipe refuses is told to Optuna as FAIL with the Recipe's one-l
 and runs nothing. Otherwise the trial's images (every prompt × reference × seed) go through the runner
 (`vlbench.experiments.runner.run_experiment`: the one job path, the run record, the run store) into
 `trials/tNNNN/`, are scored (`vlbench.metrics.score.score_folder`), and each objective is the metric's mean over
-the trial's images, with its bootstrap 95% interval (`vlbench.stats.bootstrap_ci`); constraints are
+the trial's images, with its design-aware 95% interval (`vlbench stats`' method, vlbench.crossed); constraints are
 `trial.set_constraint` values (<= 0: satisfied).
 
-Reproducibility: the study lives in `search.db` (SQLite) in the output folder. Before each `ask` the sampler is
+Storage: the study lives in `search.journal` in the output folder (Optuna's JournalStorage with a file backend:
+an append-only log, replayed incrementally, ~10x the trials/s of SQLite in benchmarks/study_storage.py); a
+search folder started before that keeps its `search.db` (SQLite). Only this process writes it (the trials'
+threads take turns under one lock), so either holds; the journal keeps up with many GPUs.
+
+Reproducibility: Before each `ask` the sampler is
 built afresh, seeded with (sampler seed, trial number): Optuna's samplers keep their random state in memory
 only, so a fresh, numbered seed makes trial k a function of the seed, the space and the trials before it,
 whether the search ran in one go or resumed. A trial left RUNNING by an interrupted search is evaluated again
@@ -18,8 +23,11 @@ with its stored parameters (its folder resumes) before any new trial is asked.
 from __future__ import annotations
 
 import json
+import math
 import shutil
+import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -29,8 +37,9 @@ from vlbench.files import atomic_copy, atomic_write_json, atomic_write_text
 from vlbench.search.front import PARETO_SCHEMA, metric_summary, non_dominated, plot_front
 from vlbench.search.space import Space
 
-STUDY = "search"  # the study's name inside search.db
-DB, INFO, TRIALS, PARETO, PLOT, FRONT = "search.db", "search.json", "trials.jsonl", "pareto.json", "pareto.png", "front"
+STUDY = "search"  # the study's name inside search.journal (or an older search's search.db)
+JOURNAL, DB = "search.journal", "search.db"  # the study: JournalStorage's log; SQLite (searches before issue 29)
+INFO, TRIALS, PARETO, PLOT, FRONT = "search.json", "trials.jsonl", "pareto.json", "pareto.png", "front"
 ATTR = "vlbench"  # the user attribute holding a trial's account (trials.jsonl is made from it)
 SEED_STRIDE = 1_000_003  # sampler seed of trial k: seed * SEED_STRIDE + k
 
@@ -74,51 +83,216 @@ class SearchSummary:
     errors: list[str] = field(default_factory=list)
 
 
+def study_storage(out: str | Path):
+    """The study's storage in the search folder `out`: its search.db (SQLite) when it has one (a search started
+    before issue 29 keeps its file), else search.journal (JournalStorage, JournalFileBackend)."""
+    out = Path(out)
+    if (out / DB).exists():
+        return f"sqlite:///{(out / DB).resolve()}"
+    optuna = optuna_module()
+    from optuna.storages.journal import JournalFileBackend
+
+    return optuna.storages.JournalStorage(JournalFileBackend(str((out / JOURNAL).resolve())))
+
+
+def open_study(out: Path, space: Space):
+    """The search's study (created on the first call); docs/search.md says why a journal, and what measured it."""
+    optuna = optuna_module()
+    study = optuna.create_study(storage=study_storage(out), study_name=STUDY, directions=space.directions,
+                                load_if_exists=True)
+    if [d.name.lower() for d in study.directions] != space.directions:
+        name = DB if (out / DB).exists() else JOURNAL
+        raise UserError(f"{name} holds a study with other objectives", field="output_dir", value=str(out))
+    return study
+
+
 def run_search(engine, space: Space, references: list, prompts: list[str], out: str | Path, *,
                seeds: list[int] | None, trials: int | None, budget_minutes: float | None, sampler_seed: int,
                metric_models, metrics_batch_size: int = 16, store=None, executor=None, console=None,
                render: Callable = str, parameters: dict | None = None,
-               on_trial_done: Callable[[int], None] | None = None) -> SearchSummary:
+               on_trial_done: Callable[[int], None] | None = None, batch: int = 1) -> SearchSummary:
     """Run (or resume) the search in `out` until it has `trials` finished trials or `budget_minutes` have
-    passed; writes trials.jsonl and pareto.json after every trial, pareto.png and front/ at the end."""
-    optuna = optuna_module()
+    passed; writes trials.jsonl and pareto.json after every trial, pareto.png and front/ at the end.
+
+    With an executor of several actors (`executor.lanes()`), trials run concurrently: each trial's images on one
+    free actor, and up to two trials per actor in flight (one generating, one being scored), so no actor waits
+    for the scoring of its last trial. With the local executor or one actor, trials run one after another.
+
+    `batch` > 1 (`--batch N`, issue 28; local executor): N trials are taken at a time (each asked from its own
+    numbered sampler before any of them is told: the sampler sees the trials of earlier batches), their images
+    generated together in shared DiT calls (engine/batching.py: each image equals its batch-1 image within float
+    rounding), then each trial is recorded and scored as without --batch, in trial order."""
     out = Path(out)
-    study = optuna.create_study(storage=f"sqlite:///{(out / DB).resolve()}", study_name=STUDY,
-                                directions=space.directions, load_if_exists=True)
-    if [d.name.lower() for d in study.directions] != space.directions:
-        raise UserError("search.db holds a study with other objectives", field="output_dir", value=str(out))
+    study = open_study(out, space)
     summary = SearchSummary(target=trials)
-    state = optuna.trial.TrialState
-    finished = lambda: sum(t.state.is_finished() for t in study.get_trials(deepcopy=False))  # noqa: E731
-    summary.finished_before = finished()
-    evaluate = _Evaluator(engine, space, references, prompts, out, seeds, metric_models, metrics_batch_size,
-                          store, executor, render, parameters, summary, console)
-    start = time.monotonic()
+    search = _Search(study, space, out, sampler_seed, trials, budget_minutes, summary, console, on_trial_done)
+    lanes = executor.lanes() if executor is not None and hasattr(executor, "lanes") else None
+    concurrent = lanes is not None and len(lanes.slots) > 1
+    evaluate = _Evaluator(engine, space, references, prompts, out, seeds,
+                          _LoadOnce(metric_models) if concurrent else metric_models, metrics_batch_size,
+                          store, executor, render, parameters, summary, console, search.lock)
     try:
-        for frozen in study.get_trials(deepcopy=False, states=(state.RUNNING,)):  # left by an interrupted search
-            _say(console, f"{trial_name(frozen.number)}: resuming (interrupted earlier)")
-            trial = optuna.trial.Trial(study, frozen._trial_id)
-            evaluate(study, trial, dict(frozen.params))
-            _after_trial(study, space, out, frozen.number, on_trial_done)
-        while True:
-            if trials is not None and finished() >= trials:
-                summary.stopped = "trials"
-                break
-            if budget_minutes is not None and summary.ran and time.monotonic() - start >= budget_minutes * 60:
-                summary.stopped = "budget"
-                break
-            number = len(study.get_trials(deepcopy=False))
-            study.sampler = make_sampler(space, sampler_seed, number)
-            trial = study.ask()
-            evaluate(study, trial, None)
-            _after_trial(study, space, out, trial.number, on_trial_done)
+        if concurrent:
+            search.run_concurrently(evaluate, lanes)
+        elif batch > 1:
+            search.work_batched(evaluate, batch)
+        else:
+            search.work(evaluate, None)
     except KeyboardInterrupt:
         summary.stopped = "interrupted"
         raise
     finally:
-        summary.seconds = time.monotonic() - start
-        summary.front = write_front(study, space, out, plot=True, folder=True)
+        summary.seconds = time.monotonic() - search.start
+        with search.lock:
+            summary.front = write_front(study, space, out, plot=True, folder=True)
     return summary
+
+
+class _Search:
+    """Which trial to evaluate next, under one lock: a trial left running by an interrupted search (its stored
+    parameters), else a new one asked from a sampler seeded with (sampler seed, trial number), while the target
+    and the budget allow. Every read and write of the study happens under `lock` (one process writes the study)."""
+
+    def __init__(self, study, space: Space, out: Path, sampler_seed: int, trials: int | None,
+                 budget_minutes: float | None, summary: SearchSummary, console, on_trial_done):
+        optuna = optuna_module()
+        self.study, self.space, self.out, self.sampler_seed = study, space, out, sampler_seed
+        self.trials, self.budget_minutes, self.summary, self.console = trials, budget_minutes, summary, console
+        self.on_trial_done = on_trial_done
+        self.lock = threading.RLock()
+        self.stop = threading.Event()  # set on Ctrl-C/kill or an error: no new trial, lanes stop at the next image
+        running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+        self.redo: deque = deque((t._trial_id, t.number, dict(t.params)) for t in running)
+        self.in_flight = 0  # trials this invocation is evaluating
+        self.taken = 0  # trials this invocation took (resumed or asked)
+        self.start = time.monotonic()
+        summary.finished_before = self.finished()
+        self.error: BaseException | None = None
+        self.interrupted = False
+
+    def finished(self) -> int:
+        return sum(t.state.is_finished() for t in self.study.get_trials(deepcopy=False))
+
+    def next_trial(self):
+        """(trial, params) to evaluate, or None when the search should ask no more."""
+        optuna = optuna_module()
+        with self.lock:
+            if self.stop.is_set():
+                return None
+            if self.redo:
+                trial_id, number, params = self.redo.popleft()
+                _say(self.console, f"{trial_name(number)}: resuming (interrupted earlier)")
+                trial = optuna.trial.Trial(self.study, trial_id)
+                if set(params) != {p.name for p in self.space.params}:  # stopped while its values were drawn
+                    self.study.sampler = make_sampler(self.space, self.sampler_seed, number)
+                    params = self.space.sample(trial)  # the stored ones are kept, the missing ones drawn
+            else:
+                if self.trials is not None and self.finished() + self.in_flight >= self.trials:
+                    self.summary.stopped = self.summary.stopped or "trials"
+                    return None
+                if (self.budget_minutes is not None and self.taken
+                        and time.monotonic() - self.start >= self.budget_minutes * 60):
+                    self.summary.stopped = self.summary.stopped or "budget"
+                    return None
+                number = len(self.study.get_trials(deepcopy=False))
+                self.study.sampler = make_sampler(self.space, self.sampler_seed, number)
+                trial = self.study.ask()
+                params = self.space.sample(trial)
+            self.in_flight += 1
+            self.taken += 1
+            return trial, params
+
+    def done(self, number: int) -> None:
+        with self.lock:
+            self.in_flight -= 1
+            _after_trial(self.study, self.space, self.out, number, self.on_trial_done)
+
+    def work(self, evaluate, lanes) -> None:
+        """Evaluate trials until none is left; with `lanes`, each trial's images on an actor taken from them."""
+        while not self.stop.is_set():
+            lane = lanes.acquire(self.stop) if lanes is not None else None
+            if lanes is not None and lane is None:
+                return
+            got = self.next_trial()
+            if got is None:
+                if lane is not None:
+                    lanes.release(lane)
+                return
+            trial, params = got
+            try:
+                evaluate(self.study, trial, params, executor=lane.run if lane is not None else None,
+                         images_done=(lambda lane=lane: lanes.release(lane)) if lane is not None else None)
+            except Exception as exc:
+                if lanes is None or not lanes.lost(exc):
+                    raise
+                with self.lock:  # its actor is gone for good: another actor evaluates the trial again
+                    self.in_flight -= 1
+                    self.redo.appendleft((trial._trial_id, trial.number, params))
+                continue
+            self.done(trial.number)
+
+    def work_batched(self, evaluate, batch: int) -> None:
+        """--batch: take up to `batch` trials, make their images together (evaluate.prefetch), then record and score
+        each in trial order."""
+        while not self.stop.is_set():
+            asked = []
+            while len(asked) < batch:
+                got = self.next_trial()
+                if got is None:
+                    break
+                asked.append(got)
+            if not asked:
+                return
+            ready = evaluate.prefetch(asked, batch)
+            for trial, params in asked:
+                evaluate(self.study, trial, params, ready=ready.get(trial.number, {}))
+                self.done(trial.number)
+
+    def run_concurrently(self, evaluate, lanes) -> None:
+        """One thread per trial in flight (two per actor); this thread waits, so Ctrl-C and kill reach it."""
+        def guarded() -> None:
+            try:
+                self.work(evaluate, lanes)
+            except KeyboardInterrupt:
+                self.interrupted = True
+                self.stop.set()
+            except BaseException as exc:  # noqa: BLE001 — the first error is raised here, the others stop
+                with self.lock:
+                    self.error = self.error or exc
+                self.stop.set()
+
+        threads = [threading.Thread(target=guarded, name=f"vlbench-trial-{i}", daemon=True)
+                   for i in range(2 * len(lanes.slots))]
+        for t in threads:
+            t.start()
+        try:
+            while any(t.is_alive() for t in threads):
+                for t in threads:
+                    t.join(timeout=0.2)
+        except KeyboardInterrupt:
+            self.stop.set()  # each lane stops at its next wait (its images in flight are cancelled)
+            for t in threads:
+                t.join()
+            raise
+        if self.error is not None:
+            raise self.error
+        if self.interrupted:
+            raise KeyboardInterrupt
+
+
+class _LoadOnce:
+    """MetricModels for concurrent trials: a family's model is loaded once, under a lock; scoring itself runs
+    in each trial's thread."""
+
+    def __init__(self, models):
+        self._models, self._lock = models, threading.Lock()
+
+    def __getitem__(self, family: str):
+        with self._lock:
+            return self._models[family]
+
+    def __getattr__(self, name: str):
+        return getattr(self._models, name)
 
 
 def _after_trial(study, space: Space, out: Path, number: int, callback) -> None:
@@ -138,30 +312,72 @@ class _Evaluator:
     """One trial: its recipe, its images through the runner, its scores, its objectives told to Optuna."""
 
     def __init__(self, engine, space, references, prompts, out, seeds, metric_models, batch_size, store, executor,
-                 render, parameters, summary: SearchSummary, console):
+                 render, parameters, summary: SearchSummary, console, lock=None):
         self.engine, self.space, self.references, self.prompts = engine, space, references, prompts
         self.out, self.seeds, self.metric_models, self.batch_size = out, seeds, metric_models, batch_size
         self.store, self.executor, self.render, self.parameters = store, executor, render, parameters
         self.summary, self.console = summary, console
+        self.lock = lock or threading.RLock()  # the study and the summary: trials may finish concurrently
 
-    def __call__(self, study, trial, params: dict | None) -> None:
+    def prefetch(self, asked: list, batch: int) -> dict[int, dict]:
+        """--batch: the images of the trials `asked` ([(trial, values)]), generated together in batches of
+        `batch` (jobs.execute_batch): trial number -> {job key: Outcome}. A trial the Recipe refuses has none."""
+        from vlbench.experiments.plan import plan, reference_sets
+        from vlbench.experiments.runner import batch_groups
+        from vlbench.experiments.spec import NamedRecipe
+        from vlbench.jobs import execute_batch
+
+        jobs, owners = [], []
+        for trial, values in asked:
+            try:
+                recipe = self.space.recipe(values)
+                recipe.check_inputs(len(self.references[0]))
+            except UserError:
+                continue
+            name = trial_name(trial.number)
+            for job in plan([NamedRecipe(name, trial.number, recipe)], reference_sets(self.references),
+                            self.prompts, self.seeds):
+                jobs.append(job)
+                owners.append(trial.number)
+        ready: dict[int, dict] = {}
+        for group in batch_groups(jobs, batch):
+            outcomes = execute_batch(self.engine, [jobs[i].record(self.space.name) for i in group],
+                                     [list(jobs[i].references) for i in group], render=self.render)
+            for i, outcome in zip(group, outcomes):
+                ready.setdefault(owners[i], {})[jobs[i].key] = outcome
+        return ready
+
+    def __call__(self, study, trial, values: dict, executor=None, images_done: Callable[[], None] | None = None,
+                 ready: dict | None = None) -> None:
+        """Evaluate `trial` with its drawn `values`; `executor`: where its images run (default: the search's; `ready`: its images made
+        by prefetch);
+        `images_done()` is called once its images are finished (before scoring), or at once if nothing runs."""
         from vlbench.experiments.spec import Config, ExperimentType, NamedRecipe
-        from vlbench.experiments.runner import run_experiment
+        from vlbench.experiments.runner import LocalExecutor, run_experiment
 
         optuna = optuna_module()
         fail = optuna.trial.TrialState.FAIL
         space, number, name = self.space, trial.number, trial_name(trial.number)
         started = time.monotonic()
-        values = space.sample(trial) if params is None else params
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if images_done is not None and not released:
+                released = True
+                images_done()
+
         try:
             recipe = space.recipe(values)
             recipe.check_inputs(len(self.references[0]))
         except UserError as exc:  # a combination the Recipe refuses: recorded with its reason, nothing runs
+            release()
             reason = str(exc)  # in the space file's words: field names, not flags
-            trial.set_user_attr(ATTR, {"state": "refused", "error": reason, "seconds": 0.0})
-            study.tell(trial, state=fail)
-            self.summary.ran += 1
-            self.summary.refused += 1
+            with self.lock:
+                trial.set_user_attr(ATTR, {"state": "refused", "error": reason, "seconds": 0.0})
+                study.tell(trial, state=fail)
+                self.summary.ran += 1
+                self.summary.refused += 1
             _say(self.console, f"{name}: refused by the Recipe: {reason}")
             return
         folder = self.out / "trials" / name
@@ -170,11 +386,17 @@ class _Evaluator:
             question=f"search trial {number}: {', '.join(f'{k}={v}' for k, v in values.items())}",
             base=dict(space.fixed), configs=(Config(name, dict(values)),), path=space.path, source=space.source,
             seeds=tuple(self.seeds or ()))
-        run = run_experiment(self.engine, experiment, [NamedRecipe(name, number, recipe)], self.references,
-                             self.prompts, folder, seeds=self.seeds,
-                             parameters={**(self.parameters or {}), "trial": number, "params": values},
-                             store=self.store, console=None, executor=self.executor, render=self.render)
-        self.summary.images += run.done
+        try:
+            run = run_experiment(self.engine, experiment, [NamedRecipe(name, number, recipe)], self.references,
+                                 self.prompts, folder, seeds=self.seeds,
+                                 parameters={**(self.parameters or {}), "trial": number, "params": values},
+                                 store=self.store, console=None, executor=(executor or self.executor) if ready is None
+                                 else LocalExecutor(self.render, ready=ready),
+                                 render=self.render)
+        finally:
+            release()
+        with self.lock:
+            self.summary.images += run.done
         account: dict[str, Any] = {"folder": f"trials/{name}", "images": run.jobs, "params": values,
                                    "recipe": recipe.to_dict()}
         if run.failed:
@@ -186,48 +408,51 @@ class _Evaluator:
         # `vlbench stats`/`vlbench score` read its scores.jsonl, and front/'s report shows the front's metrics
         score = score_folder(folder, space.metrics, self.metric_models, batch_size=self.batch_size, store=self.store)
         per_metric = _metric_values(folder)
-        account["metrics"] = {m: metric_summary(per_metric.get(m, [])) for m in space.metrics}
+        account["metrics"] = {m: metric_summary(per_metric.get(m, {})) for m in space.metrics}
         missing = [m for m in space.metrics if account["metrics"][m]["mean"] is None]
         if missing:
             account.update(state="failed", error=f"no values for {', '.join(missing)}"
                                                  + (f" ({score.warnings[0]})" if score.warnings else ""))
             return self._fail(study, trial, account, started)
         means = [account["metrics"][o.metric]["mean"] for o in space.objectives]
-        for c in space.constraints:
-            trial.set_constraint(c.text, c.violation(account["metrics"][c.metric]["mean"]))
         account.update(state="complete", seconds=round(time.monotonic() - started, 3))
-        trial.set_user_attr(ATTR, account)
-        study.tell(trial, means)
-        self.summary.ran += 1
-        self.summary.complete += 1
+        with self.lock:
+            for c in space.constraints:
+                trial.set_constraint(c.text, c.violation(account["metrics"][c.metric]["mean"]))
+            trial.set_user_attr(ATTR, account)
+            study.tell(trial, means)
+            self.summary.ran += 1
+            self.summary.complete += 1
         _say(self.console, f"{name}: " + ", ".join(f"{o.metric} {m:.4g}" for o, m in zip(space.objectives, means))
              + f"  ({account['seconds']:.1f} s, {run.jobs} images)")
 
     def _fail(self, study, trial, account: dict, started: float) -> None:
         optuna = optuna_module()
         account["seconds"] = round(time.monotonic() - started, 3)
-        trial.set_user_attr(ATTR, account)
-        study.tell(trial, state=optuna.trial.TrialState.FAIL)
-        self.summary.ran += 1
-        self.summary.failed += 1
-        self.summary.errors.append(f"{trial_name(trial.number)}: {account['error']}")
+        with self.lock:
+            trial.set_user_attr(ATTR, account)
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            self.summary.ran += 1
+            self.summary.failed += 1
+            self.summary.errors.append(f"{trial_name(trial.number)}: {account['error']}")
         _say(self.console, f"{trial_name(trial.number)}: failed: {account['error']}")
 
 
-def _metric_values(folder: Path) -> dict[str, list[float]]:
-    """Each metric's values over the folder's done images (the image on record)."""
-    from vlbench.experiments.results import ResultsLog, latest_by_key
+def _metric_values(folder: Path) -> dict[str, dict[tuple, float]]:
+    """Each metric's values over the folder's done images (the image on record), by (prompt, reference, seed)."""
+    from vlbench.experiments.results import ResultsLog, latest_by_key, references_key
     from vlbench.metrics.score import load_scores
 
     rows, _ = ResultsLog(folder / "results.jsonl").read()
     scores = load_scores(folder)
-    out: dict[str, list[float]] = {}
+    out: dict[str, dict[tuple, float]] = {}
     for key, row in latest_by_key(rows).items():
         s = scores.get(key)
         if row["status"] != "done" or s is None or s["image"] != row["image"]:
             continue
+        unit = (row["prompt"], references_key(row), int(row["seed"]))
         for metric, value in s["metrics"].items():
-            out.setdefault(metric, []).append(float(value))
+            out.setdefault(metric, {})[unit] = float(value) if value is not None else math.nan
     return out
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from vlbench.errors import UserError
+from vlbench.files import NotAFile, TooDeep, parse_toml, read_text_file
 
 TOP_KEYS = ("name", "description", "seeds", "fixed", "space", "objectives", "constraints", "metrics", "sampler")
 SAMPLERS = ("nsga2", "nsga3", "tpe")
@@ -145,21 +146,25 @@ class Space:
 def load_space(path: str | Path) -> Space:
     path = Path(path)
     try:
-        source = path.read_text(encoding="utf-8")
+        source = read_text_file(path)
     except FileNotFoundError:
         raise UserError("no such file", field="space", value=str(path)) from None
     except IsADirectoryError:
         raise UserError("is a folder; give a .toml file", field="space", value=str(path)) from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except NotAFile as exc:
+        raise UserError(str(exc), field="space", value=str(path)) from None
+    except (OSError, ValueError) as exc:  # ValueError: UnicodeDecodeError, a NUL in the path
         raise UserError(f"cannot read it ({exc.__class__.__name__})", field="space", value=str(path)) from None
     return parse_space(source, path)
 
 
 def parse_space(source: str, path: Path = Path("space.toml")) -> Space:
     try:
-        data = tomllib.loads(source)
+        data = parse_toml(source)
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"not valid TOML ({exc})", where=str(path)) from None
+    except TooDeep as exc:
+        raise UserError(str(exc), where=str(path)) from None
     try:
         return _parse(data, path, source)
     except UserError as exc:

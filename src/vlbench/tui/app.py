@@ -56,7 +56,7 @@ from vlbench.tui.widgets.preview import MAX_PICTURES, PreviewPane
 from vlbench.tui.widgets.queue import QueuePane
 from vlbench.tui.wording import render
 from vlbench.worker import (BatchExported, BatchExportFailed, JobCancelled, JobDone, JobFailed, JobProgress,
-                            JobStarted, ModelStatus, WorkerIdle, WorkerPaused)
+                            JobStarted, ModelStatus, ViewerFollows, WorkerIdle, WorkerPaused)
 
 log = logging.getLogger("vlbench.tui")
 REFRESH_S = 0.2  # worker-driven table refreshes are gathered over this long
@@ -96,6 +96,7 @@ class VlbenchApp(App[int]):
     TITLE = "vlbench"
     COMMANDS = App.COMMANDS | {VlbenchCommands}
     HORIZONTAL_BREAKPOINTS = layout.BREAKPOINTS
+    THEME_TOAST_SECONDS = 2.0  # how long ctrl+t's "theme: NAME" toast shows
     BINDINGS = [
         *keys.bindings(keys.APP), *keys.bindings(keys.PANES),
         # Tab moves focus before the next key is handed to a widget: keys typed in one burst right after Tab
@@ -149,6 +150,7 @@ class VlbenchApp(App[int]):
         self._refresh_timer = None
         self._preview_timer = None
         self._heap_frozen = False
+        self._signals: list = []  # (signal, the handler before) this app handles while it runs
         self._preview_shown = 0.0  # when the Preview last followed a finished run
         self.sub_title = self.models.describe()
         themes, self.startup_problems = load_themes()
@@ -234,6 +236,7 @@ class VlbenchApp(App[int]):
         # The widgets, styles and modules of the first screen live as long as the app: a full garbage
         # collection walking them took ~30 ms every second or so of typing (a slow Tab, a late key).
         self.call_after_refresh(gc.freeze)
+        self._catch_hangup()
         if self.start_worker:
             self.call_after_refresh(self.start_job_worker)  # after the first paint: torch loads on its thread
         else:
@@ -291,14 +294,67 @@ class VlbenchApp(App[int]):
             post(ModelStatus(f"warning: {warning}"))
 
     def stop_job_worker(self, timeout: float = 3.0) -> None:
-        if self.job_worker is not None:
-            self.job_worker.stop(timeout)
-            self.job_worker = None
+        """Stop the worker; its running job goes back to the front of the queue (no interruption is counted).
+
+        A job stops at its next step; one still inside a step or a model load when `timeout` runs out is given
+        back here, so that a process about to exit never leaves its run 'running' for the next start to
+        count as a crash."""
+        from vlbench.worker import Worker
+
+        worker, self.job_worker = self.job_worker, None
+        if worker is None:
+            return
+        current = worker.current_run_id if isinstance(worker, Worker) else None  # a Viewer's job is not ours
+        worker.stop(timeout)
+        if current is not None and worker.running:
+            try:
+                if self.store.release(current):
+                    log.info("run %d: the worker did not stop within %.0f s; back in the queue", current, timeout)
+            except sqlite3.Error as exc:
+                log.warning("run %d: cannot give it back to the queue (%s); the next start recovers it", current,
+                            exc)
+
+    # ---- issue 25: a closed terminal (SIGHUP, an SSH drop) or SIGTERM gives the running job back, then exits ----
+    def _catch_hangup(self) -> None:
+        import asyncio
+        import signal
+
+        try:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGHUP, signal.SIGTERM):
+                previous = signal.getsignal(sig)
+                loop.add_signal_handler(sig, self._hang_up, sig)
+                self._signals.append((sig, previous))
+        except (RuntimeError, ValueError, NotImplementedError, AttributeError):  # not the main thread; Windows
+            pass
+
+    def _release_signals(self) -> None:
+        """Put back the handlers the app found (asyncio's removal would leave the default)."""
+        import asyncio
+        import signal
+
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        while self._signals:
+            sig, previous = self._signals.pop()
+            loop.remove_signal_handler(sig)
+            if previous is not None:
+                signal.signal(sig, previous)
+
+    def _hang_up(self, sig) -> None:
+        log.warning("%s: the terminal is gone or the workbench was told to stop; the running job goes back to the "
+                    "queue", sig.name)
+        self.save_session()
+        self.stop_job_worker()  # before anything writes to a terminal that may no longer exist
+        self.exit(return_code=128 + int(sig))
 
     def on_unmount(self) -> None:
         # Messages already queued may still read the store, so it is closed by whoever ran the app (close()).
         self.save_session()  # the last state seen (the panes are gone by now)
         self.stop_job_worker()
+        self._release_signals()
 
     def exit(self, *args, **kwargs) -> None:
         self.save_session()  # while the panes are still there to read
@@ -349,6 +405,8 @@ class VlbenchApp(App[int]):
                 self.show_paused(paused)
             case WorkerIdle():
                 queue.job_ended()
+            case ViewerFollows(pid=pid):  # `vlbench worker` was started again: the header names the new one
+                self.sub_title = f"{self.models.describe()} · VIEWER of headless worker pid {pid}"
 
     def show_paused(self, paused: bool) -> None:
         self.paused = paused
@@ -799,22 +857,48 @@ class VlbenchApp(App[int]):
 
     def action_open_recipe(self) -> None:
         def picked(path: str | None) -> None:
-            if not path:
-                return
-            try:
-                values = read_recipe_file(path)
-                # over the form: the fields the file does not name stay as they are (checked as one recipe)
-                load_recipe(path, base=self.parameters.recipe or Recipe(**self.settings.recipe))
-            except UserError as exc:
-                self.notify(render(exc), severity="error")
-                return
-            self.parameters.set_fields(values)
-            if "vl_text" in values:
-                self.inputs.vl_text = values["vl_text"]
-            named = ", ".join(values) or "no fields"
-            self.notify(f"loaded {path}: {named}" + ("" if len(values) > 8 else " (the rest of the form is kept)"))
+            if path:
+                self.open_recipe_file(path)
 
         self.push_screen(FilePicker("Open a recipe (TOML)", suffixes=RECIPE_SUFFIXES), picked)
+
+    def open_recipe_file(self, path: str) -> None:
+        """Merge a recipe file into the form (the fields it names); when it cannot merge with what the form holds
+        (a field of the form would have no effect with the file's), offer to replace the form: the file over the
+        defaults (config.toml's [recipe])."""
+        try:
+            values = read_recipe_file(path)
+            # over the form: the fields the file does not name stay as they are (checked as one recipe)
+            load_recipe(path, base=self.parameters.recipe or Recipe(**self.settings.recipe))
+        except UserError as merge_error:
+            try:
+                replaced = load_recipe(path, base=Recipe(**self.settings.recipe))
+            except UserError as exc:  # the file is wrong on its own
+                self.notify(render(exc), severity="error")
+                return
+
+            def answer(yes: bool | None) -> None:
+                if yes:
+                    self._show_recipe(replaced)
+                    self.notify(f"loaded {path} over the defaults (the form was replaced)")
+
+            self.push_screen(Confirm(f"{path} does not merge into the form: {render(merge_error)}. Replace the form "
+                                     "with the file over the defaults?"), answer)
+            return
+        self.parameters.set_fields(values)
+        if "vl_text" in values:
+            self.inputs.vl_text = values["vl_text"]
+        named = ", ".join(values) or "no fields"
+        self.notify(f"loaded {path}: {named}" + ("" if len(values) > 8 else " (the rest of the form is kept)"))
+
+    def _show_recipe(self, recipe: Recipe) -> None:
+        self.parameters.set_recipe(recipe)
+        self.inputs.vl_text = recipe.vl_text
+
+    def action_reset_form(self) -> None:
+        """Every Parameters field back to the defaults (config.toml's [recipe]); references and prompt stay."""
+        self._show_recipe(Recipe(**self.settings.recipe))
+        self.notify("the form is back to the defaults (config.toml's [recipe])")
 
     def action_save_recipe(self) -> None:
         self.after_typing(self._save_recipe)
@@ -854,7 +938,8 @@ class VlbenchApp(App[int]):
 
         if self._theme_note is not None and self._theme_note in self._notifications:
             self._unnotify(self._theme_note)  # one toast, replaced: pressing ctrl+t five times leaves one
-        self._theme_note = Notification(f"theme: {self.theme}", "", "information", 2, markup=False)
+        self._theme_note = Notification(f"theme: {self.theme}", "", "information", self.THEME_TOAST_SECONDS,
+                                        markup=False)
         self.post_message(Notify(self._theme_note))
 
     def action_jump(self) -> None:
@@ -974,7 +1059,9 @@ class VlbenchApp(App[int]):
         return super().get_key_display(binding)
 
     def palette_commands(self) -> list[tuple[str, str, Callable[[], Any]]]:
-        out: list[tuple[str, str, Callable[[], Any]]] = []
+        out: list[tuple[str, str, Callable[[], Any]]] = [
+            ("Reset the form to the defaults", "every Parameters field as config.toml's [recipe] sets it "
+                                               "(references and prompt stay)", self.action_reset_form)]
         for c in keys.APP:
             if c.action == "queue_experiment" and not self._experiment_types():
                 continue
@@ -1014,19 +1101,8 @@ def _runs(n: int) -> str:
 
 
 def build_engine(spec: ModelSpec, on_status: Callable[[str], None]):
-    """An Engine whose Models load each part on first use. Worker thread only (imports torch)."""
-    import os
+    """The Engine the workbench's worker runs: the one every worker builds (vlbench.worker.build_engine, which sets
+    the thread policy). Worker thread only (imports torch)."""
+    from vlbench.worker import build_engine as worker_engine
 
-    import torch
-
-    from vlbench.engine.engine import Engine
-    from vlbench.engine.models import Models
-    from vlbench.logs import quiet_libraries
-
-    quiet_libraries()
-    on_cpu = spec.device == "cpu" or (spec.device is None and not torch.cuda.is_available())
-    if on_cpu and (os.cpu_count() or 1) > 1:  # torch's intra-op threads would take every core: keys would wait
-        torch.set_num_threads(max(1, min(torch.get_num_threads(), (os.cpu_count() or 2) - 1)))
-    if spec.tiny:
-        on_status("preparing the tiny random models…")
-    return Engine(Models(spec, on_status=on_status))
+    return worker_engine(spec, on_status)

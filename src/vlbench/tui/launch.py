@@ -26,6 +26,31 @@ def log_crash(error: BaseException) -> None:
         pass
 
 
+def guard_cell_size() -> None:
+    """textual-image measures a cell as the window's pixels / its rows and columns (ioctl TIOCGWINSZ) when it is
+    imported; a terminal that reports 0 rows or columns (a detached pty, some multiplexers) made that a
+    ZeroDivisionError. Such a report is made an OSError here, which textual-image answers with its other ways
+    (asking the terminal, TEXTUAL_CELL_WIDTH/HEIGHT, a 10×20 default) — issue 26."""
+    from textual_image import _terminal
+
+    library_log = logging.getLogger("textual_image")  # its "cell size guessed" warnings: to the log file, not
+    if not library_log.handlers:                      # onto the terminal (Python's last-resort handler)
+        for handler in logging.getLogger("vlbench").handlers or [logging.NullHandler()]:
+            library_log.addHandler(handler)
+    measure = _terminal.get_tiocgwinsz
+    if getattr(measure, "vlbench_guarded", False):
+        return
+
+    def get_tiocgwinsz():
+        rows, columns, width, height = measure()
+        if not rows or not columns:
+            raise OSError(f"the terminal reports {columns}×{rows} cells")
+        return rows, columns, width, height
+
+    get_tiocgwinsz.vlbench_guarded = True
+    _terminal.get_tiocgwinsz = get_tiocgwinsz
+
+
 def _ask_the_terminal_early() -> threading.Thread:
     """textual-image asks the terminal what it can draw when it is imported (up to 0.1 s per question a
     terminal leaves unanswered); asking on a thread overlaps that wait with importing the app."""
@@ -37,12 +62,13 @@ def _ask_the_terminal_early() -> threading.Thread:
 
 def run_tui(flags: dict, debug: bool = False, paused: bool = False) -> int:
     """Run the workbench until the user quits; the exit code (0, or 1 after a crash)."""
+    attach_log_file()
+    guard_cell_size()  # before anything imports textual_image.widget
     query = _ask_the_terminal_early()
     from vlbench.config import load_settings
     from vlbench.modelspec import resolve_model_spec
     from vlbench.paths import log_path
 
-    attach_log_file()
     settings = load_settings()
     models = resolve_model_spec(settings.models.to_dict(), flags=flags)
     from vlbench.tui.app import VlbenchApp
@@ -65,6 +91,6 @@ def run_tui(flags: dict, debug: bool = False, paused: bool = False) -> int:
     finally:
         if app is not None:
             app.close()
-    if app.return_code:  # Textual restored the terminal and printed the error; say where the full record is
+    if app.return_code == 1:  # Textual restored the terminal and printed the error; say where the full record is
         print(f"vlbench: the workbench stopped with an error; the traceback is in {log_path()}", file=sys.stderr)
-    return app.return_code or 0
+    return app.return_code or 0  # 128 + N after signal N (SIGHUP: 129, SIGTERM: 143), the job given back

@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from vlbench.files import read_text_file
+
 FILE = "session.json"
 VERSION = 1
 
@@ -40,10 +42,10 @@ def load_session(path: Path | None = None) -> tuple[Session | None, str | None]:
     """(the saved session or None, a one-line problem when the file exists but cannot be used)."""
     path = path or session_path()
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_text_file(path)
     except FileNotFoundError:
         return None, None
-    except (OSError, UnicodeDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # NotAFile, UnicodeDecodeError
         return None, f"session {path}: cannot read it ({exc.__class__.__name__}); starting with defaults"
     try:
         data = json.loads(text)
@@ -59,8 +61,11 @@ def load_session(path: Path | None = None) -> tuple[Session | None, str | None]:
 
 def save_session(session: Session, path: Path | None = None) -> None:
     from vlbench.files import atomic_write_json
+    from vlbench.paths import data_file
 
-    atomic_write_json(path or session_path(), asdict(session))
+    path = path or session_path()
+    atomic_write_json(path, asdict(session))
+    data_file(path)  # 0600 unless the data folder is shared on purpose (paths.data_file)
 
 
 def _check(session: Session) -> None:

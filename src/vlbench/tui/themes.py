@@ -7,12 +7,12 @@ name wins over ours). A broken file is reported and skipped, never fatal.
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 from pathlib import Path
 
 from textual.theme import Theme
 
 from vlbench.errors import UserError
+from vlbench.files import read_toml_file
 
 SHIPPED_DIR = Path(__file__).resolve().parent.parent / "themes"  # vlbench/themes: a link to the repository's themes/, copied into the wheel
 DEFAULT_THEME = "vlbench-dark"
@@ -26,8 +26,8 @@ def theme_dirs() -> list[Path]:
 
 def load_theme(path: Path) -> Theme:
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        data = read_toml_file(path)
+    except (OSError, ValueError) as exc:  # NotAFile, UnicodeDecodeError, TOMLDecodeError, TooDeep
         raise UserError(f"theme {path}: cannot read it ({exc})") from None
     known = {f.name for f in dataclasses.fields(Theme)}
     unknown = sorted(set(data) - known)

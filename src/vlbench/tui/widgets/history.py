@@ -287,6 +287,8 @@ class HistoryPane(Vertical):
     @on(DataTable.RowHighlighted, "#history-table")
     def _highlighted(self, event: DataTable.RowHighlighted) -> None:
         event.stop()
+        if event.row_key is None or event.cursor_row < 0:
+            return  # an empty table (a fresh store, a filter with no match): a key moved no cursor
         if event.cursor_row >= self.table.row_count - MARGIN:
             self.load_more()
         key = event.row_key.value
@@ -309,5 +311,5 @@ class HistoryPane(Vertical):
     @on(DataTable.RowSelected, "#history-table")
     def _selected(self, event: DataTable.RowSelected) -> None:
         event.stop()
-        if event.row_key.value is not None:
+        if event.row_key is not None and event.row_key.value is not None:
             self.post_message(OpenRun(int(event.row_key.value)))

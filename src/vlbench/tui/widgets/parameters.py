@@ -39,6 +39,29 @@ class FieldRow(Horizontal):
         yield self.editor
 
 
+class ParamForm(VerticalScroll):
+    """The form's scroll. Focus never stays on a field scrolled out of view (PageDown/PageUp, the wheel): typing
+    would edit it blind; it moves to the first (scrolling down) or last (up) field in view."""
+
+    def watch_scroll_y(self, old_value: float, new_value: float) -> None:
+        super().watch_scroll_y(old_value, new_value)
+        if round(old_value) != round(new_value):
+            self.call_after_refresh(self.focus_in_view)
+
+    def focus_in_view(self) -> None:
+        if not self.is_attached:
+            return
+        focused = self.screen.focused
+        if focused is None or self not in focused.ancestors:
+            return
+        view = self.scrollable_content_region
+        if view.contains_region(focused.region):
+            return
+        shown = [w for w in self.query("*") if w.focusable and w.region.height and view.contains_region(w.region)]
+        if shown:
+            self.screen.set_focus(shown[0] if focused.region.y < view.y else shown[-1], scroll_visible=False)
+
+
 class ParametersPane(Vertical):
     BORDER_TITLE = "Parameters"
 
@@ -56,7 +79,7 @@ class ParametersPane(Vertical):
 
     def compose(self) -> ComposeResult:
         section = None
-        with VerticalScroll(id="param-form"):
+        with ParamForm(id="param-form"):
             for spec in recipe_fields():
                 if spec.name in INPUTS_FIELDS:
                     continue

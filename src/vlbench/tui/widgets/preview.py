@@ -42,6 +42,8 @@ def fit_cells(pixels: tuple[int, int], cells: tuple[int, int], cell: tuple[int, 
     if pw <= 0 or ph <= 0 or cw <= 0 or ch <= 0:
         return 0, 0
     cell_w, cell_h = cell or cell_size()
+    if cell_w <= 0 or cell_h <= 0:  # a terminal that reports no cell size: assume the usual 1:2 cell
+        cell_w, cell_h = 10, 20
     scale = min(cw * cell_w / pw, ch * cell_h / ph)
     return max(1, min(cw, round(pw * scale / cell_w))), max(1, min(ch, round(ph * scale / cell_h)))
 

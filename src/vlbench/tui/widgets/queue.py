@@ -24,7 +24,9 @@ from vlbench.tui import keys
 from vlbench.tui.format import STATUS_STYLE, prompt_line, run_label
 from vlbench.tui.messages import OpenRun, RunHighlighted
 
-SHOWN_PENDING = 30  # the table shows this many queued runs (a screenful); the title counts them all
+SHOWN_PENDING = 30  # the table shows this many queued runs at first (a screenful), a page more as the cursor nears
+# the end of them (so every run can be reached and reordered); the title counts them all
+MARGIN = 3
 SHOWN_FINISHED = 8
 PROGRESS_S = 0.1  # the progress line is redrawn at most this often
 ETA_S = 2.0  # the steps still queued (a JSON read of every pending run) are summed at most this often
@@ -63,6 +65,9 @@ class QueuePane(Vertical):
         self._pending = (0, 0)  # (runs, steps) waiting
         self._pending_read = 0.0  # when the steps still queued were last summed
         self._summary_shown = ""
+        self.shown_pending = SHOWN_PENDING  # queued runs read from the store; grows a page at a time
+        self._not_shown = 0  # queued runs beyond them
+        self._queued_rows = 0  # rows of the table that show queued runs or batches (the finished ones follow)
 
     def compose(self) -> ComposeResult:
         self._status = Static("worker starting…", id="model-status")
@@ -115,7 +120,7 @@ class QueuePane(Vertical):
         """Re-read the store. While a queue drains this runs several times a second: the queue's step total (for
         its ETA) is re-summed every ETA_S, or at once with `exact` (the user queued or removed runs)."""
         store = self.app.store
-        queued = store.queue(limit=SHOWN_PENDING)
+        queued = store.queue(limit=self.shown_pending)
         cleared = store.get_state(CLEARED, 0.0) or 0.0
         dismissed = set(store.get_state(DISMISSED, []) or [])
         finished = [r for r in store.history(limit=SHOWN_FINISHED + len(dismissed), status=FINISHED,
@@ -132,6 +137,9 @@ class QueuePane(Vertical):
         pending = store.count(status="pending")
         running = sum(1 for r in queued if r.status == "running")
         more = pending + running - len(queued)
+        self._not_shown = max(0, more)
+        self._queued_rows = sum(1 for e in self._entries if e.kind == "batch" or e.run is not None
+                                and e.run.status in ("pending", "running"))
         subtitle = f"{running} running · {pending} pending" + (f" ({more} not shown)" if more else "")
         if subtitle != self.border_subtitle:
             self.border_subtitle = subtitle
@@ -367,6 +375,9 @@ class QueuePane(Vertical):
     @on(DataTable.RowHighlighted, "#queue-table")
     def _highlighted(self, event: DataTable.RowHighlighted) -> None:
         event.stop()
+        if self._not_shown and event.cursor_row >= self._queued_rows - MARGIN:  # near the last queued run shown
+            self.shown_pending += SHOWN_PENDING
+            self.reload()
         # Only the user's own moves pick what the Preview shows, not a reload after a store change.
         if event.data_table.has_focus and self.selected_id is not None:
             self.post_message(RunHighlighted(self.selected_id, "queue"))
