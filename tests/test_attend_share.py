@@ -135,3 +135,18 @@ def test_positionwise_refuses_rows_whose_tokens_differ_naming_them(engine, refs)
         engine.condition(Recipe(alpha=0.5, tokens="text", alpha_policy="positionwise", vl_text="a red mouse"),
                          "a red house", refs)
     assert "\n" not in str(err.value)
+
+
+def test_an_explicit_joint_in_a_type_that_runs_one_reference_per_job_is_refused_when_the_type_loads(tmp_path):
+    from vlbench.errors import UserError
+    from vlbench.experiments.spec import load_type
+
+    body = 'name = "t"\n[[configs]]\nname = "a"\ntokens = "image"\n'
+    (tmp_path / "ok.toml").write_text(body)  # the default (not set) is not an explicit setting
+    load_type(str(tmp_path / "ok.toml"))
+    (tmp_path / "joint.toml").write_text(body + 'multi_image = "joint"\n')
+    with pytest.raises(UserError, match=r"config 'a': multi_image joint .* one reference per job") as err:
+        load_type(str(tmp_path / "joint.toml"))
+    assert "\n" not in str(err.value) and 'references = "together"' in str(err.value)
+    (tmp_path / "together.toml").write_text('references = "together"\n' + body + 'multi_image = "joint"\n')
+    load_type(str(tmp_path / "together.toml"))

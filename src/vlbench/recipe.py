@@ -67,8 +67,10 @@ class Normalization(Choice):
     NONE = "none", "the VL hidden states as they are"
     PER_DIM = "per-dim", ("per dimension, each role's rows z-scored with that role's calibrated VL statistics and "
                           "mapped onto Qwen3-4B's text statistics (vlbench calibrate)")
-    PER_DIM_SCALE = "per-dim-scale", ("style-preserving: per dimension, each role's spread scaled to Qwen3-4B's "
-                                      "(std ratio from vlbench calibrate), its means kept")
+    PER_DIM_SCALE = "per-dim-scale", ("per dimension, each role's rows' deviation from that role's calibrated mean "
+                                      "scaled by Qwen3-4B's std over the role's (vlbench calibrate), the calibrated "
+                                      "mean kept: per-dim shifted by one constant vector (the calibrated means' "
+                                      "difference) shared by every reference, not each reference's own means")
     GLOBAL = "global", ("one scale to Qwen3-4B's RMS; the DiT's caption RMSNorm removes it unless the rows are mixed "
                         "position-wise, so only with alpha_policy positionwise")
 

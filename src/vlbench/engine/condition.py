@@ -211,7 +211,8 @@ def normalize(seq: Seq, mode: str, stats) -> Seq:
     statistics at layer -2; attention-sink rows are never touched.
 
     per-dim: z-score with the role's calibrated mean/std, then Qwen3-4B's; per-dim-scale: the spread only
-    (the role's means, which carry style, are kept); global: one RMS scale for the whole selection.
+    (around the role's calibrated mean: one vector shared by every reference, not each reference's own); global:
+    one RMS scale for the whole selection.
     """
     if mode == Normalization.NONE:
         return seq
@@ -241,7 +242,7 @@ def normalize(seq: Seq, mode: str, stats) -> Seq:
             src = stats.get("vl", layer, role, x.device)
             if mode == Normalization.PER_DIM:
                 rows = blend.normalize_per_dim(rows, src["mean"], src["std"], ref["mean"], ref["std"])
-            else:  # per-dim-scale: the spread onto Qwen3-4B's, the means kept
+            else:  # per-dim-scale: the spread onto Qwen3-4B's around the role's calibrated mean
                 rows = blend.normalize_per_dim(rows, src["mean"], src["std"], src["mean"], ref["std"])
         out.index_copy_(0, idx, rows)
     rows = [dict(r, normalized="sink, untouched" if i in sinks else mode) for i, r in enumerate(seq.rows)]

@@ -478,7 +478,8 @@ class Engine:
                                  "style")
             content = self._select(content_ex, recipe.content_tokens, recipe,
                                    _first(recipe.content_layer, recipe.layer), "content")
-            return C.mix(content, style, recipe.dual_ratio, recipe.dual_policy, "dual_ratio", recipe.attend_ratio), [content_ex, style_ex]
+            mixed = C.mix(content, style, recipe.dual_ratio, recipe.dual_policy, "dual_ratio", recipe.attend_ratio)
+            return mixed, [content_ex, style_ex]
         text = recipe.resolve_vl_text(prompt)
         if recipe.multi_image == MultiImage.SEPARATE and len(refs) > 1:
             pairs = [self._single(recipe, text, [r]) for r in refs]
@@ -505,7 +506,8 @@ class Engine:
             return self._select(ex, recipe.tokens, recipe), ex
         text_seq = self._select(ex, "text", recipe)
         image_seq = self._select(ex, "image", recipe)
-        return C.mix(text_seq, image_seq, recipe.intra_ratio, recipe.intra_policy, "intra_ratio", recipe.attend_ratio), ex
+        return C.mix(text_seq, image_seq, recipe.intra_ratio, recipe.intra_policy, "intra_ratio",
+                     recipe.attend_ratio), ex
 
     def attention_layer(self, recipe: Recipe) -> int:
         """The decoder layer (0-based) whose attention weights the image tokens: attention_layer, else the image rows'

@@ -95,8 +95,8 @@ def _biased_mask(hidden: torch.Tensor, mask: torch.Tensor | None, bias: torch.Te
 
 
 @contextmanager
-def caption_attention(transformer, weights: torch.Tensor | None,
-                      later: tuple[torch.Tensor | None, ...] = (), scope: str = "refiner+joint",
+def caption_attention(transformer, weights: torch.Tensor | None, later: tuple[torch.Tensor | None, ...] = (),
+                      scope: str = "refiner+joint",
                       hide: tuple[torch.Tensor, list[str]] | None = None) -> Iterator[CaptionBias]:
     """Weight how much the DiT attends to each caption row: an additive attention-logit bias log w on that row's
     key, for the conditional item (the batch's first), in every block of `scope` (recipe.AttendScope): the

@@ -200,6 +200,8 @@ def parse_type(data: dict, path: Path, source: str = "") -> ExperimentType:
         for key, value in own.items():
             _check_value(path, f"config {cname!r}", key, value)
         configs.append(Config(cname, own, quick))
+    if references == "each":
+        check_joint_rule(base, configs, str(path))
     baseline = data.get("baseline")
     if baseline is not None and baseline not in seen:
         raise UserError(f"{path}: baseline: {baseline!r} is not a config of this type; name one of its [[configs]]")
@@ -213,6 +215,22 @@ def parse_type(data: dict, path: Path, source: str = "") -> ExperimentType:
                           question=data.get("question", "").strip(), base=dict(base), configs=tuple(configs),
                           path=path, source=source, seeds=seeds, references=references, baseline=baseline,
                           equivalence=equivalence)
+
+
+JOINT_FIX = ('add references = "together" at the top of the type (every job reads all the references), or drop '
+             'multi_image')
+
+
+def check_joint_rule(base: dict, configs, where: str, overrides: dict | None = None) -> None:
+    """One rule: a type that runs one reference per job (references = "each", the default) refuses an explicit
+    multi_image = "joint" — in [base], a config or a flag — before anything runs: one reference read "jointly" is
+    not what the setting says. The default value (not set) is not an explicit setting."""
+    places = [("[base]", base)] + [(f"config {c.name!r}", c.fields) for c in configs] + [("--multi-image",
+                                                                                            overrides or {})]
+    for place, fields in places:
+        if fields.get("multi_image") == "joint":
+            raise UserError(f"{where}: {place}: multi_image joint reads several references in one extraction, and "
+                            "this type runs one reference per job (references each)", fix=JOINT_FIX)
 
 
 def _check_value(path: Path, where: str, key: str, value: Any) -> None:
