@@ -1132,3 +1132,31 @@ def test_every_queued_run_can_be_reached_and_moved_to_the_front():
         app.close()
 
     run(go())
+
+
+def test_the_status_line_tells_the_truth_during_a_run():
+    """Issue 25.9: during a run the status line kept "loading Qwen3-VL…" and the summary said "queue empty"."""
+    from vlbench.tui.messages import WorkerEvent
+    from vlbench.worker import JobProgress, JobStarted, ModelStatus, WorkerIdle
+
+    async def go():
+        app = make_app()
+        run_id = app.store.enqueue("a fox", [], Recipe(**FAST).to_dict())
+        async with app.run_test(size=(160, 48)) as pilot:
+            queue = app.queue_pane
+            for event in (ModelStatus("loading Qwen3-VL from /models/vl"), JobStarted(run_id, 9)):
+                app.post_message(WorkerEvent(event))
+            await pilot.pause()
+            app.store.claim_next()
+            app.post_message(WorkerEvent(JobProgress(run_id, 1, 9, None)))
+            app.post_message(WorkerEvent(JobProgress(run_id, 3, 9, 12.0)))
+            await pilot.pause()
+            queue.reload(exact=True)
+            assert queue.status_text == f"models loaded · generating #{run_id}"
+            assert queue.summary_text() == "1 running, none pending · ETA 12 s", queue.summary_text()
+            app.post_message(WorkerEvent(WorkerIdle()))
+            await pilot.pause()
+            assert queue.summary_text() == "queue empty"
+        app.close()
+
+    run(go())
