@@ -1160,3 +1160,34 @@ def test_the_status_line_tells_the_truth_during_a_run():
         app.close()
 
     run(go())
+
+
+def test_a_paste_of_several_paths_adds_each_and_a_restored_prompt_ends_with_the_cursor(tmp_path):
+    """Issue 25.9: a pasted list of paths kept only the first; the restored prompt put the cursor at its start."""
+    from textual import events
+
+    refs = [make_image(tmp_path / f"r{i}.png", size=(40 + 8 * i, 32)) for i in range(3)]
+    spaced = make_image(tmp_path / "with space.png")
+
+    async def go():
+        app = make_app()
+        async with app.run_test(size=(160, 48)) as pilot:
+            field = app.query_one("#ref-path")
+            field.focus()
+            await pilot.pause()
+            field.post_message(events.Paste("\n".join(str(r) for r in refs) + "\n"))
+            await pilot.pause()
+            assert app.inputs.references == [str(r.resolve()) for r in refs]
+            field.post_message(events.Paste(f"'{spaced}' '{refs[0]}'"))  # files dropped: shell-quoted on one line
+            await pilot.pause()
+            assert app.inputs.references[-1] == str(spaced.resolve()) and len(app.inputs.references) == 4
+            field.post_message(events.Paste(str(spaced)))  # one path with a space stays one path, typed in
+            await pilot.pause()
+            assert field.value == str(spaced)
+            app.inputs.prompt = "a lighthouse\nat dusk"
+            await pilot.pause()
+            area = app.query_one("#prompt")
+            assert area.cursor_location == area.document.end == (1, 7)
+        app.close()
+
+    run(go())
