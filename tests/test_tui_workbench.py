@@ -1191,3 +1191,15 @@ def test_a_paste_of_several_paths_adds_each_and_a_restored_prompt_ends_with_the_
         app.close()
 
     run(go())
+
+
+def test_the_generated_config_names_every_offload_policy():
+    """Issue 25 (minor): the config.toml written on first run described offload without `group`."""
+    from vlbench.config import DEFAULT_CONFIG
+    from vlbench.modelspec import OFFLOAD_POLICIES
+
+    lines = DEFAULT_CONFIG.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("offload ="))
+    comment = " ".join(line for line in lines[max(0, at - 3):at] if line.startswith("#"))
+    for policy in OFFLOAD_POLICIES:
+        assert f"{policy} (" in comment, (policy, comment)
