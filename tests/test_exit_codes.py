@@ -61,7 +61,7 @@ def test_ctrl_c_is_exit_130(name, tmp_path, monkeypatch, capsys):
     argv = {"score": ["score", "x"], "stats": ["stats", "x"], "inspect": ["inspect", "x"]}.get(name, [name])
     argv += {"embed": ["--prompt", "x", "--out", "x"], "generate": ["--prompt", "x", "--out", "x"],
              "run": ["--experiment", "x", "--output-dir", "x"], "search": ["--output-dir", "x"],
-             "diagnose": ["--prompt", "x"]}.get(name, [])
+             "diagnose": ["--prompt", "x"], "completion": ["bash"]}.get(name, [])
     assert main(argv) == cli.EXIT_INTERRUPTED == 130
     assert capsys.readouterr().err.strip() == "vlbench: interrupted"
 

@@ -1135,3 +1135,74 @@ def test_every_queued_run_can_be_reached_and_moved_to_the_front():
         app.close()
 
     run(go())
+
+
+def test_the_status_line_tells_the_truth_during_a_run():
+    """Issue 25.9: during a run the status line kept "loading Qwen3-VL…" and the summary said "queue empty"."""
+    from vlbench.tui.messages import WorkerEvent
+    from vlbench.worker import JobProgress, JobStarted, ModelStatus, WorkerIdle
+
+    async def go():
+        app = make_app()
+        run_id = app.store.enqueue("a fox", [], Recipe(**FAST).to_dict())
+        async with app.run_test(size=(160, 48)) as pilot:
+            queue = app.queue_pane
+            for event in (ModelStatus("loading Qwen3-VL from /models/vl"), JobStarted(run_id, 9)):
+                app.post_message(WorkerEvent(event))
+            await pilot.pause()
+            app.store.claim_next()
+            app.post_message(WorkerEvent(JobProgress(run_id, 1, 9, None)))
+            app.post_message(WorkerEvent(JobProgress(run_id, 3, 9, 12.0)))
+            await pilot.pause()
+            queue.reload(exact=True)
+            assert queue.status_text == f"models loaded · generating #{run_id}"
+            assert queue.summary_text() == "1 running, none pending · ETA 12 s", queue.summary_text()
+            app.post_message(WorkerEvent(WorkerIdle()))
+            await pilot.pause()
+            assert queue.summary_text() == "queue empty"
+        app.close()
+
+    run(go())
+
+
+def test_a_paste_of_several_paths_adds_each_and_a_restored_prompt_ends_with_the_cursor(tmp_path):
+    """Issue 25.9: a pasted list of paths kept only the first; the restored prompt put the cursor at its start."""
+    from textual import events
+
+    refs = [make_image(tmp_path / f"r{i}.png", size=(40 + 8 * i, 32)) for i in range(3)]
+    spaced = make_image(tmp_path / "with space.png")
+
+    async def go():
+        app = make_app()
+        async with app.run_test(size=(160, 48)) as pilot:
+            field = app.query_one("#ref-path")
+            field.focus()
+            await pilot.pause()
+            field.post_message(events.Paste("\n".join(str(r) for r in refs) + "\n"))
+            await pilot.pause()
+            assert app.inputs.references == [str(r.resolve()) for r in refs]
+            field.post_message(events.Paste(f"'{spaced}' '{refs[0]}'"))  # files dropped: shell-quoted on one line
+            await pilot.pause()
+            assert app.inputs.references[-1] == str(spaced.resolve()) and len(app.inputs.references) == 4
+            field.post_message(events.Paste(str(spaced)))  # one path with a space stays one path, typed in
+            await pilot.pause()
+            assert field.value == str(spaced)
+            app.inputs.prompt = "a lighthouse\nat dusk"
+            await pilot.pause()
+            area = app.query_one("#prompt")
+            assert area.cursor_location == area.document.end == (1, 7)
+        app.close()
+
+    run(go())
+
+
+def test_the_generated_config_names_every_offload_policy():
+    """Issue 25 (minor): the config.toml written on first run described offload without `group`."""
+    from vlbench.config import DEFAULT_CONFIG
+    from vlbench.modelspec import OFFLOAD_POLICIES
+
+    lines = DEFAULT_CONFIG.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("offload ="))
+    comment = " ".join(line for line in lines[max(0, at - 3):at] if line.startswith("#"))
+    for policy in OFFLOAD_POLICIES:
+        assert f"{policy} (" in comment, (policy, comment)

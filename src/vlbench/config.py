@@ -33,7 +33,8 @@ vl = ""
 device = ""
 # bf16, fp16 or fp32; empty = bf16 on GPU, fp32 on CPU
 dtype = ""
-# GPU placement: none (all resident), cpu (only the model in use on the GPU), sequential (layer by layer)
+# GPU placement: none (all resident), cpu (only the model in use on the GPU), group (as cpu, and the DiT streams
+# the blocks that do not fit: 16 / 12 GB cards, CUDA only), sequential (diffusers' offload hooks, layer by layer)
 offload = "none"
 # torch.compile the DiT's repeated blocks: true or false
 compile = false

@@ -1026,7 +1026,7 @@ class VlbenchApp(App[int]):
             self.notify(problem, severity="warning")
         if session is None:
             return
-        self.query_one("#prompt", TextArea).load_text(session.prompt)
+        self.inputs.prompt = session.prompt  # the cursor at its end
         missing = [r for r in session.references if not Path(r).is_file()]
         self.inputs.references = [r for r in session.references if r not in missing]
         if missing:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from rich.text import Text
-from textual import on
+from textual import events, on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
@@ -96,13 +96,48 @@ class ReferenceList(OptionList):
         self.post_message(InputsChanged(None))
 
 
+def pasted_paths(text: str) -> list[str]:
+    """The paths in a paste: one a line, or on one line several that a file manager dropped (shell-quoted, each
+    an existing file); one path otherwise (spaces and all)."""
+    import shlex
+
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if len(lines) > 1:
+        return [line.strip("'\"") for line in lines]
+    if not lines:
+        return []
+    try:
+        words = shlex.split(lines[0])
+    except ValueError:
+        return [lines[0]]
+    if len(words) > 1 and all(Path(w).expanduser().is_file() for w in words):
+        return words
+    return [lines[0].strip("'\"")] if len(words) == 1 else [lines[0]]
+
+
+class ReferencePath(Input):
+    """The reference path field. A paste of several paths (one a line, or dropped files) adds each of them (a
+    single-line field kept only the first)."""
+
+    def _on_paste(self, event: events.Paste) -> None:
+        paths = pasted_paths(event.text)
+        if len(paths) > 1:
+            event.stop()
+            event.prevent_default()
+            pane = next((a for a in self.ancestors if isinstance(a, InputsPane)), None)
+            if pane is not None:
+                added = sum(1 for p in paths if pane.add_reference(p))
+                self.notify(f"added {added} of {len(paths)} pasted references")
+        # One path: Input's own handler (Textual calls each class's _on_paste unless the default is prevented).
+
+
 class InputsPane(Vertical):
     BORDER_TITLE = "Inputs"
 
     def compose(self) -> ComposeResult:
         yield Label("references: Enter adds · F2 or ^f browses", classes="field-label")
-        yield Input(placeholder="path/to/reference.png", id="ref-path", suggester=PathSuggester(IMAGE_SUFFIXES),
-                    compact=True)
+        yield ReferencePath(placeholder="path/to/reference.png", id="ref-path", suggester=PathSuggester(IMAGE_SUFFIXES),
+                            compact=True)
         yield ReferenceList(id="ref-list", classes="-empty")
         yield Label("prompt", classes="field-label")
         yield TextArea(id="prompt", soft_wrap=True, show_line_numbers=False, compact=True)
@@ -118,7 +153,9 @@ class InputsPane(Vertical):
 
     @prompt.setter
     def prompt(self, text: str) -> None:
-        self.query_one("#prompt", TextArea).load_text(text)
+        area = self.query_one("#prompt", TextArea)
+        area.load_text(text)
+        area.move_cursor(area.document.end)  # a restored or loaded prompt is typed on from its end
 
     @property
     def references(self) -> list[str]:

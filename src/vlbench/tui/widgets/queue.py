@@ -65,6 +65,8 @@ class QueuePane(Vertical):
         self._pending = (0, 0)  # (runs, steps) waiting
         self._pending_read = 0.0  # when the steps still queued were last summed
         self._summary_shown = ""
+        self.status_text = "worker starting…"  # what the status line says (the models, the worker)
+        self.running_id: int | None = None  # the run generating now
         self.shown_pending = SHOWN_PENDING  # queued runs read from the store; grows a page at a time
         self._not_shown = 0  # queued runs beyond them
         self._queued_rows = 0  # rows of the table that show queued runs or batches (the finished ones follow)
@@ -241,14 +243,19 @@ class QueuePane(Vertical):
 
     # ---- worker events ----
     def set_status(self, text: str) -> None:
+        self.status_text = text
         self._status.update(Text(text), layout=False)  # fixed height: a repaint, not a relayout
 
     def job_started(self, run_id: int, total: int) -> None:
+        self.running_id = run_id
         self._progress_row.display = True
         self._bar.update(total=total or None, progress=0)
         self._label.update(f"#{run_id} preparing", layout=False)
 
     def job_progress(self, run_id: int, step: int, total: int, eta_s: float | None) -> None:
+        self.running_id = run_id
+        if self.status_text.startswith(("loading ", "preparing ")):  # the steps run: every load of this job is over
+            self.set_status(f"models loaded · generating #{run_id}")
         if eta_s is not None and step < total:
             self.sec_per_step = eta_s / max(1, total - step)
         self._job_left_s = eta_s or 0.0
@@ -264,6 +271,7 @@ class QueuePane(Vertical):
 
     def job_ended(self) -> None:
         """The worker is idle: no progress to show until the next run starts."""
+        self.running_id = None
         self._progress_row.display = False
         self._job_left_s = 0.0
         self._show_summary()
@@ -279,6 +287,9 @@ class QueuePane(Vertical):
         runs, _ = self._pending
         paused = " · paused" if getattr(self.app, "paused", False) else ""
         if not runs:
+            if self.running_id is not None:  # the last run is generating: the queue is not empty yet
+                left = f" · ETA {seconds(self._job_left_s)}" if self.sec_per_step is not None else ""
+                return f"1 running, none pending{left}{paused}"
             return f"queue empty{paused}"
         eta = self.eta_s()
         return f"{runs} pending · ETA {seconds(eta)}{paused}" if eta is not None else f"{runs} pending{paused}"
