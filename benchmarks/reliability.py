@@ -1005,7 +1005,11 @@ def _deep_toml(depth: int, kind: str) -> str:
     return "".join(f"[{'.'.join(['t'] * (i + 1))}]\n" for i in range(0, depth, max(1, depth // 2000))) + "x = 1\n"
 
 
-def silent_section(work: Path, log, workers: int = 20) -> dict:
+SILENT_CLASSES = ("workers", "files", "nested", "before-load", "full-disk", "permissions", "tty", "exif", "bit-depth")
+
+
+def silent_section(work: Path, log, workers: int = 20, into: dict | None = None,
+                   classes: tuple[str, ...] = SILENT_CLASSES) -> dict:
     """Issue 26's classes: EXIF orientation, bit depth, FIFO/device/huge/folder for every file flag, nested TOML,
     a full disk under the data folder, a 0×0 terminal, text lengths and layers refused before loading, `workers`
     simultaneous worker starts, permissions. Each case: ok (and right), refused in one line, or counted as a
@@ -1017,7 +1021,12 @@ def silent_section(work: Path, log, workers: int = 20) -> dict:
     w.mkdir(parents=True, exist_ok=True)
     env = env_for(w / "data")
     results: list[dict] = []
+    simultaneous: dict = {}
+    modes: dict = {}
+    fifo, huge, ref, space, flags = w / "fifo", w / "huge.toml", make_image(w / "ref.png"), w / "space.toml", []
     counts = {"ok": 0, "refused": 0, "tracebacks": 0, "hangs": 0, "silently_wrong": 0, "not_one_line": 0}
+    if into is not None:  # filled as cases finish: an interrupted campaign still writes what it measured
+        into.update(counts=counts, results=results, interrupted=True)
 
     def judge(cls: str, case: str, code, out: str, err: str, seconds: float, expect: str, why: str | None = None):
         if code == "hang":
@@ -1047,208 +1056,221 @@ def silent_section(work: Path, log, workers: int = 20) -> dict:
         side = json.loads(out.with_suffix(".json").read_text()) if code == 0 and out.with_suffix(".json").is_file() else {}
         return code, so, se, sec, side.get("conditioning", {})
 
-    # -- EXIF orientation: the VL reads the image upright, source_sizes says the upright size, the record says so
-    for orientation in (1, 3, 6, 8):
-        path = w / f"exif{orientation}.jpg"
-        size = _sideways(path, orientation)
-        code, so, se, sec, cond = embed(path, f"exif{orientation}")
-        why = None
-        if code == 0:
-            got = [tuple(s) for s in (cond.get("vl") or {}).get("source_sizes", [])]
-            said = any("per EXIF" in x for x in cond.get("warnings", []))
-            if got != [size]:
-                why = f"source_sizes {got}, upright {size}"
-            elif said != (orientation != 1):
-                why = "the record does not say how the image was turned" if said is False else "a note for an upright image"
-        judge("exif", f"embed orientation {orientation}", code, so, se, sec, "ok", why)
+    if "exif" in classes:
+        # -- EXIF orientation: the VL reads the image upright, source_sizes says the upright size, the record says so
+        for orientation in (1, 3, 6, 8):
+            path = w / f"exif{orientation}.jpg"
+            size = _sideways(path, orientation)
+            code, so, se, sec, cond = embed(path, f"exif{orientation}")
+            why = None
+            if code == 0:
+                got = [tuple(s) for s in (cond.get("vl") or {}).get("source_sizes", [])]
+                said = any("per EXIF" in x for x in cond.get("warnings", []))
+                if got != [size]:
+                    why = f"source_sizes {got}, upright {size}"
+                elif said != (orientation != 1):
+                    why = "the record does not say how the image was turned" if said is False else "a note for an upright image"
+            judge("exif", f"embed orientation {orientation}", code, so, se, sec, "ok", why)
 
-    # -- bit depth: converted from the nominal range (levels kept, never binarised, never stretched)
-    sys.path.insert(0, str(SRC))
-    from vlbench.engine.extract import load_reference
+    if "bit-depth" in classes:
+        # -- bit depth: converted from the nominal range (levels kept, never binarised, never stretched)
+        sys.path.insert(0, str(SRC))
+        from vlbench.engine.extract import load_reference
 
-    grad16 = np.rint(np.linspace(0, 65535, 4 * 256)).reshape(4, 256).astype(np.uint16)
-    dark16 = np.rint(np.linspace(0, 1000, 4 * 256)).reshape(4, 256).astype(np.uint16)
-    fgrad = np.linspace(0, 1, 4 * 256, dtype=np.float32).reshape(4, 256)
-    fwide = np.linspace(-0.5, 1.5, 4 * 256, dtype=np.float32).reshape(4, 256)
-    fnan = fgrad.copy()
-    fnan[0, 0] = np.nan
-    depth_cases = [("16-bit PNG gradient", "g16.png", grad16, "ok", np.rint(grad16 / 257.0)),
-                   ("16-bit TIFF gradient", "g16.tif", grad16, "ok", np.rint(grad16 / 257.0)),
-                   ("16-bit PNG, dark (0-1000)", "d16.png", dark16, "ok", np.rint(dark16 / 257.0)),
-                   ("float TIFF in [0, 1]", "f.tif", fgrad, "ok", np.rint(fgrad * 255)),
-                   ("float TIFF in [-0.5, 1.5]", "fw.tif", fwide, "ok", np.rint(np.clip(fwide, 0, 1) * 255)),
-                   ("float TIFF with NaN", "fnan.tif", fnan, "refuse", None),
-                   ("32-bit integer TIFF", "i32.tif", (grad16.astype(np.int32) * 1000), "refuse", None)]
-    for name, file, data, expect, nominal in depth_cases:
-        Image.fromarray(data).save(w / file)
-        code, so, se, sec, cond = embed(w / file, _slug(name))
-        why = None
-        if code == 0 and nominal is not None:
-            got = np.asarray(load_reference(w / file)[0])[..., 0].astype(float)
-            if len(np.unique(got)) <= 2 and len(np.unique(nominal)) > 2:
-                why = f"reduced to {len(np.unique(got))} values"
-            elif np.abs(got - nominal).max() > 1:
-                why = f"off the nominal range by {np.abs(got - nominal).max():.0f} levels (stretched?)"
-            elif not any("read as 8-bit" in x for x in cond.get("warnings", [])):
-                why = "the record does not say how it was read"
-        judge("bit depth", name, code, so, se, sec, expect, why)
-    (w / "pgm16.pgm").write_bytes(b"P5\n4 1\n65535\n" + np.array([0, 257, 32896, 65535], ">u2").tobytes())
-    code, so, se, sec, cond = embed(w / "pgm16.pgm", "pgm16")
-    got = np.asarray(load_reference(w / "pgm16.pgm")[0])[0, :, 0].tolist() if code == 0 else None
-    judge("bit depth", "16-bit PGM (PIL mode I)", code, so, se, sec, "ok",
-          None if code != 0 or got == [0, 1, 128, 255] else f"levels {got}")
+        grad16 = np.rint(np.linspace(0, 65535, 4 * 256)).reshape(4, 256).astype(np.uint16)
+        dark16 = np.rint(np.linspace(0, 1000, 4 * 256)).reshape(4, 256).astype(np.uint16)
+        fgrad = np.linspace(0, 1, 4 * 256, dtype=np.float32).reshape(4, 256)
+        fwide = np.linspace(-0.5, 1.5, 4 * 256, dtype=np.float32).reshape(4, 256)
+        fnan = fgrad.copy()
+        fnan[0, 0] = np.nan
+        depth_cases = [("16-bit PNG gradient", "g16.png", grad16, "ok", np.rint(grad16 / 257.0)),
+                       ("16-bit TIFF gradient", "g16.tif", grad16, "ok", np.rint(grad16 / 257.0)),
+                       ("16-bit PNG, dark (0-1000)", "d16.png", dark16, "ok", np.rint(dark16 / 257.0)),
+                       ("float TIFF in [0, 1]", "f.tif", fgrad, "ok", np.rint(fgrad * 255)),
+                       ("float TIFF in [-0.5, 1.5]", "fw.tif", fwide, "ok", np.rint(np.clip(fwide, 0, 1) * 255)),
+                       ("float TIFF with NaN", "fnan.tif", fnan, "refuse", None),
+                       ("32-bit integer TIFF", "i32.tif", (grad16.astype(np.int32) * 1000), "refuse", None)]
+        for name, file, data, expect, nominal in depth_cases:
+            Image.fromarray(data).save(w / file)
+            code, so, se, sec, cond = embed(w / file, _slug(name))
+            why = None
+            if code == 0 and nominal is not None:
+                got = np.asarray(load_reference(w / file)[0])[..., 0].astype(float)
+                if len(np.unique(got)) <= 2 and len(np.unique(nominal)) > 2:
+                    why = f"reduced to {len(np.unique(got))} values"
+                elif np.abs(got - nominal).max() > 1:
+                    why = f"off the nominal range by {np.abs(got - nominal).max():.0f} levels (stretched?)"
+                elif not any("read as 8-bit" in x for x in cond.get("warnings", [])):
+                    why = "the record does not say how it was read"
+            judge("bit depth", name, code, so, se, sec, expect, why)
+        (w / "pgm16.pgm").write_bytes(b"P5\n4 1\n65535\n" + np.array([0, 257, 32896, 65535], ">u2").tobytes())
+        code, so, se, sec, cond = embed(w / "pgm16.pgm", "pgm16")
+        got = np.asarray(load_reference(w / "pgm16.pgm")[0])[0, :, 0].tolist() if code == 0 else None
+        judge("bit depth", "16-bit PGM (PIL mode I)", code, so, se, sec, "ok",
+              None if code != 0 or got == [0, 1, 128, 255] else f"levels {got}")
 
-    # -- FIFO, device, huge file and folder for every file flag: refused in one line, never a hang
-    fifo = w / "fifo"
-    if not fifo.exists():
-        os.mkfifo(fifo)
-    huge = w / "huge.toml"
-    huge.write_bytes(b"# " + b"x" * (17 * 2**20) + b"\n")
-    (w / "folder").mkdir(exist_ok=True)
-    ref = make_image(w / "ref.png")
-    space = w / "space.toml"
-    space.write_text('name = "s"\nobjectives = ["siglip"]\n[fixed]\nsteps = 2\nwidth = 64\nheight = 64\n'
-                     '[space]\nalpha = { low = 0.2, high = 0.9 }\n')
-    flags = [
-        ("generate --recipe", lambda v: ["generate", *TINY, *SMALL, "--prompt", PROMPT, "--recipe", v,
-                                         "--out", str(w / "x.png")]),
-        ("generate --image", lambda v: ["generate", *TINY, *SMALL, "--prompt", PROMPT, "--image", v,
-                                        "--out", str(w / "x.png")]),
-        ("embed --image", lambda v: ["embed", *TINY, "--prompt", PROMPT, "--image", v, "--out", str(w / "x.safetensors")]),
-        ("run --experiment", lambda v: ["run", *TINY, *SMALL, "--experiment", v, "--image", str(ref), "--prompt", PROMPT,
-                                        "--output-dir", str(w / "run-x"), "--no-store"]),
-        ("run --prompts-file", lambda v: ["run", *TINY, *SMALL, "--experiment", "vl_only_vs_qwen3", "--image", str(ref),
-                                          "--prompts-file", v, "--output-dir", str(w / "run-y"), "--no-store"]),
-        ("run --eval-set", lambda v: ["run", *TINY, *SMALL, "--experiment", "vl_only_vs_qwen3", "--eval-set", v,
-                                      "--output-dir", str(w / "run-z"), "--no-store"]),
-        ("search --space", lambda v: ["search", *TINY, "--space", v, "--image", str(ref), "--prompt", PROMPT,
-                                      "--output-dir", str(w / "search-x"), "--trials", "1"]),
-        ("search --prompts-file", lambda v: ["search", *TINY, "--space", str(space), "--image", str(ref),
-                                             "--prompts-file", v, "--output-dir", str(w / "search-y"), "--trials", "1"]),
-        ("calibrate --prompts-file", lambda v: ["calibrate", *TINY, "--prompts-file", v, "--out",
-                                                str(w / "c.safetensors")]),
-    ]
-    for flag, argv in flags:
-        for kind, value in (("FIFO", str(fifo)), ("/dev/zero", "/dev/zero"), ("17 MB file", str(huge)),
-                            ("folder", str(w / "folder"))):
-            if flag == "run --eval-set" and kind == "folder":
-                continue  # an eval set is a folder: an empty one is its own case below
-            code, so, se, sec = vlbench(argv(value), env, timeout=90)
-            judge("files", f"{flag} {kind}", code, so, se, sec, "refuse")
-    code, so, se, sec = vlbench(flags[5][1](str(w / "folder")), env, timeout=90)
-    judge("files", "run --eval-set empty folder", code, so, se, sec, "refuse")
+    if "files" in classes:
+        # -- FIFO, device, huge file and folder for every file flag: refused in one line, never a hang
+        fifo = w / "fifo"
+        if not fifo.exists():
+            os.mkfifo(fifo)
+        huge = w / "huge.toml"
+        huge.write_bytes(b"# " + b"x" * (17 * 2**20) + b"\n")
+        (w / "folder").mkdir(exist_ok=True)
+        ref = make_image(w / "ref.png")
+        space = w / "space.toml"
+        space.write_text('name = "s"\nobjectives = ["siglip"]\n[fixed]\nsteps = 2\nwidth = 64\nheight = 64\n'
+                         '[space]\nalpha = { low = 0.2, high = 0.9 }\n')
+        flags = [
+            ("generate --recipe", lambda v: ["generate", *TINY, *SMALL, "--prompt", PROMPT, "--recipe", v,
+                                             "--out", str(w / "x.png")]),
+            ("generate --image", lambda v: ["generate", *TINY, *SMALL, "--prompt", PROMPT, "--image", v,
+                                            "--out", str(w / "x.png")]),
+            ("embed --image", lambda v: ["embed", *TINY, "--prompt", PROMPT, "--image", v, "--out", str(w / "x.safetensors")]),
+            ("run --experiment", lambda v: ["run", *TINY, *SMALL, "--experiment", v, "--image", str(ref), "--prompt", PROMPT,
+                                            "--output-dir", str(w / "run-x"), "--no-store"]),
+            ("run --prompts-file", lambda v: ["run", *TINY, *SMALL, "--experiment", "vl_only_vs_qwen3", "--image", str(ref),
+                                              "--prompts-file", v, "--output-dir", str(w / "run-y"), "--no-store"]),
+            ("run --eval-set", lambda v: ["run", *TINY, *SMALL, "--experiment", "vl_only_vs_qwen3", "--eval-set", v,
+                                          "--output-dir", str(w / "run-z"), "--no-store"]),
+            ("search --space", lambda v: ["search", *TINY, "--space", v, "--image", str(ref), "--prompt", PROMPT,
+                                          "--output-dir", str(w / "search-x"), "--trials", "1"]),
+            ("search --prompts-file", lambda v: ["search", *TINY, "--space", str(space), "--image", str(ref),
+                                                 "--prompts-file", v, "--output-dir", str(w / "search-y"), "--trials", "1"]),
+            ("calibrate --prompts-file", lambda v: ["calibrate", *TINY, "--prompts-file", v, "--out",
+                                                    str(w / "c.safetensors")]),
+        ]
+        for flag, argv in flags:
+            for kind, value in (("FIFO", str(fifo)), ("/dev/zero", "/dev/zero"), ("17 MB file", str(huge)),
+                                ("folder", str(w / "folder"))):
+                if flag == "run --eval-set" and kind == "folder":
+                    continue  # an eval set is a folder: an empty one is its own case below
+                code, so, se, sec = vlbench(argv(value), env, timeout=90)
+                judge("files", f"{flag} {kind}", code, so, se, sec, "refuse")
+        code, so, se, sec = vlbench(flags[5][1](str(w / "folder")), env, timeout=90)
+        judge("files", "run --eval-set empty folder", code, so, se, sec, "refuse")
 
-    # -- nested TOML (recipe, experiment, search space)
-    for kind in ("array", "table"):
-        deep = w / f"deep-{kind}.toml"
-        deep.write_text(_deep_toml(100_000, kind))
-        for flag in ("generate --recipe", "run --experiment", "search --space"):
-            argv = next(a for f, a in flags if f == flag)
-            code, so, se, sec = vlbench(argv(str(deep)), env, timeout=90)
-            judge("nested toml", f"{flag} 100000-deep {kind}", code, so, se, sec, "refuse")
+    if "nested" in classes:
+        # -- nested TOML (recipe, experiment, search space)
+        for kind in ("array", "table"):
+            deep = w / f"deep-{kind}.toml"
+            deep.write_text(_deep_toml(100_000, kind))
+            for flag in ("generate --recipe", "run --experiment", "search --space"):
+                argv = next(a for f, a in flags if f == flag)
+                code, so, se, sec = vlbench(argv(str(deep)), env, timeout=90)
+                judge("nested toml", f"{flag} 100000-deep {kind}", code, so, se, sec, "refuse")
 
-    # -- text lengths and layers: refused before any model loads
-    big = w / "negative.toml"
-    big.write_text('guidance = 2.0\nnegative_prompt = "' + "blurry " * 1_500_000 + '"\n')
-    for name, extra in (("10 MB negative_prompt", ["--recipe", str(big)]), ("layer 99", ["--layer", "99"]),
-                        ("image_layer -99", ["--image-layer", "-99", "--image", str(ref)])):
-        code, so, se, sec = vlbench(["generate", *TINY, *SMALL, "--prompt", PROMPT, "--alpha", "0.5", *extra,
-                                     "--out", str(w / "x.png")], env, timeout=120)
-        loaded = any(t in so + se for t in ("loading Z-Image", "loading Qwen3-VL from", "loading Qwen3-4B"))
-        why = "refused only after the models loaded" if code != 0 and loaded else None
-        judge("before load", name, code, so, se, sec, "refuse", why)
+    if "before-load" in classes:
+        # -- text lengths and layers: refused before any model loads
+        big = w / "negative.toml"
+        big.write_text('guidance = 2.0\nnegative_prompt = "' + "blurry " * 1_500_000 + '"\n')
+        for name, extra in (("10 MB negative_prompt", ["--recipe", str(big)]), ("layer 99", ["--layer", "99"]),
+                            ("image_layer -99", ["--image-layer", "-99", "--image", str(ref)])):
+            code, so, se, sec = vlbench(["generate", *TINY, *SMALL, "--prompt", PROMPT, "--alpha", "0.5", *extra,
+                                         "--out", str(w / "x.png")], env, timeout=120)
+            loaded = any(t in so + se for t in ("loading Z-Image", "loading Qwen3-VL from", "loading Qwen3-4B"))
+            why = "refused only after the models loaded" if code != 0 and loaded else None
+            judge("before load", name, code, so, se, sec, "refuse", why)
 
-    # -- a full disk under the data folder: the log on a full device, then (namespace allowing) the whole folder
-    full = w / "full-data"
-    full.mkdir(exist_ok=True)
-    (full / "vlbench.log").unlink(missing_ok=True)
-    (full / "vlbench.log").symlink_to("/dev/full")
-    code, so, se, sec = vlbench(["worker", *TINY, "--exit-when-idle"], env_for(full), timeout=120)
-    judge("full disk", "worker, log on a full disk", code, so, se, sec, "ok")
-    if can_unshare():
-        import shlex
+    if "full-disk" in classes:
+        # -- a full disk under the data folder: the log on a full device, then (namespace allowing) the whole folder
+        full = w / "full-data"
+        full.mkdir(exist_ok=True)
+        (full / "vlbench.log").unlink(missing_ok=True)
+        (full / "vlbench.log").symlink_to("/dev/full")
+        code, so, se, sec = vlbench(["worker", *TINY, "--exit-when-idle"], env_for(full), timeout=120)
+        judge("full disk", "worker, log on a full disk", code, so, se, sec, "ok")
+        if can_unshare():
+            import shlex
 
-        d = w / "tmpfs-data"
-        d.mkdir(exist_ok=True)
-        for name, argv in (("worker start on a full data folder", ["worker", *TINY, "--exit-when-idle"]),
-                           ("run into a full data folder", run_argv(ref, d / "out", "0") + ["--no-diagnostics"])):
-            cmd = " ".join(shlex.quote(a) for a in [PY, "-m", "vlbench", *argv])
-            script = (f'D={shlex.quote(str(d))}; mount -t tmpfs -o size=1m none "$D" && '
-                      f'{shlex.quote(PY)} -c "import sys; sys.path.insert(0, sys.argv[1]); from vlbench.store import '
-                      f'Store; Store().close()" {shlex.quote(str(SRC))} && dd if=/dev/zero of="$D/filler" bs=4k '
-                      f'2>/dev/null; {cmd}')
-            start = time.monotonic()
-            try:
-                proc = subprocess.run(["unshare", "-m", "sh", "-c", script], env=env_for(d), capture_output=True,
-                                      text=True, errors="replace", timeout=240)
-                code, so, se = proc.returncode, proc.stdout, proc.stderr
-            except subprocess.TimeoutExpired as exc:
-                code, so, se = "hang", exc.stdout or "", exc.stderr or ""
-            judge("full disk", name, code, so if isinstance(so, str) else "", se if isinstance(se, str) else "",
-                  time.monotonic() - start, "refuse")
+            d = w / "tmpfs-data"
+            d.mkdir(exist_ok=True)
+            for name, argv in (("worker start on a full data folder", ["worker", *TINY, "--exit-when-idle"]),
+                               ("run into a full data folder", run_argv(ref, d / "out", "0") + ["--no-diagnostics"])):
+                cmd = " ".join(shlex.quote(a) for a in [PY, "-m", "vlbench", *argv])
+                script = (f'D={shlex.quote(str(d))}; mount -t tmpfs -o size=1m none "$D" && '
+                          f'{shlex.quote(PY)} -c "import sys; sys.path.insert(0, sys.argv[1]); from vlbench.store import '
+                          f'Store; Store().close()" {shlex.quote(str(SRC))} && dd if=/dev/zero of="$D/filler" bs=4k '
+                          f'2>/dev/null; {cmd}')
+                start = time.monotonic()
+                try:
+                    proc = subprocess.run(["unshare", "-m", "sh", "-c", script], env=env_for(d), capture_output=True,
+                                          text=True, errors="replace", timeout=240)
+                    code, so, se = proc.returncode, proc.stdout, proc.stderr
+                except subprocess.TimeoutExpired as exc:
+                    code, so, se = "hang", exc.stdout or "", exc.stderr or ""
+                judge("full disk", name, code, so if isinstance(so, str) else "", se if isinstance(se, str) else "",
+                      time.monotonic() - start, "refuse")
 
-    # -- a terminal that reports 0×0
-    start = time.monotonic()
-    proc = subprocess.run([PY, "-c", _ZERO_TTY], env=dict(env, VLBENCH_CONFIG_DIR=str(w / "tui-config")),
-                          capture_output=True, text=True, timeout=300)
-    try:
-        code, drawn, tb = eval(proc.stdout.strip().splitlines()[-1])  # noqa: S307 — our own repr
-    except Exception:  # noqa: BLE001
-        code, drawn, tb = "no result", False, True
-    judge("0x0 terminal", "vlbench tui, then ctrl+q", code, "Traceback (most recent call last)" if tb else "", "",
-          time.monotonic() - start, "ok", None if drawn else "nothing drawn")
+    if "tty" in classes:
+        # -- a terminal that reports 0×0
+        start = time.monotonic()
+        proc = subprocess.run([PY, "-c", _ZERO_TTY], env=dict(env, VLBENCH_CONFIG_DIR=str(w / "tui-config")),
+                              capture_output=True, text=True, timeout=300)
+        try:
+            code, drawn, tb = eval(proc.stdout.strip().splitlines()[-1])  # noqa: S307 — our own repr
+        except Exception:  # noqa: BLE001
+            code, drawn, tb = "no result", False, True
+        judge("0x0 terminal", "vlbench tui, then ctrl+q", code, "Traceback (most recent call last)" if tb else "", "",
+              time.monotonic() - start, "ok", None if drawn else "nothing drawn")
 
-    # -- simultaneous worker starts: exactly one runs the queue
-    wk = w / "workers"
-    wk.mkdir(exist_ok=True)
-    wenv = dict(env_for(wk / "data"), CAMPAIGN_SRC=str(SRC))
-    errs = [wk / f"err{i}" for i in range(workers)]
-    procs = [subprocess.Popen([PY, "-c", _STARTER, str(wk / f"ready{i}"), str(wk / "go"), "worker", *TINY],
-                              env=wenv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=e.open("wb"))
-             for i, e in enumerate(errs)]
-    start = time.monotonic()
-    try:
-        while not all((wk / f"ready{i}").exists() for i in range(workers)) and time.monotonic() - start < 300:
-            time.sleep(0.05)
-        (wk / "go").touch()
-        released = time.monotonic()
-        while time.monotonic() - released < 120 and not all(
-                p.poll() is not None or "runs the queue" in e.read_text(errors="replace") for p, e in zip(procs, errs)):
-            time.sleep(0.05)
-        time.sleep(1.0)
-        running = [p for p, e in zip(procs, errs) if "runs the queue" in e.read_text(errors="replace")]
-        refused = [p for p, e in zip(procs, errs) if p.poll() == 2 and one_error_line(2, e.read_text(errors="replace"))
-                   and "already runs this queue" in e.read_text(errors="replace")]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                p.kill()
-    simultaneous = {"started": workers, "ran_the_queue": len(running), "refused_in_one_line": len(refused),
-                    "double_owned": int(len(running) > 1), "seconds": round(time.monotonic() - start, 1)}
-    log(f"silent workers: {simultaneous}")
+    if "workers" in classes:
+        # -- simultaneous worker starts: exactly one runs the queue
+        wk = w / "workers"
+        wk.mkdir(exist_ok=True)
+        wenv = dict(env_for(wk / "data"), CAMPAIGN_SRC=str(SRC))
+        errs = [wk / f"err{i}" for i in range(workers)]
+        procs = [subprocess.Popen([PY, "-c", _STARTER, str(wk / f"ready{i}"), str(wk / "go"), "worker", *TINY],
+                                  env=wenv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=e.open("wb"))
+                 for i, e in enumerate(errs)]
+        start = time.monotonic()
+        try:
+            while not all((wk / f"ready{i}").exists() for i in range(workers)) and time.monotonic() - start < 300:
+                time.sleep(0.05)
+            (wk / "go").touch()
+            released = time.monotonic()
+            while time.monotonic() - released < 120 and not all(
+                    p.poll() is not None or "runs the queue" in e.read_text(errors="replace") for p, e in zip(procs, errs)):
+                time.sleep(0.05)
+            time.sleep(1.0)
+            running = [p for p, e in zip(procs, errs) if "runs the queue" in e.read_text(errors="replace")]
+            refused = [p for p, e in zip(procs, errs) if p.poll() == 2 and one_error_line(2, e.read_text(errors="replace"))
+                       and "already runs this queue" in e.read_text(errors="replace")]
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.send_signal(signal.SIGTERM)
+            for p in procs:
+                try:
+                    p.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+        simultaneous = {"started": workers, "ran_the_queue": len(running), "refused_in_one_line": len(refused),
+                        "double_owned": int(len(running) > 1), "seconds": round(time.monotonic() - start, 1)}
+        log(f"silent workers: {simultaneous}")
 
-    # -- permissions: what a worker and a generate leave in a fresh data folder, under umask 022
-    pdata = w / "perm-data"
-    code, so, se, sec = vlbench(["worker", *TINY, "--exit-when-idle"], env_for(pdata), timeout=120,
-                                wrap="umask 022; {cmd}")
-    modes = {str(p.relative_to(pdata)) or ".": oct(p.stat().st_mode & 0o777)
-             for p in [pdata, *pdata.iterdir()] if not p.is_symlink()}
-    wide = [k for k in (".", "runs.sqlite3", "vlbench.log") if k in modes and int(modes[k], 8) & 0o077]
-    judge("permissions", "data folder after a worker (umask 022)", code, so, se, sec, "ok",
-          f"readable by others: {wide}" if wide else None)
-    sdata = w / "shared-data"
-    code, so, se, sec = vlbench(["worker", *TINY, "--exit-when-idle"], env_for(sdata, VLBENCH_SHARED_DATA="1"),
-                                timeout=120, wrap="umask 002; {cmd}")
-    shared_mode = oct((sdata / "runs.sqlite3").stat().st_mode & 0o777) if (sdata / "runs.sqlite3").exists() else None
-    judge("permissions", "VLBENCH_SHARED_DATA=1 (umask 002)", code, so, se, sec, "ok",
-          None if shared_mode == "0o664" else f"store {shared_mode}, expected 0o664")
-    return {"cases": len(results), "counts": counts, "simultaneous_workers": simultaneous,
-            "permission_modes": modes, "results": results}
+    if "permissions" in classes:
+        # -- permissions: what a worker and a generate leave in a fresh data folder, under umask 022
+        pdata = w / "perm-data"
+        code, so, se, sec = vlbench(["worker", *TINY, "--exit-when-idle"], env_for(pdata), timeout=120,
+                                    wrap="umask 022; {cmd}")
+        modes = {str(p.relative_to(pdata)) or ".": oct(p.stat().st_mode & 0o777)
+                 for p in [pdata, *pdata.iterdir()] if not p.is_symlink()}
+        wide = [k for k in (".", "runs.sqlite3", "vlbench.log") if k in modes and int(modes[k], 8) & 0o077]
+        judge("permissions", "data folder after a worker (umask 022)", code, so, se, sec, "ok",
+              f"readable by others: {wide}" if wide else None)
+        sdata = w / "shared-data"
+        code, so, se, sec = vlbench(["worker", *TINY, "--exit-when-idle"], env_for(sdata, VLBENCH_SHARED_DATA="1"),
+                                    timeout=120, wrap="umask 002; {cmd}")
+        shared_mode = oct((sdata / "runs.sqlite3").stat().st_mode & 0o777) if (sdata / "runs.sqlite3").exists() else None
+        judge("permissions", "VLBENCH_SHARED_DATA=1 (umask 002)", code, so, se, sec, "ok",
+              None if shared_mode == "0o664" else f"store {shared_mode}, expected 0o664")
+    out = {"cases": len(results), "counts": counts, "simultaneous_workers": simultaneous,
+           "permission_modes": modes, "results": results}
+    if into is not None:
+        into.clear()
+        into.update(out)
+    return out
 
 
 # ---------------------------------------------------------------- main
@@ -1256,6 +1278,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sections", default="kill,hostile,store,ssh,ray,silent")
     p.add_argument("--workers", type=int, default=20, help="silent: simultaneous `vlbench worker` starts (default 20)")
+    p.add_argument("--silent-classes", default=",".join(SILENT_CLASSES), help="silent: the classes to run")
     p.add_argument("--trials", type=int, default=15, help="kill -9 trials (default 15)")
     p.add_argument("--seeds", default="0-9", help="seeds of the killed run: token_sweep's 6 configs × these "
                                                   "(default 0-9: 60 images, so row 60 is the last)")
@@ -1299,7 +1322,8 @@ def main() -> int:
             elif section == "ray":
                 report["ray"] = ray_section(work / "ray", log)
             elif section == "silent":
-                report["silent"] = silent_section(work, log, args.workers)
+                report["silent"] = silent_section(work, log, args.workers, into=report.setdefault("silent", {}),
+                                                  classes=tuple(args.silent_classes.split(",")))
             else:
                 raise SystemExit(f"unknown section {section!r}")
             report.setdefault("seconds", {})[section] = round(time.monotonic() - t0, 1)
