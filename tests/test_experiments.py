@@ -31,13 +31,14 @@ COUNTS = {
     "layer_sweep": (7, 2), "token_sweep": (6, 6), "normalization_sweep": (3, 3), "mix_policy_sweep": (3, 3),
     "img2img_style": (7, 7), "multi_reference": (3, 3), "schedule_sweep": (11, 4),
     "vl_system_prompt": (6, 3), "vl_guidance_sweep": (7, 2), "vl_grid_positions": (6, 2), "vl_block_sweep": (8, 3),
+    "vl_negative": (4, 2),
 }
 # With one reference and one prompt: distinct (reference, VL text) extractions each type reads.
 EXTRACTIONS = {
     "vl_only_vs_qwen3": 1, "vl_intra_token_blend": 1, "vl_layer_by_token": 1, "vl_double_conditioning": 2,
     "vl_prompt_variations": 4, "alpha_sweep": 1, "layer_sweep": 1, "token_sweep": 1, "normalization_sweep": 1,
     "mix_policy_sweep": 1, "img2img_style": 1, "my_layer_pair": 1, "multi_reference": 3, "schedule_sweep": 1,
-    "vl_system_prompt": 3, "vl_guidance_sweep": 1, "vl_grid_positions": 1, "vl_block_sweep": 1,
+    "vl_system_prompt": 3, "vl_guidance_sweep": 1, "vl_grid_positions": 1, "vl_block_sweep": 1, "vl_negative": 2,
 }
 def _recipes(experiment, **kw):
     return experiment.recipes(**kw)  # a renamed or missing Recipe field fails here, loudly
