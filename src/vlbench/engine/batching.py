@@ -3,8 +3,9 @@
 A shape is what one diffusers call must share: width, height, steps, guidance and negative prompt (`batch_key`),
 and, when caption buckets are on (--fast), the caption's bucket. Each image keeps its own caption and its own seed:
 its starting noise comes from `torch.Generator("cpu").manual_seed(seed)` as a batch-1 run's does, so the same seed
-gives the same image whatever batch it lands in — within float rounding, not bit for bit (batched matmuls and the
-key mask that pads shorter captions reduce in another order; tests/test_batching.py states the tolerance).
+gives nearly the same image whatever batch it lands in — not bit for bit: batched matmuls and the key mask that pads
+shorter captions reduce in another order (tiny models, fp32: within 2/255, tests/test_batching.py; an H100 under
+--fast: at most 9/255, mean 1.2, benchmarks/perf28.py).
 
 What does not batch runs alone, exactly as without --batch: img2img (strength), schedules (the caption changes
 between steps), attention-weighted captions (their bias hook weights the batch's first item only) and issue 27's
