@@ -143,6 +143,13 @@ def plain_section(args, models) -> dict:
             V[f"first_calls_{n}_s"] = round(time.perf_counter() - t0, 2)
             images[(label, n, "vlbench")], images[(label, n, "plain")] = P.pixels(a), P.pixels(b)
             V[f"pixels_{n}_vs_plain"] = P.diff(images[(label, n, "vlbench")], images[(label, n, "plain")])
+            # where a difference comes from: the same call twice (determinism), and plain diffusers under
+            # torch.inference_mode as engine.generate runs (diffusers' __call__ runs under no_grad)
+            V[f"pixels_{n}_vlbench_repeat"] = P.diff(P.pixels(ours(e)), images[(label, n, "vlbench")])
+            V[f"pixels_{n}_plain_repeat"] = P.diff(P.pixels(plain(e)), images[(label, n, "plain")])
+            with torch.inference_mode():
+                V[f"pixels_{n}_plain_inference_mode_vs_vlbench"] = P.diff(P.pixels(plain(e)),
+                                                                          images[(label, n, "vlbench")])
             t = interleaved({"vlbench": lambda: ours(e), "plain": lambda: plain(e)}, args.reps)
             V[f"seconds_{n}"] = t
             V[f"ratio_{n}"] = ratio(t["vlbench"], t["plain"])

@@ -158,3 +158,21 @@ def test_a_job_that_fails_in_a_batch_fails_alone_and_the_others_are_done(engine,
                                                                                                 "position": 0}
     assert outcomes[1].record.status == "failed" and outcomes[1].failure.kind == "input"
     assert "caption budget" in outcomes[1].failure.reason
+
+
+def test_under_buckets_a_short_batch_is_padded_to_the_full_size_and_keeps_its_images(engine, refs):
+    """--fast's static graphs are per batch size: a short batch runs at the full size (its last image repeated,
+    the extras discarded), and its images stay their batch-1 images."""
+    from vlbench.engine import buckets
+
+    items = [Item(Recipe(seed=s, **SMALL), "a red fox", refs) for s in (0, 1)]
+    transformer = engine.models.pipe.transformer
+    buckets.install(transformer, engine.models.caption_budget)
+    try:
+        results = run_batch(engine, items, pad_to=4)
+    finally:
+        buckets.uninstall(transformer)
+    assert [r.batch for r in results] == [{"size": 2, "position": 0, "padded_to": 4},
+                                          {"size": 2, "position": 1, "padded_to": 4}]
+    for item, result in zip(items, results):
+        assert close(result.image, engine.run(item.recipe, item.prompt, item.refs).image)

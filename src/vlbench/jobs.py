@@ -100,8 +100,8 @@ def _done(rec: RunRecord, engine, result) -> RunRecord:
 
 
 def execute_batch(engine, records: list[RunRecord], refs: list[list], *,
-                  on_step: Callable[[int, int], None] | None = None, render: Callable[[UserError], str] = str
-                  ) -> list[Outcome]:
+                  on_step: Callable[[int, int], None] | None = None, render: Callable[[UserError], str] = str,
+                  pad_to: int | None = None) -> list[Outcome]:
     """`execute` for jobs of one batch shape (engine.batching.batch_key), their images in shared DiT calls
     (`--batch`): one Outcome per record, in order. A job that fails in the batch, or whose shared call failed,
     runs again alone through `execute`, so its failure reads as without --batch. An Interrupt propagates.
@@ -143,7 +143,7 @@ def execute_batch(engine, records: list[RunRecord], refs: list[list], *,
         loads[i] = sum(engine.models.load_seconds.values()) - load0
     load0 = sum(engine.models.load_seconds.values())
     with np.errstate(invalid="raise"):
-        results = run_batch(engine, items, on_step=on_step, conds=conds)
+        results = run_batch(engine, items, on_step=on_step, conds=conds, pad_to=pad_to)
     loads[0] += sum(engine.models.load_seconds.values()) - load0
     finished = time.time()
     outcomes = []

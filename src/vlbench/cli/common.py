@@ -94,8 +94,9 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
 def add_batch_flag(g) -> None:
     g.add_argument("--batch", type=int, metavar="N",
                    help="run up to N images of one shape (size, steps, guidance; caption bucket with --fast) in one "
-                        "DiT call (default 1: one image per call, bit-exact); each image keeps its seed, equal to "
-                        "batch 1 within float rounding; img2img, schedules and attention-weighted mixes run alone")
+                        "DiT call (default 1: one image per call, bit-exact); each image keeps its seed and caption, close "
+                        "to its batch-1 image, not equal (README: Performance); img2img, schedules and "
+                        "attention-weighted mixes run alone")
 
 
 def batch_size(value: int | None, executor_kind: str) -> int:

@@ -3,8 +3,9 @@
 A shape is what one diffusers call must share: width, height, steps, guidance and negative prompt (`batch_key`),
 and, when caption buckets are on (the fast mode), the caption's bucket. Each image keeps its own caption and its own seed:
 its starting noise comes from `torch.Generator("cpu").manual_seed(seed)` as a batch-1 run's does, so the same seed
-gives the same image whatever batch it lands in — within float rounding, not bit for bit (batched matmuls and the
-key mask that pads shorter captions reduce in another order; tests/test_batching.py states the tolerance).
+gives nearly the same image whatever batch it lands in — not bit for bit: batched matmuls and the key mask that pads
+shorter captions reduce in another order (tiny models, fp32: within 2/255, tests/test_batching.py; an H100 under
+--fast: at most 9/255, mean 1.2, benchmarks/perf28.py).
 
 What does not batch runs alone, exactly as at batch 1: img2img (strength), schedules (the caption changes
 between steps), attention-weighted captions (their bias hook weights the batch's first item only) and issue 27's
@@ -44,7 +45,7 @@ class Item:
 
 
 def run_batch(engine, items: list[Item], on_step: Callable[[int, int], None] | None = None,
-              conds: dict[int, Any] | None = None) -> list:
+              conds: dict[int, Any] | None = None, pad_to: int | None = None) -> list:
     """Engine.run for several jobs of one batch_key: a list of Result (or the exception a job's conditioning
     raised), in order. The conditionings are computed (and cached) one by one; captions that may share a call
     (same bucket under caption buckets) run as one `generate_batch`; a job whose conditioning carries weights or a
@@ -97,9 +98,17 @@ def run_batch(engine, items: list[Item], on_step: Callable[[int, int], None] | N
             models.prepare_generation()
             if cuda:
                 torch.cuda.reset_peak_memory_stats(models.device)
+            captions = [conds[i].embeds for i in members]
+            seeds = [items[i].recipe.seed for i in members]
+            padded = len(members)
+            if buckets is not None and pad_to is not None and 1 < len(members) < pad_to:
+                # static graphs (--fast) are per batch size: a short batch repeats its last image to the full size
+                # (extra images discarded) rather than compile a graph for its size (~8 s on an H100)
+                padded = pad_to
+                captions += [captions[-1]] * (pad_to - len(members))
+                seeds += [seeds[-1]] * (pad_to - len(members))
             start = time.perf_counter()
-            images = generate_batch(models.pipe, [conds[i].embeds for i in members],
-                                    seeds=[items[i].recipe.seed for i in members], steps=first.steps,
+            images = generate_batch(models.pipe, captions, seeds=seeds, steps=first.steps,
                                     width=first.width, height=first.height, guidance=first.guidance,
                                     negative_embeds=negative, budget=budget, on_step=on_step)
             seconds = time.perf_counter() - start
@@ -114,4 +123,6 @@ def run_batch(engine, items: list[Item], on_step: Callable[[int, int], None] | N
             timings = dict(conds[i].timings, generation=seconds / len(members), batch_generation=seconds)
             results[i] = Result(image=image, conditioning=conds[i], timings=timings, peak_memory_bytes=peak)
             results[i].batch = {"size": len(members), "position": position}
+            if padded != len(members):
+                results[i].batch["padded_to"] = padded
     return results

@@ -124,7 +124,7 @@ class LocalExecutor:
                 else:
                     outcomes = execute_batch(engine, [jobs[i].record(ledger.experiment) for i in group],
                                              [list(jobs[i].references) for i in group], on_step=progress.step,
-                                             render=self.render)
+                                             render=self.render, pad_to=self.batch)
                 for i in group:
                     for ex in jobs[i].extractions:  # free an extraction after its last job (they hold every layer)
                         if last_use[ex] == i:

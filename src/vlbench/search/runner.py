@@ -342,7 +342,8 @@ class _Evaluator:
         ready: dict[int, dict] = {}
         for group in batch_groups(jobs, batch):
             outcomes = execute_batch(self.engine, [jobs[i].record(self.space.name) for i in group],
-                                     [list(jobs[i].references) for i in group], render=self.render)
+                                     [list(jobs[i].references) for i in group], render=self.render,
+                                     pad_to=batch)
             for i, outcome in zip(group, outcomes):
                 ready.setdefault(owners[i], {})[jobs[i].key] = outcome
         return ready
