@@ -9,7 +9,7 @@ the trial's images, with its design-aware 95% interval (`vlbench stats`' method,
 `trial.set_constraint` values (<= 0: satisfied).
 
 Storage: the study lives in `search.journal` in the output folder (Optuna's JournalStorage with a file backend:
-an append-only log, replayed incrementally, ~10x the trials/s of SQLite in benchmarks/study_storage.py); a
+an append-only log, replayed incrementally, 6-9x the trials/s of SQLite in benchmarks/study_storage.py); a
 search folder started before that keeps its `search.db` (SQLite). Only this process writes it (the trials'
 threads take turns under one lock), so either holds; the journal keeps up with many GPUs.
 
