@@ -176,3 +176,13 @@ def test_under_buckets_a_short_batch_is_padded_to_the_full_size_and_keeps_its_im
                                           {"size": 2, "position": 1, "padded_to": 4}]
     for item, result in zip(items, results):
         assert close(result.image, engine.run(item.recipe, item.prompt, item.refs).image)
+
+
+def test_search_batch_on_ray_is_refused_in_one_line(tiny_dirs, tmp_path, ref_image, capsys):
+    """A search batches its trials in this process's engine; with --executor ray the flag would do nothing."""
+    space = tmp_path / "space.toml"
+    space.write_text(SPACE)
+    code = main(["search", "--space", str(space), "--tiny", "--image", str(ref_image), "--prompt", "p",
+                 "--output-dir", str(tmp_path / "s"), "--trials", "2", "--batch", "4", "--executor", "ray"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--batch 4" in err and "local executor" in err and "Traceback" not in err, err

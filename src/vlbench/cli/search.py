@@ -126,6 +126,9 @@ def run(args) -> int:
     spec = common.model_spec(args)
     choice = ExecutorChoice(args.executor, args.ray_address, args.ray_actors)
     batch = common.batch_size(args.batch, choice.kind)
+    if batch > 1 and choice.kind != "local":  # a search batches trials in this process's engine (search.runner)
+        raise UserError("batches a search's trials on the local executor only", field="batch", value=batch,
+                        fix="drop --batch, or use --executor local")
     from vlbench.metrics import SOURCE_FLAGS
 
     console = common.console()
