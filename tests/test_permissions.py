@@ -123,3 +123,16 @@ def test_a_local_ray_instance_keeps_its_sessions_in_a_folder_of_the_users_alone(
 
     with pytest.raises(UserError, match="is not a folder of yours"):
         ray_connect.private_temp_dir()
+
+
+def test_a_data_folder_named_by_mistake_is_never_narrowed(tmp_path, monkeypatch):
+    """VLBENCH_DATA_DIR=/tmp or a home folder: vlbench narrows only its own folder (the default, an empty one or
+    one holding its store), never a sticky folder or one of other files."""
+    for name, setup in (("sticky", lambda d: os.chmod(d, 0o1777)), ("others' files", lambda d: (d / "notes.txt").write_text("x"))):
+        d = tmp_path / name
+        d.mkdir()
+        os.chmod(d, 0o755)
+        setup(d)
+        before = stat.S_IMODE(d.stat().st_mode)
+        monkeypatch.setenv("VLBENCH_DATA_DIR", str(d))
+        assert paths.data_dir() == d and stat.S_IMODE(d.stat().st_mode) == before, name

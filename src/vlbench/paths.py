@@ -31,9 +31,21 @@ def data_dir() -> Path:
     import platformdirs
 
     path = _dir("VLBENCH_DATA_DIR", platformdirs.user_data_dir)
-    if not shared_data():
+    if not shared_data() and _vlbench_folder(path):
         _narrow(path, 0o700)
     return path
+
+
+def _vlbench_folder(path: Path) -> bool:
+    """A folder vlbench may narrow: the default location, or one holding vlbench's store (or nothing yet) — never a
+    sticky folder like /tmp, nor one of other files (a home folder named by VLBENCH_DATA_DIR by mistake)."""
+    try:
+        if path.stat().st_mode & 0o1000:
+            return False
+        return (os.environ.get("VLBENCH_DATA_DIR") in (None, "") or (path / "runs.sqlite3").exists()
+                or not any(path.iterdir()))
+    except OSError:
+        return False
 
 
 SHARED_ENV = "VLBENCH_SHARED_DATA"
