@@ -1203,3 +1203,32 @@ def test_the_generated_config_names_every_offload_policy():
     comment = " ".join(line for line in lines[max(0, at - 3):at] if line.startswith("#"))
     for policy in OFFLOAD_POLICIES:
         assert f"{policy} (" in comment, (policy, comment)
+
+
+def test_enter_on_a_shown_completion_takes_it(tmp_path):
+    """Issue 25 (minor): Enter with a path completion shown submitted the uncompleted text ("no such file"); it now
+    takes the completion: a file is added, a folder is entered."""
+    ref = make_image(tmp_path / "pictures" / "lighthouse.png")
+
+    async def go():
+        app = make_app()
+        async with app.run_test(size=(160, 48)) as pilot:
+            field = app.query_one("#ref-path")
+            field.focus()
+            await pilot.pause()
+            field.value = str(tmp_path / "pic")
+            field.cursor_position = len(field.value)
+            await pilot.pause()
+            await type_text(pilot, "t")  # ".../pict" -> "pictures/"
+            await wait_for(pilot, lambda: field._suggestion.endswith("pictures/"), 5, "the folder completion")
+            await pilot.press("enter")
+            await pilot.pause()
+            assert field.value == str(tmp_path / "pictures") + "/" and app.inputs.references == []
+            await type_text(pilot, "l")
+            await wait_for(pilot, lambda: field._suggestion.endswith("lighthouse.png"), 5, "the file completion")
+            await pilot.press("enter")
+            await pilot.pause()
+            assert app.inputs.references == [str(ref.resolve())] and field.value == ""
+        app.close()
+
+    run(go())
