@@ -1232,3 +1232,32 @@ def test_enter_on_a_shown_completion_takes_it(tmp_path):
         app.close()
 
     run(go())
+
+
+def test_l_asks_before_it_replaces_a_typed_prompt():
+    """Issue 25 (minor): `l` in History overwrote the form without asking."""
+
+    async def go():
+        app = make_app()
+        app.store.enqueue("an old run", [], Recipe(**FAST, seed=5).to_dict())
+        async with app.run_test(size=(160, 48)) as pilot:
+            app.inputs.prompt = "what I was typing"
+            await pilot.press("alt+5")
+            await pilot.pause()
+            await pilot.press("l")
+            await pilot.pause()
+            assert app.screen.__class__.__name__ == "Confirm"
+            await pilot.press("n")
+            await pilot.pause()
+            assert app.inputs.prompt == "what I was typing"
+            await pilot.press("l")
+            await pilot.pause()
+            await pilot.press("y")
+            await pilot.pause()
+            assert app.inputs.prompt == "an old run" and app.parameters.seeds == [5]
+            await pilot.press("l")  # the form holds that run's prompt: nothing to lose, no question
+            await pilot.pause()
+            assert app.screen.__class__.__name__ != "Confirm"
+        app.close()
+
+    run(go())
