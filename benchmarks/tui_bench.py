@@ -248,6 +248,43 @@ def keypress(presses: int, size: int, steps: int) -> dict:
         return asyncio.run(go())
 
 
+# ---- pane switches (issue 25.8): alt+1 … alt+5, idle ----
+def pane_switch(presses: int, sizes=((160, 48), (100, 30), (80, 24))) -> dict:
+    """alt+1 … alt+5 in a shuffled order at a person's pace, the worker idle; ms from the key to the first frame
+    painted with the new pane active (highlighted; at 80×24 the pane that now fills the screen)."""
+    from vlbench.config import parse_settings
+
+    TimedApp = _app_class()
+    names = ["inputs", "parameters", "queue", "preview", "history"]
+
+    async def go(size) -> list[float]:
+        app = TimedApp(parse_settings({"recipe": {"width": 64, "height": 64, "steps": 2}}), start_worker=False)
+        app.probe = lambda: app.active_pane if app.is_running else None  # the pane highlighted (narrow: shown)
+        rng = random.Random(size[0])
+        latencies = []
+        async with app.run_test(size=size) as pilot:
+            app.store.enqueue_many([dict(prompt=f"earlier run {i}", images=[], recipe=app.recipe.to_dict())
+                                    for i in range(300)])
+            app.store_changed()
+            await pilot.pause(0.5)
+            current = app.active_pane
+            for _ in range(presses):
+                target = rng.choice([n for n in names if n != current])
+                await asyncio.sleep(rng.uniform(0.08, 0.2))
+                since = len(app.frames)
+                sent = _send_key(app, f"alt+{names.index(target) + 1}", None)
+                shown = await _frame_where(app, since, lambda s, t=target: s == t, timeout=30.0)
+                latencies.append((shown - sent) * 1000)
+                current = target
+        app.close()
+        return latencies
+
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ.update({k: v for k, v in _fresh_env(Path(tmp)).items() if k.startswith("VLBENCH_")})
+        out = {f"{w}x{h}": _summary(asyncio.run(go((w, h)))) for w, h in sizes}
+    return {**out, "target_p95_ms": 50, "presses_per_size": presses}
+
+
 # ---- History on a big store ----
 def fill_store(path: Path, runs: int) -> float:
     from vlbench.recipe import Recipe
@@ -342,7 +379,7 @@ def history(runs: int, repeats: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sections", default="first_paint,keypress,history")
+    parser.add_argument("--sections", default="first_paint,keypress,pane_switch,history")
     parser.add_argument("--trials", type=int, default=7, help="first-paint starts (after one warm-up)")
     parser.add_argument("--presses", type=int, default=200)
     parser.add_argument("--size", type=int, default=128, help="generation size while measuring keys")
@@ -360,6 +397,8 @@ def main() -> None:
                     "python": platform.python_version(), "textual": textual.__version__,
                     "load_average_at_start": [round(x, 2) for x in os.getloadavg()]},
         "when": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "commit": subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
+                                 text=True).stdout.strip() or None,
     }
     if "first_paint" in sections:
         result["first_paint"] = first_paint(args.trials)
@@ -367,6 +406,9 @@ def main() -> None:
     if "keypress" in sections:
         result["keypress_while_generating"] = keypress(args.presses, args.size, args.steps)
         print("keypress", json.dumps(result["keypress_while_generating"]), flush=True)
+    if "pane_switch" in sections:
+        result["pane_switch_idle"] = pane_switch(args.presses)
+        print("pane_switch", json.dumps(result["pane_switch_idle"]), flush=True)
     if "history" in sections:
         result["history_100k"] = history(args.runs, args.repeats)
         print("history", json.dumps(result["history_100k"]), flush=True)

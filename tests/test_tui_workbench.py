@@ -1206,3 +1206,61 @@ def test_the_generated_config_names_every_offload_policy():
     comment = " ".join(line for line in lines[max(0, at - 3):at] if line.startswith("#"))
     for policy in OFFLOAD_POLICIES:
         assert f"{policy} (" in comment, (policy, comment)
+
+
+def test_enter_on_a_shown_completion_takes_it(tmp_path):
+    """Issue 25 (minor): Enter with a path completion shown submitted the uncompleted text ("no such file"); it now
+    takes the completion: a file is added, a folder is entered."""
+    ref = make_image(tmp_path / "pictures" / "lighthouse.png")
+
+    async def go():
+        app = make_app()
+        async with app.run_test(size=(160, 48)) as pilot:
+            field = app.query_one("#ref-path")
+            field.focus()
+            await pilot.pause()
+            field.value = str(tmp_path / "pic")
+            field.cursor_position = len(field.value)
+            await pilot.pause()
+            await type_text(pilot, "t")  # ".../pict" -> "pictures/"
+            await wait_for(pilot, lambda: field._suggestion.endswith("pictures/"), 5, "the folder completion")
+            await pilot.press("enter")
+            await pilot.pause()
+            assert field.value == str(tmp_path / "pictures") + "/" and app.inputs.references == []
+            await type_text(pilot, "l")
+            await wait_for(pilot, lambda: field._suggestion.endswith("lighthouse.png"), 5, "the file completion")
+            await pilot.press("enter")
+            await pilot.pause()
+            assert app.inputs.references == [str(ref.resolve())] and field.value == ""
+        app.close()
+
+    run(go())
+
+
+def test_l_asks_before_it_replaces_a_typed_prompt():
+    """Issue 25 (minor): `l` in History overwrote the form without asking."""
+
+    async def go():
+        app = make_app()
+        app.store.enqueue("an old run", [], Recipe(**FAST, seed=5).to_dict())
+        async with app.run_test(size=(160, 48)) as pilot:
+            app.inputs.prompt = "what I was typing"
+            await pilot.press("alt+5")
+            await pilot.pause()
+            await pilot.press("l")
+            await pilot.pause()
+            assert app.screen.__class__.__name__ == "Confirm"
+            await pilot.press("n")
+            await pilot.pause()
+            assert app.inputs.prompt == "what I was typing"
+            await pilot.press("l")
+            await pilot.pause()
+            await pilot.press("y")
+            await pilot.pause()
+            assert app.inputs.prompt == "an old run" and app.parameters.seeds == [5]
+            await pilot.press("l")  # the form holds that run's prompt: nothing to lose, no question
+            await pilot.pause()
+            assert app.screen.__class__.__name__ != "Confirm"
+        app.close()
+
+    run(go())

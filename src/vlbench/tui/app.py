@@ -683,6 +683,8 @@ class VlbenchApp(App[int]):
         self.store_changed(new_id, wake=True)
 
     def load_run(self, run_id: int) -> None:
+        """Put a past run's prompt, references and recipe in the form; asks first when the form holds a prompt
+        that would be lost (issue 25: `l` overwrote the form without asking)."""
         run = self.store.get(run_id)
         if run is None:
             return
@@ -691,6 +693,14 @@ class VlbenchApp(App[int]):
         except UserError as exc:
             self.notify(f"run {run_id}: its recipe no longer loads ({render(exc)})", severity="error")
             return
+        typed = self.inputs.prompt
+        if typed and typed != run.prompt.strip():
+            self.push_screen(Confirm(f"Replace the form (its prompt, references and parameters) with run {run_id}'s?"),
+                             lambda yes: self._load_run(run_id, run, recipe) if yes else None)
+            return
+        self._load_run(run_id, run, recipe)
+
+    def _load_run(self, run_id: int, run, recipe: Recipe) -> None:
         self.parameters.set_recipe(recipe, [run.seed])
         self.inputs.prompt = run.prompt
         self.inputs.references = run.reference_paths

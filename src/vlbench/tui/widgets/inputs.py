@@ -117,7 +117,17 @@ def pasted_paths(text: str) -> list[str]:
 
 class ReferencePath(Input):
     """The reference path field. A paste of several paths (one a line, or dropped files) adds each of them (a
-    single-line field kept only the first)."""
+    single-line field kept only the first). Enter with a completion shown takes the completion: a folder is
+    entered (the next keys continue inside it), a file is added (Enter submitted the uncompleted text)."""
+
+    async def action_submit(self) -> None:
+        suggestion = self._suggestion
+        if suggestion and len(suggestion) > len(self.value) and suggestion.startswith(self.value):
+            self.value = suggestion
+            self.cursor_position = len(suggestion)
+            if suggestion.endswith(("/", "\\")):
+                return  # a folder: keep typing inside it
+        await super().action_submit()
 
     def _on_paste(self, event: events.Paste) -> None:
         paths = pasted_paths(event.text)
