@@ -150,3 +150,36 @@ def test_an_explicit_joint_in_a_type_that_runs_one_reference_per_job_is_refused_
     assert "\n" not in str(err.value) and 'references = "together"' in str(err.value)
     (tmp_path / "together.toml").write_text('references = "together"\n' + body + 'multi_image = "joint"\n')
     load_type(str(tmp_path / "together.toml"))
+
+
+def test_a_compiled_dit_with_an_attend_bias_builds_one_graph_per_block_group_not_per_block(tiny_dirs):
+    """Under --compile (compile_repeated_blocks, fullgraph) the bias hook must not make dynamo specialise a graph
+    per block: at Z-Image's 30 joint blocks that hit dynamo's recompile limit and failed the image (H100, issue 23's
+    first GPU run). Counted with dynamo's eager backend, whatever the number of blocks: the image refiner's block
+    graph, and per biased group (caption refiner, joint) one block graph and one hook graph — 5 (the hook that
+    closed over each block's name built one hook graph per block: 7 on the tiny DiT's 2 + 2 blocks, 33 at Z-Image's)."""
+    import torch
+    import torch._dynamo
+    from diffusers import ZImagePipeline
+    from torch._dynamo.utils import counters
+
+    from vlbench.engine.generate import caption_attention, dit_blocks
+
+    pipe = ZImagePipeline.from_pretrained(tiny_dirs.zimage, dtype=torch.float32).to("cpu")
+    pipe.set_progress_bar_config(disable=True)
+    width = pipe.transformer.config.cap_feat_dim
+    embeds = torch.randn(12, width, generator=torch.Generator().manual_seed(0))
+    weights = torch.tensor([0.2] * 6 + [1.0] * 6)
+    torch._dynamo.reset()
+    counters.clear()
+    try:
+        pipe.transformer.compile_repeated_blocks(backend="eager", fullgraph=True, dynamic=False)
+        with caption_attention(pipe.transformer, weights):
+            for seed in (0, 1):
+                pipe(prompt_embeds=[embeds], guidance_scale=0.0, num_inference_steps=2, width=32, height=32,
+                     generator=torch.Generator("cpu").manual_seed(seed), output_type="np")
+        graphs = int(counters["stats"]["unique_graphs"])
+    finally:
+        torch._dynamo.reset()
+    assert len(dit_blocks(pipe.transformer)) == 4
+    assert graphs <= 5, graphs

@@ -59,6 +59,12 @@ class CaptionBias:
         self.rows = None if weights is None else weights.float().log()
         self.blocks: dict[str, torch.Tensor] = {} if self.rows is None else {
             group: self.rows for group in SCOPES[self.scope]}
+        self._changed()
+
+    def _changed(self) -> None:
+        on_change = getattr(self, "on_change", None)  # caption_attention's: each block's bias onto the block
+        if on_change is not None:
+            on_change()
 
     def for_block(self, name: str, group: str) -> torch.Tensor | None:
         return self.blocks.get(name, self.blocks.get(group))
@@ -70,6 +76,7 @@ class CaptionBias:
         for name in names:
             base = self.for_block(name, name.split(".")[0])
             self.blocks[name] = mask if base is None else base + mask
+        self._changed()
 
     @property
     def active(self) -> bool:
@@ -117,20 +124,36 @@ def caption_attention(transformer, weights: torch.Tensor | None, later: tuple[to
         yield state
         return
 
-    def hook_for(name: str, group: str):
-        def hook(module, args):
-            bias = state.for_block(name, group)
-            if bias is None:
-                return None
-            return (args[0], _biased_mask(args[0], args[1], bias, group), *args[2:])
-        return hook
+    # One hook function for every block, reading its block's bias from the block itself: under --compile
+    # (compile_repeated_blocks, fullgraph) a hook closing over the block's name made dynamo specialise one graph per
+    # block and hit its recompile limit at Z-Image's 30 joint blocks; a tensor attribute of the module is a graph
+    # input, the same graph for every block of a group.
+    blocks = dit_blocks(transformer)
 
-    handles = [block.register_forward_pre_hook(hook_for(name, group)) for name, group, block in dit_blocks(transformer)]
+    def push() -> None:
+        for name, group, block in blocks:
+            block._vlbench_caption_bias = state.for_block(name, group)
+            block._vlbench_caption_group = group
+
+    def hook(module, args):
+        bias = module._vlbench_caption_bias
+        if bias is None:
+            return None
+        return (args[0], _biased_mask(args[0], args[1], bias, module._vlbench_caption_group), *args[2:])
+
+    push()
+    state.on_change = push
+    handles = [block.register_forward_pre_hook(hook) for _, _, block in blocks]
     try:
         yield state
     finally:
+        state.on_change = None
         for handle in handles:
             handle.remove()
+        for _, _, block in blocks:
+            for attr in ("_vlbench_caption_bias", "_vlbench_caption_group"):
+                if hasattr(block, attr):
+                    delattr(block, attr)
 
 
 def _rope(x: torch.Tensor, freqs_cis: torch.Tensor) -> torch.Tensor:
