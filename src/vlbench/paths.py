@@ -62,8 +62,12 @@ def data_file(path: Path | str) -> Path:
     and its WAL and shm files take the database's mode)."""
     path = Path(path)
     shared = shared_data()
-    try:
-        os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o666 if shared else 0o600))
+    try:  # O_EXCL: an existing file is never opened here. Closing any descriptor of a file drops every POSIX lock
+        # this process holds on it, SQLite's included: a store already open in this process (a Viewer's connection)
+        # then reads a stale WAL snapshot (and could corrupt the database)
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666 if shared else 0o600))
+    except FileExistsError:
+        pass
     except OSError:
         return path  # a read-only or full folder: whoever opens it next says so
     if not shared:
