@@ -180,7 +180,7 @@ def build_and_save(args, device, tiny_dirs, zdir: Path, vldir: Path) -> None:
 
 
 # ---------------------------------------------------------------- policies × caps
-POLICIES = [("none", None), ("cpu", 24), ("group", 16), ("group", 12), ("sequential", 16)]
+POLICIES = [("none", None), ("cpu", 24), ("group", 24), ("group", 16), ("group", 12), ("sequential", 16)]  # --policies picks
 
 
 def _models_for(args, spec, policy: str, cap):
