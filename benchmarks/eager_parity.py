@@ -43,8 +43,12 @@ def diff(a: np.ndarray, b: np.ndarray) -> dict:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--zimage", required=True)
-    p.add_argument("--vl", required=True)
+    p.add_argument("--zimage", default=None)
+    p.add_argument("--vl", default=None)
+    p.add_argument("--build", action="store_true", help="build and save the published-size random models in THIS "
+                   "process first (perf16.py's builder, as perf28.py does) instead of loading --zimage/--vl")
+    p.add_argument("--compile", action="store_true", help="then the same variants on the compiled DiT "
+                   "(Models.compile_dit, vlbench's way)")
     p.add_argument("--out", default=os.environ.get("OUT", "/tmp/eager_parity"))
     p.add_argument("--size", type=int, default=1024)
     p.add_argument("--steps", type=int, default=9)
@@ -58,6 +62,17 @@ def main() -> int:
     from vlbench.modelspec import ModelSpec
 
     cuda = torch.cuda.is_available()
+    if args.build:
+        sys.path.insert(0, str(root / "benchmarks"))
+        import perf16 as P
+
+        from vlbench.engine.tiny import ensure_tiny_models
+
+        work = Path("/tmp/eager_parity_models")
+        tiny = ensure_tiny_models(work / "tiny")
+        args.zimage, args.vl = str(work / "z-image-turbo-random"), str(work / "qwen3-vl-4b-random")
+        P.build_and_save(argparse.Namespace(tiny_smoke=not cuda), "cuda" if cuda else "cpu", tiny, Path(args.zimage),
+                         Path(args.vl))
     spec = ModelSpec(zimage=args.zimage, vl=args.vl, device="cuda" if cuda else "cpu", dtype="bf16" if cuda else "fp32")
     models = Models(spec)
     pipe = models.pipe
@@ -100,6 +115,13 @@ def main() -> int:
         images[name] = pixels(fn())
         print(f"{name}: {diff(images[name], images['plain'])}", flush=True)
     repeat = {name: diff(pixels(fn()), images[name]) for name, fn in variants.items()}
+    compiled = {}
+    if args.compile:
+        models.compile_dit(**({} if cuda else {"backend": "eager"}))
+        for name in ("plain", "plain_callback_isfinite", "generate"):
+            compiled[name] = pixels(variants[name]())
+            print(f"compiled {name}: {diff(compiled[name], compiled['plain'])}", flush=True)
+        compiled_repeat = {name: diff(pixels(variants[name]()), compiled[name]) for name in compiled}
     commit = args.commit or subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
                                            text=True).stdout.strip()
     result = {
@@ -110,7 +132,12 @@ def main() -> int:
         "settings": {"size": args.size, "steps": args.steps, "caption_rows": args.rows, "seed": 0},
         "vs_plain": {name: diff(img, images["plain"]) for name, img in images.items()},
         "repeat_vs_first": repeat,
+        "built_in_process": args.build,
     }
+    if compiled:
+        result["compiled_vs_compiled_plain"] = {n: diff(img, compiled["plain"]) for n, img in compiled.items()}
+        result["compiled_repeat_vs_first"] = compiled_repeat
+        result["compiled_plain_vs_eager_plain"] = diff(compiled["plain"], images["plain"])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "eager_parity.json").write_text(json.dumps(result, indent=1) + "\n")
