@@ -142,6 +142,27 @@ def build_metric_models(device: str, tiny_metrics, root: Path) -> dict[str, str]
     return out
 
 
+def completion_rate(folder: Path, vlbench_args: str) -> dict:
+    """Trials/hour from Optuna's completion times (the study in the search folder): the whole search from its first
+    completion, and in steady state — after the first batch (--batch N: the first N trials; they carry the models'
+    first calls and the fast graphs' compiles) — so loads and compiles do not count against the rate."""
+    import optuna
+
+    from vlbench.search.runner import STUDY, study_storage
+
+    done = sorted(t.datetime_complete for t in optuna.load_study(study_name=STUDY, storage=study_storage(folder))
+                  .get_trials(deepcopy=False) if t.datetime_complete is not None)
+    flags = vlbench_args.split()
+    batch = int(flags[flags.index("--batch") + 1]) if "--batch" in flags else 1
+    out = {"completed_at_s": [round((t - done[0]).total_seconds(), 3) for t in done]}
+    if len(done) > batch + 1:
+        span = (done[-1] - done[batch - 1]).total_seconds()
+        out["steady_after_first_batch"] = {"trials": len(done) - batch, "seconds": round(span, 3),
+                                           "trials_per_hour": round((len(done) - batch) / span * 3600, 1)
+                                           if span > 0 else None}
+    return out
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tiny", action="store_true", help="the tiny random models on the CPU (64², 2 steps): checks "
@@ -238,6 +259,7 @@ def main() -> int:
             "first_trial_seconds": per_trial[0] if per_trial else None,
             "trial_seconds_median": float(np.median(per_trial[1:])) if len(per_trial) > 1 else None,
             "trial_seconds": per_trial, "front": len(pareto["front"]),
+            **completion_rate(folder, args.vlbench_args),
             "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device == "cuda" else None})
         save()
         log(t0, f"{R['trials']} trials, {R['images']} images in {seconds:.1f} s: {R['trials_per_hour']} trials/hour, "
