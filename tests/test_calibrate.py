@@ -296,7 +296,7 @@ def test_per_dim_normalisation_maps_each_role_by_its_own_calibrated_statistics(c
                                     [ref])
         expected = x.clone()
         for rows, role in ((text, "image_text"), (image, "image")):  # text that attended an image: its own role
-            target_mean = ref_mean if mode == "per-dim" else stat(role, "mean")  # per-dim-scale keeps the means
+            target_mean = ref_mean if mode == "per-dim" else stat(role, "mean")  # the role's calibrated mean
             expected[rows] = blend.normalize_per_dim(x[rows], stat(role, "mean"), stat(role, "std"), target_mean,
                                                      ref_std)
         torch.testing.assert_close(cond.embeds, expected)
@@ -340,7 +340,7 @@ def test_an_old_stats_file_without_image_statistics_is_refused_in_one_line(calib
         load_stats(path, cal_engine.models)
 
 
-@pytest.mark.parametrize("normalization", ["per-dim", "per-dim-scale"])
+@pytest.mark.parametrize("normalization", ["per-dim", "per-dim-scale", "instance", "per-ref-mean"])
 def test_a_missing_stats_file_tells_to_run_vlbench_calibrate(cal_engine, ref, tmp_path, normalization):
     for calibration in (str(tmp_path / "nowhere.safetensors"), None):  # None: the default path, not written yet
         recipe = Recipe(normalization=normalization, calibration=calibration)

@@ -227,7 +227,8 @@ def write_diagnostics(out: Path, entries: list[dict]) -> Path:
 # ---- plots and tables ----
 ROLE_COLOURS = {"image": "tab:orange", "markers": "tab:purple", "text": "tab:blue", "prompt": "tab:green",
                 "sink": "tab:red"}
-MODE_STYLES = {"none": "-", "per-dim": ":", "per-dim-scale": "--", "instance": "-.", "per-ref-mean": "x-"}
+MODE_STYLES = {"none": "-", "per-dim": ":", "per-dim-scale": "--", "instance": "-.",
+               "per-ref-mean": "x-"}  # solid with crosses
 
 
 def plot(diag: dict, path: str | Path) -> Path:
