@@ -296,7 +296,7 @@ def test_per_dim_normalisation_maps_each_role_by_its_own_calibrated_statistics(c
                                     [ref])
         expected = x.clone()
         for rows, role in ((text, "image_text"), (image, "image")):  # text that attended an image: its own role
-            target_mean = ref_mean if mode == "per-dim" else stat(role, "mean")  # per-dim-scale keeps the means
+            target_mean = ref_mean if mode == "per-dim" else stat(role, "mean")  # the role's calibrated mean
             expected[rows] = blend.normalize_per_dim(x[rows], stat(role, "mean"), stat(role, "std"), target_mean,
                                                      ref_std)
         torch.testing.assert_close(cond.embeds, expected)
@@ -340,9 +340,36 @@ def test_an_old_stats_file_without_image_statistics_is_refused_in_one_line(calib
         load_stats(path, cal_engine.models)
 
 
-@pytest.mark.parametrize("normalization", ["per-dim", "per-dim-scale"])
+@pytest.mark.parametrize("normalization", ["per-dim", "per-dim-scale", "instance", "per-ref-mean"])
 def test_a_missing_stats_file_tells_to_run_vlbench_calibrate(cal_engine, ref, tmp_path, normalization):
     for calibration in (str(tmp_path / "nowhere.safetensors"), None):  # None: the default path, not written yet
         recipe = Recipe(normalization=normalization, calibration=calibration)
         with pytest.raises(UserError, match="vlbench calibrate"):
             cal_engine.condition(recipe, PROMPTS[0], [ref])
+
+
+def test_per_reference_modes_move_each_image_of_a_joint_extraction_by_its_own_statistics(cal_engine, stats_path,
+                                                                                          calibration, cal_refs):
+    """Two references read jointly (one VL forward, two images): per-ref-mean leaves each image's rows with that
+    image's own per-dimension means (atol 1e-4: float32 hidden states of order 1-10), instance leaves both with
+    Qwen3-4B's calibrated mean, and both give Qwen3-4B's calibrated std."""
+    tensors, meta = calibration
+    q = meta["layers"]["qwen3"] - 2
+    prompt = PROMPTS[3]
+    plain = cal_engine.condition(Recipe(tokens="image"), prompt, cal_refs)
+    counts = plain.extractions[0].image_token_counts
+    assert len(counts) == 2  # one extraction, two images
+    images = [list(range(0, counts[0])), list(range(counts[0], counts[0] + counts[1]))]
+    sinks = set(blend.sink_positions(plain.embeds))
+    images = [[i for i in rows if i not in sinks] for rows in images]
+    own = [plain.embeds[rows].double().mean(0) for rows in images]
+    assert (own[0] - own[1]).abs().max() > 1e-2  # the two references differ
+    out = {mode: cal_engine.condition(Recipe(tokens="image", normalization=mode, calibration=str(stats_path)), prompt,
+                                      cal_refs).embeds for mode in ("instance", "per-ref-mean")}
+    q_mean, q_std = tensors[f"qwen3.{q}.text.mean"].double(), tensors[f"qwen3.{q}.text.std"].double()
+    for k, rows in enumerate(images):
+        kept, removed = out["per-ref-mean"][rows].double(), out["instance"][rows].double()
+        torch.testing.assert_close(kept.mean(0), own[k], atol=1e-4, rtol=0)
+        torch.testing.assert_close(removed.mean(0), q_mean, atol=1e-4, rtol=0)
+        for x in (kept, removed):
+            torch.testing.assert_close(x.std(0, correction=0), q_std, atol=1e-4, rtol=1e-4)

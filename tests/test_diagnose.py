@@ -144,7 +144,8 @@ def test_normalised_columns_equal_the_normalisation_applied_by_hand(sink_engine,
     ids, vl_hidden, q_hidden, processor = direct
     path = save_stats(*calibrate(sink_engine, [PROMPT, "a watercolor lighthouse"], [ref]), tmp_path / "stats.safetensors")
     d = diagnose(sink_engine, [ref], PROMPT, layers=(-2,), calibration=path)
-    assert d["modes"] == ["none", "per-dim", "per-dim-scale"] and d["calibration"] == str(path)
+    assert d["modes"] == ["none", "per-dim", "per-dim-scale", "instance", "per-ref-mean"]
+    assert d["calibration"] == str(path)
     stats = load_stats(path, None)
     h = vl_hidden[-2]
     sinks = set(blend.sink_positions(h))
@@ -161,6 +162,17 @@ def test_normalised_columns_equal_the_normalisation_applied_by_hand(sink_engine,
     # per-dim-scale: the spread only; the image rows' calibrated means stay
     scaled = blend.normalize_per_dim(h[image], src["mean"], src["std"], src["mean"], cal["std"])
     assert got["per-dim-scale"]["image"]["rms"] == pytest.approx(float(blend.rms(scaled)), rel=1e-4)
+    # instance / per-ref-mean: the reference's own statistics over its image rows; text rows as they are
+    own_mean, own_std = blend.dim_stats(h[image])
+    for mode, target_mean in (("instance", cal["mean"]), ("per-ref-mean", own_mean)):
+        moved = blend.normalize_per_dim(h[image], own_mean, own_std, target_mean, cal["std"])
+        assert got[mode]["image"]["rms"] == pytest.approx(float(blend.rms(moved)), rel=1e-4), mode
+        assert got[mode]["image"]["std_ratio_median"] == pytest.approx(
+            float((moved.std(0, correction=0) / ref_std).median()), rel=1e-4), mode
+        assert got[mode]["text"] == got["none"]["text"] and got[mode]["markers"] == got["none"]["markers"]
+    # without a reference the per-reference modes have nothing to move: no columns (not a refusal of the diagnosis)
+    assert diagnose(sink_engine, [], PROMPT, layers=(-2,), calibration=path)["modes"] == [
+        "none", "per-dim", "per-dim-scale"]
     assert got["none"]["image"] == by_layer(diagnose(sink_engine, [ref], PROMPT, (-2,)), -2)["modes"]["none"]["image"]
 
 

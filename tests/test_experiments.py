@@ -28,7 +28,7 @@ CUSTOM = Path(__file__).parents[1] / "examples" / "experiments" / "my_layer_pair
 COUNTS = {
     "vl_only_vs_qwen3": (5, 5), "vl_intra_token_blend": (13, 13), "vl_layer_by_token": (10, 4),
     "vl_double_conditioning": (11, 11), "vl_prompt_variations": (6, 6), "alpha_sweep": (5, 5),
-    "layer_sweep": (7, 2), "token_sweep": (6, 6), "normalization_sweep": (3, 3), "mix_policy_sweep": (3, 3),
+    "layer_sweep": (7, 2), "token_sweep": (6, 6), "normalization_sweep": (4, 4), "mix_policy_sweep": (3, 3),
     "img2img_style": (7, 7), "multi_reference": (3, 3), "schedule_sweep": (11, 4),
     "vl_system_prompt": (6, 3), "vl_guidance_sweep": (7, 2), "vl_grid_positions": (6, 2), "vl_block_sweep": (8, 3),
     "vl_negative": (4, 2),

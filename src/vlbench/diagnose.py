@@ -28,7 +28,8 @@ ZIMAGE_LAYER = -2  # the Qwen3-4B layer Z-Image conditions on (hidden_states[-2]
 ROLE_GROUPS = {"image": (IMAGE,), "markers": (VISION_START, VISION_END), "text": (TEMPLATE, PROMPT),
                "prompt": (PROMPT,)}
 ROLES = (*ROLE_GROUPS, "sink")  # sink rows are kept out of every other role
-MODES = ("none", "per-dim", "per-dim-scale")  # the normalisations a full selection can take
+MODES = ("none", "per-dim", "per-dim-scale", "instance", "per-ref-mean")  # those a full selection can take
+PER_REFERENCE_MODES = ("instance", "per-ref-mean")  # need a reference (they move each reference's image rows only)
 OUTLIER_RATIO = 8.0  # as blend.outlier_dims: a dimension is off when its std ratio is beyond 8x either way
 EXTREMES = 3  # dimensions named in each direction
 DEFAULT_LAYERS = (-1, -2, -5)
@@ -97,10 +98,10 @@ def diagnose(engine, refs: list, prompt: str, layers: tuple[int, ...] | None = D
     modes, cal_path = ["none"], None
     try:
         stats = load_stats(calibration, engine.models)
-        modes += ["per-dim", "per-dim-scale"]
+        modes += [m for m in MODES[1:] if refs or m not in PER_REFERENCE_MODES]
         cal_path = str(stats.path)
     except UserError as exc:
-        notes.append(f"per-dim and per-dim-scale columns left out: {exc}")
+        notes.append(f"{', '.join(MODES[1:])} columns left out: {exc}")
 
     per_layer = []
     for layer in range(-n_vl, 0):
@@ -226,7 +227,8 @@ def write_diagnostics(out: Path, entries: list[dict]) -> Path:
 # ---- plots and tables ----
 ROLE_COLOURS = {"image": "tab:orange", "markers": "tab:purple", "text": "tab:blue", "prompt": "tab:green",
                 "sink": "tab:red"}
-MODE_STYLES = {"none": "-", "per-dim": ":", "per-dim-scale": "--"}
+MODE_STYLES = {"none": "-", "per-dim": ":", "per-dim-scale": "--", "instance": "-.",
+               "per-ref-mean": "x-"}  # solid with crosses
 
 
 def plot(diag: dict, path: str | Path) -> Path:

@@ -73,6 +73,12 @@ class Normalization(Choice):
                                       "difference) shared by every reference, not each reference's own means")
     GLOBAL = "global", ("one scale to Qwen3-4B's RMS; the DiT's caption RMSNorm removes it unless the rows are mixed "
                         "position-wise, so only with alpha_policy positionwise")
+    INSTANCE = "instance", ("image rows only, each reference's own statistics removed: per dimension, its image rows "
+                            "z-scored with their own mean and std, then given Qwen3-4B's calibrated mean and std "
+                            "(every reference ends with the same per-dimension mean); text rows as they are")
+    PER_REF_MEAN = "per-ref-mean", ("image rows only, each reference's own per-dimension mean kept: its image rows' "
+                                    "deviation from their own mean scaled by Qwen3-4B's calibrated std over their own "
+                                    "std (mean: the reference's own, std: Qwen3-4B's); text rows as they are")
 
 
 NATURAL = "natural"  # an attend ratio: the sources' natural share n_other/(n_base+n_other), no bias installed
@@ -609,6 +615,9 @@ class Recipe:
         if any(t in IMAGE_SELECTIONS for t in self.image_selections) and not n_refs:
             raise UserError("this recipe selects image tokens but no reference image was given", field="image",
                             fix="add a reference")
+        if self.normalization in PER_REFERENCE_NORMALIZATIONS and self.uses_vl and not n_refs:
+            raise UserError("moves each reference's image rows, and no reference was given", field="normalization",
+                            value=self.normalization, fix="add a reference, or use per-dim")
         if self.strength is not None and not n_refs:
             raise UserError("img2img starts from the first reference, and none was given", field="strength",
                             value=self.strength, fix="add a reference")
@@ -839,6 +848,16 @@ def _rule_global_normalization_needs_a_positionwise_mix(r: Recipe) -> None:
                         fix="use per-dim or per-dim-scale, or alpha_policy positionwise with 0 < alpha < 1")
 
 
+PER_REFERENCE_NORMALIZATIONS = (Normalization.INSTANCE, Normalization.PER_REF_MEAN)  # image rows only, per reference
+
+
+def _rule_per_reference_normalization_needs_image_rows(r: Recipe) -> None:
+    if r.normalization in PER_REFERENCE_NORMALIZATIONS and not _holds_image_rows(r):
+        raise UserError("has no effect here: it moves each reference's image rows, and this selection keeps none",
+                        field="normalization", value=r.normalization,
+                        fix="select image rows (tokens full, image, …), or use per-dim")
+
+
 # ---- issue 17: schedules and the text bridge
 SCHEDULE_EXAMPLE = "0:vl, 4:qwen3"
 ALPHA_SOURCE = "alpha"  # a schedule source "alpha=R": the alpha mix (alpha_policy) at alpha R from that step
@@ -1058,6 +1077,7 @@ _RULES: tuple[Callable[[Recipe], None], ...] = (_rule_one_mix_of_passes, _rule_c
                                                  _rule_natural_is_an_attend_share,
                                                  _rule_positionwise_pairs_text_with_text,
                                                  _rule_global_normalization_needs_a_positionwise_mix,
+                                                 _rule_per_reference_normalization_needs_image_rows,
                                                  _rule_schedule, _rule_text_bridge_keeps_token_pairs,
                                                  _rule_image_weighting, _rule_vl_system, _rule_image_positions,
                                                  _rule_vl_blocks, _rule_negative_vl)

@@ -10,8 +10,9 @@ from vlbench.errors import UserError
 HELP = "compare Qwen3-VL hidden states with Qwen3-4B's, per layer and token role"
 DESCRIPTION = ("Per VL layer and token role (image, markers, text, prompt, attention sinks): RMS, per-dimension "
                "std ratio against Qwen3-4B's encoding of the same prompt (layer -2), cosine of position-aligned "
-               "text tokens, and the same after each normalisation mode (global and per-dim need vlbench "
-               "calibrate).")
+               "text tokens, and the same after each normalisation mode (per-dim, per-dim-scale, instance and "
+               "per-ref-mean need vlbench calibrate; instance and per-ref-mean, which move image rows only, a "
+               "reference).")
 
 
 def add_arguments(p) -> None:

@@ -207,24 +207,34 @@ def shrink(seq: Seq, keep: int) -> Seq:
 
 # ---------------------------------------------------------------- normalisation
 def normalize(seq: Seq, mode: str, stats) -> Seq:
-    """Each role's rows moved from the VL's calibrated statistics of that role (and layer) onto Qwen3-4B's text
-    statistics at layer -2; attention-sink rows are never touched.
+    """Each role's rows moved onto Qwen3-4B's calibrated text statistics at layer -2; attention-sink rows are never
+    touched (nor counted in any statistics).
 
     per-dim: z-score with the role's calibrated mean/std, then Qwen3-4B's; per-dim-scale: the spread only
     (around the role's calibrated mean: one vector shared by every reference, not each reference's own); global:
-    one RMS scale for the whole selection.
+    one RMS scale for the whole selection. Per reference (image rows only, each image's rows apart — references in
+    a joint extraction are separate images — at their layer; text rows and vision markers as they are):
+    instance: z-score with the reference's own per-dimension mean/std, then Qwen3-4B's mean/std; per-ref-mean: the
+    deviation from the reference's own mean scaled by Qwen3-4B's std over the reference's own std, the mean kept.
     """
     if mode == Normalization.NONE:
         return seq
     x = seq.embeds.float()
     sinks = set(blend.sink_positions(x))
     ref = stats.get("qwen3", -2, "text", x.device)
+    per_reference = mode in (Normalization.INSTANCE, Normalization.PER_REF_MEAN)
+    image_of = {i: k for k, s in enumerate(seq.segments) if s.grid is not None or s.image
+                for i in range(s.start, s.start + s.n)}
     groups: dict[tuple[str, int], list[int]] = {}
     for i, row in enumerate(seq.rows):
         if i in sinks or row.get("source") != "vl":
             continue
         if mode == Normalization.GLOBAL:
             key = ("all", 0)
+        elif per_reference:
+            if row["role"] != IMAGE:
+                continue  # text rows and vision markers: as they are
+            key = (f"image {image_of[i]}", row["layer"])
         elif row["role"] == IMAGE:
             key = ("image", row["layer"])
         elif row["role"] in TEXT_ROLES:
@@ -238,6 +248,10 @@ def normalize(seq: Seq, mode: str, stats) -> Seq:
         rows = x.index_select(0, idx)
         if mode == Normalization.GLOBAL:
             rows = blend.normalize_global(rows, ref["rms"])
+        elif per_reference:  # this reference's own statistics over its image rows at this layer
+            own_mean, own_std = blend.dim_stats(rows)
+            target_mean = ref["mean"] if mode == Normalization.INSTANCE else own_mean
+            rows = blend.normalize_per_dim(rows, own_mean, own_std, target_mean, ref["std"])
         else:
             src = stats.get("vl", layer, role, x.device)
             if mode == Normalization.PER_DIM:
@@ -245,7 +259,9 @@ def normalize(seq: Seq, mode: str, stats) -> Seq:
             else:  # per-dim-scale: the spread onto Qwen3-4B's around the role's calibrated mean
                 rows = blend.normalize_per_dim(rows, src["mean"], src["std"], src["mean"], ref["std"])
         out.index_copy_(0, idx, rows)
-    rows = [dict(r, normalized="sink, untouched" if i in sinks else mode) for i, r in enumerate(seq.rows)]
+    moved = {i for keep in groups.values() for i in keep}
+    rows = [dict(r, normalized="sink, untouched" if i in sinks else mode if i in moved or not per_reference
+                 else "untouched") for i, r in enumerate(seq.rows)]
     return replace(seq, embeds=out.to(seq.embeds.dtype), rows=rows)
 
 
