@@ -7,10 +7,10 @@ import re
 from typing import TYPE_CHECKING, Any, Callable
 
 from vlbench.errors import UserError
-from vlbench.recipe.applies import _alpha_positionwise, _weighting_applies
+from vlbench.recipe.applies import CURVED, NEGATIVE_FROM_VL, _alpha_positionwise, _weighting_applies
 from vlbench.recipe.schedules import _rule_schedule, parse_schedule
 from vlbench.recipe.values import _is_int, _is_number, _show_default
-from vlbench.recipe.vocab import (IMAGE_SELECTIONS, NATURAL, WITH_IMAGE_ROWS, Curve, ImageAttention, ImagePositions,
+from vlbench.recipe.vocab import (IMAGE_SELECTIONS, NATURAL, WITH_IMAGE_ROWS, ImageAttention, ImagePositions,
                                   MixPolicy, MultiImage, Normalization, Tokens, VLSystem)
 
 if TYPE_CHECKING:
@@ -77,7 +77,7 @@ def _rule_one_mix_of_passes(r: Recipe) -> None:
 
 
 def _rule_curves(r: Recipe) -> None:
-    if r.curve != Curve.CONSTANT and r.alpha_end is None:
+    if CURVED(r) and r.alpha_end is None:
         raise UserError("needs alpha_end (alpha at the last token)", field="curve", value=r.curve)
 
 
@@ -103,7 +103,7 @@ def _rule_natural_is_an_attend_share(r: Recipe) -> None:
         if ratio == NATURAL and policy != MixPolicy.ATTEND:
             raise UserError(f"is the attend policy's natural share (no bias), and the {knob} mix is {policy}",
                             field=knob, value=ratio, fix=f"give a number in [0, 1], or {_policy_name(knob)} attend")
-    if r.alpha == NATURAL and r.curve != Curve.CONSTANT:
+    if r.alpha == NATURAL and CURVED(r):
         raise UserError("a per-token curve needs a number", field="alpha", value=r.alpha, fix="give a number")
 
 
@@ -220,7 +220,7 @@ def _rule_vl_blocks(r: Recipe) -> None:
 
 
 def _rule_negative_vl(r: Recipe) -> None:
-    if r.negative_vl_text is None or r.guidance <= 0:
+    if not NEGATIVE_FROM_VL(r):
         return
     if not r.negative_vl_text.strip():
         raise UserError("is empty", field="negative_vl_text", value=r.negative_vl_text,

@@ -7,17 +7,20 @@ import dataclasses
 import json
 import re
 from dataclasses import dataclass, fields
-from typing import Any, Callable
+from typing import Any
 
 from vlbench.errors import UserError
-from vlbench.recipe.applies import (_alpha_mixes, _any_alpha_mix, _attend_ratios, _holds_image_rows, _layer_used,
-                                    _numeric_attend, _single_pass, _uses_vl, _weighting_applies, above_0, below_1)
+from vlbench.recipe.applies import (ALPHA_MIX, ATTENTION_BIAS, ATTENTION_READ, CURVED, DUAL, GUIDED,
+                                    HOLDS_IMAGE_ROWS, INTRA_MIX, LAYER_USED, NEGATIVE_FROM_QWEN3, NEGATIVE_FROM_VL,
+                                    NO_INTRA_MIX, NO_SCHEDULE, NORMALIZED, NUMERIC_ATTEND, ONE_PASS,
+                                    ONE_PASS_IMAGE_ROWS, OWN_POSITIONWISE, OWN_USED, QWEN3_USED, SEPARATE, TOPK,
+                                    VL_USED, When, _alpha_mixes, _attend_ratios, above_0, below_1)
 from vlbench.recipe.rules import _RULES, _check_field
 from vlbench.recipe.schedules import format_schedule, parse_schedule, schedule_alpha
 from vlbench.recipe.values import SEED_MAX, _float, _is_int, _num, _show_default, _toml_value
 from vlbench.recipe.vocab import (IMAGE_SELECTIONS, NATURAL, AttendRatio, AttendScope, Choice, Curve, ImageAttention,
-                                  ImagePositions, MixPolicy, MultiImage, Normalization, Section, Source, Tokens, VLSystem,
-                                  VLText)
+                                  ImagePositions, MixPolicy, MultiImage, Normalization, Section, Source, Tokens,
+                                  VLSystem, VLText)
 
 RECIPE_SCHEMA = 3  # 3: attend ratios are shares (attend_ratio, attend_scope); <= 2: per-token odds, joint blocks only
 
@@ -35,10 +38,15 @@ class FieldInfo:
     hi: float | None = None
     multiple_of: int | None = None
     unit: str = ""
-    # when the field changes anything; a non-default value outside it is an error naming `when`
-    applies: Callable[["Recipe"], bool] | None = None
-    when: str = ""  # e.g. "with dual" — completes "has an effect only …"
+    # when the field changes anything (a named condition of vlbench.recipe.applies); a non-default value outside it
+    # is an error naming the condition's text
+    applies: When | None = None
     natural: bool = False  # a ratio that also takes the word `natural` (an attend mix with no bias)
+
+    @property
+    def when(self) -> str:
+        """The condition's words, e.g. "with dual": they complete "has an effect only …" (help, README, form)."""
+        return self.applies.text if self.applies is not None else ""
 
     @property
     def range_text(self) -> str:
@@ -64,69 +72,59 @@ class Recipe:
     alpha: float = _f(1.0, "float", "0 = pure Qwen3-4B (Z-Image's own text path), 1 = pure VL; in between the "
                                     "VL's share of the mix (attend: of the caption's attention; natural: no bias)",
                       C, lo=0.0, hi=1.0, natural=True,
-                      applies=lambda r: r.own_used,
-                      when="when the recipe's own conditioning is used (no schedule, or a schedule with a recipe "
-                           "entry)")
+                      applies=OWN_USED)
     alpha_policy: str = _f(MixPolicy.ATTEND.value, "choice", "how the alpha mix combines Qwen3-4B (base) and the VL "
                                                             "selection (other)", C, choices=MixPolicy,
-                           applies=_any_alpha_mix, when="when 0 < alpha < 1, or with a schedule's alpha=R entry "
-                                                        "(Qwen3-4B and the VL are mixed)")
+                           applies=ALPHA_MIX)
     curve: str = _f(Curve.CONSTANT.value, "choice", "per-token alpha from alpha at the first token to alpha_end at the "
                                                     "last", C, choices=Curve,
-                    applies=lambda r: _alpha_mixes(r) and r.alpha_policy == MixPolicy.POSITIONWISE,
-                    when="with alpha_policy positionwise in the recipe's own alpha mix (a ratio per token needs "
-                         "tokens paired one to one; a schedule's alpha=R entry is constant)")
+                    applies=OWN_POSITIONWISE.note("(a ratio per token needs tokens paired one to one; a schedule's "
+                                                  "alpha=R entry is constant)"))
     alpha_end: float | None = _f(None, "float", "alpha at the last token (with a curve)", C, lo=0.0, hi=1.0,
-                                 applies=lambda r: r.curve != Curve.CONSTANT, when="with a curve other than constant")
+                                 applies=CURVED)
     intra_ratio: float | None = _f(None, "float", "mix image and text tokens of one extraction: 0 = all text (base), "
                                                   "1 = all image, in between the image rows' share (attend: of the "
                                                   "caption's attention; natural: no bias); not set: no intra mix",
                                    C, lo=0.0, hi=1.0, natural=True,
-                                   applies=_single_pass, when="when the VL is used (alpha > 0, or a vl or alpha=R schedule entry) without dual")
+                                   applies=ONE_PASS)
     intra_policy: str = _f(MixPolicy.ATTEND.value, "choice", "how the intra mix combines the text rows (base) and the "
                                                             "image rows (other); never positionwise: a text token is "
                                                             "not paired with an image token", C, choices=MixPolicy,
-                           applies=lambda r: _single_pass(r) and r.intra_ratio is not None, when="with intra_ratio")
+                           applies=INTRA_MIX)
     dual_ratio: float = _f(0.5, "float", "dual: 0 = all content pass (base), 1 = all style pass, in between the "
                                          "style pass's share (attend: of the caption's attention; natural: no bias)",
                            C, lo=0.0, hi=1.0, natural=True,
-                           applies=lambda r: r.dual, when="with dual")
+                           applies=DUAL)
     dual_policy: str = _f(MixPolicy.ATTEND.value, "choice", "how the dual mix combines the content pass (base) and the "
                                                            "style pass (other)", C, choices=MixPolicy,
-                          applies=lambda r: r.dual, when="with dual")
+                          applies=DUAL)
     attend_ratio: str = _f(AttendRatio.SHARE.value, "choice", "what an attend mix's ratio r means", C,
-                           choices=AttendRatio, applies=_numeric_attend,
-                           when="with an attend mix at a ratio strictly between 0 and 1 (not natural)")
+                           choices=AttendRatio, applies=NUMERIC_ATTEND)
     attend_scope: str = _f(AttendScope.REFINER_JOINT.value, "choice", "which DiT blocks an attend mix's attention "
                                                                         "bias acts in", C, choices=AttendScope,
-                           applies=lambda r: r.attention_bias, when="when an attend mix biases the DiT's attention")
+                           applies=ATTENTION_BIAS)
     normalization: str = _f(Normalization.NONE.value, "choice", "match VL statistics to Qwen3-4B's "
                                                                 "(needs vlbench calibrate)", C, choices=Normalization,
-                            applies=_uses_vl, when="when the VL is used (alpha > 0, or a vl or alpha=R schedule entry)")
+                            applies=VL_USED)
     calibration: str | None = _f(None, "str", "calibration stats file; not set: the one vlbench calibrate wrote for "
                                               "these models", C,
-                                 applies=lambda r: r.normalization != Normalization.NONE,
-                                 when="with a normalization other than none")
+                                 applies=NORMALIZED)
     image_weights: tuple[float, ...] | None = _f(None, "floats", "one weight per reference, comma-separated; "
                                                                  "not set: equal weights", C, lo=0.0,
-                                                 applies=lambda r: r.multi_image == MultiImage.SEPARATE,
-                                                 when="with multi_image separate")
+                                                 applies=SEPARATE)
     # ---- issue 27: image tokens on a 2-D grid (docs/levers.md)
     image_positions: str = _f(ImagePositions.SEQUENCE.value, "choice", "the RoPE positions of the caption's VL image "
                                                                        "rows (RoPE axis 0 = caption order; axes 1 and "
                                                                        "2, otherwise the latents' height and width, "
                                                                        "carry the grid)", C, choices=ImagePositions,
-                              applies=lambda r: _holds_image_rows(r) and r.schedule is None,
-                              when="when the VL selection holds image rows (tokens full or image*, intra_ratio, or a "
-                                   "dual pass selecting them), without a schedule")
+                              applies=HOLDS_IMAGE_ROWS & NO_SCHEDULE)
     vl_blocks: str | None = _f(None, "str", "which DiT blocks read the caption's VL rows, comma-separated: joint-block "
                                             "indices and ranges (0-9, 12), fractions of the joint blocks' depth "
                                             "(0-0.33: the blocks whose centre (i + 0.5)/n lies in [0, 0.33); an end "
                                             "of 1 includes the last), refiner (the context-refiner blocks); every "
                                             "other block masks the VL rows' keys (Qwen3-4B's rows are added at "
                                             "alpha 1; docs/levers.md); not set: every block", C,
-                               applies=lambda r: r.uses_vl and r.schedule is None,
-                               when="when the VL is used, without a schedule")
+                               applies=VL_USED & NO_SCHEDULE)
     # ---- issue 17: schedules and the text bridge
     schedule: str | None = _f(None, "schedule", "the conditioning from step K on, as K:SOURCE entries, "
                                                 "comma-separated, K ascending from 0 (steps counted as the sampler "
@@ -136,73 +134,62 @@ class Recipe:
     text_bridge: bool = _f(False, "bool", "Qwen3-VL first describes the reference's style in one sentence (a fixed "
                                           "instruction, greedy); Qwen3-4B then encodes the prompt + that description "
                                           "instead of the prompt (docs/schedules.md)", C,
-                           applies=lambda r: r.uses_qwen3, when="when Qwen3-4B's encoding of the prompt is used "
-                                                               "(alpha < 1, or a schedule with a qwen3 or alpha=R entry)")
+                           applies=QWEN3_USED)
     # ---- extraction
     tokens: str = _f(Tokens.FULL.value, "choice", "VL token selection", X, choices=Tokens,
-                     applies=lambda r: _single_pass(r) and r.intra_ratio is None,
-                     when="when the VL is used (alpha > 0, or a vl or alpha=R schedule entry) in one pass without intra_ratio "
-                          "(intra_ratio mixes the image and text selections itself; dual has style_tokens/content_tokens)")
+                     applies=(ONE_PASS & NO_INTRA_MIX).note("(intra_ratio mixes the image and text selections itself; "
+                                                            "dual has style_tokens/content_tokens)"))
     layer: int = _f(-2, "int", "hidden layer, indexed as transformers' output_hidden_states (-1 = after the final norm)",
-                    X, applies=_layer_used,
-                    when="when the VL is used and some positions take no layer of their own (image_layer/text_layer, "
-                         "style_layer/content_layer)")
+                    X, applies=LAYER_USED)
     vl_text: str = _f(VLText.PROMPT.value, "vl_text", "what the VL reads: prompt, none, or any other text verbatim", X,
-                      applies=_single_pass, when="when the VL is used (alpha > 0, or a vl or alpha=R schedule entry) without dual "
-                                                 "(dual has style_vl_text and content_vl_text)")
+                      applies=ONE_PASS.note("(dual has style_vl_text and content_vl_text)"))
     vl_system: str | None = _f(None, "str", "a system turn before the VL's user turn (Qwen3-VL's chat template): "
                                             + ", ".join(VLSystem.values()) + " (the shipped instructions, "
                                             "docs/levers.md) or any other text verbatim; not set: no system turn "
-                                            "(the stock template)", X, applies=_uses_vl,
-                               when="when the VL is used (alpha > 0, or a vl or alpha=R schedule entry); every VL "
-                                    "pass of the recipe reads it")
+                                            "(the stock template)", X,
+                               applies=VL_USED.note("; every VL pass of the recipe reads it"))
     max_image_tokens: int | None = _f(None, "int", "cap the reference's image tokens below the caption budget (the "
                                                    "processor reads a smaller image)", X,
-                                      lo=1, unit="tokens", applies=_uses_vl, when="when the VL is used (alpha > 0, or a vl or alpha=R schedule entry)")
+                                      lo=1, unit="tokens", applies=VL_USED)
     pool_image_tokens: int | None = _f(None, "int", "pool each reference's image rows to at most this many tokens on "
                                                     "its own patch grid (regions, aspect ratio kept), after the "
-                                                    "forward", X, lo=1, unit="tokens", applies=_uses_vl,
-                                       when="when the VL is used (alpha > 0, or a vl or alpha=R schedule entry)")
+                                                    "forward", X, lo=1, unit="tokens", applies=VL_USED)
     image_layer: int | None = _f(None, "int", "layer for image-role positions (image pads and vision markers); "
                                               "not set: layer", X,
-                                 applies=_single_pass, when="when the VL is used without dual (dual: style_layer)")
+                                 applies=ONE_PASS.note("(dual: style_layer)"))
     text_layer: int | None = _f(None, "int", "layer for template and VL-text positions; not set: layer", X,
-                                applies=_single_pass, when="when the VL is used without dual (dual: content_layer)")
+                                applies=ONE_PASS.note("(dual: content_layer)"))
     dual: bool = _f(False, "bool", "two extractions, a style pass and a content pass, mixed at dual_ratio", X,
-                    applies=_uses_vl, when="when the VL is used (alpha > 0, or a vl or alpha=R schedule entry)")
+                    applies=VL_USED)
     style_vl_text: str = _f(VLText.NONE.value, "vl_text", "style pass: what the VL reads", X,
-                            applies=lambda r: r.dual, when="with dual")
+                            applies=DUAL)
     style_tokens: str = _f(Tokens.IMAGE.value, "choice", "style pass: token selection", X, choices=Tokens,
-                           applies=lambda r: r.dual, when="with dual")
+                           applies=DUAL)
     style_layer: int | None = _f(None, "int", "style pass: layer; not set: layer", X,
-                                 applies=lambda r: r.dual, when="with dual")
+                                 applies=DUAL)
     content_vl_text: str = _f(VLText.PROMPT.value, "vl_text", "content pass: what the VL reads", X,
-                              applies=lambda r: r.dual, when="with dual")
+                              applies=DUAL)
     content_tokens: str = _f(Tokens.TEXT.value, "choice", "content pass: token selection", X, choices=Tokens,
-                             applies=lambda r: r.dual, when="with dual")
+                             applies=DUAL)
     content_layer: int | None = _f(None, "int", "content pass: layer; not set: layer", X,
-                                   applies=lambda r: r.dual, when="with dual")
+                                   applies=DUAL)
     multi_image: str = _f(MultiImage.JOINT.value, "choice", "several references: one joint extraction, or one each "
                                                             "mixed by image_weights", X, choices=MultiImage,
-                          applies=_uses_vl, when="when the VL is used (alpha > 0, or a vl or alpha=R schedule entry)")
+                          applies=VL_USED)
     # ---- issue 17: attention-weighted image tokens (docs/attention_weighting.md)
     image_attention: str = _f(ImageAttention.NONE.value, "choice", "weight or select image tokens by the VL text's "
                               "attention to them: per image token, the attention probability from the VL-text "
                               "(prompt-role) positions in attention_layer, averaged over heads and prompt positions, "
                               "renormalised to sum to 1 over the image tokens", X, choices=ImageAttention,
-                              applies=_weighting_applies,
-                              when="when the VL is used without dual and the selection holds image rows "
-                                   "(tokens full or image*, or intra_ratio)")
+                              applies=ONE_PASS_IMAGE_ROWS)
     image_top_k: int | None = _f(None, "int", "topk: image tokens kept per reference", X, lo=1, unit="tokens",
-                                 applies=lambda r: r.image_attention == ImageAttention.TOPK,
-                                 when="with image_attention topk")
+                                 applies=TOPK)
     attention_layer: int | None = _f(None, "int", "whose attention weights the image tokens, as a hidden-state index "
                                                   "(output_hidden_states numbering): index h reads the self-attention "
                                                   "of decoder layer h-1, the layer that produces hidden state h "
                                                   "(-1: the last decoder layer; 0, the embeddings, has none); "
                                                   "not set: the image rows' layer (image_layer, else layer)", X,
-                                     applies=lambda r: r.image_attention != ImageAttention.NONE,
-                                     when="with an image_attention other than none")
+                                     applies=ATTENTION_READ)
     # ---- generation
     strength: float | None = _f(None, "float", "img2img from the first reference: 0 keeps it, 1 ignores it; "
                                                "not set: txt2img", G, lo=0.0, hi=1.0)
@@ -212,30 +199,25 @@ class Recipe:
     height: int = _f(1024, "int", "image height", G, lo=16, hi=8192, multiple_of=16, unit="px")
     guidance: float = _f(0.0, "float", "classifier-free guidance scale (Turbo: 0)", G, lo=0.0)
     negative_prompt: str = _f("", "str", "the negative prompt", G,
-                              applies=lambda r: r.guidance > 0 and r.negative_vl_text is None,
-                              when="with guidance > 0 and no negative_vl_text (Qwen3-4B encodes it for the negative "
-                                   "branch)")
+                              applies=NEGATIVE_FROM_QWEN3.note("(Qwen3-4B encodes it for the negative branch)"))
     negative_vl_text: str | None = _f(None, "str", "issue 27: the negative branch from Qwen3-VL instead of Qwen3-4B: "
                                                    "the VL reads this text (no image) and the negative caption is "
                                                    "its hidden states at negative_tokens, negative_layer; not set: "
                                                    "Qwen3-4B's encoding of negative_prompt", G,
-                                      applies=lambda r: r.guidance > 0, when="with guidance > 0")
+                                      applies=GUIDED)
     negative_tokens: str = _f(Tokens.TEXT.value, "choice", "negative_vl_text's token selection (text ones: the VL "
                                                            "reads no image for the negative)", G, choices=Tokens,
-                              applies=lambda r: r.guidance > 0 and r.negative_vl_text is not None,
-                              when="with negative_vl_text")
+                              applies=NEGATIVE_FROM_VL)
     negative_layer: int | None = _f(None, "int", "negative_vl_text's hidden layer (transformers' output_hidden_states "
                                                  "numbering); not set: layer", G,
-                                    applies=lambda r: r.guidance > 0 and r.negative_vl_text is not None,
-                                    when="with negative_vl_text")
+                                    applies=NEGATIVE_FROM_VL)
     # ---- issue 27: levers (docs/levers.md)
     vl_guidance: float = _f(0.0, "float", "guidance on the VL condition beyond guidance, in ZImagePipeline's "
                                           "convention (0 = none): pred = P(c) + guidance·(P(c) − P(neg)) + "
                                           "vl_guidance·(P(c) − P(q)), c the recipe's caption, q Qwen3-4B's caption "
                                           "of the prompt (the text-only branch); one more DiT item per step", G,
-                            applies=lambda r: r.uses_vl and r.schedule is None,
-                            when="when the VL is used, without a schedule (the text-only branch is compared with "
-                                 "one caption for the whole run)")
+                            applies=(VL_USED & NO_SCHEDULE).note("(the text-only branch is compared with one caption "
+                                                                 "for the whole run)"))
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -399,7 +381,7 @@ class Recipe:
         if self.image_weights is not None and len(self.image_weights) != n_refs:
             raise UserError(f"{len(self.image_weights)} weights for {n_refs} references", field="image_weights",
                             value=self.image_weights, fix="give one weight per reference")
-        if self.multi_image == MultiImage.SEPARATE and self.uses_vl and n_refs < 2:
+        if SEPARATE(self) and VL_USED(self) and n_refs < 2:
             raise UserError("has no effect with fewer than two references", field="multi_image",
                             value=self.multi_image, fix="add references or drop it (default joint)")
 
