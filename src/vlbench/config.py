@@ -8,6 +8,7 @@ one-line UserErrors naming the file, the table and the key. Imports nothing heav
 
 from __future__ import annotations
 
+import textwrap
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -15,10 +16,36 @@ from typing import Any
 
 from vlbench.errors import UserError
 from vlbench.files import NotAFile, TooDeep, atomic_write_text, read_toml_file
+from vlbench.modelspec import Attention, Dtype, Offload, Quantize
+from vlbench.recipe.vocab import Choice
 
-PREVIEW_METHODS = ("auto", "halfcell", "unicode", "sixel", "tgp")
+class Preview(Choice):
+    """How the Preview draws images."""
 
-DEFAULT_CONFIG = """\
+    AUTO = "auto", "Kitty/Sixel when the terminal has it"
+    HALFCELL = "halfcell", ""
+    UNICODE = "unicode", ""
+    SIXEL = "sixel", ""
+    TGP = "tgp", ""
+
+
+PREVIEW_METHODS = Preview.values()
+VALUES = "Values: "  # starts a comment's list of a setting's values (tests/test_config_comments.py reads it back)
+# (table, key) -> the vocabulary its comment lists: the comments below are made from these, never retyped
+CHOICE_SETTINGS: dict[tuple[str, str], type[Choice]] = {
+    ("models", "dtype"): Dtype, ("models", "offload"): Offload, ("models", "quantize"): Quantize,
+    ("models", "attention"): Attention, ("ui", "preview"): Preview}
+
+
+def _comment(text: str, vocab: type[Choice] | None = None) -> str:
+    """`text` as comment lines, followed by the vocabulary's values ("none (all resident), cpu (…), …")."""
+    if vocab is not None:
+        text += f" {VALUES}" + ", ".join(f"{m.value} ({m.help})" if m.help else m.value for m in vocab)
+    return "\n".join("# " + line for line in textwrap.wrap(text, 114, break_long_words=False,
+                                                            break_on_hyphens=False))
+
+
+DEFAULT_CONFIG = f"""\
 # vlbench settings. Created on first run; edit it and restart vlbench.
 # Every key is optional: delete a line to get its default back.
 
@@ -31,15 +58,16 @@ zimage = ""
 vl = ""
 # cpu, cuda or cuda:N; empty = cuda when available, else cpu
 device = ""
-# bf16, fp16 or fp32; empty = bf16 on GPU, fp32 on CPU
+{_comment("Empty = bf16 on GPU, fp32 on CPU.", Dtype)}
 dtype = ""
-# GPU placement: none (all resident), cpu (only the model in use on the GPU), group (as cpu, and the DiT streams
-# the blocks that do not fit: 16 / 12 GB cards, CUDA only), sequential (diffusers' offload hooks, layer by layer)
+{_comment("GPU placement.", Offload)}
 offload = "none"
 # torch.compile the DiT's repeated blocks: true or false
 compile = false
-# none (exact) or fp8 (torchao float8 matmuls in the DiT; with compile, on Ada/Hopper/Blackwell GPUs)
+{_comment("The DiT's matmuls.", Quantize)}
 quantize = "none"
+{_comment("The DiT's attention kernel (not set: sdpa).", Attention)}
+# attention = "sdpa"
 # GiB of GPU memory vlbench may use (offload group plans to it); leave unset for the whole card
 # gpu_memory = 16
 
@@ -56,7 +84,7 @@ quantize = "none"
 # This is the theme of a first start: the workbench remembers the last one chosen (ctrl+t or the
 # palette) with the form and the layout in <data dir>/session.json (delete it to start afresh).
 theme = "vlbench-dark"
-# How the Preview draws images: auto (Kitty/Sixel when the terminal has it), halfcell, unicode, sixel, tgp
+{_comment("How the Preview draws images.", Preview)}
 preview = "auto"
 
 [keys]

@@ -21,6 +21,7 @@ from vlbench.engine import blend
 from vlbench.engine.extract import IMAGE, PROMPT, TEMPLATE, VISION_END, VISION_START
 from vlbench.errors import UserError
 from vlbench.files import atomic_write, atomic_write_text, read_text_file
+from vlbench.recipe import PER_REFERENCE_NORMALIZATIONS, Normalization
 
 FORMAT = "vlbench-diagnostics-1"
 DIAGNOSTICS = "diagnostics.json"
@@ -28,8 +29,9 @@ ZIMAGE_LAYER = -2  # the Qwen3-4B layer Z-Image conditions on (hidden_states[-2]
 ROLE_GROUPS = {"image": (IMAGE,), "markers": (VISION_START, VISION_END), "text": (TEMPLATE, PROMPT),
                "prompt": (PROMPT,)}
 ROLES = (*ROLE_GROUPS, "sink")  # sink rows are kept out of every other role
-MODES = ("none", "per-dim", "per-dim-scale", "instance", "per-ref-mean")  # those a full selection can take
-PER_REFERENCE_MODES = ("instance", "per-ref-mean")  # need a reference (they move each reference's image rows only)
+MODES = (Normalization.NONE, Normalization.PER_DIM, Normalization.PER_DIM_SCALE, Normalization.INSTANCE,
+         Normalization.PER_REF_MEAN)  # those a full selection can take
+PER_REFERENCE_MODES = PER_REFERENCE_NORMALIZATIONS  # need a reference (they move each reference's image rows only)
 OUTLIER_RATIO = 8.0  # as blend.outlier_dims: a dimension is off when its std ratio is beyond 8x either way
 EXTREMES = 3  # dimensions named in each direction
 DEFAULT_LAYERS = (-1, -2, -5)
@@ -95,7 +97,7 @@ def diagnose(engine, refs: list, prompt: str, layers: tuple[int, ...] | None = D
     if not aligned:
         notes.append(f"the VL's text positions ({len(text_pos)} tokens) are not Qwen3-4B's template ids "
                      f"({len(q_ids)} tokens): position-aligned cosines are left out")
-    modes, cal_path = ["none"], None
+    modes, cal_path = [Normalization.NONE], None
     try:
         stats = load_stats(calibration, engine.models)
         modes += [m for m in MODES[1:] if refs or m not in PER_REFERENCE_MODES]
@@ -111,7 +113,8 @@ def diagnose(engine, refs: list, prompt: str, layers: tuple[int, ...] | None = D
         q_same = q_hidden[layer] if -n_q <= layer else None
         q_same_sinks = set(blend.sink_positions(q_same)) if q_same is not None else set()
         for mode in modes:
-            x = h if mode == "none" else _normalized(engine, refs, prompt, layer, mode, cal_path, len(ex.roles))
+            x = h if mode == Normalization.NONE else _normalized(engine, refs, prompt, layer, mode, cal_path,
+                                                                     len(ex.roles))
             roles: dict[str, Any] = {}
             for role, wanted in ROLE_GROUPS.items():
                 idx = [i for i, r in enumerate(ex.roles) if r in wanted and i not in sinks]
@@ -227,8 +230,8 @@ def write_diagnostics(out: Path, entries: list[dict]) -> Path:
 # ---- plots and tables ----
 ROLE_COLOURS = {"image": "tab:orange", "markers": "tab:purple", "text": "tab:blue", "prompt": "tab:green",
                 "sink": "tab:red"}
-MODE_STYLES = {"none": "-", "per-dim": ":", "per-dim-scale": "--", "instance": "-.",
-               "per-ref-mean": "x-"}  # solid with crosses
+MODE_STYLES = {Normalization.NONE: "-", Normalization.PER_DIM: ":", Normalization.PER_DIM_SCALE: "--",
+               Normalization.INSTANCE: "-.", Normalization.PER_REF_MEAN: "x-"}  # x-: solid with crosses
 
 
 def plot(diag: dict, path: str | Path) -> Path:
@@ -242,10 +245,10 @@ def plot(diag: dict, path: str | Path) -> Path:
         for mode in diag["modes"]:
             rms = [e["modes"][mode].get(role, {}).get("rms") for e in diag["layers"]]
             std = [e["modes"][mode].get(role, {}).get("std_ratio_median") for e in diag["layers"]]
-            label = role if mode == "none" else None
-            if any(v is not None for v in rms) and (mode == "none" or role in ("image", "text")):
+            label = role if mode == Normalization.NONE else None
+            if any(v is not None for v in rms) and (mode == Normalization.NONE or role in ("image", "text")):
                 ax_rms.plot(layers, _nan(rms), MODE_STYLES[mode], color=colour, label=label)
-            if any(v is not None for v in std) and (mode == "none" or role in ("image", "text")):
+            if any(v is not None for v in std) and (mode == Normalization.NONE or role in ("image", "text")):
                 ax_std.plot(layers, _nan(std), MODE_STYLES[mode], color=colour, label=label)
     ax_rms.axhline(diag["qwen3"]["text_rms"], color="black", lw=0.8, label=f"Qwen3-4B text, layer {ZIMAGE_LAYER}")
     ax_std.axhline(1.0, color="black", lw=0.8)
@@ -288,7 +291,7 @@ def table_rows(diag: dict) -> list[dict[str, str]]:
     for layer in diag.get("selected_layers", []):
         entry = by_layer[layer]
         for role in ROLES:
-            stats = entry["modes"]["none"].get(role)
+            stats = entry["modes"][Normalization.NONE].get(role)
             if stats is None:
                 continue
             cells = {"layer": str(layer), "role": role, "n": str(stats["n"])}
@@ -335,7 +338,7 @@ def print_diagnostics(diag: dict, console) -> None:
                   title_justify="left")
     for layer in diag["selected_layers"]:
         for role in ROLES:
-            s = by_layer[layer]["modes"]["none"].get(role)
+            s = by_layer[layer]["modes"][Normalization.NONE].get(role)
             if s is not None and "largest" in s:
                 table.add_row(str(layer), role, _dims(s["largest"]), _dims(s["smallest"]))
     console.print(table)

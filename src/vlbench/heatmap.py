@@ -11,6 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from vlbench.recipe import ImageAttention
+
 # "inferno"-like anchors: 0 (dark) -> 1 (bright yellow); linear between them
 _ANCHORS = ((0.0, (0, 0, 4)), (0.25, (87, 16, 110)), (0.5, (188, 55, 84)), (0.75, (249, 142, 9)),
             (1.0, (252, 255, 164)))
@@ -78,7 +80,7 @@ def from_conditioning(conditioning: dict, references: Sequence, recipe: dict | N
     if len(entries) > len(references):
         raise ValueError(f"{len(entries)} images in the attention record, {len(references)} references given")
     k = None
-    if recipe and recipe.get("image_attention") == "topk":
+    if recipe and recipe.get("image_attention") == ImageAttention.TOPK:
         k = recipe.get("image_top_k")
     return [render(ref, im["weights"], im["grid"], kept=top_k(im["weights"], k) if k else None)
             for ref, im in zip(references, entries)]

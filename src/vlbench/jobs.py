@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from vlbench.errors import Interrupt, UserError, one_line  # noqa: F401 — Interrupt: jobs.Interrupt for callers
+from vlbench.recipe import Normalization
 from vlbench.records import RunRecord, vl_extractions
 
 log = logging.getLogger("vlbench.jobs")
@@ -229,7 +230,7 @@ def nonfinite_stage(engine, recipe, cond) -> str | None:
     if cond.text is not None and not _finite(cond.text.embeds):
         return _count("NaN in the conditioning: Qwen3-4B's encoding of the prompt", cond.text.embeds,
                       "use dtype bf16 or fp32 (fp16 overflows)")
-    if recipe.normalization != "none":
+    if recipe.normalization != Normalization.NONE:
         stats = _bad_calibration(engine, recipe, layers)
         if stats:
             return (f"NaN in the conditioning after {recipe.normalization} normalisation (calibration stats for "

@@ -15,16 +15,51 @@ from dataclasses import dataclass, fields, replace
 from typing import Any, Mapping
 
 from vlbench.errors import UserError
+from vlbench.recipe.vocab import Choice
 
 # The published checkpoints a user names with `zimage = "..."`/`--zimage` (hub ids or local directories).
 DEFAULT_ZIMAGE = "Tongyi-MAI/Z-Image-Turbo"
 DEFAULT_VL = "Qwen/Qwen3-VL-4B-Instruct"
-OFFLOAD_POLICIES = ("none", "cpu", "group", "sequential")
-DTYPE_NAMES = ("bf16", "fp16", "fp32")
-# none: the DiT's weights in --dtype (exact); fp8: torchao float8 rowwise (dynamic activation + weight) on its Linears
-QUANTIZE_MODES = ("none", "fp8")
-# the DiT's attention, through diffusers' dispatcher (engine/models.py maps each to a diffusers backend)
-ATTENTION_BACKENDS = ("sdpa", "sdpa-flash", "sdpa-efficient", "sdpa-cudnn", "sdpa-math")
+
+
+# The settings' vocabularies, each value with its one-line description (config.toml's comments are made from them).
+class Offload(Choice):
+    """GPU placement (engine/models.py says what each does)."""
+
+    NONE = "none", "all resident"
+    CPU = "cpu", "only the model in use on the GPU"
+    GROUP = "group", "as cpu, and the DiT streams the blocks that do not fit: 16 / 12 GB cards, CUDA only"
+    SEQUENTIAL = "sequential", "diffusers' offload hooks, layer by layer"
+
+
+class Dtype(Choice):
+    BF16 = "bf16", ""
+    FP16 = "fp16", ""
+    FP32 = "fp32", ""
+
+
+class Quantize(Choice):
+    """none: the DiT's weights in --dtype (exact); fp8: torchao float8 rowwise (dynamic activation + weight) on its
+    Linears."""
+
+    NONE = "none", "exact"
+    FP8 = "fp8", "torchao float8 matmuls in the DiT; with compile, on Ada/Hopper/Blackwell GPUs"
+
+
+class Attention(Choice):
+    """The DiT's attention, through diffusers' dispatcher (engine/models.py maps each to a diffusers backend)."""
+
+    SDPA = "sdpa", "torch's scaled_dot_product_attention chooses its kernel"
+    FLASH = "sdpa-flash", "FlashAttention forced; takes no mask"
+    EFFICIENT = "sdpa-efficient", "the memory-efficient kernel forced"
+    CUDNN = "sdpa-cudnn", "cuDNN's kernel forced"
+    MATH = "sdpa-math", "the math kernel forced"
+
+
+OFFLOAD_POLICIES = Offload.values()
+DTYPE_NAMES = Dtype.values()
+QUANTIZE_MODES = Quantize.values()
+ATTENTION_BACKENDS = Attention.values()
 # The smallest GPU memory any placement runs the published models in: the encoders run whole on the GPU
 # (Qwen3-VL-4B: 8.3 GiB of bf16 weights; --offload sequential peaked at 8.6 GiB with a 768² reference on an H200).
 MIN_GPU_MEMORY_GIB = 9.0

@@ -22,7 +22,7 @@ def run(args) -> int:
     from vlbench.jobs import execute
     from vlbench.modelspec import ModelSpec
     from vlbench.pngs import encode_png, write_png
-    from vlbench.recipe import Recipe
+    from vlbench.recipe import Recipe, Tokens
     from vlbench.records import RunRecord, references_of
 
     out = common.check_out_dir(args.out, field="out")
@@ -35,7 +35,7 @@ def run(args) -> int:
     engine = common.engine(ModelSpec(tiny=True, zimage="", vl=""), console)
     refs = common.open_references([str(ref_path)])
     prompt = "Homer Simpson eating spaghetti"
-    for tokens in ("full", "image", "text"):
+    for tokens in (Tokens.FULL, Tokens.IMAGE, Tokens.TEXT):
         recipe = Recipe(tokens=tokens, width=128, height=128, steps=4)
         record = RunRecord(prompt=prompt, recipe=recipe.to_dict(), seed=recipe.seed, source="cli",
                            references=references_of((Path(r.path).resolve(), r.sha256) for r in refs))

@@ -131,7 +131,7 @@ def _png(path: Path, given: str) -> int:
     was = f" (written as record schema {raw.get('schema')}, read as {record.schema})" \
         if raw.get("schema") != record.schema else ""
     console.print(f"[bold]{e(path)}[/bold]{e(was)}: {e(record.prompt)!r}, seed {record.seed}")
-    from vlbench.recipe import Recipe
+    from vlbench.recipe import MixPolicy, Recipe
 
     console.print(f"recipe: {e(json.dumps(Recipe.from_dict(record.recipe).changed()))}")
     lines = attend_lines(record.conditioning)
@@ -139,7 +139,7 @@ def _png(path: Path, given: str) -> int:
     if not lines and weights:  # a record made before the attend accounts: its weights and row counts say the share
         mass = {float(w): float(w) * n for w, n in weights.items()}
         weighted = sum(v for w, v in mass.items() if w != 1)
-        mixes = [k for k, (_, p) in Recipe.from_dict(record.recipe).mixes.items() if p == "attend"]
+        mixes = [k for k, (_, p) in Recipe.from_dict(record.recipe).mixes.items() if p == MixPolicy.ATTEND]
         if len(mixes) == 1:
             lines = [f"attend mix {mixes[0]} ({record.recipe.get('attend_ratio', 'share')}): rows by weight "
                      f"{weights}; prior share of the down-weighted source {weighted / sum(mass.values()):.3f} "

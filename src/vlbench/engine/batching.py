@@ -22,13 +22,14 @@ import torch
 
 from vlbench.engine.generate import check_caption, generate_batch
 from vlbench.errors import Interrupt
+from vlbench.recipe import ImagePositions
 
 
 def batch_key(recipe) -> tuple | None:
     """Recipes with equal keys can share one pipeline call; None: this recipe always runs alone."""
     if recipe.strength is not None or recipe.schedule is not None or recipe.attention_bias:
         return None
-    if recipe.vl_guidance != 0 or recipe.image_positions != "sequence" or recipe.vl_blocks is not None \
+    if recipe.vl_guidance != 0 or recipe.image_positions != ImagePositions.SEQUENCE or recipe.vl_blocks is not None \
             or recipe.negative_vl_text is not None:  # issue 27
         return None
     negative = recipe.negative_prompt if recipe.guidance > 0 else None

@@ -10,16 +10,16 @@ import math
 
 import torch
 
-from vlbench.recipe import Normalization
+from vlbench.recipe import Curve, Normalization
 
 NORMALIZATIONS = Normalization.values()
 
 # Per-token ratio profiles for ratio_curve: t in [0, 1] -> weight of `end` in [0, 1].
 _EASINGS = {
-    "constant": lambda t: torch.zeros_like(t),
-    "linear": lambda t: t,
-    "ease-in": lambda t: t * t,
-    "ease-out": lambda t: 1 - (1 - t) ** 2,
+    Curve.CONSTANT: lambda t: torch.zeros_like(t),
+    Curve.LINEAR: lambda t: t,
+    Curve.EASE_IN: lambda t: t * t,
+    Curve.EASE_OUT: lambda t: 1 - (1 - t) ** 2,
 }
 RATIO_SHAPES = tuple(_EASINGS)
 

@@ -15,7 +15,7 @@ import torch
 from vlbench.engine import blend
 from vlbench.engine.extract import IMAGE, PROMPT, TEMPLATE, VISION_END, VISION_START, Extraction
 from vlbench.errors import UserError
-from vlbench.recipe import NATURAL, AttendRatio, MixPolicy, Normalization
+from vlbench.recipe import NATURAL, AttendRatio, MixPolicy, Normalization, Source
 
 IMAGE_ROLES = frozenset({IMAGE, VISION_START, VISION_END})
 TEXT_ROLES = frozenset({TEMPLATE, PROMPT})
@@ -227,7 +227,7 @@ def normalize(seq: Seq, mode: str, stats) -> Seq:
                 for i in range(s.start, s.start + s.n)}
     groups: dict[tuple[str, int], list[int]] = {}
     for i, row in enumerate(seq.rows):
-        if i in sinks or row.get("source") != "vl":
+        if i in sinks or row.get("source") != Source.VL:
             continue
         if mode == Normalization.GLOBAL:
             key = ("all", 0)

@@ -25,8 +25,8 @@ from vlbench.engine.extract import (IMAGE, PROMPT, Extraction, batch_memory_byte
 from vlbench.engine.generate import ShareProbe, check_caption, generate, mix_sides
 from vlbench.engine.models import Models
 from vlbench.engine import condition as C
-from vlbench.recipe import (Curve, ImageAttention, ImagePositions, MixPolicy, MultiImage, Normalization, Recipe,
-                            VLText, schedule_alpha)
+from vlbench.recipe import (NATURAL, Curve, ImageAttention, ImagePositions, MixPolicy, MultiImage, Normalization,
+                            Recipe, Source, VLText, schedule_alpha)
 from vlbench.errors import UserError
 from vlbench.records import extraction_names
 from vlbench.files import atomic_write_text, read_bytes_file, read_text_file
@@ -381,7 +381,7 @@ class Engine:
                     ratio = blend.ratio_curve(qwen3.length, recipe.alpha, recipe.alpha_end, recipe.curve)
                 own = C.mix(qwen3, vl, ratio, recipe.alpha_policy, "alpha", recipe.attend_ratio)
         entries = recipe.schedule_entries
-        by_source = {"recipe": own, "vl": vl, "qwen3": qwen3}
+        by_source = {Source.RECIPE: own, Source.VL: vl, Source.QWEN3: qwen3}
         for _, source in entries:  # alpha=R: the alpha mix at R (alpha_policy), as a recipe with alpha R mixes
             ratio = schedule_alpha(source)
             if ratio is not None and source not in by_source:
@@ -417,14 +417,14 @@ class Engine:
 
         transformer = self.models.pipe.transformer
         names = resolve(recipe.vl_blocks, transformer)
-        added = not any(row.get("source") != "vl" for row in seq.rows)
+        added = not any(row.get("source") != Source.VL for row in seq.rows)
         if added:  # a pure VL caption: Qwen3-4B's rows first, unweighted (plain concatenation)
             rows = [dict(r, added_for="vl_blocks") for r in qwen3.rows] + seq.rows
             segments = list(qwen3.segments) + [C.Segment(s.start + qwen3.length, s.n, s.grid, s.image)
                                                for s in seq.segments]
             seq = C.Seq(torch.cat([qwen3.embeds.to(seq.embeds.device, seq.embeds.dtype), seq.embeds]), rows,
                         torch.cat([qwen3.weights, seq.weights]), segments, mixes=seq.mixes)
-        vl_rows = torch.tensor([row.get("source") == "vl" for row in seq.rows])
+        vl_rows = torch.tensor([row.get("source") == Source.VL for row in seq.rows])
         account = {"spec": recipe.vl_blocks, "read": names, "masked": masked(names, transformer),
                    "vl_rows": int(vl_rows.sum()), "qwen3_rows_added": added, "rows": vl_rows}
         return seq, account
@@ -622,8 +622,8 @@ def check_attention(recipe: Recipe, attention: str | None) -> None:
         raise UserError("takes no attention mask, and vl_blocks masks the VL rows' keys with one", field="attention",
                         value=attention, fix="use sdpa (the default) or sdpa-cudnn")
     if attention == "sdpa-flash" and recipe.attention_bias:
-        name, ratio = next(((n, m[0]) for n, m in recipe.mixes.items() if m[1] == "attend" and m[0] != "natural"
-                            and 0 < m[0] < 1), ("alpha", next(iter(recipe.scheduled_alphas), "")))
+        name, ratio = next(((n, m[0]) for n, m in recipe.mixes.items() if m[1] == MixPolicy.ATTEND
+                            and m[0] != NATURAL and 0 < m[0] < 1), ("alpha", next(iter(recipe.scheduled_alphas), "")))
         raise UserError(f"takes no attention mask, and the attend mix {name} {ratio:g} weights caption rows with one",
                         field="attention", value=attention,
                         fix=f"use sdpa (the default) or sdpa-cudnn, or {name} natural (plain concatenation, no "

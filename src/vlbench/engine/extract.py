@@ -22,12 +22,12 @@ from vlbench.errors import UserError
 # Roles of positions in the VL input.
 TEMPLATE, PROMPT, VISION_START, IMAGE, VISION_END = "template", "prompt", "vision_start", "image", "vision_end"
 SELECTION_ROLES: dict[str, frozenset[str]] = {
-    "full": frozenset({TEMPLATE, PROMPT, VISION_START, IMAGE, VISION_END}),
-    "image": frozenset({IMAGE}),
-    "image-markers": frozenset({VISION_START, IMAGE, VISION_END}),
-    "image+template": frozenset({TEMPLATE, IMAGE}),
-    "text": frozenset({TEMPLATE, PROMPT}),
-    "prompt": frozenset({PROMPT}),
+    Tokens.FULL: frozenset({TEMPLATE, PROMPT, VISION_START, IMAGE, VISION_END}),
+    Tokens.IMAGE: frozenset({IMAGE}),
+    Tokens.IMAGE_MARKERS: frozenset({VISION_START, IMAGE, VISION_END}),
+    Tokens.IMAGE_TEMPLATE: frozenset({TEMPLATE, IMAGE}),
+    Tokens.TEXT: frozenset({TEMPLATE, PROMPT}),
+    Tokens.PROMPT: frozenset({PROMPT}),
 }
 assert set(SELECTION_ROLES) == set(Tokens.values())
 _SENTINEL = "\u2063VLBENCH-TEXT\u2063"
@@ -80,7 +80,7 @@ class Extraction:
         found = [i for i, role in enumerate(self.roles) if role in wanted]
         if not found:
             why = "no reference image was given" if tokens.startswith("image") else (
-                "the VL text is empty (vl_text none)" if tokens == "prompt" else "the input is empty")
+                "the VL text is empty (vl_text none)" if tokens == Tokens.PROMPT else "the input is empty")
             raise UserError(f"selects no positions because {why}", field="tokens", value=tokens)
         return found
 

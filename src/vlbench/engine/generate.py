@@ -12,6 +12,7 @@ from typing import Callable, Iterator
 import torch
 
 from vlbench.errors import CaptionTooLong, UserError
+from vlbench.recipe import AttendScope
 
 
 def check_caption(length: int, budget: int) -> None:
@@ -29,7 +30,8 @@ CAPTION_PAD = 32  # Z-Image pads captions (and image tokens) to a multiple of 32
 
 REFINER = "context_refiner"  # Z-Image's caption-only blocks (the caption starts at position 0)
 JOINT = "layers"  # Z-Image's joint blocks: [image tokens; caption tokens], each padded to a multiple of 32
-SCOPES = {"refiner+joint": (REFINER, JOINT), "joint": (JOINT,)}  # recipe.AttendScope -> the block groups biased
+# the attend bias's scope (recipe.AttendScope) -> the block groups it biases
+SCOPES = {AttendScope.REFINER_JOINT: (REFINER, JOINT), AttendScope.JOINT: (JOINT,)}
 
 
 def dit_blocks(transformer) -> list[tuple[str, str, object]]:

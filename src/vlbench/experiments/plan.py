@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vlbench.recipe import MultiImage
 from vlbench.records import RunRecord, job_key, references_of
 
 
@@ -32,7 +33,7 @@ class Job:
         """The (reference sha256s, VL text) extractions this job reads (the Engine's cache units)."""
         texts = self.recipe.vl_texts(self.prompt)
         shas = tuple(r.sha256 for r in self.references)
-        if self.recipe.multi_image == "separate" and len(shas) > 1:
+        if self.recipe.multi_image == MultiImage.SEPARATE and len(shas) > 1:
             return tuple(((sha,), text) for sha in shas for text in texts)
         return tuple((shas, text) for text in texts)
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from vlbench.errors import UserError
+from vlbench.recipe import MultiImage
 
 TYPES_DIR = Path(__file__).parent / "types"
 TOP_KEYS = ("name", "description", "question", "seeds", "references", "base", "configs", "baseline", "equivalence")
@@ -228,7 +229,7 @@ def check_joint_rule(base: dict, configs, where: str, overrides: dict | None = N
     places = [("[base]", base)] + [(f"config {c.name!r}", c.fields) for c in configs] + [("--multi-image",
                                                                                             overrides or {})]
     for place, fields in places:
-        if fields.get("multi_image") == "joint":
+        if fields.get("multi_image") == MultiImage.JOINT:
             raise UserError(f"{where}: {place}: multi_image joint reads several references in one extraction, and "
                             "this type runs one reference per job (references each)", fix=JOINT_FIX)
 
