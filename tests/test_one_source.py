@@ -345,7 +345,7 @@ def test_command_modules_import_no_other_command_module():
 
 def test_one_job_path():
     """The worker, the experiment runner, the Ray actors and `vlbench generate` all run a job with jobs.execute."""
-    for rel in ("worker.py", "experiments/runner.py", "executors/ray_actor.py", "cli/generate.py"):
+    for rel in ("worker/worker.py", "experiments/runner.py", "executors/ray_actor.py", "cli/generate.py"):
         text = (SRC / rel).read_text()
         assert "from vlbench.jobs import" in text and "execute(" in text, rel
         assert "engine.run(" not in text, rel

@@ -120,7 +120,7 @@ def test_compile_keeps_images_and_stops_recompiling_after_two_caption_lengths(ti
 
     from vlbench.engine.generate import generate
 
-    monkeypatch.setattr(models_mod, "COMPILE_OPTIONS", {**models_mod.COMPILE_OPTIONS, "backend": "eager"})
+    monkeypatch.setattr(models_mod.loading, "COMPILE_OPTIONS", {**models_mod.COMPILE_OPTIONS, "backend": "eager"})
     torch._dynamo.reset()
     compiled = Models(_spec(tiny_dirs, compile=True))
     eager = Models(_spec(tiny_dirs))

@@ -337,7 +337,7 @@ def test_a_store_locked_for_longer_than_the_busy_timeout_does_not_fail_a_finishe
 
 def test_a_full_store_keeps_the_finished_job_until_it_can_be_written(tiny_spec, engine, ref_image, monkeypatch):
     """The campaign: disk full → the row stayed 'running' while the worker went on."""
-    from vlbench import worker as W
+    from vlbench.worker import worker as W  # the module whose _persist reads STORE_RETRY_S
     from vlbench.worker import JobDone, JobFailed, ModelStatus, Worker
 
     monkeypatch.setattr(W, "STORE_RETRY_S", 0.5)  # give up retrying in place quickly: the loop keeps trying
@@ -358,7 +358,7 @@ def test_a_full_store_keeps_the_finished_job_until_it_can_be_written(tiny_spec, 
 
 def test_a_worker_that_stops_with_an_unrecorded_job_leaves_it_to_recovery_not_failed(tiny_spec, engine, ref_image,
                                                                                      monkeypatch):
-    from vlbench import worker as W
+    from vlbench.worker import worker as W  # the module whose _persist reads STORE_RETRY_S
     from vlbench.worker import Worker
 
     monkeypatch.setattr(W, "STORE_RETRY_S", 0.2)
