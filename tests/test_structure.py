@@ -122,13 +122,17 @@ def check_imports(modules: dict[str, Module], rules: dict[str, set[str]]) -> lis
     graph = {name: imports_of(m, modules) for name, m in modules.items()}
     foundations, engine, torch_modules, argparse_users = (rules["foundations"], rules["engine"], rules["torch"],
                                                           rules["argparse"])
+    schema, schema_may = rules["recipe"], {"errors", "files"}
     for name, found in graph.items():
         here = short(name)
         for imp in found:
             there = short(imp.target)
             if within(here, engine) and imp.target.startswith("vlbench") and not (
-                    within(there, engine) or there in foundations):
+                    within(there, engine) or within(there, foundations)):
                 problems.append(f"{here}:{imp.line} imports {there}: the engine imports only the foundations")
+            if within(here, schema) and imp.target.startswith("vlbench.") and not (
+                    within(there, schema) or within(there, schema_may)):
+                problems.append(f"{here}:{imp.line} imports {there}: the recipe imports only errors and files")
             if imp.target.split(".")[0] == "argparse" and not within(here, argparse_users):
                 problems.append(f"{here}:{imp.line} imports argparse: only the command line sees it")
             if imp.module_level and any(imp.target == t or imp.target.startswith(t + ".") for t in TORCH) \
@@ -200,7 +204,7 @@ def _cycles(graph) -> list[list[str]]:
 
 def test_the_import_layers_table_names_real_modules():
     rules, modules = layers(), {short(n) for n in load_tree()}
-    assert set(rules) == {"foundations", "engine", "torch", "argparse"}, set(rules)
+    assert set(rules) == {"foundations", "engine", "torch", "argparse", "recipe"}, set(rules)
     for rule, names in rules.items():
         assert names, rule
         assert names <= modules, (rule, names - modules)
@@ -223,6 +227,7 @@ def plant(tmp_path: Path, module: str, source: str, modules: dict[str, Module] |
     ("vlbench.engine.planted", "from vlbench.store import Store\n", "engine.planted:1 imports store"),
     ("vlbench.engine.planted", "def f():\n    from vlbench.tui import app\n", "engine.planted:2 imports tui.app"),
     ("vlbench.planted", "import argparse\n", "planted:1 imports argparse"),
+    ("vlbench.recipe.planted", "def f():\n    from vlbench.store import Store\n", "recipe.planted:2 imports store"),
     ("vlbench.planted", "import torch\n", "planted:1 imports torch at module level"),
     ("vlbench.planted", "from vlbench.engine.blend import mix\n",
      "planted imports torch at module level through planted -> engine.blend"),
@@ -235,6 +240,12 @@ def test_the_import_checker_catches_a_planted_violation(tmp_path, module, source
         modules = plant(tmp_path, "vlbench.tui.app", "import vlbench.store_planted\n" + app, modules)
     problems = check_imports(modules, layers())
     assert any(expected in p for p in problems), problems
+
+
+def test_a_module_of_a_foundation_package_is_a_foundation(tmp_path):
+    """The table names the package (`recipe`); the engine may import its modules (recipe.vocab) as well."""
+    modules = plant(tmp_path, "vlbench.engine.planted", "from vlbench.recipe.vocab import Tokens\n")
+    assert check_imports(modules, layers()) == []
 
 
 def test_a_torch_import_inside_a_function_keeps_a_module_torch_free(tmp_path):
