@@ -126,12 +126,8 @@ def model_flags(args: argparse.Namespace) -> dict:
 def engine(spec, console, cache_dir=None, files=None):
     """An Engine whose models load on first use, with status lines on the console; `files` (precheck's
     ModelFiles) are the processor and tokenizer the plan checks read, reused rather than read again."""
-    from vlbench.engine.engine import Engine
-    from vlbench.engine.models import Models
+    from vlbench.engine.build import open_engine
 
-    from vlbench.logs import quiet_libraries
-
-    quiet_libraries()
     if spec.tiny:
         console.print("[yellow]models: the built-in tiny RANDOM-WEIGHT ones; the images are noise (name real ones "
                       "with --zimage/--vl or in config.toml)[/yellow]")
@@ -139,10 +135,11 @@ def engine(spec, console, cache_dir=None, files=None):
         from vlbench.modelspec import FAST_NOTE
 
         console.print(f"[yellow]{escape(FAST_NOTE)}[/yellow]")
-    models = Models(spec, on_status=lambda s: console.print(f"[dim]{escape(s)}[/dim]"), files=files)
-    for warning in models.warnings:  # CUDA unusable: say so before minutes of CPU work
+    engine = open_engine(spec, on_status=lambda s: console.print(f"[dim]{escape(s)}[/dim]"), cache_dir=cache_dir,
+                         files=files)
+    for warning in engine.models.warnings:  # CUDA unusable: say so before minutes of CPU work
         console.print(f"[bold red]warning: {escape(warning)}[/bold red]")
-    return Engine(models, cache_dir=cache_dir)
+    return engine
 
 
 # ---------------------------------------------------------------- recipes

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from vlbench import paths
+from vlbench.engine.build import SPARE_CORE, open_engine
 from vlbench.errors import UserError, one_line
 from vlbench.files import remove_stale_temp_files
 from vlbench.jobs import Cancelled, Stopping
@@ -455,7 +456,7 @@ class Worker:
         """One run through the job path; its PNG on disk (fsynced) before the row says done."""
         from vlbench.engine.engine import Reference
         from vlbench.jobs import classify, execute
-        from vlbench.pngs import encode_png, write_png
+        from vlbench.pngs import encode_png, write_run_png
 
         run_id = row.id
         try:
@@ -493,13 +494,12 @@ class Worker:
         record = outcome.record
         data = encode_png(outcome.image, record.png_metadata())
         try:
-            sha = write_png(out, data)  # fsynced before the row says done
+            record = write_run_png(out, data, record)  # fsynced before the row says done
         except OSError as exc:  # a full or read-only disk: every next run would fail the same way
             raise _Postpone(f"cannot write {out} ({exc.strerror or exc}); run {run_id} is back in the queue and "
                             f"the queue waits until {self.outputs_dir} has room (it goes on by itself)",
                             need=2 * len(data) + (1 << 20)) from None
-        record = record.replace(image=str(out), image_sha256=sha,
-                                timings={**record.timings, "save": time.perf_counter() - save_start,
+        record = record.replace(timings={**record.timings, "save": time.perf_counter() - save_start,
                                          "total": time.perf_counter() - started})
         return out, record
 
@@ -584,40 +584,11 @@ def _persist(write: Callable, *args: Any, stop: threading.Event | None = None, b
 
 
 def build_engine(spec, on_status: Callable[[str], None]):
-    """The Engine every worker runs (the workbench's thread, `vlbench worker`): Models that load each part on first
-    use, library bars off, and one thread policy. On CPU torch's intra-op threads are capped at the cores less one:
-    a pool as large as the machine thrashes against the process's other threads (the workbench's UI, a heartbeat,
-    a viewer) and ran a headless worker 10–17× slower. Worker thread only (imports torch)."""
-    import torch
-
-    from vlbench.engine.engine import Engine
-    from vlbench.engine.models import Models
-
-    _quiet_libraries()
-    on_cpu = spec.device == "cpu" or (spec.device is None and not torch.cuda.is_available())
-    if on_cpu:
-        torch.set_num_threads(cpu_threads(torch.get_num_threads()))
-        log.info("torch threads on CPU: %d (of %d cores)", torch.get_num_threads(), os.cpu_count() or 1)
+    """The Engine every worker runs (the workbench's thread, `vlbench worker`): open_engine with the workers' thread
+    policy (SPARE_CORE: on CPU, the cores less one). Worker thread only (imports torch)."""
     if spec.tiny:
         on_status("preparing the tiny random models…")
-    return Engine(Models(spec, on_status=on_status))
-
-
-def cpu_threads(default: int, cores: int | None = None) -> int:
-    """The intra-op threads a CPU worker uses: torch's default, at most the cores less one, at least one."""
-    cores = cores or os.cpu_count() or 1
-    return max(1, min(default, cores - 1)) if cores > 1 else 1
-
-
-def _quiet_libraries() -> None:
-    """Library progress bars would scribble over the TUI; ModelStatus events replace them."""
-    import diffusers
-    import transformers
-
-    transformers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
-    diffusers.utils.logging.disable_progress_bar()
-    diffusers.utils.logging.set_verbosity_error()
+    return open_engine(spec, on_status=on_status, threads=SPARE_CORE)
 
 
 def _empty_cuda_cache() -> None:
