@@ -122,6 +122,7 @@ def check_imports(modules: dict[str, Module], rules: dict[str, set[str]]) -> lis
     graph = {name: imports_of(m, modules) for name, m in modules.items()}
     foundations, engine, torch_modules, argparse_users = (rules["foundations"], rules["engine"], rules["torch"],
                                                           rules["argparse"])
+    screen = rules["screen"]
     for name, found in graph.items():
         here = short(name)
         for imp in found:
@@ -129,6 +130,8 @@ def check_imports(modules: dict[str, Module], rules: dict[str, set[str]]) -> lis
             if within(here, engine) and imp.target.startswith("vlbench") and not (
                     within(there, engine) or there in foundations):
                 problems.append(f"{here}:{imp.line} imports {there}: the engine imports only the foundations")
+            if within(there, {"tui"}) and imp.target.startswith("vlbench.") and not within(here, screen):
+                problems.append(f"{here}:{imp.line} imports {there}: only the workbench sees the screen")
             if imp.target.split(".")[0] == "argparse" and not within(here, argparse_users):
                 problems.append(f"{here}:{imp.line} imports argparse: only the command line sees it")
             if imp.module_level and any(imp.target == t or imp.target.startswith(t + ".") for t in TORCH) \
@@ -200,7 +203,7 @@ def _cycles(graph) -> list[list[str]]:
 
 def test_the_import_layers_table_names_real_modules():
     rules, modules = layers(), {short(n) for n in load_tree()}
-    assert set(rules) == {"foundations", "engine", "torch", "argparse"}, set(rules)
+    assert set(rules) == {"foundations", "engine", "torch", "argparse", "screen"}, set(rules)
     for rule, names in rules.items():
         assert names, rule
         assert names <= modules, (rule, names - modules)
@@ -223,6 +226,8 @@ def plant(tmp_path: Path, module: str, source: str, modules: dict[str, Module] |
     ("vlbench.engine.planted", "from vlbench.store import Store\n", "engine.planted:1 imports store"),
     ("vlbench.engine.planted", "def f():\n    from vlbench.tui import app\n", "engine.planted:2 imports tui.app"),
     ("vlbench.planted", "import argparse\n", "planted:1 imports argparse"),
+    ("vlbench.worker.planted", "def f():\n    from vlbench.tui.wording import render\n",
+     "worker.planted:2 imports tui.wording: only the workbench sees the screen"),
     ("vlbench.planted", "import torch\n", "planted:1 imports torch at module level"),
     ("vlbench.planted", "from vlbench.engine.blend import mix\n",
      "planted imports torch at module level through planted -> engine.blend"),

@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 from typing import Any, Iterable
 
-from vlbench.errors import UserError
+from vlbench.errors import UserError, word_failure
 
 # -1,-2,-5 is a value, not an option (argparse alone only takes "-1" for a negative number)
 NEGATIVE_NUMBERS = re.compile(r"^-\d+(,-?\d+)*,?$|^-\d*\.\d+(e-?\d+)?$")
@@ -27,6 +27,11 @@ def flag_name(field: str) -> str:
 
 def render(exc: UserError) -> str:
     return exc.render(flag_name)
+
+
+def failure_text(error: str | None, data: dict | None) -> str | None:
+    """A stored failure (a row's error and error_data, a JobFailed's reason and data) as the command line says it."""
+    return word_failure(error, data, flag_name)
 
 
 class HelpFormatter(argparse.HelpFormatter):

@@ -28,7 +28,7 @@ from typing import Any, Callable
 
 from vlbench import paths
 from vlbench.engine.build import SPARE_CORE, open_engine
-from vlbench.errors import UserError, one_line
+from vlbench.errors import one_line
 from vlbench.files import remove_stale_temp_files
 from vlbench.jobs import Cancelled, Stopping
 from vlbench.logs import attach_log_file
@@ -47,8 +47,7 @@ class Worker:
 
     def __init__(self, spec, *, store_path: Path | str | None = None, outputs_dir: Path | str | None = None,
                  on_event: Callable[[object], None] = lambda e: None, engine_factory: Callable[[], Any] | None = None,
-                 poll_s: float = 0.5, recover: bool = True, render: Callable[[UserError], str] | None = None,
-                 presence: str | None = None, heartbeat_s: float = HEARTBEAT_S, export_batches: bool = True):
+                 poll_s: float = 0.5, recover: bool = True, presence: str | None = None, heartbeat_s: float = HEARTBEAT_S, export_batches: bool = True):
         """`presence`: "headless" (`vlbench worker`: publishes its state every `heartbeat_s`) or "workbench"
         (registers once); None registers nothing. `export_batches`: write each finished experiment batch's
         folder (vlbench.experiments.batch_export)."""
@@ -74,9 +73,6 @@ class Worker:
         self._free_memory = False
         self._control: Store | None = None
         self._since = time.time()
-        if render is None:  # the workbench's words: the headless worker's runs are read there too
-            from vlbench.tui.wording import render
-        self._render = render
         self._reported_paused = False
         self.presence = presence
         self.heartbeat_s = heartbeat_s
@@ -324,8 +320,8 @@ class Worker:
                                                                         "queue", run_id)))
         except _Failed as failed:
             f = failed.failure
-            self._store_write(store, _Write(run_id, "failed", lambda s: s.fail(run_id, f.reason, f.kind),
-                                            lambda s, changed: self._failed(run_id, f.reason, changed)))
+            self._store_write(store, _Write(run_id, "failed", lambda s: s.fail(run_id, f.reason, f.kind, f.data),
+                                            lambda s, changed: self._failed(run_id, f, changed)))
         else:
             self._store_write(store, _Write(run_id, "done", lambda s: s.finish(run_id, record),
                                             lambda s, changed: self._done(s, run_id, out, changed, started)))
@@ -433,10 +429,10 @@ class Worker:
             out.unlink(missing_ok=True)
         self._cancelled(run_id)
 
-    def _failed(self, run_id: int, reason: str, changed: bool) -> None:
+    def _failed(self, run_id: int, failure, changed: bool) -> None:
         if changed:
-            log.warning("run %d failed: %s", run_id, reason)
-            self._emit(JobFailed(run_id, reason))
+            log.warning("run %d failed: %s", run_id, failure.reason)
+            self._emit(JobFailed(run_id, failure.reason, failure.data))
         else:
             self._emit(JobCancelled(run_id))
 
@@ -463,7 +459,7 @@ class Worker:
             refs = [Reference.open(path) for path in row.reference_paths]
             engine = self._engine()
         except Exception as exc:  # noqa: BLE001 — a bad reference or models that do not load fail this run
-            raise _Failed(classify(exc, self._render)) from None
+            raise _Failed(classify(exc)) from None  # the data and the plain line: each front end words it
         self._check_interrupt(store, run_id, force=True)
 
         step_times: list[float] = []
@@ -482,7 +478,7 @@ class Worker:
 
         record = row.record().replace(references=[dict(r, sha256=ref.sha256) for r, ref in
                                                   zip(row.references, refs)])
-        outcome = execute(engine, record, refs, on_step=on_step, render=self._render)
+        outcome = execute(engine, record, refs, on_step=on_step)
         if outcome.failure is not None:
             self._after_failure(outcome.failure)
             raise _Failed(outcome.failure)
