@@ -105,3 +105,17 @@ def test_the_same_bad_input_from_the_workbench_and_from_vlbench_worker_stores_th
     assert workbench_text(b.error, b.error_data) == f"Reference {gone}: no such file"
     assert cli_text(a.error, a.error_data) == f"--image {gone}: no such file"
     store.close()
+
+
+def test_a_results_row_written_before_error_data_is_still_valid():
+    """results.jsonl rows of the current schema written before the field: valid (resume does not redo them)."""
+    from vlbench.experiments.results import validate_row
+    from vlbench.records import RunRecord
+
+    row = RunRecord(status="failed", error="--image /r.png: no such file", failure="input", key="k", name="n",
+                    experiment="e", config_index=0).to_json()
+    assert validate_row(row) == []
+    del row["error_data"]
+    assert validate_row(row) == []
+    row["error_data"] = "not data"
+    assert validate_row(row) == ["error_data: str, expected dict"]
