@@ -123,6 +123,7 @@ def check_imports(modules: dict[str, Module], rules: dict[str, set[str]]) -> lis
     foundations, engine, torch_modules, argparse_users = (rules["foundations"], rules["engine"], rules["torch"],
                                                           rules["argparse"])
     schema, schema_may = rules["recipe"], {"errors", "files"}
+    screen = rules["screen"]
     for name, found in graph.items():
         here = short(name)
         for imp in found:
@@ -133,6 +134,8 @@ def check_imports(modules: dict[str, Module], rules: dict[str, set[str]]) -> lis
             if within(here, schema) and imp.target.startswith("vlbench.") and not (
                     within(there, schema) or within(there, schema_may)):
                 problems.append(f"{here}:{imp.line} imports {there}: the recipe imports only errors and files")
+            if within(there, {"tui"}) and imp.target.startswith("vlbench.") and not within(here, screen):
+                problems.append(f"{here}:{imp.line} imports {there}: only the workbench sees the screen")
             if imp.target.split(".")[0] == "argparse" and not within(here, argparse_users):
                 problems.append(f"{here}:{imp.line} imports argparse: only the command line sees it")
             if imp.module_level and any(imp.target == t or imp.target.startswith(t + ".") for t in TORCH) \
@@ -204,7 +207,7 @@ def _cycles(graph) -> list[list[str]]:
 
 def test_the_import_layers_table_names_real_modules():
     rules, modules = layers(), {short(n) for n in load_tree()}
-    assert set(rules) == {"foundations", "engine", "torch", "argparse", "recipe"}, set(rules)
+    assert set(rules) == {"foundations", "engine", "torch", "argparse", "recipe", "screen"}, set(rules)
     for rule, names in rules.items():
         assert names, rule
         assert names <= modules, (rule, names - modules)
@@ -228,6 +231,8 @@ def plant(tmp_path: Path, module: str, source: str, modules: dict[str, Module] |
     ("vlbench.engine.planted", "def f():\n    from vlbench.tui import app\n", "engine.planted:2 imports tui.app"),
     ("vlbench.planted", "import argparse\n", "planted:1 imports argparse"),
     ("vlbench.recipe.planted", "def f():\n    from vlbench.store import Store\n", "recipe.planted:2 imports store"),
+    ("vlbench.worker.planted", "def f():\n    from vlbench.tui.wording import render\n",
+     "worker.planted:2 imports tui.wording: only the workbench sees the screen"),
     ("vlbench.planted", "import torch\n", "planted:1 imports torch at module level"),
     ("vlbench.planted", "from vlbench.engine.blend import mix\n",
      "planted imports torch at module level through planted -> engine.blend"),

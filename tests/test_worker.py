@@ -99,7 +99,13 @@ def test_a_bad_job_fails_with_one_line_and_the_next_job_runs(tiny_spec, engine, 
     events = Events()
     drain(make_worker(tiny_spec, engine, events))
 
-    assert store.get(missing).error == f"Reference {tmp_path / 'missing.png'}: no such file"
+    row = store.get(missing)  # the worker stores the data and a plain line; the workbench words it (issue 24)
+    assert row.error == f"image {tmp_path / 'missing.png'}: no such file"
+    assert row.error_data == {"kind": "input", "field": "image", "value": str(tmp_path / "missing.png"),
+                              "message": "no such file"}
+    from vlbench.tui.wording import failure_text
+
+    assert failure_text(row.error, row.error_data) == f"Reference {tmp_path / 'missing.png'}: no such file"
     assert "multiple of 16" in store.get(bad_recipe).error
     assert "unknown key 'colour'" in store.get(unknown_key).error
     for run_id in (missing, bad_recipe, unknown_key):

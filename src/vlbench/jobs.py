@@ -41,6 +41,7 @@ class Failure:
     kind: str  # one of records.FAILURES
     reason: str  # one line, in the caller's words for inputs
     fatal: bool = False  # the process cannot run another job (a CUDA context lost to a device-side assert)
+    data: dict | None = None  # the failure as data (RunRecord.error_data): each front end words it
 
 
 @dataclass
@@ -64,7 +65,7 @@ def execute(engine, record: RunRecord, refs: list, *, on_step: Callable[[int, in
     started = time.time()
     load0 = sum(engine.models.load_seconds.values())
     forwards0 = engine.vl_forwards
-    rec = record.replace(status="running", started_at=started, error=None, failure=None)
+    rec = record.replace(status="running", started_at=started, error=None, failure=None, error_data=None)
     image = failure = None
     try:
         recipe = Recipe.from_dict(record.recipe)
@@ -79,7 +80,8 @@ def execute(engine, record: RunRecord, refs: list, *, on_step: Callable[[int, in
         raise
     except Exception as exc:  # noqa: BLE001 — one bad job never ends a sweep or a worker
         failure = classify(exc, render)
-        rec = rec.replace(status="failed", error=failure.reason, failure=failure.kind, timings={})
+        rec = rec.replace(status="failed", error=failure.reason, failure=failure.kind, error_data=failure.data,
+                          timings={})
     else:
         image = result.image
         rec = _done(rec, engine, result)
@@ -155,7 +157,8 @@ def execute_batch(engine, records: list[RunRecord], refs: list[list], *,
                 outcome.record.environment = {**outcome.record.environment, "batch": {"size": 1, "position": 0}}
             outcomes.append(outcome)
             continue
-        rec = _done(record.replace(status="running", started_at=started, error=None, failure=None), engine, result)
+        rec = _done(record.replace(status="running", started_at=started, error=None, failure=None, error_data=None),
+                    engine, result)
         rec.timings = {**rec.timings, "model_load": loads[i]}
         rec.vl_forwards = forwards[i]
         rec.finished_at = finished
@@ -164,7 +167,14 @@ def execute_batch(engine, records: list[RunRecord], refs: list[list], *,
 
 
 def classify(exc: BaseException, render: Callable[[UserError], str] = str) -> Failure:
-    """What kind of failure `exc` is, in one line. Bugs are logged with their traceback."""
+    """What kind of failure `exc` is, in one line (`render` words an input error) and as data (`Failure.data`: the
+    same for every caller, for each front end to word). Bugs are logged with their traceback."""
+    failure = _classify(exc, render)
+    data = exc.to_data(failure.kind) if isinstance(exc, UserError) else {"kind": failure.kind, "message": failure.reason}
+    return Failure(failure.kind, failure.reason, failure.fatal, data)
+
+
+def _classify(exc: BaseException, render: Callable[[UserError], str]) -> Failure:
     if isinstance(exc, UserError):
         return Failure("input", one_line(render(exc)))
     if isinstance(exc, NonFinite):

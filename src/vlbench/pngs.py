@@ -6,7 +6,10 @@ import hashlib
 import io
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from vlbench.records import RunRecord
 
 KEY = "vlbench"  # the PNG text chunk that holds RunRecord.png_metadata()
 
@@ -30,6 +33,17 @@ def write_png(path: str | Path, data: bytes) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, data)
     return hashlib.sha256(data).hexdigest()
+
+
+def write_run_png(path: str | Path, image, record: "RunRecord", *, name: str | None = None) -> "RunRecord":
+    """The one way a finished run's image is saved: `image` (a PIL image, or the PNG bytes already encoded with this
+    record's metadata, as a Ray actor sends them) encoded with `record.png_metadata()`, written whole and fsynced at
+    `path`. Returns the record that points at it: `image` is `name` (default: `path` as given) and `image_sha256`
+    the bytes' hash. Every caller appends the record's row (the store, results.jsonl) only after this returns, so
+    no row ever says done before its PNG is on disk."""
+    data = image if isinstance(image, bytes) else encode_png(image, record.png_metadata())
+    sha = write_png(path, data)
+    return record.replace(image=str(path) if name is None else name, image_sha256=sha)
 
 
 def save_png(image, path: str | Path, metadata: dict[str, Any]) -> Path:

@@ -36,6 +36,10 @@ class RunRecord:
     status: str = "pending"  # one of STATUSES
     error: str | None = None  # one line; the traceback of a bug goes to the log
     failure: str | None = None  # one of FAILURES when failed
+    # the failure as data (errors.UserError.to_data: kind, message; field, value, fix, where for an input error):
+    # each front end words it (cli.common.failure_text, tui.wording.failure_text); None in rows made before it,
+    # which read as their `error` line
+    error_data: dict | None = None
     image: str | None = None  # the PNG: absolute in the store, relative to the folder in results.jsonl
     image_sha256: str | None = None  # of the PNG's bytes, to verify a done image on resume
     started_at: float | None = None  # unix seconds
@@ -80,7 +84,7 @@ class RunRecord:
         return self.finished_at - self.started_at
 
 
-_NOT_IN_PNG = {"image", "image_sha256", "metrics", "status", "error", "failure", "timings", "started_at",
+_NOT_IN_PNG = {"image", "image_sha256", "metrics", "status", "error", "failure", "error_data", "timings", "started_at",
                "finished_at", "peak_memory_bytes", "vl_forwards"}
 
 

@@ -170,7 +170,7 @@ class Store:
                 return None
             conn.execute(
                 "UPDATE runs SET status = 'running', started_at = ?, finished_at = NULL, error = NULL,"
-                " claimed_by = ? WHERE id = ? AND status = 'pending'",
+                " error_data = NULL, claimed_by = ? WHERE id = ? AND status = 'pending'",
                 (time.time(), process_token(), found["id"]),
             )
             return _row(conn.execute("SELECT * FROM runs WHERE id = ?", (found["id"],)).fetchone())
@@ -183,20 +183,22 @@ class Store:
         values = dict(zip(_RECORD_COLUMNS, _values(record)))
         with self._write() as conn:
             cur = conn.execute(
-                f"UPDATE runs SET status = 'done', error = NULL, failure = NULL, "
+                f"UPDATE runs SET status = 'done', error = NULL, failure = NULL, error_data = NULL, "
                 f"{', '.join(f'{_q(c)} = ?' for c in cols)}"
                 " WHERE id = ? AND status = 'running' AND (claimed_by IS NULL OR claimed_by = ?)",
                 (*[values[c] for c in cols], run_id, process_token()),
             )
             return cur.rowcount == 1
 
-    def fail(self, run_id: int, reason: str, failure: str | None = None) -> bool:
-        """pending/running -> failed with a one-line reason. False if the run is in another state."""
+    def fail(self, run_id: int, reason: str, failure: str | None = None, data: dict | None = None) -> bool:
+        """pending/running -> failed with a one-line reason (and `data`, the structured error: RunRecord.error_data).
+        False if the run is in another state."""
         with self._write() as conn:
             cur = conn.execute(
-                "UPDATE runs SET status = 'failed', finished_at = ?, error = ?, failure = ? WHERE id = ? AND"
-                " (status = 'pending' OR (status = 'running' AND (claimed_by IS NULL OR claimed_by = ?)))",
-                (time.time(), one_line(reason), failure, run_id, process_token()),
+                "UPDATE runs SET status = 'failed', finished_at = ?, error = ?, failure = ?, error_data = ? WHERE id = ?"
+                " AND (status = 'pending' OR (status = 'running' AND (claimed_by IS NULL OR claimed_by = ?)))",
+                (time.time(), one_line(reason), failure, None if data is None else _dumps(data), run_id,
+                 process_token()),
             )
             return cur.rowcount == 1
 
@@ -214,7 +216,7 @@ class Store:
         with self._write() as conn:
             cur = conn.execute(
                 "UPDATE runs SET status = 'pending', position = ?, started_at = NULL, finished_at = NULL,"
-                " image = NULL, image_sha256 = NULL, error = NULL, failure = NULL, timings = '{}',"
+                " image = NULL, image_sha256 = NULL, error = NULL, failure = NULL, error_data = NULL, timings = '{}',"
                 " peak_memory_bytes = NULL, environment = '{}', conditioning = '{}', caption_tokens = NULL,"
                 " vl_forwards = 0, claimed_by = NULL, interruptions = 0"
                 " WHERE id = ? AND status IN ('failed', 'cancelled')",
@@ -506,6 +508,7 @@ def _contains(haystack: str | None, needle: str) -> bool:
 
 _RECORD_COLUMNS = tuple(f.name for f in fields(RunRecord) if f.name != "schema")
 _JSON_COLUMNS = ("references", "recipe", "timings", "environment", "conditioning", "metrics")
+_NULLABLE_JSON = ("error_data",)  # JSON, NULL when absent (rows from before schema 5 have none)
 _ITEM_KEYS = ("prompt", "images", "recipe", "name", "experiment", "source")
 
 
@@ -540,7 +543,9 @@ def _as_record(item: dict | RunRecord) -> RunRecord:
 
 
 def _values(record: RunRecord) -> tuple:
-    return tuple(_dumps(getattr(record, c)) if c in _JSON_COLUMNS else getattr(record, c) for c in _RECORD_COLUMNS)
+    return tuple(_dumps(getattr(record, c)) if c in _JSON_COLUMNS
+                 else (None if getattr(record, c) is None else _dumps(getattr(record, c))) if c in _NULLABLE_JSON
+                 else getattr(record, c) for c in _RECORD_COLUMNS)
 
 
 def _statuses(status: str | Iterable[str] | None) -> tuple[str, ...] | None:
@@ -605,6 +610,8 @@ def _row(r: sqlite3.Row) -> RunRow:
     data = dict(r)
     for key in _JSON_COLUMNS:
         data[key] = json.loads(data[key]) if data[key] else ([] if key == "references" else {})
+    for key in _NULLABLE_JSON:
+        data[key] = json.loads(data[key]) if data.get(key) else None
     return RunRow(**data)
 
 
@@ -688,7 +695,13 @@ def _v4(conn: sqlite3.Connection) -> None:
     conn.executemany("UPDATE runs SET recipe = ? WHERE id = ?", updates)
 
 
-MIGRATIONS = [_v1, _v2, _v3, _v4]
+def _v5(conn: sqlite3.Connection) -> None:
+    """Errors as data: a failed run's structured error (RunRecord.error_data, JSON), which each front end words.
+    Rows from before it have none (NULL) and read as their `error` line, as they were shown."""
+    conn.execute("ALTER TABLE runs ADD COLUMN error_data TEXT")
+
+
+MIGRATIONS = [_v1, _v2, _v3, _v4, _v5]
 
 
 def _migrate(conn: sqlite3.Connection, path: Path) -> None:

@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 from typing import Any, Iterable
 
-from vlbench.errors import UserError
+from vlbench.errors import UserError, word_failure
 
 # -1,-2,-5 is a value, not an option (argparse alone only takes "-1" for a negative number)
 NEGATIVE_NUMBERS = re.compile(r"^-\d+(,-?\d+)*,?$|^-\d*\.\d+(e-?\d+)?$")
@@ -27,6 +27,11 @@ def flag_name(field: str) -> str:
 
 def render(exc: UserError) -> str:
     return exc.render(flag_name)
+
+
+def failure_text(error: str | None, data: dict | None) -> str | None:
+    """A stored failure (a row's error and error_data, a JobFailed's reason and data) as the command line says it."""
+    return word_failure(error, data, flag_name)
 
 
 class HelpFormatter(argparse.HelpFormatter):
@@ -126,12 +131,8 @@ def model_flags(args: argparse.Namespace) -> dict:
 def engine(spec, console, cache_dir=None, files=None):
     """An Engine whose models load on first use, with status lines on the console; `files` (precheck's
     ModelFiles) are the processor and tokenizer the plan checks read, reused rather than read again."""
-    from vlbench.engine.engine import Engine
-    from vlbench.engine.models import Models
+    from vlbench.engine.build import open_engine
 
-    from vlbench.logs import quiet_libraries
-
-    quiet_libraries()
     if spec.tiny:
         console.print("[yellow]models: the built-in tiny RANDOM-WEIGHT ones; the images are noise (name real ones "
                       "with --zimage/--vl or in config.toml)[/yellow]")
@@ -139,10 +140,11 @@ def engine(spec, console, cache_dir=None, files=None):
         from vlbench.modelspec import FAST_NOTE
 
         console.print(f"[yellow]{escape(FAST_NOTE)}[/yellow]")
-    models = Models(spec, on_status=lambda s: console.print(f"[dim]{escape(s)}[/dim]"), files=files)
-    for warning in models.warnings:  # CUDA unusable: say so before minutes of CPU work
+    engine = open_engine(spec, on_status=lambda s: console.print(f"[dim]{escape(s)}[/dim]"), cache_dir=cache_dir,
+                         files=files)
+    for warning in engine.models.warnings:  # CUDA unusable: say so before minutes of CPU work
         console.print(f"[bold red]warning: {escape(warning)}[/bold red]")
-    return Engine(models, cache_dir=cache_dir)
+    return engine
 
 
 # ---------------------------------------------------------------- recipes

@@ -21,7 +21,7 @@ def run(args) -> int:
     from vlbench.files import atomic_write
     from vlbench.jobs import execute
     from vlbench.modelspec import ModelSpec
-    from vlbench.pngs import encode_png, write_png
+    from vlbench.pngs import write_run_png
     from vlbench.recipe import Recipe, Tokens
     from vlbench.records import RunRecord, references_of
 
@@ -44,7 +44,7 @@ def run(args) -> int:
             console.print(f"[red]failed: --tokens {tokens}: {common.escape(outcome.failure.reason)}[/red]")
             return 1
         path = out / f"demo-{tokens}.png"
-        write_png(path, encode_png(outcome.image, outcome.record.png_metadata()))
+        write_run_png(path, outcome.image, outcome.record)
         console.print(f"--tokens {tokens:6}: {outcome.record.caption_tokens:3} caption tokens -> {common.escape(path)}")
     cond = engine.condition(Recipe(tokens="text"), prompt, refs)
     atomic_write(out / "demo-text.safetensors",

@@ -25,7 +25,7 @@ def run(args) -> int:
     from rich.progress import Progress
 
     from vlbench.jobs import execute
-    from vlbench.pngs import encode_png, write_png
+    from vlbench.pngs import write_run_png
     from vlbench.records import RunRecord, job_key, references_of
 
     out, prompt, recipe, refs, spec, files = common.single_image_inputs(args, ".png")
@@ -49,8 +49,7 @@ def run(args) -> int:
         return 1
     record = outcome.record
     common.warn(console, record.conditioning.get("warnings", []))
-    sha = write_png(out, encode_png(outcome.image, record.png_metadata()))
-    record = record.replace(image=str(out.resolve()), image_sha256=sha)
+    record = write_run_png(out, outcome.image, record, name=str(out.resolve()))  # before its history row
     if not args.no_store:
         store = common.open_store(console)
         if store is not None:

@@ -40,7 +40,7 @@ def run(args) -> int:
         raise UserError("must be between 0.05 and 60 seconds", field="poll", value=args.poll)
     common.check_data_dir()
     spec = common.model_spec(args)
-    worker = Worker(spec, on_event=_log_event, poll_s=args.poll, presence="headless", render=common.render)
+    worker = Worker(spec, on_event=_log_event, poll_s=args.poll, presence="headless")
     store = Store()
     try:
         other = store.take_owner(PRESENCE, worker.presence_info())  # check and register in one step (issue 26)
@@ -96,8 +96,11 @@ def _log_event(event: object) -> None:
 
     from vlbench.worker import JobFailed, ModelStatus
 
-    if isinstance(event, (ModelStatus, JobFailed)):
+    if isinstance(event, ModelStatus):
         logging.getLogger("vlbench.worker").info("%s", event)
+    elif isinstance(event, JobFailed):  # in the command line's words
+        logging.getLogger("vlbench.worker").info("run %d failed: %s", event.run_id,
+                                                 common.failure_text(event.reason, event.data))
 
 
 def _say(text: str) -> None:

@@ -1,6 +1,6 @@
 """The Ray actor: one per GPU, an Engine over its own models, running jobs through the one job path.
 
-Each actor builds `Engine(Models(spec))` once (models load on its first job, as in the local runner) and
+Each actor builds its Engine once (engine.build.open_engine, its share of the node's threads) (models load on its first job, as in the local runner) and
 keeps its extraction cache. For a job it returns the finished RunRecord and the PNG's bytes (encoded, while
 its next job generates, with the same metadata the local runner writes); the head writes the file.
 References travel as bytes (`ray.put`), so nothing depends on a shared filesystem.
@@ -22,21 +22,14 @@ class VLBenchActor:
     def __init__(self, spec: dict, slot: int, threads: int | None = None):
         from concurrent.futures import ThreadPoolExecutor
 
-        import torch
-
-        from vlbench.engine.engine import Engine
-        from vlbench.engine.models import Models
-        from vlbench.logs import quiet_libraries
+        from vlbench.engine.build import open_engine
         from vlbench.modelspec import ModelSpec
 
-        if threads:
-            torch.set_num_threads(threads)
         model_spec = ModelSpec(**spec)
         if model_spec.tiny and not (Path(model_spec.zimage).is_dir() and Path(model_spec.vl).is_dir()):
             model_spec = replace(model_spec, zimage="", vl="")  # another host: Models builds its own copy
-        quiet_libraries()
         self.slot = slot
-        self.engine = Engine(Models(model_spec))
+        self.engine = open_engine(model_spec, threads=threads or None)
         self.refs: dict[str, Any] = {}
         self._gpu = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vlbench-gen")
         self._png = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vlbench-png")

@@ -150,12 +150,11 @@ def head_engine(spec):
     spec, and diagnostics or metrics after the run use it. A head without CUDA keeps --device cuda for the actors."""
     import torch
 
-    from vlbench.engine.engine import Engine
-    from vlbench.engine.models import Models
+    from vlbench.engine.build import open_engine
 
     if spec.device and spec.device.startswith("cuda") and not torch.cuda.is_available():
         spec = replace(spec, device=None)
-    return Engine(Models(spec))
+    return open_engine(spec)
 
 
 

@@ -410,13 +410,12 @@ class _Run:
 
     def _record(self, job, result: dict) -> None:
         """The actor's record into the ledger: the PNG written (whole or absent) before its row."""
-        from vlbench.pngs import write_png
+        from vlbench.pngs import write_run_png
         from vlbench.records import RunRecord
 
         record = RunRecord.from_json(result["record"])
         if record.status == "done":
-            sha = write_png(self.ledger.out / job.image, result["png"])
-            record = record.replace(image=job.image, image_sha256=sha)
+            record = write_run_png(self.ledger.out / job.image, result["png"], record, name=job.image)
         self.ledger.append(job, record)
 
     def _say(self, text: str) -> None:

@@ -34,6 +34,7 @@ ROW_SCHEMA: dict[str, tuple] = {
     "status": (str,),
     "error": (str, None),
     "failure": (str, None),
+    "error_data": (dict, None),  # the failure as data (RunRecord.error_data); absent in rows written before it
     "timings": (dict,),  # seconds: extraction, blend, generation, model_load (+ text_encoding when used)
     "peak_memory_bytes": (int, None),  # torch.cuda.max_memory_allocated during the job; null off GPU
     "caption_tokens": (int, None),
@@ -46,6 +47,10 @@ ROW_SCHEMA: dict[str, tuple] = {
 }
 
 
+# keys a row of the current schema may lack: added without a schema bump, a row written before them means None
+OPTIONAL_KEYS = frozenset({"error_data"})
+
+
 def validate_row(row: Any) -> list[str]:
     """Problems with one results row ([] when it is valid)."""
     if not isinstance(row, dict):
@@ -53,7 +58,8 @@ def validate_row(row: Any) -> list[str]:
     problems = []
     for key, types in ROW_SCHEMA.items():
         if key not in row:
-            problems.append(f"{key}: missing")
+            if key not in OPTIONAL_KEYS:
+                problems.append(f"{key}: missing")
             continue
         value = row[key]
         allowed = tuple(t for t in types if t is not None)

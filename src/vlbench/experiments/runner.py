@@ -19,6 +19,7 @@ from vlbench.experiments import folder as F
 from vlbench.experiments.folder import Ledger, Summary
 from vlbench.experiments.plan import Job, plan, reference_sets
 from vlbench.experiments.spec import ExperimentType, NamedRecipe
+from vlbench.pngs import write_run_png
 
 __all__ = ["Job", "Summary", "run_experiment", "write_outputs"]
 log = logging.getLogger("vlbench.experiments")
@@ -177,20 +178,14 @@ class _Pending:
 
     def submit(self, writer, image) -> "_Pending":
         if image is not None:
-            self.future = writer.submit(_write, self.out / self.job.image, image, self.record.png_metadata())
+            self.future = writer.submit(write_run_png, self.out / self.job.image, image, self.record,
+                                        name=self.job.image)
         return self
 
     def wait(self):
         if self.future is None:
             return self.record
-        sha = self.future.result()  # a failed write (disk full) ends the run as it did on the main thread
-        return self.record.replace(image=self.job.image, image_sha256=sha)
-
-
-def _write(path: Path, image, metadata: dict) -> str:
-    from vlbench.pngs import encode_png, write_png
-
-    return write_png(path, encode_png(image, metadata))
+        return self.future.result()  # a failed write (disk full) ends the run as it did on the main thread
 
 
 # ---- progress on stderr ----

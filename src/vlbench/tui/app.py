@@ -54,7 +54,7 @@ from vlbench.tui.widgets.pane_bar import PaneBar
 from vlbench.tui.widgets.parameters import ParametersPane
 from vlbench.tui.widgets.preview import MAX_PICTURES, PreviewPane
 from vlbench.tui.widgets.queue import QueuePane
-from vlbench.tui.wording import render
+from vlbench.tui.wording import failure_text, render
 from vlbench.worker import (BatchExported, BatchExportFailed, JobCancelled, JobDone, JobFailed, JobProgress,
                             JobStarted, ModelStatus, ViewerFollows, WorkerIdle, WorkerPaused)
 
@@ -272,7 +272,7 @@ class VlbenchApp(App[int]):
         # key press takes several such waits. 1 ms keeps keys quick while the worker computes.
         sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL_S))
         self.job_worker = Worker(self.models, store_path=self.store.path, outputs_dir=self.outputs_dir, on_event=post,
-                                 engine_factory=engine_factory, recover=False, render=render,
+                                 engine_factory=engine_factory, recover=False,
                                  presence="workbench")  # issue 13: `vlbench worker` refuses to run beside it
         self.job_worker.start()
         self.queue_pane.set_status(f"worker ready · models load with the first run ({self.models.describe()})")
@@ -390,8 +390,8 @@ class VlbenchApp(App[int]):
                 if follow:
                     self.selected_run = run_id  # the Preview follows the latest result
                 self.runs_changed(run_id, show=follow)
-            case JobFailed(run_id=run_id, reason=reason):
-                self.notify(f"run {run_id} failed: {reason}", severity="error", timeout=8)
+            case JobFailed(run_id=run_id, reason=reason, data=data):
+                self.notify(f"run {run_id} failed: {failure_text(reason, data)}", severity="error", timeout=8)
                 self.runs_changed(run_id)
             case JobCancelled(run_id=run_id):
                 self.runs_changed(run_id)

@@ -6,7 +6,7 @@ shows flags, the workbench shows what its panes call them: "Reference ref.png: n
 
 from __future__ import annotations
 
-from vlbench.errors import UserError
+from vlbench.errors import UserError, word_failure
 
 # Inputs that are not Recipe fields, as the Inputs pane names them; Recipe fields keep their form names.
 LABELS = {"image": "Reference", "prompt": "Prompt", "vl_text": "VL text", "recipe": "Recipe file",
@@ -21,3 +21,8 @@ def label(field: str) -> str:
 
 def render(exc: UserError) -> str:
     return exc.render(label)
+
+
+def failure_text(error: str | None, data: dict | None) -> str | None:
+    """A stored failure (a row's error and error_data, a JobFailed's reason and data) as the workbench says it."""
+    return word_failure(error, data, label)

@@ -10,11 +10,12 @@
 package on its UI thread; the engine is built inside the worker's thread.
 """
 
+from vlbench.engine.build import cpu_threads
 from vlbench.worker.events import (PRESENCE, BatchExported, BatchExportFailed, JobCancelled, JobDone, JobFailed,
                                    JobProgress, JobStarted, ModelStatus, QueueRunner, ViewerFollows, WorkerIdle,
                                    WorkerPaused)
 from vlbench.worker.viewer import Viewer, _report_viewed_exports, live_worker
-from vlbench.worker.worker import HEARTBEAT_S, STORE_RETRY_S, Worker, build_engine, cpu_threads
+from vlbench.worker.worker import HEARTBEAT_S, STORE_RETRY_S, Worker, build_engine
 
 __all__ = ["PRESENCE", "BatchExported", "BatchExportFailed", "JobCancelled", "JobDone", "JobFailed", "JobProgress",
            "JobStarted", "ModelStatus", "QueueRunner", "ViewerFollows", "WorkerIdle", "WorkerPaused", "Viewer",

@@ -73,7 +73,8 @@ class JobDone:
 @dataclass(frozen=True)
 class JobFailed:
     run_id: int
-    reason: str
+    reason: str  # the stored line (no front end's words)
+    data: dict | None = None  # the structured error (RunRecord.error_data): the front end words it
 
 
 @dataclass(frozen=True)

@@ -217,5 +217,5 @@ def _finished_event(row: RunRow) -> object:
     if row.status == "done":
         return JobDone(row.id, row.image or "", row.duration or 0.0)
     if row.status == "failed":
-        return JobFailed(row.id, row.error or "failed")
+        return JobFailed(row.id, row.error or "failed", row.error_data)
     return JobCancelled(row.id)

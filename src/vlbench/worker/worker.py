@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from vlbench import paths
-from vlbench.errors import UserError, one_line
+from vlbench.engine.build import SPARE_CORE, open_engine
+from vlbench.errors import one_line
 from vlbench.files import remove_stale_temp_files
 from vlbench.jobs import Cancelled, Stopping
 from vlbench.logs import attach_log_file
@@ -46,8 +47,7 @@ class Worker:
 
     def __init__(self, spec, *, store_path: Path | str | None = None, outputs_dir: Path | str | None = None,
                  on_event: Callable[[object], None] = lambda e: None, engine_factory: Callable[[], Any] | None = None,
-                 poll_s: float = 0.5, recover: bool = True, render: Callable[[UserError], str] | None = None,
-                 presence: str | None = None, heartbeat_s: float = HEARTBEAT_S, export_batches: bool = True):
+                 poll_s: float = 0.5, recover: bool = True, presence: str | None = None, heartbeat_s: float = HEARTBEAT_S, export_batches: bool = True):
         """`presence`: "headless" (`vlbench worker`: publishes its state every `heartbeat_s`) or "workbench"
         (registers once); None registers nothing. `export_batches`: write each finished experiment batch's
         folder (vlbench.experiments.batch_export)."""
@@ -73,9 +73,6 @@ class Worker:
         self._free_memory = False
         self._control: Store | None = None
         self._since = time.time()
-        if render is None:  # the workbench's words: the headless worker's runs are read there too
-            from vlbench.tui.wording import render
-        self._render = render
         self._reported_paused = False
         self.presence = presence
         self.heartbeat_s = heartbeat_s
@@ -323,8 +320,8 @@ class Worker:
                                                                         "queue", run_id)))
         except _Failed as failed:
             f = failed.failure
-            self._store_write(store, _Write(run_id, "failed", lambda s: s.fail(run_id, f.reason, f.kind),
-                                            lambda s, changed: self._failed(run_id, f.reason, changed)))
+            self._store_write(store, _Write(run_id, "failed", lambda s: s.fail(run_id, f.reason, f.kind, f.data),
+                                            lambda s, changed: self._failed(run_id, f, changed)))
         else:
             self._store_write(store, _Write(run_id, "done", lambda s: s.finish(run_id, record),
                                             lambda s, changed: self._done(s, run_id, out, changed, started)))
@@ -432,10 +429,10 @@ class Worker:
             out.unlink(missing_ok=True)
         self._cancelled(run_id)
 
-    def _failed(self, run_id: int, reason: str, changed: bool) -> None:
+    def _failed(self, run_id: int, failure, changed: bool) -> None:
         if changed:
-            log.warning("run %d failed: %s", run_id, reason)
-            self._emit(JobFailed(run_id, reason))
+            log.warning("run %d failed: %s", run_id, failure.reason)
+            self._emit(JobFailed(run_id, failure.reason, failure.data))
         else:
             self._emit(JobCancelled(run_id))
 
@@ -455,14 +452,14 @@ class Worker:
         """One run through the job path; its PNG on disk (fsynced) before the row says done."""
         from vlbench.engine.engine import Reference
         from vlbench.jobs import classify, execute
-        from vlbench.pngs import encode_png, write_png
+        from vlbench.pngs import encode_png, write_run_png
 
         run_id = row.id
         try:
             refs = [Reference.open(path) for path in row.reference_paths]
             engine = self._engine()
         except Exception as exc:  # noqa: BLE001 — a bad reference or models that do not load fail this run
-            raise _Failed(classify(exc, self._render)) from None
+            raise _Failed(classify(exc)) from None  # the data and the plain line: each front end words it
         self._check_interrupt(store, run_id, force=True)
 
         step_times: list[float] = []
@@ -481,7 +478,7 @@ class Worker:
 
         record = row.record().replace(references=[dict(r, sha256=ref.sha256) for r, ref in
                                                   zip(row.references, refs)])
-        outcome = execute(engine, record, refs, on_step=on_step, render=self._render)
+        outcome = execute(engine, record, refs, on_step=on_step)
         if outcome.failure is not None:
             self._after_failure(outcome.failure)
             raise _Failed(outcome.failure)
@@ -493,13 +490,12 @@ class Worker:
         record = outcome.record
         data = encode_png(outcome.image, record.png_metadata())
         try:
-            sha = write_png(out, data)  # fsynced before the row says done
+            record = write_run_png(out, data, record)  # fsynced before the row says done
         except OSError as exc:  # a full or read-only disk: every next run would fail the same way
             raise _Postpone(f"cannot write {out} ({exc.strerror or exc}); run {run_id} is back in the queue and "
                             f"the queue waits until {self.outputs_dir} has room (it goes on by itself)",
                             need=2 * len(data) + (1 << 20)) from None
-        record = record.replace(image=str(out), image_sha256=sha,
-                                timings={**record.timings, "save": time.perf_counter() - save_start,
+        record = record.replace(timings={**record.timings, "save": time.perf_counter() - save_start,
                                          "total": time.perf_counter() - started})
         return out, record
 
@@ -584,40 +580,11 @@ def _persist(write: Callable, *args: Any, stop: threading.Event | None = None, b
 
 
 def build_engine(spec, on_status: Callable[[str], None]):
-    """The Engine every worker runs (the workbench's thread, `vlbench worker`): Models that load each part on first
-    use, library bars off, and one thread policy. On CPU torch's intra-op threads are capped at the cores less one:
-    a pool as large as the machine thrashes against the process's other threads (the workbench's UI, a heartbeat,
-    a viewer) and ran a headless worker 10–17× slower. Worker thread only (imports torch)."""
-    import torch
-
-    from vlbench.engine.engine import Engine
-    from vlbench.engine.models import Models
-
-    _quiet_libraries()
-    on_cpu = spec.device == "cpu" or (spec.device is None and not torch.cuda.is_available())
-    if on_cpu:
-        torch.set_num_threads(cpu_threads(torch.get_num_threads()))
-        log.info("torch threads on CPU: %d (of %d cores)", torch.get_num_threads(), os.cpu_count() or 1)
+    """The Engine every worker runs (the workbench's thread, `vlbench worker`): open_engine with the workers' thread
+    policy (SPARE_CORE: on CPU, the cores less one). Worker thread only (imports torch)."""
     if spec.tiny:
         on_status("preparing the tiny random models…")
-    return Engine(Models(spec, on_status=on_status))
-
-
-def cpu_threads(default: int, cores: int | None = None) -> int:
-    """The intra-op threads a CPU worker uses: torch's default, at most the cores less one, at least one."""
-    cores = cores or os.cpu_count() or 1
-    return max(1, min(default, cores - 1)) if cores > 1 else 1
-
-
-def _quiet_libraries() -> None:
-    """Library progress bars would scribble over the TUI; ModelStatus events replace them."""
-    import diffusers
-    import transformers
-
-    transformers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
-    diffusers.utils.logging.disable_progress_bar()
-    diffusers.utils.logging.set_verbosity_error()
+    return open_engine(spec, on_status=on_status, threads=SPARE_CORE)
 
 
 def _empty_cuda_cache() -> None:

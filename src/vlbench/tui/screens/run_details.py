@@ -15,6 +15,7 @@ from textual.widgets import Label, Static
 from vlbench.records import vl_extractions
 from vlbench.store import RunRow
 from vlbench.tui.format import human_bytes, run_label, when
+from vlbench.tui.wording import failure_text
 
 
 class RunDetails(ModalScreen[str | None]):
@@ -58,7 +59,7 @@ class RunDetails(ModalScreen[str | None]):
             ("started", when(run.started_at) or "—"),
             ("finished", when(run.finished_at) or "—"),
             ("output", run.image or "—"),
-            ("error", Text(run.error, style="red") if run.error else "—"),
+            ("error", Text(failure_text(run.error, run.error_data), style="red") if run.error else "—"),
             ("timings", ", ".join(f"{k} {v:.3f} s" for k, v in run.timings.items() if isinstance(v, (int, float)))
              or "—"),
             ("peak memory", human_bytes(run.peak_memory_bytes) if run.status == "done" else "—"),

@@ -23,6 +23,7 @@ from vlbench.metrics import METRICS, format_value
 from vlbench.store import RunRow
 from vlbench.tui import keys
 from vlbench.tui.format import prompt_line, recipe_summary, run_label
+from vlbench.tui.wording import failure_text
 
 MAX_PICTURES = 4  # the selected run and up to three marked ones
 
@@ -255,7 +256,7 @@ def _missing(run: RunRow) -> str:
     if run.status == "done":
         return f"image missing: {run.image}" if run.image else "no image recorded"
     if run.status == "failed":
-        return f"failed: {run.error or 'no reason recorded'}"
+        return f"failed: {failure_text(run.error, run.error_data) or 'no reason recorded'}"
     return f"{run.status}…" if run.status in ("pending", "running") else run.status
 
 
