@@ -470,7 +470,7 @@ def test_a_folder_without_results_is_a_one_line_error(tmp_path, models):
 
 # ---- report ----
 def test_report_has_a_sortable_metrics_table_and_the_adherence_plot(tmp_path, models):
-    from vlbench.report import write_report
+    from vlbench.analysis.report import write_report
 
     out = tmp_path / "run"
     rows = fake_run(out, n=5)

@@ -105,6 +105,11 @@ def references_of(paths_and_hashes) -> list[dict]:
     return [{"path": str(p), "sha256": s} for p, s in paths_and_hashes]
 
 
+def references_key(row: dict) -> str:
+    """The sha256s of a row's references, joined: what groups its images (one reference: its sha256)."""
+    return "+".join(r.get("sha256") or r["path"] for r in row.get("references", []))
+
+
 def upgrade(data: dict[str, Any]) -> dict[str, Any]:
     """Any earlier serialisation (results.jsonl v1 rows, store rows before v2) as the current one."""
     if data.get("schema") == RECORD_VERSION:

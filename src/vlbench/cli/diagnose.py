@@ -30,7 +30,7 @@ def add_arguments(p) -> None:
 
 def parse_layers(values: list[str] | None) -> tuple[int, ...] | None:
     """['-1,-2', '-5'] -> (-1, -2, -5); None -> the default layers; ['all'] -> None (every layer)."""
-    from vlbench.diagnose import DEFAULT_LAYERS
+    from vlbench.analysis.diagnose import DEFAULT_LAYERS
 
     if values is None:
         return DEFAULT_LAYERS
@@ -50,7 +50,7 @@ def parse_layers(values: list[str] | None) -> tuple[int, ...] | None:
 def run(args) -> int:
     from rich.console import Console
 
-    from vlbench.diagnose import diagnose, entry_id, plot, print_diagnostics, write_diagnostics
+    from vlbench.analysis.diagnose import diagnose, entry_id, plot, print_diagnostics, write_diagnostics
     from vlbench.prompts import check_prompt
 
     layers = parse_layers(args.layers)

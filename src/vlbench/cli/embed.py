@@ -75,7 +75,7 @@ def caption_tensors(cond, steps: int) -> tuple[dict, list[dict]]:  # steps: thos
 def write_heatmaps(out, conditioning: dict, refs, recipe: dict) -> list:
     """With image_attention on: COND.heatmap.png beside COND.safetensors (COND.heatmap-N.png, one per
     reference, when there are several)."""
-    from vlbench import heatmap
+    from vlbench.analysis import heatmap
     from vlbench.files import atomic_write
 
     images = heatmap.from_conditioning(conditioning, [r.image for r in refs], recipe)

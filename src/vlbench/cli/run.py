@@ -187,7 +187,7 @@ def run(args) -> int:
 def _after_run(args, engine, out: Path, recipes, refs, prompts, metrics, sources, store, console) -> None:
     """The report's embedding diagnostics, then (with --metrics) the scoring pass; then the report again."""
     if not args.no_diagnostics:
-        from vlbench.diagnose import diagnose_run, recipe_layers
+        from vlbench.analysis.diagnose import diagnose_run, recipe_layers
 
         calibration = next((n.recipe.calibration for n in recipes if n.recipe.calibration), None)
         try:
@@ -202,6 +202,6 @@ def _after_run(args, engine, out: Path, recipes, refs, prompts, metrics, sources
     if metrics or not args.no_diagnostics:
         common.rewrite_report(out)
     if metrics:  # the statistics table ends the run
-        from vlbench.stats import print_folder_stats
+        from vlbench.analysis.folders import print_folder_stats
 
         print_folder_stats([out], console, common.render)

@@ -1,6 +1,6 @@
 """`vlbench stats DIR [DIR…]`: the statistics of scored run folders, as tables or as JSON.
 
-The numbers are vlbench.stats'; the JSON schema is in docs/stats.md.
+The numbers are vlbench.analysis.stats'; the JSON schema is in docs/stats.md.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ DESCRIPTION = ("Statistics of scored run folders (vlbench score writes the score
 
 
 def add_arguments(p) -> None:
-    from vlbench.stats import ALPHA, BOOTSTRAP_SEED, DEFAULT_UNIT, RESAMPLES, UNITS
+    from vlbench.analysis.stats import ALPHA, BOOTSTRAP_SEED, DEFAULT_UNIT, RESAMPLES, UNITS
 
     p.add_argument("dirs", nargs="+", metavar="DIR", help="the --output-dir of scored vlbench runs (one experiment)")
     p.add_argument("--baseline", metavar="CONFIG",
@@ -98,7 +98,8 @@ def _per_metric(spec: str | None, option: str, metrics: list[str] | None, defaul
 
 
 def run(args) -> int:
-    from vlbench.stats import EQUIVALENCE_MARGINS, folder_stats, print_stats
+    from vlbench.analysis.folders import folder_stats
+    from vlbench.analysis.stats import EQUIVALENCE_MARGINS, print_stats
 
     if args.resamples < 100:
         raise UserError("too few resamples for a 95% interval", field="resamples", value=args.resamples,

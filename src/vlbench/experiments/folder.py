@@ -293,7 +293,7 @@ def finish_invocation(out: Path, invocation: dict, engine, summary: Summary) -> 
 def write_outputs(out: Path, experiment=None) -> None:
     """grid.png and report.html from every row in results.jsonl."""
     from vlbench.experiments.grid import write_grid
-    from vlbench.report import write_report
+    from vlbench.analysis.report import write_report
 
     rows, _ = ResultsLog(out / RESULTS).read()
     rows = list(latest_by_key(rows).values())

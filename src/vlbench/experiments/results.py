@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from vlbench.records import RECORD_VERSION
+from vlbench.records import RECORD_VERSION, references_key  # noqa: F401  (references_key: re-exported)
 
 STATUSES = ("done", "failed")
 TIMING_KEYS = ("extraction", "blend", "generation", "model_load")
@@ -182,11 +182,6 @@ def first_reference(row: dict) -> tuple[str, str]:
     """(path, sha256) of a row's first reference (grids, reports and scores read one per image)."""
     ref = row["references"][0] if row.get("references") else {"path": "", "sha256": ""}
     return ref["path"], ref.get("sha256") or ""
-
-
-def references_key(row: dict) -> str:
-    """The sha256s of a row's references, joined: what groups its images (one reference: its sha256)."""
-    return "+".join(r.get("sha256") or r["path"] for r in row.get("references", []))
 
 
 def latest_by_key(rows: list[dict]) -> dict[str, dict]:

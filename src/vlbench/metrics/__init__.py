@@ -7,7 +7,7 @@ metric: model id, preprocessing, prompt template, aggregation).
 - human preference: PickScore; ImageReward as an optional extra
 
 This module is the metrics' vocabulary only (names, default model ids, parsing), standard library
-only, so the report, the store, `vlbench.stats` and the workbench can name metrics without importing
+only, so the report, the store, `vlbench.analysis.stats` and the workbench can name metrics without importing
 torch. The computations are in `vlbench.metrics.models` (and `vqa`, `style`); the scoring pass over a
 run folder in `vlbench.metrics.score`.
 """

@@ -21,10 +21,10 @@ def metric_summary(values: Mapping[tuple, float] | Sequence[float]) -> dict:
     """{"n", "not_finite", "mean", "ci", "method", "conditional_on"} of one metric over a trial's images.
 
     `values`: {(prompt, reference sha256, seed): value}, so the interval is `vlbench stats`' design-aware one
-    (vlbench.crossed.infer: prompt × reference cells, seeds inside; conditional on the prompts/references when
+    (vlbench.analysis.crossed.infer: prompt × reference cells, seeds inside; conditional on the prompts/references when
     fewer than 4); a plain sequence counts as the seeds of one cell. Non-finite values are counted in
     "not_finite" and left out. ci: None when the design gives no interval (e.g. one image)."""
-    from vlbench.crossed import infer
+    from vlbench.analysis.crossed import infer
 
     units = dict(values) if isinstance(values, Mapping) else {("", "", i): v for i, v in enumerate(values)}
     finite = {u: float(v) for u, v in units.items() if math.isfinite(v)}

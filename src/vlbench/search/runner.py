@@ -5,7 +5,7 @@ combination the Recipe refuses is told to Optuna as FAIL with the Recipe's one-l
 and runs nothing. Otherwise the trial's images (every prompt × reference × seed) go through the runner
 (`vlbench.experiments.runner.run_experiment`: the one job path, the run record, the run store) into
 `trials/tNNNN/`, are scored (`vlbench.metrics.score.score_folder`), and each objective is the metric's mean over
-the trial's images, with its design-aware 95% interval (`vlbench stats`' method, vlbench.crossed); constraints are
+the trial's images, with its design-aware 95% interval (`vlbench stats`' method, vlbench.analysis.crossed); constraints are
 `trial.set_constraint` values (<= 0: satisfied).
 
 Storage: the study lives in `search.journal` in the output folder (Optuna's JournalStorage with a file backend:

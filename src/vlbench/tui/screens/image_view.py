@@ -2,7 +2,7 @@
 
 z or Enter on the Preview (or ctrl+g z) opens it; o opens the image in the system's viewer, y copies its
 path (OSC 52); a steps through the attention heat maps of a run with image_attention (the VL text's attention over
-each reference, vlbench.heatmap) and back to the image; Escape, z or q closes.
+each reference, vlbench.analysis.heatmap) and back to the image; Escape, z or q closes.
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ class ImageView(Screen[None]):
 def attention_maps(run: RunRow) -> list[Path]:
     """The run's heat maps as PNG files under the cache dir (drawn once from its record and its references);
     [] when the run read no attention."""
-    from vlbench import heatmap
+    from vlbench.analysis import heatmap
     from vlbench.files import atomic_write
     from vlbench.paths import cache_dir
 

@@ -1,4 +1,4 @@
-"""report.html for an output folder: the grid, metrics with their statistics (`vlbench.stats`: means with
+"""report.html for an output folder: the grid, metrics with their statistics (`vlbench.analysis.stats`: means with
 design-aware intervals, paired tests against the baseline), embedding diagnostics, every image with its
 recipe, and the efficiency table.
 
@@ -209,10 +209,11 @@ def _err(stats: dict | None, metric: str, config: str, center: float):
 
 
 def run_stats(rows: list[dict], out: Path | None = None) -> dict | None:
-    """`vlbench.stats.summarize` of a report's scored rows (None when nothing is scored); against the baseline
+    """`vlbench.analysis.stats.summarize` of a report's scored rows (None when nothing is scored); against the baseline
     the folder's experiment type names (run.json), else the first config, as `vlbench stats` does."""
     from vlbench.errors import UserError
-    from vlbench.stats import recorded_baseline, recorded_equivalence, summarize
+    from vlbench.analysis.folders import recorded_baseline, recorded_equivalence
+    from vlbench.analysis.stats import summarize
 
     scored = [r for r in rows if r["status"] == "done" and r.get("metrics")]
     if not scored:
@@ -266,11 +267,11 @@ def plot_stats(stats: dict, path: str | Path) -> Path | None:
 
 
 def _stats_section(out: Path, stats: dict | None) -> list[str]:
-    from vlbench.stats import table_rows
+    from vlbench.analysis.stats import table_rows
 
     if stats is None:
         return []
-    from vlbench.stats import design_line, method_line
+    from vlbench.analysis.stats import design_line, method_line
 
     if stats.get("unit", "image") == "image":
         what = ("Per config: mean ± standard deviation and an interval over images, each image an independent unit. "
@@ -303,7 +304,7 @@ def _stats_section(out: Path, stats: dict | None) -> list[str]:
             parts.append(f"<tr{cls}>" + "".join(f"<td{'' if i == 0 else ' class=num'}>{_e(v)}</td>"
                                                for i, v in enumerate(cells.values())) + "</tr>")
         parts.append("</tbody></table>")
-    from vlbench.stats import plan_lines
+    from vlbench.analysis.stats import plan_lines
 
     if stats.get("plan"):
         parts.append("<pre>" + _e("\n".join(plan_lines(stats))) + "</pre>")
@@ -354,7 +355,7 @@ def _metrics_section(out: Path, rows: list[dict], models: dict[str, set]) -> lis
 def _diagnostics_section(out: Path, rows: list[dict]) -> list[str]:
     if not (out / "diagnostics.json").is_file():  # before importing diagnose (it imports torch)
         return []
-    from vlbench.diagnose import MAX_RUN_DIAGNOSES, ZIMAGE_LAYER, read_diagnostics, table_rows
+    from vlbench.analysis.diagnose import MAX_RUN_DIAGNOSES, ZIMAGE_LAYER, read_diagnostics, table_rows
 
     entries = read_diagnostics(out)
     if not entries:
@@ -512,8 +513,8 @@ def heatmap_paths(row: dict) -> list[str]:
 
 
 def write_heatmaps(out: Path, rows: list[dict]) -> int:
-    """Each done row's heat maps (vlbench.heatmap over the folder's copy of each reference), unless present."""
-    from vlbench import heatmap
+    """Each done row's heat maps (vlbench.analysis.heatmap over the folder's copy of each reference), unless present."""
+    from vlbench.analysis import heatmap
     from vlbench.experiments.results import reference_copy
 
     written = 0
