@@ -168,11 +168,12 @@ def _same_images(a: Path, b: Path, rows: list[dict]) -> None:
 
 
 def test_ray_gives_the_local_rows_and_byte_identical_pngs(sweep, executor, tiny_spec, tmp_path):
+    from vlbench.analysis.report import write_folder_report
     from vlbench.store import Store
 
     out = tmp_path / "ray"
     with Store(tmp_path / "runs.sqlite3") as store:
-        summary = _run_on_ray(sweep, executor, tiny_spec, out, store=store)
+        summary = _run_on_ray(sweep, executor, tiny_spec, out, store=store, report=write_folder_report)
         history = store.history(experiment="vl_layer_by_token")
     assert (summary.jobs, summary.done, summary.failed) == (8, 8, 0)
     rows, local_rows = _rows(out), _rows(sweep["local"])

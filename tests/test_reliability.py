@@ -26,6 +26,7 @@ import pytest
 from PIL import Image
 
 from conftest import make_image
+from vlbench.analysis.report import write_folder_report
 from vlbench import paths
 from vlbench.engine.engine import Engine, Reference
 from vlbench.errors import UserError
@@ -47,7 +48,7 @@ def _sweep(engine, out: Path, store=None, seeds=(1, 2), console=None, on_job_don
     recipes = experiment.recipes(overrides=SMALL)[:2]
     return run_experiment(Engine(engine.models), experiment, recipes, [Reference.open(make_image(out.parent / "r.png"))],
                           list(prompts), out, seeds=list(seeds), store=store, console=console,
-                          on_job_done=on_job_done)
+                          on_job_done=on_job_done, report=write_folder_report)
 
 
 def _history(store: Store, out: Path) -> dict[str, list]:

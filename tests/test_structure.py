@@ -142,7 +142,74 @@ def check_imports(modules: dict[str, Module], rules: dict[str, set[str]]) -> lis
         if path:
             problems.append(f"{short(name)} imports torch at module level through {' -> '.join(map(short, path))}")
     problems.extend(f"import cycle at module level: {' -> '.join(cycle)}" for cycle in _cycles(graph))
+    problems.extend(f"import cycle (module level or inside a function): {' -> '.join(cycle)}"
+                    for cycle in acyclic_cycles(graph, rules["acyclic"]))
     return problems
+
+
+def acyclic_cycles(graph, listed: set[str]) -> list[list[str]]:
+    """Cycles through the table's `acyclic` modules and packages, over every import (module level AND inside a
+    function: a lazy import that closes a circle still ties the two ends together). A module counts as the
+    longest listed name that holds it (a listed package is one node), any other module as itself; one cycle is
+    shown per strongly connected group that holds a listed node."""
+    def node(name: str) -> str:
+        here = short(name)
+        return max((p for p in listed if here == p or here.startswith(p + ".")), key=len, default=here)
+
+    edges: dict[str, set[str]] = {}
+    for name, found in graph.items():
+        for imp in found:
+            if imp.target in graph and node(imp.target) != node(name):
+                edges.setdefault(node(name), set()).add(node(imp.target))
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    groups: list[list[str]] = []
+
+    def connect(v: str) -> None:  # Tarjan's strongly connected components
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in sorted(edges.get(v, ())):
+            if w not in index:
+                connect(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = []
+            while True:
+                w = stack.pop()
+                group.append(w)
+                if w == v:
+                    break
+            groups.append(group)
+
+    for v in sorted(edges):
+        if v not in index:
+            connect(v)
+    cycles = []
+    for group in groups:
+        members = set(group)
+        start = min((g for g in group if g in listed), default=None)
+        if len(group) < 2 or start is None:
+            continue
+        came: dict[str, str | None] = {start: None}  # breadth first: the shortest way round back to `start`
+        frontier, last = [start], None
+        while last is None:
+            following = []
+            for v in frontier:
+                for w in sorted(edges.get(v, set()) & members):
+                    if w == start and last is None:
+                        last = v
+                    elif w not in came:
+                        came[w] = v
+                        following.append(w)
+            frontier = following
+        path = [last]
+        while came[path[-1]] is not None:
+            path.append(came[path[-1]])
+        cycles.append([*path[::-1], start])
+    return cycles
 
 
 def _parents(name: str) -> list[str]:
@@ -200,7 +267,7 @@ def _cycles(graph) -> list[list[str]]:
 
 def test_the_import_layers_table_names_real_modules():
     rules, modules = layers(), {short(n) for n in load_tree()}
-    assert set(rules) == {"foundations", "engine", "torch", "argparse"}, set(rules)
+    assert set(rules) == {"foundations", "engine", "torch", "argparse", "acyclic"}, set(rules)
     for rule, names in rules.items():
         assert names, rule
         assert names <= modules, (rule, names - modules)
@@ -235,6 +302,26 @@ def test_the_import_checker_catches_a_planted_violation(tmp_path, module, source
         modules = plant(tmp_path, "vlbench.tui.app", "import vlbench.store_planted\n" + app, modules)
     problems = check_imports(modules, layers())
     assert any(expected in p for p in problems), problems
+
+
+@pytest.mark.parametrize("module, source, other, planted_source", [
+    # experiments -> analysis inside a function closes analysis.report -> experiments.folder (module level)
+    ("vlbench.experiments.planted", "def f():\n    from vlbench.analysis.report import write_report\n", None, None),
+    # the tui/app.py <-> tui/launch.py circle, put back: app imports launch inside a method
+    ("vlbench.tui.app", None, "vlbench.tui.app", "\n\ndef planted():\n    from vlbench.tui.launch import run_tui\n"),
+])
+def test_the_cycle_checker_catches_a_planted_lazy_cycle(tmp_path, module, source, other, planted_source):
+    if source is None:
+        source = (SRC / Path(*other.split("."))).with_suffix(".py").read_text() + planted_source
+    problems = check_imports(plant(tmp_path, module, source), layers())
+    assert [p for p in problems if p.startswith("import cycle (module level or inside a function)")], problems
+
+
+def test_the_cycle_checker_names_the_way_round():
+    graph = {f"vlbench.{n}": [Import(f"vlbench.{t}", 1, False) for t in ts]
+             for n, ts in {"a": ["b"], "b": ["c"], "c": ["a", "d"], "d": []}.items()}
+    assert acyclic_cycles(graph, {"a", "d"}) == [["a", "b", "c", "a"]]
+    assert acyclic_cycles(graph, {"d"}) == []  # a cycle through no listed module is not this rule's
 
 
 def test_a_torch_import_inside_a_function_keeps_a_module_torch_free(tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import logging.handlers
 import os
+import traceback
 from pathlib import Path
 
 from vlbench import paths
@@ -26,6 +27,14 @@ def attach_log_file() -> logging.Handler | None:
     if logger.level == logging.NOTSET:
         logger.setLevel(logging.INFO)
     return handler
+
+
+def log_crash(error: BaseException, what: str = "the workbench crashed", logger: str = "vlbench.tui") -> None:
+    """Write a crash's traceback to the log file (never raises: it runs while things are failing)."""
+    try:
+        logging.getLogger(logger).critical("%s\n%s", what, "".join(traceback.format_exception(error)))
+    except Exception:
+        pass
 
 
 def quiet_libraries() -> None:

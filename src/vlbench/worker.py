@@ -416,6 +416,7 @@ class Worker:
         line (the runs are safe in the store) and the export is tried again the next time the queue runs dry."""
         if not self.export_batches:
             return
+        from vlbench.analysis.report import write_folder_report
         from vlbench.experiments.batch_export import export_finished, finished_batch, unexported_batches
 
         try:
@@ -432,7 +433,7 @@ class Worker:
             if self._stop.is_set():
                 return
             try:
-                done = export_finished(store, batch, experiment, models)
+                done = export_finished(store, batch, experiment, models, report=write_folder_report)
             except Exception as exc:  # noqa: BLE001 — a full disk, a read-only data folder: say so, go on
                 log.exception("exporting batch %s", batch)
                 self._emit(BatchExportFailed(batch, experiment, one_line(f"{type(exc).__name__}: {exc}")))

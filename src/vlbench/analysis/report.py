@@ -16,7 +16,8 @@ from pathlib import Path
 from statistics import mean
 from typing import Any
 
-from vlbench.experiments.results import references_key
+from vlbench.experiments.folder import RESULTS, read_info
+from vlbench.experiments.results import ResultsLog, latest_by_key, references_key
 from vlbench.files import atomic_write, atomic_write_text
 from vlbench.records import vl_extractions
 
@@ -499,6 +500,15 @@ def write_report(out_dir: str | Path, rows: list[dict], info: dict) -> Path:
 
 
 # ---- issue 17: heat maps of the VL text's attention to the references' image tokens ----
+def write_folder_report(out_dir: str | Path) -> Path:
+    """report.html from the folder as it stands: each job key's latest row in results.jsonl, and run.json. Whoever
+    finishes a folder calls it (`vlbench run`, `vlbench score`, the search, the worker's batch export): the
+    experiments package writes the folder and never the report."""
+    out = Path(out_dir)
+    rows, _ = ResultsLog(out / RESULTS).read()
+    return write_report(out, list(latest_by_key(rows).values()), read_info(out) or {})
+
+
 HEATMAPS = "heatmaps"
 
 

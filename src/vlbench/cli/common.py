@@ -554,12 +554,9 @@ def score(out: Path, metrics, sources: dict, device, dtype, batch_size: int, sto
 
 
 def rewrite_report(out: Path) -> None:
-    from vlbench.experiments.folder import read_info
-    from vlbench.experiments.results import ResultsLog, latest_by_key
-    from vlbench.analysis.report import write_report
+    from vlbench.analysis.report import write_folder_report
 
-    rows, _ = ResultsLog(out / "results.jsonl").read()
-    write_report(out, list(latest_by_key(rows).values()), read_info(out) or {})
+    write_folder_report(out)
 
 
 # ---------------------------------------------------------------- long sweeps (run, search)

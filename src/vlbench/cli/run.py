@@ -54,6 +54,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
+    from vlbench.analysis.report import write_folder_report
     from vlbench.executors import ExecutorChoice, start_executor
     from vlbench.experiments.runner import run_experiment
     from vlbench.engine.precheck import check_plan, read_model_files
@@ -153,7 +154,7 @@ def run(args) -> int:
     try:
         summary = run_experiment(engine, experiment, recipes, reference_sets, prompts, out, seeds=seeds,
                                  limit=args.limit, parameters=parameters, store=store, console=console,
-                                 executor=executor or local, render=common.render)
+                                 executor=executor or local, render=common.render, report=write_folder_report)
         if executor is not None:
             executor.close()  # the GPUs are free before diagnostics or metrics load models here
         _after_run(args, engine, out, recipes, refs, prompts, metrics, sources, store, console)

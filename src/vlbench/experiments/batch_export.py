@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any, Callable
 
 from vlbench.records import job_key
 
@@ -28,8 +29,10 @@ def batch_folder(experiment: str, batch: str) -> Path:
     return data_dir() / "experiments" / f"{safe}-{batch}"
 
 
-def export_batch(store, batch: str, models: dict | None = None) -> tuple[Path, int]:
-    """Write the batch's folder (grid and report included); (folder, images in it)."""
+def export_batch(store, batch: str, models: dict | None = None,
+                 report: Callable[[Path], Any] | None = None) -> tuple[Path, int]:
+    """Write the batch's folder (the grid included), then `report(folder)` (the caller's:
+    vlbench.analysis.report.write_folder_report) before the batch is marked exported; (folder, images in it)."""
     from vlbench.experiments import folder as F
     from vlbench.experiments.results import ResultsLog, reference_copy
     from vlbench.experiments.spec import load_type
@@ -77,6 +80,8 @@ def export_batch(store, batch: str, models: dict | None = None) -> tuple[Path, i
         pass
     atomic_write_json(out / F.RUN_INFO, info)
     F.write_outputs(out)
+    if report is not None:
+        report(out)
     store.set_state(EXPORTED + batch, str(out))
     return out, sum(1 for r in rows if r["status"] == "done")
 
@@ -93,7 +98,8 @@ def finished_batch(store, run_id: int) -> tuple[str, str] | None:
     return run.batch, run.experiment
 
 
-def export_finished(store, batch: str, experiment: str, models: dict | None = None) -> tuple[Path, int] | None:
+def export_finished(store, batch: str, experiment: str, models: dict | None = None,
+                    report: Callable[[Path], Any] | None = None) -> tuple[Path, int] | None:
     """Export a finished batch unless another process has (or is doing it): (folder, images), or None. A failed
     export gives its claim back (the next worker start or idle queue tries again) and raises."""
     from vlbench.process import process_token
@@ -101,7 +107,7 @@ def export_finished(store, batch: str, experiment: str, models: dict | None = No
     if not store.claim_state(EXPORTED + batch, f"{WRITING}:{process_token()}", replacing=_stale(store, batch)):
         return None
     try:
-        return export_batch(store, batch, models)
+        return export_batch(store, batch, models, report)
     except BaseException:
         store.set_state(EXPORTED + batch, "")
         raise

@@ -291,9 +291,9 @@ def finish_invocation(out: Path, invocation: dict, engine, summary: Summary) -> 
 
 
 def write_outputs(out: Path, experiment=None) -> None:
-    """grid.png and report.html from every row in results.jsonl."""
+    """grid.png from every row in results.jsonl. The report is not written here (the folder writer knows no
+    analysis): the caller asks vlbench.analysis.report.write_folder_report once the folder is written."""
     from vlbench.experiments.grid import write_grid
-    from vlbench.analysis.report import write_report
 
     rows, _ = ResultsLog(out / RESULTS).read()
     rows = list(latest_by_key(rows).values())
@@ -301,7 +301,6 @@ def write_outputs(out: Path, experiment=None) -> None:
     title = info.get("experiment") or (experiment.name if experiment else "")
     if rows:
         write_grid(rows, out, out / GRID, title=f"{title}: {info.get('question', '')}".strip(": "))
-    write_report(out, rows, info)
 
 
 # ---------------------------------------------------------------- one writer per folder

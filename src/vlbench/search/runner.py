@@ -353,6 +353,7 @@ class _Evaluator:
         """Evaluate `trial` with its drawn `values`; `executor`: where its images run (default: the search's; `ready`: its images made
         by prefetch);
         `images_done()` is called once its images are finished (before scoring), or at once if nothing runs."""
+        from vlbench.analysis.report import write_folder_report
         from vlbench.experiments.spec import Config, ExperimentType, NamedRecipe
         from vlbench.experiments.runner import LocalExecutor, run_experiment
 
@@ -393,7 +394,7 @@ class _Evaluator:
                                  parameters={**(self.parameters or {}), "trial": number, "params": values},
                                  store=self.store, console=None, executor=(executor or self.executor) if ready is None
                                  else LocalExecutor(self.render, ready=ready),
-                                 render=self.render)
+                                 render=self.render, report=write_folder_report)
         finally:
             release()
         with self.lock:
@@ -516,6 +517,7 @@ def write_front_folder(study, space: Space, out: Path, front: list[int]) -> None
     """front/: each front trial's recipe (tNNNN.toml, loadable by `vlbench generate --recipe` and the workbench's
     ctrl+o), and a run folder of their images (copies: results.jsonl, scores.jsonl, references/) with the usual
     grid.png and report.html."""
+    from vlbench.analysis.report import write_folder_report
     from vlbench.experiments.folder import RESULTS, read_info, write_outputs
     from vlbench.experiments.results import ResultsLog, latest_by_key
     from vlbench.metrics.score import SCORES, ScoresLog
@@ -553,3 +555,4 @@ def write_front_folder(study, space: Space, out: Path, front: list[int]) -> None
         "question": f"the Pareto front of the search ({', '.join(o.metric for o in space.objectives)})",
         "models": (info or {}).get("models", {}), "type_file": str(space.path), "type_source": space.source})
     write_outputs(target)
+    write_folder_report(target)

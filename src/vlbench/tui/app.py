@@ -30,6 +30,7 @@ from textual.widgets import Footer, Header, TextArea
 
 from vlbench.config import Settings
 from vlbench.errors import UserError
+from vlbench.logs import log_crash
 from vlbench.modelspec import ModelSpec, resolve_model_spec
 from vlbench.recipe import Recipe, load_recipe, parse_seeds, read_recipe_file, save_recipe
 from vlbench.records import RunRecord
@@ -1100,8 +1101,6 @@ class VlbenchApp(App[int]):
 
     # ---- crashes: the traceback goes to the log file, the terminal is restored by Textual ----
     def _handle_exception(self, error: Exception) -> None:
-        from vlbench.tui.launch import log_crash
-
         log_crash(error)
         super()._handle_exception(error)
 

@@ -11,19 +11,9 @@ import importlib
 import logging
 import sys
 import threading
-import traceback
 
 from vlbench.errors import UserError
-from vlbench.logs import attach_log_file
-
-
-def log_crash(error: BaseException) -> None:
-    """Write a crash's traceback to the log file (never raises: it runs while things are failing)."""
-    try:
-        logging.getLogger("vlbench.tui").critical(
-            "the workbench crashed\n%s", "".join(traceback.format_exception(error)))
-    except Exception:
-        pass
+from vlbench.logs import attach_log_file, log_crash
 
 
 def guard_cell_size() -> None:
