@@ -628,13 +628,13 @@ def test_an_experiment_types_equivalence_key_is_checked(tmp_path):
 
 
 def test_the_report_section_shows_the_plan_and_the_detectable_difference(tmp_path):
-    from vlbench.analysis.report import _stats_section
+    from vlbench.analysis.report import stats_section
     from vlbench.analysis.folders import folder_rows
     from vlbench.analysis.stats import summarize
 
     out = tmp_path / "run"
     crossed_run(out)
     stats = summarize(folder_rows([out])[0], metrics=["siglip"], plan={"siglip": 0.3})
-    html = "".join(_stats_section(out, stats))
+    html = str(stats_section(out, stats))
     assert "<th>MDE (power 0.8)</th>" in html and "plan for siglip: detect a difference of 0.300" in html
     assert "design: 6 prompts × 5 references × 3 seeds" in html

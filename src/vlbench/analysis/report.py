@@ -2,63 +2,33 @@
 design-aware intervals, paired tests against the baseline), embedding diagnostics, every image with its
 recipe, and the efficiency table.
 
-One self-contained HTML file (inline CSS, a few lines of inline script to sort tables, no network);
-images are linked by paths relative to the folder (grid.png, metrics.png, diagnostics-*.png,
+One self-contained HTML file (inline CSS, a few lines of inline script to sort tables, no network), made from
+the jinja2 templates in templates/ (package data) with autoescape on: every value from a run (config names,
+prompts, errors, paths, type files) is text, never markup. Images are linked by paths relative to the folder (grid.png, metrics.png, diagnostics-*.png,
 images/…, references/…), so the folder must travel whole. Metric values come from scores.jsonl
 (`vlbench score`), diagnostics from diagnostics.json (written after `vlbench run`).
 """
 
 from __future__ import annotations
 
-import html
 import json
 from pathlib import Path
 from statistics import mean
-from typing import Any
+
+from jinja2 import Environment, PackageLoader, select_autoescape
+from markupsafe import Markup
 
 from vlbench.experiments.folder import RESULTS, read_info
 from vlbench.experiments.results import ResultsLog, latest_by_key, references_key
 from vlbench.files import atomic_write, atomic_write_text
 from vlbench.records import vl_extractions
 
-CSS = """
-body { font: 14px/1.45 system-ui, sans-serif; margin: 2em; color: #222; }
-h1 { margin-bottom: 0.2em; } .q { color: #444; font-style: italic; }
-table { border-collapse: collapse; margin: 0.8em 0; } th, td { border: 1px solid #ccc; padding: 4px 8px; }
-th { background: #f3f3f3; text-align: left; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
-.cards { display: flex; flex-wrap: wrap; gap: 12px; } .card { border: 1px solid #ddd; padding: 8px; width: 280px; }
-.card img { max-width: 100%; image-rendering: pixelated; } .failed { background: #fbeaea; color: #a11; }
-pre { font-size: 11px; white-space: pre-wrap; background: #f7f7f7; padding: 6px; }
-.grid img { max-width: 100%; } .dim { color: #777; }
-table.sortable th { cursor: pointer; user-select: none; } table.sortable th[data-dir=asc]::after { content: " ▲"; }
-table.sortable th[data-dir=desc]::after { content: " ▼"; } .plot img { max-width: 100%; }
-"""
-
-# Click a header to sort by it; numbers compare as numbers (cells carry their raw value in data-v),
-# empty cells go last.
-SORT_JS = """
-document.querySelectorAll('table.sortable th').forEach(function (th) {
-  th.addEventListener('click', function () {
-    var table = th.closest('table'), body = table.tBodies[0], i = th.cellIndex;
-    var dir = th.dataset.dir === 'desc' ? 'asc' : 'desc';
-    table.querySelectorAll('th').forEach(function (h) { delete h.dataset.dir; });
-    th.dataset.dir = dir;
-    function key(row) { var c = row.cells[i], v = c.dataset.v !== undefined ? c.dataset.v : c.textContent;
-      var n = parseFloat(v); return isNaN(n) ? [v === '' || v === '—' ? 2 : 1, v] : [0, n]; }
-    Array.from(body.rows).map(function (r) { return [key(r), r]; }).sort(function (a, b) {
-      if (a[0][0] !== b[0][0]) return a[0][0] - b[0][0];
-      var c = a[0][0] === 0 ? a[0][1] - b[0][1] : String(a[0][1]).localeCompare(b[0][1]);
-      return dir === 'asc' ? c : -c;
-    }).forEach(function (p) { body.appendChild(p[1]); });
-  });
-});
-"""
 METRICS_PLOT = "metrics.png"
 STATS_PLOT = "stats.png"
-
-
-def _e(value: Any) -> str:
-    return html.escape(str(value), quote=True)
+# templates/*.html.j2, autoescaped (select_autoescape: by the name's ".html.j2" suffix, and on by default)
+TEMPLATES = Environment(loader=PackageLoader("vlbench.analysis", "templates"),
+                        autoescape=select_autoescape(enabled_extensions=("html", "html.j2"), default=True),
+                        keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
 
 
 def _secs(value: float | None) -> str:
@@ -267,221 +237,124 @@ def plot_stats(stats: dict, path: str | Path) -> Path | None:
     return path
 
 
-def _stats_section(out: Path, stats: dict | None) -> list[str]:
-    from vlbench.analysis.stats import table_rows
-
+def stats_section(out: Path, stats: dict | None) -> Markup:
+    """The Statistics section (templates/stats.html.j2) for `stats` (vlbench.analysis.stats.summarize's dict)."""
     if stats is None:
-        return []
-    from vlbench.analysis.stats import design_line, method_line
+        return Markup("")
+    from vlbench.analysis.stats import design_line, method_line, plan_lines, table_rows
 
-    if stats.get("unit", "image") == "image":
-        what = ("Per config: mean ± standard deviation and an interval over images, each image an independent unit. "
-                "Against the baseline <b>{b}</b>: the paired difference on shared (prompt, reference, seed) slots "
-                "with its interval, a two-sided Wilcoxon signed-rank test and the win rate (ties count half).")
-    else:
-        what = ("Per config: mean ± standard deviation (over images) and an interval that treats prompts and "
-                "references as random, crossed factors with seeds inside each (prompt, reference) cell. Against "
-                "the baseline <b>{b}</b>: the paired difference (per image slot, then per cell) with its interval, "
-                "its degrees of freedom, a t test, the win rate over cells (ties count half) and, in the JSON, the "
-                "smallest difference the run could detect (mde).")
-    parts = [f"<h3>Statistics</h3><p class='dim'>{what.format(b=_e(stats['baseline']))} "
-             f"{_e(method_line(stats))}. <code>vlbench stats DIR --json</code> gives every number "
-             "(docs/stats.md).</p>"]
-    for note in stats["notes"]:
-        parts.append(f"<p class='failed'>{_e(note)}</p>")
-    if (out / STATS_PLOT).exists():
-        parts.append(f"<p class='plot'><a href='{STATS_PLOT}'><img src='{STATS_PLOT}' "
-                     "alt='means with 95% intervals per metric'></a></p>")
-    for name, block in stats["metrics"].items():
-        rows = table_rows(stats, name)
-        arrow = "higher is better" if block["higher_is_better"] else "lower is better"
-        parts.append(f"<h4>{_e(block['label'])} <span class='dim'>({_e(name)}; {arrow})</span></h4>"
-                     f"<p class='dim'>{_e(design_line(stats, name))}</p>"
-                     + (f"<p class='failed'>{_e(block['note'])}</p>" if block.get("note") else "")
-                     + "<table><thead><tr>" + "".join(f"<th>{_e(k)}</th>" for k in rows[0]) + "</tr></thead><tbody>")
-        for cells in rows:
-            cls = {"better": " style='background:#eaf6ea'",
-                   "worse": " style='background:#fbeaea'"}.get(cells["verdict"], "")
-            parts.append(f"<tr{cls}>" + "".join(f"<td{'' if i == 0 else ' class=num'}>{_e(v)}</td>"
-                                               for i, v in enumerate(cells.values())) + "</tr>")
-        parts.append("</tbody></table>")
-    from vlbench.analysis.stats import plan_lines
-
-    if stats.get("plan"):
-        parts.append("<pre>" + _e("\n".join(plan_lines(stats))) + "</pre>")
-    return parts
+    tables = [{"label": block["label"], "name": name, "design": design_line(stats, name), "note": block.get("note"),
+               "arrow": "higher is better" if block["higher_is_better"] else "lower is better",
+               "rows": table_rows(stats, name)} for name, block in stats["metrics"].items()]
+    return Markup(TEMPLATES.get_template("stats.html.j2").render(
+        stats=stats, method=method_line(stats), tables=tables,
+        stats_plot=STATS_PLOT if (out / STATS_PLOT).exists() else None,
+        plan="\n".join(plan_lines(stats)) if stats.get("plan") else None))
 
 
-def _num_cell(value) -> str:
+def _num_cell(value) -> dict:
+    """A sortable number cell: its raw value (data-v) and its text."""
     from vlbench.metrics import format_value
 
-    raw = "" if value is None else repr(float(value))
-    return f"<td class='num' data-v='{raw}'>{format_value(value)}</td>"
+    return {"raw": "" if value is None else repr(float(value)), "text": format_value(value)}
 
 
-def _metrics_section(out: Path, rows: list[dict], models: dict[str, set]) -> list[str]:
+def _metrics_view(out: Path, rows: list[dict], models: dict[str, set]) -> dict | None:
+    """The Metrics section's content (None: not scored yet)."""
     from vlbench.metrics import METRICS
 
     names = metric_names(rows)
-    stats = run_stats(rows, out) if names else None
     if not names:
-        return ["<h2>Metrics</h2><p class='dim'>Not scored yet: <code>vlbench score "
-                f"{_e(out)}</code> (or <code>vlbench run … --metrics</code>).</p>"]
-    parts = ["<h2>Metrics</h2><p class='dim'>Click a column heading to sort. "]
-    parts.append(" · ".join(f"<b>{_e(METRICS[m].label)}</b>: {_e(METRICS[m].description)} "
-                            f"[{_e(', '.join(sorted(models.get(m, {'?'}))))}]" for m in names) + "</p>")
-    if (out / METRICS_PLOT).exists() and plot_axes(names):
-        parts.append(f"<p class='plot'><a href='{METRICS_PLOT}'><img src='{METRICS_PLOT}' "
-                     "alt='prompt adherence vs reference similarity'></a></p>")
-    parts += _stats_section(out, stats)
-    head = "".join(f"<th>{_e(METRICS[m].label)}</th>" for m in names)
-    parts.append(f"<h3>Per config (mean)</h3><table class='sortable'><thead><tr><th>config</th><th>images</th>{head}"
-                 "</tr></thead><tbody>")
-    for name, c in metric_means(rows, names).items():
-        parts.append(f"<tr><td>{_e(name)}</td><td class='num'>{c['images']}</td>"
-                     + "".join(_num_cell(c.get(m)) for m in names) + "</tr>")
-    parts.append(f"</tbody></table><details><summary>Per image</summary><table class='sortable'><thead><tr>"
-                 f"<th>config</th><th>reference</th><th>prompt</th><th>seed</th>{head}<th>image</th></tr></thead><tbody>")
-    for r in rows:
-        if not r.get("metrics"):
-            continue
-        parts.append(f"<tr><td>{_e(r['name'])}</td><td>{_e(_reference_names(r))}</td><td>{_e(r['prompt'])}</td>"
-                     f"<td class='num'>{r['seed']}</td>" + "".join(_num_cell(r["metrics"].get(m)) for m in names)
-                     + f"<td><a href='{_e(r['image'])}'>{_e(Path(r['image']).name)}</a></td></tr>")
-    parts.append("</tbody></table></details>")
-    return parts
+        return None
+    stats = run_stats(rows, out)
+    return {
+        "legend": [{"label": METRICS[m].label, "description": METRICS[m].description,
+                    "models": ", ".join(sorted(models.get(m, {"?"})))} for m in names],
+        "plot": METRICS_PLOT if (out / METRICS_PLOT).exists() and plot_axes(names) else None,
+        "stats_section": stats_section(out, stats),
+        "means": [{"name": name, "images": c["images"], "cells": [_num_cell(c.get(m)) for m in names]}
+                  for name, c in metric_means(rows, names).items()],
+        "images": [{"name": r["name"], "references": _reference_names(r), "prompt": r["prompt"], "seed": r["seed"],
+                    "cells": [_num_cell(r["metrics"].get(m)) for m in names], "image": r["image"],
+                    "image_name": Path(r["image"]).name} for r in rows if r.get("metrics")],
+    }
 
 
 # ---- embedding diagnostics (diagnostics.json) ----
-def _diagnostics_section(out: Path, rows: list[dict]) -> list[str]:
+def _diagnostics_view(out: Path, rows: list[dict]) -> dict | None:
     if not (out / "diagnostics.json").is_file():  # before importing diagnose (it imports torch)
-        return []
+        return None
     from vlbench.analysis.diagnose import MAX_RUN_DIAGNOSES, ZIMAGE_LAYER, read_diagnostics, table_rows
 
     entries = read_diagnostics(out)
     if not entries:
-        return []
-    parts = ["<h2>Embedding diagnostics</h2><p class='dim'>Qwen3-VL's hidden states per layer and token role, "
-             f"against Qwen3-4B's encoding of the same prompt at layer {ZIMAGE_LAYER} (what Z-Image's DiT was "
-             "trained on). RMS over the role's rows (attention sinks apart); std ratio: the median over dimensions "
-             "of the role's per-dimension std over Qwen3-4B's, with the dimensions beyond 8× either way (count: "
-             f"most extreme, as dim ×ratio); cos: position-aligned text tokens vs Qwen3-4B layer {ZIMAGE_LAYER} "
-             "(cos same layer: vs Qwen3-4B's same layer). Columns per normalisation mode.</p>"]
+        return None
     pairs = {(references_key(r), r["prompt"]) for r in rows}
-    if len(pairs) > len(entries) and len(entries) >= MAX_RUN_DIAGNOSES:
-        parts.append(f"<p class='dim'>Diagnosed the first {len(entries)} of {len(pairs)} (reference, prompt) "
-                     "pairs; <code>vlbench diagnose</code> does any other.</p>")
+    first = len(entries) if len(pairs) > len(entries) and len(entries) >= MAX_RUN_DIAGNOSES else None
+    views = []
     for diag in entries:
-        refs = ", ".join(Path(p).name for p in diag.get("references", [])) or "no image"
-        parts.append(f"<h3>{_e(refs)} · {_e(diag.get('prompt', ''))}</h3>")
-        if diag.get("error"):
-            parts.append(f"<p class='failed'>{_e(diag['error'])}</p>")
-            continue
-        for note in diag.get("notes", []):
-            parts.append(f"<p class='dim'>note: {_e(note)}</p>")
-        if diag.get("plot") and (out / diag["plot"]).exists():
-            parts.append(f"<p class='plot'><a href='{_e(diag['plot'])}'><img src='{_e(diag['plot'])}' "
-                         "alt='per-layer diagnostics'></a></p>")
-        table = table_rows(diag)
-        if table:
-            parts.append("<table class='sortable'><thead><tr>" + "".join(f"<th>{_e(k)}</th>" for k in table[0])
-                         + "</tr></thead><tbody>")
-            for cells in table:
-                parts.append("<tr>" + "".join(f"<td>{_e(v)}</td>" for v in cells.values()) + "</tr>")
-            parts.append("</tbody></table>")
-    return parts
+        views.append({
+            "references": ", ".join(Path(p).name for p in diag.get("references", [])) or "no image",
+            "prompt": diag.get("prompt", ""), "error": diag.get("error"), "notes": diag.get("notes", []),
+            "plot": diag["plot"] if diag.get("plot") and (out / diag["plot"]).exists() else None,
+            "table": None if diag.get("error") else table_rows(diag)})
+    return {"layer": ZIMAGE_LAYER, "first": first, "pairs": len(pairs), "entries": views}
+
+
+def _efficiency_view(eff: dict) -> dict:
+    return {
+        "loads": [(part, _secs(secs)) for part, secs in eff["model_load_seconds"].items()],
+        "overall": [("extraction per image (mean; cache hits included)", _secs(eff["extraction"])),
+                    ("blend per image (mean)", _secs(eff["blend"])),
+                    ("generation per image (mean)", _secs(eff["generation"])),
+                    ("peak GPU memory", _bytes(eff["peak_memory_bytes"])),
+                    ("VL forwards", eff["vl_forwards"]),
+                    ("images done / failed", f"{eff['images']} / {eff['failed']}")],
+        "per_config": [{"name": name, "images": c["images"], "extraction": _secs(c["extraction"]),
+                        "blend": _secs(c["blend"]), "generation": _secs(c["generation"]),
+                        "peak": _bytes(c["peak_memory_bytes"])} for name, c in eff["per_config"].items()],
+    }
+
+
+def _card(out: Path, r: dict, vary: list[str], names: list[str]) -> dict:
+    """One image's card: the image (or its error), what varies, its timings and metrics, its heat maps, its recipe."""
+    from vlbench.metrics import METRICS, format_value
+
+    failed = r["status"] != "done"
+    t = r.get("timings") or {}
+    metrics = r.get("metrics") or {}
+    return {
+        "failed": failed, "image": r.get("image"), "name": r["name"], "seed": r["seed"],
+        "references": _reference_names(r), "prompt": r["prompt"],
+        "varying": ", ".join(f"{k}={r['recipe'].get(k)}" for k in vary), "error": r.get("error"),
+        "caption_tokens": r.get("caption_tokens"), "generation": _secs(t.get("generation")),
+        "extraction": _secs(t.get("extraction")),
+        "metrics": " · ".join(f"{METRICS[m].label} {format_value(metrics[m])}" for m in names if m in metrics),
+        "heatmaps": [{"path": hm, "which": f" (reference {i + 1})" if i else ""}
+                     for i, hm in enumerate(heatmap_paths(r)) if (out / hm).exists()],
+        "recipe": json.dumps(r["recipe"], indent=1),
+    }
+
+
+INVOCATION_COLUMNS = ("started", "finished", "done", "failed", "skipped", "interrupted", "vl_forwards")
 
 
 def render_report(out_dir: str | Path, rows: list[dict], info: dict) -> str:
+    """report.html's text: templates/report.html.j2 with the folder's content (every value escaped)."""
     out = Path(out_dir)
     rows = sorted(rows, key=lambda r: (r.get("config_index", 0), references_key(r), r["prompt"], r["seed"]))
     rows, metric_models = with_metrics(out, rows)
     names = metric_names(rows)
-    title = info.get("experiment") or "vlbench run"
-    eff = efficiency(rows, info)
-    vary = _varying(rows)
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{_e(title)} — vlbench</title>",
-             f"<style>{CSS}</style></head><body>", f"<h1>{_e(title)}</h1>"]
-    if info.get("question"):
-        parts.append(f"<p class='q'>{_e(info['question'])}</p>")
-    if info.get("description"):
-        parts.append(f"<p>{_e(info['description'])}</p>")
     models = info.get("models", {})
-    if models:
-        parts.append("<p class='dim'>" + " · ".join(f"{_e(k)}: {_e(v)}" for k, v in models.items()) + "</p>")
-    if "tiny" in json.dumps(models):
-        parts.append("<p class='failed'>Built-in tiny RANDOM-WEIGHT models: the images are noise.</p>")
-
-    parts.append("<h2>Grid</h2>")
-    if (out / "grid.png").exists():
-        parts.append("<p class='grid'><a href='grid.png'><img src='grid.png' alt='comparison grid'></a></p>")
-    else:
-        parts.append("<p class='dim'>No images yet.</p>")
-
-    parts += _metrics_section(out, rows, metric_models)
-    parts += _diagnostics_section(out, rows)
-    parts += _shares_section(out, rows)  # issue 23
-
-    parts.append("<h2>Efficiency</h2><table><tr><th>what</th><th>value</th></tr>")
-    for part, secs in eff["model_load_seconds"].items():
-        parts.append(f"<tr><td>model load: {_e(part)}</td><td class='num'>{_secs(secs)}</td></tr>")
-    for label, key in (("extraction per image (mean; cache hits included)", "extraction"),
-                       ("blend per image (mean)", "blend"), ("generation per image (mean)", "generation")):
-        parts.append(f"<tr><td>{label}</td><td class='num'>{_secs(eff[key])}</td></tr>")
-    parts.append(f"<tr><td>peak GPU memory</td><td class='num'>{_bytes(eff['peak_memory_bytes'])}</td></tr>")
-    parts.append(f"<tr><td>VL forwards</td><td class='num'>{eff['vl_forwards']}</td></tr>")
-    parts.append(f"<tr><td>images done / failed</td><td class='num'>{eff['images']} / {eff['failed']}</td></tr>")
-    parts.append("</table><table><tr><th>config</th><th>images</th><th>extraction</th><th>blend</th>"
-                 "<th>generation</th><th>peak GPU memory</th></tr>")
-    for name, c in eff["per_config"].items():
-        parts.append(f"<tr><td>{_e(name)}</td><td class='num'>{c['images']}</td><td class='num'>{_secs(c['extraction'])}</td>"
-                     f"<td class='num'>{_secs(c['blend'])}</td><td class='num'>{_secs(c['generation'])}</td>"
-                     f"<td class='num'>{_bytes(c['peak_memory_bytes'])}</td></tr>")
-    parts.append("</table>")
-
-    parts.append(f"<h2>Images ({len(rows)})</h2><div class='cards'>")
-    for r in rows:
-        failed = r["status"] != "done"
-        key_fields = ", ".join(f"{k}={r['recipe'].get(k)}" for k in vary)
-        parts.append(f"<div class='card{' failed' if failed else ''}'>")
-        if not failed:
-            parts.append(f"<a href='{_e(r['image'])}'><img src='{_e(r['image'])}' alt='{_e(r['name'])}'></a>")
-        parts.append(f"<div><b>{_e(r['name'])}</b> · seed {r['seed']}</div>")
-        parts.append(f"<div class='dim'>{_e(_reference_names(r))} · {_e(r['prompt'])}</div>")
-        if key_fields:
-            parts.append(f"<div>{_e(key_fields)}</div>")
-        if failed:
-            parts.append(f"<div>failed: {_e(r['error'])}</div>")
-        else:
-            t = r["timings"]
-            parts.append(f"<div class='dim'>{r['caption_tokens']} caption tokens · generation "
-                         f"{_secs(t.get('generation'))} · extraction {_secs(t.get('extraction'))}</div>")
-            if r.get("metrics"):
-                from vlbench.metrics import METRICS, format_value
-
-                parts.append("<div>" + " · ".join(f"{_e(METRICS[m].label)} {format_value(r['metrics'][m])}"
-                                                  for m in names if m in r["metrics"]) + "</div>")
-        for i, hm in enumerate(heatmap_paths(r)):
-            if (out / hm).exists():
-                parts.append(f"<div class='dim'>VL text → image attention{f' (reference {i + 1})' if i else ''}"
-                             f"</div><a href='{_e(hm)}'><img src='{_e(hm)}' alt='attention heat map'></a>")
-        parts.append(f"<details><summary>recipe</summary><pre>{_e(json.dumps(r['recipe'], indent=1))}</pre></details>")
-        parts.append("</div>")
-    parts.append("</div>")
-    invocations = info.get("invocations", [])
-    if invocations:
-        parts.append("<h2>Runs</h2><table><tr><th>started</th><th>finished</th><th>done</th><th>failed</th>"
-                     "<th>skipped</th><th>interrupted</th><th>VL forwards</th></tr>")
-        for inv in invocations:
-            parts.append("<tr>" + "".join(f"<td>{_e(inv.get(k, '—'))}</td>" for k in
-                                          ("started", "finished", "done", "failed", "skipped", "interrupted",
-                                           "vl_forwards")) + "</tr>")
-        parts.append("</table>")
-    if info.get("type_source"):
-        parts.append(f"<h2>Type file</h2><p class='dim'>{_e(info.get('type_file', ''))}</p>"
-                     f"<pre>{_e(info['type_source'])}</pre>")
-    parts.append(f"<script>{SORT_JS}</script></body></html>\n")
-    return "".join(parts)
+    vary = _varying(rows)
+    return TEMPLATES.get_template("report.html.j2").render(
+        out=str(out), info=info, title=info.get("experiment") or "vlbench run", models=models,
+        tiny="tiny" in json.dumps(models), grid=(out / "grid.png").exists(),
+        metrics=_metrics_view(out, rows, metric_models), diagnostics=_diagnostics_view(out, rows),
+        shares=_shares_view(out, rows), efficiency=_efficiency_view(efficiency(rows, info)),
+        cards=[_card(out, r, vary, names) for r in rows],
+        invocations=[[str(inv.get(k, "—")) for k in INVOCATION_COLUMNS] for inv in info.get("invocations", [])],
+    )
 
 
 def write_report(out_dir: str | Path, rows: list[dict], info: dict) -> Path:
@@ -596,23 +469,15 @@ def plot_shares(rows: list[dict], path: str | Path) -> Path | None:
     return path
 
 
-def _shares_section(out: Path, rows: list[dict]) -> list[str]:
+def _shares_view(out: Path, rows: list[dict]) -> dict | None:
     points = share_points(rows)
     if not points:
-        return []
-    parts = ["<h2>Attend mixes: the ratio as a share</h2>",
-             "<p class='dim'>prior: the other source's share of the caption's attention when every logit is equal "
-             "(for a share, the ratio itself); realised: the share the DiT's image tokens gave it, measured with "
-             "--measure-share (docs/intra_vl_blending.md).</p>"]
-    if (out / SHARES_PLOT).exists() and any(p["realised"] is not None for p in points):
-        parts.append(f"<p class='plot'><a href='{SHARES_PLOT}'><img src='{SHARES_PLOT}' "
-                     "alt='ratio vs realised share'></a></p>")
-    parts.append("<table><tr><th>config</th><th>mix</th><th>ratio</th><th>prior share</th>"
-                 "<th>realised share</th><th>images measured</th></tr>")
-    for p in points:
-        ratio = p["ratio"] if isinstance(p["ratio"], str) else f"{p['ratio']:g} ({p['meaning']})"
-        realised = "—" if p["realised"] is None else f"{p['realised']:.3f}"
-        parts.append(f"<tr><td>{_e(p['config'])}</td><td>{_e(p['mix'])}</td><td>{_e(ratio)}</td>"
-                     f"<td>{p['prior']:.3f}</td><td>{realised}</td><td>{p['images']}</td></tr>")
-    parts.append("</table>")
-    return parts
+        return None
+    return {
+        "plot": SHARES_PLOT if (out / SHARES_PLOT).exists() and any(p["realised"] is not None for p in points)
+        else None,
+        "points": [{"config": p["config"], "mix": p["mix"],
+                    "ratio": p["ratio"] if isinstance(p["ratio"], str) else f"{p['ratio']:g} ({p['meaning']})",
+                    "prior": f"{p['prior']:.3f}", "realised": "—" if p["realised"] is None else f"{p['realised']:.3f}",
+                    "images": p["images"]} for p in points],
+    }
