@@ -26,6 +26,7 @@ leading axes, so one call evaluates thousands of simulated experiments.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -404,8 +405,6 @@ def mixed_model(values: Mapping[tuple, float], confidence: float = 0.95) -> dict
     cell (REML, statsmodels' MixedLM with variance components in one group): a second estimate beside the ANOVA
     one. statsmodels is an optional extra (`pip install 'vlbench[mixed]'`); ImportError when it is missing.
     Its interval is the normal approximation statsmodels gives (no small-sample df)."""
-    import warnings
-
     import pandas as pd
     import statsmodels.formula.api as smf
 

@@ -14,6 +14,9 @@ from typing import Iterable
 from vlbench.analysis.stats import (DEFAULT_UNIT, EQUIVALENCE_MARGINS, Row, check_metrics, print_stats,
                                     row_from_dict, summarize)
 from vlbench.errors import UserError
+from vlbench.experiments.folder import read_info
+from vlbench.experiments.results import ResultsLog, latest_by_key
+from vlbench.metrics.score import SCORES, load_scores
 
 
 def folder_rows(dirs: Iterable[str | Path]) -> tuple[list[Row], str]:
@@ -22,9 +25,6 @@ def folder_rows(dirs: Iterable[str | Path]) -> tuple[list[Row], str]:
     Each folder's latest done row per job key, with its values from scores.jsonl (the image on record).
     Bad input is a UserError naming the folder and the fix.
     """
-    from vlbench.experiments.results import ResultsLog, latest_by_key
-    from vlbench.metrics.score import SCORES, load_scores
-
     rows: list[Row] = []
     experiments: dict[str, str] = {}
     for d in dirs:
@@ -63,8 +63,6 @@ def folder_rows(dirs: Iterable[str | Path]) -> tuple[list[Row], str]:
 def recorded_baseline(dirs: Iterable[str | Path], configs: Iterable[str]) -> str | None:
     """The baseline the folders' experiment type names (run.json's "baseline", from the type's `baseline` key),
     when it is one of `configs`; else None (the first config is the baseline)."""
-    from vlbench.experiments.folder import read_info
-
     named = {(read_info(Path(d)) or {}).get("baseline") for d in dirs}
     named.discard(None)
     if len(named) == 1 and (name := next(iter(named))) in set(configs):
@@ -75,8 +73,6 @@ def recorded_baseline(dirs: Iterable[str | Path], configs: Iterable[str]) -> str
 def recorded_equivalence(dirs: Iterable[str | Path]) -> dict[str, float] | None:
     """The equivalence margins the folders' experiment type asks for (run.json's "equivalence": true for every
     metric's default margin, or a {metric: margin} table); None when it asks for none."""
-    from vlbench.experiments.folder import read_info
-
     asked = [(read_info(Path(d)) or {}).get("equivalence") for d in dirs]
     if not asked or any(a in (None, False) for a in asked):
         return None

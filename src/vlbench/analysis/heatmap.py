@@ -11,6 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from vlbench.pixels import as_rgb
+from vlbench.records import vl_extractions
+
 # "inferno"-like anchors: 0 (dark) -> 1 (bright yellow); linear between them
 _ANCHORS = ((0.0, (0, 0, 4)), (0.25, (87, 16, 110)), (0.5, (188, 55, 84)), (0.75, (249, 142, 9)),
             (1.0, (252, 255, 164)))
@@ -44,8 +47,6 @@ def render(reference, weights: Sequence[float], grid: Sequence[int], opacity: fl
     if not 0.0 <= opacity <= 1.0:
         raise ValueError("opacity must be in [0, 1]")
     if isinstance(reference, (str, Path)):
-        from vlbench.pixels import as_rgb
-
         with Image.open(reference) as img:
             base = as_rgb(img, str(reference))[0]  # upright, as the VL read it (its token grid is of this image)
     else:
@@ -72,8 +73,6 @@ def from_conditioning(conditioning: dict, references: Sequence, recipe: dict | N
     (records.vl_extractions: "vl", then under multi_image separate "vl_ref2", … each reference's own) takes the next
     references, one per image it holds. With a `recipe` dict using image_attention topk, the tokens it kept
     are marked. [] when the run read no attention."""
-    from vlbench.records import vl_extractions
-
     entries = [im for _, vl in vl_extractions(conditioning) for im in (vl.get("image_attention") or {}).get("images", [])]
     if len(entries) > len(references):
         raise ValueError(f"{len(entries)} images in the attention record, {len(references)} references given")

@@ -18,9 +18,13 @@ from statistics import mean
 from jinja2 import Environment, PackageLoader, select_autoescape
 from markupsafe import Markup
 
+from vlbench.analysis import heatmap
+from vlbench.errors import UserError
 from vlbench.experiments.folder import RESULTS, read_info
-from vlbench.experiments.results import ResultsLog, latest_by_key, references_key
+from vlbench.experiments.results import ResultsLog, latest_by_key, reference_copy, references_key
 from vlbench.files import atomic_write, atomic_write_text
+from vlbench.metrics import METRICS, format_value
+from vlbench.metrics.score import load_scores
 from vlbench.records import vl_extractions
 
 METRICS_PLOT = "metrics.png"
@@ -78,8 +82,6 @@ def efficiency(rows: list[dict], info: dict) -> dict:
 # ---- metrics (scores.jsonl) ----
 def with_metrics(out_dir: str | Path, rows: list[dict]) -> tuple[list[dict], dict[str, set]]:
     """Rows with `metrics` filled from scores.jsonl (for the image on record), and the models each metric used."""
-    from vlbench.metrics.score import load_scores
-
     scores = load_scores(out_dir)
     models: dict[str, set] = {}
     merged = []
@@ -95,8 +97,6 @@ def with_metrics(out_dir: str | Path, rows: list[dict]) -> tuple[list[dict], dic
 
 
 def metric_names(rows: list[dict]) -> list[str]:
-    from vlbench.metrics import METRICS
-
     present = {k for r in rows for k in (r.get("metrics") or {})}
     return [m for m in METRICS if m in present]
 
@@ -127,8 +127,6 @@ def plot_metrics(rows: list[dict], path: str | Path, stats: dict | None = None) 
     """Prompt adherence against reference similarity, one labelled point per config (its mean, with its
     interval on both axes when `stats` has one); None if the folder lacks either kind of metric."""
     from matplotlib.figure import Figure
-
-    from vlbench.metrics import METRICS
 
     names = metric_names(rows)
     axes = plot_axes(names)
@@ -182,7 +180,6 @@ def _err(stats: dict | None, metric: str, config: str, center: float):
 def run_stats(rows: list[dict], out: Path | None = None) -> dict | None:
     """`vlbench.analysis.stats.summarize` of a report's scored rows (None when nothing is scored); against the baseline
     the folder's experiment type names (run.json), else the first config, as `vlbench stats` does."""
-    from vlbench.errors import UserError
     from vlbench.analysis.folders import recorded_baseline, recorded_equivalence
     from vlbench.analysis.stats import summarize
 
@@ -254,15 +251,11 @@ def stats_section(out: Path, stats: dict | None) -> Markup:
 
 def _num_cell(value) -> dict:
     """A sortable number cell: its raw value (data-v) and its text."""
-    from vlbench.metrics import format_value
-
     return {"raw": "" if value is None else repr(float(value)), "text": format_value(value)}
 
 
 def _metrics_view(out: Path, rows: list[dict], models: dict[str, set]) -> dict | None:
     """The Metrics section's content (None: not scored yet)."""
-    from vlbench.metrics import METRICS
-
     names = metric_names(rows)
     if not names:
         return None
@@ -318,8 +311,6 @@ def _efficiency_view(eff: dict) -> dict:
 
 def _card(out: Path, r: dict, vary: list[str], names: list[str]) -> dict:
     """One image's card: the image (or its error), what varies, its timings and metrics, its heat maps, its recipe."""
-    from vlbench.metrics import METRICS, format_value
-
     failed = r["status"] != "done"
     t = r.get("timings") or {}
     metrics = r.get("metrics") or {}
@@ -397,9 +388,6 @@ def heatmap_paths(row: dict) -> list[str]:
 
 def write_heatmaps(out: Path, rows: list[dict]) -> int:
     """Each done row's heat maps (vlbench.analysis.heatmap over the folder's copy of each reference), unless present."""
-    from vlbench.analysis import heatmap
-    from vlbench.experiments.results import reference_copy
-
     written = 0
     for row in rows:
         paths = heatmap_paths(row)

@@ -21,7 +21,11 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
+from vlbench.analysis.crossed import (APPROXIMATE_BELOW, CROSSED, METHODS, MIN_LEVELS, cells_of, design_label,
+                                      detectable_by_simulation, infer, minimum_detectable, mixed_model, simulate_power,
+                                      tost_p)
 from vlbench.errors import UserError
+from vlbench.metrics import METRICS, format_value
 from vlbench.records import references_key
 
 SCHEMA = "vlbench.stats/2"  # /2: unit "cell" (design-aware) is the default; /1's computation is unit "image"
@@ -140,8 +144,6 @@ def summarize(rows: Iterable[Row | dict], *, baseline: str | None = None, metric
     prompts, references and seeds for (plan_block); `mixed_model`: add statsmodels' crossed mixed model as a second
     estimate of each comparison (an optional extra).
     """
-    from vlbench.metrics import METRICS
-
     if unit not in UNITS:
         raise UserError("unknown unit", field="unit", value=unit, fix=f"choose {' or '.join(UNITS)}")
     rows = [r if isinstance(r, Row) else row_from_dict(r) for r in rows]
@@ -249,8 +251,6 @@ def plan_block(stats: dict, deltas: Mapping[str, float]) -> dict:
     of the design-aware test at Holm's strictest level (alpha / comparisons) over a grid of complete designs,
     simulated from the pilot's components (vlbench.analysis.crossed.simulate_power), and the smallest design (fewest
     images) that reaches PLAN_POWER. Schema in docs/stats.md."""
-    from vlbench.analysis.crossed import CROSSED, simulate_power
-
     out: dict[str, Any] = {"power": PLAN_POWER, "draws": PLAN_DRAWS, "seed": PLAN_SEED,
                            "grid": {"prompts": list(PLAN_PROMPTS), "references": list(PLAN_REFERENCES),
                                     "seeds": list(PLAN_SEEDS)}, "metrics": {}}
@@ -303,8 +303,6 @@ def plan_block(stats: dict, deltas: Mapping[str, float]) -> dict:
 
 def _design(units: set[tuple], images: int) -> dict:
     """The design of the whole run: counts, and what a claim about it may reach."""
-    from vlbench.analysis.crossed import APPROXIMATE_BELOW, MIN_LEVELS, design_label
-
     levels = {"prompts": len({u[0] for u in units}), "references": len({u[1] for u in units})}
     random = [k for k in levels.values() if k >= MIN_LEVELS]
     d = {**levels, "seeds": len({u[2] for u in units}), "cells": len({u[:2] for u in units}), "images": images,
@@ -362,8 +360,6 @@ def _holm_into(comps: dict, alpha: float) -> None:
 
 def _cell_block(block, values, configs, baseline, confidence, alpha, margin, mixed: bool = False) -> None:
     """Prompt × reference cells, seeds inside; paired differences formed per image slot, then per cell."""
-    from vlbench.analysis.crossed import cells_of, infer
-
     keep = ("mean", "se", "df", "effective_units", "ci", "method", "conditional_on", "approximate", "prompts",
             "references", "seeds", "cells", "components", "note")
     for c in configs:
@@ -402,7 +398,6 @@ def _cell_block(block, values, configs, baseline, confidence, alpha, margin, mix
     if margin is not None:
         _equivalence_into(comps, float(margin), alpha)
     if mixed:  # a second estimate of each comparison, beside the ANOVA one (not used for the verdicts)
-        from vlbench.analysis.crossed import mixed_model
 
         for c, comp in comps.items():
             diffs = {u: values[c][u] - base[u] for u in set(values[c]) & set(base)}
@@ -420,8 +415,6 @@ def _detectable(comp: dict, alpha: float) -> float | None:
     """The minimum detectable difference of one comparison (power MDE_POWER, two-sided, level alpha): simulated
     from the fitted variance components for the crossed method (a complete design of the run's size), else
     (t_{1−α/2} + t_{power})·se with the comparison's se and df."""
-    from vlbench.analysis.crossed import CROSSED, detectable_by_simulation, minimum_detectable
-
     k = comp.get("components") or {}
     if comp.get("method") == CROSSED and "prompt" in k:
         comps = {"prompt": k["prompt"], "reference": k["reference"], "cell": k["cell"], "seed": k["seed"] or 0.0}
@@ -439,8 +432,6 @@ def _equivalence_into(comps: dict, margin: float, alpha: float) -> None:
 
     equivalent: the TOST rejects (after Holm); different: not equivalent and the difference test is significant;
     inconclusive: neither."""
-    from vlbench.analysis.crossed import tost_p
-
     ps = []
     for comp in comps.values():
         if comp["mean_diff"] is None or comp["se"] is None:
@@ -489,8 +480,6 @@ def _config_order(rows: list[Row]) -> list[str]:
 # ---- the metrics a request names ----
 def check_metrics(rows: list[Row], metrics: Iterable[str], where: str) -> None:
     """Every asked metric has values in `rows`; else one line naming the `vlbench score` to run."""
-    from vlbench.metrics import METRICS
-
     present = {m for r in rows for m in (*r.metrics, *r.not_finite)}
     for name in metrics:
         if name not in METRICS and name not in present:
@@ -503,8 +492,6 @@ def check_metrics(rows: list[Row], metrics: Iterable[str], where: str) -> None:
 
 # ---- text ----
 def fmt(value: float | None) -> str:
-    from vlbench.metrics import format_value
-
     return format_value(value)
 
 
@@ -560,8 +547,6 @@ def table_rows(stats: dict, metric: str) -> list[dict[str, str]]:
 def design_line(stats: dict, metric: str | None = None) -> str:
     """The design above a table: counts, the method, the effective units of the comparisons, and what the
     result is conditional on (the cell unit), or the image unit named as such."""
-    from vlbench.analysis.crossed import METHODS
-
     d = stats["design"]
     counts = (f"{d['prompts']} prompts × {d['references']} references × {d['seeds']} seeds "
               f"({d['cells']} cells, {d['images']} images)")
