@@ -16,6 +16,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
+from vlbench.errors import UserError
+from vlbench.experiments import folder as F
+from vlbench.experiments.results import ResultsLog, reference_copy
+from vlbench.experiments.spec import load_type
+from vlbench.files import atomic_copy, atomic_write_json
+from vlbench.paths import data_dir
+from vlbench.process import owner_alive, process_token
 from vlbench.records import job_key
 
 EXPORTED = "batch_exported:"  # state key prefix: the folder a batch was exported to ("writing:TOKEN" meanwhile)
@@ -23,8 +30,6 @@ WRITING = "writing"
 
 
 def batch_folder(experiment: str, batch: str) -> Path:
-    from vlbench.paths import data_dir
-
     safe = re.sub(r"[^A-Za-z0-9._+=-]+", "-", experiment).strip("-") or "experiment"
     return data_dir() / "experiments" / f"{safe}-{batch}"
 
@@ -33,12 +38,6 @@ def export_batch(store, batch: str, models: dict | None = None,
                  report: Callable[[Path], Any] | None = None) -> tuple[Path, int]:
     """Write the batch's folder (the grid included), then `report(folder)` (the caller's:
     vlbench.analysis.report.write_folder_report) before the batch is marked exported; (folder, images in it)."""
-    from vlbench.experiments import folder as F
-    from vlbench.experiments.results import ResultsLog, reference_copy
-    from vlbench.experiments.spec import load_type
-    from vlbench.errors import UserError
-    from vlbench.files import atomic_copy, atomic_write_json
-
     runs = [r for r in store.batch_runs(batch) if r.status in ("done", "failed")]
     experiment = next((r.experiment for r in runs if r.experiment), None) or "experiment"
     out = batch_folder(experiment, batch)
@@ -102,8 +101,6 @@ def export_finished(store, batch: str, experiment: str, models: dict | None = No
                     report: Callable[[Path], Any] | None = None) -> tuple[Path, int] | None:
     """Export a finished batch unless another process has (or is doing it): (folder, images), or None. A failed
     export gives its claim back (the next worker start or idle queue tries again) and raises."""
-    from vlbench.process import process_token
-
     if not store.claim_state(EXPORTED + batch, f"{WRITING}:{process_token()}", replacing=_stale(store, batch)):
         return None
     try:
@@ -127,8 +124,6 @@ def exported_folder(value) -> str | None:
 
 def _stale(store, batch: str) -> str | None:
     """The batch's export claim when the process that made it is gone (killed mid-export), else None."""
-    from vlbench.process import owner_alive
-
     value = store.get_state(EXPORTED + batch)
     if isinstance(value, str) and value.startswith(WRITING):
         owner = value[len(WRITING) + 1:] or None

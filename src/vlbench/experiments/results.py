@@ -12,7 +12,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from vlbench.records import RECORD_VERSION, references_key  # noqa: F401  (references_key: re-exported)
+from vlbench.files import atomic_write_text
+from vlbench.records import RECORD_VERSION, RunRecord, references_key
 
 STATUSES = ("done", "failed")
 TIMING_KEYS = ("extraction", "blend", "generation", "model_load")
@@ -87,7 +88,6 @@ def upgrade_row(row: Any) -> Any:
     """A results row of an earlier schema as the current one (marked "upgraded": resume rewrites the file)."""
     if not isinstance(row, dict) or row.get("schema") == RECORD_VERSION:
         return row
-    from vlbench.records import RunRecord
 
     try:
         out = RunRecord.from_json(row).to_json()
@@ -139,8 +139,6 @@ class JsonlLog:
 
     def rewrite(self, rows: list[dict]) -> None:
         """Replace the file with `rows`, atomically (a kill leaves the old file or the new one)."""
-        from vlbench.files import atomic_write_text
-
         atomic_write_text(self.path, "".join(_line(row) for row in rows))
 
     def append_rows(self, rows: list[dict]) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
@@ -19,6 +20,8 @@ from vlbench.experiments import folder as F
 from vlbench.experiments.folder import Ledger, Summary
 from vlbench.experiments.plan import Job, plan, reference_sets
 from vlbench.experiments.spec import ExperimentType, NamedRecipe
+from vlbench.jobs import execute, execute_batch
+from vlbench.pngs import encode_png, write_png
 
 __all__ = ["Job", "Summary", "run_experiment", "write_outputs"]
 log = logging.getLogger("vlbench.experiments")
@@ -98,10 +101,6 @@ class LocalExecutor:
         self.ready = dict(ready or {})
 
     def __call__(self, engine, jobs: list[Job], ledger: Ledger) -> None:
-        from concurrent.futures import ThreadPoolExecutor
-
-        from vlbench.jobs import execute, execute_batch
-
         last_use: dict[tuple, int] = {}
         for i, job in enumerate(jobs):
             for ex in job.extractions:
@@ -192,8 +191,6 @@ class _Pending:
 
 
 def _write(path: Path, image, metadata: dict) -> str:
-    from vlbench.pngs import encode_png, write_png
-
     return write_png(path, encode_png(image, metadata))
 
 
