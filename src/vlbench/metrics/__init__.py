@@ -14,6 +14,7 @@ run folder in `vlbench.metrics.score`.
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 
 from vlbench.errors import UserError
@@ -107,8 +108,6 @@ def families(metrics: tuple[str, ...]) -> list[str]:
 def imagereward_problem() -> str | None:
     """Why ImageReward cannot be used here (None when it imports). Importing it is the only honest check:
     image-reward 1.5 is often installed yet unimportable (it needs transformers < 5 and OpenAI's `clip`)."""
-    import importlib.util
-
     if importlib.util.find_spec("ImageReward") is None:
         return f"the ImageReward package is not installed; {IMAGEREWARD_INSTALL}"
     try:
