@@ -12,6 +12,9 @@ import math
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from vlbench.files import atomic_write
+from vlbench.metrics import METRICS
+
 # /2: a trial's "ci" is vlbench stats' design-aware interval, named by its "method"; /1's (no "method") was a
 # percentile bootstrap over images. A resumed /1 search keeps its old trials' intervals, told apart by "method".
 PARETO_SCHEMA = "vlbench.search.pareto/2"
@@ -61,9 +64,6 @@ def plot_front(trials: list[dict], front: list[int], objectives: list[dict], pat
     with their 95% intervals as error bars, labelled with the trial's name. `trials`: entries of
     trials.jsonl that completed; `front`: their trial numbers. None when no trial completed."""
     from matplotlib.figure import Figure
-
-    from vlbench.files import atomic_write
-    from vlbench.metrics import METRICS
 
     done = [t for t in trials if t["state"] == "complete"]
     if not done:

@@ -33,7 +33,15 @@ from pathlib import Path
 from typing import Any, Callable
 
 from vlbench.errors import UserError, one_line
+from vlbench.experiments.folder import RESULTS, read_info, write_outputs
+from vlbench.experiments.plan import plan, reference_sets
+from vlbench.experiments.results import ResultsLog, latest_by_key, references_key
+from vlbench.experiments.runner import LocalExecutor, batch_groups, run_experiment
+from vlbench.experiments.spec import Config, ExperimentType, NamedRecipe
 from vlbench.files import atomic_copy, atomic_write_json, atomic_write_text
+from vlbench.jobs import execute_batch
+from vlbench.metrics.score import SCORES, ScoresLog, load_scores, score_folder
+from vlbench.recipe import Recipe, save_recipe
 from vlbench.search.front import PARETO_SCHEMA, metric_summary, non_dominated, plot_front
 from vlbench.search.space import Space
 
@@ -322,11 +330,6 @@ class _Evaluator:
     def prefetch(self, asked: list, batch: int) -> dict[int, dict]:
         """--batch: the images of the trials `asked` ([(trial, values)]), generated together in batches of
         `batch` (jobs.execute_batch): trial number -> {job key: Outcome}. A trial the Recipe refuses has none."""
-        from vlbench.experiments.plan import plan, reference_sets
-        from vlbench.experiments.runner import batch_groups
-        from vlbench.experiments.spec import NamedRecipe
-        from vlbench.jobs import execute_batch
-
         jobs, owners = [], []
         for trial, values in asked:
             try:
@@ -354,8 +357,6 @@ class _Evaluator:
         by prefetch);
         `images_done()` is called once its images are finished (before scoring), or at once if nothing runs."""
         from vlbench.analysis.report import write_folder_report
-        from vlbench.experiments.spec import Config, ExperimentType, NamedRecipe
-        from vlbench.experiments.runner import LocalExecutor, run_experiment
 
         optuna = optuna_module()
         fail = optuna.trial.TrialState.FAIL
@@ -404,7 +405,6 @@ class _Evaluator:
         if run.failed:
             account.update(state="failed", error=f"{run.failed} of {run.jobs} images failed: {run.failures[0]}")
             return self._fail(study, trial, account, started)
-        from vlbench.metrics.score import score_folder
 
         # the trial folder's report stays the runner's (written before scoring: its plots cost ~0.3 s a trial);
         # `vlbench stats`/`vlbench score` read its scores.jsonl, and front/'s report shows the front's metrics
@@ -442,9 +442,6 @@ class _Evaluator:
 
 def _metric_values(folder: Path) -> dict[str, dict[tuple, float]]:
     """Each metric's values over the folder's done images (the image on record), by (prompt, reference, seed)."""
-    from vlbench.experiments.results import ResultsLog, latest_by_key, references_key
-    from vlbench.metrics.score import load_scores
-
     rows, _ = ResultsLog(folder / "results.jsonl").read()
     scores = load_scores(folder)
     out: dict[str, dict[tuple, float]] = {}
@@ -518,10 +515,6 @@ def write_front_folder(study, space: Space, out: Path, front: list[int]) -> None
     ctrl+o), and a run folder of their images (copies: results.jsonl, scores.jsonl, references/) with the usual
     grid.png and report.html."""
     from vlbench.analysis.report import write_folder_report
-    from vlbench.experiments.folder import RESULTS, read_info, write_outputs
-    from vlbench.experiments.results import ResultsLog, latest_by_key
-    from vlbench.metrics.score import SCORES, ScoresLog
-    from vlbench.recipe import Recipe, save_recipe
 
     target = out / FRONT
     if target.exists():
