@@ -586,12 +586,13 @@ CYCLE_BREAKING: dict[tuple[str, str], str] = {}
 
 def _closure(start: str, graph, modules, skip: frozenset[str] = frozenset()) -> set[str]:
     """The vlbench modules that importing `start` runs: module-level imports and the packages' __init__, transitively
-    (`skip`: packages already being imported, whose __init__ does not run again)."""
+    (`skip`: packages already being imported, whose __init__ does not run again for a submodule)."""
     seen, todo = {start}, [start]
     while todo:
         current = todo.pop()
-        for nxt in [*_parents(current), *(i.target for i in graph[current] if i.module_level)]:
-            if nxt in modules and nxt not in seen and nxt not in skip:
+        parents = [p for p in _parents(current) if p not in skip]
+        for nxt in [*parents, *(i.target for i in graph[current] if i.module_level)]:
+            if nxt in modules and nxt not in seen:
                 seen.add(nxt)
                 todo.append(nxt)
     return seen
@@ -607,7 +608,7 @@ def heavy_packages(name: str, graph, modules) -> set[str]:
 
 def closes_a_cycle(importer: str, target: str, graph, modules) -> bool:
     """Whether importing `target` at the top of `importer` would import `importer` again (a cycle at load)."""
-    return importer in _closure(target, graph, modules, skip=frozenset(_parents(importer)))
+    return importer in _closure(target, graph, modules, skip=frozenset([*_parents(importer), importer]))
 
 
 def lazy_import_problems(modules: dict[str, Module]) -> list[str]:
