@@ -5,6 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from vlbench.cli import common
+from vlbench.files import atomic_write
+from vlbench.jobs import execute
+from vlbench.modelspec import ModelSpec
+from vlbench.pngs import encode_png, write_png
+from vlbench.recipe import Recipe
+from vlbench.records import RunRecord, references_of
 
 HELP = "an end-to-end run on the tiny random models"
 
@@ -17,13 +23,6 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     from PIL import Image
     from safetensors.torch import save_file
-
-    from vlbench.files import atomic_write
-    from vlbench.jobs import execute
-    from vlbench.modelspec import ModelSpec
-    from vlbench.pngs import encode_png, write_png
-    from vlbench.recipe import Recipe
-    from vlbench.records import RunRecord, references_of
 
     out = common.check_out_dir(args.out, field="out")
     ref_path = out / "reference.png"

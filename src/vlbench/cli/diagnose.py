@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import sys
 from pathlib import Path
 
 from vlbench.cli import common
 from vlbench.errors import UserError
+from vlbench.prompts import check_prompt
 
 HELP = "compare Qwen3-VL hidden states with Qwen3-4B's, per layer and token role"
 DESCRIPTION = ("Per VL layer and token role (image, markers, text, prompt, attention sinks): RMS, per-dimension "
@@ -51,7 +54,6 @@ def run(args) -> int:
     from rich.console import Console
 
     from vlbench.analysis.diagnose import diagnose, entry_id, plot, print_diagnostics, write_diagnostics
-    from vlbench.prompts import check_prompt
 
     layers = parse_layers(args.layers)
     prompt = check_prompt(args.prompt)
@@ -64,9 +66,6 @@ def run(args) -> int:
     engine = common.engine(spec, console)
     diag = diagnose(engine, refs, prompt, layers, args.calibration)
     if args.json:
-        import json
-        import sys
-
         json.dump(diag, sys.stdout, indent=1)
         sys.stdout.write("\n")
     else:

@@ -5,6 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from vlbench.cli import common
+from vlbench.errors import UserError
+from vlbench.jobs import execute
+from vlbench.pngs import encode_png, write_png
+from vlbench.records import RunRecord, job_key, references_of
 
 HELP = "generate one image"
 
@@ -24,10 +28,6 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     from rich.progress import Progress
 
-    from vlbench.jobs import execute
-    from vlbench.pngs import encode_png, write_png
-    from vlbench.records import RunRecord, job_key, references_of
-
     out, prompt, recipe, refs, spec, files = common.single_image_inputs(args, ".png")
     console = common.console()
     common.check_free_space(out, common.image_bytes(recipe.width, recipe.height), console, "out")
@@ -42,8 +42,6 @@ def run(args) -> int:
                           on_step=lambda i, n: progress.update(task, completed=i, total=n))
     if outcome.failure is not None:
         if outcome.failure.kind == "input":
-            from vlbench.errors import UserError
-
             raise UserError(outcome.failure.reason)
         console.print(f"[red]failed: {common.escape(outcome.failure.reason)}[/red]")
         return 1

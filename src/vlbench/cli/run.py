@@ -5,7 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from vlbench.cli import common
+from vlbench.engine.precheck import check_plan, read_model_files
 from vlbench.errors import UserError
+from vlbench.evalsets import load_eval_set
+from vlbench.executors import EXECUTORS, ExecutorChoice, start_executor
+from vlbench.experiments.runner import LocalExecutor, run_experiment
+from vlbench.experiments.spec import load_type
+from vlbench.prompts import check_prompt, read_prompts_file
+from vlbench.recipe import field_infos, parse_seeds
 
 HELP = "run an experiment type: every config × reference × prompt × seed, resumable"
 DESCRIPTION = ("Run an experiment type into --output-dir: one PNG per image, results.jsonl, grid.png, report.html "
@@ -13,8 +20,6 @@ DESCRIPTION = ("Run an experiment type into --output-dir: one PNG per image, res
 
 
 def add_arguments(p) -> None:
-    from vlbench.executors import EXECUTORS
-
     p.add_argument("--experiment", required=True, metavar="NAME_OR_PATH",
                    help="a built-in type (see `vlbench experiments`) or the path of a type file")
     p.add_argument("--image", action="append", default=[], metavar="REF",
@@ -55,12 +60,6 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     from vlbench.analysis.report import write_folder_report
-    from vlbench.executors import ExecutorChoice, start_executor
-    from vlbench.experiments.runner import run_experiment
-    from vlbench.engine.precheck import check_plan, read_model_files
-    from vlbench.experiments.spec import load_type
-    from vlbench.prompts import check_prompt, read_prompts_file
-    from vlbench.recipe import field_infos, parse_seeds
 
     image_bytes = common.image_bytes
 
@@ -73,7 +72,6 @@ def run(args) -> int:
     images = list(args.image)
     eval_set = None
     if args.eval_set:  # references, prompts and (unless --seeds) seeds of an evaluation set
-        from vlbench.evalsets import load_eval_set
 
         eval_set = load_eval_set(args.eval_set)
         images = [str(p) for p in eval_set.references] + images
@@ -138,8 +136,6 @@ def run(args) -> int:
                   "quick": args.quick, "overrides": overrides, "limit": args.limit, "output_dir": str(out)}
     local = None
     if batch > 1:
-        from vlbench.experiments.runner import LocalExecutor
-
         parameters["batch"] = batch
         if executor is not None:
             executor.batch = batch  # each actor batches the jobs it takes (one group, one shape)

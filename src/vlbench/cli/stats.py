@@ -6,6 +6,7 @@ The numbers are vlbench.analysis.stats'; the JSON schema is in docs/stats.md.
 from __future__ import annotations
 
 import json
+import math
 import sys
 
 from vlbench.cli import common
@@ -67,8 +68,6 @@ def _metrics_arg(values: list[str] | None) -> list[str] | None:
 def _per_metric(spec: str | None, option: str, metrics: list[str] | None, defaults: dict[str, float] | None,
                 what: str) -> dict[str, float] | None:
     """--equivalence / --plan: "" (defaults for every metric), a number (one metric), or METRIC=X[,METRIC=X…]."""
-    import math
-
     if spec is None:
         return None
     example = f"e.g. --{option} siglip=0.2"
