@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from vlbench.cli import common
-from vlbench.tui.launch import run_tui
 
 HELP = "the interactive workbench (the default command)"
 DESCRIPTION = "The interactive workbench: Inputs, Parameters, Queue, Preview, History."
@@ -17,6 +16,8 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
+    from vlbench.tui.launch import run_tui
+
     common.check_data_dir()  # the store and the log live there: a read-only one is one line, not a crash
 
     # config.toml is read (and written with comments on first run) by run_tui; flags win over it

@@ -12,8 +12,11 @@ import logging
 import sys
 import threading
 
+from vlbench.config import load_settings
 from vlbench.errors import UserError
 from vlbench.logs import attach_log_file, log_crash
+from vlbench.modelspec import resolve_model_spec
+from vlbench.paths import log_path
 
 
 def guard_cell_size() -> None:
@@ -55,9 +58,6 @@ def run_tui(flags: dict, debug: bool = False, paused: bool = False) -> int:
     attach_log_file()
     guard_cell_size()  # before anything imports textual_image.widget
     query = _ask_the_terminal_early()
-    from vlbench.config import load_settings
-    from vlbench.modelspec import resolve_model_spec
-    from vlbench.paths import log_path
 
     settings = load_settings()
     models = resolve_model_spec(settings.models.to_dict(), flags=flags)
