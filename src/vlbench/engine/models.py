@@ -72,6 +72,8 @@ from typing import Any, Callable
 
 import torch
 
+from vlbench.engine import buckets
+from vlbench.engine.extract import forward, prepare
 from vlbench.errors import UserError
 from vlbench.modelspec import ModelSpec
 
@@ -375,8 +377,6 @@ class Models:
         """One small forward through extract's own path: the process's first-use costs fall in the load."""
         from PIL import Image
 
-        from vlbench.engine.extract import forward, prepare
-
         start = time.perf_counter()
         image = Image.new("RGB", (64, 64), (128, 128, 128))
         with torch.inference_mode():
@@ -532,8 +532,6 @@ class Models:
     def _fast(self, transformer) -> None:
         """The fast mode: caption buckets on the DiT (engine/buckets.py) and, unless `attention` names one, the fastest
         mask-taking attention kernel timed here on this card. What was chosen is in `fast_settings`."""
-        from vlbench.engine import buckets
-
         installed = buckets.install(transformer, int(transformer.config.axes_lens[0]) - CAPTION_PAD)
         timings = {}
         attention = self.spec.attention
