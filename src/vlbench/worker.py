@@ -16,8 +16,10 @@ headless, and a workbench opened beside it becomes a `Viewer` of its queue.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
+import shutil
 import sqlite3
 import sys
 import threading
@@ -28,9 +30,12 @@ from typing import Any, Callable
 
 from vlbench import paths
 from vlbench.errors import UserError, one_line
+from vlbench.experiments.batch_export import (EXPORTED, export_finished, exported_folder, finished_batch,
+                                              unexported_batches)
 from vlbench.files import remove_stale_temp_files
-from vlbench.jobs import Cancelled, Stopping
+from vlbench.jobs import Cancelled, Stopping, classify, execute
 from vlbench.logs import attach_log_file
+from vlbench.pngs import encode_png, write_png
 from vlbench.process import owner_alive, process_token
 from vlbench.store import FINISHED, RunRow, Store
 
@@ -417,7 +422,6 @@ class Worker:
         if not self.export_batches:
             return
         from vlbench.analysis.report import write_folder_report
-        from vlbench.experiments.batch_export import export_finished, finished_batch, unexported_batches
 
         try:
             if run_id is None:
@@ -482,8 +486,6 @@ class Worker:
 
     def _space_freed(self) -> bool:
         """After a full disk: is there room for the next image again? (Checked before each claim.)"""
-        import shutil
-
         try:
             free = shutil.disk_usage(self.outputs_dir).free
         except OSError:
@@ -527,8 +529,6 @@ class Worker:
     def _run(self, store: Store, row: RunRow, started: float) -> tuple[Path, "RunRecord"]:
         """One run through the job path; its PNG on disk (fsynced) before the row says done."""
         from vlbench.engine.engine import Reference
-        from vlbench.jobs import classify, execute
-        from vlbench.pngs import encode_png, write_png
 
         run_id = row.id
         try:
@@ -789,8 +789,6 @@ def _restarted(info: object) -> bool:
 
 def _report_viewed_exports(viewer, store: Store, batches: dict[str, tuple[str, float]]) -> None:
     """The headless worker wrote a batch's folder: the same event the workbench's own worker sends."""
-    from vlbench.experiments.batch_export import EXPORTED, exported_folder
-
     for batch, (experiment, since) in list(batches.items()):
         folder = exported_folder(store.get_state(EXPORTED + batch))
         if folder is not None:
@@ -894,8 +892,6 @@ def _quiet_libraries() -> None:
 
 
 def _empty_cuda_cache() -> None:
-    import gc
-
     gc.collect()
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_available():
