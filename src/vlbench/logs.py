@@ -6,6 +6,7 @@ import logging
 import logging.handlers
 import os
 import traceback
+import warnings
 from pathlib import Path
 
 from vlbench import paths
@@ -41,8 +42,6 @@ def quiet_libraries() -> None:
     """transformers' and diffusers' per-load progress bars and warnings off: vlbench reports loads itself
     (status lines on the command line, the Queue pane in the workbench). Imports them: call it where the
     models are about to load."""
-    import warnings
-
     import diffusers
     import transformers
 

@@ -8,6 +8,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from vlbench.files import atomic_write_bytes
+
 KEY = "vlbench"  # the PNG text chunk that holds RunRecord.png_metadata()
 
 
@@ -24,8 +26,6 @@ def encode_png(image, metadata: dict[str, Any]) -> bytes:
 
 def write_png(path: str | Path, data: bytes) -> str:
     """Write encoded PNG bytes atomically (fsynced before the caller records it); returns their sha256."""
-    from vlbench.files import atomic_write_bytes
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, data)

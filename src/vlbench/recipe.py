@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from vlbench.errors import UserError
+from vlbench.files import NotAFile, TooDeep, atomic_write_text, parse_toml, read_text_file
 
 
 # ---------------------------------------------------------------- vocabularies
@@ -1184,8 +1185,6 @@ def read_recipe_file(path: str | Path) -> dict[str, Any]:
     """The fields a recipe file sets (a partial recipe is fine), checked as keys; values are checked by Recipe.
     A file Recipe.to_toml wrote before recipe schema 3 (its first line exactly OLD_TOML_HEADER) is read as what it
     was (upgrade_recipe); any other file is read in the current schema."""
-    from vlbench.files import NotAFile, TooDeep, parse_toml, read_text_file
-
     path = Path(path)
     try:
         text = read_text_file(path)
@@ -1232,8 +1231,6 @@ def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None, base:
 
 
 def save_recipe(recipe: Recipe, path: str | Path) -> None:
-    from vlbench.files import atomic_write_text
-
     atomic_write_text(Path(path), recipe.to_toml())
 
 

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any
 
+from vlbench.recipe import key_dict, upgrade_recipe
+
 RECORD_VERSION = 3  # 3: recipes of recipe schema 3 (attend ratios are shares; vlbench.recipe.upgrade_recipe)
 STATUSES = ("pending", "running", "done", "failed", "cancelled")
 # How a failure is classified (vlbench.jobs.classify): what the user reads next to the one-line reason.
@@ -127,7 +129,6 @@ def upgrade(data: dict[str, Any]) -> dict[str, Any]:
         if isinstance(out.get(key), str):
             out[key] = _epoch(out[key])
     if isinstance(out.get("recipe"), dict):  # records before 3: attend ratios were per-token odds, read as such
-        from vlbench.recipe import upgrade_recipe
 
         out["recipe"] = upgrade_recipe(out["recipe"], 2)
     out["schema"] = RECORD_VERSION
@@ -147,8 +148,6 @@ def job_key(name: str, recipe: dict, prompt: str, reference_sha256: list[str]) -
     """Stable across processes: config name + full recipe (seed included) + prompt + reference contents.
 
     One reference hashes as it did before multi-reference jobs, so earlier folders still resume."""
-    from vlbench.recipe import key_dict
-
     payload: dict[str, Any] = {"name": name, "recipe": key_dict(recipe), "prompt": prompt, "seed": recipe.get("seed")}
     if len(reference_sha256) == 1:
         payload["reference_sha256"] = reference_sha256[0]
