@@ -149,7 +149,7 @@ def _experiment():
 
 
 def test_pngs_are_written_off_the_runner_thread_and_every_row_finds_its_png(engine, tmp_path, ref_image, monkeypatch):
-    import vlbench.pngs as gen
+    import vlbench.experiments.runner as gen  # the runner's own write_png (imported from vlbench.pngs)
 
     experiment, recipes = _experiment()
     out = tmp_path / "out"
@@ -216,7 +216,7 @@ def test_ctrl_c_in_a_generation_keeps_the_previous_job_and_resumes(engine, tmp_p
 
 
 def test_a_failed_png_write_leaves_no_row_for_it(engine, tmp_path, ref_image, monkeypatch):
-    import vlbench.pngs as gen
+    import vlbench.experiments.runner as gen  # the runner's own write_png (imported from vlbench.pngs)
 
     experiment, recipes = _experiment()
     refs, out = [Reference.open(ref_image)], tmp_path / "out"

@@ -381,7 +381,7 @@ def test_search_on_two_actors_runs_trials_concurrently_and_resumes_with_none_los
     (raised while a trial is scored, as Ctrl-C/kill would) leaves the trials in flight running; --resume finishes
     them with their stored parameters and asks new ones up to --trials: every trial number once, every image
     generated once (one results row per image, one history row per image), no finished trial evaluated again."""
-    from vlbench.metrics import score
+    from vlbench.search import runner as score  # where the search calls score_folder
     from vlbench.store import Store
 
     space = tmp_path / "space.toml"
