@@ -638,3 +638,16 @@ def test_the_report_section_shows_the_plan_and_the_detectable_difference(tmp_pat
     html = str(stats_section(out, stats))
     assert "<th>MDE (power 0.8)</th>" in html and "plan for siglip: detect a difference of 0.300" in html
     assert "design: 6 prompts × 5 references × 3 seeds" in html
+
+
+def test_the_old_module_names_still_import_the_analysis_package():
+    """vlbench.stats, vlbench.crossed and vlbench.heatmap (documented before issue 24's analysis/ package) re-export
+    the moved modules' names: the same objects, not copies."""
+    import vlbench.crossed
+    import vlbench.heatmap
+    import vlbench.stats
+    from vlbench.analysis import crossed, folders, heatmap, stats
+
+    assert vlbench.stats.summarize is stats.summarize and vlbench.stats.folder_rows is folders.folder_rows
+    assert vlbench.stats.table_rows is stats.table_rows and vlbench.stats.compact is stats.compact
+    assert vlbench.crossed.infer is crossed.infer and vlbench.heatmap.render is heatmap.render

@@ -363,7 +363,6 @@ def write_report(out_dir: str | Path, rows: list[dict], info: dict) -> Path:
     return path
 
 
-# ---- issue 17: heat maps of the VL text's attention to the references' image tokens ----
 def write_folder_report(out_dir: str | Path) -> Path:
     """report.html from the folder as it stands: each job key's latest row in results.jsonl, and run.json. Whoever
     finishes a folder calls it (`vlbench run`, `vlbench score`, the search, the worker's batch export): the
@@ -373,6 +372,7 @@ def write_folder_report(out_dir: str | Path) -> Path:
     return write_report(out, list(latest_by_key(rows).values()), read_info(out) or {})
 
 
+# ---- issue 17: heat maps of the VL text's attention to the references' image tokens ----
 HEATMAPS = "heatmaps"
 
 
