@@ -2,7 +2,8 @@
 as `vlbench run` makes (images/, references/, results.jsonl, run.json, grid.png, report.html).
 
 The runs live in the store (their PNGs in the data dir's outputs/); the folder is the portable copy, made
-with vlbench.experiments.folder's own writer so the grid and report are `vlbench run`'s. The worker that ends a
+with vlbench.experiments.folder's own writer so the grid is `vlbench run`'s (the report: the worker's `report`,
+vlbench.analysis.report.write_folder_report, as `vlbench run` passes it). The worker that ends a
 batch's last run exports it (the workbench's thread or `vlbench worker`, so a batch that finishes while the
 workbench is closed is exported too); a worker also exports, when it starts and whenever its queue runs dry,
 every finished batch still without its folder (a worker killed before the export, runs cancelled from the

@@ -1,4 +1,4 @@
-"""Run an experiment: plan its jobs, resume the folder, run what is pending, write the grid and report.
+"""Run an experiment: plan its jobs, resume the folder, run what is pending, write the grid (and the caller's report).
 
 The in-process loop (`LocalExecutor`) runs each job through the one job path (vlbench.jobs.execute)
 on one Engine; jobs reading the same extraction run back to back and an extraction is dropped after
