@@ -168,3 +168,17 @@ if __name__ == "__main__":  # re-pin tests/data/report/content.json deliberately
     EXPECTED.parent.mkdir(parents=True, exist_ok=True)
     EXPECTED.write_text(json.dumps(content(page, where), ensure_ascii=False, indent=0) + "\n", encoding="utf-8")
     print(f"wrote {EXPECTED}")
+
+
+def test_the_templates_ship_in_the_wheel():
+    """pyproject's package-data names every template (a template left out would be missing from an install)."""
+    import fnmatch
+    import tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    globs = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["vlbench"]
+    templates = sorted((root / "src" / "vlbench" / "analysis" / "templates").iterdir())
+    assert templates
+    for path in templates:
+        rel = path.relative_to(root / "src" / "vlbench").as_posix()
+        assert any(fnmatch.fnmatch(rel, g) for g in globs), rel
