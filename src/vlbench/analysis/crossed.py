@@ -19,8 +19,8 @@ was made by simulation (docs/stats.md, tests/test_stats_calibration.py): without
 F < 1, the interval over-covers (≥ 0.99) when prompts and references add nothing; pooling at the 0.25 level keeps
 coverage at 0.95–0.98 there and 0.95 when they matter.
 
-numpy and scipy only (no torch): the workbench imports this through vlbench.analysis.stats. Every function is batched over
-leading axes, so one call evaluates thousands of simulated experiments.
+numpy and scipy only (no torch): the workbench imports this through vlbench.analysis.stats. Every function is
+batched over leading axes, so one call evaluates thousands of simulated experiments.
 """
 
 from __future__ import annotations

@@ -4,9 +4,9 @@ recipe, and the efficiency table.
 
 One self-contained HTML file (inline CSS, a few lines of inline script to sort tables, no network), made from
 the jinja2 templates in templates/ (package data) with autoescape on: every value from a run (config names,
-prompts, errors, paths, type files) is text, never markup. Images are linked by paths relative to the folder (grid.png, metrics.png, diagnostics-*.png,
-images/…, references/…), so the folder must travel whole. Metric values come from scores.jsonl
-(`vlbench score`), diagnostics from diagnostics.json (written after `vlbench run`).
+prompts, errors, paths, type files) is text, never markup. Images are linked by paths relative to the folder
+(grid.png, metrics.png, diagnostics-*.png, images/…, references/…), so the folder must travel whole. Metric
+values come from scores.jsonl (`vlbench score`), diagnostics from diagnostics.json (written after `vlbench run`).
 """
 
 from __future__ import annotations
@@ -466,6 +466,7 @@ def _shares_view(out: Path, rows: list[dict]) -> dict | None:
         else None,
         "points": [{"config": p["config"], "mix": p["mix"],
                     "ratio": p["ratio"] if isinstance(p["ratio"], str) else f"{p['ratio']:g} ({p['meaning']})",
-                    "prior": f"{p['prior']:.3f}", "realised": "—" if p["realised"] is None else f"{p['realised']:.3f}",
+                    "prior": f"{p['prior']:.3f}",
+                    "realised": "—" if p["realised"] is None else f"{p['realised']:.3f}",
                     "images": p["images"]} for p in points],
     }

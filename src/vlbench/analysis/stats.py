@@ -138,7 +138,8 @@ def summarize(rows: Iterable[Row | dict], *, baseline: str | None = None, metric
     `rows`: Row objects, or dicts shaped like results.jsonl rows with their metric values under "metrics"
     (config name under "name", its position under "config_index"). Configs are in config_index order; the
     baseline defaults to the first. `metrics` defaults to every metric some row has (in METRICS order).
-    `unit`: "cell" (default: prompt × reference cells, seeds inside, prompts and references random; vlbench.analysis.crossed)
+    `unit`: "cell" (default: prompt × reference cells, seeds inside, prompts and references random;
+    vlbench.analysis.crossed)
     or "image" (every image an independent unit: bootstrap and Wilcoxon, as vlbench.stats/1 computed).
     `equivalence`: {metric: margin} for two one-sided tests (cell unit only); `plan`: {metric: difference} to plan
     prompts, references and seeds for (plan_block); `mixed_model`: add statsmodels' crossed mixed model as a second
@@ -192,7 +193,7 @@ def summarize(rows: Iterable[Row | dict], *, baseline: str | None = None, metric
             out["notes"].append("one seed per config: no interval over seeds can be computed; intervals and tests "
                                 "resample prompts × references only (run with --seeds, at least 4)")
     else:
-        out["test"] = ("t test of the design's mean difference (vlbench.analysis.crossed; interval and df by the method each "
+        out["test"] = ("t test of the design's mean difference (vlbench.crossed; interval and df by the method each "
                        "comparison names), Holm across configs")
         if design["label"]:
             out["notes"].append(design["label"])
