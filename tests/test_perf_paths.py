@@ -150,6 +150,7 @@ def _experiment():
 
 def test_pngs_are_written_off_the_runner_thread_and_every_row_finds_its_png(engine, tmp_path, ref_image, monkeypatch):
     import vlbench.experiments.runner as gen  # the runner's own write_png (imported from vlbench.pngs)
+    from vlbench.pngs import read_png_metadata
 
     experiment, recipes = _experiment()
     out = tmp_path / "out"
@@ -173,7 +174,7 @@ def test_pngs_are_written_off_the_runner_thread_and_every_row_finds_its_png(engi
     rows = _rows(out)
     assert [r["name"] for r in rows] == [r.name for r in recipes]  # job order kept
     for row in rows:
-        meta = gen.read_png_metadata(out / row["image"])
+        meta = read_png_metadata(out / row["image"])
         assert meta["key"] == row["key"]
 
 
