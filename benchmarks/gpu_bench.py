@@ -725,6 +725,7 @@ def sweep_section(args, spec, ref, workdir: Path):
     from vlbench.engine.engine import Engine
     from vlbench.engine.models import Models
     from vlbench.experiments import load_type, run_experiment
+    from vlbench.analysis.report import write_folder_report
     from vlbench.experiments.runner import write_outputs
 
     S = R.setdefault("sweep", {})
@@ -739,7 +740,7 @@ def sweep_section(args, spec, ref, workdir: Path):
     t0 = time.perf_counter()
     models = Models(spec)  # fresh process state: the sweep loads what it needs (VL + DiT + VAE)
     engine = Engine(models)
-    summary = run_experiment(engine, exp, recipes, [ref], [PROMPT], out, seeds=SWEEP_SEEDS)
+    summary = run_experiment(engine, exp, recipes, [ref], [PROMPT], out, seeds=SWEEP_SEEDS, report=write_folder_report)
     sync()
     wall = time.perf_counter() - t0
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines() if line.strip()]
@@ -761,6 +762,7 @@ def sweep_section(args, spec, ref, workdir: Path):
     S["page_cache"] = "warm (the files were read by the load section)"
     t0 = time.perf_counter()
     write_outputs(out, exp)
+    write_folder_report(out)
     S["write_outputs_again_s"] = time.perf_counter() - t0
     if models.device.type == "cuda":
         S["resident_vl_dit_vae_GiB"] = gib(torch.cuda.memory_allocated())

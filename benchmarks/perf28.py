@@ -337,6 +337,7 @@ tokens = "full"
 
 
 def sweep_section(args, engines: dict, ref, workdir: Path) -> None:
+    from vlbench.analysis.report import write_folder_report
     from vlbench.experiments.runner import LocalExecutor, run_experiment
     from vlbench.experiments.spec import load_type
 
@@ -356,7 +357,7 @@ def sweep_section(args, engines: dict, ref, workdir: Path) -> None:
         shutil.rmtree(out, ignore_errors=True)
         engine._extractions.clear()  # the extraction is part of a sweep's cost
         t, summary = timed(lambda: run_experiment(engine, experiment, recipes, [ref], [PROMPT], out, seeds=[0, 1],
-                                                  executor=LocalExecutor(batch=batch)))
+                                                  executor=LocalExecutor(batch=batch), report=write_folder_report))
         rows = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines() if x.strip()]
         S[label] = {"images": summary.done, "batch": batch, "wall_s": round(t, 2),
                     "images_per_hour": round(3600 * summary.done / t) if t else None,

@@ -66,6 +66,7 @@ def free_cuda() -> None:
 
 # ---------------------------------------------------------------- one timed sweep
 def sweep(name: str, args, engine, executor, exp, recipes, ref, out: Path, seeds: list[int], limit=None) -> dict:
+    from vlbench.analysis.report import write_folder_report
     from vlbench.experiments.runner import run_experiment
 
     shutil.rmtree(out, ignore_errors=True)
@@ -73,7 +74,8 @@ def sweep(name: str, args, engine, executor, exp, recipes, ref, out: Path, seeds
     before = {s.index: s.done for s in executor.slots} if executor is not None else {}
     t0 = time.perf_counter()
     summary = run_experiment(engine, exp, recipes, [ref], [args.prompt], out, seeds=seeds, limit=limit,
-                             executor=executor, on_job_done=lambda job, row: finished.append(time.perf_counter()))
+                             executor=executor, on_job_done=lambda job, row: finished.append(time.perf_counter()),
+                             report=write_folder_report)
     wall = time.perf_counter() - t0
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines() if line.strip()]
     last = (finished[-1] - t0) if finished else wall

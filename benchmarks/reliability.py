@@ -185,14 +185,14 @@ def write_grid(*a, **k):
     return real_grid(*a, **k)
 grid.write_grid = write_grid
 
-from vlbench import report
+from vlbench.analysis import report
 real_report = report.write_report
 def write_report(*a, **k):
     mark("report", True)
     return real_report(*a, **k)
 report.write_report = write_report
 
-from vlbench import diagnose
+from vlbench.analysis import diagnose
 real_diag = diagnose.diagnose_run
 def diagnose_run(*a, **k):
     mark("diagnostics", True)

@@ -88,6 +88,7 @@ def efficiency(rows: dict, phase: str, key: str) -> dict:
 
 
 def images_phase(G: int, engine, executor, exp, recipes, ref, work: Path, per_gpu: int) -> dict:
+    from vlbench.analysis.report import write_folder_report
     from vlbench.experiments.runner import run_experiment
 
     def timed(out: Path, seeds: list[int], limit: int | None) -> dict:
@@ -95,7 +96,8 @@ def images_phase(G: int, engine, executor, exp, recipes, ref, work: Path, per_gp
         finished: list[float] = []
         t0 = time.perf_counter()
         summary = run_experiment(engine, exp, recipes, [ref], [PROMPT], out, seeds=seeds, limit=limit,
-                                 executor=executor, on_job_done=lambda job, row: finished.append(time.perf_counter()))
+                                 executor=executor, on_job_done=lambda job, row: finished.append(time.perf_counter()),
+                                 report=write_folder_report)
         last = (finished[-1] - t0) if finished else time.perf_counter() - t0
         return {"images": summary.done, "failed": summary.failed, "seconds": round(last, 3),
                 "failures": summary.failures[:3]}

@@ -1,7 +1,7 @@
 """The calibration table of `vlbench stats`' default interval and test (docs/stats.md, issue 22).
 
 Runs the scenarios of tests/test_stats_calibration.py (the same simulation and the same fitting code,
-vlbench.crossed) with more draws, and writes the table as JSON and as Markdown; with --docs it replaces the
+vlbench.analysis.crossed) with more draws, and writes the table as JSON and as Markdown; with --docs it replaces the
 table between the markers in docs/stats.md. numpy and scipy only, about a minute on one core:
 
     .venv/bin/python benchmarks/stats_calibration.py --draws 40000 \

@@ -102,7 +102,7 @@ def test_the_gpu_benchmark_runs_on_the_cpu_with_tiny_models(tiny_dirs, tmp_path)
 
 
 def test_the_report_plots_ratio_against_realised_share(tmp_path):
-    from vlbench.report import SHARES_PLOT, render_report, share_points, write_report
+    from vlbench.analysis.report import SHARES_PLOT, render_report, share_points, write_report
 
     def row(name, ratio, prior, realised):
         mix = {"mix": "intra_ratio", "policy": "attend", "ratio": ratio, "meaning": "share", "prior_share": prior}

@@ -286,7 +286,7 @@ def test_heatmap_render_paints_the_most_attended_token_brightest(tmp_path):
     import numpy as np
     from PIL import Image
 
-    from vlbench import heatmap
+    from vlbench.analysis import heatmap
 
     ref = Image.new("RGB", (90, 60), (128, 128, 128))
     weights = [0.0] * 6
@@ -330,7 +330,7 @@ def test_embed_writes_the_heatmap_beside_the_tensor(engine, tmp_path, ref_image,
 def test_the_report_shows_each_weighted_runs_heatmap(engine, tmp_path, ref_image):
     from vlbench.jobs import execute
     from vlbench.records import RunRecord
-    from vlbench.report import write_report
+    from vlbench.analysis.report import write_report
 
     out = tmp_path / "run"
     (out / "images").mkdir(parents=True)
@@ -350,11 +350,11 @@ def test_the_report_shows_each_weighted_runs_heatmap(engine, tmp_path, ref_image
 
 
 def test_heatmap_module_imports_no_torch():
-    """The workbench draws heat maps before (or without) torch: vlbench.heatmap is torch-free."""
+    """The workbench draws heat maps before (or without) torch: vlbench.analysis.heatmap is torch-free."""
     import subprocess
     import sys
 
-    code = ("import sys, vlbench.heatmap; "
+    code = ("import sys, vlbench.analysis.heatmap; "
             "print(sorted(m for m in ('torch', 'transformers', 'diffusers') if m in sys.modules))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert proc.stdout.strip() == "[]"
@@ -380,7 +380,7 @@ def test_attention_probe_benchmark_runs_tiny_and_finds_no_probe_on_the_default_f
 def test_each_extraction_is_recorded_under_a_name_that_says_what_it_is(engine, tmp_path):
     """multi_image separate: one extraction per reference, recorded as vl, vl_ref2, vl_ref3 (never as a 'style'
     pass), each with its weights, and one heat map per reference; dual: vl (content) and vl_style."""
-    from vlbench import heatmap
+    from vlbench.analysis import heatmap
     from vlbench.records import vl_extractions
 
     paths = [make_image(tmp_path / f"r{i}.png", color=(40 * i, 200 - 40 * i, 90)) for i in range(3)]

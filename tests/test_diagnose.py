@@ -15,7 +15,7 @@ import torch
 
 from conftest import make_image
 from test_calibrate import SINK_TOKEN, plant_sink
-from vlbench.diagnose import ZIMAGE_LAYER, diagnose, role_stats, std_ratio
+from vlbench.analysis.diagnose import ZIMAGE_LAYER, diagnose, role_stats, std_ratio
 from vlbench.engine import blend
 from vlbench.engine.engine import Engine, Reference
 from vlbench.engine.models import Models

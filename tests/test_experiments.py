@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from conftest import make_image
+from vlbench.analysis.report import write_folder_report
 from vlbench.engine.engine import Engine, Reference
 from vlbench.recipe import Recipe
 from vlbench.errors import UserError
@@ -191,7 +192,8 @@ def runs(engine, tmp_path_factory):
                 mp.setenv("VLBENCH_DATA_DIR", str(root / "data"))
                 out = root / Path(name).stem
                 refs = experiment.reference_sets([ref, second]) if experiment.references == "together" else [ref]
-                summary = run_experiment(fresh, experiment, recipes, refs, [PROMPT], out, seeds=[SEED])
+                summary = run_experiment(fresh, experiment, recipes, refs, [PROMPT], out, seeds=[SEED],
+                                         report=write_folder_report)
             done[name] = (out, summary, fresh, ref)
         return done[name]
 
@@ -253,7 +255,8 @@ def test_resume_after_an_interrupt_completes_with_unique_rows(engine, tmp_path, 
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        run_experiment(Engine(engine.models), experiment, recipes, refs, [PROMPT], out, on_job_done=interrupt_after_two)
+        run_experiment(Engine(engine.models), experiment, recipes, refs, [PROMPT], out, on_job_done=interrupt_after_two,
+                       report=write_folder_report)
     assert [r["key"] for r in _rows(out)] == finished
     assert (out / "report.html").is_file()  # written on the way out
     with open(out / "results.jsonl", "a") as f:  # killed in the middle of writing a row

@@ -470,7 +470,7 @@ def test_a_folder_without_results_is_a_one_line_error(tmp_path, models):
 
 # ---- report ----
 def test_report_has_a_sortable_metrics_table_and_the_adherence_plot(tmp_path, models):
-    from vlbench.report import write_report
+    from vlbench.analysis.report import write_report
 
     out = tmp_path / "run"
     rows = fake_run(out, n=5)
@@ -495,7 +495,7 @@ def _main(argv: list[str]) -> int:
 
 
 def test_run_with_metrics_scores_stores_and_reports(tiny_dirs, tmp_path, ref_image, metric_dirs, monkeypatch, capsys):
-    from vlbench.metrics import tiny
+    from vlbench.cli import common as tiny  # where the command line calls ensure_tiny_metric_models
     from vlbench.store import Store
 
     monkeypatch.setattr(tiny, "ensure_tiny_metric_models", lambda root=None, vl=None: metric_dirs)
@@ -623,9 +623,9 @@ def test_score_offline_without_the_metric_models_is_one_line_at_once(tmp_path, o
 def test_score_of_a_tiny_models_run_uses_the_tiny_metric_models(tmp_path, metric_dirs, monkeypatch, capsys):
     """Issue 25.11: "nothing named → the tiny models" reaches the metric models: a folder the tiny models made is
     scored by the tiny metric models (saying so), not by downloading the real ones."""
-    from vlbench.metrics import tiny
-
     import huggingface_hub.constants
+
+    from vlbench.cli import common as tiny  # where the command line calls ensure_tiny_metric_models
 
     monkeypatch.setattr(tiny, "ensure_tiny_metric_models", lambda root=None, vl=None: metric_dirs)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

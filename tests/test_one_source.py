@@ -353,7 +353,7 @@ def test_one_job_path():
 
 def test_the_torch_free_modules_import_no_torch():
     code = ("import sys, vlbench.tui.app, vlbench.recipe, vlbench.store, vlbench.config, vlbench.modelspec, "
-            "vlbench.records, vlbench.jobs, vlbench.worker, vlbench.stats, vlbench.cli; "
+            "vlbench.records, vlbench.jobs, vlbench.worker, vlbench.analysis.stats, vlbench.analysis.folders, vlbench.analysis.report, vlbench.cli; "
             "print(sorted(m for m in ('torch', 'transformers', 'diffusers') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

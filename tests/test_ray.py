@@ -168,11 +168,12 @@ def _same_images(a: Path, b: Path, rows: list[dict]) -> None:
 
 
 def test_ray_gives_the_local_rows_and_byte_identical_pngs(sweep, executor, tiny_spec, tmp_path):
+    from vlbench.analysis.report import write_folder_report
     from vlbench.store import Store
 
     out = tmp_path / "ray"
     with Store(tmp_path / "runs.sqlite3") as store:
-        summary = _run_on_ray(sweep, executor, tiny_spec, out, store=store)
+        summary = _run_on_ray(sweep, executor, tiny_spec, out, store=store, report=write_folder_report)
         history = store.history(experiment="vl_layer_by_token")
     assert (summary.jobs, summary.done, summary.failed) == (8, 8, 0)
     rows, local_rows = _rows(out), _rows(sweep["local"])
@@ -380,7 +381,7 @@ def test_search_on_two_actors_runs_trials_concurrently_and_resumes_with_none_los
     (raised while a trial is scored, as Ctrl-C/kill would) leaves the trials in flight running; --resume finishes
     them with their stored parameters and asks new ones up to --trials: every trial number once, every image
     generated once (one results row per image, one history row per image), no finished trial evaluated again."""
-    from vlbench.metrics import score
+    from vlbench.search import runner as score  # where the search calls score_folder
     from vlbench.store import Store
 
     space = tmp_path / "space.toml"

@@ -26,6 +26,7 @@ import pytest
 from PIL import Image
 
 from conftest import make_image
+from vlbench.analysis.report import write_folder_report
 from vlbench import paths
 from vlbench.engine.engine import Engine, Reference
 from vlbench.errors import UserError
@@ -47,7 +48,7 @@ def _sweep(engine, out: Path, store=None, seeds=(1, 2), console=None, on_job_don
     recipes = experiment.recipes(overrides=SMALL)[:2]
     return run_experiment(Engine(engine.models), experiment, recipes, [Reference.open(make_image(out.parent / "r.png"))],
                           list(prompts), out, seeds=list(seeds), store=store, console=console,
-                          on_job_done=on_job_done)
+                          on_job_done=on_job_done, report=write_folder_report)
 
 
 def _history(store: Store, out: Path) -> dict[str, list]:
@@ -387,7 +388,7 @@ def test_a_full_disk_for_images_puts_the_run_back_and_the_queue_waits_for_room(t
     import shutil
     from collections import namedtuple
 
-    from vlbench import pngs
+    from vlbench import worker as pngs  # the worker's write_png (imported from vlbench.pngs)
     from vlbench.worker import ModelStatus, Worker
 
     real_write, full = pngs.write_png, [True]
@@ -619,8 +620,8 @@ def test_a_size_past_the_dits_positions_is_one_line(tiny_dirs, tmp_path, ref_ima
 
 def test_a_full_disk_during_run_is_one_line_and_the_run_resumes(tiny_dirs, tmp_path, ref_image, monkeypatch,
                                                                 capsys):
-    from vlbench import pngs
     from vlbench.cli import main
+    from vlbench.experiments import runner as pngs  # the runner's write_png (imported from vlbench.pngs)
 
     real, writes, full = pngs.write_png, [], [True]
 

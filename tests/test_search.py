@@ -244,7 +244,7 @@ def test_search_runs_scores_and_writes_a_correct_front(tiny_dirs, tmp_path, ref_
 
 def test_a_resumed_search_asks_the_same_trials_as_one_uninterrupted_run(tiny_dirs, tmp_path, ref_image,
                                                                         monkeypatch):
-    from vlbench.metrics import score
+    from vlbench.search import runner as score  # where the search calls score_folder
 
     one_go, resumed, killed = tmp_path / "one_go", tmp_path / "resumed", tmp_path / "killed"
     space = _space_file(tmp_path, LEAN_SPACE)  # every trial runs: NSGA-II's second generation depends on scores

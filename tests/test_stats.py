@@ -142,7 +142,8 @@ def test_the_bootstrap_interval_agrees_with_scipys_own_bootstrap(tmp_path, capsy
 def test_a_planted_difference_is_detected_and_no_difference_is_not(tmp_path):
     """Over 20 fixed data seeds at α = 0.05: the planted +0.3 is found every time; the null config is flagged
     at most 2 times in 20 (its expected rate is at most α after Holm)."""
-    from vlbench.stats import folder_rows, summarize
+    from vlbench.analysis.folders import folder_rows
+    from vlbench.analysis.stats import summarize
 
     planted, null = 0, 0
     for data_seed in range(20):
@@ -157,7 +158,7 @@ def test_a_planted_difference_is_detected_and_no_difference_is_not(tmp_path):
 
 
 def test_holm_on_a_hand_made_case():
-    from vlbench.stats import holm
+    from vlbench.analysis.stats import holm
 
     # sorted: 0.005·4 = 0.02, 0.01·3 = 0.03, 0.03·2 = 0.06, 0.04·1 = 0.04 -> kept monotone: 0.06
     assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
@@ -198,7 +199,8 @@ def test_the_table_names_the_verdicts(tmp_path, capsys):
 
 
 def test_one_seed_per_config_is_said(tmp_path):
-    from vlbench.stats import folder_rows, summarize
+    from vlbench.analysis.folders import folder_rows
+    from vlbench.analysis.stats import summarize
 
     out = tmp_path / "run"
     synthetic_run(out, seeds=[0])
@@ -211,7 +213,7 @@ def test_one_seed_per_config_is_said(tmp_path):
 
 
 def test_lower_is_better_metrics_count_wins_downwards():
-    from vlbench.stats import summarize
+    from vlbench.analysis.stats import summarize
 
     rows = [{"name": name, "config_index": i, "prompt": f"p{k}", "reference_sha256": "r", "seed": 0,
              "metrics": {"content_leak": 0.5 - 0.1 * i + 0.01 * k}} for i, name in enumerate(("a", "b")) for k in range(8)]
@@ -220,10 +222,10 @@ def test_lower_is_better_metrics_count_wins_downwards():
 
 
 def test_summarize_takes_plain_rows_and_imports_no_torch(tmp_path):
-    """The workbench's entry point: `vlbench.stats.summarize(rows)` on dicts shaped like results rows."""
+    """The workbench's entry point: `vlbench.analysis.stats.summarize(rows)` on dicts shaped like results rows."""
     out = tmp_path / "run"
     synthetic_run(out)
-    code = ("import json, sys; from vlbench.stats import summarize, folder_rows, compact; "
+    code = ("import json, sys; from vlbench.analysis.folders import folder_rows; from vlbench.analysis.stats import summarize, compact; "
             f"rows, _ = folder_rows([{str(out)!r}]); s = summarize(rows, resamples=500); "
             "print(compact(s, 'siglip')); assert 'torch' not in sys.modules and 'scipy' in sys.modules")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -273,7 +275,7 @@ def test_a_folder_mixing_experiments_is_refused(tmp_path, capsys):
 
 
 def test_summarize_refuses_an_unknown_baseline_as_data():
-    from vlbench.stats import summarize
+    from vlbench.analysis.stats import summarize
 
     with pytest.raises(UserError) as err:
         summarize([{"name": "a", "config_index": 0, "prompt": "p", "reference_sha256": "r", "seed": 0,
@@ -284,7 +286,7 @@ def test_summarize_refuses_an_unknown_baseline_as_data():
 # ---- the report ----
 def test_the_report_shows_the_statistics_and_intervals(tmp_path):
     from vlbench.experiments.results import ResultsLog
-    from vlbench.report import write_report
+    from vlbench.analysis.report import write_report
 
     out = tmp_path / "run"
     synthetic_run(out)
@@ -308,7 +310,7 @@ def test_the_adherence_plot_carries_the_intervals(tmp_path):
     matplotlib.use("Agg")
     from unittest import mock
 
-    from vlbench.report import plot_metrics, run_stats
+    from vlbench.analysis.report import plot_metrics, run_stats
 
     out = tmp_path / "run"
     synthetic_run(out, metric="siglip")
@@ -440,7 +442,7 @@ def test_fewer_than_four_references_is_conditional_on_them_and_says_so(tmp_path,
 
 
 def test_one_cell_is_conditional_on_its_prompt_and_reference_with_seeds_as_replicates():
-    from vlbench.stats import summarize
+    from vlbench.analysis.stats import summarize
 
     vals = [0.1, 0.5, 0.2, 0.4, 0.3]
     rows = [{"name": n, "config_index": i, "prompt": "p", "reference_sha256": "r", "seed": s,
@@ -495,7 +497,7 @@ def test_equivalence_says_equivalent_different_or_inconclusive(tmp_path, capsys)
     got = main_json([str(small), "--equivalence", "siglip=0.1"], capsys)
     assert got["metrics"]["siglip"]["comparisons"]["same"]["equivalence"]["outcome"] == "inconclusive"
     defaults = main_json([str(out), "--equivalence"], capsys)
-    from vlbench.stats import EQUIVALENCE_MARGINS
+    from vlbench.analysis.stats import EQUIVALENCE_MARGINS
 
     assert defaults["metrics"]["siglip"]["comparisons"]["same"]["equivalence"]["margin"] == EQUIVALENCE_MARGINS["siglip"]
 
@@ -503,8 +505,8 @@ def test_equivalence_says_equivalent_different_or_inconclusive(tmp_path, capsys)
 def test_the_experiment_type_that_asks_for_equivalence_gets_it_in_stats_and_the_report(tmp_path, capsys):
     from vlbench.experiments.results import ResultsLog
     from vlbench.experiments.spec import load_type
-    from vlbench.report import write_report
-    from vlbench.stats import EQUIVALENCE_MARGINS
+    from vlbench.analysis.report import write_report
+    from vlbench.analysis.stats import EQUIVALENCE_MARGINS
 
     assert load_type("vl_only_vs_qwen3").equivalence is True
     out = tmp_path / "run"
@@ -519,7 +521,7 @@ def test_the_experiment_type_that_asks_for_equivalence_gets_it_in_stats_and_the_
 
 
 def test_the_plan_finds_a_design_with_power_and_the_run_shows_what_it_could_detect(tmp_path, capsys):
-    from vlbench import crossed
+    from vlbench.analysis import crossed
 
     out = tmp_path / "run"
     crossed_run(out)
@@ -584,7 +586,7 @@ def test_a_baseline_with_no_paired_cells_is_one_line(tmp_path, capsys):
 # ---- the optional second estimate: statsmodels' crossed mixed model ----
 def test_the_mixed_model_is_a_second_estimate_that_agrees_on_a_balanced_design():
     pytest.importorskip("statsmodels")
-    from vlbench import crossed
+    from vlbench.analysis import crossed
 
     rng = np.random.default_rng(0)
     P, R, S = 8, 6, 3
@@ -626,12 +628,26 @@ def test_an_experiment_types_equivalence_key_is_checked(tmp_path):
 
 
 def test_the_report_section_shows_the_plan_and_the_detectable_difference(tmp_path):
-    from vlbench.report import _stats_section
-    from vlbench.stats import folder_rows, summarize
+    from vlbench.analysis.report import stats_section
+    from vlbench.analysis.folders import folder_rows
+    from vlbench.analysis.stats import summarize
 
     out = tmp_path / "run"
     crossed_run(out)
     stats = summarize(folder_rows([out])[0], metrics=["siglip"], plan={"siglip": 0.3})
-    html = "".join(_stats_section(out, stats))
+    html = str(stats_section(out, stats))
     assert "<th>MDE (power 0.8)</th>" in html and "plan for siglip: detect a difference of 0.300" in html
     assert "design: 6 prompts × 5 references × 3 seeds" in html
+
+
+def test_the_old_module_names_still_import_the_analysis_package():
+    """vlbench.stats, vlbench.crossed and vlbench.heatmap (documented before issue 24's analysis/ package) re-export
+    the moved modules' names: the same objects, not copies."""
+    import vlbench.crossed
+    import vlbench.heatmap
+    import vlbench.stats
+    from vlbench.analysis import crossed, folders, heatmap, stats
+
+    assert vlbench.stats.summarize is stats.summarize and vlbench.stats.folder_rows is folders.folder_rows
+    assert vlbench.stats.table_rows is stats.table_rows and vlbench.stats.compact is stats.compact
+    assert vlbench.crossed.infer is crossed.infer and vlbench.heatmap.render is heatmap.render

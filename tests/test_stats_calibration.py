@@ -6,7 +6,7 @@ Two configs' paired differences on a prompts × references × seeds design, seed
 - M2: config × prompt sd 0.7 + config × reference sd 0.7 + config × cell sd 0.5;
 sizes 4×4×3, 8×6×4 and 12×6×4 (the `default` eval set), each also with 10 % of each config's images missing at
 random (a pair needs both); null (true difference 0) and non-null (1 sd of the config × cell term: 1 in M1,
-0.5 in M2). Each scenario is fitted exactly as `vlbench stats` fits one comparison (vlbench.crossed), batched.
+0.5 in M2). Each scenario is fitted exactly as `vlbench stats` fits one comparison (vlbench.analysis.crossed), batched.
 
 Monte Carlo error: with DRAWS = 6000 draws a rate near 0.95 (or 0.05) has a standard error of
 sqrt(0.95·0.05/6000) ≈ 0.0028, near 0.98 ≈ 0.0018. The coverage and false-positive bounds are at least 4 standard
@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vlbench import crossed
+from vlbench.analysis import crossed
 
 DRAWS = 6000
 SIZES = [(4, 4, 3), (8, 6, 4), (12, 6, 4)]

@@ -33,6 +33,7 @@ class Import:
     target: str  # the module imported (a vlbench submodule when `from vlbench.x import y` names one)
     line: int
     module_level: bool  # runs when the module is imported (not inside a function; TYPE_CHECKING blocks skipped)
+    guarded: bool = False  # inside `try: … except ImportError` (an optional package or a platform's module)
 
 
 @dataclass(frozen=True, eq=False)
@@ -69,15 +70,22 @@ def imports_of(module: Module, modules: dict[str, Module]) -> list[Import]:
 def _imports_of(module: Module, modules: frozenset[str]) -> list[Import]:
     found: list[Import] = []
 
-    def visit(node: ast.AST, module_level: bool) -> None:
+    def visit(node: ast.AST, module_level: bool, guarded: bool = False) -> None:
         for child in ast.iter_child_nodes(node):
             if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
                 visit(child, False)
                 continue
             if isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test):
                 continue
+            if isinstance(child, ast.Try) and any(h.type is not None and re.search(
+                    r"\b(ImportError|ModuleNotFoundError)\b", ast.unparse(h.type)) for h in child.handlers):
+                for stmt in child.body:
+                    visit(ast.Module(body=[stmt], type_ignores=[]), module_level, True)
+                for part in (*child.handlers, *child.orelse, *child.finalbody):
+                    visit(ast.Module(body=[part], type_ignores=[]), module_level, guarded)
+                continue
             if isinstance(child, ast.Import):
-                found.extend(Import(a.name, child.lineno, module_level) for a in child.names)
+                found.extend(Import(a.name, child.lineno, module_level, guarded) for a in child.names)
             elif isinstance(child, ast.ImportFrom):
                 base = child.module or ""
                 if child.level:
@@ -86,8 +94,8 @@ def _imports_of(module: Module, modules: frozenset[str]) -> list[Import]:
                     base = ".".join(package + ([base] if base else []))
                 for alias in child.names:
                     full = f"{base}.{alias.name}"
-                    found.append(Import(full if full in modules else base, child.lineno, module_level))
-            visit(child, module_level)
+                    found.append(Import(full if full in modules else base, child.lineno, module_level, guarded))
+            visit(child, module_level, guarded)
 
     visit(module.tree, True)
     return found
@@ -149,7 +157,74 @@ def check_imports(modules: dict[str, Module], rules: dict[str, set[str]]) -> lis
         if path:
             problems.append(f"{short(name)} imports torch at module level through {' -> '.join(map(short, path))}")
     problems.extend(f"import cycle at module level: {' -> '.join(cycle)}" for cycle in _cycles(graph))
+    problems.extend(f"import cycle (module level or inside a function): {' -> '.join(cycle)}"
+                    for cycle in acyclic_cycles(graph, rules["acyclic"]))
     return problems
+
+
+def acyclic_cycles(graph, listed: set[str]) -> list[list[str]]:
+    """Cycles through the table's `acyclic` modules and packages, over every import (module level AND inside a
+    function: a lazy import that closes a circle still ties the two ends together). A module counts as the
+    longest listed name that holds it (a listed package is one node), any other module as itself; one cycle is
+    shown per strongly connected group that holds a listed node."""
+    def node(name: str) -> str:
+        here = short(name)
+        return max((p for p in listed if here == p or here.startswith(p + ".")), key=len, default=here)
+
+    edges: dict[str, set[str]] = {}
+    for name, found in graph.items():
+        for imp in found:
+            if imp.target in graph and node(imp.target) != node(name):
+                edges.setdefault(node(name), set()).add(node(imp.target))
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    groups: list[list[str]] = []
+
+    def connect(v: str) -> None:  # Tarjan's strongly connected components
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in sorted(edges.get(v, ())):
+            if w not in index:
+                connect(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = []
+            while True:
+                w = stack.pop()
+                group.append(w)
+                if w == v:
+                    break
+            groups.append(group)
+
+    for v in sorted(edges):
+        if v not in index:
+            connect(v)
+    cycles = []
+    for group in groups:
+        members = set(group)
+        start = min((g for g in group if g in listed), default=None)
+        if len(group) < 2 or start is None:
+            continue
+        came: dict[str, str | None] = {start: None}  # breadth first: the shortest way round back to `start`
+        frontier, last = [start], None
+        while last is None:
+            following = []
+            for v in frontier:
+                for w in sorted(edges.get(v, set()) & members):
+                    if w == start and last is None:
+                        last = v
+                    elif w not in came:
+                        came[w] = v
+                        following.append(w)
+            frontier = following
+        path = [last]
+        while came[path[-1]] is not None:
+            path.append(came[path[-1]])
+        cycles.append([*path[::-1], start])
+    return cycles
 
 
 def _parents(name: str) -> list[str]:
@@ -207,7 +282,7 @@ def _cycles(graph) -> list[list[str]]:
 
 def test_the_import_layers_table_names_real_modules():
     rules, modules = layers(), {short(n) for n in load_tree()}
-    assert set(rules) == {"foundations", "engine", "torch", "argparse", "recipe", "screen"}, set(rules)
+    assert set(rules) == {"foundations", "engine", "torch", "argparse", "recipe", "screen", "acyclic"}, set(rules)
     for rule, names in rules.items():
         assert names, rule
         assert names <= modules, (rule, names - modules)
@@ -251,6 +326,26 @@ def test_a_module_of_a_foundation_package_is_a_foundation(tmp_path):
     """The table names the package (`recipe`); the engine may import its modules (recipe.vocab) as well."""
     modules = plant(tmp_path, "vlbench.engine.planted", "from vlbench.recipe.vocab import Tokens\n")
     assert check_imports(modules, layers()) == []
+
+
+@pytest.mark.parametrize("module, source, other, planted_source", [
+    # experiments -> analysis inside a function closes analysis.report -> experiments.folder (module level)
+    ("vlbench.experiments.planted", "def f():\n    from vlbench.analysis.report import write_report\n", None, None),
+    # the tui/app.py <-> tui/launch.py circle, put back: app imports launch inside a method
+    ("vlbench.tui.app", None, "vlbench.tui.app", "\n\ndef planted():\n    from vlbench.tui.launch import run_tui\n"),
+])
+def test_the_cycle_checker_catches_a_planted_lazy_cycle(tmp_path, module, source, other, planted_source):
+    if source is None:
+        source = (SRC / Path(*other.split("."))).with_suffix(".py").read_text() + planted_source
+    problems = check_imports(plant(tmp_path, module, source), layers())
+    assert [p for p in problems if p.startswith("import cycle (module level or inside a function)")], problems
+
+
+def test_the_cycle_checker_names_the_way_round():
+    graph = {f"vlbench.{n}": [Import(f"vlbench.{t}", 1, False) for t in ts]
+             for n, ts in {"a": ["b"], "b": ["c"], "c": ["a", "d"], "d": []}.items()}
+    assert acyclic_cycles(graph, {"a", "d"}) == [["a", "b", "c", "a"]]
+    assert acyclic_cycles(graph, {"d"}) == []  # a cycle through no listed module is not this rule's
 
 
 def test_a_torch_import_inside_a_function_keeps_a_module_torch_free(tmp_path):
@@ -469,3 +564,150 @@ def f(p):
     return read_text_file(p), read_bytes_file(p), read_toml_file(p)
 """)
     assert [p for p in read_problems(modules) if p.startswith("planted:")] == []
+
+
+# ---------------------------------------------------------------- (d) lazy imports only where they keep weight out
+# A function-level import is for keeping a heavy package off a module that does not need it when imported (the
+# command line's --help, the workbench before its first paint, the store, the worker's thread before torch): anything
+# else is imported at the top of its file. Third-party packages imported lazily, each with its reason:
+HEAVY = {
+    "torch": "torch itself: seconds and gigabytes; only the torch modules (the import-layers table) import it on load",
+    "torchvision": "torch's image library (transformers' Qwen3-VL processor)",
+    "torchao": "fp8 weights: torch and its kernels",
+    "transformers": "the VL and text models: imports torch",
+    "diffusers": "the DiT pipeline: imports torch",
+    "accelerate": "model placement: imports torch",
+    "safetensors": "weights files (its torch half imports torch)",
+    "tokenizers": "the Rust tokenizers, loaded with the models",
+    "huggingface_hub": "the model cache's API, needed when models load",
+    "ImageReward": "an optional metric's package (and torch)",
+    "matplotlib": "plots: a second or more; only the report and diagnostics draw",
+    "optuna": "optional (vlbench search): SQLAlchemy and alembic behind it",
+    "ray": "optional (--executor ray): hundreds of modules",
+    "statsmodels": "optional (--mixed-model): pandas and patsy behind it",
+    "pandas": "statsmodels' data frames, with it",
+    "pyarrow": "optional (export --format parquet)",
+    "scipy": "special functions and tests: only statistics and metrics call them (the workbench paints first)",
+    "numpy": "arrays: the store, the recipe, the worker's queue and --help do not need them",
+    "PIL": "images: decoded where a picture is read or drawn, not where a path is named",
+    "textual": "the workbench's framework: the command line imports it only for `vlbench tui`",
+    "textual_image": "the workbench's image widget: it queries the terminal when imported",
+    "rich": "the console's tables and markup: only where a command prints",
+    "jinja2": "templates: only the report renders one",
+}
+# (module, vlbench module) -> why that import stays inside a function although it is light: importing it at the
+# top would close an import cycle (each entry is checked to be one).
+CYCLE_BREAKING: dict[tuple[str, str], str] = {
+    ("modelspec", "engine.tiny"): "the tiny models' paths, built on demand; engine.models imports modelspec",
+    ("cli.tui", "tui.launch"): "`vlbench tui` starts the workbench; `python -m vlbench.tui` enters through the cli",
+    ("worker", "tui.wording"): "the workbench's words as the worker's default (tui.app imports the worker); the "
+                               "errors-as-data cut removes this import",
+}
+
+
+def _closure(start: str, graph, modules, skip: frozenset[str] = frozenset()) -> set[str]:
+    """The vlbench modules that importing `start` runs: module-level imports and the packages' __init__, transitively
+    (`skip`: packages already being imported, whose __init__ does not run again for a submodule)."""
+    seen, todo = {start}, [start]
+    while todo:
+        current = todo.pop()
+        parents = [p for p in _parents(current) if p not in skip]
+        for nxt in [*parents, *(i.target for i in graph[current] if i.module_level)]:
+            if nxt in modules and nxt not in seen:
+                seen.add(nxt)
+                todo.append(nxt)
+    return seen
+
+
+def heavy_packages(name: str, graph, modules) -> set[str]:
+    """The HEAVY packages (and torch, through a torch module) that importing module `name` imports."""
+    found = set()
+    for m in _closure(name, graph, modules):
+        found.update(i.target.split(".")[0] for i in graph[m] if i.module_level and i.target.split(".")[0] in HEAVY)
+    return found
+
+
+def closes_a_cycle(importer: str, target: str, graph, modules) -> bool:
+    """Whether importing `target` at the top of `importer` would import `importer` again (a cycle at load), or tie
+    their top-level packages into a circle (the module-level rule of check_imports)."""
+    if importer in _closure(target, graph, modules, skip=frozenset([*_parents(importer), importer])):
+        return True
+
+    def top(name: str) -> str:
+        return ".".join(name.split(".")[:2])
+
+    if top(importer) == top(target):
+        return False
+    edges: dict[str, set[str]] = {}
+    for name, found in graph.items():
+        for imp in found:
+            if imp.module_level and imp.target.startswith("vlbench."):
+                edges.setdefault(top(name), set()).add(top(imp.target))
+    seen, todo = {top(target)}, [top(target)]
+    while todo:
+        for nxt in edges.get(todo.pop(), ()):
+            if nxt == top(importer):
+                return True
+            if nxt not in seen:
+                seen.add(nxt)
+                todo.append(nxt)
+    return False
+
+
+def lazy_import_problems(modules: dict[str, Module]) -> list[str]:
+    """Each function-level import that keeps nothing heavy out and breaks no cycle, one line each."""
+    graph = {name: imports_of(m, modules) for name, m in modules.items()}
+    heavy = functools.lru_cache(maxsize=None)(lambda n: frozenset(heavy_packages(n, graph, modules)))
+    problems = []
+    for name, found in graph.items():
+        for imp in found:
+            if imp.module_level or imp.guarded:
+                continue
+            root = imp.target.split(".")[0]
+            if root != "vlbench":
+                if root not in HEAVY:
+                    problems.append(f"{short(name)}:{imp.line} imports {imp.target} inside a function: "
+                                    "light (not in HEAVY); import it at the top")
+                continue
+            if imp.target not in modules or imp.target == name:
+                continue
+            if heavy(imp.target) - heavy(name) or (short(name), short(imp.target)) in CYCLE_BREAKING:
+                continue
+            problems.append(f"{short(name)}:{imp.line} imports {short(imp.target)} inside a function: it brings "
+                            "nothing heavy and closes no cycle; import it at the top")
+    return problems
+
+
+def test_lazy_imports_only_keep_heavy_packages_out():
+    assert lazy_import_problems(load_tree()) == []
+
+
+def test_each_cycle_breaking_lazy_import_is_one():
+    modules = load_tree()
+    graph = {name: imports_of(m, modules) for name, m in modules.items()}
+    for module, target in CYCLE_BREAKING:
+        assert closes_a_cycle(f"vlbench.{module}", f"vlbench.{target}", graph, modules), (module, target)
+
+
+@pytest.mark.parametrize("source, expected", [
+    ("def f():\n    import json\n", "planted:2 imports json inside a function"),
+    ("def f():\n    from vlbench.errors import UserError\n", "planted:2 imports errors inside a function"),
+    ("class C:\n    def f(self):\n        import vlbench.records\n", "planted:3 imports records inside"),
+])
+def test_the_lazy_import_checker_catches_a_planted_light_import(tmp_path, source, expected):
+    problems = lazy_import_problems(plant(tmp_path, "vlbench.planted", source))
+    assert any(p.startswith(expected) for p in problems), problems
+
+
+def test_heavy_and_optional_lazy_imports_pass(tmp_path):
+    modules = plant(tmp_path, "vlbench.planted", """
+def f():
+    import torch
+    from matplotlib.figure import Figure
+    from vlbench.engine.blend import mix
+    try:
+        import fcntl
+    except ImportError:
+        return None
+""")
+    assert [p for p in lazy_import_problems(modules) if p.startswith("planted:")] == []

@@ -895,11 +895,11 @@ def test_an_experiment_batch_gets_the_grid_and_report_of_vlbench_run(engine, ref
 
 def test_the_full_screen_view_shows_a_runs_attention_heat_map(tmp_path, engine, ref_image):
     """A real tiny-model run with image_attention topk: `a` in the full-screen view shows the heat map drawn from its
-    record (the same pixels as vlbench.heatmap over the reference), `a` again the image; a run without attention
+    record (the same pixels as vlbench.analysis.heatmap over the reference), `a` again the image; a run without attention
     says why it has none."""
     from PIL import Image
 
-    from vlbench import heatmap
+    from vlbench.analysis import heatmap
     from vlbench.engine.engine import Reference
     from vlbench.jobs import execute
     from vlbench.records import RunRecord

@@ -18,6 +18,9 @@ from vlbench.errors import UserError
 from vlbench.files import NotAFile, TooDeep, atomic_write_text, read_toml_file
 from vlbench.modelspec import Attention, Dtype, Offload, Quantize
 from vlbench.recipe.vocab import Choice
+from vlbench.modelspec import resolve_model_spec
+from vlbench.paths import config_dir
+from vlbench.recipe import Recipe
 
 class Preview(Choice):
     """How the Preview draws images."""
@@ -128,8 +131,6 @@ class Settings:
 
 
 def config_path() -> Path:
-    from vlbench.paths import config_dir
-
     return config_dir() / "config.toml"
 
 
@@ -172,8 +173,6 @@ def parse_settings(data: dict[str, Any], path: Path | None = None) -> Settings:
     models = ModelSettings(**_strings(where, "models", raw_models, ModelSettings), compile=compile_value,
                            gpu_memory=gpu_memory)
     try:
-        from vlbench.modelspec import resolve_model_spec
-
         resolve_model_spec(models.to_dict(), environ={})  # every value checked as the commands will read it
     except UserError as exc:
         raise exc.within(f"{where}: [models]") from None
@@ -183,8 +182,6 @@ def parse_settings(data: dict[str, Any], path: Path | None = None) -> Settings:
                         fix=f"use one of {', '.join(PREVIEW_METHODS)}")
     recipe = dict(data.get("recipe", {}))
     if recipe:
-        from vlbench.recipe import Recipe
-
         Recipe.from_dict(recipe, where=f"{where}: [recipe]")
     keys = data.get("keys", {})
     for binding_id, keyspec in keys.items():

@@ -16,6 +16,10 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from vlbench.errors import UserError
+from vlbench.experiments.results import ResultsLog, latest_by_key
+from vlbench.files import atomic_write_text
+from vlbench.metrics.score import load_scores
+from vlbench.recipe import field_infos
 
 FORMATS = ("csv", "jsonl", "parquet")
 RUN_COLUMNS = ("id", "key", "experiment", "name", "config_index", "status", "failure", "error", "prompt", "seed",
@@ -26,9 +30,6 @@ PAGE = 1000
 
 def folder_rows(out: Path) -> list[dict[str, Any]]:
     """A run folder's images: the latest results.jsonl row of each job, its scores joined by job key."""
-    from vlbench.experiments.results import ResultsLog, latest_by_key
-    from vlbench.metrics.score import load_scores
-
     if not out.is_dir():
         raise UserError("no such folder", field="dir", value=str(out), fix="give the --output-dir of a vlbench run")
     if not (out / "results.jsonl").is_file():
@@ -59,8 +60,6 @@ def history_rows(store) -> Iterator[dict[str, Any]]:
 
 def flatten(row: dict[str, Any]) -> dict[str, Any]:
     """One run as flat columns (a fixed order: the run's fields, recipe.*, timings.*, metric.*)."""
-    from vlbench.recipe import field_infos
-
     out: dict[str, Any] = {}
     for name in RUN_COLUMNS:
         value = row.get(name)
@@ -106,8 +105,6 @@ def write(rows: Iterable[dict[str, Any]], fmt: str, out: Path | None, stdout) ->
         for row in rows:
             text.write(json.dumps({k: _finite(v) for k, v in row.items()}, ensure_ascii=False, allow_nan=False) + "\n")
     if out is not None:
-        from vlbench.files import atomic_write_text
-
         atomic_write_text(out, text.getvalue())
     return len(rows)
 

@@ -11,10 +11,15 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
+import stat
 import threading
+import tomllib
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
+
+from vlbench.process import pid_alive
 
 TEMP = re.compile(r"^\.(?P<name>.+)\.vlbench-(?P<pid>\d{1,12})-(?P<thread>\d{1,24})\.tmp$")
 
@@ -59,8 +64,6 @@ def atomic_write_json(path: str | Path, value: Any) -> Path:
 
 
 def atomic_copy(source: str | Path, path: str | Path) -> Path:
-    import shutil
-
     return atomic_write(path, lambda tmp: shutil.copyfile(source, tmp))
 
 
@@ -81,8 +84,6 @@ def check_regular_file(path: str | Path) -> Path:
     """`path` if it names a regular file: a device, a FIFO or a socket would never end (or never start) and is
     refused before anything opens it, with NotAFile; a folder is IsADirectoryError; a missing one
     FileNotFoundError, as usual. For readers that must hand a path to a library (PIL, safetensors)."""
-    import stat
-
     path = Path(path)
     mode = os.stat(path).st_mode  # FileNotFoundError, NotADirectoryError … as usual
     if stat.S_ISDIR(mode):
@@ -113,8 +114,6 @@ def parse_toml(text: str, depth: int = TOML_DEPTH) -> dict[str, Any]:
     """tomllib.loads, with nesting capped: a document nested deeper than `depth` is TooDeep (one line), never a
     RecursionError (tomllib parses inline arrays and tables recursively) nor a structure that would make the
     code reading it recurse. tomllib.TOMLDecodeError as usual for invalid TOML."""
-    import tomllib
-
     try:
         data = tomllib.loads(text)
     except RecursionError:
@@ -138,8 +137,6 @@ def remove_stale_temp_files(folder: str | Path) -> int:
     """Delete this helper's temp files in `folder` whose owning process is gone; returns how many.
 
     Any other file name, however odd, is left alone; nothing here raises for a name or a race."""
-    from vlbench.process import pid_alive
-
     removed = 0
     try:
         entries = list(os.scandir(folder))

@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 from vlbench.errors import Interrupt, UserError, one_line  # noqa: F401 — Interrupt: jobs.Interrupt for callers
 from vlbench.recipe import Normalization
+from vlbench.recipe import Recipe
 from vlbench.records import RunRecord, vl_extractions
 
 log = logging.getLogger("vlbench.jobs")
@@ -59,8 +60,6 @@ def execute(engine, record: RunRecord, refs: list, *, on_step: Callable[[int, in
     the environment; or failed with a classified one-line reason (`render` words input errors for the caller).
     An Interrupt raised by `on_step` propagates."""
     import numpy as np
-
-    from vlbench.recipe import Recipe
 
     started = time.time()
     load0 = sum(engine.models.load_seconds.values())
@@ -115,7 +114,6 @@ def execute_batch(engine, records: list[RunRecord], refs: list[list], *,
     import numpy as np
 
     from vlbench.engine.batching import Item, run_batch
-    from vlbench.recipe import Recipe
 
     started = time.time()
     try:

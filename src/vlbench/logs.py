@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import logging.handlers
 import os
+import traceback
+import warnings
 from pathlib import Path
 
 from vlbench import paths
@@ -28,12 +30,18 @@ def attach_log_file() -> logging.Handler | None:
     return handler
 
 
+def log_crash(error: BaseException, what: str = "the workbench crashed", logger: str = "vlbench.tui") -> None:
+    """Write a crash's traceback to the log file (never raises: it runs while things are failing)."""
+    try:
+        logging.getLogger(logger).critical("%s\n%s", what, "".join(traceback.format_exception(error)))
+    except Exception:
+        pass
+
+
 def quiet_libraries() -> None:
     """transformers' and diffusers' per-load progress bars and warnings off: vlbench reports loads itself
     (status lines on the command line, the Queue pane in the workbench). Imports them: call it where the
     models are about to load."""
-    import warnings
-
     import diffusers
     import transformers
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import platformdirs
+
 APP = "vlbench"
 
 
@@ -28,8 +30,6 @@ def _dir(env: str, default) -> Path:
 
 
 def data_dir() -> Path:
-    import platformdirs
-
     path = _dir("VLBENCH_DATA_DIR", platformdirs.user_data_dir)
     if not shared_data() and _vlbench_folder(path):
         _narrow(path, 0o700)
@@ -87,14 +87,10 @@ def _narrow(path: Path, mode: int) -> None:
 
 
 def config_dir() -> Path:
-    import platformdirs
-
     return _dir("VLBENCH_CONFIG_DIR", platformdirs.user_config_dir)
 
 
 def cache_dir() -> Path:
-    import platformdirs
-
     return _dir("VLBENCH_CACHE_DIR", platformdirs.user_cache_dir)
 
 

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from vlbench.records import RunRecord
 
+from vlbench.files import atomic_write_bytes
+
 KEY = "vlbench"  # the PNG text chunk that holds RunRecord.png_metadata()
 
 
@@ -27,8 +29,6 @@ def encode_png(image, metadata: dict[str, Any]) -> bytes:
 
 def write_png(path: str | Path, data: bytes) -> str:
     """Write encoded PNG bytes atomically (fsynced before the caller records it); returns their sha256."""
-    from vlbench.files import atomic_write_bytes
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, data)

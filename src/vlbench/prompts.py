@@ -10,6 +10,7 @@ import tomllib
 from pathlib import Path
 
 from vlbench.errors import UserError
+from vlbench.files import NotAFile, TooDeep, parse_toml, read_text_file
 
 
 def check_prompt(text: object, field: str = "prompt") -> str:
@@ -29,8 +30,6 @@ def check_prompt(text: object, field: str = "prompt") -> str:
 
 def read_prompts_file(path: str | Path, field: str = "prompts_file") -> list[str]:
     """The prompts of a text or TOML file, in order, duplicates kept once."""
-    from vlbench.files import NotAFile, TooDeep, parse_toml, read_text_file
-
     file = Path(path)
     try:
         text = read_text_file(file)

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any
 
+from vlbench.recipe import key_dict, upgrade_recipe
+
 RECORD_VERSION = 3  # 3: recipes of recipe schema 3 (attend ratios are shares; vlbench.recipe.upgrade_recipe)
 STATUSES = ("pending", "running", "done", "failed", "cancelled")
 # How a failure is classified (vlbench.jobs.classify): what the user reads next to the one-line reason.
@@ -109,6 +111,11 @@ def references_of(paths_and_hashes) -> list[dict]:
     return [{"path": str(p), "sha256": s} for p, s in paths_and_hashes]
 
 
+def references_key(row: dict) -> str:
+    """The sha256s of a row's references, joined: what groups its images (one reference: its sha256)."""
+    return "+".join(r.get("sha256") or r["path"] for r in row.get("references", []))
+
+
 def upgrade(data: dict[str, Any]) -> dict[str, Any]:
     """Any earlier serialisation (results.jsonl v1 rows, store rows before v2) as the current one."""
     if data.get("schema") == RECORD_VERSION:
@@ -126,7 +133,6 @@ def upgrade(data: dict[str, Any]) -> dict[str, Any]:
         if isinstance(out.get(key), str):
             out[key] = _epoch(out[key])
     if isinstance(out.get("recipe"), dict):  # records before 3: attend ratios were per-token odds, read as such
-        from vlbench.recipe import upgrade_recipe
 
         out["recipe"] = upgrade_recipe(out["recipe"], 2)
     out["schema"] = RECORD_VERSION
@@ -146,8 +152,6 @@ def job_key(name: str, recipe: dict, prompt: str, reference_sha256: list[str]) -
     """Stable across processes: config name + full recipe (seed included) + prompt + reference contents.
 
     One reference hashes as it did before multi-reference jobs, so earlier folders still resume."""
-    from vlbench.recipe import key_dict
-
     payload: dict[str, Any] = {"name": name, "recipe": key_dict(recipe), "prompt": prompt, "seed": recipe.get("seed")}
     if len(reference_sha256) == 1:
         payload["reference_sha256"] = reference_sha256[0]

@@ -19,8 +19,11 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from vlbench.errors import one_line
+from vlbench import paths
+from vlbench.errors import UserError, one_line
+from vlbench.paths import data_file
 from vlbench.process import owner_alive, process_token
+from vlbench.recipe import upgrade_recipe
 from vlbench.records import STATUSES as RECORD_STATUSES, RunRecord, upgrade
 
 STATUSES = RECORD_STATUSES
@@ -65,12 +68,9 @@ class Store:
 
     def __init__(self, path: Path | str | None = None):
         if path is None:
-            from vlbench import paths
-
             path = paths.store_path()
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        from vlbench.paths import data_file
 
         data_file(self.path)  # 0600 (paths.data_file) before SQLite makes it 0644: its WAL and shm take its mode
         self._local = threading.local()
@@ -680,8 +680,6 @@ def _v3(conn: sqlite3.Connection) -> None:
 def _v4(conn: sqlite3.Connection) -> None:
     """Recipe schema 3 (attend ratios are shares): every row's recipe read as what it was when it was recorded or
     queued (vlbench.recipe.upgrade_recipe: attend_ratio token-odds, attend_scope joint where it was biased)."""
-    from vlbench.recipe import upgrade_recipe
-
     rows = conn.execute("SELECT id, recipe FROM runs").fetchall()
     updates = []
     for run_id, text in rows:
@@ -707,8 +705,6 @@ MIGRATIONS = [_v1, _v2, _v3, _v4, _v5]
 def _migrate(conn: sqlite3.Connection, path: Path) -> None:
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     if version > len(MIGRATIONS):
-        from vlbench.errors import UserError
-
         raise UserError(f"run store {path}: schema version {version} is newer than this vlbench knows "
                         f"({len(MIGRATIONS)}); upgrade vlbench or point VLBENCH_DATA_DIR elsewhere")
     if version == len(MIGRATIONS):

@@ -10,15 +10,25 @@ shared one-line errors without wrapping them as much).
 
 from __future__ import annotations
 
+import atexit
+import errno
 import importlib
+import logging
 import os
+import shutil
 import sqlite3
 import sys
+import threading
+import traceback
+from pathlib import Path
 from typing import Sequence
 
-from vlbench import __version__
+from vlbench import __version__, paths
 from vlbench.cli.common import Parser, render
 from vlbench.errors import UserError
+from vlbench.files import TEMP
+from vlbench.logs import attach_log_file
+from vlbench.paths import log_path
 
 # Exit codes, the same for every command (README "Exit codes"; tests/test_exit_codes.py holds each command to them)
 EXIT_OK = 0  # everything asked for was done
@@ -85,8 +95,6 @@ def _main(argv: list[str], debug: bool) -> int:
 
 def environment_error(exc: BaseException) -> str:
     """One line for a fault of the disk, the filesystem or the run store, with what to do."""
-    import errno
-
     if isinstance(exc, sqlite3.Error):
         text = str(exc).strip() or type(exc).__name__
         fix = {"locked": "another process holds the run store's write lock; wait or close it",
@@ -112,10 +120,6 @@ def environment_error(exc: BaseException) -> str:
 
 
 def _free_bytes_of_data_dir() -> int | None:
-    import shutil
-
-    from vlbench import paths
-
     try:
         return shutil.disk_usage(paths.data_dir()).free
     except (OSError, ValueError):
@@ -124,10 +128,6 @@ def _free_bytes_of_data_dir() -> int | None:
 
 def _written_name(path: str) -> str:
     """The file a vlbench temp file (files.temp_path: `.NAME.vlbench-PID-THREAD.tmp`) was about to become."""
-    from pathlib import Path
-
-    from vlbench.files import TEMP
-
     found = TEMP.match(Path(path).name)
     return str(Path(path).with_name(found["name"])) if found else path
 
@@ -135,10 +135,6 @@ def _written_name(path: str) -> str:
 def _attach_log():
     """Logs (a failed job's traceback, a worker's events) go to the log file, never onto the terminal; with no
     writable data folder they go nowhere. Returns the handler to remove when the command ends."""
-    import logging
-
-    from vlbench.logs import attach_log_file
-
     try:
         handler = attach_log_file()
     except Exception:  # noqa: BLE001 — a read-only or missing data folder: the command says so if it needs one
@@ -148,8 +144,6 @@ def _attach_log():
 
 
 def _detach_log(handler) -> None:
-    import logging
-
     if handler is not None:
         logging.getLogger("vlbench").removeHandler(handler)
         handler.close()
@@ -157,12 +151,7 @@ def _detach_log(handler) -> None:
 
 def _log_traceback(exc: BaseException):
     """The traceback into the log file (best effort: the disk may be the problem); returns its path or None."""
-    import logging
-    import traceback
-
     try:
-        from vlbench.paths import log_path
-
         logger = logging.getLogger("vlbench.cli")
         logger.error("command failed\n%s", "".join(traceback.format_exception(exc)))
         path = log_path()
@@ -195,9 +184,6 @@ def exit_now(code: int) -> None:
     (measured on this project's CI machine), after every result is written. What a normal exit does first still
     happens: non-daemon threads are joined, exit handlers run (logging's flush, Ray's shutdown, torch's), and
     stdout/stderr are flushed."""
-    import atexit
-    import threading
-
     shutdown = getattr(threading, "_shutdown", None)  # what the interpreter calls first: joins non-daemon threads
     if shutdown is not None:
         shutdown()

@@ -5,6 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from vlbench.cli import common
+from vlbench.errors import UserError
+from vlbench.evalsets import load_eval_set
+from vlbench.prompts import read_prompts_file
 
 HELP = "reference statistics of Qwen3-4B and Qwen3-VL for normalisation"
 SHIPPED_PROMPTS = Path(__file__).resolve().parent.parent / "data" / "calibration_prompts.txt"
@@ -26,14 +29,11 @@ def run(args) -> int:
     from rich.progress import Progress
 
     from vlbench.engine.calibrate import calibrate, default_path, save_stats
-    from vlbench.evalsets import load_eval_set
-    from vlbench.prompts import read_prompts_file
 
     prompts = read_prompts_file(args.prompts_file or SHIPPED_PROMPTS)
     try:
         references = load_eval_set(args.references).references
     except Exception as exc:  # noqa: BLE001 — a UserError names eval_set; here the option is --references
-        from vlbench.errors import UserError
 
         if isinstance(exc, UserError):
             raise UserError(exc.problem, field="references", value=args.references, fix=exc.fix) from None

@@ -10,11 +10,32 @@ namespace: commands turn one into a ModelSpec, a Recipe and plain values first.
 from __future__ import annotations
 
 import argparse
+import os
 import re
+import shutil
+import signal
+import socket
+import threading
 from pathlib import Path
 from typing import Any, Iterable
+from urllib.parse import urlsplit
 
 from vlbench.errors import UserError, word_failure
+from vlbench import paths
+from vlbench.config import load_settings
+from vlbench.engine.precheck import check_plan, read_model_files
+from vlbench.errors import UserError
+from vlbench.logs import quiet_libraries
+from vlbench.metrics import DEFAULT_METRICS, DEFAULT_MODELS, METRICS, SOURCE_FLAGS, check_available, parse_metrics
+from vlbench.metrics.score import SCORES, score_folder
+from vlbench.metrics.tiny import ensure_tiny_metric_models
+from vlbench.modelspec import (ATTENTION_BACKENDS, DEFAULT_VL, DEFAULT_ZIMAGE, DTYPE_NAMES, FAST_NOTE, OFFLOAD_POLICIES,
+                               QUANTIZE_MODES, ModelSpec, resolve_model_spec)
+from vlbench.pngs import read_png_metadata
+from vlbench.prompts import check_prompt
+from vlbench.recipe import Recipe, field_default, field_infos, format_value, load_recipe, parse_value
+from vlbench.records import RunRecord
+from vlbench.store import Store
 
 # -1,-2,-5 is a value, not an option (argparse alone only takes "-1" for a negative number)
 NEGATIVE_NUMBERS = re.compile(r"^-\d+(,-?\d+)*,?$|^-\d*\.\d+(e-?\d+)?$")
@@ -63,9 +84,6 @@ def add_debug_flag(p: argparse.ArgumentParser) -> None:
 
 # ---------------------------------------------------------------- models
 def add_model_flags(p: argparse.ArgumentParser) -> None:
-    from vlbench.modelspec import (ATTENTION_BACKENDS, DEFAULT_VL, DEFAULT_ZIMAGE, DTYPE_NAMES, OFFLOAD_POLICIES,
-                                   QUANTIZE_MODES)
-
     g = p.add_argument_group("models (flags over VLBENCH_* environment variables over config.toml's [models]; "
                              "with no model named anywhere, the tiny random models)")
     g.add_argument("--zimage", metavar="ID_OR_DIR", help=f"Z-Image pipeline: a hub id ({DEFAULT_ZIMAGE}) or a folder")
@@ -115,16 +133,11 @@ def batch_size(value: int | None, executor_kind: str) -> int:
 
 def model_spec(args: argparse.Namespace):
     """The ModelSpec of a command: config.toml, then the environment, then these flags."""
-    from vlbench.config import load_settings
-    from vlbench.modelspec import resolve_model_spec
-
     return resolve_model_spec(load_settings(create=False).models.to_dict(), flags=model_flags(args))
 
 
 def model_flags(args: argparse.Namespace) -> dict:
     """The model flags a command was given (None: not given), for resolve_model_spec."""
-    from vlbench.modelspec import ModelSpec
-
     return {f: getattr(args, f, None) for f in ModelSpec.__dataclass_fields__}
 
 
@@ -137,8 +150,6 @@ def engine(spec, console, cache_dir=None, files=None):
         console.print("[yellow]models: the built-in tiny RANDOM-WEIGHT ones; the images are noise (name real ones "
                       "with --zimage/--vl or in config.toml)[/yellow]")
     if spec.fast:
-        from vlbench.modelspec import FAST_NOTE
-
         console.print(f"[yellow]{escape(FAST_NOTE)}[/yellow]")
     engine = open_engine(spec, on_status=lambda s: console.print(f"[dim]{escape(s)}[/dim]"), cache_dir=cache_dir,
                          files=files)
@@ -150,8 +161,6 @@ def engine(spec, console, cache_dir=None, files=None):
 # ---------------------------------------------------------------- recipes
 def add_recipe_flags(p: argparse.ArgumentParser, only: Iterable[str] | None = None, recipe_file: bool = True) -> None:
     """One flag per Recipe field (or those in `only`), with the field's help and real default."""
-    from vlbench.recipe import field_default, field_infos
-
     g = p.add_argument_group("recipe (flags override --recipe; TOML keys are the same names with _)"
                              if recipe_file else "recipe")
     if recipe_file:
@@ -168,8 +177,6 @@ def add_recipe_flags(p: argparse.ArgumentParser, only: Iterable[str] | None = No
 
 
 def _field_help(name: str, info, default: Any) -> str:
-    from vlbench.recipe import format_value
-
     text = info.help
     if info.choices is not None:
         text += " — " + "; ".join(f"{c.value}: {c.help}" for c in info.choices)
@@ -188,8 +195,6 @@ def _metavar(info) -> str | None:
 
 
 def _parser_of(name: str):
-    from vlbench.recipe import parse_value
-
     def parse(text: str):
         return parse_value(name, text)
 
@@ -199,8 +204,6 @@ def _parser_of(name: str):
 
 def recipe_from_args(args: argparse.Namespace):
     """The Recipe the flags describe: the defaults (or --recipe FILE), then every flag the user set."""
-    from vlbench.recipe import Recipe, field_infos, load_recipe
-
     overrides = {name: getattr(args, name) for name in field_infos() if getattr(args, name, None) is not None}
     if getattr(args, "recipe", None):
         return load_recipe(args.recipe, overrides)
@@ -217,9 +220,6 @@ def add_input_flags(p: argparse.ArgumentParser, prompt_required: bool = True) ->
 def single_image_inputs(args: argparse.Namespace, suffix: str):
     """(out path, prompt, recipe, references, model spec, model files) of embed/generate, each checked before any
     model loads (model files: vlbench.engine.precheck's, None when they cannot be read here)."""
-    from vlbench.engine.precheck import check_plan, read_model_files
-    from vlbench.prompts import check_prompt
-
     out = check_out(args.out, suffix)
     if getattr(args, "from_png", None):  # the recipe, seed, prompt and references a PNG records; flags override them
         prompt, recipe, refs = recorded_inputs(args)
@@ -239,17 +239,11 @@ def single_image_inputs(args: argparse.Namespace, suffix: str):
 def recorded_inputs(args: argparse.Namespace):
     """(prompt, recipe, references) of `--from IMAGE.png`: the run record in the PNG's metadata, every flag the user
     set over it; a recorded reference must still be the same picture (its sha256)."""
-    from vlbench.prompts import check_prompt
-    from vlbench.recipe import Recipe, field_infos
-    from vlbench.records import RunRecord
-
     path = args.from_png
     if getattr(args, "recipe", None):
         raise UserError("cannot be combined with --recipe: the PNG holds the recipe", field="from_png", value=path,
                         fix="drop one (flags still override the PNG's fields)")
     try:
-        from vlbench.pngs import read_png_metadata
-
         data = read_png_metadata(path)
     except FileNotFoundError:
         raise UserError("no such file", field="from_png", value=path) from None
@@ -286,8 +280,6 @@ def open_references(paths: list[str]) -> list:
 
 def check_out_dir(path: str, field: str = "output_dir") -> Path:
     """An output folder: created if missing, refused in one line when it cannot hold the run's files."""
-    import os
-
     out = Path(path)
     if out.exists() and not out.is_dir():
         raise UserError("is a file", field=field, value=path, fix="give a folder")
@@ -308,10 +300,6 @@ def check_out_dir(path: str, field: str = "output_dir") -> Path:
 
 def check_data_dir() -> Path:
     """The data folder (run store, outputs, log) exists and is writable, or one line naming it and the fix."""
-    import os
-
-    from vlbench import paths
-
     where = os.environ.get("VLBENCH_DATA_DIR") or "the data folder"
     try:
         data = paths.data_dir()
@@ -337,7 +325,6 @@ def check_out(path: str, suffix: str, field: str = "out") -> Path:
         raise UserError(f"folder {parent} does not exist", field=field, value=path, fix="create it first")
     if not parent.is_dir():
         raise UserError(f"{parent} is a file, not a folder", field=field, value=path)
-    import os
 
     if not os.access(parent, os.W_OK | os.X_OK):
         raise UserError(f"cannot write in {parent} (read-only or not yours)", field=field, value=path)
@@ -352,8 +339,6 @@ def image_bytes(width: int, height: int) -> int:
 def check_free_space(path: str | Path, need: int, out, field: str) -> None:
     """Warn (one line) when the disk holding `path` has less free space than the command will write (estimated);
     the work itself is safe on a full disk: it stops with one line and resumes."""
-    import shutil
-
     where = Path(path)
     while not where.exists() and where != where.parent:
         where = where.parent
@@ -391,8 +376,6 @@ def warn(out, warnings: list[str]) -> None:
 def open_store(out):
     """The run store, or None with one warning line: the output folder is a run's primary record."""
     try:
-        from vlbench.store import Store
-
         return Store()
     except Exception as exc:  # noqa: BLE001
         out.print(f"[yellow]run store unavailable ({escape(type(exc).__name__)}: {escape(exc)}); "
@@ -402,8 +385,6 @@ def open_store(out):
 
 # ---------------------------------------------------------------- metrics (run --metrics, score)
 def add_metric_flags(p, in_run: bool):
-    from vlbench.metrics import DEFAULT_METRICS, DEFAULT_MODELS, METRICS
-
     g = p.add_argument_group("metrics")
     names = ",".join(METRICS)
     if in_run:
@@ -430,8 +411,6 @@ def add_metric_flags(p, in_run: bool):
 
 def metrics_choice(args, in_run: bool):
     """The metrics a command computes (None: no scoring pass), checked before any model loads."""
-    from vlbench.metrics import SOURCE_FLAGS, check_available, parse_metrics
-
     if args.metrics is None and in_run:
         given = [k for k in SOURCE_FLAGS if getattr(args, k, None)]
         if given:
@@ -449,18 +428,13 @@ def metric_sources(args, tiny_models: bool = False, console=None) -> dict[str, s
     """The model of each metric family: the flags, or the tiny random ones with --tiny — or, when no flag names a
     metric model and the images come from the tiny models (`tiny_models`: nothing named them), the tiny metric
     models too: "nothing named → the tiny models" reaches the metric models (they would be downloaded)."""
-    from vlbench.metrics import SOURCE_FLAGS
-
     given = {k: getattr(args, k) for k in SOURCE_FLAGS if getattr(args, k, None)}
     if getattr(args, "tiny", False):
         if given:
             raise UserError(f"cannot be combined with {flag_name(next(iter(given)))}", field="tiny", fix="drop one")
-        from vlbench.metrics.tiny import ensure_tiny_metric_models
 
         return ensure_tiny_metric_models().sources()
     if tiny_models and not given:
-        from vlbench.metrics.tiny import ensure_tiny_metric_models
-
         if console is not None:
             console.print("[yellow]metric models: the built-in tiny RANDOM-WEIGHT ones, as the image models are; the "
                           "scores mean nothing (name real ones with --siglip, --clip, … or run with real "
@@ -472,8 +446,6 @@ def metric_sources(args, tiny_models: bool = False, console=None) -> dict[str, s
 def check_metric_sources(metrics, sources: dict[str, str], shared: Iterable[str] = ()) -> None:
     """Offline, a metric model that is neither a folder nor in the Hugging Face cache is one line now, not minutes
     of download retries after the run. `shared`: families the run's own models serve (the Qwen3-VL judge)."""
-    from vlbench.metrics import DEFAULT_MODELS, METRICS
-
     families = {METRICS[m].family for m in metrics} - set(shared)
     needed = []
     for family in sorted(families & set(DEFAULT_MODELS)):
@@ -510,10 +482,6 @@ def _local_model(source: str) -> bool:
 def _hub_unreachable(timeout: float = 3.0) -> str | None:
     """Why the Hugging Face hub cannot be reached (HF_HUB_OFFLINE, no route, no name), or None: one connection
     attempt of at most `timeout` seconds instead of the hub client's retries."""
-    import os
-    import socket
-    from urllib.parse import urlsplit
-
     if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
         return "HF_HUB_OFFLINE is set"
     endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
@@ -532,9 +500,7 @@ def score(out: Path, metrics, sources: dict, device, dtype, batch_size: int, sto
     the run already holds (the Qwen3-VL judge), by family."""
     import torch
 
-    from vlbench.logs import quiet_libraries
     from vlbench.metrics.models import MetricModels
-    from vlbench.metrics.score import SCORES, score_folder
 
     quiet_libraries()  # "Loading weights" bars: the status lines say what loads
     models = MetricModels(sources, device=device, dtype=dtype or torch.float32,
@@ -556,21 +522,15 @@ def score(out: Path, metrics, sources: dict, device, dtype, batch_size: int, sto
 
 
 def rewrite_report(out: Path) -> None:
-    from vlbench.experiments.folder import read_info
-    from vlbench.experiments.results import ResultsLog, latest_by_key
-    from vlbench.report import write_report
+    from vlbench.analysis.report import write_folder_report
 
-    rows, _ = ResultsLog(out / "results.jsonl").read()
-    write_report(out, list(latest_by_key(rows).values()), read_info(out) or {})
+    write_folder_report(out)
 
 
 # ---------------------------------------------------------------- long sweeps (run, search)
 def sigterm_as_interrupt():
     """`kill` ends a sweep like Ctrl-C (its report written, its folder resumable); returns the handler to restore
     (None off the main thread, where signals cannot be set)."""
-    import signal
-    import threading
-
     if threading.current_thread() is not threading.main_thread():
         return None
     return signal.signal(signal.SIGTERM, _interrupt)
@@ -582,8 +542,6 @@ def _interrupt(signum, frame):
 
 def release(previous, executor, store) -> None:
     """On the way out of a sweep: the SIGTERM handler back, the executor's workers and the store closed."""
-    import signal
-
     if previous is not None:
         signal.signal(signal.SIGTERM, previous)
     if executor is not None:

@@ -11,8 +11,9 @@ import argparse
 import re
 import shlex
 
-from vlbench.cli import common
+from vlbench.cli import build_parser, common
 from vlbench.errors import UserError
+from vlbench.experiments.spec import builtin_names
 
 HELP = "print a shell completion script (bash or zsh)"
 DESCRIPTION = ("Print a completion script for bash or zsh: commands, flags, listed values, files. "
@@ -29,7 +30,6 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     if args.shell not in SHELLS:
         raise UserError("unsupported shell", field="shell", value=args.shell, fix="use bash or zsh")
-    from vlbench.cli import build_parser
 
     print(script(build_parser(), args.shell))
     return 0
@@ -86,7 +86,5 @@ def _values(action: argparse.Action) -> list[str]:
     if found:
         return [v for v in found.group(1).split(",") if v]
     if action.dest == "experiment":
-        from vlbench.experiments.spec import builtin_names
-
         return builtin_names()
     return []

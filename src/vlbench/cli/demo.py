@@ -5,6 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from vlbench.cli import common
+from vlbench.files import atomic_write
+from vlbench.jobs import execute
+from vlbench.modelspec import ModelSpec
+from vlbench.pngs import encode_png, write_png
+from vlbench.recipe import Recipe
+from vlbench.records import RunRecord, references_of
 
 HELP = "an end-to-end run on the tiny random models"
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import sys
 from pathlib import Path
 
 from vlbench.cli import common
 from vlbench.errors import UserError
+from vlbench.prompts import check_prompt
 
 HELP = "compare Qwen3-VL hidden states with Qwen3-4B's, per layer and token role"
 DESCRIPTION = ("Per VL layer and token role (image, markers, text, prompt, attention sinks): RMS, per-dimension "
@@ -31,7 +34,7 @@ def add_arguments(p) -> None:
 
 def parse_layers(values: list[str] | None) -> tuple[int, ...] | None:
     """['-1,-2', '-5'] -> (-1, -2, -5); None -> the default layers; ['all'] -> None (every layer)."""
-    from vlbench.diagnose import DEFAULT_LAYERS
+    from vlbench.analysis.diagnose import DEFAULT_LAYERS
 
     if values is None:
         return DEFAULT_LAYERS
@@ -51,8 +54,7 @@ def parse_layers(values: list[str] | None) -> tuple[int, ...] | None:
 def run(args) -> int:
     from rich.console import Console
 
-    from vlbench.diagnose import diagnose, entry_id, plot, print_diagnostics, write_diagnostics
-    from vlbench.prompts import check_prompt
+    from vlbench.analysis.diagnose import diagnose, entry_id, plot, print_diagnostics, write_diagnostics
 
     layers = parse_layers(args.layers)
     prompt = check_prompt(args.prompt)
@@ -65,9 +67,6 @@ def run(args) -> int:
     engine = common.engine(spec, console)
     diag = diagnose(engine, refs, prompt, layers, args.calibration)
     if args.json:
-        import json
-        import sys
-
         json.dump(diag, sys.stdout, indent=1)
         sys.stdout.write("\n")
     else:

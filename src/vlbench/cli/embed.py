@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 
+from vlbench.analysis import heatmap
 from vlbench.cli import common
+from vlbench.files import atomic_write, atomic_write_json
+from vlbench.jobs import NonFinite, check_conditioning
 
 HELP = "write the exact conditioning tensor Z-Image would receive"
 
@@ -20,8 +23,6 @@ def run(args) -> int:
 
     from vlbench.engine.engine import environment
     from vlbench.engine.generate import check_caption
-    from vlbench.files import atomic_write, atomic_write_json
-    from vlbench.jobs import NonFinite, check_conditioning
 
     out, prompt, recipe, refs, spec, files = common.single_image_inputs(args, ".safetensors")
     console = common.console()
@@ -75,9 +76,6 @@ def caption_tensors(cond, steps: int) -> tuple[dict, list[dict]]:  # steps: thos
 def write_heatmaps(out, conditioning: dict, refs, recipe: dict) -> list:
     """With image_attention on: COND.heatmap.png beside COND.safetensors (COND.heatmap-N.png, one per
     reference, when there are several)."""
-    from vlbench import heatmap
-    from vlbench.files import atomic_write
-
     images = heatmap.from_conditioning(conditioning, [r.image for r in refs], recipe)
     paths = []
     for i, img in enumerate(images, 1):

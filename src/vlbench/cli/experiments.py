@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import sys
+
 from vlbench.cli import common
 from vlbench.errors import UserError
+from vlbench.experiments.spec import builtin_types, load_type
 
 HELP = "list the experiment types and their configs"
 DESCRIPTION = "List the built-in experiment types, or check type files given by path."
@@ -18,8 +22,6 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     from rich.console import Console
     from rich.table import Table
-
-    from vlbench.experiments.spec import builtin_types, load_type
 
     e = common.escape
     targets = args.types or [str(p) for p in builtin_types()]
@@ -56,9 +58,6 @@ def run(args) -> int:
         name = e(experiment.name) if not args.types else f"{e(experiment.name)}\n[dim]{e(str(experiment.path))}[/dim]"
         table.add_row(name, question, counts, "\n".join(lines))
     if args.json:
-        import json
-        import sys
-
         json.dump(described, sys.stdout, indent=1, default=str)
         sys.stdout.write("\n")
         return 1 if bad else 0

@@ -5,8 +5,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from vlbench import export
 from vlbench.cli import common
 from vlbench.errors import UserError
+from vlbench.export import FORMATS
+from vlbench.store import Store
 
 HELP = "export a run folder's images or the run history as CSV, JSON Lines or Parquet"
 DESCRIPTION = ("One row per image of a run folder (its recipe, prompt, seed, references, image path, timings and "
@@ -15,8 +18,6 @@ DESCRIPTION = ("One row per image of a run folder (its recipe, prompt, seed, ref
 
 
 def add_arguments(p) -> None:
-    from vlbench.export import FORMATS
-
     p.add_argument("dir", nargs="?", metavar="DIR", help="the --output-dir of a vlbench run (or give --history)")
     p.add_argument("--history", action="store_true", help="every run of the run store instead of a folder")
     p.add_argument("--format", metavar="{" + ",".join(FORMATS) + "}",
@@ -26,8 +27,6 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from vlbench import export
-
     if bool(args.dir) == bool(args.history):
         raise UserError("give a run folder or --history (one of them)", field="dir",
                         fix="e.g. vlbench export results/first --out first.csv")
@@ -46,8 +45,6 @@ def run(args) -> int:
         if not out.parent.is_dir():
             raise UserError(f"{out.parent} does not exist", field="out", value=args.out)
     if args.history:
-        from vlbench.store import Store
-
         common.check_data_dir()
         with Store() as store:
             n = export.write(export.history_rows(store), fmt, out, sys.stdout)

@@ -5,6 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from vlbench.cli import common
+from vlbench.errors import UserError
+from vlbench.jobs import execute
+from vlbench.pngs import encode_png, write_png
+from vlbench.records import RunRecord, job_key, references_of
 
 HELP = "generate one image"
 
@@ -42,8 +46,6 @@ def run(args) -> int:
                           on_step=lambda i, n: progress.update(task, completed=i, total=n))
     if outcome.failure is not None:
         if outcome.failure.kind == "input":
-            from vlbench.errors import UserError
-
             raise UserError(outcome.failure.reason)
         console.print(f"[red]failed: {common.escape(outcome.failure.reason)}[/red]")
         return 1

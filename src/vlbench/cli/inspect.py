@@ -4,10 +4,15 @@ what a PNG's run record says of its recipe and its attend mixes (prior and reali
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from vlbench.cli import common
 from vlbench.errors import UserError
+from vlbench.files import read_text_file
+from vlbench.pngs import read_png_metadata
+from vlbench.recipe import Recipe
+from vlbench.records import RunRecord
 
 HELP = "summarise a conditioning tensor written by vlbench embed, or a PNG's run record"
 
@@ -41,7 +46,6 @@ def run(args) -> int:
                         fix="give a file written by vlbench embed")
     x = tensors["prompt_embeds"].float()
     side = path.with_suffix(".json")
-    from vlbench.files import read_text_file
 
     meta = json.loads(read_text_file(side)) if side.exists() else {}
     rows = meta.get("conditioning", {}).get("rows", [])
@@ -90,8 +94,6 @@ def run(args) -> int:
             console.print(f"vs Qwen3-4B layer -2 text tokens: RMS ratio {ratio:.3f}; "
                           f"dims with std > 8× reference: {odd['too_large'][:10]}; < 1/8×: {odd['too_small'][:10]}")
     if args.json:
-        import sys
-
         json.dump(summary, sys.stdout, indent=1)
         sys.stdout.write("\n")
     return 0
@@ -114,9 +116,6 @@ def attend_lines(conditioning: dict) -> list[str]:
 
 
 def _png(path: Path, given: str) -> int:
-    from vlbench.pngs import read_png_metadata
-    from vlbench.records import RunRecord
-
     try:
         raw = read_png_metadata(path)
     except (OSError, ValueError) as exc:

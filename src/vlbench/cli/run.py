@@ -5,7 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from vlbench.cli import common
+from vlbench.engine.precheck import check_plan, read_model_files
 from vlbench.errors import UserError
+from vlbench.evalsets import load_eval_set
+from vlbench.executors import EXECUTORS, ExecutorChoice, start_executor
+from vlbench.experiments.runner import LocalExecutor, run_experiment
+from vlbench.experiments.spec import load_type
+from vlbench.prompts import check_prompt, read_prompts_file
+from vlbench.recipe import field_infos, parse_seeds
 
 HELP = "run an experiment type: every config × reference × prompt × seed, resumable"
 DESCRIPTION = ("Run an experiment type into --output-dir: one PNG per image, results.jsonl, grid.png, report.html "
@@ -13,8 +20,6 @@ DESCRIPTION = ("Run an experiment type into --output-dir: one PNG per image, res
 
 
 def add_arguments(p) -> None:
-    from vlbench.executors import EXECUTORS
-
     p.add_argument("--experiment", required=True, metavar="NAME_OR_PATH",
                    help="a built-in type (see `vlbench experiments`) or the path of a type file")
     p.add_argument("--image", action="append", default=[], metavar="REF",
@@ -54,12 +59,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from vlbench.executors import ExecutorChoice, start_executor
-    from vlbench.experiments.runner import run_experiment
-    from vlbench.engine.precheck import check_plan, read_model_files
-    from vlbench.experiments.spec import load_type
-    from vlbench.prompts import check_prompt, read_prompts_file
-    from vlbench.recipe import field_infos, parse_seeds
+    from vlbench.analysis.report import write_folder_report
 
     image_bytes = common.image_bytes
 
@@ -72,7 +72,6 @@ def run(args) -> int:
     images = list(args.image)
     eval_set = None
     if args.eval_set:  # references, prompts and (unless --seeds) seeds of an evaluation set
-        from vlbench.evalsets import load_eval_set
 
         eval_set = load_eval_set(args.eval_set)
         images = [str(p) for p in eval_set.references] + images
@@ -137,8 +136,6 @@ def run(args) -> int:
                   "quick": args.quick, "overrides": overrides, "limit": args.limit, "output_dir": str(out)}
     local = None
     if batch > 1:
-        from vlbench.experiments.runner import LocalExecutor
-
         parameters["batch"] = batch
         if executor is not None:
             executor.batch = batch  # each actor batches the jobs it takes (one group, one shape)
@@ -153,7 +150,7 @@ def run(args) -> int:
     try:
         summary = run_experiment(engine, experiment, recipes, reference_sets, prompts, out, seeds=seeds,
                                  limit=args.limit, parameters=parameters, store=store, console=console,
-                                 executor=executor or local, render=common.render)
+                                 executor=executor or local, render=common.render, report=write_folder_report)
         if executor is not None:
             executor.close()  # the GPUs are free before diagnostics or metrics load models here
         _after_run(args, engine, out, recipes, refs, prompts, metrics, sources, store, console)
@@ -187,7 +184,7 @@ def run(args) -> int:
 def _after_run(args, engine, out: Path, recipes, refs, prompts, metrics, sources, store, console) -> None:
     """The report's embedding diagnostics, then (with --metrics) the scoring pass; then the report again."""
     if not args.no_diagnostics:
-        from vlbench.diagnose import diagnose_run, recipe_layers
+        from vlbench.analysis.diagnose import diagnose_run, recipe_layers
 
         calibration = next((n.recipe.calibration for n in recipes if n.recipe.calibration), None)
         try:
@@ -202,6 +199,6 @@ def _after_run(args, engine, out: Path, recipes, refs, prompts, metrics, sources
     if metrics or not args.no_diagnostics:
         common.rewrite_report(out)
     if metrics:  # the statistics table ends the run
-        from vlbench.stats import print_folder_stats
+        from vlbench.analysis.folders import print_folder_stats
 
         print_folder_stats([out], console, common.render)

@@ -5,7 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from vlbench.cli import common
+from vlbench.config import load_settings
 from vlbench.errors import UserError
+from vlbench.experiments.folder import read_info
+from vlbench.modelspec import ModelSpec, resolve_model_spec
 
 HELP = "score a run folder's images: prompt adherence and reference similarity"
 DESCRIPTION = ("Score every image of a vlbench run folder (results.jsonl) with image metrics. Values go to "
@@ -27,8 +30,6 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from vlbench.modelspec import ModelSpec
-
     out = Path(args.dir)
     if not out.is_dir():
         raise UserError("no such folder", field="dir", value=args.dir, fix="give the --output-dir of a vlbench run")
@@ -62,12 +63,8 @@ def run(args) -> int:
 def _tiny_images(out: Path) -> bool:
     """Were the folder's images made by the tiny models (its run.json), or — no run.json — would they be now
     (nothing names the image models)?"""
-    from vlbench.experiments.folder import read_info
-
     info = read_info(out)
     if info is not None and isinstance(info.get("models"), dict):
         return bool(info["models"].get("tiny"))
-    from vlbench.config import load_settings
-    from vlbench.modelspec import resolve_model_spec
 
     return resolve_model_spec(load_settings(create=False).models.to_dict()).tiny

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from datetime import datetime, timezone
@@ -9,6 +10,16 @@ from pathlib import Path
 
 from vlbench.cli import common
 from vlbench.errors import UserError
+from vlbench.evalsets import load_eval_set
+from vlbench.executors import EXECUTORS, ExecutorChoice, start_executor
+from vlbench.experiments import folder as F
+from vlbench.files import atomic_write_json, read_text_file
+from vlbench.metrics import DEFAULT_MODELS, SOURCE_FLAGS
+from vlbench.modelspec import ModelSpec
+from vlbench.prompts import check_prompt, read_prompts_file
+from vlbench.recipe import Recipe, parse_seeds
+from vlbench.search.runner import INFO, optuna_module, run_search
+from vlbench.search.space import load_space, parse_space
 
 HELP = "search a recipe space for the Pareto front of metric objectives (Optuna), resumable"
 DESCRIPTION = ("Search the Recipe fields a space file declares (ranges, value lists) for the trade-off between its "
@@ -21,9 +32,6 @@ SIZE_FLAGS = ("steps", "width", "height")
 
 
 def add_arguments(p) -> None:
-    from vlbench.executors import EXECUTORS
-    from vlbench.metrics import DEFAULT_MODELS, SOURCE_FLAGS
-
     p.add_argument("--space", metavar="FILE.toml",
                    help="the search space: fields to vary, fixed fields, objectives, constraints, sampler "
                         "(see examples/search/); with --resume, the search's own unless given")
@@ -71,12 +79,6 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from vlbench.executors import ExecutorChoice, start_executor
-    from vlbench.experiments import folder as F
-    from vlbench.files import atomic_write_json
-    from vlbench.search.runner import INFO, optuna_module, run_search
-    from vlbench.search.space import load_space, parse_space
-
     # ---- everything a user can get wrong, before any model loads ----
     if args.trials is None and args.budget_minutes is None:
         raise UserError("give --trials N or --budget-minutes M (or both)", field="trials")
@@ -129,7 +131,6 @@ def run(args) -> int:
     if batch > 1 and choice.kind != "local":  # a search batches trials in this process's engine (search.runner)
         raise UserError("batches a search's trials on the local executor only", field="batch", value=batch,
                         fix="drop --batch, or use --executor local")
-    from vlbench.metrics import SOURCE_FLAGS
 
     console = common.console()
     if args.resume and not args.tiny and not any(getattr(args, k, None) for k in SOURCE_FLAGS):
@@ -221,8 +222,6 @@ def _check_meaning(info: dict, space, output_dir: str) -> None:
 
 
 def _metric_flags(args) -> list[str]:
-    from vlbench.metrics import SOURCE_FLAGS
-
     return [k for k in SOURCE_FLAGS if getattr(args, k, None)]
 
 
@@ -246,23 +245,16 @@ def _resume_models(args, info: dict) -> None:
 
 
 def _started_tiny(info: dict) -> bool:
-    from vlbench.modelspec import ModelSpec
-
     judge = (info.get("metric_sources") or {}).get("vqa")
     return bool(judge) and judge == ModelSpec(tiny=True).built().vl
 
 
 def _inputs(args, space) -> dict:
     """The search's prompts, references and seeds (what search.json keeps for --resume)."""
-    from vlbench.prompts import check_prompt, read_prompts_file
-    from vlbench.recipe import parse_seeds
-
     prompts = [check_prompt(p) for p in args.prompt] + (read_prompts_file(args.prompts_file) if args.prompts_file
                                                          else [])
     eval_seeds = None
     if args.eval_set:
-        from vlbench.evalsets import load_eval_set
-
         eval_set = load_eval_set(args.eval_set)
         prompts = eval_set.prompts + prompts
         eval_seeds = list(eval_set.seeds)
@@ -283,10 +275,6 @@ def _inputs(args, space) -> dict:
 
 def _with_overrides(space, overrides: dict):
     """The space with --steps/--width/--height set in its [fixed] fields (kept in search.json for --resume)."""
-    import dataclasses
-
-    from vlbench.recipe import Recipe
-
     if not overrides:
         return space
     for key, value in overrides.items():
@@ -297,8 +285,6 @@ def _with_overrides(space, overrides: dict):
 def _open_inputs(inputs: dict):
     images = list(inputs["images"])
     if inputs.get("eval_set"):
-        from vlbench.evalsets import load_eval_set
-
         images = [str(p) for p in load_eval_set(inputs["eval_set"]).references] + images
     refs = []
     for ref in common.open_references(images):
@@ -319,8 +305,6 @@ def _metric_models(sources: dict, engine, console):
 
 def _read_info(path: Path) -> dict | None:
     try:
-        from vlbench.files import read_text_file
-
         return json.loads(read_text_file(path))
     except FileNotFoundError:
         return None

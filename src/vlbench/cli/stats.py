@@ -1,11 +1,12 @@
 """`vlbench stats DIR [DIR…]`: the statistics of scored run folders, as tables or as JSON.
 
-The numbers are vlbench.stats'; the JSON schema is in docs/stats.md.
+The numbers are vlbench.analysis.stats'; the JSON schema is in docs/stats.md.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import sys
 
 from vlbench.cli import common
@@ -24,7 +25,7 @@ DESCRIPTION = ("Statistics of scored run folders (vlbench score writes the score
 
 
 def add_arguments(p) -> None:
-    from vlbench.stats import ALPHA, BOOTSTRAP_SEED, DEFAULT_UNIT, RESAMPLES, UNITS
+    from vlbench.analysis.stats import ALPHA, BOOTSTRAP_SEED, DEFAULT_UNIT, RESAMPLES, UNITS
 
     p.add_argument("dirs", nargs="+", metavar="DIR", help="the --output-dir of scored vlbench runs (one experiment)")
     p.add_argument("--baseline", metavar="CONFIG",
@@ -67,8 +68,6 @@ def _metrics_arg(values: list[str] | None) -> list[str] | None:
 def _per_metric(spec: str | None, option: str, metrics: list[str] | None, defaults: dict[str, float] | None,
                 what: str) -> dict[str, float] | None:
     """--equivalence / --plan: "" (defaults for every metric), a number (one metric), or METRIC=X[,METRIC=X…]."""
-    import math
-
     if spec is None:
         return None
     example = f"e.g. --{option} siglip=0.2"
@@ -98,7 +97,8 @@ def _per_metric(spec: str | None, option: str, metrics: list[str] | None, defaul
 
 
 def run(args) -> int:
-    from vlbench.stats import EQUIVALENCE_MARGINS, folder_stats, print_stats
+    from vlbench.analysis.folders import folder_stats
+    from vlbench.analysis.stats import EQUIVALENCE_MARGINS, print_stats
 
     if args.resamples < 100:
         raise UserError("too few resamples for a 95% interval", field="resamples", value=args.resamples,

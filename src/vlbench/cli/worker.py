@@ -9,12 +9,17 @@ store instead of starting its own worker.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
+import sys
 import threading
 
+from vlbench import paths
 from vlbench.cli import common
 from vlbench.errors import UserError
+from vlbench.store import Store
+from vlbench.worker import PRESENCE, JobFailed, ModelStatus, Worker
 
 HELP = "run the queue headless (survives a closed terminal; the workbench watches it)"
 DESCRIPTION = ("Run the run store's queue in this process, without a terminal: start it under tmux, or with "
@@ -32,10 +37,6 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from vlbench import paths
-    from vlbench.store import Store
-    from vlbench.worker import PRESENCE, Worker
-
     if not 0.05 <= args.poll <= 60:
         raise UserError("must be between 0.05 and 60 seconds", field="poll", value=args.poll)
     common.check_data_dir()
@@ -61,7 +62,6 @@ def run(args) -> int:
 
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the terminal may go; the queue goes on
-    import logging
 
     log = logging.getLogger("vlbench.worker")
     log.info("headless worker pid %d started on %s (%s)", os.getpid(), paths.store_path(), spec.describe())
@@ -104,8 +104,6 @@ def _log_event(event: object) -> None:
 
 
 def _say(text: str) -> None:
-    import sys
-
     try:
         print(text, file=sys.stderr, flush=True)
     except (OSError, ValueError):  # the terminal is gone

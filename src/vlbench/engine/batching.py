@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 import torch
 
+from vlbench.engine.engine import Result
 from vlbench.engine.generate import check_caption, generate_batch
 from vlbench.errors import Interrupt
 from vlbench.recipe import ImagePositions
@@ -52,8 +53,6 @@ def run_batch(engine, items: list[Item], on_step: Callable[[int, int], None] | N
     (same bucket under caption buckets) run as one `generate_batch`; a job whose conditioning carries weights or a
     schedule runs alone through Engine.run. Each Result's `batch` says the call's size and the job's place in it;
     its timings' generation is its share of the call (call seconds / size)."""
-    from vlbench.engine.engine import Result
-
     keys = {batch_key(item.recipe) for item in items}
     if len(keys) != 1 or None in keys:
         raise ValueError("run_batch takes jobs of one batch_key")

@@ -20,6 +20,8 @@ from vlbench.engine import blend
 from vlbench.engine.encode import template_ids
 from vlbench.engine.extract import _SENTINEL
 from vlbench.errors import UserError
+from vlbench.files import NotAFile, atomic_write, check_regular_file
+from vlbench.paths import data_dir
 
 ROLES = ("text", "template", "prompt", "sink")  # "text" = template + prompt, sinks excluded
 FORMAT = "vlbench-calibration-2"  # 2: Qwen3-VL's image and image_text roles
@@ -118,16 +120,12 @@ def calibrate(engine, prompts: list[str], references: list | None = None,
 
 
 def default_path(models) -> Path:
-    from vlbench.paths import data_dir
-
     key = hashlib.sha256(f"{models.spec.zimage}|{models.spec.vl}".encode()).hexdigest()[:16]
     return data_dir() / "calibration" / f"{key}.safetensors"
 
 
 def save_stats(tensors: dict, meta: dict, path: str | Path) -> Path:
     from safetensors.torch import save_file
-
-    from vlbench.files import atomic_write
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -164,8 +162,6 @@ _loaded: dict[str, tuple[tuple[int, int], Stats]] = {}  # path -> ((mtime_ns, si
 def load_stats(path: str | Path | None, models) -> Stats:
     """The stats file named by a recipe, or the default one for these models; a clear error if missing."""
     from safetensors import safe_open
-
-    from vlbench.files import NotAFile, check_regular_file
 
     path = Path(path) if path else default_path(models)
     try:

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
+from vlbench.engine.extract import check_special_tokens, check_text
+from vlbench.engine.precheck import QWEN3, check_text_bound, max_token_chars
 from vlbench.errors import UserError
 
 MAX_SEQUENCE_LENGTH = 512  # ZImagePipeline's default
@@ -33,10 +35,6 @@ def template_ids(tokenizer, prompt: str) -> tuple[list[int], str]:
 @torch.inference_mode()
 def encode_text(pipe, prompt: str, field: str = "prompt") -> TextEncoding:
     """Qwen3-4B hidden_states[-2] of the prompt in Z-Image's chat template, exactly as Z-Image encodes it."""
-    from vlbench.engine.extract import check_special_tokens, check_text
-
-    from vlbench.engine.precheck import QWEN3, check_text_bound, max_token_chars
-
     check_text_bound(prompt, field, MAX_SEQUENCE_LENGTH, max_token_chars(pipe.tokenizer), QWEN3)  # before reading it
     check_text(prompt, field)
     check_special_tokens(pipe.tokenizer, prompt, field, "Qwen3-4B (Z-Image's text encoder)")

@@ -16,8 +16,11 @@ from typing import Any, Callable
 
 import torch
 
+import vlbench
 from vlbench.engine import bridge
+from vlbench.engine.blocks import masked, resolve
 from vlbench.engine.cache import ExtractionCache, extraction_key
+from vlbench.engine.calibrate import load_stats
 from vlbench.engine.encode import TextEncoding, encode_text
 from vlbench.engine import blend
 from vlbench.engine.extract import (IMAGE, PROMPT, Extraction, batch_memory_bytes, check_special_tokens,
@@ -413,8 +416,6 @@ class Engine:
     def _vl_blocks(self, recipe: Recipe, seq: C.Seq, qwen3: C.Seq) -> tuple[C.Seq, dict]:
         """issue 27's vl_blocks: the caption (with Qwen3-4B's rows put first when it has none, so no block is left
         with an empty caption) and the account of which blocks read the VL rows and which mask them."""
-        from vlbench.engine.blocks import masked, resolve
-
         transformer = self.models.pipe.transformer
         names = resolve(recipe.vl_blocks, transformer)
         added = not any(row.get("source") != Source.VL for row in seq.rows)
@@ -448,8 +449,6 @@ class Engine:
             layers = [img_layer if ex.roles[p] in C.IMAGE_ROLES else txt_layer for p in positions]
         seq = C.select(ex, positions, layers, pass_name)
         if recipe.normalization != Normalization.NONE:
-            from vlbench.engine.calibrate import load_stats
-
             seq = C.normalize(seq, recipe.normalization, load_stats(recipe.calibration, self.models))
         weighting = recipe.image_attention
         if weighting != ImageAttention.NONE and seq.has_image_rows:  # issue 17
@@ -634,8 +633,6 @@ def environment(models: Models | None = None) -> dict[str, Any]:
     """Library versions, device and dtype: recorded with every run."""
     import diffusers
     import transformers
-
-    import vlbench
 
     env: dict[str, Any] = {
         "vlbench": vlbench.__version__, "python": platform.python_version(), "torch": torch.__version__,

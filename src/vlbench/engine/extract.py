@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from vlbench.engine.precheck import check_text_bound, max_token_chars
+from vlbench.pixels import as_rgb
 from vlbench.recipe import Tokens
 from vlbench.errors import UserError
 
@@ -109,8 +111,6 @@ def load_reference(path: str | Path) -> tuple[Any, list[str]]:
     """(RGB image, notes) of a reference file read as the camera meant it (vlbench.pixels: EXIF orientation, 16-bit
     and float ranges), or a one-line error naming it."""
     from PIL import Image, UnidentifiedImageError
-
-    from vlbench.pixels import as_rgb
 
     path = Path(path)
     try:
@@ -308,7 +308,6 @@ def prepare_inputs(processor, images: list, text: str | None, budget: int,
                    max_image_tokens: int | None = None, system: str | None = None) -> Prepared:
     """`prepare` with the processor alone (no weights: vlbench.engine.precheck uses it before models load)."""
     if text is not None:  # a text too long for the budget whatever its content: refused before anything reads it
-        from vlbench.engine.precheck import check_text_bound, max_token_chars
 
         check_text_bound(text, "vl_text", budget, max_token_chars(processor.tokenizer), "the caption budget")
     rendered = _render(processor, len(images), text, system)

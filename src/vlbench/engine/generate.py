@@ -11,6 +11,8 @@ from typing import Callable, Iterator
 
 import torch
 
+from vlbench.engine.guidance import vl_guidance as three_branch
+from vlbench.engine.positions import grid_positions
 from vlbench.errors import CaptionTooLong, UserError
 from vlbench.recipe import AttendScope
 
@@ -360,12 +362,9 @@ def generate_batch(pipe, embeds: torch.Tensor | list[torch.Tensor], *, seeds: li
     negative = [negative_embeds.to(device=device, dtype=dtype)] * len(prompts) if guidance > 0 else None
     with ExitStack() as levers:  # issue 27: each lever a context around diffusers' own call; none: the call as is
         if caption_grids:
-            from vlbench.engine.positions import grid_positions
-
             levers.enter_context(grid_positions(pipe.transformer, prompts[0], caption_grids))
         pipe_guidance = guidance
         if vl_guidance is not None and vl_guidance[0] != 0:  # the branches batched by transformer hooks
-            from vlbench.engine.guidance import vl_guidance as three_branch
 
             scale, text = vl_guidance
             check_caption(text.shape[0], budget)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 from vlbench.errors import UserError
+from vlbench.logs import quiet_libraries
 from vlbench.recipe import ImageAttention, Recipe, VLText
 
 log = logging.getLogger("vlbench.precheck")
@@ -48,8 +49,6 @@ def read_model_files(spec) -> ModelFiles | None:
     try:
         from diffusers import AutoencoderKL, ZImageTransformer2DModel
         from transformers import AutoConfig, AutoProcessor, AutoTokenizer
-
-        from vlbench.logs import quiet_libraries
 
         quiet_libraries()
         spec = spec.built()

@@ -14,6 +14,10 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import platformdirs
+
+from vlbench.logs import quiet_libraries
+
 # Bump when anything below changes what is written: cached builds with another value are rebuilt.
 TINY_RECIPE_VERSION = "3"
 
@@ -84,7 +88,6 @@ def tiny_cache_root() -> Path:
     override = os.environ.get("VLBENCH_CACHE_DIR")
     if override:
         return Path(override) / "tiny"
-    import platformdirs
 
     return Path(platformdirs.user_cache_dir("vlbench")) / "tiny"
 
@@ -106,7 +109,6 @@ def ensure_tiny_models(root: Path | None = None) -> TinyModels:
     if stamp_file.exists() and stamp_file.read_text() == stamp and models.vl.is_dir() and models.zimage.is_dir():
         return models
     root.mkdir(parents=True, exist_ok=True)
-    from vlbench.logs import quiet_libraries
 
     quiet_libraries()  # transformers' "Writing model shards" bars are not the user's business
     # Build into a temporary sibling and rename, so a killed build never leaves a half model.

@@ -20,7 +20,10 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import platformdirs
+
 from vlbench.errors import UserError
+from vlbench.files import atomic_write, read_text_file, read_toml_file
 
 VERSION = "v1"  # bump when a reference's pixels change (its sha256, so every job key, changes with it)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
@@ -49,8 +52,6 @@ class EvalSet:
 
 
 def prompt_groups() -> dict[str, list[str]]:
-    from vlbench.files import read_toml_file
-
     data = read_toml_file(PROMPTS_FILE)
     return {g: list(data[g]) for g in GROUPS}
 
@@ -59,7 +60,6 @@ def cache_dir() -> Path:
     override = os.environ.get("VLBENCH_CACHE_DIR")
     if override:
         return Path(override) / "evalsets" / VERSION
-    import platformdirs
 
     return Path(platformdirs.user_cache_dir("vlbench")) / "evalsets" / VERSION
 
@@ -76,7 +76,6 @@ def ensure_references(names: list[str], root: Path | None = None) -> list[Path]:
     for name in names:
         path = root / f"{name}.png"
         if not path.is_file():  # a killed write never leaves half a PNG
-            from vlbench.files import atomic_write
 
             atomic_write(path, lambda tmp: Image.fromarray(render(name)).save(tmp, format="PNG"))
         paths.append(path)
@@ -85,8 +84,6 @@ def ensure_references(names: list[str], root: Path | None = None) -> list[Path]:
 
 def photos() -> list[dict]:
     """The shipped photographs: photos.toml's entries (file, title, source, licence, …), each with its "path"."""
-    from vlbench.files import read_toml_file
-
     entries = read_toml_file(PHOTOS_FILE)["photos"]
     return [{**e, "path": PHOTOS_FILE.parent / "photos" / e["file"]} for e in entries]
 
@@ -122,8 +119,6 @@ def load_eval_set(spec: str, root: Path | None = None) -> EvalSet:
 
 def read_prompt_lines(path: Path) -> list[str]:
     """One prompt a line; blank lines and lines starting with # skipped."""
-    from vlbench.files import read_text_file
-
     try:
         text = read_text_file(path)
     except (OSError, ValueError) as exc:  # NotAFile, UnicodeDecodeError

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from vlbench.errors import UserError
+from vlbench.executors.ray_connect import head_engine
 
 EXECUTORS = ("local", "ray")
 
@@ -44,7 +45,6 @@ def start_executor(spec, choice: ExecutorChoice, make_engine, console=None):
     process that loads nothing unless diagnostics or metrics ask after the run, the started actors)."""
     if choice.kind != "ray":
         return make_engine(spec), None
-    from vlbench.executors.ray_connect import head_engine
     from vlbench.executors.ray_executor import RayExecutor
 
     spec = spec.built()  # every actor on this host uses the same tiny build

@@ -9,11 +9,21 @@ References travel as bytes (`ray.put`), so nothing depends on a shared filesyste
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import socket
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
+
+from vlbench.errors import one_line
+from vlbench.jobs import execute, execute_batch
+from vlbench.logs import quiet_libraries
+from vlbench.modelspec import ModelSpec
+from vlbench.pixels import as_rgb
+from vlbench.pngs import encode_png
+from vlbench.records import RunRecord
 
 
 class VLBenchActor:
@@ -72,15 +82,11 @@ class VLBenchActor:
             try:
                 out["png"] = await loop.run_in_executor(self._png, _encode, image, out["record"])
             except Exception as exc:  # noqa: BLE001
-                from vlbench.errors import one_line
 
                 out["record"].update(status="failed", error=f"PNG: {one_line(exc)}", failure="bug")
         return out
 
     def _generate_batch(self, tasks: list[dict]) -> list[tuple[dict, Any]]:
-        from vlbench.jobs import execute, execute_batch
-        from vlbench.records import RunRecord
-
         records = [RunRecord.from_json(t["record"]) for t in tasks]
         refs = [[self.refs[r["sha256"]] for r in record.references] for record in records]
         if len(records) == 1:
@@ -97,9 +103,6 @@ class VLBenchActor:
                  o.image) for o in outcomes]
 
     def _generate(self, task: dict) -> tuple[dict, Any]:
-        from vlbench.jobs import execute
-        from vlbench.records import RunRecord
-
         fault = task.get("fault")
         if fault == "exit-before":
             os._exit(3)
@@ -129,21 +132,14 @@ class VLBenchActor:
 
 def _encode(image, record: dict) -> bytes:
     """The exact bytes the local runner writes (the same function, the same metadata)."""
-    from vlbench.pngs import encode_png
-    from vlbench.records import RunRecord
-
     return encode_png(image, RunRecord.from_json(record).png_metadata())
 
 
 def _reference(path: str, data: bytes, sha: str):
     """A Reference from the head's bytes, opened exactly as load_image opens a file."""
-    import io
-
     from PIL import Image
 
     from vlbench.engine.engine import Reference
-
-    from vlbench.pixels import as_rgb
 
     with Image.open(io.BytesIO(data)) as img:
         img.load()

@@ -6,9 +6,11 @@ reach it while a sweep runs. A cluster keeps its own binding and authentication 
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import socket
+import tempfile
 from contextlib import contextmanager
 from dataclasses import replace
 
@@ -63,8 +65,6 @@ def private_temp_dir() -> str:
     Ray makes every folder it creates mode 0777 (so users of a box can share /tmp/ray); inside a 0700 parent no
     other user reaches them. The parent sits in the system temp dir, not the data folder: Ray's unix socket paths
     under it must stay within the 107-byte limit (issue 26)."""
-    import tempfile
-
     parent = os.path.join(tempfile.gettempdir(), f"vlbench-{os.geteuid()}")
     os.makedirs(parent, mode=0o700, exist_ok=True)
     st = os.lstat(parent)
@@ -104,8 +104,6 @@ def _loopback_only():
 
 def _is_loopback(address: str) -> bool:
     """Whether a HOST:PORT or ray://HOST:PORT address names this machine's loopback interface."""
-    import ipaddress
-
     host = address.removeprefix("ray://").rstrip("/").rpartition(":")[0].strip("[]")
     if host == "localhost":
         return True

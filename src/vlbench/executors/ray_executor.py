@@ -20,11 +20,14 @@ from typing import Any
 
 from rich.markup import escape
 
+from vlbench import paths
 from vlbench.errors import UserError, one_line
 from vlbench.executors.dispatch import Dispatcher
 from vlbench.executors.ray_actor import VLBenchActor
 from vlbench.executors.ray_connect import cause, connect, plan_actors
 from vlbench.files import read_bytes_file
+from vlbench.pngs import write_png
+from vlbench.records import RunRecord
 
 MAX_ATTEMPTS = 3  # runs of one job whose actor keeps dying (2 retries), then it is written as failed
 MAX_RESTARTS = 2  # replacement actors per slot
@@ -431,8 +434,6 @@ def _resources(res: dict) -> str:
 
 def _log_remote_traceback(job, slot: _Slot, text: str) -> None:
     try:
-        from vlbench import paths
-
         with open(paths.log_path(), "a", encoding="utf-8") as f:
             f.write(f"{datetime.now(timezone.utc).isoformat(timespec='seconds')} experiment job {job.name} failed "
                     f"on Ray {slot.label()}\n{text}")

@@ -1,8 +1,9 @@
 """Experiment types as data and the runner that executes them.
 
 A type (a TOML file under types/, or the user's own) expands to named Recipes; `run_experiment`
-runs them over references × prompts × seeds on one Engine, resumably, and writes the grid and
-report. `vlbench run --experiment` and `vlbench experiments` are in cli.py.
+runs them over references × prompts × seeds on one Engine, resumably, and writes the grid; the caller's
+`report` (vlbench.analysis.report.write_folder_report) writes the report: this package imports no analysis.
+`vlbench run --experiment` and `vlbench experiments` are in cli/.
 """
 
 from vlbench.experiments.runner import Summary, plan, run_experiment

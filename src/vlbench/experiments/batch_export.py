@@ -2,7 +2,8 @@
 as `vlbench run` makes (images/, references/, results.jsonl, run.json, grid.png, report.html).
 
 The runs live in the store (their PNGs in the data dir's outputs/); the folder is the portable copy, made
-with vlbench.experiments.folder's own writer so the grid and report are `vlbench run`'s. The worker that ends a
+with vlbench.experiments.folder's own writer so the grid is `vlbench run`'s (the report: the worker's `report`,
+vlbench.analysis.report.write_folder_report, as `vlbench run` passes it). The worker that ends a
 batch's last run exports it (the workbench's thread or `vlbench worker`, so a batch that finishes while the
 workbench is closed is exported too); a worker also exports, when it starts and whenever its queue runs dry,
 every finished batch still without its folder (a worker killed before the export, runs cancelled from the
@@ -14,7 +15,15 @@ from __future__ import annotations
 import re
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any, Callable
 
+from vlbench.errors import UserError
+from vlbench.experiments import folder as F
+from vlbench.experiments.results import ResultsLog, reference_copy
+from vlbench.experiments.spec import load_type
+from vlbench.files import atomic_copy, atomic_write_json
+from vlbench.paths import data_dir
+from vlbench.process import owner_alive, process_token
 from vlbench.records import job_key
 
 EXPORTED = "batch_exported:"  # state key prefix: the folder a batch was exported to ("writing:TOKEN" meanwhile)
@@ -22,20 +31,14 @@ WRITING = "writing"
 
 
 def batch_folder(experiment: str, batch: str) -> Path:
-    from vlbench.paths import data_dir
-
     safe = re.sub(r"[^A-Za-z0-9._+=-]+", "-", experiment).strip("-") or "experiment"
     return data_dir() / "experiments" / f"{safe}-{batch}"
 
 
-def export_batch(store, batch: str, models: dict | None = None) -> tuple[Path, int]:
-    """Write the batch's folder (grid and report included); (folder, images in it)."""
-    from vlbench.experiments import folder as F
-    from vlbench.experiments.results import ResultsLog, reference_copy
-    from vlbench.experiments.spec import load_type
-    from vlbench.errors import UserError
-    from vlbench.files import atomic_copy, atomic_write_json
-
+def export_batch(store, batch: str, models: dict | None = None,
+                 report: Callable[[Path], Any] | None = None) -> tuple[Path, int]:
+    """Write the batch's folder (the grid included), then `report(folder)` (the caller's:
+    vlbench.analysis.report.write_folder_report) before the batch is marked exported; (folder, images in it)."""
     runs = [r for r in store.batch_runs(batch) if r.status in ("done", "failed")]
     experiment = next((r.experiment for r in runs if r.experiment), None) or "experiment"
     out = batch_folder(experiment, batch)
@@ -77,6 +80,8 @@ def export_batch(store, batch: str, models: dict | None = None) -> tuple[Path, i
         pass
     atomic_write_json(out / F.RUN_INFO, info)
     F.write_outputs(out)
+    if report is not None:
+        report(out)
     store.set_state(EXPORTED + batch, str(out))
     return out, sum(1 for r in rows if r["status"] == "done")
 
@@ -93,15 +98,14 @@ def finished_batch(store, run_id: int) -> tuple[str, str] | None:
     return run.batch, run.experiment
 
 
-def export_finished(store, batch: str, experiment: str, models: dict | None = None) -> tuple[Path, int] | None:
+def export_finished(store, batch: str, experiment: str, models: dict | None = None,
+                    report: Callable[[Path], Any] | None = None) -> tuple[Path, int] | None:
     """Export a finished batch unless another process has (or is doing it): (folder, images), or None. A failed
     export gives its claim back (the next worker start or idle queue tries again) and raises."""
-    from vlbench.process import process_token
-
     if not store.claim_state(EXPORTED + batch, f"{WRITING}:{process_token()}", replacing=_stale(store, batch)):
         return None
     try:
-        return export_batch(store, batch, models)
+        return export_batch(store, batch, models, report)
     except BaseException:
         store.set_state(EXPORTED + batch, "")
         raise
@@ -121,8 +125,6 @@ def exported_folder(value) -> str | None:
 
 def _stale(store, batch: str) -> str | None:
     """The batch's export claim when the process that made it is gone (killed mid-export), else None."""
-    from vlbench.process import owner_alive
-
     value = store.get_state(EXPORTED + batch)
     if isinstance(value, str) and value.startswith(WRITING):
         owner = value[len(WRITING) + 1:] or None

@@ -20,9 +20,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 from vlbench.errors import UserError, one_line
+from vlbench.experiments.grid import write_grid
 from vlbench.experiments.results import ResultsLog, latest_by_key, reference_copy
 from vlbench.files import atomic_copy, atomic_write_json, read_text_file, remove_stale_temp_files
+from vlbench.pngs import png_ok
+from vlbench.recipe import changed_meaning
 from vlbench.records import RunRecord
+from vlbench.store import Store
 
 RESULTS, GRID, REPORT, RUN_INFO = "results.jsonl", "grid.png", "report.html", "run.json"
 
@@ -106,7 +110,6 @@ class Ledger:
         store, own = self.store, None
         try:
             if _file_id(store.path) != self._store_file:  # deleted or replaced: rows written since went nowhere
-                from vlbench.store import Store
 
                 self._say(f"run store {store.path} was deleted or replaced during the run; this folder's images "
                           "are recorded in the store now at that path")
@@ -167,8 +170,6 @@ def resume(out: Path, store=None, summary: Summary | None = None) -> set[str]:
     """Keys of finished jobs whose PNG is whole. Drops unreadable lines, failed rows (redone) and rows whose
     PNG is missing or damaged (redone); records done rows the run store lacks (a store fault postpones that to
     the end of the run)."""
-    from vlbench.pngs import png_ok
-
     for folder in (out, out / "images", out / "references"):
         remove_stale_temp_files(folder)
     log = ResultsLog(out / RESULTS)
@@ -201,9 +202,6 @@ def check_meaning(out: Path, rows: list[dict]) -> None:
     """Refuse, in one line, to resume a folder whose images an attend ratio of the old meaning made (results rows of
     record schema < 3 whose recipe keeps per-token odds): this vlbench reads the same ratio as a share, so the new
     images would answer another question under the same config names."""
-    from vlbench.errors import UserError
-    from vlbench.recipe import changed_meaning
-
     old = [r for r in rows if r.get("upgraded") and changed_meaning(r.get("recipe"))]
     if old:
         names = ", ".join(sorted({str(r.get("name")) for r in old}))
@@ -291,17 +289,14 @@ def finish_invocation(out: Path, invocation: dict, engine, summary: Summary) -> 
 
 
 def write_outputs(out: Path, experiment=None) -> None:
-    """grid.png and report.html from every row in results.jsonl."""
-    from vlbench.experiments.grid import write_grid
-    from vlbench.report import write_report
-
+    """grid.png from every row in results.jsonl. The report is not written here (the folder writer knows no
+    analysis): the caller asks vlbench.analysis.report.write_folder_report once the folder is written."""
     rows, _ = ResultsLog(out / RESULTS).read()
     rows = list(latest_by_key(rows).values())
     info = read_info(out) or {}
     title = info.get("experiment") or (experiment.name if experiment else "")
     if rows:
         write_grid(rows, out, out / GRID, title=f"{title}: {info.get('question', '')}".strip(": "))
-    write_report(out, rows, info)
 
 
 # ---------------------------------------------------------------- one writer per folder

@@ -9,12 +9,16 @@ land on an occupied cell gets an extra line in its block.
 from __future__ import annotations
 
 import json
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vlbench.errors import UserError
 from vlbench.experiments.results import first_reference, reference_copy, references_key
 from vlbench.files import atomic_write
+from vlbench.recipe import Recipe
 
 IGNORED = ("seed",)  # a run axis, not a config parameter
 
@@ -44,9 +48,6 @@ def _column_id(row: dict) -> str:
 
 
 def _effective(recipe: dict) -> dict:
-    from vlbench.errors import UserError
-    from vlbench.recipe import Recipe
-
     try:
         return Recipe.from_dict(recipe).effective()
     except UserError:  # a row of an earlier vlbench whose recipe no longer validates: every field counts
@@ -270,9 +271,6 @@ def _thumbs(paths: list[Path], cell: int) -> dict[Path, Any]:
     """Every thumbnail the grid shows, decoded on a few threads (Pillow's PNG decoder and resize release the GIL:
     a 20-image 1024² sweep's grid drops from ~0.8 s of decoding to a fraction); a file that does not decode maps
     to its error."""
-    import os
-    from concurrent.futures import ThreadPoolExecutor
-
     def one(path: Path):
         try:
             return _thumb(path, cell)

@@ -12,7 +12,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from vlbench.records import RECORD_VERSION
+from vlbench.files import atomic_write_text
+from vlbench.records import RECORD_VERSION, RunRecord, references_key
 
 STATUSES = ("done", "failed")
 TIMING_KEYS = ("extraction", "blend", "generation", "model_load")
@@ -93,7 +94,6 @@ def upgrade_row(row: Any) -> Any:
     """A results row of an earlier schema as the current one (marked "upgraded": resume rewrites the file)."""
     if not isinstance(row, dict) or row.get("schema") == RECORD_VERSION:
         return row
-    from vlbench.records import RunRecord
 
     try:
         out = RunRecord.from_json(row).to_json()
@@ -145,8 +145,6 @@ class JsonlLog:
 
     def rewrite(self, rows: list[dict]) -> None:
         """Replace the file with `rows`, atomically (a kill leaves the old file or the new one)."""
-        from vlbench.files import atomic_write_text
-
         atomic_write_text(self.path, "".join(_line(row) for row in rows))
 
     def append_rows(self, rows: list[dict]) -> None:
@@ -188,11 +186,6 @@ def first_reference(row: dict) -> tuple[str, str]:
     """(path, sha256) of a row's first reference (grids, reports and scores read one per image)."""
     ref = row["references"][0] if row.get("references") else {"path": "", "sha256": ""}
     return ref["path"], ref.get("sha256") or ""
-
-
-def references_key(row: dict) -> str:
-    """The sha256s of a row's references, joined: what groups its images (one reference: its sha256)."""
-    return "+".join(r.get("sha256") or r["path"] for r in row.get("references", []))
 
 
 def latest_by_key(rows: list[dict]) -> dict[str, dict]:

@@ -1,4 +1,4 @@
-"""Run an experiment: plan its jobs, resume the folder, run what is pending, write the grid and report.
+"""Run an experiment: plan its jobs, resume the folder, run what is pending, write the grid (and the caller's report).
 
 The in-process loop (`LocalExecutor`) runs each job through the one job path (vlbench.jobs.execute)
 on one Engine; jobs reading the same extraction run back to back and an extraction is dropped after
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
@@ -20,6 +21,8 @@ from vlbench.experiments.folder import Ledger, Summary
 from vlbench.experiments.plan import Job, plan, reference_sets
 from vlbench.experiments.spec import ExperimentType, NamedRecipe
 from vlbench.pngs import write_run_png
+from vlbench.jobs import execute, execute_batch
+from vlbench.pngs import encode_png, write_png
 
 __all__ = ["Job", "Summary", "run_experiment", "write_outputs"]
 log = logging.getLogger("vlbench.experiments")
@@ -30,8 +33,10 @@ def run_experiment(engine, experiment: ExperimentType, recipes: list[NamedRecipe
                    prompts: list[str], out_dir: str | Path, *, seeds: list[int] | None = None,
                    limit: int | None = None, parameters: dict | None = None, store=None, console=None,
                    on_job_done: Callable[[Job, dict], None] | None = None, executor=None,
-                   render: Callable = str) -> Summary:
-    """Run (or resume) `experiment` into `out_dir`; returns what happened. Writes grid and report at the end.
+                   render: Callable = str, report: Callable[[Path], Any] | None = None) -> Summary:
+    """Run (or resume) `experiment` into `out_dir`; returns what happened. Writes the grid at the end, then calls
+    `report(out)` (the caller's: vlbench.analysis.report.write_folder_report; None writes no report), also on the
+    way out of an interrupted or failing run.
 
     `references`: each a Reference (its own job group) or a tuple of References read together by one job.
     `on_job_done(job, row)` is called after each results row is written (tests interrupt from it).
@@ -63,18 +68,20 @@ def run_experiment(engine, experiment: ExperimentType, recipes: list[NamedRecipe
             summary.interrupted = True
             raise
         finally:
-            _wrap_up(out, experiment, engine, summary, ledger, invocation, failing=sys.exc_info()[0] is not None)
+            _wrap_up(out, experiment, engine, summary, ledger, invocation, failing=sys.exc_info()[0] is not None,
+                     report=report)
         return summary
     finally:
         F.unlock(handle)
 
 
-def _wrap_up(out: Path, experiment, engine, summary: Summary, ledger: Ledger, invocation: dict, failing: bool) -> None:
+def _wrap_up(out: Path, experiment, engine, summary: Summary, ledger: Ledger, invocation: dict, failing: bool,
+             report: Callable[[Path], Any] | None = None) -> None:
     """run.json, grid and report, also on the way out of an interrupted or failing run. When the run is already
     failing (a full disk, Ctrl-C), a step that fails too is logged, not chained onto the first error."""
     ledger.close()  # the history holds every done image, or the summary says how many it lacks
     for step in (lambda: F.finish_invocation(out, invocation, engine, summary),
-                 lambda: F.write_outputs(out, experiment)):
+                 lambda: F.write_outputs(out, experiment), lambda: report and report(out)):
         try:
             step()
         except Exception:
@@ -95,10 +102,6 @@ class LocalExecutor:
         self.ready = dict(ready or {})
 
     def __call__(self, engine, jobs: list[Job], ledger: Ledger) -> None:
-        from concurrent.futures import ThreadPoolExecutor
-
-        from vlbench.jobs import execute, execute_batch
-
         last_use: dict[tuple, int] = {}
         for i, job in enumerate(jobs):
             for ex in job.extractions:

@@ -22,6 +22,8 @@ from typing import Any
 
 from vlbench.errors import UserError
 from vlbench.recipe import MultiImage
+from vlbench.files import NotAFile, TooDeep, parse_toml, read_text_file
+from vlbench.recipe import Recipe, check_keys, seeds_value
 
 TYPES_DIR = Path(__file__).parent / "types"
 TOP_KEYS = ("name", "description", "question", "seeds", "references", "base", "configs", "baseline", "equivalence")
@@ -73,8 +75,6 @@ class ExperimentType:
 
     def recipes(self, quick: bool = False, overrides: dict[str, Any] | None = None) -> list[NamedRecipe]:
         """Each config as a Recipe: base, then the config's fields, then `overrides` (the run's settings)."""
-        from vlbench.recipe import Recipe, check_keys
-
         try:
             check_keys(self.base)
         except UserError as exc:
@@ -131,7 +131,6 @@ def resolve(name_or_path: str) -> Path:
 def load_type(name_or_path: str | Path) -> ExperimentType:
     """Read and check a type file's shape (keys, names, duplicates). Recipes are built by `recipes()`."""
     path = resolve(str(name_or_path)) if not isinstance(name_or_path, Path) else name_or_path
-    from vlbench.files import NotAFile, TooDeep, parse_toml, read_text_file
 
     try:
         source = read_text_file(path)
@@ -162,8 +161,6 @@ def parse_type(data: dict, path: Path, source: str = "") -> ExperimentType:
             raise UserError(f"{path}: {key}: must be a string")
     seeds: tuple[int, ...] = ()
     if "seeds" in data:
-        from vlbench.recipe import seeds_value
-
         try:
             seeds = tuple(seeds_value(data["seeds"]))
         except UserError as exc:

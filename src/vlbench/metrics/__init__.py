@@ -7,13 +7,14 @@ metric: model id, preprocessing, prompt template, aggregation).
 - human preference: PickScore; ImageReward as an optional extra
 
 This module is the metrics' vocabulary only (names, default model ids, parsing), standard library
-only, so the report, the store, `vlbench.stats` and the workbench can name metrics without importing
+only, so the report, the store, `vlbench.analysis.stats` and the workbench can name metrics without importing
 torch. The computations are in `vlbench.metrics.models` (and `vqa`, `style`); the scoring pass over a
 run folder in `vlbench.metrics.score`.
 """
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 
 from vlbench.errors import UserError
@@ -107,8 +108,6 @@ def families(metrics: tuple[str, ...]) -> list[str]:
 def imagereward_problem() -> str | None:
     """Why ImageReward cannot be used here (None when it imports). Importing it is the only honest check:
     image-reward 1.5 is often installed yet unimportable (it needs transformers < 5 and OpenAI's `clip`)."""
-    import importlib.util
-
     if importlib.util.find_spec("ImageReward") is None:
         return f"the ImageReward package is not installed; {IMAGEREWARD_INSTALL}"
     try:

@@ -18,8 +18,10 @@ from typing import Any, Callable
 
 import torch
 
+from vlbench.engine.models import VLModel, _check_not_file, _load_error
 from vlbench.errors import UserError
 from vlbench.metrics import DEFAULT_MODELS, imagereward_problem
+from vlbench.metrics.style import load_vgg
 
 # SigLIP was trained on lowercased text padded to 64 tokens; its text tower pools the last position, so
 # the padding must be exactly this (transformers' docs: padding="max_length", max_length=64).
@@ -55,12 +57,9 @@ def load_family(family: str, source: str, device: torch.device, dtype: torch.dty
     """One metric model and its processor, as a user's from_pretrained would load them."""
     if family == "imagereward":
         return _load_imagereward(source, device)
-    from vlbench.engine.models import _check_not_file, _load_error
 
     flag = family  # the option that names this family's model (--siglip, --pickscore, …)
     if family == "vgg":
-        from vlbench.metrics.style import load_vgg
-
         _check_not_file(flag, source)
         try:
             return Loaded(family, source, load_vgg(source, device, dtype), None)
@@ -93,8 +92,6 @@ def load_family(family: str, source: str, device: torch.device, dtype: torch.dty
                         value=source, fix=f"the default is {DEFAULT_MODELS[family]}")
     model.to(device).eval()
     if family == "vqa":
-        from vlbench.engine.models import VLModel
-
         return Loaded(family, source, VLModel(model, processor, source, device, dtype), processor)
     return Loaded(family, source, model, processor)
 

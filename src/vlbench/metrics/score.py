@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from vlbench.errors import UserError
-from vlbench.experiments.results import JsonlLog
-from vlbench.metrics import METRICS
+from vlbench.experiments.results import JsonlLog, ResultsLog, first_reference, latest_by_key, reference_copy
+from vlbench.metrics import METRICS, check_available
+from vlbench.pngs import png_ok
 
 SCORES = "scores.jsonl"
 
@@ -97,9 +98,6 @@ def folder_items(out: Path, problems: list[str] | None = None) -> list[Item]:
     What cannot be scored is said in `problems` (one line each, counted): unreadable results lines, images
     missing or damaged (checked against the row's sha256, else decoded), references that cannot be read. A
     results.jsonl without one readable row is a one-line UserError."""
-    from vlbench.experiments.results import ResultsLog, first_reference, latest_by_key, reference_copy
-    from vlbench.pngs import png_ok
-
     problems = [] if problems is None else problems
     results = out / "results.jsonl"
     if not results.is_file():
@@ -298,8 +296,6 @@ def score_folder(out_dir: str | Path, metrics: tuple[str, ...], models, *, batch
     `models` is a MetricModels (loaded lazily: a fully scored folder loads nothing). `on_batch(n)`
     is called after each batch is written (tests interrupt from it).
     """
-    from vlbench.metrics import check_available
-
     if not isinstance(batch_size, int) or batch_size < 1:
         raise UserError("must be a whole number >= 1", field="batch_size", value=batch_size)
     check_available(metrics)

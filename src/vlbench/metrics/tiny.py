@@ -17,6 +17,9 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from vlbench.engine.tiny import build_tokenizer, ensure_tiny_models, install_built, tiny_cache_root
+from vlbench.logs import quiet_libraries
+
 TINY_METRICS_VERSION = "2"
 IMAGE_SIZE = 32
 
@@ -53,15 +56,12 @@ _BUILT = ("siglip-tiny", "clip-tiny", "dino-vits-tiny", "dinov2-tiny", "vgg-tiny
 def ensure_tiny_metric_models(root: Path | None = None, vl: Path | None = None) -> TinyMetricModels:
     """The tiny metric model dirs, built if missing or stale (about a second on CPU). `vl`: the tiny Qwen3-VL
     that judges VQAScore (default: the one `vlbench.engine.tiny.ensure_tiny_models` builds)."""
-    from vlbench.engine.tiny import ensure_tiny_models, install_built, tiny_cache_root
-
     root = Path(root) if root is not None else tiny_cache_root() / "metrics"
     vl = Path(vl) if vl is not None else ensure_tiny_models().vl
     models = TinyMetricModels(*(root / name for name in _BUILT), vqa=vl)
     stamp, stamp_file = _stamp(), root / "STAMP"
     if stamp_file.exists() and stamp_file.read_text() == stamp and all((root / n).is_dir() for n in _BUILT):
         return models
-    from vlbench.logs import quiet_libraries
 
     quiet_libraries()  # transformers' "Writing model shards" bars are not the user's business
     # Build into a temporary sibling and rename, so a killed build never leaves a half model.
@@ -87,8 +87,6 @@ def build_tiny_siglip(out: Path) -> None:
     """SigLIP: 64 text positions (the padding SigLIP needs), 32x32 images; a fast BPE tokenizer."""
     import torch
     from transformers import SiglipConfig, SiglipImageProcessor, SiglipModel, SiglipProcessor
-
-    from vlbench.engine.tiny import build_tokenizer
 
     tok = build_tokenizer("")
     tok.chat_template = None

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
+from vlbench.engine.extract import _messages, _to_device, collate, fit_size
 from vlbench.metrics import LEAK_QUESTION, VQA_ANSWER, VQA_QUESTION
 
 VQA_IMAGE_TOKENS = 1024  # a 1024² image: what Z-Image outputs at its default size, uncapped
@@ -49,8 +50,6 @@ def vqa_question(prompt: str) -> str:
 def prepare(processor, images: list, question: str, answer: list[int],
             image_tokens: int = VQA_IMAGE_TOKENS) -> _Item:
     """The processor's inputs for (images, question) + the answer tokens appended (batch of 1, CPU)."""
-    from vlbench.engine.extract import _messages, fit_size
-
     rendered = processor.apply_chat_template(_messages(len(images), question), add_generation_prompt=True,
                                              tokenize=False)
     kwargs = {}
@@ -74,8 +73,6 @@ def answer_probability(vl, batch: list[tuple[list, str]], answer: str = VQA_ANSW
     """P(answer | images, question) for each (images, question) of `batch`, in one forward of the full model.
 
     `vl` is a loaded Qwen3-VL (`VLModel`: `.model` a Qwen3VLForConditionalGeneration, `.processor`)."""
-    from vlbench.engine.extract import _to_device, collate
-
     if not batch:
         return []
     ids = answer_ids(vl.processor, answer)

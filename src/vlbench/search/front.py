@@ -12,6 +12,9 @@ import math
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from vlbench.files import atomic_write
+from vlbench.metrics import METRICS
+
 # /2: a trial's "ci" is vlbench stats' design-aware interval, named by its "method"; /1's (no "method") was a
 # percentile bootstrap over images. A resumed /1 search keeps its old trials' intervals, told apart by "method".
 PARETO_SCHEMA = "vlbench.search.pareto/2"
@@ -21,10 +24,10 @@ def metric_summary(values: Mapping[tuple, float] | Sequence[float]) -> dict:
     """{"n", "not_finite", "mean", "ci", "method", "conditional_on"} of one metric over a trial's images.
 
     `values`: {(prompt, reference sha256, seed): value}, so the interval is `vlbench stats`' design-aware one
-    (vlbench.crossed.infer: prompt × reference cells, seeds inside; conditional on the prompts/references when
+    (vlbench.analysis.crossed.infer: prompt × reference cells, seeds inside; conditional on the prompts/references when
     fewer than 4); a plain sequence counts as the seeds of one cell. Non-finite values are counted in
     "not_finite" and left out. ci: None when the design gives no interval (e.g. one image)."""
-    from vlbench.crossed import infer
+    from vlbench.analysis.crossed import infer
 
     units = dict(values) if isinstance(values, Mapping) else {("", "", i): v for i, v in enumerate(values)}
     finite = {u: float(v) for u, v in units.items() if math.isfinite(v)}
@@ -61,9 +64,6 @@ def plot_front(trials: list[dict], front: list[int], objectives: list[dict], pat
     with their 95% intervals as error bars, labelled with the trial's name. `trials`: entries of
     trials.jsonl that completed; `front`: their trial numbers. None when no trial completed."""
     from matplotlib.figure import Figure
-
-    from vlbench.files import atomic_write
-    from vlbench.metrics import METRICS
 
     done = [t for t in trials if t["state"] == "complete"]
     if not done:

@@ -5,7 +5,7 @@ combination the Recipe refuses is told to Optuna as FAIL with the Recipe's one-l
 and runs nothing. Otherwise the trial's images (every prompt × reference × seed) go through the runner
 (`vlbench.experiments.runner.run_experiment`: the one job path, the run record, the run store) into
 `trials/tNNNN/`, are scored (`vlbench.metrics.score.score_folder`), and each objective is the metric's mean over
-the trial's images, with its design-aware 95% interval (`vlbench stats`' method, vlbench.crossed); constraints are
+the trial's images, with its design-aware 95% interval (`vlbench stats`' method, vlbench.analysis.crossed); constraints are
 `trial.set_constraint` values (<= 0: satisfied).
 
 Storage: the study lives in `search.journal` in the output folder (Optuna's JournalStorage with a file backend:
@@ -33,7 +33,15 @@ from pathlib import Path
 from typing import Any, Callable
 
 from vlbench.errors import UserError, one_line
+from vlbench.experiments.folder import RESULTS, read_info, write_outputs
+from vlbench.experiments.plan import plan, reference_sets
+from vlbench.experiments.results import ResultsLog, latest_by_key, references_key
+from vlbench.experiments.runner import LocalExecutor, batch_groups, run_experiment
+from vlbench.experiments.spec import Config, ExperimentType, NamedRecipe
 from vlbench.files import atomic_copy, atomic_write_json, atomic_write_text
+from vlbench.jobs import execute_batch
+from vlbench.metrics.score import SCORES, ScoresLog, load_scores, score_folder
+from vlbench.recipe import Recipe, save_recipe
 from vlbench.search.front import PARETO_SCHEMA, metric_summary, non_dominated, plot_front
 from vlbench.search.space import Space
 
@@ -322,11 +330,6 @@ class _Evaluator:
     def prefetch(self, asked: list, batch: int) -> dict[int, dict]:
         """--batch: the images of the trials `asked` ([(trial, values)]), generated together in batches of
         `batch` (jobs.execute_batch): trial number -> {job key: Outcome}. A trial the Recipe refuses has none."""
-        from vlbench.experiments.plan import plan, reference_sets
-        from vlbench.experiments.runner import batch_groups
-        from vlbench.experiments.spec import NamedRecipe
-        from vlbench.jobs import execute_batch
-
         jobs, owners = [], []
         for trial, values in asked:
             try:
@@ -353,8 +356,7 @@ class _Evaluator:
         """Evaluate `trial` with its drawn `values`; `executor`: where its images run (default: the search's; `ready`: its images made
         by prefetch);
         `images_done()` is called once its images are finished (before scoring), or at once if nothing runs."""
-        from vlbench.experiments.spec import Config, ExperimentType, NamedRecipe
-        from vlbench.experiments.runner import LocalExecutor, run_experiment
+        from vlbench.analysis.report import write_folder_report
 
         optuna = optuna_module()
         fail = optuna.trial.TrialState.FAIL
@@ -393,7 +395,7 @@ class _Evaluator:
                                  parameters={**(self.parameters or {}), "trial": number, "params": values},
                                  store=self.store, console=None, executor=(executor or self.executor) if ready is None
                                  else LocalExecutor(self.render, ready=ready),
-                                 render=self.render)
+                                 render=self.render, report=write_folder_report)
         finally:
             release()
         with self.lock:
@@ -403,7 +405,6 @@ class _Evaluator:
         if run.failed:
             account.update(state="failed", error=f"{run.failed} of {run.jobs} images failed: {run.failures[0]}")
             return self._fail(study, trial, account, started)
-        from vlbench.metrics.score import score_folder
 
         # the trial folder's report stays the runner's (written before scoring: its plots cost ~0.3 s a trial);
         # `vlbench stats`/`vlbench score` read its scores.jsonl, and front/'s report shows the front's metrics
@@ -441,9 +442,6 @@ class _Evaluator:
 
 def _metric_values(folder: Path) -> dict[str, dict[tuple, float]]:
     """Each metric's values over the folder's done images (the image on record), by (prompt, reference, seed)."""
-    from vlbench.experiments.results import ResultsLog, latest_by_key, references_key
-    from vlbench.metrics.score import load_scores
-
     rows, _ = ResultsLog(folder / "results.jsonl").read()
     scores = load_scores(folder)
     out: dict[str, dict[tuple, float]] = {}
@@ -516,10 +514,7 @@ def write_front_folder(study, space: Space, out: Path, front: list[int]) -> None
     """front/: each front trial's recipe (tNNNN.toml, loadable by `vlbench generate --recipe` and the workbench's
     ctrl+o), and a run folder of their images (copies: results.jsonl, scores.jsonl, references/) with the usual
     grid.png and report.html."""
-    from vlbench.experiments.folder import RESULTS, read_info, write_outputs
-    from vlbench.experiments.results import ResultsLog, latest_by_key
-    from vlbench.metrics.score import SCORES, ScoresLog
-    from vlbench.recipe import Recipe, save_recipe
+    from vlbench.analysis.report import write_folder_report
 
     target = out / FRONT
     if target.exists():
@@ -553,3 +548,4 @@ def write_front_folder(study, space: Space, out: Path, front: list[int]) -> None
         "question": f"the Pareto front of the search ({', '.join(o.metric for o in space.objectives)})",
         "models": (info or {}).get("models", {}), "type_file": str(space.path), "type_source": space.source})
     write_outputs(target)
+    write_folder_report(target)

@@ -21,6 +21,8 @@ from typing import Any
 
 from vlbench.errors import UserError
 from vlbench.files import NotAFile, TooDeep, parse_toml, read_text_file
+from vlbench.metrics import METRICS, check_available
+from vlbench.recipe import REMOVED, Recipe, _check_field, field_default, field_infos, seeds_value
 
 TOP_KEYS = ("name", "description", "seeds", "fixed", "space", "objectives", "constraints", "metrics", "sampler")
 SAMPLERS = ("nsga2", "nsga3", "tpe")
@@ -123,8 +125,6 @@ class Space:
 
     def recipe(self, values: dict[str, Any]):
         """The trial's Recipe: the fixed fields, then the sampled ones; a refused combination raises UserError."""
-        from vlbench.recipe import Recipe
-
         return Recipe.from_dict({**self.fixed, **values})
 
     def check_feasible(self, n_refs: int) -> None:
@@ -172,8 +172,6 @@ def parse_space(source: str, path: Path = Path("space.toml")) -> Space:
 
 
 def _parse(data: dict, path: Path, source: str) -> Space:
-    from vlbench.metrics import check_available
-
     for key in data:
         if key not in TOP_KEYS:
             raise UserError(f"unknown key {key!r}; a space file has {', '.join(TOP_KEYS)}")
@@ -184,8 +182,6 @@ def _parse(data: dict, path: Path, source: str) -> Space:
         raise UserError("description: must be a string")
     seeds: tuple[int, ...] = ()
     if "seeds" in data:
-        from vlbench.recipe import seeds_value
-
         seeds = tuple(seeds_value(data["seeds"]))
     fixed = _table(data, "fixed")
     for key, value in fixed.items():
@@ -231,8 +227,6 @@ def _table(data: dict, key: str) -> dict:
 
 
 def _check_name(key: str, where: str) -> None:
-    from vlbench.recipe import REMOVED, field_infos
-
     if key in NOT_SEARCHABLE:
         raise UserError(f"{where} {key}: {NOT_SEARCHABLE[key]}")
     if key in REMOVED:
@@ -243,8 +237,6 @@ def _check_name(key: str, where: str) -> None:
 
 def _check_value(key: str, value: Any, where: str) -> None:
     """One value against its field's metadata (kind, choices, range, multiple of), as Recipe checks it."""
-    from vlbench.recipe import _check_field, field_default, field_infos
-
     info = field_infos()[key]
     if info.kind == "floats" and isinstance(value, list):
         value = tuple(value)
@@ -257,8 +249,6 @@ def _check_value(key: str, value: Any, where: str) -> None:
 
 
 def _param(key: str, spec: Any) -> Param:
-    from vlbench.recipe import field_infos
-
     info = field_infos()[key]
     where = f"[space] {key}"
     if isinstance(spec, list):
@@ -317,8 +307,6 @@ def _param(key: str, spec: Any) -> Param:
 
 
 def _metric_name(name: Any, where: str) -> str:
-    from vlbench.metrics import METRICS
-
     if not isinstance(name, str) or not name.strip():
         raise UserError(f"{where}: names no metric", fix=f"name one of {', '.join(METRICS)}")
     if name not in METRICS:
@@ -327,8 +315,6 @@ def _metric_name(name: Any, where: str) -> str:
 
 
 def _objectives(raw: Any) -> tuple[Objective, ...]:
-    from vlbench.metrics import METRICS
-
     if raw is None or raw == []:
         raise UserError("objectives: missing; add objectives = [\"siglip\", \"style_gram\"] (metric names; "
                         "direction from the metric unless given as { metric = …, direction = … })")

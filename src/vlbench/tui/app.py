@@ -9,9 +9,14 @@ built on the worker thread, after the first screen is painted. The panes follow 
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
+import os
+import shutil
+import signal
 import sqlite3
+import subprocess
 import sys
 import threading
 import time
@@ -30,8 +35,9 @@ from textual.widgets import Footer, Header, TextArea
 
 from vlbench.config import Settings
 from vlbench.errors import UserError
+from vlbench.logs import log_crash
 from vlbench.modelspec import ModelSpec, resolve_model_spec
-from vlbench.recipe import Recipe, load_recipe, parse_seeds, read_recipe_file, save_recipe
+from vlbench.recipe import Recipe, format_value, load_recipe, parse_seeds, read_recipe_file, save_recipe
 from vlbench.records import RunRecord
 from vlbench.store import FINISHED, Store
 from vlbench.tui import experiments, keys, layout
@@ -43,6 +49,7 @@ from vlbench.tui.screens.confirm import Confirm
 from vlbench.tui.screens.experiment import ChooseExperiment
 from vlbench.tui.screens.file_picker import FilePicker
 from vlbench.tui.screens.help import HelpScreen
+from vlbench.tui.screens.image_view import ImageView
 from vlbench.tui.screens.jump import JumpScreen
 from vlbench.tui.screens.run_details import RunDetails
 from vlbench.tui.session import Session, load_session, save_session
@@ -57,6 +64,10 @@ from vlbench.tui.widgets.queue import QueuePane
 from vlbench.tui.wording import failure_text, render
 from vlbench.worker import (BatchExported, BatchExportFailed, JobCancelled, JobDone, JobFailed, JobProgress,
                             JobStarted, ModelStatus, ViewerFollows, WorkerIdle, WorkerPaused)
+from vlbench.tui.wording import render
+from vlbench.worker import (BatchExported, BatchExportFailed, JobCancelled, JobDone, JobFailed, JobProgress, JobStarted,
+                            ModelStatus, Viewer, ViewerFollows, Worker, WorkerIdle, WorkerPaused,
+                            build_engine as worker_engine, live_worker)
 
 log = logging.getLogger("vlbench.tui")
 REFRESH_S = 0.2  # worker-driven table refreshes are gathered over this long
@@ -111,7 +122,6 @@ class VlbenchApp(App[int]):
                  start_worker: bool = True, engine_factory: Callable[[Callable[[str], None]], Any] | None = None,
                  paused: bool = False, session: bool = True):
         super().__init__()
-        import os
 
         keys.alt_digits()  # alt+1..5 reach the panes under tmux too
         if "TEXTUAL_ANIMATIONS" not in os.environ:
@@ -244,16 +254,12 @@ class VlbenchApp(App[int]):
 
     # ---- the worker ----
     def start_job_worker(self) -> None:
-        from vlbench.worker import Worker
-
         factory = self.engine_factory or (lambda on_status: build_engine(self.models, on_status))
 
         def post(event: object) -> None:  # called on the worker thread
             self.post_message(WorkerEvent(event))
 
         # ---- issue 13: a headless worker (`vlbench worker`) runs this store's queue: watch and control it ----
-        from vlbench.worker import Viewer, live_worker
-
         headless = live_worker(self.store)
         if headless is not None and headless.get("kind") == "headless":
             self.job_worker = Viewer(self.store.path, headless, on_event=post)
@@ -281,8 +287,6 @@ class VlbenchApp(App[int]):
 
     def _check_cuda(self, post) -> None:
         """Off the UI thread (imports torch): post the CPU-fallback warning, if any, as a ModelStatus."""
-        from vlbench.worker import ModelStatus
-
         try:
             from vlbench.engine.models import startup_warning
 
@@ -299,8 +303,6 @@ class VlbenchApp(App[int]):
         A job stops at its next step; one still inside a step or a model load when `timeout` runs out is given
         back here, so that a process about to exit never leaves its run 'running' for the next start to
         count as a crash."""
-        from vlbench.worker import Worker
-
         worker, self.job_worker = self.job_worker, None
         if worker is None:
             return
@@ -316,9 +318,6 @@ class VlbenchApp(App[int]):
 
     # ---- issue 25: a closed terminal (SIGHUP, an SSH drop) or SIGTERM gives the running job back, then exits ----
     def _catch_hangup(self) -> None:
-        import asyncio
-        import signal
-
         try:
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGHUP, signal.SIGTERM):
@@ -330,9 +329,6 @@ class VlbenchApp(App[int]):
 
     def _release_signals(self) -> None:
         """Put back the handlers the app found (asyncio's removal would leave the default)."""
-        import asyncio
-        import signal
-
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
@@ -615,8 +611,6 @@ class VlbenchApp(App[int]):
 
     def describe_experiment(self, name: str, quick: bool) -> Text:
         """What queueing this type now would do: how many runs, and which form fields its configs change."""
-        from vlbench.recipe import format_value
-
         experiment = next((t for t in self._experiment_types() if t.name == name), None)
         recipe = self.parameters.recipe
         if experiment is None or recipe is None:
@@ -666,8 +660,6 @@ class VlbenchApp(App[int]):
 
     def check_action(self, action: str, parameters: tuple) -> bool | None:
         if len(self.screen_stack) > 1 and action in _FORM_ACTIONS:
-            from vlbench.tui.screens.image_view import ImageView
-
             # a dialog is open: its keys only (the full-screen image has two of the app's)
             return isinstance(self.screen, ImageView) and action in ("open_image", "copy_path")
         return True
@@ -816,15 +808,10 @@ class VlbenchApp(App[int]):
     def action_fullscreen(self) -> None:
         run = self._selected_row()
         if run is not None:
-            from vlbench.tui.screens.image_view import ImageView
-
             self.push_screen(ImageView(run, self.preview.image_class))
 
     def action_open_image(self) -> None:
         """The image in the system's viewer (on the machine vlbench runs on: over SSH, the remote one)."""
-        import shutil
-        import subprocess
-
         run = self._selected_row()
         if run is None:
             return
@@ -1100,8 +1087,6 @@ class VlbenchApp(App[int]):
 
     # ---- crashes: the traceback goes to the log file, the terminal is restored by Textual ----
     def _handle_exception(self, error: Exception) -> None:
-        from vlbench.tui.launch import log_crash
-
         log_crash(error)
         super()._handle_exception(error)
 
@@ -1113,6 +1098,4 @@ def _runs(n: int) -> str:
 def build_engine(spec: ModelSpec, on_status: Callable[[str], None]):
     """The Engine the workbench's worker runs: the one every worker builds (vlbench.worker.build_engine, which sets
     the thread policy). Worker thread only (imports torch)."""
-    from vlbench.worker import build_engine as worker_engine
-
     return worker_engine(spec, on_status)

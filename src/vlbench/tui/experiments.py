@@ -8,13 +8,12 @@ conditioning, the form says how big and how many.
 from __future__ import annotations
 
 from vlbench.errors import UserError
+from vlbench.experiments.spec import builtin_names, load_type
 
 GENERATION = ("steps", "width", "height")  # the form's settings the experiment's configs take
 
 
 def types() -> list:
-    from vlbench.experiments.spec import builtin_names, load_type
-
     out = []
     for name in builtin_names():
         try:

@@ -7,6 +7,8 @@ from functools import lru_cache
 
 from rich.text import Text
 
+from vlbench.recipe import Recipe
+
 STATUS_STYLE = {"pending": "dim", "running": "bold cyan", "done": "green", "failed": "bold red",
                 "cancelled": "yellow"}
 # Shown in their own columns, so left out of the recipe summary.
@@ -31,8 +33,6 @@ def run_label(row) -> str:
 
 @lru_cache(maxsize=1)
 def _defaults() -> dict:
-    from vlbench.recipe import Recipe
-
     return Recipe().to_dict()
 
 

@@ -11,19 +11,12 @@ import importlib
 import logging
 import sys
 import threading
-import traceback
 
+from vlbench.config import load_settings
 from vlbench.errors import UserError
-from vlbench.logs import attach_log_file
-
-
-def log_crash(error: BaseException) -> None:
-    """Write a crash's traceback to the log file (never raises: it runs while things are failing)."""
-    try:
-        logging.getLogger("vlbench.tui").critical(
-            "the workbench crashed\n%s", "".join(traceback.format_exception(error)))
-    except Exception:
-        pass
+from vlbench.logs import attach_log_file, log_crash
+from vlbench.modelspec import resolve_model_spec
+from vlbench.paths import log_path
 
 
 def guard_cell_size() -> None:
@@ -65,9 +58,6 @@ def run_tui(flags: dict, debug: bool = False, paused: bool = False) -> int:
     attach_log_file()
     guard_cell_size()  # before anything imports textual_image.widget
     query = _ask_the_terminal_early()
-    from vlbench.config import load_settings
-    from vlbench.modelspec import resolve_model_spec
-    from vlbench.paths import log_path
 
     settings = load_settings()
     models = resolve_model_spec(settings.models.to_dict(), flags=flags)

@@ -14,7 +14,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from vlbench.files import read_text_file
+from vlbench.files import atomic_write_json, read_text_file
+from vlbench.paths import data_dir, data_file
 
 FILE = "session.json"
 VERSION = 1
@@ -33,8 +34,6 @@ class Session:
 
 
 def session_path() -> Path:
-    from vlbench.paths import data_dir
-
     return data_dir() / FILE
 
 
@@ -60,9 +59,6 @@ def load_session(path: Path | None = None) -> tuple[Session | None, str | None]:
 
 
 def save_session(session: Session, path: Path | None = None) -> None:
-    from vlbench.files import atomic_write_json
-    from vlbench.paths import data_file
-
     path = path or session_path()
     atomic_write_json(path, asdict(session))
     data_file(path)  # 0600 unless the data folder is shared on purpose (paths.data_file)

@@ -13,14 +13,13 @@ from textual.theme import Theme
 
 from vlbench.errors import UserError
 from vlbench.files import read_toml_file
+from vlbench.paths import config_dir
 
 SHIPPED_DIR = Path(__file__).resolve().parent.parent / "themes"  # vlbench/themes: a link to the repository's themes/, copied into the wheel
 DEFAULT_THEME = "vlbench-dark"
 
 
 def theme_dirs() -> list[Path]:
-    from vlbench.paths import config_dir
-
     return [SHIPPED_DIR, config_dir() / "themes"]
 
 

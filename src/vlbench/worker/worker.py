@@ -16,8 +16,10 @@ headless, and a workbench opened beside it becomes a `Viewer` of its queue (vlbe
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
+import shutil
 import sqlite3
 import sys
 import threading
@@ -29,13 +31,19 @@ from typing import Any, Callable
 from vlbench import paths
 from vlbench.engine.build import SPARE_CORE, open_engine
 from vlbench.errors import one_line
+from vlbench.errors import UserError, one_line
+from vlbench.experiments.batch_export import (EXPORTED, export_finished, exported_folder, finished_batch,
+                                              unexported_batches)
 from vlbench.files import remove_stale_temp_files
-from vlbench.jobs import Cancelled, Stopping
+from vlbench.jobs import Cancelled, Stopping, classify, execute
 from vlbench.logs import attach_log_file
 from vlbench.process import process_token
 from vlbench.store import RunRow, Store
 from vlbench.worker.events import (PRESENCE, BatchExported, BatchExportFailed, JobCancelled, JobDone, JobFailed,
                                    JobProgress, JobStarted, ModelStatus, WorkerIdle, WorkerPaused)
+from vlbench.pngs import encode_png, write_png
+from vlbench.process import owner_alive, process_token
+from vlbench.store import FINISHED, RunRow, Store
 
 log = logging.getLogger("vlbench.worker")
 STORE_RETRY_S = 60.0  # a store write after a job (done, failed, …) is retried with backoff this long, then later
@@ -341,7 +349,7 @@ class Worker:
         line (the runs are safe in the store) and the export is tried again the next time the queue runs dry."""
         if not self.export_batches:
             return
-        from vlbench.experiments.batch_export import export_finished, finished_batch, unexported_batches
+        from vlbench.analysis.report import write_folder_report
 
         try:
             if run_id is None:
@@ -357,7 +365,7 @@ class Worker:
             if self._stop.is_set():
                 return
             try:
-                done = export_finished(store, batch, experiment, models)
+                done = export_finished(store, batch, experiment, models, report=write_folder_report)
             except Exception as exc:  # noqa: BLE001 — a full disk, a read-only data folder: say so, go on
                 log.exception("exporting batch %s", batch)
                 self._emit(BatchExportFailed(batch, experiment, one_line(f"{type(exc).__name__}: {exc}")))
@@ -406,8 +414,6 @@ class Worker:
 
     def _space_freed(self) -> bool:
         """After a full disk: is there room for the next image again? (Checked before each claim.)"""
-        import shutil
-
         try:
             free = shutil.disk_usage(self.outputs_dir).free
         except OSError:
@@ -588,8 +594,6 @@ def build_engine(spec, on_status: Callable[[str], None]):
 
 
 def _empty_cuda_cache() -> None:
-    import gc
-
     gc.collect()
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_available():

@@ -18,6 +18,7 @@ from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import DirectoryTree, Input, Label
 
+from vlbench.tui.screens.confirm import Confirm
 from vlbench.tui.suggest import PathSuggester
 
 
@@ -82,7 +83,6 @@ class FilePicker(ModalScreen[str | None]):
             return
         if self.save and not path.parent.is_dir():
             # The dialog stays, with the typed path: create the folder, or edit the path.
-            from vlbench.tui.screens.confirm import Confirm
 
             def create(yes: bool | None) -> None:
                 if not yes:

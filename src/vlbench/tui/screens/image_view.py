@@ -2,7 +2,7 @@
 
 z or Enter on the Preview (or ctrl+g z) opens it; o opens the image in the system's viewer, y copies its
 path (OSC 52); a steps through the attention heat maps of a run with image_attention (the VL text's attention over
-each reference, vlbench.heatmap) and back to the image; Escape, z or q closes.
+each reference, vlbench.analysis.heatmap) and back to the image; Escape, z or q closes.
 """
 
 from __future__ import annotations
@@ -17,6 +17,9 @@ from textual.containers import Vertical
 from textual.screen import Screen
 from textual.widgets import Static
 
+from vlbench.analysis import heatmap
+from vlbench.files import atomic_write
+from vlbench.paths import cache_dir
 from vlbench.records import vl_extractions
 from vlbench.store import RunRow
 from vlbench.tui.format import prompt_line, run_label
@@ -78,10 +81,6 @@ class ImageView(Screen[None]):
 def attention_maps(run: RunRow) -> list[Path]:
     """The run's heat maps as PNG files under the cache dir (drawn once from its record and its references);
     [] when the run read no attention."""
-    from vlbench import heatmap
-    from vlbench.files import atomic_write
-    from vlbench.paths import cache_dir
-
     count = sum(len((vl.get("image_attention") or {}).get("images", [])) for _, vl in vl_extractions(run.conditioning))
     if not count:
         return []

@@ -9,6 +9,7 @@ absolute paths (a relaunch from another folder still finds them). The VL text is
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 from rich.text import Text
@@ -21,6 +22,7 @@ from textual.widgets import Input, Label, OptionList, TextArea
 from vlbench.errors import UserError
 from vlbench.recipe import VLText
 from vlbench.tui.messages import InputsChanged
+from vlbench.tui.screens.confirm import Confirm
 from vlbench.tui.suggest import IMAGE_SUFFIXES, PathSuggester
 from vlbench.tui.widgets.choice import ChoiceField
 from vlbench.tui.wording import render
@@ -82,7 +84,6 @@ class ReferenceList(OptionList):
         if self.chosen:
             self._remove(index)
             return
-        from vlbench.tui.screens.confirm import Confirm
 
         name = Path(str(self.get_option_at_index(index).prompt)).name
         self.app.push_screen(Confirm(f"Remove reference {name}? (↑/↓ picks another)"),
@@ -99,8 +100,6 @@ class ReferenceList(OptionList):
 def pasted_paths(text: str) -> list[str]:
     """The paths in a paste: one a line, or on one line several that a file manager dropped (shell-quoted, each
     an existing file); one path otherwise (spaces and all)."""
-    import shlex
-
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     if len(lines) > 1:
         return [line.strip("'\"") for line in lines]

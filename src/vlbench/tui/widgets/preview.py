@@ -24,6 +24,7 @@ from vlbench.store import RunRow
 from vlbench.tui import keys
 from vlbench.tui.format import prompt_line, recipe_summary, run_label
 from vlbench.tui.wording import failure_text
+from vlbench.tui.format import _value, prompt_line, recipe_summary, run_label, varying_fields
 
 MAX_PICTURES = 4  # the selected run and up to three marked ones
 
@@ -279,8 +280,6 @@ def picture_caption(run: RunRow, marked: bool = False) -> Text:
 def differences(runs: list[RunRow]) -> list[tuple[str, list[str]]]:
     """(what, its value in each run) for everything that differs between these runs: prompt, seed,
     references, recipe fields."""
-    from vlbench.tui.format import _value, varying_fields
-
     out: list[tuple[str, list[str]]] = []
     if len({r.prompt for r in runs}) > 1:
         out.append(("prompt", [prompt_line(r.prompt, 24) for r in runs]))

@@ -23,6 +23,7 @@ from vlbench.store import FINISHED, RunRow
 from vlbench.tui import keys
 from vlbench.tui.format import STATUS_STYLE, prompt_line, run_label
 from vlbench.tui.messages import OpenRun, RunHighlighted
+from vlbench.tui.screens.confirm import Confirm
 
 SHOWN_PENDING = 30  # the table shows this many queued runs at first (a screenful), a page more as the cursor nears
 # the end of them (so every run can be reached and reordered); the title counts them all
@@ -324,7 +325,6 @@ class QueuePane(Vertical):
             return
         runs = self._selected_runs()
         if entry.kind == "batch" and len(runs) > 1:  # a whole batch: ask first
-            from vlbench.tui.screens.confirm import Confirm
 
             self.app.push_screen(Confirm(f"Remove the batch's {len(runs)} runs from the Queue? (pending ones are "
                                          "dropped; finished ones stay in History)"),

@@ -18,10 +18,13 @@ from typing import Any
 import torch
 
 from vlbench.engine import blend
+from vlbench.engine.calibrate import load_stats, qwen3_hidden_states
+from vlbench.engine.encode import template_ids
 from vlbench.engine.extract import IMAGE, PROMPT, TEMPLATE, VISION_END, VISION_START
 from vlbench.errors import UserError
 from vlbench.files import atomic_write, atomic_write_text, read_text_file
 from vlbench.recipe import PER_REFERENCE_NORMALIZATIONS, Normalization
+from vlbench.recipe import Recipe
 
 FORMAT = "vlbench-diagnostics-1"
 DIAGNOSTICS = "diagnostics.json"
@@ -74,9 +77,6 @@ def aligned_cosine(a: torch.Tensor, b: torch.Tensor, skip: set[int] = frozenset(
 def diagnose(engine, refs: list, prompt: str, layers: tuple[int, ...] | None = DEFAULT_LAYERS,
              calibration: str | Path | None = None) -> dict[str, Any]:
     """Diagnostics of (refs, prompt) at every VL layer; `layers` are the ones tables show (all: None)."""
-    from vlbench.engine.calibrate import load_stats, qwen3_hidden_states
-    from vlbench.engine.encode import template_ids
-
     ex = engine.extraction(refs, prompt, None)
     pipe = engine.models.text_pipe
     q_hidden, _ = qwen3_hidden_states(pipe, prompt)
@@ -153,8 +153,6 @@ def _rms_without_sinks(x: torch.Tensor) -> float:
 
 def _normalized(engine, refs, prompt: str, layer: int, mode: str, calibration: str, length: int) -> torch.Tensor:
     """Every VL position at `layer` after normalisation `mode`, exactly as a recipe would condition on it."""
-    from vlbench.recipe import Recipe
-
     cond = engine.condition(Recipe(tokens="full", layer=layer, normalization=mode, calibration=calibration),
                             prompt, refs)
     if cond.embeds.shape[0] != length:
