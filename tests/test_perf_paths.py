@@ -149,7 +149,7 @@ def _experiment():
 
 
 def test_pngs_are_written_off_the_runner_thread_and_every_row_finds_its_png(engine, tmp_path, ref_image, monkeypatch):
-    import vlbench.experiments.runner as gen  # the runner's own write_png (imported from vlbench.pngs)
+    import vlbench.pngs as gen  # write_run_png (the runner's one PNG writer) calls pngs.write_png
     from vlbench.pngs import read_png_metadata
 
     experiment, recipes = _experiment()
@@ -217,7 +217,7 @@ def test_ctrl_c_in_a_generation_keeps_the_previous_job_and_resumes(engine, tmp_p
 
 
 def test_a_failed_png_write_leaves_no_row_for_it(engine, tmp_path, ref_image, monkeypatch):
-    import vlbench.experiments.runner as gen  # the runner's own write_png (imported from vlbench.pngs)
+    import vlbench.pngs as gen  # write_run_png (the runner's one PNG writer) calls pngs.write_png
 
     experiment, recipes = _experiment()
     refs, out = [Reference.open(ref_image)], tmp_path / "out"

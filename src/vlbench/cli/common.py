@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any, Iterable
 from urllib.parse import urlsplit
 
-from vlbench.errors import UserError, word_failure
+from vlbench.engine.build import open_engine
 from vlbench import paths
 from vlbench.config import load_settings
 from vlbench.engine.precheck import check_plan, read_model_files
-from vlbench.errors import UserError
+from vlbench.errors import UserError, word_failure
 from vlbench.logs import quiet_libraries
 from vlbench.metrics import DEFAULT_METRICS, DEFAULT_MODELS, METRICS, SOURCE_FLAGS, check_available, parse_metrics
 from vlbench.metrics.score import SCORES, score_folder
@@ -144,8 +144,6 @@ def model_flags(args: argparse.Namespace) -> dict:
 def engine(spec, console, cache_dir=None, files=None):
     """An Engine whose models load on first use, with status lines on the console; `files` (precheck's
     ModelFiles) are the processor and tokenizer the plan checks read, reused rather than read again."""
-    from vlbench.engine.build import open_engine
-
     if spec.tiny:
         console.print("[yellow]models: the built-in tiny RANDOM-WEIGHT ones; the images are noise (name real ones "
                       "with --zimage/--vl or in config.toml)[/yellow]")

@@ -8,8 +8,8 @@ from vlbench.cli import common
 from vlbench.files import atomic_write
 from vlbench.jobs import execute
 from vlbench.modelspec import ModelSpec
-from vlbench.pngs import encode_png, write_png
-from vlbench.recipe import Recipe
+from vlbench.pngs import encode_png, write_png, write_run_png
+from vlbench.recipe import Recipe, Tokens
 from vlbench.records import RunRecord, references_of
 
 HELP = "an end-to-end run on the tiny random models"
@@ -23,13 +23,6 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     from PIL import Image
     from safetensors.torch import save_file
-
-    from vlbench.files import atomic_write
-    from vlbench.jobs import execute
-    from vlbench.modelspec import ModelSpec
-    from vlbench.pngs import write_run_png
-    from vlbench.recipe import Recipe, Tokens
-    from vlbench.records import RunRecord, references_of
 
     out = common.check_out_dir(args.out, field="out")
     ref_path = out / "reference.png"

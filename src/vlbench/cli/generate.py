@@ -7,7 +7,7 @@ from pathlib import Path
 from vlbench.cli import common
 from vlbench.errors import UserError
 from vlbench.jobs import execute
-from vlbench.pngs import encode_png, write_png
+from vlbench.pngs import encode_png, write_png, write_run_png
 from vlbench.records import RunRecord, job_key, references_of
 
 HELP = "generate one image"
@@ -27,10 +27,6 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     from rich.progress import Progress
-
-    from vlbench.jobs import execute
-    from vlbench.pngs import write_run_png
-    from vlbench.records import RunRecord, job_key, references_of
 
     out, prompt, recipe, refs, spec, files = common.single_image_inputs(args, ".png")
     console = common.console()

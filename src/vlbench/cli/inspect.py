@@ -11,7 +11,7 @@ from vlbench.cli import common
 from vlbench.errors import UserError
 from vlbench.files import read_text_file
 from vlbench.pngs import read_png_metadata
-from vlbench.recipe import Recipe
+from vlbench.recipe import MixPolicy, Recipe
 from vlbench.records import RunRecord
 
 HELP = "summarise a conditioning tensor written by vlbench embed, or a PNG's run record"
@@ -130,7 +130,6 @@ def _png(path: Path, given: str) -> int:
     was = f" (written as record schema {raw.get('schema')}, read as {record.schema})" \
         if raw.get("schema") != record.schema else ""
     console.print(f"[bold]{e(path)}[/bold]{e(was)}: {e(record.prompt)!r}, seed {record.seed}")
-    from vlbench.recipe import MixPolicy, Recipe
 
     console.print(f"recipe: {e(json.dumps(Recipe.from_dict(record.recipe).changed()))}")
     lines = attend_lines(record.conditioning)

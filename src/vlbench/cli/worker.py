@@ -92,10 +92,6 @@ def run(args) -> int:
 
 def _log_event(event: object) -> None:
     """The worker's events go to the log file only (nobody may be at the terminal)."""
-    import logging
-
-    from vlbench.worker import JobFailed, ModelStatus
-
     if isinstance(event, ModelStatus):
         logging.getLogger("vlbench.worker").info("%s", event)
     elif isinstance(event, JobFailed):  # in the command line's words

@@ -11,6 +11,8 @@ import logging
 import os
 from typing import Any, Callable
 
+from vlbench.logs import quiet_libraries
+
 log = logging.getLogger("vlbench.engine")
 
 # open_engine(threads=SPARE_CORE): on CPU, torch's intra-op threads at most the cores less one
@@ -38,7 +40,6 @@ def open_engine(spec, *, on_status: Callable[[str], None] | None = None, cache_d
 
     from vlbench.engine.engine import Engine
     from vlbench.engine.models import Models
-    from vlbench.logs import quiet_libraries
 
     quiet_libraries()
     if isinstance(threads, int):

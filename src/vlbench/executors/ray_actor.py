@@ -17,6 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from vlbench.engine.build import open_engine
 from vlbench.errors import one_line
 from vlbench.jobs import execute, execute_batch
 from vlbench.logs import quiet_libraries
@@ -30,11 +31,6 @@ class VLBenchActor:
     """Generation runs on one thread (jobs in arrival order, one at a time); PNG encoding on another."""
 
     def __init__(self, spec: dict, slot: int, threads: int | None = None):
-        from concurrent.futures import ThreadPoolExecutor
-
-        from vlbench.engine.build import open_engine
-        from vlbench.modelspec import ModelSpec
-
         model_spec = ModelSpec(**spec)
         if model_spec.tiny and not (Path(model_spec.zimage).is_dir() and Path(model_spec.vl).is_dir()):
             model_spec = replace(model_spec, zimage="", vl="")  # another host: Models builds its own copy

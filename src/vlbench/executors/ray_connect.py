@@ -14,6 +14,7 @@ import tempfile
 from contextlib import contextmanager
 from dataclasses import replace
 
+from vlbench.engine.build import open_engine
 from vlbench.errors import UserError, one_line
 
 
@@ -147,8 +148,6 @@ def head_engine(spec):
     """This process's Engine for a Ray run: it loads nothing during the sweep (the actors do); the runner reads its
     spec, and diagnostics or metrics after the run use it. A head without CUDA keeps --device cuda for the actors."""
     import torch
-
-    from vlbench.engine.build import open_engine
 
     if spec.device and spec.device.startswith("cuda") and not torch.cuda.is_available():
         spec = replace(spec, device=None)

@@ -26,7 +26,7 @@ from vlbench.executors.dispatch import Dispatcher
 from vlbench.executors.ray_actor import VLBenchActor
 from vlbench.executors.ray_connect import cause, connect, plan_actors
 from vlbench.files import read_bytes_file
-from vlbench.pngs import write_png
+from vlbench.pngs import write_png, write_run_png
 from vlbench.records import RunRecord
 
 MAX_ATTEMPTS = 3  # runs of one job whose actor keeps dying (2 retries), then it is written as failed
@@ -413,9 +413,6 @@ class _Run:
 
     def _record(self, job, result: dict) -> None:
         """The actor's record into the ledger: the PNG written (whole or absent) before its row."""
-        from vlbench.pngs import write_run_png
-        from vlbench.records import RunRecord
-
         record = RunRecord.from_json(result["record"])
         if record.status == "done":
             record = write_run_png(self.ledger.out / job.image, result["png"], record, name=job.image)

@@ -20,9 +20,8 @@ from vlbench.experiments import folder as F
 from vlbench.experiments.folder import Ledger, Summary
 from vlbench.experiments.plan import Job, plan, reference_sets
 from vlbench.experiments.spec import ExperimentType, NamedRecipe
-from vlbench.pngs import write_run_png
 from vlbench.jobs import execute, execute_batch
-from vlbench.pngs import encode_png, write_png
+from vlbench.pngs import write_run_png
 
 __all__ = ["Job", "Summary", "run_experiment", "write_outputs"]
 log = logging.getLogger("vlbench.experiments")

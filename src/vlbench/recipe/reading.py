@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from vlbench.errors import UserError
+from vlbench.files import NotAFile, TooDeep, atomic_write_text, parse_toml, read_text_file
 from vlbench.recipe.rules import _check_field
 from vlbench.recipe.schema import DEFAULTS, OLD_TOML_HEADER, Recipe, check_keys, field_default, field_infos
 from vlbench.recipe.versions import upgrade_recipe
@@ -16,8 +17,6 @@ def read_recipe_file(path: str | Path) -> dict[str, Any]:
     """The fields a recipe file sets (a partial recipe is fine), checked as keys; values are checked by Recipe.
     A file Recipe.to_toml wrote before recipe schema 3 (its first line exactly OLD_TOML_HEADER) is read as what it
     was (upgrade_recipe); any other file is read in the current schema."""
-    from vlbench.files import NotAFile, TooDeep, parse_toml, read_text_file
-
     path = Path(path)
     try:
         text = read_text_file(path)
@@ -64,6 +63,4 @@ def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None, base:
 
 
 def save_recipe(recipe: Recipe, path: str | Path) -> None:
-    from vlbench.files import atomic_write_text
-
     atomic_write_text(Path(path), recipe.to_toml())

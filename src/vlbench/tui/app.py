@@ -62,9 +62,6 @@ from vlbench.tui.widgets.parameters import ParametersPane
 from vlbench.tui.widgets.preview import MAX_PICTURES, PreviewPane
 from vlbench.tui.widgets.queue import QueuePane
 from vlbench.tui.wording import failure_text, render
-from vlbench.worker import (BatchExported, BatchExportFailed, JobCancelled, JobDone, JobFailed, JobProgress,
-                            JobStarted, ModelStatus, ViewerFollows, WorkerIdle, WorkerPaused)
-from vlbench.tui.wording import render
 from vlbench.worker import (BatchExported, BatchExportFailed, JobCancelled, JobDone, JobFailed, JobProgress, JobStarted,
                             ModelStatus, Viewer, ViewerFollows, Worker, WorkerIdle, WorkerPaused,
                             build_engine as worker_engine, live_worker)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 from vlbench.errors import one_line
+from vlbench.experiments.batch_export import EXPORTED, exported_folder
 from vlbench.process import owner_alive, process_token
 from vlbench.store import FINISHED, RunRow, Store
 from vlbench.worker.events import (PRESENCE, BatchExported, JobCancelled, JobDone, JobFailed, JobProgress,
@@ -201,8 +202,6 @@ def _restarted(info: object) -> bool:
 
 def _report_viewed_exports(viewer, store: Store, batches: dict[str, tuple[str, float]]) -> None:
     """The headless worker wrote a batch's folder: the same event the workbench's own worker sends."""
-    from vlbench.experiments.batch_export import EXPORTED, exported_folder
-
     for batch, (experiment, since) in list(batches.items()):
         folder = exported_folder(store.get_state(EXPORTED + batch))
         if folder is not None:

@@ -31,19 +31,15 @@ from typing import Any, Callable
 from vlbench import paths
 from vlbench.engine.build import SPARE_CORE, open_engine
 from vlbench.errors import one_line
-from vlbench.errors import UserError, one_line
-from vlbench.experiments.batch_export import (EXPORTED, export_finished, exported_folder, finished_batch,
-                                              unexported_batches)
+from vlbench.experiments.batch_export import export_finished, finished_batch, unexported_batches
 from vlbench.files import remove_stale_temp_files
 from vlbench.jobs import Cancelled, Stopping, classify, execute
 from vlbench.logs import attach_log_file
+from vlbench.pngs import encode_png, write_run_png
 from vlbench.process import process_token
 from vlbench.store import RunRow, Store
 from vlbench.worker.events import (PRESENCE, BatchExported, BatchExportFailed, JobCancelled, JobDone, JobFailed,
                                    JobProgress, JobStarted, ModelStatus, WorkerIdle, WorkerPaused)
-from vlbench.pngs import encode_png, write_png
-from vlbench.process import owner_alive, process_token
-from vlbench.store import FINISHED, RunRow, Store
 
 log = logging.getLogger("vlbench.worker")
 STORE_RETRY_S = 60.0  # a store write after a job (done, failed, …) is retried with backoff this long, then later
@@ -457,8 +453,6 @@ class Worker:
     def _run(self, store: Store, row: RunRow, started: float) -> tuple[Path, "RunRecord"]:
         """One run through the job path; its PNG on disk (fsynced) before the row says done."""
         from vlbench.engine.engine import Reference
-        from vlbench.jobs import classify, execute
-        from vlbench.pngs import encode_png, write_run_png
 
         run_id = row.id
         try:

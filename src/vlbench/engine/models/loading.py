@@ -46,6 +46,8 @@ from typing import Any, Callable
 
 import torch
 
+from vlbench.engine import buckets
+from vlbench.engine.extract import forward, prepare
 from vlbench.engine.models.devices import (ATTENTION_DIFFUSERS, FAST_ATTENTION_CANDIDATES, _quiet_diffusers,
                                            check_settings, cpu_fallback_warning, time_attention)
 from vlbench.engine.models.placement import GROUP_ACTIVATION_RESERVE, Placement, _dit_blocks
@@ -172,8 +174,6 @@ class Models(Placement):
     def _warm_up_vl(self) -> None:
         """One small forward through extract's own path: the process's first-use costs fall in the load."""
         from PIL import Image
-
-        from vlbench.engine.extract import forward, prepare
 
         start = time.perf_counter()
         image = Image.new("RGB", (64, 64), (128, 128, 128))
@@ -330,8 +330,6 @@ class Models(Placement):
     def _fast(self, transformer) -> None:
         """The fast mode: caption buckets on the DiT (engine/buckets.py) and, unless `attention` names one, the fastest
         mask-taking attention kernel timed here on this card. What was chosen is in `fast_settings`."""
-        from vlbench.engine import buckets
-
         installed = buckets.install(transformer, int(transformer.config.axes_lens[0]) - CAPTION_PAD)
         timings = {}
         attention = self.spec.attention

@@ -22,9 +22,8 @@ from textual_image import widget as image_widgets
 from vlbench.metrics import METRICS, format_value
 from vlbench.store import RunRow
 from vlbench.tui import keys
-from vlbench.tui.format import prompt_line, recipe_summary, run_label
-from vlbench.tui.wording import failure_text
 from vlbench.tui.format import _value, prompt_line, recipe_summary, run_label, varying_fields
+from vlbench.tui.wording import failure_text
 
 MAX_PICTURES = 4  # the selected run and up to three marked ones
 
