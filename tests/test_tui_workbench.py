@@ -261,6 +261,7 @@ def test_history_shows_seed_and_what_differs_at_every_breakpoint(monkeypatch):
             app.inputs.prompt = "probe"
             app.query_one("#p-seed").value = "1,2"
             app.queue_experiment("layer_probe")
+            await wait_for(pilot, lambda: app.store.count() == 4, 60, "the batch to be checked and queued")
             await pilot.pause(0.3)
             rows = {str(app.history.table.get_row_at(i)[2]) for i in range(app.history.table.row_count)}
             assert any("layer=-2" in r for r in rows) and any("layer=-5" in r for r in rows), rows
@@ -875,8 +876,8 @@ def test_an_experiment_batch_gets_the_grid_and_report_of_vlbench_run(engine, ref
             app.inputs.add_reference(str(ref_image))
             app.inputs.prompt = "probe"
             app.query_one("#p-seed").value = "1,2"
-            ids = app.queue_experiment("layer_probe")
-            assert len(ids) == 4
+            app.queue_experiment("layer_probe")
+            await wait_for(pilot, lambda: app.store.count() == 4, 60, "the batch to be checked and queued")
             await wait_for(pilot, lambda: any("grid and report in" in n.message for n in app._notifications), 120,
                            "the batch's folder")
             note = next(n.message for n in app._notifications if "grid and report in" in n.message)
