@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from conftest import patience
 
-from test_tui import FAST, make_app, run, wait_for
+from test_tui import FAST, QUEUED_S, make_app, run, wait_for
 
 # A prompt over the tiny models' caption budget (224 tokens: DIT_AXES_LENS[0] - 32), far under Qwen3-4B's limit.
 LONG_PROMPT = " ".join(["lighthouse"] * 300)
@@ -41,7 +41,7 @@ def test_a_layer_out_of_range_is_refused_at_queue_time_and_nothing_is_queued():
             await pilot.pause()
             assert app.parameters.validate() is not None, "the form alone cannot know the VL's depth"
             await pilot.press("f5")
-            await wait_for(pilot, lambda: refusals(app), 60, "the refusal")
+            await wait_for(pilot, lambda: refusals(app), QUEUED_S, "the refusal")
             assert app.store.count() == 0
             (message,) = refusals(app)  # one line for the plan of 8 runs, not one per run
             assert "layer -30" in message and "out of range" in message and "use -17 … 16" in message, message
@@ -51,7 +51,7 @@ def test_a_layer_out_of_range_is_refused_at_queue_time_and_nothing_is_queued():
             await pilot.pause()
             assert not app.query_one("#row-layer").has_class("-invalid")
             await pilot.press("f5")
-            await wait_for(pilot, lambda: app.store.count() == 8, 60, "the valid plan to be queued")
+            await wait_for(pilot, lambda: app.store.count() == 8, QUEUED_S, "the valid plan to be queued")
             assert app.plan_checks.reads == 1, "the model files are read once and kept"
         app.close()
 
@@ -64,14 +64,14 @@ def test_a_prompt_over_the_caption_budget_is_refused_at_queue_time():
         async with app.run_test(size=(160, 48)) as pilot:
             app.inputs.prompt = LONG_PROMPT
             await pilot.press("f5")
-            await wait_for(pilot, lambda: refusals(app), 60, "the refusal")
+            await wait_for(pilot, lambda: refusals(app), QUEUED_S, "the refusal")
             assert app.store.count() == 0
             (message,) = refusals(app)
             # the engine's own words (the VL input = the prompt here, as vl_text = prompt says)
             assert "over the caption budget of 224" in message and "shorten" in message, message
             app.inputs.prompt = "a short prompt"
             await pilot.press("f5")
-            await wait_for(pilot, lambda: app.store.count() == 1, 60, "the short prompt to be queued")
+            await wait_for(pilot, lambda: app.store.count() == 1, QUEUED_S, "the short prompt to be queued")
             assert len(refusals(app)) == 1
         app.close()
 
@@ -94,7 +94,7 @@ def test_an_f7_batch_with_a_config_the_vl_cannot_run_is_refused_whole(monkeypatc
             app.query_one("#p-seed").value = "1,2,3"
             await pilot.pause()
             app.queue_experiment("deep_probe")
-            await wait_for(pilot, lambda: refusals(app), 60, "the refusal")
+            await wait_for(pilot, lambda: refusals(app), QUEUED_S, "the refusal")
             assert app.store.count() == 0, "nothing of a refused batch is queued (not even its valid config)"
             (message,) = refusals(app)
             assert "layer -40" in message, message
@@ -110,7 +110,8 @@ def test_plans_queue_in_the_order_they_were_queued():
             for prompt in ("first", LONG_PROMPT, "third"):
                 app.inputs.prompt = prompt
                 app.queue_runs()
-            await wait_for(pilot, lambda: app.store.count() == 2 and refusals(app), 60, "both plans and the refusal")
+            await wait_for(pilot, lambda: app.store.count() == 2 and refusals(app), QUEUED_S,
+                           "both plans and the refusal")
             assert [r.prompt for r in app.store.queue()] == ["first", "third"]
         app.close()
 

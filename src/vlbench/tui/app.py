@@ -244,6 +244,9 @@ class VlbenchApp(App[int]):
         self._catch_hangup()
         if self.start_worker:
             self.call_after_refresh(self.start_job_worker)  # after the first paint: torch loads on its thread
+            # the queue-time checks' files, read before the first F5 needs them (on a thread: they import torch)
+            self.call_after_refresh(lambda: self.run_worker(self.plan_checks.model_files, name="plan-files",
+                                                            group="plan-checks", thread=True, exit_on_error=False))
         else:
             self.queue_pane.set_status("worker not started")
 

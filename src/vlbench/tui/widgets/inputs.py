@@ -141,11 +141,22 @@ class ReferencePath(Input):
         # One path: Input's own handler (Textual calls each class's _on_paste unless the default is prevented).
 
 
+REFS_LABEL = "references: Enter adds · F2 or ^f browses"
+REF_ROWS = 6  # rows of the reference list (#ref-list's max-height); more scroll
+
+
 class InputsPane(Vertical):
     BORDER_TITLE = "Inputs"
 
+    def on_inputs_changed(self, message: InputsChanged) -> None:
+        """Say how many references there are once the list scrolls (issue 25: the 5th and later were out of sight).
+        The message goes on to the app."""
+        count = self.query_one(ReferenceList).option_count
+        more = f"references: {count}, the list scrolls (↑/↓ in it) · Enter adds · F2 or ^f browses"
+        self.query_one("#refs-label", Label).update(more if count > REF_ROWS else REFS_LABEL)
+
     def compose(self) -> ComposeResult:
-        yield Label("references: Enter adds · F2 or ^f browses", classes="field-label")
+        yield Label(REFS_LABEL, classes="field-label", id="refs-label")
         yield ReferencePath(placeholder="path/to/reference.png", id="ref-path", suggester=PathSuggester(IMAGE_SUFFIXES),
                             compact=True)
         yield ReferenceList(id="ref-list", classes="-empty")

@@ -240,9 +240,16 @@ class ParametersPane(Vertical):
     def _changed(self, event) -> None:
         event.stop()
         self.validate()
+        focused = self.screen.focused if self.is_attached else None
+        if focused is not None and event.control in focused.ancestors_with_self:  # the help line follows the value
+            self._show_help(focused)
 
     def on_descendant_focus(self, event: events.DescendantFocus) -> None:
-        row = next((n for n in event.widget.ancestors_with_self if isinstance(n, FieldRow)), None)
+        self._show_help(event.widget)
+
+    def _show_help(self, widget: Widget) -> None:
+        """The help line of the field `widget` edits, for the value it holds now (a choice's own help)."""
+        row = next((n for n in widget.ancestors_with_self if isinstance(n, FieldRow)), None)
         help_line = self.query_one("#param-help", Static)
         if row is not None:
             spec = row.spec
