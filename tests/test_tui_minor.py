@@ -125,12 +125,15 @@ def test_many_references_are_all_reachable_and_counted(tmp_path):
                 app.inputs.add_reference(str(ref))
             await pilot.pause()
             listing = app.query_one("#ref-list")
-            assert listing.region.height == 5, "five references: five rows"
+            assert listing.option_count == 5 and listing.max_scroll_y == 0, "five references: every row in view"
+            assert "scrolls" not in str(app.query_one("#refs-label").render())
             for ref in refs[5:]:
                 app.inputs.add_reference(str(ref))
             await pilot.pause()
-            assert listing.region.height == 6 and listing.option_count == 9
+            assert listing.option_count == 9 and listing.max_scroll_y > 0
             assert "references: 9, the list scrolls" in str(app.query_one("#refs-label").render())
+            assert listing.virtual_size.height == 9, "one row per reference (a long path wrapped over several)"
+            assert app.inputs.references == [str(r.resolve()) for r in refs]
             listing.focus()
             await pilot.press("end")
             await pilot.pause()

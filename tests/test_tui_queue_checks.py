@@ -138,7 +138,7 @@ def test_the_ui_thread_never_imports_torch_for_the_checks(tiny_dirs, tmp_path):
             async with app.run_test(size=(160, 48)) as pilot:
                 app.inputs.prompt = {LONG_PROMPT!r}
                 await pilot.press("f5")
-                deadline = time.monotonic() + {patience(60)}
+                deadline = time.monotonic() + {patience(QUEUED_S)}
                 while time.monotonic() < deadline and not any("cannot queue" in str(n.message)
                                                                for n in app._notifications):
                     await pilot.pause(0.05)

@@ -17,6 +17,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Input, Label, OptionList, TextArea
+from textual.widgets.option_list import Option
 
 from vlbench.errors import UserError
 from vlbench.recipe import VLText
@@ -45,6 +46,17 @@ def check_image(path: str) -> str:
         why = "not an image" if isinstance(exc, UnidentifiedImageError) else f"a damaged image ({exc})"
         raise UserError(f"{why}; pick a PNG, JPEG, WebP, … file", field="image", value=path) from None
     return str(resolved.resolve())
+
+
+class ReferenceOption(Option):
+    """One reference, on one row: its file name, then its folder (cut at the list's edge). A path wrapped over
+    several rows left room for 2 or 3 references in the list's rows (issue 25: 5+ references showed 4 or fewer)."""
+
+    def __init__(self, path: str) -> None:
+        where = Path(path)
+        text = Text.assemble((where.name, "bold"), f"  {where.parent}")  # one row: #ref-list does not wrap
+        super().__init__(text)
+        self.path = path
 
 
 class ReferenceList(OptionList):
@@ -84,7 +96,7 @@ class ReferenceList(OptionList):
             return
         from vlbench.tui.screens.confirm import Confirm
 
-        name = Path(str(self.get_option_at_index(index).prompt)).name
+        name = Path(self.get_option_at_index(index).path).name
         self.app.push_screen(Confirm(f"Remove reference {name}? (↑/↓ picks another)"),
                              lambda yes: self._remove(index) if yes else None)
 
@@ -180,7 +192,7 @@ class InputsPane(Vertical):
 
     @property
     def references(self) -> list[str]:
-        refs = [str(option.prompt) for option in self.query_one(ReferenceList).options]
+        refs = [option.path for option in self.query_one(ReferenceList).options]
         typed = self.query_one("#ref-path", Input).value.strip()
         if typed:  # typed but not yet added: still meant, if it is an image
             try:
@@ -195,7 +207,7 @@ class InputsPane(Vertical):
     def references(self, paths: list[str]) -> None:
         refs = self.query_one(ReferenceList)
         refs.clear_options()
-        refs.add_options([Text(p) for p in paths])
+        refs.add_options([ReferenceOption(p) for p in paths])
         refs.set_class(not paths, "-empty")
         self.query_one("#ref-path", Input).value = ""
         self.post_message(InputsChanged(None))
@@ -223,8 +235,8 @@ class InputsPane(Vertical):
             self.notify(render(exc), severity="error")
             return False
         refs = self.query_one(ReferenceList)
-        if resolved not in [str(o.prompt) for o in refs.options]:
-            refs.add_option(Text(resolved))
+        if resolved not in [o.path for o in refs.options]:
+            refs.add_option(ReferenceOption(resolved))
         refs.remove_class("-empty")
         field.value = ""
         field.remove_class("-invalid")
