@@ -244,9 +244,8 @@ class VlbenchApp(App[int]):
         self._catch_hangup()
         if self.start_worker:
             self.call_after_refresh(self.start_job_worker)  # after the first paint: torch loads on its thread
-            # the queue-time checks' files, read before the first F5 needs them (on a thread: they import torch)
-            self.call_after_refresh(lambda: self.run_worker(self.plan_checks.model_files, name="plan-files",
-                                                            group="plan-checks", thread=True, exit_on_error=False))
+            # the queue-time checks' files, read before the first F5 needs them (on their thread: they import torch)
+            self.call_after_refresh(self.plan_checks.submit, None)
         else:
             self.queue_pane.set_status("worker not started")
 
@@ -572,24 +571,14 @@ class VlbenchApp(App[int]):
 
     # ---- issue 25.10: what the models' files decide (layers, text lengths, sizes, top-k) is checked at queue time ----
     def check_then_queue(self, runs: list[PlannedRun], enqueue: Callable[[], None]) -> None:
-        """Check the plan on a thread (vlbench.tui.plan_checks: the UI thread neither imports torch nor waits), then
-        `enqueue` it, or refuse it in one line naming the field and the fix with nothing queued. Plans are applied in
-        the order they were queued, whichever check ends first."""
+        """Check the plan on the checks' thread (vlbench.tui.plan_checks: the UI thread neither imports torch nor
+        waits), then `enqueue` it, or refuse it in one line naming the field and the fix with nothing queued. Plans
+        are applied in the order they were queued."""
         ticket, self._next_ticket = self._next_ticket, self._next_ticket + 1
         self._plans[ticket] = [enqueue, False, None]
         if not self.plan_checks.files_ready:
             self.notify("checking the plan against the models' files…", timeout=2)
-        self.run_worker(lambda: self._check_plan(ticket, runs), name="plan-check", group="plan-checks", thread=True,
-                        exit_on_error=False)
-
-    def _check_plan(self, ticket: int, runs: list[PlannedRun]) -> None:
-        """On a thread worker."""
-        try:
-            error = self.plan_checks.check(runs)
-        except Exception:  # noqa: BLE001 — a check that breaks must not lose the plan: the engine checks each run
-            log.exception("queue-time checks failed; the plan is queued and checked per run")
-            error = None
-        self.post_message(PlanChecked(ticket, error))
+        self.plan_checks.submit(runs, lambda error: self.post_message(PlanChecked(ticket, error)))
 
     def on_plan_checked(self, message: PlanChecked) -> None:
         plan = self._plans.get(message.ticket)

@@ -6,20 +6,26 @@ tokenizers before any weight loads (vlbench.engine.precheck). The workbench make
 queued (F5, the seeds dialog, an F7 batch), once per plan rather than once per run at run time, and queues nothing
 of a refused plan.
 
-The UI thread never imports torch and never waits: `PlanChecks.check` runs on a thread (a Textual thread worker),
-reads the files once per model spec and keeps them. Where they cannot be read here (a hub id not downloaded, the
+The UI thread never imports torch and never waits: `PlanChecks.submit` runs the checks on a thread of their own, in
+the order they were submitted, and reads the files once per model spec. A daemon thread, like the CUDA check's: a
+Textual thread worker runs on asyncio's default executor, which the app's exit waits for, so quitting during the
+first read (torch importing, seconds to a minute) would hang. Where they cannot be read here (a hub id not downloaded, the
 tiny models not built yet) the plan is queued as before and the engine checks each run, as it always does.
 This module is torch-free at import.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from vlbench.errors import UserError
+
+log = logging.getLogger("vlbench.tui")
 
 
 @dataclass(frozen=True)
@@ -39,6 +45,37 @@ class PlanChecks:
         self._files = None
         self._lock = threading.Lock()  # one read of the files, however many checks wait for it
         self.reads = 0  # times the files were read (tests: once per spec)
+        self._jobs: deque = deque()  # (runs or None, done or None), checked in this order
+        self._jobs_lock = threading.Lock()
+        self._draining = False
+
+    def submit(self, runs: list[PlannedRun] | None, done: Callable[[UserError | None], None] | None = None) -> None:
+        """Check `runs` on the checks' thread and call `done(refusal or None)` there (None runs: read the files
+        only, ahead of the first plan). Returns at once."""
+        with self._jobs_lock:
+            self._jobs.append((runs, done))
+            if not self._draining:
+                self._draining = True
+                threading.Thread(target=self._drain, name="plan-checks", daemon=True).start()
+
+    def _drain(self) -> None:
+        while True:
+            with self._jobs_lock:
+                if not self._jobs:
+                    self._draining = False
+                    return
+                runs, done = self._jobs.popleft()
+            error = None
+            try:
+                if runs is None:
+                    self.model_files()
+                else:
+                    error = self.check(runs)
+            except Exception:  # noqa: BLE001 — a check that breaks must not lose the plan: the engine checks each run
+                log.exception("queue-time checks failed; the plan is queued and checked per run")
+                error = None
+            if done is not None:
+                done(error)
 
     @property
     def files_ready(self) -> bool:
