@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from conftest import make_image
 
-from test_tui import FAST, make_app, run, settings, type_text, wait_for
+from test_tui import FAST, QUEUED_S, make_app, run, settings, type_text, wait_for
 from vlbench.recipe import Recipe
 from vlbench.store import Store
 from vlbench.tui import layout
@@ -231,7 +231,7 @@ def test_seeds_and_batches_are_visible_in_the_queue_at_100_columns():
             await pilot.pause()
             app.screen.query_one("#ask-input").value = "0-7"
             await pilot.press("enter")
-            await wait_for(pilot, lambda: app.store.count() == 8, 5, "8 runs")
+            await wait_for(pilot, lambda: app.store.count() == 8, QUEUED_S, "8 runs")
             await pilot.pause(0.3)
             rows = _queue_text(app)
             assert len(rows) == 1 and "8 runs" in rows[0] and "0/8 done" in rows[0], rows
@@ -261,6 +261,7 @@ def test_history_shows_seed_and_what_differs_at_every_breakpoint(monkeypatch):
             app.inputs.prompt = "probe"
             app.query_one("#p-seed").value = "1,2"
             app.queue_experiment("layer_probe")
+            await wait_for(pilot, lambda: app.store.count() == 4, QUEUED_S, "the batch to be checked and queued")
             await pilot.pause(0.3)
             rows = {str(app.history.table.get_row_at(i)[2]) for i in range(app.history.table.row_count)}
             assert any("layer=-2" in r for r in rows) and any("layer=-5" in r for r in rows), rows
@@ -416,7 +417,7 @@ def test_relative_reference_is_stored_absolute_and_reruns_from_another_directory
             await pilot.press("enter")
             app.inputs.prompt = "relative"
             await pilot.press("f5")
-            await wait_for(pilot, lambda: app.store.count() == 1, 5)
+            await wait_for(pilot, lambda: app.store.count() == 1, QUEUED_S)
         app.close()
 
     async def second():
@@ -617,7 +618,7 @@ def test_every_f_key_command_has_a_key_tmux_passes_and_the_footer_shows_it():
         async with app.run_test(size=(160, 48)) as pilot:
             app.inputs.prompt = "by ctrl+r"
             await pilot.press("ctrl+r")
-            await wait_for(pilot, lambda: app.store.count() == 1, 5, "ctrl+r queues")
+            await wait_for(pilot, lambda: app.store.count() == 1, QUEUED_S, "ctrl+r queues")
             await pilot.press("ctrl+g", "e")
             await pilot.pause()
             assert type(app.screen).__name__ == "ChooseExperiment"
@@ -690,7 +691,7 @@ def test_a_prompt_typed_in_one_burst_with_ctrl_r_is_queued_whole():
             event = events.Key("ctrl+r", None)
             event.set_sender(app)
             app._driver.send_message(event)
-            await wait_for(pilot, lambda: app.store.count() == 1, 5, "the run")
+            await wait_for(pilot, lambda: app.store.count() == 1, QUEUED_S, "the run")
             assert app.store.queue()[0].prompt == "a fox"
         app.close()
 
@@ -875,8 +876,8 @@ def test_an_experiment_batch_gets_the_grid_and_report_of_vlbench_run(engine, ref
             app.inputs.add_reference(str(ref_image))
             app.inputs.prompt = "probe"
             app.query_one("#p-seed").value = "1,2"
-            ids = app.queue_experiment("layer_probe")
-            assert len(ids) == 4
+            app.queue_experiment("layer_probe")
+            await wait_for(pilot, lambda: app.store.count() == 4, QUEUED_S, "the batch to be checked and queued")
             await wait_for(pilot, lambda: any("grid and report in" in n.message for n in app._notifications), 120,
                            "the batch's folder")
             note = next(n.message for n in app._notifications if "grid and report in" in n.message)

@@ -100,14 +100,24 @@ def _stamp() -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
+def built_tiny_models(root: Path | None = None) -> TinyModels | None:
+    """The tiny model dirs when already built and current, else None (nothing is built)."""
+    root = Path(root) if root is not None else tiny_cache_root()
+    models = TinyModels(vl=root / "qwen3-vl-tiny", zimage=root / "z-image-tiny")
+    stamp_file = root / "STAMP"
+    if stamp_file.exists() and stamp_file.read_text() == _stamp() and models.vl.is_dir() and models.zimage.is_dir():
+        return models
+    return None
+
+
 def ensure_tiny_models(root: Path | None = None) -> TinyModels:
     """Return the tiny model dirs, building them if missing or stale (a few seconds on CPU)."""
     root = Path(root) if root is not None else tiny_cache_root()
     stamp = _stamp()
-    models = TinyModels(vl=root / "qwen3-vl-tiny", zimage=root / "z-image-tiny")
-    stamp_file = root / "STAMP"
-    if stamp_file.exists() and stamp_file.read_text() == stamp and models.vl.is_dir() and models.zimage.is_dir():
+    models = built_tiny_models(root)
+    if models is not None:
         return models
+    models = TinyModels(vl=root / "qwen3-vl-tiny", zimage=root / "z-image-tiny")
     root.mkdir(parents=True, exist_ok=True)
 
     quiet_libraries()  # transformers' "Writing model shards" bars are not the user's business

@@ -43,7 +43,9 @@ from vlbench.store import FINISHED, Store
 from vlbench.tui import experiments, keys, layout
 from vlbench.tui.batches import Batches, new_batch_id
 from vlbench.tui.commands import VlbenchCommands
-from vlbench.tui.messages import InputsChanged, OpenRun, RecipeChanged, RunHighlighted, StoreChanged, WorkerEvent
+from vlbench.tui.messages import (InputsChanged, OpenRun, PlanChecked, RecipeChanged, RunHighlighted, StoreChanged,
+                                  WorkerEvent)
+from vlbench.tui.plan_checks import PlanChecks, PlannedRun
 from vlbench.tui.screens.ask import Ask
 from vlbench.tui.screens.confirm import Confirm
 from vlbench.tui.screens.experiment import ChooseExperiment
@@ -146,6 +148,9 @@ class VlbenchApp(App[int]):
         self.active_pane = "inputs"  # the pane with focus; in a narrow terminal the only one shown
         self.batches = Batches(self.store)
         self.experiment_types: list | None = None  # loaded on first use
+        self.plan_checks = PlanChecks(self.models)  # issue 25.10: plans are checked when queued, on a thread
+        self._plans: dict[int, list] = {}  # ticket -> [enqueue, done, error]: applied in the order they were queued
+        self._next_ticket = 0
         self._session_timer = None
         self._session: Session | None = None  # changed since it was last written
         # The saved session, read now (its pane is laid out by compose); the rest is restored on mount.
@@ -246,6 +251,8 @@ class VlbenchApp(App[int]):
         self._catch_hangup()
         if self.start_worker:
             self.call_after_refresh(self.start_job_worker)  # after the first paint: torch loads on its thread
+            # the queue-time checks' files, read before the first F5 needs them (on their thread: they import torch)
+            self.call_after_refresh(self.plan_checks.submit, None)
         else:
             self.queue_pane.set_status("worker not started")
 
@@ -536,20 +543,54 @@ class VlbenchApp(App[int]):
             return None
         return prompt, refs, recipe
 
-    def queue_runs(self, seeds: list[int] | None = None) -> list[int]:
-        """One run per seed (default: the seed field's seeds) of the form's prompt, references and recipe."""
+    def queue_runs(self, seeds: list[int] | None = None) -> None:
+        """One run per seed (default: the seed field's seeds) of the form's prompt, references and recipe, queued
+        once the plan passes its checks (check_then_queue)."""
         form = self._runs_for()
         if form is None:
-            return []
+            return
         prompt, refs, recipe = form
         seeds = seeds or self.parameters.seeds
         refs = [str(Path(r).expanduser().resolve()) for r in refs]  # a relaunch elsewhere still finds them
         items = [dict(prompt=prompt, images=refs, recipe=recipe.replace(seed=seed).to_dict(), source="tui")
                  for seed in seeds]
-        ids = self.store.enqueue_many(items, batch=new_batch_id() if len(items) > 1 else None)
-        self.notify(f"queued run {ids[0]}" if len(ids) == 1 else f"queued {len(ids)} runs ({ids[0]}–{ids[-1]})")
-        self.store_changed(ids[0], wake=True)
-        return ids
+
+        def enqueue() -> None:
+            ids = self.store.enqueue_many(items, batch=new_batch_id() if len(items) > 1 else None)
+            self.notify(f"queued run {ids[0]}" if len(ids) == 1 else f"queued {len(ids)} runs ({ids[0]}–{ids[-1]})")
+            self.store_changed(ids[0], wake=True)
+
+        self.check_then_queue([PlannedRun(item["recipe"], prompt, tuple(refs)) for item in items[:1]], enqueue)
+
+    # ---- issue 25.10: what the models' files decide (layers, text lengths, sizes, top-k) is checked at queue time ----
+    def check_then_queue(self, runs: list[PlannedRun], enqueue: Callable[[], None]) -> None:
+        """Check the plan on the checks' thread (vlbench.tui.plan_checks: the UI thread neither imports torch nor
+        waits), then `enqueue` it, or refuse it in one line naming the field and the fix with nothing queued. Plans
+        are applied in the order they were queued."""
+        ticket, self._next_ticket = self._next_ticket, self._next_ticket + 1
+        self._plans[ticket] = [enqueue, False, None]
+        if not self.plan_checks.files_ready:
+            self.notify("checking the plan against the models' files…", timeout=2)
+        self.plan_checks.submit(runs, lambda error: self.post_message(PlanChecked(ticket, error)))
+
+    def on_plan_checked(self, message: PlanChecked) -> None:
+        plan = self._plans.get(message.ticket)
+        if plan is None:
+            return
+        plan[1:] = [True, message.error]
+        while self._plans:
+            first = min(self._plans)
+            enqueue, done, error = self._plans[first]
+            if not done:
+                return
+            del self._plans[first]
+            if not self.showing:
+                continue
+            if error is None:
+                enqueue()
+            else:
+                self.parameters.refuse(error.field, render(error))
+                self.notify(f"cannot queue: {render(error)} (nothing was queued)", severity="error", timeout=10)
 
     def after_typing(self, callback: Callable[[], Any]) -> None:
         """Run `callback` once the focused widget has handled the keys already sent to it.
@@ -632,28 +673,33 @@ class VlbenchApp(App[int]):
             text.append("\nkeeps every form field as it is")
         return text
 
-    def queue_experiment(self, name: str, quick: bool = False) -> list[int]:
+    def queue_experiment(self, name: str, quick: bool = False) -> None:
         experiment = next((t for t in self._experiment_types() if t.name == name), None)
         form = self._runs_for()
         if experiment is None or form is None:
-            return []
+            return
         prompt, refs, recipe = form
         try:
             runs = experiments.expand(experiment, quick, recipe, self.parameters.seeds)
         except UserError as exc:
             self.notify(render(exc), severity="error")
-            return []
+            return
         refs = [str(Path(r).expanduser().resolve()) for r in refs]
         index = {c.name: i for i, c in enumerate(experiment.configs)}
         records = [RunRecord(prompt=prompt, references=[{"path": p, "sha256": None} for p in refs], recipe=r,
                              seed=r.get("seed", 0), name=config, experiment=name, config_index=index.get(config),
                              source="tui") for config, r in runs]
-        ids = self.store.enqueue_many(records, batch=new_batch_id())
-        self.notify(f"queued {len(ids)} runs of {name}" + (" (quick)" if quick else "") +
-                    ": its grid and report are written when the last one ends")
-        if ids:
-            self.store_changed(ids[0], wake=True)
-        return ids
+
+        def enqueue() -> None:
+            ids = self.store.enqueue_many(records, batch=new_batch_id())
+            self.notify(f"queued {len(ids)} runs of {name}" + (" (quick)" if quick else "") +
+                        ": its grid and report are written when the last one ends")
+            if ids:
+                self.store_changed(ids[0], wake=True)
+
+        # each config checked once (the seed changes nothing the files judge)
+        distinct = {config: r for config, r in runs}
+        self.check_then_queue([PlannedRun(r, prompt, tuple(refs)) for r in distinct.values()], enqueue)
 
     def check_action(self, action: str, parameters: tuple) -> bool | None:
         if len(self.screen_stack) > 1 and action in _FORM_ACTIONS:

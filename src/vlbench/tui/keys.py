@@ -85,7 +85,7 @@ QUEUE = [
     Command("queue.move_down", "shift+down,d", "move(1)", "Down", "move the selected pending run down"),
     Command("queue.move_top", "t", "move_top", "Top", "move the selected pending run (or batch) to the front"),
     Command("queue.remove", "delete,x", "remove", "Remove",
-            "remove the selected pending run; a finished one leaves the Queue (History keeps it)"),
+            "remove the selected pending run (asks first); a finished one leaves the Queue (History keeps it)"),
     Command("queue.retry", "r", "retry", "Retry", "queue a failed or cancelled run again"),
     Command("queue.cancel", "c", "cancel", "Cancel", "cancel the selected run or batch (running: at its next step)"),
     Command("queue.cancel_all", "C", "cancel_all", "Cancel all", "cancel every pending run (asks first)",

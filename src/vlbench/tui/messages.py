@@ -60,3 +60,12 @@ class OpenRun(Message):
     def __init__(self, run_id: int) -> None:
         super().__init__()
         self.run_id = run_id
+
+
+class PlanChecked(Message):
+    """A plan's queue-time checks ended (on a thread): `error` is the refusal (a UserError), or None to queue it."""
+
+    def __init__(self, ticket: int, error: Any) -> None:
+        super().__init__()
+        self.ticket = ticket
+        self.error = error

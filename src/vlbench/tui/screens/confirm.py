@@ -16,6 +16,12 @@ class Confirm(ModalScreen[bool]):
         Binding("n,escape", "answer(False)", "No", id="confirm.no"),
     ]
 
+    # A Label is as wide as its text: a long question ran one line past the dialog's edge and was cut (issue 25: the
+    # quit question at 100 columns). The dialog's width, wrapped.
+    DEFAULT_CSS = """
+    #confirm > Label { width: 100%; }
+    """
+
     def __init__(self, question: str) -> None:
         super().__init__()
         self.question = question

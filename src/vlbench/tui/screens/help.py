@@ -39,6 +39,11 @@ class HelpScreen(ModalScreen[None]):
         for where, commands in keys.every_command():
             for c in commands:
                 table.add_row(Text(keys.with_go(c, self.overrides.get(c.id))), c.id, where, Text(c.help))
+        from vlbench.tui.screens.image_view import ImageView
+
+        for binding in ImageView.BINDINGS:  # the full-screen view's own keys (issue 25: `a` was missing)
+            table.add_row(keys.display_keys(binding.key), binding.id or "", "full screen",
+                          Text(binding.tooltip or binding.description))
         for key, where, text in keys.BUILTIN:
             table.add_row(key, "", where, text)
         table.focus()

@@ -28,11 +28,13 @@ from vlbench.tui.widgets.preview import Picture, _missing
 
 class ImageView(Screen[None]):
     BINDINGS = [
-        Binding("escape,z,q", "close", "Close", id="image.close"),
-        Binding("o", "app.open_image", "Open externally", id="image.open"),
-        Binding("y", "app.copy_path", "Copy path", id="image.copy"),
-        Binding("a", "attention", "Attention map", id="image.attention"),
-    ]
+        Binding("escape,z,q", "close", "Close", id="image.close", tooltip="close the full-screen view"),
+        Binding("o", "app.open_image", "Open externally", id="image.open",
+                tooltip="open the image in the system's viewer"),
+        Binding("y", "app.copy_path", "Copy path", id="image.copy", tooltip="copy the image path (OSC 52)"),
+        Binding("a", "attention", "Attention map", id="image.attention",
+                tooltip="the attention heat map of each reference (runs with image_attention), then the image again"),
+    ]  # F1 lists these (screens/help.py)
     DEFAULT_CSS = """
     ImageView { layout: vertical; }
     ImageView Picture { height: 1fr; }

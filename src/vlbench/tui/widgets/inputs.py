@@ -18,6 +18,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Input, Label, OptionList, TextArea
+from textual.widgets.option_list import Option
 
 from vlbench.errors import UserError
 from vlbench.recipe import VLText
@@ -47,6 +48,17 @@ def check_image(path: str) -> str:
         why = "not an image" if isinstance(exc, UnidentifiedImageError) else f"a damaged image ({exc})"
         raise UserError(f"{why}; pick a PNG, JPEG, WebP, … file", field="image", value=path) from None
     return str(resolved.resolve())
+
+
+class ReferenceOption(Option):
+    """One reference, on one row: its file name, then its folder (cut at the list's edge). A path wrapped over
+    several rows left room for 2 or 3 references in the list's rows (issue 25: 5+ references showed 4 or fewer)."""
+
+    def __init__(self, path: str) -> None:
+        where = Path(path)
+        text = Text.assemble((where.name, "bold"), f"  {where.parent}")  # one row: #ref-list does not wrap
+        super().__init__(text)
+        self.path = path
 
 
 class ReferenceList(OptionList):
@@ -85,7 +97,7 @@ class ReferenceList(OptionList):
             self._remove(index)
             return
 
-        name = Path(str(self.get_option_at_index(index).prompt)).name
+        name = Path(self.get_option_at_index(index).path).name
         self.app.push_screen(Confirm(f"Remove reference {name}? (↑/↓ picks another)"),
                              lambda yes: self._remove(index) if yes else None)
 
@@ -140,11 +152,22 @@ class ReferencePath(Input):
         # One path: Input's own handler (Textual calls each class's _on_paste unless the default is prevented).
 
 
+REFS_LABEL = "references: Enter adds · F2 or ^f browses"
+REF_ROWS = 6  # rows of the reference list (#ref-list's max-height); more scroll
+
+
 class InputsPane(Vertical):
     BORDER_TITLE = "Inputs"
 
+    def on_inputs_changed(self, message: InputsChanged) -> None:
+        """Say how many references there are once the list scrolls (issue 25: the 5th and later were out of sight).
+        The message goes on to the app."""
+        count = self.query_one(ReferenceList).option_count
+        more = f"references: {count}, the list scrolls (↑/↓ in it) · Enter adds · F2 or ^f browses"
+        self.query_one("#refs-label", Label).update(more if count > REF_ROWS else REFS_LABEL)
+
     def compose(self) -> ComposeResult:
-        yield Label("references: Enter adds · F2 or ^f browses", classes="field-label")
+        yield Label(REFS_LABEL, classes="field-label", id="refs-label")
         yield ReferencePath(placeholder="path/to/reference.png", id="ref-path", suggester=PathSuggester(IMAGE_SUFFIXES),
                             compact=True)
         yield ReferenceList(id="ref-list", classes="-empty")
@@ -168,7 +191,7 @@ class InputsPane(Vertical):
 
     @property
     def references(self) -> list[str]:
-        refs = [str(option.prompt) for option in self.query_one(ReferenceList).options]
+        refs = [option.path for option in self.query_one(ReferenceList).options]
         typed = self.query_one("#ref-path", Input).value.strip()
         if typed:  # typed but not yet added: still meant, if it is an image
             try:
@@ -183,7 +206,7 @@ class InputsPane(Vertical):
     def references(self, paths: list[str]) -> None:
         refs = self.query_one(ReferenceList)
         refs.clear_options()
-        refs.add_options([Text(p) for p in paths])
+        refs.add_options([ReferenceOption(p) for p in paths])
         refs.set_class(not paths, "-empty")
         self.query_one("#ref-path", Input).value = ""
         self.post_message(InputsChanged(None))
@@ -211,8 +234,8 @@ class InputsPane(Vertical):
             self.notify(render(exc), severity="error")
             return False
         refs = self.query_one(ReferenceList)
-        if resolved not in [str(o.prompt) for o in refs.options]:
-            refs.add_option(Text(resolved))
+        if resolved not in [o.path for o in refs.options]:
+            refs.add_option(ReferenceOption(resolved))
         refs.remove_class("-empty")
         field.value = ""
         field.remove_class("-invalid")

@@ -25,6 +25,8 @@ from vlbench.tui.wording import render
 from vlbench.tui.widgets.choice import BLANK, ChoiceField
 from vlbench.tui.widgets.vl_text import VLTextField
 
+MAX_ERROR_LINES = 3  # errors under the form, one line each (a long one wraps: #param-error holds 6 lines)
+
 
 class FieldRow(Horizontal):
     """A field's name and its editor; `-invalid` while the value is rejected."""
@@ -198,16 +200,35 @@ class ParametersPane(Vertical):
                 self._rows[name].set_class(name in bad, "-invalid")
                 self._rows[name].editor.set_class(name in bad, "-invalid")
         self._invalid = set(bad)
-        self.error = next(iter(bad.values()), None)
+        self.error = "; ".join(bad.values()) or None  # every invalid field's error, not only the first (issue 25)
         self.recipe = recipe
         self.seeds = seeds if recipe is not None else []
-        if self.error != self._shown_error:
-            self._shown_error = self.error
-            error = self.query_one("#param-error", Static)
-            error.update(Text(f"✗ {self.error}" if self.error else ""))
-            error.set_class(self.error is None, "-hidden")
+        self._show_error(list(bad.values()))
         self.post_message(RecipeChanged(recipe, self.error, self.seeds))
         return recipe
+
+    def _show_error(self, errors: list[str]) -> None:
+        """One line per invalid field under the form (at most MAX_ERROR_LINES; the rest counted)."""
+        if len(errors) > MAX_ERROR_LINES:
+            errors = errors[:MAX_ERROR_LINES - 1] + [f"… and {len(errors) - MAX_ERROR_LINES + 1} more invalid fields "
+                                                     "(marked in the form)"]
+        shown = "\n".join(f"✗ {e}" for e in errors) or None
+        if shown != self._shown_error:
+            self._shown_error = shown
+            error = self.query_one("#param-error", Static)
+            error.update(Text(shown or ""))
+            error.set_class(shown is None, "-hidden")
+
+    def refuse(self, field: str | None, message: str) -> None:
+        """A plan the models' files refused at queue time (issue 25.10): its field is marked and the refusal shown
+        under the form until the form is next read (a field that is not the form's, the prompt, is named in the
+        message alone)."""
+        row = self._rows.get(field or "")
+        if row is not None:
+            row.add_class("-invalid")
+            row.editor.add_class("-invalid")
+            self._invalid.add(row.spec.name)  # the next validate() clears it
+        self._show_error([message])
 
     # ---- events ----
     def on_mount(self) -> None:
@@ -219,9 +240,16 @@ class ParametersPane(Vertical):
     def _changed(self, event) -> None:
         event.stop()
         self.validate()
+        focused = self.screen.focused if self.is_attached else None
+        if focused is not None and event.control in focused.ancestors_with_self:  # the help line follows the value
+            self._show_help(focused)
 
     def on_descendant_focus(self, event: events.DescendantFocus) -> None:
-        row = next((n for n in event.widget.ancestors_with_self if isinstance(n, FieldRow)), None)
+        self._show_help(event.widget)
+
+    def _show_help(self, widget: Widget) -> None:
+        """The help line of the field `widget` edits, for the value it holds now (a choice's own help)."""
+        row = next((n for n in widget.ancestors_with_self if isinstance(n, FieldRow)), None)
         help_line = self.query_one("#param-help", Static)
         if row is not None:
             spec = row.spec

@@ -330,6 +330,13 @@ class QueuePane(Vertical):
                                          "dropped; finished ones stay in History)"),
                                  lambda yes: self._remove(runs) if yes else None)
             return
+        store = self.app.store
+        if len(runs) == 1 and store.status(runs[0]) == "pending":  # a pending run is gone for good: ask first
+            from vlbench.tui.screens.confirm import Confirm
+
+            self.app.push_screen(Confirm(f"Remove pending run {runs[0]} from the Queue? (it is dropped, not run)"),
+                                 lambda yes: self._remove(runs) if yes else None)
+            return
         self._remove(runs)
 
     def _remove(self, runs: list[int]) -> None:
