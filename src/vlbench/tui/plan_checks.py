@@ -19,11 +19,14 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
+from vlbench.engine.precheck import check_plan, read_model_files
+from vlbench.engine.tiny import built_tiny_models, is_tiny
 from vlbench.errors import UserError
+from vlbench.recipe import ImageAttention, Recipe
 
 log = logging.getLogger("vlbench.tui")
 
@@ -89,7 +92,6 @@ class PlanChecks:
                 spec = readable_spec(self.spec)
                 if spec is None:
                     return None
-                from vlbench.engine.precheck import read_model_files
 
                 self.reads += 1
                 self._files = read_model_files(spec)  # None (not kept): a later plan tries again
@@ -101,8 +103,6 @@ class PlanChecks:
         files = self.model_files()
         if files is None:
             return None
-        from vlbench.engine.precheck import check_plan
-        from vlbench.recipe import ImageAttention, Recipe
 
         opened: dict[str, Any] = {}
 
@@ -134,14 +134,12 @@ def readable_spec(spec):
     job, with its status line), else None."""
     if not getattr(spec, "tiny", False):
         return spec
-    from vlbench.engine.tiny import built_tiny_models, is_tiny
 
     if spec.zimage and spec.vl and is_tiny(spec.zimage) and is_tiny(spec.vl):
         return spec
     models = built_tiny_models()
     if models is None:
         return None
-    from dataclasses import replace
 
     return replace(spec, zimage=str(models.zimage), vl=str(models.vl))
 

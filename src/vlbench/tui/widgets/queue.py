@@ -332,7 +332,6 @@ class QueuePane(Vertical):
             return
         store = self.app.store
         if len(runs) == 1 and store.status(runs[0]) == "pending":  # a pending run is gone for good: ask first
-            from vlbench.tui.screens.confirm import Confirm
 
             self.app.push_screen(Confirm(f"Remove pending run {runs[0]} from the Queue? (it is dropped, not run)"),
                                  lambda yes: self._remove(runs) if yes else None)
