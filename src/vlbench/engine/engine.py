@@ -197,6 +197,7 @@ class Engine:
         self.vl_forwards = 0  # distinct (images, VL text) inputs run through the VL model (the cache serves the rest)
         self.vl_batched_calls = 0  # actual VL model calls: a batched call over several inputs counts once
         self.batch_dual = True  # a dual recipe's two uncached passes run as one batched call when they fit
+        self.last_plan = None  # the last job's caption plan (issue 23; caption_plan.CaptionPlan), for tests and tools
         self.share_probe = False  # measure each attend mix's realised share in the DiT (generate.ShareProbe)
         self._img2img = None
         self._environment: dict | None = None
@@ -209,8 +210,9 @@ class Engine:
 
     # ---- building blocks, each cached ----
     def extraction(self, refs: list[Reference], text: str | None, max_image_tokens: int | None,
-                   attention_layer: int | None = None, system: str | None = None) -> Extraction:
-        return self.extractions([(refs, text, max_image_tokens, attention_layer, system)])[0]
+                   attention_layer: int | None = None, system: str | None = None,
+                   image_budget: int | None = None) -> Extraction:
+        return self.extractions([(refs, text, max_image_tokens, attention_layer, system, image_budget)])[0]
 
     def extractions(self, requests: list[tuple], batch: bool = True) -> list[Extraction]:
         """One Extraction per (refs, VL text, max_image_tokens), each distinct input forwarded at most once.
@@ -221,21 +223,23 @@ class Engine:
         the model calls made. A request is (refs, VL text, max_image_tokens) or, to also read one decoder layer's
         VL-text -> image attention in the same forward (issue 17), (refs, VL text, max_image_tokens, that layer):
         its own cache entry, so extractions without attention stay as fast as ever. A fifth item is the VL system
-        turn's text (issue 27's vl_system; None: the stock template), also part of both cache keys.
+        turn's text (issue 27's vl_system; None: the stock template), also part of both cache keys. A sixth is the
+        image tokens the caption's plan leaves the input (issue 23, caption_plan; None: no limit but the budget's),
+        part of both keys when set: two recipes that size a reference differently never share an extraction.
         """
         budget = self.models.caption_budget
-        requests = [(*r, *(None,) * (5 - len(r))) for r in requests]
-        keys = [(tuple(r.sha256 for r in refs), text, budget, mit, self.models.spec.vl, attn, system)
-                for refs, text, mit, attn, system in requests]
+        requests = [(*r, *(None,) * (6 - len(r))) for r in requests]
+        keys = [(tuple(r.sha256 for r in refs), text, budget, mit, self.models.spec.vl, attn, system, ib)
+                for refs, text, mit, attn, system, ib in requests]
         missing: list[tuple] = []  # (key, disk key, request) of each distinct uncached input, in request order
         for key, request in zip(keys, requests):
             if key in self._extractions or any(key == m[0] for m in missing):
                 continue
-            refs, text, mit, attn, system = request
+            refs, text, mit, attn, system, ib = request
             disk_key = ex = None
             if self.disk_cache is not None:
                 vl = self.models.vl
-                disk_key = extraction_key(vl, [r.cache_id for r in refs], text, budget, mit, attn, system)
+                disk_key = extraction_key(vl, [r.cache_id for r in refs], text, budget, mit, attn, system, ib)
                 ex = self.disk_cache.get(disk_key, vl.device)
             if ex is not None:
                 self._extractions[key] = ex
@@ -243,8 +247,8 @@ class Engine:
                 missing.append((key, disk_key, request))
         if missing:
             vl = self.models.vl
-            preps = [prepare(vl, [r.image for r in refs], text, budget, mit, system)
-                     for _, _, (refs, text, mit, _, system) in missing]
+            preps = [prepare(vl, [r.image for r in refs], text, budget, mit, system, ib)
+                     for _, _, (refs, text, mit, _, system, ib) in missing]
             plain = [i for i, m in enumerate(missing) if m[2][3] is None]
             done = dict(zip(plain, self._forward([preps[i] for i in plain], batch)))
             for i, m in enumerate(missing):  # with attention: one hooked call each (single-pass recipes only)
@@ -338,10 +342,6 @@ class Engine:
         vl = qwen3 = None
         extractions: list[Extraction] = []
         warnings: list[str] = [f"reference {ref.path}: {note}" for ref in refs for note in ref.notes]  # issue 26
-        start = time.perf_counter()
-        if recipe.uses_vl:
-            vl, extractions = self._vl_sequence(recipe, prompt, refs)
-            timings["extraction"] = time.perf_counter() - start
         text = description = None
         # vl_guidance: Qwen3-4B's caption is the text-only branch; vl_blocks: it carries the caption where VL is masked
         if recipe.uses_qwen3 or recipe.vl_guidance != 0 or recipe.vl_blocks is not None:
@@ -365,6 +365,13 @@ class Engine:
                                     "tokens)") from None
             qwen3 = C.text_seq(text.embeds)
             timings["text_encoding"] = time.perf_counter() - t1
+        # issue 23: the whole caption planned before any reference is sized (caption_plan); refused here when even
+        # the smallest references cannot fit, before the VL runs
+        limits = self.plan_caption(recipe, prompt, refs, len(text.input_ids) if text is not None else None)
+        start = time.perf_counter()
+        if recipe.uses_vl:
+            vl, extractions = self._vl_sequence(recipe, prompt, refs, limits)
+            timings["extraction"] = time.perf_counter() - start
         t0 = time.perf_counter()
         if recipe.alpha_policy == MixPolicy.POSITIONWISE and vl is not None and qwen3 is not None:
             C.check_token_pairs(text.input_ids, [extractions[0].input_ids[r["position"]] for r in vl.rows], "alpha",
@@ -466,13 +473,60 @@ class Engine:
             seq = C.pool_images(seq, recipe.pool_image_tokens)
         return seq
 
-    def _vl_sequence(self, recipe: Recipe, prompt: str, refs: list[Reference]) -> tuple[C.Seq, list[Extraction]]:
+    def plan_caption(self, recipe: Recipe, prompt: str, refs: list[Reference],
+                     qwen3_rows: int | None) -> list[int | None]:
+        """issue 23: the caption's plan (caption_plan.plan_caption) for this job, and each VL input's image-token limit
+        in extraction order (None where the plan leaves it more than its own text leaves of the budget: sized as
+        before, under its old cache key). UserError when even the smallest references cannot fit."""
+        from vlbench.engine.caption_plan import plan_caption
+        from vlbench.engine.extract import image_token_count, min_image_tokens, vl_counts
+
+        inputs = self.vl_inputs(recipe, prompt, refs)
+        if not inputs:
+            plan_caption(recipe, self.models.caption_budget, qwen3_rows, [])
+            return []
+        processor = self.models.vl_processor
+        counts = [vl_counts(processor, len(images), text, system) for images, text, system in inputs]
+        lows = [min_image_tokens(processor.image_processor, [r.image.size for r in images])
+                for images, _, _ in inputs]
+        budget = self.models.caption_budget
+        plan = plan_caption(recipe, budget, qwen3_rows, counts, lows)
+        self.last_plan = plan
+        if plan.image_budget is None:
+            return [None] * len(inputs)
+        # the limit only where it can bind: below what the input's own text leaves (and max_image_tokens) and below
+        # the references' native tokens; elsewhere the reference is sized exactly as before, under its old cache key
+        native = [sum(image_token_count(processor.image_processor, *r.image.size) for r in images)
+                  for images, _, _ in inputs]
+        return [plan.image_budget if plan.image_budget < min(budget - c.text_tokens, n,
+                                                            _first(recipe.max_image_tokens, budget)) else None
+                for c, n in zip(counts, native)]
+
+    @staticmethod
+    def vl_inputs(recipe: Recipe, prompt: str, refs: list[Reference]) -> list[tuple[list[Reference], str | None,
+                                                                                     str | None]]:
+        """(references, VL text, system text) of each VL input this job extracts, in _vl_sequence's order."""
+        if not recipe.uses_vl:
+            return []
+        system = recipe.resolve_vl_system()
+        if recipe.dual:
+            return [(refs, recipe.resolve_vl_text(prompt, recipe.style_vl_text), system),
+                    (refs, recipe.resolve_vl_text(prompt, recipe.content_vl_text), system)]
+        text = recipe.resolve_vl_text(prompt)
+        if recipe.multi_image == MultiImage.SEPARATE and len(refs) > 1:
+            return [([r], text, system) for r in refs]
+        return [(refs, text, system)]
+
+    def _vl_sequence(self, recipe: Recipe, prompt: str, refs: list[Reference],
+                     limits: list[int | None] | None = None) -> tuple[C.Seq, list[Extraction]]:
+        limits = limits or [None] * max(2, len(refs))
         if recipe.dual:
             system = recipe.resolve_vl_system()
             style_ex, content_ex = self.extractions(  # two passes, one batched model call when neither is cached
-                [(refs, recipe.resolve_vl_text(prompt, recipe.style_vl_text), recipe.max_image_tokens, None, system),
+                [(refs, recipe.resolve_vl_text(prompt, recipe.style_vl_text), recipe.max_image_tokens, None, system,
+                  limits[0]),
                  (refs, recipe.resolve_vl_text(prompt, recipe.content_vl_text), recipe.max_image_tokens, None,
-                  system)],
+                  system, limits[1])],
                 batch=self.batch_dual)
             style = self._select(style_ex, recipe.style_tokens, recipe, _first(recipe.style_layer, recipe.layer),
                                  "style")
@@ -482,13 +536,14 @@ class Engine:
             return mixed, [content_ex, style_ex]
         text = recipe.resolve_vl_text(prompt)
         if recipe.multi_image == MultiImage.SEPARATE and len(refs) > 1:
-            pairs = [self._single(recipe, text, [r]) for r in refs]
+            pairs = [self._single(recipe, text, [r], limit) for r, limit in zip(refs, limits)]
             weights = recipe.image_weights or tuple(1.0 for _ in refs)
             return C.average_references([seq for seq, _ in pairs], weights), [ex for _, ex in pairs]
-        seq, ex = self._single(recipe, text, refs)
+        seq, ex = self._single(recipe, text, refs, limits[0])
         return seq, [ex]
 
-    def _single(self, recipe: Recipe, text: str | None, refs: list[Reference]) -> tuple[C.Seq, Extraction]:
+    def _single(self, recipe: Recipe, text: str | None, refs: list[Reference],
+                image_budget: int | None = None) -> tuple[C.Seq, Extraction]:
         attention = None
         if recipe.image_attention != ImageAttention.NONE:  # issue 17: checked before the forward
             attention = self.attention_layer(recipe)
@@ -496,7 +551,7 @@ class Engine:
                 raise UserError("reads the VL text's attention to the image, and the VL text is empty",
                                 field="image_attention", value=recipe.image_attention,
                                 fix="give the VL a text, or drop it (default none)")
-        ex = self.extraction(refs, text, recipe.max_image_tokens, attention, recipe.resolve_vl_system())
+        ex = self.extraction(refs, text, recipe.max_image_tokens, attention, recipe.resolve_vl_system(), image_budget)
         if attention is not None and (PROMPT not in ex.roles or IMAGE not in ex.roles):
             raise UserError("reads the VL text's attention to the image, and this VL input has "
                             + ("no text positions" if PROMPT not in ex.roles else "no image"),

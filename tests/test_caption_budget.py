@@ -1,0 +1,146 @@
+"""issue 23, the caption budget: the whole caption is planned before any reference is sized (caption_plan).
+
+The planner's length against the caption the engine really assembles on the tiny models; references sized to what the
+rest of the caption leaves; refusal in one line naming each part, before any model is built; the shipped search space
+and img2img_style complete on the tiny models."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import make_image
+from vlbench.engine.caption_plan import SELECTION_ROLES, VLCounts, plan_caption
+from vlbench.engine.engine import Reference
+from vlbench.engine.extract import prepare_inputs
+from vlbench.errors import CaptionTooLong, UserError
+from vlbench.recipe import Recipe
+
+SIZE = dict(width=64, height=64, steps=1)
+PROMPT = "a lighthouse on a rocky coast at dusk, painted in thick oil strokes"
+
+
+@pytest.fixture(scope="module")
+def refs(tmp_path_factory):
+    """Two references far too big for the tiny DiT's 224-row caption alone (sized down by the processor)."""
+    d = tmp_path_factory.mktemp("refs")
+    return [Reference.open(make_image(d / "a.png", size=(1024, 768))),
+            Reference.open(make_image(d / "b.png", size=(768, 768), color=(30, 90, 200)))]
+
+
+# every recipe shape the engine assembles: (recipe, references used, exact?)
+CASES = {
+    "full + qwen3 attend (img2img_style)": (Recipe(tokens="full", vl_text="prompt", alpha=0.1, **SIZE), 1, True),
+    "image tokens + qwen3 attend": (Recipe(tokens="image", alpha=0.5, **SIZE), 1, True),
+    "intra attend + qwen3 attend (search space)": (Recipe(intra_ratio=0.5, intra_policy="attend", alpha=0.6,
+                                                          layer=-3, **SIZE), 1, True),
+    "intra attend at 0 (image dropped)": (Recipe(intra_ratio=0.0, intra_policy="attend", alpha=0.6, **SIZE), 1,
+                                          True),
+    "intra attend + qwen3 split": (Recipe(intra_ratio=0.25, intra_policy="attend", alpha=0.6, alpha_policy="split",
+                                          **SIZE), 1, False),
+    "vl alone, full": (Recipe(tokens="full", alpha=1.0, **SIZE), 1, True),
+    "dual attend + qwen3 blend": (Recipe(dual=True, style_tokens="image", content_tokens="full",
+                                         content_vl_text="prompt", style_vl_text="describe the style",
+                                         alpha=0.5, **SIZE), 1, True),
+    "two refs joint, full": (Recipe(tokens="full", alpha=0.3, **SIZE), 2, True),
+    "two refs separate": (Recipe(tokens="image", alpha=0.3, multi_image="separate", **SIZE), 2, False),
+    "pooled image tokens": (Recipe(tokens="full", alpha=0.5, pool_image_tokens=16, **SIZE), 1, False),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_the_plan_bounds_the_assembled_caption_and_fits_the_budget(engine, refs, name):
+    recipe, n, exact = CASES[name]
+    budget = engine.models.caption_budget
+    cond = engine.condition(recipe, PROMPT, refs[:n])
+    plan = engine.last_plan
+    assert plan is not None and plan.exact == exact
+    tokens = [sum(ex.image_token_counts) for ex in engine_order(cond)]
+    predicted = plan.length(tokens)
+    real = max(int(c.shape[0]) for c in cond.captions)
+    assert real <= budget, f"{name}: {real} rows over {budget}"
+    if exact:
+        assert predicted == real, name
+    else:
+        assert real <= predicted <= budget, name
+    if plan.image_budget is not None:  # every VL input was sized to what the rest of the caption left it
+        assert all(t <= plan.image_budget for t in tokens)
+
+
+def engine_order(cond):
+    """The extractions in the engine's request order (dual: style then content; Conditioning keeps content first)."""
+    return list(reversed(cond.extractions)) if cond.dual else cond.extractions
+
+
+def test_before_the_plan_these_recipes_overflowed(engine, refs):
+    """The defect: sized to the whole budget, the reference leaves no room for Qwen3-4B's rows."""
+    recipe = CASES["full + qwen3 attend (img2img_style)"][0]
+    cond = engine.condition(recipe, PROMPT, refs[:1])
+    ex = cond.extractions[0]
+    budget = engine.models.caption_budget
+    text_tokens = len(ex.input_ids) - sum(ex.image_token_counts)
+    old_room = budget - text_tokens  # what extract._fit gave the image before issue 23
+    assert sum(ex.image_token_counts) <= engine.last_plan.image_budget < old_room
+    assert len(cond.text.input_ids) + text_tokens + engine.last_plan.image_budget <= budget
+
+
+def test_a_reference_that_fits_is_sized_as_before(engine, refs, tmp_path):
+    """Old results keep their meaning: a job whose caption fitted under the old rule is sized exactly as before (same
+    image tokens, same extraction cache key)."""
+    small = Reference.open(make_image(tmp_path / "small.png", size=(96, 64)))
+    recipe = Recipe(tokens="full", alpha=0.5, **SIZE)
+    cond = engine.condition(recipe, PROMPT, [small])
+    assert engine.last_plan.image_budget is None or engine.last_plan.image_budget >= sum(
+        cond.extractions[0].image_token_counts)
+    assert engine.plan_caption(recipe, PROMPT, [small], len(cond.text.input_ids)) == [None]
+    old = prepare_inputs(engine.models.vl_processor, [small.image], PROMPT, engine.models.caption_budget)
+    assert cond.extractions[0].input_ids == old.input_ids  # the rule before issue 23: the same image tokens
+    assert cond.extractions[0].image_sizes[0] == tuple(old.inputs["image_grid_thw"][0, 1:].flip(0).mul(
+        engine.models.vl_processor.image_processor.patch_size).tolist())
+
+
+def test_limits_enter_the_extraction_cache_key(engine, refs):
+    """Two recipes that size a reference differently never share an extraction."""
+    short = engine.condition(Recipe(tokens="full", alpha=0.5, **SIZE), "a", refs[:1]).extractions[0]
+    long = engine.condition(Recipe(tokens="full", alpha=0.5, **SIZE),
+                            "a", refs[:1]).extractions[0]
+    assert short is long  # the same plan: the same entry
+    vl_only = engine.condition(Recipe(tokens="full", alpha=1.0, **SIZE), "a", refs[:1]).extractions[0]
+    assert sum(vl_only.image_token_counts) > sum(short.image_token_counts)  # no Qwen3-4B rows: a bigger image
+
+
+# ---------------------------------------------------------------- refusal
+def test_refusal_names_each_part_and_happens_before_the_vl_runs(engine, refs):
+    long_prompt = " ".join(["a lighthouse on a rocky coast in the fog"] * 20)
+    recipe = Recipe(dual=True, style_tokens="image", content_tokens="full", content_vl_text="prompt",
+                    style_vl_text="describe the style", alpha=0.5, **SIZE)
+    before = engine.vl_forwards
+    with pytest.raises(CaptionTooLong) as err:
+        engine.condition(recipe, long_prompt, refs[:1])
+    message = str(err.value)
+    assert engine.vl_forwards == before
+    assert "caption over the budget of 224" in message
+    for part in ("Qwen3-4B prompt", "VL content pass", "references need >= ", "×2"):
+        assert part in message, message
+    assert "\n" not in message and err.value.field == "conditioning"
+
+
+def test_the_planner_alone_is_exact_arithmetic():
+    """Without models: the parts add up as the mixes say (attend side by side, split shares, sides dropped)."""
+    counts = [VLCounts(template=10, prompt=5, images=1)]
+    recipe = Recipe(tokens="full", alpha=0.5)
+    plan = plan_caption(recipe, 224, 30, counts, [4])
+    assert plan.length([100]) == 30 + (10 + 5 + 2 + 100)
+    assert plan.image_budget == 224 - 30 - 17
+    assert plan_caption(recipe.replace(alpha=1.0), 224, None, counts, [4]).image_budget == 224 - 17
+    split = plan_caption(recipe.replace(alpha_policy="split", alpha=0.25), 224, 40, counts, [4])
+    assert split.length([100]) == 30 + round(0.25 * 117)  # round(0.75·40) + round(0.25·117)
+    image_only = plan_caption(Recipe(tokens="image", alpha=0.5), 224, 30, counts, [4])
+    assert image_only.image_budget == 224 - 30
+    with pytest.raises(CaptionTooLong, match=r"Qwen3-4B prompt 220, VL 17, references need >= 4 each ×1"):
+        plan_caption(recipe, 224, 220, counts, [4])
+
+
+def test_selection_roles_are_one_table():
+    from vlbench.engine import extract
+
+    assert extract.SELECTION_ROLES is SELECTION_ROLES
