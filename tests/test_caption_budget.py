@@ -144,3 +144,75 @@ def test_selection_roles_are_one_table():
     from vlbench.engine import extract
 
     assert extract.SELECTION_ROLES is SELECTION_ROLES
+
+
+def test_the_pre_load_check_gives_the_engines_refusal(engine, refs, tiny_spec):
+    from vlbench.engine.precheck import check_plan, read_model_files
+
+    long_prompt = " ".join(["a lighthouse on a rocky coast in the fog"] * 12)  # fits each model, not both
+    recipe = Recipe(tokens="full", alpha=0.5, **SIZE)
+    with pytest.raises(CaptionTooLong) as planned:
+        check_plan(read_model_files(tiny_spec), [(recipe, long_prompt, refs[:1])])
+    with pytest.raises(CaptionTooLong) as ran:
+        engine.run(recipe, long_prompt, refs[:1])
+    assert str(planned.value) == str(ran.value)
+    assert "Qwen3-4B prompt" in str(planned.value) and "references need >= " in str(planned.value)
+
+
+def _no_models(monkeypatch):
+    from vlbench.engine import models
+
+    monkeypatch.setattr(models.Models, "__init__", lambda *a, **k: (_ for _ in ()).throw(AssertionError("loaded")))
+
+
+def test_generate_refuses_a_caption_that_cannot_fit_before_any_model_is_built(tiny_dirs, tmp_path, capsys,
+                                                                             monkeypatch):
+    from vlbench.cli import main
+
+    _no_models(monkeypatch)
+    big = make_image(tmp_path / "big.png", size=(1024, 768))
+    long_prompt = " ".join(["a lighthouse on a rocky coast in the fog"] * 12)
+    code = main(["generate", "--tiny", "--device", "cpu", "--prompt", long_prompt, "--alpha", "0.5",
+                 "--tokens", "full", "--image", str(big), "--width", "64", "--height", "64", "--steps", "1",
+                 "--out", str(tmp_path / "x.png")])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert "caption over the budget of 224" in err and "Qwen3-4B prompt" in err and "VL " in err, err
+    assert not (tmp_path / "x.png").exists()
+
+
+# ---------------------------------------------------------------- the shipped search space and img2img_style
+ROOT = __import__("pathlib").Path(__file__).parents[1]
+
+
+def test_the_shipped_search_space_runs_every_trial_on_the_tiny_models(tiny_dirs, tmp_path):
+    """examples/search/style_vs_prompt.toml with a reference too big for the budget alone (3 of its first 4 trials
+    overflowed before the plan): every trial completes."""
+    import json
+
+    from vlbench.cli import main
+
+    big = make_image(tmp_path / "big.png", size=(1024, 768))
+    out = tmp_path / "search"
+    code = main(["search", "--space", str(ROOT / "examples" / "search" / "style_vs_prompt.toml"), "--image",
+                 str(big), "--prompt", "a lighthouse", "--trials", "4", "--width", "64", "--height", "64",
+                 "--steps", "1", "--output-dir", str(out), "--tiny", "--device", "cpu"])
+    trials = [json.loads(line) for line in (out / "trials.jsonl").read_text().splitlines()]
+    assert code == 0 and len(trials) == 4
+    assert [t["error"] for t in trials] == [None] * 4, trials
+    assert any(t["params"]["alpha_policy"] == "attend" for t in trials)  # the overflowing kind is among them
+
+
+def test_img2img_style_completes_every_image_on_the_tiny_models(tiny_dirs, tmp_path):
+    import json
+
+    from vlbench.cli import main
+
+    big = make_image(tmp_path / "big.png", size=(1024, 768))
+    out = tmp_path / "img2img"
+    code = main(["run", "--experiment", "img2img_style", "--quick", "--tiny", "--device", "cpu", "--seeds", "1",
+                 "--steps", "2", "--width", "64", "--height", "64", "--image", str(big), "--prompt",
+                 "a lighthouse", "--output-dir", str(out), "--no-store", "--no-diagnostics"])
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    done = [r for r in rows if r.get("status") == "done" and r.get("error") is None]
+    assert code == 0 and len(done) == 7, [(r.get("name"), r.get("status"), r.get("error")) for r in rows]

@@ -199,6 +199,23 @@ class CaptionPlan:
         return max((c.length(image_tokens) for c in self.captions), default=0)
 
 
+def vl_inputs(recipe, prompt: str, refs: Sequence) -> list[tuple]:
+    """(references, VL text, system text) of each VL input a job extracts, in the engine's order (Engine._vl_sequence:
+    dual: the style pass, then the content pass; multi_image separate: one per reference; else one, all references)."""
+    from vlbench.recipe import MultiImage
+
+    if not recipe.uses_vl:
+        return []
+    system = recipe.resolve_vl_system()
+    if recipe.dual:
+        return [(list(refs), recipe.resolve_vl_text(prompt, recipe.style_vl_text), system),
+                (list(refs), recipe.resolve_vl_text(prompt, recipe.content_vl_text), system)]
+    text = recipe.resolve_vl_text(prompt)
+    if recipe.multi_image == MultiImage.SEPARATE and len(refs) > 1:
+        return [([r], text, system) for r in refs]
+    return [(list(refs), text, system)]
+
+
 def vl_tree(recipe, counts: Sequence[VLCounts]):
     """The VL sequence as Engine._vl_sequence assembles it; `counts` in the engine's extraction order (dual: the
     style pass, then the content pass; multi_image separate: one per reference; else one)."""

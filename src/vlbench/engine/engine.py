@@ -503,19 +503,11 @@ class Engine:
                 for c, n in zip(counts, native)]
 
     @staticmethod
-    def vl_inputs(recipe: Recipe, prompt: str, refs: list[Reference]) -> list[tuple[list[Reference], str | None,
-                                                                                     str | None]]:
+    def vl_inputs(recipe: Recipe, prompt: str, refs: list[Reference]) -> list[tuple]:
         """(references, VL text, system text) of each VL input this job extracts, in _vl_sequence's order."""
-        if not recipe.uses_vl:
-            return []
-        system = recipe.resolve_vl_system()
-        if recipe.dual:
-            return [(refs, recipe.resolve_vl_text(prompt, recipe.style_vl_text), system),
-                    (refs, recipe.resolve_vl_text(prompt, recipe.content_vl_text), system)]
-        text = recipe.resolve_vl_text(prompt)
-        if recipe.multi_image == MultiImage.SEPARATE and len(refs) > 1:
-            return [([r], text, system) for r in refs]
-        return [(refs, text, system)]
+        from vlbench.engine.caption_plan import vl_inputs
+
+        return vl_inputs(recipe, prompt, refs)
 
     def _vl_sequence(self, recipe: Recipe, prompt: str, refs: list[Reference],
                      limits: list[int | None] | None = None) -> tuple[C.Seq, list[Extraction]]:
