@@ -196,7 +196,7 @@ def test_the_shipped_search_space_runs_every_trial_on_the_tiny_models(tiny_dirs,
     out = tmp_path / "search"
     code = main(["search", "--space", str(ROOT / "examples" / "search" / "style_vs_prompt.toml"), "--image",
                  str(big), "--prompt", "a lighthouse", "--trials", "4", "--width", "64", "--height", "64",
-                 "--steps", "1", "--output-dir", str(out), "--tiny", "--device", "cpu"])
+                 "--steps", "1", "--seeds", "0", "--output-dir", str(out), "--tiny", "--device", "cpu"])
     trials = [json.loads(line) for line in (out / "trials.jsonl").read_text().splitlines()]
     assert code == 0 and len(trials) == 4
     assert [t["error"] for t in trials] == [None] * 4, trials
