@@ -479,18 +479,34 @@ class Engine:
         in extraction order (None where the plan leaves it more than its own text leaves of the budget: sized as
         before, under its old cache key). UserError when even the smallest references cannot fit."""
         from vlbench.engine.caption_plan import plan_caption
-        from vlbench.engine.extract import image_token_count, min_image_tokens, vl_counts
+        from vlbench.engine.extract import check_vl_text, image_token_count, min_image_tokens, vl_counts
 
         inputs = self.vl_inputs(recipe, prompt, refs)
         if not inputs:
             plan_caption(recipe, self.models.caption_budget, qwen3_rows, [])
             return []
         processor = self.models.vl_processor
+        budget = self.models.caption_budget
+        for images, text, system in inputs:  # the VL input's own text against the budget: prepare's checks and words
+            if text is not None:
+                from vlbench.engine.precheck import check_text_bound, max_token_chars
+
+                check_text_bound(text, "vl_text", budget, max_token_chars(processor.tokenizer), "the caption budget")
+            check_vl_text(processor, len(images), text, budget, system)
         counts = [vl_counts(processor, len(images), text, system) for images, text, system in inputs]
         lows = [min_image_tokens(processor.image_processor, [r.image.size for r in images])
                 for images, _, _ in inputs]
         budget = self.models.caption_budget
-        plan = plan_caption(recipe, budget, qwen3_rows, counts, lows)
+        try:
+            plan = plan_caption(recipe, budget, qwen3_rows, counts, lows)
+        except UserError:
+            if recipe.image_attention == ImageAttention.TOPK:  # top-k past an image's tokens: its own, named error
+                from vlbench.engine.precheck import _check_top_k, ModelFiles
+
+                files = ModelFiles(axes_lens=[budget + 32, 0, 0], pixels_per_token=0, vl_processor=processor,
+                                   qwen3_tokenizer=None)
+                _check_top_k(files, recipe, prompt, refs, lambda key: True)
+            raise
         self.last_plan = plan
         if plan.image_budget is None:
             return [None] * len(inputs)

@@ -104,9 +104,9 @@ def check_plan(files: ModelFiles | None, jobs: Iterable[tuple[Recipe, str, list]
         if recipe.guidance > 0 and once(("qwen3-negative", recipe.negative_prompt)):
             check_special_tokens(files.qwen3_tokenizer, recipe.negative_prompt, "negative_prompt", QWEN3)
         check_text_lengths(files, recipe, prompt, len(refs), once)
-        check_caption_budget(files, recipe, prompt, refs, once)
         if recipe.image_attention == ImageAttention.TOPK and refs:
             _check_top_k(files, recipe, prompt, refs, once)
+        check_caption_budget(files, recipe, prompt, refs, once)  # issue 23: after top-k's own, more precise error
 
 
 # ---- layer ranges (a VL config's layer count; no tokenizer, no weights) ----
