@@ -110,7 +110,7 @@ def test_limits_enter_the_extraction_cache_key(engine, refs):
 
 # ---------------------------------------------------------------- refusal
 def test_refusal_names_each_part_and_happens_before_the_vl_runs(engine, refs):
-    long_prompt = " ".join(["a lighthouse on a rocky coast in the fog"] * 20)
+    long_prompt = " ".join(["a lighthouse on a rocky coast in the fog"] * 12)  # fits each model, not both
     recipe = Recipe(dual=True, style_tokens="image", content_tokens="full", content_vl_text="prompt",
                     style_vl_text="describe the style", alpha=0.5, **SIZE)
     before = engine.vl_forwards

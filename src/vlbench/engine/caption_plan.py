@@ -70,7 +70,7 @@ class VLCounts:
 class Qwen3:
     rows: int
 
-    def length(self, t: Sequence[int]) -> int:
+    def length(self, t: Sequence[int], lower: bool = False) -> int:
         return self.rows
 
     def has_non_vl(self, t: Sequence[int]) -> bool:
@@ -96,12 +96,17 @@ class Selection:
     def fixed(self) -> int:
         return self.counts[0].fixed_rows(self.tokens)
 
-    def length(self, t: Sequence[int]) -> int:
+    def length(self, t: Sequence[int], lower: bool = False) -> int:
+        """Rows given each extraction's image tokens `t`; `lower`: a lower bound where the count is only bounded above
+        (a pooled or averaged image keeps at least one row)."""
         out = []
         for c, e in zip(self.counts, self.extractions):
             image = 0
             if IMAGE in SELECTION_ROLES[self.tokens] and c.images:
-                image = c.images * self.per_image if self.per_image is not None else t[e]
+                if lower and not self.exact:
+                    image = c.images
+                else:
+                    image = c.images * self.per_image if self.per_image is not None else t[e]
             out.append(c.fixed_rows(self.tokens) + image)
         return min(out)
 
@@ -122,8 +127,10 @@ class Mix:
         r = float(self.ratio)
         return r != 1.0, r != 0.0  # a weight of 0 drops that side (blend.share_weights / attend_weights)
 
-    def length(self, t: Sequence[int]) -> int:
-        b, o = self.base.length(t), self.other.length(t)
+    def length(self, t: Sequence[int], lower: bool = False) -> int:
+        if lower and not _exact(self):  # a split over image rows: shrink may keep fewer cells than its share
+            return 0
+        b, o = self.base.length(t, lower), self.other.length(t, lower)
         if self.policy == "split":
             kb, ko = split_counts(b, o, float(self.ratio))
             return kb + ko
@@ -149,8 +156,8 @@ class WithQwen3:
     inner: object
     qwen3: Qwen3
 
-    def length(self, t: Sequence[int]) -> int:
-        n = self.inner.length(t)
+    def length(self, t: Sequence[int], lower: bool = False) -> int:
+        n = self.inner.length(t, lower)
         return n if self.inner.has_non_vl(t) else n + self.qwen3.rows
 
     def has_non_vl(self, t: Sequence[int]) -> bool:
@@ -194,9 +201,10 @@ class CaptionPlan:
     exact: bool  # length() is the assembled caption's length (else an upper bound of it)
     parts: dict[str, int] = field(default_factory=dict)  # each part's rows other than image tokens, for messages
 
-    def length(self, image_tokens: Sequence[int]) -> int:
-        """The longest caption, given each VL input's image tokens (in the engine's extraction order)."""
-        return max((c.length(image_tokens) for c in self.captions), default=0)
+    def length(self, image_tokens: Sequence[int], lower: bool = False) -> int:
+        """The longest caption, given each VL input's image tokens (in the engine's extraction order): exact or an
+        upper bound (`exact`); `lower`: a lower bound instead (what a refusal may rely on)."""
+        return max((c.length(image_tokens, lower) for c in self.captions), default=0)
 
 
 def vl_inputs(recipe, prompt: str, refs: Sequence) -> list[tuple]:
@@ -293,7 +301,7 @@ def plan_caption(recipe, budget: int, qwen3_rows: int | None, vl_counts: Sequenc
             else:
                 parts[leaf.name] = leaf.fixed()
     plan = CaptionPlan(budget, nodes, m, None, all(_exact(n) for n in nodes), parts)
-    smallest = plan.length(lows)
+    smallest = plan.length(lows, lower=True)  # refused only when it can never fit
     if smallest > budget:
         raise CaptionTooLong(refusal(plan, nodes, lows), field="conditioning", fix=FIX)
     if m and plan.length([budget] * m) > budget:  # the references' tokens matter: the most each may hold
@@ -317,9 +325,12 @@ def refusal(plan: CaptionPlan, nodes: list, lows: Sequence[int]) -> str:
         passes = len(images)
         first = images[0]
         n = sum(c.images for c in first.counts) // len(first.counts) or 1
-        each = first.per_image if first.per_image is not None else max(1, math.ceil(lows[first.extractions[0]] / n))
+        if first.per_image is not None:
+            each = first.per_image if first.exact else 1  # pooled: at least one row an image
+        else:
+            each = max(1, math.ceil(lows[first.extractions[0]] / n))
         shown.append(f"references need >= {each} each ×{n * passes}" + (f" ({passes} VL passes)" if passes > 1
                                                                           else ""))
-    total = plan.length(lows)
+    total = plan.length(lows, lower=True)
     return (f"caption over the budget of {plan.budget}: {', '.join(shown)} ({total} rows with the smallest "
             "references)")
