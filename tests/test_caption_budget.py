@@ -99,13 +99,21 @@ def test_a_reference_that_fits_is_sized_as_before(engine, refs, tmp_path):
 
 
 def test_limits_enter_the_extraction_cache_key(engine, refs):
-    """Two recipes that size a reference differently never share an extraction."""
-    short = engine.condition(Recipe(tokens="full", alpha=0.5, **SIZE), "a", refs[:1]).extractions[0]
-    long = engine.condition(Recipe(tokens="full", alpha=0.5, **SIZE),
-                            "a", refs[:1]).extractions[0]
-    assert short is long  # the same plan: the same entry
-    vl_only = engine.condition(Recipe(tokens="full", alpha=1.0, **SIZE), "a", refs[:1]).extractions[0]
-    assert sum(vl_only.image_token_counts) > sum(short.image_token_counts)  # no Qwen3-4B rows: a bigger image
+    """Two recipes that size a reference differently never share an extraction (memory or disk); a limit that does
+    not bind leaves the key as it was before issue 23."""
+    from vlbench.engine.cache import extraction_key
+
+    with_qwen3 = engine.condition(Recipe(tokens="full", alpha=0.5, **SIZE), PROMPT, refs[:1])
+    limit = engine.last_plan.image_budget
+    vl_only = engine.condition(Recipe(tokens="full", alpha=1.0, **SIZE), PROMPT, refs[:1])
+    a, b = with_qwen3.extractions[0], vl_only.extractions[0]
+    assert a is not b and sum(a.image_token_counts) < sum(b.image_token_counts)  # no Qwen3-4B rows: a bigger image
+    keys = [k for k in engine._extractions if k[0] == (refs[0].sha256,) and k[1] == PROMPT]
+    assert {k[-1] for k in keys} >= {limit, None}
+    vl, budget = engine.models.vl, engine.models.caption_budget
+    old = extraction_key(vl, [refs[0].cache_id], PROMPT, budget, None)
+    assert extraction_key(vl, [refs[0].cache_id], PROMPT, budget, None, image_budget=None) == old
+    assert extraction_key(vl, [refs[0].cache_id], PROMPT, budget, None, image_budget=limit) != old
 
 
 # ---------------------------------------------------------------- refusal

@@ -17,6 +17,8 @@ Exact or an upper bound (`CaptionPlan.length` against the caption the engine ass
   an upper bound (never below the real length, so no overflow): pool_image_tokens / weighted-pool (k rows per image;
     the pooled grid may hold fewer cells, blend.grid_for), a split mix over image rows (each image keeps the cells of
     grid_for of its share), multi_image separate (the references' common grid is at most the smallest reference).
+The negative caption (negative_prompt, negative_vl_text) and vl_guidance's text-only branch are captions of their own,
+each checked against the budget by generate.check_caption; they take nothing from this one.
 The text bridge's description is generated before the caption is planned in the engine (its Qwen3-4B rows are then
 exact); the pre-load check, which cannot generate it, counts the prompt alone (a lower bound: it refuses only what
 can never fit).

@@ -483,7 +483,7 @@ class Engine:
 
         inputs = self.vl_inputs(recipe, prompt, refs)
         if not inputs:
-            plan_caption(recipe, self.models.caption_budget, qwen3_rows, [])
+            self.last_plan = plan_caption(recipe, self.models.caption_budget, qwen3_rows, [])
             return []
         processor = self.models.vl_processor
         budget = self.models.caption_budget
