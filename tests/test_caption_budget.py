@@ -80,6 +80,9 @@ def test_before_the_plan_these_recipes_overflowed(engine, refs):
     text_tokens = len(ex.input_ids) - sum(ex.image_token_counts)
     old_room = budget - text_tokens  # what extract._fit gave the image before issue 23
     assert sum(ex.image_token_counts) <= engine.last_plan.image_budget < old_room
+    account = cond.describe()["caption_plan"]  # the record says the reference was sized to the plan
+    assert account["image_budget"] == [engine.last_plan.image_budget] and account["budget"] == budget
+    assert account["parts"]["Qwen3-4B prompt"] == len(cond.text.input_ids)
     assert len(cond.text.input_ids) + text_tokens + engine.last_plan.image_budget <= budget
 
 
@@ -224,3 +227,17 @@ def test_img2img_style_completes_every_image_on_the_tiny_models(tiny_dirs, tmp_p
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     done = [r for r in rows if r.get("status") == "done" and r.get("error") is None]
     assert code == 0 and len(done) == 7, [(r.get("name"), r.get("status"), r.get("error")) for r in rows]
+
+
+@pytest.mark.parametrize("recipe", [Recipe(tokens="full", alpha=1.0, **SIZE),  # resized before, and it fitted
+                                    Recipe(tokens="image", alpha=1.0, **SIZE),
+                                    Recipe(tokens="text", alpha=0.5, **SIZE)])
+def test_a_job_that_fitted_under_the_old_rule_reads_the_same_image(engine, refs, recipe):
+    """Old results keep their meaning: where the caption fitted with the reference sized to the whole budget (the
+    rule before issue 23), the plan sets no limit and the VL reads exactly the same input."""
+    cond = engine.condition(recipe, PROMPT, refs[:1])
+    old = prepare_inputs(engine.models.vl_processor, [refs[0].image], PROMPT, engine.models.caption_budget)
+    assert max(int(c.shape[0]) for c in cond.captions) <= engine.models.caption_budget
+    assert engine.plan_caption(recipe, PROMPT, refs[:1], len(cond.text.input_ids) if cond.text else None) == [None]
+    assert cond.extractions[0].input_ids == old.input_ids
+    assert "caption_plan" not in cond.describe()  # nothing limited: the record reads as every earlier one

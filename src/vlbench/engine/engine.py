@@ -100,6 +100,9 @@ class Conditioning:
     blocks: dict | None = None  # issue 27 vl_blocks: read / masked block names, the VL rows ([L] bool under "rows")
     vl_guidance: float = 0.0
     mixes: list[dict] = field(default_factory=list)  # step 0's attend mixes: ratio, meaning, rows, weights, shares
+    # issue 23: where the caption's plan limited a reference's image tokens (caption_plan); None: every reference was
+    # sized to the whole budget less its VL input's text, the rule before the plan
+    caption_plan: dict | None = None
 
     @property
     def captions(self) -> list[torch.Tensor]:
@@ -133,6 +136,8 @@ class Conditioning:
                                   "text_branch": {"source": "qwen3", "length": int(self.text_branch.shape[0])}}
         if self.mixes:
             out["attend_mixes"] = self.mixes
+        if self.caption_plan is not None:
+            out["caption_plan"] = self.caption_plan
         for name, ex in zip(extraction_names(len(self.extractions), self.dual), self.extractions):
             out[name] = {
                 "input_ids": ex.input_ids,
@@ -153,6 +158,8 @@ class Conditioning:
         return out
 
 
+CAPTION_PLAN_RULE = ("each VL input's image tokens <= min(budget - its text tokens, max_image_tokens, image_budget), "
+                     "image_budget the most that leaves every caption of the job within the budget")
 VL_GUIDANCE_FORMULA = "pred = P(c) + guidance*(P(c) - P(neg)) + vl_guidance*(P(c) - P(q)); neg only with guidance > 0"
 GRID_FORMULA = ("caption row s + r*C + c of an image on an R x C grid starting at row s -> RoPE ids (1 + s, r, c); "
                 "every other caption row i -> (1 + i, 0, 0), as diffusers gives it")
@@ -415,7 +422,8 @@ class Engine:
                             extractions=extractions, text=text, timings=timings, warnings=warnings,
                             schedule=schedule, bridge=description, dual=recipe.dual and recipe.uses_vl,
                             text_branch=qwen3.embeds if recipe.vl_guidance != 0 else None,
-                            vl_guidance=recipe.vl_guidance, mixes=first.mixes, blocks=blocks)
+                            vl_guidance=recipe.vl_guidance, mixes=first.mixes, blocks=blocks,
+                            caption_plan=self._plan_account(limits))
 
     def _vl_blocks(self, recipe: Recipe, seq: C.Seq, qwen3: C.Seq) -> tuple[C.Seq, dict]:
         """issue 27's vl_blocks: the caption (with Qwen3-4B's rows put first when it has none, so no block is left
@@ -517,6 +525,15 @@ class Engine:
         return [plan.image_budget if plan.image_budget < min(budget - c.text_tokens, n,
                                                             _first(recipe.max_image_tokens, budget)) else None
                 for c, n in zip(counts, native)]
+
+    def _plan_account(self, limits: list[int | None]) -> dict | None:
+        """The record of a plan that limited a reference (issue 23): the budget, what each part wants, the image tokens
+        left to each VL input (None: sized as before the plan) and whether the plan's length is exact."""
+        plan = self.last_plan
+        if plan is None or not any(limit is not None for limit in limits):
+            return None
+        return {"budget": plan.budget, "parts": dict(plan.parts), "image_budget": list(limits), "exact": plan.exact,
+                "rule": CAPTION_PLAN_RULE}
 
     @staticmethod
     def vl_inputs(recipe: Recipe, prompt: str, refs: list[Reference]) -> list[tuple]:
