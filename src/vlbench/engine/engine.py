@@ -484,10 +484,14 @@ class Engine:
     def plan_caption(self, recipe: Recipe, prompt: str, refs: list[Reference],
                      qwen3_rows: int | None) -> list[int | None]:
         """issue 23: the caption's plan (caption_plan.plan_caption) for this job, and each VL input's image-token limit
-        in extraction order (None where the plan leaves it more than its own text leaves of the budget: sized as
-        before, under its old cache key). UserError when even the smallest references cannot fit."""
+        in extraction order. None everywhere when the sizing before the plan (each input: the whole budget less its
+        own text) already gives a caption within the budget — that image and cache key stand, so a re-run of an old
+        record reads the same reference; else None only where the limit cannot bind (it leaves more than the input's
+        text or max_image_tokens leave, or than the references' native tokens). UserError when even the smallest
+        references cannot fit."""
         from vlbench.engine.caption_plan import plan_caption
-        from vlbench.engine.extract import check_vl_text, image_token_count, min_image_tokens, vl_counts
+        from vlbench.engine.extract import (check_vl_text, fitted_tokens, image_token_count, min_image_tokens,
+                                            vl_counts)
 
         inputs = self.vl_inputs(recipe, prompt, refs)
         if not inputs:
@@ -517,6 +521,14 @@ class Engine:
             raise
         self.last_plan = plan
         if plan.image_budget is None:
+            return [None] * len(inputs)
+        # old results keep their meaning: where every input sized by the rule before the plan (the whole budget less
+        # its own text, and max_image_tokens) already gives a caption within the budget, that sizing stands
+        cap = _first(recipe.max_image_tokens, budget)
+        old = [fitted_tokens(processor.image_processor, [r.image.size for r in images],
+                             min(budget - c.text_tokens, cap)) if images else 0
+               for (images, _, _), c in zip(inputs, counts)]
+        if None not in old and plan.length(old) <= budget:
             return [None] * len(inputs)
         # the limit only where it can bind: below what the input's own text leaves (and max_image_tokens) and below
         # the references' native tokens; elsewhere the reference is sized exactly as before, under its old cache key

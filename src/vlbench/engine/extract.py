@@ -241,6 +241,16 @@ def fit_size(image_processor, sizes: list[tuple[int, int]], available: int) -> d
     return size_for(lo)
 
 
+def fitted_tokens(image_processor, sizes: list[tuple[int, int]], available: int) -> int | None:
+    """The image tokens these references get when fitted to `available` (fit_size, then the processor's count);
+    None when they cannot fit."""
+    try:
+        size = fit_size(image_processor, sizes, available)
+    except ValueError:
+        return None
+    return sum(image_token_count(image_processor, w, h, size) for (w, h) in sizes)
+
+
 @dataclass
 class Prepared:
     """One (images, text) input, rendered, fitted to the budget and run through the processor: ready to forward."""
