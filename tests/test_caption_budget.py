@@ -243,3 +243,13 @@ def test_a_job_that_fitted_under_the_old_rule_reads_the_same_image(engine, refs,
     assert engine.plan_caption(recipe, PROMPT, refs[:1], len(cond.text.input_ids) if cond.text else None) == [None]
     assert cond.extractions[0].input_ids == old.input_ids
     assert "caption_plan" not in cond.describe()  # nothing limited: the record reads as every earlier one
+
+
+def test_the_planner_is_torch_free():
+    import subprocess
+    import sys
+
+    code = ("import sys; from vlbench.engine.caption_plan import plan_caption, VLCounts; from vlbench.recipe import "
+            "Recipe; plan_caption(Recipe(tokens='full', alpha=0.5), 224, 30, [VLCounts(10, 5, 1)], [4]); "
+            "assert 'torch' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
