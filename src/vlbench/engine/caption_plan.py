@@ -334,5 +334,5 @@ def refusal(plan: CaptionPlan, nodes: list, lows: Sequence[int]) -> str:
         shown.append(f"references need >= {each} each ×{n * passes}" + (f" ({passes} VL passes)" if passes > 1
                                                                           else ""))
     total = plan.length(lows, lower=True)
-    return (f"caption over the budget of {plan.budget}: {', '.join(shown)} ({total} rows with the smallest "
-            "references)")
+    return (f"caption over the budget of {plan.budget}: {', '.join(shown)} ({total} tokens"
+            + (" with the smallest references)" if images else ")"))

@@ -349,7 +349,7 @@ class Engine:
         vl = qwen3 = None
         extractions: list[Extraction] = []
         warnings: list[str] = [f"reference {ref.path}: {note}" for ref in refs for note in ref.notes]  # issue 26
-        text = description = None
+        text = description = qwen3_prompt = None
         # vl_guidance: Qwen3-4B's caption is the text-only branch; vl_blocks: it carries the caption where VL is masked
         if recipe.uses_qwen3 or recipe.vl_guidance != 0 or recipe.vl_blocks is not None:
             t0 = time.perf_counter()
@@ -361,24 +361,22 @@ class Engine:
                 if not description.text:
                     warnings.append("the text bridge's description is empty: Qwen3-4B read the prompt and the "
                                     "join's label alone")
-            t1 = time.perf_counter()
-            try:
-                text = self.text_encoding(qwen3_prompt, "prompt")
-            except UserError as exc:
-                if description is None or exc.field != "prompt":
-                    raise
-                raise UserError(f"with the text bridge's description joined: {exc.problem}", field="prompt",
-                                fix=f"shorten the prompt (the description takes up to {bridge.MAX_NEW_TOKENS} "
-                                    "tokens)") from None
-            qwen3 = C.text_seq(text.embeds)
-            timings["text_encoding"] = time.perf_counter() - t1
         # issue 23: the whole caption planned before any reference is sized (caption_plan); refused here when even
-        # the smallest references cannot fit, before the VL runs
-        limits = self.plan_caption(recipe, prompt, refs, len(text.input_ids) if text is not None else None)
+        # the smallest references cannot fit, before the VL runs. Qwen3-4B's rows are counted with its tokenizer and
+        # encode_text's own checks (the encoder itself runs after the VL, as before)
+        qwen3_rows = None
+        if qwen3_prompt is not None:
+            qwen3_rows = self._bridged(description, lambda: self.qwen3_rows(qwen3_prompt))
+        limits = self.plan_caption(recipe, prompt, refs, qwen3_rows)
         start = time.perf_counter()
         if recipe.uses_vl:
             vl, extractions = self._vl_sequence(recipe, prompt, refs, limits)
             timings["extraction"] = time.perf_counter() - start
+        if qwen3_prompt is not None:
+            t1 = time.perf_counter()
+            text = self._bridged(description, lambda: self.text_encoding(qwen3_prompt, "prompt"))
+            qwen3 = C.text_seq(text.embeds)
+            timings["text_encoding"] = time.perf_counter() - t1
         t0 = time.perf_counter()
         if recipe.alpha_policy == MixPolicy.POSITIONWISE and vl is not None and qwen3 is not None:
             C.check_token_pairs(text.input_ids, [extractions[0].input_ids[r["position"]] for r in vl.rows], "alpha",
@@ -480,6 +478,43 @@ class Engine:
         if recipe.pool_image_tokens is not None and seq.has_image_rows:
             seq = C.pool_images(seq, recipe.pool_image_tokens)
         return seq
+
+    @staticmethod
+    def _bridged(description, call):
+        """`call()`, a prompt error re-worded when the text bridge's description was joined to the prompt."""
+        try:
+            return call()
+        except UserError as exc:
+            if description is None or exc.field != "prompt":
+                raise
+            raise UserError(f"with the text bridge's description joined: {exc.problem}", field="prompt",
+                            fix=f"shorten the prompt (the description takes up to {bridge.MAX_NEW_TOKENS} "
+                                "tokens)") from None
+
+    def qwen3_rows(self, prompt: str) -> int:
+        """Qwen3-4B's caption rows for `prompt` (Z-Image's template), with encode_text's checks and words, from the
+        tokenizer alone: the encoder is not loaded for it."""
+        if prompt in self._texts:
+            return len(self._texts[prompt].input_ids)
+        from vlbench.engine.encode import template_ids
+        from vlbench.engine.precheck import check_qwen3_length
+
+        tokenizer = self._qwen3_tokenizer()
+        check_qwen3_length(tokenizer, prompt, "prompt")
+        return len(template_ids(tokenizer, prompt)[0])
+
+    def _qwen3_tokenizer(self):
+        models = self.models
+        if getattr(models, "_text_encoder_loaded", False):
+            return models.text_pipe.tokenizer
+        files = getattr(models, "files", None)
+        if files is not None and getattr(files, "qwen3_tokenizer", None) is not None:
+            return files.qwen3_tokenizer
+        if getattr(self, "_tokenizer", None) is None:
+            from transformers import AutoTokenizer
+
+            self._tokenizer = AutoTokenizer.from_pretrained(models.spec.built().zimage, subfolder="tokenizer")
+        return self._tokenizer
 
     def plan_caption(self, recipe: Recipe, prompt: str, refs: list[Reference],
                      qwen3_rows: int | None) -> list[int | None]:
