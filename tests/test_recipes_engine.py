@@ -488,18 +488,20 @@ def dit_calls(engine):
 
 
 def test_a_blend_over_the_caption_budget_raises_before_the_dit_runs(engine, tmp_path, dit_calls):
+    """issue 23: the caption is planned whole — the reference is sized to what Qwen3-4B's rows leave — and a caption
+    that cannot fit even with the smallest reference is refused before the VL (and the DiT) run, naming each part."""
     budget = engine.models.caption_budget
     long_prompt = " ".join(["a lighthouse on a rocky coast in the fog"] * 30)
-    qwen3_len = engine.condition(Recipe(alpha=0.0), long_prompt, []).embeds.shape[0]
     big = Reference.open(make_image(tmp_path / "big.png", size=(1024, 768)))
     recipe = Recipe(alpha=0.4, tokens="full", vl_text="none", **SIZE)  # attend: both sequences whole
     vl = engine.condition(recipe.replace(alpha=1.0), long_prompt, [big])
-    assert vl.embeds.shape[0] <= budget < qwen3_len  # the VL alone was fitted; the concatenation is not
-    cond = engine.condition(recipe, long_prompt, [big])
-    assert cond.embeds.shape[0] > budget
-    with pytest.raises(CaptionTooLong, match=rf"{cond.embeds.shape[0]} tokens.*{budget}.*pool"):
+    assert vl.embeds.shape[0] <= budget  # the VL alone fits
+    forwards = engine.vl_forwards
+    with pytest.raises(CaptionTooLong, match=rf"caption over the budget of {budget}: Qwen3-4B prompt (\d+), VL \d+, "
+                                             r"references need >= \d+ each ×1") as err:
         engine.run(recipe, long_prompt, [big])
-    assert dit_calls == []
+    assert int(err.value.problem.split("Qwen3-4B prompt ")[1].split(",")[0]) > budget
+    assert dit_calls == [] and engine.vl_forwards == forwards
 
 
 def test_strength_outside_0_1_is_a_user_error():

@@ -23,7 +23,8 @@ FORMAT = "vlbench-extraction-2"  # 2: the checksum covers the stored fields too
 
 
 def extraction_key(vl, image_shas: list[str], text: str | None, budget: int, max_image_tokens: int | None,
-                   attention_layer: int | None = None, system: str | None = None) -> str:
+                   attention_layer: int | None = None, system: str | None = None,
+                   image_budget: int | None = None) -> str:
     parts = {
         "format": FORMAT,
         "model": vl.source,
@@ -39,6 +40,8 @@ def extraction_key(vl, image_shas: list[str], text: str | None, budget: int, max
         parts["attention_layer"] = attention_layer
     if system is not None:  # issue 27: a system turn; entries without one keep their keys
         parts["system"] = system
+    if image_budget is not None:  # issue 23: the image tokens the caption's plan left the references (sizes them)
+        parts["image_budget"] = image_budget
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 

@@ -103,6 +103,9 @@ class Conditioning:
     blocks: dict | None = None  # issue 27 vl_blocks: read / masked block names, the VL rows ([L] bool under "rows")
     vl_guidance: float = 0.0
     mixes: list[dict] = field(default_factory=list)  # step 0's attend mixes: ratio, meaning, rows, weights, shares
+    # issue 23: where the caption's plan limited a reference's image tokens (caption_plan); None: every reference was
+    # sized to the whole budget less its VL input's text, the rule before the plan
+    caption_plan: dict | None = None
 
     @property
     def captions(self) -> list[torch.Tensor]:
@@ -136,6 +139,8 @@ class Conditioning:
                                   "text_branch": {"source": "qwen3", "length": int(self.text_branch.shape[0])}}
         if self.mixes:
             out["attend_mixes"] = self.mixes
+        if self.caption_plan is not None:
+            out["caption_plan"] = self.caption_plan
         for name, ex in zip(extraction_names(len(self.extractions), self.dual), self.extractions):
             out[name] = {
                 "input_ids": ex.input_ids,
@@ -156,6 +161,8 @@ class Conditioning:
         return out
 
 
+CAPTION_PLAN_RULE = ("each VL input's image tokens <= min(budget - its text tokens, max_image_tokens, image_budget), "
+                     "image_budget the most that leaves every caption of the job within the budget")
 VL_GUIDANCE_FORMULA = "pred = P(c) + guidance*(P(c) - P(neg)) + vl_guidance*(P(c) - P(q)); neg only with guidance > 0"
 GRID_FORMULA = ("caption row s + r*C + c of an image on an R x C grid starting at row s -> RoPE ids (1 + s, r, c); "
                 "every other caption row i -> (1 + i, 0, 0), as diffusers gives it")
@@ -200,6 +207,7 @@ class Engine:
         self.vl_forwards = 0  # distinct (images, VL text) inputs run through the VL model (the cache serves the rest)
         self.vl_batched_calls = 0  # actual VL model calls: a batched call over several inputs counts once
         self.batch_dual = True  # a dual recipe's two uncached passes run as one batched call when they fit
+        self.last_plan = None  # the last job's caption plan (issue 23; caption_plan.CaptionPlan), for tests and tools
         self.share_probe = False  # measure each attend mix's realised share in the DiT (generate.ShareProbe)
         self._img2img = None
         self._environment: dict | None = None
@@ -212,8 +220,9 @@ class Engine:
 
     # ---- building blocks, each cached ----
     def extraction(self, refs: list[Reference], text: str | None, max_image_tokens: int | None,
-                   attention_layer: int | None = None, system: str | None = None) -> Extraction:
-        return self.extractions([(refs, text, max_image_tokens, attention_layer, system)])[0]
+                   attention_layer: int | None = None, system: str | None = None,
+                   image_budget: int | None = None) -> Extraction:
+        return self.extractions([(refs, text, max_image_tokens, attention_layer, system, image_budget)])[0]
 
     def extractions(self, requests: list[tuple], batch: bool = True) -> list[Extraction]:
         """One Extraction per (refs, VL text, max_image_tokens), each distinct input forwarded at most once.
@@ -224,21 +233,23 @@ class Engine:
         the model calls made. A request is (refs, VL text, max_image_tokens) or, to also read one decoder layer's
         VL-text -> image attention in the same forward (issue 17), (refs, VL text, max_image_tokens, that layer):
         its own cache entry, so extractions without attention stay as fast as ever. A fifth item is the VL system
-        turn's text (issue 27's vl_system; None: the stock template), also part of both cache keys.
+        turn's text (issue 27's vl_system; None: the stock template), also part of both cache keys. A sixth is the
+        image tokens the caption's plan leaves the input (issue 23, caption_plan; None: no limit but the budget's),
+        part of both keys when set: two recipes that size a reference differently never share an extraction.
         """
         budget = self.models.caption_budget
-        requests = [(*r, *(None,) * (5 - len(r))) for r in requests]
-        keys = [(tuple(r.sha256 for r in refs), text, budget, mit, self.models.spec.vl, attn, system)
-                for refs, text, mit, attn, system in requests]
+        requests = [(*r, *(None,) * (6 - len(r))) for r in requests]
+        keys = [(tuple(r.sha256 for r in refs), text, budget, mit, self.models.spec.vl, attn, system, ib)
+                for refs, text, mit, attn, system, ib in requests]
         missing: list[tuple] = []  # (key, disk key, request) of each distinct uncached input, in request order
         for key, request in zip(keys, requests):
             if key in self._extractions or any(key == m[0] for m in missing):
                 continue
-            refs, text, mit, attn, system = request
+            refs, text, mit, attn, system, ib = request
             disk_key = ex = None
             if self.disk_cache is not None:
                 vl = self.models.vl
-                disk_key = extraction_key(vl, [r.cache_id for r in refs], text, budget, mit, attn, system)
+                disk_key = extraction_key(vl, [r.cache_id for r in refs], text, budget, mit, attn, system, ib)
                 ex = self.disk_cache.get(disk_key, vl.device)
             if ex is not None:
                 self._extractions[key] = ex
@@ -246,8 +257,8 @@ class Engine:
                 missing.append((key, disk_key, request))
         if missing:
             vl = self.models.vl
-            preps = [prepare(vl, [r.image for r in refs], text, budget, mit, system)
-                     for _, _, (refs, text, mit, _, system) in missing]
+            preps = [prepare(vl, [r.image for r in refs], text, budget, mit, system, ib)
+                     for _, _, (refs, text, mit, _, system, ib) in missing]
             plain = [i for i, m in enumerate(missing) if m[2][3] is None]
             done = dict(zip(plain, self._forward([preps[i] for i in plain], batch)))
             for i, m in enumerate(missing):  # with attention: one hooked call each (single-pass recipes only)
@@ -341,11 +352,7 @@ class Engine:
         vl = qwen3 = None
         extractions: list[Extraction] = []
         warnings: list[str] = [f"reference {ref.path}: {note}" for ref in refs for note in ref.notes]  # issue 26
-        start = time.perf_counter()
-        if recipe.uses_vl:
-            vl, extractions = self._vl_sequence(recipe, prompt, refs)
-            timings["extraction"] = time.perf_counter() - start
-        text = description = None
+        text = description = qwen3_prompt = None
         # vl_guidance: Qwen3-4B's caption is the text-only branch; vl_blocks: it carries the caption where VL is masked
         if recipe.uses_qwen3 or recipe.vl_guidance != 0 or recipe.vl_blocks is not None:
             t0 = time.perf_counter()
@@ -357,15 +364,20 @@ class Engine:
                 if not description.text:
                     warnings.append("the text bridge's description is empty: Qwen3-4B read the prompt and the "
                                     "join's label alone")
+        # issue 23: the whole caption planned before any reference is sized (caption_plan); refused here when even
+        # the smallest references cannot fit, before the VL runs. Qwen3-4B's rows are counted with its tokenizer and
+        # encode_text's own checks (the encoder itself runs after the VL, as before)
+        qwen3_rows = None
+        if qwen3_prompt is not None:
+            qwen3_rows = self._bridged(description, lambda: self.qwen3_rows(qwen3_prompt))
+        limits = self.plan_caption(recipe, prompt, refs, qwen3_rows)
+        start = time.perf_counter()
+        if recipe.uses_vl:
+            vl, extractions = self._vl_sequence(recipe, prompt, refs, limits)
+            timings["extraction"] = time.perf_counter() - start
+        if qwen3_prompt is not None:
             t1 = time.perf_counter()
-            try:
-                text = self.text_encoding(qwen3_prompt, "prompt")
-            except UserError as exc:
-                if description is None or exc.field != "prompt":
-                    raise
-                raise UserError(f"with the text bridge's description joined: {exc.problem}", field="prompt",
-                                fix=f"shorten the prompt (the description takes up to {bridge.MAX_NEW_TOKENS} "
-                                    "tokens)") from None
+            text = self._bridged(description, lambda: self.text_encoding(qwen3_prompt, "prompt"))
             qwen3 = C.text_seq(text.embeds)
             timings["text_encoding"] = time.perf_counter() - t1
         t0 = time.perf_counter()
@@ -411,7 +423,8 @@ class Engine:
                             extractions=extractions, text=text, timings=timings, warnings=warnings,
                             schedule=schedule, bridge=description, dual=recipe.dual and recipe.uses_vl,
                             text_branch=qwen3.embeds if recipe.vl_guidance != 0 else None,
-                            vl_guidance=recipe.vl_guidance, mixes=first.mixes, blocks=blocks)
+                            vl_guidance=recipe.vl_guidance, mixes=first.mixes, blocks=blocks,
+                            caption_plan=self._plan_account(limits))
 
     def _vl_blocks(self, recipe: Recipe, seq: C.Seq, qwen3: C.Seq) -> tuple[C.Seq, dict]:
         """issue 27's vl_blocks: the caption (with Qwen3-4B's rows put first when it has none, so no block is left
@@ -465,13 +478,126 @@ class Engine:
             seq = C.pool_images(seq, recipe.pool_image_tokens)
         return seq
 
-    def _vl_sequence(self, recipe: Recipe, prompt: str, refs: list[Reference]) -> tuple[C.Seq, list[Extraction]]:
+    @staticmethod
+    def _bridged(description, call):
+        """`call()`, a prompt error re-worded when the text bridge's description was joined to the prompt."""
+        try:
+            return call()
+        except UserError as exc:
+            if description is None or exc.field != "prompt":
+                raise
+            raise UserError(f"with the text bridge's description joined: {exc.problem}", field="prompt",
+                            fix=f"shorten the prompt (the description takes up to {bridge.MAX_NEW_TOKENS} "
+                                "tokens)") from None
+
+    def qwen3_rows(self, prompt: str) -> int:
+        """Qwen3-4B's caption rows for `prompt` (Z-Image's template), with encode_text's checks and words, from the
+        tokenizer alone: the encoder is not loaded for it."""
+        if prompt in self._texts:
+            return len(self._texts[prompt].input_ids)
+        from vlbench.engine.encode import template_ids
+        from vlbench.engine.precheck import check_qwen3_length
+
+        tokenizer = self._qwen3_tokenizer()
+        check_qwen3_length(tokenizer, prompt, "prompt")
+        return len(template_ids(tokenizer, prompt)[0])
+
+    def _qwen3_tokenizer(self):
+        models = self.models
+        if getattr(models, "_text_encoder_loaded", False):
+            return models.text_pipe.tokenizer
+        files = getattr(models, "files", None)
+        if files is not None and getattr(files, "qwen3_tokenizer", None) is not None:
+            return files.qwen3_tokenizer
+        if getattr(self, "_tokenizer", None) is None:
+            from transformers import AutoTokenizer
+
+            self._tokenizer = AutoTokenizer.from_pretrained(models.spec.built().zimage, subfolder="tokenizer")
+        return self._tokenizer
+
+    def plan_caption(self, recipe: Recipe, prompt: str, refs: list[Reference],
+                     qwen3_rows: int | None) -> list[int | None]:
+        """issue 23: the caption's plan (caption_plan.plan_caption) for this job, and each VL input's image-token limit
+        in extraction order. None everywhere when the sizing before the plan (each input: the whole budget less its
+        own text) already gives a caption within the budget — that image and cache key stand, so a re-run of an old
+        record reads the same reference; else None only where the limit cannot bind (it leaves more than the input's
+        text or max_image_tokens leave, or than the references' native tokens). UserError when even the smallest
+        references cannot fit."""
+        from vlbench.engine.caption_plan import plan_caption
+        from vlbench.engine.extract import (check_vl_text, fitted_tokens, image_token_count, min_image_tokens,
+                                            vl_counts)
+
+        inputs = self.vl_inputs(recipe, prompt, refs)
+        if not inputs:
+            self.last_plan = plan_caption(recipe, self.models.caption_budget, qwen3_rows, [])
+            return []
+        processor = self.models.vl_processor
+        budget = self.models.caption_budget
+        for images, text, system in inputs:  # the VL input's own text against the budget: prepare's checks and words
+            if text is not None:
+                from vlbench.engine.precheck import check_text_bound, max_token_chars
+
+                check_text_bound(text, "vl_text", budget, max_token_chars(processor.tokenizer), "the caption budget")
+            check_vl_text(processor, len(images), text, budget, system)
+        counts = [vl_counts(processor, len(images), text, system) for images, text, system in inputs]
+        lows = [min_image_tokens(processor.image_processor, [r.image.size for r in images])
+                for images, _, _ in inputs]
+        budget = self.models.caption_budget
+        try:
+            plan = plan_caption(recipe, budget, qwen3_rows, counts, lows)
+        except UserError:
+            if recipe.image_attention == ImageAttention.TOPK:  # top-k past an image's tokens: its own, named error
+                from vlbench.engine.precheck import _check_top_k, ModelFiles
+
+                files = ModelFiles(axes_lens=[budget + 32, 0, 0], pixels_per_token=0, vl_processor=processor,
+                                   qwen3_tokenizer=None)
+                _check_top_k(files, recipe, prompt, refs, lambda key: True)
+            raise
+        self.last_plan = plan
+        if plan.image_budget is None:
+            return [None] * len(inputs)
+        # old results keep their meaning: where every input sized by the rule before the plan (the whole budget less
+        # its own text, and max_image_tokens) already gives a caption within the budget, that sizing stands
+        cap = _first(recipe.max_image_tokens, budget)
+        old = [fitted_tokens(processor.image_processor, [r.image.size for r in images],
+                             min(budget - c.text_tokens, cap)) if images else 0
+               for (images, _, _), c in zip(inputs, counts)]
+        if None not in old and plan.length(old) <= budget:
+            return [None] * len(inputs)
+        # the limit only where it can bind: below what the input's own text leaves (and max_image_tokens) and below
+        # the references' native tokens; elsewhere the reference is sized exactly as before, under its old cache key
+        native = [sum(image_token_count(processor.image_processor, *r.image.size) for r in images)
+                  for images, _, _ in inputs]
+        return [plan.image_budget if plan.image_budget < min(budget - c.text_tokens, n,
+                                                            _first(recipe.max_image_tokens, budget)) else None
+                for c, n in zip(counts, native)]
+
+    def _plan_account(self, limits: list[int | None]) -> dict | None:
+        """The record of a plan that limited a reference (issue 23): the budget, what each part wants, the image tokens
+        left to each VL input (None: sized as before the plan) and whether the plan's length is exact."""
+        plan = self.last_plan
+        if plan is None or not any(limit is not None for limit in limits):
+            return None
+        return {"budget": plan.budget, "parts": dict(plan.parts), "image_budget": list(limits), "exact": plan.exact,
+                "rule": CAPTION_PLAN_RULE}
+
+    @staticmethod
+    def vl_inputs(recipe: Recipe, prompt: str, refs: list[Reference]) -> list[tuple]:
+        """(references, VL text, system text) of each VL input this job extracts, in _vl_sequence's order."""
+        from vlbench.engine.caption_plan import vl_inputs
+
+        return vl_inputs(recipe, prompt, refs)
+
+    def _vl_sequence(self, recipe: Recipe, prompt: str, refs: list[Reference],
+                     limits: list[int | None] | None = None) -> tuple[C.Seq, list[Extraction]]:
+        limits = limits or [None] * max(2, len(refs))
         if recipe.dual:
             system = recipe.resolve_vl_system()
             style_ex, content_ex = self.extractions(  # two passes, one batched model call when neither is cached
-                [(refs, recipe.resolve_vl_text(prompt, recipe.style_vl_text), recipe.max_image_tokens, None, system),
+                [(refs, recipe.resolve_vl_text(prompt, recipe.style_vl_text), recipe.max_image_tokens, None, system,
+                  limits[0]),
                  (refs, recipe.resolve_vl_text(prompt, recipe.content_vl_text), recipe.max_image_tokens, None,
-                  system)],
+                  system, limits[1])],
                 batch=self.batch_dual)
             style = self._select(style_ex, recipe.style_tokens, recipe, _first(recipe.style_layer, recipe.layer),
                                  "style")
@@ -481,13 +607,14 @@ class Engine:
             return mixed, [content_ex, style_ex]
         text = recipe.resolve_vl_text(prompt)
         if recipe.multi_image == MultiImage.SEPARATE and len(refs) > 1:
-            pairs = [self._single(recipe, text, [r]) for r in refs]
+            pairs = [self._single(recipe, text, [r], limit) for r, limit in zip(refs, limits)]
             weights = recipe.image_weights or tuple(1.0 for _ in refs)
             return C.average_references([seq for seq, _ in pairs], weights), [ex for _, ex in pairs]
-        seq, ex = self._single(recipe, text, refs)
+        seq, ex = self._single(recipe, text, refs, limits[0])
         return seq, [ex]
 
-    def _single(self, recipe: Recipe, text: str | None, refs: list[Reference]) -> tuple[C.Seq, Extraction]:
+    def _single(self, recipe: Recipe, text: str | None, refs: list[Reference],
+                image_budget: int | None = None) -> tuple[C.Seq, Extraction]:
         attention = None
         if recipe.image_attention != ImageAttention.NONE:  # issue 17: checked before the forward
             attention = self.attention_layer(recipe)
@@ -495,7 +622,7 @@ class Engine:
                 raise UserError("reads the VL text's attention to the image, and the VL text is empty",
                                 field="image_attention", value=recipe.image_attention,
                                 fix="give the VL a text, or drop it (default none)")
-        ex = self.extraction(refs, text, recipe.max_image_tokens, attention, recipe.resolve_vl_system())
+        ex = self.extraction(refs, text, recipe.max_image_tokens, attention, recipe.resolve_vl_system(), image_budget)
         if attention is not None and (PROMPT not in ex.roles or IMAGE not in ex.roles):
             raise UserError("reads the VL text's attention to the image, and this VL input has "
                             + ("no text positions" if PROMPT not in ex.roles else "no image"),

@@ -21,16 +21,10 @@ from vlbench.pixels import as_rgb
 from vlbench.recipe import Tokens
 from vlbench.errors import UserError
 
-# Roles of positions in the VL input.
-TEMPLATE, PROMPT, VISION_START, IMAGE, VISION_END = "template", "prompt", "vision_start", "image", "vision_end"
-SELECTION_ROLES: dict[str, frozenset[str]] = {
-    Tokens.FULL: frozenset({TEMPLATE, PROMPT, VISION_START, IMAGE, VISION_END}),
-    Tokens.IMAGE: frozenset({IMAGE}),
-    Tokens.IMAGE_MARKERS: frozenset({VISION_START, IMAGE, VISION_END}),
-    Tokens.IMAGE_TEMPLATE: frozenset({TEMPLATE, IMAGE}),
-    Tokens.TEXT: frozenset({TEMPLATE, PROMPT}),
-    Tokens.PROMPT: frozenset({PROMPT}),
-}
+# Roles of positions in the VL input, and the roles each selection keeps (torch-free: caption_plan counts them too).
+from vlbench.engine.caption_plan import (IMAGE, PROMPT, SELECTION_ROLES, TEMPLATE, VISION_END,  # noqa: E402
+                                         VISION_START, VLCounts)
+
 assert set(SELECTION_ROLES) == set(Tokens.values())
 _SENTINEL = "\u2063VLBENCH-TEXT\u2063"
 
@@ -152,6 +146,24 @@ def check_vl_text(processor, num_images: int, text: str | None, budget: int, sys
     _fit(processor, rendered, [None] * num_images, budget, None, system, sizes=False)
 
 
+def vl_counts(processor, num_images: int, text: str | None, system: str | None = None) -> VLCounts:
+    """The VL input's positions by role without the images' pixels (each image's tokens are what sizing decides):
+    the rendered chat template tokenized as the processor tokenizes it, roles as _roles gives them."""
+    rendered = _render(processor, num_images, text, system)
+    enc = processor.tokenizer(rendered, add_special_tokens=False, return_offsets_mapping=True)
+    roles = _roles(processor, enc["input_ids"], enc["offset_mapping"], rendered, text, num_images, system)
+    return VLCounts(template=roles.count(TEMPLATE), prompt=roles.count(PROMPT), images=num_images)
+
+
+def min_image_tokens(image_processor, sizes: list[tuple[int, int]]) -> int:
+    """The fewest image tokens these references can take together (fit_size's smallest cap)."""
+    if not sizes:
+        return 0
+    factor = (image_processor.patch_size * image_processor.merge_size) ** 2
+    smallest = {"longest_edge": factor, "shortest_edge": min(image_processor.size["shortest_edge"], factor)}
+    return sum(image_token_count(image_processor, w, h, smallest) for (w, h) in sizes)
+
+
 def check_text(text: str, field: str) -> None:
     """Refuse text the tokenizers cannot take: undecodable argv bytes arrive as lone surrogates."""
     try:
@@ -229,6 +241,16 @@ def fit_size(image_processor, sizes: list[tuple[int, int]], available: int) -> d
     return size_for(lo)
 
 
+def fitted_tokens(image_processor, sizes: list[tuple[int, int]], available: int) -> int | None:
+    """The image tokens these references get when fitted to `available` (fit_size, then the processor's count);
+    None when they cannot fit."""
+    try:
+        size = fit_size(image_processor, sizes, available)
+    except ValueError:
+        return None
+    return sum(image_token_count(image_processor, w, h, size) for (w, h) in sizes)
+
+
 @dataclass
 class Prepared:
     """One (images, text) input, rendered, fitted to the budget and run through the processor: ready to forward."""
@@ -268,8 +290,9 @@ def _render(processor, num_images: int, text: str | None, system: str | None = N
 
 
 def _fit(processor, rendered: str, images: list, budget: int, max_image_tokens: int | None,
-         system: str | None = None, sizes: bool = True) -> dict | None:
-    """The processor `size` for these images: text tokens are fixed, images take what is left of the budget."""
+         system: str | None = None, sizes: bool = True, image_budget: int | None = None) -> dict | None:
+    """The processor `size` for these images: text tokens are fixed, images take what is left of the budget, and at
+    most `image_budget` (caption_plan: what the rest of the caption leaves them; None before issue 23's plan)."""
     text_tokens = len(processor.tokenizer(rendered, add_special_tokens=False)["input_ids"]) - len(images)
     if text_tokens > budget:
         if system is not None:
@@ -282,6 +305,8 @@ def _fit(processor, rendered: str, images: list, budget: int, max_image_tokens: 
     available = budget - text_tokens
     if max_image_tokens is not None:
         available = min(available, max_image_tokens)
+    if image_budget is not None:
+        available = min(available, image_budget)
     sizes = [img.size for img in images]
     for w, h in sizes:  # the processor refuses extreme aspect ratios (a ValueError deep inside it)
         try:
@@ -298,20 +323,22 @@ def _fit(processor, rendered: str, images: list, budget: int, max_image_tokens: 
 
 
 def prepare(vl, images: list, text: str | None, budget: int, max_image_tokens: int | None = None,
-            system: str | None = None) -> Prepared:
+            system: str | None = None, image_budget: int | None = None) -> Prepared:
     """Everything before the forward: validation, chat template, budget fit, processor, roles (CPU only).
-    `system`: a system turn's text (issue 27's vl_system); None: the stock template, no system turn."""
-    return prepare_inputs(vl.processor, images, text, budget, max_image_tokens, system)
+    `system`: a system turn's text (issue 27's vl_system); None: the stock template, no system turn.
+    `image_budget`: the most image tokens the caption's plan leaves this input (caption_plan); None: no such limit."""
+    return prepare_inputs(vl.processor, images, text, budget, max_image_tokens, system, image_budget)
 
 
 def prepare_inputs(processor, images: list, text: str | None, budget: int,
-                   max_image_tokens: int | None = None, system: str | None = None) -> Prepared:
+                   max_image_tokens: int | None = None, system: str | None = None,
+                   image_budget: int | None = None) -> Prepared:
     """`prepare` with the processor alone (no weights: vlbench.engine.precheck uses it before models load)."""
     if text is not None:  # a text too long for the budget whatever its content: refused before anything reads it
 
         check_text_bound(text, "vl_text", budget, max_token_chars(processor.tokenizer), "the caption budget")
     rendered = _render(processor, len(images), text, system)
-    size = _fit(processor, rendered, images, budget, max_image_tokens, system)
+    size = _fit(processor, rendered, images, budget, max_image_tokens, system, image_budget=image_budget)
     kwargs = {"images": images} if images else {}
     if size is not None:
         kwargs["size"] = size

@@ -105,6 +105,7 @@ def check_plan(files: ModelFiles | None, jobs: Iterable[tuple[Recipe, str, list]
         check_text_lengths(files, recipe, prompt, len(refs), once)
         if recipe.image_attention == ImageAttention.TOPK and refs:
             _check_top_k(files, recipe, prompt, refs, once)
+        check_caption_budget(files, recipe, prompt, refs, once)  # issue 23: after top-k's own, more precise error
 
 
 # ---- layer ranges (a VL config's layer count; no tokenizer, no weights) ----
@@ -218,6 +219,35 @@ def check_text_lengths(files: ModelFiles, recipe: Recipe, prompt: str, num_image
         if once(("vl-length", text, num_images, system)):
             check_vl_length(files.vl_processor, text, num_images, files.caption_budget,
                             "prompt" if setting == VLText.PROMPT else "vl_text", system)
+
+
+def check_caption_budget(files: ModelFiles, recipe: Recipe, prompt: str, refs: list, once=lambda key: True) -> None:
+    """issue 23: the whole caption planned as the engine plans it (caption_plan.plan_caption, the same rule and
+    counts), refused when even the smallest references cannot fit — before any model loads. The text bridge's
+    description is not known yet: its Qwen3-4B rows are counted as the prompt's with an empty description (a lower
+    bound; the engine plans with the real one)."""
+    from vlbench.engine.caption_plan import plan_caption, vl_inputs
+    from vlbench.engine.extract import min_image_tokens, vl_counts
+
+    inputs = vl_inputs(recipe, prompt, refs)
+    key = ("caption-plan", recipe.key(), prompt,
+           tuple((tuple(r.sha256 for r in images), text, system) for images, text, system in inputs))
+    if not once(key):
+        return
+    qwen3_rows = None
+    if recipe.uses_qwen3 or recipe.vl_guidance != 0 or recipe.vl_blocks is not None:
+        from vlbench.engine.encode import template_ids
+
+        text = prompt
+        if recipe.text_bridge:
+            from vlbench.engine.bridge import JOIN
+
+            text = JOIN.format(prompt=prompt, description="")
+        qwen3_rows = len(template_ids(files.qwen3_tokenizer, text)[0])
+    processor = files.vl_processor
+    counts = [vl_counts(processor, len(images), text, system) for images, text, system in inputs]
+    lows = [min_image_tokens(processor.image_processor, [r.image.size for r in images]) for images, _, _ in inputs]
+    plan_caption(recipe, files.caption_budget, qwen3_rows, counts, lows)
 
 
 def _check_top_k(files: ModelFiles, recipe: Recipe, prompt: str, refs: list, once) -> None:
