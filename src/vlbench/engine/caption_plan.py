@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from vlbench.errors import CaptionTooLong
-from vlbench.recipe import Tokens
+from vlbench.recipe import NATURAL, MixPolicy, Source, Tokens
 
 # Roles of positions in the VL input (extract.py uses these).
 TEMPLATE, PROMPT, VISION_START, IMAGE, VISION_END = "template", "prompt", "vision_start", "image", "vision_end"
@@ -125,7 +125,7 @@ class Mix:
     other: object
 
     def _kept(self) -> tuple[bool, bool]:
-        if self.policy != "attend" or self.ratio == "natural":
+        if self.policy != MixPolicy.ATTEND or self.ratio == NATURAL:
             return True, True
         r = float(self.ratio)
         return r != 1.0, r != 0.0  # a weight of 0 drops that side (blend.share_weights / attend_weights)
@@ -134,18 +134,18 @@ class Mix:
         if lower and not _exact(self):  # a split over image rows: shrink may keep fewer cells than its share
             return 0
         b, o = self.base.length(t, lower), self.other.length(t, lower)
-        if self.policy == "split":
+        if self.policy == MixPolicy.SPLIT:
             kb, ko = split_counts(b, o, float(self.ratio))
             return kb + ko
-        if self.policy == "positionwise":
+        if self.policy == MixPolicy.POSITIONWISE:
             return b
         keep_b, keep_o = self._kept()
         return (b if keep_b else 0) + (o if keep_o else 0)
 
     def has_non_vl(self, t: Sequence[int]) -> bool:
-        if self.policy == "positionwise":
+        if self.policy == MixPolicy.POSITIONWISE:
             return True  # its rows name the mix, not a source (condition.positionwise)
-        if self.policy == "split":
+        if self.policy == MixPolicy.SPLIT:
             kb, ko = split_counts(self.base.length(t), self.other.length(t), float(self.ratio))
             return (kb > 0 and self.base.has_non_vl(t)) or (ko > 0 and self.other.has_non_vl(t))
         keep_b, keep_o = self._kept()
@@ -187,7 +187,7 @@ def _exact(node) -> bool:
         return True
     if isinstance(node, WithQwen3):
         return _exact(node.inner)
-    if node.policy == "split" and any(isinstance(leaf, Selection) and leaf.has_images for leaf in _leaves(node)):
+    if node.policy == MixPolicy.SPLIT and any(isinstance(leaf, Selection) and leaf.has_images for leaf in _leaves(node)):
         return False  # shrink pools each image to grid_for of its share: at most that many cells
     return _exact(node.base) and _exact(node.other)
 
@@ -271,7 +271,7 @@ def captions(recipe, vl, qwen3: Qwen3 | None) -> list:
         else:
             own = alpha_mix(recipe.alpha)
     entries = recipe.schedule_entries
-    by_source = {"recipe": own, "vl": vl, "qwen3": qwen3}
+    by_source = {Source.RECIPE: own, Source.VL: vl, Source.QWEN3: qwen3}
     out = []
     for _, source in entries:
         ratio = schedule_alpha(source)
