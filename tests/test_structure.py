@@ -600,8 +600,6 @@ HEAVY = {
 CYCLE_BREAKING: dict[tuple[str, str], str] = {
     ("modelspec", "engine.tiny"): "the tiny models' paths, built on demand; engine.models imports modelspec",
     ("cli.tui", "tui.launch"): "`vlbench tui` starts the workbench; `python -m vlbench.tui` enters through the cli",
-    ("worker", "tui.wording"): "the workbench's words as the worker's default (tui.app imports the worker); the "
-                               "errors-as-data cut removes this import",
 }
 
 

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from vlbench.errors import CaptionTooLong
-from vlbench.recipe import NATURAL, MixPolicy, Source, Tokens
+from vlbench.recipe import NATURAL, ImageAttention, MixPolicy, MultiImage, Source, Tokens, schedule_alpha
 
 # Roles of positions in the VL input (extract.py uses these).
 TEMPLATE, PROMPT, VISION_START, IMAGE, VISION_END = "template", "prompt", "vision_start", "image", "vision_end"
@@ -213,8 +213,6 @@ class CaptionPlan:
 def vl_inputs(recipe, prompt: str, refs: Sequence) -> list[tuple]:
     """(references, VL text, system text) of each VL input a job extracts, in the engine's order (Engine._vl_sequence:
     dual: the style pass, then the content pass; multi_image separate: one per reference; else one, all references)."""
-    from vlbench.recipe import MultiImage
-
     if not recipe.uses_vl:
         return []
     system = recipe.resolve_vl_system()
@@ -230,8 +228,6 @@ def vl_inputs(recipe, prompt: str, refs: Sequence) -> list[tuple]:
 def vl_tree(recipe, counts: Sequence[VLCounts]):
     """The VL sequence as Engine._vl_sequence assembles it; `counts` in the engine's extraction order (dual: the
     style pass, then the content pass; multi_image separate: one per reference; else one)."""
-    from vlbench.recipe import ImageAttention, MultiImage
-
     per_image, exact = None, True
     if recipe.image_attention == ImageAttention.TOPK:
         per_image = recipe.image_top_k
@@ -257,8 +253,6 @@ def vl_tree(recipe, counts: Sequence[VLCounts]):
 
 def captions(recipe, vl, qwen3: Qwen3 | None) -> list:
     """Every caption the DiT reads, as Engine.condition assembles them."""
-    from vlbench.recipe import schedule_alpha
-
     def alpha_mix(ratio):
         return Mix(recipe.alpha_policy, ratio, qwen3, vl)
 

@@ -21,15 +21,18 @@ from vlbench.engine import bridge
 from vlbench.engine.blocks import masked, resolve
 from vlbench.engine.cache import ExtractionCache, extraction_key
 from vlbench.engine.calibrate import load_stats
-from vlbench.engine.encode import TextEncoding, encode_text
+from vlbench.engine.caption_plan import plan_caption, vl_inputs
+from vlbench.engine.encode import TextEncoding, encode_text, template_ids
 from vlbench.engine import blend
-from vlbench.engine.extract import (IMAGE, PROMPT, Extraction, batch_memory_bytes, check_special_tokens,
-                                    decoder_layer_for, forward, forward_batch, load_reference, prepare)
+from vlbench.engine.extract import (IMAGE, PROMPT, Extraction, batch_memory_bytes, check_special_tokens, check_vl_text,
+                                    decoder_layer_for, fitted_tokens, forward, forward_batch, image_token_count,
+                                    load_reference, min_image_tokens, prepare, vl_counts)
 from vlbench.engine.generate import ShareProbe, check_caption, generate, mix_sides
 from vlbench.engine.models import Models
 from vlbench.engine import condition as C
 from vlbench.recipe import (NATURAL, Curve, ImageAttention, ImagePositions, MixPolicy, MultiImage, Normalization,
                             Recipe, Source, VLText, schedule_alpha)
+from vlbench.engine.precheck import ModelFiles, _check_top_k, check_qwen3_length, check_text_bound, max_token_chars
 from vlbench.errors import UserError
 from vlbench.records import extraction_names
 from vlbench.files import atomic_write_text, read_bytes_file, read_text_file
@@ -495,8 +498,6 @@ class Engine:
         tokenizer alone: the encoder is not loaded for it."""
         if prompt in self._texts:
             return len(self._texts[prompt].input_ids)
-        from vlbench.engine.encode import template_ids
-        from vlbench.engine.precheck import check_qwen3_length
 
         tokenizer = self._qwen3_tokenizer()
         check_qwen3_length(tokenizer, prompt, "prompt")
@@ -523,10 +524,6 @@ class Engine:
         record reads the same reference; else None only where the limit cannot bind (it leaves more than the input's
         text or max_image_tokens leave, or than the references' native tokens). UserError when even the smallest
         references cannot fit."""
-        from vlbench.engine.caption_plan import plan_caption
-        from vlbench.engine.extract import (check_vl_text, fitted_tokens, image_token_count, min_image_tokens,
-                                            vl_counts)
-
         inputs = self.vl_inputs(recipe, prompt, refs)
         if not inputs:
             self.last_plan = plan_caption(recipe, self.models.caption_budget, qwen3_rows, [])
@@ -535,8 +532,6 @@ class Engine:
         budget = self.models.caption_budget
         for images, text, system in inputs:  # the VL input's own text against the budget: prepare's checks and words
             if text is not None:
-                from vlbench.engine.precheck import check_text_bound, max_token_chars
-
                 check_text_bound(text, "vl_text", budget, max_token_chars(processor.tokenizer), "the caption budget")
             check_vl_text(processor, len(images), text, budget, system)
         counts = [vl_counts(processor, len(images), text, system) for images, text, system in inputs]
@@ -547,7 +542,6 @@ class Engine:
             plan = plan_caption(recipe, budget, qwen3_rows, counts, lows)
         except UserError:
             if recipe.image_attention == ImageAttention.TOPK:  # top-k past an image's tokens: its own, named error
-                from vlbench.engine.precheck import _check_top_k, ModelFiles
 
                 files = ModelFiles(axes_lens=[budget + 32, 0, 0], pixels_per_token=0, vl_processor=processor,
                                    qwen3_tokenizer=None)
@@ -584,8 +578,6 @@ class Engine:
     @staticmethod
     def vl_inputs(recipe: Recipe, prompt: str, refs: list[Reference]) -> list[tuple]:
         """(references, VL text, system text) of each VL input this job extracts, in _vl_sequence's order."""
-        from vlbench.engine.caption_plan import vl_inputs
-
         return vl_inputs(recipe, prompt, refs)
 
     def _vl_sequence(self, recipe: Recipe, prompt: str, refs: list[Reference],

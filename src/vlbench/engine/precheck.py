@@ -15,6 +15,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Iterable
 
+from vlbench.engine.caption_plan import plan_caption, vl_inputs
 from vlbench.errors import UserError
 from vlbench.logs import quiet_libraries
 from vlbench.recipe import ImageAttention, Recipe, VLText
@@ -226,7 +227,6 @@ def check_caption_budget(files: ModelFiles, recipe: Recipe, prompt: str, refs: l
     counts), refused when even the smallest references cannot fit — before any model loads. The text bridge's
     description is not known yet: its Qwen3-4B rows are counted as the prompt's with an empty description (a lower
     bound; the engine plans with the real one)."""
-    from vlbench.engine.caption_plan import plan_caption, vl_inputs
     from vlbench.engine.extract import min_image_tokens, vl_counts
 
     inputs = vl_inputs(recipe, prompt, refs)
