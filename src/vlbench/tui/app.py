@@ -460,9 +460,14 @@ class VlbenchApp(App[int]):
 
     def on_run_highlighted(self, message: RunHighlighted) -> None:
         # The cursor moves at key-repeat speed; the image follows once it rests (PREVIEW_S).
+        same = message.run_id == self.selected_run and self._preview_timer is None
         self.selected_run = message.run_id
         if message.source == "history" and self.follow:
             self.set_follow(False)  # a run chosen in History stays in the Preview while new results arrive
+        if same and self.preview.showing == message.run_id:
+            # Focus coming back to the Queue or History names the run the Preview shows already: no store read
+            # (the worker's changes to it reach the Preview through runs_changed).
+            return
         if self._preview_timer is not None:
             self._preview_timer.stop()
         self._preview_timer = self.set_timer(PREVIEW_S, self.update_preview)

@@ -183,6 +183,11 @@ class PreviewPane(Vertical):
             picture.display = False
 
     @property
+    def showing(self) -> int | None:
+        """The run the Preview shows (the selected one), None before any."""
+        return self.shown[0][0] if self.shown and self.shown[0] else None
+
+    @property
     def pictures(self) -> list[Picture]:
         return list(self.query(Picture))
 

@@ -5,11 +5,13 @@ base style), but empties every cache on any style update, and gaining or losing 
 or out of the Queue or History drew every visible row again from its cells (tens of milliseconds; issue 25.8).
 Here the caches are emptied only when the styles may have changed under them: another theme or stylesheet, or
 styles for a look that differ from those its rows were drawn with. A switch back to a look seen before reuses its
-rows.
+rows. Likewise a Resize that does not change the size (a table shown again in a narrow terminal, where the panes
+take turns) keeps them; DataTable drops them on every Resize.
 """
 
 from __future__ import annotations
 
+from textual import events
 from textual.widget import Widget
 from textual.widgets import DataTable
 
@@ -18,6 +20,7 @@ class SteadyTable(DataTable):
     def __init__(self, *args, **kwargs) -> None:
         self._looks: dict[object, tuple] = {}  # pseudo-class state -> the styles its cached rows were drawn with
         self._styled_by: tuple | None = None  # the theme and stylesheet those styles came from
+        self._drawn_size = None  # the size the cached rows were drawn for
         super().__init__(*args, **kwargs)
 
     def _look(self) -> tuple:
@@ -43,3 +46,8 @@ class SteadyTable(DataTable):
         self._looks = {state: look} if look is not None else {}
         self._styled_by = styled_by if look is not None else None
         super().notify_style_update()  # every cache emptied
+
+    def _on_resize(self, event: events.Resize) -> None:
+        if event.size == self._drawn_size:
+            event.prevent_default()  # not DataTable's handler, which would throw every drawn row away
+        self._drawn_size = event.size
