@@ -239,3 +239,35 @@ def test_the_footer_is_one_widget_that_shows_the_focused_panes_keys():
         app.close()
 
     run(go())
+
+
+def test_no_rule_styles_a_widget_by_a_pane_class_or_the_previews_focus():
+    """What makes the restyles above correct: switching sets -active-pane / -active-column and moves focus to or from
+    the Preview, and then restyles only the nodes that changed (Textual would restyle all below them). That is right
+    as long as no rule selects a descendant by those classes, or by the Preview's focus."""
+    from textual.css.model import CombinatorType, SelectorType
+
+    async def go():
+        app = make_app()
+        async with app.run_test(size=(160, 48)) as pilot:
+            await pilot.pause()
+            preview = app.preview
+            preview_names = set(preview._css_type_names)
+            found = []
+            for rule in app.stylesheet.rules:
+                for selector_set in rule.selector_set:
+                    selectors = selector_set.selectors
+                    subject = max((i for i, s in enumerate(selectors) if s.combinator != CombinatorType.SAME),
+                                  default=0)
+                    for selector in selectors[:subject]:  # the ancestors' part of the selector
+                        if selector.type == SelectorType.CLASS and selector.name in ("-active-pane", "-active-column"):
+                            found.append(selector_set.css)
+                        could_be_preview = (selector.type == SelectorType.UNIVERSAL
+                                            or (selector.type == SelectorType.TYPE and selector.name in preview_names)
+                                            or (selector.type == SelectorType.ID and selector.name == preview.id))
+                        if could_be_preview and selector.pseudo_classes & {"focus", "focus-within"}:
+                            found.append(selector_set.css)
+            assert not found, found
+        app.close()
+
+    run(go())
