@@ -170,13 +170,13 @@ class PreviewPane(Vertical):
         super().__init__(**kwargs)
         self.image_class = IMAGE_CLASSES.get(preview_method, IMAGE_CLASSES["auto"])
         self.shown: tuple = ()  # what is on screen, so identical updates do not re-render images
+        self._caption_lines = 1
 
     def watch_has_focus(self, has_focus: bool) -> None:
         # Gaining or losing focus changes the pane's own look only: restyle it, not the pictures, frames and captions
         # below it (Widget.watch_has_focus restyles the whole subtree; a third of a switch to or from the Preview).
         # No rule styles the Preview's contents by its focus (test_tui_pane_switch checks the stylesheet).
         self.app.stylesheet.update_nodes([self], animate=True)
-        self._caption_lines = 1
 
     def compose(self) -> ComposeResult:
         yield Static("No run yet. Type a prompt, then F5 (or ctrl+r) queues it.", id="preview-caption")
