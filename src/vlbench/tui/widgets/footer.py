@@ -16,6 +16,7 @@ from rich.style import Style
 from rich.text import Text
 from textual import events
 from textual.binding import Binding
+from textual.strip import Strip
 from textual.widget import Widget
 
 
@@ -65,6 +66,9 @@ class VlbenchFooter(Widget, can_focus=False):
         self.palette: FooterEntry | None = None
         self._spans: list[tuple[int, int, FooterEntry]] = []  # (first column, end column, entry) as last drawn
         self._hover: FooterEntry | None = None
+        # The line as drawn for each set of keys: a pane switch comes back to a set seen before, and drawing a Text
+        # of ~40 styled spans costs milliseconds.
+        self._drawn: dict[tuple, tuple[Strip, list]] = {}
 
     # ---- the keys ----
     def on_mount(self) -> None:
@@ -103,6 +107,20 @@ class VlbenchFooter(Widget, can_focus=False):
         return [f"{e.display} {e.description}".strip() for e in shown]
 
     # ---- drawing ----
+    def render_line(self, y: int) -> Strip:
+        key = (self.entries, self.palette, self._hover, self.size, self.app.theme)
+        drawn = self._drawn.get(key)
+        if drawn is None:
+            if len(self._drawn) >= 32:
+                self._drawn.clear()
+            drawn = self._drawn[key] = (super().render_line(y), self._spans)  # render() sets _spans
+        strip, self._spans = drawn
+        return strip
+
+    def notify_style_update(self) -> None:
+        super().notify_style_update()
+        self._drawn.clear()  # another theme or stylesheet: other colours
+
     def render(self) -> Text:
         width = self.size.width
         key_style = self.get_component_rich_style("footer--key")
