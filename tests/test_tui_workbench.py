@@ -629,7 +629,7 @@ def test_every_f_key_command_has_a_key_tmux_passes_and_the_footer_shows_it():
             await pilot.pause()
             assert type(app.screen).__name__ == "FilePicker"
             await pilot.press("escape")
-            labels = [str(k.render()) for k in app.query("FooterKey")]
+            labels = app.query_one("VlbenchFooter").labels()
             assert any("^r" in label for label in labels), labels
         app.close()
 

@@ -31,7 +31,7 @@ from textual.containers import Container, Vertical
 from textual.reactive import Reactive
 from textual.screen import Screen
 from textual.widget import Widget
-from textual.widgets import Footer, Header, TextArea
+from textual.widgets import Header, TextArea
 
 from vlbench.config import Settings
 from vlbench.errors import UserError
@@ -57,6 +57,7 @@ from vlbench.tui.screens.run_details import RunDetails
 from vlbench.tui.session import Session, load_session, save_session
 from vlbench.tui.suggest import IMAGE_SUFFIXES, RECIPE_SUFFIXES
 from vlbench.tui.themes import DEFAULT_THEME, load_themes
+from vlbench.tui.widgets.footer import VlbenchFooter
 from vlbench.tui.widgets.history import HistoryPane
 from vlbench.tui.widgets.inputs import InputsPane
 from vlbench.tui.widgets.pane_bar import PaneBar
@@ -76,22 +77,6 @@ PREVIEW_S = 0.15  # the Preview follows the Queue/History cursor once it rests t
 SESSION_S = 1.0  # the session is saved this long after the last change (and when the app closes)
 # App commands that act on the main screen; disabled while a dialog is open.
 _FORM_ACTIONS = {c.action.split("(")[0] for c in keys.APP + keys.PANES} - {"help"}
-
-
-class VlbenchFooter(Footer):
-    """Textual's Footer, rebuilt only when the keys it shows change: Textual recomposes it on every focus
-    change, which costs a Tab between two fields of Parameters tens of milliseconds."""
-
-    _shown: tuple = ()
-
-    def bindings_changed(self, screen) -> None:
-        # By action, not key: a text field hides "?" but F1 still shows Help, under the same label.
-        shown = tuple(dict.fromkeys((b.action, b.description, enabled) for _, b, enabled, _ in
-                                    screen.active_bindings.values() if b.show))
-        if shown == self._shown and self._bindings_ready:
-            return
-        self._shown = shown
-        super().bindings_changed(screen)
 
 
 class MainScreen(Screen):
@@ -146,6 +131,7 @@ class VlbenchApp(App[int]):
         self.comparing = False
         self.layout_mode = "wide"
         self.active_pane = "inputs"  # the pane with focus; in a narrow terminal the only one shown
+        self._focus_targets: dict[str, Widget] = {}  # the widget each pane's key focuses
         self.batches = Batches(self.store)
         self.experiment_types: list | None = None  # loaded on first use
         self.plan_checks = PlanChecks(self.models)  # issue 25.10: plans are checked when queued, on a thread
@@ -205,7 +191,7 @@ class VlbenchApp(App[int]):
         yield self.pane_bar
         # One grid: vlbench.tcss places the panes for each width (layout.BREAKPOINTS).
         with Container(id="main"):
-            with Vertical(id="left", classes=left):
+            with Vertical(id="left", classes=left) as self.left_column:
                 yield self.inputs
                 yield self.parameters
             yield self.preview
@@ -474,9 +460,14 @@ class VlbenchApp(App[int]):
 
     def on_run_highlighted(self, message: RunHighlighted) -> None:
         # The cursor moves at key-repeat speed; the image follows once it rests (PREVIEW_S).
+        same = message.run_id == self.selected_run and self._preview_timer is None
         self.selected_run = message.run_id
         if message.source == "history" and self.follow:
             self.set_follow(False)  # a run chosen in History stays in the Preview while new results arrive
+        if same and self.preview.showing == message.run_id:
+            # Focus coming back to the Queue or History names the run the Preview shows already: no store read
+            # (the worker's changes to it reach the Preview through runs_changed).
+            return
         if self._preview_timer is not None:
             self._preview_timer.stop()
         self._preview_timer = self.set_timer(PREVIEW_S, self.update_preview)
@@ -999,7 +990,10 @@ class VlbenchApp(App[int]):
             return
         targets = {"inputs": "#prompt", "parameters": "#param-form Input", "queue": "#queue-table",
                    "preview": "#preview", "history": "#history-table"}
-        target = self.query(targets[name]).first()
+        # Found once: a query walks the whole DOM (the Parameters form is most of it) on every switch.
+        target = self._focus_targets.get(name)
+        if target is None or not target.is_attached:
+            target = self._focus_targets[name] = self.query(targets[name]).first()
         self.show_pane(name)
         # At once, not later (Widget.focus): in a narrow terminal the pane that had focus is being hidden, and a
         # widget hidden while it has focus hands it to a neighbour, or to nothing.
@@ -1016,10 +1010,19 @@ class VlbenchApp(App[int]):
         """Make this the active pane: highlighted; in a narrow terminal, the one that fills the screen."""
         if name == self.active_pane and self.panes[name].has_class("-active-pane"):
             return
-        self.panes[self.active_pane].remove_class("-active-pane")
+        left = self.left_column
+        changed = [self.panes[self.active_pane], self.panes[name]]
+        self.panes[self.active_pane].remove_class("-active-pane", update=False)
         self.active_pane = name
-        self.panes[name].add_class("-active-pane")
-        self.query_one("#left").set_class(name in ("inputs", "parameters"), "-active-column")
+        self.panes[name].add_class("-active-pane", update=False)
+        if left.has_class("-active-column") != (name in ("inputs", "parameters")):
+            left.set_class(name in ("inputs", "parameters"), "-active-column", update=False)
+            changed.append(left)
+        # Restyle the nodes whose class changed, not their descendants: Textual's add_class/remove_class
+        # restyles the whole subtree (every field of Parameters, every row widget), which was most of a pane
+        # switch's 250-500 ms. Correct because no rule selects a descendant by these classes (vlbench.tcss;
+        # test_tui_workbench checks it).
+        self.stylesheet.update_nodes(changed, animate=False)
         self.pane_bar.show(active=name)
         self.session_changed()
 

@@ -27,6 +27,7 @@ from vlbench.tui import keys
 from vlbench.tui.format import STATUS_STYLE, prompt_line, run_label, size, status_text, when
 from vlbench.tui.messages import OpenRun, RunHighlighted
 from vlbench.tui.widgets.choice import ChoiceField
+from vlbench.tui.widgets.table import SteadyTable
 
 PAGE = 200
 MARGIN = 40
@@ -34,7 +35,7 @@ STATUS_CHOICES = [("all", "all"), *[(s, s) for s in STATUSES]]
 SORT_KEYS = tuple(SORTS)
 
 
-class HistoryTable(DataTable):
+class HistoryTable(SteadyTable):
     # A table of rows: Home and End go to the first and last run (DataTable's scroll sideways).
     BINDINGS = [Binding("home", "scroll_top", "First", show=False), Binding("end", "scroll_bottom", "Last", show=False)]
 

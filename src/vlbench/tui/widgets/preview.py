@@ -173,6 +173,12 @@ class PreviewPane(Vertical):
         self.shown: tuple = ()  # what is on screen, so identical updates do not re-render images
         self._caption_lines = 1
 
+    def watch_has_focus(self, has_focus: bool) -> None:
+        # Gaining or losing focus changes the pane's own look only: restyle it, not the pictures, frames and captions
+        # below it (Widget.watch_has_focus restyles the whole subtree; a third of a switch to or from the Preview).
+        # No rule styles the Preview's contents by its focus (test_tui_pane_switch checks the stylesheet).
+        self.app.stylesheet.update_nodes([self], animate=True)
+
     def compose(self) -> ComposeResult:
         yield Static("No run yet. Type a prompt, then F5 (or ctrl+r) queues it.", id="preview-caption")
         with Container(id="preview-images"):
@@ -182,6 +188,11 @@ class PreviewPane(Vertical):
     def on_mount(self) -> None:
         for picture in self.query(Picture):
             picture.display = False
+
+    @property
+    def showing(self) -> int | None:
+        """The run the Preview shows (the selected one), None before any."""
+        return self.shown[0][0] if self.shown and self.shown[0] else None
 
     @property
     def pictures(self) -> list[Picture]:

@@ -24,6 +24,7 @@ from vlbench.tui import keys
 from vlbench.tui.format import STATUS_STYLE, prompt_line, run_label
 from vlbench.tui.messages import OpenRun, RunHighlighted
 from vlbench.tui.screens.confirm import Confirm
+from vlbench.tui.widgets.table import SteadyTable
 
 SHOWN_PENDING = 30  # the table shows this many queued runs at first (a screenful), a page more as the cursor nears
 # the end of them (so every run can be reached and reordered); the title counts them all
@@ -46,7 +47,7 @@ class Entry:
     run: RunRow | None = None
 
 
-class QueueTable(DataTable):
+class QueueTable(SteadyTable):
     # A table of rows: Home and End go to the first and last run (DataTable's scroll sideways).
     BINDINGS = [Binding("home", "scroll_top", "First", show=False), Binding("end", "scroll_bottom", "Last", show=False)]
 

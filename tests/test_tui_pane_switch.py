@@ -1,0 +1,273 @@
+"""Pane switches (issue 25.8): alt+1..5 makes the pane active and focused at every width, and touches only what
+changes: the two panes' own styles (not every field below them), the footer's one line (not a widget per key),
+no store read, and the Queue's and History's rows as already drawn (not drawn again from their cells).
+
+Behaviour only; the time a switch takes is measured by benchmarks/tui_bench.py (section pane_switch).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from test_tui import FAST, make_app, run
+from vlbench.recipe import Recipe
+from vlbench.tui import layout
+
+PANES = ("inputs", "parameters", "queue", "preview", "history")
+SIZES = [(160, 48), (100, 30), (80, 24)]  # wide, medium, narrow
+# Every pane from every other one, then back to the start: each pane is left and entered more than once.
+ROUND = ["parameters", "queue", "history", "preview", "inputs", "queue", "parameters", "history", "inputs",
+         "preview", "queue", "history", "parameters", "inputs"]
+
+
+def fill(app, n: int = 60) -> None:
+    """Runs in the Queue and the History (half finished), so that both tables have rows to draw."""
+    ids = app.store.enqueue_many([dict(prompt=f"run {i}", images=[], recipe=Recipe(**FAST).to_dict())
+                                  for i in range(n)])
+    app.store._conn().execute("UPDATE runs SET status = 'done', started_at = created_at, "
+                              "finished_at = created_at + 1 WHERE id <= ?", (ids[n // 2],))
+    app.store_changed()
+
+
+async def switch(pilot, name: str) -> None:
+    await pilot.press(f"alt+{PANES.index(name) + 1}")
+    await pilot.pause()
+
+
+@pytest.mark.parametrize("size", SIZES, ids=[f"{w}x{h}" for w, h in SIZES])
+def test_the_switched_pane_is_active_focused_and_shown_at_every_width(size):
+    async def go():
+        app = make_app()
+        async with app.run_test(size=size) as pilot:
+            fill(app)
+            await pilot.pause()
+            narrow = layout.mode_for(size[0]) == "narrow"
+            for name in ROUND:
+                await switch(pilot, name)
+                pane = app.panes[name]
+                assert app.active_pane == name
+                assert [n for n, p in app.panes.items() if p.has_class("-active-pane")] == [name]
+                assert app.focused is not None and pane in app.focused.ancestors_with_self, (name, app.focused)
+                assert app.left_column.has_class("-active-column") == (name in ("inputs", "parameters"))
+                shown = [n for n, p in app.panes.items() if p.display and p.region.area
+                         and (n not in ("inputs", "parameters") or app.left_column.display)]
+                if narrow:  # one pane fills the screen; the pane bar names the shown one
+                    assert shown == [name] and pane.region.width == size[0]
+                    assert app.pane_bar.active == name
+                else:
+                    assert set(shown) == set(PANES)
+                # the highlight is the pane's border, drawn in the theme's primary colour only on the active pane
+                primary = app.current_theme.primary
+                for other, p in app.panes.items():
+                    assert (p.styles.border_top[1].hex.lower() == primary.lower()) == (other == name), other
+        app.close()
+
+    run(go())
+
+
+def test_a_switch_restyles_the_two_panes_not_the_widgets_inside_them():
+    """Textual's add_class/remove_class restyles a node's whole subtree: the Parameters form is ~150 widgets. No rule
+    selects a descendant by -active-pane or -active-column, so the switch restyles only the nodes whose class changed
+    (and the widgets that gain or lose focus, as any focus change does)."""
+
+    from textual.widget import Widget
+
+    async def go():
+        app = make_app()
+        async with app.run_test(size=(160, 48)) as pilot:
+            fill(app)
+            await pilot.pause()
+            restyled: list = []
+            apply = app.stylesheet.apply
+
+            def spy(node, *args, **kwargs):
+                restyled.append(node)
+                return apply(node, *args, **kwargs)
+
+            app.stylesheet.apply = spy
+            try:
+                for name in ROUND:
+                    before, left = app.focused, app.active_pane
+                    restyled.clear()
+                    await switch(pilot, name)
+                    # the panes whose class changed, and what any change of focus restyles: the widgets that lost
+                    # and gained it, with what they hold
+                    allowed = {app.panes[left], app.panes[name], app.left_column}
+                    for widget in (before, app.focused):
+                        if widget is not None:
+                            allowed.update(widget.walk_children(with_self=True))
+                    stray = {n for n in restyled if isinstance(n, Widget) and n not in allowed  # (not components)
+                             and not (type(n).__name__.startswith("ScrollBar") and n.parent in allowed)}
+                    assert not stray, (left, name, sorted({f"{type(n).__name__}#{n.id}" for n in stray}))
+                    parameters = set(app.parameters.walk_children())
+                    if app.focused not in parameters and before not in parameters:
+                        assert not parameters & set(restyled), (left, name)
+            finally:
+                app.stylesheet.apply = apply
+        app.close()
+
+    run(go())
+
+
+@pytest.mark.parametrize("size", [(160, 48), (80, 24)], ids=["160x48", "80x24"])
+def test_a_switch_reads_no_store_and_draws_no_table_row_again(size):
+    """After one visit to each pane, switching reads nothing from the store (the Queue and History gaining focus name
+    the run the Preview shows already) and draws no row of the Queue or History from its cells: DataTable empties its
+    caches on every style update (focus is one) and every Resize (a table shown again at 80×24)."""
+    from textual.widgets import DataTable
+
+    async def go():
+        app = make_app()
+        async with app.run_test(size=size) as pilot:
+            fill(app)
+            await pilot.pause()
+            for name in ROUND + ROUND[:5]:  # each pane visited, each table drawn focused and not
+                await switch(pilot, name)
+            await pilot.pause(0.3)  # the Preview's wait for a resting cursor (PREVIEW_S)
+            reads, cells, previews = [], [], []
+            conn, render_cell, update_preview = app.store._conn, DataTable._render_cell, app.update_preview
+
+            def counted_conn():
+                reads.append(previews[-1] if previews and previews[-1][1] is None else "a pane switch")
+                return conn()
+
+            def counted_cell(table, *args, **kwargs):
+                cells.append(table.id)
+                return render_cell(table, *args, **kwargs)
+
+            def counted_preview():
+                previews.append([app.preview.showing, None])
+                update_preview()
+                previews[-1][1] = app.preview.showing
+
+            app.store._conn = counted_conn
+            DataTable._render_cell = counted_cell
+            app.update_preview = counted_preview
+            try:
+                for name in ROUND:
+                    await switch(pilot, name)
+                    await pilot.pause(0.25)  # the Preview follows a resting cursor (PREVIEW_S)
+            finally:
+                app.store._conn = conn
+                DataTable._render_cell = render_cell
+                app.update_preview = update_preview
+            assert app.active_pane == ROUND[-1]
+            # The only reads: the Preview fetching a run it did not show (the Queue's and History's cursors are on
+            # different runs, and the Preview follows the focused one).
+            assert "a pane switch" not in reads, reads
+            assert previews, "the Preview follows the focused table's cursor"
+            assert all(shown != new for shown, new in previews), previews
+            assert not cells, f"table cells drawn again: {sorted(set(cells))}"
+        app.close()
+
+    run(go())
+
+
+def test_kept_table_rows_are_the_rows_drawn_afresh_focused_blurred_and_after_a_theme_change():
+    """The rows a table keeps across focus changes look exactly as drawn from scratch: the cursor row focused and
+    not, and after ctrl+t (another theme: every kept row is dropped)."""
+
+    def drawn(table) -> list:
+        table._pseudo_class_state = table.get_pseudo_class_state()  # as render_lines sets it before each frame
+        return [[(s.text, s.style) for s in table.render_line(y)] for y in range(min(6, table.size.height))]
+
+    def fresh(table) -> list:
+        table._clear_caches()
+        return drawn(table)
+
+    async def go():
+        app = make_app()
+        async with app.run_test(size=(160, 48)) as pilot:
+            fill(app)
+            await pilot.pause()
+            for table_pane in ("queue", "history"):
+                await switch(pilot, table_pane)
+                table = app.focused
+                focused = drawn(table)
+                await switch(pilot, "parameters")
+                blurred = drawn(table)
+                assert blurred != focused, "the cursor row looks different without focus"
+                assert blurred == fresh(table)
+                await switch(pilot, table_pane)
+                assert drawn(table) == focused == fresh(table)
+                await pilot.press("ctrl+t")  # the next theme
+                await pilot.pause()
+                themed = drawn(table)
+                assert themed != focused
+                assert themed == fresh(table)
+                await switch(pilot, "parameters")
+                assert drawn(table) == fresh(table)
+        app.close()
+
+    run(go())
+
+
+def test_the_footer_is_one_widget_that_shows_the_focused_panes_keys():
+    """The footer follows the focus without mounting a widget per key; clicking a key presses it."""
+    from vlbench.tui import keys
+    from vlbench.tui.widgets.footer import VlbenchFooter
+
+    async def go():
+        app = make_app()
+        async with app.run_test(size=(160, 48)) as pilot:
+            fill(app)
+            await pilot.pause()
+            footer = app.query_one(VlbenchFooter)
+            nodes = len(list(app.screen.walk_children()))
+            shown = {}
+            for name in ("inputs", "queue", "history", "preview", "parameters"):
+                await switch(pilot, name)
+                shown[name] = [entry.description for entry in footer.entries]
+                assert not footer.children
+                text = str(footer.render())
+                room = footer.size.width - len(f"▏{footer.palette.display} {footer.palette.description} ")
+                line = "".join(f" {entry.display} {entry.description} " for entry in footer.entries)
+                assert text[:room] == line[:room].ljust(room), text  # what does not fit is cut, as Textual's Footer
+                assert text.rstrip().endswith(f"{footer.palette.display} {footer.palette.description}"), text
+            assert len(list(app.screen.walk_children())) == nodes, "no widget mounted or removed"
+            app_titles = {c.title for c in keys.APP}
+            for name, commands in {"queue": keys.QUEUE, "history": keys.HISTORY, "preview": keys.PREVIEW}.items():
+                titles = {c.title for c in commands if c.show}
+                assert titles <= set(shown[name]), name
+                assert not (titles - app_titles) & set(shown["inputs"]), name
+            assert "Help" in shown["inputs"] and footer.palette.description == "palette"
+            # a click on "Help" opens the help screen, as Textual's Footer does
+            x = next(start for start, _end, entry in footer._spans if entry.description == "Help")
+            await pilot.click(VlbenchFooter, offset=(x + 1, 0))
+            await pilot.pause()
+            assert type(app.screen).__name__ == "HelpScreen"
+        app.close()
+
+    run(go())
+
+
+def test_no_rule_styles_a_widget_by_a_pane_class_or_the_previews_focus():
+    """What makes the restyles above correct: switching sets -active-pane / -active-column and moves focus to or from
+    the Preview, and then restyles only the nodes that changed (Textual would restyle all below them). That is right
+    as long as no rule selects a descendant by those classes, or by the Preview's focus."""
+    from textual.css.model import CombinatorType, SelectorType
+
+    async def go():
+        app = make_app()
+        async with app.run_test(size=(160, 48)) as pilot:
+            await pilot.pause()
+            preview = app.preview
+            preview_names = set(preview._css_type_names)
+            found = []
+            for rule in app.stylesheet.rules:
+                for selector_set in rule.selector_set:
+                    selectors = selector_set.selectors
+                    subject = max((i for i, s in enumerate(selectors) if s.combinator != CombinatorType.SAME),
+                                  default=0)
+                    for selector in selectors[:subject]:  # the ancestors' part of the selector
+                        if selector.type == SelectorType.CLASS and selector.name in ("-active-pane", "-active-column"):
+                            found.append(selector_set.css)
+                        could_be_preview = (selector.type == SelectorType.UNIVERSAL
+                                            or (selector.type == SelectorType.TYPE and selector.name in preview_names)
+                                            or (selector.type == SelectorType.ID and selector.name == preview.id))
+                        if could_be_preview and selector.pseudo_classes & {"focus", "focus-within"}:
+                            found.append(selector_set.css)
+            assert not found, found
+        app.close()
+
+    run(go())
