@@ -388,7 +388,7 @@ def test_a_full_disk_for_images_puts_the_run_back_and_the_queue_waits_for_room(t
     import shutil
     from collections import namedtuple
 
-    from vlbench import worker as pngs  # the worker's write_png (imported from vlbench.pngs)
+    from vlbench import pngs  # write_run_png, the worker's one PNG writer, calls pngs.write_png
     from vlbench.worker import ModelStatus, Worker
 
     real_write, full = pngs.write_png, [True]
@@ -621,7 +621,7 @@ def test_a_size_past_the_dits_positions_is_one_line(tiny_dirs, tmp_path, ref_ima
 def test_a_full_disk_during_run_is_one_line_and_the_run_resumes(tiny_dirs, tmp_path, ref_image, monkeypatch,
                                                                 capsys):
     from vlbench.cli import main
-    from vlbench.experiments import runner as pngs  # the runner's write_png (imported from vlbench.pngs)
+    from vlbench import pngs  # write_run_png, the runner's one PNG writer, calls pngs.write_png
 
     real, writes, full = pngs.write_png, [], [True]
 

@@ -593,6 +593,8 @@ HEAVY = {
     "textual": "the workbench's framework: the command line imports it only for `vlbench tui`",
     "textual_image": "the workbench's image widget: it queries the terminal when imported",
     "rich": "the console's tables and markup: only where a command prints",
+    "platformdirs": "the data and cache folders (vlbench.paths): absent on the GPU machines, where the engine's "
+                    "benchmarks run without it (tests/test_dual_batch.py blocks it)",
     "jinja2": "templates: only the report renders one",
 }
 # (module, vlbench module) -> why that import stays inside a function although it is light: importing it at the

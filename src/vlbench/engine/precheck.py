@@ -17,7 +17,6 @@ from typing import Any, Iterable
 
 from vlbench.engine.caption_plan import plan_caption, vl_inputs
 from vlbench.errors import UserError
-from vlbench.logs import quiet_libraries
 from vlbench.recipe import ImageAttention, Recipe, VLText
 
 log = logging.getLogger("vlbench.precheck")
@@ -50,6 +49,8 @@ def read_model_files(spec) -> ModelFiles | None:
     try:
         from diffusers import AutoencoderKL, ZImageTransformer2DModel
         from transformers import AutoConfig, AutoProcessor, AutoTokenizer
+
+        from vlbench.logs import quiet_libraries  # logs -> paths -> platformdirs: not in the engine's benchmarks' needs
 
         quiet_libraries()
         spec = spec.built()

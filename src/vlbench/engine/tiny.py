@@ -14,10 +14,6 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-import platformdirs
-
-from vlbench.logs import quiet_libraries
-
 # Bump when anything below changes what is written: cached builds with another value are rebuilt.
 TINY_RECIPE_VERSION = "3"
 
@@ -89,6 +85,8 @@ def tiny_cache_root() -> Path:
     if override:
         return Path(override) / "tiny"
 
+    import platformdirs  # lazy: the engine's benchmarks run on GPU machines without it
+
     return Path(platformdirs.user_cache_dir("vlbench")) / "tiny"
 
 
@@ -119,6 +117,8 @@ def ensure_tiny_models(root: Path | None = None) -> TinyModels:
         return models
     models = TinyModels(vl=root / "qwen3-vl-tiny", zimage=root / "z-image-tiny")
     root.mkdir(parents=True, exist_ok=True)
+
+    from vlbench.logs import quiet_libraries  # logs -> paths -> platformdirs (lazy, as platformdirs above)
 
     quiet_libraries()  # transformers' "Writing model shards" bars are not the user's business
     # Build into a temporary sibling and rename, so a killed build never leaves a half model.
