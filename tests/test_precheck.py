@@ -115,7 +115,8 @@ def test_the_model_files_are_read_from_disk_or_the_hub_cache_never_the_network(m
     for. (huggingface_hub itself may ask once per process for its agent registry; that is not a model file.)"""
     from huggingface_hub.utils import _http
 
-    http = _http.httpx2  # the HTTP client huggingface_hub sends every request through
+    # the HTTP client huggingface_hub sends every request through: httpx2 since huggingface_hub 2, httpx before
+    http = getattr(_http, "httpx2", None) or getattr(_http, "httpx")
     asked = []
 
     def refuse(self, request, *args, **kwargs):

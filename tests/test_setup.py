@@ -125,7 +125,7 @@ def index(tmp_path):
     server.shutdown()
 
 
-def setup(repo: Path, tmp_path: Path, *args: str, smi: str | None, **env: str) -> subprocess.CompletedProcess:
+def run_setup(repo: Path, tmp_path: Path, *args: str, smi: str | None, **env: str) -> subprocess.CompletedProcess:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
     if smi is not None:  # a fake nvidia-smi on PATH printing a recorded output
@@ -139,14 +139,14 @@ def setup(repo: Path, tmp_path: Path, *args: str, smi: str | None, **env: str) -
 
 
 def test_setup_with_no_driver_runs_todays_install(repo, tmp_path):
-    proc = setup(repo, tmp_path, smi=None)
+    proc = run_setup(repo, tmp_path, smi=None)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines() == ["would run: .venv/bin/python -m pip install -q -e .[test] -c constraints/test.txt"]
     assert len(proc.stderr.splitlines()) == 1 and "no nvidia-smi found" in proc.stderr
 
 
 def test_setup_on_a_cuda_12_driver_installs_the_cu126_build_first(repo, tmp_path, index):
-    proc = setup(repo, tmp_path, smi="535_cuda12.2", VLBENCH_TORCH_INDEX=index)
+    proc = run_setup(repo, tmp_path, smi="535_cuda12.2", VLBENCH_TORCH_INDEX=index)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines() == [
         f"would run: .venv/bin/python -m pip install -q {pinned('torch')} {pinned('torchvision')} "
@@ -157,18 +157,18 @@ def test_setup_on_a_cuda_12_driver_installs_the_cu126_build_first(repo, tmp_path
 
 
 def test_setup_falls_back_when_the_index_cannot_be_reached(repo, tmp_path):
-    proc = setup(repo, tmp_path, "--torch", "cu128", smi=None, VLBENCH_TORCH_INDEX="http://127.0.0.1:9")
+    proc = run_setup(repo, tmp_path, "--torch", "cu128", smi=None, VLBENCH_TORCH_INDEX="http://127.0.0.1:9")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines() == ["would run: .venv/bin/python -m pip install -q -e .[test] -c constraints/test.txt"]
     assert "cannot be reached" in proc.stderr and len(proc.stderr.splitlines()) == 1
 
 
 def test_setup_unpinned_and_bad_flags(repo, tmp_path, index):
-    proc = setup(repo, tmp_path, "--unpinned", "--torch", "cpu", smi=None, VLBENCH_TORCH_INDEX=index)
+    proc = run_setup(repo, tmp_path, "--unpinned", "--torch", "cpu", smi=None, VLBENCH_TORCH_INDEX=index)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines() == [
         f"would run: .venv/bin/python -m pip install -q torch>=2.11,<2.15 torchvision>=0.26,<0.30 "
         f"--index-url {index}/cpu", "would run: .venv/bin/python -m pip install -q -e .[test]"]
-    bad = setup(repo, tmp_path, "--torch", "gpu", smi=None)
+    bad = run_setup(repo, tmp_path, "--torch", "gpu", smi=None)
     assert bad.returncode == 2 and bad.stderr.splitlines() == [
         "setup: --torch gpu: give one of auto, default, cpu, cu126, cu128, cu130"]
