@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from vlbench.errors import CaptionTooLong
-from vlbench.recipe import NATURAL, ImageAttention, MixPolicy, MultiImage, Source, Tokens, schedule_alpha
+from vlbench.recipe import ALPHA_SOURCE, NATURAL, ImageAttention, MixPolicy, MultiImage, Source, Tokens, schedule_alpha
 
 # Roles of positions in the VL input (extract.py uses these).
 TEMPLATE, PROMPT, VISION_START, IMAGE, VISION_END = "template", "prompt", "vision_start", "image", "vision_end"
@@ -256,14 +256,8 @@ def captions(recipe, vl, qwen3: Qwen3 | None) -> list:
     def alpha_mix(ratio):
         return Mix(recipe.alpha_policy, ratio, qwen3, vl)
 
-    own = None
-    if recipe.own_used:
-        if not recipe.own_uses_qwen3:
-            own = vl
-        elif not recipe.own_uses_vl:
-            own = qwen3
-        else:
-            own = alpha_mix(recipe.alpha)
+    kind = recipe.own_caption
+    own = alpha_mix(recipe.alpha) if kind == ALPHA_SOURCE else {Source.VL: vl, Source.QWEN3: qwen3}.get(kind)
     entries = recipe.schedule_entries
     by_source = {Source.RECIPE: own, Source.VL: vl, Source.QWEN3: qwen3}
     out = []

@@ -30,7 +30,7 @@ from vlbench.engine.extract import (IMAGE, PROMPT, Extraction, batch_memory_byte
 from vlbench.engine.generate import ShareProbe, check_caption, generate, mix_sides
 from vlbench.engine.models import Models
 from vlbench.engine import condition as C
-from vlbench.recipe import (NATURAL, Curve, ImageAttention, ImagePositions, MixPolicy, MultiImage, Normalization,
+from vlbench.recipe import (ALPHA_SOURCE, NATURAL, Curve, ImageAttention, ImagePositions, MixPolicy, MultiImage, Normalization,
                             Recipe, Source, VLText, schedule_alpha)
 from vlbench.engine.precheck import ModelFiles, _check_top_k, check_qwen3_length, check_text_bound, max_token_chars
 from vlbench.errors import UserError
@@ -387,17 +387,13 @@ class Engine:
         if recipe.alpha_policy == MixPolicy.POSITIONWISE and vl is not None and qwen3 is not None:
             C.check_token_pairs(text.input_ids, [extractions[0].input_ids[r["position"]] for r in vl.rows], "alpha",
                                 self.models.vl_processor.tokenizer)
-        own = None
-        if recipe.own_used:
-            if not recipe.own_uses_qwen3:
-                own = vl
-            elif not recipe.own_uses_vl:
-                own = qwen3
-            else:
-                ratio = recipe.alpha
-                if recipe.curve != Curve.CONSTANT:
-                    ratio = blend.ratio_curve(qwen3.length, recipe.alpha, recipe.alpha_end, recipe.curve)
-                own = C.mix(qwen3, vl, ratio, recipe.alpha_policy, "alpha", recipe.attend_ratio)
+        kind = recipe.own_caption  # the one rule (Recipe.own_caption) the caption planner counts too
+        own = {Source.VL: vl, Source.QWEN3: qwen3}.get(kind)
+        if kind == ALPHA_SOURCE:
+            ratio = recipe.alpha
+            if recipe.curve != Curve.CONSTANT:
+                ratio = blend.ratio_curve(qwen3.length, recipe.alpha, recipe.alpha_end, recipe.curve)
+            own = C.mix(qwen3, vl, ratio, recipe.alpha_policy, "alpha", recipe.attend_ratio)
         entries = recipe.schedule_entries
         by_source = {Source.RECIPE: own, Source.VL: vl, Source.QWEN3: qwen3}
         for _, source in entries:  # alpha=R: the alpha mix at R (alpha_policy), as a recipe with alpha R mixes

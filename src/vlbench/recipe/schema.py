@@ -16,7 +16,7 @@ from vlbench.recipe.applies import (ALPHA_MIX, ATTENTION_BIAS, ATTENTION_READ, C
                                     ONE_PASS_IMAGE_ROWS, OWN_POSITIONWISE, OWN_USED, QWEN3_USED, SEPARATE, TOPK,
                                     VL_USED, When, _alpha_mixes, _attend_ratios, above_0, below_1)
 from vlbench.recipe.rules import _RULES, _check_field
-from vlbench.recipe.schedules import format_schedule, parse_schedule, schedule_alpha
+from vlbench.recipe.schedules import ALPHA_SOURCE, format_schedule, parse_schedule, schedule_alpha
 from vlbench.recipe.values import SEED_MAX, _float, _is_int, _num, _show_default, _toml_value
 from vlbench.recipe.vocab import (IMAGE_SELECTIONS, NATURAL, PER_REFERENCE_NORMALIZATIONS, AttendRatio, AttendScope, Choice, Curve, ImageAttention,
                                   ImagePositions, MixPolicy, MultiImage, Normalization, Section, Source, Tokens,
@@ -267,6 +267,19 @@ class Recipe:
     def own_used(self) -> bool:
         """The recipe's own conditioning (its alpha mix) is used at some step: no schedule, or a recipe entry."""
         return self.schedule is None or any(src == Source.RECIPE for _, src in self.schedule_entries)
+
+    @property
+    def own_caption(self) -> str | None:
+        """What the recipe's own conditioning is, the one rule the engine assembles and the caption planner counts:
+        Source.VL (VL rows only: alpha 1 throughout), Source.QWEN3 (Qwen3-4B rows only), ALPHA_SOURCE (the alpha
+        mix of both), or None (a schedule that never uses it)."""
+        if not self.own_used:
+            return None
+        if not self.own_uses_qwen3:
+            return Source.VL
+        if not self.own_uses_vl:
+            return Source.QWEN3
+        return ALPHA_SOURCE
 
     @property
     def own_uses_vl(self) -> bool:
