@@ -54,6 +54,9 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=9)
     p.add_argument("--rows", type=int, default=32)
     p.add_argument("--commit", default=None)
+    p.add_argument("--reps", type=int, default=0, help="then time every variant REPS times, interleaved (one "
+                   "repetition runs each variant once, in turn), and report each one's median and range against "
+                   "plain's: which of vlbench's differences costs time")
     args = p.parse_args()
     root = Path(__file__).resolve().parents[1]
     sys.path.insert(0, str(root / "src"))
@@ -115,6 +118,31 @@ def main() -> int:
         images[name] = pixels(fn())
         print(f"{name}: {diff(images[name], images['plain'])}", flush=True)
     repeat = {name: diff(pixels(fn()), images[name]) for name, fn in variants.items()}
+
+    def timed(names) -> dict:
+        """Seconds per call of each named variant over args.reps interleaved repetitions (CUDA synced around each
+        call), with the median ratio to plain's and whether the two ranges overlap."""
+        times: dict = {n: [] for n in names}
+        for _ in range(args.reps):
+            for n in names:
+                if cuda:
+                    torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                variants[n]()
+                if cuda:
+                    torch.cuda.synchronize()
+                times[n].append(time.perf_counter() - t0)
+        base = float(np.median(times["plain"]))
+        out = {}
+        for n, ts in times.items():
+            med = float(np.median(ts))
+            out[n] = {"median_s": round(med, 4), "min_s": round(min(ts), 4), "max_s": round(max(ts), 4),
+                      "ratio_to_plain": round(med / base, 4),
+                      "ranges_overlap_plain": bool(min(ts) <= max(times["plain"]) and min(times["plain"]) <= max(ts))}
+            print(f"time {n}: {out[n]}", flush=True)
+        return out
+
+    timing = timed(list(variants)) if args.reps else {}
     compiled = {}
     if args.compile:
         models.compile_dit(**({} if cuda else {"backend": "eager"}))
@@ -122,6 +150,7 @@ def main() -> int:
             compiled[name] = pixels(variants[name]())
             print(f"compiled {name}: {diff(compiled[name], compiled['plain'])}", flush=True)
         compiled_repeat = {name: diff(pixels(variants[name]()), compiled[name]) for name in compiled}
+        compiled_timing = timed(list(compiled)) if args.reps else {}
     commit = args.commit or subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
                                            text=True).stdout.strip()
     result = {
@@ -134,10 +163,14 @@ def main() -> int:
         "repeat_vs_first": repeat,
         "built_in_process": args.build,
     }
+    if timing:
+        result["timing_eager"] = {"reps": args.reps, "interleaved": True, "variants": timing}
     if compiled:
         result["compiled_vs_compiled_plain"] = {n: diff(img, compiled["plain"]) for n, img in compiled.items()}
         result["compiled_repeat_vs_first"] = compiled_repeat
         result["compiled_plain_vs_eager_plain"] = diff(compiled["plain"], images["plain"])
+        if compiled_timing:
+            result["timing_compiled"] = {"reps": args.reps, "interleaved": True, "variants": compiled_timing}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "eager_parity.json").write_text(json.dumps(result, indent=1) + "\n")
