@@ -18,7 +18,8 @@ builder: the DiT's Linear weights N(0, 0.02²), so fp8 does not overflow), saves
             images/hour, and batched vs batch-1 pixels
   sweep     a 20-image `vlbench run`-style sweep (run_experiment, 10 layer configs × 2 seeds, a VL recipe at
             512², 9 steps): default eager batch 1 vs --fast --batch 8: images/hour (conditioning included)
-  cold      a fresh `vlbench generate` process (1024², 9 steps, VL recipe): wall vs load + generation recorded
+  cold      a fresh `vlbench generate` process (1024², 9 steps, VL recipe): wall vs load + generation recorded,
+            beside the same cold work with transformers and diffusers called directly (plain_diffusers_cold)
 
 Writes OUT/perf28.json after every section (card, commit, command) and prints a table last. `--tiny-smoke` runs
 every section on the CPU with the tiny models (64², 2 steps; fp8 is skipped: the fast sections use buckets +
@@ -403,8 +404,64 @@ def cold_section(args, zdir: Path, vldir: Path, ref_path: Path, workdir: Path) -
     S["wall_minus_accounted_s"] = round(S["wall_s"] - accounted, 2)
     log(f"cold generate: {S}")
     save_json()
+    cold_plain(args, S, zdir, vldir, ref_path, workdir)
     if not args.tiny_smoke:
         cold_breakdown(S)
+
+
+COLD_PLAIN = r"""
+import json, sys, time
+t = {}
+t0 = time.perf_counter()
+zdir, vldir, ref, prompt, size, steps, device, out = sys.argv[1:9]
+import torch
+from transformers import AutoProcessor, Qwen3VLForConditionalGeneration
+from diffusers import ZImagePipeline
+from PIL import Image
+t["imports"] = time.perf_counter() - t0
+dtype = torch.bfloat16 if device == "cuda" else torch.float32
+t1 = time.perf_counter()
+vl = Qwen3VLForConditionalGeneration.from_pretrained(vldir, dtype=dtype).to(device)
+proc = AutoProcessor.from_pretrained(vldir)
+pipe = ZImagePipeline.from_pretrained(zdir, dtype=dtype, text_encoder=None, tokenizer=None).to(device)
+t["model_load"] = time.perf_counter() - t1
+t1 = time.perf_counter()
+msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+text = proc.apply_chat_template(msgs, add_generation_prompt=False, tokenize=False)
+inputs = proc(text=[text], images=[Image.open(ref).convert("RGB")], return_tensors="pt").to(device)
+with torch.inference_mode():
+    e = vl(**inputs, output_hidden_states=True).hidden_states[-2][0]
+t["extraction"] = time.perf_counter() - t1
+t1 = time.perf_counter()
+image = pipe(prompt_embeds=[e], num_inference_steps=int(steps), width=int(size), height=int(size),
+             guidance_scale=0.0, generator=torch.Generator("cpu").manual_seed(0)).images[0]
+t["generation"] = time.perf_counter() - t1
+image.save(out)
+t["total_in_process"] = time.perf_counter() - t0
+print(json.dumps({k: round(v, 2) for k, v in t.items()}))
+"""
+
+
+def cold_plain(args, S: dict, zdir: Path, vldir: Path, ref_path: Path, workdir: Path) -> None:
+    """The same cold work with transformers and diffusers called directly (imports, both models loaded, one VL
+    forward on the reference and prompt, one image): the floor a fresh process pays on this machine, beside
+    `vlbench generate`'s wall."""
+    device = "cpu" if args.tiny_smoke else "cuda"
+    cmd = [sys.executable, "-c", COLD_PLAIN, str(zdir), str(vldir), str(ref_path), PROMPT, str(args.size),
+           str(args.steps), device, str(workdir / "cold_plain.png")]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    P = S.setdefault("plain_diffusers_cold", {})
+    P["wall_s"] = round(time.perf_counter() - t0, 2)
+    P["rc"] = proc.returncode
+    if proc.returncode != 0:
+        P["stderr"] = proc.stderr[-2000:]
+        return
+    P["timings"] = json.loads(proc.stdout.strip().splitlines()[-1])
+    if S.get("wall_s"):
+        S["vlbench_wall_minus_plain_wall_s"] = round(S["wall_s"] - P["wall_s"], 2)
+    log(f"cold plain diffusers: {P}")
+    save_json()
 
 
 COLD_CHILD = r"""
@@ -472,6 +529,10 @@ def table() -> None:
     if R.get("cold"):
         lines.append(f"  cold generate: {R['cold'].get('wall_s')} s wall, {R['cold'].get('accounted_s')} s load + "
                      "generation + conditioning")
+        pc = R["cold"].get("plain_diffusers_cold") or {}
+        if pc.get("timings"):
+            lines.append(f"  cold, transformers + diffusers direct: {pc['wall_s']} s wall "
+                         f"(imports {pc['timings']['imports']} s)")
     lines.append(f"  errors: {list(R['errors'])}")
     print("\n".join(lines), flush=True)
 

@@ -34,3 +34,5 @@ def test_perf28_tiny_smoke_runs_every_section(tmp_path):
     sweep = result["sweep"]
     assert sweep["default"]["images"] == sweep["fast_batch"]["images"] == 20
     assert result["cold"]["rc"] == 0 and result["cold"]["timings"]["generation"] > 0
+    assert result["cold"]["plain_diffusers_cold"]["rc"] == 0  # the same cold work, transformers + diffusers direct
+    assert result["cold"]["plain_diffusers_cold"]["timings"]["generation"] > 0
