@@ -43,6 +43,7 @@ from vlbench.store import FINISHED, Store
 from vlbench.tui import experiments, keys, layout
 from vlbench.tui.batches import Batches, new_batch_id
 from vlbench.tui.commands import VlbenchCommands
+from vlbench.tui.compositor import ChangedRegionsCompositor
 from vlbench.tui.messages import (InputsChanged, OpenRun, PlanChecked, RecipeChanged, RunHighlighted, StoreChanged,
                                   WorkerEvent)
 from vlbench.tui.plan_checks import PlanChecks, PlannedRun
@@ -60,6 +61,7 @@ from vlbench.tui.themes import DEFAULT_THEME, load_themes
 from vlbench.tui.widgets.footer import VlbenchFooter
 from vlbench.tui.widgets.history import HistoryPane
 from vlbench.tui.widgets.inputs import InputsPane
+from vlbench.tui.widgets.pane import outline_only
 from vlbench.tui.widgets.pane_bar import PaneBar
 from vlbench.tui.widgets.parameters import ParametersPane
 from vlbench.tui.widgets.preview import MAX_PICTURES, PreviewPane
@@ -81,9 +83,14 @@ _FORM_ACTIONS = {c.action.split("(")[0] for c in keys.APP + keys.PANES} - {"help
 
 class MainScreen(Screen):
     """The five panes' screen. Moving focus repaints the two widgets it concerns, not the whole screen: Textual's
-    `Screen.focused` reactive repaints everything on each change (half of a Tab's time, more while generating)."""
+    `Screen.focused` reactive repaints everything on each change (half of a Tab's time, more while generating).
+    An update draws only the widgets that overlap what changed (vlbench.tui.compositor)."""
 
     focused: Reactive[Widget | None] = Reactive(None, repaint=False)
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._compositor = ChangedRegionsCompositor()
 
 
 class VlbenchApp(App[int]):
@@ -1022,7 +1029,9 @@ class VlbenchApp(App[int]):
         # restyles the whole subtree (every field of Parameters, every row widget), which was most of a pane
         # switch's 250-500 ms. Correct because no rule selects a descendant by these classes (vlbench.tcss;
         # test_tui_workbench checks it).
-        self.stylesheet.update_nodes(changed, animate=False)
+        # Of the two panes only the border changes (.-active-pane): the rest of them is not drawn again.
+        with outline_only(changed[:2]):
+            self.stylesheet.update_nodes(changed, animate=False)
         self.pane_bar.show(active=name)
         self.session_changed()
 
