@@ -32,8 +32,9 @@ class ChangedRegionsCompositor(Compositor):
         if not changed or len(changed) == 1:  # one region is its own rectangle: Textual's way is as good
             yield from super()._get_renders(crop)
             return
+        edges = [(x, y, x + width, y + height) for x, y, width, height in changed]
         for widget, (region, clip) in self.visible_widgets.items():
-            shown = region.intersection(clip)  # what of the widget is on screen
-            if shown.area and any(shown.overlaps(part) for part in changed):
-                x, y, width, height = shown
+            x, y, width, height = region.intersection(clip)  # what of the widget is on screen
+            right, bottom = x + width, y + height
+            if width and height and any(x < x2 and x1 < right and y < y2 and y1 < bottom for x1, y1, x2, y2 in edges):
                 yield region, clip, widget.render_lines(Region(x - region.x, y - region.y, width, height))
