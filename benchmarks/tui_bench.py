@@ -399,6 +399,10 @@ def main() -> None:
         "when": time.strftime("%Y-%m-%d %H:%M:%S"),
         "commit": subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
                                  text=True).stdout.strip() or None,
+        # the code measured is the commit's when this is empty (files under src/ and benchmarks/ changed since)
+        "uncommitted_changes": [line[3:] for line in subprocess.run(
+            ["git", "status", "--porcelain", "--", "src", "benchmarks"], cwd=ROOT, capture_output=True,
+            text=True).stdout.splitlines()],
     }
     if "first_paint" in sections:
         result["first_paint"] = first_paint(args.trials)
@@ -407,7 +411,10 @@ def main() -> None:
         result["keypress_while_generating"] = keypress(args.presses, args.size, args.steps)
         print("keypress", json.dumps(result["keypress_while_generating"]), flush=True)
     if "pane_switch" in sections:
+        load_before = [round(x, 2) for x in os.getloadavg()]  # a shared machine: "idle" is a claim about this
         result["pane_switch_idle"] = pane_switch(args.presses)
+        result["pane_switch_idle"]["load_average"] = {"before": load_before,
+                                                      "after": [round(x, 2) for x in os.getloadavg()]}
         print("pane_switch", json.dumps(result["pane_switch_idle"]), flush=True)
     if "history" in sections:
         result["history_100k"] = history(args.runs, args.repeats)

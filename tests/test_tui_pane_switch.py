@@ -271,3 +271,90 @@ def test_no_rule_styles_a_widget_by_a_pane_class_or_the_previews_focus():
         app.close()
 
     run(go())
+
+
+class Terminal:
+    """What a terminal shows after the updates the app wrote: a character and a style per cell."""
+
+    def __init__(self, width: int, height: int) -> None:
+        self.cells: list[list[tuple[str, str] | None]] = [[None] * width for _ in range(height)]
+
+    def write(self, segments) -> None:
+        from rich.cells import cell_len
+        from rich.segment import ControlType
+
+        x = y = 0
+        for segment in segments:
+            if segment.control:
+                for code in segment.control:
+                    if code[0] == ControlType.CURSOR_MOVE_TO:
+                        x, y = code[1] - 1, code[2] - 1
+                continue
+            if segment.text == "\n":  # each line of an update starts with a cursor move
+                continue
+            style = str(segment.style or "")
+            for char in segment.text:
+                self.cells[y][x] = (char, style)
+                x += 1
+                if cell_len(char) == 2:
+                    self.cells[y][x] = ("", style)
+                    x += 1
+
+    def apply(self, update) -> None:
+        self.write(update.__rich_console__(None, None))
+
+    @classmethod
+    def drawn_afresh(cls, screen) -> "Terminal":
+        """The screen drawn from scratch, every widget (Textual's own full render)."""
+        from rich.control import Control
+
+        width, height = screen.size
+        terminal = cls(width, height)
+        for y, strip in enumerate(screen._compositor.render_strips()):
+            terminal.write([Control.move_to(0, y).segment, *strip])
+        return terminal
+
+    def rows_unlike(self, other: "Terminal") -> list[int]:
+        return [y for y, (mine, theirs) in enumerate(zip(self.cells, other.cells)) if mine != theirs]
+
+
+@pytest.mark.parametrize("size", SIZES, ids=[f"{w}x{h}" for w, h in SIZES])
+def test_what_switches_write_to_the_terminal_is_the_screen_drawn_afresh(size):
+    """A switch's frame draws only the widgets that overlap what changed (vlbench.tui.compositor) and, of the two
+    panes, only the border (widgets.pane.outline_only). Applied one after another as a terminal applies them, the
+    frames leave exactly the screen Textual draws from scratch: nothing left over from the pane before, no border in
+    the old colour, no field or row missing."""
+    from textual._compositor import ChopsUpdate
+    from textual.widgets import Input, TextArea
+
+    async def go():
+        app = make_app()
+        async with app.run_test(size=size) as pilot:
+            fill(app)
+            await pilot.pause()
+            for field in [*app.query(Input), *app.query(TextArea)]:
+                field.cursor_blink = False  # a blinking cursor changes between a frame and the comparison
+            terminal = Terminal(*size)
+            display, partial = app._display, []
+
+            def shown(screen, update) -> None:
+                if update is not None and screen is app.screen:
+                    terminal.apply(update)
+                    partial.append(isinstance(update, ChopsUpdate))
+                display(screen, update)
+
+            app._display = shown
+            app.screen.refresh()  # one full frame to start from
+            await pilot.pause()
+            assert not terminal.rows_unlike(Terminal.drawn_afresh(app.screen))
+            for name in ROUND:
+                partial.clear()
+                await switch(pilot, name)
+                await pilot.pause(0.2)  # the Preview follows a resting cursor
+                unlike = terminal.rows_unlike(Terminal.drawn_afresh(app.screen))
+                assert not unlike, (name, unlike[:5])
+                # the switch was drawn in parts (a narrow terminal lays out the pane it shows: drawn whole)
+                assert partial and (any(partial) or layout.mode_for(size[0]) == "narrow"), (name, partial)
+        app.close()
+
+    run(go())

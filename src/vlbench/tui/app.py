@@ -10,7 +10,6 @@ built on the worker thread, after the first screen is painted. The panes follow 
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import os
 import shutil
@@ -43,6 +42,8 @@ from vlbench.store import FINISHED, Store
 from vlbench.tui import experiments, keys, layout
 from vlbench.tui.batches import Batches, new_batch_id
 from vlbench.tui.commands import VlbenchCommands
+from vlbench.tui.compositor import ChangedRegionsCompositor
+from vlbench.tui.idle_gc import IdleCollector, TICK_S as GC_TICK_S
 from vlbench.tui.messages import (InputsChanged, OpenRun, PlanChecked, RecipeChanged, RunHighlighted, StoreChanged,
                                   WorkerEvent)
 from vlbench.tui.plan_checks import PlanChecks, PlannedRun
@@ -60,6 +61,7 @@ from vlbench.tui.themes import DEFAULT_THEME, load_themes
 from vlbench.tui.widgets.footer import VlbenchFooter
 from vlbench.tui.widgets.history import HistoryPane
 from vlbench.tui.widgets.inputs import InputsPane
+from vlbench.tui.widgets.pane import outline_only
 from vlbench.tui.widgets.pane_bar import PaneBar
 from vlbench.tui.widgets.parameters import ParametersPane
 from vlbench.tui.widgets.preview import MAX_PICTURES, PreviewPane
@@ -81,9 +83,14 @@ _FORM_ACTIONS = {c.action.split("(")[0] for c in keys.APP + keys.PANES} - {"help
 
 class MainScreen(Screen):
     """The five panes' screen. Moving focus repaints the two widgets it concerns, not the whole screen: Textual's
-    `Screen.focused` reactive repaints everything on each change (half of a Tab's time, more while generating)."""
+    `Screen.focused` reactive repaints everything on each change (half of a Tab's time, more while generating).
+    An update draws only the widgets that overlap what changed (vlbench.tui.compositor)."""
 
     focused: Reactive[Widget | None] = Reactive(None, repaint=False)
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._compositor = ChangedRegionsCompositor()
 
 
 class VlbenchApp(App[int]):
@@ -148,6 +155,7 @@ class VlbenchApp(App[int]):
         self._refresh_timer = None
         self._preview_timer = None
         self._heap_frozen = False
+        self.idle_gc = IdleCollector()
         self._signals: list = []  # (signal, the handler before) this app handles while it runs
         self._preview_shown = 0.0  # when the Preview last followed a finished run
         self.sub_title = self.models.describe()
@@ -232,8 +240,9 @@ class VlbenchApp(App[int]):
         self.layout_mode = layout.mode_for(self.size.width)
         self.action_focus_pane(self.active_pane)
         # The widgets, styles and modules of the first screen live as long as the app: a full garbage
-        # collection walking them took ~30 ms every second or so of typing (a slow Tab, a late key).
-        self.call_after_refresh(gc.freeze)
+        # collection walking them took ~30 ms every second or so of typing (a slow Tab, a late key). Frozen, and
+        # the full collections of what comes later run while the user is idle (vlbench.tui.idle_gc).
+        self.call_after_refresh(self._collect_when_idle)
         self._catch_hangup()
         if self.start_worker:
             self.call_after_refresh(self.start_job_worker)  # after the first paint: torch loads on its thread
@@ -241,6 +250,16 @@ class VlbenchApp(App[int]):
             self.call_after_refresh(self.plan_checks.submit, None)
         else:
             self.queue_pane.set_status("worker not started")
+
+    # ---- issue 25.8: full garbage collections while the user is idle, not in a key's time ----
+    def _collect_when_idle(self) -> None:
+        self.idle_gc.take_over()
+        self.set_interval(GC_TICK_S, self.idle_gc.tick, name="idle-gc")
+
+    async def on_event(self, event: events.Event) -> None:
+        if isinstance(event, (events.InputEvent, events.Paste)):
+            self.idle_gc.input_seen()
+        await super().on_event(event)
 
     # ---- the worker ----
     def start_job_worker(self) -> None:
@@ -341,6 +360,7 @@ class VlbenchApp(App[int]):
         self.save_session()  # the last state seen (the panes are gone by now)
         self.stop_job_worker()
         self._release_signals()
+        self.idle_gc.give_back()
 
     def exit(self, *args, **kwargs) -> None:
         self.save_session()  # while the panes are still there to read
@@ -370,7 +390,7 @@ class VlbenchApp(App[int]):
                 if not self._heap_frozen:
                     # The loaded libraries leave millions of long-lived objects; a full garbage collection
                     # would walk them all while holding the GIL (a visible pause). Exempt them from now on.
-                    gc.freeze()
+                    self.idle_gc.take_over()
                     self._heap_frozen = True
                 follow = self.follow and not self.comparing
                 if follow:
@@ -1022,7 +1042,9 @@ class VlbenchApp(App[int]):
         # restyles the whole subtree (every field of Parameters, every row widget), which was most of a pane
         # switch's 250-500 ms. Correct because no rule selects a descendant by these classes (vlbench.tcss;
         # test_tui_workbench checks it).
-        self.stylesheet.update_nodes(changed, animate=False)
+        # Of the two panes only the border changes (.-active-pane): the rest of them is not drawn again.
+        with outline_only(changed[:2]):
+            self.stylesheet.update_nodes(changed, animate=False)
         self.pane_bar.show(active=name)
         self.session_changed()
 

@@ -17,7 +17,7 @@ from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical
+from textual.containers import Horizontal
 from textual.timer import Timer
 from textual.widgets import DataTable, Input, Label
 
@@ -27,6 +27,7 @@ from vlbench.tui import keys
 from vlbench.tui.format import STATUS_STYLE, prompt_line, run_label, size, status_text, when
 from vlbench.tui.messages import OpenRun, RunHighlighted
 from vlbench.tui.widgets.choice import ChoiceField
+from vlbench.tui.widgets.pane import Pane
 from vlbench.tui.widgets.table import SteadyTable
 
 PAGE = 200
@@ -40,7 +41,7 @@ class HistoryTable(SteadyTable):
     BINDINGS = [Binding("home", "scroll_top", "First", show=False), Binding("end", "scroll_bottom", "Last", show=False)]
 
 
-class HistoryPane(Vertical):
+class HistoryPane(Pane):
     BORDER_TITLE = "History"
     BINDINGS = keys.bindings(keys.HISTORY)
 

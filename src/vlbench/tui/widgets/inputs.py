@@ -16,7 +16,7 @@ from rich.text import Text
 from textual import events, on
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical
+from textual.containers import Horizontal
 from textual.widgets import Input, Label, OptionList, TextArea
 from textual.widgets.option_list import Option
 
@@ -26,6 +26,7 @@ from vlbench.tui.messages import InputsChanged
 from vlbench.tui.screens.confirm import Confirm
 from vlbench.tui.suggest import IMAGE_SUFFIXES, PathSuggester
 from vlbench.tui.widgets.choice import ChoiceField
+from vlbench.tui.widgets.pane import Pane
 from vlbench.tui.wording import render
 
 VL_TEXT_PROMPT, VL_TEXT_NONE = VLText.PROMPT.value, VLText.NONE.value
@@ -156,7 +157,7 @@ REFS_LABEL = "references: Enter adds · F2 or ^f browses"
 REF_ROWS = 6  # rows of the reference list (#ref-list's max-height); more scroll
 
 
-class InputsPane(Vertical):
+class InputsPane(Pane):
     BORDER_TITLE = "Inputs"
 
     def on_inputs_changed(self, message: InputsChanged) -> None:

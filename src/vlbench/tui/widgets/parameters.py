@@ -13,7 +13,7 @@ from typing import Any
 from rich.text import Text
 from textual import events, on
 from textual.app import ComposeResult
-from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.containers import Horizontal, VerticalScroll
 from textual.widget import Widget
 from textual.widgets import Input, Label, Static
 
@@ -23,6 +23,7 @@ from vlbench.tui.messages import RecipeChanged
 from vlbench.tui.recipe_fields import INPUTS_FIELDS, FieldSpec, format_value, parse_value, recipe_fields
 from vlbench.tui.wording import render
 from vlbench.tui.widgets.choice import BLANK, ChoiceField
+from vlbench.tui.widgets.pane import Pane
 from vlbench.tui.widgets.vl_text import VLTextField
 
 MAX_ERROR_LINES = 3  # errors under the form, one line each (a long one wraps: #param-error holds 6 lines)
@@ -64,7 +65,7 @@ class ParamForm(VerticalScroll):
             self.screen.set_focus(shown[0] if focused.region.y < view.y else shown[-1], scroll_visible=False)
 
 
-class ParametersPane(Vertical):
+class ParametersPane(Pane):
     BORDER_TITLE = "Parameters"
 
     def __init__(self, defaults: dict[str, Any] | None = None, **kwargs) -> None:

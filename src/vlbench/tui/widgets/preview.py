@@ -24,6 +24,7 @@ from vlbench.store import RunRow
 from vlbench.tui import keys
 from vlbench.tui.format import _value, prompt_line, recipe_summary, run_label, varying_fields
 from vlbench.tui.wording import failure_text
+from vlbench.tui.widgets.pane import Pane
 
 MAX_PICTURES = 4  # the selected run and up to three marked ones
 
@@ -162,7 +163,7 @@ class Picture(Vertical):
             image.styles.width, image.styles.height = cells
 
 
-class PreviewPane(Vertical):
+class PreviewPane(Pane):
     BORDER_TITLE = "Preview"
     BINDINGS = keys.bindings(keys.PREVIEW)
     can_focus = True

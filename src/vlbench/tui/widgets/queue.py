@@ -16,7 +16,7 @@ from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical
+from textual.containers import Horizontal
 from textual.widgets import DataTable, ProgressBar, Static
 
 from vlbench.store import FINISHED, RunRow
@@ -24,6 +24,7 @@ from vlbench.tui import keys
 from vlbench.tui.format import STATUS_STYLE, prompt_line, run_label
 from vlbench.tui.messages import OpenRun, RunHighlighted
 from vlbench.tui.screens.confirm import Confirm
+from vlbench.tui.widgets.pane import Pane
 from vlbench.tui.widgets.table import SteadyTable
 
 SHOWN_PENDING = 30  # the table shows this many queued runs at first (a screenful), a page more as the cursor nears
@@ -52,7 +53,7 @@ class QueueTable(SteadyTable):
     BINDINGS = [Binding("home", "scroll_top", "First", show=False), Binding("end", "scroll_bottom", "Last", show=False)]
 
 
-class QueuePane(Vertical):
+class QueuePane(Pane):
     BORDER_TITLE = "Queue"
     BINDINGS = keys.bindings(keys.QUEUE)
 
