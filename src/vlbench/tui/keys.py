@@ -57,8 +57,11 @@ APP = [
             go="x"),
     Command("copy_path", "", "copy_path", "Copy output path",
             "copy the selected run's image path to the clipboard (OSC 52: works over SSH)", show=False, go="y"),
+    # A priority key opens its dialog as it arrives: the path typed right after it goes to the dialog's field, not
+    # to the widget that had focus (a non-priority binding runs only once the key has bubbled up from that widget).
     Command("open_recipe", "ctrl+o", "open_recipe", "Open recipe",
-            "load a recipe TOML file into Parameters (fields it does not set stay as they are)", show=False, go="o"),
+            "load a recipe TOML file into Parameters (fields it does not set stay as they are)", show=False, go="o",
+            priority=True),
     Command("save_recipe", "ctrl+s", "save_recipe", "Save recipe", "save the Parameters as a recipe TOML file",
             show=False, go="w"),
     Command("next_theme", "ctrl+t", "next_theme", "Next theme", "switch to the next theme (saved for next time)",
