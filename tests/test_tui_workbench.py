@@ -1101,9 +1101,9 @@ def test_keys_typed_in_one_burst_reach_the_picker_field_in_order(tmp_path):
 
 
 def test_a_path_typed_right_after_ctrl_o_goes_to_the_picker(tmp_path):
-    """ctrl+o and a path in one burst: ctrl+o ran only once it had bubbled up from the prompt, so the keys behind it
-    went into the prompt; and keys that reached the picker before its field had focus were dropped. The picker now
-    opens at once and the keys typed while it opens reach its field."""
+    """ctrl+o, ctrl+u, a path and Enter in one burst: ctrl+o (not a priority key) ran only once it had bubbled up
+    from the prompt, so the keys behind it went into the prompt. ctrl+o now opens the picker as it arrives, and
+    Textual mounts the picker (its field focused) before it hands on the next key."""
     recipe = tmp_path / "steps3.toml"
     recipe.write_text("steps = 3\n")
 
@@ -1115,6 +1115,35 @@ def test_a_path_typed_right_after_ctrl_o_goes_to_the_picker(tmp_path):
             send_burst(app, "ctrl+o", "ctrl+u", *str(recipe), "enter")
             await wait_for(pilot, lambda: app.parameters.validate().steps == 3, 10, "the typed recipe to load")
             assert type(app.screen).__name__ == "MainScreen" and app.inputs.prompt == "a fox"
+        app.close()
+
+    run(go())
+
+
+def test_enter_in_the_picker_loads_the_shown_completion_and_save_as_keeps_the_typed_name(tmp_path):
+    """ctrl+o: Enter with a completion shown submitted the uncompleted text ("no such file"); it loads what the
+    field shows. Save as (ctrl+s) is where a new name is typed: Enter saves that name, not an existing file's."""
+    existing = tmp_path / "steps3.toml"
+    existing.write_text("steps = 3\n")
+
+    async def type_with_completion(pilot, key: str):
+        await pilot.press(key)
+        await wait_for(pilot, lambda: type(pilot.app.screen).__name__ == "FilePicker", 10, "the file picker")
+        field = pilot.app.screen.query_one("#picker-path")
+        field.value = str(tmp_path / "step")
+        field.cursor_position = len(field.value)
+        await type_text(pilot, "s")
+        await wait_for(pilot, lambda: field._suggestion == str(existing), 10, "the completion")
+        await pilot.press("enter")
+
+    async def go():
+        app = make_app()
+        async with app.run_test(size=(160, 48)) as pilot:
+            await type_with_completion(pilot, "ctrl+o")
+            await wait_for(pilot, lambda: app.parameters.validate().steps == 3, 10, "the completed file to load")
+            await type_with_completion(pilot, "ctrl+s")
+            await wait_for(pilot, (tmp_path / "steps.toml").exists, 10, "the typed name saved")
+            assert existing.read_text() == "steps = 3\n"
         app.close()
 
     run(go())

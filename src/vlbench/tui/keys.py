@@ -57,8 +57,9 @@ APP = [
             go="x"),
     Command("copy_path", "", "copy_path", "Copy output path",
             "copy the selected run's image path to the clipboard (OSC 52: works over SSH)", show=False, go="y"),
-    # A priority key opens its dialog as it arrives: the path typed right after it goes to the dialog's field, not
-    # to the widget that had focus (a non-priority binding runs only once the key has bubbled up from that widget).
+    # Priority: the dialog opens as the key arrives (Textual then mounts it, its field focused, before it hands on
+    # the next key), so a path typed right after ctrl+o goes to its field. A non-priority binding ran only once the
+    # key had bubbled up from the focused widget: the keys typed behind it went into the prompt.
     Command("open_recipe", "ctrl+o", "open_recipe", "Open recipe",
             "load a recipe TOML file into Parameters (fields it does not set stay as they are)", show=False, go="o",
             priority=True),
