@@ -1060,6 +1060,95 @@ def test_ctrl_o_opens_every_example_from_a_non_default_form():
     run(go())
 
 
+def send_burst(app, *keys: str) -> None:
+    """Keys in one burst, as a terminal read delivers them (tmux send-keys, a paste, a fast typist on a loaded
+    machine): none waits for the one before to be handled (Pilot.press waits after each key)."""
+    from textual import events
+    from textual.keys import _character_to_key
+
+    for key in keys:
+        if len(key) == 1:
+            event = events.Key(key if key.isalnum() else _character_to_key(key), key)
+        else:
+            event = events.Key(key, None)
+        event.set_sender(app)
+        app._driver.send_message(event)
+
+
+def test_keys_typed_in_one_burst_reach_the_picker_field_in_order(tmp_path):
+    """ctrl+u, a path with a typo mended by backspace, and Enter, typed in one burst in the ctrl+o picker: Textual
+    runs an Input's bound keys (ctrl+u, backspace, Enter) only once the key has bubbled up to the app through each
+    ancestor's queue, while it inserts a typed character at once; the characters typed after ctrl+u went in first
+    and ctrl+u then wiped them, Enter submitted the empty field and nothing loaded (the tmux test's flake). Each key
+    now acts in the order typed."""
+    recipe = tmp_path / "steps3.toml"
+    recipe.write_text("steps = 3\n")
+    typo = str(recipe)[:-1] + "x"
+
+    async def go():
+        app = make_app()
+        async with app.run_test(size=(160, 48)) as pilot:
+            await pilot.press("ctrl+o")
+            await wait_for(pilot, lambda: type(app.screen).__name__ == "FilePicker", 10, "the file picker")
+            await pilot.pause()
+            send_burst(app, "ctrl+u", *typo, "backspace", recipe.name[-1], "enter")
+            await wait_for(pilot, lambda: type(app.screen).__name__ != "FilePicker", 10, "the picker to close")
+            await pilot.pause()
+            assert app.parameters.validate().steps == 3
+        app.close()
+
+    run(go())
+
+
+def test_a_path_typed_right_after_ctrl_o_goes_to_the_picker(tmp_path):
+    """ctrl+o, ctrl+u, a path and Enter in one burst: ctrl+o (not a priority key) ran only once it had bubbled up
+    from the prompt, so the keys behind it went into the prompt. ctrl+o now opens the picker as it arrives, and
+    Textual mounts the picker (its field focused) before it hands on the next key."""
+    recipe = tmp_path / "steps3.toml"
+    recipe.write_text("steps = 3\n")
+
+    async def go():
+        app = make_app()
+        async with app.run_test(size=(160, 48)) as pilot:
+            app.inputs.prompt = "a fox"
+            await pilot.pause()
+            send_burst(app, "ctrl+o", "ctrl+u", *str(recipe), "enter")
+            await wait_for(pilot, lambda: app.parameters.validate().steps == 3, 10, "the typed recipe to load")
+            assert type(app.screen).__name__ == "MainScreen" and app.inputs.prompt == "a fox"
+        app.close()
+
+    run(go())
+
+
+def test_enter_in_the_picker_loads_the_shown_completion_and_save_as_keeps_the_typed_name(tmp_path):
+    """ctrl+o: Enter with a completion shown submitted the uncompleted text ("no such file"); it loads what the
+    field shows. Save as (ctrl+s) is where a new name is typed: Enter saves that name, not an existing file's."""
+    existing = tmp_path / "steps3.toml"
+    existing.write_text("steps = 3\n")
+
+    async def type_with_completion(pilot, key: str):
+        await pilot.press(key)
+        await wait_for(pilot, lambda: type(pilot.app.screen).__name__ == "FilePicker", 10, "the file picker")
+        field = pilot.app.screen.query_one("#picker-path")
+        field.value = str(tmp_path / "step")
+        field.cursor_position = len(field.value)
+        await type_text(pilot, "s")
+        await wait_for(pilot, lambda: field._suggestion == str(existing), 10, "the completion")
+        await pilot.press("enter")
+
+    async def go():
+        app = make_app()
+        async with app.run_test(size=(160, 48)) as pilot:
+            await type_with_completion(pilot, "ctrl+o")
+            await wait_for(pilot, lambda: app.parameters.validate().steps == 3, 10, "the completed file to load")
+            await type_with_completion(pilot, "ctrl+s")
+            await wait_for(pilot, (tmp_path / "steps.toml").exists, 10, "the typed name saved")
+            assert existing.read_text() == "steps = 3\n"
+        app.close()
+
+    run(go())
+
+
 @pytest.mark.parametrize("size", [(80, 24), (100, 30), (160, 48)], ids=["80x24", "100x30", "160x48"])
 def test_f7_shows_its_plan_at_every_size(size):
     """Issue 25.3: at 80×24 and 100×30 the list of types pushed F7's plan (run count, fields it sets, the quick

@@ -57,8 +57,12 @@ APP = [
             go="x"),
     Command("copy_path", "", "copy_path", "Copy output path",
             "copy the selected run's image path to the clipboard (OSC 52: works over SSH)", show=False, go="y"),
+    # Priority: the dialog opens as the key arrives (Textual then mounts it, its field focused, before it hands on
+    # the next key), so a path typed right after ctrl+o goes to its field. A non-priority binding ran only once the
+    # key had bubbled up from the focused widget: the keys typed behind it went into the prompt.
     Command("open_recipe", "ctrl+o", "open_recipe", "Open recipe",
-            "load a recipe TOML file into Parameters (fields it does not set stay as they are)", show=False, go="o"),
+            "load a recipe TOML file into Parameters (fields it does not set stay as they are)", show=False, go="o",
+            priority=True),
     Command("save_recipe", "ctrl+s", "save_recipe", "Save recipe", "save the Parameters as a recipe TOML file",
             show=False, go="w"),
     Command("next_theme", "ctrl+t", "next_theme", "Next theme", "switch to the next theme (saved for next time)",

@@ -1,7 +1,8 @@
 """A modal file picker: a path field with completion above a directory tree.
 
 Used for reference images (open), recipe files (open) and recipe files (save as). Enter in the
-field or on a file in the tree chooses it; Escape cancels. Dismisses with the chosen path or None.
+field (which takes a completion it shows, unless saving: PathField) or on a file in the tree
+chooses it; Escape cancels. Dismisses with the chosen path or None.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from textual.widgets import DirectoryTree, Input, Label
 
 from vlbench.tui.screens.confirm import Confirm
 from vlbench.tui.suggest import PathSuggester
+from vlbench.tui.widgets.path_field import PathField
 
 
 class FilteredTree(DirectoryTree):
@@ -59,8 +61,8 @@ class FilePicker(ModalScreen[str | None]):
     def compose(self) -> ComposeResult:
         with Vertical(id="picker"):
             yield Label(Text(self.title_text), id="picker-title")
-            yield Input(self.initial, placeholder="path (→ completes)", id="picker-path",
-                        suggester=PathSuggester(self.suffixes))
+            yield PathField(self.initial, placeholder="path (→ completes)", id="picker-path",
+                            suggester=PathSuggester(self.suffixes), complete_on_enter=not self.save)
             yield FilteredTree(self.folder, self.suffixes, id="picker-tree")
             hint = "Enter: save here" if self.save else "Enter: choose"
             yield Label(f"{hint} · Tab: tree · Esc: cancel", id="picker-hint")

@@ -27,6 +27,7 @@ from vlbench.tui.screens.confirm import Confirm
 from vlbench.tui.suggest import IMAGE_SUFFIXES, PathSuggester
 from vlbench.tui.widgets.choice import ChoiceField
 from vlbench.tui.widgets.pane import Pane
+from vlbench.tui.widgets.path_field import PathField
 from vlbench.tui.wording import render
 
 VL_TEXT_PROMPT, VL_TEXT_NONE = VLText.PROMPT.value, VLText.NONE.value
@@ -127,19 +128,9 @@ def pasted_paths(text: str) -> list[str]:
     return [lines[0].strip("'\"")] if len(words) == 1 else [lines[0]]
 
 
-class ReferencePath(Input):
-    """The reference path field. A paste of several paths (one a line, or dropped files) adds each of them (a
-    single-line field kept only the first). Enter with a completion shown takes the completion: a folder is
-    entered (the next keys continue inside it), a file is added (Enter submitted the uncompleted text)."""
-
-    async def action_submit(self) -> None:
-        suggestion = self._suggestion
-        if suggestion and len(suggestion) > len(self.value) and suggestion.startswith(self.value):
-            self.value = suggestion
-            self.cursor_position = len(suggestion)
-            if suggestion.endswith(("/", "\\")):
-                return  # a folder: keep typing inside it
-        await super().action_submit()
+class ReferencePath(PathField):
+    """The reference path field (keys in the order typed, Enter takes a shown completion: PathField). A paste of
+    several paths (one a line, or dropped files) adds each of them (a single-line field kept only the first)."""
 
     def _on_paste(self, event: events.Paste) -> None:
         paths = pasted_paths(event.text)
