@@ -823,7 +823,8 @@ def main() -> int:
 
     zdir, vldir = workdir / "z-image-turbo-random", workdir / "qwen3-vl-4b-random"
     try:
-        tiny_dirs = ensure_tiny_models(workdir / "tiny")
+        # the tiny models (tokenizers) from VLBENCH_CACHE_DIR (default WORKDIR/cache): built once, shared with the tests
+        tiny_dirs = ensure_tiny_models()
         import numpy as np
         from PIL import Image
 

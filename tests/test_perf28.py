@@ -12,7 +12,7 @@ from pathlib import Path
 ROOT = Path(__file__).parents[1]
 
 
-def test_perf28_tiny_smoke_runs_every_section(tmp_path):
+def test_perf28_tiny_smoke_runs_every_section(tiny_dirs, tmp_path):  # tiny_dirs: its VLBENCH_CACHE_DIR, built once
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "VLBENCH_DATA_DIR": str(tmp_path / "data")}
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "perf28.py"), "--tiny-smoke", "--reps", "1",
                            "--out", str(tmp_path / "out"), "--workdir", str(tmp_path / "work"), "--commit", "abc123"],

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import random
 import subprocess
 import sys
@@ -343,12 +344,24 @@ def test_optuna_is_imported_by_the_search_only():
     assert out.stdout.strip() == "[]"
 
 
-def test_the_search_gpu_benchmark_runs_on_the_tiny_models(tiny_dirs, tmp_path):
+def test_the_search_gpu_benchmark_runs_on_the_tiny_models(tiny_dirs, tmp_path, monkeypatch):
+    """The script as `python benchmarks/search_gpu.py` runs it (__main__), in this process: its search is an
+    in-process `vlbench search` either way, and this saves a fresh interpreter's torch/diffusers imports."""
+    import runpy
+
     script = ROOT / "benchmarks" / "search_gpu.py"
-    done = subprocess.run([sys.executable, str(script), "--tiny", "--trials", "3", "--out", str(tmp_path)],
-                          capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    monkeypatch.setattr(sys, "argv", [str(script), "--tiny", "--trials", "3", "--out", str(tmp_path),
+                                      "--workdir", str(tmp_path / "work")])
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the script puts benchmarks/ first
+    environ = dict(os.environ)  # and sets HF_* / VLBENCH_* defaults: none of them outlives this test
+    try:
+        with pytest.raises(SystemExit) as done:
+            runpy.run_path(str(script), run_name="__main__")
+    finally:
+        os.environ.clear()
+        os.environ.update(environ)
     result = json.loads((tmp_path / "search_gpu.json").read_text())
+    assert done.value.code == 0, result.get("error")
     assert result["trials"] == 3 and result["trials_per_hour"] > 0 and result["images_per_second"] > 0
     assert len([line for line in (tmp_path / "search" / "trials.jsonl").read_text().splitlines()]) == 3
 
