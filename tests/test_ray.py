@@ -217,16 +217,19 @@ def test_a_cuda_error_replaces_the_actor_and_retries_the_job(sweep, executor, ti
 def test_a_job_whose_actor_always_dies_fails_with_the_reason_and_the_rest_finish(sweep, executor, tiny_spec, tmp_path):
     victim = sweep["jobs"][0].key
     out = tmp_path / "ray"
-    executor.faults = {victim: "exit-always"}
+    # two runs of the victim, not the default three: each run kills an actor whose replacement must start (a fresh
+    # process importing torch and loading the models, the slowest thing here); the retry-then-fail path is the same
+    attempts = executor.max_attempts
+    executor.faults, executor.max_attempts = {victim: "exit-always"}, 2
     try:
         summary = _run_on_ray(sweep, executor, tiny_spec, out)
     finally:
-        executor.faults = {}
+        executor.faults, executor.max_attempts = {}, attempts
     assert (summary.done, summary.failed) == (7, 1)
     rows = _rows(out)
     assert len(rows) == 8 and len({r["key"] for r in rows}) == 8
     (failed,) = [r for r in rows if r["status"] == "failed"]
-    assert failed["key"] == victim and "died" in failed["error"] and "\n" not in failed["error"]
+    assert failed["key"] == victim and "died in each of 2 runs" in failed["error"] and "\n" not in failed["error"]
     resumed = _run_on_ray(sweep, executor, tiny_spec, out)  # the failed job is redone; nothing finished runs again
     assert (resumed.skipped, resumed.done, resumed.failed) == (7, 1, 0)
     latest = {r["key"]: r for r in _rows(out)}
@@ -328,13 +331,15 @@ def test_a_one_host_ray_run_listens_on_loopback_only(executor, sweep, tiny_spec,
 
 
 def test_cli_run_on_ray(sweep, ray_session, tmp_path):
+    """The command starts its own actors: one, which is also not the CPU default (two), so the count recorded is
+    --ray-actors's (and a fresh actor, importing torch and loading the models, is the cost of this test)."""
     out = tmp_path / "out"
-    assert _main(_argv(sweep["ref"].path, out) + ["--executor", "ray", "--ray-actors", "2"]) == 0
+    assert _main(_argv(sweep["ref"].path, out) + ["--executor", "ray", "--ray-actors", "1"]) == 0
     rows = _rows(out)
     assert len(rows) == 8 and all(r["status"] == "done" for r in rows)
     info = json.loads((out / "run.json").read_text())
     executor = info["invocations"][-1]["parameters"]["executor"]
-    assert executor["kind"] == "ray" and len(executor["actors"]) == 2
+    assert executor["kind"] == "ray" and len(executor["actors"]) == 1
     assert all(a["device"] == "cpu" for a in executor["actors"])
 
 
@@ -375,14 +380,40 @@ population = 2
 """
 
 
+class _Borrowed:
+    """The module's executor lent to a command: everything but close() (the command's way out) reaches it."""
+
+    def __init__(self, executor):
+        self._x = executor
+
+    def __getattr__(self, name):
+        return getattr(self._x, name)
+
+    def close(self) -> None:
+        pass
+
+
 def test_search_on_two_actors_runs_trials_concurrently_and_resumes_with_none_lost_or_run_twice(
-        sweep, ray_session, tmp_path, monkeypatch):
+        sweep, executor, tmp_path, monkeypatch):
     """Two CPU actors: trials are asked while others run (two in flight at once at least); a stop in the middle
     (raised while a trial is scored, as Ctrl-C/kill would) leaves the trials in flight running; --resume finishes
     them with their stored parameters and asks new ones up to --trials: every trial number once, every image
-    generated once (one results row per image, one history row per image), no finished trial evaluated again."""
+    generated once (one results row per image, one history row per image), no finished trial evaluated again.
+
+    Both commands run on the module's two actors (RayExecutor.start hands them over; test_cli_run_on_ray starts a
+    command's own): four fresh actors, each importing torch and loading the models, were most of this test's time.
+    The first command's trials still in flight when it stops are cancelled on them, as its exit would end them."""
+    from vlbench.executors.ray_executor import RayExecutor
     from vlbench.search import runner as score  # where the search calls score_folder
     from vlbench.store import Store
+
+    started = []
+
+    def start(spec, **kwargs):
+        started.append(kwargs)
+        return _Borrowed(executor)
+
+    monkeypatch.setattr(RayExecutor, "start", staticmethod(start))
 
     space = tmp_path / "space.toml"
     space.write_text(SEARCH_SPACE)
@@ -417,7 +448,9 @@ def test_search_on_two_actors_runs_trials_concurrently_and_resumes_with_none_los
             assert len(invocations) == 1  # finished before the stop: not evaluated again
     with Store() as store:
         assert len(store.history()) == 6
+    assert [(k["actors"], k["address"]) for k in started] == [(2, None)] * 2  # --ray-actors 2, a local instance
     info = json.loads((out / "search.json").read_text())
+    assert [i["executor"]["kind"] for i in info["invocations"]] == ["ray", "ray"]
     assert [i.get("stopped") for i in info["invocations"]] == [None, "trials"] or \
         info["invocations"][-1]["stopped"] == "trials"
 

@@ -19,8 +19,11 @@ pytestmark = pytest.mark.xdist_group("ray")  # with -n: with the other Ray tests
 def test_the_scaleout_benchmark_smoke_writes_throughput_and_efficiency_per_g(tiny_dirs, tmp_path):
     pytest.importorskip("ray")
     pytest.importorskip("optuna")
+    # one timed image and one timed trial per actor (the smoke's default is 2): every phase, G and number the file
+    # holds is still computed and checked, from fewer jobs
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "scaleout.py"), "--tiny-smoke", "--commit",
-                           "abc1234", "--out", str(tmp_path / "out"), "--workdir", str(tmp_path / "work")],
+                           "abc1234", "--images-per-gpu", "1", "--trials-per-gpu", "1", "--out", str(tmp_path / "out"),
+                           "--workdir", str(tmp_path / "work")],
                           capture_output=True, text=True, timeout=1200)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     (path,) = (tmp_path / "out").glob("*.json")
@@ -29,6 +32,7 @@ def test_the_scaleout_benchmark_smoke_writes_throughput_and_efficiency_per_g(tin
     assert (result["card"], result["gs"], result["commit"], result["errors"]) == ("cpu", [1, 2], "abc1234", {})
     assert result["meets_target"] is None  # CPU actors on shared cores: no claim about the target
     settings = result["settings"]
+    assert (settings["images_per_gpu"], settings["trials_per_gpu"]) == (1, 1)
     for g in (1, 2):
         row = result["by_g"][str(g)]
         assert len(row["actors"]) == g
