@@ -36,15 +36,18 @@ class LookCaches:
         self._widget = widget
         self._caches: dict[object, tuple[StylesCache, tuple]] = {}  # look -> its cache, the content it was drawn of
         self.held = False
+        self.switched = False  # the focus changed since the last frame
 
     def _current(self) -> StylesCache:
         state, content = self._widget.get_pseudo_class_state(), self._widget._content()
         cache, drawn_of = self._caches.get(state) or (StylesCache(), content)
-        if drawn_of != content:
+        if self.switched and drawn_of != content:
             # The table changed since this look was drawn. Every repaint asked for meanwhile reached this cache, but
-            # not all changes ask for one: a table hidden (80x24: one pane at a time) has no size, and its repaints
-            # cover nothing. Drawn again whole.
+            # not all changes ask for one: a table hidden (80x24: one pane at a time, the focused one) has no size,
+            # and its repaints cover nothing. Drawn again whole. (Between focus changes, the repaints Textual asks
+            # for are what changed, as with its one cache.)
             cache.clear()
+        self.switched = False
         self._caches[state] = (cache, content)
         return cache
 
@@ -127,6 +130,7 @@ class SteadyTable(DataTable):
     def _look_only(self, handler, event) -> None:
         # Textual calls each class's handler down the MRO: Widget's is called here, held, and not again after.
         event.prevent_default()
+        self._styles_cache.switched = True
         held, self._styles_cache.held = self._styles_cache.held, True
         try:
             handler(self, event)
