@@ -465,3 +465,38 @@ def test_a_switch_back_to_a_table_draws_none_of_its_lines_again():
         app.close()
 
     run(go())
+
+
+def test_a_cursor_move_in_a_focused_table_draws_its_rows_again_not_the_table():
+    """Between focus changes a table's kept lines follow the repaints Textual asks for (widgets.table.LookCaches):
+    the cursor moving down a row draws the row it left and the row it reached, not every visible line."""
+    from textual._styles_cache import StylesCache
+
+    async def go():
+        app = make_app()
+        async with app.run_test(size=(160, 48)) as pilot:
+            fill(app)
+            await pilot.pause()
+            await switch(pilot, "history")
+            table = app.focused
+            table.move_cursor(row=0)
+            await pilot.pause(0.3)
+            drawn, render_line = [], StylesCache.render_line
+
+            def counted(cache, styles, *args, **kwargs):
+                if styles.node is table:
+                    drawn.append(args[0])  # the line
+                return render_line(cache, styles, *args, **kwargs)
+
+            StylesCache.render_line = counted
+            try:
+                for _ in range(3):
+                    await pilot.press("down")
+                    await pilot.pause(0.1)
+            finally:
+                StylesCache.render_line = render_line
+            assert table.cursor_row == 3
+            assert drawn and len(drawn) < table.size.height, (len(drawn), table.size.height)
+        app.close()
+
+    run(go())
