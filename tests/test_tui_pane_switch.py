@@ -358,3 +358,145 @@ def test_what_switches_write_to_the_terminal_is_the_screen_drawn_afresh(size):
         app.close()
 
     run(go())
+
+
+def _drawn_from_scratch(screen) -> Terminal:
+    """The screen drawn with every cache emptied first: each widget's lines, and the tables' rows, drawn anew."""
+    from textual.widgets import DataTable
+
+    for widget in screen.walk_children(with_self=True):
+        if isinstance(widget, DataTable):
+            widget._clear_caches()
+        widget._styles_cache.clear()
+    return Terminal.drawn_afresh(screen)
+
+
+@pytest.mark.parametrize("size", [(160, 48), (80, 24)], ids=["160x48", "80x24"])
+def test_a_table_changed_while_another_pane_is_active_shows_its_changes_when_switched_back_to(size):
+    """The Queue's and History's tables keep the lines drawn for each look (focused, blurred: widgets.table.
+    LookCaches), and a switch back shows the kept ones. Whatever changed meanwhile (the cursor moved, a cell written,
+    rows added, the table scrolled) is on screen after the switch back, exactly as drawn with no cache at all."""
+    from textual.coordinate import Coordinate
+    from textual.widgets import Input, TextArea
+
+    async def go():
+        app = make_app()
+        async with app.run_test(size=size) as pilot:
+            fill(app)
+            await pilot.pause()
+            for field in [*app.query(Input), *app.query(TextArea)]:
+                field.cursor_blink = False
+            terminal = Terminal(*size)
+            display = app._display
+
+            def shown(screen, update) -> None:
+                if update is not None and screen is app.screen:
+                    terminal.apply(update)
+                display(screen, update)
+
+            app._display = shown
+            app.screen.refresh()  # one full frame to start from
+            for name in ROUND[:6]:  # each table drawn focused and blurred: both looks kept
+                await switch(pilot, name)
+            await pilot.pause(0.3)
+
+            def move_cursor(table):
+                table.move_cursor(row=(table.cursor_row + 3) % table.row_count)
+
+            def write_cell(table):
+                table.update_cell_at(Coordinate(table.cursor_row, 0), "changed")  # the focused look's cursor row
+
+            def add_rows(_):
+                fill(app, 5)
+
+            def scroll(table):
+                table.scroll_to(y=table.scroll_y + 4, animate=False)
+
+            for change in (move_cursor, write_cell, add_rows, scroll):
+                for pane, table_id in (("queue", "#queue-table"), ("history", "#history-table")):
+                    await switch(pilot, pane)
+                    await switch(pilot, "parameters")
+                    await pilot.pause(0.3)
+                    change(app.query_one(table_id))
+                    await pilot.pause(0.3)
+                    await switch(pilot, pane)
+                    await pilot.pause(0.3)
+                    fresh = _drawn_from_scratch(app.screen)
+                    unlike = terminal.rows_unlike(fresh)
+                    assert not unlike, (change.__name__, pane, unlike[:5], [
+                        (x, mine, theirs) for x, (mine, theirs) in enumerate(zip(terminal.cells[unlike[0]],
+                                                                                 fresh.cells[unlike[0]]))
+                        if mine != theirs][:3])
+        app.close()
+
+    run(go())
+
+
+def test_a_switch_back_to_a_table_draws_none_of_its_lines_again():
+    """A switch into or out of the Queue or History shows the table's lines kept for that look (widgets.table.
+    LookCaches), not each line drawn again around its row (the table's background tint changes with its focus)."""
+    from textual._styles_cache import StylesCache
+
+    async def go():
+        app = make_app()
+        async with app.run_test(size=(160, 48)) as pilot:
+            fill(app)
+            await pilot.pause()
+            for name in ROUND + ROUND[:5]:
+                await switch(pilot, name)
+            await pilot.pause(0.3)
+            tables = {app.query_one("#queue-table"), app.query_one("#history-table")}
+            drawn, render_line = [], StylesCache.render_line
+
+            def counted(cache, styles, *args, **kwargs):
+                if styles.node in tables:
+                    drawn.append(styles.node.id)
+                return render_line(cache, styles, *args, **kwargs)
+
+            StylesCache.render_line = counted
+            try:
+                for name in ROUND:
+                    await switch(pilot, name)
+                    await pilot.pause(0.25)
+            finally:
+                StylesCache.render_line = render_line
+            assert app.active_pane == ROUND[-1]
+            assert not drawn, f"table lines drawn again: {len(drawn)} ({sorted(set(drawn))})"
+        app.close()
+
+    run(go())
+
+
+def test_a_cursor_move_in_a_focused_table_draws_its_rows_again_not_the_table():
+    """Between focus changes a table's kept lines follow the repaints Textual asks for (widgets.table.LookCaches):
+    the cursor moving down a row draws the row it left and the row it reached, not every visible line."""
+    from textual._styles_cache import StylesCache
+
+    async def go():
+        app = make_app()
+        async with app.run_test(size=(160, 48)) as pilot:
+            fill(app)
+            await pilot.pause()
+            await switch(pilot, "history")
+            table = app.focused
+            table.move_cursor(row=0)
+            await pilot.pause(0.3)
+            drawn, render_line = [], StylesCache.render_line
+
+            def counted(cache, styles, *args, **kwargs):
+                if styles.node is table:
+                    drawn.append(args[0])  # the line
+                return render_line(cache, styles, *args, **kwargs)
+
+            StylesCache.render_line = counted
+            try:
+                for _ in range(3):
+                    await pilot.press("down")
+                    await pilot.pause(0.1)
+            finally:
+                StylesCache.render_line = render_line
+            assert table.cursor_row == 3
+            assert drawn and len(drawn) < table.size.height, (len(drawn), table.size.height)
+        app.close()
+
+    run(go())
