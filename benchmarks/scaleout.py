@@ -137,8 +137,9 @@ def search_phase(G: int, engine, executor, space, ref, work: Path, per_gpu: int,
            "complete": s.complete, "failed": s.failed, "refused": s.refused, "images": s.images,
            "seconds": round(s.seconds, 3), "errors": s.errors[:3], "front": len(s.front),
            "per_actor_images": [x.done - before[x.index] for x in executor.slots]}
-    res["trials_per_hour"] = round(s.ran / s.seconds * 3600, 1) if s.seconds > 0 else None
-    res["images_per_hour"] = round(s.images / s.seconds * 3600, 1) if s.seconds > 0 else None
+    # rates from the seconds as recorded (ms), as the images phase does: the file's numbers agree with each other
+    res["trials_per_hour"] = round(s.ran / res["seconds"] * 3600, 1) if res["seconds"] > 0 else None
+    res["images_per_hour"] = round(s.images / res["seconds"] * 3600, 1) if res["seconds"] > 0 else None
     log(f"G={G} search: {s.ran} trials ({s.images} images) in {s.seconds:.1f} s -> {res['trials_per_hour']} "
         f"trials/hour, {res['images_per_hour']} images/hour (per actor {res['per_actor_images']})")
     return res
