@@ -1354,3 +1354,40 @@ def test_l_asks_before_it_replaces_a_typed_prompt():
         app.close()
 
     run(go())
+
+
+def test_every_text_field_applies_a_burst_of_keys_in_the_order_typed():
+    """The same Textual ordering (issue #6605) in every text field, not only the picker's: "7", "7", backspace,
+    "5" typed in one burst into a Parameters field gave "77" with the backspace run last ("7"), not "75"; ctrl+u
+    then a value left the field empty. Each field of the workbench is an OrderedInput: the Parameters fields, the
+    History filter and the custom VL text. (Fails with a plain Input in any of them.)"""
+    from textual.widgets import Input
+
+    from vlbench.tui.widgets.ordered_input import OrderedInput
+
+    async def go():
+        app = make_app()
+        async with app.run_test(size=(160, 48)) as pilot:
+            steps = app.query_one("#p-steps", Input)
+            steps.focus()
+            await pilot.pause()
+            send_burst(app, "ctrl+u", "7", "7", "backspace", "5")
+            await wait_for(pilot, lambda: steps.value == "75", 10, f"steps to read 75 (it reads {steps.value!r})")
+            await pilot.pause(0.3)
+            assert steps.value == "75"
+        app.close()
+
+    run(go())
+    app = make_app()
+    text_fields = []
+
+    async def collect():
+        async with app.run_test(size=(160, 48)) as pilot:
+            await pilot.pause()
+            text_fields.extend((w.id, type(w).__name__, isinstance(w, OrderedInput)) for w in app.query(Input))
+        app.close()
+
+    run(collect())
+    assert len(text_fields) > 5, text_fields
+    plain = [(wid, name) for wid, name, ordered in text_fields if not ordered]
+    assert not plain, f"text fields that still apply a burst out of order: {plain}"

@@ -13,6 +13,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Input, Label
 
 from vlbench.errors import UserError
+from vlbench.tui.widgets.ordered_input import OrderedInput
 
 
 class Ask(ModalScreen[str | None]):
@@ -29,7 +30,7 @@ class Ask(ModalScreen[str | None]):
     def compose(self) -> ComposeResult:
         with Vertical(id="ask", classes="dialog"):
             yield Label(Text(self.question))
-            yield Input(self.value, id="ask-input")
+            yield OrderedInput(self.value, id="ask-input")
             yield Label(Text(self.hint), id="ask-hint", classes="dialog-hint")
 
     @on(Input.Changed, "#ask-input")

@@ -29,6 +29,7 @@ from vlbench.tui.messages import OpenRun, RunHighlighted
 from vlbench.tui.widgets.choice import ChoiceField
 from vlbench.tui.widgets.pane import Pane
 from vlbench.tui.widgets.table import SteadyTable
+from vlbench.tui.widgets.ordered_input import OrderedInput
 
 PAGE = 200
 MARGIN = 40
@@ -61,7 +62,7 @@ class HistoryPane(Pane):
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="history-bar"):
-            yield Input(placeholder="filter: prompt, name or experiment  (/)", id="history-filter", compact=True)
+            yield OrderedInput(placeholder="filter: prompt, name or experiment  (/)", id="history-filter", compact=True)
             yield ChoiceField(STATUS_CHOICES, "all", id="history-status")
             yield Label("", id="history-sort")
         yield HistoryTable(id="history-table", cursor_type="row")

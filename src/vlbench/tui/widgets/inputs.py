@@ -29,6 +29,7 @@ from vlbench.tui.widgets.choice import ChoiceField
 from vlbench.tui.widgets.pane import Pane
 from vlbench.tui.widgets.path_field import PathField
 from vlbench.tui.wording import render
+from vlbench.tui.widgets.ordered_input import OrderedInput
 
 VL_TEXT_PROMPT, VL_TEXT_NONE = VLText.PROMPT.value, VLText.NONE.value
 VL_MODES = [("the prompt", VL_TEXT_PROMPT), ("none (image only)", VL_TEXT_NONE), ("custom text", "custom")]
@@ -168,7 +169,7 @@ class InputsPane(Pane):
         yield Label("VL text", classes="field-label")
         with Horizontal(id="vl-row"):
             yield ChoiceField(VL_MODES, VL_TEXT_PROMPT, id="vl-mode")
-            yield Input(placeholder="text the VL reads", id="vl-custom", disabled=True, compact=True)
+            yield OrderedInput(placeholder="text the VL reads", id="vl-custom", disabled=True, compact=True)
 
     # ---- values ----
     @property

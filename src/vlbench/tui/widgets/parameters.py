@@ -25,6 +25,7 @@ from vlbench.tui.wording import render
 from vlbench.tui.widgets.choice import BLANK, ChoiceField
 from vlbench.tui.widgets.pane import Pane
 from vlbench.tui.widgets.vl_text import VLTextField
+from vlbench.tui.widgets.ordered_input import OrderedInput
 
 MAX_ERROR_LINES = 3  # errors under the form, one line each (a long one wraps: #param-error holds 6 lines)
 
@@ -107,7 +108,7 @@ class ParametersPane(Pane):
             return VLTextField(value, id=wid)
         placeholder = "not set" if spec.optional else ("e.g. 1,2,3 or 0-7" if spec.kind == "seeds" else "")
         # validate_on=[]: the Recipe validates; Input's own (validator-less) checks would reset -invalid.
-        return Input(format_value(spec, value), placeholder=placeholder, id=wid, compact=True, validate_on=[])
+        return OrderedInput(format_value(spec, value), placeholder=placeholder, id=wid, compact=True, validate_on=[])
 
     # ---- reading and writing the form ----
     def _raw(self, spec: FieldSpec) -> Any:

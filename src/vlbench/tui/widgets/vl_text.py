@@ -10,6 +10,7 @@ from textual.widgets import Input
 
 from vlbench.tui.widgets.choice import ChoiceField
 from vlbench.recipe import VLText
+from vlbench.tui.widgets.ordered_input import OrderedInput
 
 VL_TEXT_PROMPT, VL_TEXT_NONE = VLText.PROMPT.value, VLText.NONE.value
 
@@ -33,7 +34,7 @@ class VLTextField(Horizontal):
     def compose(self) -> ComposeResult:
         custom = self._initial not in (VL_TEXT_PROMPT, VL_TEXT_NONE)
         yield ChoiceField(MODES, "custom" if custom else self._initial)
-        yield Input(self._initial if custom else "", placeholder="text", disabled=not custom, compact=True,
+        yield OrderedInput(self._initial if custom else "", placeholder="text", disabled=not custom, compact=True,
                     validate_on=[])
 
     @property
