@@ -1357,11 +1357,12 @@ def test_l_asks_before_it_replaces_a_typed_prompt():
 
 
 def test_every_text_field_applies_a_burst_of_keys_in_the_order_typed():
-    """The same Textual ordering (issue #6605) in every text field, not only the picker's: "7", "7", backspace,
-    "5" typed in one burst into a Parameters field gave "77" with the backspace run last ("7"), not "75"; ctrl+u
-    then a value left the field empty. Each field of the workbench is an OrderedInput: the Parameters fields, the
-    History filter and the custom VL text. (Fails with a plain Input in any of them.)"""
-    from textual.widgets import Input
+    """The same Textual ordering (issue #6605) in every text field, not only the picker's: ctrl+u, "7", "7",
+    backspace, "5" typed in one burst into a Parameters field left "2" (the late ctrl+u wiped the digits), not "75";
+    in the prompt, "a b backspace c left x" did not give "axc". Each Input of the workbench is an OrderedInput (the
+    Parameters fields, the History filter, the custom VL text) and the prompt an OrderedTextArea. (Fails with a
+    plain Input or TextArea.)"""
+    from textual.widgets import Input, TextArea
 
     from vlbench.tui.widgets.ordered_input import OrderedInput
 
@@ -1375,6 +1376,12 @@ def test_every_text_field_applies_a_burst_of_keys_in_the_order_typed():
             await wait_for(pilot, lambda: steps.value == "75", 10, f"steps to read 75 (it reads {steps.value!r})")
             await pilot.pause(0.3)
             assert steps.value == "75"
+            prompt = app.query_one("#prompt", TextArea)  # the prompt too: a TextArea, the same ordering
+            prompt.text = ""
+            prompt.focus()
+            await pilot.pause()
+            send_burst(app, "a", "b", "backspace", "c", "left", "x")
+            await wait_for(pilot, lambda: prompt.text == "axc", 10, f"the prompt to read axc ({prompt.text!r})")
         app.close()
 
     run(go())

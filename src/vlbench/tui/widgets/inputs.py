@@ -29,7 +29,7 @@ from vlbench.tui.widgets.choice import ChoiceField
 from vlbench.tui.widgets.pane import Pane
 from vlbench.tui.widgets.path_field import PathField
 from vlbench.tui.wording import render
-from vlbench.tui.widgets.ordered_input import OrderedInput
+from vlbench.tui.widgets.ordered_input import OrderedInput, OrderedTextArea
 
 VL_TEXT_PROMPT, VL_TEXT_NONE = VLText.PROMPT.value, VLText.NONE.value
 VL_MODES = [("the prompt", VL_TEXT_PROMPT), ("none (image only)", VL_TEXT_NONE), ("custom text", "custom")]
@@ -165,7 +165,7 @@ class InputsPane(Pane):
                             compact=True)
         yield ReferenceList(id="ref-list", classes="-empty")
         yield Label("prompt", classes="field-label")
-        yield TextArea(id="prompt", soft_wrap=True, show_line_numbers=False, compact=True)
+        yield OrderedTextArea(id="prompt", soft_wrap=True, show_line_numbers=False, compact=True)
         yield Label("VL text", classes="field-label")
         with Horizontal(id="vl-row"):
             yield ChoiceField(VL_MODES, VL_TEXT_PROMPT, id="vl-mode")
