@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from vlbench.errors import UserError
 from vlbench.process import pid_alive
 
 TEMP = re.compile(r"^\.(?P<name>.+)\.vlbench-(?P<pid>\d{1,12})-(?P<thread>\d{1,24})\.tmp$")
@@ -126,6 +127,22 @@ def parse_toml(text: str, depth: int = TOML_DEPTH) -> dict[str, Any]:
         children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
         stack.extend((child, level + 1) for child in children if isinstance(child, (dict, list)))
     return data
+
+
+def read_named_text(path: str | Path, field: str, fix: str) -> str:
+    """read_text_file for a file the user named as `field`: each way it cannot be read (missing, a folder, not a
+    regular file, too big, not UTF-8, unreadable) is one UserError naming the field and the path; `fix` says what
+    to give instead of a folder."""
+    try:
+        return read_text_file(path)
+    except FileNotFoundError:
+        raise UserError("no such file", field=field, value=str(path)) from None
+    except IsADirectoryError:
+        raise UserError("is a folder", field=field, value=str(path), fix=fix) from None
+    except NotAFile as exc:
+        raise UserError(str(exc), field=field, value=str(path)) from None
+    except (OSError, ValueError) as exc:  # ValueError: UnicodeDecodeError, a NUL in the path
+        raise UserError(f"cannot read it ({exc.__class__.__name__})", field=field, value=str(path)) from None
 
 
 def read_toml_file(path: str | Path, limit: int = INPUT_LIMIT, depth: int = TOML_DEPTH) -> dict[str, Any]:

@@ -10,7 +10,7 @@ import tomllib
 from pathlib import Path
 
 from vlbench.errors import UserError
-from vlbench.files import NotAFile, TooDeep, parse_toml, read_text_file
+from vlbench.files import TooDeep, parse_toml, read_named_text
 
 
 def check_prompt(text: object, field: str = "prompt") -> str:
@@ -31,16 +31,7 @@ def check_prompt(text: object, field: str = "prompt") -> str:
 def read_prompts_file(path: str | Path, field: str = "prompts_file") -> list[str]:
     """The prompts of a text or TOML file, in order, duplicates kept once."""
     file = Path(path)
-    try:
-        text = read_text_file(file)
-    except FileNotFoundError:
-        raise UserError("no such file", field=field, value=str(path)) from None
-    except IsADirectoryError:
-        raise UserError("is a folder", field=field, value=str(path), fix="give a text or TOML file") from None
-    except NotAFile as exc:
-        raise UserError(str(exc), field=field, value=str(path)) from None
-    except (OSError, ValueError) as exc:
-        raise UserError(f"cannot read it ({exc.__class__.__name__})", field=field, value=str(path)) from None
+    text = read_named_text(path, field, fix="give a text or TOML file")
     if file.suffix.lower() == ".toml":
         try:
             data = parse_toml(text)

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from vlbench.errors import UserError
-from vlbench.files import NotAFile, TooDeep, atomic_write_text, parse_toml, read_text_file
+from vlbench.files import TooDeep, atomic_write_text, parse_toml, read_named_text
 from vlbench.recipe.rules import _check_field
 from vlbench.recipe.schema import DEFAULTS, OLD_TOML_HEADER, Recipe, check_keys, field_default, field_infos
 from vlbench.recipe.versions import upgrade_recipe
@@ -18,21 +18,13 @@ def read_recipe_file(path: str | Path) -> dict[str, Any]:
     A file Recipe.to_toml wrote before recipe schema 3 (its first line exactly OLD_TOML_HEADER) is read as what it
     was (upgrade_recipe); any other file is read in the current schema."""
     path = Path(path)
+    text = read_named_text(path, "recipe", fix="give a .toml file")
     try:
-        text = read_text_file(path)
         data = parse_toml(text)
-    except FileNotFoundError:
-        raise UserError("no such file", field="recipe", value=str(path)) from None
-    except IsADirectoryError:
-        raise UserError("is a folder; give a .toml file", field="recipe", value=str(path)) from None
-    except NotAFile as exc:
-        raise UserError(str(exc), field="recipe", value=str(path)) from None
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"not valid TOML ({exc})", field="recipe", value=str(path)) from None
     except TooDeep as exc:
         raise UserError(str(exc), field="recipe", value=str(path)) from None
-    except (OSError, ValueError) as exc:  # ValueError: UnicodeDecodeError, a NUL in the path
-        raise UserError(f"cannot read it ({exc.__class__.__name__})", field="recipe", value=str(path)) from None
     try:
         check_keys(data)
     except UserError as exc:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from vlbench.errors import UserError
-from vlbench.files import NotAFile, TooDeep, parse_toml, read_text_file
+from vlbench.files import TooDeep, parse_toml, read_named_text
 from vlbench.metrics import METRICS, check_available
 from vlbench.recipe import REMOVED, Recipe, _check_field, field_default, field_infos, seeds_value
 
@@ -145,17 +145,7 @@ class Space:
 # ---------------------------------------------------------------- reading
 def load_space(path: str | Path) -> Space:
     path = Path(path)
-    try:
-        source = read_text_file(path)
-    except FileNotFoundError:
-        raise UserError("no such file", field="space", value=str(path)) from None
-    except IsADirectoryError:
-        raise UserError("is a folder; give a .toml file", field="space", value=str(path)) from None
-    except NotAFile as exc:
-        raise UserError(str(exc), field="space", value=str(path)) from None
-    except (OSError, ValueError) as exc:  # ValueError: UnicodeDecodeError, a NUL in the path
-        raise UserError(f"cannot read it ({exc.__class__.__name__})", field="space", value=str(path)) from None
-    return parse_space(source, path)
+    return parse_space(read_named_text(path, "space", fix="give a .toml file"), path)
 
 
 def parse_space(source: str, path: Path = Path("space.toml")) -> Space:

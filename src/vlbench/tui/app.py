@@ -1031,7 +1031,8 @@ class VlbenchApp(App[int]):
         if name == self.active_pane and self.panes[name].has_class("-active-pane"):
             return
         left = self.left_column
-        changed = [self.panes[self.active_pane], self.panes[name]]
+        panes = [self.panes[self.active_pane], self.panes[name]]
+        changed = list(panes)
         self.panes[self.active_pane].remove_class("-active-pane", update=False)
         self.active_pane = name
         self.panes[name].add_class("-active-pane", update=False)
@@ -1043,7 +1044,7 @@ class VlbenchApp(App[int]):
         # switch's 250-500 ms. Correct because no rule selects a descendant by these classes (vlbench.tcss;
         # test_tui_workbench checks it).
         # Of the two panes only the border changes (.-active-pane): the rest of them is not drawn again.
-        with outline_only(changed[:2]):
+        with outline_only(panes):
             self.stylesheet.update_nodes(changed, animate=False)
         self.pane_bar.show(active=name)
         self.session_changed()
