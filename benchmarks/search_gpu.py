@@ -32,7 +32,9 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import shutil
+import subprocess
 import sys
 import time
 import traceback
@@ -194,7 +196,11 @@ def main() -> int:
             print("no CUDA GPU: use --tiny", file=sys.stderr)
             return 2
         device, size, steps, ref_px = "cuda", args.size or 512, args.steps or 9, 512
-    R: dict = {"argv": sys.argv[1:], "device": device, "settings": {
+    git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                         cwd=Path(__file__).parent).stdout.strip()
+    R: dict = {"card": torch.cuda.get_device_name(0) if device == "cuda" else "cpu", "commit": git or "unknown",
+               "command": " ".join(["python3", "benchmarks/search_gpu.py", *map(shlex.quote, sys.argv[1:])]),
+               "argv": sys.argv[1:], "device": device, "settings": {
         "size": size, "steps": steps, "reference_px": ref_px, "prompt": PROMPT, "images_per_trial": 1,
         "space": "layer [-12,-2] x intra_ratio [0,1] step 0.125 x intra_policy {attend, split}; alpha 1"
                  if args.space_kind == "intra" else "layer [-12,-2]; alpha 1, tokens full",

@@ -363,6 +363,8 @@ def test_the_search_gpu_benchmark_runs_on_the_tiny_models(tiny_dirs, tmp_path, m
     result = json.loads((tmp_path / "search_gpu.json").read_text())
     assert done.value.code == 0, result.get("error")
     assert result["trials"] == 3 and result["trials_per_hour"] > 0 and result["images_per_second"] > 0
+    # a results file names its card, commit and command (the project's rule for every benchmark figure)
+    assert result["card"] == "cpu" and result["commit"] and "benchmarks/search_gpu.py --tiny" in result["command"]
     assert len([line for line in (tmp_path / "search" / "trials.jsonl").read_text().splitlines()]) == 3
 
 
