@@ -72,6 +72,7 @@ def main() -> int:
         from vlbench.engine.tiny import ensure_tiny_models
 
         work = Path("/tmp/eager_parity_models")
+        P.OUT = work  # perf16's helpers write their own json there, not into the current folder
         tiny = ensure_tiny_models(work / "tiny")
         args.zimage, args.vl = str(work / "z-image-turbo-random"), str(work / "qwen3-vl-4b-random")
         P.build_and_save(argparse.Namespace(tiny_smoke=not cuda), "cuda" if cuda else "cpu", tiny, Path(args.zimage),
