@@ -59,6 +59,25 @@ def test_generation_equals_zimage_pipeline_with_the_same_prompt_embeds_and_seed(
     np.testing.assert_array_equal(px(result.image), expected)
 
 
+
+def test_the_dit_runs_in_diffusers_own_grad_mode_not_inference_mode(engine, refs):
+    """A compiled DiT's graphs are guarded on the grad mode: under torch.inference_mode dynamo built graphs of its
+    own, whose images differed from plain compiled diffusers' (its __call__ runs under no_grad) by up to 6/255 on an
+    H100 (benchmarks/results/2026-12-07_h100_eager_parity_compiled_warm_6700fc5.json). Every DiT forward of a run,
+    one image or a batch, has gradients off and is not in inference mode, as in diffusers' own call."""
+    from vlbench.engine.generate import generate_batch
+
+    modes = []
+    hook = engine.models.pipe.transformer.register_forward_pre_hook(
+        lambda module, args: modes.append((torch.is_inference_mode_enabled(), torch.is_grad_enabled())))
+    try:
+        result = engine.run(Recipe(seed=3, **SIZE), PROMPT, refs)
+        generate_batch(engine.models.pipe, result.conditioning.embeds, seeds=[1, 2], steps=2, width=64, height=64,
+                       guidance=0.0, budget=engine.models.caption_budget)
+    finally:
+        hook.remove()
+    assert len(modes) == 4 and set(modes) == {(False, False)}, modes
+
 def test_non_square_size_is_width_by_height(engine, ref_pipe, refs):
     result = engine.run(Recipe(seed=1, width=96, height=64, steps=2), PROMPT, refs)
     assert result.image.size == (96, 64)

@@ -254,7 +254,11 @@ def check_side(width: int, height: int, axes_lens: list[int], pixels_per_token: 
                             fix=f"use at most {limit}")
 
 
-@torch.inference_mode()
+# torch.no_grad, as diffusers' own __call__, not inference_mode: on a compiled DiT dynamo guards on the mode, and
+# under inference_mode it builds graphs of its own whose images differ from plain compiled diffusers' by up to 6/255
+# on an H100 (benchmarks/eager_parity.py, 2026-12-07_h100_eager_parity_compiled_warm_6700fc5.json); eager, the two
+# modes give the same pixels. The models' DiT warm-up runs under no_grad for the same graphs.
+@torch.no_grad()
 def generate(pipe, embeds: torch.Tensor, *, seed: int, steps: int, width: int, height: int, guidance: float,
              negative_embeds: torch.Tensor | None = None, budget: int,
              on_step: Callable[[int, int], None] | None = None, output_type: str = "pil",
@@ -287,7 +291,7 @@ def generate(pipe, embeds: torch.Tensor, *, seed: int, steps: int, width: int, h
             probe.remove()
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: see generate
 def generate_batch(pipe, embeds: torch.Tensor | list[torch.Tensor], *, seeds: list[int], steps: int, width: int,
                    height: int,
                    guidance: float, negative_embeds: torch.Tensor | None = None, budget: int,

@@ -188,7 +188,7 @@ class Models(Placement):
         width = int(pipe.transformer.config.cap_feat_dim)
         # --fast: static graphs are per image size; compiling the warm-up's 256² would only cost time
         eager = torch.compiler.set_stance("force_eager") if self.spec.fast else nullcontext()
-        with torch.inference_mode(), eager:
+        with torch.no_grad(), eager:  # generate's mode: the graphs compiled here are the ones it runs
             pipe(prompt_embeds=[torch.zeros(32, width, device=self.device, dtype=pipe.transformer.dtype)],
                  guidance_scale=0.0, num_inference_steps=1, width=256, height=256,
                  generator=torch.Generator("cpu").manual_seed(0), output_type="pt")
