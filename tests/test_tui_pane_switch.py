@@ -318,6 +318,28 @@ class Terminal:
         return [y for y, (mine, theirs) in enumerate(zip(self.cells, other.cells)) if mine != theirs]
 
 
+def _mirror_frames(app, size, seen=lambda update: None) -> Terminal:
+    """A Terminal that applies every frame the app's screen writes from now on (each update also handed to `seen`),
+    cursors kept from blinking (a blink changes a frame between drawing and comparing); one full frame requested to
+    start from."""
+    from textual.widgets import Input, TextArea
+
+    for field in [*app.query(Input), *app.query(TextArea)]:
+        field.cursor_blink = False
+    terminal = Terminal(*size)
+    display = app._display
+
+    def shown(screen, update) -> None:
+        if update is not None and screen is app.screen:
+            terminal.apply(update)
+            seen(update)
+        display(screen, update)
+
+    app._display = shown
+    app.screen.refresh()
+    return terminal
+
+
 @pytest.mark.parametrize("size", SIZES, ids=[f"{w}x{h}" for w, h in SIZES])
 def test_what_switches_write_to_the_terminal_is_the_screen_drawn_afresh(size):
     """A switch's frame draws only the widgets that overlap what changed (vlbench.tui.compositor) and, of the two
@@ -325,26 +347,14 @@ def test_what_switches_write_to_the_terminal_is_the_screen_drawn_afresh(size):
     frames leave exactly the screen Textual draws from scratch: nothing left over from the pane before, no border in
     the old colour, no field or row missing."""
     from textual._compositor import ChopsUpdate
-    from textual.widgets import Input, TextArea
 
     async def go():
         app = make_app()
         async with app.run_test(size=size) as pilot:
             fill(app)
             await pilot.pause()
-            for field in [*app.query(Input), *app.query(TextArea)]:
-                field.cursor_blink = False  # a blinking cursor changes between a frame and the comparison
-            terminal = Terminal(*size)
-            display, partial = app._display, []
-
-            def shown(screen, update) -> None:
-                if update is not None and screen is app.screen:
-                    terminal.apply(update)
-                    partial.append(isinstance(update, ChopsUpdate))
-                display(screen, update)
-
-            app._display = shown
-            app.screen.refresh()  # one full frame to start from
+            partial = []
+            terminal = _mirror_frames(app, size, lambda update: partial.append(isinstance(update, ChopsUpdate)))
             await pilot.pause()
             assert not terminal.rows_unlike(Terminal.drawn_afresh(app.screen))
             for name in ROUND:
@@ -377,25 +387,13 @@ def test_a_table_changed_while_another_pane_is_active_shows_its_changes_when_swi
     LookCaches), and a switch back shows the kept ones. Whatever changed meanwhile (the cursor moved, a cell written,
     rows added, the table scrolled) is on screen after the switch back, exactly as drawn with no cache at all."""
     from textual.coordinate import Coordinate
-    from textual.widgets import Input, TextArea
 
     async def go():
         app = make_app()
         async with app.run_test(size=size) as pilot:
             fill(app)
             await pilot.pause()
-            for field in [*app.query(Input), *app.query(TextArea)]:
-                field.cursor_blink = False
-            terminal = Terminal(*size)
-            display = app._display
-
-            def shown(screen, update) -> None:
-                if update is not None and screen is app.screen:
-                    terminal.apply(update)
-                display(screen, update)
-
-            app._display = shown
-            app.screen.refresh()  # one full frame to start from
+            terminal = _mirror_frames(app, size)
             for name in ROUND[:6]:  # each table drawn focused and blurred: both looks kept
                 await switch(pilot, name)
             await pilot.pause(0.3)
