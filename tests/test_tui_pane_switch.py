@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 
 from test_tui import FAST, make_app, run
+from test_tui_workbench import pane_regions
 from vlbench.recipe import Recipe
 from vlbench.tui import layout
 
@@ -48,17 +49,17 @@ def test_the_switched_pane_is_active_focused_and_shown_at_every_width(size):
                 assert app.active_pane == name
                 assert [n for n, p in app.panes.items() if p.has_class("-active-pane")] == [name]
                 assert app.focused is not None and pane in app.focused.ancestors_with_self, (name, app.focused)
-                assert app.left_column.has_class("-active-column") == (name in ("inputs", "parameters"))
-                shown = [n for n, p in app.panes.items() if p.display and p.region.area
-                         and (n not in ("inputs", "parameters") or app.left_column.display)]
+                shown = list(pane_regions(app))  # drawn on the screen
                 if narrow:  # one pane fills the screen; the pane bar names the shown one
                     assert shown == [name] and pane.region.width == size[0]
                     assert app.pane_bar.active == name
                 else:
                     assert set(shown) == set(PANES)
-                # the highlight is the pane's border, drawn in the theme's primary colour only on the active pane
+                # the highlight is the pane's border, drawn in the theme's primary colour only on the active pane (in a
+                # narrow terminal the one drawn, which is the active one)
                 primary = app.current_theme.primary
-                for other, p in app.panes.items():
+                for other in shown:
+                    p = app.panes[other]
                     assert (p.styles.border_top[1].hex.lower() == primary.lower()) == (other == name), other
         app.close()
 
@@ -67,8 +68,8 @@ def test_the_switched_pane_is_active_focused_and_shown_at_every_width(size):
 
 def test_a_switch_restyles_the_two_panes_not_the_widgets_inside_them():
     """Textual's add_class/remove_class restyles a node's whole subtree: the Parameters form is ~150 widgets. No rule
-    selects a descendant by -active-pane or -active-column, so the switch restyles only the nodes whose class changed
-    (and the widgets that gain or lose focus, as any focus change does)."""
+    selects a descendant by -active-pane, so the switch restyles only the two panes whose class changed (and the
+    widgets that gain or lose focus, as any focus change does)."""
 
     from textual.widget import Widget
 
@@ -90,9 +91,9 @@ def test_a_switch_restyles_the_two_panes_not_the_widgets_inside_them():
                     before, left = app.focused, app.active_pane
                     restyled.clear()
                     await switch(pilot, name)
-                    # the panes whose class changed, and what any change of focus restyles: the widgets that lost
+                    # the two panes whose class changed, and what any change of focus restyles: the widgets that lost
                     # and gained it, with what they hold
-                    allowed = {app.panes[left], app.panes[name], app.left_column}
+                    allowed = {app.panes[left], app.panes[name]}
                     for widget in (before, app.focused):
                         if widget is not None:
                             allowed.update(widget.walk_children(with_self=True))
@@ -242,7 +243,7 @@ def test_the_footer_is_one_widget_that_shows_the_focused_panes_keys():
 
 
 def test_no_rule_styles_a_widget_by_a_pane_class_or_the_previews_focus():
-    """What makes the restyles above correct: switching sets -active-pane / -active-column and moves focus to or from
+    """What makes the restyles above correct: switching sets -active-pane and moves focus to or from
     the Preview, and then restyles only the nodes that changed (Textual would restyle all below them). That is right
     as long as no rule selects a descendant by those classes, or by the Preview's focus."""
     from textual.css.model import CombinatorType, SelectorType
@@ -260,7 +261,7 @@ def test_no_rule_styles_a_widget_by_a_pane_class_or_the_previews_focus():
                     subject = max((i for i, s in enumerate(selectors) if s.combinator != CombinatorType.SAME),
                                   default=0)
                     for selector in selectors[:subject]:  # the ancestors' part of the selector
-                        if selector.type == SelectorType.CLASS and selector.name in ("-active-pane", "-active-column"):
+                        if selector.type == SelectorType.CLASS and selector.name == "-active-pane":
                             found.append(selector_set.css)
                         could_be_preview = (selector.type == SelectorType.UNIVERSAL
                                             or (selector.type == SelectorType.TYPE and selector.name in preview_names)
@@ -495,6 +496,146 @@ def test_a_cursor_move_in_a_focused_table_draws_its_rows_again_not_the_table():
                 StylesCache.render_line = render_line
             assert table.cursor_row == 3
             assert drawn and len(drawn) < table.size.height, (len(drawn), table.size.height)
+        app.close()
+
+    run(go())
+
+
+def test_a_narrow_switch_scrolls_to_the_pane_and_lays_nothing_out():
+    """At 80×24 the panes lie side by side, each one screen wide, and a switch scrolls #main to the one it shows: the
+    screen is not laid out again, and no widget is shown or hidden. (The panes took turns being displayed: each switch
+    into Parameters laid out the screen, and sent each of the form's ~150 widgets a Show and a Resize, and later a
+    Hide: most of the switch's time.)"""
+    from textual import events
+    from textual._compositor import Compositor
+    from textual.geometry import Region
+
+    async def go():
+        app = make_app()
+        async with app.run_test(size=(80, 24)) as pilot:
+            fill(app)
+            await pilot.pause()
+            for name in ROUND:  # each pane laid out and drawn once
+                await switch(pilot, name)
+            layouts, shown = [], []
+            reflow, post = Compositor.reflow, type(app.parameters).post_message
+
+            def counted_reflow(compositor, parent, size):
+                layouts.append(parent)
+                return reflow(compositor, parent, size)
+
+            def counted_post(widget, message):
+                if isinstance(message, (events.Show, events.Hide)):
+                    shown.append((type(widget).__name__, type(message).__name__))
+                return post(widget, message)
+
+            Compositor.reflow = counted_reflow
+            type(app.parameters).post_message = counted_post
+            try:
+                for name in ROUND:
+                    await switch(pilot, name)
+                    pane = app.panes[name]
+                    assert list(pane_regions(app)) == [name]
+                    assert pane.region == Region(0, pane.region.y, 80, pane.region.height) and pane.region.height >= 20
+                    assert app.main_area.scroll_x == layout.NARROW_PAGES.index(name) * 80
+            finally:
+                Compositor.reflow = reflow
+                type(app.parameters).post_message = post
+            assert not layouts, f"the screen laid out {len(layouts)} times in {len(ROUND)} switches"
+            assert not shown, shown
+            # Tab stays in the pane that is shown (the others are laid out beside it, off the screen)
+            await switch(pilot, "parameters")
+            for _ in range(60):
+                await pilot.press("tab")
+                assert app.parameters in app.focused.ancestors_with_self, app.focused
+        app.close()
+
+    run(go())
+
+
+def test_an_idle_workbench_animates_nothing():
+    """No widget redraws itself on a timer while nothing runs. The Queue's progress bar, hidden between runs, had an
+    unknown total: it animated at 15 frames a second, and each frame asked where the bar is on the screen, which after
+    a pane switch at 80×24 laid out the whole screen again."""
+
+    async def go():
+        app = make_app()
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.pause()
+
+            def animated() -> list[str]:
+                return [type(w).__name__ for w in app.screen.walk_children() if w.auto_refresh is not None]
+
+            assert not animated()
+            app.queue_pane.job_started(1, 0)  # a run whose step count is not known yet: the bar animates
+            await pilot.pause()
+            assert animated() == ["Bar"]
+            app.queue_pane.job_ended()
+            await pilot.pause()
+            assert not animated()
+        app.close()
+
+    run(go())
+
+
+def test_a_repaint_out_of_view_lays_nothing_out_and_what_a_scroll_left_is_laid_out_after_the_frame():
+    """A repaint of a widget out of view (the Queue's progress while the Preview fills a 80×24 screen) made Textual
+    mark its layout invalid, and the next question about any widget's region laid out the whole screen again; a
+    scroll (a pane switch at 80×24) leaves what is out of view to be laid out when the next key asks. vlbench's
+    compositor keeps the layout through repaints of widgets it holds, lays out only in a reflow (a change of layout:
+    a widget shown, hidden or mounted), and settles what a scroll left after the frame (vlbench.tui.compositor)."""
+    from textual._compositor import Compositor
+    from textual.widgets import Static
+
+    async def go():
+        app = make_app()
+        async with app.run_test(size=(80, 24)) as pilot:
+            fill(app)
+            await pilot.pause()
+            arranged, reflows = [], []  # layouts of the whole screen outside a reflow; reflows
+            arrange, reflow = Compositor._arrange_root, Compositor.reflow
+
+            def counted_arrange(compositor, root, size, visible_only=True):
+                if not visible_only and not reflows[-1:] == ["running"]:
+                    arranged.append(root)
+                return arrange(compositor, root, size, visible_only)
+
+            def counted_reflow(compositor, parent, size):
+                reflows.append("running")
+                try:
+                    return reflow(compositor, parent, size)
+                finally:
+                    reflows[-1] = "done"
+
+            Compositor._arrange_root, Compositor.reflow = counted_arrange, counted_reflow
+            try:
+                error = app.parameters.query_one("#param-error")
+                for total in (5, 7, 9):  # the Queue (out of view) changes its layout and repaints: its progress row
+                    app.queue_pane.job_started(1, total)
+                    await pilot.pause()
+                    app.queue_pane.job_progress(1, 2, total, 1.0)
+                    await pilot.pause(0.15)
+                    app.queue_pane.job_ended()
+                    await pilot.pause()
+                    error.update(f"an error {total}")  # a widget of Parameters (out of view) shown, then hidden
+                    error.remove_class("-hidden")
+                    await pilot.pause()
+                    assert not app.screen._compositor._full_map_invalidated
+                    error.add_class("-hidden")
+                    await pilot.pause()
+                    note = Static(f"a new widget {total}")  # mounted out of view: laid out by the reflow, once
+                    await app.queue_pane.mount(note)
+                    await pilot.pause()
+                    assert not app.screen._compositor._full_map_invalidated
+                    await note.remove()
+                    await pilot.pause()
+                assert len(reflows) >= 9 and not arranged, (len(arranged), len(reflows))
+                for name in ROUND:
+                    await switch(pilot, name)
+                    await pilot.pause()
+                    assert not app.screen._compositor._full_map_invalidated, name  # laid out after the frame
+            finally:
+                Compositor._arrange_root, Compositor.reflow = arrange, reflow
         app.close()
 
     run(go())

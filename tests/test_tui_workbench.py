@@ -24,7 +24,10 @@ PANES = ("inputs", "parameters", "queue", "preview", "history")
 
 
 def pane_regions(app) -> dict[str, object]:
-    return {name: pane.region for name, pane in app.panes.items() if pane.display and pane.region.area}
+    """The panes drawn on the screen, by their region (a narrow terminal lays them out side by side, one in view)."""
+    screen = app.screen.region
+    return {name: pane.region for name, pane in app.panes.items()
+            if pane.display and pane.region.intersection(screen).area}
 
 
 def finished_run(app, tmp_path: Path, size=(256, 96), seed=0, status="done", **recipe) -> int:

@@ -92,6 +92,11 @@ class MainScreen(Screen):
         super().__init__(*args, **kwargs)
         self._compositor = ChangedRegionsCompositor()
 
+    def settle_after_refresh(self) -> None:
+        """After the next frame, lay out what a scroll left out of view (ChangedRegionsCompositor.settle): a narrow
+        pane switch scrolls, and the focus moving at the next switch would otherwise wait for that layout."""
+        self.call_after_refresh(self._compositor.settle)
+
 
 class VlbenchApp(App[int]):
     CSS_PATH = Path(__file__).with_name("vlbench.tcss")  # absolute: subclasses elsewhere find it too
@@ -194,12 +199,11 @@ class VlbenchApp(App[int]):
             self.active_pane = self._saved.pane
         self.panes[self.active_pane].add_class("-active-pane", update=False)
         self.pane_bar.active = self.active_pane
-        left = "-active-column" if self.active_pane in ("inputs", "parameters") else ""
         yield Header()
         yield self.pane_bar
         # One grid: vlbench.tcss places the panes for each width (layout.BREAKPOINTS).
-        with Container(id="main"):
-            with Vertical(id="left", classes=left) as self.left_column:
+        with Container(id="main") as self.main_area:
+            with Vertical(id="left") as self.left_column:
                 yield self.inputs
                 yield self.parameters
             yield self.preview
@@ -1015,8 +1019,7 @@ class VlbenchApp(App[int]):
         if target is None or not target.is_attached:
             target = self._focus_targets[name] = self.query(targets[name]).first()
         self.show_pane(name)
-        # At once, not later (Widget.focus): in a narrow terminal the pane that had focus is being hidden, and a
-        # widget hidden while it has focus hands it to a neighbour, or to nothing.
+        # At once, not later (Widget.focus): keys typed right after the switch go to the pane switched to.
         self.screen.set_focus(target)
 
     # ---- the layout: which pane is active (has focus; in a narrow terminal, the one shown) ----
@@ -1024,28 +1027,39 @@ class VlbenchApp(App[int]):
     # a resize restyles everything at once, with no moment where a hidden pane holds the focus.
     def on_resize(self, event: events.Resize) -> None:
         self.layout_mode = layout.mode_for(event.size.width)
+        narrow = self.layout_mode == "narrow"
+        for pane in self.panes.values():  # in a narrow terminal Tab stays in the pane that is shown
+            pane.trap_focus(narrow)
         self.pane_bar.show(status=self.queue_pane.summary_text())
+        self.call_after_refresh(self._scroll_to_pane)
+
+    def _scroll_to_pane(self) -> None:
+        """In a narrow terminal the panes lie side by side (vlbench.tcss): scroll #main to the active one."""
+        page = layout.NARROW_PAGES.index(self.active_pane) if self.layout_mode == "narrow" else 0
+        self.main_area.scroll_to(x=page * self.main_area.scrollable_content_region.width, y=0, animate=False,
+                                 force=True, immediate=True)
 
     def show_pane(self, name: str) -> None:
         """Make this the active pane: highlighted; in a narrow terminal, the one that fills the screen."""
         if name == self.active_pane and self.panes[name].has_class("-active-pane"):
             return
-        left = self.left_column
         panes = [self.panes[self.active_pane], self.panes[name]]
-        changed = list(panes)
         self.panes[self.active_pane].remove_class("-active-pane", update=False)
         self.active_pane = name
         self.panes[name].add_class("-active-pane", update=False)
-        if left.has_class("-active-column") != (name in ("inputs", "parameters")):
-            left.set_class(name in ("inputs", "parameters"), "-active-column", update=False)
-            changed.append(left)
-        # Restyle the nodes whose class changed, not their descendants: Textual's add_class/remove_class
-        # restyles the whole subtree (every field of Parameters, every row widget), which was most of a pane
-        # switch's 250-500 ms. Correct because no rule selects a descendant by these classes (vlbench.tcss;
-        # test_tui_workbench checks it).
+        # Restyle the two panes, not their descendants: Textual's add_class/remove_class restyles the whole
+        # subtree (every field of Parameters, every row widget), which was most of a pane switch's 250-500 ms.
+        # Correct because no rule selects a descendant by this class (vlbench.tcss; test_tui_pane_switch checks it).
         # Of the two panes only the border changes (.-active-pane): the rest of them is not drawn again.
-        with outline_only(panes):
-            self.stylesheet.update_nodes(changed, animate=False)
+        # In a narrow terminal every pane is drawn as the active one (vlbench.tcss): nothing to restyle. Leaving the
+        # narrow layout (a class on the Screen) and a theme change restyle every node, with the classes as they are.
+        if self.layout_mode != "narrow":
+            with outline_only(panes):
+                self.stylesheet.update_nodes(panes, animate=False)
+        else:  # the panes lie side by side: the one shown is scrolled to, not laid out
+            self._scroll_to_pane()
+            if isinstance(self.screen, MainScreen):
+                self.screen.settle_after_refresh()
         self.pane_bar.show(active=name)
         self.session_changed()
 

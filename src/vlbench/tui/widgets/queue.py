@@ -32,6 +32,7 @@ SHOWN_PENDING = 30  # the table shows this many queued runs at first (a screenfu
 MARGIN = 3
 SHOWN_FINISHED = 8
 PROGRESS_S = 0.1  # the progress line is redrawn at most this often
+IDLE_TOTAL = 1  # the progress bar's total while no run is in progress (determinate: nothing animates)
 ETA_S = 2.0  # the steps still queued (a JSON read of every pending run) are summed at most this often
 CLEARED = "queue_cleared_at"  # state: finished runs before this time are no longer shown in the Queue
 DISMISSED = "queue_dismissed"  # state: finished runs taken out of the Queue one by one (History keeps them)
@@ -78,7 +79,9 @@ class QueuePane(Pane):
         self._status = Static("worker starting…", id="model-status")
         self._summary = Static("", id="queue-summary")
         self._label = Static("", id="progress-label")
-        self._bar = ProgressBar(total=None, show_eta=False, show_percentage=False, id="progress")
+        # Determinate (total=1) until a run starts: an indeterminate bar animates at 15 frames a second, hidden or not,
+        # and each frame asks where the bar is on screen, which after a layout change lays the screen out again.
+        self._bar = ProgressBar(total=IDLE_TOTAL, show_eta=False, show_percentage=False, id="progress")
         self._progress_row = Horizontal(self._label, self._bar, id="progress-row")
         self._table = QueueTable(id="queue-table", cursor_type="row", zebra_stripes=False)
         yield self._status
@@ -276,6 +279,7 @@ class QueuePane(Pane):
         """The worker is idle: no progress to show until the next run starts."""
         self.running_id = None
         self._progress_row.display = False
+        self._bar.update(total=IDLE_TOTAL, progress=0)  # hidden: no animation (an unknown total animates)
         self._job_left_s = 0.0
         self._show_summary()
 

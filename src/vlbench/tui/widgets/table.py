@@ -5,8 +5,8 @@ base style), but empties every cache on any style update, and gaining or losing 
 or out of the Queue or History drew every visible row again from its cells (tens of milliseconds; issue 25.8).
 Here the caches are emptied only when the styles may have changed under them: another theme or stylesheet, or
 styles for a look that differ from those its rows were drawn with. A switch back to a look seen before reuses its
-rows. Likewise a Resize that does not change the size (a table shown again in a narrow terminal, where the panes
-take turns) keeps them; DataTable drops them on every Resize.
+rows. Likewise a Resize that does not change the size (a table shown again after it was hidden) keeps them;
+DataTable drops them on every Resize.
 
 The lines a widget draws (its rows inside its background, tint and scrollbar gutter) are cached once more, by
 Textual's StylesCache, which a restyle empties too: a focus change drew every visible line of the table again
@@ -43,8 +43,8 @@ class LookCaches:
         cache, drawn_of = self._caches.get(state) or (StylesCache(), content)
         if self.switched and drawn_of != content:
             # The table changed since this look was drawn. Every repaint asked for meanwhile reached this cache, but
-            # not all changes ask for one: a table hidden (80x24: one pane at a time, the focused one) has no size,
-            # and its repaints cover nothing. Drawn again whole. (Between focus changes, the repaints Textual asks
+            # not all changes ask for one: a table hidden (display: none) has no size, and its repaints cover
+            # nothing. Drawn again whole. (Between focus changes, the repaints Textual asks
             # for are what changed, as with its one cache.)
             cache.clear()
         self.switched = False
