@@ -37,6 +37,17 @@ VLBENCH = Path(sys.executable).with_name("vlbench")
 PANES = ["Inputs", "Parameters", "Queue", "Preview", "History"]
 
 
+def _cpu_model() -> str | None:
+    """The CPU's model name (Linux), so that figures from different machines are not compared unknowingly."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
 def _pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
@@ -402,7 +413,9 @@ def main() -> None:
     import textual
 
     result: dict = {
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "machine": {"cpus": os.cpu_count(), "cpu": platform.processor() or platform.machine(),
+                    "cpu_model": _cpu_model(),
                     "python": platform.python_version(), "textual": textual.__version__,
                     "load_average_at_start": [round(x, 2) for x in os.getloadavg()]},
         "when": time.strftime("%Y-%m-%d %H:%M:%S"),
