@@ -6,7 +6,9 @@ Models: Z-Image-Turbo's DiT + VAE and Qwen3-VL-4B at their published sizes with 
 base and DINO ViT-S/16 at published sizes with random fp32 weights (search_gpu.py's builders: the search
 benchmark's models), saved as repo layouts every actor loads. 512², 9 steps, one 512² reference, one prompt.
 
-For each G (an executor of G actors, one per GPU, started once for both phases):
+One executor of G_max actors (one per GPU) is started once; each G's phases run on its first G actors (a view
+of the executor: the others hold their models and stay idle), so no G pays for starting and loading actors again:
+
 
   images   a sweep (vl_layer_by_token, its configs × seeds; --images-per-gpu × G images) through
            run_experiment: images/hour = images / (last row's time - start). Warm-up first: one image per
@@ -15,6 +17,8 @@ For each G (an executor of G actors, one per GPU, started once for both phases):
            intra_ratio × intra_policy, alpha 1; objectives siglip and dino; NSGA-II, population 20, seed 0),
            one image per trial: G warm-up trials (the head's metric models load), then --trials-per-gpu × G
            more, timed: trials/hour and images/hour = finished trials (images) / that invocation's seconds.
+
+The head's metric models (the search's scorers) load once, in the first G's warm-up.
 
 efficiency(G) = throughput(G) / (G × throughput(1)), for trials/hour and images/hour of each phase.
 
@@ -87,6 +91,29 @@ def efficiency(rows: dict, phase: str, key: str) -> dict:
             if r.get(phase, {}).get(key)}
 
 
+class FirstActors:
+    """The executor's first G actors as an executor of its own: a sweep (`__call__`) and a search (`lanes`) use
+    these slots alone; everything else (the actors, faults, stats, describe) is the whole executor's."""
+
+    def __init__(self, executor, g: int):
+        self._x, self.slots = executor, executor.slots[:g]
+
+    def __getattr__(self, name):
+        return getattr(self._x, name)
+
+    def __call__(self, engine, jobs: list, ledger) -> None:
+        self._x._run(jobs, ledger, self.slots, None)
+
+    def lanes(self):
+        from vlbench.executors.ray_executor import Lanes
+
+        return Lanes(self)
+
+    def describe(self) -> dict:
+        d = self._x.describe()
+        return {**d, "actors": d["actors"][:len(self.slots)]}
+
+
 def images_phase(G: int, engine, executor, exp, recipes, ref, work: Path, per_gpu: int) -> dict:
     from vlbench.analysis.report import write_folder_report
     from vlbench.experiments.runner import run_experiment
@@ -102,7 +129,8 @@ def images_phase(G: int, engine, executor, exp, recipes, ref, work: Path, per_gp
         return {"images": summary.done, "failed": summary.failed, "seconds": round(last, 3),
                 "failures": summary.failures[:3]}
 
-    timed(work / "images_warm", [10_000 + i for i in range(G)], G)  # one image per actor: loads, first kernels
+    warm = timed(work / "images_warm", [10_000 + i for i in range(G)], G)  # one image per actor: loads, first kernels
+    log(f"G={G} images: warm-up ({warm['images']} images) in {warm['seconds']:.1f} s")
     before = {s.index: s.done for s in executor.slots}
     n = per_gpu * G
     seeds = list(range(-(-n // len(recipes))))
@@ -114,14 +142,9 @@ def images_phase(G: int, engine, executor, exp, recipes, ref, work: Path, per_gp
     return res
 
 
-def search_phase(G: int, engine, executor, space, ref, work: Path, per_gpu: int, metric_sources: dict) -> dict:
-    import torch
-
-    from vlbench.metrics.models import MetricModels
+def search_phase(G: int, engine, executor, space, ref, work: Path, per_gpu: int, models) -> dict:
     from vlbench.search.runner import run_search
 
-    models = MetricModels(metric_sources, device=engine.models.device, dtype=torch.float32,
-                          shared={"vqa": lambda: engine.models.vl}, shared_sources={"vqa": engine.models.spec.vl})
     folder = work / "search"
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
@@ -145,7 +168,7 @@ def search_phase(G: int, engine, executor, space, ref, work: Path, per_gpu: int,
     return res
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tiny-smoke", action="store_true", help="tiny models on CPU actors, 64², 2 steps (checks the "
                                                              "script; its numbers say nothing about GPUs)")
@@ -160,7 +183,7 @@ def main() -> int:
     p.add_argument("--out", default=os.environ.get("OUT") or "/tmp/scaleout_out")
     p.add_argument("--workdir", default=None, help="models and run folders (default /tmp/vlbench-scaleout[-smoke])")
     p.add_argument("--reuse-models", action="store_true", help="use the models already saved under --workdir")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     workdir = Path(args.workdir or ("/tmp/vlbench-scaleout-smoke" if args.tiny_smoke else "/tmp/vlbench-scaleout"))
@@ -182,10 +205,12 @@ def main() -> int:
     from vlbench.executors.ray_connect import connect, head_engine
     from vlbench.executors.ray_executor import RayExecutor
     from vlbench.experiments.spec import load_type
+    from vlbench.metrics.models import MetricModels
     from vlbench.metrics.tiny import ensure_tiny_metric_models
     from vlbench.modelspec import ModelSpec
     from vlbench.search.space import parse_space
 
+    log("imported")
     visible = torch.cuda.device_count()
     if args.tiny_smoke:
         device, dtype, size, steps, ref_px = "cpu", "fp32", 64, 2, 96
@@ -255,37 +280,48 @@ def main() -> int:
     exp = load_type("vl_layer_by_token")
     recipes = exp.recipes(overrides={"width": size, "height": size, "steps": steps})
     phases = args.phases.split(",")
+    log("models ready")
     connect(None, max(gs))  # a local instance on loopback, every visible GPU
+    log("Ray started")
+    executor = None
+    try:
+        t = time.perf_counter()
+        executor = RayExecutor.start(spec, actors=max(gs))  # once: each G runs on its first G actors
+        R["start_actors_s"] = round(time.perf_counter() - t, 2)
+        log(f"{max(gs)} actors started in {R['start_actors_s']:.1f} s")
+        engine = head_engine(spec)
+        models = MetricModels(metric_sources, device=engine.models.device, dtype=torch.float32,
+                              shared={"vqa": lambda: engine.models.vl}, shared_sources={"vqa": engine.models.spec.vl})
+    except Exception:  # noqa: BLE001
+        R["errors"]["start"] = traceback.format_exc()[-3000:]
+        log(R["errors"]["start"])
+        gs = []
     for G in gs:
         row: dict = {"G": G}
         R["by_g"][str(G)] = row
-        executor = None
         try:
-            t = time.perf_counter()
-            executor = RayExecutor.start(spec, actors=G)
-            row["start_actors_s"] = round(time.perf_counter() - t, 2)
+            view = executor if G == len(executor.slots) else FirstActors(executor, G)
             row["actors"] = [{k: (s.info or {}).get(k) for k in ("gpu", "device", "cuda_visible_devices", "threads")}
-                             for s in executor.slots]
-            engine = head_engine(spec)
+                             for s in view.slots]
+            stats = dict(executor.stats)
             work = workdir / f"g{G}"
             if "images" in phases:
-                row["images"] = images_phase(G, engine, executor, exp, recipes, ref, work, per_image)
+                row["images"] = images_phase(G, engine, view, exp, recipes, ref, work, per_image)
                 save()
             if "search" in phases:
-                row["search"] = search_phase(G, engine, executor, space, ref, work, per_trial, metric_sources)
-            row["executor_stats"] = dict(executor.stats)
+                row["search"] = search_phase(G, engine, view, space, ref, work, per_trial, models)
+            row["executor_stats"] = {k: v - stats.get(k, 0) for k, v in executor.stats.items()}  # this G's
             if device == "cuda":
                 row["head_peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
-            del engine
         except Exception:  # noqa: BLE001 — the JSON keeps what was measured
             R["errors"][f"G{G}"] = traceback.format_exc()[-3000:]
             log(R["errors"][f"G{G}"])
         finally:
-            if executor is not None:
-                executor.close()
             if device == "cuda":
                 torch.cuda.empty_cache()
         save()
+    if executor is not None:
+        executor.close()
     ray.shutdown()
     save()
     log(f"results: {out / name}")

@@ -12,6 +12,12 @@ import pytest
 # load (CI; two suites at once) is slow, not red. They return as soon as the condition holds.
 PATIENCE_S = float(os.environ.get("VLBENCH_TEST_PATIENCE_S", "60"))
 
+# Ray starts its workers (the tests' actors) at nice 15, its `worker_niceness` default; on a machine whose cores are
+# busy with nice-0 processes (CI's other pytest worker, a second suite) the actors then get a few percent of a core
+# and the Ray tests wait minutes for them. The tests' Ray instances (started in this process or in a command it
+# runs, which inherit this) run their workers at nice 0, as the local executor runs its jobs. Nothing else changes.
+os.environ.setdefault("RAY_worker_niceness", "0")
+
 
 def patience(seconds: float) -> float:
     """How long a wait helper waits for a condition: `seconds`, but never less than PATIENCE_S."""
