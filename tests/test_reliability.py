@@ -488,7 +488,13 @@ def _stats_with_nan(tmp_path: Path) -> Path:
     from vlbench.cli import main
 
     good = tmp_path / "stats.safetensors"
-    assert main(["calibrate", "--tiny", "--device", "cpu", "--out", str(good)]) == 0
+    prompts, refs = tmp_path / "calibration-prompts.txt", tmp_path / "calibration-refs"
+    prompts.write_text("a red square\na cat on a mat\na lighthouse at dusk\n")  # a small set: any valid stats file
+    refs.mkdir()
+    make_image(refs / "a.png")
+    make_image(refs / "b.png", color=(20, 40, 200))
+    assert main(["calibrate", "--tiny", "--device", "cpu", "--prompts-file", str(prompts), "--references", str(refs),
+                 "--out", str(good)]) == 0
     with safe_open(str(good), "pt") as f:
         meta = f.metadata()
     tensors = load_file(str(good))
