@@ -51,6 +51,24 @@ def engine(tiny_spec):
     return Engine(Models(tiny_spec))
 
 
+@pytest.fixture
+def one_torch_thread(monkeypatch):
+    """Torch on one intra-op thread, in this test and in every process it starts (they inherit OMP_NUM_THREADS).
+    The tiny models' ops take microseconds: under `pytest -n 2` on two cores each worker and each benchmark
+    subprocess ran a pool as large as the machine, whose threads spun waiting for each other (a tiny DiT step
+    10–40× slower). Only for tests whose compared numbers all come from this setting (one process, or processes
+    that all inherit it), never beside a result computed earlier at another thread count."""
+    import torch
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.fixture(autouse=True)
 def _isolated_data_dir(tmp_path, monkeypatch):
     """Every test gets its own data dir: no test writes to the user's real store."""
