@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,15 @@ PATIENCE_S = float(os.environ.get("VLBENCH_TEST_PATIENCE_S", "60"))
 # and the Ray tests wait minutes for them. The tests' Ray instances (started in this process or in a command it
 # runs, which inherit this) run their workers at nice 0, as the local executor runs its jobs. Nothing else changes.
 os.environ.setdefault("RAY_worker_niceness", "0")
+
+# Torch on one intra-op thread in every test process and every process a test starts (they inherit
+# OMP_NUM_THREADS, which torch reads when it is imported). Under `pytest -n 2` on two cores each worker and each
+# subprocess ran a pool as large as the machine, whose threads spun waiting for each other: the tiny models' ops ran
+# 10–40× slower (a resumed search 163 s → 23 s, measured 2026-12-08). The product's own thread policy is unchanged; a
+# test about it sets the counts it needs (test_layout_cuts) or removes this variable (test_headless).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+if "torch" in sys.modules:  # imported before this file (a plugin): the variable came too late for it
+    sys.modules["torch"].set_num_threads(1)
 
 
 def patience(seconds: float) -> float:
@@ -49,24 +59,6 @@ def engine(tiny_spec):
     from vlbench.engine.models import Models
 
     return Engine(Models(tiny_spec))
-
-
-@pytest.fixture
-def one_torch_thread(monkeypatch):
-    """Torch on one intra-op thread, in this test and in every process it starts (they inherit OMP_NUM_THREADS).
-    The tiny models' ops take microseconds: under `pytest -n 2` on two cores each worker and each benchmark
-    subprocess ran a pool as large as the machine, whose threads spun waiting for each other (a tiny DiT step
-    10–40× slower). Only for tests whose compared numbers all come from this setting (one process, or processes
-    that all inherit it), never beside a result computed earlier at another thread count."""
-    import torch
-
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 @pytest.fixture(autouse=True)

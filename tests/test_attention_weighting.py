@@ -360,7 +360,6 @@ def test_heatmap_module_imports_no_torch():
     assert proc.stdout.strip() == "[]"
 
 
-@pytest.mark.usefixtures("one_torch_thread")  # conftest: tiny ops, no thread pool spinning
 def test_attention_probe_benchmark_runs_tiny_and_finds_no_probe_on_the_default_forward(tmp_path):
     import subprocess
     import sys

@@ -101,7 +101,6 @@ def test_a_key_mask_alone_does_not_reproduce_the_image(pipe):
     assert image(pipe, embeds).equal(plain)
 
 
-@pytest.mark.usefixtures("one_torch_thread")  # conftest: tiny ops, no thread pool spinning
 def test_a_20_length_sweep_builds_graphs_per_bucket_not_per_length(tiny_dirs):
     """torch.compile with dynamo's eager backend (graphs are counted by dynamo whatever the backend): static
     graphs (dynamic=False) over 20 caption lengths. Per bucket: one caption-refiner graph and one joint-block

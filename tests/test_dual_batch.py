@@ -226,7 +226,6 @@ def test_the_memory_estimate_covers_the_stacked_hidden_states_of_the_full_model(
     assert batch_memory_bytes(vl, [prep(586), prep(1400)]) > need
 
 
-@pytest.mark.usefixtures("one_torch_thread")  # conftest: tiny ops, no thread pool spinning
 def test_the_benchmark_runs_without_diffusers(tmp_path):
     """benchmarks/dual_batch.py needs only torch, transformers and vlbench: it runs with diffusers blocked."""
     import json

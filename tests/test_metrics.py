@@ -568,7 +568,6 @@ def test_history_shows_metric_columns_sorts_by_them_and_preview_shows_scores():
 
 
 # ---- the GPU benchmark, checked on the CPU with the tiny twins ----
-@pytest.mark.usefixtures("one_torch_thread")  # conftest: tiny ops, no thread pool spinning
 def test_the_metrics_gpu_benchmark_runs_on_tiny_twins(tmp_path, tiny_dirs):
     import os
     import subprocess

@@ -9,12 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).parents[1]
 
 
-@pytest.mark.usefixtures("one_torch_thread")  # conftest: tiny ops, no thread pool spinning
 def test_perf28_tiny_smoke_runs_every_section(tiny_dirs, tmp_path):  # tiny_dirs: its VLBENCH_CACHE_DIR, built once
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "VLBENCH_DATA_DIR": str(tmp_path / "data")}
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "perf28.py"), "--tiny-smoke", "--reps", "1",

@@ -248,7 +248,6 @@ def test_run_info_records_placement(engine, tmp_path, ref_image):
 
 
 # ---------------------------------------------------------------- the GPU benchmark's smoke
-@pytest.mark.usefixtures("one_torch_thread")  # conftest: tiny ops, no thread pool spinning
 def test_gpu_bench_tiny_smoke_runs(tiny_dirs, tmp_path):  # tiny_dirs: VLBENCH_CACHE_DIR's tiny models, built once
     out = tmp_path / "bench"
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_bench.py"), "--tiny-smoke", "--out", str(out),

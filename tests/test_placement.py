@@ -310,7 +310,6 @@ def test_cli_warns_in_one_line_when_real_models_would_run_on_the_cpu(tiny_dirs, 
     assert "CUDA is not usable" not in capsys.readouterr().err  # asked for the CPU: no warning
 
 
-@pytest.mark.usefixtures("one_torch_thread")  # conftest: tiny ops, no thread pool spinning
 def test_perf16_tiny_smoke_runs_its_policy_and_compile_sections(tiny_dirs, tmp_path):  # tiny_dirs: the shared cache
     """benchmarks/perf16.py on the CPU (tiny models): the group policy's wiring through the benchmark, eager images;
     fp8 is skipped there. The full smoke (every section) is `perf16.py --tiny-smoke`."""

@@ -184,7 +184,6 @@ def test_the_front_equals_optunas_best_trials_with_constraints(tmp_path):
 
 
 # ---------------------------------------------------------------- the search on the tiny models
-@pytest.mark.usefixtures("one_torch_thread")  # conftest: tiny ops, no thread pool spinning
 def test_search_runs_scores_and_writes_a_correct_front(tiny_dirs, tmp_path, ref_image):
     import optuna
 
@@ -244,7 +243,6 @@ def test_search_runs_scores_and_writes_a_correct_front(tiny_dirs, tmp_path, ref_
         assert len(store.history()) == 2 * len([t for t in trials if t["state"] == "complete"])
 
 
-@pytest.mark.usefixtures("one_torch_thread")  # conftest: tiny ops, no thread pool spinning
 def test_a_resumed_search_asks_the_same_trials_as_one_uninterrupted_run(tiny_dirs, tmp_path, ref_image,
                                                                         monkeypatch):
     from vlbench.search import runner as score  # where the search calls score_folder
@@ -284,7 +282,6 @@ def test_a_resumed_search_asks_the_same_trials_as_one_uninterrupted_run(tiny_dir
     assert [t["params"] for t in _trials(other)] != [t["params"] for t in _trials(one_go)[:2]]
 
 
-@pytest.mark.usefixtures("one_torch_thread")  # conftest: tiny ops, no thread pool spinning
 def test_a_search_folder_with_an_sqlite_study_keeps_it(tiny_dirs, tmp_path, ref_image):
     """Searches started before issue 29 hold their study in search.db (SQLite): they run and resume on it, and no
     journal appears beside it."""
@@ -302,7 +299,6 @@ def test_a_search_folder_with_an_sqlite_study_keeps_it(tiny_dirs, tmp_path, ref_
     assert [t["number"] for t in _trials(out)] == [0, 1]
 
 
-@pytest.mark.usefixtures("one_torch_thread")  # conftest: tiny ops, no thread pool spinning
 def test_budget_minutes_stops_asking_after_the_trial_in_flight(tiny_dirs, tmp_path, ref_image):
     out = tmp_path / "budget"
     assert _search(tmp_path, ref_image, out, "--budget-minutes", "0.000001") == 0
@@ -348,7 +344,6 @@ def test_optuna_is_imported_by_the_search_only():
     assert out.stdout.strip() == "[]"
 
 
-@pytest.mark.usefixtures("one_torch_thread")  # conftest: tiny ops, no thread pool spinning
 def test_the_search_gpu_benchmark_runs_on_the_tiny_models(tiny_dirs, tmp_path, monkeypatch):
     """The script as `python benchmarks/search_gpu.py` runs it (__main__), in this process: its search is an
     in-process `vlbench search` either way, and this saves a fresh interpreter's torch/diffusers imports."""
@@ -373,7 +368,6 @@ def test_the_search_gpu_benchmark_runs_on_the_tiny_models(tiny_dirs, tmp_path, m
     assert len([line for line in (tmp_path / "search" / "trials.jsonl").read_text().splitlines()]) == 3
 
 
-@pytest.mark.usefixtures("one_torch_thread")  # conftest: tiny ops, no thread pool spinning
 def test_a_search_whose_every_trial_failed_exits_1(tiny_dirs, tmp_path, ref_image, monkeypatch):
     """Issue 25.15: `vlbench search` exited 0 when every trial failed; scripts could not tell."""
     from vlbench.engine.engine import Engine
@@ -387,7 +381,6 @@ def test_a_search_whose_every_trial_failed_exits_1(tiny_dirs, tmp_path, ref_imag
     assert {t["state"] for t in _trials(out)} == {"failed"}
 
 
-@pytest.mark.usefixtures("one_torch_thread")  # conftest: tiny ops, no thread pool spinning
 def test_size_and_steps_flags_override_the_spaces_fixed_fields(tiny_dirs, tmp_path, ref_image):
     """Issue 25.12: the shipped space fixes 1024² and 9 steps; a newcomer's try passes smaller ones on the command
     line (kept for --resume), and a searched field cannot be overridden."""
@@ -471,7 +464,6 @@ def test_a_stop_reaching_the_search_process_stops_every_trial_thread_and_leaves_
     assert [t.state.name for t in study.get_trials()] == ["RUNNING", "RUNNING"]
 
 
-@pytest.mark.usefixtures("one_torch_thread")  # conftest: tiny ops, no thread pool spinning
 def test_the_documented_resume_of_a_tiny_search_reads_what_it_was_started_with(tiny_dirs, tmp_path, ref_image,
                                                                                capsys):
     """Issue 26 #10: `vlbench search --output-dir s --resume --trials N` (no --tiny, no metric flags) continues a
