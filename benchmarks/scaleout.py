@@ -234,7 +234,8 @@ def main(argv: list[str] | None = None) -> int:
                "gs": gs, "mode": "tiny-smoke" if args.tiny_smoke else "published sizes, random weights",
                "settings": {"size": size, "steps": steps, "reference_px": ref_px, "prompt": PROMPT,
                             "trials_per_gpu": per_trial, "images_per_gpu": per_image, "sweep": "vl_layer_by_token",
-                            "search": "search_gpu.py's space, NSGA-II population 20, seed 0, 1 image per trial"},
+                            "search": "search_gpu.py's space, NSGA-II population 20, seed 0, 1 image per trial",
+                            "actors": f"{max(gs)} started once; each G runs on the first G of them, the rest idle"},
                "environment": {"python": platform.python_version(), "torch": torch.__version__,
                                "ray": ray.__version__, "cpus": os.cpu_count(), "host": platform.node()},
                "target_efficiency": 0.90, "by_g": {}, "errors": {}}

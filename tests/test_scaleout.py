@@ -48,6 +48,7 @@ def test_the_scaleout_benchmark_smoke_writes_throughput_and_efficiency_per_g(tin
     assert result["meets_target"] is None  # CPU actors on shared cores: no claim about the target
     settings = result["settings"]
     assert (settings["images_per_gpu"], settings["trials_per_gpu"]) == (1, 1)
+    assert settings["actors"] == "2 started once; each G runs on the first G of them, the rest idle"
     for g in (1, 2):
         row = result["by_g"][str(g)]
         assert len(row["actors"]) == g
