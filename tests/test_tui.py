@@ -49,7 +49,11 @@ async def wait_for(pilot, predicate, timeout: float = 60.0, what: str = "conditi
         await pilot.pause(0.05)
         if predicate():
             return
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+    # what the app said meanwhile (a refusal, "checking the plan…"): a timeout names its likely cause
+    said = [n.message for n in pilot.app._notifications][-5:]
+    checks = getattr(pilot.app, "plan_checks", None)
+    state = f"; plan checks: files read {checks.files_ready}, draining {checks._draining}" if checks else ""
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}; notifications: {said}{state}")
 
 
 async def type_text(pilot, text: str) -> None:
