@@ -3,7 +3,8 @@
 wide (>= 160 columns): the five panes side by side as designed; medium (100-159): three columns, the
 Preview in the middle with at least 40 % of the width, Queue over History on the right; narrow (< 100,
 down to 80×24): one pane at a time, filling the screen, each one key away (alt+1..5, or ctrl+g and its
-number); the panes lie side by side, one screen wide each, and a switch scrolls to the one shown. The classes go on the Screen (Textual's HORIZONTAL_BREAKPOINTS); vlbench.tcss lays them out.
+number); the panes lie side by side, one screen wide each, and a switch scrolls to the one shown. The
+classes go on the Screen (Textual's HORIZONTAL_BREAKPOINTS); vlbench.tcss lays them out.
 """
 
 from __future__ import annotations
