@@ -61,8 +61,11 @@ async def type_text(pilot, text: str) -> None:
 
 
 async def focus(pilot, selector: str) -> None:
-    pilot.app.query_one(selector).focus()
+    widget = pilot.app.query_one(selector)
+    widget.focus()
     await pilot.pause()
+    # Widget.focus moves the focus later: keys typed before it lands go to the widget that had it
+    await wait_for(pilot, lambda: pilot.app.focused is widget, 10, f"the focus on {selector}")
 
 
 def shown_images(app) -> int:
